@@ -1,0 +1,192 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary impersonates the servers the tests need (the os/exec
+// pattern): TestMain runs a helper instead of the tests when
+// TAKEOVER_TEST_HELPER names one.
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("TAKEOVER_TEST_HELPER"); mode != "" {
+		os.Exit(runHelper(mode, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+func runHelper(mode string, args []string) int {
+	addr := "127.0.0.1:0"
+	if len(args) > 0 {
+		addr = args[0]
+	}
+	switch mode {
+	case "serve": // serve HTTP until SIGTERM, then drain and exit 0
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		return serveUntilTerm(ln)
+	case "prefork": // listen, then start workers that inherit the socket
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return 1
+		}
+		f, _ := ln.(*net.TCPListener).File()
+		var pids []string
+		for range 2 {
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=worker")
+			cmd.ExtraFiles = []*os.File{f}
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			if err := cmd.Start(); err != nil {
+				return 1
+			}
+			defer cmd.Process.Kill()
+			pids = append(pids, fmt.Sprint(cmd.Process.Pid))
+		}
+		fmt.Printf("listening %s workers %s\n", ln.Addr(), strings.Join(pids, ","))
+		return serveUntilTerm(ln)
+	case "worker":
+		ln, err := net.FileListener(os.NewFile(3, "listener"))
+		if err != nil {
+			return 1
+		}
+		return serveUntilTerm(ln)
+	case "wrapper": // a stand-in for a takeover launcher: runs args[1:] with TAKEOVER_PID set
+		cmd := exec.Command(os.Args[0], args...)
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", launcherEnv, os.Getpid()), "TAKEOVER_TEST_HELPER=serve")
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Run(); err != nil {
+			return 1
+		}
+		return 0
+	case "hang": // listen and ignore SIGTERM
+		signal.Ignore(syscall.SIGTERM)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		http.Serve(ln, helloHandler())
+		return 0
+	case "crash": // fail before binding anything
+		fmt.Fprintln(os.Stderr, "helper: crashing before bind")
+		return 3
+	}
+	fmt.Fprintln(os.Stderr, "unknown helper", mode)
+	return 2
+}
+
+func helloHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+			time.Sleep(d)
+		}
+		fmt.Fprintf(w, "pid=%d gen=%s\n", os.Getpid(), os.Getenv("TAKEOVER_TEST_GEN"))
+	})
+}
+
+// serveUntilTerm serves on ln; SIGTERM closes the listener, lets requests in
+// flight finish, and exits 0, as the design asks of a service.
+func serveUntilTerm(ln net.Listener) int {
+	srv := &http.Server{Handler: helloHandler()}
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-term
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return 1
+	}
+	return 0
+}
+
+// A helperProc is a helper started by a test, with its first line of output.
+type helperProc struct {
+	cmd   *exec.Cmd
+	line  string // the first line the helper printed, "listening ADDR ..."
+	addr  string
+	lines *bufio.Scanner
+}
+
+// startHelper starts the test binary as helper mode and waits for its first
+// line. The process is killed at cleanup.
+func startHelper(t testing.TB, mode string, args ...string) *helperProc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER="+mode)
+	cmd.Stderr = os.Stderr
+	return startAndReadLine(t, cmd)
+}
+
+// startAndReadLine starts cmd and waits for its first line of stdout.
+func startAndReadLine(t testing.TB, cmd *exec.Cmd) *helperProc {
+	t.Helper()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	h := &helperProc{cmd: cmd, lines: bufio.NewScanner(out)}
+	line := make(chan string, 1)
+	go func() {
+		if h.lines.Scan() {
+			line <- h.lines.Text()
+		}
+		close(line)
+		go io.Copy(io.Discard, out) // keep the pipe drained
+	}()
+	select {
+	case l, ok := <-line:
+		if !ok {
+			t.Fatalf("%v exited before printing a line", cmd.Args)
+		}
+		h.line = l
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%v printed nothing in 60s", cmd.Args)
+	}
+	if f := strings.Fields(h.line); len(f) >= 2 && f[0] == "listening" {
+		h.addr = f[1]
+	}
+	return h
+}
+
+// get fetches http://addr/path and returns the body.
+func get(addr, path string) (string, error) {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("status %s", resp.Status)
+	}
+	return string(b), err
+}

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+)
+
+// A holder is a process that holds a listening socket, and the fd it holds
+// it at. A prefork server has several: the master and each worker.
+type holder struct {
+	PID  int
+	FD   int
+	PPID int
+}
+
+// A listener is a listening socket and every process found holding it.
+type listener struct {
+	socket
+	Holders []holder
+	// Hidden is set when some processes could not be read (another user's,
+	// or /proc mounted with hidepid): holders may be missing from the list.
+	Hidden bool
+}
+
+// launcherEnv names the variable a takeover launcher sets in its child's
+// environment to its own pid. It is how a later takeover, or `takeover who`,
+// tells that a process is managed by a takeover.
+const launcherEnv = "TAKEOVER_PID"
+
+// listeners returns the listening sockets that spec names and the processes
+// holding each. The processes in first (and their descendants) are looked at
+// before the rest; with onlyFirst, the rest are not looked at when first
+// already holds every socket. The kernel keeps no count of the processes that
+// hold a socket, so only a walk of every process proves a list complete.
+func listeners(procRoot string, spec portSpec, first []int, onlyFirst bool) ([]listener, error) {
+	socks, err := listeningSockets(procRoot)
+	if err != nil {
+		return nil, fmt.Errorf("list listening sockets: %w", err)
+	}
+	var ls []listener
+	for _, s := range socks {
+		if spec.matches(s.Addr) {
+			ls = append(ls, listener{socket: s})
+		}
+	}
+	if len(ls) == 0 {
+		return nil, nil
+	}
+	if err := findHolders(procRoot, ls, first, onlyFirst); err != nil {
+		return nil, err
+	}
+	return ls, nil
+}
+
+// findHolders fills in the holders of each listener by reading the socket
+// links in /proc/PID/fd.
+func findHolders(procRoot string, ls []listener, first []int, onlyFirst bool) error {
+	byInode := make(map[uint64]int, len(ls))
+	for i, l := range ls {
+		byInode[l.Inode] = i
+	}
+	w, err := newFDWalker(procRoot, byInode)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+
+	seen := make(map[int]bool)
+	for _, pid := range withDescendants(procRoot, first) {
+		if !seen[pid] {
+			seen[pid] = true
+			w.walk(pid, w.buf, w.link)
+		}
+	}
+	if !(onlyFirst && w.foundAll()) {
+		pids, err := listPIDs(procRoot)
+		if err != nil {
+			return err
+		}
+		rest := slices.DeleteFunc(pids, func(pid int) bool { return seen[pid] })
+		w.walkParallel(rest)
+	}
+	for i := range ls {
+		ls[i].Holders = w.found[i]
+		ls[i].Hidden = w.hidden
+		for j := range ls[i].Holders {
+			ls[i].Holders[j].PPID, _ = readPPID(procRoot, ls[i].Holders[j].PID)
+		}
+		slices.SortFunc(ls[i].Holders, func(a, b holder) int { return a.PID - b.PID })
+	}
+	return nil
+}
+
+// listPIDs returns the numeric entries of procRoot.
+func listPIDs(procRoot string) ([]int, error) {
+	f, err := os.Open(procRoot)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	pids := make([]int, 0, len(names))
+	for _, n := range names {
+		if pid, err := strconv.Atoi(n); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// withDescendants returns pids followed by their descendants, as listed in
+// /proc/PID/task/PID/children (one level at a time, bounded).
+func withDescendants(procRoot string, pids []int) []int {
+	out := slices.Clone(pids)
+	for i := 0; i < len(out) && len(out) < 4096; i++ {
+		pid := strconv.Itoa(out[i])
+		b, err := os.ReadFile(procRoot + "/" + pid + "/task/" + pid + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range bytes.Fields(b) {
+			if child, err := strconv.Atoi(string(f)); err == nil {
+				out = append(out, child)
+			}
+		}
+	}
+	return out
+}
+
+// readPPID reads the parent pid from /proc/PID/stat.
+func readPPID(procRoot string, pid int) (int, error) {
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseStatPPID(b)
+}
+
+// parseStatPPID reads field 4 of /proc/PID/stat. The command name (field 2)
+// may hold spaces and parentheses, so fields are counted from its last ')'.
+func parseStatPPID(b []byte) (int, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("stat: %w", errMalformed)
+	}
+	f := bytes.Fields(b[i+1:])
+	if len(f) < 2 {
+		return 0, fmt.Errorf("stat: %w", errMalformed)
+	}
+	ppid, err := strconv.Atoi(string(f[1]))
+	if err != nil || ppid < 0 {
+		return 0, fmt.Errorf("stat ppid %q: %w", f[1], errMalformed)
+	}
+	return ppid, nil
+}
+
+// readLauncherPID returns the TAKEOVER_PID in a process's initial environment.
+func readLauncherPID(procRoot string, pid int) (int, bool) {
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return 0, false
+	}
+	return parseLauncherPID(b)
+}
+
+func parseLauncherPID(environ []byte) (int, bool) {
+	for _, kv := range bytes.Split(environ, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte(launcherEnv+"=")); ok {
+			pid, err := strconv.Atoi(string(v))
+			return pid, err == nil && pid > 0
+		}
+	}
+	return 0, false
+}
+
+// A stopTarget is the process to signal so that the holders of a listener
+// let go of it: the topmost holder (a prefork master, not its workers) or,
+// when a takeover manages it, that takeover launcher, which forwards the stop
+// to its child and exits.
+type stopTarget struct {
+	PID      int
+	Launcher bool   // PID is a takeover launcher
+	Holder   holder // the topmost holder the target stands for
+}
+
+// maxDepth bounds the walk up from a holder to its launcher: a shell wrapper
+// or two may stand between them.
+const maxDepth = 8
+
+// stopTargets returns the processes to signal for l, one per tree of holders.
+func stopTargets(procRoot string, l listener) []stopTarget {
+	holds := make(map[int]bool, len(l.Holders))
+	for _, h := range l.Holders {
+		holds[h.PID] = true
+	}
+	// launcherOf[pid] is the takeover launcher a holder runs under, if any.
+	launcherOf := make(map[int]int)
+	for _, h := range l.Holders {
+		if lp, ok := readLauncherPID(procRoot, h.PID); ok && isAncestor(procRoot, lp, h.PID) {
+			launcherOf[h.PID] = lp
+		}
+	}
+	var targets []stopTarget
+	add := func(t stopTarget) {
+		if !slices.ContainsFunc(targets, func(o stopTarget) bool { return o.PID == t.PID }) {
+			targets = append(targets, t)
+		}
+	}
+	for _, h := range l.Holders {
+		if holds[h.PPID] {
+			continue // a worker: its master holds the socket too
+		}
+		if lp, ok := launcherOf[h.PID]; ok {
+			add(stopTarget{PID: lp, Launcher: true, Holder: h})
+			continue
+		}
+		// A launcher keeps its own copy of its generation's sockets, so it is
+		// itself the topmost holder of its child's socket.
+		isLauncher := false
+		for _, lp := range launcherOf {
+			isLauncher = isLauncher || lp == h.PID
+		}
+		add(stopTarget{PID: h.PID, Launcher: isLauncher, Holder: h})
+	}
+	return targets
+}
+
+// isAncestor reports whether a is a proper ancestor of pid, within maxDepth.
+func isAncestor(procRoot string, a, pid int) bool {
+	for range maxDepth {
+		ppid, err := readPPID(procRoot, pid)
+		if err != nil || ppid == 0 {
+			return false
+		}
+		if ppid == a {
+			return true
+		}
+		pid = ppid
+	}
+	return false
+}
+
+var errNeverSignal = errors.New("never signalled")
+
+// forbidden says why t must never be signalled, or nil: pid 1, and this
+// process's own ancestors (a takeover run from the service's own shell).
+func (t stopTarget) forbidden(procRoot string) error {
+	if t.PID == 1 {
+		return fmt.Errorf("pid 1 is the init process: %w", errNeverSignal)
+	}
+	if t.PID == os.Getpid() || isAncestor(procRoot, t.PID, os.Getpid()) {
+		return fmt.Errorf("pid %d is an ancestor of this takeover: %w", t.PID, errNeverSignal)
+	}
+	return nil
+}
+
+// An fdWalker looks through /proc/PID/fd for links to a set of socket inodes.
+type fdWalker struct {
+	procFD  int
+	byInode map[uint64]int
+	buf     []byte // getdents buffer for the sequential walk
+	link    []byte // readlink buffer for the sequential walk
+
+	mu     sync.Mutex
+	found  [][]holder
+	hidden bool
+}
+
+// walkParallel walks pids on two goroutines: the walk is system calls, and
+// the kernel serves them on both cores.
+func (w *fdWalker) walkParallel(pids []int) {
+	const workers = 2
+	var wg sync.WaitGroup
+	for k := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf, link := make([]byte, 8<<10), make([]byte, 128)
+			for i := k; i < len(pids); i += workers {
+				w.walk(pids[i], buf, link)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (w *fdWalker) foundAll() bool {
+	for _, f := range w.found {
+		if len(f) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (w *fdWalker) record(i int, h holder) {
+	w.mu.Lock()
+	w.found[i] = append(w.found[i], h)
+	w.mu.Unlock()
+}
+
+func (w *fdWalker) markHidden() {
+	w.mu.Lock()
+	w.hidden = true
+	w.mu.Unlock()
+}
+
+// socketInode parses a /proc/PID/fd link of the form "socket:[12345]".
+func socketInode(link []byte) (uint64, bool) {
+	rest, ok := bytes.CutPrefix(link, []byte("socket:["))
+	if !ok || len(rest) < 2 || rest[len(rest)-1] != ']' {
+		return 0, false
+	}
+	ino, err := strconv.ParseUint(string(rest[:len(rest)-1]), 10, 64)
+	return ino, err == nil
+}

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/shirou/gopsutil/v3/process"
+)
+
+// whoListener is one listening socket as `takeover who` reports it.
+type whoListener struct {
+	Address string      `json:"address"`
+	Inode   uint64      `json:"inode"`
+	Hidden  bool        `json:"hidden,omitempty"` // some holders may not be visible to this user
+	Holders []whoHolder `json:"holders"`
+	Stop    []whoStop   `json:"stop"`
+}
+
+type whoHolder struct {
+	PID     int     `json:"pid"`
+	PPID    int     `json:"ppid"`
+	FD      int     `json:"fd"`
+	User    string  `json:"user"`
+	Uptime  float64 `json:"uptime_seconds"`
+	Command string  `json:"command"`
+}
+
+type whoStop struct {
+	PID      int    `json:"pid"`
+	Launcher bool   `json:"managed_by_takeover"`
+	ForPID   int    `json:"for_pid"`
+	Refused  string `json:"refused,omitempty"` // why this process is never signalled
+}
+
+// runWho implements `takeover who [--json] PORTSPEC...`. It returns the exit
+// status: 0 when something listens, 1 when nothing does, 2 on bad usage.
+func runWho(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("takeover who", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: takeover who [--json] PORTSPEC...\n\nPORTSPEC is 8100, 127.0.0.1:8100, [::1]:8100 or [::]:8100.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "takeover who: name at least one port, like: takeover who 8100")
+		return exitUsage
+	}
+	var specs specList
+	for _, a := range fs.Args() {
+		if err := specs.Set(a); err != nil {
+			fmt.Fprintf(stderr, "takeover who: %v\n", err)
+			return exitUsage
+		}
+	}
+	var out []whoListener
+	for _, spec := range specs {
+		ls, err := listeners("/proc", spec, nil, false)
+		if err != nil {
+			fmt.Fprintf(stderr, "takeover who: %v\n", err)
+			return exitFailure
+		}
+		for _, l := range ls {
+			out = append(out, describe("/proc", l))
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if out == nil {
+			out = []whoListener{}
+		}
+		enc.Encode(out)
+	} else {
+		printWho(stdout, specs, out)
+	}
+	if len(out) == 0 {
+		return 1
+	}
+	return 0
+}
+
+func describe(procRoot string, l listener) whoListener {
+	w := whoListener{Address: l.Addr.String(), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
+	for _, h := range l.Holders {
+		w.Holders = append(w.Holders, describeHolder(h))
+	}
+	for _, t := range stopTargets(procRoot, l) {
+		s := whoStop{PID: t.PID, Launcher: t.Launcher, ForPID: t.Holder.PID}
+		if err := t.forbidden(procRoot); err != nil {
+			s.Refused = err.Error()
+		}
+		w.Stop = append(w.Stop, s)
+	}
+	return w
+}
+
+func describeHolder(h holder) whoHolder {
+	w := whoHolder{PID: h.PID, PPID: h.PPID, FD: h.FD}
+	p, err := process.NewProcess(int32(h.PID))
+	if err != nil {
+		return w
+	}
+	w.User, _ = p.Username()
+	if argv, err := p.CmdlineSlice(); err == nil {
+		w.Command = strings.Join(argv, " ")
+	}
+	if ms, err := p.CreateTime(); err == nil {
+		w.Uptime = time.Since(time.UnixMilli(ms)).Round(time.Second).Seconds()
+	}
+	return w
+}
+
+func printWho(w io.Writer, specs specList, out []whoListener) {
+	if len(out) == 0 {
+		fmt.Fprintf(w, "nothing listens on %s\n", specs.String())
+		return
+	}
+	for _, l := range out {
+		fmt.Fprintf(w, "%s (socket inode %d)\n", l.Address, l.Inode)
+		if len(l.Holders) == 0 && l.Hidden {
+			fmt.Fprintln(w, "  held by a process this user cannot see (run as its owner or as root)")
+		}
+		for _, h := range l.Holders {
+			fmt.Fprintf(w, "  pid %-7d user %-10s up %-9s fd %-3d %s\n",
+				h.PID, h.User, time.Duration(h.Uptime)*time.Second, h.FD, h.Command)
+		}
+		if len(l.Holders) > 0 && l.Hidden {
+			fmt.Fprintln(w, "  (some processes could not be read: there may be more holders)")
+		}
+		for _, s := range l.Stop {
+			switch {
+			case s.Refused != "":
+				fmt.Fprintf(w, "  takeover would not signal pid %d: %s\n", s.PID, s.Refused)
+			case s.Launcher && s.PID != s.ForPID:
+				fmt.Fprintf(w, "  takeover would signal pid %d, the takeover launcher managing pid %d\n", s.PID, s.ForPID)
+			case s.Launcher:
+				fmt.Fprintf(w, "  takeover would signal pid %d, a takeover launcher\n", s.PID)
+			default:
+				fmt.Fprintf(w, "  takeover would signal pid %d (not managed by a takeover)\n", s.PID)
+			}
+		}
+	}
+}
+
+var errUsage = errors.New("usage")
