@@ -38,6 +38,9 @@ const (
 )
 
 func main() {
+	if os.Getenv(shimEnv) != "" {
+		runShim(os.Args[1:])
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -51,6 +54,5 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 	}
-	fmt.Fprintln(stderr, "takeover: usage: takeover who PORTSPEC...")
-	return exitUsage
+	return runLauncher(args, stdout, stderr)
 }

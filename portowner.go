@@ -117,49 +117,75 @@ func listPIDs(procRoot string) ([]int, error) {
 }
 
 // withDescendants returns pids followed by their descendants, as listed in
-// /proc/PID/task/PID/children (one level at a time, bounded).
+// /proc/PID/task/*/children: a child is listed under the thread that forked
+// it, which in a Go or Java program is any thread.
 func withDescendants(procRoot string, pids []int) []int {
 	out := slices.Clone(pids)
 	for i := 0; i < len(out) && len(out) < 4096; i++ {
 		pid := strconv.Itoa(out[i])
-		b, err := os.ReadFile(procRoot + "/" + pid + "/task/" + pid + "/children")
+		tasks, err := os.ReadDir(procRoot + "/" + pid + "/task")
 		if err != nil {
 			continue
 		}
-		for _, f := range bytes.Fields(b) {
-			if child, err := strconv.Atoi(string(f)); err == nil {
-				out = append(out, child)
+		for _, task := range tasks {
+			b, err := os.ReadFile(procRoot + "/" + pid + "/task/" + task.Name() + "/children")
+			if err != nil {
+				continue
+			}
+			for _, f := range bytes.Fields(b) {
+				if child, err := strconv.Atoi(string(f)); err == nil {
+					out = append(out, child)
+				}
 			}
 		}
 	}
 	return out
 }
 
-// readPPID reads the parent pid from /proc/PID/stat.
-func readPPID(procRoot string, pid int) (int, error) {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	return parseStatPPID(b)
+// procStat holds the fields of /proc/PID/stat that takeover reads.
+type procStat struct {
+	PPID  int
+	Start uint64 // clock ticks after boot: with the pid, names a process for good
 }
 
-// parseStatPPID reads field 4 of /proc/PID/stat. The command name (field 2)
-// may hold spaces and parentheses, so fields are counted from its last ')'.
-func parseStatPPID(b []byte) (int, error) {
+func readStat(procRoot string, pid int) (procStat, error) {
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseStat(b)
+}
+
+// readPPID reads the parent pid from /proc/PID/stat.
+func readPPID(procRoot string, pid int) (int, error) {
+	st, err := readStat(procRoot, pid)
+	return st.PPID, err
+}
+
+// parseStat reads fields 4 (ppid) and 22 (starttime) of /proc/PID/stat. The
+// command name (field 2) may hold spaces and parentheses, so fields are
+// counted from its last ')'. A missing starttime reads as 0.
+func parseStat(b []byte) (procStat, error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("stat: %w", errMalformed)
+		return procStat{}, fmt.Errorf("stat: %w", errMalformed)
 	}
-	f := bytes.Fields(b[i+1:])
+	f := bytes.Fields(b[i+1:]) // f[0] is field 3, the state
 	if len(f) < 2 {
-		return 0, fmt.Errorf("stat: %w", errMalformed)
+		return procStat{}, fmt.Errorf("stat: %w", errMalformed)
 	}
 	ppid, err := strconv.Atoi(string(f[1]))
 	if err != nil || ppid < 0 {
-		return 0, fmt.Errorf("stat ppid %q: %w", f[1], errMalformed)
+		return procStat{}, fmt.Errorf("stat ppid %q: %w", f[1], errMalformed)
 	}
-	return ppid, nil
+	st := procStat{PPID: ppid}
+	if len(f) > 19 {
+		st.Start, err = strconv.ParseUint(string(f[19]), 10, 64)
+		if err != nil {
+			return procStat{}, fmt.Errorf("stat starttime %q: %w", f[19], errMalformed)
+		}
+	}
+	return st, nil
 }
 
 // readLauncherPID returns the TAKEOVER_PID in a process's initial environment.
@@ -223,12 +249,15 @@ func stopTargets(procRoot string, l listener) []stopTarget {
 			continue
 		}
 		// A launcher keeps its own copy of its generation's sockets, so it is
-		// itself the topmost holder of its child's socket.
-		isLauncher := false
-		for _, lp := range launcherOf {
-			isLauncher = isLauncher || lp == h.PID
+		// itself the topmost holder of its child's socket; the target stands
+		// for that child.
+		t := stopTarget{PID: h.PID, Holder: h}
+		for _, c := range l.Holders {
+			if launcherOf[c.PID] == h.PID && !t.Launcher {
+				t.Launcher, t.Holder = true, c
+			}
 		}
-		add(stopTarget{PID: h.PID, Launcher: isLauncher, Holder: h})
+		add(t)
 	}
 	return targets
 }

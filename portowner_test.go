@@ -138,24 +138,26 @@ func TestReadProcNetTCP(t *testing.T) {
 	}
 }
 
-func TestParseStatPPID(t *testing.T) {
+func TestParseStat(t *testing.T) {
 	tests := []struct {
 		in   string
-		want int
+		want procStat
 		ok   bool
 	}{
-		{"100 (srv) S 90 100 100", 90, true},
-		{"100 (my (odd) srv) S 7 100", 7, true},
-		{"100 (a) b) R 1 1", 1, true},
-		{"100 (srv", 0, false},
-		{"100 (srv) S", 0, false},
-		{"100 (srv) S x", 0, false},
+		{"100 (srv) S 90 100 100", procStat{PPID: 90}, true},
+		{"100 (my (odd) srv) S 7 100", procStat{PPID: 7}, true},
+		{"100 (a) b) R 1 1", procStat{PPID: 1}, true},
+		{"100 (srv) S 90 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 200 0 0", procStat{PPID: 90, Start: 200}, true},
+		{"100 (srv) S 90 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 x 0 0", procStat{}, false},
+		{"100 (srv", procStat{}, false},
+		{"100 (srv) S", procStat{}, false},
+		{"100 (srv) S x", procStat{}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := parseStatPPID([]byte(tt.in))
+			got, err := parseStat([]byte(tt.in))
 			if (err == nil) != tt.ok || got != tt.want {
-				t.Errorf("parseStatPPID(%q) = %d, %v; want %d, ok=%v", tt.in, got, err, tt.want, tt.ok)
+				t.Errorf("parseStat(%q) = %+v, %v; want %+v, ok=%v", tt.in, got, err, tt.want, tt.ok)
 			}
 		})
 	}
@@ -466,12 +468,12 @@ func FuzzParseProcNetLine(f *testing.F) {
 	})
 }
 
-func FuzzParseStatPPID(f *testing.F) {
+func FuzzParseStat(f *testing.F) {
 	f.Add([]byte("100 (srv) S 90 100"))
 	f.Add([]byte("1 ((sd-pam)) S 0"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if ppid, err := parseStatPPID(b); err == nil && ppid < 0 {
-			t.Fatalf("negative ppid %d from %q", ppid, b)
+		if st, err := parseStat(b); err == nil && st.PPID < 0 {
+			t.Fatalf("negative ppid %d from %q", st.PPID, b)
 		}
 	})
 }

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A config is what one takeover is asked to do. Zero values mean the
+// documented defaults.
+type config struct {
+	Ports        specList
+	Signal       unix.Signal   // to stop the old server; SIGTERM
+	KillTimeout  time.Duration // from the stop signal to SIGKILL; 10s
+	BindTimeout  time.Duration // from the command's bind to giving up; 15s
+	Force        bool          // replace a holder that is not an earlier instance
+	Strategy     string        // auto, handoff or rebind; auto
+	KillOldDelay time.Duration // between the new server's listen and the old one's stop
+	PIDFile      string
+	StatusFile   string
+	Command      []string
+}
+
+const (
+	defaultKillTimeout = 10 * time.Second
+	defaultBindTimeout = 15 * time.Second
+)
+
+func (c config) killTimeout() time.Duration {
+	if c.KillTimeout == 0 {
+		return defaultKillTimeout
+	}
+	return c.KillTimeout
+}
+
+func (c config) bindTimeout() time.Duration {
+	if c.BindTimeout == 0 {
+		return defaultBindTimeout
+	}
+	return c.BindTimeout
+}
+
+func (c config) signal() unix.Signal {
+	if c.Signal == 0 {
+		return unix.SIGTERM
+	}
+	return c.Signal
+}
+
+const launcherUsage = `usage: takeover [flags] -- COMMAND [ARG...]
+       takeover who [--json] PORTSPEC...
+       takeover demo [--swaps N]
+       takeover version
+
+Starts COMMAND and, when it binds a --port target that an earlier instance
+holds, takes the port over from it with no refused connections (handoff) or a
+gap of milliseconds (rebind), then stops the earlier instance.
+
+PORTSPEC is 8100 (every address, both families), 127.0.0.1:8100, [::1]:8100,
+0.0.0.0:8100 or [::]:8100.
+
+Flags:
+`
+
+// parseFlags reads the launcher's command line. (config{}, nil) with a nil
+// Command means --help was asked for.
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("takeover", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, launcherUsage)
+		fs.PrintDefaults()
+	}
+	fs.Var(&c.Ports, "port", "`PORTSPEC` to take over (repeatable, required)")
+	fs.Var(&c.Ports, "p", "short for --port")
+	sig := fs.String("signal", "TERM", "signal that asks the old server to drain and stop")
+	fs.DurationVar(&c.KillTimeout, "kill-timeout", defaultKillTimeout, "SIGKILL the old server this long after the stop signal")
+	fs.DurationVar(&c.BindTimeout, "bind-timeout", defaultBindTimeout, "give up taking the port after this long (the command's bind fails with EADDRINUSE)")
+	fs.BoolVar(&c.Force, "force", false, "replace the port's holder even if it is not an earlier instance of COMMAND nor managed by a takeover")
+	fs.StringVar(&c.Strategy, "strategy", "auto", "auto, handoff or rebind")
+	fs.DurationVar(&c.KillOldDelay, "kill-old-delay", 0, "wait this long after the new server listens before stopping the old one")
+	fs.StringVar(&c.PIDFile, "pid-file", "", "write takeover's pid to this file")
+	fs.StringVar(&c.StatusFile, "status-file", "", "write the generation, child pid, ports and last swap here (JSON, atomically)")
+	logFormat := fs.String("log-format", "text", "text or json")
+	quiet := fs.Bool("q", false, "log errors only")
+	verbose := fs.Bool("v", false, "log debug detail")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return config{}, nil
+		}
+		return config{}, errUsage
+	}
+	c.Command = fs.Args()
+	if len(c.Command) == 0 {
+		return c, errors.New("no command: put it after --, like: takeover --port 8100 -- java -jar app.jar")
+	}
+	if len(c.Ports) == 0 {
+		return c, errors.New("no --port: name the port the command binds, like --port 8100")
+	}
+	s, err := parseSignal(*sig)
+	if err != nil {
+		return c, err
+	}
+	c.Signal = s
+	switch {
+	case c.KillTimeout <= 0:
+		return c, fmt.Errorf("--kill-timeout %v: must be more than 0", c.KillTimeout)
+	case c.BindTimeout <= 0:
+		return c, fmt.Errorf("--bind-timeout %v: must be more than 0", c.BindTimeout)
+	case c.KillOldDelay < 0:
+		return c, fmt.Errorf("--kill-old-delay %v: must not be negative", c.KillOldDelay)
+	}
+	switch c.Strategy {
+	case "auto", "handoff", "rebind":
+	default:
+		return c, fmt.Errorf("--strategy %q: want auto, handoff or rebind", c.Strategy)
+	}
+	switch *logFormat {
+	case "text", "json":
+	default:
+		return c, fmt.Errorf("--log-format %q: want text or json", *logFormat)
+	}
+	logLevel.Set(slog.LevelInfo)
+	if *quiet {
+		logLevel.Set(slog.LevelError)
+	}
+	if *verbose {
+		logLevel.Set(slog.LevelDebug)
+	}
+	logJSON = *logFormat == "json"
+	return c, nil
+}
+
+var (
+	logLevel slog.LevelVar
+	logJSON  bool
+)
+
+func newLogger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: &logLevel}
+	if logJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// parseSignal reads TERM, SIGTERM or 15.
+func parseSignal(s string) (unix.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n <= 0 || n >= 65 {
+			return 0, fmt.Errorf("--signal %s: not a signal number", s)
+		}
+		return unix.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	sig := unix.SignalNum(name)
+	if sig == 0 {
+		return 0, fmt.Errorf("--signal %q: not a signal name (TERM, INT, QUIT, HUP, USR1, USR2, ...)", s)
+	}
+	return sig, nil
+}
+
+// resolveCommand finds the command's executable as a shell would, and maps
+// failures to the exit statuses of env and docker run.
+func resolveCommand(name string) (string, int, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return "", exitNotFound, fmt.Errorf("command not found: %s", name)
+		}
+		return "", exitNotExecutable, fmt.Errorf("command not executable: %s: %v", name, err)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return "", exitNotExecutable, fmt.Errorf("command not executable: %s is a directory", name)
+	}
+	return path, 0, nil
+}
+
+// exitStatus maps a wait status to the launcher's own exit status.
+func exitStatus(ws syscall.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// An oldProcess is a process of an earlier generation, held by a pidfd so
+// that signals reach it and not a later process that reuses its pid.
+type oldProcess struct {
+	PID   int
+	pidfd int
+}
+
+func openOld(pid int) (*oldProcess, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &oldProcess{PID: pid, pidfd: fd}, nil
+}
+
+func (p *oldProcess) signal(sig unix.Signal) error {
+	return unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
+}
+
+// wait waits for the process to exit, until ctx ends; it reports whether
+// the process exited.
+func (p *oldProcess) wait(ctx context.Context) bool {
+	for {
+		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 10)
+		if err == nil && n > 0 {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if err != nil && err != unix.EINTR {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+func (p *oldProcess) close() { unix.Close(p.pidfd) }
+
+// openAll opens every pid it can; those already gone are left out.
+func openAll(pids []int) []*oldProcess {
+	var ps []*oldProcess
+	for _, pid := range pids {
+		if p, err := openOld(pid); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+func closeAll(ps []*oldProcess) {
+	for _, p := range ps {
+		p.close()
+	}
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// errNotReplaceable is wrapped by every refusal to replace a port's holder.
+var errNotReplaceable = errors.New("not replaceable")
+
+// newChild describes the process asking for a port: what a holder must have
+// in common with it to be replaced.
+type newChild struct {
+	PID int
+	UID int
+	Exe string
+}
+
+// mayReplace says why target must not be stopped to give port to child, or
+// nil. A process may be replaced when it is of the child's user and either a
+// takeover manages it or it runs the child's executable. force lifts that
+// rule, never the rule against pid 1 and takeover's own ancestors.
+func mayReplace(procRoot string, t stopTarget, child newChild, port uint16, force bool) error {
+	if err := t.forbidden(procRoot); err != nil {
+		return fmt.Errorf("port %d is held by pid %d (%s); %w", port, t.Holder.PID, procName(procRoot, t.Holder.PID), err)
+	}
+	if force {
+		return nil
+	}
+	uid, err := procUID(procRoot, t.Holder.PID)
+	if err != nil {
+		return fmt.Errorf("port %d is held by pid %d, which this user cannot inspect (%v): %w; pass --force to replace it anyway", port, t.Holder.PID, err, errNotReplaceable)
+	}
+	if uid != child.UID {
+		return fmt.Errorf("port %d is held by pid %d (%s) of uid %d, not of the new server's uid %d: %w; pass --force to replace it anyway",
+			port, t.Holder.PID, procName(procRoot, t.Holder.PID), uid, child.UID, errNotReplaceable)
+	}
+	if t.Launcher {
+		return nil
+	}
+	if exe := procExe(procRoot, t.Holder.PID); exe == "" || exe != child.Exe {
+		return fmt.Errorf("port %d is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; pass --force to replace it anyway",
+			port, t.Holder.PID, procName(procRoot, t.Holder.PID), exe, child.Exe, errNotReplaceable)
+	}
+	return nil
+}
+
+// procExe returns the executable a process runs; a binary replaced on disk
+// since it started still counts as the same path.
+func procExe(procRoot string, pid int) string {
+	exe, err := os.Readlink(procRoot + "/" + strconv.Itoa(pid) + "/exe")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSuffix(exe, " (deleted)")
+}
+
+func procName(procRoot string, pid int) string {
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/comm")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func procUID(procRoot string, pid int) (int, error) {
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	st, err := parseThreadStatus(string(b))
+	return st.UID, err
+}

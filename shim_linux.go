@@ -1,0 +1,96 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// shimEnv marks the re-executed takeover that becomes the command: it
+// installs the bind filter on itself, hands the notification fd to the
+// launcher over fd 3 (a socketpair), and execs the command in its place.
+const shimEnv = "_TAKEOVER_SHIM"
+
+// shimFD is the shim's end of the socketpair to the launcher.
+const shimFD = 3
+
+// runShim never returns: it execs the command or exits.
+func runShim(args []string) {
+	runtime.LockOSThread() // the filter binds to this thread, which must exec
+	unix.CloseOnExec(shimFD)
+	if len(args) == 0 {
+		shimFail(exitLauncher, "shim: no command")
+	}
+	fd, err := installFilter()
+	if err != nil {
+		sendShimResult(-1, err.Error())
+		shimFail(exitLauncher, err.Error())
+	}
+	if err := sendShimResult(fd, ""); err != nil {
+		shimFail(exitLauncher, "shim: cannot reach the launcher: "+err.Error())
+	}
+	unix.Close(fd) // the launcher has its copy; the command must not hold one
+
+	env := make([]string, 0, len(os.Environ()))
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, shimEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	err = syscall.Exec(args[0], args[1:], env)
+	code := exitNotExecutable
+	if errors.Is(err, os.ErrNotExist) {
+		code = exitNotFound
+	}
+	shimFail(code, fmt.Sprintf("takeover: cannot run %s: %v", args[0], err))
+}
+
+func shimFail(code int, msg string) {
+	fmt.Fprintln(os.Stderr, msg)
+	os.Exit(code)
+}
+
+// sendShimResult sends the notification fd, or the reason there is none.
+func sendShimResult(fd int, errText string) error {
+	if fd < 0 {
+		return unix.Sendmsg(shimFD, []byte("error: "+errText), nil, nil, 0)
+	}
+	return unix.Sendmsg(shimFD, []byte("ok"), unix.UnixRights(fd), nil, 0)
+}
+
+// recvShimResult receives what sendShimResult sent. io.EOF-like results (the
+// shim died before it sent anything) come back as an error too.
+func recvShimResult(sock int) (int, error) {
+	buf := make([]byte, 1024)
+	oob := make([]byte, unix.CmsgSpace(4))
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return -1, fmt.Errorf("receive the notification fd: %w", err)
+		}
+		msg := string(buf[:n])
+		if n == 0 {
+			return -1, errors.New("the command exited before its bind filter was installed")
+		}
+		if msg != "ok" {
+			return -1, fmt.Errorf("%w%s", errNoSeccomp, strings.TrimPrefix(msg, "error: "+errNoSeccomp.Error()))
+		}
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil || len(msgs) != 1 {
+			return -1, errors.New("the shim sent no notification fd")
+		}
+		fds, err := unix.ParseUnixRights(&msgs[0])
+		if err != nil || len(fds) != 1 {
+			return -1, errors.New("the shim sent no notification fd")
+		}
+		return fds[0], nil
+	}
+}

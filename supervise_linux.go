@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A generation is one run of the command under takeover, with the sockets
+// it bound to --port targets and what it replaced to get them.
+type generation struct {
+	l       *launcher
+	num     int
+	pid     int
+	notifFD int
+	ready   chan struct{} // closed once the command listens on every --port
+
+	mu       sync.Mutex
+	socks    map[sockKey]*heldSock
+	listened map[portSpec]bool
+	swaps    []*swap
+	done     bool // the generation is being stopped: its copies are closed
+}
+
+// sockKey names a socket in the command: its process and fd, and the inode
+// so that a closed and reused fd number is not mistaken for the old socket.
+type sockKey struct {
+	Tgid, FD int
+}
+
+type heldSock struct {
+	copyFD int // takeover's own copy, kept for handoff to a later generation
+	inode  uint64
+	spec   portSpec
+	addr   netip.AddrPort
+}
+
+// A swap is one --port target taken over by a generation.
+type swap struct {
+	Spec     portSpec
+	Addr     netip.AddrPort
+	Strategy string // "fresh" (the port was free), "rebind" or "handoff"
+	Why      string // why auto chose it
+	Old      []stopTarget
+	OldCmd   string
+	oldProcs []*oldProcess // the stop targets
+	holders  []*oldProcess // every old holder, for SIGKILL
+	Lookup   time.Duration
+	Free     time.Duration // signal to port free (rebind)
+	Window   time.Duration // refused window as takeover saw it (rebind)
+	Killed   bool
+	Began    time.Time // the command's bind(2)
+	Listened time.Time // the command's listen(2)
+}
+
+const capNetBindService = 10
+
+// serve answers the generation's notifications until every process under
+// the filter has exited.
+func (g *generation) serve(ctx context.Context) {
+	var n seccompNotif
+	for {
+		fds := []unix.PollFd{{Fd: int32(g.notifFD), Events: unix.POLLIN}}
+		if _, err := unix.Poll(fds, -1); err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return
+		}
+		if fds[0].Revents&unix.POLLIN == 0 {
+			return // POLLHUP: no process uses the filter any more
+		}
+		if err := notifRecv(g.notifFD, &n); err != nil {
+			if err == unix.ENOENT || err == unix.EINTR {
+				continue // the notifying thread died meanwhile
+			}
+			return
+		}
+		resp := g.answer(ctx, &n)
+		resp.ID = n.ID
+		notifSend(g.notifFD, &resp) // ENOENT: the thread died while we worked
+	}
+}
+
+var respContinue = seccompNotifResp{Flags: unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE}
+
+func respErrno(err error) seccompNotifResp {
+	var errno unix.Errno
+	if !errors.As(err, &errno) {
+		errno = unix.EADDRINUSE
+	}
+	return seccompNotifResp{Error: -int32(errno)}
+}
+
+func (g *generation) answer(ctx context.Context, n *seccompNotif) seccompNotifResp {
+	switch n.Nr {
+	case unix.SYS_BIND:
+		return g.onBind(ctx, n)
+	case unix.SYS_LISTEN:
+		return g.onListen(n)
+	}
+	return respContinue
+}
+
+// onBind lets every bind through that is not to a --port target; a target
+// it takes over.
+func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifResp {
+	began := time.Now()
+	raw, err := readSockaddr(g.notifFD, n)
+	if err != nil {
+		return respContinue
+	}
+	addr, _, ok := parseSockaddr(raw)
+	if !ok {
+		return respContinue // not IP: netlink, unix sockets
+	}
+	spec, ok := g.l.cfg.Ports.match(addr)
+	if !ok {
+		return respContinue // port 0, other ports
+	}
+	st, err := readThreadStatus(int(n.PID))
+	if err != nil {
+		return respContinue
+	}
+	fd := int(n.Args[0])
+	sock, ino, err := copySocket(st.Tgid, fd)
+	if err != nil {
+		g.l.log.Warn("cannot copy the command's socket; letting its bind through", "pid", st.Tgid, "fd", fd, "err", err)
+		return respContinue
+	}
+	if typ, _ := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE); typ != unix.SOCK_STREAM {
+		unix.Close(sock)
+		return respContinue // UDP on the same port is no business of ours
+	}
+	key := sockKey{st.Tgid, fd}
+	g.mu.Lock()
+	prev := g.socks[key]
+	g.mu.Unlock()
+	if prev != nil && prev.inode == ino {
+		unix.Close(sock) // the same bind, notified again after a signal
+		return seccompNotifResp{}
+	}
+	// takeover binds on the command's behalf: never a port it could not
+	// bind itself.
+	if int(addr.Port()) < unprivilegedPortStart() && st.CapEff&(1<<capNetBindService) == 0 {
+		unix.Close(sock)
+		return respErrno(unix.EACCES)
+	}
+	child := newChild{PID: st.Tgid, UID: st.UID, Exe: procExe("/proc", st.Tgid)}
+	sw, err := g.l.takePort(ctx, g, child, sock, addr, spec)
+	if err != nil {
+		unix.Close(sock)
+		g.l.log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)
+		return respErrno(err)
+	}
+	sw.Began = began
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.done {
+		unix.Close(sock)
+		return seccompNotifResp{}
+	}
+	g.socks[key] = &heldSock{copyFD: sock, inode: ino, spec: spec, addr: addr}
+	g.swaps = append(g.swaps, sw)
+	return seccompNotifResp{}
+}
+
+// onListen performs the command's listen(2) on takeover's copy of a target
+// socket, so that it knows the moment the new server is ready.
+func (g *generation) onListen(n *seccompNotif) seccompNotifResp {
+	st, err := readThreadStatus(int(n.PID))
+	if err != nil {
+		return respContinue
+	}
+	key := sockKey{st.Tgid, int(n.Args[0])}
+	g.mu.Lock()
+	held := g.socks[key]
+	g.mu.Unlock()
+	if held == nil {
+		return respContinue
+	}
+	sock, ino, err := copySocket(st.Tgid, key.FD)
+	if err != nil {
+		return respContinue
+	}
+	unix.Close(sock)
+	if ino != held.inode {
+		return respContinue // the fd was closed and reused
+	}
+	if err := unix.Listen(held.copyFD, int(int32(n.Args[1]))); err != nil {
+		return respErrno(err)
+	}
+	now := time.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, sw := range g.swaps {
+		if sw.Spec == held.spec && sw.Listened.IsZero() {
+			sw.Listened = now
+		}
+	}
+	g.listened[held.spec] = true
+	if len(g.listened) == len(g.l.cfg.Ports) {
+		select {
+		case <-g.ready:
+		default:
+			close(g.ready)
+		}
+	}
+	return seccompNotifResp{}
+}
+
+// closeCopies closes takeover's copies of the generation's sockets, so that
+// they keep no port from freeing once the generation is on its way out.
+func (g *generation) closeCopies() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.done = true
+	for k, s := range g.socks {
+		unix.Close(s.copyFD)
+		delete(g.socks, k)
+	}
+}
+
+// copySocket takes a copy of fd in process tgid, and its inode.
+func copySocket(tgid, fd int) (int, uint64, error) {
+	pidfd, err := unix.PidfdOpen(tgid, 0)
+	if err != nil {
+		return -1, 0, fmt.Errorf("pidfd_open(%d): %w", tgid, err)
+	}
+	defer unix.Close(pidfd)
+	sock, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return -1, 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", tgid, fd, err)
+	}
+	unix.CloseOnExec(sock)
+	var st unix.Stat_t
+	if err := unix.Fstat(sock, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		unix.Close(sock)
+		return -1, 0, fmt.Errorf("fd %d of pid %d is not a socket", fd, tgid)
+	}
+	return sock, st.Ino, nil
+}
+
+// unprivilegedPortStart is net.ipv4.ip_unprivileged_port_start (1024 when
+// it cannot be read).
+func unprivilegedPortStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+	if err != nil {
+		return 1024
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 1024
+	}
+	return n
+}
