@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -59,6 +60,11 @@ func runHelper(mode string, args []string) int {
 			defer cmd.Process.Kill()
 			pids = append(pids, fmt.Sprint(cmd.Process.Pid))
 		}
+		// File() left the shared socket blocking: make it non-blocking
+		// again, or closing the listener would not wake the accept.
+		f.Close()
+		rc, _ := ln.(*net.TCPListener).SyscallConn()
+		rc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
 		fmt.Printf("listening %s workers %s\n", ln.Addr(), strings.Join(pids, ","))
 		return serveUntilTerm(ln)
 	case "worker":
@@ -85,6 +91,45 @@ func runHelper(mode string, args []string) int {
 		fmt.Printf("listening %s\n", ln.Addr())
 		http.Serve(ln, helloHandler())
 		return 0
+	case "signals": // serve, and print each signal but TERM, which stops it
+		sigs := make(chan os.Signal, 8)
+		signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGHUP, syscall.SIGQUIT)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		go func() {
+			for s := range sigs {
+				fmt.Printf("got %v\n", s)
+			}
+		}()
+		return serveUntilTerm(ln)
+	case "extra": // bind UDP on the target port and TCP on port 0 first, then serve
+		host, port, _ := net.SplitHostPort(addr)
+		udp, err := net.ListenPacket("udp", net.JoinHostPort(host, port))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper: udp:", err)
+			return 1
+		}
+		defer udp.Close()
+		other, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper: other port:", err)
+			return 1
+		}
+		defer other.Close()
+		go http.Serve(other, helloHandler())
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		fmt.Printf("listening %s udp %s other %s\n", ln.Addr(), udp.LocalAddr(), other.Addr())
+		return serveUntilTerm(ln)
+	case "exit": // exit with the status in args[0]
+		code, _ := strconv.Atoi(addr)
+		return code
 	case "crash": // fail before binding anything
 		fmt.Fprintln(os.Stderr, "helper: crashing before bind")
 		return 3

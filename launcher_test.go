@@ -1,0 +1,503 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// takeoverBin builds the real takeover binary once per test run: the
+// end-to-end tests run it as users do.
+func takeoverBin(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "takeover-test")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "takeover")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// A tkRun is one takeover process started by a test.
+type tkRun struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	lines  chan string // the command's stdout, line by line
+	exited chan struct{}
+	err    error // valid once exited is closed
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and many readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startTakeover runs takeover with args; helper, if set, is the test helper
+// mode the command (the test binary) is to run as.
+func startTakeover(t *testing.T, helper string, args ...string) *tkRun {
+	t.Helper()
+	cmd := exec.Command(takeoverBin(t), args...)
+	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER="+helper)
+	r := &tkRun{cmd: cmd, stderr: &syncBuffer{}, lines: make(chan string, 100), exited: make(chan struct{})}
+	cmd.Stderr = r.stderr
+	cmd.WaitDelay = 2 * time.Second
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case r.lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	go func() {
+		// A process left behind may hold the output open: that must not
+		// keep the test from seeing takeover exit.
+		r.err = cmd.Wait()
+		close(r.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-r.exited:
+			return
+		default:
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-r.exited:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-r.exited
+		}
+	})
+	return r
+}
+
+// line waits for the next line the command prints.
+func (r *tkRun) line(t *testing.T) string {
+	t.Helper()
+	select {
+	case l := <-r.lines:
+		return l
+	case <-r.exited:
+		t.Fatalf("takeover exited (%v) before printing a line; stderr:\n%s", r.err, r.stderr)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no line in 60s; stderr:\n%s", r.stderr)
+	}
+	return ""
+}
+
+// wait waits for takeover to exit and returns its exit status.
+func (r *tkRun) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-r.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("takeover did not exit in 60s; stderr:\n%s", r.stderr)
+	}
+	var ee *exec.ExitError
+	if errors.As(r.err, &ee) {
+		return ee.ExitCode()
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	return 0
+}
+
+func (r *tkRun) running() bool {
+	select {
+	case <-r.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// waitServing polls addr until a request succeeds.
+func waitServing(t *testing.T, addr string) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		body, err := get(addr, "/")
+		if err == nil {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not serve: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// holdersTree returns the pids holding addr's listening socket.
+func holdersOf(t *testing.T, addr string) map[int]bool {
+	t.Helper()
+	ls := lookup(t, addr)
+	if len(ls) != 1 {
+		t.Fatalf("%d listeners on %s, want 1", len(ls), addr)
+	}
+	return holderPIDs(ls[0])
+}
+
+// childOf returns the child pid of a takeover, from the holders of addr.
+func childOf(t *testing.T, r *tkRun, addr string) int {
+	t.Helper()
+	for pid := range holdersOf(t, addr) {
+		if ppid, _ := readPPID("/proc", pid); ppid == r.cmd.Process.Pid {
+			return pid
+		}
+	}
+	t.Fatalf("no child of takeover %d holds %s", r.cmd.Process.Pid, addr)
+	return 0
+}
+
+// processGone reports whether pid has exited (or is a zombie nobody reaped).
+func processGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err != nil || strings.Contains(string(b), ") Z ")
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !processGone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d is still running", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// server describes how users start one kind of server on a port.
+type server struct {
+	name   string
+	helper string
+	argv   func(port string) []string
+	need   string
+}
+
+func servers(t *testing.T) []server {
+	self, _ := os.Executable()
+	wd, _ := os.Getwd()
+	return []server{
+		{name: "go", helper: "serve", argv: func(p string) []string { return []string{self, "127.0.0.1:" + p} }},
+		{name: "python", need: "python3", argv: func(p string) []string {
+			return []string{"python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", t.TempDir(), p}
+		}},
+		{name: "node", need: "node", argv: func(p string) []string { return []string{"node", filepath.Join(wd, "testdata/server.js"), p} }},
+		{name: "java", need: "java", argv: func(p string) []string { return []string{"java", filepath.Join(wd, "testdata/Server.java"), p} }},
+	}
+}
+
+func requireTool(t *testing.T, name string) {
+	t.Helper()
+	if name == "" {
+		return
+	}
+	if _, err := exec.LookPath(name); err != nil {
+		t.Fatalf("%s is needed for this test (.ci/run installs it): %v", name, err)
+	}
+}
+
+// TestReplaceRealServers: for each kind of server, a second takeover
+// replaces the first; the first exits 0; one generation serves; nothing is
+// left behind.
+func TestReplaceRealServers(t *testing.T) {
+	for _, srv := range servers(t) {
+		t.Run(srv.name, func(t *testing.T) {
+			requireTool(t, srv.need)
+			port := freePort(t)
+			addr := "127.0.0.1:" + port
+			args := append([]string{"--strategy", "rebind", "--port", port, "--"}, srv.argv(port)...)
+
+			first := startTakeover(t, srv.helper, args...)
+			waitServing(t, addr)
+			oldChild := childOf(t, first, addr)
+
+			second := startTakeover(t, srv.helper, args...)
+			if code := first.wait(t); code != 0 {
+				t.Fatalf("the first takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
+			}
+			waitGone(t, oldChild)
+			waitServing(t, addr)
+			newChild := childOf(t, second, addr)
+			want := map[int]bool{second.cmd.Process.Pid: true, newChild: true}
+			if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("holders = %v, want takeover %d and its child %d only", got, second.cmd.Process.Pid, newChild)
+			}
+			if !strings.Contains(second.stderr.String(), "strategy=rebind") {
+				t.Errorf("the second takeover's log lacks its swap line:\n%s", second.stderr)
+			}
+
+			second.cmd.Process.Signal(syscall.SIGTERM)
+			code := second.wait(t)
+			if srv.name == "go" && code != 0 {
+				t.Errorf("takeover exited %d after TERM, want the child's 0", code)
+			}
+			waitGone(t, newChild)
+			if ls := lookup(t, addr); len(ls) != 0 {
+				t.Errorf("after TERM the port is still held: %+v", ls)
+			}
+		})
+	}
+}
+
+func TestCrashBeforeBindLeavesOldServing(t *testing.T) {
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	self, _ := os.Executable()
+	first := startTakeover(t, "serve", "--port", port, "--", self, addr)
+	waitServing(t, addr)
+	oldChild := childOf(t, first, addr)
+
+	crash := startTakeover(t, "crash", "--port", port, "--", self)
+	if code := crash.wait(t); code != 3 {
+		t.Fatalf("takeover of a crashing command exited %d, want its 3", code)
+	}
+	if !first.running() || processGone(oldChild) {
+		t.Fatal("the old generation was stopped by a command that never bound")
+	}
+	waitServing(t, addr)
+	if got := childOf(t, first, addr); got != oldChild {
+		t.Errorf("the port is held by %d, want the old %d", got, oldChild)
+	}
+}
+
+func TestForeignHolderRefused(t *testing.T) {
+	requireTool(t, "python3")
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	py := exec.Command("python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", t.TempDir(), port)
+	py.Stdout = io.Discard
+	if err := py.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { py.Process.Kill(); py.Wait() })
+	waitServing(t, addr)
+
+	self, _ := os.Executable()
+	r := startTakeover(t, "serve", "--port", port, "--", self, addr)
+	if code := r.wait(t); code == 0 {
+		t.Fatalf("takeover exited 0 though the port is python's")
+	}
+	if s := r.stderr.String(); !strings.Contains(s, "not an earlier instance") || !strings.Contains(s, "--force") || !strings.Contains(s, fmt.Sprint(py.Process.Pid)) {
+		t.Errorf("the refusal does not name the process and --force:\n%s", s)
+	}
+	if processGone(py.Process.Pid) {
+		t.Fatal("python was stopped though it is not an earlier instance")
+	}
+	waitServing(t, addr)
+
+	forced := startTakeover(t, "serve", "--force", "--port", port, "--", self, addr)
+	exited := make(chan error, 1)
+	go func() { exited <- py.Wait() }()
+	select {
+	case <-exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("--force did not stop python; stderr:\n%s", forced.stderr)
+	}
+	waitServing(t, addr)
+	childOf(t, forced, addr)
+}
+
+func TestSameExecutableReplaced(t *testing.T) {
+	// A server started by hand, not under takeover, running the same
+	// executable as the new command: an earlier instance.
+	h := startHelper(t, "serve", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(h.addr)
+	self, _ := os.Executable()
+	r := startTakeover(t, "serve", "--port", port, "--", self, h.addr)
+	done := make(chan error, 1)
+	go func() { done <- h.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("the old server did not drain and exit 0: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the old server was not stopped; stderr:\n%s", r.stderr)
+	}
+	waitServing(t, h.addr)
+	childOf(t, r, h.addr)
+}
+
+func TestNonTargetBindsPass(t *testing.T) {
+	port := freePort(t)
+	self, _ := os.Executable()
+	r := startTakeover(t, "extra", "--port", port, "--", self, "127.0.0.1:"+port)
+	f := strings.Fields(r.line(t)) // listening ADDR udp ADDR other ADDR
+	if len(f) != 6 || f[1] != "127.0.0.1:"+port || !strings.HasSuffix(f[3], ":"+port) || strings.HasSuffix(f[5], ":0") {
+		t.Fatalf("the command printed %q", strings.Join(f, " "))
+	}
+	waitServing(t, f[1])
+	waitServing(t, f[5]) // the port takeover was not told of is the command's own
+}
+
+func TestSignalsForwarded(t *testing.T) {
+	port := freePort(t)
+	self, _ := os.Executable()
+	r := startTakeover(t, "signals", "--port", port, "--", self, "127.0.0.1:"+port)
+	r.line(t) // listening
+	for _, sig := range []syscall.Signal{syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGQUIT} {
+		r.cmd.Process.Signal(sig)
+		if got, want := r.line(t), "got "+sig.String(); got != want {
+			t.Errorf("after %v the command printed %q, want %q", sig, got, want)
+		}
+	}
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	if code := r.wait(t); code != 0 {
+		t.Errorf("takeover exited %d after TERM, want the child's 0", code)
+	}
+}
+
+func TestExitStatuses(t *testing.T) {
+	self, _ := os.Executable()
+	notExec := filepath.Join(t.TempDir(), "script")
+	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
+	tests := []struct {
+		name     string
+		helper   string
+		args     []string
+		code     int
+		inStderr string
+	}{
+		{"child status", "exit", []string{"-p", "1", "--", self, "7"}, 7, ""},
+		{"child killed by a signal", "", []string{"-p", "1", "--", "sh", "-c", "kill -KILL $$"}, 128 + 9, ""},
+		{"command not found", "", []string{"-p", "1", "--", "no-such-command-here"}, 127, "command not found: no-such-command-here"},
+		{"command not executable", "", []string{"-p", "1", "--", notExec}, 126, "not executable"},
+		{"no command", "", []string{"-p", "8100"}, 125, "no command"},
+		{"no port", "", []string{"--", "true"}, 125, "no --port"},
+		{"bad port", "", []string{"-p", "99999", "--", "true"}, 125, "not a number from 1 to 65535"},
+		{"bad signal", "", []string{"-p", "1", "--signal", "FOO", "--", "true"}, 125, "not a signal name"},
+		{"bad kill-timeout", "", []string{"-p", "1", "--kill-timeout", "-1s", "--", "true"}, 125, "--kill-timeout -1s: must be more than 0"},
+		{"bad strategy", "", []string{"-p", "1", "--strategy", "magic", "--", "true"}, 125, "want auto, handoff or rebind"},
+		{"bad log format", "", []string{"-p", "1", "--log-format", "xml", "--", "true"}, 125, "want text or json"},
+		{"unknown flag", "", []string{"--nope", "--", "true"}, 125, "flag provided but not defined"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := startTakeover(t, tt.helper, tt.args...)
+			if code := r.wait(t); code != tt.code || !strings.Contains(r.stderr.String(), tt.inStderr) {
+				t.Errorf("takeover %q exited %d with stderr %q; want %d and %q", tt.args, code, r.stderr, tt.code, tt.inStderr)
+			}
+		})
+	}
+	out, err := exec.Command(takeoverBin(t), "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "takeover ") {
+		t.Errorf("takeover version = %q, %v", out, err)
+	}
+}
+
+// TestTwoAtOnce: two takeovers started together for one port serialize on
+// the port lock; the later replaces the earlier, and one server remains.
+func TestTwoAtOnce(t *testing.T) {
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	self, _ := os.Executable()
+	a := startTakeover(t, "serve", "--port", port, "--", self, addr)
+	b := startTakeover(t, "serve", "--port", port, "--", self, addr)
+	var winner *tkRun
+	select {
+	case <-a.exited:
+		winner = b
+		if code := a.wait(t); code != 0 {
+			t.Fatalf("takeover a exited %d; stderr:\n%s", code, a.stderr)
+		}
+	case <-b.exited:
+		winner = a
+		if code := b.wait(t); code != 0 {
+			t.Fatalf("takeover b exited %d; stderr:\n%s", code, b.stderr)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("neither takeover gave way\na:\n%s\nb:\n%s", a.stderr, b.stderr)
+	}
+	waitServing(t, addr)
+	child := childOf(t, winner, addr)
+	want := fmt.Sprint(map[int]bool{winner.cmd.Process.Pid: true, child: true})
+	if got := fmt.Sprint(holdersOf(t, addr)); got != want {
+		t.Errorf("holders = %s, want %s", got, want)
+	}
+}
+
+// TestNoSeccompUnderSeccomp: a takeover inside a takeover cannot install
+// its filter (the kernel allows one listener in a chain); it says so and
+// exits 125.
+func TestNoSeccompUnderSeccomp(t *testing.T) {
+	bin := takeoverBin(t)
+	r := startTakeover(t, "", "-p", "1", "--", bin, "-p", "2", "--", "true")
+	if code := r.wait(t); code != 125 {
+		t.Fatalf("nested takeover exited %d, want 125; stderr:\n%s", code, r.stderr)
+	}
+	if !strings.Contains(r.stderr.String(), "seccomp user notification is not available") {
+		t.Errorf("stderr does not say what is missing:\n%s", r.stderr)
+	}
+}
+
+func TestPreforkReplaced(t *testing.T) {
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	self, _ := os.Executable()
+	first := startTakeover(t, "prefork", "--port", port, "--", self, addr)
+	f := strings.Fields(first.line(t)) // listening ADDR workers P,P
+	old := holdersOf(t, addr)
+	if len(old) != 4 { // takeover, master, two workers
+		t.Fatalf("holders = %v (%s), want takeover, master and two workers", old, f)
+	}
+	second := startTakeover(t, "prefork", "--port", port, "--", self, addr)
+	if code := first.wait(t); code != 0 {
+		t.Fatalf("first takeover exited %d; stderr:\n%s", code, first.stderr)
+	}
+	second.line(t)
+	for pid := range old {
+		waitGone(t, pid)
+	}
+	waitServing(t, addr)
+}
