@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -32,7 +32,8 @@ type launcher struct {
 	replaced bool // a newer takeover took the ports: exit 0 when the child is gone
 }
 
-// forwarded are the signals a launcher passes to its child.
+// forwarded are the signals a launcher passes to its child; HUP is not
+// forwarded but reloads.
 var forwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGHUP}
 
 // runLauncher implements `takeover [flags] -- COMMAND [ARG...]`.
@@ -54,6 +55,13 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 	}
 	st, _ := readStat("/proc", os.Getpid())
 	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), start: st.Start}
+	if cfg.PIDFile != "" {
+		if err := writeFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
+			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
+			return exitLauncher
+		}
+		defer os.Remove(cfg.PIDFile)
+	}
 	return l.run(path)
 }
 
@@ -83,38 +91,91 @@ func (l *launcher) run(path string) int {
 		l.log.Error("cannot take the port lock", "err", err)
 		return exitLauncher
 	}
-	g, err := l.startGeneration(ctx, path, 1)
+	cur, err := l.startGeneration(ctx, path, 1, nil)
 	if err != nil {
 		releaseLocks(locks)
 		l.log.Error("cannot start the command", "err", err)
 		return exitLauncher
 	}
 	exits := reap()
-	ready := g.ready
+	swapped := make(chan *generation, 4)
+	var next *generation // a reload under way
+	pendingHUP := false
+	ready := cur.ready
+
+	startReload := func() {
+		sdNotify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
+		p, code, err := resolveCommand(l.cfg.Command[0]) // a new binary on disk is picked up
+		if err == nil {
+			next, err = l.startGeneration(ctx, p, cur.num+1, cur)
+		} else {
+			err = fmt.Errorf("%w (exit status %d)", err, code)
+		}
+		if err != nil {
+			l.log.Error("reload failed; the running generation keeps serving", "err", err)
+			sdNotify("READY=1")
+			next = nil
+			return
+		}
+		ready = next.ready
+	}
 	for {
 		select {
 		case sig := <-sigs:
-			l.forward(g, sig.(syscall.Signal))
+			switch {
+			case sig == unix.SIGHUP && next != nil:
+				pendingHUP = true // one reload at a time; this one runs after
+			case sig == unix.SIGHUP:
+				startReload()
+			default:
+				l.forward(cur, sig.(syscall.Signal))
+			}
 		case <-ready:
 			ready = nil
-			go l.completeSwap(ctx, g, locks)
+			g := cur
+			if next != nil {
+				g, cur, next = next, next, nil
+			}
+			go func(locks []*os.File) {
+				l.completeSwap(ctx, g, locks)
+				swapped <- g
+			}(locks)
+			locks = nil // the first swap releases them
+		case <-swapped:
+			if pendingHUP && next == nil {
+				pendingHUP = false
+				startReload()
+			}
 		case e := <-exits:
-			if e.pid != g.pid {
-				continue // a re-parented orphan
+			switch {
+			case next != nil && e.pid == next.pid:
+				close(next.exited)
+				next.closeCopies()
+				l.log.Error("reload failed: the new generation exited before it listened on every --port; the running one keeps serving",
+					"generation", next.num, "pid", next.pid, "status", exitStatus(e.status))
+				sdNotify("READY=1")
+				next, ready = nil, cur.ready
+				if pendingHUP {
+					pendingHUP = false
+					startReload()
+				}
+			case e.pid == cur.pid:
+				close(cur.exited)
+				cur.closeCopies()
+				if l.isReplaced() {
+					l.log.Debug("replaced by a newer takeover; exiting", "child_status", exitStatus(e.status))
+					return 0
+				}
+				code := exitStatus(e.status)
+				select {
+				case <-cur.ready:
+					l.log.Info("command exited", "pid", cur.pid, "status", code)
+				default:
+					l.log.Warn("command exited before it listened on every --port; no earlier instance was stopped for it", "pid", cur.pid, "status", code)
+				}
+				return code
 			}
-			g.closeCopies()
-			if l.isReplaced() {
-				l.log.Debug("replaced by a newer takeover; exiting", "child_status", exitStatus(e.status))
-				return 0
-			}
-			code := exitStatus(e.status)
-			select {
-			case <-g.ready:
-				l.log.Info("command exited", "pid", g.pid, "status", code)
-			default:
-				l.log.Warn("command exited before it listened on every --port; the old server, if any, was not stopped by a handoff", "pid", g.pid, "status", code)
-			}
-			return code
+			// else: an old generation or a re-parented orphan, reaped.
 		}
 	}
 }
@@ -193,8 +254,8 @@ func (l *launcher) newerTakeover() bool {
 }
 
 // startGeneration starts the command through the shim and serves its
-// notifications.
-func (l *launcher) startGeneration(ctx context.Context, path string, num int) (*generation, error) {
+// notifications. prev is the generation it is to replace in a reload.
+func (l *launcher) startGeneration(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -203,7 +264,9 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int) (*
 	defer unix.Close(parentEnd)
 	env := []string{shimEnv + "=1", launcherEnv + "=" + strconv.Itoa(l.self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, launcherEnv+"=") && !strings.HasPrefix(kv, "TAKEOVER_GENERATION=") {
+		// NOTIFY_SOCKET is takeover's to use: systemd would ignore the
+		// child's messages, sent from a pid that is not the main one.
+		if !strings.HasPrefix(kv, launcherEnv+"=") && !strings.HasPrefix(kv, "TAKEOVER_GENERATION=") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
 			env = append(env, kv)
 		}
 	}
@@ -223,8 +286,9 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int) (*
 		return nil, err
 	}
 	g := &generation{
-		l: l, num: num, pid: p.Pid, notifFD: notifFD,
+		l: l, num: num, pid: p.Pid, notifFD: notifFD, prev: prev,
 		ready:    make(chan struct{}),
+		exited:   make(chan struct{}),
 		socks:    make(map[sockKey]*heldSock),
 		listened: make(map[portSpec]bool),
 	}
@@ -261,105 +325,6 @@ func reap() <-chan childExit {
 	return ch
 }
 
-// takePort gives sock the address addr: at once if nothing holds the port,
-// else by replacing the holders, if policy allows.
-func (l *launcher) takePort(ctx context.Context, g *generation, child newChild, sock int, addr netip.AddrPort, spec portSpec) (*swap, error) {
-	began := time.Now()
-	port := addr.Port()
-	var hint []int
-	prev, hasPrev := readRecord(l.dir, port)
-	if hasPrev && prev.Launcher != l.self {
-		hint = []int{prev.Launcher}
-	}
-	all, err := listeners("/proc", portSpec{Port: port}, hint, len(hint) > 0)
-	if err != nil {
-		return nil, fmt.Errorf("look up port %d: %w", port, err)
-	}
-	var owners []listener
-	for _, o := range all {
-		if conflicts(addr, o.Addr) && !l.ownedBySelf(o) {
-			owners = append(owners, o)
-		}
-	}
-	sw := &swap{Spec: spec, Addr: addr, Lookup: time.Since(began)}
-	if len(owners) == 0 {
-		sw.Strategy = "fresh"
-		if err := unix.Bind(sock, sockaddrOf(addr)); err != nil {
-			return nil, err
-		}
-		return sw, nil
-	}
-	var targets []stopTarget
-	var holderPIDs []int
-	for _, o := range owners {
-		if len(o.Holders) == 0 {
-			return nil, fmt.Errorf("port %d (%s) is held by a process this user cannot see: %w", port, o.Addr, unix.EADDRINUSE)
-		}
-		for _, t := range stopTargets("/proc", o) {
-			if err := mayReplace("/proc", t, child, port, l.cfg.Force); err != nil {
-				return nil, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
-			}
-			targets = append(targets, t)
-		}
-		for _, h := range o.Holders {
-			holderPIDs = append(holderPIDs, h.PID)
-		}
-	}
-	sw.Old = targets
-	sw.OldCmd = commandLine(targets[0].Holder.PID)
-	pids := make([]int, len(targets))
-	for i, t := range targets {
-		pids[i] = t.PID
-	}
-	sw.oldProcs, sw.holders = openAll(pids), openAll(holderPIDs)
-
-	// Name this takeover as the port's launcher before the old one is
-	// signalled: that is how it knows it was replaced, not stopped.
-	if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.start}); err != nil {
-		return nil, fmt.Errorf("record the generation of port %d: %w", port, err)
-	}
-	restore := func() {
-		if hasPrev {
-			writeRecord(l.dir, port, prev)
-		}
-	}
-	sw.Strategy = "rebind"
-	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
-	defer cancel()
-	times, err := rebind{
-		Sock: sock, Addr: addr, Old: sw.oldProcs, Holders: sw.holders,
-		Signal: l.cfg.signal(), KillTimeout: l.cfg.killTimeout(),
-	}.run(bctx)
-	sw.Free, sw.Killed = times.Free, times.Killed
-	if err != nil {
-		restore()
-		return nil, err
-	}
-	// The socket listens now. Clients were refused at most from the last
-	// attempt that found the port held (or, if the first attempt found it
-	// free, from the signal) until now.
-	if times.LastBusy.IsZero() {
-		times.LastBusy = began.Add(sw.Lookup)
-	}
-	sw.Window = time.Since(times.LastBusy)
-	return sw, nil
-}
-
-// ownedBySelf reports whether a listener is this takeover's own: held only
-// by takeover itself and its descendants (a prefork child binding a second
-// SO_REUSEPORT socket).
-func (l *launcher) ownedBySelf(o listener) bool {
-	if len(o.Holders) == 0 {
-		return false
-	}
-	for _, h := range o.Holders {
-		if h.PID != l.self && !isAncestor("/proc", l.self, h.PID) {
-			return false
-		}
-	}
-	return true
-}
-
 func commandLine(pid int) string {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	if err != nil {
@@ -368,18 +333,79 @@ func commandLine(pid int) string {
 	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
 }
 
-// completeSwap runs once the new generation listens on every target: it
-// stops what a handoff left running, logs the swap, records the generation,
-// waits for the old processes to exit and releases the port locks.
+// completeSwap runs once a generation listens on every target: it records
+// the generation, tells systemd, logs the swap, stops the generation it
+// replaced (after --kill-old-delay, and only while the new one still runs),
+// waits for that to exit and releases the port locks.
 func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.File) {
 	defer releaseLocks(locks)
 	g.mu.Lock()
 	swaps := append([]*swap(nil), g.swaps...)
 	g.mu.Unlock()
 
+	for _, port := range l.ports() {
+		if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.start, Child: g.pid}); err != nil {
+			l.log.Warn("cannot record the generation", "port", port, "err", err)
+		}
+	}
+	l.logSwap(g, swaps)
+	l.writeStatus(g, swaps)
+
+	var stop []*swap
+	for _, sw := range swaps {
+		if len(sw.oldProcs) > 0 {
+			stop = append(stop, sw)
+		}
+	}
+	if len(stop) > 0 && l.cfg.KillOldDelay > 0 {
+		select {
+		case <-time.After(l.cfg.KillOldDelay):
+		case <-g.exited:
+		}
+	}
+	select {
+	case <-g.exited:
+		l.log.Warn("the new generation exited during --kill-old-delay; the old one was not stopped", "generation", g.num)
+		return
+	default:
+	}
+	if g.prev != nil {
+		g.prev.closeCopies() // takeover's own copies must not hold a port it rebinds
+	}
+	for _, sw := range stop {
+		if sw.Strategy != "rebind" { // a rebind signalled them already
+			for _, p := range sw.oldProcs {
+				p.signal(l.cfg.signal())
+			}
+		}
+	}
+	sdNotify("READY=1\nMAINPID=" + strconv.Itoa(l.self))
+	// Hold the locks until the old generation is gone, so that the next
+	// takeover finds one generation, not two.
+	for _, sw := range stop {
+		wctx, cancel := context.WithTimeout(ctx, l.cfg.killTimeout())
+		for _, p := range sw.oldProcs {
+			if !p.wait(wctx) {
+				l.log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
+				for _, h := range sw.holders {
+					h.signal(unix.SIGKILL)
+				}
+			}
+		}
+		cancel()
+		closeAll(sw.oldProcs)
+		closeAll(sw.holders)
+	}
+}
+
+// logSwap writes the one line that says how a generation took its ports.
+func (l *launcher) logSwap(g *generation, swaps []*swap) {
 	attrs := []any{"generation", g.num, "new_pid", g.pid}
 	for _, sw := range swaps {
 		a := []any{"strategy", sw.Strategy}
+		if sw.Why != "" {
+			a = append(a, "why", sw.Why)
+		}
 		if len(sw.Old) > 0 {
 			a = append(a, "old_pid", sw.Old[0].Holder.PID, "old_cmd", sw.OldCmd, "lookup", sw.Lookup)
 			if sw.Old[0].Launcher {
@@ -393,25 +419,50 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 		attrs = append(attrs, slog.Group(sw.Spec.String(), a...))
 	}
 	l.log.Info("took over", attrs...)
+}
 
-	for _, port := range l.ports() {
-		if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.start, Child: g.pid}); err != nil {
-			l.log.Warn("cannot record the generation", "port", port, "err", err)
-		}
+// status is what --status-file holds.
+type status struct {
+	TakeoverPID int          `json:"takeover_pid"`
+	Generation  int          `json:"generation"`
+	ChildPID    int          `json:"child_pid"`
+	Ports       []string     `json:"ports"`
+	Updated     time.Time    `json:"updated"`
+	LastSwap    []swapStatus `json:"last_swap"`
+}
+
+type swapStatus struct {
+	Port            string  `json:"port"`
+	Address         string  `json:"address"`
+	Strategy        string  `json:"strategy"`
+	Why             string  `json:"why,omitempty"`
+	OldPID          int     `json:"old_pid,omitempty"`
+	LookupMS        float64 `json:"lookup_ms"`
+	SignalToFreeMS  float64 `json:"signal_to_free_ms,omitempty"`
+	RefusedWindowMS float64 `json:"refused_window_ms"`
+	TotalMS         float64 `json:"total_ms"`
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (l *launcher) writeStatus(g *generation, swaps []*swap) {
+	if l.cfg.StatusFile == "" {
+		return
 	}
-	// Hold the locks until the old generation is gone, so that the next
-	// takeover finds one generation, not two.
+	st := status{TakeoverPID: l.self, Generation: g.num, ChildPID: g.pid, Updated: time.Now().UTC(), LastSwap: []swapStatus{}}
+	for _, p := range l.cfg.Ports {
+		st.Ports = append(st.Ports, p.String())
+	}
 	for _, sw := range swaps {
-		wctx, cancel := context.WithTimeout(ctx, l.cfg.killTimeout())
-		for _, p := range sw.oldProcs {
-			if !p.wait(wctx) {
-				for _, h := range sw.holders {
-					h.signal(unix.SIGKILL)
-				}
-			}
+		s := swapStatus{Port: sw.Spec.String(), Address: sw.Addr.String(), Strategy: sw.Strategy, Why: sw.Why,
+			LookupMS: ms(sw.Lookup), SignalToFreeMS: ms(sw.Free), RefusedWindowMS: ms(sw.Window), TotalMS: ms(sw.Listened.Sub(sw.Began))}
+		if len(sw.Old) > 0 {
+			s.OldPID = sw.Old[0].Holder.PID
 		}
-		cancel()
-		closeAll(sw.oldProcs)
-		closeAll(sw.holders)
+		st.LastSwap = append(st.LastSwap, s)
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	if err := writeFileAtomic(l.cfg.StatusFile, append(b, '\n')); err != nil {
+		l.log.Warn("cannot write --status-file", "err", err)
 	}
 }

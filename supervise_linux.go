@@ -21,7 +21,9 @@ type generation struct {
 	num     int
 	pid     int
 	notifFD int
+	prev    *generation   // the generation a reload replaces
 	ready   chan struct{} // closed once the command listens on every --port
+	exited  chan struct{} // closed once the command has exited
 
 	mu       sync.Mutex
 	socks    map[sockKey]*heldSock
@@ -155,22 +157,44 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 		return respErrno(unix.EACCES)
 	}
 	child := newChild{PID: st.Tgid, UID: st.UID, Exe: procExe("/proc", st.Tgid)}
-	sw, err := g.l.takePort(ctx, g, child, sock, addr, spec)
+	sw, held, err := g.l.takePort(ctx, g, claim{n: n, child: child, fd: fd, sock: sock, addr: addr, spec: spec})
 	if err != nil {
 		unix.Close(sock)
 		g.l.log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)
 		return respErrno(err)
 	}
 	sw.Began = began
+	heldIno := ino
+	if held != sock {
+		heldIno = inodeOf(held)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.done {
-		unix.Close(sock)
+		unix.Close(held)
 		return seccompNotifResp{}
 	}
-	g.socks[key] = &heldSock{copyFD: sock, inode: ino, spec: spec, addr: addr}
+	g.socks[key] = &heldSock{copyFD: held, inode: heldIno, spec: spec, addr: addr}
 	g.swaps = append(g.swaps, sw)
 	return seccompNotifResp{}
+}
+
+// heldFor returns the generation's socket bound to addr, if it still holds one.
+func (g *generation) heldFor(addr netip.AddrPort) *heldSock {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.socks {
+		if s.addr == addr {
+			return s
+		}
+	}
+	return nil
+}
+
+func inodeOf(fd int) uint64 {
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	return st.Ino
 }
 
 // onListen performs the command's listen(2) on takeover's copy of a target

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// A handoff gives the new server the old server's listening socket in place
+// of its own: the socket never closes, so no connection is refused and the
+// connections waiting in its accept queue are accepted by the new server.
+
+// handoffMismatch says why old cannot stand in for own bound to addr, or "".
+// The socket must be a stream socket of the same family, bound to exactly
+// that address, with the same IPV6_V6ONLY: an IPv4 socket is never handed
+// to a server that asked for IPv6.
+func handoffMismatch(old, own int, addr netip.AddrPort) string {
+	typ, err := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil || typ != unix.SOCK_STREAM {
+		return "the old socket is not a stream socket"
+	}
+	oldFamily, err1 := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	ownFamily, err2 := unix.GetsockoptInt(own, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err1 != nil || err2 != nil || oldFamily != ownFamily {
+		return fmt.Sprintf("the old socket is %s, the new server asked for %s", familyName(oldFamily), familyName(ownFamily))
+	}
+	sa, err := unix.Getsockname(old)
+	if err != nil {
+		return "cannot read the old socket's address"
+	}
+	oldAddr := addrPortOf(sa)
+	if oldAddr != addr {
+		return fmt.Sprintf("the old socket is bound to %s, the new server asked for %s", oldAddr, addr)
+	}
+	if ownFamily == unix.AF_INET6 {
+		a, _ := unix.GetsockoptInt(old, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		b, _ := unix.GetsockoptInt(own, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		if a != b {
+			return "the old and new sockets differ in IPV6_V6ONLY"
+		}
+	}
+	return ""
+}
+
+func familyName(f int) string {
+	switch f {
+	case unix.AF_INET:
+		return "IPv4"
+	case unix.AF_INET6:
+		return "IPv6"
+	}
+	return "family " + strconv.Itoa(f)
+}
+
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// injectSocket puts old at fd in the notifying process, in place of own (the
+// command's socket, which takeover's copy shares flags with): O_NONBLOCK, a
+// flag of the socket shared by every holder, is set as the command had it,
+// and FD_CLOEXEC, a flag of the fd, as the command's fd had it.
+func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
+	ownFlags, err := unix.FcntlInt(uintptr(own), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	oldFlags, err := unix.FcntlInt(uintptr(old), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	if ownFlags&unix.O_NONBLOCK != oldFlags&unix.O_NONBLOCK {
+		if _, err := unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags&^unix.O_NONBLOCK|ownFlags&unix.O_NONBLOCK); err != nil {
+			return err
+		}
+	}
+	cloexec, err := fdCloexec(tgid, fd)
+	if err != nil {
+		return err
+	}
+	return notifAddFD(notifFD, id, old, fd, cloexec)
+}
+
+// fdCloexec reads whether a process's fd has FD_CLOEXEC, from the flags line
+// of /proc/PID/fdinfo/FD (octal open flags, O_CLOEXEC among them).
+func fdCloexec(pid, fd int) (bool, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/fdinfo/" + strconv.Itoa(fd))
+	if err != nil {
+		return false, err
+	}
+	return parseFdinfoCloexec(string(b))
+}
+
+func parseFdinfoCloexec(s string) (bool, error) {
+	for _, line := range strings.Split(s, "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+			if err != nil {
+				return false, fmt.Errorf("fdinfo flags %q: %w", v, errMalformed)
+			}
+			return flags&unix.O_CLOEXEC != 0, nil
+		}
+	}
+	return false, fmt.Errorf("fdinfo: no flags line: %w", errMalformed)
+}

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A claim is a bind of the command to a --port target, as takePort sees it.
+type claim struct {
+	n     *seccompNotif
+	child newChild
+	fd    int // the command's fd
+	sock  int // takeover's copy of the command's socket
+	addr  netip.AddrPort
+	spec  portSpec
+}
+
+// takePort gives the command the address it asked for: at once if the port
+// is free; by handoff or rebind if an earlier instance holds it and policy
+// allows. It returns the swap and the socket takeover keeps a copy of (the
+// command's own, or after a handoff the old one); c.sock is consumed.
+func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap, int, error) {
+	began := time.Now()
+	sw := &swap{Spec: c.spec, Addr: c.addr}
+	if g.prev != nil {
+		if old := g.prev.heldFor(c.addr); old != nil {
+			return l.replaceGeneration(ctx, g, c, sw, old)
+		}
+	}
+	port := c.addr.Port()
+	var hint []int
+	prev, hasPrev := readRecord(l.dir, port)
+	if hasPrev && prev.Launcher != l.self {
+		hint = []int{prev.Launcher}
+	}
+	all, err := listeners("/proc", portSpec{Port: port}, hint, len(hint) > 0)
+	if err != nil {
+		return nil, -1, fmt.Errorf("look up port %d: %w", port, err)
+	}
+	var owners []listener
+	for _, o := range all {
+		if conflicts(c.addr, o.Addr) && !l.ownedBySelf(o) {
+			owners = append(owners, o)
+		}
+	}
+	sw.Lookup = time.Since(began)
+	if len(owners) == 0 {
+		sw.Strategy = "fresh"
+		if err := unix.Bind(c.sock, sockaddrOf(c.addr)); err != nil {
+			return nil, -1, err
+		}
+		return sw, c.sock, nil
+	}
+
+	var holderPIDs, targetPIDs []int
+	for _, o := range owners {
+		if len(o.Holders) == 0 {
+			return nil, -1, fmt.Errorf("port %d (%s) is held by a process this user cannot see: %w", port, o.Addr, unix.EADDRINUSE)
+		}
+		for _, t := range stopTargets("/proc", o) {
+			if err := mayReplace("/proc", t, c.child, port, l.cfg.Force); err != nil {
+				return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
+			}
+			sw.Old = append(sw.Old, t)
+			targetPIDs = append(targetPIDs, t.PID)
+		}
+		for _, h := range o.Holders {
+			holderPIDs = append(holderPIDs, h.PID)
+		}
+	}
+	sw.OldCmd = commandLine(sw.Old[0].Holder.PID)
+	sw.oldProcs, sw.holders = openAll(targetPIDs), openAll(holderPIDs)
+
+	if l.cfg.Strategy != "rebind" {
+		old, why := copyOldSocket(owners, sw.Old)
+		if why == "" {
+			why = handoffMismatch(old, c.sock, c.addr)
+		}
+		if why == "" {
+			return l.handoff(g, c, sw, old)
+		}
+		if old >= 0 {
+			unix.Close(old)
+		}
+		if l.cfg.Strategy == "handoff" {
+			closeAll(sw.oldProcs)
+			closeAll(sw.holders)
+			return nil, -1, fmt.Errorf("--strategy handoff: cannot hand port %d over: %s (%w)", port, why, unix.EADDRINUSE)
+		}
+		sw.Why = why
+	}
+
+	// Name this takeover as the port's launcher before the old one is
+	// signalled: that is how it knows it was replaced, not stopped.
+	if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.start}); err != nil {
+		return nil, -1, fmt.Errorf("record the generation of port %d: %w", port, err)
+	}
+	if err := l.rebind(ctx, c, sw, began); err != nil {
+		if hasPrev {
+			writeRecord(l.dir, port, prev)
+		}
+		return nil, -1, err
+	}
+	return sw, c.sock, nil
+}
+
+// replaceGeneration takes a port over from the launcher's own previous
+// generation, in a reload: from takeover's own copy of its socket.
+func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim, sw *swap, old *heldSock) (*swap, int, error) {
+	began := time.Now()
+	prev := g.prev
+	sw.Old = []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}
+	sw.OldCmd = commandLine(prev.pid)
+	sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
+	if l.cfg.Strategy != "rebind" {
+		dup, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
+		why := ""
+		if err != nil {
+			why = fmt.Sprintf("cannot copy the old socket: %v", err)
+		} else {
+			why = handoffMismatch(dup, c.sock, c.addr)
+		}
+		if why == "" {
+			return l.handoff(g, c, sw, dup)
+		}
+		if err == nil {
+			unix.Close(dup)
+		}
+		if l.cfg.Strategy == "handoff" {
+			return nil, -1, fmt.Errorf("--strategy handoff: cannot hand port %d over: %s (%w)", c.addr.Port(), why, unix.EADDRINUSE)
+		}
+		sw.Why = why
+	}
+	prev.closeCopies()
+	if err := l.rebind(ctx, c, sw, began); err != nil {
+		return nil, -1, err
+	}
+	return sw, c.sock, nil
+}
+
+// handoff installs old in the command at its fd and answers its bind.
+func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (*swap, int, error) {
+	if err := injectSocket(g.notifFD, c.n.ID, c.child.PID, c.fd, c.sock, old); err != nil {
+		unix.Close(old)
+		return nil, -1, fmt.Errorf("hand the old socket over: %w", err)
+	}
+	unix.Close(c.sock) // the command's own socket, now closed in the command too
+	sw.Strategy = "handoff"
+	return sw, old, nil
+}
+
+// rebind stops the old holders and binds the command's socket once the port
+// frees.
+func (l *launcher) rebind(ctx context.Context, c claim, sw *swap, began time.Time) error {
+	sw.Strategy = "rebind"
+	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
+	defer cancel()
+	times, err := rebind{
+		Sock: c.sock, Addr: c.addr, Old: sw.oldProcs, Holders: sw.holders,
+		Signal: l.cfg.signal(), KillTimeout: l.cfg.killTimeout(),
+	}.run(bctx)
+	sw.Free, sw.Killed = times.Free, times.Killed
+	if err != nil {
+		return err
+	}
+	// The socket listens now. Clients were refused at most from the last
+	// attempt that found the port held (or, if the first attempt found it
+	// free, from the signal) until now.
+	if times.LastBusy.IsZero() {
+		times.LastBusy = began.Add(sw.Lookup)
+	}
+	sw.Window = time.Since(times.LastBusy)
+	return nil
+}
+
+// copyOldSocket takes a copy of the one listening socket that can be handed
+// over, from the target (a launcher keeps a copy) or else its holder. It
+// returns -1 and why when there is none.
+func copyOldSocket(owners []listener, targets []stopTarget) (int, string) {
+	if len(owners) != 1 {
+		return -1, fmt.Sprintf("the port is held by %d sockets, not one", len(owners))
+	}
+	o := owners[0]
+	var from []holder
+	for _, h := range o.Holders {
+		if h.PID == targets[0].PID {
+			from = append([]holder{h}, from...)
+		} else {
+			from = append(from, h)
+		}
+	}
+	var lastErr error
+	for _, h := range from {
+		sock, ino, err := copySocket(h.PID, h.FD)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if ino == o.Inode {
+			return sock, ""
+		}
+		unix.Close(sock)
+	}
+	return -1, fmt.Sprintf("cannot copy the old socket: %v", lastErr)
+}
+
+// ownedBySelf reports whether a listener is this takeover's own: held only
+// by takeover itself and its descendants (a prefork child binding a second
+// SO_REUSEPORT socket).
+func (l *launcher) ownedBySelf(o listener) bool {
+	if len(o.Holders) == 0 {
+		return false
+	}
+	for _, h := range o.Holders {
+		if h.PID != l.self && !isAncestor("/proc", l.self, h.PID) {
+			return false
+		}
+	}
+	return true
+}
