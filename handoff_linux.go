@@ -67,28 +67,44 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 }
 
 // injectSocket puts old at fd in the notifying process, in place of own (the
-// command's socket, which takeover's copy shares flags with): O_NONBLOCK, a
-// flag of the socket shared by every holder, is set as the command had it,
-// and FD_CLOEXEC, a flag of the fd, as the command's fd had it.
-func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
+// command's socket, with which takeover's copy shares its flags). FD_CLOEXEC,
+// a flag of the fd, is set as the command's fd had it. O_NONBLOCK is a flag
+// of the socket, shared by the old server and the new while both run: it is
+// set if either wants it, since a blocking socket would stall an event loop
+// (node accepts until EAGAIN) or keep a closing server in accept(2), while a
+// server that wants blocking accepts after poll or select and takes EAGAIN in
+// its stride. restoreBlocking says the command wanted a blocking socket: set
+// it so once the old server is gone.
+func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) (restoreBlocking bool, err error) {
 	ownFlags, err := unix.FcntlInt(uintptr(own), unix.F_GETFL, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
 	oldFlags, err := unix.FcntlInt(uintptr(old), unix.F_GETFL, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
-	if ownFlags&unix.O_NONBLOCK != oldFlags&unix.O_NONBLOCK {
-		if _, err := unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags&^unix.O_NONBLOCK|ownFlags&unix.O_NONBLOCK); err != nil {
-			return err
+	if ownFlags&unix.O_NONBLOCK != 0 && oldFlags&unix.O_NONBLOCK == 0 {
+		if _, err := unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags|unix.O_NONBLOCK); err != nil {
+			return false, err
 		}
 	}
+	restoreBlocking = ownFlags&unix.O_NONBLOCK == 0 && oldFlags&unix.O_NONBLOCK != 0
 	cloexec, err := fdCloexec(tgid, fd)
+	if err != nil {
+		return false, err
+	}
+	return restoreBlocking, notifAddFD(notifFD, id, old, fd, cloexec)
+}
+
+// setBlocking clears O_NONBLOCK on a socket (for every fd that shares it).
+func setBlocking(fd int) error {
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	if err != nil {
 		return err
 	}
-	return notifAddFD(notifFD, id, old, fd, cloexec)
+	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^unix.O_NONBLOCK)
+	return err
 }
 
 // fdCloexec reads whether a process's fd has FD_CLOEXEC, from the flags line

@@ -3,16 +3,17 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,8 +35,12 @@ func runHelper(mode string, args []string) int {
 		addr = args[0]
 	}
 	switch mode {
-	case "serve": // serve HTTP until SIGTERM, then drain and exit 0
-		ln, err := net.Listen("tcp", addr)
+	case "serve": // serve HTTP until SIGTERM, then drain and exit 0; addr may start tcp4: or tcp6:
+		network := "tcp"
+		if n, a, ok := strings.Cut(addr, ":"); ok && (n == "tcp4" || n == "tcp6") {
+			network, addr = n, a
+		}
+		ln, err := net.Listen(network, addr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "helper:", err)
 			return 1
@@ -127,6 +132,20 @@ func runHelper(mode string, args []string) int {
 		}
 		fmt.Printf("listening %s udp %s other %s\n", ln.Addr(), udp.LocalAddr(), other.Addr())
 		return serveUntilTerm(ln)
+	case "bindcrash": // bind the port, then exit before listen(2)
+		ap := netip.MustParseAddrPort(addr)
+		fd, _ := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
+		fmt.Printf("bound %v\n", err)
+		return 4
+	case "listencrash": // listen without accepting, then exit: during --kill-old-delay
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		time.Sleep(500 * time.Millisecond)
+		return 5
 	case "exit": // exit with the status in args[0]
 		code, _ := strconv.Atoi(addr)
 		return code
@@ -147,21 +166,48 @@ func helloHandler() http.Handler {
 	})
 }
 
-// serveUntilTerm serves on ln; SIGTERM closes the listener, lets requests in
+// serveUntilTerm serves on ln; SIGTERM stops accepting, lets requests in
 // flight finish, and exits 0, as the design asks of a service.
+//
+// http.Server.Shutdown alone drops a request that arrives on a connection
+// accepted just before it (conn.serve returns once it sees the server
+// shutting down), so the drain first closes the listener, then waits for
+// the connections it accepted to send their request, then shuts down.
 func serveUntilTerm(ln net.Listener) int {
-	srv := &http.Server{Handler: helloHandler()}
+	var mu sync.Mutex
+	fresh := map[net.Conn]bool{} // accepted, no request read yet
+	srv := &http.Server{Handler: helloHandler(), ConnState: func(c net.Conn, st http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		if st == http.StateNew {
+			fresh[c] = true
+		} else {
+			delete(fresh, c)
+		}
+	}}
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
-	go func() {
-		<-term
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		fmt.Fprintln(os.Stderr, "helper: serve:", err)
 		return 1
+	case <-term:
 	}
+	ln.Close()
+	<-served // every accepted connection is tracked now
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n := len(fresh)
+		mu.Unlock()
+		if n == 0 {
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
 	return 0
 }
 

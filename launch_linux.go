@@ -104,7 +104,7 @@ func (l *launcher) run(path string) int {
 	ready := cur.ready
 
 	startReload := func() {
-		sdNotify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
+		l.notify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
 		p, code, err := resolveCommand(l.cfg.Command[0]) // a new binary on disk is picked up
 		if err == nil {
 			next, err = l.startGeneration(ctx, p, cur.num+1, cur)
@@ -113,7 +113,7 @@ func (l *launcher) run(path string) int {
 		}
 		if err != nil {
 			l.log.Error("reload failed; the running generation keeps serving", "err", err)
-			sdNotify("READY=1")
+			l.notify("READY=1")
 			next = nil
 			return
 		}
@@ -153,7 +153,7 @@ func (l *launcher) run(path string) int {
 				next.closeCopies()
 				l.log.Error("reload failed: the new generation exited before it listened on every --port; the running one keeps serving",
 					"generation", next.num, "pid", next.pid, "status", exitStatus(e.status))
-				sdNotify("READY=1")
+				l.notify("READY=1")
 				next, ready = nil, cur.ready
 				if pendingHUP {
 					pendingHUP = false
@@ -234,6 +234,13 @@ func (l *launcher) forward(g *generation, sig syscall.Signal) {
 		time.AfterFunc(l.cfg.killTimeout(), func() { syscall.Kill(g.pid, unix.SIGKILL) })
 	}
 	syscall.Kill(g.pid, sig)
+}
+
+// notify tells systemd, when takeover runs under it, what it is doing.
+func (l *launcher) notify(state string) {
+	if _, err := sdNotify(state); err != nil {
+		l.log.Warn("cannot notify systemd", "state", state, "err", err)
+	}
 }
 
 func (l *launcher) isReplaced() bool {
@@ -369,6 +376,7 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 		return
 	default:
 	}
+	l.notify("READY=1\nMAINPID=" + strconv.Itoa(l.self))
 	if g.prev != nil {
 		g.prev.closeCopies() // takeover's own copies must not hold a port it rebinds
 	}
@@ -379,7 +387,6 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 			}
 		}
 	}
-	sdNotify("READY=1\nMAINPID=" + strconv.Itoa(l.self))
 	// Hold the locks until the old generation is gone, so that the next
 	// takeover finds one generation, not two.
 	for _, sw := range stop {
@@ -395,6 +402,9 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 		cancel()
 		closeAll(sw.oldProcs)
 		closeAll(sw.holders)
+		if sw.restoreBlocking {
+			g.restoreBlocking(sw.Addr)
+		}
 	}
 }
 

@@ -59,8 +59,11 @@ type swap struct {
 	Free     time.Duration // signal to port free (rebind)
 	Window   time.Duration // refused window as takeover saw it (rebind)
 	Killed   bool
-	Began    time.Time // the command's bind(2)
-	Listened time.Time // the command's listen(2)
+	// restoreBlocking: the command wanted its socket blocking; make it so
+	// once the old server is gone.
+	restoreBlocking bool
+	Began           time.Time // the command's bind(2)
+	Listened        time.Time // the command's listen(2)
 }
 
 const capNetBindService = 10
@@ -189,6 +192,18 @@ func (g *generation) heldFor(addr netip.AddrPort) *heldSock {
 		}
 	}
 	return nil
+}
+
+// restoreBlocking makes the generation's socket on addr blocking again, as
+// the command had it, unless the generation is on its way out.
+func (g *generation) restoreBlocking(addr netip.AddrPort) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.socks {
+		if s.addr == addr && !g.done {
+			setBlocking(s.copyFD)
+		}
+	}
 }
 
 func inodeOf(fd int) uint64 {

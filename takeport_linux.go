@@ -144,12 +144,14 @@ func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim
 
 // handoff installs old in the command at its fd and answers its bind.
 func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (*swap, int, error) {
-	if err := injectSocket(g.notifFD, c.n.ID, c.child.PID, c.fd, c.sock, old); err != nil {
+	restore, err := injectSocket(g.notifFD, c.n.ID, c.child.PID, c.fd, c.sock, old)
+	if err != nil {
 		unix.Close(old)
 		return nil, -1, fmt.Errorf("hand the old socket over: %w", err)
 	}
 	unix.Close(c.sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"
+	sw.restoreBlocking = restore
 	return sw, old, nil
 }
 

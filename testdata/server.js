@@ -9,4 +9,9 @@ const server = http.createServer((req, res) => {
 });
 server.keepAliveTimeout = 100;
 server.listen(port, host, () => console.log(`listening ${host}:${port}`));
-process.on('SIGTERM', () => server.close(() => process.exit(0)));
+process.on('SIGTERM', () => {
+  // Since node 19, close() also closes "idle" connections, among them ones
+  // just accepted whose request is not parsed yet: a drain must serve those.
+  server.closeIdleConnections = () => {};
+  server.close(() => process.exit(0));
+});

@@ -1,0 +1,27 @@
+# A python HTTP server that drains on SIGTERM, as the design asks of a
+# service: python3 server.py PORT [HOST]. (python3 -m http.server dies at
+# once on SIGTERM, cutting requests in flight.)
+import http.server, os, signal, sys, threading, time, urllib.parse
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        time.sleep(int(q.get("ms", ["0"])[0]) / 1000)
+        body = f"pid={os.getpid()} python\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = False
+    block_on_close = True  # server_close() waits for requests in flight
+
+host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+srv = Server((host, int(sys.argv[1])), Handler)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
+print(f"listening {host}:{sys.argv[1]}", flush=True)
+srv.serve_forever(poll_interval=0.05)
+srv.server_close()
