@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -13,7 +12,6 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -166,50 +164,8 @@ func helloHandler() http.Handler {
 	})
 }
 
-// serveUntilTerm serves on ln; SIGTERM stops accepting, lets requests in
-// flight finish, and exits 0, as the design asks of a service.
-//
-// http.Server.Shutdown alone drops a request that arrives on a connection
-// accepted just before it (conn.serve returns once it sees the server
-// shutting down), so the drain first closes the listener, then waits for
-// the connections it accepted to send their request, then shuts down.
-func serveUntilTerm(ln net.Listener) int {
-	var mu sync.Mutex
-	fresh := map[net.Conn]bool{} // accepted, no request read yet
-	srv := &http.Server{Handler: helloHandler(), ConnState: func(c net.Conn, st http.ConnState) {
-		mu.Lock()
-		defer mu.Unlock()
-		if st == http.StateNew {
-			fresh[c] = true
-		} else {
-			delete(fresh, c)
-		}
-	}}
-	term := make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	select {
-	case err := <-served:
-		fmt.Fprintln(os.Stderr, "helper: serve:", err)
-		return 1
-	case <-term:
-	}
-	ln.Close()
-	<-served // every accepted connection is tracked now
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		mu.Lock()
-		n := len(fresh)
-		mu.Unlock()
-		if n == 0 {
-			break
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	srv.Shutdown(ctx)
-	return 0
-}
+// serveUntilTerm serves the helpers' handler and drains on SIGTERM.
+func serveUntilTerm(ln net.Listener) int { return serveDraining(ln, helloHandler()) }
 
 // A helperProc is a helper started by a test, with its first line of output.
 type helperProc struct {

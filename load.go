@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -21,6 +22,7 @@ type loadConfig struct {
 	Path    string        // "/"
 	Timeout time.Duration // per request; 5s
 	Pause   time.Duration // between one worker's requests; none
+	Done    *atomic.Int64 // counts requests as they finish, if set
 }
 
 // A failure is one request that did not get a 200.
@@ -38,6 +40,7 @@ type refusedRun struct{ Start, End time.Time }
 type loadResult struct {
 	Requests, OK, Refused, Resets, Timeouts, Failed int
 	Latencies                                       []time.Duration // of the requests that got a 200
+	Starts                                          []time.Time     // when each of those began
 	Failures                                        []failure
 	Runs                                            []refusedRun
 }
@@ -67,9 +70,13 @@ func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
 				t0 := time.Now()
 				kind, detail := request(cfg.Addr, req, cfg.Timeout)
 				r.Requests++
+				if cfg.Done != nil {
+					cfg.Done.Add(1)
+				}
 				if kind == "" {
 					r.OK++
 					r.Latencies = append(r.Latencies, time.Since(t0))
+					r.Starts = append(r.Starts, t0)
 					if !runStart.IsZero() {
 						r.Runs = append(r.Runs, refusedRun{runStart, time.Now()})
 						runStart = time.Time{}
@@ -111,6 +118,7 @@ func (t *loadResult) add(r *loadResult) {
 	t.Timeouts += r.Timeouts
 	t.Failed += r.Failed
 	t.Latencies = append(t.Latencies, r.Latencies...)
+	t.Starts = append(t.Starts, r.Starts...)
 	t.Failures = append(t.Failures, r.Failures...)
 	t.Runs = append(t.Runs, r.Runs...)
 }

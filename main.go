@@ -49,6 +49,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "who":
 			return runWho(args[1:], stdout, stderr)
+		case "demo":
+			return runDemo(args[1:], stdout, stderr)
+		case "demo-server":
+			return runDemoServer(args[1:], stdout, stderr)
+		case "probe":
+			return runProbe(args[1:], stdout, stderr)
 		case "version":
 			fmt.Fprintf(stdout, "takeover %s\n", version)
 			return 0

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// runDemo implements `takeover demo`: it runs the built-in HTTP server under
+// takeover on a free loopback port, replaces it --swaps times under built-in
+// load, once by handoff and once by rebind, and prints what the clients saw.
+func runDemo(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("takeover demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	swaps := fs.Int("swaps", 20, "replacements per strategy (1 to 1000)")
+	workers := fs.Int("workers", 2, "concurrent clients (1 to 64)")
+	initDelay := fs.Duration("init-delay", 200*time.Millisecond, "how long the server takes to start (0 to 1m)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	switch {
+	case *swaps < 1 || *swaps > 1000:
+		fmt.Fprintf(stderr, "takeover demo: --swaps %d: want 1 to 1000\n", *swaps)
+		return exitUsage
+	case *workers < 1 || *workers > 64:
+		fmt.Fprintf(stderr, "takeover demo: --workers %d: want 1 to 64\n", *workers)
+		return exitUsage
+	case *initDelay < 0 || *initDelay > time.Minute:
+		fmt.Fprintf(stderr, "takeover demo: --init-delay %v: want 0 to 1m\n", *initDelay)
+		return exitUsage
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(stderr, "takeover demo: %v\n", err)
+		return exitFailure
+	}
+	fmt.Fprintf(stdout, "takeover demo: the built-in server (%v to start) replaced %d times per strategy under %d clients, on loopback\n\n",
+		*initDelay, *swaps, *workers)
+	var rows []demoRow
+	ok := true
+	for _, strategy := range []string{"handoff", "rebind"} {
+		d := demo{self: self, strategy: strategy, swaps: *swaps, workers: *workers, initDelay: *initDelay, progress: stdout}
+		row, err := d.run()
+		if err != nil {
+			fmt.Fprintf(stderr, "\ntakeover demo: %s: %v\n", strategy, err)
+			return exitFailure
+		}
+		rows = append(rows, row)
+		ok = ok && row.swaps == *swaps && (strategy != "handoff" || row.result.failedRequests() == 0)
+	}
+	fmt.Fprintf(stdout, "\n%-9s %6s %9s %7s %8s %16s %12s\n", "strategy", "swaps", "requests", "failed", "refused", "longest refused", "p99 latency")
+	for _, r := range rows {
+		fmt.Fprintf(stdout, "%-9s %6d %9d %7d %8d %16v %12v\n", r.strategy, r.swaps, r.result.Requests,
+			r.result.failedRequests(), r.result.Refused, r.result.longestRefused().Round(time.Microsecond),
+			percentile(r.result.Latencies, 99).Round(time.Microsecond))
+	}
+	if !ok {
+		fmt.Fprintln(stdout, "\nsome swaps did not complete, or a handoff failed requests")
+		return exitFailure
+	}
+	return 0
+}
+
+type demoRow struct {
+	strategy string
+	swaps    int
+	result   *loadResult
+}
+
+type demo struct {
+	self      string
+	strategy  string
+	swaps     int
+	workers   int
+	initDelay time.Duration
+	progress  io.Writer
+}
+
+// A demoRun is one takeover started by the demo.
+type demoRun struct {
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	done   chan error
+}
+
+func (d demo) start(addr string) (*demoRun, error) {
+	r := &demoRun{done: make(chan error, 1)}
+	r.cmd = exec.Command(d.self, "-q", "--strategy", d.strategy, "--port", addr, "--",
+		d.self, "demo-server", "--init-delay", d.initDelay.String(), addr)
+	r.cmd.Stderr = &r.stderr
+	if err := r.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	return r, nil
+}
+
+// wait waits for the run to exit 0.
+func (r *demoRun) wait(limit time.Duration) error {
+	select {
+	case err := <-r.done:
+		if err != nil {
+			return fmt.Errorf("takeover %v: %v\n%s", r.cmd.Args, err, r.stderr.String())
+		}
+		return nil
+	case <-time.After(limit):
+		r.cmd.Process.Kill()
+		<-r.done
+		return fmt.Errorf("takeover did not exit within %v\n%s", limit, r.stderr.String())
+	}
+}
+
+func (d demo) run() (demoRow, error) {
+	row := demoRow{strategy: d.strategy}
+	port, err := freeLoopbackPort()
+	if err != nil {
+		return row, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	cur, err := d.start(addr)
+	if err != nil {
+		return row, err
+	}
+	defer func() {
+		cur.cmd.Process.Signal(syscall.SIGTERM)
+		cur.wait(30 * time.Second)
+	}()
+	if err := waitHTTP(addr, 30*time.Second); err != nil {
+		return row, fmt.Errorf("the first server never answered: %v\n%s", err, cur.stderr.String())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var count atomic.Int64
+	loaded := make(chan *loadResult, 1)
+	go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: d.workers, Done: &count}) }()
+	for i := 1; i <= d.swaps; i++ {
+		next, err := d.start(addr)
+		if err != nil {
+			cancel()
+			return row, err
+		}
+		if err := cur.wait(60 * time.Second); err != nil {
+			cur = next
+			cancel()
+			row.result = <-loaded
+			return row, err
+		}
+		cur = next
+		row.swaps = i
+		fmt.Fprintf(d.progress, "\r%-8s swap %3d/%d  %7d requests", d.strategy, i, d.swaps, count.Load())
+	}
+	if err := waitHTTP(addr, 30*time.Second); err != nil {
+		cancel()
+		return row, err
+	}
+	cancel()
+	row.result = <-loaded
+	fmt.Fprintf(d.progress, "\r%-8s swap %3d/%d  %7d requests, %d failed\n", d.strategy, row.swaps, d.swaps, row.result.Requests, row.result.failedRequests())
+	return row, nil
+}
+
+// waitHTTP waits until addr answers a request.
+func waitHTTP(addr string, limit time.Duration) error {
+	req := []byte("GET / HTTP/1.0\r\n\r\n")
+	deadline := time.Now().Add(limit)
+	for {
+		kind, detail := request(addr, req, time.Second)
+		if kind == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New(detail)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// runDemoServer implements `takeover demo-server [--init-delay D] ADDR`: the
+// built-in HTTP server of `takeover demo` and scripts/bench.sh. It starts
+// slowly, as a JVM does, serves "pid=N", and drains on SIGTERM. Under
+// Server::Starter it takes its socket from SERVER_STARTER_PORT.
+func runDemoServer(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("takeover demo-server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	initDelay := fs.Duration("init-delay", 0, "how long to initialize before binding")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: takeover demo-server [--init-delay D] ADDR")
+		return exitUsage
+	}
+	time.Sleep(*initDelay)
+	var ln net.Listener
+	var err error
+	if env := os.Getenv("SERVER_STARTER_PORT"); env != "" {
+		ln, err = serverStarterListener(env, fs.Arg(0))
+	} else {
+		ln, err = net.Listen("tcp", fs.Arg(0))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "demo-server: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "listening %s\n", ln.Addr())
+	return serveDraining(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+			time.Sleep(d)
+		}
+		fmt.Fprintf(w, "pid=%d gen=%s\n", os.Getpid(), os.Getenv("TAKEOVER_TEST_GEN"))
+	}))
+}
+
+// serveDraining serves on ln until SIGTERM or SIGINT, then stops accepting,
+// serves every request it accepted, and returns 0.
+//
+// http.Server.Shutdown alone drops a request that arrives on a connection
+// accepted just before it (conn.serve returns once the server is shutting
+// down), so the drain first closes the listener, then waits for the
+// connections it accepted to send their request, then shuts down.
+func serveDraining(ln net.Listener, h http.Handler) int {
+	var mu sync.Mutex
+	fresh := map[net.Conn]bool{} // accepted, no request read yet
+	srv := &http.Server{Handler: h, ConnState: func(c net.Conn, st http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		if st == http.StateNew {
+			fresh[c] = true
+		} else {
+			delete(fresh, c)
+		}
+	}}
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	case <-term:
+	}
+	ln.Close()
+	<-served // every accepted connection is tracked now
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n := len(fresh)
+		mu.Unlock()
+		if n == 0 {
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+	return 0
+}
+
+// serverStarterListener returns the listener SERVER_STARTER_PORT passes for
+// addr (or the only one, when there is one).
+func serverStarterListener(env, addr string) (net.Listener, error) {
+	ports, err := parseServerStarterPort(env)
+	if err != nil {
+		return nil, err
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	for _, p := range ports {
+		if len(ports) == 1 || p.Addr == addr || p.Addr == port || strings.HasSuffix(p.Addr, ":"+port) {
+			return net.FileListener(os.NewFile(uintptr(p.FD), p.Addr))
+		}
+	}
+	return nil, fmt.Errorf("SERVER_STARTER_PORT %q passes no socket for %s", env, addr)
+}
+
+// A starterPort is one entry of SERVER_STARTER_PORT.
+type starterPort struct {
+	Addr string // "127.0.0.1:8100", "8100" or a unix socket path
+	FD   int
+}
+
+// parseServerStarterPort reads Server::Starter's "127.0.0.1:8100=3;/run/app.sock=4".
+func parseServerStarterPort(s string) ([]starterPort, error) {
+	var ps []starterPort
+	for _, part := range strings.Split(s, ";") {
+		if part == "" {
+			continue
+		}
+		i := strings.LastIndexByte(part, '=')
+		if i <= 0 {
+			return nil, fmt.Errorf("SERVER_STARTER_PORT entry %q: want ADDR=FD", part)
+		}
+		fd, err := strconv.Atoi(part[i+1:])
+		if err != nil || fd < 0 {
+			return nil, fmt.Errorf("SERVER_STARTER_PORT entry %q: fd %q is not a number", part, part[i+1:])
+		}
+		ps = append(ps, starterPort{Addr: part[:i], FD: fd})
+	}
+	if len(ps) == 0 {
+		return nil, errors.New("SERVER_STARTER_PORT names no socket")
+	}
+	return ps, nil
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// runProbe implements `takeover probe`: the load and probe program of
+// scripts/bench.sh and scripts/stress.sh. It sends HTTP/1.0 requests, one
+// connection each, for --duration, and prints what it saw as JSON.
+func runProbe(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("takeover probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "", "HOST:PORT to load (loopback only)")
+	duration := fs.Duration("duration", 10*time.Second, "how long to run (up to 1h)")
+	workers := fs.Int("workers", 2, "concurrent clients (1 to 256)")
+	timeline := fs.String("timeline", "", "write one line per request: seconds, latency ms, outcome")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	host, _, err := net.SplitHostPort(*addr)
+	ip := net.ParseIP(host)
+	switch {
+	case err != nil || ip == nil || !ip.IsLoopback():
+		fmt.Fprintf(stderr, "takeover probe: --addr %q: want a loopback HOST:PORT, like 127.0.0.1:8100\n", *addr)
+		return exitUsage
+	case *duration <= 0 || *duration > time.Hour:
+		fmt.Fprintf(stderr, "takeover probe: --duration %v: want more than 0, at most 1h\n", *duration)
+		return exitUsage
+	case *workers < 1 || *workers > 256:
+		fmt.Fprintf(stderr, "takeover probe: --workers %d: want 1 to 256\n", *workers)
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *duration)
+	defer cancel()
+	start := time.Now()
+	r := runLoad(ctx, loadConfig{Addr: *addr, Workers: *workers})
+	if *timeline != "" {
+		if err := writeTimeline(*timeline, start, r); err != nil {
+			fmt.Fprintf(stderr, "takeover probe: %v\n", err)
+			return exitFailure
+		}
+	}
+	out := map[string]any{
+		"requests": r.Requests, "failed": r.failedRequests(), "refused": r.Refused, "resets": r.Resets,
+		"timeouts": r.Timeouts, "other": r.Failed,
+		"longest_refused_ms": ms(r.longestRefused()),
+		"p50_ms":             ms(percentile(r.Latencies, 50)),
+		"p99_ms":             ms(percentile(r.Latencies, 99)),
+		"max_ms":             ms(percentile(r.Latencies, 100)),
+	}
+	json.NewEncoder(stdout).Encode(out)
+	return 0
+}
+
+func writeTimeline(path string, start time.Time, r *loadResult) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for i, d := range r.Latencies {
+		fmt.Fprintf(f, "%.4f %.3f ok\n", r.Starts[i].Sub(start).Seconds(), ms(d))
+	}
+	for _, fl := range r.Failures {
+		fmt.Fprintf(f, "%.4f 0 %s\n", fl.At.Sub(start).Seconds(), fl.Kind)
+	}
+	return f.Close()
+}
+
+// freeLoopbackPort asks the kernel for a free port on 127.0.0.1.
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
