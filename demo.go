@@ -94,9 +94,10 @@ type demoRun struct {
 
 func (d demo) start(addr string) (*demoRun, error) {
 	r := &demoRun{done: make(chan error, 1)}
-	r.cmd = exec.Command(d.self, "-q", "--strategy", d.strategy, "--port", addr, "--",
+	r.cmd = exec.Command(d.self, "--strategy", d.strategy, "--port", addr, "--",
 		d.self, "demo-server", "--init-delay", d.initDelay.String(), addr)
 	r.cmd.Stderr = &r.stderr
+	r.cmd.WaitDelay = 5 * time.Second // a server left behind must not hold Wait
 	if err := r.cmd.Start(); err != nil {
 		return nil, err
 	}

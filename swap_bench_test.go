@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"os"
+	"regexp"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// BenchmarkSwap replaces a server 25 times under a concurrent request loop
+// and reports the refused window per swap as the clients saw it (median and
+// max) and as takeover logged it:
+//
+//	go test -run '^$' -bench Swap -benchtime 1x
+func BenchmarkSwap(b *testing.B) {
+	for _, strategy := range []string{"rebind", "handoff"} {
+		b.Run(strategy, func(b *testing.B) {
+			for b.Loop() {
+				benchSwaps(b, strategy, 25)
+			}
+		})
+	}
+}
+
+var windowRe = regexp.MustCompile(`refused_window=([0-9.]+[µmn]?s)`)
+
+func benchSwaps(b *testing.B, strategy string, swaps int) {
+	self, _ := os.Executable()
+	port := freePort(b)
+	addr := "127.0.0.1:" + port
+	start := func() *demoRun { return startBench(b, strategy, self, addr) }
+	cur := start()
+	if err := waitHTTP(addr, 5*time.Second); err != nil {
+		b.Fatalf("%v; takeover's stderr:\n%s", err, cur.stderr.String())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	loaded := make(chan *loadResult, 1)
+	go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2}) }()
+	bounds := []time.Time{time.Now()}
+	var logged []time.Duration
+	for range swaps {
+		next := start()
+		if err := cur.wait(60 * time.Second); err != nil {
+			cancel()
+			b.Fatal(err)
+		}
+		if m := windowRe.FindStringSubmatch(next.stderr.String()); m != nil {
+			d, _ := time.ParseDuration(m[1])
+			logged = append(logged, d)
+		}
+		cur = next
+		bounds = append(bounds, time.Now())
+	}
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	r := <-loaded
+	bounds[len(bounds)-1] = time.Now()
+	ws := r.windowsIn(bounds)
+	slices.Sort(ws)
+	b.ReportMetric(float64(swaps), "swaps")
+	b.ReportMetric(float64(r.failedRequests()), "failed")
+	b.ReportMetric(float64(r.Refused), "refused")
+	b.ReportMetric(ms(percentile(ws, 50)), "refused-median-ms")
+	b.ReportMetric(ms(percentile(ws, 100)), "refused-max-ms")
+	if len(logged) > 0 {
+		b.ReportMetric(ms(percentile(logged, 50)), "takeover-window-median-ms")
+		b.ReportMetric(ms(percentile(logged, 100)), "takeover-window-max-ms")
+	}
+	cur.cmd.Process.Signal(syscall.SIGTERM)
+	if err := cur.wait(30 * time.Second); err != nil {
+		b.Error(err)
+	}
+}
+
+// startBench starts the real takeover binary on the built-in server.
+func startBench(b *testing.B, strategy, self, addr string) *demoRun {
+	d := demo{self: takeoverBin(b), strategy: strategy}
+	r, err := d.start(addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { r.cmd.Process.Signal(syscall.SIGTERM) })
+	return r
+}
