@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -25,16 +26,20 @@ func runDemoServer(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("takeover demo-server", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	initDelay := fs.Duration("init-delay", 0, "how long to initialize before binding")
+	rssminer := fs.Bool("rssminer", false, "after initializing, kill the port's holder (lsof | xargs kill) and retry the bind every 150ms, 30 times")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: takeover demo-server [--init-delay D] ADDR")
+		fmt.Fprintln(stderr, "usage: takeover demo-server [--init-delay D] [--rssminer] ADDR")
 		return exitUsage
 	}
 	time.Sleep(*initDelay)
 	var ln net.Listener
 	var err error
-	if env := os.Getenv("SERVER_STARTER_PORT"); env != "" {
-		ln, err = serverStarterListener(env, fs.Arg(0))
-	} else {
+	switch {
+	case os.Getenv("SERVER_STARTER_PORT") != "":
+		ln, err = serverStarterListener(os.Getenv("SERVER_STARTER_PORT"), fs.Arg(0))
+	case *rssminer:
+		ln, err = rssminerListen(fs.Arg(0))
+	default:
 		ln, err = net.Listen("tcp", fs.Arg(0))
 	}
 	if err != nil {
@@ -109,6 +114,23 @@ func serverStarterListener(env, addr string) (net.Listener, error) {
 		}
 	}
 	return nil, fmt.Errorf("SERVER_STARTER_PORT %q passes no socket for %s", env, addr)
+}
+
+// rssminerListen is the 2012 Rssminer recipe, as its post describes it: once
+// initialized, kill whatever listens on the port, then retry the bind every
+// 150 ms, up to 30 times.
+func rssminerListen(addr string) (net.Listener, error) {
+	_, port, _ := net.SplitHostPort(addr)
+	exec.Command("sh", "-c", "lsof -t -sTCP:LISTEN -i:"+port+" | xargs -r kill").Run()
+	var err error
+	for range 30 {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			return ln, nil
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	return nil, err
 }
 
 // A starterPort is one entry of SERVER_STARTER_PORT.

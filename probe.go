@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 )
 
@@ -37,7 +39,10 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover probe: --workers %d: want 1 to 256\n", *workers)
 		return exitUsage
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *duration)
+	// SIGINT or SIGTERM ends the run early, with the results printed.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *duration)
 	defer cancel()
 	start := time.Now()
 	r := runLoad(ctx, loadConfig{Addr: *addr, Workers: *workers})

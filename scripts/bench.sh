@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Measures, on this machine in one run, what each way of restarting a server
+# costs its clients: naive restart, the Rssminer recipe, Server::Starter,
+# takeover --strategy rebind and --strategy handoff. The same server (the
+# built-in demo-server: it takes --init-delay to start and drains on SIGTERM)
+# is replaced --swaps times each way under the same load (takeover probe).
+#
+#   scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N]
+#
+# Writes bench-out/results.md (a Markdown table) and bench-out/timeline.png
+# (failures and latency across the swaps, drawn by gnuplot), then runs
+# ab -n 100000 -c 100 against takeover --strategy handoff while it is
+# replaced again and again, and prints ab's own lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+swaps=10 init_delay=1s workers=2 ab_requests=100000
+while [ $# -gt 0 ]; do
+  case $1 in
+    --swaps) swaps=$2; shift 2 ;;
+    --init-delay) init_delay=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;;
+    --ab-requests) ab_requests=$2; shift 2 ;;
+    *) echo "usage: scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N]" >&2; exit 2 ;;
+  esac
+done
+case $swaps in ''|*[!0-9]*) echo "--swaps $swaps: want a number from 1 to 500" >&2; exit 2 ;; esac
+if [ "$swaps" -lt 1 ] || [ "$swaps" -gt 500 ]; then echo "--swaps $swaps: want a number from 1 to 500" >&2; exit 2; fi
+
+need=()
+command -v ab >/dev/null || need+=(apache2-utils)
+command -v start_server >/dev/null || need+=(libserver-starter-perl)
+command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+command -v lsof >/dev/null || need+=(lsof)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq </dev/null >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" </dev/null >/dev/null
+fi
+
+out=bench-out
+mkdir -p "$out"
+go build -o "$out/takeover" .
+tk=$PWD/$out/takeover
+
+pids=()            # every process this script started, ended by pid at exit
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_serving() { # wait until $1 answers, up to 60s
+  for _ in $(seq 600); do curl -fs -m 1 "http://$1/" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "$1 never answered" >&2; return 1
+}
+wait_exit() { # wait for pid $1 to exit, up to 60s
+  for _ in $(seq 6000); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.01; done
+  echo "pid $1 did not exit" >&2; return 1
+}
+now() { date +%s.%N; }
+
+# run_way NAME: start the first server with start_first, swap with swap_one
+# $swaps times under the probe, and record the results.
+run_way() {
+  local name=$1 port addr
+  port=$(free_port); addr=127.0.0.1:$port
+  echo "== $name on $addr"
+  start_first "$addr"
+  wait_serving "$addr"
+  # The probe runs until the swaps are done (its --duration is an upper bound).
+  "$tk" probe --addr "$addr" --workers "$workers" --duration 600s --timeline "$out/$name.timeline" > "$out/$name.json" &
+  local probe=$!; pids+=("$probe")
+  sleep 0.5
+  local t0 t1 total=0
+  for i in $(seq "$swaps"); do
+    t0=$(now)
+    swap_one "$addr"
+    t1=$(now)
+    total=$(echo "$total + $t1 - $t0" | bc -l)
+    printf '\r   swap %d/%d' "$i" "$swaps"
+  done
+  echo
+  sleep 0.5
+  kill -INT "$probe" 2>/dev/null || true
+  wait "$probe" 2>/dev/null || true
+  stop_last
+  printf '%s %s\n' "$name" "$(echo "scale=3; $total / $swaps" | bc -l)" >> "$out/durations"
+}
+
+# 1. naive: stop the old, start the new.
+naive_first() { "$tk" demo-server --init-delay "$init_delay" "$1" >/dev/null & cur=$!; pids+=("$cur"); }
+naive_swap() { kill -TERM "$cur"; wait_exit "$cur"; naive_first "$1"; wait_serving "$1"; }
+naive_stop() { kill -TERM "$cur"; wait_exit "$cur"; }
+
+# 2. the Rssminer recipe: the new process initializes, kills the listener
+#    (lsof | xargs kill), retries bind every 150 ms up to 30 times.
+rss_first() { "$tk" demo-server --init-delay "$init_delay" --rssminer "$1" >/dev/null & cur=$!; pids+=("$cur"); }
+rss_swap() { local old=$cur; rss_first "$1"; wait_exit "$old"; wait_serving "$1"; }
+
+# 3. Server::Starter: HUP per swap; the app reads SERVER_STARTER_PORT.
+starter_first() {
+  start_server --port "$1" --signal-on-hup=TERM --kill-old-delay=0 --interval=0 -- \
+    "$tk" demo-server --init-delay "$init_delay" "$1" >/dev/null 2>"$out/start_server.log" & cur=$!; pids+=("$cur")
+}
+starter_swap() { # HUP, then wait until a new generation's pid answers
+  local before after
+  before=$(curl -fs -m 2 "http://$1/" | cut -d' ' -f1)
+  kill -HUP "$cur"
+  for _ in $(seq 600); do
+    after=$(curl -fs -m 1 "http://$1/" 2>/dev/null | cut -d' ' -f1 || true)
+    [ -n "$after" ] && [ "$after" != "$before" ] && return 0
+    sleep 0.05
+  done
+  echo "Server::Starter did not swap" >&2; return 1
+}
+starter_stop() { kill -TERM "$cur"; wait_exit "$cur"; }
+
+# 4, 5. takeover: a new takeover per swap; the old one exits 0 once replaced.
+tk_first() { "$tk" -q --strategy "$strategy" --port "$1" -- "$tk" demo-server --init-delay "$init_delay" "$1" >/dev/null & cur=$!; pids+=("$cur"); }
+tk_swap() { local old=$cur; tk_first "$1"; wait_exit "$old"; }
+
+rm -f "$out/durations" "$out/ab.cur" "$out/ab.swaps"
+start_first=naive_first swap_one=naive_swap stop_last=naive_stop
+start_first() { "$start_first" "$@"; }; swap_one() { "$swap_one" "$@"; }; stop_last() { "$stop_last"; }
+run_way naive
+start_first=rss_first swap_one=rss_swap; run_way rssminer
+start_first=starter_first swap_one=starter_swap stop_last=starter_stop; run_way server-starter
+strategy=rebind start_first=tk_first swap_one=tk_swap stop_last=naive_stop; run_way takeover-rebind
+strategy=handoff; run_way takeover-handoff
+
+# The table.
+{
+  echo "| way | swaps | requests | failed | refused | resets | longest refused window | p50 | p99 | max latency | swap duration |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for name in naive rssminer server-starter takeover-rebind takeover-handoff; do
+    python3 - "$out/$name.json" "$name" "$swaps" "$(awk -v n="$name" '$1==n {print $2}' "$out/durations")" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {r['requests']} | {r['failed']} | {r['refused']} | {r['resets']} | "
+      f"{r['longest_refused_ms']:.1f} ms | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['max_ms']:.1f} ms | {float(sys.argv[4]):.2f} s |")
+PY
+  done
+} > "$out/results.md"
+echo
+cat "$out/results.md"
+
+# The picture: one panel per way, latency of each request over time, failures marked.
+gnuplot <<GP
+set terminal pngcairo size 1200,1400 font ",10"
+set output "$out/timeline.png"
+set multiplot layout 5,1 title "Each request over time while the server is replaced $swaps times (init delay $init_delay)"
+set ylabel "latency (ms)"
+set logscale y
+set yrange [0.05:5000]
+set key outside right
+do for [w in "naive rssminer server-starter takeover-rebind takeover-handoff"] {
+  set title w
+  plot "$out/".w.".timeline" using 1:(strcol(3) eq "ok" ? \$2 : 1/0) with dots lc rgb "#3366cc" title "answered", \
+       "" using 1:(strcol(3) eq "refused" ? 2000 : 1/0) with points pt 2 lc rgb "#dd2222" title "refused", \
+       "" using 1:(strcol(3) ne "ok" && strcol(3) ne "refused" ? 1000 : 1/0) with points pt 6 lc rgb "#ff9900" title "reset/failed"
+}
+unset multiplot
+GP
+echo "wrote $out/results.md and $out/timeline.png"
+
+# The seed test of Node's cluster reload: ab against a takeover-managed
+# server while it is handed over again and again.
+port=$(free_port); addr=127.0.0.1:$port
+strategy=handoff; init_delay=0s
+tk_first "$addr"; wait_serving "$addr"
+( for i in $(seq 1000); do tk_swap "$addr"; echo "$cur" > "$out/ab.cur"; echo "$i" > "$out/ab.swaps"; sleep 0.2; done ) & swapper=$!; pids+=("$swapper")
+echo
+echo "== ab -n $ab_requests -c 100 against takeover --strategy handoff, replaced every ~0.2s"
+ab -n "$ab_requests" -c 100 "http://$addr/" 2>&1 | grep -E "Complete requests|Failed requests|Non-2xx|Requests per second|Time taken"
+kill "$swapper" 2>/dev/null || true; wait "$swapper" 2>/dev/null || true
+echo "swaps during ab: $(cat "$out/ab.swaps" 2>/dev/null || echo 0)"
+last=$(cat "$out/ab.cur" 2>/dev/null || echo "$cur")
+for p in "$cur" "$last"; do kill -TERM "$p" 2>/dev/null && wait_exit "$p" || true; done
