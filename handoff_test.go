@@ -243,7 +243,15 @@ func TestReloadOnHUP(t *testing.T) {
 	r.cmd.Process.Signal(syscall.SIGHUP)
 	notify.expect(t, "RELOADING=1")
 	notify.expect(t, "READY=1")
-	if body := waitServing(t, addr); !strings.Contains(body, "gen=v2") {
+	// Until the old generation has drained, it may still answer from the
+	// shared socket; then only the new binary does.
+	body := ""
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if body = waitServing(t, addr); strings.Contains(body, "gen=v2") {
+			break
+		}
+	}
+	if !strings.Contains(body, "gen=v2") {
 		t.Errorf("after HUP the server answered %q, want the new binary's gen=v2", body)
 	}
 
@@ -264,8 +272,16 @@ func TestReloadOnHUP(t *testing.T) {
 	if st.Generation != 4 || st.TakeoverPID != r.cmd.Process.Pid || len(st.LastSwap) != 1 || st.LastSwap[0].Strategy != "handoff" {
 		t.Errorf("status after 3 reloads = %+v, want generation 4, a handoff, takeover pid %d", st, r.cmd.Process.Pid)
 	}
-	want := map[int]bool{r.cmd.Process.Pid: true, st.ChildPID: true}
-	if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
+	// READY=1 comes when the new generation listens; the old ones drain
+	// and exit after it.
+	want := fmt.Sprint(map[int]bool{r.cmd.Process.Pid: true, st.ChildPID: true})
+	got := ""
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if got = fmt.Sprint(holdersOf(t, addr)); got == want {
+			break
+		}
+	}
+	if got != want {
 		t.Errorf("holders = %v, want takeover and generation 4's child only (%v)", got, want)
 	}
 
