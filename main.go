@@ -13,10 +13,19 @@
 // listens, the old one is asked to stop.
 //
 // The pieces:
-//   - main.go: the command line and logging.
+//   - main.go: subcommand dispatch; launcher.go: flags and exit statuses.
 //   - portspec.go, procnet.go, sockdiag_linux.go, portowner.go, fdwalk_linux.go:
-//     who holds a port, through /proc and sock_diag; `takeover who`.
-//   - who.go: `takeover who`.
+//     who holds a port (sock_diag, /proc/net/tcp, /proc/PID/fd) and which
+//     process to signal; who.go: `takeover who`; policy.go: who may be replaced.
+//   - shim_linux.go, intercept_linux.go: the re-executed shim that installs the
+//     seccomp filter, and the kernel's notification structs and ioctls.
+//   - launch_linux.go: a launcher's life: generations, signals, reaping, HUP
+//     reload, completing a swap; supervise_linux.go: answering binds and
+//     listens; takeport_linux.go: free port, handoff or rebind;
+//     handoff_linux.go and retrybind.go: the two strategies.
+//   - state.go: per-port locks and generation records; sdnotify.go: systemd.
+//   - demo.go, demoserver.go, probe.go, load.go: `takeover demo`, its built-in
+//     server, and the load the demo, the benchmarks and scripts/ use.
 package main
 
 import (
