@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -343,5 +344,39 @@ func TestParseFdinfoCloexec(t *testing.T) {
 		if got != tt.want || (err != nil) != tt.wantErr {
 			t.Errorf("parseFdinfoCloexec(%q) = %v, %v", tt.in, got, err)
 		}
+	}
+}
+
+// TestStopDuringReload: TERM while a new generation is still starting stops
+// both generations; nothing outlives takeover.
+func TestStopDuringReload(t *testing.T) {
+	dir := t.TempDir()
+	self, _ := os.Executable()
+	app := filepath.Join(dir, "slow-app")
+	script := fmt.Sprintf("#!/bin/sh\n[ -e %s/started ] && sleep 30\ntouch %s/started\nexec %s \"$@\"\n", dir, dir, self)
+	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	notify := listenNotify(t, filepath.Join(dir, "notify"))
+	t.Setenv("NOTIFY_SOCKET", filepath.Join(dir, "notify"))
+	port := freePort(t)
+	r := startTakeover(t, "serve", "--port", port, "--", app, "127.0.0.1:"+port)
+	notify.expect(t, "READY=1")
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	notify.expect(t, "RELOADING=1") // the second generation sleeps in its script
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	if code := r.wait(t); code != 0 {
+		t.Errorf("takeover exited %d after TERM, want the child's 0", code)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := exec.Command("pgrep", "-f", dir).Output()
+		if len(strings.TrimSpace(string(out))) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("processes left behind: %s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -129,6 +129,11 @@ func (l *launcher) run(path string) int {
 				startReload()
 			default:
 				l.forward(cur, sig.(syscall.Signal))
+				if next != nil && sig != unix.SIGWINCH {
+					// A stop during a reload stops the generation being
+					// started too: nothing may outlive takeover.
+					syscall.Kill(next.pid, sig.(syscall.Signal))
+				}
 			}
 		case <-ready:
 			ready = nil
