@@ -33,7 +33,8 @@ type failure struct {
 }
 
 // A refusedRun is a span in which one client's connections were refused:
-// from the first refusal to the next connection that got through.
+// from the start of the first refused connect to the start of the next
+// connect that was not refused.
 type refusedRun struct{ Start, End time.Time }
 
 // loadResult is what a load run saw.
@@ -78,7 +79,9 @@ func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
 					r.Latencies = append(r.Latencies, time.Since(t0))
 					r.Starts = append(r.Starts, t0)
 					if !runStart.IsZero() {
-						r.Runs = append(r.Runs, refusedRun{runStart, time.Now()})
+						// The port accepted again when this connect began:
+						// how long the answer then took is latency.
+						r.Runs = append(r.Runs, refusedRun{runStart, t0})
 						runStart = time.Time{}
 					}
 				} else {
@@ -170,25 +173,36 @@ func (r *loadResult) longestRefused() time.Duration {
 	return d
 }
 
-// windowsIn returns, for each span [bounds[i], bounds[i+1]), the length of
-// the union of the refused runs that start in it: one refused window a swap.
+// windowsIn returns, for each span [bounds[i], bounds[i+1]), the refused
+// window in it: from the first refused connect to the first connect, by any
+// client, that got through after the last refused one. (A client refused and
+// then kept off the CPU does not stretch the window: another client's success
+// bounds it.)
 func (r *loadResult) windowsIn(bounds []time.Time) []time.Duration {
+	starts := slices.Clone(r.Starts)
+	slices.SortFunc(starts, func(a, b time.Time) int { return a.Compare(b) })
 	ws := make([]time.Duration, len(bounds)-1)
 	for i := range ws {
 		var first, last time.Time
-		for _, run := range r.Runs {
-			if run.Start.Before(bounds[i]) || !run.Start.Before(bounds[i+1]) {
+		for _, f := range r.Failures {
+			if f.Kind != "refused" || f.At.Before(bounds[i]) || !f.At.Before(bounds[i+1]) {
 				continue
 			}
-			if first.IsZero() || run.Start.Before(first) {
-				first = run.Start
+			if first.IsZero() || f.At.Before(first) {
+				first = f.At
 			}
-			if run.End.After(last) {
-				last = run.End
+			if f.At.After(last) {
+				last = f.At
 			}
 		}
-		if !first.IsZero() {
-			ws[i] = last.Sub(first)
+		if first.IsZero() {
+			continue
+		}
+		j, _ := slices.BinarySearchFunc(starts, last, func(a, b time.Time) int { return a.Compare(b) })
+		if j < len(starts) {
+			ws[i] = starts[j].Sub(first)
+		} else {
+			ws[i] = bounds[i+1].Sub(first)
 		}
 	}
 	return ws

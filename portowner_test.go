@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -522,4 +523,21 @@ func FuzzParseThreadStatus(f *testing.F) {
 			t.Fatalf("parseThreadStatus(%q) = %+v", s, st)
 		}
 	})
+}
+
+func TestWindowsIn(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms float64) time.Time { return t0.Add(time.Duration(ms * float64(time.Millisecond))) }
+	r := &loadResult{
+		// Swap 1: refused from 10 to 12 ms; client b got through at 12.5 ms
+		// while client a, refused at 12 ms, was off the CPU until 30 ms.
+		// Swap 2: nothing refused.
+		Failures: []failure{{At: at(10), Kind: "refused"}, {At: at(11), Kind: "refused"}, {At: at(12), Kind: "refused"}, {At: at(60), Kind: "reset"}},
+		Starts:   []time.Time{at(5), at(30), at(12.5), at(55)},
+	}
+	got := r.windowsIn([]time.Time{at(0), at(50), at(100)})
+	want := []time.Duration{2500 * time.Microsecond, 0}
+	if !cmp.Equal(want, got) {
+		t.Errorf("windowsIn = %v, want %v", got, want)
+	}
 }

@@ -32,15 +32,15 @@ type rebindTimes struct {
 	Killed   bool // the old holders were SIGKILLed
 }
 
-// retryPolicy starts at 100us and stays at or below 500us, so the port is
-// taken within half a millisecond of freeing, at a cost of about two
-// thousand cheap bind(2) calls a second while the old server drains.
+// retryPolicy starts at 50us and stays at or below 250us, so the port is
+// taken within a quarter of a millisecond of freeing, at a cost of about
+// four thousand cheap bind(2) calls a second while the old server drains.
 func retryPolicy() *backoff.ExponentialBackOff {
 	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = 100 * time.Microsecond
+	b.InitialInterval = 50 * time.Microsecond
 	b.Multiplier = 1.5
 	b.RandomizationFactor = 0.1
-	b.MaxInterval = 500 * time.Microsecond
+	b.MaxInterval = 250 * time.Microsecond
 	b.MaxElapsedTime = 0 // ctx bounds it: --bind-timeout
 	b.Reset()
 	return b
