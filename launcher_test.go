@@ -501,3 +501,38 @@ func TestPreforkReplaced(t *testing.T) {
 	}
 	waitServing(t, addr)
 }
+
+// TestNoPrivilegedBindForUnprivilegedChild: takeover runs as root, the
+// command as nobody without capabilities; a port below
+// ip_unprivileged_port_start stays out of its reach, as without takeover.
+func TestNoPrivilegedBindForUnprivilegedChild(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the command as another user")
+	}
+	requireTool(t, "setpriv")
+	requireTool(t, "perl")
+	if unprivilegedPortStart() <= 1 {
+		t.Skip("every port is unprivileged here")
+	}
+	port := ""
+	for p := 900; p < 1000; p++ {
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			ln.Close()
+			port = fmt.Sprint(p)
+			break
+		}
+	}
+	if port == "" {
+		t.Skip("no free port below 1000")
+	}
+	r := startTakeover(t, "", "--port", port, "--",
+		"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+		"perl", "-MSocket", "-e", fmt.Sprintf(`socket(S, PF_INET, SOCK_STREAM, 0) or die "socket: $!\n"; `+
+			`bind(S, pack_sockaddr_in(%s, inet_aton("127.0.0.1"))) or die "bind: $!\n"; print "bound\n"`, port))
+	if code := r.wait(t); code == 0 {
+		t.Fatalf("the unprivileged command bound port %s through takeover; stderr:\n%s", port, r.stderr)
+	}
+	if s := r.stderr.String(); !strings.Contains(s, "bind: Permission denied") {
+		t.Errorf("the command's bind did not fail with EACCES:\n%s", s)
+	}
+}
