@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -539,5 +540,39 @@ func TestWindowsIn(t *testing.T) {
 	want := []time.Duration{2500 * time.Microsecond, 0}
 	if !cmp.Equal(want, got) {
 		t.Errorf("windowsIn = %v, want %v", got, want)
+	}
+}
+
+// TestWhoCannotSee: a listener whose holder this user cannot read is
+// reported as held by a process this user cannot see, not as free.
+func TestWhoCannotSee(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run who as another user")
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Fatal("setpriv (util-linux) is needed: ", err)
+	}
+	// A copy of takeover that nobody may run.
+	dir, err := os.MkdirTemp("", "takeover-who")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	b, err := os.ReadFile(takeoverBin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "takeover")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := startHelper(t, "serve", "127.0.0.1:0") // root's
+	out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "who", h.addr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("who as nobody: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "held by a process this user cannot see") {
+		t.Errorf("who as nobody printed:\n%s", out)
 	}
 }
