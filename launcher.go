@@ -57,6 +57,9 @@ func (c config) signal() unix.Signal {
 	return c.Signal
 }
 
+// errUsage means the flag package has already told the user what is wrong.
+var errUsage = errors.New("usage")
+
 const launcherUsage = `usage: takeover [flags] -- COMMAND [ARG...]
        takeover who [--json] PORTSPEC...
        takeover demo [--swaps N]

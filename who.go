@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -150,5 +149,3 @@ func printWho(w io.Writer, specs specList, out []whoListener) {
 		}
 	}
 }
-
-var errUsage = errors.New("usage")
