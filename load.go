@@ -32,10 +32,12 @@ type failure struct {
 	Err  string // what the client saw
 }
 
-// A refusedRun is a span in which one client's connections were refused:
-// from the start of the first refused connect to the start of the next
-// connect that was not refused.
-type refusedRun struct{ Start, End time.Time }
+// A refusedSpan is a span in which connections were refused: from the start
+// of the first refused connect to the start of the first connect, by any
+// client, that got through after the last refused one. (A client refused
+// and then kept off the CPU does not stretch it: another client's success
+// ends it.)
+type refusedSpan struct{ Start, End time.Time }
 
 // loadResult is what a load run saw.
 type loadResult struct {
@@ -43,7 +45,6 @@ type loadResult struct {
 	Latencies                                       []time.Duration // of the requests that got a 200
 	Starts                                          []time.Time     // when each of those began
 	Failures                                        []failure
-	Runs                                            []refusedRun
 }
 
 // runLoad sends requests until ctx ends.
@@ -66,7 +67,6 @@ func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
 		go func() {
 			defer wg.Done()
 			r := &loadResult{}
-			var runStart time.Time
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				kind, detail := request(cfg.Addr, req, cfg.Timeout)
@@ -78,20 +78,11 @@ func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
 					r.OK++
 					r.Latencies = append(r.Latencies, time.Since(t0))
 					r.Starts = append(r.Starts, t0)
-					if !runStart.IsZero() {
-						// The port accepted again when this connect began:
-						// how long the answer then took is latency.
-						r.Runs = append(r.Runs, refusedRun{runStart, t0})
-						runStart = time.Time{}
-					}
 				} else {
 					r.Failures = append(r.Failures, failure{t0, kind, detail})
 					switch kind {
 					case "refused":
 						r.Refused++
-						if runStart.IsZero() {
-							runStart = t0
-						}
 					case "reset":
 						r.Resets++
 					case "timeout":
@@ -123,7 +114,6 @@ func (t *loadResult) add(r *loadResult) {
 	t.Latencies = append(t.Latencies, r.Latencies...)
 	t.Starts = append(t.Starts, r.Starts...)
 	t.Failures = append(t.Failures, r.Failures...)
-	t.Runs = append(t.Runs, r.Runs...)
 }
 
 // request makes one request and classifies its failure ("" on a 200), with
@@ -164,46 +154,64 @@ func classify(err error) string {
 // failedRequests counts every request that did not get a 200.
 func (r *loadResult) failedRequests() int { return r.Requests - r.OK }
 
-// longestRefused is the longest span in which some client was refused.
+// refusedSpans returns the spans in which connections were refused, in
+// order. A span ends at the first connect that got through after a refused
+// one; the time its answer then took is latency, not refusal.
+func (r *loadResult) refusedSpans() []refusedSpan {
+	var refused []time.Time
+	for _, f := range r.Failures {
+		if f.Kind == "refused" {
+			refused = append(refused, f.At)
+		}
+	}
+	byTime := func(a, b time.Time) int { return a.Compare(b) }
+	slices.SortFunc(refused, byTime)
+	starts := slices.Clone(r.Starts)
+	slices.SortFunc(starts, byTime)
+	var spans []refusedSpan
+	for i := 0; i < len(refused); {
+		// The first success after refused[i] ends the span, and every
+		// refusal before that success belongs to it.
+		j, _ := slices.BinarySearchFunc(starts, refused[i], byTime)
+		k := len(refused)
+		end := refused[k-1]
+		if j < len(starts) {
+			end = starts[j]
+			k, _ = slices.BinarySearchFunc(refused, end, byTime)
+		}
+		spans = append(spans, refusedSpan{refused[i], end})
+		i = max(k, i+1) // a success at the very instant of a refusal ends nothing before it
+	}
+	return spans
+}
+
+// longestRefused is the longest span in which connections were refused.
 func (r *loadResult) longestRefused() time.Duration {
 	var d time.Duration
-	for _, run := range r.Runs {
-		d = max(d, run.End.Sub(run.Start))
+	for _, s := range r.refusedSpans() {
+		d = max(d, s.End.Sub(s.Start))
 	}
 	return d
 }
 
-// windowsIn returns, for each span [bounds[i], bounds[i+1]), the refused
-// window in it: from the first refused connect to the first connect, by any
-// client, that got through after the last refused one. (A client refused and
-// then kept off the CPU does not stretch the window: another client's success
-// bounds it.)
+// windowsIn returns, for each span of time [bounds[i], bounds[i+1]), the
+// refused window in it: from the start of the first refused span that
+// begins in it to the end of the last.
 func (r *loadResult) windowsIn(bounds []time.Time) []time.Duration {
-	starts := slices.Clone(r.Starts)
-	slices.SortFunc(starts, func(a, b time.Time) int { return a.Compare(b) })
 	ws := make([]time.Duration, len(bounds)-1)
+	spans := r.refusedSpans()
 	for i := range ws {
 		var first, last time.Time
-		for _, f := range r.Failures {
-			if f.Kind != "refused" || f.At.Before(bounds[i]) || !f.At.Before(bounds[i+1]) {
+		for _, s := range spans {
+			if s.Start.Before(bounds[i]) || !s.Start.Before(bounds[i+1]) {
 				continue
 			}
-			if first.IsZero() || f.At.Before(first) {
-				first = f.At
+			if first.IsZero() {
+				first = s.Start
 			}
-			if f.At.After(last) {
-				last = f.At
-			}
+			last = s.End
 		}
-		if first.IsZero() {
-			continue
-		}
-		j, _ := slices.BinarySearchFunc(starts, last, func(a, b time.Time) int { return a.Compare(b) })
-		if j < len(starts) {
-			ws[i] = starts[j].Sub(first)
-		} else {
-			ws[i] = bounds[i+1].Sub(first)
-		}
+		ws[i] = last.Sub(first)
 	}
 	return ws
 }

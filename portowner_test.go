@@ -541,6 +541,23 @@ func TestWindowsIn(t *testing.T) {
 	if !cmp.Equal(want, got) {
 		t.Errorf("windowsIn = %v, want %v", got, want)
 	}
+	if got := r.longestRefused(); got != 2500*time.Microsecond {
+		t.Errorf("longestRefused = %v, want 2.5ms", got)
+	}
+
+	// Three spans, the last with no success after it.
+	r = &loadResult{
+		Failures: []failure{{At: at(1), Kind: "refused"}, {At: at(2), Kind: "refused"}, {At: at(20), Kind: "refused"}, {At: at(27), Kind: "refused"}},
+		Starts:   []time.Time{at(0), at(2), at(3), at(19)},
+	}
+	// A success that starts at the same instant as a refusal ends its span.
+	wantSpans := []refusedSpan{{at(1), at(2)}, {at(2), at(2)}, {at(20), at(27)}}
+	if got := r.refusedSpans(); !cmp.Equal(wantSpans, got) {
+		t.Errorf("refusedSpans = %v, want %v", got, wantSpans)
+	}
+	if got := r.longestRefused(); got != 7*time.Millisecond {
+		t.Errorf("longestRefused = %v, want 7ms", got)
+	}
 }
 
 // TestWhoCannotSee: a listener whose holder this user cannot read is
