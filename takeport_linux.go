@@ -22,13 +22,14 @@ type claim struct {
 // takePort gives the command the address it asked for: at once if the port
 // is free; by handoff or rebind if an earlier instance holds it and policy
 // allows. It returns the swap and the socket takeover keeps a copy of (the
-// command's own, or after a handoff the old one); c.sock is consumed.
+// command's own, or after a handoff the old one); c.sock is consumed only
+// when it succeeds.
 func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap, int, error) {
 	began := time.Now()
 	sw := &swap{Spec: c.spec, Addr: c.addr}
 	if g.prev != nil {
 		if old := g.prev.heldFor(c.addr); old != nil {
-			return l.replaceGeneration(ctx, g, c, sw, old)
+			return l.replaceGeneration(ctx, g, c, sw, old, began)
 		}
 	}
 	port := c.addr.Port()
@@ -77,82 +78,94 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 
 	if l.cfg.Strategy != "rebind" {
 		old, why := copyOldSocket(owners, sw.Old)
-		if why == "" {
-			why = handoffMismatch(old, c.sock, c.addr)
+		if held, done, err := l.handoffOrFallBack(g, c, sw, old, why); done {
+			return l.settled(sw, held, err)
 		}
-		if why == "" {
-			return l.handoff(g, c, sw, old)
-		}
-		if old >= 0 {
-			unix.Close(old)
-		}
-		if l.cfg.Strategy == "handoff" {
-			closeAll(sw.oldProcs)
-			closeAll(sw.holders)
-			return nil, -1, fmt.Errorf("--strategy handoff: cannot hand port %d over: %s (%w)", port, why, unix.EADDRINUSE)
-		}
-		sw.Why = why
 	}
-
 	// Name this takeover as the port's launcher before the old one is
 	// signalled: that is how it knows it was replaced, not stopped.
 	if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.start}); err != nil {
-		return nil, -1, fmt.Errorf("record the generation of port %d: %w", port, err)
+		return l.settled(sw, -1, fmt.Errorf("record the generation of port %d: %w", port, err))
 	}
 	if err := l.rebind(ctx, c, sw, began); err != nil {
 		if hasPrev {
 			writeRecord(l.dir, port, prev)
 		}
-		return nil, -1, err
+		return l.settled(sw, -1, err)
 	}
 	return sw, c.sock, nil
 }
 
 // replaceGeneration takes a port over from the launcher's own previous
 // generation, in a reload: from takeover's own copy of its socket.
-func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim, sw *swap, old *heldSock) (*swap, int, error) {
-	began := time.Now()
+func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim, sw *swap, old *heldSock, began time.Time) (*swap, int, error) {
 	prev := g.prev
 	sw.Old = []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}
 	sw.OldCmd = commandLine(prev.pid)
 	sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
 	if l.cfg.Strategy != "rebind" {
-		dup, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
-		why := ""
-		if err != nil {
+		dup, why := -1, ""
+		if fd, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0); err != nil {
 			why = fmt.Sprintf("cannot copy the old socket: %v", err)
 		} else {
-			why = handoffMismatch(dup, c.sock, c.addr)
+			dup = fd
 		}
-		if why == "" {
-			return l.handoff(g, c, sw, dup)
+		if held, done, err := l.handoffOrFallBack(g, c, sw, dup, why); done {
+			return l.settled(sw, held, err)
 		}
-		if err == nil {
-			unix.Close(dup)
-		}
-		if l.cfg.Strategy == "handoff" {
-			return nil, -1, fmt.Errorf("--strategy handoff: cannot hand port %d over: %s (%w)", c.addr.Port(), why, unix.EADDRINUSE)
-		}
-		sw.Why = why
 	}
 	prev.closeCopies()
 	if err := l.rebind(ctx, c, sw, began); err != nil {
-		return nil, -1, err
+		return l.settled(sw, -1, err)
 	}
 	return sw, c.sock, nil
 }
 
-// handoff installs old in the command at its fd and answers its bind.
-func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (*swap, int, error) {
+// handoffOrFallBack hands old (which it takes over; -1 when there is none,
+// and why says so) to the command if it can stand in for the command's own
+// socket. When it cannot, --strategy handoff refuses the bind, and auto
+// records why in sw and leaves the rebind to the caller: done is false.
+func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, why string) (held int, done bool, err error) {
+	if why == "" {
+		why = handoffMismatch(old, c.sock, c.addr)
+	}
+	if why == "" {
+		held, err := l.handoff(g, c, sw, old)
+		return held, true, err
+	}
+	if old >= 0 {
+		unix.Close(old)
+	}
+	if l.cfg.Strategy == "handoff" {
+		return -1, true, fmt.Errorf("--strategy handoff: cannot hand port %d over: %s (%w)", c.addr.Port(), why, unix.EADDRINUSE)
+	}
+	sw.Why = why
+	return -1, false, nil
+}
+
+// settled ends takePort: on failure it lets go of the old processes the swap
+// had opened, so that no pidfd outlives a refused bind.
+func (l *launcher) settled(sw *swap, held int, err error) (*swap, int, error) {
+	if err != nil {
+		closeAll(sw.oldProcs)
+		closeAll(sw.holders)
+		return nil, -1, err
+	}
+	return sw, held, nil
+}
+
+// handoff installs old in the command at its fd and answers its bind; it
+// returns old, now the socket takeover keeps a copy of.
+func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, error) {
 	restore, err := injectSocket(g.notifFD, c.n.ID, c.child.PID, c.fd, c.sock, old)
 	if err != nil {
 		unix.Close(old)
-		return nil, -1, fmt.Errorf("hand the old socket over: %w", err)
+		return -1, fmt.Errorf("hand the old socket over: %w", err)
 	}
 	unix.Close(c.sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"
 	sw.restoreBlocking = restore
-	return sw, old, nil
+	return old, nil
 }
 
 // rebind stops the old holders and binds the command's socket once the port
