@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"strconv"
@@ -51,7 +52,7 @@ func (w *fdWalker) walk(pid int, buf, link []byte) {
 			}
 			name := buf[off+19 : off+reclen]
 			off += reclen
-			if i := indexNUL(name); i >= 0 {
+			if i := bytes.IndexByte(name, 0); i >= 0 {
 				name = name[:i]
 			}
 			fdNum, err := strconv.Atoi(string(name))
@@ -69,13 +70,4 @@ func (w *fdWalker) walk(pid int, buf, link []byte) {
 			}
 		}
 	}
-}
-
-func indexNUL(b []byte) int {
-	for i, c := range b {
-		if c == 0 {
-			return i
-		}
-	}
-	return -1
 }

@@ -186,7 +186,7 @@ func parseSockaddr(b []byte) (ap netip.AddrPort, family int, ok bool) {
 	return netip.AddrPort{}, family, false
 }
 
-// threadStatus reads the fields takeover needs from /proc/TID/status: the
+// threadStatus holds the fields takeover needs from /proc/PID/status: the
 // thread group (process) id, the real uid and the effective capabilities.
 type threadStatus struct {
 	Tgid   int
@@ -194,8 +194,9 @@ type threadStatus struct {
 	CapEff uint64
 }
 
-func readThreadStatus(tid int) (threadStatus, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
+// readStatus reads procRoot/PID/status; PID may be a thread's id.
+func readStatus(procRoot string, pid int) (threadStatus, error) {
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return threadStatus{}, err
 	}

@@ -30,13 +30,13 @@ func mayReplace(procRoot string, t stopTarget, child newChild, port uint16, forc
 	if force {
 		return nil
 	}
-	uid, err := procUID(procRoot, t.Holder.PID)
+	st, err := readStatus(procRoot, t.Holder.PID)
 	if err != nil {
 		return fmt.Errorf("port %d is held by pid %d, which this user cannot inspect (%v): %w; pass --force to replace it anyway", port, t.Holder.PID, err, errNotReplaceable)
 	}
-	if uid != child.UID {
+	if st.UID != child.UID {
 		return fmt.Errorf("port %d is held by pid %d (%s) of uid %d, not of the new server's uid %d: %w; pass --force to replace it anyway",
-			port, t.Holder.PID, procName(procRoot, t.Holder.PID), uid, child.UID, errNotReplaceable)
+			port, t.Holder.PID, procName(procRoot, t.Holder.PID), st.UID, child.UID, errNotReplaceable)
 	}
 	if t.Launcher {
 		return nil
@@ -64,13 +64,4 @@ func procName(procRoot string, pid int) string {
 		return "?"
 	}
 	return strings.TrimSpace(string(b))
-}
-
-func procUID(procRoot string, pid int) (int, error) {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, err
-	}
-	st, err := parseThreadStatus(string(b))
-	return st.UID, err
 }

@@ -131,7 +131,7 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 	if !ok {
 		return respContinue // port 0, other ports
 	}
-	st, err := readThreadStatus(int(n.PID))
+	st, err := readStatus("/proc", int(n.PID))
 	if err != nil {
 		return respContinue
 	}
@@ -215,7 +215,7 @@ func inodeOf(fd int) uint64 {
 // onListen performs the command's listen(2) on takeover's copy of a target
 // socket, so that it knows the moment the new server is ready.
 func (g *generation) onListen(n *seccompNotif) seccompNotifResp {
-	st, err := readThreadStatus(int(n.PID))
+	st, err := readStatus("/proc", int(n.PID))
 	if err != nil {
 		return respContinue
 	}
