@@ -298,6 +298,15 @@ func TestReloadOnHUP(t *testing.T) {
 	if !strings.Contains(r.stderr.String(), "reload failed") {
 		t.Errorf("the failed reload was not logged:\n%s", r.stderr)
 	}
+	// One swap line per generation that took over, and no more: a failed
+	// reload must not complete the serving generation's swap again.
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	if code := r.wait(t); code != 0 {
+		t.Errorf("takeover exited %d after TERM", code)
+	}
+	if n := strings.Count(r.stderr.String(), `msg="took over"`); n != 4 {
+		t.Errorf("%d swap lines for 4 generations:\n%s", n, r.stderr)
+	}
 }
 
 type notifyListener struct {

@@ -159,7 +159,9 @@ func (l *launcher) run(path string) int {
 				l.log.Error("reload failed: the new generation exited before it listened on every --port; the running one keeps serving",
 					"generation", next.num, "pid", next.pid, "status", exitStatus(e.status))
 				l.notify("READY=1")
-				next, ready = nil, cur.ready
+				// The serving generation's swap completed long ago: ready
+				// stays nil, or it would complete a second time.
+				next, ready = nil, nil
 				if pendingHUP {
 					pendingHUP = false
 					startReload()
