@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"regexp"
 	"slices"
 	"syscall"
@@ -28,10 +27,9 @@ func BenchmarkSwap(b *testing.B) {
 var windowRe = regexp.MustCompile(`refused_window=([0-9.]+[µmn]?s)`)
 
 func benchSwaps(b *testing.B, strategy string, swaps int) {
-	self, _ := os.Executable()
 	port := freePort(b)
 	addr := "127.0.0.1:" + port
-	start := func() *demoRun { return startBench(b, strategy, self, addr) }
+	start := func() *demoRun { return startBench(b, strategy, addr) }
 	cur := start()
 	if err := waitHTTP(addr, 5*time.Second); err != nil {
 		b.Fatalf("%v; takeover's stderr:\n%s", err, cur.stderr.String())
@@ -76,7 +74,7 @@ func benchSwaps(b *testing.B, strategy string, swaps int) {
 }
 
 // startBench starts the real takeover binary on the built-in server.
-func startBench(b *testing.B, strategy, self, addr string) *demoRun {
+func startBench(b *testing.B, strategy, addr string) *demoRun {
 	d := demo{self: takeoverBin(b), strategy: strategy}
 	r, err := d.start(addr)
 	if err != nil {
