@@ -430,7 +430,7 @@ func (l *launcher) logSwap(g *generation, swaps []*swap) {
 			}
 		}
 		if sw.Strategy == "rebind" {
-			a = append(a, "signal_to_free", sw.Free, "refused_window", sw.Window, "sigkill", sw.Killed)
+			a = append(a, "signal_to_free", sw.Free, "refused_window", sw.Window, "sigkill", sw.Killed, "retry_sched", sw.Sched)
 		}
 		a = append(a, "total", sw.Listened.Sub(sw.Began))
 		attrs = append(attrs, slog.Group(sw.Spec.String(), a...))

@@ -348,6 +348,68 @@ func TestForeignHolderRefused(t *testing.T) {
 	childOf(t, forced, addr)
 }
 
+// startHanging runs a server that ignores SIGTERM under a takeover that
+// waits a minute before it SIGKILLs it, and returns the takeover and the
+// server's pid. The test kills the server itself when done.
+func startHanging(t *testing.T, addr string) (*tkRun, int) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	self, _ := os.Executable()
+	first := startTakeover(t, "hang", "--kill-timeout", "60s", "--port", port, "--", self, addr)
+	waitServing(t, addr)
+	child := childOf(t, first, addr)
+	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
+	return first, child
+}
+
+// TestKillTimeout: an old server that ignores the stop signal is SIGKILLed
+// after the new takeover's --kill-timeout, and the port is taken.
+func TestKillTimeout(t *testing.T) {
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	first, oldChild := startHanging(t, addr)
+
+	self, _ := os.Executable()
+	second := startTakeover(t, "serve", "--strategy", "rebind", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
+	waitGone(t, oldChild)
+	if code := first.wait(t); code != 0 {
+		t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
+	}
+	waitServing(t, addr)
+	childOf(t, second, addr)
+	if s := second.stderr.String(); !strings.Contains(s, "sigkill=true") {
+		t.Errorf("the swap line does not say the old server was SIGKILLed:\n%s", s)
+	}
+}
+
+// TestBindTimeout: when the port does not free within --bind-timeout, the
+// command's bind fails with EADDRINUSE, takeover says why and exits with
+// the command's status, and the old server keeps serving.
+func TestBindTimeout(t *testing.T) {
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	first, oldChild := startHanging(t, addr)
+
+	self, _ := os.Executable()
+	second := startTakeover(t, "serve", "--strategy", "rebind", "--kill-timeout", "60s", "--bind-timeout", "300ms", "--port", port, "--", self, addr)
+	if code := second.wait(t); code != 1 {
+		t.Fatalf("takeover exited %d, want the command's 1; stderr:\n%s", code, second.stderr)
+	}
+	s := second.stderr.String()
+	for _, want := range []string{"still in use after", "address already in use"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, s)
+		}
+	}
+	if !first.running() || processGone(oldChild) {
+		t.Fatal("the old generation is gone")
+	}
+	waitServing(t, addr)
+	if got := childOf(t, first, addr); got != oldChild {
+		t.Errorf("the port is held by %d, want the old %d", got, oldChild)
+	}
+}
+
 func TestSameExecutableReplaced(t *testing.T) {
 	// A server started by hand, not under takeover, running the same
 	// executable as the new command: an earlier instance.

@@ -96,6 +96,30 @@ func findHolders(procRoot string, ls []listener, first []int, onlyFirst bool) er
 	return nil
 }
 
+// stillHolding returns those of pids that hold one of the sockets.
+func stillHolding(procRoot string, inodes []uint64, pids []int) ([]int, error) {
+	byInode := make(map[uint64]int, len(inodes))
+	for i, ino := range inodes {
+		byInode[ino] = i
+	}
+	w, err := newFDWalker(procRoot, byInode)
+	if err != nil {
+		return nil, err
+	}
+	defer w.close()
+	for _, pid := range pids {
+		w.walk(pid, w.buf, w.link)
+	}
+	var held []int
+	for _, hs := range w.found {
+		for _, h := range hs {
+			held = append(held, h.PID)
+		}
+	}
+	slices.Sort(held)
+	return slices.Compact(held), nil
+}
+
 // listPIDs returns the numeric entries of procRoot.
 func listPIDs(procRoot string) ([]int, error) {
 	f, err := os.Open(procRoot)

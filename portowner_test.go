@@ -591,3 +591,34 @@ func TestWhoCannotSee(t *testing.T) {
 		t.Errorf("who as nobody printed:\n%s", out)
 	}
 }
+
+func TestStillHolding(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ls := lookup(t, ln.Addr().String())
+	if len(ls) != 1 {
+		t.Fatalf("%d listeners on %s, want 1", len(ls), ln.Addr())
+	}
+	other := startHelper(t, "serve", "127.0.0.1:0") // holds a socket, not this one
+	self, otherPID := os.Getpid(), other.cmd.Process.Pid
+	inodes := []uint64{ls[0].Inode}
+
+	got, err := stillHolding("/proc", inodes, []int{otherPID, self})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]int{self}, got); diff != "" {
+		t.Errorf("while listening (-want +got):\n%s", diff)
+	}
+	ln.Close()
+	got, err = stillHolding("/proc", inodes, []int{otherPID, self})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 0 {
+		t.Errorf("after close: %v, want none", got)
+	}
+}

@@ -55,10 +55,12 @@ type swap struct {
 	OldCmd   string
 	oldProcs []*oldProcess // the stop targets
 	holders  []*oldProcess // every old holder, for SIGKILL
+	inodes   []uint64      // the old listening sockets
 	Lookup   time.Duration
 	Free     time.Duration // signal to port free (rebind)
 	Window   time.Duration // refused window as takeover saw it (rebind)
 	Killed   bool
+	Sched    string // how the retry thread was scheduled (rebind)
 	// restoreBlocking: the command wanted its socket blocking; make it so
 	// once the old server is gone.
 	restoreBlocking bool

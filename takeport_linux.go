@@ -29,7 +29,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	sw := &swap{Spec: c.spec, Addr: c.addr}
 	if g.prev != nil {
 		if old := g.prev.heldFor(c.addr); old != nil {
-			return l.replaceGeneration(ctx, g, c, sw, old, began)
+			return l.replaceGeneration(ctx, g, c, sw, old)
 		}
 	}
 	port := c.addr.Port()
@@ -72,6 +72,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		for _, h := range o.Holders {
 			holderPIDs = append(holderPIDs, h.PID)
 		}
+		sw.inodes = append(sw.inodes, o.Inode)
 	}
 	sw.OldCmd = commandLine(sw.Old[0].Holder.PID)
 	sw.oldProcs, sw.holders = openAll(targetPIDs), openAll(holderPIDs)
@@ -87,7 +88,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.start}); err != nil {
 		return l.settled(sw, -1, fmt.Errorf("record the generation of port %d: %w", port, err))
 	}
-	if err := l.rebind(ctx, c, sw, began); err != nil {
+	if err := l.rebind(ctx, c, sw); err != nil {
 		if hasPrev {
 			writeRecord(l.dir, port, prev)
 		}
@@ -98,11 +99,12 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 
 // replaceGeneration takes a port over from the launcher's own previous
 // generation, in a reload: from takeover's own copy of its socket.
-func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim, sw *swap, old *heldSock, began time.Time) (*swap, int, error) {
+func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim, sw *swap, old *heldSock) (*swap, int, error) {
 	prev := g.prev
 	sw.Old = []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}
 	sw.OldCmd = commandLine(prev.pid)
 	sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
+	sw.inodes = []uint64{old.inode}
 	if l.cfg.Strategy != "rebind" {
 		dup, why := -1, ""
 		if fd, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0); err != nil {
@@ -115,7 +117,7 @@ func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim
 		}
 	}
 	prev.closeCopies()
-	if err := l.rebind(ctx, c, sw, began); err != nil {
+	if err := l.rebind(ctx, c, sw); err != nil {
 		return l.settled(sw, -1, err)
 	}
 	return sw, c.sock, nil
@@ -170,26 +172,16 @@ func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, erro
 
 // rebind stops the old holders and binds the command's socket once the port
 // frees.
-func (l *launcher) rebind(ctx context.Context, c claim, sw *swap, began time.Time) error {
+func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
 	sw.Strategy = "rebind"
 	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
 	defer cancel()
 	times, err := rebind{
-		Sock: c.sock, Addr: c.addr, Old: sw.oldProcs, Holders: sw.holders,
+		Sock: c.sock, Addr: c.addr, Old: sw.oldProcs, Holders: sw.holders, Inodes: sw.inodes,
 		Signal: l.cfg.signal(), KillTimeout: l.cfg.killTimeout(),
 	}.run(bctx)
-	sw.Free, sw.Killed = times.Free, times.Killed
-	if err != nil {
-		return err
-	}
-	// The socket listens now. Clients were refused at most from the last
-	// attempt that found the port held (or, if the first attempt found it
-	// free, from the signal) until now.
-	if times.LastBusy.IsZero() {
-		times.LastBusy = began.Add(sw.Lookup)
-	}
-	sw.Window = time.Since(times.LastBusy)
-	return nil
+	sw.Free, sw.Window, sw.Killed, sw.Sched = times.Free, times.Window, times.Killed, times.Sched
+	return err
 }
 
 // copyOldSocket takes a copy of the one listening socket that can be handed
