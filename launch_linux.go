@@ -401,9 +401,7 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 		for _, p := range sw.oldProcs {
 			if !p.wait(wctx) {
 				l.log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
-				for _, h := range sw.holders {
-					h.signal(unix.SIGKILL)
-				}
+				killStillHolding(sw.holders, sw.inodes)
 			}
 		}
 		cancel()

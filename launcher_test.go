@@ -363,22 +363,30 @@ func startHanging(t *testing.T, addr string) (*tkRun, int) {
 }
 
 // TestKillTimeout: an old server that ignores the stop signal is SIGKILLed
-// after the new takeover's --kill-timeout, and the port is taken.
+// after the new takeover's --kill-timeout, and the port is the new one's.
+// The old takeover, which waits for it, is not killed: it exits 0.
 func TestKillTimeout(t *testing.T) {
-	port := freePort(t)
-	addr := "127.0.0.1:" + port
-	first, oldChild := startHanging(t, addr)
+	for _, tt := range []struct{ strategy, says string }{
+		{"rebind", "sigkill=true"},
+		{"handoff", "did not exit within --kill-timeout; killing it"},
+	} {
+		t.Run(tt.strategy, func(t *testing.T) {
+			port := freePort(t)
+			addr := "127.0.0.1:" + port
+			first, oldChild := startHanging(t, addr)
 
-	self, _ := os.Executable()
-	second := startTakeover(t, "serve", "--strategy", "rebind", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
-	waitGone(t, oldChild)
-	if code := first.wait(t); code != 0 {
-		t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
-	}
-	waitServing(t, addr)
-	childOf(t, second, addr)
-	if s := second.stderr.String(); !strings.Contains(s, "sigkill=true") {
-		t.Errorf("the swap line does not say the old server was SIGKILLed:\n%s", s)
+			self, _ := os.Executable()
+			second := startTakeover(t, "serve", "--strategy", tt.strategy, "--kill-timeout", "300ms", "--port", port, "--", self, addr)
+			waitGone(t, oldChild)
+			if code := first.wait(t); code != 0 {
+				t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
+			}
+			waitServing(t, addr)
+			childOf(t, second, addr)
+			if s := second.stderr.String(); !strings.Contains(s, tt.says) {
+				t.Errorf("the log does not say the old server was SIGKILLed (%q):\n%s", tt.says, s)
+			}
+		})
 	}
 }
 

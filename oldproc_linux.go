@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -60,5 +61,23 @@ func openAll(pids []int) []*oldProcess {
 func closeAll(ps []*oldProcess) {
 	for _, p := range ps {
 		p.close()
+	}
+}
+
+// killStillHolding SIGKILLs the old processes that still hold one of the
+// old sockets: after --kill-timeout, what keeps a port or serves on as an
+// old generation. An old takeover launcher let go of its copies when it was
+// replaced and waits for its server: killing it would orphan the server,
+// which would then serve on with nobody to stop it.
+func killStillHolding(holders []*oldProcess, inodes []uint64) {
+	pids := make([]int, len(holders))
+	for i, p := range holders {
+		pids[i] = p.PID
+	}
+	held, err := stillHolding("/proc", inodes, pids)
+	for _, p := range holders {
+		if err != nil || slices.Contains(held, p.PID) {
+			p.signal(unix.SIGKILL)
+		}
 	}
 }

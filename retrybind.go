@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
-	"slices"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -90,7 +89,7 @@ func (r rebind) run(ctx context.Context) (rebindTimes, error) {
 		lastBusy = time.Now()
 		if !t.Killed && lastBusy.After(killAt) {
 			t.Killed = true
-			r.killHolders()
+			killStillHolding(r.Holders, r.Inodes)
 		}
 		next := policy.NextBackOff()
 		if next == backoff.Stop {
@@ -104,23 +103,6 @@ func (r rebind) run(ctx context.Context) (rebindTimes, error) {
 	}
 	t.Window = time.Since(lastBusy)
 	return t, nil
-}
-
-// killHolders SIGKILLs the old holders that still hold the port. An old
-// takeover launcher among them let go of its copies when it was replaced,
-// and waits for its server: killing it would orphan the server and lose
-// its exit status.
-func (r rebind) killHolders() {
-	pids := make([]int, len(r.Holders))
-	for i, p := range r.Holders {
-		pids[i] = p.PID
-	}
-	held, err := stillHolding("/proc", r.Inodes, pids)
-	for _, p := range r.Holders {
-		if err != nil || slices.Contains(held, p.PID) {
-			p.signal(unix.SIGKILL)
-		}
-	}
 }
 
 // A retryThread is the OS thread a bind is retried on, made fit for waits
