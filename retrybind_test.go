@@ -1,8 +1,12 @@
 package main
 
 import (
+	"fmt"
+	"net"
 	"runtime"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
@@ -66,4 +70,78 @@ func TestRetryThread(t *testing.T) {
 	if slackAfter, _ := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0); slackAfter != slackBefore {
 		t.Errorf("timer slack after release = %d, want %d", slackAfter, slackBefore)
 	}
+}
+
+// BenchmarkBindTimeWait measures what a rebind's retry costs on a port that
+// has served short connections: bind(2) and listen(2) walk every socket
+// bound to the port, TIME_WAIT ones included. ns/op is one bind that finds
+// the port held; bind+listen-us is the bind that succeeds once the
+// listener has gone plus the listen after it:
+//
+//	go test -run '^$' -bench BindTimeWait -benchtime 200x
+func BenchmarkBindTimeWait(b *testing.B) {
+	for _, n := range []int{0, 10_000, 40_000} {
+		b.Run(fmt.Sprintf("timewait=%d", n), func(b *testing.B) {
+			ln, err := net.Listen("tcp4", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			leaveTimeWait(b, ln, n)
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer unix.Close(fd)
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			sa := sockaddrOf(ln.Addr().(*net.TCPAddr).AddrPort())
+			for b.Loop() {
+				if err := unix.Bind(fd, sa); err != unix.EADDRINUSE {
+					b.Fatalf("bind while the port listens: %v, want EADDRINUSE", err)
+				}
+			}
+			b.StopTimer()
+			ln.Close()
+			start := time.Now()
+			if err := unix.Bind(fd, sa); err != nil {
+				b.Fatalf("bind after the listener closed: %v", err)
+			}
+			if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(time.Since(start).Microseconds()), "bind+listen-us")
+		})
+	}
+}
+
+// leaveTimeWait makes n connections to ln that ln's side closes first, so
+// that each leaves a TIME_WAIT socket on ln's port.
+func leaveTimeWait(b *testing.B, ln net.Listener, n int) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	var wg sync.WaitGroup
+	const workers = 8
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			one := make([]byte, 1)
+			for range n / workers {
+				c, err := net.Dial("tcp4", ln.Addr().String())
+				if err != nil {
+					continue
+				}
+				c.Read(one) // EOF once the server has closed
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
 }
