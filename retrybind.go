@@ -30,8 +30,9 @@ type rebind struct {
 type rebindTimes struct {
 	Free time.Duration // from the stop signal until the bind succeeded
 	// Window is from the last attempt that found the port held (or from
-	// the signal, if none did) until the socket listened: the longest any
-	// client can have been refused, as takeover saw it.
+	// the signal, if none did) until the socket listened: the refused
+	// window as takeover saw it. Clients can be refused a little earlier,
+	// while the old listener is torn down but its port not yet free.
 	Window   time.Duration
 	Attempts int
 	Killed   bool   // the old holders were SIGKILLed
@@ -120,8 +121,9 @@ func (r rebind) run(ctx context.Context) (rebindTimes, error) {
 //     ahead of every normal task, where it may (CAP_SYS_NICE, or a
 //     RLIMIT_RTPRIO of 1 or more); otherwise it asks for a 100us slice,
 //     which lets it preempt sooner on Linux 6.12 and later. It sleeps
-//     between attempts, so it never holds a CPU for long, and the kernel's
-//     real-time throttling bounds it in any case.
+//     between attempts of a few microseconds each (up to ~0.6 ms on a port
+//     with 40,000 TIME_WAIT sockets: BenchmarkBindTimeWait), and the
+//     kernel's real-time throttling bounds it in any case.
 type retryThread struct {
 	Class string // "fifo", "short-slice" or "normal": how it was scheduled
 	sched *unix.SchedAttr
@@ -165,7 +167,8 @@ func (t *retryThread) sleep(d time.Duration) {
 }
 
 // release restores the thread's scheduling and unlocks it: the Go runtime
-// will run other goroutines on it.
+// will run other goroutines on it. (Going back to the normal class and a
+// larger slack is always permitted.)
 func (t *retryThread) release() {
 	if t.sched != nil {
 		unix.SchedSetAttr(0, t.sched, 0)
