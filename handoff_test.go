@@ -389,3 +389,53 @@ func TestStopDuringReload(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestFailedReloadsLeakNothing: reloads whose new generation listens and
+// then dies during --kill-old-delay leave the old generation serving, and
+// takeover, which lives on, holds no more fds than before them.
+func TestFailedReloadsLeakNothing(t *testing.T) {
+	dir := t.TempDir()
+	self, _ := os.Executable()
+	app := filepath.Join(dir, "app")
+	script := fmt.Sprintf("#!/bin/sh\nif [ -e %s/started ]; then TAKEOVER_TEST_HELPER=listencrash exec %s \"$@\"; fi\ntouch %s/started\nexec %s \"$@\"\n",
+		dir, self, dir, self)
+	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	r := startTakeover(t, "serve", "--kill-old-delay", "2s", "--port", port, "--", app, addr)
+	waitServing(t, addr)
+	oldChild := childOf(t, r, addr)
+	fds := func() int {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", r.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	before := fds()
+	const failed = "exited during --kill-old-delay"
+	for i := 1; i <= 3; i++ {
+		r.cmd.Process.Signal(syscall.SIGHUP)
+		deadline := time.Now().Add(30 * time.Second)
+		for strings.Count(r.stderr.String(), failed) < i {
+			if time.Now().After(deadline) {
+				t.Fatalf("reload %d did not fail as planned; stderr:\n%s", i, r.stderr)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if after := fds(); after != before {
+		t.Errorf("takeover holds %d fds after 3 failed reloads, %d before", after, before)
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", r.cmd.Process.Pid))
+		for _, e := range ents {
+			l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", r.cmd.Process.Pid, e.Name()))
+			t.Logf("fd %s -> %s", e.Name(), l)
+		}
+	}
+	if got := childOf(t, r, addr); got != oldChild {
+		t.Errorf("the port is held by %d, want the old generation's %d", got, oldChild)
+	}
+	waitServing(t, addr)
+}

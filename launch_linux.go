@@ -102,6 +102,7 @@ func (l *launcher) run(path string) int {
 	var next *generation // a reload under way
 	pendingHUP := false
 	ready := cur.ready
+	var delayed <-chan time.Time // a reload's --kill-old-delay
 
 	startReload := func() {
 		l.notify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
@@ -137,15 +138,25 @@ func (l *launcher) run(path string) int {
 			}
 		case <-ready:
 			ready = nil
-			g := cur
 			if next != nil {
-				g, cur, next = next, next, nil
+				// A reload: the running generation stays the one takeover
+				// lives for until the new one has outlived --kill-old-delay.
+				delayed = time.After(l.cfg.KillOldDelay)
+				continue
 			}
-			go func(locks []*os.File) {
-				l.completeSwap(ctx, g, locks)
+			go func(g *generation, locks []*os.File) {
+				l.completeSwap(ctx, g, locks, l.cfg.KillOldDelay)
 				swapped <- g
-			}(locks)
+			}(cur, locks)
 			locks = nil // the first swap releases them
+		case <-delayed:
+			delayed = nil
+			g := next
+			cur, next = next, nil
+			go func() {
+				l.completeSwap(ctx, g, nil, 0)
+				swapped <- g
+			}()
 		case <-swapped:
 			if pendingHUP && next == nil {
 				pendingHUP = false
@@ -156,12 +167,17 @@ func (l *launcher) run(path string) int {
 			case next != nil && e.pid == next.pid:
 				close(next.exited)
 				next.closeCopies()
-				l.log.Error("reload failed: the new generation exited before it listened on every --port; the running one keeps serving",
+				next.releaseSwaps()
+				when := "before it listened on every --port"
+				if delayed != nil {
+					when = "during --kill-old-delay"
+				}
+				l.log.Error("reload failed: the new generation exited "+when+"; the running one keeps serving",
 					"generation", next.num, "pid", next.pid, "status", exitStatus(e.status))
 				l.notify("READY=1")
 				// The serving generation's swap completed long ago: ready
 				// stays nil, or it would complete a second time.
-				next, ready = nil, nil
+				next, ready, delayed = nil, nil, nil
 				if pendingHUP {
 					pendingHUP = false
 					startReload()
@@ -293,14 +309,18 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	if err != nil {
 		return nil, err
 	}
+	// The reaper's wait4(-1) collects the child, not os.Process.Wait: let go
+	// of the pidfd the os package keeps, or each generation leaks one.
+	pid := p.Pid
+	p.Release()
 	notifFD, err := recvShimResult(parentEnd)
 	if err != nil {
 		var ws syscall.WaitStatus
-		syscall.Wait4(p.Pid, &ws, 0, nil)
+		syscall.Wait4(pid, &ws, 0, nil)
 		return nil, err
 	}
 	g := &generation{
-		l: l, num: num, pid: p.Pid, notifFD: notifFD, prev: prev,
+		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev,
 		ready:    make(chan struct{}),
 		exited:   make(chan struct{}),
 		socks:    make(map[sockKey]*heldSock),
@@ -310,7 +330,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		g.serve(ctx)
 		unix.Close(notifFD)
 	}()
-	l.log.Debug("started", "generation", num, "pid", p.Pid, "command", strings.Join(l.cfg.Command, " "))
+	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "))
 	return g, nil
 }
 
@@ -349,9 +369,10 @@ func commandLine(pid int) string {
 
 // completeSwap runs once a generation listens on every target: it records
 // the generation, tells systemd, logs the swap, stops the generation it
-// replaced (after --kill-old-delay, and only while the new one still runs),
-// waits for that to exit and releases the port locks.
-func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.File) {
+// replaced (after delay, --kill-old-delay, and only while the new one still
+// runs), waits for that to exit and releases the port locks. A reload has
+// waited out --kill-old-delay before: its delay is 0.
+func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.File, delay time.Duration) {
 	defer releaseLocks(locks)
 	g.mu.Lock()
 	swaps := append([]*swap(nil), g.swaps...)
@@ -371,15 +392,16 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 			stop = append(stop, sw)
 		}
 	}
-	if len(stop) > 0 && l.cfg.KillOldDelay > 0 {
+	if len(stop) > 0 && delay > 0 {
 		select {
-		case <-time.After(l.cfg.KillOldDelay):
+		case <-time.After(delay):
 		case <-g.exited:
 		}
 	}
 	select {
 	case <-g.exited:
 		l.log.Warn("the new generation exited during --kill-old-delay; the old one was not stopped", "generation", g.num)
+		g.releaseSwaps()
 		return
 	default:
 	}

@@ -32,6 +32,18 @@ type generation struct {
 	done     bool // the generation is being stopped: its copies are closed
 }
 
+// releaseSwaps lets go of the old processes of swaps that will not be
+// completed: the generation exited before it could stop them.
+func (g *generation) releaseSwaps() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, sw := range g.swaps {
+		closeAll(sw.oldProcs)
+		closeAll(sw.holders)
+		sw.oldProcs, sw.holders = nil, nil
+	}
+}
+
 // sockKey names a socket in the command: its process and fd, and the inode
 // so that a closed and reused fd number is not mistaken for the old socket.
 type sockKey struct {
