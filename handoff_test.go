@@ -407,6 +407,9 @@ func TestFailedReloadsLeakNothing(t *testing.T) {
 	r := startTakeover(t, "serve", "--kill-old-delay", "2s", "--port", port, "--", app, addr)
 	waitServing(t, addr)
 	oldChild := childOf(t, r, addr)
+	// Should takeover exit without it (the bug this test is for), the old
+	// generation must not outlive the test.
+	t.Cleanup(func() { syscall.Kill(oldChild, syscall.SIGKILL) })
 	fds := func() int {
 		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", r.cmd.Process.Pid))
 		if err != nil {

@@ -44,7 +44,9 @@ go build -o "$out/takeover" .
 tk=$PWD/$out/takeover
 
 pids=()            # every process this script started, ended by pid at exit
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+started="$out/bench.pids"   # every takeover started, from subshells too
+: > "$started"
+cleanup() { for p in "${pids[@]}" $(cat "$started"); do running "$p" && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -52,8 +54,13 @@ wait_serving() { # wait until $1 answers, up to 60s
   for _ in $(seq 600); do curl -fs -m 1 "http://$1/" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "$1 never answered" >&2; return 1
 }
+running() { # pid $1 runs: exists and is not a zombie (an orphan init has yet to reap)
+  local st
+  st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
 wait_exit() { # wait for pid $1 to exit, up to 60s
-  for _ in $(seq 6000); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.01; done
+  for _ in $(seq 6000); do running "$1" || return 0; sleep 0.01; done
   echo "pid $1 did not exit" >&2; return 1
 }
 now() { date +%s.%N; }
@@ -115,10 +122,10 @@ starter_swap() { # HUP, then wait until a new generation's pid answers
 starter_stop() { kill -TERM "$cur"; wait_exit "$cur"; }
 
 # 4, 5. takeover: a new takeover per swap; the old one exits 0 once replaced.
-tk_first() { "$tk" -q --strategy "$strategy" --port "$1" -- "$tk" demo-server --init-delay "$init_delay" "$1" >/dev/null & cur=$!; pids+=("$cur"); }
+tk_first() { "$tk" -q --strategy "$strategy" --port "$1" -- "$tk" demo-server --init-delay "$init_delay" "$1" >/dev/null & cur=$!; pids+=("$cur"); echo "$cur" >> "$started"; }
 tk_swap() { local old=$cur; tk_first "$1"; wait_exit "$old"; }
 
-rm -f "$out/durations" "$out/ab.cur" "$out/ab.swaps"
+rm -f "$out/durations" "$out/ab.swaps" "$out/ab.stop"
 start_first=naive_first swap_one=naive_swap stop_last=naive_stop
 start_first() { "$start_first" "$@"; }; swap_one() { "$swap_one" "$@"; }; stop_last() { "$stop_last"; }
 run_way naive
@@ -167,11 +174,15 @@ echo "wrote $out/results.md and $out/timeline.png"
 port=$(free_port); addr=127.0.0.1:$port
 strategy=handoff; init_delay=0s
 tk_first "$addr"; wait_serving "$addr"
-( for i in $(seq 1000); do tk_swap "$addr"; echo "$cur" > "$out/ab.cur"; echo "$i" > "$out/ab.swaps"; sleep 0.2; done ) & swapper=$!; pids+=("$swapper")
+rm -f "$out/ab.stop"
+( for i in $(seq 1000); do [ -e "$out/ab.stop" ] && break; tk_swap "$addr"; echo "$i" > "$out/ab.swaps"; sleep 0.2; done ) & swapper=$!; pids+=("$swapper")
 echo
 echo "== ab -n $ab_requests -c 100 against takeover --strategy handoff, replaced every ~0.2s"
 ab -n "$ab_requests" -c 100 "http://$addr/" 2>&1 | grep -E "Complete requests|Failed requests|Non-2xx|Requests per second|Time taken"
-kill "$swapper" 2>/dev/null || true; wait "$swapper" 2>/dev/null || true
+touch "$out/ab.stop"; wait "$swapper" 2>/dev/null || true # ends after its swap under way
 echo "swaps during ab: $(cat "$out/ab.swaps" 2>/dev/null || echo 0)"
-last=$(cat "$out/ab.cur" 2>/dev/null || echo "$cur")
-for p in "$cur" "$last"; do kill -TERM "$p" 2>/dev/null && wait_exit "$p" || true; done
+for p in $(cat "$started"); do running "$p" && kill -TERM "$p" && wait_exit "$p" || true; done
+left=0
+for p in $(cat "$started"); do running "$p" && left=$((left + 1)); done
+echo "takeovers left: $left"
+[ "$left" -eq 0 ]
