@@ -20,7 +20,7 @@ import (
 
 // runDemoServer implements `takeover demo-server [--init-delay D] ADDR`: the
 // built-in HTTP server of `takeover demo` and scripts/bench.sh. It starts
-// slowly, as a JVM does, serves "pid=N", and drains on SIGTERM. Under
+// slowly, as a JVM does, serves "pid=0012345 gen=", and drains on SIGTERM. Under
 // Server::Starter it takes its socket from SERVER_STARTER_PORT.
 func runDemoServer(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("takeover demo-server", flag.ContinueOnError)
@@ -47,13 +47,23 @@ func runDemoServer(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "listening %s\n", ln.Addr())
-	return serveDraining(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return serveDraining(ln, helloHandler())
+}
+
+// helloHandler answers "pid=0012345 gen=G": which process answered (of
+// fixed width, so that ab, which counts an answer of another length as
+// failed, counts only real failures), after ?sleep=D if asked.
+func helloHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
 			time.Sleep(d)
 		}
-		fmt.Fprintf(w, "pid=%d gen=%s\n", os.Getpid(), os.Getenv("TAKEOVER_TEST_GEN"))
-	}))
+		fmt.Fprintf(w, "%s gen=%s\n", pidField(os.Getpid()), os.Getenv("TAKEOVER_TEST_GEN"))
+	})
 }
+
+// pidField is how helloHandler names a process.
+func pidField(pid int) string { return fmt.Sprintf("pid=%07d", pid) }
 
 // serveDraining serves on ln until SIGTERM or SIGINT, then stops accepting,
 // serves every request it accepted, and returns 0.

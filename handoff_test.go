@@ -113,7 +113,7 @@ func TestSlowRequestSurvivesSwap(t *testing.T) {
 	slow := make(chan error, 1)
 	go func() {
 		body, err := get(addr, "/?sleep=3s")
-		if err == nil && !strings.Contains(body, fmt.Sprintf("pid=%d", oldChild)) {
+		if err == nil && !strings.Contains(body, pidField(oldChild)) {
 			err = fmt.Errorf("answered by the wrong server: %q", body)
 		}
 		slow <- err
@@ -292,7 +292,7 @@ func TestReloadOnHUP(t *testing.T) {
 	r.cmd.Process.Signal(syscall.SIGHUP)
 	notify.expect(t, "RELOADING=1")
 	notify.expect(t, "READY=1")
-	if body := waitServing(t, addr); !strings.Contains(body, fmt.Sprintf("pid=%d", st.ChildPID)) {
+	if body := waitServing(t, addr); !strings.Contains(body, pidField(st.ChildPID)) {
 		t.Errorf("after a failed reload the server answered %q, want the old child %d", body, st.ChildPID)
 	}
 	if !strings.Contains(r.stderr.String(), "reload failed") {

@@ -155,15 +155,6 @@ func runHelper(mode string, args []string) int {
 	return 2
 }
 
-func helloHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
-			time.Sleep(d)
-		}
-		fmt.Fprintf(w, "pid=%d gen=%s\n", os.Getpid(), os.Getenv("TAKEOVER_TEST_GEN"))
-	})
-}
-
 // serveUntilTerm serves the helpers' handler and drains on SIGTERM.
 func serveUntilTerm(ln net.Listener) int { return serveDraining(ln, helloHandler()) }
 

@@ -42,11 +42,15 @@ out=bench-out
 mkdir -p "$out"
 go build -o "$out/takeover" .
 tk=$PWD/$out/takeover
+. scripts/lib.sh
 
 pids=()            # every process this script started, ended by pid at exit
 started="$out/bench.pids"   # every takeover started, from subshells too
 : > "$started"
-cleanup() { for p in "${pids[@]}" $(cat "$started"); do running "$p" && kill "$p" 2>/dev/null || true; done; }
+cleanup() {
+  touch "$out/ab.stop" # the swapper, a subshell, stops between swaps
+  for p in "${pids[@]}" $(cat "$started"); do ours "$p" && kill "$p" 2>/dev/null || true; done
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -54,13 +58,8 @@ wait_serving() { # wait until $1 answers, up to 60s
   for _ in $(seq 600); do curl -fs -m 1 "http://$1/" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "$1 never answered" >&2; return 1
 }
-running() { # pid $1 runs: exists and is not a zombie (an orphan init has yet to reap)
-  local st
-  st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
-  [ -n "$st" ] && [ "$st" != Z ]
-}
 wait_exit() { # wait for pid $1 to exit, up to 60s
-  for _ in $(seq 6000); do running "$1" || return 0; sleep 0.01; done
+  for _ in $(seq 6000); do ours "$1" || return 0; sleep 0.01; done
   echo "pid $1 did not exit" >&2; return 1
 }
 now() { date +%s.%N; }
@@ -178,11 +177,11 @@ rm -f "$out/ab.stop"
 ( for i in $(seq 1000); do [ -e "$out/ab.stop" ] && break; tk_swap "$addr"; echo "$i" > "$out/ab.swaps"; sleep 0.2; done ) & swapper=$!; pids+=("$swapper")
 echo
 echo "== ab -n $ab_requests -c 100 against takeover --strategy handoff, replaced every ~0.2s"
-ab -n "$ab_requests" -c 100 "http://$addr/" 2>&1 | grep -E "Complete requests|Failed requests|Non-2xx|Requests per second|Time taken"
+ab -n "$ab_requests" -c 100 "http://$addr/" 2>&1 | grep -E "Complete requests|Failed requests|\(Connect:|Non-2xx|Requests per second|Time taken"
 touch "$out/ab.stop"; wait "$swapper" 2>/dev/null || true # ends after its swap under way
 echo "swaps during ab: $(cat "$out/ab.swaps" 2>/dev/null || echo 0)"
-for p in $(cat "$started"); do running "$p" && kill -TERM "$p" && wait_exit "$p" || true; done
+for p in $(cat "$started"); do ours "$p" && kill -TERM "$p" && wait_exit "$p" || true; done
 left=0
-for p in $(cat "$started"); do running "$p" && left=$((left + 1)); done
+for p in $(cat "$started"); do ours "$p" && left=$((left + 1)); done
 echo "takeovers left: $left"
 [ "$left" -eq 0 ]

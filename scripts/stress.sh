@@ -24,6 +24,7 @@ out=bench-out
 mkdir -p "$out"
 go build -o "$out/takeover" .
 tk=$PWD/$out/takeover
+. scripts/lib.sh
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 addr=127.0.0.1:$port
 started="$out/stress.pids"   # every takeover the loops started
@@ -49,7 +50,7 @@ loop & b=$!
 wait "$a" "$b"
 
 # Let the last swaps finish: every takeover but one exits once replaced.
-alive() { local n=0; while read -r p; do kill -0 "$p" 2>/dev/null && n=$((n+1)); done < "$started"; echo $n; }
+alive() { local n=0; while read -r p; do ours "$p" && n=$((n+1)); done < "$started"; echo $n; }
 for _ in $(seq 600); do [ "$(alive)" -le 1 ] && break; sleep 0.1; done
 sleep 0.5
 kill -INT "$probe"; wait "$probe" || true
@@ -63,7 +64,7 @@ print(f"requests {r['requests']}, failed {r['failed']} (refused {r['refused']}, 
 PY
 
 # Stop the one left serving; then nothing of ours may remain.
-while read -r p; do kill -TERM "$p" 2>/dev/null || true; done < "$started"
+while read -r p; do ours "$p" && kill -TERM "$p" 2>/dev/null || true; done < "$started"
 for _ in $(seq 300); do [ "$(alive)" -eq 0 ] && break; sleep 0.1; done
 left=$(alive)
 servers=$(pgrep -f -- "demo-server.*$addr" | wc -l || true)
