@@ -442,3 +442,34 @@ func TestFailedReloadsLeakNothing(t *testing.T) {
 	}
 	waitServing(t, addr)
 }
+
+// TestReloadRebind: in a reload by rebind the running generation is stopped
+// when the new one binds, before the new one listens. takeover lives on
+// for the new one, which serves; nothing is left behind.
+func TestReloadRebind(t *testing.T) {
+	self, _ := os.Executable()
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	r := startTakeover(t, "slowlisten", "--strategy", "rebind", "--port", port, "--", self, addr)
+	waitServing(t, addr)
+	oldChild := childOf(t, r, addr)
+
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	waitGone(t, oldChild)
+	waitServing(t, addr)
+	if !r.running() {
+		t.Fatalf("takeover exited (%v) with its old generation; stderr:\n%s", r.err, r.stderr)
+	}
+	newChild := childOf(t, r, addr)
+	if newChild == oldChild {
+		t.Fatalf("the old generation %d still holds the port", oldChild)
+	}
+	if !strings.Contains(r.stderr.String(), "generation=2") {
+		t.Errorf("no swap line for the reload:\n%s", r.stderr)
+	}
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	if code := r.wait(t); code != 0 {
+		t.Errorf("takeover exited %d after TERM, want the child's 0; stderr:\n%s", code, r.stderr)
+	}
+	waitGone(t, newChild)
+}

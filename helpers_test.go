@@ -130,6 +130,28 @@ func runHelper(mode string, args []string) int {
 		}
 		fmt.Printf("listening %s udp %s other %s\n", ln.Addr(), udp.LocalAddr(), other.Addr())
 		return serveUntilTerm(ln)
+	case "slowlisten": // bind, and listen only 500ms later, as servers that bind early do
+		ap := netip.MustParseAddrPort(addr)
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return 1
+		}
+		syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+			fmt.Fprintln(os.Stderr, "helper: bind:", err)
+			return 1
+		}
+		time.Sleep(500 * time.Millisecond)
+		if err := syscall.Listen(fd, 128); err != nil {
+			fmt.Fprintln(os.Stderr, "helper: listen:", err)
+			return 1
+		}
+		ln, err := net.FileListener(os.NewFile(uintptr(fd), "listener"))
+		if err != nil {
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		return serveUntilTerm(ln)
 	case "bindcrash": // bind the port, then exit before listen(2)
 		ap := netip.MustParseAddrPort(addr)
 		fd, _ := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)

@@ -124,8 +124,8 @@ func (l *launcher) run(path string) int {
 		select {
 		case sig := <-sigs:
 			switch {
-			case sig == unix.SIGHUP && next != nil:
-				pendingHUP = true // one reload at a time; this one runs after
+			case sig == unix.SIGHUP && (next != nil || ready != nil || delayed != nil):
+				pendingHUP = true // one swap at a time; this reload runs after
 			case sig == unix.SIGHUP:
 				startReload()
 			default:
@@ -151,8 +151,10 @@ func (l *launcher) run(path string) int {
 			locks = nil // the first swap releases them
 		case <-delayed:
 			delayed = nil
-			g := next
-			cur, next = next, nil
+			if next != nil { // else it took the old one's place already
+				cur, next = next, nil
+			}
+			g := cur
 			go func() {
 				l.completeSwap(ctx, g, nil, 0)
 				swapped <- g
@@ -182,6 +184,15 @@ func (l *launcher) run(path string) int {
 					pendingHUP = false
 					startReload()
 				}
+			case e.pid == cur.pid && next != nil:
+				// The running generation ended during a reload: a rebind
+				// stops it as soon as the new one binds, before that one
+				// listens. The new one takes its place; its swap completes
+				// as usual, on ready (and then delayed).
+				close(cur.exited)
+				cur.closeCopies()
+				l.log.Debug("the running generation exited during a reload", "generation", cur.num, "pid", cur.pid, "status", exitStatus(e.status))
+				cur, next = next, nil
 			case e.pid == cur.pid:
 				close(cur.exited)
 				cur.closeCopies()
