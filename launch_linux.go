@@ -207,6 +207,12 @@ func (l *launcher) run(path string) int {
 				default:
 					l.log.Warn("command exited before it listened on every --port; no earlier instance was stopped for it", "pid", cur.pid, "status", code)
 				}
+				if left := withDescendants("/proc", []int{l.self})[1:]; len(left) > 0 {
+					// Not killed: they may be someone's on purpose. But
+					// their bind(2) and listen(2) fail once takeover is gone.
+					l.log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
+						"pids", fmt.Sprint(left))
+				}
 				return code
 			}
 			// else: an old generation or a re-parented orphan, reaped.

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -604,5 +606,28 @@ func TestNoPrivilegedBindForUnprivilegedChild(t *testing.T) {
 	}
 	if s := r.stderr.String(); !strings.Contains(s, "bind: Permission denied") {
 		t.Errorf("the command's bind did not fail with EACCES:\n%s", s)
+	}
+}
+
+// TestDaemonizingCommandWarned: a command that exits and leaves a process
+// running (a server that daemonizes) gets a warning naming it; takeover
+// exits with the command's status and kills nothing.
+func TestDaemonizingCommandWarned(t *testing.T) {
+	port := freePort(t)
+	r := startTakeover(t, "", "--port", port, "--", "sh", "-c", "sleep 30 </dev/null >/dev/null 2>&1 &")
+	if code := r.wait(t); code != 0 {
+		t.Fatalf("takeover exited %d, want the command's 0; stderr:\n%s", code, r.stderr)
+	}
+	m := regexp.MustCompile(`left processes running.*pids="?\[([0-9]+)\]`).FindStringSubmatch(r.stderr.String())
+	if m == nil {
+		t.Fatalf("no warning naming the process left behind:\n%s", r.stderr)
+	}
+	pid, _ := strconv.Atoi(m[1])
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	if processGone(pid) {
+		t.Errorf("pid %d, left by the command, was killed", pid)
+	}
+	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(b)) != "sleep" {
+		t.Errorf("the warning names pid %d (%q), not the sleep the command left", pid, b)
 	}
 }
