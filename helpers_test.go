@@ -130,6 +130,29 @@ func runHelper(mode string, args []string) int {
 		}
 		fmt.Printf("listening %s udp %s other %s\n", ln.Addr(), udp.LocalAddr(), other.Addr())
 		return serveUntilTerm(ln)
+	case "hangfork": // listen, ignore SIGTERM, and on it pass the socket to a new process
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGTERM)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		go func() {
+			<-sigs
+			f, _ := ln.(*net.TCPListener).File()
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=holdfd")
+			cmd.ExtraFiles = []*os.File{f}
+			if cmd.Start() == nil {
+				fmt.Printf("forked %d\n", cmd.Process.Pid)
+			}
+		}()
+		http.Serve(ln, helloHandler())
+		return 0
+	case "holdfd": // hold fd 3 until killed
+		time.Sleep(time.Hour)
+		return 0
 	case "slowlisten": // bind, and listen only 500ms later, as servers that bind early do
 		ap := netip.MustParseAddrPort(addr)
 		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)

@@ -22,7 +22,7 @@ type config struct {
 	Ports        specList
 	Signal       unix.Signal   // to stop the old server; SIGTERM
 	KillTimeout  time.Duration // from the stop signal to SIGKILL; 10s
-	BindTimeout  time.Duration // from the command's bind to giving up; 15s
+	BindTimeout  time.Duration // from the command's bind to giving up; 15s, or --kill-timeout + 5s if longer
 	Force        bool          // replace a holder that is not an earlier instance
 	Strategy     string        // auto, handoff or rebind; auto
 	KillOldDelay time.Duration // between the new server's listen and the old one's stop
@@ -128,6 +128,16 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	case "auto", "handoff", "rebind":
 	default:
 		return c, fmt.Errorf("--strategy %q: want auto, handoff or rebind", c.Strategy)
+	}
+	// A rebind has signalled the old server: giving the port up before the
+	// SIGKILL would leave nothing serving once the old one has drained.
+	bindSet := false
+	fs.Visit(func(f *flag.Flag) { bindSet = bindSet || f.Name == "bind-timeout" })
+	switch {
+	case !bindSet:
+		c.BindTimeout = max(defaultBindTimeout, c.KillTimeout+5*time.Second)
+	case c.Strategy != "handoff" && c.BindTimeout <= c.KillTimeout:
+		return c, fmt.Errorf("--bind-timeout %v is not longer than --kill-timeout %v: a rebind would give the port up before the old server is killed, and nothing would serve once it has drained; make --bind-timeout longer", c.BindTimeout, c.KillTimeout)
 	}
 	switch *logFormat {
 	case "text", "json":
