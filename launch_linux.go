@@ -167,8 +167,7 @@ func (l *launcher) run(path string) int {
 		case e := <-exits:
 			switch {
 			case next != nil && e.pid == next.pid:
-				close(next.exited)
-				next.closeCopies()
+				next.ended()
 				next.releaseSwaps()
 				when := "before it listened on every --port"
 				if delayed != nil {
@@ -189,13 +188,11 @@ func (l *launcher) run(path string) int {
 				// stops it as soon as the new one binds, before that one
 				// listens. The new one takes its place; its swap completes
 				// as usual, on ready (and then delayed).
-				close(cur.exited)
-				cur.closeCopies()
+				cur.ended()
 				l.log.Debug("the running generation exited during a reload", "generation", cur.num, "pid", cur.pid, "status", exitStatus(e.status))
 				cur, next = next, nil
 			case e.pid == cur.pid:
-				close(cur.exited)
-				cur.closeCopies()
+				cur.ended()
 				if l.isReplaced() {
 					l.log.Debug("replaced by a newer takeover; exiting", "child_status", exitStatus(e.status))
 					return 0
@@ -444,8 +441,7 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 			}
 		}
 		cancel()
-		closeAll(sw.oldProcs)
-		closeAll(sw.holders)
+		sw.releaseOld()
 		if sw.restoreBlocking {
 			g.restoreBlocking(sw.Addr)
 		}

@@ -38,10 +38,22 @@ func (g *generation) releaseSwaps() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, sw := range g.swaps {
-		closeAll(sw.oldProcs)
-		closeAll(sw.holders)
-		sw.oldProcs, sw.holders = nil, nil
+		sw.releaseOld()
 	}
+}
+
+// releaseOld closes the swap's pidfds of the old processes.
+func (sw *swap) releaseOld() {
+	closeAll(sw.oldProcs)
+	closeAll(sw.holders)
+	sw.oldProcs, sw.holders = nil, nil
+}
+
+// ended marks the generation's command as exited and closes takeover's
+// copies of its sockets.
+func (g *generation) ended() {
+	close(g.exited)
+	g.closeCopies()
 }
 
 // sockKey names a socket in the command: its process and fd, and the inode

@@ -149,8 +149,7 @@ func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, 
 // had opened, so that no pidfd outlives a refused bind.
 func (l *launcher) settled(sw *swap, held int, err error) (*swap, int, error) {
 	if err != nil {
-		closeAll(sw.oldProcs)
-		closeAll(sw.holders)
+		sw.releaseOld()
 		return nil, -1, err
 	}
 	return sw, held, nil
