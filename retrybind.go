@@ -33,10 +33,9 @@ type rebindTimes struct {
 	// the signal, if none did) until the socket listened: the refused
 	// window as takeover saw it. Clients can be refused a little earlier,
 	// while the old listener is torn down but its port not yet free.
-	Window   time.Duration
-	Attempts int
-	Killed   bool   // the old holders were SIGKILLed
-	Sched    string // how the retrying thread was scheduled
+	Window time.Duration
+	Killed bool   // the old holders were SIGKILLed
+	Sched  string // how the retrying thread was scheduled
 }
 
 // retryPolicy starts at 50us and stays at or below 250us, so the port is
@@ -78,7 +77,6 @@ func (r rebind) run(ctx context.Context) (rebindTimes, error) {
 	lastBusy := start
 	policy := backoff.WithContext(retryPolicy(), ctx)
 	for {
-		t.Attempts++
 		err := unix.Bind(r.Sock, sockaddrOf(r.Addr))
 		if err == nil {
 			break

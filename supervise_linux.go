@@ -71,20 +71,17 @@ type heldSock struct {
 
 // A swap is one --port target taken over by a generation.
 type swap struct {
-	Spec     portSpec
-	Addr     netip.AddrPort
-	Strategy string // "fresh" (the port was free), "rebind" or "handoff"
-	Why      string // why auto chose it
-	Old      []stopTarget
-	OldCmd   string
-	oldProcs []*oldProcess // the stop targets
-	holders  []*oldProcess // every old holder, for SIGKILL
-	inodes   []uint64      // the old listening sockets
-	Lookup   time.Duration
-	Free     time.Duration // signal to port free (rebind)
-	Window   time.Duration // refused window as takeover saw it (rebind)
-	Killed   bool
-	Sched    string // how the retry thread was scheduled (rebind)
+	Spec        portSpec
+	Addr        netip.AddrPort
+	Strategy    string // "fresh" (the port was free), "rebind" or "handoff"
+	Why         string // why auto chose it
+	Old         []stopTarget
+	OldCmd      string
+	oldProcs    []*oldProcess // the stop targets
+	holders     []*oldProcess // every old holder, for SIGKILL
+	inodes      []uint64      // the old listening sockets
+	Lookup      time.Duration
+	rebindTimes // how a rebind went (rebind only)
 	// restoreBlocking: the command wanted its socket blocking; make it so
 	// once the old server is gone.
 	restoreBlocking bool

@@ -175,11 +175,11 @@ func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
 	sw.Strategy = "rebind"
 	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
 	defer cancel()
-	times, err := rebind{
+	var err error
+	sw.rebindTimes, err = rebind{
 		Sock: c.sock, Addr: c.addr, Old: sw.oldProcs, Holders: sw.holders, Inodes: sw.inodes,
 		Signal: l.cfg.signal(), KillTimeout: l.cfg.killTimeout(),
 	}.run(bctx)
-	sw.Free, sw.Window, sw.Killed, sw.Sched = times.Free, times.Window, times.Killed, times.Sched
 	return err
 }
 
