@@ -85,13 +85,21 @@ func runHelper(mode string, args []string) int {
 			return 1
 		}
 		return 0
-	case "hang": // listen and ignore SIGTERM
-		signal.Ignore(syscall.SIGTERM)
+	case "hang", "hangfork": // listen and ignore SIGTERM; hangfork passes the socket on to a new process when it comes
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGTERM)
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return 1
 		}
 		fmt.Printf("listening %s\n", ln.Addr())
+		go func() {
+			for range sigs {
+				if mode == "hangfork" {
+					forkHolder(ln)
+				}
+			}
+		}()
 		http.Serve(ln, helloHandler())
 		return 0
 	case "signals": // serve, and print each signal but TERM, which stops it
@@ -130,26 +138,6 @@ func runHelper(mode string, args []string) int {
 		}
 		fmt.Printf("listening %s udp %s other %s\n", ln.Addr(), udp.LocalAddr(), other.Addr())
 		return serveUntilTerm(ln)
-	case "hangfork": // listen, ignore SIGTERM, and on it pass the socket to a new process
-		sigs := make(chan os.Signal, 1)
-		signal.Notify(sigs, syscall.SIGTERM)
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return 1
-		}
-		fmt.Printf("listening %s\n", ln.Addr())
-		go func() {
-			<-sigs
-			f, _ := ln.(*net.TCPListener).File()
-			cmd := exec.Command(os.Args[0])
-			cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=holdfd")
-			cmd.ExtraFiles = []*os.File{f}
-			if cmd.Start() == nil {
-				fmt.Printf("forked %d\n", cmd.Process.Pid)
-			}
-		}()
-		http.Serve(ln, helloHandler())
-		return 0
 	case "holdfd": // hold fd 3 until killed
 		time.Sleep(time.Hour)
 		return 0
@@ -198,6 +186,18 @@ func runHelper(mode string, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper", mode)
 	return 2
+}
+
+// forkHolder starts a process that holds ln's socket (as fd 3) until
+// killed, and prints its pid.
+func forkHolder(ln net.Listener) {
+	f, _ := ln.(*net.TCPListener).File()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=holdfd")
+	cmd.ExtraFiles = []*os.File{f}
+	if cmd.Start() == nil {
+		fmt.Printf("forked %d\n", cmd.Process.Pid)
+	}
 }
 
 // serveUntilTerm serves the helpers' handler and drains on SIGTERM.

@@ -350,14 +350,15 @@ func TestForeignHolderRefused(t *testing.T) {
 	childOf(t, forced, addr)
 }
 
-// startHanging runs a server that ignores SIGTERM under a takeover that
-// waits a minute before it SIGKILLs it, and returns the takeover and the
-// server's pid. The test kills the server itself when done.
-func startHanging(t *testing.T, addr string) (*tkRun, int) {
+// startHanging runs a server that ignores SIGTERM (helper mode hang or
+// hangfork) under a takeover that waits a minute before it SIGKILLs it, and
+// returns the takeover and the server's pid. The test kills the server
+// itself when done.
+func startHanging(t *testing.T, mode, addr string) (*tkRun, int) {
 	t.Helper()
 	_, port, _ := net.SplitHostPort(addr)
 	self, _ := os.Executable()
-	first := startTakeover(t, "hang", "--kill-timeout", "60s", "--port", port, "--", self, addr)
+	first := startTakeover(t, mode, "--kill-timeout", "60s", "--port", port, "--", self, addr)
 	waitServing(t, addr)
 	child := childOf(t, first, addr)
 	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
@@ -375,7 +376,7 @@ func TestKillTimeout(t *testing.T) {
 		t.Run(tt.strategy, func(t *testing.T) {
 			port := freePort(t)
 			addr := "127.0.0.1:" + port
-			first, oldChild := startHanging(t, addr)
+			first, oldChild := startHanging(t, "hang", addr)
 
 			self, _ := os.Executable()
 			second := startTakeover(t, "serve", "--strategy", tt.strategy, "--kill-timeout", "300ms", "--port", port, "--", self, addr)
@@ -399,11 +400,8 @@ func TestKillTimeout(t *testing.T) {
 func TestBindTimeout(t *testing.T) {
 	port := freePort(t)
 	addr := "127.0.0.1:" + port
+	first, _ := startHanging(t, "hangfork", addr)
 	self, _ := os.Executable()
-	first := startTakeover(t, "hangfork", "--kill-timeout", "60s", "--port", port, "--", self, addr)
-	waitServing(t, addr)
-	oldChild := childOf(t, first, addr)
-	t.Cleanup(func() { syscall.Kill(oldChild, syscall.SIGKILL) })
 
 	// slowlisten binds once (a Go net.Listen would retry a failed MPTCP bind
 	// as plain TCP, a second takeover of its own).
