@@ -119,8 +119,8 @@ func (r rebind) run(ctx context.Context) (rebindTimes, error) {
 //     ahead of every normal task, where it may (CAP_SYS_NICE, or a
 //     RLIMIT_RTPRIO of 1 or more); otherwise it asks for a 100us slice,
 //     which lets it preempt sooner on Linux 6.12 and later. It sleeps
-//     between attempts of a few microseconds each (up to ~0.6 ms on a port
-//     with 40,000 TIME_WAIT sockets: BenchmarkBindTimeWait), and the
+//     between attempts of a few microseconds each (0.55-0.65 ms on a port
+//     with ~13,500 TIME_WAIT sockets: BenchmarkBindTimeWait), and the
 //     kernel's real-time throttling bounds it in any case.
 type retryThread struct {
 	Class string // "fifo", "short-slice" or "normal": how it was scheduled

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"net"
+	"os/exec"
 	"runtime"
 	"sync"
 	"testing"
@@ -74,20 +76,29 @@ func TestRetryThread(t *testing.T) {
 
 // BenchmarkBindTimeWait measures what a rebind's retry costs on a port that
 // has served short connections: bind(2) and listen(2) walk every socket
-// bound to the port, TIME_WAIT ones included. ns/op is one bind that finds
-// the port held; bind+listen-us is the bind that succeeds once the
-// listener has gone plus the listen after it:
+// bound to the port, TIME_WAIT ones included. closed=N is how many
+// connections the server closed first; time-wait is how many TIME_WAIT
+// sockets that left on the port, as ss counts them (fewer than N: a new
+// connection from a source port that matches one recycles it). ns/op is one
+// bind that finds the port held; bind+listen-us is the bind that succeeds
+// once the listener has gone plus the listen after it:
 //
 //	go test -run '^$' -bench BindTimeWait -benchtime 200x
 func BenchmarkBindTimeWait(b *testing.B) {
 	for _, n := range []int{0, 10_000, 40_000} {
-		b.Run(fmt.Sprintf("timewait=%d", n), func(b *testing.B) {
+		b.Run(fmt.Sprintf("closed=%d", n), func(b *testing.B) {
 			ln, err := net.Listen("tcp4", "127.0.0.1:0")
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer ln.Close()
 			leaveTimeWait(b, ln, n)
+			port := ln.Addr().(*net.TCPAddr).Port
+			out, err := exec.Command("ss", "-Htan", "state", "time-wait", fmt.Sprintf("( sport = :%d )", port)).Output()
+			if err != nil {
+				b.Fatalf("ss: %v", err)
+			}
+			timeWait := bytes.Count(out, []byte("\n"))
 			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				b.Fatal(err)
@@ -110,12 +121,13 @@ func BenchmarkBindTimeWait(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportMetric(float64(time.Since(start).Microseconds()), "bind+listen-us")
+			b.ReportMetric(float64(timeWait), "time-wait") // after b.Loop, which clears metrics
 		})
 	}
 }
 
 // leaveTimeWait makes n connections to ln that ln's side closes first, so
-// that each leaves a TIME_WAIT socket on ln's port.
+// that they leave TIME_WAIT sockets on ln's port.
 func leaveTimeWait(b *testing.B, ln net.Listener, n int) {
 	go func() {
 		for {
