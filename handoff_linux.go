@@ -72,39 +72,29 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 // of the socket, shared by the old server and the new while both run: it is
 // set if either wants it, since a blocking socket would stall an event loop
 // (node accepts until EAGAIN) or keep a closing server in accept(2), while a
-// server that wants blocking accepts after poll or select and takes EAGAIN in
-// its stride. restoreBlocking says the command wanted a blocking socket: set
-// it so once the old server is gone.
-func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) (restoreBlocking bool, err error) {
+// server that polls before it accepts takes EAGAIN in its stride. takeover
+// never clears it afterwards: from then on the flag is the servers' own to
+// set (redis sets it after listen(2), asyncio after bind(2)), and clearing
+// it would undo what they set.
+func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
 	ownFlags, err := unix.FcntlInt(uintptr(own), unix.F_GETFL, 0)
-	if err != nil {
-		return false, err
-	}
-	oldFlags, err := unix.FcntlInt(uintptr(old), unix.F_GETFL, 0)
-	if err != nil {
-		return false, err
-	}
-	if ownFlags&unix.O_NONBLOCK != 0 && oldFlags&unix.O_NONBLOCK == 0 {
-		if _, err := unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags|unix.O_NONBLOCK); err != nil {
-			return false, err
-		}
-	}
-	restoreBlocking = ownFlags&unix.O_NONBLOCK == 0 && oldFlags&unix.O_NONBLOCK != 0
-	cloexec, err := fdCloexec(tgid, fd)
-	if err != nil {
-		return false, err
-	}
-	return restoreBlocking, notifAddFD(notifFD, id, old, fd, cloexec)
-}
-
-// setBlocking clears O_NONBLOCK on a socket (for every fd that shares it).
-func setBlocking(fd int) error {
-	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	if err != nil {
 		return err
 	}
-	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^unix.O_NONBLOCK)
-	return err
+	oldFlags, err := unix.FcntlInt(uintptr(old), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	if ownFlags&unix.O_NONBLOCK != 0 && oldFlags&unix.O_NONBLOCK == 0 {
+		if _, err := unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags|unix.O_NONBLOCK); err != nil {
+			return err
+		}
+	}
+	cloexec, err := fdCloexec(tgid, fd)
+	if err != nil {
+		return err
+	}
+	return notifAddFD(notifFD, id, old, fd, cloexec)
 }
 
 // fdCloexec reads whether a process's fd has FD_CLOEXEC, from the flags line
@@ -118,14 +108,20 @@ func fdCloexec(pid, fd int) (bool, error) {
 }
 
 func parseFdinfoCloexec(s string) (bool, error) {
+	flags, err := parseFdinfoFlags(s)
+	return flags&unix.O_CLOEXEC != 0, err
+}
+
+// parseFdinfoFlags reads the flags line of an fdinfo file (octal open flags).
+func parseFdinfoFlags(s string) (int, error) {
 	for _, line := range strings.Split(s, "\n") {
 		if v, ok := strings.CutPrefix(line, "flags:"); ok {
 			flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
 			if err != nil {
-				return false, fmt.Errorf("fdinfo flags %q: %w", v, errMalformed)
+				return 0, fmt.Errorf("fdinfo flags %q: %w", v, errMalformed)
 			}
-			return flags&unix.O_CLOEXEC != 0, nil
+			return int(flags), nil
 		}
 	}
-	return false, fmt.Errorf("fdinfo: no flags line: %w", errMalformed)
+	return 0, fmt.Errorf("fdinfo: no flags line: %w", errMalformed)
 }

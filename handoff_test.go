@@ -198,7 +198,8 @@ func TestFamilyMismatch(t *testing.T) {
 		t.Fatalf("old takeover exited %d", code)
 	}
 	waitServing(t, "[::1]:"+port)
-	if s := auto.stderr.String(); !strings.Contains(s, "strategy=rebind") || !strings.Contains(s, "IPv4") {
+	auto.waitLog(t, "strategy=rebind")
+	if s := auto.stderr.String(); !strings.Contains(s, "IPv4") {
 		t.Errorf("auto did not fall back to rebind and say why:\n%s", s)
 	}
 }
@@ -464,9 +465,7 @@ func TestReloadRebind(t *testing.T) {
 	if newChild == oldChild {
 		t.Fatalf("the old generation %d still holds the port", oldChild)
 	}
-	if !strings.Contains(r.stderr.String(), "generation=2") {
-		t.Errorf("no swap line for the reload:\n%s", r.stderr)
-	}
+	r.waitLog(t, "generation=2")
 	r.cmd.Process.Signal(syscall.SIGTERM)
 	if code := r.wait(t); code != 0 {
 		t.Errorf("takeover exited %d after TERM, want the child's 0; stderr:\n%s", code, r.stderr)

@@ -76,9 +76,9 @@ func runHelper(mode string, args []string) int {
 			return 1
 		}
 		return serveUntilTerm(ln)
-	case "wrapper": // a stand-in for a takeover launcher: runs args[1:] with TAKEOVER_PID set
+	case "wrapper": // a stand-in for a takeover launcher: runs a server under it
 		cmd := exec.Command(os.Args[0], args...)
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", launcherEnv, os.Getpid()), "TAKEOVER_TEST_HELPER=serve")
+		cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Run(); err != nil {

@@ -28,6 +28,8 @@ type launcher struct {
 	self  int
 	start uint64 // this process's start time, for its generation records
 
+	madeOnce sync.Once // the warning that sockets are made, not copied
+
 	mu       sync.Mutex
 	replaced bool // a newer takeover took the ports: exit 0 when the child is gone
 }
@@ -91,9 +93,12 @@ func (l *launcher) run(path string) int {
 		l.log.Error("cannot take the port lock", "err", err)
 		return exitLauncher
 	}
+	defer func() {
+		releaseLocks(locks)
+		l.cleanRunDir()
+	}()
 	cur, err := l.startGeneration(ctx, path, 1, nil)
 	if err != nil {
-		releaseLocks(locks)
 		l.log.Error("cannot start the command", "err", err)
 		return exitLauncher
 	}
@@ -101,8 +106,23 @@ func (l *launcher) run(path string) int {
 	swapped := make(chan *generation, 4)
 	var next *generation // a reload under way
 	pendingHUP := false
-	ready := cur.ready
+	stopping, stoppedStatus := false, -1 // a stop signal came; the serving generation's status
+	ready, timedOut := cur.ready, cur.timedOut
 	var delayed <-chan time.Time // a reload's --kill-old-delay
+	onReady := func() {
+		ready, timedOut = nil, nil
+		if next != nil {
+			// A reload: the running generation stays the one takeover
+			// lives for until the new one has outlived --kill-old-delay.
+			delayed = time.After(next.oldStopDelay())
+			return
+		}
+		go func(g *generation, locks []*os.File) {
+			l.completeSwap(ctx, g, locks, g.oldStopDelay())
+			swapped <- g
+		}(cur, locks)
+		locks = nil // the first swap releases them
+	}
 
 	startReload := func() {
 		l.notify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
@@ -118,7 +138,7 @@ func (l *launcher) run(path string) int {
 			next = nil
 			return
 		}
-		ready = next.ready
+		ready, timedOut = next.ready, next.timedOut
 	}
 	for {
 		select {
@@ -130,6 +150,7 @@ func (l *launcher) run(path string) int {
 				startReload()
 			default:
 				l.forward(cur, sig.(syscall.Signal))
+				stopping = stopping || isStopSignal(sig)
 				if next != nil && sig != unix.SIGWINCH {
 					// A stop during a reload stops the generation being
 					// started too: nothing may outlive takeover.
@@ -137,18 +158,21 @@ func (l *launcher) run(path string) int {
 				}
 			}
 		case <-ready:
-			ready = nil
+			onReady()
+		case <-timedOut:
+			g := cur
 			if next != nil {
-				// A reload: the running generation stays the one takeover
-				// lives for until the new one has outlived --kill-old-delay.
-				delayed = time.After(l.cfg.KillOldDelay)
+				g = next
+			}
+			if !g.rollbackable() {
+				l.log.Warn("the new generation was not ready within --ready-timeout, but its rebind has stopped the old server already: it stays, and the swap completes",
+					"generation", g.num, "pid", g.pid, "it", g.missingNow(), "ready_timeout", l.cfg.readyTimeout())
+				g.setReadyBy("timeout")
+				onReady()
 				continue
 			}
-			go func(g *generation, locks []*os.File) {
-				l.completeSwap(ctx, g, locks, l.cfg.KillOldDelay)
-				swapped <- g
-			}(cur, locks)
-			locks = nil // the first swap releases them
+			ready, timedOut = nil, nil
+			l.rollBack(g)
 		case <-delayed:
 			delayed = nil
 			if next != nil { // else it took the old one's place already
@@ -166,22 +190,36 @@ func (l *launcher) run(path string) int {
 			}
 		case e := <-exits:
 			switch {
+			case next != nil && e.pid == next.pid && stoppedStatus >= 0:
+				next.ended()
+				next.releaseSwaps()
+				return stoppedStatus
 			case next != nil && e.pid == next.pid:
 				next.ended()
 				next.releaseSwaps()
-				when := "before it listened on every --port"
-				if delayed != nil {
-					when = "during --kill-old-delay"
+				if !next.isRolledBack() {
+					when := "before it was ready"
+					if delayed != nil {
+						when = "during --kill-old-delay"
+					}
+					l.log.Error("reload failed: the new generation exited "+when+"; the running one keeps serving",
+						"generation", next.num, "pid", next.pid, "status", exitStatus(e.status))
 				}
-				l.log.Error("reload failed: the new generation exited "+when+"; the running one keeps serving",
-					"generation", next.num, "pid", next.pid, "status", exitStatus(e.status))
 				l.notify("READY=1")
 				// The serving generation's swap completed long ago: ready
 				// stays nil, or it would complete a second time.
-				next, ready, delayed = nil, nil, nil
+				next, ready, timedOut, delayed = nil, nil, nil, nil
 				if pendingHUP {
 					pendingHUP = false
 					startReload()
+				}
+			case e.pid == cur.pid && next != nil && stopping:
+				// Stopped during a reload: takeover exits with the serving
+				// generation's status once the one being started is gone.
+				cur.ended()
+				stoppedStatus = exitStatus(e.status)
+				if l.isReplaced() {
+					stoppedStatus = 0
 				}
 			case e.pid == cur.pid && next != nil:
 				// The running generation ended during a reload: a rebind
@@ -198,13 +236,16 @@ func (l *launcher) run(path string) int {
 					return 0
 				}
 				code := exitStatus(e.status)
+				if cur.isRolledBack() {
+					return exitNotReady
+				}
 				select {
 				case <-cur.ready:
 					l.log.Info("command exited", "pid", cur.pid, "status", code)
 				default:
-					l.log.Warn("command exited before it listened on every --port; no earlier instance was stopped for it", "pid", cur.pid, "status", code)
+					l.log.Warn("command exited before it was ready on every --port; no earlier instance was stopped for it", "pid", cur.pid, "status", code)
 				}
-				if left := withDescendants("/proc", []int{l.self})[1:]; len(left) > 0 {
+				if left := l.leftRunning(); len(left) > 0 {
 					// Not killed: they may be someone's on purpose. But
 					// their bind(2) and listen(2) fail once takeover is gone.
 					l.log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
@@ -217,29 +258,45 @@ func (l *launcher) run(path string) int {
 	}
 }
 
+// isStopSignal reports whether sig asks takeover to stop, not to reload
+// or to pass something on.
+func isStopSignal(sig os.Signal) bool {
+	return sig == unix.SIGTERM || sig == unix.SIGINT || sig == unix.SIGQUIT
+}
+
 // exitCode is an error that carries the launcher's exit status.
 type exitCode int
 
 func (c exitCode) Error() string { return "exit status " + strconv.Itoa(int(c)) }
 
-// lock takes the per-port locks; a stop signal while waiting ends takeover.
+// lock takes the per-port locks, waiting at most --lock-timeout for
+// another takeover of the same ports; a stop signal while waiting ends
+// takeover.
 func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File, error) {
 	type result struct {
 		files []*os.File
 		err   error
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	limit := l.cfg.lockTimeout()
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
+	var last lockOwner
 	done := make(chan result, 1)
 	go func() {
-		files, err := lockPorts(ctx, l.dir, l.ports(), func(port uint16) {
-			l.log.Info("waiting for another takeover of this port to finish", "port", port)
+		files, err := lockPorts(ctx, l.dir, l.ports(), lockOwner{PID: l.self, Start: l.start}, func(port uint16, owner lockOwner, waited time.Duration) {
+			last = owner
+			l.log.Info("waiting for another takeover of this port to finish its swap",
+				"port", port, "takeover_pid", owner.PID, "its_command", commandLine(owner.PID), "waited", waited, "lock_timeout", limit)
 		})
 		done <- result{files, err}
 	}()
 	for {
 		select {
 		case r := <-done:
+			if errors.Is(r.err, context.DeadlineExceeded) {
+				return nil, fmt.Errorf("takeover pid %d has held the port lock for longer than --lock-timeout %v; it may be stuck: read its log, or stop it (kill %d), then try again: %w",
+					last.PID, limit, last.PID, errLockTimeout)
+			}
 			return r.files, r.err
 		case sig := <-sigs:
 			if sig == unix.SIGWINCH || sig == unix.SIGHUP {
@@ -252,11 +309,7 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 	}
 }
 
-func releaseLocks(files []*os.File) {
-	for _, f := range files {
-		f.Close()
-	}
-}
+var errLockTimeout = errors.New("lock timeout")
 
 // forward passes a signal to the generation's command. A stop signal that
 // comes from a newer takeover (its record names it for one of our ports)
@@ -336,14 +389,16 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	g := &generation{
 		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev,
 		ready:    make(chan struct{}),
+		timedOut: make(chan struct{}),
 		exited:   make(chan struct{}),
+		nudge:    make(chan struct{}, 1),
 		socks:    make(map[sockKey]*heldSock),
-		listened: make(map[portSpec]bool),
 	}
 	go func() {
 		g.serve(ctx)
 		unix.Close(notifFD)
 	}()
+	go g.watchReady(ctx, l.cfg.readyTimeout())
 	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "))
 	return g, nil
 }
@@ -406,7 +461,7 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 			stop = append(stop, sw)
 		}
 	}
-	if len(stop) > 0 && delay > 0 {
+	if delay > 0 {
 		select {
 		case <-time.After(delay):
 		case <-g.exited:
@@ -442,15 +497,12 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 		}
 		cancel()
 		sw.releaseOld()
-		if sw.restoreBlocking {
-			g.restoreBlocking(sw.Addr)
-		}
 	}
 }
 
 // logSwap writes the one line that says how a generation took its ports.
 func (l *launcher) logSwap(g *generation, swaps []*swap) {
-	attrs := []any{"generation", g.num, "new_pid", g.pid}
+	attrs := []any{"generation", g.num, "new_pid", g.pid, "ready_by", g.readiedBy()}
 	for _, sw := range swaps {
 		a := []any{"strategy", sw.Strategy}
 		if sw.Why != "" {
@@ -514,5 +566,87 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 	b, _ := json.MarshalIndent(st, "", "  ")
 	if err := writeFileAtomic(l.cfg.StatusFile, append(b, '\n')); err != nil {
 		l.log.Warn("cannot write --status-file", "err", err)
+	}
+}
+
+// oldStopDelay is how long the old server is left running once g is ready:
+// --kill-old-delay, unless every swap was a rebind, which stopped the old
+// server at the bind already.
+func (g *generation) oldStopDelay() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, sw := range g.swaps {
+		if sw.Strategy == "handoff" && len(sw.oldProcs) > 0 {
+			return g.l.cfg.KillOldDelay
+		}
+	}
+	return 0
+}
+
+func (g *generation) setReadyBy(by string) {
+	g.mu.Lock()
+	g.readyBy = by
+	g.mu.Unlock()
+}
+
+func (g *generation) readiedBy() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.readyBy
+}
+
+// missingNow says what the generation had not done at its --ready-timeout.
+func (g *generation) missingNow() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.missing
+}
+
+func (g *generation) isRolledBack() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.rolledBack
+}
+
+// rollBack stops a generation that was not ready in time and has stopped
+// no earlier server: they keep serving. It is asked to stop with --signal,
+// and killed after --kill-timeout.
+func (l *launcher) rollBack(g *generation) {
+	g.mu.Lock()
+	g.rolledBack = true
+	g.mu.Unlock()
+	l.log.Error("rolling back: the new generation was not ready within --ready-timeout; stopping it, and the running server keeps serving",
+		"generation", g.num, "pid", g.pid, "it", g.missingNow(), "ready_timeout", l.cfg.readyTimeout(),
+		"hint", "raise --ready-timeout if it needs longer to start; pass --ready listen if it accepts in a way takeover cannot see")
+	g.closeCopies()
+	syscall.Kill(g.pid, l.cfg.signal())
+	time.AfterFunc(l.cfg.killTimeout(), func() {
+		select {
+		case <-g.exited:
+		default:
+			syscall.Kill(g.pid, unix.SIGKILL) // still our unreaped child: the pid is its own
+		}
+	})
+}
+
+// leftRunning returns the processes the command left behind, once those
+// that are on their way out (a resource tracker, workers told to stop)
+// have had a second to go.
+func (l *launcher) leftRunning() []int {
+	deadline := time.Now().Add(time.Second)
+	for {
+		left := withDescendants("/proc", []int{l.self})[1:]
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cleanRunDir removes this takeover's files from the run directory, when
+// no other takeover uses them.
+func (l *launcher) cleanRunDir() {
+	for _, port := range l.ports() {
+		removeRunFiles(l.dir, port, l.self)
 	}
 }

@@ -25,7 +25,10 @@ type config struct {
 	BindTimeout  time.Duration // from the command's bind to giving up; 15s, or --kill-timeout + 5s if longer
 	Force        bool          // replace a holder that is not an earlier instance
 	Strategy     string        // auto, handoff or rebind; auto
-	KillOldDelay time.Duration // between the new server's listen and the old one's stop
+	KillOldDelay time.Duration // between the new server's readiness and the old one's stop
+	Ready        string        // accept or listen: what makes a generation ready; accept
+	ReadyTimeout time.Duration // from a generation's start to ready, else rolled back; 60s, or --bind-timeout + 30s if longer
+	LockTimeout  time.Duration // how long to wait for another takeover of the port; see lockTimeout
 	PIDFile      string
 	StatusFile   string
 	Command      []string
@@ -50,6 +53,38 @@ func (c config) bindTimeout() time.Duration {
 	return c.BindTimeout
 }
 
+const (
+	readyAccept = "accept"
+	readyListen = "listen"
+)
+
+func (c config) ready() string {
+	if c.Ready == "" {
+		return readyAccept
+	}
+	return c.Ready
+}
+
+const defaultReadyTimeout = 60 * time.Second
+
+func (c config) readyTimeout() time.Duration {
+	if c.ReadyTimeout == 0 {
+		return max(defaultReadyTimeout, c.bindTimeout()+30*time.Second)
+	}
+	return c.ReadyTimeout
+}
+
+// lockTimeout bounds the wait for another takeover of the port: by default
+// the longest a swap with the same flags can hold the lock (the new
+// generation's --ready-timeout, then --kill-old-delay, then the old one's
+// --kill-timeout), and 10 s more.
+func (c config) lockTimeout() time.Duration {
+	if c.LockTimeout == 0 {
+		return c.readyTimeout() + c.KillOldDelay + c.killTimeout() + 10*time.Second
+	}
+	return c.LockTimeout
+}
+
 func (c config) signal() unix.Signal {
 	if c.Signal == 0 {
 		return unix.SIGTERM
@@ -61,8 +96,11 @@ func (c config) signal() unix.Signal {
 var errUsage = errors.New("usage")
 
 const launcherUsage = `usage: takeover [flags] -- COMMAND [ARG...]
-       takeover who [--json] PORTSPEC...
-       takeover demo [--swaps N]
+       takeover who [--json] PORTSPEC...     who holds a port, and whom takeover would stop
+       takeover doctor [--json]              what takeover needs here, and what is missing
+       takeover demo [--swaps N] [...]       swaps of a built-in server under load
+       takeover probe [...]                  load against a port, counting refusals
+       takeover demo-server [...]            the demo's built-in server
        takeover version
 
 Starts COMMAND and, when it binds a --port target that an earlier instance
@@ -92,7 +130,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.BindTimeout, "bind-timeout", defaultBindTimeout, "give up taking the port after this long (the command's bind fails with EADDRINUSE)")
 	fs.BoolVar(&c.Force, "force", false, "replace the port's holder even if it is not an earlier instance of COMMAND nor managed by a takeover")
 	fs.StringVar(&c.Strategy, "strategy", "auto", "auto, handoff or rebind")
-	fs.DurationVar(&c.KillOldDelay, "kill-old-delay", 0, "wait this long after the new server listens before stopping the old one")
+	fs.DurationVar(&c.KillOldDelay, "kill-old-delay", 0, "wait this long after the new server is ready before stopping the old one")
+	fs.StringVar(&c.Ready, "ready", readyAccept, "what makes the new server ready: accept (a process of it waits for connections on every --port) or listen (it listens)")
+	fs.DurationVar(&c.ReadyTimeout, "ready-timeout", 0, "roll the new server back if it is not ready this long after it starts (default 60s, or --bind-timeout + 30s if longer)")
+	fs.DurationVar(&c.LockTimeout, "lock-timeout", 0, "give up waiting for another takeover of the port after this long (default --ready-timeout + --kill-old-delay + --kill-timeout + 10s)")
 	fs.StringVar(&c.PIDFile, "pid-file", "", "write takeover's pid to this file")
 	fs.StringVar(&c.StatusFile, "status-file", "", "write the generation, child pid, ports and last swap here (JSON, atomically)")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -123,21 +164,36 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("--bind-timeout %v: must be more than 0", c.BindTimeout)
 	case c.KillOldDelay < 0:
 		return c, fmt.Errorf("--kill-old-delay %v: must not be negative", c.KillOldDelay)
+	case c.ReadyTimeout < 0:
+		return c, fmt.Errorf("--ready-timeout %v: must be more than 0", c.ReadyTimeout)
+	case c.LockTimeout < 0:
+		return c, fmt.Errorf("--lock-timeout %v: must be more than 0", c.LockTimeout)
+	}
+	switch c.Ready {
+	case readyAccept, readyListen:
+	default:
+		return c, fmt.Errorf("--ready %q: want accept or listen", c.Ready)
 	}
 	switch c.Strategy {
 	case "auto", "handoff", "rebind":
 	default:
 		return c, fmt.Errorf("--strategy %q: want auto, handoff or rebind", c.Strategy)
 	}
+	set := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["ready-timeout"] && c.ReadyTimeout <= 0 || set["lock-timeout"] && c.LockTimeout <= 0 {
+		return c, errors.New("--ready-timeout and --lock-timeout must be more than 0")
+	}
 	// A rebind has signalled the old server: giving the port up before the
 	// SIGKILL would leave nothing serving once the old one has drained.
-	bindSet := false
-	fs.Visit(func(f *flag.Flag) { bindSet = bindSet || f.Name == "bind-timeout" })
 	switch {
-	case !bindSet:
+	case !set["bind-timeout"]:
 		c.BindTimeout = max(defaultBindTimeout, c.KillTimeout+5*time.Second)
 	case c.Strategy != "handoff" && c.BindTimeout <= c.KillTimeout:
 		return c, fmt.Errorf("--bind-timeout %v is not longer than --kill-timeout %v: a rebind would give the port up before the old server is killed, and nothing would serve once it has drained; make --bind-timeout longer", c.BindTimeout, c.KillTimeout)
+	}
+	if c.ReadyTimeout != 0 && c.ReadyTimeout <= c.BindTimeout {
+		return c, fmt.Errorf("--ready-timeout %v is not longer than --bind-timeout %v: the new server could be rolled back while its bind still waits for the port; make --ready-timeout longer", c.ReadyTimeout, c.BindTimeout)
 	}
 	switch *logFormat {
 	case "text", "json":

@@ -136,6 +136,18 @@ func (r *tkRun) line(t *testing.T) string {
 	return ""
 }
 
+// waitLog waits for takeover's log to hold s, for at most 60 s.
+func (r *tkRun) waitLog(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(r.stderr.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("takeover's log lacks %q after 60s:\n%s", s, r.stderr)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // wait waits for takeover to exit and returns its exit status.
 func (r *tkRun) wait(t *testing.T) int {
 	t.Helper()
@@ -275,9 +287,7 @@ func TestReplaceRealServers(t *testing.T) {
 			if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("holders = %v, want takeover %d and its child %d only", got, second.cmd.Process.Pid, newChild)
 			}
-			if !strings.Contains(second.stderr.String(), "strategy=rebind") {
-				t.Errorf("the second takeover's log lacks its swap line:\n%s", second.stderr)
-			}
+			second.waitLog(t, "strategy=rebind")
 
 			second.cmd.Process.Signal(syscall.SIGTERM)
 			code := second.wait(t)

@@ -41,6 +41,7 @@ var version = "dev"
 const (
 	exitFailure       = 1
 	exitUsage         = 2
+	exitNotReady      = 124 // the new server was not ready in time and was rolled back, as timeout(1) exits
 	exitLauncher      = 125 // takeover itself failed
 	exitNotExecutable = 126
 	exitNotFound      = 127

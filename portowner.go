@@ -28,8 +28,10 @@ type listener struct {
 }
 
 // launcherEnv names the variable a takeover launcher sets in its child's
-// environment to its own pid. It is how a later takeover, or `takeover who`,
-// tells that a process is managed by a takeover.
+// environment to its own pid, for the command's own use. takeover itself
+// never reads it back: servers overwrite their environment with their
+// process title (nginx, redis), so who manages a process is decided from
+// the run directory's generation records and the process tree.
 const launcherEnv = "TAKEOVER_PID"
 
 // listeners returns the listening sockets that spec names and the processes
@@ -212,25 +214,6 @@ func parseStat(b []byte) (procStat, error) {
 	return st, nil
 }
 
-// readLauncherPID returns the TAKEOVER_PID in a process's initial environment.
-func readLauncherPID(procRoot string, pid int) (int, bool) {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/environ")
-	if err != nil {
-		return 0, false
-	}
-	return parseLauncherPID(b)
-}
-
-func parseLauncherPID(environ []byte) (int, bool) {
-	for _, kv := range bytes.Split(environ, []byte{0}) {
-		if v, ok := bytes.CutPrefix(kv, []byte(launcherEnv+"=")); ok {
-			pid, err := strconv.Atoi(string(v))
-			return pid, err == nil && pid > 0
-		}
-	}
-	return 0, false
-}
-
 // A stopTarget is the process to signal so that the holders of a listener
 // let go of it: the topmost holder (a prefork master, not its workers) or,
 // when a takeover manages it, that takeover launcher, which forwards the stop
@@ -245,18 +228,14 @@ type stopTarget struct {
 // or two may stand between them.
 const maxDepth = 8
 
-// stopTargets returns the processes to signal for l, one per tree of holders.
-func stopTargets(procRoot string, l listener) []stopTarget {
+// stopTargets returns the processes to signal for l, one per tree of
+// holders. launchers are the live takeover launchers the run directory
+// records: a holder under one of them (or the launcher itself, which keeps
+// its own copy of its generation's sockets) is stopped through it.
+func stopTargets(procRoot string, l listener, launchers []int) []stopTarget {
 	holds := make(map[int]bool, len(l.Holders))
 	for _, h := range l.Holders {
 		holds[h.PID] = true
-	}
-	// launcherOf[pid] is the takeover launcher a holder runs under, if any.
-	launcherOf := make(map[int]int)
-	for _, h := range l.Holders {
-		if lp, ok := readLauncherPID(procRoot, h.PID); ok && isAncestor(procRoot, lp, h.PID) {
-			launcherOf[h.PID] = lp
-		}
 	}
 	var targets []stopTarget
 	add := func(t stopTarget) {
@@ -265,25 +244,38 @@ func stopTargets(procRoot string, l listener) []stopTarget {
 		}
 	}
 	for _, h := range l.Holders {
-		if holds[h.PPID] {
-			continue // a worker: its master holds the socket too
+		if slices.Contains(launchers, h.PID) || (holds[h.PPID] && !slices.Contains(launchers, h.PPID)) {
+			continue // a launcher's own copy (below), or a worker whose master holds the socket too
 		}
-		if lp, ok := launcherOf[h.PID]; ok {
+		if lp := launcherAbove(procRoot, h.PID, launchers); lp != 0 {
 			add(stopTarget{PID: lp, Launcher: true, Holder: h})
-			continue
+		} else {
+			add(stopTarget{PID: h.PID, Holder: h})
 		}
-		// A launcher keeps its own copy of its generation's sockets, so it is
-		// itself the topmost holder of its child's socket; the target stands
-		// for that child.
-		t := stopTarget{PID: h.PID, Holder: h}
-		for _, c := range l.Holders {
-			if launcherOf[c.PID] == h.PID && !t.Launcher {
-				t.Launcher, t.Holder = true, c
-			}
+	}
+	// A launcher that holds the socket alone (its command gone) is a target too.
+	for _, h := range l.Holders {
+		if slices.Contains(launchers, h.PID) {
+			add(stopTarget{PID: h.PID, Launcher: true, Holder: h})
 		}
-		add(t)
 	}
 	return targets
+}
+
+// launcherAbove returns the launcher among launchers that pid runs under,
+// within maxDepth, or 0.
+func launcherAbove(procRoot string, pid int, launchers []int) int {
+	for range maxDepth {
+		ppid, err := readPPID(procRoot, pid)
+		if err != nil || ppid <= 1 {
+			return 0
+		}
+		if slices.Contains(launchers, ppid) {
+			return ppid
+		}
+		pid = ppid
+	}
+	return 0
 }
 
 // isAncestor reports whether a is a proper ancestor of pid, within maxDepth.

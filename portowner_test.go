@@ -180,10 +180,18 @@ func TestListenersFixture(t *testing.T) {
 	if diff := cmp.Diff(want, ls, cmp.AllowUnexported(listener{}), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 		t.Fatalf("listeners (-want +got):\n%s", diff)
 	}
-	got := stopTargets("testdata/proc", ls[0])
+	// Who manages a holder comes from the run directory's records, never
+	// from the environment (the fixture's environ reads like nginx's
+	// process title).
+	got := stopTargets("testdata/proc", ls[0], []int{90})
 	wantT := []stopTarget{{PID: 90, Launcher: true, Holder: holder{PID: 100, FD: 3, PPID: 90}}}
 	if diff := cmp.Diff(wantT, got); diff != "" {
 		t.Errorf("stopTargets (-want +got):\n%s", diff)
+	}
+	got = stopTargets("testdata/proc", ls[0], nil)
+	wantT = []stopTarget{{PID: 100, Holder: holder{PID: 100, FD: 3, PPID: 90}}}
+	if diff := cmp.Diff(wantT, got); diff != "" {
+		t.Errorf("stopTargets without a recorded launcher (-want +got):\n%s", diff)
 	}
 
 	// A bare port names every address of both families.
@@ -199,7 +207,7 @@ func TestListenersFixture(t *testing.T) {
 		t.Errorf("inodes for port 8100 (-want +got):\n%s", diff)
 	}
 	// The launcher holding its own copy is itself the target, as a launcher.
-	if got := stopTargets("testdata/proc", all[1]); len(got) != 1 || got[0].PID != 90 {
+	if got := stopTargets("testdata/proc", all[1], []int{90}); len(got) != 1 || got[0].PID != 90 || !got[0].Launcher {
 		t.Errorf("stopTargets(0.0.0.0:8100) = %+v, want pid 90", got)
 	}
 }
@@ -278,7 +286,7 @@ func TestListenersLiveHelper(t *testing.T) {
 			if !holderPIDs(ls[0])[pid] {
 				t.Errorf("holders of %s = %+v, want pid %d", h.addr, ls[0].Holders, pid)
 			}
-			ts := stopTargets("/proc", ls[0])
+			ts := stopTargets("/proc", ls[0], nil)
 			if len(ts) != 1 || ts[0].PID != pid || ts[0].Launcher {
 				t.Errorf("stopTargets = %+v, want pid %d, not a launcher", ts, pid)
 			}
@@ -330,7 +338,7 @@ func TestListenersPrefork(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("holders (-want +got):\n%s", diff)
 	}
-	ts := stopTargets("/proc", ls[0])
+	ts := stopTargets("/proc", ls[0], nil)
 	if len(ts) != 1 || ts[0].PID != h.cmd.Process.Pid {
 		t.Errorf("stopTargets = %+v, want the master %d only", ts, h.cmd.Process.Pid)
 	}
@@ -345,7 +353,19 @@ func TestListenersManagedByLauncher(t *testing.T) {
 	if ls[0].Holders[0].PPID != h.cmd.Process.Pid {
 		t.Fatalf("holder's parent = %d, want the wrapper %d", ls[0].Holders[0].PPID, h.cmd.Process.Pid)
 	}
-	ts := stopTargets("/proc", ls[0])
+	// The wrapper is a launcher because the run directory records it.
+	dir := t.TempDir()
+	if ts := stopTargets("/proc", ls[0], liveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.cmd.Process.Pid {
+		t.Errorf("stopTargets with no record = %+v, want the server, not the wrapper %d", ts, h.cmd.Process.Pid)
+	}
+	st, err := readStat("/proc", h.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeRecord(dir, 1, genRecord{Launcher: h.cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
+		t.Fatal(err)
+	}
+	ts := stopTargets("/proc", ls[0], liveLaunchers(dir))
 	if len(ts) != 1 || ts[0].PID != h.cmd.Process.Pid || !ts[0].Launcher {
 		t.Errorf("stopTargets = %+v, want the launcher %d", ts, h.cmd.Process.Pid)
 	}

@@ -28,11 +28,22 @@ func runDir() string {
 	return filepath.Join(os.TempDir(), "takeover-"+strconv.Itoa(os.Geteuid()))
 }
 
+// A lockOwner is the takeover holding a port's lock, as it wrote itself
+// into the lock file.
+type lockOwner struct {
+	PID   int
+	Start uint64 // clock ticks after boot, to tell a reused pid
+}
+
+// lockWaitReport is how often a takeover waiting for a port's lock says so.
+const lockWaitReport = 5 * time.Second
+
 // lockPorts takes the per-port locks of ports, in port order so that two
 // takeovers naming the same ports cannot deadlock, waiting while another
-// takeover holds one. waiting is called once if it has to wait. Closing the
+// takeover holds one, until ctx ends. waiting is called when it starts to
+// wait and every lockWaitReport after, with the lock's owner. Closing the
 // returned files (or exiting) releases the locks.
-func lockPorts(ctx context.Context, dir string, ports []uint16, waiting func(port uint16)) ([]*os.File, error) {
+func lockPorts(ctx context.Context, dir string, ports []uint16, me lockOwner, waiting func(port uint16, owner lockOwner, waited time.Duration)) ([]*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s for the port locks: %w", dir, err)
 	}
@@ -40,41 +51,114 @@ func lockPorts(ctx context.Context, dir string, ports []uint16, waiting func(por
 	slices.Sort(ports)
 	ports = slices.Compact(ports)
 	var held []*os.File
-	release := func() {
-		for _, f := range held {
-			f.Close()
-		}
-	}
 	for _, port := range ports {
-		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("port-%d.lock", port)), os.O_RDWR|os.O_CREATE, 0o600)
+		f, err := lockPort(ctx, dir, port, me, waiting)
 		if err != nil {
-			release()
-			return nil, fmt.Errorf("open the lock of port %d: %w", port, err)
+			releaseLocks(held)
+			return nil, err
 		}
 		held = append(held, f)
-		told := false
-		for {
-			err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, syscall.EWOULDBLOCK) {
-				release()
-				return nil, fmt.Errorf("lock port %d: %w", port, err)
-			}
-			if !told {
-				waiting(port)
-				told = true
-			}
-			select {
-			case <-ctx.Done():
-				release()
-				return nil, ctx.Err()
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
 	}
 	return held, nil
+}
+
+func lockPort(ctx context.Context, dir string, port uint16, me lockOwner, waiting func(port uint16, owner lockOwner, waited time.Duration)) (*os.File, error) {
+	path := lockPath(dir, port)
+	began := time.Now()
+	var told time.Time
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("open the lock of port %d: %w", port, err)
+		}
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			if !samePath(f, path) {
+				f.Close() // removed by its last owner meanwhile: lock the new one
+				continue
+			}
+			f.Truncate(0)
+			f.WriteAt([]byte(fmt.Sprintf("%d %d\n", me.PID, me.Start)), 0)
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock port %d: %w", port, err)
+		}
+		if told.IsZero() || time.Since(told) >= lockWaitReport {
+			told = time.Now()
+			waiting(port, readLockOwner(f), time.Since(began).Round(time.Second))
+		}
+		f.Close()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func lockPath(dir string, port uint16) string {
+	return filepath.Join(dir, fmt.Sprintf("port-%d.lock", port))
+}
+
+// samePath reports whether path still names f's file.
+func samePath(f *os.File, path string) bool {
+	a, err1 := f.Stat()
+	b, err2 := os.Stat(path)
+	return err1 == nil && err2 == nil && os.SameFile(a, b)
+}
+
+func readLockOwner(f *os.File) lockOwner {
+	b := make([]byte, 64)
+	n, _ := f.ReadAt(b, 0)
+	var o lockOwner
+	fmt.Sscanf(string(b[:n]), "%d %d", &o.PID, &o.Start)
+	return o
+}
+
+func releaseLocks(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// removeRunFiles removes a port's lock and record when no takeover needs
+// them any more: the lock is free and the record names self or a launcher
+// that is gone. It takes the lock first, so that it never removes a file
+// another takeover is about to use.
+func removeRunFiles(dir string, port uint16, self int) {
+	path := lockPath(dir, port)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !samePath(f, path) {
+		return
+	}
+	if r, ok := readRecord(dir, port); ok && r.Launcher != self {
+		return
+	}
+	os.Remove(recordPath(dir, port))
+	os.Remove(path)
+}
+
+// liveLaunchers returns the takeover launchers that the run directory
+// records for some port and that still run.
+func liveLaunchers(dir string) []int {
+	names, _ := filepath.Glob(filepath.Join(dir, "port-*.json"))
+	var pids []int
+	for _, name := range names {
+		var port uint16
+		if _, err := fmt.Sscanf(filepath.Base(name), "port-%d.json", &port); err != nil {
+			continue
+		}
+		if r, ok := readRecord(dir, port); ok && !slices.Contains(pids, r.Launcher) {
+			pids = append(pids, r.Launcher)
+		}
+	}
+	return pids
 }
 
 // A genRecord names the takeover launcher that serves a port now. A newer

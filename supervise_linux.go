@@ -17,19 +17,23 @@ import (
 // A generation is one run of the command under takeover, with the sockets
 // it bound to --port targets and what it replaced to get them.
 type generation struct {
-	l       *launcher
-	num     int
-	pid     int
-	notifFD int
-	prev    *generation   // the generation a reload replaces
-	ready   chan struct{} // closed once the command listens on every --port
-	exited  chan struct{} // closed once the command has exited
+	l        *launcher
+	num      int
+	pid      int
+	notifFD  int
+	prev     *generation   // the generation a reload replaces
+	ready    chan struct{} // closed once the command accepts on every --port
+	timedOut chan struct{} // closed if it is not ready within --ready-timeout
+	exited   chan struct{} // closed once the command has exited
+	nudge    chan struct{} // a listen(2): look at readiness now
 
-	mu       sync.Mutex
-	socks    map[sockKey]*heldSock
-	listened map[portSpec]bool
-	swaps    []*swap
-	done     bool // the generation is being stopped: its copies are closed
+	mu         sync.Mutex
+	socks      map[sockKey]*heldSock
+	swaps      []*swap
+	done       bool   // the generation is being stopped: its copies are closed
+	readyBy    string // how readiness was seen: epoll, accept, poll, select, listen
+	missing    string // at the timeout: what it had not done
+	rolledBack bool   // stopped for not being ready in time
 }
 
 // releaseSwaps lets go of the old processes of swaps that will not be
@@ -81,12 +85,9 @@ type swap struct {
 	holders     []*oldProcess // every old holder, for SIGKILL
 	inodes      []uint64      // the old listening sockets
 	Lookup      time.Duration
-	rebindTimes // how a rebind went (rebind only)
-	// restoreBlocking: the command wanted its socket blocking; make it so
-	// once the old server is gone.
-	restoreBlocking bool
-	Began           time.Time // the command's bind(2)
-	Listened        time.Time // the command's listen(2)
+	rebindTimes           // how a rebind went (rebind only)
+	Began       time.Time // the command's bind(2)
+	Listened    time.Time // when takeover saw the socket listen
 }
 
 const capNetBindService = 10
@@ -159,28 +160,29 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 		return respContinue
 	}
 	fd := int(n.Args[0])
-	sock, ino, err := copySocket(st.Tgid, fd)
+	key := sockKey{st.Tgid, fd}
+	childIno, err := fdInode("/proc", st.Tgid, fd)
 	if err != nil {
-		g.l.log.Warn("cannot copy the command's socket; letting its bind through", "pid", st.Tgid, "fd", fd, "err", err)
 		return respContinue
 	}
-	if typ, _ := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE); typ != unix.SOCK_STREAM {
-		unix.Close(sock)
-		return respContinue // UDP on the same port is no business of ours
-	}
-	key := sockKey{st.Tgid, fd}
 	g.mu.Lock()
 	prev := g.socks[key]
 	g.mu.Unlock()
-	if prev != nil && prev.inode == ino {
-		unix.Close(sock) // the same bind, notified again after a signal
-		return seccompNotifResp{}
+	if prev != nil && prev.inode == childIno {
+		return seccompNotifResp{} // the same bind, notified again after a signal
 	}
 	// takeover binds on the command's behalf: never a port it could not
 	// bind itself.
 	if int(addr.Port()) < unprivilegedPortStart() && st.CapEff&(1<<capNetBindService) == 0 {
-		unix.Close(sock)
 		return respErrno(unix.EACCES)
+	}
+	sock, made, err := g.l.claimSocket(st.Tgid, fd)
+	if errors.Is(err, errNotStream) {
+		return respContinue // UDP on the same port is no business of ours
+	}
+	if err != nil {
+		g.l.log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
+		return respContinue
 	}
 	child := newChild{PID: st.Tgid, UID: st.UID, Exe: procExe("/proc", st.Tgid)}
 	sw, held, err := g.l.takePort(ctx, g, claim{n: n, child: child, fd: fd, sock: sock, addr: addr, spec: spec})
@@ -189,18 +191,24 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 		g.l.log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)
 		return respErrno(err)
 	}
-	sw.Began = began
-	heldIno := ino
-	if held != sock {
-		heldIno = inodeOf(held)
+	if made && held == sock {
+		// The command's own socket could not be copied: it gets the one
+		// takeover made and bound in its place.
+		if err := injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, sock); err != nil {
+			unix.Close(sock)
+			sw.releaseOld()
+			g.l.log.Error("cannot install the socket in the command", "pid", st.Tgid, "fd", fd, "err", err)
+			return respErrno(unix.EADDRINUSE)
+		}
 	}
+	sw.Began = began
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.done {
 		unix.Close(held)
 		return seccompNotifResp{}
 	}
-	g.socks[key] = &heldSock{copyFD: held, inode: heldIno, spec: spec, addr: addr}
+	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr}
 	g.swaps = append(g.swaps, sw)
 	return seccompNotifResp{}
 }
@@ -217,18 +225,6 @@ func (g *generation) heldFor(addr netip.AddrPort) *heldSock {
 	return nil
 }
 
-// restoreBlocking makes the generation's socket on addr blocking again, as
-// the command had it, unless the generation is on its way out.
-func (g *generation) restoreBlocking(addr netip.AddrPort) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, s := range g.socks {
-		if s.addr == addr && !g.done {
-			setBlocking(s.copyFD)
-		}
-	}
-}
-
 func inodeOf(fd int) uint64 {
 	var st unix.Stat_t
 	unix.Fstat(fd, &st)
@@ -236,47 +232,40 @@ func inodeOf(fd int) uint64 {
 }
 
 // onListen performs the command's listen(2) on takeover's copy of a target
-// socket, so that it knows the moment the new server is ready.
+// socket, whichever process of the generation calls it (uvicorn's workers
+// listen on the socket their supervisor bound), and has readiness looked at.
 func (g *generation) onListen(n *seccompNotif) seccompNotifResp {
 	st, err := readStatus("/proc", int(n.PID))
 	if err != nil {
 		return respContinue
 	}
-	key := sockKey{st.Tgid, int(n.Args[0])}
-	g.mu.Lock()
-	held := g.socks[key]
-	g.mu.Unlock()
+	ino, err := fdInode("/proc", st.Tgid, int(n.Args[0]))
+	if err != nil || !notifValid(g.notifFD, n.ID) {
+		return respContinue
+	}
+	held := g.heldByInode(ino)
 	if held == nil {
 		return respContinue
-	}
-	sock, ino, err := copySocket(st.Tgid, key.FD)
-	if err != nil {
-		return respContinue
-	}
-	unix.Close(sock)
-	if ino != held.inode {
-		return respContinue // the fd was closed and reused
 	}
 	if err := unix.Listen(held.copyFD, int(int32(n.Args[1]))); err != nil {
 		return respErrno(err)
 	}
-	now := time.Now()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, sw := range g.swaps {
-		if sw.Spec == held.spec && sw.Listened.IsZero() {
-			sw.Listened = now
-		}
-	}
-	g.listened[held.spec] = true
-	if len(g.listened) == len(g.l.cfg.Ports) {
-		select {
-		case <-g.ready:
-		default:
-			close(g.ready)
-		}
+	select {
+	case g.nudge <- struct{}{}:
+	default:
 	}
 	return seccompNotifResp{}
+}
+
+func (g *generation) heldByInode(ino uint64) *heldSock {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.socks {
+		if s.inode == ino {
+			return s
+		}
+	}
+	return nil
 }
 
 // closeCopies closes takeover's copies of the generation's sockets, so that

@@ -29,6 +29,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	sw := &swap{Spec: c.spec, Addr: c.addr}
 	if g.prev != nil {
 		if old := g.prev.heldFor(c.addr); old != nil {
+			sw.Lookup = time.Since(began)
 			return l.replaceGeneration(ctx, g, c, sw, old)
 		}
 	}
@@ -38,6 +39,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	if hasPrev && prev.Launcher != l.self {
 		hint = []int{prev.Launcher}
 	}
+	launchers := liveLaunchers(l.dir)
 	all, err := listeners("/proc", portSpec{Port: port}, hint, len(hint) > 0)
 	if err != nil {
 		return nil, -1, fmt.Errorf("look up port %d: %w", port, err)
@@ -62,7 +64,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		if len(o.Holders) == 0 {
 			return nil, -1, fmt.Errorf("port %d (%s) is held by a process this user cannot see: %w", port, o.Addr, unix.EADDRINUSE)
 		}
-		for _, t := range stopTargets("/proc", o) {
+		for _, t := range stopTargets("/proc", o, launchers) {
 			if err := mayReplace("/proc", t, c.child, port, l.cfg.Force); err != nil {
 				return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
 			}
@@ -158,14 +160,12 @@ func (l *launcher) settled(sw *swap, held int, err error) (*swap, int, error) {
 // handoff installs old in the command at its fd and answers its bind; it
 // returns old, now the socket takeover keeps a copy of.
 func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, error) {
-	restore, err := injectSocket(g.notifFD, c.n.ID, c.child.PID, c.fd, c.sock, old)
-	if err != nil {
+	if err := injectSocket(g.notifFD, c.n.ID, c.child.PID, c.fd, c.sock, old); err != nil {
 		unix.Close(old)
 		return -1, fmt.Errorf("hand the old socket over: %w", err)
 	}
 	unix.Close(c.sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"
-	sw.restoreBlocking = restore
 	return old, nil
 }
 

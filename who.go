@@ -67,8 +67,9 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "takeover who: %v\n", err)
 			return exitFailure
 		}
+		launchers := liveLaunchers(runDir())
 		for _, l := range ls {
-			out = append(out, describe("/proc", l))
+			out = append(out, describe("/proc", l, launchers))
 		}
 	}
 	if *asJSON {
@@ -87,12 +88,12 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func describe(procRoot string, l listener) whoListener {
+func describe(procRoot string, l listener, launchers []int) whoListener {
 	w := whoListener{Address: l.Addr.String(), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
 	for _, h := range l.Holders {
 		w.Holders = append(w.Holders, describeHolder(h))
 	}
-	for _, t := range stopTargets(procRoot, l) {
+	for _, t := range stopTargets(procRoot, l, launchers) {
 		s := whoStop{PID: t.PID, Launcher: t.Launcher, ForPID: t.Holder.PID}
 		if err := t.forbidden(procRoot); err != nil {
 			s.Refused = err.Error()

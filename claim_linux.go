@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// takeover needs its own copy of every socket the command binds to a
+// target: it binds it, hands it to the next generation, and tells when it
+// listens. The exact copy comes from pidfd_getfd, which a container's
+// default seccomp profile (without CAP_SYS_PTRACE) and Yama can forbid.
+// Then takeover makes the socket itself, as the command asked for it, and
+// installs it at the command's fd in place of the command's own.
+
+// errNotStream means the command's socket is not a TCP one: not a target.
+var errNotStream = errors.New("not a stream socket")
+
+// ptraceAdvice says how to let takeover copy sockets exactly.
+const ptraceAdvice = "docker run --cap-add SYS_PTRACE (Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]) lets takeover copy sockets exactly"
+
+// claimSocket returns takeover's socket for the command's fd: a copy of
+// the command's own, or, where copying is not allowed, a new one made like
+// it (made is true: the caller must install it in the command).
+func (l *launcher) claimSocket(tgid, fd int) (sock int, made bool, err error) {
+	sock, _, err = copySocket(tgid, fd)
+	if err == nil {
+		if typ, _ := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE); typ != unix.SOCK_STREAM {
+			unix.Close(sock)
+			return -1, false, errNotStream
+		}
+		return sock, false, nil
+	}
+	if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.ENOSYS) {
+		return -1, false, err
+	}
+	copyErr := err
+	sock, err = socketLike("/proc", tgid, fd)
+	if err != nil {
+		return -1, false, err
+	}
+	l.madeOnce.Do(func() {
+		l.log.Warn("cannot copy the command's sockets; takeover makes them and installs them in the command: options it set before bind(2) (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes) are not kept; "+ptraceAdvice,
+			"err", copyErr)
+	})
+	return sock, true, nil
+}
+
+// socketLike makes a socket of the protocol and family of the command's
+// fd, non-blocking if it was, with SO_REUSEADDR (what servers set; a rebind
+// past TIME_WAIT needs it) and the kernel's IPV6_V6ONLY default. All of it
+// is read without ptrace rights: the protocol from the socket's
+// system.sockprotoname attribute, the flags from fdinfo.
+func socketLike(procRoot string, tgid, fd int) (int, error) {
+	path := procRoot + "/" + strconv.Itoa(tgid) + "/fd/" + strconv.Itoa(fd)
+	buf := make([]byte, 32)
+	n, err := unix.Getxattr(path, "system.sockprotoname", buf)
+	if err != nil {
+		return -1, fmt.Errorf("read the protocol of fd %d of pid %d: %w", fd, tgid, err)
+	}
+	family, proto, ok := socketProto(string(bytes.TrimRight(buf[:n], "\x00")))
+	if !ok {
+		return -1, errNotStream
+	}
+	info, err := os.ReadFile(procRoot + "/" + strconv.Itoa(tgid) + "/fdinfo/" + strconv.Itoa(fd))
+	if err != nil {
+		return -1, err
+	}
+	flags, err := parseFdinfoFlags(string(info))
+	if err != nil {
+		return -1, err
+	}
+	typ := unix.SOCK_STREAM | unix.SOCK_CLOEXEC
+	if flags&unix.O_NONBLOCK != 0 {
+		typ |= unix.SOCK_NONBLOCK
+	}
+	sock, err := unix.Socket(family, typ, proto)
+	if err != nil {
+		return -1, fmt.Errorf("make a socket like fd %d of pid %d: %w", fd, tgid, err)
+	}
+	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		unix.Close(sock)
+		return -1, err
+	}
+	return sock, nil
+}
+
+// socketProto maps a socket's protocol name to its family and protocol
+// number; ok is false for all but TCP and MPTCP.
+func socketProto(name string) (family, proto int, ok bool) {
+	switch name {
+	case "TCP":
+		return unix.AF_INET, 0, true
+	case "TCPv6":
+		return unix.AF_INET6, 0, true
+	case "MPTCP":
+		return unix.AF_INET, unix.IPPROTO_MPTCP, true
+	case "MPTCPv6":
+		return unix.AF_INET6, unix.IPPROTO_MPTCP, true
+	}
+	return 0, 0, false
+}
+
+// fdInode returns the inode of the socket at fd in process pid, from its
+// /proc link (which needs no more than the right to read /proc/PID/fd).
+func fdInode(procRoot string, pid, fd int) (uint64, error) {
+	link, err := os.Readlink(procRoot + "/" + strconv.Itoa(pid) + "/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return 0, err
+	}
+	ino, ok := socketInode([]byte(link))
+	if !ok {
+		return 0, fmt.Errorf("fd %d of pid %d is not a socket", fd, pid)
+	}
+	return ino, nil
+}
