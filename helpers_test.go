@@ -177,6 +177,44 @@ func runHelper(mode string, args []string) int {
 		fmt.Printf("listening %s\n", ln.Addr())
 		time.Sleep(500 * time.Millisecond)
 		return 5
+	case "listenonly": // listen and never accept, until SIGTERM
+		fd, err := rawListen(addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		defer syscall.Close(fd)
+		fmt.Printf("listening %s\n", addr)
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
+		return 0
+	case "lateaccept": // listen, and accept only 800ms later, as Tomcat does: its acceptor starts late
+		fd, err := rawListen(addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		fmt.Printf("listening %s\n", addr)
+		time.Sleep(800 * time.Millisecond)
+		mark("accepting")
+		ln, err := net.FileListener(os.NewFile(uintptr(fd), "listener")) // into Go's epoll set only now
+		if err != nil {
+			return 1
+		}
+		return serveUntilTerm(ln)
+	case "marked": // serve, and mark the stop signal when it comes
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		go http.Serve(ln, helloHandler())
+		<-term
+		mark("stop signal")
+		return 0
 	case "exit": // exit with the status in args[0]
 		code, _ := strconv.Atoi(addr)
 		return code
@@ -186,6 +224,41 @@ func runHelper(mode string, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper", mode)
 	return 2
+}
+
+// rawListen binds and listens on an IPv4 addr with system calls alone, so
+// that the socket is in no epoll set: Go's net.Listen would put it in the
+// runtime's at once.
+func rawListen(addr string) (int, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return -1, err
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	if err := syscall.Listen(fd, 128); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// mark appends "PID what" to the file TAKEOVER_TEST_MARK names: lines of
+// several processes, in the order things happened.
+func mark(what string) {
+	f, err := os.OpenFile(os.Getenv("TAKEOVER_TEST_MARK"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return
+	}
+	fmt.Fprintf(f, "%d %s\n", os.Getpid(), what)
+	f.Close()
 }
 
 // forkHolder starts a process that holds ln's socket (as fd 3) until

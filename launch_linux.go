@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,7 +33,8 @@ type launcher struct {
 	madeOnce sync.Once // the warning that sockets are made, not copied
 
 	mu       sync.Mutex
-	replaced bool // a newer takeover took the ports: exit 0 when the child is gone
+	replaced bool          // a newer takeover took the ports: exit 0 when the child is gone
+	gens     []*generation // those that may hold sockets, for newer takeovers
 }
 
 // forwarded are the signals a launcher passes to its child; HUP is not
@@ -93,7 +96,13 @@ func (l *launcher) run(path string) int {
 		l.log.Error("cannot take the port lock", "err", err)
 		return exitLauncher
 	}
+	stopServing, err := serveSockets(launcherSockPath(l.dir, l.self), l.heldSocket)
+	if err != nil {
+		l.log.Warn("cannot serve this takeover's sockets to the next one; it will copy them with pidfd_getfd where allowed", "err", err)
+		stopServing = func() {}
+	}
 	defer func() {
+		stopServing()
 		releaseLocks(locks)
 		l.cleanRunDir()
 	}()
@@ -399,6 +408,9 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		unix.Close(notifFD)
 	}()
 	go g.watchReady(ctx, l.cfg.readyTimeout())
+	l.mu.Lock()
+	l.gens = append(slices.DeleteFunc(l.gens, func(o *generation) bool { return o.isDone() }), g)
+	l.mu.Unlock()
 	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "))
 	return g, nil
 }
@@ -502,7 +514,8 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 
 // logSwap writes the one line that says how a generation took its ports.
 func (l *launcher) logSwap(g *generation, swaps []*swap) {
-	attrs := []any{"generation", g.num, "new_pid", g.pid, "ready_by", g.readiedBy()}
+	by, readyAt := g.readiedBy()
+	attrs := []any{"generation", g.num, "new_pid", g.pid, "ready_by", by}
 	for _, sw := range swaps {
 		a := []any{"strategy", sw.Strategy}
 		if sw.Why != "" {
@@ -514,10 +527,13 @@ func (l *launcher) logSwap(g *generation, swaps []*swap) {
 				a = append(a, "old_launcher", sw.Old[0].PID)
 			}
 		}
+		if sw.Strategy == "handoff" {
+			a = append(a, "via", sw.Via)
+		}
 		if sw.Strategy == "rebind" {
 			a = append(a, "signal_to_free", sw.Free, "refused_window", sw.Window, "sigkill", sw.Killed, "retry_sched", sw.Sched)
 		}
-		a = append(a, "total", sw.Listened.Sub(sw.Began))
+		a = append(a, "total", readyAt.Sub(sw.Began))
 		attrs = append(attrs, slog.Group(sw.Spec.String(), a...))
 	}
 	l.log.Info("took over", attrs...)
@@ -528,6 +544,7 @@ type status struct {
 	TakeoverPID int          `json:"takeover_pid"`
 	Generation  int          `json:"generation"`
 	ChildPID    int          `json:"child_pid"`
+	ReadyBy     string       `json:"ready_by"`
 	Ports       []string     `json:"ports"`
 	Updated     time.Time    `json:"updated"`
 	LastSwap    []swapStatus `json:"last_swap"`
@@ -555,9 +572,11 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 	for _, p := range l.cfg.Ports {
 		st.Ports = append(st.Ports, p.String())
 	}
+	by, readyAt := g.readiedBy()
+	st.ReadyBy = by
 	for _, sw := range swaps {
 		s := swapStatus{Port: sw.Spec.String(), Address: sw.Addr.String(), Strategy: sw.Strategy, Why: sw.Why,
-			LookupMS: ms(sw.Lookup), SignalToFreeMS: ms(sw.Free), RefusedWindowMS: ms(sw.Window), TotalMS: ms(sw.Listened.Sub(sw.Began))}
+			LookupMS: ms(sw.Lookup), SignalToFreeMS: ms(sw.Free), RefusedWindowMS: ms(sw.Window), TotalMS: ms(readyAt.Sub(sw.Began))}
 		if len(sw.Old) > 0 {
 			s.OldPID = sw.Old[0].Holder.PID
 		}
@@ -585,14 +604,14 @@ func (g *generation) oldStopDelay() time.Duration {
 
 func (g *generation) setReadyBy(by string) {
 	g.mu.Lock()
-	g.readyBy = by
+	g.readyBy, g.readyAt = by, time.Now()
 	g.mu.Unlock()
 }
 
-func (g *generation) readiedBy() string {
+func (g *generation) readiedBy() (string, time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.readyBy
+	return g.readyBy, g.readyAt
 }
 
 // missingNow says what the generation had not done at its --ready-timeout.
@@ -600,6 +619,12 @@ func (g *generation) missingNow() string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.missing
+}
+
+func (g *generation) isDone() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.done
 }
 
 func (g *generation) isRolledBack() bool {
@@ -648,5 +673,13 @@ func (l *launcher) leftRunning() []int {
 func (l *launcher) cleanRunDir() {
 	for _, port := range l.ports() {
 		removeRunFiles(l.dir, port, l.self)
+	}
+	// and the sockets of takeovers that were killed before they could
+	names, _ := filepath.Glob(filepath.Join(l.dir, "launcher-*.sock"))
+	for _, name := range names {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(name), "launcher-%d.sock", &pid); err == nil && unix.Kill(pid, 0) == unix.ESRCH {
+			os.Remove(name)
+		}
 	}
 }

@@ -59,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "who":
 			return runWho(args[1:], stdout, stderr)
+		case "doctor":
+			return runDoctor(args[1:], stdout, stderr)
 		case "demo":
 			return runDemo(args[1:], stdout, stderr)
 		case "demo-server":

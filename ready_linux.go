@@ -51,9 +51,7 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 			tick.Reset(interval)
 		}
 		if r := g.readiness(); r.Ready {
-			g.mu.Lock()
-			g.readyBy = r.By
-			g.mu.Unlock()
+			g.setReadyBy(r.By)
 			if len(r.Blind) > 0 {
 				g.l.log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",
 					"generation", g.num, "pids", fmt.Sprint(r.Blind))

@@ -32,6 +32,7 @@ type generation struct {
 	swaps      []*swap
 	done       bool   // the generation is being stopped: its copies are closed
 	readyBy    string // how readiness was seen: epoll, accept, poll, select, listen
+	readyAt    time.Time
 	missing    string // at the timeout: what it had not done
 	rolledBack bool   // stopped for not being ready in time
 }
@@ -78,6 +79,7 @@ type swap struct {
 	Spec        portSpec
 	Addr        netip.AddrPort
 	Strategy    string // "fresh" (the port was free), "rebind" or "handoff"
+	Via         string // how a handoff got the old socket: unix-socket, pidfd_getfd, own-copy
 	Why         string // why auto chose it
 	Old         []stopTarget
 	OldCmd      string
@@ -87,7 +89,6 @@ type swap struct {
 	Lookup      time.Duration
 	rebindTimes           // how a rebind went (rebind only)
 	Began       time.Time // the command's bind(2)
-	Listened    time.Time // when takeover saw the socket listen
 }
 
 const capNetBindService = 10

@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -80,7 +84,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	sw.oldProcs, sw.holders = openAll(targetPIDs), openAll(holderPIDs)
 
 	if l.cfg.Strategy != "rebind" {
-		old, why := copyOldSocket(owners, sw.Old)
+		old, why := l.copyOldSocket(owners, sw)
 		if held, done, err := l.handoffOrFallBack(g, c, sw, old, why); done {
 			return l.settled(sw, held, err)
 		}
@@ -107,6 +111,7 @@ func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim
 	sw.OldCmd = commandLine(prev.pid)
 	sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
 	sw.inodes = []uint64{old.inode}
+	sw.Via = "own-copy"
 	if l.cfg.Strategy != "rebind" {
 		dup, why := -1, ""
 		if fd, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0); err != nil {
@@ -184,34 +189,72 @@ func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
 }
 
 // copyOldSocket takes a copy of the one listening socket that can be handed
-// over, from the target (a launcher keeps a copy) or else its holder. It
-// returns -1 and why when there is none.
-func copyOldSocket(owners []listener, targets []stopTarget) (int, string) {
+// over: from the takeover launcher that holds it, over its unix socket
+// (SCM_RIGHTS needs no ptrace rights), or else with pidfd_getfd from the
+// stop target or another holder. It returns -1 and why when there is none,
+// and records in sw how it got the socket.
+func (l *launcher) copyOldSocket(owners []listener, sw *swap) (int, string) {
 	if len(owners) != 1 {
 		return -1, fmt.Sprintf("the port is held by %d sockets, not one", len(owners))
 	}
-	o := owners[0]
+	o, target := owners[0], sw.Old[0]
+	var errs []string
+	if target.Launcher {
+		sock, err := fetchSocket(launcherSockPath(l.dir, target.PID), target.PID, o.Inode, fetchTimeout)
+		if err == nil {
+			sw.Via = "unix-socket"
+			return sock, ""
+		}
+		errs = append(errs, err.Error())
+	}
 	var from []holder
 	for _, h := range o.Holders {
-		if h.PID == targets[0].PID {
+		if h.PID == target.PID {
 			from = append([]holder{h}, from...)
 		} else {
 			from = append(from, h)
 		}
 	}
-	var lastErr error
 	for _, h := range from {
 		sock, ino, err := copySocket(h.PID, h.FD)
 		if err != nil {
-			lastErr = err
+			errs = append(errs, err.Error())
 			continue
 		}
 		if ino == o.Inode {
+			sw.Via = "pidfd_getfd"
 			return sock, ""
 		}
 		unix.Close(sock)
 	}
-	return -1, fmt.Sprintf("cannot copy the old socket: %v", lastErr)
+	why := "cannot copy the old socket: " + strings.Join(slices.Compact(errs), "; ")
+	if slices.ContainsFunc(errs, func(e string) bool { return strings.Contains(e, "operation not permitted") }) {
+		why += "; " + ptraceAdvice
+	}
+	return -1, why
+}
+
+// fetchTimeout bounds asking an earlier takeover for its socket.
+const fetchTimeout = 2 * time.Second
+
+// launcherSockPath is where launcher pid serves its sockets to newer
+// takeovers.
+func launcherSockPath(dir string, pid int) string {
+	return filepath.Join(dir, "launcher-"+strconv.Itoa(pid)+".sock")
+}
+
+// heldSocket returns takeover's copy of a socket one of its generations
+// holds, for a newer takeover.
+func (l *launcher) heldSocket(inode uint64) (int, bool) {
+	l.mu.Lock()
+	gens := slices.Clone(l.gens)
+	l.mu.Unlock()
+	for _, g := range gens {
+		if s := g.heldByInode(inode); s != nil {
+			return s.copyFD, true
+		}
+	}
+	return -1, false
 }
 
 // ownedBySelf reports whether a listener is this takeover's own: held only

@@ -1,0 +1,774 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// `takeover doctor` says whether takeover can work on this machine as this
+// user, and what to change where it cannot. Rather than guess from versions
+// and settings, it does to a child process of its own what a launcher does
+// to its server: install the bind filter in it, answer its bind(2), read its
+// memory and its /proc files, copy an fd out of it and install one in it.
+
+// doctorProbeEnv and doctorProbeArg0 together make takeover the child
+// `takeover doctor` examines; both, so that a variable leaked into the
+// environment of a deploy cannot turn its takeover into a probe.
+const (
+	doctorProbeEnv  = "_TAKEOVER_DOCTOR_PROBE"
+	doctorProbeArg0 = "takeover-doctor-probe"
+)
+
+func init() {
+	if os.Getenv(doctorProbeEnv) != "" && len(os.Args) > 0 && os.Args[0] == doctorProbeArg0 {
+		os.Exit(runDoctorProbe())
+	}
+}
+
+// The statuses of a check. Anything missing makes `takeover doctor` exit 1.
+const (
+	statusOK      = "ok"
+	statusWarn    = "warn"
+	statusMissing = "missing"
+)
+
+// Capability bits (include/uapi/linux/capability.h); capNetBindService is
+// in supervise_linux.go.
+const (
+	capSysPtrace = 19
+	capSysNice   = 23
+)
+
+// A doctorCheck is one line of the report: what was checked, what was
+// found, and what to do about it (or what it means).
+type doctorCheck struct {
+	Status string   `json:"status"`
+	Check  string   `json:"check"`
+	Detail string   `json:"detail"`
+	Do     []string `json:"do,omitempty"`
+}
+
+type doctorReport struct {
+	Kernel         string          `json:"kernel"`
+	Machine        string          `json:"machine"`
+	User           string          `json:"user"`
+	UID            int             `json:"uid"`
+	GID            int             `json:"gid"`
+	CapEff         string          `json:"cap_eff"`
+	Caps           map[string]bool `json:"capabilities"` // those takeover cares about
+	NoNewPrivs     bool            `json:"no_new_privs"`
+	SeccompFilters int             `json:"seccomp_filters"` // filters above this process
+	Checks         []doctorCheck   `json:"checks"`
+	OK             bool            `json:"ok"` // nothing is missing
+}
+
+// runDoctor implements `takeover doctor [--json]`: 0 when everything
+// takeover needs works, 1 when something is missing, 2 on bad usage.
+func runDoctor(args []string, stdout, stderr io.Writer) int {
+	flags := flag.NewFlagSet("takeover doctor", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	asJSON := flags.Bool("json", false, "print JSON")
+	flags.Usage = func() {
+		fmt.Fprintln(stderr, "usage: takeover doctor [--json]\n\nChecks what takeover needs on this machine, as this user, and says what to change.\nExits 0 when everything needed works, 1 when something is missing.")
+		flags.PrintDefaults()
+	}
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return exitUsage
+	}
+	if flags.NArg() > 0 {
+		fmt.Fprintf(stderr, "takeover doctor: unexpected argument %q\n", flags.Arg(0))
+		flags.Usage()
+		return exitUsage
+	}
+	r := diagnose()
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(r)
+	} else {
+		r.print(stdout)
+	}
+	if !r.OK {
+		return exitFailure
+	}
+	return 0
+}
+
+func diagnose() doctorReport {
+	var u unix.Utsname
+	unix.Uname(&u)
+	r := doctorReport{
+		Kernel:  unix.ByteSliceToString(u.Release[:]),
+		Machine: unix.ByteSliceToString(u.Machine[:]),
+		UID:     os.Geteuid(),
+		GID:     os.Getegid(),
+	}
+	r.User = "uid " + strconv.Itoa(r.UID)
+	if u, err := user.LookupId(strconv.Itoa(r.UID)); err == nil {
+		r.User = u.Username
+	}
+	b, _ := os.ReadFile("/proc/self/status")
+	status := statusFields(string(b))
+	capEff, _ := strconv.ParseUint(status["CapEff"], 16, 64)
+	r.CapEff = status["CapEff"]
+	has := func(bit int) bool { return capEff&(1<<bit) != 0 }
+	r.Caps = map[string]bool{
+		"CAP_SYS_PTRACE":       has(capSysPtrace),
+		"CAP_SYS_NICE":         has(capSysNice),
+		"CAP_NET_BIND_SERVICE": has(capNetBindService),
+	}
+	r.NoNewPrivs = status["NoNewPrivs"] == "1"
+	r.SeccompFilters, _ = strconv.Atoi(status["Seccomp_filters"])
+	scope, yama := yamaScope()
+
+	r.Checks = kernelChecks(r.Kernel)
+	r.Checks = append(r.Checks, probeChecks(probeContext{
+		seccompFilters: r.SeccompFilters,
+		yama:           yama,
+		scope:          scope,
+		capPtrace:      has(capSysPtrace),
+	})...)
+	r.Checks = append(r.Checks, yamaCheck(scope, yama, has(capSysPtrace)))
+	r.Checks = append(r.Checks, retryThreadCheck(has(capSysNice)))
+	r.Checks = append(r.Checks, runDirCheck(runDir(), os.Getenv("TAKEOVER_RUN_DIR") != "", r.UID))
+	r.Checks = append(r.Checks, portsCheck(unprivilegedPortStart(), has(capNetBindService)))
+	r.OK = true
+	for _, c := range r.Checks {
+		r.OK = r.OK && c.Status != statusMissing
+	}
+	return r
+}
+
+func (r doctorReport) print(w io.Writer) {
+	fmt.Fprintf(w, "takeover doctor: Linux %s on %s, as %s (uid %d, gid %d)\n", r.Kernel, r.Machine, r.User, r.UID, r.GID)
+	yes := map[bool]string{true: "yes", false: "no"}
+	fmt.Fprintf(w, "capabilities: CAP_SYS_PTRACE %s, CAP_SYS_NICE %s, CAP_NET_BIND_SERVICE %s (CapEff %s); ",
+		yes[r.Caps["CAP_SYS_PTRACE"]], yes[r.Caps["CAP_SYS_NICE"]], yes[r.Caps["CAP_NET_BIND_SERVICE"]], r.CapEff)
+	switch r.SeccompFilters {
+	case 0:
+		fmt.Fprintln(w, "no seccomp filter above this process")
+	default:
+		fmt.Fprintf(w, "%d seccomp filter(s) above this process (a container's profile, a sandbox or a takeover)\n", r.SeccompFilters)
+	}
+	fmt.Fprintln(w)
+	var missing, warn int
+	for _, c := range r.Checks {
+		fmt.Fprintf(w, "%-8s %s: %s\n", c.Status, c.Check, c.Detail)
+		for _, d := range c.Do {
+			fmt.Fprintf(w, "%9s- %s\n", "", d)
+		}
+		switch c.Status {
+		case statusMissing:
+			missing++
+		case statusWarn:
+			warn++
+		}
+	}
+	fmt.Fprintln(w)
+	switch {
+	case missing > 0:
+		fmt.Fprintf(w, "takeover cannot work here: %d missing, %d warning(s) above.\n", missing, warn)
+	case warn > 0:
+		fmt.Fprintf(w, "takeover can work here, with %d warning(s) above.\n", warn)
+	default:
+		fmt.Fprintln(w, "takeover can work here.")
+	}
+}
+
+// statusFields reads the "Key:\tvalue" lines of /proc/PID/status.
+func statusFields(s string) map[string]string {
+	m := make(map[string]string)
+	for _, line := range strings.Split(s, "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m
+}
+
+// kernelVersion reads major and minor from a release such as
+// "6.18.44-fc-v657".
+func kernelVersion(release string) (major, minor int, ok bool) {
+	maj, rest, ok1 := strings.Cut(release, ".")
+	end := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
+	if end >= 0 {
+		rest = rest[:end]
+	}
+	digits := func(s string) bool { return s != "" && strings.Trim(s, "0123456789") == "" }
+	major, err1 := strconv.Atoi(maj)
+	minor, err2 := strconv.Atoi(rest)
+	if !ok1 || !digits(maj) || !digits(rest) || err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	return major, minor, true
+}
+
+// kernelFeatures are the kernel features takeover uses, and what their
+// absence means. The probe tries the ones that matter; a kernel with
+// backports may have more than its version says.
+var kernelFeatures = []struct {
+	major, minor int
+	what         string
+	status       string // when absent
+	without      string
+}{
+	{5, 0, "seccomp user notification", statusMissing,
+		"takeover cannot see its server's bind(2): it cannot work on this kernel; upgrade to Linux 5.9 or later"},
+	{5, 3, "pidfd_open", statusMissing,
+		"takeover cannot hold on to the processes it stops; upgrade to Linux 5.9 or later"},
+	{5, 9, "pidfd_getfd and SECCOMP_IOCTL_NOTIF_ADDFD", statusMissing,
+		"takeover can neither copy its server's socket nor install one in it; upgrade to Linux 5.9 or later"},
+	{5, 14, "SECCOMP_ADDFD_FLAG_SEND", statusOK,
+		"not used by this version of takeover"},
+	{5, 19, "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", statusWarn,
+		"a signal that reaches the server during its bind(2) makes the kernel send that bind again; takeover answers it again, which is harmless"},
+}
+
+func kernelChecks(release string) []doctorCheck {
+	major, minor, ok := kernelVersion(release)
+	if !ok {
+		return []doctorCheck{{Status: statusWarn, Check: "kernel",
+			Detail: fmt.Sprintf("cannot read a version from the release %q; the checks below try each feature", release)}}
+	}
+	var have []string
+	var lack []doctorCheck
+	for _, f := range kernelFeatures {
+		if major > f.major || major == f.major && minor >= f.minor {
+			have = append(have, fmt.Sprintf("%s (%d.%d)", f.what, f.major, f.minor))
+			continue
+		}
+		lack = append(lack, doctorCheck{Status: f.status, Check: "kernel",
+			Detail: fmt.Sprintf("Linux %d.%d predates %s (%d.%d)", major, minor, f.what, f.major, f.minor),
+			Do:     []string{f.without}})
+	}
+	if len(have) == 0 {
+		return lack
+	}
+	return append([]doctorCheck{{Status: statusOK, Check: "kernel",
+		Detail: fmt.Sprintf("Linux %d.%d has %s", major, minor, strings.Join(have, ", "))}}, lack...)
+}
+
+// yamaScope reads kernel.yama.ptrace_scope; present is false without Yama.
+func yamaScope() (scope int, present bool) {
+	b, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope")
+	if err != nil {
+		return 0, false
+	}
+	scope, err = strconv.Atoi(strings.TrimSpace(string(b)))
+	return scope, err == nil
+}
+
+func yamaCheck(scope int, present, capPtrace bool) doctorCheck {
+	c := doctorCheck{Check: "Yama ptrace_scope"}
+	switch {
+	case !present:
+		c.Status, c.Detail = statusOK, "Yama is not active here: copying a socket from another process of this user needs no extra right"
+	case scope == 0:
+		c.Status, c.Detail = statusOK, "0 (classic): takeover may copy sockets from any process of this user"
+	case scope < 3 && capPtrace:
+		c.Status, c.Detail = statusOK, fmt.Sprintf("%d, but this user has CAP_SYS_PTRACE, which Yama lets through", scope)
+	case scope == 1:
+		c.Status, c.Detail = statusWarn, "1 (restricted): a process may copy sockets only from its own descendants"
+		c.Do = []string{
+			"takeover copies its own server's socket, and takeovers pass sockets among themselves: replacing a server started under takeover works as usual",
+			"replacing a server NOT started under takeover falls back to rebind (a gap of about a millisecond) unless takeover has CAP_SYS_PTRACE (systemd: AmbientCapabilities=CAP_SYS_PTRACE), or unless the machine allows it: sudo sysctl kernel.yama.ptrace_scope=0",
+		}
+	case scope == 2:
+		c.Status, c.Detail = statusMissing, "2 (admin-only): without CAP_SYS_PTRACE no process may read another's memory, not even its child's; takeover reads the address its server binds from the server's memory"
+		c.Do = []string{
+			"give takeover CAP_SYS_PTRACE: run it as root, or under systemd with AmbientCapabilities=CAP_SYS_PTRACE",
+			"or lower the setting: sudo sysctl kernel.yama.ptrace_scope=1 (and in /etc/sysctl.d/ to keep it)",
+		}
+	default:
+		c.Status, c.Detail = statusMissing, fmt.Sprintf("%d (no attach): no process may read another's memory, not even root; takeover cannot see what its server binds", scope)
+		c.Do = []string{"this setting cannot be lowered until a reboot: set kernel.yama.ptrace_scope=1 in /etc/sysctl.d/ and reboot"}
+	}
+	return c
+}
+
+// retryThreadCheck prepares a thread exactly as a rebind does, and says how
+// it was scheduled.
+func retryThreadCheck(capNice bool) doctorCheck {
+	t := lockRetryThread()
+	class := t.Class
+	t.release()
+	var rl unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_RTPRIO, &rl)
+	why := fmt.Sprintf("CAP_SYS_NICE %s, RLIMIT_RTPRIO %d (hard limit %d)", map[bool]string{true: "yes", false: "no"}[capNice], rl.Cur, rl.Max)
+	c := doctorCheck{Check: "real-time rebind"}
+	if class == "fifo" {
+		c.Status, c.Detail = statusOK, "the thread that retries a rebind may run as SCHED_FIFO ("+why+")"
+		return c
+	}
+	instead := "as a normal thread"
+	if class == "short-slice" {
+		instead = "as a normal thread with a 100us time slice"
+	}
+	c.Status = statusWarn
+	c.Detail = fmt.Sprintf("the thread that retries a rebind may not run as SCHED_FIFO (%s); it runs %s instead", why, instead)
+	if capNice || rl.Cur >= 1 {
+		c.Do = append(c.Do, "the kernel refused SCHED_FIFO anyway: with CONFIG_RT_GROUP_SCHED, this cgroup needs a real-time budget (cpu.rt_runtime_us; docker run --cpu-rt-runtime=...)")
+	}
+	c.Do = append(c.Do,
+		"on a busy machine a rebind's retries then oversleep, and clients may be refused for 2-4 ms instead of well under one; handoff is not affected",
+		"systemd: LimitRTPRIO=1 (or AmbientCapabilities=CAP_SYS_NICE) in the [Service] section; a shell: ulimit -r 1, up to the hard limit (limits.conf: USER - rtprio 1); docker: --ulimit rtprio=1 or --cap-add SYS_NICE")
+	return c
+}
+
+// runDirCheck checks the directory of takeover's port locks and generation
+// records: it must exist or be creatable, be writable, and be this user's.
+func runDirCheck(dir string, fromEnv bool, uid int) doctorCheck {
+	c := doctorCheck{Check: "run directory"}
+	name := dir
+	if fromEnv {
+		name += " (TAKEOVER_RUN_DIR)"
+	}
+	fix := fmt.Sprintf("create it for this user: mkdir -p %s && chown %d %s && chmod 700 %s; or set TAKEOVER_RUN_DIR to a directory this user owns (the same for every takeover of this user)", dir, uid, dir, dir)
+	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		parent := filepath.Dir(dir)
+		for parent != "/" {
+			if _, err := os.Stat(parent); err == nil {
+				break
+			}
+			parent = filepath.Dir(parent)
+		}
+		if err := unix.Faccessat(unix.AT_FDCWD, parent, unix.W_OK|unix.X_OK, unix.AT_EACCESS); err != nil {
+			c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("%s does not exist, and this user cannot create it: %s: %v", name, parent, err), []string{fix}
+			return c
+		}
+		c.Status, c.Detail = statusOK, fmt.Sprintf("%s does not exist yet; takeover will create it (mode 0700)", name)
+		return c
+	}
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("this user cannot reach %s: %v", name, err), []string{fix}
+		return c
+	case err != nil || !fi.IsDir():
+		if err == nil {
+			err = errors.New("not a directory")
+		}
+		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("%s: %v", name, err), []string{fix}
+		return c
+	}
+	// What takeover does there: create a lock file and lock it.
+	f, err := os.CreateTemp(dir, ".doctor-*.lock")
+	if err != nil {
+		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("cannot create a lock file in %s: %v", name, err), []string{fix}
+		return c
+	}
+	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	f.Close()
+	os.Remove(f.Name())
+	if err != nil {
+		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("cannot lock a file in %s (flock): %v", name, err), []string{"set TAKEOVER_RUN_DIR to a directory on a local file system"}
+		return c
+	}
+	owner := int(fi.Sys().(*syscall.Stat_t).Uid)
+	perm := fi.Mode().Perm()
+	var odd []string
+	if owner != uid {
+		odd = append(odd, fmt.Sprintf("owned by uid %d, not this user", owner))
+	}
+	if perm&0o022 != 0 {
+		odd = append(odd, fmt.Sprintf("mode %04o lets other users write in it", perm))
+	}
+	if len(odd) > 0 {
+		c.Status = statusWarn
+		c.Detail = fmt.Sprintf("%s is usable but %s: another user could plant port locks and generation records", name, strings.Join(odd, " and "))
+		c.Do = []string{fix}
+		return c
+	}
+	c.Status, c.Detail = statusOK, fmt.Sprintf("%s: this user's, mode %04o, lock files work", name, perm)
+	return c
+}
+
+func portsCheck(start int, capBind bool) doctorCheck {
+	c := doctorCheck{Status: statusOK, Check: "ports"}
+	switch {
+	case start <= 0:
+		c.Detail = "every user may bind every port (net.ipv4.ip_unprivileged_port_start=0)"
+	case capBind:
+		c.Detail = fmt.Sprintf("this user may bind every port (CAP_NET_BIND_SERVICE); without it, ports from %d up (net.ipv4.ip_unprivileged_port_start)", start)
+	default:
+		c.Detail = fmt.Sprintf("this user may bind ports %d and up (net.ipv4.ip_unprivileged_port_start=%d; no CAP_NET_BIND_SERVICE)", start, start)
+		c.Do = []string{
+			fmt.Sprintf("takeover binds for its server only what the server could bind itself: for a port below %d both need CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE); file capabilities (setcap) on the server do not work under takeover, which runs it with no_new_privs", start),
+		}
+	}
+	return c
+}
+
+// probeContext is what probeChecks needs to explain a failure.
+type probeContext struct {
+	seccompFilters int
+	yama           bool
+	scope          int
+	capPtrace      bool
+}
+
+// probeMem is what the doctor reads back from the probe's memory.
+var probeMem [32]byte
+
+// runDoctorProbe is the child `takeover doctor` examines. It prints where
+// probeMem is, then installs the bind filter on one thread and sends the
+// notification fd over fd 3, as the shim does, and binds a socket on that
+// thread, which the doctor answers. It prints what the socket's fd held
+// after the bind, and exits when its stdin closes.
+func runDoctorProbe() int {
+	copy(probeMem[:], "takeover doctor probe "+strconv.Itoa(os.Getpid()))
+	fmt.Printf("mem %#x\n", uintptr(unsafe.Pointer(&probeMem[0])))
+	unix.CloseOnExec(shimFD)
+	bound := make(chan string, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the filtered thread ends with this goroutine
+		bound <- probeBind()
+	}()
+	fmt.Println(<-bound)
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+func probeBind() string {
+	fd, err := installFilter()
+	if err != nil {
+		sendShimResult(-1, err.Error())
+		return "nofilter"
+	}
+	err = sendShimResult(fd, "")
+	unix.Close(fd)
+	if err != nil {
+		return "nofilter"
+	}
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "error " + err.Error()
+	}
+	defer unix.Close(s)
+	if err := unix.Bind(s, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return "error " + err.Error()
+	}
+	var st unix.Stat_t
+	unix.Fstat(s, &st)
+	return "bound " + strconv.FormatUint(st.Ino, 10)
+}
+
+// probeTimeout bounds the time given to the probe, which takes a few
+// milliseconds.
+const probeTimeout = 5 * time.Second
+
+// untilDeadline is what is left of d, at least a millisecond: a timeout of
+// zero means forever to SO_RCVTIMEO.
+func untilDeadline(d time.Time) time.Duration {
+	return max(time.Until(d), time.Millisecond)
+}
+
+// probeChecks starts the probe and does to it what a launcher does to its
+// server. The probe is killed and reaped before it returns.
+func probeChecks(pc probeContext) []doctorCheck {
+	fail := func(what string, err error) []doctorCheck {
+		return []doctorCheck{{Status: statusMissing, Check: "child process", Detail: fmt.Sprintf("%s: %v", what, err),
+			Do: []string{"takeover starts every server by re-executing itself (/proc/self/exe): what stops this child stops takeover too"}}}
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fail("socketpair", err)
+	}
+	sock, probeEnd := pair[0], os.NewFile(uintptr(pair[1]), "probe")
+	defer unix.Close(sock)
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		probeEnd.Close()
+		return fail("pipe", err)
+	}
+	defer inW.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		probeEnd.Close()
+		inR.Close()
+		return fail("pipe", err)
+	}
+	defer outR.Close()
+	var inStat unix.Stat_t // the probe's stdin, which pidfd_getfd copies
+	if conn, err := inR.SyscallConn(); err == nil {
+		conn.Control(func(fd uintptr) { unix.Fstat(int(fd), &inStat) })
+	}
+
+	var stderr bytes.Buffer
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = []string{doctorProbeArg0}
+	cmd.Env = append(os.Environ(), doctorProbeEnv+"=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, &stderr
+	cmd.ExtraFiles = []*os.File{probeEnd}
+	err = cmd.Start()
+	probeEnd.Close()
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		return fail("cannot start a child process (/proc/self/exe)", err)
+	}
+	// The probe would exit once its stdin closes (which is how it goes
+	// when the doctor dies first); killing it saves the time.
+	stop := sync.OnceFunc(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	defer stop()
+	pid := cmd.Process.Pid
+	deadline := time.Now().Add(probeTimeout)
+	outR.SetReadDeadline(deadline)
+	lines := bufio.NewReader(outR)
+	first, err := lines.ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(first), "mem ")
+	if err != nil || !ok {
+		stop() // before stderr is read: until then os/exec writes to it
+		return fail("the child process (takeover itself, in its probe mode) did not start", fmt.Errorf("%v %s", err, strings.TrimSpace(stderr.String())))
+	}
+
+	var checks []doctorCheck
+	tv := unix.NsecToTimeval(untilDeadline(deadline).Nanoseconds())
+	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	notifFD, err := recvShimResult(sock)
+	if err != nil {
+		checks = append(checks, listenerFailed(err))
+	} else {
+		checks = append(checks, answerProbe(notifFD, lines, deadline)...)
+		unix.Close(notifFD)
+	}
+	checks = append(checks, memCheck(pid, addr, pc))
+	checks = append(checks, pidfdChecks(pid, inStat.Ino, pc)...)
+	checks = append(checks, procCheck(pid, sock))
+	return checks
+}
+
+// listenerFailed explains why the probe could not install the bind filter.
+func listenerFailed(err error) doctorCheck {
+	c := doctorCheck{Status: statusMissing, Check: "seccomp listener", Detail: err.Error()}
+	switch msg := err.Error(); {
+	case strings.Contains(msg, "another seccomp listener"): // installFilter's EBUSY
+		if pid := os.Getenv(launcherEnv); pid != "" {
+			c.Detail = fmt.Sprintf("this process runs under takeover (%s=%s), whose seccomp listener is the one allowed: a takeover cannot run inside another takeover (EBUSY)", launcherEnv, pid)
+			c.Do = []string{"run takeover at the top: started by systemd, a deploy script or a shell, not by a server that runs under takeover"}
+		} else {
+			c.Detail = "a seccomp listener is already installed above this process, and the kernel allows one (EBUSY): a takeover inside a takeover, or a container runtime or sandbox that intercepts system calls with one (sysbox, LXD's syscall interception)"
+			c.Do = []string{"run takeover outside that runtime's interception, or in a container without it"}
+		}
+	case strings.Contains(msg, "NEW_LISTENER"):
+		c.Do = []string{"upgrade to Linux 5.9 or later, built with CONFIG_SECCOMP_FILTER"}
+	default:
+		c.Do = []string{"a seccomp profile or an LSM around takeover forbids seccomp(2) itself (Docker's default profile allows it): check the profile in use (docker run --security-opt seccomp=...) and the LSM's log"}
+	}
+	return c
+}
+
+// answerProbe answers the probe's bind as a launcher would answer its
+// server's: it reads the address from the probe's memory, installs a
+// socket of its own at the probe's fd and lets the bind go on, then reads
+// back which socket the probe bound.
+func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorCheck {
+	listener := doctorCheck{Status: statusMissing, Check: "seccomp listener",
+		Do: []string{"the kernel accepted the filter but the notification did not work as takeover uses it: run takeover doctor --json and report it, with uname -a"}}
+	fds := []unix.PollFd{{Fd: int32(notifFD), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, int(untilDeadline(deadline).Milliseconds()))
+	for err == unix.EINTR {
+		n, err = unix.Poll(fds, int(untilDeadline(deadline).Milliseconds()))
+	}
+	var notif seccompNotif
+	if err == nil && n == 1 && fds[0].Revents&unix.POLLIN != 0 {
+		err = notifRecv(notifFD, &notif)
+	} else if err == nil {
+		err = errors.New("no notification came")
+	}
+	if err != nil || notif.Nr != unix.SYS_BIND {
+		listener.Detail = fmt.Sprintf("installed in a child, but its bind(2) did not reach this process (nr %d): %v", notif.Nr, err)
+		return []doctorCheck{listener}
+	}
+	what := "its bind(2)"
+	if raw, err := readSockaddr(notifFD, &notif); err == nil {
+		if ap, _, ok := parseSockaddr(raw); ok && ap == netip.MustParseAddrPort("127.0.0.1:0") {
+			what += " of " + ap.String()
+		}
+	}
+
+	addfd := doctorCheck{Status: statusMissing, Check: "SECCOMP_IOCTL_NOTIF_ADDFD"}
+	var want uint64
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		var st unix.Stat_t
+		unix.Fstat(s, &st)
+		want = st.Ino
+		err = notifAddFD(notifFD, notif.ID, s, int(notif.Args[0]), true)
+		unix.Close(s)
+	}
+	resp := respContinue
+	resp.ID = notif.ID
+	sendErr := notifSend(notifFD, &resp)
+	second, rerr := lines.ReadString('\n')
+	second = strings.TrimSpace(second)
+	switch {
+	case sendErr != nil || rerr != nil:
+		listener.Detail = fmt.Sprintf("installed in a child and %s reached this process, but answering it failed: %v %v", what, sendErr, rerr)
+		return []doctorCheck{listener}
+	case !strings.HasPrefix(second, "bound "):
+		listener.Detail = fmt.Sprintf("installed in a child and %s reached this process, but the bind then failed: %s", what, second)
+		return []doctorCheck{listener}
+	}
+	listener.Status, listener.Do = statusOK, nil
+	listener.Detail = fmt.Sprintf("installed takeover's bind filter in a child; %s reached this process and was answered", what)
+	switch {
+	case err != nil:
+		addfd.Detail = fmt.Sprintf("cannot install a socket in the child: %v", err)
+		addfd.Do = []string{"takeover needs it to hand a listening socket to a new server; Linux 5.9 or later has it"}
+	case second != "bound "+strconv.FormatUint(want, 10):
+		addfd.Detail = fmt.Sprintf("installed a socket in the child, but the child bound another (%s, want inode %d)", second, want)
+		addfd.Do = []string{"takeover needs it to hand a listening socket to a new server: run takeover doctor --json and report it, with uname -a"}
+	default:
+		addfd.Status, addfd.Detail = statusOK, "installed a socket in the child at the fd it was binding, as a handoff does"
+	}
+	return []doctorCheck{listener, addfd}
+}
+
+// memCheck reads probeMem from the probe's memory, as takeover reads the
+// address a server passes to bind(2).
+func memCheck(pid int, addr string, pc probeContext) doctorCheck {
+	c := doctorCheck{Status: statusMissing, Check: "/proc/PID/mem"}
+	at, err := strconv.ParseUint(strings.TrimPrefix(addr, "0x"), 16, 64)
+	if err != nil {
+		c.Detail = fmt.Sprintf("the child printed no address (%q)", addr)
+		c.Do = []string{"the probe is takeover itself: is /proc/self/exe this takeover binary?"}
+		return c
+	}
+	want := "takeover doctor probe " + strconv.Itoa(pid)
+	got := make([]byte, len(want))
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/mem")
+	if err == nil {
+		_, err = f.ReadAt(got, int64(at))
+		f.Close()
+	}
+	switch {
+	case err != nil:
+		c.Detail = fmt.Sprintf("cannot read a child's memory: %v; takeover reads the address its server binds from there", err)
+		if pc.yama && pc.scope >= 2 {
+			c.Do = []string{"Yama forbids it: see the Yama line below"}
+		} else {
+			c.Do = []string{"an LSM (AppArmor, SELinux) or a hardened /proc forbids it: allow ptrace read access to takeover's own children, or give takeover CAP_SYS_PTRACE"}
+		}
+	case string(got) != want:
+		c.Detail = fmt.Sprintf("read %q from the child's memory, want %q", got, want)
+		c.Do = []string{"a hardened /proc may serve another process's memory wrong: run takeover doctor --json and report it, with uname -a"}
+	default:
+		c.Status, c.Detail = statusOK, "read a child's memory, as takeover reads the address its server binds"
+	}
+	return c
+}
+
+// pidfdChecks opens a pidfd of the probe and copies its stdin out of it,
+// as takeover copies its server's socket and an old server's.
+func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []doctorCheck {
+	open := doctorCheck{Status: statusMissing, Check: "pidfd_open"}
+	getfd := doctorCheck{Status: statusWarn, Check: "pidfd_getfd"}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		open.Detail = fmt.Sprintf("cannot open a pidfd of a child: %v; takeover signals and waits for old servers through pidfds", err)
+		open.Do = []string{"Linux 5.3 or later has it; a container's seccomp profile may forbid it: allow pidfd_open"}
+		getfd.Status, getfd.Detail = statusMissing, "not tried: pidfd_open failed"
+		getfd.Do = open.Do
+		return []doctorCheck{open, getfd}
+	}
+	defer unix.Close(pidfd)
+	open.Status, open.Detail = statusOK, "opened a pidfd of a child, as takeover holds the processes it stops"
+	fd, err := unix.PidfdGetfd(pidfd, 0, 0)
+	if err == nil {
+		var st unix.Stat_t
+		unix.Fstat(fd, &st)
+		unix.Close(fd)
+		if st.Ino != stdinIno {
+			getfd.Detail = fmt.Sprintf("copied an fd out of a child, but not the one it holds (inode %d, want %d)", st.Ino, stdinIno)
+			getfd.Do = []string{"run takeover doctor --json and report it, with uname -a"}
+			return []doctorCheck{open, getfd}
+		}
+		getfd.Status, getfd.Detail = statusOK, "copied an fd out of a child, as takeover copies sockets for bind and handoff"
+		return []doctorCheck{open, getfd}
+	}
+	fallback := "without it, takeover falls back to creating sockets itself and passing them between takeovers over unix sockets: handoff keeps working, but the socket options a server set on its own socket are not copied"
+	switch {
+	case errors.Is(err, unix.ENOSYS) && pc.seccompFilters == 0:
+		getfd.Status = statusMissing
+		getfd.Detail = "this kernel has no pidfd_getfd (ENOSYS)"
+		getfd.Do = []string{"upgrade to Linux 5.9 or later"}
+	case errors.Is(err, unix.EPERM) && pc.yama && pc.scope >= 2 && !(pc.scope == 2 && pc.capPtrace):
+		getfd.Detail = fmt.Sprintf("cannot copy an fd out of a child (%v): Yama's ptrace_scope is %d (see the Yama line below)", err, pc.scope)
+		getfd.Do = []string{fallback}
+	case pc.seccompFilters > 0:
+		getfd.Detail = fmt.Sprintf("cannot copy an fd out of a child (%v): a seccomp profile around takeover forbids pidfd_getfd, as the default profiles of Docker, containerd, podman and Kubernetes do unless the container has CAP_SYS_PTRACE", err)
+		getfd.Do = []string{
+			"docker run --cap-add SYS_PTRACE (podman: the same); Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]",
+			fallback,
+		}
+	default:
+		getfd.Detail = fmt.Sprintf("cannot copy an fd out of a child (%v): an LSM (AppArmor, SELinux) forbids ptrace access", err)
+		getfd.Do = []string{
+			"give takeover CAP_SYS_PTRACE (systemd: AmbientCapabilities=CAP_SYS_PTRACE; docker run --cap-add SYS_PTRACE), or allow ptrace of its own children in the LSM's policy",
+			fallback,
+		}
+	}
+	return []doctorCheck{open, getfd}
+}
+
+// procCheck reads what takeover reads in /proc about other processes: the
+// flags of an fd, and the system call each thread waits in, by which it
+// sees whether a server accepts.
+func procCheck(pid, ownFD int) doctorCheck {
+	c := doctorCheck{Status: statusMissing, Check: "/proc"}
+	if _, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(ownFD)); err != nil {
+		c.Detail = fmt.Sprintf("cannot read this process's fdinfo: %v", err)
+		c.Do = []string{"mount procfs at /proc (mount -t proc proc /proc)"}
+		return c
+	}
+	if _, err := fdCloexec(pid, 0); err != nil {
+		c.Detail = fmt.Sprintf("cannot read a child's /proc/PID/fdinfo: %v; a handoff copies fd flags from there", err)
+		c.Do = []string{"mount procfs at /proc without hidepid=, or with gid= of a group takeover's user is in"}
+		return c
+	}
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err == nil {
+		err = errors.New("no threads")
+		for _, t := range tasks {
+			if _, err = os.ReadFile(dir + "/" + t.Name() + "/syscall"); err == nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		c.Status = statusWarn
+		c.Detail = fmt.Sprintf("fdinfo is readable, but not a child's /proc/PID/task/TID/syscall: %v", err)
+		c.Do = []string{"it needs the same ptrace right as pidfd_getfd (see the Yama line); without it takeover cannot see whether a server accepts, and relies on its listen(2) alone"}
+		return c
+	}
+	c.Status, c.Detail = statusOK, "a child's fdinfo and task/TID/syscall are readable, as takeover reads them to see a server accept"
+	return c
+}

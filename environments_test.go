@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// An environment is a place takeover runs: as root, in a container whose
+// default seccomp profile refuses pidfd_getfd and the ptrace family (the
+// sandbox helper), as an unprivileged user with no capabilities, or both.
+type environment struct {
+	name      string
+	container bool
+	nobody    bool
+}
+
+var environments = []environment{
+	{name: "root"},
+	{name: "container", container: true},
+	{name: "nobody", nobody: true},
+	{name: "container-nobody", container: true, nobody: true},
+}
+
+// command returns argv run in the environment, with runDir as the run
+// directory.
+func (e environment) command(t *testing.T, runDir string, argv ...string) *exec.Cmd {
+	if e.nobody {
+		argv = append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "TAKEOVER_RUN_DIR="+runDir)
+	if e.container {
+		cmd = sandboxed(cmd)
+	}
+	return cmd
+}
+
+// runDirFor makes a run directory the environment's user owns.
+func (e environment) runDirFor(t *testing.T) string {
+	top, err := os.MkdirTemp("", "takeover-env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(top) })
+	os.Chmod(top, 0o755)
+	dir := filepath.Join(top, "run")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if e.nobody {
+		os.Chown(dir, 65534, 65534)
+	}
+	return dir
+}
+
+// TestEnvironments: in each environment, under load, a server not started
+// under takeover is replaced (by handoff where pidfd_getfd is allowed, by
+// rebind where it is not), then takeovers replace each other and reload on
+// HUP by handoff, the sockets passing between takeovers over their unix
+// sockets; every swap completes; no request fails after the first swap;
+// nothing is left behind.
+func TestEnvironments(t *testing.T) {
+	requireTool(t, "setpriv")
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run as nobody")
+	}
+	bin := takeoverBin(t)
+	for _, e := range environments {
+		t.Run(e.name, func(t *testing.T) {
+			dir := e.runDirFor(t)
+			port := freePort(t)
+			addr := "127.0.0.1:" + port
+			server := []string{bin, "demo-server", addr}
+			start := func() *tkRun {
+				return startRun(t, e.command(t, dir, append([]string{bin, "--port", port, "--"}, server...)...))
+			}
+
+			plain := e.command(t, dir, server...)
+			plainRun := startRun(t, plain)
+			waitServing(t, addr)
+			cur := start()
+			if code := plainRun.wait(t); code != 0 {
+				t.Fatalf("the plain server exited %d", code)
+			}
+			first := "strategy=handoff"
+			if e.container {
+				first = "strategy=rebind" // nothing but pidfd_getfd could copy its socket
+			}
+			cur.waitLog(t, first)
+			if e.container && !strings.Contains(cur.stderr.String(), "SYS_PTRACE") {
+				t.Errorf("the log does not say what to allow:\n%s", cur.stderr)
+			}
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			loaded := make(chan *loadResult, 1)
+			go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2}) }()
+			for i := 1; i <= 3; i++ {
+				next := start()
+				if code := cur.wait(t); code != 0 {
+					cancel()
+					t.Fatalf("swap %d: the old takeover exited %d:\n%s\nthe new one:\n%s", i, code, cur.stderr, next.stderr)
+				}
+				next.waitLog(t, "via=unix-socket")
+				cur = next
+			}
+			cur.cmd.Process.Signal(syscall.SIGHUP)
+			cur.waitLog(t, "via=own-copy")
+			cancel()
+			r := <-loaded
+			if r.Requests == 0 || r.failedRequests() != 0 {
+				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d)", r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts)
+			}
+			cur.cmd.Process.Signal(syscall.SIGTERM)
+			if code := cur.wait(t); code != 0 {
+				t.Errorf("the last takeover exited %d after TERM:\n%s", code, cur.stderr)
+			}
+			if ls := lookup(t, addr); len(ls) != 0 {
+				t.Errorf("after TERM the port is still held: %+v", ls)
+			}
+			if names := dirNames(t, dir); len(names) != 0 {
+				t.Errorf("the run directory keeps %v", names)
+			}
+		})
+	}
+}
