@@ -24,17 +24,24 @@ import (
 // through the shim, answers its binds, forwards signals, reaps, and exits
 // with the command's status.
 type launcher struct {
-	cfg   config
-	log   *slog.Logger
-	dir   string // runDir
-	self  int
-	start uint64 // this process's start time, for its generation records
+	cfg  config
+	log  *slog.Logger
+	dir  string // runDir
+	self int
+	born uint64 // this process's start time, for its generation records
 
 	madeOnce sync.Once // the warning that sockets are made, not copied
 
-	mu       sync.Mutex
-	replaced bool          // a newer takeover took the ports: exit 0 when the child is gone
-	gens     []*generation // those that may hold sockets, for newer takeovers
+	// Set by run for the lifecycle's supervisor methods.
+	ctx     context.Context
+	path    string
+	locks   []*os.File // the port locks, until the first swap completes
+	events  chan event
+	byPID   map[int]*generation // the generations whose exit is awaited
+	lastNum int
+
+	mu   sync.Mutex
+	gens []*generation // those that may hold sockets, for newer takeovers
 }
 
 // forwarded are the signals a launcher passes to its child; HUP is not
@@ -59,7 +66,7 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	st, _ := readStat("/proc", os.Getpid())
-	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), start: st.Start}
+	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start}
 	if cfg.PIDFile != "" {
 		if err := writeFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
 			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
@@ -106,165 +113,136 @@ func (l *launcher) run(path string) int {
 		releaseLocks(locks)
 		l.cleanRunDir()
 	}()
-	cur, err := l.startGeneration(ctx, path, 1, nil)
-	if err != nil {
+	l.ctx, l.path, l.locks = ctx, path, locks
+	l.events = make(chan event, 64)
+	l.byPID = make(map[int]*generation)
+	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
+	if err := m.begin(); err != nil {
 		l.log.Error("cannot start the command", "err", err)
 		return exitLauncher
 	}
+	locks = nil // the first swap releases them
 	exits := reap()
-	swapped := make(chan *generation, 4)
-	var next *generation // a reload under way
-	pendingHUP := false
-	stopping, stoppedStatus := false, -1 // a stop signal came; the serving generation's status
-	ready, timedOut := cur.ready, cur.timedOut
-	var delayed <-chan time.Time // a reload's --kill-old-delay
-	onReady := func() {
-		ready, timedOut = nil, nil
-		if next != nil {
-			// A reload: the running generation stays the one takeover
-			// lives for until the new one has outlived --kill-old-delay.
-			delayed = time.After(next.oldStopDelay())
-			return
-		}
-		go func(g *generation, locks []*os.File) {
-			l.completeSwap(ctx, g, locks, g.oldStopDelay())
-			swapped <- g
-		}(cur, locks)
-		locks = nil // the first swap releases them
-	}
-
-	startReload := func() {
-		l.notify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
-		p, code, err := resolveCommand(l.cfg.Command[0]) // a new binary on disk is picked up
-		if err == nil {
-			next, err = l.startGeneration(ctx, p, cur.num+1, cur)
-		} else {
-			err = fmt.Errorf("%w (exit status %d)", err, code)
-		}
-		if err != nil {
-			l.log.Error("reload failed; the running generation keeps serving", "err", err)
-			l.notify("READY=1")
-			next = nil
-			return
-		}
-		ready, timedOut = next.ready, next.timedOut
-	}
 	for {
+		var ev event
 		select {
 		case sig := <-sigs:
-			switch {
-			case sig == unix.SIGHUP && (next != nil || ready != nil || delayed != nil):
-				pendingHUP = true // one swap at a time; this reload runs after
-			case sig == unix.SIGHUP:
-				startReload()
-			default:
-				l.forward(cur, sig.(syscall.Signal))
-				stopping = stopping || isStopSignal(sig)
-				if next != nil && sig != unix.SIGWINCH {
-					// A stop during a reload stops the generation being
-					// started too: nothing may outlive takeover.
-					syscall.Kill(next.pid, sig.(syscall.Signal))
-				}
-			}
-		case <-ready:
-			onReady()
-		case <-timedOut:
-			g := cur
-			if next != nil {
-				g = next
-			}
-			if !g.rollbackable() {
-				l.log.Warn("the new generation was not ready within --ready-timeout, but its rebind has stopped the old server already: it stays, and the swap completes",
-					"generation", g.num, "pid", g.pid, "it", g.missingNow(), "ready_timeout", l.cfg.readyTimeout())
-				g.setReadyBy("timeout")
-				onReady()
-				continue
-			}
-			ready, timedOut = nil, nil
-			l.rollBack(g)
-		case <-delayed:
-			delayed = nil
-			if next != nil { // else it took the old one's place already
-				cur, next = next, nil
-			}
-			g := cur
-			go func() {
-				l.completeSwap(ctx, g, nil, 0)
-				swapped <- g
-			}()
-		case <-swapped:
-			if pendingHUP && next == nil {
-				pendingHUP = false
-				startReload()
-			}
+			ev = l.signalEvent(sig.(syscall.Signal))
 		case e := <-exits:
-			switch {
-			case next != nil && e.pid == next.pid && stoppedStatus >= 0:
-				next.ended()
-				next.releaseSwaps()
-				return stoppedStatus
-			case next != nil && e.pid == next.pid:
-				next.ended()
-				next.releaseSwaps()
-				if !next.isRolledBack() {
-					when := "before it was ready"
-					if delayed != nil {
-						when = "during --kill-old-delay"
-					}
-					l.log.Error("reload failed: the new generation exited "+when+"; the running one keeps serving",
-						"generation", next.num, "pid", next.pid, "status", exitStatus(e.status))
-				}
-				l.notify("READY=1")
-				// The serving generation's swap completed long ago: ready
-				// stays nil, or it would complete a second time.
-				next, ready, timedOut, delayed = nil, nil, nil, nil
-				if pendingHUP {
-					pendingHUP = false
-					startReload()
-				}
-			case e.pid == cur.pid && next != nil && stopping:
-				// Stopped during a reload: takeover exits with the serving
-				// generation's status once the one being started is gone.
-				cur.ended()
-				stoppedStatus = exitStatus(e.status)
-				if l.isReplaced() {
-					stoppedStatus = 0
-				}
-			case e.pid == cur.pid && next != nil:
-				// The running generation ended during a reload: a rebind
-				// stops it as soon as the new one binds, before that one
-				// listens. The new one takes its place; its swap completes
-				// as usual, on ready (and then delayed).
-				cur.ended()
-				l.log.Debug("the running generation exited during a reload", "generation", cur.num, "pid", cur.pid, "status", exitStatus(e.status))
-				cur, next = next, nil
-			case e.pid == cur.pid:
-				cur.ended()
-				if l.isReplaced() {
-					l.log.Debug("replaced by a newer takeover; exiting", "child_status", exitStatus(e.status))
-					return 0
-				}
-				code := exitStatus(e.status)
-				if cur.isRolledBack() {
-					return exitNotReady
-				}
-				select {
-				case <-cur.ready:
-					l.log.Info("command exited", "pid", cur.pid, "status", code)
-				default:
-					l.log.Warn("command exited before it was ready on every --port; no earlier instance was stopped for it", "pid", cur.pid, "status", code)
-				}
-				if left := l.leftRunning(); len(left) > 0 {
-					// Not killed: they may be someone's on purpose. But
-					// their bind(2) and listen(2) fail once takeover is gone.
-					l.log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
-						"pids", fmt.Sprint(left))
-				}
-				return code
+			g := l.byPID[e.pid]
+			if g == nil {
+				continue // a re-parented orphan, reaped
 			}
-			// else: an old generation or a re-parented orphan, reaped.
+			delete(l.byPID, e.pid)
+			g.markExited()
+			ev = event{kind: evExited, g: g, status: e.status}
+		case ev = <-l.events:
+		}
+		l.log.Debug("event", "event", ev.kind, "state", m.state)
+		code, done := m.handle(ev)
+		if !done {
+			continue
+		}
+		if ev.kind == evExited && m.state != replaced {
+			if left := l.leftRunning(); len(left) > 0 {
+				// Not killed: they may be someone's on purpose. But their
+				// bind(2) and listen(2) fail once takeover is gone.
+				l.log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
+					"pids", fmt.Sprint(left))
+			}
+		}
+		return code
+	}
+}
+
+// signalEvent names what a signal to takeover means. Any signal but HUP
+// and WINCH that comes while a newer takeover has recorded itself for one
+// of the ports is that takeover's stop signal: takeover has been replaced.
+func (l *launcher) signalEvent(sig syscall.Signal) event {
+	switch {
+	case sig == unix.SIGHUP:
+		return event{kind: evHUP, sig: sig}
+	case sig != unix.SIGWINCH && l.newerTakeover():
+		return event{kind: evReplaced, sig: sig}
+	case isStopSignal(sig):
+		return event{kind: evStop, sig: sig}
+	}
+	return event{kind: evSignal, sig: sig}
+}
+
+// The launcher is the lifecycle's supervisor.
+
+func (l *launcher) start(prev *generation) (*generation, error) {
+	path := l.path
+	if prev != nil {
+		p, code, err := resolveCommand(l.cfg.Command[0]) // a new binary on disk is picked up
+		if err != nil {
+			return nil, fmt.Errorf("%w (exit status %d)", err, code)
+		}
+		path = p
+	}
+	l.lastNum++
+	g, err := l.startGeneration(l.ctx, path, l.lastNum, prev)
+	if err != nil {
+		return nil, err
+	}
+	l.byPID[g.pid] = g
+	go func() {
+		select {
+		case <-g.ready:
+			l.events <- event{kind: evReady, g: g}
+		case <-g.timedOut:
+			l.events <- event{kind: evTimedOut, g: g}
+		case <-g.exited:
+		}
+	}()
+	return g, nil
+}
+
+func (l *launcher) signal(g *generation, sig syscall.Signal) { g.signal(sig) }
+
+func (l *launcher) stop(g *generation, sig syscall.Signal) {
+	if sig == 0 {
+		sig = l.cfg.signal()
+	}
+	g.signal(sig)
+	time.AfterFunc(l.cfg.killTimeout(), func() { g.signal(unix.SIGKILL) })
+}
+
+func (l *launcher) completeSwap(g *generation, unlock bool) {
+	var locks []*os.File
+	if unlock {
+		locks, l.locks = l.locks, nil
+	}
+	go func() {
+		l.swap(l.ctx, g, locks)
+		l.events <- event{kind: evSwapped, g: g}
+	}()
+}
+
+func (l *launcher) release(g *generation) {
+	g.closeCopies()
+	g.releaseSwaps()
+}
+
+func (l *launcher) after(d time.Duration, ev event) {
+	time.AfterFunc(d, func() { l.events <- ev })
+}
+
+// queued returns the length of the accept queues of g's sockets, as
+// sock_diag reports it.
+func (l *launcher) queued(g *generation) int {
+	socks, err := diagListeners()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, s := range socks {
+		if g.heldByInode(s.Inode) != nil {
+			n += int(s.Queued)
 		}
 	}
+	return n
 }
 
 // isStopSignal reports whether sig asks takeover to stop, not to reload
@@ -292,7 +270,7 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 	var last lockOwner
 	done := make(chan result, 1)
 	go func() {
-		files, err := lockPorts(ctx, l.dir, l.ports(), lockOwner{PID: l.self, Start: l.start}, func(port uint16, owner lockOwner, waited time.Duration) {
+		files, err := lockPorts(ctx, l.dir, l.ports(), lockOwner{PID: l.self, Start: l.born}, func(port uint16, owner lockOwner, waited time.Duration) {
 			last = owner
 			l.log.Info("waiting for another takeover of this port to finish its swap",
 				"port", port, "takeover_pid", owner.PID, "its_command", commandLine(owner.PID), "waited", waited, "lock_timeout", limit)
@@ -320,32 +298,11 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 
 var errLockTimeout = errors.New("lock timeout")
 
-// forward passes a signal to the generation's command. A stop signal that
-// comes from a newer takeover (its record names it for one of our ports)
-// first closes takeover's copies of the sockets, so the port can free, and
-// arms the SIGKILL after --kill-timeout.
-func (l *launcher) forward(g *generation, sig syscall.Signal) {
-	if sig != unix.SIGWINCH && !l.isReplaced() && l.newerTakeover() {
-		l.mu.Lock()
-		l.replaced = true
-		l.mu.Unlock()
-		g.closeCopies()
-		time.AfterFunc(l.cfg.killTimeout(), func() { syscall.Kill(g.pid, unix.SIGKILL) })
-	}
-	syscall.Kill(g.pid, sig)
-}
-
 // notify tells systemd, when takeover runs under it, what it is doing.
 func (l *launcher) notify(state string) {
 	if _, err := sdNotify(state); err != nil {
 		l.log.Warn("cannot notify systemd", "state", state, "err", err)
 	}
-}
-
-func (l *launcher) isReplaced() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.replaced
 }
 
 // newerTakeover reports whether another live takeover has recorded itself
@@ -395,8 +352,12 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		syscall.Wait4(pid, &ws, 0, nil)
 		return nil, err
 	}
+	pidfd, err := unix.PidfdOpen(pid, 0) // our unreaped child: the pid is its own
+	if err != nil {
+		pidfd = -1
+	}
 	g := &generation{
-		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev,
+		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
 		ready:    make(chan struct{}),
 		timedOut: make(chan struct{}),
 		exited:   make(chan struct{}),
@@ -448,19 +409,18 @@ func commandLine(pid int) string {
 	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
 }
 
-// completeSwap runs once a generation listens on every target: it records
-// the generation, tells systemd, logs the swap, stops the generation it
-// replaced (after delay, --kill-old-delay, and only while the new one still
-// runs), waits for that to exit and releases the port locks. A reload has
-// waited out --kill-old-delay before: its delay is 0.
-func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.File, delay time.Duration) {
+// swap completes a generation's swap once it is ready (and has outlived
+// --kill-old-delay): it records the generation, tells systemd, logs the
+// swap, stops the generation it replaced (only while the new one still
+// runs), waits for that to exit and releases the port locks.
+func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	defer releaseLocks(locks)
 	g.mu.Lock()
 	swaps := append([]*swap(nil), g.swaps...)
 	g.mu.Unlock()
 
 	for _, port := range l.ports() {
-		if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.start, Child: g.pid}); err != nil {
+		if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid}); err != nil {
 			l.log.Warn("cannot record the generation", "port", port, "err", err)
 		}
 	}
@@ -473,20 +433,14 @@ func (l *launcher) completeSwap(ctx context.Context, g *generation, locks []*os.
 			stop = append(stop, sw)
 		}
 	}
-	if delay > 0 {
-		select {
-		case <-time.After(delay):
-		case <-g.exited:
-		}
-	}
 	select {
 	case <-g.exited:
-		l.log.Warn("the new generation exited during --kill-old-delay; the old one was not stopped", "generation", g.num)
+		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
 		g.releaseSwaps()
 		return
 	default:
 	}
-	l.notify("READY=1\nMAINPID=" + strconv.Itoa(l.self))
+	l.notify(fmt.Sprintf("READY=1\nSTATUS=serving: generation %d, pid %d\nMAINPID=%d", g.num, g.pid, l.self))
 	if g.prev != nil {
 		g.prev.closeCopies() // takeover's own copies must not hold a port it rebinds
 	}
@@ -588,18 +542,69 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 	}
 }
 
-// oldStopDelay is how long the old server is left running once g is ready:
-// --kill-old-delay, unless every swap was a rebind, which stopped the old
-// server at the bind already.
-func (g *generation) oldStopDelay() time.Duration {
+// handedOverFromRunning reports whether g took a socket over from a server
+// that still runs: one a rebind has not stopped already.
+func (g *generation) handedOverFromRunning() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, sw := range g.swaps {
 		if sw.Strategy == "handoff" && len(sw.oldProcs) > 0 {
-			return g.l.cfg.KillOldDelay
+			return true
 		}
 	}
-	return 0
+	return false
+}
+
+// signal sends sig to the generation's command through its pidfd: once the
+// command has exited and been reaped, to nothing, never to a process that
+// reuses its pid.
+func (g *generation) signal(sig syscall.Signal) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.pidfd < 0 {
+		return
+	}
+	if g.sent == nil {
+		g.sent = make(map[syscall.Signal]bool)
+	}
+	g.sent[sig] = true
+	unix.PidfdSendSignal(g.pidfd, sig, nil, 0)
+}
+
+// wasSentSignal reports whether takeover sent sig to the command.
+func (g *generation) wasSentSignal(sig syscall.Signal) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sent[sig]
+}
+
+// markExited records that the command has exited and been reaped.
+func (g *generation) markExited() {
+	g.mu.Lock()
+	if g.pidfd >= 0 {
+		unix.Close(g.pidfd)
+		g.pidfd = -1
+	}
+	g.mu.Unlock()
+	close(g.exited)
+}
+
+func (g *generation) hasExited() bool {
+	select {
+	case <-g.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// upFor is how long the command has run.
+func (g *generation) upFor(now time.Time) time.Duration { return now.Sub(g.started) }
+
+func (g *generation) markRolledBack() {
+	g.mu.Lock()
+	g.rolledBack = true
+	g.mu.Unlock()
 }
 
 func (g *generation) setReadyBy(by string) {
@@ -631,27 +636,6 @@ func (g *generation) isRolledBack() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.rolledBack
-}
-
-// rollBack stops a generation that was not ready in time and has stopped
-// no earlier server: they keep serving. It is asked to stop with --signal,
-// and killed after --kill-timeout.
-func (l *launcher) rollBack(g *generation) {
-	g.mu.Lock()
-	g.rolledBack = true
-	g.mu.Unlock()
-	l.log.Error("rolling back: the new generation was not ready within --ready-timeout; stopping it, and the running server keeps serving",
-		"generation", g.num, "pid", g.pid, "it", g.missingNow(), "ready_timeout", l.cfg.readyTimeout(),
-		"hint", "raise --ready-timeout if it needs longer to start; pass --ready listen if it accepts in a way takeover cannot see")
-	g.closeCopies()
-	syscall.Kill(g.pid, l.cfg.signal())
-	time.AfterFunc(l.cfg.killTimeout(), func() {
-		select {
-		case <-g.exited:
-		default:
-			syscall.Kill(g.pid, unix.SIGKILL) // still our unreaped child: the pid is its own
-		}
-	})
 }
 
 // leftRunning returns the processes the command left behind, once those

@@ -19,19 +19,22 @@ import (
 // A config is what one takeover is asked to do. Zero values mean the
 // documented defaults.
 type config struct {
-	Ports        specList
-	Signal       unix.Signal   // to stop the old server; SIGTERM
-	KillTimeout  time.Duration // from the stop signal to SIGKILL; 10s
-	BindTimeout  time.Duration // from the command's bind to giving up; 15s, or --kill-timeout + 5s if longer
-	Force        bool          // replace a holder that is not an earlier instance
-	Strategy     string        // auto, handoff or rebind; auto
-	KillOldDelay time.Duration // between the new server's readiness and the old one's stop
-	Ready        string        // accept or listen: what makes a generation ready; accept
-	ReadyTimeout time.Duration // from a generation's start to ready, else rolled back; 60s, or --bind-timeout + 30s if longer
-	LockTimeout  time.Duration // how long to wait for another takeover of the port; see lockTimeout
-	PIDFile      string
-	StatusFile   string
-	Command      []string
+	Ports         specList
+	Signal        unix.Signal   // to stop the old server; SIGTERM
+	KillTimeout   time.Duration // from the stop signal to SIGKILL; 10s
+	BindTimeout   time.Duration // from the command's bind to giving up; 15s, or --kill-timeout + 5s if longer
+	Force         bool          // replace a holder that is not an earlier instance
+	Strategy      string        // auto, handoff or rebind; auto
+	KillOldDelay  time.Duration // between the new server's readiness and the old one's stop
+	Ready         string        // accept or listen: what makes a generation ready; accept
+	ReadyTimeout  time.Duration // from a generation's start to ready, else rolled back; 60s, or --bind-timeout + 30s if longer
+	LockTimeout   time.Duration // how long to wait for another takeover of the port; see lockTimeout
+	Restart       string        // on-failure, always or never; on-failure
+	MaxRestarts   int           // restarts within RestartWindow before giving up; 5
+	RestartWindow time.Duration // 60s
+	PIDFile       string
+	StatusFile    string
+	Command       []string
 }
 
 const (
@@ -85,6 +88,25 @@ func (c config) lockTimeout() time.Duration {
 	return c.LockTimeout
 }
 
+const (
+	defaultMaxRestarts   = 5
+	defaultRestartWindow = time.Minute
+)
+
+func (c config) restartPolicy() restartPolicy {
+	p := restartPolicy{Mode: c.Restart, Max: c.MaxRestarts, Window: c.RestartWindow}
+	if p.Mode == "" {
+		p.Mode = "on-failure"
+	}
+	if p.Max == 0 {
+		p.Max = defaultMaxRestarts
+	}
+	if p.Window == 0 {
+		p.Window = defaultRestartWindow
+	}
+	return p
+}
+
 func (c config) signal() unix.Signal {
 	if c.Signal == 0 {
 		return unix.SIGTERM
@@ -133,6 +155,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.KillOldDelay, "kill-old-delay", 0, "wait this long after the new server is ready before stopping the old one")
 	fs.StringVar(&c.Ready, "ready", readyAccept, "what makes the new server ready: accept (a process of it waits for connections on every --port) or listen (it listens)")
 	fs.DurationVar(&c.ReadyTimeout, "ready-timeout", 0, "roll the new server back if it is not ready this long after it starts (default 60s, or --bind-timeout + 30s if longer)")
+	fs.StringVar(&c.Restart, "restart", "on-failure", "restart the command when it dies after it has served: on-failure (a non-zero exit, or a signal takeover did not send), always, or never; its sockets stay open meanwhile")
+	fs.IntVar(&c.MaxRestarts, "max-restarts", defaultMaxRestarts, "give up after this many restarts within --restart-window (1 to 1000)")
+	fs.DurationVar(&c.RestartWindow, "restart-window", defaultRestartWindow, "the window --max-restarts counts in")
 	fs.DurationVar(&c.LockTimeout, "lock-timeout", 0, "give up waiting for another takeover of the port after this long (default --ready-timeout + --kill-old-delay + --kill-timeout + 10s)")
 	fs.StringVar(&c.PIDFile, "pid-file", "", "write takeover's pid to this file")
 	fs.StringVar(&c.StatusFile, "status-file", "", "write the generation, child pid, ports and last swap here (JSON, atomically)")
@@ -173,6 +198,17 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	case readyAccept, readyListen:
 	default:
 		return c, fmt.Errorf("--ready %q: want accept or listen", c.Ready)
+	}
+	switch c.Restart {
+	case "on-failure", "always", "never":
+	default:
+		return c, fmt.Errorf("--restart %q: want on-failure, always or never", c.Restart)
+	}
+	if c.MaxRestarts < 1 || c.MaxRestarts > 1000 {
+		return c, fmt.Errorf("--max-restarts %d: want 1 to 1000", c.MaxRestarts)
+	}
+	if c.RestartWindow <= 0 {
+		return c, fmt.Errorf("--restart-window %v: must be more than 0", c.RestartWindow)
 	}
 	switch c.Strategy {
 	case "auto", "handoff", "rebind":

@@ -20,6 +20,9 @@ type socket struct {
 	Inode uint64
 	Addr  netip.AddrPort
 	UID   uint32 // the owner of the socket's inode: the user who created it
+	// Queued is the accept queue's length: connections waiting for the
+	// server to accept them (sock_diag only).
+	Queued uint32
 }
 
 const tcpListen = 0x0A // TCP_LISTEN in the st column of /proc/net/tcp

@@ -99,8 +99,9 @@ func parseDiagMsg(m []byte) (socket, bool) {
 	}
 	ne := binary.NativeEndian
 	return socket{
-		Addr:  netip.AddrPortFrom(addr, port),
-		UID:   ne.Uint32(m[64:]),
-		Inode: uint64(ne.Uint32(m[68:])),
+		Addr:   netip.AddrPortFrom(addr, port),
+		Queued: ne.Uint32(m[56:]), // idiag_rqueue: a listener's accept queue
+		UID:    ne.Uint32(m[64:]),
+		Inode:  uint64(ne.Uint32(m[68:])),
 	}, true
 }

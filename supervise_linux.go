@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,7 +22,9 @@ type generation struct {
 	num      int
 	pid      int
 	notifFD  int
-	prev     *generation   // the generation a reload replaces
+	pidfd    int // the command's, until it is reaped; -1 after
+	started  time.Time
+	prev     *generation   // the generation a reload replaces, or whose sockets a restart takes
 	ready    chan struct{} // closed once the command accepts on every --port
 	timedOut chan struct{} // closed if it is not ready within --ready-timeout
 	exited   chan struct{} // closed once the command has exited
@@ -33,8 +36,9 @@ type generation struct {
 	done       bool   // the generation is being stopped: its copies are closed
 	readyBy    string // how readiness was seen: epoll, accept, poll, select, listen
 	readyAt    time.Time
-	missing    string // at the timeout: what it had not done
-	rolledBack bool   // stopped for not being ready in time
+	missing    string                  // at the timeout: what it had not done
+	rolledBack bool                    // stopped for not being ready in time
+	sent       map[syscall.Signal]bool // the signals takeover sent the command
 }
 
 // releaseSwaps lets go of the old processes of swaps that will not be
@@ -52,13 +56,6 @@ func (sw *swap) releaseOld() {
 	closeAll(sw.oldProcs)
 	closeAll(sw.holders)
 	sw.oldProcs, sw.holders = nil, nil
-}
-
-// ended marks the generation's command as exited and closes takeover's
-// copies of its sockets.
-func (g *generation) ended() {
-	close(g.exited)
-	g.closeCopies()
 }
 
 // sockKey names a socket in the command: its process and fd, and the inode

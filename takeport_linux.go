@@ -91,7 +91,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	}
 	// Name this takeover as the port's launcher before the old one is
 	// signalled: that is how it knows it was replaced, not stopped.
-	if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.start}); err != nil {
+	if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.born}); err != nil {
 		return l.settled(sw, -1, fmt.Errorf("record the generation of port %d: %w", port, err))
 	}
 	if err := l.rebind(ctx, c, sw); err != nil {
@@ -108,8 +108,12 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim, sw *swap, old *heldSock) (*swap, int, error) {
 	prev := g.prev
 	sw.Old = []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}
-	sw.OldCmd = commandLine(prev.pid)
-	sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
+	if !prev.hasExited() {
+		// (A restart's prev has died and been reaped: its pid may be
+		// another process's by now, never to be opened.)
+		sw.OldCmd = commandLine(prev.pid)
+		sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
+	}
 	sw.inodes = []uint64{old.inode}
 	sw.Via = "own-copy"
 	if l.cfg.Strategy != "rebind" {

@@ -1,0 +1,424 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"syscall"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// A launcher's life is a state machine: named states, named events, and
+// every transition in lifecycle.handle. The lifecycle decides; a
+// supervisor (the launcher, or a test's fake) carries its decisions out and
+// turns what happens (signals, a generation ready or exited, timers) into
+// events.
+
+type lifeState int
+
+const (
+	starting   lifeState = iota // the first generation starts (the port locks are held)
+	serving                     // a generation serves
+	reloading                   // a generation serves while the next one starts (HUP)
+	backingOff                  // the serving generation died: the sockets are held, a restart waits
+	restarting                  // the next generation starts after a crash, the sockets held
+	stopping                    // a stop signal was passed on: waiting for the command
+	replaced                    // a newer takeover took the ports: waiting for the command, then exit 0
+)
+
+func (s lifeState) String() string {
+	return [...]string{"starting", "serving", "reloading", "backing-off", "restarting", "stopping", "replaced"}[s]
+}
+
+type lifeEvent int
+
+const (
+	evStop        lifeEvent = iota // TERM, INT or QUIT to takeover
+	evReplaced                     // a stop signal sent by a newer takeover of the ports
+	evHUP                          // reload
+	evSignal                       // any other signal: passed on to the command
+	evReady                        // g is ready
+	evTimedOut                     // g was not ready within --ready-timeout
+	evExited                       // g's command exited
+	evDelayDone                    // a reload's --kill-old-delay is over
+	evSwapped                      // a swap completed: its old generation is gone
+	evBackoffDone                  // the back-off before a restart is over
+)
+
+func (e lifeEvent) String() string {
+	return [...]string{"stop", "replaced", "hup", "signal", "ready", "timed-out", "exited", "delay-done", "swapped", "backoff-done"}[e]
+}
+
+// An event is something that happened to the launcher.
+type event struct {
+	kind   lifeEvent
+	g      *generation
+	sig    syscall.Signal
+	status syscall.WaitStatus // evExited
+	seq    int                // evBackoffDone: which back-off
+}
+
+// A supervisor carries out the lifecycle's decisions.
+type supervisor interface {
+	// start starts a generation of the command; prev is the one it
+	// replaces (a reload) or whose held sockets it takes (a restart).
+	start(prev *generation) (*generation, error)
+	// signal passes sig to g's command.
+	signal(g *generation, sig syscall.Signal)
+	// stop signals g's command (0: with --signal) and SIGKILLs it after
+	// --kill-timeout.
+	stop(g *generation, sig syscall.Signal)
+	// completeSwap records g, tells systemd, stops what g replaced and, with
+	// unlock, releases the port locks; it reports evSwapped when done.
+	completeSwap(g *generation, unlock bool)
+	// release closes takeover's copies of g's sockets and lets go of what
+	// its swaps held.
+	release(g *generation)
+	// after reports ev once d has passed.
+	after(d time.Duration, ev event)
+	// notify tells systemd, when takeover runs under it.
+	notify(state string)
+	// queued returns how many connections wait in g's accept queues.
+	queued(g *generation) int
+}
+
+// restartPolicy is --restart, --max-restarts and --restart-window.
+type restartPolicy struct {
+	Mode   string // on-failure, always or never
+	Max    int
+	Window time.Duration
+}
+
+const (
+	restartFirst    = 100 * time.Millisecond // pm2's exp_backoff_restart_delay
+	restartMax      = 15 * time.Second
+	restartStableUp = 30 * time.Second // up this long, a generation resets the back-off
+)
+
+// A lifecycle is the state of one launcher.
+type lifecycle struct {
+	sup          supervisor
+	log          *slog.Logger
+	policy       restartPolicy
+	killOldDelay time.Duration
+	now          func() time.Time
+
+	state      lifeState
+	cur        *generation // the one serving, or the one starting
+	next       *generation // a reload's, while it starts
+	dead       *generation // a crashed one, whose sockets are held
+	locked     bool        // the port locks are held until the first swap completes
+	swapping   bool        // a swap is completing
+	pendingHUP bool        // a HUP waits for the swap under way
+	nextReady  bool        // the reload's generation is ready: it waits out --kill-old-delay
+	status     int         // the exit status once the command is gone
+	restarts   []time.Time // within --restart-window
+	backoff    *backoff.ExponentialBackOff
+	seq        int // the current back-off's number
+	crash      crashInfo
+}
+
+// crashInfo is what the restart log line says of the generation that died.
+type crashInfo struct {
+	pid, status, attempt int
+	delay                time.Duration
+	at                   time.Time
+}
+
+func newLifecycle(sup supervisor, log *slog.Logger, policy restartPolicy, killOldDelay time.Duration) *lifecycle {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.Multiplier, b.RandomizationFactor = restartFirst, 1.5, 0
+	b.MaxInterval, b.MaxElapsedTime = restartMax, 0
+	b.Reset()
+	return &lifecycle{sup: sup, log: log, policy: policy, killOldDelay: killOldDelay, now: time.Now, backoff: b, status: -1}
+}
+
+// begin starts the first generation.
+func (m *lifecycle) begin() error {
+	g, err := m.sup.start(nil)
+	if err != nil {
+		return err
+	}
+	m.cur, m.state, m.locked = g, starting, true
+	return nil
+}
+
+// handle moves the lifecycle on by one event. done says takeover exits
+// now, with status code.
+func (m *lifecycle) handle(ev event) (code int, done bool) {
+	switch ev.kind {
+	case evHUP:
+		m.onHUP()
+	case evSignal:
+		if m.cur != nil && m.state != backingOff {
+			m.sup.signal(m.cur, ev.sig)
+		}
+	case evStop, evReplaced:
+		return m.onStop(ev)
+	case evReady:
+		m.onReady(ev.g)
+	case evTimedOut:
+		m.onTimedOut(ev.g)
+	case evDelayDone:
+		if ev.g == m.next && m.state == reloading {
+			m.cur, m.next = m.next, nil
+			m.completeSwap(m.cur)
+		} else if ev.g == m.cur && m.state == starting {
+			m.completeSwap(m.cur)
+		}
+	case evSwapped:
+		m.swapping = false
+		if m.state == serving && m.pendingHUP {
+			m.pendingHUP = false
+			m.startReload()
+		}
+	case evBackoffDone:
+		if m.state == backingOff && ev.seq == m.seq {
+			return m.startRestart()
+		}
+	case evExited:
+		return m.onExited(ev.g, ev.status)
+	}
+	return 0, false
+}
+
+func (m *lifecycle) onHUP() {
+	switch m.state {
+	case serving:
+		if m.swapping {
+			m.pendingHUP = true // one swap at a time
+			return
+		}
+		m.startReload()
+	case starting, reloading, restarting:
+		m.pendingHUP = true
+	case backingOff:
+		m.log.Info("HUP during the back-off: restarting now")
+		m.startRestart()
+	}
+}
+
+func (m *lifecycle) startReload() {
+	m.sup.notify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
+	g, err := m.sup.start(m.cur)
+	if err != nil {
+		m.log.Error("reload failed; the running generation keeps serving", "err", err)
+		m.sup.notify("READY=1")
+		return
+	}
+	m.next, m.state, m.nextReady = g, reloading, false
+}
+
+func (m *lifecycle) onStop(ev event) (int, bool) {
+	if m.state == backingOff {
+		// Nothing runs: end now. The held sockets close with takeover.
+		m.sup.release(m.dead)
+		if ev.kind == evReplaced {
+			m.log.Info("replaced by a newer takeover during a back-off")
+			return 0, true
+		}
+		m.log.Info("stopped during a back-off", "status", m.crash.status)
+		return m.crash.status, true
+	}
+	if ev.kind == evReplaced {
+		// The newer takeover holds the sockets now: takeover's copies must
+		// not keep the port once the command lets go of it.
+		m.state = replaced
+		if m.dead != nil {
+			m.sup.release(m.dead)
+		}
+		if m.cur != nil {
+			m.sup.release(m.cur)
+			m.sup.stop(m.cur, ev.sig)
+		}
+	} else {
+		if m.state != replaced {
+			m.state = stopping
+		}
+		if m.cur != nil {
+			m.sup.signal(m.cur, ev.sig)
+		}
+	}
+	if m.next != nil {
+		// A stop during a reload stops the generation being started too:
+		// nothing may outlive takeover.
+		m.sup.signal(m.next, ev.sig)
+	}
+	return 0, false
+}
+
+func (m *lifecycle) onReady(g *generation) {
+	switch {
+	case g == m.cur && (m.state == starting || m.state == restarting):
+		if m.state == restarting {
+			m.log.Info("restarted", "dead_pid", m.crash.pid, "dead_status", m.crash.status, "attempt", m.crash.attempt,
+				"backoff", m.crash.delay, "new_pid", g.pid, "ready_after", m.now().Sub(m.crash.at).Round(time.Millisecond), "queued", m.sup.queued(g))
+		}
+		if d := m.oldStopDelay(g); d > 0 && m.state == starting {
+			// The old server is stopped once the new one has outlived
+			// --kill-old-delay; until then it is not serving for takeover.
+			m.sup.after(d, event{kind: evDelayDone, g: g})
+			return
+		}
+		m.completeSwap(g)
+	case g == m.next && m.state == reloading:
+		// The running generation stays the one takeover lives for until
+		// the new one has outlived --kill-old-delay.
+		m.nextReady = true
+		m.sup.after(m.oldStopDelay(g), event{kind: evDelayDone, g: g})
+	}
+}
+
+// oldStopDelay is --kill-old-delay when g handed a socket over from a
+// server still running; a rebind stopped the old server at the bind.
+func (m *lifecycle) oldStopDelay(g *generation) time.Duration {
+	if g.handedOverFromRunning() {
+		return m.killOldDelay
+	}
+	return 0
+}
+
+func (m *lifecycle) completeSwap(g *generation) {
+	m.swapping, m.state = true, serving
+	m.sup.completeSwap(g, m.locked)
+	m.locked = false
+}
+
+func (m *lifecycle) onTimedOut(g *generation) {
+	if g != m.cur && g != m.next || m.state == stopping || m.state == replaced {
+		return
+	}
+	if !g.rollbackable() {
+		m.log.Warn("the new generation was not ready within --ready-timeout, but its rebind has stopped the old server already: it stays, and the swap completes",
+			"generation", g.num, "pid", g.pid, "it", g.missingNow())
+		g.setReadyBy("timeout")
+		m.onReady(g)
+		return
+	}
+	m.log.Error("rolling back: the new generation was not ready within --ready-timeout; stopping it, and the running server keeps serving",
+		"generation", g.num, "pid", g.pid, "it", g.missingNow(),
+		"hint", "raise --ready-timeout if it needs longer to start; pass --ready listen if it accepts in a way takeover cannot see")
+	g.markRolledBack()
+	m.sup.release(g)
+	m.sup.stop(g, 0)
+}
+
+func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
+	code := exitStatus(ws)
+	switch {
+	case g == m.next:
+		m.sup.release(g)
+		m.next = nil
+		if m.state == stopping || m.state == replaced {
+			return m.status, m.cur == nil
+		}
+		if !g.isRolledBack() {
+			when := "before it was ready"
+			if m.nextReady {
+				when = "during --kill-old-delay"
+			}
+			m.log.Error("reload failed: the new generation exited "+when+"; the running one keeps serving",
+				"generation", g.num, "pid", g.pid, "status", code)
+		}
+		m.sup.notify("READY=1")
+		m.state = serving
+		if m.pendingHUP && !m.swapping {
+			m.pendingHUP = false
+			m.startReload()
+		}
+		return 0, false
+	case g != m.cur:
+		return 0, false // an old generation, or an orphan
+	}
+	switch m.state {
+	case stopping, replaced:
+		m.sup.release(g)
+		m.cur, m.status = nil, code
+		if m.state == replaced {
+			m.status = 0
+			m.log.Debug("replaced by a newer takeover; exiting", "child_status", code)
+		}
+		return m.status, m.next == nil
+	case reloading:
+		// The serving generation died during a reload: a rebind stops it
+		// at the new one's bind. The new one takes its place.
+		m.log.Debug("the running generation exited during a reload", "generation", g.num, "pid", g.pid, "status", code)
+		m.sup.release(g)
+		m.cur, m.next, m.state = m.next, nil, starting
+		return 0, false
+	case starting:
+		m.sup.release(g)
+		if g.isRolledBack() {
+			return exitNotReady, true
+		}
+		m.log.Warn("command exited before it was ready on every --port; no earlier instance was stopped for it", "pid", g.pid, "status", code)
+		return code, true
+	case restarting:
+		return m.crashed(g, code)
+	}
+	// serving
+	if !m.restartFor(g, ws) {
+		m.sup.release(g)
+		m.log.Info("command exited", "pid", g.pid, "status", code)
+		return code, true
+	}
+	return m.crashed(g, code)
+}
+
+// restartFor reports whether --restart asks for a generation that served
+// and then exited with ws to be started again.
+func (m *lifecycle) restartFor(g *generation, ws syscall.WaitStatus) bool {
+	switch {
+	case m.policy.Mode == "never":
+		return false
+	case ws.Signaled() && g.wasSentSignal(ws.Signal()):
+		return false // takeover passed that signal on: a stop, not a crash
+	case m.policy.Mode == "always":
+		return true
+	}
+	return exitStatus(ws) != 0
+}
+
+// crashed holds g's sockets and restarts the command after a back-off, or
+// gives up after --max-restarts within --restart-window.
+func (m *lifecycle) crashed(g *generation, code int) (int, bool) {
+	now := m.now()
+	if m.dead != nil && m.dead != g {
+		m.sup.release(m.dead) // its sockets were handed to g
+	}
+	m.dead = g
+	for len(m.restarts) > 0 && now.Sub(m.restarts[0]) > m.policy.Window {
+		m.restarts = m.restarts[1:]
+	}
+	if len(m.restarts) >= m.policy.Max {
+		m.log.Error("the command keeps dying: giving up, and closing the sockets so that clients are refused rather than left waiting",
+			"pid", g.pid, "status", code, "restarts", len(m.restarts), "within", m.policy.Window)
+		m.sup.release(g)
+		return code, true
+	}
+	if up := g.upFor(now); up >= restartStableUp {
+		m.backoff.Reset()
+	}
+	delay := m.backoff.NextBackOff()
+	m.restarts = append(m.restarts, now)
+	m.crash = crashInfo{pid: g.pid, status: code, attempt: len(m.restarts), delay: delay, at: now}
+	m.log.Warn("the command died; takeover holds its sockets and restarts it", "pid", g.pid, "status", code,
+		"attempt", m.crash.attempt, "max_restarts", m.policy.Max, "backoff", delay)
+	m.sup.notify(fmt.Sprintf("STATUS=restarting after pid %d exited with status %d (attempt %d, back-off %v)", g.pid, code, m.crash.attempt, delay))
+	m.state, m.cur = backingOff, nil
+	m.seq++
+	m.sup.after(delay, event{kind: evBackoffDone, seq: m.seq})
+	return 0, false
+}
+
+func (m *lifecycle) startRestart() (int, bool) {
+	g, err := m.sup.start(m.dead)
+	if err != nil {
+		m.log.Error("cannot restart the command", "err", err)
+		m.sup.release(m.dead)
+		return exitLauncher, true
+	}
+	m.cur, m.state = g, restarting
+	return 0, false
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeSupervisor records what the lifecycle asks of it.
+type fakeSupervisor struct {
+	gens     []*generation
+	calls    []string
+	failNext bool // the next start fails
+}
+
+func (f *fakeSupervisor) start(prev *generation) (*generation, error) {
+	if f.failNext {
+		f.failNext = false
+		f.calls = append(f.calls, "start: fails")
+		return nil, fmt.Errorf("cannot start")
+	}
+	g := &generation{num: len(f.gens) + 1, pid: 100 + len(f.gens) + 1, prev: prev, pidfd: -1, started: time.Unix(1000, 0),
+		ready: make(chan struct{}), timedOut: make(chan struct{}), exited: make(chan struct{}), socks: map[sockKey]*heldSock{}}
+	f.gens = append(f.gens, g)
+	f.calls = append(f.calls, fmt.Sprintf("start %d", g.num))
+	return g, nil
+}
+func (f *fakeSupervisor) signal(g *generation, sig syscall.Signal) {
+	f.calls = append(f.calls, fmt.Sprintf("signal %d %v", g.num, sig))
+	if g.sent == nil {
+		g.sent = map[syscall.Signal]bool{}
+	}
+	g.sent[sig] = true
+}
+func (f *fakeSupervisor) stop(g *generation, sig syscall.Signal) {
+	f.calls = append(f.calls, fmt.Sprintf("stop %d %d", g.num, sig))
+}
+func (f *fakeSupervisor) completeSwap(g *generation, unlock bool) {
+	f.calls = append(f.calls, fmt.Sprintf("swap %d unlock=%v", g.num, unlock))
+}
+func (f *fakeSupervisor) release(g *generation) {
+	f.calls = append(f.calls, fmt.Sprintf("release %d", g.num))
+}
+func (f *fakeSupervisor) after(d time.Duration, ev event) {
+	f.calls = append(f.calls, fmt.Sprintf("after %v %v", d, ev.kind))
+}
+func (f *fakeSupervisor) notify(state string) {
+	f.calls = append(f.calls, "notify "+strings.SplitN(state, "\n", 2)[0])
+}
+func (f *fakeSupervisor) queued(g *generation) int { return 3 }
+
+// step is one event given to the lifecycle: on generation gen (1-based),
+// what the supervisor must have been asked, and where it must be then.
+type step struct {
+	ev    lifeEvent
+	gen   int
+	sig   syscall.Signal
+	exit  int // evExited: the status, or -SIG for a death by signal
+	calls []string
+	state lifeState
+	done  bool
+	code  int
+}
+
+func waitStatus(exit int) syscall.WaitStatus {
+	if exit < 0 {
+		return syscall.WaitStatus(-exit) // killed by signal -exit
+	}
+	return syscall.WaitStatus(exit << 8)
+}
+
+func TestLifecycle(t *testing.T) {
+	policy := restartPolicy{Mode: "on-failure", Max: 2, Window: time.Minute}
+	tests := []struct {
+		name   string
+		policy restartPolicy
+		steps  []step
+	}{
+		{"first generation ready, then stopped", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evStop, gen: 1, sig: syscall.SIGTERM, calls: []string{"signal 1 terminated"}, state: stopping},
+			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: stopping, done: true, code: 0},
+		}},
+		{"first generation exits before ready: a failed start, not retried", policy, []step{
+			{ev: evExited, gen: 1, exit: 3, calls: []string{"release 1"}, state: starting, done: true, code: 3},
+		}},
+		{"first generation not ready in time: rolled back, exit 124", policy, []step{
+			{ev: evTimedOut, gen: 1, calls: []string{"release 1", "stop 1 0"}, state: starting},
+			{ev: evExited, gen: 1, exit: -15, calls: []string{"release 1"}, state: starting, done: true, code: exitNotReady},
+		}},
+		{"HUP reloads; the new one takes over after --kill-old-delay", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evReady, gen: 2, calls: []string{"after 0s delay-done"}, state: reloading},
+			{ev: evDelayDone, gen: 2, calls: []string{"swap 2 unlock=false"}, state: serving},
+			{ev: evSwapped, gen: 2, state: serving},
+			{ev: evExited, gen: 1, exit: 0, state: serving},
+		}},
+		{"HUP during a swap waits for it", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evHUP, state: serving},
+			{ev: evSwapped, gen: 1, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evHUP, state: reloading},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "notify RELOADING=1", "start 3"}, state: reloading},
+		}},
+		{"a reload that cannot start leaves the old serving", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: -1},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start: fails", "notify READY=1"}, state: serving},
+		}},
+		{"a reload not ready in time is rolled back; the old keeps serving", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evTimedOut, gen: 2, calls: []string{"release 2", "stop 2 0"}, state: reloading},
+			{ev: evExited, gen: 2, exit: -15, calls: []string{"release 2", "notify READY=1"}, state: serving},
+		}},
+		{"the serving generation dies during a reload (a rebind stopped it): the new one takes its place", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: starting},
+			{ev: evReady, gen: 2, calls: []string{"swap 2 unlock=false"}, state: serving},
+		}},
+		{"a stop during a reload stops both and exits with the serving one's status", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evStop, sig: syscall.SIGTERM, calls: []string{"signal 1 terminated", "signal 2 terminated"}, state: stopping},
+			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: stopping},
+			{ev: evExited, gen: 2, exit: -15, calls: []string{"release 2"}, state: stopping, done: true, code: 0},
+		}},
+		{"replaced by a newer takeover: copies released, command stopped, exit 0", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evReplaced, sig: syscall.SIGQUIT, calls: []string{"release 1", "stop 1 3"}, state: replaced},
+			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: replaced, done: true, code: 0},
+		}},
+		{"other signals are passed on", policy, []step{
+			{ev: evSignal, sig: syscall.SIGUSR1, calls: []string{"signal 1 user defined signal 1"}, state: starting},
+		}},
+		{"a crash after serving restarts it after a back-off, on the held sockets", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evExited, gen: 1, exit: -9, calls: []string{"notify STATUS=restarting after pid 101 exited with status 137 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+			{ev: evBackoffDone, calls: []string{"start 2"}, state: restarting},
+			{ev: evReady, gen: 2, calls: []string{"swap 2 unlock=false"}, state: serving},
+		}},
+		{"a crash loop backs off longer each time and gives up after --max-restarts", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evExited, gen: 1, exit: 1, calls: []string{"notify STATUS=restarting after pid 101 exited with status 1 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+			{ev: evBackoffDone, calls: []string{"start 2"}, state: restarting},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 1", "notify STATUS=restarting after pid 102 exited with status 1 (attempt 2, back-off 150ms)", "after 150ms backoff-done"}, state: backingOff},
+			{ev: evBackoffDone, calls: []string{"start 3"}, state: restarting},
+			{ev: evExited, gen: 3, exit: 1, calls: []string{"release 2", "release 3"}, state: restarting, done: true, code: 1},
+		}},
+		{"a clean exit is not restarted under on-failure", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: serving, done: true, code: 0},
+		}},
+		{"always restarts a clean exit", restartPolicy{Mode: "always", Max: 5, Window: time.Minute}, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evExited, gen: 1, exit: 0, calls: []string{"notify STATUS=restarting after pid 101 exited with status 0 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+		}},
+		{"never keeps today's behaviour", restartPolicy{Mode: "never", Max: 5, Window: time.Minute}, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evExited, gen: 1, exit: 1, calls: []string{"release 1"}, state: serving, done: true, code: 1},
+		}},
+		{"a death by a signal takeover passed on is not a crash", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSignal, sig: syscall.SIGUSR2, calls: []string{"signal 1 user defined signal 2"}, state: serving},
+			{ev: evExited, gen: 1, exit: -int(syscall.SIGUSR2), calls: []string{"release 1"}, state: serving, done: true, code: 128 + int(syscall.SIGUSR2)},
+		}},
+		{"a stop during a back-off ends takeover at once with the last status", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evExited, gen: 1, exit: 2, calls: []string{"notify STATUS=restarting after pid 101 exited with status 2 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+			{ev: evStop, sig: syscall.SIGTERM, calls: []string{"release 1"}, state: backingOff, done: true, code: 2},
+		}},
+		{"a HUP during a back-off restarts at once; the back-off's end is then ignored", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evExited, gen: 1, exit: 2, calls: []string{"notify STATUS=restarting after pid 101 exited with status 2 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+			{ev: evHUP, calls: []string{"start 2"}, state: restarting},
+			{ev: evBackoffDone, state: restarting},
+		}},
+		{"a newer takeover during a back-off: exit 0", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evExited, gen: 1, exit: 2, calls: []string{"notify STATUS=restarting after pid 101 exited with status 2 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+			{ev: evReplaced, sig: syscall.SIGTERM, calls: []string{"release 1"}, state: backingOff, done: true, code: 0},
+		}},
+		{"a restart that cannot start gives up", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evExited, gen: 1, exit: 2, calls: []string{"notify STATUS=restarting after pid 101 exited with status 2 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+			{ev: -1}, // the next start fails
+			{ev: evBackoffDone, calls: []string{"start: fails", "release 1"}, state: backingOff, done: true, code: exitLauncher},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeSupervisor{}
+			m := newLifecycle(f, slog.New(slog.NewTextHandler(io.Discard, nil)), tt.policy, 0)
+			m.now = func() time.Time { return time.Unix(1001, 0) }
+			if err := m.begin(); err != nil {
+				t.Fatal(err)
+			}
+			f.calls = nil
+			for i, s := range tt.steps {
+				if s.ev == -1 {
+					f.failNext = true
+					continue
+				}
+				ev := event{kind: s.ev, sig: s.sig, seq: m.seq}
+				if s.gen > 0 {
+					ev.g = f.gens[s.gen-1]
+				}
+				if s.ev == evExited {
+					ev.status = waitStatus(s.exit)
+					close(ev.g.exited)
+				}
+				code, done := m.handle(ev)
+				if diff := cmp.Diff(s.calls, f.calls); diff != "" {
+					t.Errorf("step %d (%v): calls (-want +got):\n%s", i, s.ev, diff)
+				}
+				if m.state != s.state || done != s.done || (done && code != s.code) {
+					t.Errorf("step %d (%v): state %v, done %v, code %d; want %v, %v, %d", i, s.ev, m.state, done, code, s.state, s.done, s.code)
+				}
+				f.calls = nil
+			}
+		})
+	}
+}
