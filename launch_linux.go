@@ -382,20 +382,23 @@ type childExit struct {
 }
 
 // reap waits for every child of takeover: the command, and any orphan
-// re-parented to it.
+// re-parented to it. It runs for takeover's whole life: during a back-off
+// takeover has no child at all, and the next one must be reaped too.
 func reap() <-chan childExit {
 	ch := make(chan childExit, 16)
+	sigchld := make(chan os.Signal, 1)
+	signal.Notify(sigchld, unix.SIGCHLD)
 	go func() {
 		for {
 			var ws syscall.WaitStatus
-			pid, err := syscall.Wait4(-1, &ws, 0, nil)
-			if err == syscall.EINTR {
-				continue
+			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+			switch {
+			case err == syscall.EINTR:
+			case err != nil || pid == 0:
+				<-sigchld // ECHILD, or none has exited yet
+			default:
+				ch <- childExit{pid, ws}
 			}
-			if err != nil {
-				return // ECHILD: nothing left to wait for
-			}
-			ch <- childExit{pid, ws}
 		}
 	}()
 	return ch

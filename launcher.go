@@ -32,6 +32,7 @@ type config struct {
 	Restart       string        // on-failure, always or never; on-failure
 	MaxRestarts   int           // restarts within RestartWindow before giving up; 5
 	RestartWindow time.Duration // 60s
+	RestartDelay  time.Duration // the first back-off before a restart; 100ms
 	PIDFile       string
 	StatusFile    string
 	Command       []string
@@ -94,7 +95,10 @@ const (
 )
 
 func (c config) restartPolicy() restartPolicy {
-	p := restartPolicy{Mode: c.Restart, Max: c.MaxRestarts, Window: c.RestartWindow}
+	p := restartPolicy{Mode: c.Restart, Max: c.MaxRestarts, Window: c.RestartWindow, Delay: c.RestartDelay}
+	if p.Delay == 0 {
+		p.Delay = restartFirst
+	}
 	if p.Mode == "" {
 		p.Mode = "on-failure"
 	}
@@ -158,6 +162,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Restart, "restart", "on-failure", "restart the command when it dies after it has served: on-failure (a non-zero exit, or a signal takeover did not send), always, or never; its sockets stay open meanwhile")
 	fs.IntVar(&c.MaxRestarts, "max-restarts", defaultMaxRestarts, "give up after this many restarts within --restart-window (1 to 1000)")
 	fs.DurationVar(&c.RestartWindow, "restart-window", defaultRestartWindow, "the window --max-restarts counts in")
+	fs.DurationVar(&c.RestartDelay, "restart-delay", restartFirst, "the first back-off before a restart; each next one is 1.5 times longer, up to 15s")
 	fs.DurationVar(&c.LockTimeout, "lock-timeout", 0, "give up waiting for another takeover of the port after this long (default --ready-timeout + --kill-old-delay + --kill-timeout + 10s)")
 	fs.StringVar(&c.PIDFile, "pid-file", "", "write takeover's pid to this file")
 	fs.StringVar(&c.StatusFile, "status-file", "", "write the generation, child pid, ports and last swap here (JSON, atomically)")
@@ -209,6 +214,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.RestartWindow <= 0 {
 		return c, fmt.Errorf("--restart-window %v: must be more than 0", c.RestartWindow)
+	}
+	if c.RestartDelay <= 0 || c.RestartDelay > restartMax {
+		return c, fmt.Errorf("--restart-delay %v: want more than 0 and at most %v", c.RestartDelay, restartMax)
 	}
 	switch c.Strategy {
 	case "auto", "handoff", "rebind":

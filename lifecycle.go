@@ -88,10 +88,11 @@ type restartPolicy struct {
 	Mode   string // on-failure, always or never
 	Max    int
 	Window time.Duration
+	Delay  time.Duration // the first back-off
 }
 
 const (
-	restartFirst    = 100 * time.Millisecond // pm2's exp_backoff_restart_delay
+	restartFirst    = 100 * time.Millisecond // pm2's exp_backoff_restart_delay: --restart-delay
 	restartMax      = 15 * time.Second
 	restartStableUp = 30 * time.Second // up this long, a generation resets the back-off
 )
@@ -128,7 +129,7 @@ type crashInfo struct {
 
 func newLifecycle(sup supervisor, log *slog.Logger, policy restartPolicy, killOldDelay time.Duration) *lifecycle {
 	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.Multiplier, b.RandomizationFactor = restartFirst, 1.5, 0
+	b.InitialInterval, b.Multiplier, b.RandomizationFactor = policy.Delay, 1.5, 0
 	b.MaxInterval, b.MaxElapsedTime = restartMax, 0
 	b.Reset()
 	return &lifecycle{sup: sup, log: log, policy: policy, killOldDelay: killOldDelay, now: time.Now, backoff: b, status: -1}

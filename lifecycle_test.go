@@ -76,7 +76,7 @@ func waitStatus(exit int) syscall.WaitStatus {
 }
 
 func TestLifecycle(t *testing.T) {
-	policy := restartPolicy{Mode: "on-failure", Max: 2, Window: time.Minute}
+	policy := restartPolicy{Mode: "on-failure", Max: 2, Window: time.Minute, Delay: restartFirst}
 	tests := []struct {
 		name   string
 		policy restartPolicy
@@ -166,11 +166,11 @@ func TestLifecycle(t *testing.T) {
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: serving, done: true, code: 0},
 		}},
-		{"always restarts a clean exit", restartPolicy{Mode: "always", Max: 5, Window: time.Minute}, []step{
+		{"always restarts a clean exit", restartPolicy{Mode: "always", Max: 5, Window: time.Minute, Delay: restartFirst}, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 0, calls: []string{"notify STATUS=restarting after pid 101 exited with status 0 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
 		}},
-		{"never keeps today's behaviour", restartPolicy{Mode: "never", Max: 5, Window: time.Minute}, []step{
+		{"never keeps today's behaviour", restartPolicy{Mode: "never", Max: 5, Window: time.Minute, Delay: restartFirst}, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 1, calls: []string{"release 1"}, state: serving, done: true, code: 1},
 		}},
