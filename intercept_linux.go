@@ -132,6 +132,19 @@ func notifAddFD(fd int, id uint64, src, newFD int, cloexec bool) error {
 	}
 }
 
+// checkAddFD reports whether the kernel has SECCOMP_IOCTL_NOTIF_ADDFD
+// (Linux 5.9), which every handoff needs: asked to install a real fd for a
+// notification that does not exist, it answers ENOENT; a kernel without it
+// does not know the ioctl (EINVAL).
+func checkAddFD(notifFD int) error {
+	a := seccompNotifAddfd{ID: ^uint64(0), SrcFD: uint32(notifFD)}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(notifFD), unix.SECCOMP_IOCTL_NOTIF_ADDFD, uintptr(unsafe.Pointer(&a)))
+	if errno == unix.EINVAL || errno == unix.ENOTTY {
+		return fmt.Errorf("%w: this kernel has seccomp user notification but not SECCOMP_IOCTL_NOTIF_ADDFD, which takeover needs to give a server its socket (Linux 5.9 or later)", errNoSeccomp)
+	}
+	return nil
+}
+
 func ioctlPtr(fd int, req uint, p unsafe.Pointer) error {
 	for {
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(p))

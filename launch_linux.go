@@ -347,6 +347,12 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	pid := p.Pid
 	p.Release()
 	notifFD, err := recvShimResult(parentEnd)
+	if err == nil {
+		if err = checkAddFD(notifFD); err != nil {
+			unix.Close(notifFD)
+			syscall.Kill(pid, unix.SIGKILL) // our unreaped child
+		}
+	}
 	if err != nil {
 		var ws syscall.WaitStatus
 		syscall.Wait4(pid, &ws, 0, nil)

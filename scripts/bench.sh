@@ -6,24 +6,39 @@
 # is replaced --swaps times each way under the same load (takeover probe).
 #
 #   scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N]
+#                    [--crashes N] [--crash-every SECONDS] [--only swaps|crash|ab]
 #
 # Writes bench-out/results.md (a Markdown table) and bench-out/timeline.png
-# (failures and latency across the swaps, drawn by gnuplot), then runs
-# ab -n 100000 -c 100 against takeover --strategy handoff while it is
-# replaced again and again, and prints ab's own lines.
+# (failures and latency across the swaps, drawn by gnuplot). Then the crash
+# scenario: the same server killed with SIGKILL every --crash-every seconds
+# under the same load, restarted by a shell loop (what systemd's
+# Restart=always does), by start_server, and by takeover, which holds the
+# socket meanwhile: bench-out/crash.md and bench-out/crash.png. Last, ab -n
+# 100000 -c 100 against takeover --strategy handoff while it is replaced
+# again and again, with ab's own lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-swaps=10 init_delay=1s workers=2 ab_requests=100000
+swaps=10 init_delay=1s workers=2 ab_requests=100000 crashes=3 crash_every=3 only=
+usage="usage: scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N] [--crashes N] [--crash-every SECONDS] [--only swaps|crash|ab]"
 while [ $# -gt 0 ]; do
   case $1 in
     --swaps) swaps=$2; shift 2 ;;
     --init-delay) init_delay=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
     --ab-requests) ab_requests=$2; shift 2 ;;
-    *) echo "usage: scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N]" >&2; exit 2 ;;
+    --crashes) crashes=$2; shift 2 ;;
+    --crash-every) crash_every=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
   esac
 done
+case $only in ''|swaps|crash|ab) ;; *) echo "--only $only: want swaps, crash or ab" >&2; exit 2 ;; esac
+case $crashes in ''|*[!0-9]*) echo "--crashes $crashes: want a number from 1 to 100" >&2; exit 2 ;; esac
+if [ "$crashes" -lt 1 ] || [ "$crashes" -gt 100 ]; then echo "--crashes $crashes: want a number from 1 to 100" >&2; exit 2; fi
+case $crash_every in ''|*[!0-9]*) echo "--crash-every $crash_every: want whole seconds from 1 to 60" >&2; exit 2 ;; esac
+if [ "$crash_every" -lt 1 ] || [ "$crash_every" -gt 60 ]; then echo "--crash-every $crash_every: want whole seconds from 1 to 60" >&2; exit 2; fi
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 case $swaps in ''|*[!0-9]*) echo "--swaps $swaps: want a number from 1 to 500" >&2; exit 2 ;; esac
 if [ "$swaps" -lt 1 ] || [ "$swaps" -gt 500 ]; then echo "--swaps $swaps: want a number from 1 to 500" >&2; exit 2; fi
 
@@ -124,9 +139,10 @@ starter_stop() { kill -TERM "$cur"; wait_exit "$cur"; }
 tk_first() { "$tk" -q --strategy "$strategy" --port "$1" -- "$tk" demo-server --init-delay "$init_delay" "$1" >/dev/null & cur=$!; pids+=("$cur"); echo "$cur" >> "$started"; }
 tk_swap() { local old=$cur; tk_first "$1"; wait_exit "$old"; }
 
+start_first() { "$start_first" "$@"; }; swap_one() { "$swap_one" "$@"; }; stop_last() { "$stop_last"; }
+if want swaps; then
 rm -f "$out/durations" "$out/ab.swaps" "$out/ab.stop"
 start_first=naive_first swap_one=naive_swap stop_last=naive_stop
-start_first() { "$start_first" "$@"; }; swap_one() { "$swap_one" "$@"; }; stop_last() { "$stop_last"; }
 run_way naive
 start_first=rss_first swap_one=rss_swap; run_way rssminer
 start_first=starter_first swap_one=starter_swap stop_last=starter_stop; run_way server-starter
@@ -167,6 +183,89 @@ do for [w in "naive rssminer server-starter takeover-rebind takeover-handoff"] {
 unset multiplot
 GP
 echo "wrote $out/results.md and $out/timeline.png"
+fi
+
+# The crash scenario: the server dies of SIGKILL every $crash_every s under
+# load, $crashes times, and is started again by its supervisor.
+server_of() { # the demo-server running under supervisor pid $1
+  local c
+  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    ours "$c" || continue
+    case $(tr '\0' ' ' < /proc/"$c"/cmdline) in "$tk demo-server"*) echo "$c"; return 0 ;; esac
+  done
+  return 1
+}
+run_crashes() { # run_crashes NAME: start_first, then kill its server $crashes times
+  local name=$1 port addr victim
+  port=$(free_port); addr=127.0.0.1:$port
+  echo "== crash: $name on $addr"
+  start_first "$addr"
+  wait_serving "$addr"
+  "$tk" probe --addr "$addr" --workers "$workers" --duration 600s --timeline "$out/crash-$name.timeline" > "$out/crash-$name.json" &
+  local probe=$!; pids+=("$probe")
+  for i in $(seq "$crashes"); do
+    sleep "$crash_every"
+    victim=$(server_of "$cur") || { echo "no server under pid $cur" >&2; return 1; }
+    kill -KILL "$victim"
+    printf '\r   crash %d/%d' "$i" "$crashes"
+  done
+  sleep "$crash_every"
+  echo
+  kill -INT "$probe" 2>/dev/null || true
+  wait "$probe" 2>/dev/null || true
+  stop_last
+}
+loop_first() { # a shell loop, as Restart=always: a new server when the old one dies
+  rm -f "$out/loop.stop"
+  ( while [ ! -e "$out/loop.stop" ]; do "$tk" demo-server --init-delay "$init_delay" "$1" >/dev/null 2>&1 || true; done ) & cur=$!; pids+=("$cur")
+}
+loop_stop() {
+  touch "$out/loop.stop"
+  local s; s=$(server_of "$cur") && kill -TERM "$s"
+  wait "$cur" 2>/dev/null || true
+}
+tk_crash_first() { "$tk" -q --port "$1" -- "$tk" demo-server --init-delay "$init_delay" "$1" >/dev/null 2>"$out/crash-takeover.log" & cur=$!; pids+=("$cur"); echo "$cur" >> "$started"; }
+starter_crash_first() {
+  start_server --port "$1" --interval=0 -- "$tk" demo-server --init-delay "$init_delay" "$1" >/dev/null 2>"$out/start_server-crash.log" & cur=$!; pids+=("$cur")
+}
+if want crash; then
+  start_first=loop_first stop_last=loop_stop; run_crashes restart-loop
+  start_first=starter_crash_first stop_last=starter_stop; run_crashes start_server
+  start_first=tk_crash_first stop_last=naive_stop; run_crashes takeover
+  {
+    echo "| restarted by | crashes | requests | failed | refused | resets | longest refused window | p99 | max latency |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for name in restart-loop start_server takeover; do
+      python3 - "$out/crash-$name.json" "$name" "$crashes" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {r['requests']} | {r['failed']} | {r['refused']} | {r['resets']} | "
+      f"{r['longest_refused_ms']:.1f} ms | {r['p99_ms']:.2f} ms | {r['max_ms']:.1f} ms |")
+PY
+    done
+  } > "$out/crash.md"
+  echo
+  cat "$out/crash.md"
+  gnuplot <<GP
+set terminal pngcairo size 1200,840 font ",10"
+set output "$out/crash.png"
+set termoption noenhanced
+set multiplot layout 3,1 title "Each request over time while the server is killed (SIGKILL) $crashes times (init delay $init_delay)"
+set ylabel "latency (ms)"
+set logscale y
+set yrange [0.05:5000]
+set key outside right
+do for [w in "restart-loop start_server takeover"] {
+  set title w
+  plot "$out/crash-".w.".timeline" using 1:(strcol(3) eq "ok" ? \$2 : 1/0) with dots lc rgb "#3366cc" title "answered", \
+       "" using 1:(strcol(3) eq "refused" ? 2000 : 1/0) with points pt 2 lc rgb "#dd2222" title "refused", \
+       "" using 1:(strcol(3) ne "ok" && strcol(3) ne "refused" ? 1000 : 1/0) with points pt 6 lc rgb "#ff9900" title "reset/failed"
+}
+unset multiplot
+GP
+  echo "wrote $out/crash.md and $out/crash.png"
+fi
+want ab || exit 0
 
 # The seed test of Node's cluster reload: ab against a takeover-managed
 # server while it is handed over again and again.
