@@ -6,8 +6,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // An environment is a place takeover runs: as root, in a container whose
@@ -99,8 +101,17 @@ func TestEnvironments(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			loaded := make(chan *loadResult, 1)
-			go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2}) }()
+			var done atomic.Int64
+			go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Done: &done}) }()
+			// more waits until the clients have made n more requests.
+			more := func(n int64) {
+				until := done.Load() + n
+				for deadline := time.Now().Add(30 * time.Second); done.Load() < until && time.Now().Before(deadline); {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
 			for i := 1; i <= 3; i++ {
+				more(1000)
 				next := start()
 				if code := cur.wait(t); code != 0 {
 					cancel()
@@ -109,13 +120,16 @@ func TestEnvironments(t *testing.T) {
 				next.waitLog(t, "via=unix-socket")
 				cur = next
 			}
+			more(1000)
 			cur.cmd.Process.Signal(syscall.SIGHUP)
 			cur.waitLog(t, "via=own-copy")
+			more(1000)
 			cancel()
 			r := <-loaded
 			if r.Requests == 0 || r.failedRequests() != 0 {
 				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d)", r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts)
 			}
+			t.Logf("%s: 3 handoffs between takeovers and a HUP reload: %d requests, %d failed", e.name, r.Requests, r.failedRequests())
 			cur.cmd.Process.Signal(syscall.SIGTERM)
 			if code := cur.wait(t); code != 0 {
 				t.Errorf("the last takeover exited %d after TERM:\n%s", code, cur.stderr)
@@ -127,5 +141,50 @@ func TestEnvironments(t *testing.T) {
 				t.Errorf("the run directory keeps %v", names)
 			}
 		})
+	}
+}
+
+// inContainerEnv makes startTakeover run every takeover inside the
+// emulated container profile.
+const inContainerEnv = "TAKEOVER_TEST_IN_CONTAINER"
+
+// TestLifecycleInContainer runs the lifecycle tests again with every
+// takeover inside the emulated container profile (no pidfd_getfd): swaps,
+// reloads, kill timeouts, rollbacks, restarts and back-offs all work there.
+func TestLifecycleInContainer(t *testing.T) {
+	if os.Getenv(inContainerEnv) != "" {
+		t.Skip("already inside")
+	}
+	const tests = "^(TestContainerInEffect|TestHandoff50UnderLoad|TestReloadOnHUP|TestStopDuringReload|TestFailedReloadsLeakNothing|TestKillTimeout|TestTwoAtOnce|TestPreforkReplaced|TestSignalsForwarded|" +
+		"TestReadyTimeoutRollsBack|TestLockWaitIsBounded|TestRespawnAfterKill9|TestCrashLoopGivesUp|TestBackoffInterrupted|TestBlockingModeLeftToServers)$"
+	cmd := exec.Command(os.Args[0], "-test.run", tests, "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), inContainerEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	passed := strings.Count(string(out), "--- PASS: Test")
+	if err != nil || passed < 15 || !strings.Contains(string(out), "--- PASS: TestContainerInEffect") {
+		t.Fatalf("in the container (%v, %d tests passed):\n%s", err, passed, tail(string(out), 8000))
+	}
+	t.Logf("%d tests passed with takeover in the emulated container profile", passed)
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// TestContainerInEffect proves, inside TestLifecycleInContainer, that
+// takeover runs in the emulated profile: it cannot copy sockets.
+func TestContainerInEffect(t *testing.T) {
+	if os.Getenv(inContainerEnv) == "" {
+		t.Skip("only inside TestLifecycleInContainer")
+	}
+	port := freePort(t)
+	self, _ := os.Executable()
+	r := startTakeover(t, "serve", "--port", port, "--", self, "127.0.0.1:"+port)
+	r.waitLog(t, "took over")
+	if !strings.Contains(r.stderr.String(), "cannot copy the command's sockets") {
+		t.Errorf("takeover copied sockets: the profile is not in effect:\n%s", r.stderr)
 	}
 }

@@ -81,6 +81,9 @@ func startTakeover(t *testing.T, helper string, args ...string) *tkRun {
 	t.Helper()
 	cmd := exec.Command(takeoverBin(t), args...)
 	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER="+helper)
+	if os.Getenv(inContainerEnv) != "" {
+		cmd = sandboxed(cmd) // TestLifecycleInContainer
+	}
 	return startRun(t, cmd)
 }
 
