@@ -302,8 +302,17 @@ func testRealServer(t *testing.T, srv realServer) {
 		}
 	}
 	r := h.load.stop(t)
+	// And one rebind, under a load of its own: clients are refused from
+	// the stop signal until the old server has closed its listener.
+	h.load = startRealLoad(t, srv.proto, h.addr)
+	h.awaitRequests("the handoffs")
+	h.extra = []string{"--strategy", "rebind"}
+	h.replace("a rebind by a new takeover")
+	rb := h.load.stop(t)
 	h.stop()
 	procs.checkNoneLeft(t, 20*time.Second)
+	t.Logf("%s, rebind: %d requests, %d failed (%d refused, %d reset), longest refused window %v; %s",
+		srv.name, rb.Requests, rb.failedRequests(), rb.Refused, rb.Resets, rb.longestRefused().Round(time.Microsecond), swapLineOf(h.cur))
 
 	t.Logf("%s: %d swaps in %v (%s); %d requests, %d failed (%d refused, %d reset, %d timeouts, %d other)",
 		srv.name, len(h.events), time.Since(began).Round(time.Millisecond), h.timings(),
@@ -343,6 +352,7 @@ type realHarness struct {
 	all    []*tkRun // every takeover started, in order
 	events []swapEvent
 	load   *realLoad
+	extra  []string // flags for the takeovers started from now on
 }
 
 // A swapEvent is one swap: when it began, when its swap line was seen,
@@ -354,7 +364,8 @@ type swapEvent struct {
 
 func (h *realHarness) start() *tkRun {
 	h.t.Helper()
-	args := []string{"--port", h.addr, "--signal", h.srv.signal, "--kill-timeout", realKillTimeout.String(), "--"}
+	args := append([]string{"--port", h.addr, "--signal", h.srv.signal, "--kill-timeout", realKillTimeout.String()}, h.extra...)
+	args = append(args, "--")
 	r := startTakeover(h.t, "", append(args, h.argv...)...)
 	h.all = append(h.all, r)
 	// Runs before startTakeover's cleanup, which stops takeover gently
@@ -526,6 +537,25 @@ func checkReadyOrder(t *testing.T, r *tkRun, readyLine string) {
 		t.Errorf("takeover %d took over before its server said %q: the old server was stopped while the new one did not accept yet; in its log:\n%s",
 			r.cmd.Process.Pid, readyLine, strings.Join(order, "\n"))
 	}
+}
+
+// swapLineOf returns the rebind fields of r's last swap line.
+func swapLineOf(r *tkRun) string {
+	var last string
+	for _, l := range strings.Split(r.stderr.String(), "\n") {
+		if strings.Contains(l, `msg="took over"`) {
+			last = l
+		}
+	}
+	var fields []string
+	for _, f := range strings.Fields(last) {
+		for _, k := range []string{"strategy=", "signal_to_free=", "refused_window=", "ready_by="} {
+			if i := strings.Index(f, k); i >= 0 {
+				fields = append(fields, f[i:])
+			}
+		}
+	}
+	return strings.Join(fields, " ")
 }
 
 func swapLines(r *tkRun) int { return strings.Count(r.stderr.String(), `msg="took over"`) }
