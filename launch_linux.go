@@ -40,8 +40,9 @@ type launcher struct {
 	byPID   map[int]*generation // the generations whose exit is awaited
 	lastNum int
 
-	mu   sync.Mutex
-	gens []*generation // those that may hold sockets, for newer takeovers
+	mu     sync.Mutex
+	gens   []*generation // those that may hold sockets, for newer takeovers
+	status status        // what --status-file holds
 }
 
 // forwarded are the signals a launcher passes to its child; HUP is not
@@ -433,8 +434,8 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 			l.log.Warn("cannot record the generation", "port", port, "err", err)
 		}
 	}
+	l.writeStatus(g, swaps) // before the log line, which tells that it is written
 	l.logSwap(g, swaps)
-	l.writeStatus(g, swaps)
 
 	var stop []*swap
 	for _, sw := range swaps {
@@ -505,12 +506,24 @@ func (l *launcher) logSwap(g *generation, swaps []*swap) {
 // status is what --status-file holds.
 type status struct {
 	TakeoverPID int          `json:"takeover_pid"`
+	State       string       `json:"state"` // serving, or backing-off after a crash
 	Generation  int          `json:"generation"`
-	ChildPID    int          `json:"child_pid"`
+	ChildPID    int          `json:"child_pid"` // 0 while backing off
 	ReadyBy     string       `json:"ready_by"`
 	Ports       []string     `json:"ports"`
 	Updated     time.Time    `json:"updated"`
 	LastSwap    []swapStatus `json:"last_swap"`
+	Restarts    int          `json:"restarts"`
+	LastRestart *restartInfo `json:"last_restart,omitempty"`
+}
+
+// restartInfo is the status file's account of the last crash.
+type restartInfo struct {
+	DeadPID    int       `json:"dead_pid"`
+	DeadStatus int       `json:"dead_status"`
+	Attempt    int       `json:"attempt"`
+	BackoffMS  float64   `json:"backoff_ms"`
+	At         time.Time `json:"at"`
 }
 
 type swapStatus struct {
@@ -527,11 +540,16 @@ type swapStatus struct {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// writeStatus records a swap in --status-file.
 func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 	if l.cfg.StatusFile == "" {
 		return
 	}
-	st := status{TakeoverPID: l.self, Generation: g.num, ChildPID: g.pid, Updated: time.Now().UTC(), LastSwap: []swapStatus{}}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := &l.status
+	st.TakeoverPID, st.State, st.Generation, st.ChildPID = l.self, "serving", g.num, g.pid
+	st.Ports, st.LastSwap = nil, []swapStatus{}
 	for _, p := range l.cfg.Ports {
 		st.Ports = append(st.Ports, p.String())
 	}
@@ -545,7 +563,27 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 		}
 		st.LastSwap = append(st.LastSwap, s)
 	}
-	b, _ := json.MarshalIndent(st, "", "  ")
+	l.flushStatus()
+}
+
+// restarting records a crash in --status-file: takeover backs off, the
+// sockets held, before it starts the command again.
+func (l *launcher) restarting(c crashInfo) {
+	if l.cfg.StatusFile == "" {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.status.State, l.status.ChildPID = "backing-off", 0
+	l.status.Restarts++
+	l.status.LastRestart = &restartInfo{DeadPID: c.pid, DeadStatus: c.status, Attempt: c.attempt, BackoffMS: ms(c.delay), At: c.at.UTC()}
+	l.flushStatus()
+}
+
+// flushStatus writes l.status; l.mu is held.
+func (l *launcher) flushStatus() {
+	l.status.Updated = time.Now().UTC()
+	b, _ := json.MarshalIndent(l.status, "", "  ")
 	if err := writeFileAtomic(l.cfg.StatusFile, append(b, '\n')); err != nil {
 		l.log.Warn("cannot write --status-file", "err", err)
 	}

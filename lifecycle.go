@@ -81,6 +81,8 @@ type supervisor interface {
 	notify(state string)
 	// queued returns how many connections wait in g's accept queues.
 	queued(g *generation) int
+	// restarting records a crash the lifecycle will restart after.
+	restarting(c crashInfo)
 }
 
 // restartPolicy is --restart, --max-restarts and --restart-window.
@@ -406,6 +408,7 @@ func (m *lifecycle) crashed(g *generation, code int) (int, bool) {
 	m.crash = crashInfo{pid: g.pid, status: code, attempt: len(m.restarts), delay: delay, at: now}
 	m.log.Warn("the command died; takeover holds its sockets and restarts it", "pid", g.pid, "status", code,
 		"attempt", m.crash.attempt, "max_restarts", m.policy.Max, "backoff", delay)
+	m.sup.restarting(m.crash)
 	m.sup.notify(fmt.Sprintf("STATUS=restarting after pid %d exited with status %d (attempt %d, back-off %v)", g.pid, code, m.crash.attempt, delay))
 	m.state, m.cur = backingOff, nil
 	m.seq++

@@ -54,6 +54,7 @@ func (f *fakeSupervisor) notify(state string) {
 	f.calls = append(f.calls, "notify "+strings.SplitN(state, "\n", 2)[0])
 }
 func (f *fakeSupervisor) queued(g *generation) int { return 3 }
+func (f *fakeSupervisor) restarting(c crashInfo)   {}
 
 // step is one event given to the lifecycle: on generation gen (1-based),
 // what the supervisor must have been asked, and where it must be then.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -95,7 +96,8 @@ func TestRespawnUncaughtException(t *testing.T) {
 	port := freePort(t)
 	addr := "127.0.0.1:" + port
 	wd, _ := os.Getwd()
-	r := startTakeover(t, "", "--port", port, "--", "node", filepath.Join(wd, "testdata/crash.js"), port)
+	statusFile := filepath.Join(t.TempDir(), "status.json")
+	r := startTakeover(t, "", "--status-file", statusFile, "--port", port, "--", "node", filepath.Join(wd, "testdata/crash.js"), port)
 	r.waitLog(t, "took over")
 	res := loadWhile(t, addr, func() {
 		for i := 1; i <= 3; i++ {
@@ -110,6 +112,15 @@ func TestRespawnUncaughtException(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr.String(), "status=1") {
 		t.Errorf("the restart line does not give the dead process's status:\n%s", r.stderr)
+	}
+	r.waitLogCount(t, `msg="took over"`, 4) // the status file is written with the swap line
+	var st status
+	b, err := os.ReadFile(statusFile)
+	if err == nil {
+		err = json.Unmarshal(b, &st)
+	}
+	if err != nil || st.Restarts != 3 || st.State != "serving" || st.LastRestart == nil || st.LastRestart.DeadStatus != 1 || st.LastRestart.Attempt != 3 {
+		t.Errorf("status file after 3 restarts (%v):\n%s", err, b)
 	}
 }
 
