@@ -387,17 +387,22 @@ func (m *lifecycle) restartFor(g *generation, ws syscall.WaitStatus) bool {
 // gives up after --max-restarts within --restart-window.
 func (m *lifecycle) crashed(g *generation, code int) (int, bool) {
 	now := m.now()
-	if m.dead != nil && m.dead != g {
-		m.sup.release(m.dead) // its sockets were handed to g
+	switch {
+	case m.dead == nil || m.dead == g:
+		m.dead = g
+	case g.holdsSockets():
+		m.sup.release(m.dead) // its sockets were handed to g, which holds them now
+		m.dead = g
+	default:
+		m.sup.release(g) // it died before it took the sockets over: the older copies stay
 	}
-	m.dead = g
 	for len(m.restarts) > 0 && now.Sub(m.restarts[0]) > m.policy.Window {
 		m.restarts = m.restarts[1:]
 	}
 	if len(m.restarts) >= m.policy.Max {
 		m.log.Error("the command keeps dying: giving up, and closing the sockets so that clients are refused rather than left waiting",
 			"pid", g.pid, "status", code, "restarts", len(m.restarts), "within", m.policy.Window)
-		m.sup.release(g)
+		m.sup.release(m.dead)
 		return code, true
 	}
 	if up := g.upFor(now); up >= restartStableUp {

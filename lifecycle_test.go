@@ -62,7 +62,8 @@ type step struct {
 	ev    lifeEvent
 	gen   int
 	sig   syscall.Signal
-	exit  int // evExited: the status, or -SIG for a death by signal
+	exit  int  // evExited: the status, or -SIG for a death by signal
+	hold  bool // gen holds sockets from this step on
 	calls []string
 	state lifeState
 	done  bool
@@ -155,13 +156,21 @@ func TestLifecycle(t *testing.T) {
 			{ev: evBackoffDone, calls: []string{"start 2"}, state: restarting},
 			{ev: evReady, gen: 2, calls: []string{"swap 2 unlock=false"}, state: serving},
 		}},
-		{"a crash loop backs off longer each time and gives up after --max-restarts", policy, []step{
+		{"a crash loop backs off longer each time and gives up after --max-restarts, closing the held sockets", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 1, calls: []string{"notify STATUS=restarting after pid 101 exited with status 1 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
 			{ev: evBackoffDone, calls: []string{"start 2"}, state: restarting},
-			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 1", "notify STATUS=restarting after pid 102 exited with status 1 (attempt 2, back-off 150ms)", "after 150ms backoff-done"}, state: backingOff},
+			// It dies before it binds: the first one's copies stay held.
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify STATUS=restarting after pid 102 exited with status 1 (attempt 2, back-off 150ms)", "after 150ms backoff-done"}, state: backingOff},
 			{ev: evBackoffDone, calls: []string{"start 3"}, state: restarting},
-			{ev: evExited, gen: 3, exit: 1, calls: []string{"release 2", "release 3"}, state: restarting, done: true, code: 1},
+			{ev: evExited, gen: 3, exit: 1, calls: []string{"release 3", "release 1"}, state: restarting, done: true, code: 1},
+		}},
+		{"a restarted generation that took the sockets over lets the dead one's copies go when it dies", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evExited, gen: 1, exit: 1, calls: []string{"notify STATUS=restarting after pid 101 exited with status 1 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+			{ev: evBackoffDone, calls: []string{"start 2"}, state: restarting},
+			{ev: evReady, gen: 2, hold: true, calls: []string{"swap 2 unlock=false"}, state: serving},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 1", "notify STATUS=restarting after pid 102 exited with status 1 (attempt 2, back-off 150ms)", "after 150ms backoff-done"}, state: backingOff},
 		}},
 		{"a clean exit is not restarted under on-failure", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
@@ -220,6 +229,9 @@ func TestLifecycle(t *testing.T) {
 				ev := event{kind: s.ev, sig: s.sig, seq: m.seq}
 				if s.gen > 0 {
 					ev.g = f.gens[s.gen-1]
+				}
+				if s.hold {
+					ev.g.socks[sockKey{ev.g.pid, 3}] = &heldSock{}
 				}
 				if s.ev == evExited {
 					ev.status = waitStatus(s.exit)

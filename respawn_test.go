@@ -193,3 +193,33 @@ func TestBackoffInterrupted(t *testing.T) {
 		waitServing(t, addr)
 	})
 }
+
+// TestSocketsHeldThroughFailedRestarts: restarts that die before they bind
+// leave the first generation's sockets held: connections are accepted by
+// the kernel and queue until takeover gives up, and only then are refused.
+func TestSocketsHeldThroughFailedRestarts(t *testing.T) {
+	dir := t.TempDir()
+	self, _ := os.Executable()
+	app := filepath.Join(dir, "app")
+	script := "#!/bin/sh\n[ -e " + dir + "/started ] && exit 3\ntouch " + dir + "/started\nexec " + self + " \"$@\"\n"
+	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	r := startTakeover(t, "serve", "--restart-delay", "300ms", "--max-restarts", "2", "--port", port, "--", app, addr)
+	r.waitLog(t, "took over")
+	syscall.Kill(childOf(t, r, addr), syscall.SIGKILL)
+	r.waitLog(t, "attempt=2") // the first restart died before it bound
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("during the second back-off: %v, want the connection queued on the held socket", err)
+	}
+	c.Close()
+	if code := r.wait(t); code != 3 {
+		t.Errorf("takeover exited %d, want the last status 3", code)
+	}
+	if _, err := net.DialTimeout("tcp", addr, 2*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("after giving up: %v, want refused", err)
+	}
+}

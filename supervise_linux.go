@@ -255,6 +255,14 @@ func (g *generation) onListen(n *seccompNotif) seccompNotifResp {
 	return seccompNotifResp{}
 }
 
+// holdsSockets reports whether takeover holds copies of any of the
+// generation's sockets.
+func (g *generation) holdsSockets() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.socks) > 0 && !g.done
+}
+
 func (g *generation) heldByInode(ino uint64) *heldSock {
 	g.mu.Lock()
 	defer g.mu.Unlock()
