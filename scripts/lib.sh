@@ -8,7 +8,7 @@ ours() {
   local st cmd
   st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
   [ -n "$st" ] && [ "$st" != Z ] || return 1
-  cmd=$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null) || return 1
+  cmd=$( { tr '\0' ' ' < "/proc/$1/cmdline"; } 2>/dev/null) || return 1
   case $cmd in "$tk "*|*start_server*) return 0 ;; esac
   return 1
 }
