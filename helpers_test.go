@@ -215,6 +215,41 @@ func runHelper(mode string, args []string) int {
 		<-term
 		mark("stop signal")
 		return 0
+	case "activated": // serve the socket systemd passes (LISTEN_FDS, fd 3), as go-systemd's activation does; "notify" sends READY=1 500ms later
+		if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") != "1" {
+			fmt.Fprintf(os.Stderr, "helper: LISTEN_PID=%q LISTEN_FDS=%q, want %d and 1\n", os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"), os.Getpid())
+			return 1
+		}
+		ln, err := net.FileListener(os.NewFile(3, os.Getenv("LISTEN_FDNAMES")))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		if len(args) > 1 && args[1] == "notify" {
+			go func() {
+				time.Sleep(500 * time.Millisecond)
+				mark("ready")
+				c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET"))
+				if err == nil {
+					c.Write([]byte("STATUS=up\nREADY=1"))
+					c.Close()
+				}
+			}()
+		}
+		return serveUntilTerm(ln)
+	case "starter": // serve the socket SERVER_STARTER_PORT names, as Server::Starter's helper reads it
+		ports, err := parseServerStarterPort(os.Getenv("SERVER_STARTER_PORT"))
+		if err != nil || len(ports) != 1 || os.Getenv("SERVER_STARTER_GENERATION") == "" {
+			fmt.Fprintf(os.Stderr, "helper: SERVER_STARTER_PORT=%q SERVER_STARTER_GENERATION=%q\n", os.Getenv("SERVER_STARTER_PORT"), os.Getenv("SERVER_STARTER_GENERATION"))
+			return 1
+		}
+		ln, err := net.FileListener(os.NewFile(uintptr(ports[0].FD), ports[0].Addr))
+		if err != nil {
+			return 1
+		}
+		fmt.Printf("listening %s %s\n", ln.Addr(), os.Getenv("SERVER_STARTER_PORT"))
+		return serveUntilTerm(ln)
 	case "exit": // exit with the status in args[0]
 		code, _ := strconv.Atoi(addr)
 		return code

@@ -320,20 +320,16 @@ func (l *launcher) newerTakeover() bool {
 // startGeneration starts the command through the shim and serves its
 // notifications. prev is the generation it is to replace in a reload.
 func (l *launcher) startGeneration(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
+	if l.cfg.sockets() != socketsIntercept {
+		return l.startPassing(ctx, path, num, prev)
+	}
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
 	parentEnd, childEnd := pair[0], os.NewFile(uintptr(pair[1]), "shim")
 	defer unix.Close(parentEnd)
-	env := []string{shimEnv + "=1", launcherEnv + "=" + strconv.Itoa(l.self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
-	for _, kv := range os.Environ() {
-		// NOTIFY_SOCKET is takeover's to use: systemd would ignore the
-		// child's messages, sent from a pid that is not the main one.
-		if !strings.HasPrefix(kv, launcherEnv+"=") && !strings.HasPrefix(kv, "TAKEOVER_GENERATION=") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
-			env = append(env, kv)
-		}
-	}
+	env := append(l.commandEnv(num, nil), shimEnv+"=1")
 	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
 	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{
 		Env:   env,
@@ -359,6 +355,33 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		syscall.Wait4(pid, &ws, 0, nil)
 		return nil, err
 	}
+	g := l.newGeneration(ctx, num, pid, notifFD, prev)
+	go func() {
+		g.serve(ctx)
+		unix.Close(notifFD)
+	}()
+	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "))
+	return g, nil
+}
+
+// commandEnv is the command's environment: takeover's own, less what is
+// takeover's to use (NOTIFY_SOCKET: systemd would ignore messages from a pid
+// that is not the main one) and less drop, plus TAKEOVER_PID and
+// TAKEOVER_GENERATION.
+func (l *launcher) commandEnv(num int, drop []string) []string {
+	env := []string{launcherEnv + "=" + strconv.Itoa(l.self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
+	drop = append(drop, launcherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", shimEnv+"=")
+	for _, kv := range os.Environ() {
+		if !slices.ContainsFunc(drop, func(p string) bool { return strings.HasPrefix(kv, p) }) {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// newGeneration records a started command as a generation and begins to
+// watch it for readiness.
+func (l *launcher) newGeneration(ctx context.Context, num, pid, notifFD int, prev *generation) *generation {
 	pidfd, err := unix.PidfdOpen(pid, 0) // our unreaped child: the pid is its own
 	if err != nil {
 		pidfd = -1
@@ -371,16 +394,11 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		nudge:    make(chan struct{}, 1),
 		socks:    make(map[sockKey]*heldSock),
 	}
-	go func() {
-		g.serve(ctx)
-		unix.Close(notifFD)
-	}()
 	go g.watchReady(ctx, l.cfg.readyTimeout())
 	l.mu.Lock()
 	l.gens = append(slices.DeleteFunc(l.gens, func(o *generation) bool { return o.isDone() }), g)
 	l.mu.Unlock()
-	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "))
-	return g, nil
+	return g
 }
 
 type childExit struct {
@@ -632,8 +650,20 @@ func (g *generation) markExited() {
 		unix.Close(g.pidfd)
 		g.pidfd = -1
 	}
+	cleanups := g.cleanups
+	g.cleanups = nil
 	g.mu.Unlock()
 	close(g.exited)
+	for _, f := range cleanups {
+		f()
+	}
+}
+
+// onExit has f run once the command has exited.
+func (g *generation) onExit(f func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.cleanups = append(g.cleanups, f)
 }
 
 func (g *generation) hasExited() bool {

@@ -26,7 +26,9 @@ type config struct {
 	Force         bool          // replace a holder that is not an earlier instance
 	Strategy      string        // auto, handoff or rebind; auto
 	KillOldDelay  time.Duration // between the new server's readiness and the old one's stop
-	Ready         string        // accept or listen: what makes a generation ready; accept
+	Ready         string        // accept, listen, notify or interval: what makes a generation ready; accept
+	Interval      time.Duration // --ready interval: ready once the command has run this long; 1s
+	Sockets       string        // intercept, systemd or server-starter; intercept
 	ReadyTimeout  time.Duration // from a generation's start to ready, else rolled back; 60s, or --bind-timeout + 30s if longer
 	LockTimeout   time.Duration // how long to wait for another takeover of the port; see lockTimeout
 	Restart       string        // on-failure, always or never; on-failure
@@ -58,9 +60,25 @@ func (c config) bindTimeout() time.Duration {
 }
 
 const (
-	readyAccept = "accept"
-	readyListen = "listen"
+	readyAccept   = "accept"
+	readyListen   = "listen"
+	readyNotify   = "notify"
+	readyInterval = "interval"
 )
+
+func (c config) sockets() string {
+	if c.Sockets == "" {
+		return socketsIntercept
+	}
+	return c.Sockets
+}
+
+func (c config) interval() time.Duration {
+	if c.Interval == 0 {
+		return time.Second
+	}
+	return c.Interval
+}
 
 func (c config) ready() string {
 	if c.Ready == "" {
@@ -157,7 +175,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.Force, "force", false, "replace the port's holder even if it is not an earlier instance of COMMAND nor managed by a takeover")
 	fs.StringVar(&c.Strategy, "strategy", "auto", "auto, handoff or rebind")
 	fs.DurationVar(&c.KillOldDelay, "kill-old-delay", 0, "wait this long after the new server is ready before stopping the old one")
-	fs.StringVar(&c.Ready, "ready", readyAccept, "what makes the new server ready: accept (a process of it waits for connections on every --port) or listen (it listens)")
+	fs.StringVar(&c.Ready, "ready", readyAccept, "what makes the new server ready: accept (a process of it waits for connections on every --port, or it sends READY=1), listen (it listens), notify (it sends READY=1 to NOTIFY_SOCKET) or interval (it has run for --interval)")
+	fs.DurationVar(&c.Interval, "interval", time.Second, "with --ready interval: how long the new server must run to be ready (start_server's rule)")
+	fs.StringVar(&c.Sockets, "sockets", socketsIntercept, "how the command gets its sockets: intercept (its bind(2) is taken over), systemd (passed as LISTEN_FDS) or server-starter (passed as SERVER_STARTER_PORT)")
 	fs.DurationVar(&c.ReadyTimeout, "ready-timeout", 0, "roll the new server back if it is not ready this long after it starts (default 60s, or --bind-timeout + 30s if longer)")
 	fs.StringVar(&c.Restart, "restart", "on-failure", "restart the command when it dies after it has served: on-failure (a non-zero exit, or a signal takeover did not send), always, or never; its sockets stay open meanwhile")
 	fs.IntVar(&c.MaxRestarts, "max-restarts", defaultMaxRestarts, "give up after this many restarts within --restart-window (1 to 1000)")
@@ -200,9 +220,17 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("--lock-timeout %v: must be more than 0", c.LockTimeout)
 	}
 	switch c.Ready {
-	case readyAccept, readyListen:
+	case readyAccept, readyListen, readyNotify, readyInterval:
 	default:
-		return c, fmt.Errorf("--ready %q: want accept or listen", c.Ready)
+		return c, fmt.Errorf("--ready %q: want accept, listen, notify or interval", c.Ready)
+	}
+	switch c.Sockets {
+	case socketsIntercept, socketsSystemd, socketsServerStarter:
+	default:
+		return c, fmt.Errorf("--sockets %q: want intercept, systemd or server-starter", c.Sockets)
+	}
+	if c.Interval <= 0 {
+		return c, fmt.Errorf("--interval %v: must be more than 0", c.Interval)
 	}
 	switch c.Restart {
 	case "on-failure", "always", "never":

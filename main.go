@@ -48,7 +48,11 @@ const (
 )
 
 func main() {
-	if os.Getenv(shimEnv) != "" {
+	switch os.Getenv(shimEnv) {
+	case "":
+	case passShim:
+		runPassShim(os.Args[1:])
+	default:
 		runShim(os.Args[1:])
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))

@@ -101,8 +101,20 @@ func (g *generation) readiness() readiness {
 		}
 		want[t.inode] = true
 	}
-	if g.l.cfg.ready() == readyListen {
+	g.mu.Lock()
+	notified := g.notified
+	g.mu.Unlock()
+	switch mode := g.l.cfg.ready(); {
+	case notified && mode != readyListen && mode != readyInterval:
+		return readiness{Ready: true, Listening: true, By: "notify"}
+	case mode == readyListen:
 		return readiness{Ready: true, Listening: true, By: "listen"}
+	case mode == readyInterval && time.Since(g.started) >= g.l.cfg.interval():
+		return readiness{Ready: true, Listening: true, By: "interval"}
+	case mode == readyInterval:
+		return readiness{Listening: true, Missing: fmt.Sprintf("has not run for --interval %v yet", g.l.cfg.interval())}
+	case mode == readyNotify:
+		return readiness{Listening: true, Missing: "has not sent READY=1"}
 	}
 	seen := accepting("/proc", withDescendants("/proc", []int{g.pid}), want)
 	var by []string

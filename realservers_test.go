@@ -54,6 +54,8 @@ type realServer struct {
 	// missing, if set, says why the server cannot run here though every
 	// executable in need is installed ("" when it can).
 	missing func() string
+	// flags are more takeover flags its users give (--sockets systemd).
+	flags []string
 }
 
 const (
@@ -124,6 +126,22 @@ func realServers() []realServer {
 		},
 		{
 			name: "puma", need: []string{"puma", "ruby"}, signal: "TERM", proto: "http", drains: true,
+			argv: func(t *testing.T, port, dir string) []string {
+				return []string{"puma", "--config", filepath.Join(real, "puma.rb"), "--bind", "tcp://127.0.0.1:" + port, filepath.Join(real, "config.ru")}
+			},
+		},
+		{
+			// gunicorn and puma take their sockets from systemd's
+			// LISTEN_FDS where given (gunicorn also sends READY=1).
+			name: "gunicorn-systemd", need: []string{"gunicorn"}, signal: "TERM", proto: "http", drains: true,
+			flags: []string{"--sockets", "systemd"},
+			argv: func(t *testing.T, port, dir string) []string {
+				return []string{"gunicorn", "--chdir", real, "--workers", "2", "--bind", "127.0.0.1:" + port, "wsgi_app:app"}
+			},
+		},
+		{
+			name: "puma-systemd", need: []string{"puma", "ruby"}, signal: "TERM", proto: "http", drains: true,
+			flags: []string{"--sockets", "systemd"},
 			argv: func(t *testing.T, port, dir string) []string {
 				return []string{"puma", "--config", filepath.Join(real, "puma.rb"), "--bind", "tcp://127.0.0.1:" + port, filepath.Join(real, "config.ru")}
 			},
@@ -278,7 +296,7 @@ func testRealServer(t *testing.T, srv realServer) {
 	dir := t.TempDir()
 	procs := trackProcesses(t)
 	port := freePort(t)
-	h := &realHarness{t: t, srv: srv, addr: "127.0.0.1:" + port, bound: srv.startBound}
+	h := &realHarness{t: t, srv: srv, addr: "127.0.0.1:" + port, bound: srv.startBound, extra: srv.flags}
 	if h.bound == 0 {
 		h.bound = 20 * time.Second
 	}
@@ -306,7 +324,7 @@ func testRealServer(t *testing.T, srv realServer) {
 	// the stop signal until the old server has closed its listener.
 	h.load = startRealLoad(t, srv.proto, h.addr)
 	h.awaitRequests("the handoffs")
-	h.extra = []string{"--strategy", "rebind"}
+	h.extra = append(srv.flags, "--strategy", "rebind")
 	h.replace("a rebind by a new takeover")
 	rb := h.load.stop(t)
 	h.stop()

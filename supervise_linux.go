@@ -39,6 +39,8 @@ type generation struct {
 	missing    string                  // at the timeout: what it had not done
 	rolledBack bool                    // stopped for not being ready in time
 	sent       map[syscall.Signal]bool // the signals takeover sent the command
+	notified   bool                    // the command sent READY=1 to its NOTIFY_SOCKET
+	cleanups   []func()                // run once the command has exited
 }
 
 // releaseSwaps lets go of the old processes of swaps that will not be
@@ -183,7 +185,8 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 		return respContinue
 	}
 	child := newChild{PID: st.Tgid, UID: st.UID, Exe: procExe("/proc", st.Tgid)}
-	sw, held, err := g.l.takePort(ctx, g, claim{n: n, child: child, fd: fd, sock: sock, addr: addr, spec: spec})
+	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
+	sw, held, err := g.l.takePort(ctx, g, claim{child: child, sock: sock, addr: addr, spec: spec, install: install})
 	if err != nil {
 		unix.Close(sock)
 		g.l.log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)

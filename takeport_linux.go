@@ -13,14 +13,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A claim is a bind of the command to a --port target, as takePort sees it.
+// A claim is a bind of the command to a --port target, as takePort sees it:
+// an intercepted bind(2), or a socket takeover acquires to pass on.
 type claim struct {
-	n     *seccompNotif
 	child newChild
-	fd    int // the command's fd
-	sock  int // takeover's copy of the command's socket
+	sock  int // takeover's copy of the command's socket (or a new one like it)
 	addr  netip.AddrPort
 	spec  portSpec
+	// install puts a handed-over socket where the command will use it, in
+	// place of sock; nil when takeover passes the sockets on itself.
+	install func(old int) error
 }
 
 // takePort gives the command the address it asked for: at once if the port
@@ -169,9 +171,11 @@ func (l *launcher) settled(sw *swap, held int, err error) (*swap, int, error) {
 // handoff installs old in the command at its fd and answers its bind; it
 // returns old, now the socket takeover keeps a copy of.
 func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, error) {
-	if err := injectSocket(g.notifFD, c.n.ID, c.child.PID, c.fd, c.sock, old); err != nil {
-		unix.Close(old)
-		return -1, fmt.Errorf("hand the old socket over: %w", err)
+	if c.install != nil {
+		if err := c.install(old); err != nil {
+			unix.Close(old)
+			return -1, fmt.Errorf("hand the old socket over: %w", err)
+		}
 	}
 	unix.Close(c.sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"

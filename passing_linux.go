@@ -1,0 +1,321 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Socket passing (--sockets systemd or server-starter): takeover takes
+// every --port itself before it starts the command (from the takeover it
+// replaces, over its unix socket as in a handoff; from a server not started
+// under takeover, with pidfd_getfd or else a rebind; or by binding a free
+// port) and passes the listening sockets the way the convention says: fds
+// from 3 with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES, or
+// SERVER_STARTER_PORT. There is no seccomp filter: it works on kernels and
+// in sandboxes without user notification. Handoff between takeovers, HUP
+// reload, restarts, readiness, status and the port lock are those of
+// interception.
+
+const (
+	socketsIntercept     = "intercept"
+	socketsSystemd       = "systemd"
+	socketsServerStarter = "server-starter"
+)
+
+// passShim is the shim's mode for socket passing: it sets LISTEN_PID to
+// its own pid, which becomes the command's by exec, and execs.
+const passShim = "pass"
+
+// runPassShim never returns: it execs the command or exits.
+func runPassShim(args []string) {
+	env := make([]string, 0, len(os.Environ())+1)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, shimEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	if os.Getenv("LISTEN_FDS") != "" {
+		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	}
+	err := syscall.Exec(args[0], args[1:], env)
+	code := exitNotExecutable
+	if os.IsNotExist(err) {
+		code = exitNotFound
+	}
+	shimFail(code, fmt.Sprintf("takeover: cannot run %s: %v", args[0], err))
+}
+
+// passedSockets returns the listening sockets, one per --port in order, for
+// a generation that gets them passed, and the swap each was taken by.
+func (l *launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*heldSock, []*swap, error) {
+	var held []*heldSock
+	var swaps []*swap
+	fail := func(err error) ([]*heldSock, []*swap, error) {
+		for _, h := range held {
+			unix.Close(h.copyFD)
+		}
+		for _, sw := range swaps {
+			sw.releaseOld()
+		}
+		return nil, nil, err
+	}
+	for _, spec := range l.cfg.Ports {
+		began := time.Now()
+		var sw *swap
+		var sock int
+		var err error
+		if prev != nil {
+			sw, sock, err = inheritSocket(prev, spec)
+		} else {
+			sw, sock, err = l.acquire(ctx, spec, path)
+		}
+		if err != nil {
+			return fail(err)
+		}
+		sw.Began = began
+		ap, _ := unix.Getsockname(sock)
+		held = append(held, &heldSock{copyFD: sock, inode: inodeOf(sock), spec: spec, addr: addrPortOf(ap)})
+		swaps = append(swaps, sw)
+	}
+	return held, swaps, nil
+}
+
+// inheritSocket gives a reload's or a restart's generation a copy of the
+// socket prev holds for spec.
+func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
+	prev.mu.Lock()
+	var old *heldSock
+	for _, s := range prev.socks {
+		if s.spec == spec {
+			old = s
+		}
+	}
+	fd := -1
+	var err error
+	if old != nil {
+		fd, err = unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
+	}
+	prev.mu.Unlock()
+	if old == nil || err != nil {
+		return nil, -1, fmt.Errorf("generation %d holds no socket for %s any more (%v)", prev.num, spec, err)
+	}
+	sw := &swap{Spec: spec, Addr: old.addr, Strategy: "handoff", Via: "own-copy", inodes: []uint64{old.inode},
+		Old: []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}}
+	if !prev.hasExited() {
+		sw.OldCmd = commandLine(prev.pid)
+		sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
+	}
+	return sw, fd, nil
+}
+
+// acquire takes spec's listening socket for the first generation, as a
+// bind of the command would be taken over.
+func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swap, int, error) {
+	addr := bindAddrFor(spec)
+	sock, err := newListenSocket(addr)
+	if err != nil {
+		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
+	}
+	child := newChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe}
+	sw, held, err := l.takePort(ctx, &generation{l: l}, claim{child: child, sock: sock, addr: addr, spec: spec})
+	if err != nil {
+		unix.Close(sock)
+		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
+	}
+	if v, _ := unix.GetsockoptInt(held, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v == 0 {
+		if err := unix.Listen(held, unix.SOMAXCONN); err != nil {
+			unix.Close(held)
+			sw.releaseOld()
+			return nil, -1, fmt.Errorf("listen on %s: %w", spec, err)
+		}
+	}
+	return sw, held, nil
+}
+
+// bindAddrFor is the address takeover binds for spec: the one a server
+// already listens on where one does (a handoff needs the same family), else
+// the spec's, and for every address the IPv6 wildcard, dual-stack.
+func bindAddrFor(spec portSpec) netip.AddrPort {
+	if socks, err := listeningSockets("/proc"); err == nil {
+		for _, s := range socks {
+			if spec.matches(s.Addr) {
+				return s.Addr
+			}
+		}
+	}
+	if spec.Addr.IsValid() {
+		return netip.AddrPortFrom(spec.Addr, spec.Port)
+	}
+	if hasIPv6Stack() {
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), spec.Port)
+	}
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), spec.Port)
+}
+
+func hasIPv6Stack() bool {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
+// newListenSocket makes a blocking TCP socket for addr, as start_server
+// and systemd pass them, with SO_REUSEADDR, and dual-stack for the IPv6
+// wildcard.
+func newListenSocket(addr netip.AddrPort) (int, error) {
+	family := unix.AF_INET6
+	if addr.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	sock, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		unix.Close(sock)
+		return -1, err
+	}
+	if family == unix.AF_INET6 && addr.Addr().IsUnspecified() {
+		unix.SetsockoptInt(sock, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	}
+	return sock, nil
+}
+
+// passingEnv returns the variables that tell the command where its
+// sockets are: fds from 3, in --port order.
+func passingEnv(mode string, held []*heldSock, num int) []string {
+	switch mode {
+	case socketsSystemd:
+		names := make([]string, len(held))
+		for i, h := range held {
+			names[i] = "tcp-" + strconv.Itoa(int(h.spec.Port))
+		}
+		return []string{"LISTEN_FDS=" + strconv.Itoa(len(held)), "LISTEN_FDNAMES=" + strings.Join(names, ":")}
+	case socketsServerStarter:
+		return []string{"SERVER_STARTER_PORT=" + serverStarterPort(held), "SERVER_STARTER_GENERATION=" + strconv.Itoa(num)}
+	}
+	return nil
+}
+
+// serverStarterPort formats SERVER_STARTER_PORT as start_server does:
+// "PORT=FD" or "HOST:PORT=FD", ';'-separated.
+func serverStarterPort(held []*heldSock) string {
+	parts := make([]string, len(held))
+	for i, h := range held {
+		parts[i] = h.spec.String() + "=" + strconv.Itoa(3+i)
+	}
+	return strings.Join(parts, ";")
+}
+
+// passedVars are the variables of a parent's socket passing, which the
+// command must not inherit from takeover's own environment.
+var passedVars = []string{"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "SERVER_STARTER_PORT=", "SERVER_STARTER_GENERATION="}
+
+// startPassing starts a generation that gets its sockets passed.
+func (l *launcher) startPassing(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
+	held, swaps, err := l.passedSockets(ctx, path, prev)
+	if err != nil {
+		return nil, err
+	}
+	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
+	for _, h := range held {
+		fd, err := unix.Dup(h.copyFD) // without FD_CLOEXEC: the command keeps it
+		if err != nil {
+			for _, h := range held {
+				unix.Close(h.copyFD)
+			}
+			return nil, err
+		}
+		files = append(files, os.NewFile(uintptr(fd), h.spec.String()))
+	}
+	notify, err := listenNotifySocket(filepath.Join(l.dir, fmt.Sprintf("notify-%d-%d.sock", l.self, num)))
+	if err != nil {
+		l.log.Warn("no NOTIFY_SOCKET for the command: readiness by accept only", "err", err)
+	}
+	env := l.commandEnv(num, passedVars)
+	env = append(env, shimEnv+"="+passShim)
+	env = append(env, passingEnv(l.cfg.sockets(), held, num)...)
+	if notify != nil {
+		env = append(env, "NOTIFY_SOCKET="+notify.LocalAddr().String())
+	}
+	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
+	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Env: env, Files: files})
+	for _, f := range files[3:] {
+		f.Close()
+	}
+	if err != nil {
+		if notify != nil {
+			notify.Close()
+			os.Remove(notify.LocalAddr().String())
+		}
+		for _, h := range held {
+			unix.Close(h.copyFD)
+		}
+		for _, sw := range swaps {
+			sw.releaseOld()
+		}
+		return nil, err
+	}
+	pid := p.Pid
+	p.Release() // the reaper collects it, as in startGeneration
+	g := l.newGeneration(ctx, num, pid, -1, prev)
+	g.mu.Lock()
+	for i, h := range held {
+		g.socks[sockKey{pid, 3 + i}] = h
+	}
+	g.swaps = swaps
+	g.mu.Unlock()
+	if notify != nil {
+		g.onExit(func() {
+			notify.Close()
+			os.Remove(notify.LocalAddr().String())
+		})
+		go g.readNotify(notify)
+	}
+	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "), "sockets", l.cfg.sockets())
+	return g, nil
+}
+
+// listenNotifySocket makes the NOTIFY_SOCKET a command sends READY=1 to.
+func listenNotifySocket(path string) (*net.UnixConn, error) {
+	os.Remove(path)
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// readNotify takes the command's READY=1 for readiness.
+func (g *generation) readNotify(c *net.UnixConn) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		for _, line := range strings.Split(string(buf[:n]), "\n") {
+			if line == "READY=1" {
+				g.mu.Lock()
+				g.notified = true
+				g.mu.Unlock()
+				select {
+				case g.nudge <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}
+}

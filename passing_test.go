@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSocketPassing: with --sockets systemd and server-starter, takeover
+// binds the port itself and passes the socket (LISTEN_FDS with LISTEN_PID
+// the command's own pid; SERVER_STARTER_PORT in start_server's format);
+// new takeovers take it over from each other and HUP reloads pass it on,
+// under load, with no failed request; a crash is restarted on it.
+func TestSocketPassing(t *testing.T) {
+	self, _ := os.Executable()
+	for _, tt := range []struct{ mode, helper string }{
+		{socketsSystemd, "activated"},
+		{socketsServerStarter, "starter"},
+	} {
+		t.Run(tt.mode, func(t *testing.T) {
+			port := freePort(t)
+			addr := "127.0.0.1:" + port
+			start := func() *tkRun {
+				return startTakeover(t, tt.helper, "--sockets", tt.mode, "--port", addr, "--", self, addr)
+			}
+			cur := start()
+			cur.waitLog(t, "strategy=fresh")
+			if tt.mode == socketsServerStarter {
+				if line := cur.line(t); !strings.HasSuffix(line, " "+addr+"=3") {
+					t.Errorf("the command saw %q, want SERVER_STARTER_PORT=%s=3", line, addr)
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var done atomic.Int64
+			loaded := make(chan *loadResult, 1)
+			go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Done: &done}) }()
+			more := func() {
+				until := done.Load() + 1000
+				for deadline := time.Now().Add(30 * time.Second); done.Load() < until && time.Now().Before(deadline); {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			for i := 1; i <= 2; i++ {
+				more()
+				next := start()
+				if code := cur.wait(t); code != 0 {
+					cancel()
+					t.Fatalf("swap %d: the old takeover exited %d:\n%s\nnew:\n%s", i, code, cur.stderr, next.stderr)
+				}
+				next.waitLog(t, "via=unix-socket")
+				cur = next
+			}
+			more()
+			cur.cmd.Process.Signal(syscall.SIGHUP)
+			cur.waitLog(t, "via=own-copy")
+			more()
+			cancel()
+			r := <-loaded
+			if r.failedRequests() != 0 {
+				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d)", r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts)
+			}
+			t.Logf("%s: 2 new takeovers and a HUP reload: %d requests, %d failed", tt.mode, r.Requests, r.failedRequests())
+
+			syscall.Kill(childOf(t, cur, addr), syscall.SIGKILL)
+			cur.waitLog(t, "msg=restarted")
+			waitServing(t, addr)
+			cur.cmd.Process.Signal(syscall.SIGTERM)
+			if code := cur.wait(t); code != 0 {
+				t.Errorf("takeover exited %d after TERM:\n%s", code, cur.stderr)
+			}
+			if ls := lookup(t, addr); len(ls) != 0 {
+				t.Errorf("after TERM the port is still held: %+v", ls)
+			}
+		})
+	}
+}
+
+// TestReadyByNotify: --ready notify waits for the command's READY=1 on the
+// NOTIFY_SOCKET takeover gives it, though it accepts at once: the old server
+// is stopped only after it.
+func TestReadyByNotify(t *testing.T) {
+	marks := filepath.Join(t.TempDir(), "marks")
+	t.Setenv("TAKEOVER_TEST_MARK", marks)
+	self, _ := os.Executable()
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	old := startTakeover(t, "marked", "--port", addr, "--", self, addr)
+	old.waitLog(t, "took over")
+	next := startTakeover(t, "activated", "--sockets", "systemd", "--ready", "notify", "--port", addr, "--", self, addr, "notify")
+	if code := old.wait(t); code != 0 {
+		t.Fatalf("the old takeover exited %d:\n%s\nnew:\n%s", code, old.stderr, next.stderr)
+	}
+	next.waitLog(t, "ready_by=notify")
+	b, _ := os.ReadFile(marks)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 2 || !strings.HasSuffix(lines[0], "ready") || !strings.HasSuffix(lines[1], "stop signal") {
+		t.Errorf("marks %q, want READY=1 before the old server's stop signal", lines)
+	}
+	if !strings.Contains(next.stderr.String(), "via=pidfd_getfd") && !strings.Contains(next.stderr.String(), "via=unix-socket") {
+		t.Errorf("the socket was not handed over:\n%s", next.stderr)
+	}
+}
