@@ -98,34 +98,7 @@ func TestEnvironments(t *testing.T) {
 				t.Errorf("the log does not say what to allow:\n%s", cur.stderr)
 			}
 
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			loaded := make(chan *loadResult, 1)
-			var done atomic.Int64
-			go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Done: &done}) }()
-			// more waits until the clients have made n more requests.
-			more := func(n int64) {
-				until := done.Load() + n
-				for deadline := time.Now().Add(30 * time.Second); done.Load() < until && time.Now().Before(deadline); {
-					time.Sleep(5 * time.Millisecond)
-				}
-			}
-			for i := 1; i <= 3; i++ {
-				more(1000)
-				next := start()
-				if code := cur.wait(t); code != 0 {
-					cancel()
-					t.Fatalf("swap %d: the old takeover exited %d:\n%s\nthe new one:\n%s", i, code, cur.stderr, next.stderr)
-				}
-				next.waitLog(t, "via=unix-socket")
-				cur = next
-			}
-			more(1000)
-			cur.cmd.Process.Signal(syscall.SIGHUP)
-			cur.waitLog(t, "via=own-copy")
-			more(1000)
-			cancel()
-			r := <-loaded
+			cur, r := swapsUnderLoad(t, addr, cur, start, 3)
 			if r.Requests == 0 || r.failedRequests() != 0 {
 				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d)", r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts)
 			}
@@ -187,4 +160,40 @@ func TestContainerInEffect(t *testing.T) {
 	if !strings.Contains(r.stderr.String(), "cannot copy the command's sockets") {
 		t.Errorf("takeover copied sockets: the profile is not in effect:\n%s", r.stderr)
 	}
+}
+
+// swapsUnderLoad replaces cur by swaps new takeovers (from start), each
+// taking the socket over its predecessor's unix socket, then reloads the
+// last with HUP, under two clients that make 1000 requests before each
+// swap and after the last; it returns the takeover that serves and what
+// the clients saw.
+func swapsUnderLoad(t *testing.T, addr string, cur *tkRun, start func() *tkRun, swaps int) (*tkRun, *loadResult) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var done atomic.Int64
+	loaded := make(chan *loadResult, 1)
+	go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Done: &done}) }()
+	more := func() {
+		until := done.Load() + 1000
+		for deadline := time.Now().Add(30 * time.Second); done.Load() < until && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for i := 1; i <= swaps; i++ {
+		more()
+		next := start()
+		if code := cur.wait(t); code != 0 {
+			cancel()
+			t.Fatalf("swap %d: the old takeover exited %d:\n%s\nthe new one:\n%s", i, code, cur.stderr, next.stderr)
+		}
+		next.waitLog(t, "via=unix-socket")
+		cur = next
+	}
+	more()
+	cur.cmd.Process.Signal(syscall.SIGHUP)
+	cur.waitLog(t, "via=own-copy")
+	more()
+	cancel()
+	return cur, <-loaded
 }

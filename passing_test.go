@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // TestSocketPassing: with --sockets systemd and server-starter, takeover
@@ -35,33 +32,7 @@ func TestSocketPassing(t *testing.T) {
 					t.Errorf("the command saw %q, want SERVER_STARTER_PORT=%s=3", line, addr)
 				}
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var done atomic.Int64
-			loaded := make(chan *loadResult, 1)
-			go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Done: &done}) }()
-			more := func() {
-				until := done.Load() + 1000
-				for deadline := time.Now().Add(30 * time.Second); done.Load() < until && time.Now().Before(deadline); {
-					time.Sleep(5 * time.Millisecond)
-				}
-			}
-			for i := 1; i <= 2; i++ {
-				more()
-				next := start()
-				if code := cur.wait(t); code != 0 {
-					cancel()
-					t.Fatalf("swap %d: the old takeover exited %d:\n%s\nnew:\n%s", i, code, cur.stderr, next.stderr)
-				}
-				next.waitLog(t, "via=unix-socket")
-				cur = next
-			}
-			more()
-			cur.cmd.Process.Signal(syscall.SIGHUP)
-			cur.waitLog(t, "via=own-copy")
-			more()
-			cancel()
-			r := <-loaded
+			cur, r := swapsUnderLoad(t, addr, cur, start, 2)
 			if r.failedRequests() != 0 {
 				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d)", r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts)
 			}
