@@ -119,7 +119,12 @@ func (l *launcher) run(path string) int {
 	l.byPID = make(map[int]*generation)
 	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
 	if err := m.begin(); err != nil {
-		l.log.Error("cannot start the command", "err", err)
+		if errors.Is(err, errNoSeccomp) {
+			l.log.Error("cannot start the command", "err", err,
+				"hint", "a server that takes its listening sockets from its parent needs no seccomp: run it with --sockets systemd (LISTEN_FDS) or --sockets server-starter (SERVER_STARTER_PORT)")
+		} else {
+			l.log.Error("cannot start the command", "err", err)
+		}
 		return exitLauncher
 	}
 	locks = nil // the first swap releases them

@@ -572,8 +572,22 @@ func TestNoSeccompUnderSeccomp(t *testing.T) {
 	if code := r.wait(t); code != 125 {
 		t.Fatalf("nested takeover exited %d, want 125; stderr:\n%s", code, r.stderr)
 	}
-	if !strings.Contains(r.stderr.String(), "seccomp user notification is not available") {
-		t.Errorf("stderr does not say what is missing:\n%s", r.stderr)
+	if s := r.stderr.String(); !strings.Contains(s, "seccomp user notification is not available") || !strings.Contains(s, "--sockets systemd") {
+		t.Errorf("stderr does not say what is missing and which mode needs none:\n%s", s)
+	}
+}
+
+// TestSocketPassingNeedsNoSeccomp: where no seccomp listener can be had (here
+// inside another takeover), --sockets systemd still works.
+func TestSocketPassingNeedsNoSeccomp(t *testing.T) {
+	bin := takeoverBin(t)
+	self, _ := os.Executable()
+	outer, inner := freePort(t), freePort(t)
+	addr := "127.0.0.1:" + inner
+	r := startTakeover(t, "activated", "-p", outer, "--", bin, "--sockets", "systemd", "-p", addr, "--", self, addr)
+	waitServing(t, addr)
+	if !r.running() {
+		t.Fatalf("takeover exited:\n%s", r.stderr)
 	}
 }
 
