@@ -112,6 +112,7 @@ func (l *launcher) run(path string) int {
 	defer func() {
 		stopServing()
 		releaseLocks(locks)
+		releaseLocks(l.locks) // a first swap that never completed still holds them
 		l.cleanRunDir()
 	}()
 	l.ctx, l.path, l.locks = ctx, path, locks

@@ -160,6 +160,15 @@ func TestRunDirCleaned(t *testing.T) {
 	if names := dirNames(t, dir); len(names) != 0 {
 		t.Errorf("after the last takeover, the run directory holds %v", names)
 	}
+
+	// A takeover whose command never became ready cleans up too.
+	failed := startTakeover(t, "crash", "--port", port, "--", self, addr)
+	if code := failed.wait(t); code != 3 {
+		t.Errorf("the failed start exited %d, want the command's 3", code)
+	}
+	if names := dirNames(t, dir); len(names) != 0 {
+		t.Errorf("after a failed start, the run directory holds %v", names)
+	}
 }
 
 func dirNames(t *testing.T, dir string) []string {
