@@ -363,7 +363,7 @@ func TestStopDuringReload(t *testing.T) {
 	dir := t.TempDir()
 	self, _ := os.Executable()
 	app := filepath.Join(dir, "slow-app")
-	script := fmt.Sprintf("#!/bin/sh\n[ -e %s/started ] && sleep 30\ntouch %s/started\nexec %s \"$@\"\n", dir, dir, self)
+	script := fmt.Sprintf("#!/bin/sh\n[ -e %s/started ] && exec sleep 30\ntouch %s/started\nexec %s \"$@\"\n", dir, dir, self)
 	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -341,6 +341,8 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		if m.state == replaced {
 			m.status = 0
 			m.log.Debug("replaced by a newer takeover; exiting", "child_status", code)
+		} else {
+			m.log.Info("command exited", "pid", g.pid, "status", code)
 		}
 		return m.status, m.next == nil
 	case reloading:
