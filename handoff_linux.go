@@ -116,7 +116,7 @@ func parseFdinfoCloexec(s string) (bool, error) {
 func parseFdinfoFlags(s string) (int, error) {
 	for _, line := range strings.Split(s, "\n") {
 		if v, ok := strings.CutPrefix(line, "flags:"); ok {
-			flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+			flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32) // open flags are an int
 			if err != nil {
 				return 0, fmt.Errorf("fdinfo flags %q: %w", v, errMalformed)
 			}

@@ -357,6 +357,17 @@ func TestParseFdinfoCloexec(t *testing.T) {
 	}
 }
 
+func FuzzParseFdinfoFlags(f *testing.F) {
+	f.Add("pos:\t0\nflags:\t02004002\nmnt_id:\t9\nino:\t1234\n")
+	f.Add("flags:\t99999999999999999999999\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		flags, err := parseFdinfoFlags(s)
+		if err == nil && flags < 0 {
+			t.Fatalf("parseFdinfoFlags(%q) = %d", s, flags)
+		}
+	})
+}
+
 // TestStopDuringReload: TERM while a new generation is still starting stops
 // both generations; nothing outlives takeover.
 func TestStopDuringReload(t *testing.T) {
