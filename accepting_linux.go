@@ -289,10 +289,11 @@ func parsePollFDs(b []byte) []pollFD {
 	return ps
 }
 
-// parseFDSet returns the fds below n set in an fd_set (an array of longs).
+// parseFDSet returns the fds below n set in an fd_set (an array of longs;
+// a partial last long is ignored).
 func parseFDSet(b []byte, n int) []int {
 	var fds []int
-	for fd := 0; fd < n && fd/8 < len(b); fd++ {
+	for fd := 0; fd < n && fd/64*8+8 <= len(b); fd++ {
 		word := binary.NativeEndian.Uint64(b[fd/64*8:])
 		if word&(1<<(fd%64)) != 0 {
 			fds = append(fds, fd)

@@ -152,7 +152,11 @@ func FuzzParseEpollTargets(f *testing.F) {
 func FuzzParseSyscall(f *testing.F) {
 	f.Add([]byte("288 0x5 0x7f001000 0x7f001080 0x80800 0x0 0x0 0x7f00a000 0x7f00b000"))
 	f.Add([]byte("running"))
-	f.Fuzz(func(t *testing.T, b []byte) { parseSyscall(b) })
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if sc, ok := parseSyscall(b); ok && sc.Nr < 0 {
+			t.Fatalf("parseSyscall(%q) = %+v: a negative number is no system call", b, sc)
+		}
+	})
 }
 
 func FuzzParseFDSet(f *testing.F) {
