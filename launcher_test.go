@@ -517,6 +517,16 @@ func TestExitStatuses(t *testing.T) {
 		{"bad strategy", "", []string{"-p", "1", "--strategy", "magic", "--", "true"}, 125, "want auto, handoff or rebind"},
 		{"bad log format", "", []string{"-p", "1", "--log-format", "xml", "--", "true"}, 125, "want text or json"},
 		{"unknown flag", "", []string{"--nope", "--", "true"}, 125, "flag provided but not defined"},
+		{"bad ready", "", []string{"-p", "1", "--ready", "soon", "--", "true"}, 125, "want accept, listen, notify or interval"},
+		{"ready-timeout within bind-timeout", "", []string{"-p", "1", "--ready-timeout", "10s", "--", "true"}, 125, "--ready-timeout 10s is not longer than --bind-timeout 15s"},
+		{"zero ready-timeout", "", []string{"-p", "1", "--ready-timeout", "0s", "--", "true"}, 125, "must be more than 0"},
+		{"bad lock-timeout", "", []string{"-p", "1", "--lock-timeout", "-1s", "--", "true"}, 125, "--lock-timeout -1s: must be more than 0"},
+		{"bad restart", "", []string{"-p", "1", "--restart", "sometimes", "--", "true"}, 125, "want on-failure, always or never"},
+		{"max-restarts out of range", "", []string{"-p", "1", "--max-restarts", "0", "--", "true"}, 125, "--max-restarts 0: want 1 to 1000"},
+		{"bad restart-window", "", []string{"-p", "1", "--restart-window", "0s", "--", "true"}, 125, "--restart-window 0s: must be more than 0"},
+		{"restart-delay out of range", "", []string{"-p", "1", "--restart-delay", "1m", "--", "true"}, 125, "--restart-delay 1m0s: want more than 0 and at most 15s"},
+		{"bad sockets", "", []string{"-p", "1", "--sockets", "inetd", "--", "true"}, 125, "want intercept, systemd or server-starter"},
+		{"bad interval", "", []string{"-p", "1", "--interval", "0s", "--", "true"}, 125, "--interval 0s: must be more than 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
