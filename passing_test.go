@@ -3,6 +3,8 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,7 +40,9 @@ func TestSocketPassing(t *testing.T) {
 			}
 			t.Logf("%s: 2 new takeovers and a HUP reload: %d requests, %d failed", tt.mode, r.Requests, r.failedRequests())
 
-			syscall.Kill(childOf(t, cur, addr), syscall.SIGKILL)
+			// The generation the HUP replaced may still be draining: kill
+			// the one serving, which the last swap line names.
+			syscall.Kill(lastNewPID(t, cur), syscall.SIGKILL)
 			cur.waitLog(t, "msg=restarted")
 			waitServing(t, addr)
 			cur.cmd.Process.Signal(syscall.SIGTERM)
@@ -76,4 +80,15 @@ func TestReadyByNotify(t *testing.T) {
 	if !strings.Contains(next.stderr.String(), "via=pidfd_getfd") && !strings.Contains(next.stderr.String(), "via=unix-socket") {
 		t.Errorf("the socket was not handed over:\n%s", next.stderr)
 	}
+}
+
+// lastNewPID returns the new_pid of r's last swap line.
+func lastNewPID(t *testing.T, r *tkRun) int {
+	t.Helper()
+	m := regexp.MustCompile(`msg="took over" generation=\d+ new_pid=(\d+)`).FindAllStringSubmatch(r.stderr.String(), -1)
+	if len(m) == 0 {
+		t.Fatalf("no swap line:\n%s", r.stderr)
+	}
+	pid, _ := strconv.Atoi(m[len(m)-1][1])
+	return pid
 }
