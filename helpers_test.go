@@ -238,6 +238,21 @@ func runHelper(mode string, args []string) int {
 			}()
 		}
 		return serveUntilTerm(ln)
+	case "notifier": // listen, and send READY=1 500ms later, then serve
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			mark("ready")
+			if c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET")); err == nil {
+				c.Write([]byte("READY=1"))
+				c.Close()
+			}
+		}()
+		return serveUntilTerm(ln)
 	case "starter": // serve the socket SERVER_STARTER_PORT names, as Server::Starter's helper reads it
 		ports, err := parseServerStarterPort(os.Getenv("SERVER_STARTER_PORT"))
 		if err != nil || len(ports) != 1 || os.Getenv("SERVER_STARTER_GENERATION") == "" {

@@ -335,7 +335,9 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	}
 	parentEnd, childEnd := pair[0], os.NewFile(uintptr(pair[1]), "shim")
 	defer unix.Close(parentEnd)
+	notify, notifyEnv := l.notifySocket(num)
 	env := append(l.commandEnv(num, nil), shimEnv+"=1")
+	env = append(env, notifyEnv...)
 	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
 	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{
 		Env:   env,
@@ -343,6 +345,10 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	})
 	childEnd.Close()
 	if err != nil {
+		if notify != nil {
+			notify.Close()
+			os.Remove(notify.LocalAddr().String())
+		}
 		return nil, err
 	}
 	// The reaper's wait4(-1) collects the child, not os.Process.Wait: let go
@@ -359,9 +365,14 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	if err != nil {
 		var ws syscall.WaitStatus
 		syscall.Wait4(pid, &ws, 0, nil)
+		if notify != nil {
+			notify.Close()
+			os.Remove(notify.LocalAddr().String())
+		}
 		return nil, err
 	}
 	g := l.newGeneration(ctx, num, pid, notifFD, prev)
+	g.attachNotify(notify)
 	go func() {
 		g.serve(ctx)
 		unix.Close(notifFD)

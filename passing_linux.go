@@ -240,16 +240,11 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 		}
 		files = append(files, os.NewFile(uintptr(fd), h.spec.String()))
 	}
-	notify, err := listenNotifySocket(filepath.Join(l.dir, fmt.Sprintf("notify-%d-%d.sock", l.self, num)))
-	if err != nil {
-		l.log.Warn("no NOTIFY_SOCKET for the command: readiness by accept only", "err", err)
-	}
+	notify, notifyEnv := l.notifySocket(num)
 	env := l.commandEnv(num, passedVars)
 	env = append(env, shimEnv+"="+passShim)
 	env = append(env, passingEnv(l.cfg.sockets(), held, num)...)
-	if notify != nil {
-		env = append(env, "NOTIFY_SOCKET="+notify.LocalAddr().String())
-	}
+	env = append(env, notifyEnv...)
 	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
 	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Env: env, Files: files})
 	for _, f := range files[3:] {
@@ -277,25 +272,36 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 	}
 	g.swaps = swaps
 	g.mu.Unlock()
-	if notify != nil {
-		g.onExit(func() {
-			notify.Close()
-			os.Remove(notify.LocalAddr().String())
-		})
-		go g.readNotify(notify)
-	}
+	g.attachNotify(notify)
 	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "), "sockets", l.cfg.sockets())
 	return g, nil
 }
 
-// listenNotifySocket makes the NOTIFY_SOCKET a command sends READY=1 to.
-func listenNotifySocket(path string) (*net.UnixConn, error) {
+// notifySocket makes the NOTIFY_SOCKET generation num's command may send
+// READY=1 to, and the variable that names it (none, with a warning, if it
+// cannot be made).
+func (l *launcher) notifySocket(num int) (*net.UnixConn, []string) {
+	path := filepath.Join(l.dir, fmt.Sprintf("notify-%d-%d.sock", l.self, num))
 	os.Remove(path)
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
-		return nil, err
+		l.log.Warn("no NOTIFY_SOCKET for the command: its READY=1 cannot be heard", "err", err)
+		return nil, nil
 	}
-	return c, nil
+	return c, []string{"NOTIFY_SOCKET=" + path}
+}
+
+// attachNotify has the generation hear its command's READY=1 on c, which it
+// closes and removes once the command has exited.
+func (g *generation) attachNotify(c *net.UnixConn) {
+	if c == nil {
+		return
+	}
+	g.onExit(func() {
+		c.Close()
+		os.Remove(c.LocalAddr().String())
+	})
+	go g.readNotify(c)
 }
 
 // readNotify takes the command's READY=1 for readiness.

@@ -57,28 +57,35 @@ func TestSocketPassing(t *testing.T) {
 }
 
 // TestReadyByNotify: --ready notify waits for the command's READY=1 on the
-// NOTIFY_SOCKET takeover gives it, though it accepts at once: the old server
-// is stopped only after it.
+// NOTIFY_SOCKET takeover gives it, in either way of getting sockets, though
+// the command accepts at once: the old server is stopped only after it.
 func TestReadyByNotify(t *testing.T) {
-	marks := filepath.Join(t.TempDir(), "marks")
-	t.Setenv("TAKEOVER_TEST_MARK", marks)
 	self, _ := os.Executable()
-	port := freePort(t)
-	addr := "127.0.0.1:" + port
-	old := startTakeover(t, "marked", "--port", addr, "--", self, addr)
-	old.waitLog(t, "took over")
-	next := startTakeover(t, "activated", "--sockets", "systemd", "--ready", "notify", "--port", addr, "--", self, addr, "notify")
-	if code := old.wait(t); code != 0 {
-		t.Fatalf("the old takeover exited %d:\n%s\nnew:\n%s", code, old.stderr, next.stderr)
-	}
-	next.waitLog(t, "ready_by=notify")
-	b, _ := os.ReadFile(marks)
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) != 2 || !strings.HasSuffix(lines[0], "ready") || !strings.HasSuffix(lines[1], "stop signal") {
-		t.Errorf("marks %q, want READY=1 before the old server's stop signal", lines)
-	}
-	if !strings.Contains(next.stderr.String(), "via=pidfd_getfd") && !strings.Contains(next.stderr.String(), "via=unix-socket") {
-		t.Errorf("the socket was not handed over:\n%s", next.stderr)
+	for _, tt := range []struct{ mode, helper string }{
+		{socketsIntercept, "notifier"},
+		{socketsSystemd, "activated"},
+	} {
+		t.Run(tt.mode, func(t *testing.T) {
+			marks := filepath.Join(t.TempDir(), "marks")
+			t.Setenv("TAKEOVER_TEST_MARK", marks)
+			port := freePort(t)
+			addr := "127.0.0.1:" + port
+			old := startTakeover(t, "marked", "--port", addr, "--", self, addr)
+			old.waitLog(t, "took over")
+			next := startTakeover(t, tt.helper, "--sockets", tt.mode, "--ready", "notify", "--port", addr, "--", self, addr, "notify")
+			if code := old.wait(t); code != 0 {
+				t.Fatalf("the old takeover exited %d:\n%s\nnew:\n%s", code, old.stderr, next.stderr)
+			}
+			next.waitLog(t, "ready_by=notify")
+			b, _ := os.ReadFile(marks)
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			if len(lines) != 2 || !strings.HasSuffix(lines[0], "ready") || !strings.HasSuffix(lines[1], "stop signal") {
+				t.Errorf("marks %q, want READY=1 before the old server's stop signal", lines)
+			}
+			if !strings.Contains(next.stderr.String(), "via=unix-socket") {
+				t.Errorf("the socket was not handed over between takeovers:\n%s", next.stderr)
+			}
+		})
 	}
 }
 
