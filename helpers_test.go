@@ -265,6 +265,8 @@ func runHelper(mode string, args []string) int {
 		}
 		fmt.Printf("listening %s %s\n", ln.Addr(), os.Getenv("SERVER_STARTER_PORT"))
 		return serveUntilTerm(ln)
+	case "ssworker": // a start_server worker that notes what it sees (startserver_test.go)
+		return runStarterWorker()
 	case "exit": // exit with the status in args[0]
 		code, _ := strconv.Atoi(addr)
 		return code

@@ -43,6 +43,8 @@ type launcher struct {
 	mu     sync.Mutex
 	gens   []*generation // those that may hold sockets, for newer takeovers
 	status status        // what --status-file holds
+
+	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise
 }
 
 // forwarded are the signals a launcher passes to its child; HUP is not
@@ -61,13 +63,20 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 	if cfg.Command == nil {
 		return 0 // --help
 	}
-	path, code, err := resolveCommand(cfg.Command[0])
+	return launch(cfg, stderr)
+}
+
+// launch runs cfg's command under a launcher until takeover exits, and
+// returns takeover's exit status.
+func launch(cfg config, stderr io.Writer) int {
+	path, code, err := resolveCommand(cfg.commandName())
 	if err != nil {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return code
 	}
 	st, _ := readStat("/proc", os.Getpid())
 	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start}
+	l.starter = newStarterState(l)
 	if cfg.PIDFile != "" {
 		if err := writeFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
 			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
@@ -75,7 +84,7 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 		}
 		defer os.Remove(cfg.PIDFile)
 	}
-	return l.run(path)
+	return l.starter.exit(l.run(path))
 }
 
 func (l *launcher) ports() []uint16 {
@@ -142,6 +151,7 @@ func (l *launcher) run(path string) int {
 			}
 			delete(l.byPID, e.pid)
 			g.markExited()
+			l.starter.exited(g)
 			ev = event{kind: evExited, g: g, status: e.status}
 		case ev = <-l.events:
 		}
@@ -172,7 +182,7 @@ func (l *launcher) signalEvent(sig syscall.Signal) event {
 	case sig != unix.SIGWINCH && l.newerTakeover():
 		return event{kind: evReplaced, sig: sig}
 	case isStopSignal(sig):
-		return event{kind: evStop, sig: sig}
+		return event{kind: evStop, sig: l.starter.stopSignal(sig)}
 	}
 	return event{kind: evSignal, sig: sig}
 }
@@ -182,7 +192,7 @@ func (l *launcher) signalEvent(sig syscall.Signal) event {
 func (l *launcher) start(prev *generation) (*generation, error) {
 	path := l.path
 	if prev != nil {
-		p, code, err := resolveCommand(l.cfg.Command[0]) // a new binary on disk is picked up
+		p, code, err := resolveCommand(l.cfg.commandName()) // a new binary on disk is picked up
 		if err != nil {
 			return nil, fmt.Errorf("%w (exit status %d)", err, code)
 		}
@@ -197,6 +207,7 @@ func (l *launcher) start(prev *generation) (*generation, error) {
 	go func() {
 		select {
 		case <-g.ready:
+			l.starter.started(g)
 			l.events <- event{kind: evReady, g: g}
 		case <-g.timedOut:
 			l.events <- event{kind: evTimedOut, g: g}
@@ -393,7 +404,7 @@ func (l *launcher) commandEnv(num int, drop []string) []string {
 			env = append(env, kv)
 		}
 	}
-	return env
+	return l.cfg.withEnvDir(env)
 }
 
 // newGeneration records a started command as a generation and begins to

@@ -37,6 +37,7 @@ type config struct {
 	RestartDelay  time.Duration // the first back-off before a restart; 100ms
 	PIDFile       string
 	StatusFile    string
+	StartServer   *startServerOpts // run as start_server: its conventions (startserver.go)
 	Command       []string
 }
 

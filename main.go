@@ -24,6 +24,8 @@
 //     listens; takeport_linux.go: free port, handoff or rebind;
 //     handoff_linux.go and retrybind.go: the two strategies.
 //   - state.go: per-port locks and generation records; sdnotify.go: systemd.
+//   - startserver.go: `start_server`, a drop-in for Server::Starter's, on
+//     --sockets server-starter.
 //   - demo.go, demoserver.go, probe.go, load.go: `takeover demo`, its built-in
 //     server, and the load the demo, the benchmarks and scripts/ use.
 package main
@@ -32,6 +34,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -55,6 +58,9 @@ func main() {
 	default:
 		runShim(os.Args[1:])
 	}
+	if filepath.Base(os.Args[0]) == "start_server" { // a drop-in, through a symlink
+		os.Exit(runStartServer(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -69,6 +75,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runDemo(args[1:], stdout, stderr)
 		case "demo-server":
 			return runDemoServer(args[1:], stdout, stderr)
+		case "start-server":
+			return runStartServer(args[1:], stdout, stderr)
 		case "probe":
 			return runProbe(args[1:], stdout, stderr)
 		case "version":

@@ -133,7 +133,7 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
 	}
 	if v, _ := unix.GetsockoptInt(held, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v == 0 {
-		if err := unix.Listen(held, unix.SOMAXCONN); err != nil {
+		if err := unix.Listen(held, l.cfg.backlog()); err != nil {
 			unix.Close(held)
 			sw.releaseOld()
 			return nil, -1, fmt.Errorf("listen on %s: %w", spec, err)
@@ -194,27 +194,28 @@ func newListenSocket(addr netip.AddrPort) (int, error) {
 }
 
 // passingEnv returns the variables that tell the command where its
-// sockets are: fds from 3, in --port order.
-func passingEnv(mode string, held []*heldSock, num int) []string {
+// sockets are: at fds (3, 4, ... in --port order unless start_server's
+// --port=PORT=FD says otherwise), with names in SERVER_STARTER_PORT.
+func passingEnv(mode string, held []*heldSock, names []string, fds []int, num int) []string {
 	switch mode {
 	case socketsSystemd:
-		names := make([]string, len(held))
+		fdNames := make([]string, len(held))
 		for i, h := range held {
-			names[i] = "tcp-" + strconv.Itoa(int(h.spec.Port))
+			fdNames[i] = "tcp-" + strconv.Itoa(int(h.spec.Port))
 		}
-		return []string{"LISTEN_FDS=" + strconv.Itoa(len(held)), "LISTEN_FDNAMES=" + strings.Join(names, ":")}
+		return []string{"LISTEN_FDS=" + strconv.Itoa(len(held)), "LISTEN_FDNAMES=" + strings.Join(fdNames, ":")}
 	case socketsServerStarter:
-		return []string{"SERVER_STARTER_PORT=" + serverStarterPort(held), "SERVER_STARTER_GENERATION=" + strconv.Itoa(num)}
+		return []string{"SERVER_STARTER_PORT=" + serverStarterPort(names, fds), "SERVER_STARTER_GENERATION=" + strconv.Itoa(num)}
 	}
 	return nil
 }
 
 // serverStarterPort formats SERVER_STARTER_PORT as start_server does:
 // "PORT=FD" or "HOST:PORT=FD", ';'-separated.
-func serverStarterPort(held []*heldSock) string {
-	parts := make([]string, len(held))
-	for i, h := range held {
-		parts[i] = h.spec.String() + "=" + strconv.Itoa(3+i)
+func serverStarterPort(names []string, fds []int) string {
+	parts := make([]string, len(names))
+	for i, name := range names {
+		parts[i] = name + "=" + strconv.Itoa(fds[i])
 	}
 	return strings.Join(parts, ";")
 }
@@ -230,24 +231,34 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 		return nil, err
 	}
 	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
-	for _, h := range held {
+	names, fds := l.cfg.passedAs()
+	var passed []*os.File
+	for i, h := range held {
 		fd, err := unix.Dup(h.copyFD) // without FD_CLOEXEC: the command keeps it
 		if err != nil {
+			for _, f := range passed {
+				f.Close()
+			}
 			for _, h := range held {
 				unix.Close(h.copyFD)
 			}
 			return nil, err
 		}
-		files = append(files, os.NewFile(uintptr(fd), h.spec.String()))
+		f := os.NewFile(uintptr(fd), h.spec.String())
+		passed = append(passed, f)
+		for len(files) <= fds[i] {
+			files = append(files, nil) // closed in the command
+		}
+		files[fds[i]] = f
 	}
 	notify, notifyEnv := l.notifySocket(num)
 	env := l.commandEnv(num, passedVars)
 	env = append(env, shimEnv+"="+passShim)
-	env = append(env, passingEnv(l.cfg.sockets(), held, num)...)
+	env = append(env, passingEnv(l.cfg.sockets(), held, names, fds, num)...)
 	env = append(env, notifyEnv...)
 	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
-	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Env: env, Files: files})
-	for _, f := range files[3:] {
+	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Dir: l.cfg.dir(), Env: env, Files: files})
+	for _, f := range passed {
 		f.Close()
 	}
 	if err != nil {
@@ -268,7 +279,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 	g := l.newGeneration(ctx, num, pid, -1, prev)
 	g.mu.Lock()
 	for i, h := range held {
-		g.socks[sockKey{pid, 3 + i}] = h
+		g.socks[sockKey{pid, fds[i]}] = h
 	}
 	g.swaps = swaps
 	g.mu.Unlock()

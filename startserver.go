@@ -1,0 +1,750 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// start_server, a drop-in for Server::Starter's (0.35): the same command
+// line, signals and files, run on takeover's socket passing (--sockets
+// server-starter). takeover binds every --port, passes the sockets as
+// SERVER_STARTER_PORT, starts a new generation on HUP and stops the old one
+// with --signal-on-hup once the new one has lived --interval seconds;
+// the status file holds start_server's GEN:PID lines; --restart and --stop
+// talk to a running one through --pid-file as start_server's do. What
+// differs is takeover's: a crashed worker is restarted with back-off on the
+// sockets takeover holds, a failed start is not retried forever, and each
+// swap logs one line.
+
+// serverStarterVersion is the Server::Starter release whose command line
+// this one follows.
+const serverStarterVersion = "0.35"
+
+// startServerOpts is what start_server's options ask of a launcher beyond
+// config's own fields.
+type startServerOpts struct {
+	Dir          string        // --dir: the command's working directory
+	EnvDir       string        // --envdir or ENVDIR: NAME files read for each generation
+	Backlog      int           // --backlog; SOMAXCONN
+	Names        []string      // each --port as SERVER_STARTER_PORT names it
+	FDs          []int         // the fd the command gets each --port at
+	SignalOnTerm unix.Signal   // --signal-on-term: passed to the command for a TERM to takeover
+	StatusFile   string        // --status-file: GEN:PID lines of the live generations
+	AutoRestart  time.Duration // --enable-auto-restart: reload a generation this old; 0: never
+}
+
+// commandName is the command to look up: with --dir, a relative path is
+// taken from there, as start_server execs it after its chdir.
+func (c config) commandName() string {
+	name := c.Command[0]
+	if s := c.StartServer; s != nil && s.Dir != "" && strings.Contains(name, "/") && !filepath.IsAbs(name) {
+		if abs, err := filepath.Abs(filepath.Join(s.Dir, name)); err == nil {
+			return abs
+		}
+	}
+	return name
+}
+
+// dir is the command's working directory; "" is takeover's.
+func (c config) dir() string {
+	if c.StartServer == nil {
+		return ""
+	}
+	return c.StartServer.Dir
+}
+
+func (c config) backlog() int {
+	if c.StartServer == nil || c.StartServer.Backlog <= 0 {
+		return unix.SOMAXCONN
+	}
+	return c.StartServer.Backlog
+}
+
+// passedAs returns, for each --port, its name in SERVER_STARTER_PORT and
+// the fd the command gets it at: the spec and 3, 4, ... unless start_server's
+// --port says otherwise.
+func (c config) passedAs() (names []string, fds []int) {
+	if s := c.StartServer; s != nil && len(s.Names) == len(c.Ports) && len(s.FDs) == len(c.Ports) {
+		return s.Names, s.FDs
+	}
+	for i, p := range c.Ports {
+		names = append(names, p.String())
+		fds = append(fds, 3+i)
+	}
+	return names, fds
+}
+
+// withEnvDir adds to env what --envdir holds now: start_server reads it
+// again for each generation.
+func (c config) withEnvDir(env []string) []string {
+	if c.StartServer == nil || c.StartServer.EnvDir == "" {
+		return env
+	}
+	for _, kv := range loadEnvDir(c.StartServer.EnvDir) {
+		name, _, _ := strings.Cut(kv, "=")
+		env = slices.DeleteFunc(env, func(e string) bool { return strings.HasPrefix(e, name+"=") })
+		env = append(env, kv)
+	}
+	return env
+}
+
+// loadEnvDir reads an envdir as start_server does: each file not starting
+// with a dot sets its name to its first line; an empty or unreadable file
+// sets nothing.
+func loadEnvDir(dir string) []string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var env []string
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || strings.ContainsAny(name, "=\x00") {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			continue
+		}
+		line, err := bufio.NewReader(f).ReadString('\n')
+		f.Close()
+		if line == "" && err != nil {
+			continue
+		}
+		env = append(env, name+"="+strings.TrimSuffix(line, "\n"))
+	}
+	return env
+}
+
+// starterState is a launcher's start_server part: the status file, the
+// auto-restart and the exit status. Its methods do nothing on a nil
+// receiver, a launcher not run as start_server.
+type starterState struct {
+	opts *startServerOpts
+	log  *slog.Logger
+	self int
+
+	mu        sync.Mutex
+	live      map[int]int // generation -> pid, of those that started and still run
+	wrote     bool        // the status file exists
+	lastStart time.Time   // when the serving generation started
+	stopped   bool        // a stop signal came: start_server exits 0 then
+}
+
+func newStarterState(l *launcher) *starterState {
+	if l.cfg.StartServer == nil {
+		return nil
+	}
+	s := &starterState{opts: l.cfg.StartServer, log: l.log, self: l.self, live: make(map[int]int)}
+	if s.opts.AutoRestart > 0 {
+		go s.autoRestart(s.opts.AutoRestart)
+	}
+	return s
+}
+
+// started records g as started: start_server writes its status file once
+// a worker has lived --interval, before --kill-old-delay.
+func (s *starterState) started(g *generation) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastStart = time.Now()
+	if g.hasExited() { // it is gone already; exited has run
+		return
+	}
+	s.live[g.num] = g.pid
+	s.writeStatus()
+}
+
+// exited drops g from the status file once its command has exited.
+func (s *starterState) exited(g *generation) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if pid, ok := s.live[g.num]; ok && pid == g.pid {
+		delete(s.live, g.num)
+		s.writeStatus()
+	}
+}
+
+// writeStatus writes start_server's status file: "GEN:PID" lines, sorted
+// as Perl sorts the generations (as strings). s.mu is held.
+func (s *starterState) writeStatus() {
+	if s.opts.StatusFile == "" {
+		return
+	}
+	gens := make([]string, 0, len(s.live))
+	for gen := range s.live {
+		gens = append(gens, strconv.Itoa(gen))
+	}
+	slices.Sort(gens)
+	var b strings.Builder
+	for _, gen := range gens {
+		n, _ := strconv.Atoi(gen)
+		fmt.Fprintf(&b, "%s:%d\n", gen, s.live[n])
+	}
+	if err := writeFileAtomic(s.opts.StatusFile, []byte(b.String())); err != nil {
+		s.log.Warn("cannot write --status-file", "err", err)
+		return
+	}
+	s.wrote = true
+}
+
+// stopSignal is the signal a stop signal to takeover is passed on as:
+// --signal-on-term for TERM, TERM for INT, as start_server sends them.
+func (s *starterState) stopSignal(sig unix.Signal) unix.Signal {
+	if s == nil {
+		return sig
+	}
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	switch sig {
+	case unix.SIGTERM:
+		if s.opts.SignalOnTerm != 0 {
+			return s.opts.SignalOnTerm
+		}
+	case unix.SIGINT:
+		return unix.SIGTERM
+	}
+	return sig
+}
+
+// exit removes the status file, as start_server does when it exits, and
+// maps takeover's exit status to start_server's: 0 after a stop signal.
+func (s *starterState) exit(code int) int {
+	if s == nil {
+		return code
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.wrote {
+		os.Remove(s.opts.StatusFile)
+	}
+	if s.stopped {
+		return 0
+	}
+	return code
+}
+
+// autoRestart reloads (a HUP to takeover itself) once the serving
+// generation has run for every, as --enable-auto-restart does.
+func (s *starterState) autoRestart(every time.Duration) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for range tick.C {
+		s.mu.Lock()
+		due := !s.lastStart.IsZero() && time.Since(s.lastStart) >= every && !s.stopped
+		if due {
+			s.lastStart = time.Now() // once per interval, even if the reload fails
+		}
+		s.mu.Unlock()
+		if due {
+			s.log.Info("auto-restart: reloading", "interval", every)
+			unix.Kill(s.self, unix.SIGHUP)
+		}
+	}
+}
+
+// A starterPortArg is one start_server --port: "8100", "host:8100",
+// "[v6]:8100", each with an optional "=FD" and a "u" before the port for
+// UDP.
+type starterPortArg struct {
+	Host string // "" for a bare port: 0.0.0.0, as start_server binds it
+	Port string
+	FD   int // -1: none asked for
+	UDP  bool
+	Name string // as SERVER_STARTER_PORT names it
+}
+
+// parseStarterPort reads a --port the way start_server's patterns do.
+func parseStarterPort(s string) (starterPortArg, error) {
+	a := starterPortArg{FD: -1}
+	bad := fmt.Errorf("--port %q: want PORT, HOST:PORT or [IPV6]:PORT, each with an optional =FD", s)
+	rest := strings.TrimSpace(s)
+	if i := strings.LastIndexByte(rest, '='); i >= 0 {
+		fd, err := strconv.Atoi(strings.TrimSpace(rest[i+1:]))
+		if err != nil || fd < 0 || strings.ContainsAny(rest[i+1:], "+-") {
+			return a, bad
+		}
+		a.FD, rest = fd, strings.TrimSpace(rest[:i])
+	}
+	v6 := false
+	if strings.HasPrefix(rest, "[") {
+		end := strings.IndexByte(rest, ']')
+		if end < 0 || !strings.HasPrefix(strings.TrimLeft(rest[end+1:], " \t"), ":") {
+			return a, bad
+		}
+		a.Host = strings.TrimSpace(rest[1:end])
+		rest = strings.TrimLeft(rest[end+1:], " \t")[1:]
+		v6 = true
+	} else if i := strings.LastIndexByte(rest, ':'); i >= 0 {
+		a.Host, rest = strings.TrimSpace(rest[:i]), rest[i+1:]
+		if a.Host == "" {
+			return a, bad
+		}
+	}
+	rest = strings.TrimSpace(rest)
+	if after, ok := strings.CutPrefix(rest, "u"); ok {
+		a.UDP, rest = true, after
+	}
+	if rest == "" || strings.Trim(rest, "0123456789") != "" || a.Host == "" && v6 {
+		return a, bad
+	}
+	a.Port = rest
+	switch {
+	case a.Host == "":
+		a.Name = a.Port
+	case v6 || strings.Contains(a.Host, ":"):
+		a.Name = "[" + a.Host + "]:" + a.Port
+	default:
+		a.Name = a.Host + ":" + a.Port
+	}
+	return a, nil
+}
+
+// spec is the port takeover binds for a: a bare port on 0.0.0.0 (IPv4
+// only, as start_server binds it), a host name by its first IPv4 address
+// (start_server's gethostbyname).
+func (a starterPortArg) spec(ctx context.Context) (portSpec, error) {
+	port, err := parsePort(a.Port)
+	if err != nil {
+		return portSpec{}, fmt.Errorf("--port %s: %w", a.Name, err)
+	}
+	if a.Host == "" {
+		return portSpec{Addr: netip.IPv4Unspecified(), Port: port}, nil
+	}
+	if addr, err := netip.ParseAddr(a.Host); err == nil && addr.Zone() == "" {
+		return portSpec{Addr: addr.Unmap(), Port: port}, nil
+	}
+	if strings.Contains(a.Host, ":") {
+		return portSpec{}, fmt.Errorf("--port %s: %q is not an IPv6 address", a.Name, a.Host)
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", a.Host)
+	if err != nil || len(addrs) == 0 {
+		return portSpec{}, fmt.Errorf("--port %s: failed to resolve host %s: %v", a.Name, a.Host, err)
+	}
+	return portSpec{Addr: addrs[0].Unmap(), Port: port}, nil
+}
+
+// assignFDs gives each --port its fd: the one it asks for, else the lowest
+// free one from 3.
+func assignFDs(args []starterPortArg) ([]int, error) {
+	used := make(map[int]string)
+	for _, a := range args {
+		if a.FD < 0 {
+			continue
+		}
+		if other, ok := used[a.FD]; ok {
+			return nil, fmt.Errorf("--port %s and --port %s both ask for fd %d", other, a.Name, a.FD)
+		}
+		used[a.FD] = a.Name
+	}
+	fds := make([]int, len(args))
+	next := 3
+	for i, a := range args {
+		if a.FD >= 0 {
+			fds[i] = a.FD
+			continue
+		}
+		for used[next] != "" {
+			next++
+		}
+		fds[i], used[next] = next, a.Name
+	}
+	return fds, nil
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+const startServerUsage = `Usage:
+      start_server [options] -- server-prog server-arg1 server-arg2 ...
+
+      # start Plack using Starlet listening at TCP port 8000
+      start_server --port=8000 -- plackup -s Starlet --max-workers=100 index.psgi
+
+takeover's drop-in for Server::Starter's start_server (` + serverStarterVersion + `): the same
+options, signals and files; takeover holds the sockets, restarts a crashed
+worker on them with back-off, and logs one line per swap.
+
+Options:
+  --port=(port|host:port|port=fd|host:port=fd)   TCP port to listen to (repeatable);
+        a bare port binds 0.0.0.0, [v6]:port an IPv6 address; =fd passes it at that fd
+        (UDP ports, "u443", are not supported yet)
+  --path=path               unix socket (not supported yet)
+  --dir=path                working directory of the server program
+  --interval=seconds        a new worker is started once it has lived this long (default: 1)
+  --signal-on-hup=Signal    sent to the old worker once the new one started (default: TERM)
+  --signal-on-term=Signal   sent to the worker when start_server gets TERM (default: TERM)
+  --pid-file=filename       start_server's pid, locked while it runs
+  --status-file=filename    "generation:pid" lines of the live workers
+  --envdir=Envdir           NAME files that set the workers' environment, read for each
+                            generation (or ENVDIR)
+  --log-file=file | --log-file="| cmd args..."   append STDOUT and STDERR to file or cmd
+  --enable-auto-restart     restart the worker every --auto-restart-interval (or ENABLE_AUTO_RESTART)
+  --auto-restart-interval=seconds   (default 360, or AUTO_RESTART_INTERVAL)
+  --kill-old-delay=seconds  wait this long before signalling the old worker (default 0, or 5
+                            with --enable-auto-restart, or KILL_OLD_DELAY)
+  --backlog=size            listen backlog (default SOMAXCONN)
+  --kill-timeout=seconds    takeover's: SIGKILL an old worker this long after --signal-on-hup
+                            (default 10)
+  --restart                 HUP the start_server named by --pid-file and wait until only the
+                            new generation is left in --status-file
+  --stop                    TERM the start_server named by --pid-file and wait for it to exit
+  --daemonize               not supported yet: run it under systemd or nohup
+  --help, --version
+`
+
+// runStartServer implements start_server's command line: `start_server
+// ARGS` (the binary run under that name) or `takeover start-server ARGS`.
+func runStartServer(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("start_server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, startServerUsage) }
+	var ports, paths stringList
+	fs.Var(&ports, "port", "")
+	fs.Var(&paths, "path", "")
+	dir := fs.String("dir", "", "")
+	interval := fs.Int("interval", 1, "")
+	onHUP := fs.String("signal-on-hup", "TERM", "")
+	onTerm := fs.String("signal-on-term", "TERM", "")
+	pidFile := fs.String("pid-file", "", "")
+	statusFile := fs.String("status-file", "", "")
+	envDir := fs.String("envdir", "", "")
+	logFile := fs.String("log-file", "", "")
+	fs.Bool("enable-auto-restart", false, "")
+	fs.Int("auto-restart-interval", 360, "")
+	fs.Int("kill-old-delay", 0, "")
+	backlog := fs.Int("backlog", 0, "")
+	killTimeout := fs.Int("kill-timeout", int(defaultKillTimeout/time.Second), "")
+	daemonize := fs.Bool("daemonize", false, "")
+	restart := fs.Bool("restart", false, "")
+	stop := fs.Bool("stop", false, "")
+	help := fs.Bool("help", false, "")
+	showVersion := fs.Bool("version", false, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, startServerUsage)
+			return 0
+		}
+		return exitFailure // as start_server's Getopt::Long
+	}
+	set := make(map[string]string)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = f.Value.String() })
+	fail := func(code int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "start_server: "+format+"\n", a...)
+		return code
+	}
+	switch {
+	case *help:
+		fmt.Fprint(stdout, startServerUsage)
+		return 0
+	case *showVersion:
+		fmt.Fprintf(stdout, "%s (takeover %s)\n", serverStarterVersion, version)
+		return 0
+	case *restart:
+		if err := restartServer(*pidFile, *statusFile); err != nil {
+			return fail(exitFailure, "%v", err)
+		}
+		return 0
+	case *stop:
+		if err := stopServer(*pidFile, stderr); err != nil {
+			return fail(exitFailure, "%v", err)
+		}
+		return 0
+	case *daemonize:
+		return fail(exitUsage, "--daemonize is not supported yet by takeover's start_server; run it under systemd (Type=notify, ExecReload=kill -HUP $MAINPID) or nohup")
+	case len(paths) > 0:
+		return fail(exitUsage, "--path %s: unix sockets are not supported yet by takeover's start_server; listen on a TCP --port instead", paths[0])
+	case len(fs.Args()) == 0:
+		return fail(exitUsage, "server program not specified: put it after --, like: start_server --port=8000 -- plackup -s Starlet app.psgi")
+	case len(ports) == 0:
+		return fail(exitUsage, "no --port: takeover's start_server passes TCP ports only (and no unix --path yet); name one, like --port=8000")
+	case *interval < 0 || *backlog < 0 || *killTimeout <= 0:
+		return fail(exitUsage, "--interval and --backlog must not be negative, --kill-timeout must be more than 0")
+	}
+
+	// The options set the environment variables that stand for them, which
+	// the workers see too, as start_server does.
+	for opt, env := range map[string]string{"envdir": "ENVDIR", "enable-auto-restart": "ENABLE_AUTO_RESTART",
+		"kill-old-delay": "KILL_OLD_DELAY", "auto-restart-interval": "AUTO_RESTART_INTERVAL"} {
+		if v, ok := set[opt]; ok {
+			if opt == "enable-auto-restart" {
+				v = map[string]string{"true": "1", "false": "0"}[v]
+			}
+			os.Setenv(env, v)
+		}
+	}
+	opts := &startServerOpts{Dir: *dir, EnvDir: os.Getenv("ENVDIR"), Backlog: *backlog, StatusFile: *statusFile}
+	if *envDir != "" {
+		opts.EnvDir = *envDir
+	}
+	autoRestart := os.Getenv("ENABLE_AUTO_RESTART") != "" && os.Getenv("ENABLE_AUTO_RESTART") != "0"
+	killOldDelay := 0
+	if autoRestart {
+		killOldDelay = 5
+		every, err := envSeconds("AUTO_RESTART_INTERVAL")
+		if err != nil {
+			return fail(exitUsage, "%v", err)
+		}
+		if every == 0 {
+			every = 360
+		}
+		opts.AutoRestart = time.Duration(every) * time.Second
+	}
+	if _, ok := os.LookupEnv("KILL_OLD_DELAY"); ok {
+		d, err := envSeconds("KILL_OLD_DELAY")
+		if err != nil {
+			return fail(exitUsage, "%v", err)
+		}
+		killOldDelay = d
+	}
+
+	cfg := config{StartServer: opts, Sockets: socketsServerStarter, Ready: readyInterval, Restart: "always",
+		Command: fs.Args(), KillOldDelay: time.Duration(killOldDelay) * time.Second, KillTimeout: time.Duration(*killTimeout) * time.Second}
+	// --interval 0: ready at once (takeover's zero Interval means 1s).
+	cfg.Interval = max(time.Duration(*interval)*time.Second, time.Nanosecond)
+	cfg.BindTimeout = max(defaultBindTimeout, cfg.KillTimeout+5*time.Second)
+	cfg.ReadyTimeout = max(defaultReadyTimeout, cfg.BindTimeout+30*time.Second, cfg.Interval+time.Minute)
+	var err error
+	if cfg.Signal, err = parseSignal(*onHUP); err != nil {
+		return fail(exitUsage, "--signal-on-hup: %v", err)
+	}
+	if opts.SignalOnTerm, err = parseSignal(*onTerm); err != nil {
+		return fail(exitUsage, "--signal-on-term: %v", err)
+	}
+	var parsed []starterPortArg
+	for _, p := range ports {
+		a, err := parseStarterPort(p)
+		if err != nil {
+			return fail(exitUsage, "%v", err)
+		}
+		if a.UDP {
+			return fail(exitUsage, "--port %s: UDP ports are not supported yet by takeover's start_server; pass TCP ports only", p)
+		}
+		spec, err := a.spec(context.Background())
+		if err != nil {
+			return fail(exitUsage, "%v", err)
+		}
+		if slices.Contains(cfg.Ports, spec) {
+			return fail(exitUsage, "--port %s: named twice", a.Name)
+		}
+		cfg.Ports = append(cfg.Ports, spec)
+		opts.Names = append(opts.Names, a.Name)
+		parsed = append(parsed, a)
+	}
+	if opts.FDs, err = assignFDs(parsed); err != nil {
+		return fail(exitUsage, "%v", err)
+	}
+
+	fmt.Fprintf(stderr, "start_server (pid:%d) starting now...\n", os.Getpid()) // before --log-file, as start_server
+	if *logFile != "" {
+		if err := redirectOutput(*logFile); err != nil {
+			return fail(exitFailure, "--log-file: %v", err)
+		}
+	}
+	if *pidFile != "" {
+		f, err := lockPIDFile(*pidFile)
+		if err != nil {
+			return fail(exitFailure, "--pid-file: %v", err)
+		}
+		defer func() {
+			os.Remove(*pidFile)
+			f.Close()
+		}()
+	}
+	return launch(cfg, stderr)
+}
+
+// envSeconds reads a whole number of seconds from an environment variable;
+// unset or empty is 0.
+func envSeconds(name string) (int, error) {
+	v := strings.TrimSpace(os.Getenv(name))
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s=%q: want a whole number of seconds", name, v)
+	}
+	return n, nil
+}
+
+// redirectOutput sends takeover's and the workers' stdout and stderr to
+// spec: a file appended to, or "| command", run by the shell.
+func redirectOutput(spec string) error {
+	var w *os.File
+	if cmdline, ok := strings.CutPrefix(strings.TrimLeft(spec, " \t\n"), "|"); ok {
+		r, pw, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command("/bin/sh", "-c", strings.TrimSpace(cmdline))
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = r, os.Stdout, os.Stderr
+		err = cmd.Start()
+		r.Close()
+		if err != nil {
+			pw.Close()
+			return fmt.Errorf("failed to open pipe %q: %w", spec, err)
+		}
+		// takeover's reaper collects it. A log command that dies must not
+		// take takeover with it: writes get EPIPE, as start_server ignores
+		// SIGPIPE.
+		signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
+		w = pw
+	} else {
+		f, err := os.OpenFile(spec, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o666)
+		if err != nil {
+			return err
+		}
+		w = f
+	}
+	defer w.Close()
+	for _, fd := range []int{1, 2} {
+		if err := unix.Dup3(int(w.Fd()), fd, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lockPIDFile writes this process's pid to path and holds an exclusive
+// lock on it for as long as the file is open: start_server --stop waits for
+// the lock.
+func lockPIDFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if _, err := fmt.Fprintf(f, "%d\n", os.Getpid()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// readPIDFile reads the pid start_server wrote.
+func readPIDFile(f *os.File) (int, error) {
+	line, _ := bufio.NewReader(f).ReadString('\n')
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("%s holds no pid (%q)", f.Name(), line)
+	}
+	return pid, nil
+}
+
+// statusGenerations returns the generations a status file lists, sorted.
+func statusGenerations(path string) ([]int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var gens []int
+	for line := range strings.Lines(string(b)) {
+		gen, _, ok := strings.Cut(line, ":")
+		if n, err := strconv.Atoi(gen); ok && err == nil && n >= 0 && !slices.Contains(gens, n) {
+			gens = append(gens, n)
+		}
+	}
+	slices.Sort(gens)
+	return gens, nil
+}
+
+// restartServer is start_server --restart: HUP the running start_server
+// and wait until the status file lists one generation, a newer one than
+// before.
+func restartServer(pidFile, statusFile string) error {
+	if pidFile == "" || statusFile == "" {
+		return errors.New("--restart option requires --pid-file and --status-file to be set as well")
+	}
+	f, err := os.Open(pidFile)
+	if err != nil {
+		return fmt.Errorf("failed to open file %s: %w", pidFile, err)
+	}
+	pid, err := readPIDFile(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	gens, err := statusGenerations(statusFile)
+	if err != nil {
+		return fmt.Errorf("failed to open file %s: %w", statusFile, err)
+	}
+	if len(gens) == 0 {
+		return fmt.Errorf("no active process found in the status file %s", statusFile)
+	}
+	waitFor := gens[len(gens)-1] + 1
+	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
+		return fmt.Errorf("failed to send SIGHUP to the server process %d: %w", pid, err)
+	}
+	for {
+		gens, err := statusGenerations(statusFile)
+		if err != nil {
+			return fmt.Errorf("waiting for generation %d: %w", waitFor, err)
+		}
+		// A start that failed takes a generation number too: the next one
+		// may be later than waitFor.
+		if len(gens) == 1 && gens[0] >= waitFor {
+			return nil
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			return fmt.Errorf("start_server pid %d exited before generation %d started", pid, waitFor)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stopServer is start_server --stop: TERM the running start_server and
+// wait for it to exit, which releases its lock on the pid file.
+func stopServer(pidFile string, stderr io.Writer) error {
+	if pidFile == "" {
+		return errors.New("--stop option requires --pid-file to be set as well")
+	}
+	f, err := os.OpenFile(pidFile, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("failed to open file %s: %w", pidFile, err)
+	}
+	defer f.Close()
+	pid, err := readPIDFile(f)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "stop_server (pid:%d) stopping now (pid:%d)...\n", os.Getpid(), pid)
+	if err := unix.Kill(pid, unix.SIGTERM); err != nil {
+		return fmt.Errorf("failed to send SIGTERM to the server process %d: %w", pid, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("flock %s: %w", pidFile, err)
+	}
+	return nil
+}

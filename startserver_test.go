@@ -1,0 +1,697 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The start_server tests run each scenario under Debian's start_server
+// (Server::Starter 0.35) and under takeover's, side by side, and compare
+// what the workers saw and what the files held, with pids replaced by the
+// generation of the worker that had them.
+
+const realStartServer = "/usr/bin/start_server"
+
+// runStarterWorker is the "ssworker" helper: a server that takes its socket
+// from SERVER_STARTER_PORT as Server::Starter's own test servers do, and
+// notes to $SSWORKER_LOG its start (cwd and the variables $SSWORKER_SHOW
+// names), every signal it gets, and its exit. It fails at once with
+// SSWORKER_FAIL=1, and exits on TERM, INT and the signals in
+// $SSWORKER_EXIT_ON.
+func runStarterWorker() int {
+	gen := os.Getenv("SERVER_STARTER_GENERATION")
+	note := func(format string, a ...any) {
+		f, err := os.OpenFile(os.Getenv("SSWORKER_LOG"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(f, "%d %d %s "+format+"\n", append([]any{time.Now().UnixMilli(), os.Getpid(), gen}, a...)...)
+		f.Close()
+	}
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTERM)
+	wd, _ := os.Getwd()
+	var shown []string
+	for _, name := range strings.Split(os.Getenv("SSWORKER_SHOW"), ",") {
+		if v, ok := os.LookupEnv(name); ok && name != "" {
+			shown = append(shown, name+"="+strconv.Quote(v))
+		} else if name != "" {
+			shown = append(shown, name+"-unset")
+		}
+	}
+	note("start cwd=%s %s", wd, strings.Join(shown, " "))
+	fmt.Printf("ssworker w%s says hello on stdout\n", gen)
+	if os.Getenv("SSWORKER_FAIL") == "1" {
+		note("fail")
+		return 1
+	}
+	ports, err := parseServerStarterPort(os.Getenv("SERVER_STARTER_PORT"))
+	if err != nil || len(ports) == 0 {
+		note("bad SERVER_STARTER_PORT=%q", os.Getenv("SERVER_STARTER_PORT"))
+		return 1
+	}
+	ln, err := net.FileListener(os.NewFile(uintptr(ports[0].FD), ports[0].Addr))
+	if err != nil {
+		note("bad fd %d: %v", ports[0].FD, err)
+		return 1
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%d %s", os.Getpid(), gen)
+	})}
+	go srv.Serve(ln)
+	exitOn := append(strings.Split(os.Getenv("SSWORKER_EXIT_ON"), ","), "TERM", "INT")
+	for s := range sigs {
+		name := strings.TrimPrefix(unix.SignalName(s.(syscall.Signal)), "SIG")
+		note("signal %s", name)
+		if slices.Contains(exitOn, name) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			srv.Shutdown(ctx)
+			cancel()
+			note("exit")
+			return 0
+		}
+	}
+	return 0
+}
+
+// An ssImpl is one start_server: Debian's, or takeover's run through a
+// symlink named start_server.
+type ssImpl struct {
+	name string
+	bin  string
+}
+
+func ssImpls(t *testing.T) []ssImpl {
+	t.Helper()
+	if _, err := os.Stat(realStartServer); err != nil {
+		t.Skip("no " + realStartServer + " (Debian's libserver-starter-perl) to compare with")
+	}
+	link := filepath.Join(t.TempDir(), "start_server")
+	if err := os.Symlink(takeoverBin(t), link); err != nil {
+		t.Fatal(err)
+	}
+	return []ssImpl{{"start_server", realStartServer}, {"takeover", link}}
+}
+
+// sideBySide runs scenario under both start_servers at once and compares
+// the transcripts they return.
+func sideBySide(t *testing.T, scenario func(t *testing.T, impl ssImpl) string) {
+	impls := ssImpls(t)
+	got := make([]string, len(impls))
+	t.Run("both", func(t *testing.T) {
+		for i, impl := range impls {
+			t.Run(impl.name, func(t *testing.T) {
+				t.Parallel()
+				got[i] = scenario(t, impl)
+			})
+		}
+	})
+	if t.Failed() {
+		return
+	}
+	if got[0] != got[1] {
+		t.Errorf("the two differ:\n--- %s\n%s\n--- %s\n%s", impls[0].name, got[0], impls[1].name, got[1])
+		return
+	}
+	t.Logf("both:\n%s", got[0])
+}
+
+// An ssRun is one start_server started by a test.
+type ssRun struct {
+	impl                              ssImpl
+	dir, addr                         string
+	status, pidFile, log, envdir, out string
+	cmd                               *exec.Cmd
+	output                            *syncBuffer
+	exited                            chan struct{}
+	err                               error
+}
+
+// startSS starts impl on a free loopback port with a status file, a pid
+// file and an envdir, the ssworker helper as its server program, env added
+// to its environment and args before the "--".
+func startSS(t *testing.T, impl ssImpl, env []string, args ...string) *ssRun {
+	t.Helper()
+	dir := t.TempDir()
+	r := &ssRun{impl: impl, dir: dir, addr: "127.0.0.1:" + freePort(t),
+		status: filepath.Join(dir, "status"), pidFile: filepath.Join(dir, "pid"),
+		log: filepath.Join(dir, "workers.log"), envdir: filepath.Join(dir, "env"),
+		output: &syncBuffer{}, exited: make(chan struct{})}
+	os.Mkdir(r.envdir, 0o755)
+	self, _ := os.Executable()
+	argv := append([]string{"--port=" + r.addr, "--status-file=" + r.status, "--pid-file=" + r.pidFile, "--envdir=" + r.envdir}, args...)
+	if !slices.Contains(args, "--") {
+		argv = append(argv, "--", self)
+	}
+	r.cmd = exec.Command(impl.bin, argv...)
+	r.cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=ssworker", "SSWORKER_LOG="+r.log)
+	r.cmd.Env = append(r.cmd.Env, env...)
+	r.cmd.Stdout, r.cmd.Stderr = r.output, r.output
+	r.cmd.WaitDelay = 2 * time.Second
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		r.err = r.cmd.Wait()
+		close(r.exited)
+	}()
+	t.Cleanup(func() { r.cleanup(t) })
+	return r
+}
+
+// cleanup stops the start_server if it still runs, then kills any worker
+// of it left behind: each checked to be this run's before it is signalled.
+func (r *ssRun) cleanup(t *testing.T) {
+	select {
+	case <-r.exited:
+	default:
+		r.cmd.Process.Signal(syscall.SIGTERM) // our unreaped child: the pid is its own
+		select {
+		case <-r.exited:
+		case <-time.After(15 * time.Second):
+			r.cmd.Process.Kill()
+			<-r.exited
+		}
+	}
+	self, _ := os.Executable()
+	for _, e := range r.events() {
+		if e.what != "start" || processGone(e.pid) {
+			continue
+		}
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", e.pid))
+		environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", e.pid))
+		if exe == self && strings.Contains(string(environ), "\x00SSWORKER_LOG="+r.log+"\x00") {
+			t.Logf("killing worker %d left behind by %s", e.pid, r.impl.name)
+			syscall.Kill(e.pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func (r *ssRun) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	select {
+	case <-r.exited:
+		t.Fatalf("%s exited (%v) before %v:\n%s", r.impl.name, r.err, sig, r.output)
+	default:
+	}
+	r.cmd.Process.Signal(sig)
+}
+
+// wait waits for the start_server to exit and returns its exit status.
+func (r *ssRun) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-r.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not exit in 30s:\n%s", r.impl.name, r.output)
+	}
+	var ee *exec.ExitError
+	if errors.As(r.err, &ee) {
+		return ee.ExitCode()
+	}
+	return 0
+}
+
+// until polls cond (a file, a log) every 10ms for at most 30s.
+func (r *ssRun) until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			status, _ := os.ReadFile(r.status)
+			workers, _ := os.ReadFile(r.log)
+			t.Fatalf("%s: no %s after 30s\nstatus file: %q\nworkers:\n%s\noutput:\n%s", r.impl.name, what, status, workers, r.output)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A workerEvent is a line of the ssworker log.
+type workerEvent struct {
+	ms   int64
+	pid  int
+	gen  string
+	what string // start, fail, signal, exit
+	rest string
+}
+
+func (r *ssRun) events() []workerEvent {
+	b, _ := os.ReadFile(r.log)
+	var evs []workerEvent
+	for line := range strings.Lines(string(b)) {
+		f := strings.SplitN(strings.TrimSpace(line), " ", 5)
+		if len(f) < 4 {
+			continue
+		}
+		ms, _ := strconv.ParseInt(f[0], 10, 64)
+		pid, _ := strconv.Atoi(f[1])
+		e := workerEvent{ms: ms, pid: pid, gen: f[2], what: f[3]}
+		if len(f) == 5 {
+			e.rest = f[4]
+		}
+		evs = append(evs, e)
+	}
+	return evs
+}
+
+// worker names a pid by the generation of the worker that had it: "w2".
+func (r *ssRun) worker(pid int) string {
+	for _, e := range r.events() {
+		if e.pid == pid && e.what == "start" {
+			return "w" + e.gen
+		}
+	}
+	return "?" + strconv.Itoa(pid)
+}
+
+// statusText is the status file with each pid named by its worker.
+func (r *ssRun) statusText() string {
+	b, err := os.ReadFile(r.status)
+	if err != nil {
+		return "(none)"
+	}
+	var out strings.Builder
+	for line := range strings.Lines(string(b)) {
+		gen, pid, ok := strings.Cut(strings.TrimSuffix(line, "\n"), ":")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil {
+			fmt.Fprintf(&out, "%q (not GEN:PID)\n", line)
+			continue
+		}
+		fmt.Fprintf(&out, "%s:%s\n", gen, r.worker(n))
+	}
+	return out.String()
+}
+
+// statusGens returns the generations the status file lists.
+func (r *ssRun) statusGens() []int {
+	gens, _ := statusGenerations(r.status)
+	return gens
+}
+
+// servedBy asks the port which worker answers.
+func (r *ssRun) servedBy(t *testing.T) string {
+	t.Helper()
+	body := waitServing(t, r.addr)
+	pid, _, _ := strings.Cut(body, " ")
+	n, _ := strconv.Atoi(pid)
+	return r.worker(n)
+}
+
+// signals lists the signals each worker got, in order.
+func (r *ssRun) signals() string {
+	var out []string
+	seen := map[string][]string{}
+	var order []string
+	for _, e := range r.events() {
+		w := "w" + e.gen
+		if _, ok := seen[w]; !ok {
+			order = append(order, w)
+			seen[w] = nil
+		}
+		if e.what == "signal" {
+			seen[w] = append(seen[w], e.rest)
+		}
+	}
+	for _, w := range order {
+		out = append(out, fmt.Sprintf("%s got %v", w, seen[w]))
+	}
+	return strings.Join(out, "; ")
+}
+
+func (r *ssRun) has(what, gen string) bool {
+	for _, e := range r.events() {
+		if e.what == what && (gen == "" || e.gen == gen) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *ssRun) waitOneGen(t *testing.T, after int) int {
+	t.Helper()
+	var gen int
+	r.until(t, fmt.Sprintf("status file with one generation after %d", after), func() bool {
+		gens := r.statusGens()
+		if len(gens) == 1 && gens[0] > after {
+			gen = gens[0]
+			return true
+		}
+		return false
+	})
+	return gen
+}
+
+// TestStartServerStatusFileOverHUP: the status file before and after a HUP
+// (once the old worker is gone), who serves, the exit status after TERM,
+// and the status and pid files removed at exit.
+func TestStartServerStatusFileOverHUP(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		r := startSS(t, impl, nil)
+		first := r.waitOneGen(t, 0)
+		before, servedBefore := r.statusText(), r.servedBy(t)
+		r.signal(t, syscall.SIGHUP)
+		r.waitOneGen(t, first)
+		r.until(t, "old worker's exit", func() bool { return r.has("exit", "1") })
+		after, servedAfter := r.statusText(), r.servedBy(t)
+		r.signal(t, syscall.SIGTERM)
+		code := r.wait(t)
+		_, statusErr := os.Stat(r.status)
+		_, pidErr := os.Stat(r.pidFile)
+		return fmt.Sprintf("before HUP: %q served by %s\nafter HUP: %q served by %s\nsignals: %s\nexit status after TERM: %d\nstatus file left: %v, pid file left: %v",
+			before, servedBefore, after, servedAfter, r.signals(), code, statusErr == nil, pidErr == nil)
+	})
+}
+
+// TestStartServerSignals: --signal-on-hup goes to the old worker on HUP,
+// nothing to the new one; --signal-on-term goes to the worker on TERM.
+func TestStartServerSignals(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		r := startSS(t, impl, []string{"SSWORKER_EXIT_ON=USR1,USR2"}, "--signal-on-hup=USR1", "--signal-on-term=usr2")
+		first := r.waitOneGen(t, 0)
+		r.signal(t, syscall.SIGHUP)
+		r.waitOneGen(t, first)
+		r.until(t, "old worker's exit", func() bool { return r.has("exit", "1") })
+		afterHUP := r.signals()
+		r.signal(t, syscall.SIGTERM)
+		code := r.wait(t)
+		return fmt.Sprintf("after HUP: %s\nafter TERM: %s\nexit status: %d", afterHUP, r.signals(), code)
+	})
+}
+
+// TestStartServerFailedStart: a new worker that fails to start on HUP (its
+// envdir says so) leaves the old one serving and the status file as it was.
+// start_server tries again every --interval; takeover gives the reload up.
+func TestStartServerFailedStart(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		r := startSS(t, impl, nil)
+		r.waitOneGen(t, 0)
+		os.WriteFile(filepath.Join(r.envdir, "SSWORKER_FAIL"), []byte("1\n"), 0o644)
+		r.signal(t, syscall.SIGHUP)
+		r.until(t, "failed start seen by the superdaemon", func() bool {
+			out := r.output.String()
+			return strings.Contains(out, "seems to have failed to start") || strings.Contains(out, "reload failed")
+		})
+		status, served, sigs := r.statusText(), r.servedBy(t), r.signals()
+		os.Remove(filepath.Join(r.envdir, "SSWORKER_FAIL"))
+		r.signal(t, syscall.SIGTERM)
+		code := r.wait(t)
+		old := "w1 got " + fmt.Sprint(r.signalsOf("1"))
+		return fmt.Sprintf("after the failed start: status %q, served by %s, %s\nafter TERM: %s, exit status %d", status, served, firstWorker(sigs), old, code)
+	})
+}
+
+func firstWorker(sigs string) string {
+	first, _, _ := strings.Cut(sigs, "; ")
+	return first
+}
+
+func (r *ssRun) signalsOf(gen string) []string {
+	var out []string
+	for _, e := range r.events() {
+		if e.gen == gen && e.what == "signal" {
+			out = append(out, e.rest)
+		}
+	}
+	return out
+}
+
+// TestStartServerKillOldDelay: with --kill-old-delay=2 both generations are
+// listed while the old one waits, and it is signalled 2 s or more after the
+// new one started.
+func TestStartServerKillOldDelay(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		r := startSS(t, impl, nil, "--kill-old-delay=2")
+		first := r.waitOneGen(t, 0)
+		r.signal(t, syscall.SIGHUP)
+		r.until(t, "two generations in the status file", func() bool { return len(r.statusGens()) == 2 })
+		both, oldSignalled := r.statusText(), r.has("signal", "1")
+		r.waitOneGen(t, first)
+		r.until(t, "old worker's exit", func() bool { return r.has("exit", "1") })
+		var newStart, oldSignal int64
+		for _, e := range r.events() {
+			switch {
+			case e.what == "start" && e.gen != "1":
+				newStart = e.ms
+			case e.what == "signal" && e.gen == "1" && oldSignal == 0:
+				oldSignal = e.ms
+			}
+		}
+		after := r.statusText()
+		t.Logf("%s: old worker signalled %d ms after the new one started", impl.name, oldSignal-newStart)
+		return fmt.Sprintf("while both run: %q (old signalled yet: %v)\nafter: %q\nold signalled >= 2s after the new one started: %v\nsignals: %s",
+			both, oldSignalled, after, oldSignal-newStart >= 2000, r.signals())
+	})
+}
+
+// TestStartServerEnvdir: the envdir is read again for each generation: a
+// changed file is picked up on HUP, a removed one unsets its variable, an
+// empty one sets nothing, a dot file is skipped, only the first line
+// counts; and --dir is the workers' working directory, where a relative
+// server program is found.
+func TestStartServerEnvdir(t *testing.T) {
+	self, _ := os.Executable()
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		work := t.TempDir()
+		if err := os.Symlink(self, filepath.Join(work, "server")); err != nil {
+			t.Fatal(err)
+		}
+		r := startSS(t, impl, []string{"SSWORKER_SHOW=GREETING,EMPTY,.HIDDEN,ENVDIR"}, "--dir="+work, "--", "./server")
+		write := func(name, text string) {
+			if err := os.WriteFile(filepath.Join(r.envdir, name), []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gen := r.waitOneGen(t, 0) // started with the envdir empty
+		write("GREETING", "hello\n")
+		write("EMPTY", "")
+		write(".HIDDEN", "x\n")
+		r.signal(t, syscall.SIGHUP)
+		gen = r.waitOneGen(t, gen)
+		write("GREETING", "bye\nsecond line\n")
+		r.signal(t, syscall.SIGHUP)
+		gen = r.waitOneGen(t, gen)
+		os.Remove(filepath.Join(r.envdir, "GREETING"))
+		r.signal(t, syscall.SIGHUP)
+		r.waitOneGen(t, gen)
+		var starts []string
+		for _, e := range r.events() {
+			if e.what == "start" {
+				starts = append(starts, "w"+e.gen+" "+strings.NewReplacer(work, "WORKDIR", r.envdir, "ENVDIR").Replace(e.rest))
+			}
+		}
+		return strings.Join(starts, "\n")
+	})
+}
+
+// TestStartServerCrashAndLogFile: a worker killed with SIGKILL is
+// replaced, and no connection is refused meanwhile (start_server keeps the
+// socket; so does takeover); --log-file gets the workers' output, as a file
+// or through "| command".
+func TestStartServerCrashAndLogFile(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		logs := t.TempDir()
+		file, piped := filepath.Join(logs, "file.log"), filepath.Join(logs, "piped.log")
+		var out []string
+		for _, logFile := range []string{file, "| cat >> " + piped} {
+			r := startSS(t, impl, nil, "--log-file="+logFile)
+			first := r.waitOneGen(t, 0)
+			var pid int
+			for _, e := range r.events() {
+				if e.what == "start" {
+					pid = e.pid
+				}
+			}
+			if r.worker(pid) != "w1" || processGone(pid) {
+				t.Fatalf("worker 1 is not pid %d", pid)
+			}
+			syscall.Kill(pid, syscall.SIGKILL) // checked above: our worker, still running
+			refused, served := 0, 0
+			for len(r.statusGens()) != 1 || r.statusGens()[0] == first {
+				c, err := net.DialTimeout("tcp", r.addr, 5*time.Second)
+				if err != nil {
+					refused++
+				} else {
+					served++
+					c.Close()
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			status := r.statusText()
+			r.signal(t, syscall.SIGTERM)
+			code := r.wait(t)
+			out = append(out, fmt.Sprintf("after SIGKILL: status %q, refused %d, exit status %d, output on stderr: %v", status, refused, code, r.output.String() != ""))
+		}
+		for _, name := range []string{file, piped} {
+			b, _ := os.ReadFile(name)
+			out = append(out, fmt.Sprintf("%s has w1's hello: %v, w2's: %v", filepath.Base(name),
+				strings.Contains(string(b), "w1 says hello"), strings.Contains(string(b), "w2 says hello")))
+		}
+		return strings.Join(out, "\n")
+	})
+}
+
+// TestStartServerRestartStop: start_server --restart and --stop, Debian's
+// and takeover's, each against a running Debian start_server and a running
+// takeover one (through --pid-file and --status-file): --restart returns
+// once only the new generation is left, --stop once the server has exited.
+func TestStartServerRestartStop(t *testing.T) {
+	impls := ssImpls(t)
+	var mu sync.Mutex
+	got := map[string]string{}
+	t.Run("all", func(t *testing.T) {
+		for _, daemon := range impls {
+			for _, client := range impls {
+				name := "server=" + daemon.name + ",client=" + client.name
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					r := startSS(t, daemon, nil)
+					r.waitOneGen(t, 0)
+					ctl := func(args ...string) (int, time.Duration) {
+						ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+						defer cancel()
+						began := time.Now()
+						cmd := exec.CommandContext(ctx, client.bin, args...)
+						out, err := cmd.CombinedOutput()
+						var ee *exec.ExitError
+						switch {
+						case ctx.Err() != nil:
+							t.Fatalf("%v did not return in 30s:\n%s", args, out)
+						case errors.As(err, &ee):
+							t.Logf("%v: exit %d:\n%s", args, ee.ExitCode(), out)
+							return ee.ExitCode(), time.Since(began)
+						case err != nil:
+							t.Fatal(err)
+						}
+						return 0, time.Since(began)
+					}
+					code, _ := ctl("--restart", "--pid-file="+r.pidFile, "--status-file="+r.status)
+					status := r.statusText() // at once: --restart returns once it reads so
+					served := r.servedBy(t)
+					stopCode, _ := ctl("--stop", "--pid-file="+r.pidFile)
+					// The lock goes with the pid file's close, a moment before
+					// the server's exit.
+					select {
+					case <-r.exited:
+					case <-time.After(5 * time.Second):
+						t.Errorf("the server still runs 5s after --stop returned")
+					}
+					exit := r.wait(t)
+					_, pidErr := os.Stat(r.pidFile)
+					mu.Lock()
+					defer mu.Unlock()
+					got[name] = fmt.Sprintf("--restart: exit %d, then status %q, served by %s\n--stop: exit %d, server exited %d, pid file left: %v, signals: %s",
+						code, status, served, stopCode, exit, pidErr == nil, r.signals())
+				})
+			}
+		}
+	})
+	var want string
+	for name, g := range got {
+		if want == "" {
+			want = g
+			t.Logf("%s:\n%s", name, g)
+		} else if g != want {
+			t.Errorf("%s differs:\n%s\nwant (as another pair):\n%s", name, g, want)
+		}
+	}
+}
+
+// TestStartServerRefuses: what takeover's start_server does not support
+// yet is refused with exit status 2 and a line that says so.
+func TestStartServerRefuses(t *testing.T) {
+	bin := takeoverBin(t)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--port=u5353", "--", "true"}, "UDP ports are not supported yet"},
+		{[]string{"--port=127.0.0.1:u5353", "--", "true"}, "UDP ports are not supported yet"},
+		{[]string{"--path=/tmp/x.sock", "--", "true"}, "unix sockets are not supported yet"},
+		{[]string{"--port=8000", "--daemonize", "--log-file=/dev/null", "--", "true"}, "--daemonize is not supported yet"},
+		{[]string{"--port=8000"}, "server program not specified"},
+		{[]string{"--port=8000=4", "--port=8001=4", "--", "true"}, "both ask for fd 4"},
+		{[]string{"--port=8000", "--signal-on-hup=NOPE", "--", "true"}, "--signal-on-hup"},
+		{[]string{"--port=[::1]8000", "--", "true"}, "want PORT, HOST:PORT"},
+	} {
+		cmd := exec.Command(bin, append([]string{"start-server"}, tt.args...)...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != exitUsage || !strings.Contains(string(out), tt.want) {
+			t.Errorf("start_server %q: %v, %q; want exit status 2 and %q", tt.args, err, out, tt.want)
+		}
+	}
+	out, err := exec.Command(bin, "start-server", "--version").Output()
+	if err != nil || !strings.HasPrefix(string(out), serverStarterVersion+" ") {
+		t.Errorf("--version: %q, %v", out, err)
+	}
+}
+
+// TestStartServerPortArgs: start_server's --port forms, and the fds they
+// are passed at.
+func TestStartServerPortArgs(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want starterPortArg
+		bad  bool
+	}{
+		{in: "8000", want: starterPortArg{Port: "8000", FD: -1, Name: "8000"}},
+		{in: " 8000 = 5 ", want: starterPortArg{Port: "8000", FD: 5, Name: "8000"}},
+		{in: "127.0.0.1:8000", want: starterPortArg{Host: "127.0.0.1", Port: "8000", FD: -1, Name: "127.0.0.1:8000"}},
+		{in: "localhost:8000=0", want: starterPortArg{Host: "localhost", Port: "8000", FD: 0, Name: "localhost:8000"}},
+		{in: "[::1]:8080", want: starterPortArg{Host: "::1", Port: "8080", FD: -1, Name: "[::1]:8080"}},
+		{in: "::1:8080", want: starterPortArg{Host: "::1", Port: "8080", FD: -1, Name: "[::1]:8080"}},
+		{in: "u53", want: starterPortArg{Port: "53", FD: -1, UDP: true, Name: "53"}},
+		{in: "[::]:u53=7", want: starterPortArg{Host: "::", Port: "53", FD: 7, UDP: true, Name: "[::]:53"}},
+		{in: "", bad: true}, {in: "http", bad: true}, {in: ":80", bad: true}, {in: "[::1]8080", bad: true},
+		{in: "80=x", bad: true}, {in: "80=-1", bad: true}, {in: "[]:80", bad: true}, {in: "1.2.3.4:", bad: true},
+	} {
+		got, err := parseStarterPort(tt.in)
+		switch {
+		case tt.bad && err == nil:
+			t.Errorf("parseStarterPort(%q) = %+v, want an error", tt.in, got)
+		case !tt.bad && err != nil:
+			t.Errorf("parseStarterPort(%q): %v", tt.in, err)
+		case !tt.bad && got != tt.want:
+			t.Errorf("parseStarterPort(%q) (-want +got):\n-%+v\n+%+v", tt.in, tt.want, got)
+		}
+	}
+	fds, err := assignFDs([]starterPortArg{{FD: -1, Name: "a"}, {FD: 3, Name: "b"}, {FD: -1, Name: "c"}, {FD: 0, Name: "d"}})
+	if want := []int{4, 3, 5, 0}; err != nil || !slices.Equal(fds, want) {
+		t.Errorf("assignFDs = %v, %v; want %v", fds, err, want)
+	}
+}
+
+// FuzzStarterPort: the --port parser never panics, and the name it gives a
+// port (SERVER_STARTER_PORT's) reads back as the same port.
+func FuzzStarterPort(f *testing.F) {
+	for _, s := range []string{"8000", "127.0.0.1:8000=3", "[::1]:u8080", "::1:80", "localhost:80", " 1 = 2 ", "[:80"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := parseStarterPort(s)
+		if err != nil {
+			return
+		}
+		b, err := parseStarterPort(a.Name)
+		if err != nil || b.Name != a.Name || b.Host != a.Host || b.Port != a.Port || b.FD != -1 || b.UDP {
+			t.Errorf("%q names itself %q, which reads back as %+v, %v", s, a.Name, b, err)
+		}
+	})
+}
