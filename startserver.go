@@ -704,10 +704,16 @@ func restartServer(pidFile, statusFile string) error {
 		return fmt.Errorf("no active process found in the status file %s", statusFile)
 	}
 	waitFor := gens[len(gens)-1] + 1
+	if err := checkRunning(pidFile, pid); err != nil {
+		return err
+	}
 	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
 		return fmt.Errorf("failed to send SIGHUP to the server process %d: %w", pid, err)
 	}
-	for {
+	for deadline := time.Now().Add(clientWait); ; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("generation %d did not start within %v: see start_server's log", waitFor, clientWait)
+		}
 		gens, err := statusGenerations(statusFile)
 		if err != nil {
 			return fmt.Errorf("waiting for generation %d: %w", waitFor, err)
@@ -739,12 +745,42 @@ func stopServer(pidFile string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkRunning(pidFile, pid); err != nil {
+		return err
+	}
 	fmt.Fprintf(stderr, "stop_server (pid:%d) stopping now (pid:%d)...\n", os.Getpid(), pid)
 	if err := unix.Kill(pid, unix.SIGTERM); err != nil {
 		return fmt.Errorf("failed to send SIGTERM to the server process %d: %w", pid, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("flock %s: %w", pidFile, err)
+	for deadline := time.Now().Add(clientWait); ; time.Sleep(50 * time.Millisecond) {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if err != unix.EWOULDBLOCK {
+			return fmt.Errorf("flock %s: %w", pidFile, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("start_server pid %d did not exit within %v", pid, clientWait)
+		}
+	}
+}
+
+// clientWait bounds how long --restart and --stop wait for the server.
+const clientWait = 5 * time.Minute
+
+// checkRunning makes sure pid is the start_server running now before it is
+// signalled: a running start_server (either implementation) holds a lock
+// on its pid file, and a file nobody holds is stale, its pid perhaps
+// another process's by now.
+func checkRunning(pidFile string, pid int) error {
+	f, err := os.Open(pidFile)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err == nil {
+		return fmt.Errorf("no start_server runs for %s (nothing holds its lock): pid %d is not signalled", pidFile, pid)
 	}
 	return nil
 }

@@ -645,6 +645,31 @@ func TestStartServerRefuses(t *testing.T) {
 
 // TestStartServerPortArgs: start_server's --port forms, and the fds they
 // are passed at.
+// TestStartServerStalePIDFile: --stop and --restart signal only a
+// start_server that holds its pid file's lock; a stale file's pid, here a
+// process of the test's that is no start_server, is left alone.
+func TestStartServerStalePIDFile(t *testing.T) {
+	bin := takeoverBin(t)
+	dir := t.TempDir()
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	pidFile, statusFile := filepath.Join(dir, "pid"), filepath.Join(dir, "status")
+	os.WriteFile(pidFile, []byte(strconv.Itoa(sleeper.Process.Pid)+"\n"), 0o644)
+	os.WriteFile(statusFile, []byte("1:"+strconv.Itoa(sleeper.Process.Pid)+"\n"), 0o644)
+	for _, flag := range []string{"--stop", "--restart"} {
+		out, err := exec.Command(bin, "start-server", flag, "--pid-file="+pidFile, "--status-file="+statusFile).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "nothing holds its lock") {
+			t.Errorf("%s against a stale pid file: %v, %q; want a refusal", flag, err, out)
+		}
+	}
+	if processGone(sleeper.Process.Pid) {
+		t.Fatal("the stale pid file's process was signalled")
+	}
+}
+
 func TestStartServerPortArgs(t *testing.T) {
 	for _, tt := range []struct {
 		in   string
