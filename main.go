@@ -19,13 +19,22 @@
 //     process to signal; who.go: `takeover who`; policy.go: who may be replaced.
 //   - shim_linux.go, intercept_linux.go: the re-executed shim that installs the
 //     seccomp filter, and the kernel's notification structs and ioctls.
-//   - launch_linux.go: a launcher's life: generations, signals, reaping, HUP
-//     reload, completing a swap; supervise_linux.go: answering binds and
-//     listens; takeport_linux.go: free port, handoff or rebind;
-//     handoff_linux.go and retrybind.go: the two strategies.
+//   - lifecycle.go: a launcher's life as a state machine (starting, serving,
+//     reloading, backing off, restarting, stopping, replaced); launch_linux.go:
+//     the launcher that runs it, its generations and signals;
+//     supervisor_linux.go: what the lifecycle asks of the launcher, and the
+//     completion of a swap; generation_linux.go, status.go: a generation's
+//     state and --status-file.
+//   - supervise_linux.go: answering binds and listens; claim_linux.go: the
+//     command's socket, copied or made; takeport_linux.go: free port, handoff
+//     or rebind; handoff_linux.go and retrybind.go: the two strategies.
+//   - ready_linux.go, accepting_linux.go: when a new generation is ready (it
+//     waits for connections: epoll, accept, poll, select, read from /proc).
+//   - fdpass_linux.go: takeovers hand sockets to each other over unix sockets.
+//   - passing_linux.go: --sockets systemd and server-starter; startserver.go,
+//     startserver_run.go: `start_server`, a drop-in for Server::Starter's.
 //   - state.go: per-port locks and generation records; sdnotify.go: systemd.
-//   - startserver.go: `start_server`, a drop-in for Server::Starter's, on
-//     --sockets server-starter.
+//   - doctor_linux.go, doctor_probe_linux.go: `takeover doctor`.
 //   - demo.go, demoserver.go, probe.go, load.go: `takeover demo`, its built-in
 //     server, and the load the demo, the benchmarks and scripts/ use.
 package main

@@ -1,0 +1,345 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// start_server at run time: its status file, auto-restart, exit status,
+// log file and pid file, and the --restart and --stop clients.
+
+// starterState is a launcher's start_server part: the status file, the
+// auto-restart and the exit status. Its methods do nothing on a nil
+// receiver, a launcher not run as start_server.
+type starterState struct {
+	opts *startServerOpts
+	log  *slog.Logger
+	self int
+
+	mu        sync.Mutex
+	live      map[int]int // generation -> pid, of those that started and still run
+	wrote     bool        // the status file exists
+	lastStart time.Time   // when the serving generation started
+	stopped   bool        // a stop signal came: start_server exits 0 then
+}
+
+func newStarterState(l *launcher) *starterState {
+	if l.cfg.StartServer == nil {
+		return nil
+	}
+	s := &starterState{opts: l.cfg.StartServer, log: l.log, self: l.self, live: make(map[int]int)}
+	if s.opts.AutoRestart > 0 {
+		go s.autoRestart(s.opts.AutoRestart)
+	}
+	return s
+}
+
+// started records g as started: start_server writes its status file once
+// a worker has lived --interval, before --kill-old-delay.
+func (s *starterState) started(g *generation) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastStart = time.Now()
+	if g.hasExited() { // it is gone already; exited has run
+		return
+	}
+	s.live[g.num] = g.pid
+	s.writeStatus()
+}
+
+// exited drops g from the status file once its command has exited.
+func (s *starterState) exited(g *generation) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if pid, ok := s.live[g.num]; ok && pid == g.pid {
+		delete(s.live, g.num)
+		s.writeStatus()
+	}
+}
+
+// writeStatus writes start_server's status file: "GEN:PID" lines, sorted
+// as Perl sorts the generations (as strings). s.mu is held.
+func (s *starterState) writeStatus() {
+	if s.opts.StatusFile == "" {
+		return
+	}
+	gens := make([]string, 0, len(s.live))
+	for gen := range s.live {
+		gens = append(gens, strconv.Itoa(gen))
+	}
+	slices.Sort(gens)
+	var b strings.Builder
+	for _, gen := range gens {
+		n, _ := strconv.Atoi(gen)
+		fmt.Fprintf(&b, "%s:%d\n", gen, s.live[n])
+	}
+	if err := writeFileAtomic(s.opts.StatusFile, []byte(b.String())); err != nil {
+		s.log.Warn("cannot write --status-file", "err", err)
+		return
+	}
+	s.wrote = true
+}
+
+// stopSignal is the signal a stop signal to takeover is passed on as:
+// --signal-on-term for TERM, TERM for INT, as start_server sends them.
+func (s *starterState) stopSignal(sig unix.Signal) unix.Signal {
+	if s == nil {
+		return sig
+	}
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	switch sig {
+	case unix.SIGTERM:
+		if s.opts.SignalOnTerm != 0 {
+			return s.opts.SignalOnTerm
+		}
+	case unix.SIGINT:
+		return unix.SIGTERM
+	}
+	return sig
+}
+
+// exit removes the status file, as start_server does when it exits, and
+// maps takeover's exit status to start_server's: 0 after a stop signal.
+func (s *starterState) exit(code int) int {
+	if s == nil {
+		return code
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.wrote {
+		os.Remove(s.opts.StatusFile)
+	}
+	if s.stopped {
+		return 0
+	}
+	return code
+}
+
+// autoRestart reloads (a HUP to takeover itself) once the serving
+// generation has run for every, as --enable-auto-restart does.
+func (s *starterState) autoRestart(every time.Duration) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for range tick.C {
+		s.mu.Lock()
+		due := !s.lastStart.IsZero() && time.Since(s.lastStart) >= every && !s.stopped
+		if due {
+			s.lastStart = time.Now() // once per interval, even if the reload fails
+		}
+		s.mu.Unlock()
+		if due {
+			s.log.Info("auto-restart: reloading", "interval", every)
+			unix.Kill(s.self, unix.SIGHUP)
+		}
+	}
+}
+
+// redirectOutput sends takeover's and the workers' stdout and stderr to
+// spec: a file appended to, or "| command", run by the shell.
+func redirectOutput(spec string) error {
+	var w *os.File
+	if cmdline, ok := strings.CutPrefix(strings.TrimLeft(spec, " \t\n"), "|"); ok {
+		r, pw, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command("/bin/sh", "-c", strings.TrimSpace(cmdline))
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = r, os.Stdout, os.Stderr
+		err = cmd.Start()
+		r.Close()
+		if err != nil {
+			pw.Close()
+			return fmt.Errorf("failed to open pipe %q: %w", spec, err)
+		}
+		// takeover's reaper collects it. A log command that dies must not
+		// take takeover with it: writes get EPIPE, as start_server ignores
+		// SIGPIPE.
+		signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
+		w = pw
+	} else {
+		f, err := os.OpenFile(spec, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o666)
+		if err != nil {
+			return err
+		}
+		w = f
+	}
+	defer w.Close()
+	for _, fd := range []int{1, 2} {
+		if err := unix.Dup3(int(w.Fd()), fd, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lockPIDFile writes this process's pid to path and holds an exclusive
+// lock on it for as long as the file is open: start_server --stop waits for
+// the lock.
+func lockPIDFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if _, err := fmt.Fprintf(f, "%d\n", os.Getpid()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// readPIDFile reads the pid start_server wrote.
+func readPIDFile(f *os.File) (int, error) {
+	line, _ := bufio.NewReader(f).ReadString('\n')
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("%s holds no pid (%q)", f.Name(), line)
+	}
+	return pid, nil
+}
+
+// statusGenerations returns the generations a status file lists, sorted.
+func statusGenerations(path string) ([]int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var gens []int
+	for line := range strings.Lines(string(b)) {
+		gen, _, ok := strings.Cut(line, ":")
+		if n, err := strconv.Atoi(gen); ok && err == nil && n >= 0 && !slices.Contains(gens, n) {
+			gens = append(gens, n)
+		}
+	}
+	slices.Sort(gens)
+	return gens, nil
+}
+
+// restartServer is start_server --restart: HUP the running start_server
+// and wait until the status file lists one generation, a newer one than
+// before.
+func restartServer(pidFile, statusFile string) error {
+	if pidFile == "" || statusFile == "" {
+		return errors.New("--restart option requires --pid-file and --status-file to be set as well")
+	}
+	f, err := os.Open(pidFile)
+	if err != nil {
+		return fmt.Errorf("failed to open file %s: %w", pidFile, err)
+	}
+	pid, err := readPIDFile(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	gens, err := statusGenerations(statusFile)
+	if err != nil {
+		return fmt.Errorf("failed to open file %s: %w", statusFile, err)
+	}
+	if len(gens) == 0 {
+		return fmt.Errorf("no active process found in the status file %s", statusFile)
+	}
+	waitFor := gens[len(gens)-1] + 1
+	if err := checkRunning(pidFile, pid); err != nil {
+		return err
+	}
+	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
+		return fmt.Errorf("failed to send SIGHUP to the server process %d: %w", pid, err)
+	}
+	for deadline := time.Now().Add(clientWait); ; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("generation %d did not start within %v: see start_server's log", waitFor, clientWait)
+		}
+		gens, err := statusGenerations(statusFile)
+		if err != nil {
+			return fmt.Errorf("waiting for generation %d: %w", waitFor, err)
+		}
+		// A start that failed takes a generation number too: the next one
+		// may be later than waitFor.
+		if len(gens) == 1 && gens[0] >= waitFor {
+			return nil
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			return fmt.Errorf("start_server pid %d exited before generation %d started", pid, waitFor)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stopServer is start_server --stop: TERM the running start_server and
+// wait for it to exit, which releases its lock on the pid file.
+func stopServer(pidFile string, stderr io.Writer) error {
+	if pidFile == "" {
+		return errors.New("--stop option requires --pid-file to be set as well")
+	}
+	f, err := os.OpenFile(pidFile, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("failed to open file %s: %w", pidFile, err)
+	}
+	defer f.Close()
+	pid, err := readPIDFile(f)
+	if err != nil {
+		return err
+	}
+	if err := checkRunning(pidFile, pid); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "stop_server (pid:%d) stopping now (pid:%d)...\n", os.Getpid(), pid)
+	if err := unix.Kill(pid, unix.SIGTERM); err != nil {
+		return fmt.Errorf("failed to send SIGTERM to the server process %d: %w", pid, err)
+	}
+	for deadline := time.Now().Add(clientWait); ; time.Sleep(50 * time.Millisecond) {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if err != unix.EWOULDBLOCK {
+			return fmt.Errorf("flock %s: %w", pidFile, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("start_server pid %d did not exit within %v", pid, clientWait)
+		}
+	}
+}
+
+// checkRunning makes sure pid is the start_server running now before it is
+// signalled: a running start_server (either implementation) holds a lock
+// on its pid file, and a file nobody holds is stale, its pid perhaps
+// another process's by now.
+func checkRunning(pidFile string, pid int) error {
+	f, err := os.Open(pidFile)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err == nil {
+		return fmt.Errorf("no start_server runs for %s (nothing holds its lock): pid %d is not signalled", pidFile, pid)
+	}
+	return nil
+}
+
+// clientWait bounds how long --restart and --stop wait for the server.
+const clientWait = 5 * time.Minute

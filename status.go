@@ -1,0 +1,94 @@
+package main
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// --status-file: what the launcher is doing, for people and scripts.
+
+// status is what --status-file holds.
+type status struct {
+	TakeoverPID int          `json:"takeover_pid"`
+	State       string       `json:"state"` // serving, or backing-off after a crash
+	Generation  int          `json:"generation"`
+	ChildPID    int          `json:"child_pid"` // 0 while backing off
+	ReadyBy     string       `json:"ready_by"`
+	Ports       []string     `json:"ports"`
+	Updated     time.Time    `json:"updated"`
+	LastSwap    []swapStatus `json:"last_swap"`
+	Restarts    int          `json:"restarts"`
+	LastRestart *restartInfo `json:"last_restart,omitempty"`
+}
+
+// restartInfo is the status file's account of the last crash.
+type restartInfo struct {
+	DeadPID    int       `json:"dead_pid"`
+	DeadStatus int       `json:"dead_status"`
+	Attempt    int       `json:"attempt"`
+	BackoffMS  float64   `json:"backoff_ms"`
+	At         time.Time `json:"at"`
+}
+
+type swapStatus struct {
+	Port            string  `json:"port"`
+	Address         string  `json:"address"`
+	Strategy        string  `json:"strategy"`
+	Why             string  `json:"why,omitempty"`
+	OldPID          int     `json:"old_pid,omitempty"`
+	LookupMS        float64 `json:"lookup_ms"`
+	SignalToFreeMS  float64 `json:"signal_to_free_ms,omitempty"`
+	RefusedWindowMS float64 `json:"refused_window_ms"`
+	TotalMS         float64 `json:"total_ms"`
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// writeStatus records a swap in --status-file.
+func (l *launcher) writeStatus(g *generation, swaps []*swap) {
+	if l.cfg.StatusFile == "" {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := &l.status
+	st.TakeoverPID, st.State, st.Generation, st.ChildPID = l.self, "serving", g.num, g.pid
+	st.Ports, st.LastSwap = nil, []swapStatus{}
+	for _, p := range l.cfg.Ports {
+		st.Ports = append(st.Ports, p.String())
+	}
+	by, readyAt := g.readiedBy()
+	st.ReadyBy = by
+	for _, sw := range swaps {
+		s := swapStatus{Port: sw.Spec.String(), Address: sw.Addr.String(), Strategy: sw.Strategy, Why: sw.Why,
+			LookupMS: ms(sw.Lookup), SignalToFreeMS: ms(sw.Free), RefusedWindowMS: ms(sw.Window), TotalMS: ms(readyAt.Sub(sw.Began))}
+		if len(sw.Old) > 0 {
+			s.OldPID = sw.Old[0].Holder.PID
+		}
+		st.LastSwap = append(st.LastSwap, s)
+	}
+	l.flushStatus()
+}
+
+// restarting records a crash in --status-file: takeover backs off, the
+// sockets held, before it starts the command again.
+func (l *launcher) restarting(c crashInfo) {
+	if l.cfg.StatusFile == "" {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.status.State, l.status.ChildPID = "backing-off", 0
+	l.status.Restarts++
+	l.status.LastRestart = &restartInfo{DeadPID: c.pid, DeadStatus: c.status, Attempt: c.attempt, BackoffMS: ms(c.delay), At: c.at.UTC()}
+	l.flushStatus()
+}
+
+// flushStatus writes l.status; l.mu is held.
+func (l *launcher) flushStatus() {
+	l.status.Updated = time.Now().UTC()
+	b, _ := json.MarshalIndent(l.status, "", "  ")
+	if err := writeFileAtomic(l.cfg.StatusFile, append(b, '\n')); err != nil {
+		l.log.Warn("cannot write --status-file", "err", err)
+	}
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The launcher is the lifecycle's supervisor: it carries out what the
+// lifecycle decides, and completes each swap.
+
+func (l *launcher) start(prev *generation) (*generation, error) {
+	path := l.path
+	if prev != nil {
+		p, code, err := resolveCommand(l.cfg.commandName()) // a new binary on disk is picked up
+		if err != nil {
+			return nil, fmt.Errorf("%w (exit status %d)", err, code)
+		}
+		path = p
+	}
+	l.lastNum++
+	g, err := l.startGeneration(l.ctx, path, l.lastNum, prev)
+	if err != nil {
+		return nil, err
+	}
+	l.byPID[g.pid] = g
+	go func() {
+		select {
+		case <-g.ready:
+			l.starter.started(g)
+			l.events <- event{kind: evReady, g: g}
+		case <-g.timedOut:
+			l.events <- event{kind: evTimedOut, g: g}
+		case <-g.exited:
+		}
+	}()
+	return g, nil
+}
+
+func (l *launcher) signal(g *generation, sig syscall.Signal) { g.signal(sig) }
+
+func (l *launcher) stop(g *generation, sig syscall.Signal) {
+	if sig == 0 {
+		sig = l.cfg.signal()
+	}
+	g.signal(sig)
+	time.AfterFunc(l.cfg.killTimeout(), func() { g.signal(unix.SIGKILL) })
+}
+
+func (l *launcher) completeSwap(g *generation, unlock bool) {
+	var locks []*os.File
+	if unlock {
+		locks, l.locks = l.locks, nil
+	}
+	go func() {
+		l.swap(l.ctx, g, locks)
+		l.events <- event{kind: evSwapped, g: g}
+	}()
+}
+
+func (l *launcher) release(g *generation) {
+	g.closeCopies()
+	g.releaseSwaps()
+}
+
+func (l *launcher) after(d time.Duration, ev event) {
+	time.AfterFunc(d, func() { l.events <- ev })
+}
+
+// queued returns the length of the accept queues of g's sockets, as
+// sock_diag reports it.
+func (l *launcher) queued(g *generation) int {
+	socks, err := diagListeners()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, s := range socks {
+		if g.heldByInode(s.Inode) != nil {
+			n += int(s.Queued)
+		}
+	}
+	return n
+}
+
+// swap completes a generation's swap once it is ready (and has outlived
+// --kill-old-delay): it records the generation, tells systemd, logs the
+// swap, stops the generation it replaced (only while the new one still
+// runs), waits for that to exit and releases the port locks.
+func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
+	defer releaseLocks(locks)
+	g.mu.Lock()
+	swaps := append([]*swap(nil), g.swaps...)
+	g.mu.Unlock()
+
+	for _, port := range l.ports() {
+		if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid}); err != nil {
+			l.log.Warn("cannot record the generation", "port", port, "err", err)
+		}
+	}
+	l.writeStatus(g, swaps) // before the log line, which tells that it is written
+	l.logSwap(g, swaps)
+
+	var stop []*swap
+	for _, sw := range swaps {
+		if len(sw.oldProcs) > 0 {
+			stop = append(stop, sw)
+		}
+	}
+	select {
+	case <-g.exited:
+		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
+		g.releaseSwaps()
+		return
+	default:
+	}
+	l.notify(fmt.Sprintf("READY=1\nSTATUS=serving: generation %d, pid %d\nMAINPID=%d", g.num, g.pid, l.self))
+	if g.prev != nil {
+		g.prev.closeCopies() // takeover's own copies must not hold a port it rebinds
+	}
+	for _, sw := range stop {
+		if sw.Strategy != "rebind" { // a rebind signalled them already
+			for _, p := range sw.oldProcs {
+				p.signal(l.cfg.signal())
+			}
+		}
+	}
+	// Hold the locks until the old generation is gone, so that the next
+	// takeover finds one generation, not two.
+	for _, sw := range stop {
+		wctx, cancel := context.WithTimeout(ctx, l.cfg.killTimeout())
+		for _, p := range sw.oldProcs {
+			if !p.wait(wctx) {
+				l.log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
+				killStillHolding(sw.holders, sw.inodes)
+			}
+		}
+		cancel()
+		sw.releaseOld()
+	}
+}
+
+// logSwap writes the one line that says how a generation took its ports.
+func (l *launcher) logSwap(g *generation, swaps []*swap) {
+	by, readyAt := g.readiedBy()
+	attrs := []any{"generation", g.num, "new_pid", g.pid, "ready_by", by}
+	for _, sw := range swaps {
+		a := []any{"strategy", sw.Strategy}
+		if sw.Why != "" {
+			a = append(a, "why", sw.Why)
+		}
+		if len(sw.Old) > 0 {
+			a = append(a, "old_pid", sw.Old[0].Holder.PID, "old_cmd", sw.OldCmd, "lookup", sw.Lookup)
+			if sw.Old[0].Launcher {
+				a = append(a, "old_launcher", sw.Old[0].PID)
+			}
+		}
+		if sw.Strategy == "handoff" {
+			a = append(a, "via", sw.Via)
+		}
+		if sw.Strategy == "rebind" {
+			a = append(a, "signal_to_free", sw.Free, "refused_window", sw.Window, "sigkill", sw.Killed, "retry_sched", sw.Sched)
+		}
+		a = append(a, "total", readyAt.Sub(sw.Began))
+		attrs = append(attrs, slog.Group(sw.Spec.String(), a...))
+	}
+	l.log.Info("took over", attrs...)
+}
