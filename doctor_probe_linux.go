@@ -181,6 +181,7 @@ func listenerFailed(err error) doctorCheck {
 	default:
 		c.Do = []string{"a seccomp profile or an LSM around takeover forbids seccomp(2) itself (Docker's default profile allows it): check the profile in use (docker run --security-opt seccomp=...) and the LSM's log"}
 	}
+	c.Do = append(c.Do, "without it, a server that takes its listening sockets from its parent still works: takeover --sockets systemd (LISTEN_FDS) or --sockets server-starter (SERVER_STARTER_PORT) needs no seccomp")
 	return c
 }
 

@@ -284,7 +284,7 @@ func TestDoctorUnderTakeover(t *testing.T) {
 		"seccomp listener": isMissing,
 		"pidfd_getfd":      isOK,
 	}, map[string][]string{
-		"seccomp listener": {"runs under takeover (TAKEOVER_PID=", "a takeover cannot run inside another takeover", "run takeover at the top"},
+		"seccomp listener": {"runs under takeover (TAKEOVER_PID=", "a takeover cannot run inside another takeover", "run takeover at the top", "--sockets systemd"},
 	})
 	if _, ok := d.status["SECCOMP_IOCTL_NOTIF_ADDFD"]; ok {
 		t.Errorf("ADDFD reported though no listener could be had:\n%s", d.text)
