@@ -523,7 +523,12 @@ func TestStartServerCrashAndLogFile(t *testing.T) {
 			}
 			syscall.Kill(pid, syscall.SIGKILL) // checked above: our worker, still running
 			refused, served := 0, 0
-			for len(r.statusGens()) != 1 || r.statusGens()[0] == first {
+			// One read of the status file per look: it is rewritten meanwhile.
+			deadline := time.Now().Add(60 * time.Second)
+			for gens := r.statusGens(); len(gens) != 1 || gens[0] == first; gens = r.statusGens() {
+				if time.Now().After(deadline) {
+					t.Fatalf("no new generation in the status file 60s after the SIGKILL: %q", r.statusText())
+				}
 				c, err := net.DialTimeout("tcp", r.addr, 5*time.Second)
 				if err != nil {
 					refused++
