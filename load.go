@@ -47,6 +47,29 @@ type loadResult struct {
 	Failures                                        []failure
 }
 
+// record counts one request that began at t0 and ended as kind: "" (a
+// good answer), refused, reset, timeout or another failure, with detail.
+func (r *loadResult) record(t0 time.Time, kind, detail string) {
+	r.Requests++
+	if kind == "" {
+		r.OK++
+		r.Latencies = append(r.Latencies, time.Since(t0))
+		r.Starts = append(r.Starts, t0)
+		return
+	}
+	r.Failures = append(r.Failures, failure{t0, kind, detail})
+	switch kind {
+	case "refused":
+		r.Refused++
+	case "reset":
+		r.Resets++
+	case "timeout":
+		r.Timeouts++
+	default:
+		r.Failed++
+	}
+}
+
 // runLoad sends requests until ctx ends.
 func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
 	if cfg.Workers == 0 {
@@ -70,26 +93,9 @@ func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				kind, detail := request(cfg.Addr, req, cfg.Timeout)
-				r.Requests++
+				r.record(t0, kind, detail)
 				if cfg.Done != nil {
 					cfg.Done.Add(1)
-				}
-				if kind == "" {
-					r.OK++
-					r.Latencies = append(r.Latencies, time.Since(t0))
-					r.Starts = append(r.Starts, t0)
-				} else {
-					r.Failures = append(r.Failures, failure{t0, kind, detail})
-					switch kind {
-					case "refused":
-						r.Refused++
-					case "reset":
-						r.Resets++
-					case "timeout":
-						r.Timeouts++
-					default:
-						r.Failed++
-					}
 				}
 				if cfg.Pause > 0 {
 					time.Sleep(cfg.Pause)

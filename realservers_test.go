@@ -780,24 +780,8 @@ func runLineLoad(ctx context.Context, addr string, lr lineReq, workers int, max 
 			for ctx.Err() == nil && count.Add(1) <= max {
 				t0 := time.Now()
 				kind, detail := lineRequest(addr, lr, 5*time.Second)
-				r.Requests++
+				r.record(t0, kind, detail)
 				done.Add(1)
-				if kind == "" {
-					r.OK++
-					r.Starts = append(r.Starts, t0)
-					continue
-				}
-				r.Failures = append(r.Failures, failure{t0, kind, detail})
-				switch kind {
-				case "refused":
-					r.Refused++
-				case "reset":
-					r.Resets++
-				case "timeout":
-					r.Timeouts++
-				default:
-					r.Failed++
-				}
 			}
 			mu.Lock()
 			total.add(r)
@@ -824,7 +808,7 @@ func TestJavaTwoLoopsUnderLoad(t *testing.T) {
 	port := freePort(t)
 	addr := "127.0.0.1:" + port
 	args := []string{"--port", addr, "--kill-timeout", realKillTimeout.String(), "--",
-		"java", "-Djava.net.preferIPv4Stack=true", "-Dstartdelay=1500", filepath.Join(wd, "testdata", "real", "SlowStart.java"), port}
+		"java", "-Djava.net.preferIPv4Stack=true", "-Dstartdelay=1500", filepath.Join(wd, "testdata", "DrainServer.java"), port}
 	// Each takeover may queue behind the other loop's on the port lock.
 	const bound = 90 * time.Second
 

@@ -79,6 +79,30 @@ wait_exit() { # wait for pid $1 to exit, up to 60s
 }
 now() { date +%s.%N; }
 
+# plot_timelines PNG TITLE PREFIX "NAME...": one panel per way, the latency
+# of each request of PREFIX$NAME.timeline over time, failures marked.
+plot_timelines() {
+  local png=$1 title=$2 prefix=$3 names=$4 n
+  n=$(echo "$names" | wc -w)
+  gnuplot <<GP
+set terminal pngcairo size 1200,$((280 * n)) font ",10"
+set output "$png"
+set termoption noenhanced
+set multiplot layout $n,1 title "$title"
+set ylabel "latency (ms)"
+set logscale y
+set yrange [0.05:5000]
+set key outside right
+do for [w in "$names"] {
+  set title w
+  plot "$prefix".w.".timeline" using 1:(strcol(3) eq "ok" ? \$2 : 1/0) with dots lc rgb "#3366cc" title "answered", \
+       "" using 1:(strcol(3) eq "refused" ? 2000 : 1/0) with points pt 2 lc rgb "#dd2222" title "refused", \
+       "" using 1:(strcol(3) ne "ok" && strcol(3) ne "refused" ? 1000 : 1/0) with points pt 6 lc rgb "#ff9900" title "reset/failed"
+}
+unset multiplot
+GP
+}
+
 # run_way NAME: start the first server with start_first, swap with swap_one
 # $swaps times under the probe, and record the results.
 run_way() {
@@ -166,22 +190,8 @@ echo
 cat "$out/results.md"
 
 # The picture: one panel per way, latency of each request over time, failures marked.
-gnuplot <<GP
-set terminal pngcairo size 1200,1400 font ",10"
-set output "$out/timeline.png"
-set multiplot layout 5,1 title "Each request over time while the server is replaced $swaps times (init delay $init_delay)"
-set ylabel "latency (ms)"
-set logscale y
-set yrange [0.05:5000]
-set key outside right
-do for [w in "naive rssminer server-starter takeover-rebind takeover-handoff"] {
-  set title w
-  plot "$out/".w.".timeline" using 1:(strcol(3) eq "ok" ? \$2 : 1/0) with dots lc rgb "#3366cc" title "answered", \
-       "" using 1:(strcol(3) eq "refused" ? 2000 : 1/0) with points pt 2 lc rgb "#dd2222" title "refused", \
-       "" using 1:(strcol(3) ne "ok" && strcol(3) ne "refused" ? 1000 : 1/0) with points pt 6 lc rgb "#ff9900" title "reset/failed"
-}
-unset multiplot
-GP
+plot_timelines "$out/timeline.png" "Each request over time while the server is replaced $swaps times (init delay $init_delay)" \
+  "$out/" "naive rssminer server-starter takeover-rebind takeover-handoff"
 echo "wrote $out/results.md and $out/timeline.png"
 fi
 
@@ -246,23 +256,8 @@ PY
   } > "$out/crash.md"
   echo
   cat "$out/crash.md"
-  gnuplot <<GP
-set terminal pngcairo size 1200,840 font ",10"
-set output "$out/crash.png"
-set termoption noenhanced
-set multiplot layout 3,1 title "Each request over time while the server is killed (SIGKILL) $crashes times (init delay $init_delay)"
-set ylabel "latency (ms)"
-set logscale y
-set yrange [0.05:5000]
-set key outside right
-do for [w in "restart-loop start_server takeover"] {
-  set title w
-  plot "$out/crash-".w.".timeline" using 1:(strcol(3) eq "ok" ? \$2 : 1/0) with dots lc rgb "#3366cc" title "answered", \
-       "" using 1:(strcol(3) eq "refused" ? 2000 : 1/0) with points pt 2 lc rgb "#dd2222" title "refused", \
-       "" using 1:(strcol(3) ne "ok" && strcol(3) ne "refused" ? 1000 : 1/0) with points pt 6 lc rgb "#ff9900" title "reset/failed"
-}
-unset multiplot
-GP
+  plot_timelines "$out/crash.png" "Each request over time while the server is killed (SIGKILL) $crashes times (init delay $init_delay)" \
+    "$out/crash-" "restart-loop start_server takeover"
   echo "wrote $out/crash.md and $out/crash.png"
 fi
 want ab || exit 0

@@ -1,4 +1,6 @@
-// A Java HTTP/1.0 server that drains on SIGTERM: java DrainServer.java PORT.
+// A Java HTTP/1.0 server that drains on SIGTERM: java [-Dstartdelay=MS]
+// DrainServer.java PORT. With startdelay it initializes that long before it
+// binds, as the Rssminer server of the 2012 recipe did.
 // JDK's HttpServer.stop() drops connections it accepted but had not yet
 // read a request from; this one serves every connection it accepted.
 import java.io.*;
@@ -7,6 +9,7 @@ import java.util.concurrent.*;
 
 public class DrainServer {
     public static void main(String[] args) throws Exception {
+        Thread.sleep(Long.getLong("startdelay", 0L)); // loading caches, warming up
         ServerSocket ss = new ServerSocket();
         ss.bind(new InetSocketAddress("127.0.0.1", Integer.parseInt(args[0])), 128);
         ExecutorService pool = Executors.newFixedThreadPool(8);
