@@ -222,8 +222,8 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 		select {
 		case r := <-done:
 			if errors.Is(r.err, context.DeadlineExceeded) {
-				return nil, fmt.Errorf("takeover pid %d has held the port lock for longer than --lock-timeout %v; it may be stuck: read its log, or stop it (kill %d), then try again: %w",
-					last.PID, limit, last.PID, errLockTimeout)
+				return nil, fmt.Errorf("takeover pid %d has held the port lock for longer than --lock-timeout %v; it may be stuck: read its log, or stop it (kill %d), then try again",
+					last.PID, limit, last.PID)
 			}
 			return r.files, r.err
 		case sig := <-sigs:
@@ -236,8 +236,6 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 		}
 	}
 }
-
-var errLockTimeout = errors.New("lock timeout")
 
 // notify tells systemd, when takeover runs under it, what it is doing.
 func (l *launcher) notify(state string) {
@@ -279,10 +277,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	})
 	childEnd.Close()
 	if err != nil {
-		if notify != nil {
-			notify.Close()
-			os.Remove(notify.LocalAddr().String())
-		}
+		closeNotify(notify)
 		return nil, err
 	}
 	// The reaper's wait4(-1) collects the child, not os.Process.Wait: let go
@@ -299,10 +294,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	if err != nil {
 		var ws syscall.WaitStatus
 		syscall.Wait4(pid, &ws, 0, nil)
-		if notify != nil {
-			notify.Close()
-			os.Remove(notify.LocalAddr().String())
-		}
+		closeNotify(notify)
 		return nil, err
 	}
 	g := l.newGeneration(ctx, num, pid, notifFD, prev)

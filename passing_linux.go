@@ -262,10 +262,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 		f.Close()
 	}
 	if err != nil {
-		if notify != nil {
-			notify.Close()
-			os.Remove(notify.LocalAddr().String())
-		}
+		closeNotify(notify)
 		for _, h := range held {
 			unix.Close(h.copyFD)
 		}
@@ -308,11 +305,16 @@ func (g *generation) attachNotify(c *net.UnixConn) {
 	if c == nil {
 		return
 	}
-	g.onExit(func() {
+	g.onExit(func() { closeNotify(c) })
+	go g.readNotify(c)
+}
+
+// closeNotify closes a NOTIFY_SOCKET and removes its file (nil: nothing).
+func closeNotify(c *net.UnixConn) {
+	if c != nil {
 		c.Close()
 		os.Remove(c.LocalAddr().String())
-	})
-	go g.readNotify(c)
+	}
 }
 
 // readNotify takes the command's READY=1 for readiness.

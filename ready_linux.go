@@ -64,11 +64,10 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 
 // A readiness is one look at a generation.
 type readiness struct {
-	Ready     bool
-	Listening bool   // every target listens, whether or not seen accepting
-	By        string // how each target was seen: "epoll", "accept", "listen", ...
-	Missing   string // what the generation has yet to do
-	Blind     []int  // processes that could not be looked into
+	Ready   bool
+	By      string // how each target was seen: "epoll", "accept", "listen", ...
+	Missing string // what the generation has yet to do
+	Blind   []int  // processes that could not be looked into
 }
 
 // readiness looks at the generation's sockets and processes.
@@ -106,15 +105,15 @@ func (g *generation) readiness() readiness {
 	g.mu.Unlock()
 	switch mode := g.l.cfg.ready(); {
 	case notified && mode != readyListen && mode != readyInterval:
-		return readiness{Ready: true, Listening: true, By: "notify"}
+		return readiness{Ready: true, By: "notify"}
 	case mode == readyListen:
-		return readiness{Ready: true, Listening: true, By: "listen"}
+		return readiness{Ready: true, By: "listen"}
 	case mode == readyInterval && time.Since(g.started) >= g.l.cfg.interval():
-		return readiness{Ready: true, Listening: true, By: "interval"}
+		return readiness{Ready: true, By: "interval"}
 	case mode == readyInterval:
-		return readiness{Listening: true, Missing: fmt.Sprintf("has not run for --interval %v yet", g.l.cfg.interval())}
+		return readiness{Missing: fmt.Sprintf("has not run for --interval %v yet", g.l.cfg.interval())}
 	case mode == readyNotify:
-		return readiness{Listening: true, Missing: "has not sent READY=1"}
+		return readiness{Missing: "has not sent READY=1"}
 	}
 	seen := accepting("/proc", withDescendants("/proc", []int{g.pid}), want)
 	var by []string
@@ -126,11 +125,11 @@ func (g *generation) readiness() readiness {
 		case len(seen.Blind) > 0:
 			by = append(by, "listen")
 		default:
-			return readiness{Listening: true, Missing: fmt.Sprintf("listens on %s but no process of it was seen accepting connections", t.spec)}
+			return readiness{Missing: fmt.Sprintf("listens on %s but no process of it was seen accepting connections", t.spec)}
 		}
 	}
 	slices.Sort(by)
-	return readiness{Ready: true, Listening: true, By: strings.Join(slices.Compact(by), ","), Blind: seen.Blind}
+	return readiness{Ready: true, By: strings.Join(slices.Compact(by), ","), Blind: seen.Blind}
 }
 
 // rollbackable reports whether the generation has left every earlier

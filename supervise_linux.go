@@ -216,14 +216,7 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 
 // heldFor returns the generation's socket bound to addr, if it still holds one.
 func (g *generation) heldFor(addr netip.AddrPort) *heldSock {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, s := range g.socks {
-		if s.addr == addr {
-			return s
-		}
-	}
-	return nil
+	return g.heldWhere(func(s *heldSock) bool { return s.addr == addr })
 }
 
 func inodeOf(fd int) uint64 {
@@ -267,10 +260,15 @@ func (g *generation) holdsSockets() bool {
 }
 
 func (g *generation) heldByInode(ino uint64) *heldSock {
+	return g.heldWhere(func(s *heldSock) bool { return s.inode == ino })
+}
+
+// heldWhere returns a socket the generation holds that match accepts.
+func (g *generation) heldWhere(match func(*heldSock) bool) *heldSock {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, s := range g.socks {
-		if s.inode == ino {
+		if match(s) {
 			return s
 		}
 	}

@@ -45,7 +45,6 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	if hasPrev && prev.Launcher != l.self {
 		hint = []int{prev.Launcher}
 	}
-	launchers := liveLaunchers(l.dir)
 	all, err := listeners("/proc", portSpec{Port: port}, hint, len(hint) > 0)
 	if err != nil {
 		return nil, -1, fmt.Errorf("look up port %d: %w", port, err)
@@ -65,6 +64,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		return sw, c.sock, nil
 	}
 
+	launchers := liveLaunchers(l.dir)
 	var holderPIDs, targetPIDs []int
 	for _, o := range owners {
 		if len(o.Holders) == 0 {
