@@ -37,6 +37,7 @@ const (
 	byAccept acceptWay = "accept"
 	byPoll   acceptWay = "poll"
 	bySelect acceptWay = "select"
+	byRecv   acceptWay = "recv" // a thread blocked reading a UDP socket
 )
 
 // acceptSeen is what one look at a generation's processes found.
@@ -134,6 +135,8 @@ func waitedFDs(dir string, sc syscallState) map[int]acceptWay {
 	switch sc.Nr {
 	case sysAccept, sysAccept4:
 		fds[int(int32(sc.Args[0]))] = byAccept
+	case unix.SYS_RECVFROM, unix.SYS_RECVMSG, unix.SYS_RECVMMSG, unix.SYS_READ:
+		fds[int(int32(sc.Args[0]))] = byRecv // a listener cannot be read: UDP only
 	case sysPoll, sysPpoll:
 		n := min(sc.Args[1], 4096)
 		b, err := readMem(dir, sc.Args[0], int(n)*8)

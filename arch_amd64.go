@@ -15,3 +15,5 @@ const (
 	sysSelect   = unix.SYS_SELECT
 	sysPselect6 = unix.SYS_PSELECT6
 )
+
+const sysUnlink = unix.SYS_UNLINK

@@ -15,3 +15,5 @@ const (
 	sysSelect   = -2
 	sysPselect6 = unix.SYS_PSELECT6
 )
+
+const sysUnlink = -3 // arm64 has only unlinkat

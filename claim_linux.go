@@ -17,21 +17,22 @@ import (
 // Then takeover makes the socket itself, as the command asked for it, and
 // installs it at the command's fd in place of the command's own.
 
-// errNotStream means the command's socket is not a TCP one: not a target.
-var errNotStream = errors.New("not a stream socket")
+// errNotTarget means the command's socket is of a type no target has.
+var errNotTarget = errors.New("not a socket type takeover manages")
 
 // ptraceAdvice says how to let takeover copy sockets exactly.
 const ptraceAdvice = "docker run --cap-add SYS_PTRACE (Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]) lets takeover copy sockets exactly"
 
-// claimSocket returns takeover's socket for the command's fd: a copy of
-// the command's own, or, where copying is not allowed, a new one made like
-// it (made is true: the caller must install it in the command).
-func (l *launcher) claimSocket(tgid, fd int) (sock int, made bool, err error) {
+// claimSocket returns takeover's socket for the command's fd if it is of
+// socket type typ: a copy of the command's own, or, where copying is not
+// allowed, a new one made like it (made is true: the caller must install
+// it in the command).
+func (l *launcher) claimSocket(tgid, fd, typ int) (sock int, made bool, err error) {
 	sock, _, err = copySocket(tgid, fd)
 	if err == nil {
-		if typ, _ := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE); typ != unix.SOCK_STREAM {
+		if t, _ := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE); t != typ {
 			unix.Close(sock)
-			return -1, false, errNotStream
+			return -1, false, errNotTarget
 		}
 		return sock, false, nil
 	}
@@ -39,7 +40,7 @@ func (l *launcher) claimSocket(tgid, fd int) (sock int, made bool, err error) {
 		return -1, false, err
 	}
 	copyErr := err
-	sock, err = socketLike("/proc", tgid, fd)
+	sock, err = socketLike("/proc", tgid, fd, typ)
 	if err != nil {
 		return -1, false, err
 	}
@@ -51,20 +52,21 @@ func (l *launcher) claimSocket(tgid, fd int) (sock int, made bool, err error) {
 }
 
 // socketLike makes a socket of the protocol and family of the command's
-// fd, non-blocking if it was, with SO_REUSEADDR (what servers set; a rebind
-// past TIME_WAIT needs it) and the kernel's IPV6_V6ONLY default. All of it
-// is read without ptrace rights: the protocol from the socket's
-// system.sockprotoname attribute, the flags from fdinfo.
-func socketLike(procRoot string, tgid, fd int) (int, error) {
+// fd, if it is of type typ, non-blocking if it was, with SO_REUSEADDR (what
+// servers set; a rebind past TIME_WAIT needs it) and the kernel's
+// IPV6_V6ONLY default. All of it is read without ptrace rights: the
+// protocol from the socket's system.sockprotoname attribute, the flags
+// from fdinfo.
+func socketLike(procRoot string, tgid, fd, typ int) (int, error) {
 	path := procRoot + "/" + strconv.Itoa(tgid) + "/fd/" + strconv.Itoa(fd)
 	buf := make([]byte, 32)
 	n, err := unix.Getxattr(path, "system.sockprotoname", buf)
 	if err != nil {
 		return -1, fmt.Errorf("read the protocol of fd %d of pid %d: %w", fd, tgid, err)
 	}
-	family, proto, ok := socketProto(string(bytes.TrimRight(buf[:n], "\x00")))
-	if !ok {
-		return -1, errNotStream
+	family, protoType, proto, ok := socketProto(string(bytes.TrimRight(buf[:n], "\x00")))
+	if !ok || protoType != typ {
+		return -1, errNotTarget
 	}
 	info, err := os.ReadFile(procRoot + "/" + strconv.Itoa(tgid) + "/fdinfo/" + strconv.Itoa(fd))
 	if err != nil {
@@ -74,7 +76,7 @@ func socketLike(procRoot string, tgid, fd int) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	typ := unix.SOCK_STREAM | unix.SOCK_CLOEXEC
+	typ |= unix.SOCK_CLOEXEC
 	if flags&unix.O_NONBLOCK != 0 {
 		typ |= unix.SOCK_NONBLOCK
 	}
@@ -89,20 +91,27 @@ func socketLike(procRoot string, tgid, fd int) (int, error) {
 	return sock, nil
 }
 
-// socketProto maps a socket's protocol name to its family and protocol
-// number; ok is false for all but TCP and MPTCP.
-func socketProto(name string) (family, proto int, ok bool) {
+// socketProto maps a socket's protocol name to its family, type and
+// protocol number; ok is false for all but TCP, MPTCP, UDP and unix
+// stream sockets.
+func socketProto(name string) (family, typ, proto int, ok bool) {
 	switch name {
 	case "TCP":
-		return unix.AF_INET, 0, true
+		return unix.AF_INET, unix.SOCK_STREAM, 0, true
 	case "TCPv6":
-		return unix.AF_INET6, 0, true
+		return unix.AF_INET6, unix.SOCK_STREAM, 0, true
 	case "MPTCP":
-		return unix.AF_INET, unix.IPPROTO_MPTCP, true
+		return unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_MPTCP, true
 	case "MPTCPv6":
-		return unix.AF_INET6, unix.IPPROTO_MPTCP, true
+		return unix.AF_INET6, unix.SOCK_STREAM, unix.IPPROTO_MPTCP, true
+	case "UDP":
+		return unix.AF_INET, unix.SOCK_DGRAM, 0, true
+	case "UDPv6":
+		return unix.AF_INET6, unix.SOCK_DGRAM, 0, true
+	case "UNIX-STREAM": // (before Linux 5.15, "UNIX" for every type: not told apart)
+		return unix.AF_UNIX, unix.SOCK_STREAM, 0, true
 	}
-	return 0, 0, false
+	return 0, 0, 0, false
 }
 
 // fdInode returns the inode of the socket at fd in process pid, from its

@@ -53,7 +53,7 @@ func runDoctorProbe() int {
 }
 
 func probeBind() string {
-	fd, err := installFilter()
+	fd, err := installFilter(false)
 	if err != nil {
 		sendShimResult(-1, err.Error())
 		return "nofilter"

@@ -83,6 +83,10 @@ func (g *generation) upFor(now time.Time) time.Duration { return now.Sub(g.start
 func (g *generation) markRolledBack() {
 	g.mu.Lock()
 	g.rolledBack = true
+	for _, sw := range g.swaps {
+		sw.path.rollBack()
+		sw.path = nil
+	}
 	g.mu.Unlock()
 }
 

@@ -13,20 +13,26 @@ import (
 // A handoff gives the new server the old server's listening socket in place
 // of its own: the socket never closes, so no connection is refused and the
 // connections waiting in its accept queue are accepted by the new server.
+// A UDP socket is handed over the same way: the datagrams waiting in it are
+// read by whichever server reads next.
 
-// handoffMismatch says why old cannot stand in for own bound to addr, or "".
-// The socket must be a stream socket of the same family, bound to exactly
-// that address, with the same IPV6_V6ONLY: an IPv4 socket is never handed
-// to a server that asked for IPv6.
-func handoffMismatch(old, own int, addr netip.AddrPort) string {
+// handoffMismatch says why old cannot stand in for own, bound to the
+// target spec (at addr for TCP and UDP), or "". The socket must be of the
+// target's type and of the same family, bound to exactly that address,
+// with the same IPV6_V6ONLY: an IPv4 socket is never handed to a server
+// that asked for IPv6. A unix socket was found by the file at the path.
+func handoffMismatch(old, own int, spec portSpec, addr netip.AddrPort) string {
 	typ, err := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil || typ != unix.SOCK_STREAM {
-		return "the old socket is not a stream socket"
+	if err != nil || typ != spec.sockType() {
+		return "the old socket is not of the new one's type"
 	}
 	oldFamily, err1 := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	ownFamily, err2 := unix.GetsockoptInt(own, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err1 != nil || err2 != nil || oldFamily != ownFamily {
 		return fmt.Sprintf("the old socket is %s, the new server asked for %s", familyName(oldFamily), familyName(ownFamily))
+	}
+	if spec.Net == netUnix {
+		return ""
 	}
 	sa, err := unix.Getsockname(old)
 	if err != nil {
@@ -52,6 +58,8 @@ func familyName(f int) string {
 		return "IPv4"
 	case unix.AF_INET6:
 		return "IPv6"
+	case unix.AF_UNIX:
+		return "unix"
 	}
 	return "family " + strconv.Itoa(f)
 }

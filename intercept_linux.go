@@ -51,18 +51,29 @@ const (
 )
 
 // bindFilter sends bind(2) and listen(2) of the native architecture to the
-// supervisor and allows every other system call untouched.
-func bindFilter() []unix.SockFilter {
-	return []unix.SockFilter{
+// supervisor, with unlink(2) and unlinkat(2) too when there are unix
+// targets, and allows every other system call untouched.
+func bindFilter(unlinks bool) []unix.SockFilter {
+	trapped := []uint32{unix.SYS_BIND, unix.SYS_LISTEN}
+	if unlinks {
+		trapped = append(trapped, unix.SYS_UNLINKAT)
+		if sysUnlink >= 0 {
+			trapped = append(trapped, uint32(sysUnlink))
+		}
+	}
+	f := []unix.SockFilter{
 		{Code: bpfLdW, K: dataArchOf},
 		{Code: bpfJeqK, Jt: 1, Jf: 0, K: auditArch},
 		{Code: bpfRetK, K: unix.SECCOMP_RET_ALLOW},
 		{Code: bpfLdW, K: dataNrOff},
-		{Code: bpfJeqK, Jt: 2, Jf: 0, K: unix.SYS_BIND},
-		{Code: bpfJeqK, Jt: 1, Jf: 0, K: unix.SYS_LISTEN},
-		{Code: bpfRetK, K: unix.SECCOMP_RET_ALLOW},
-		{Code: bpfRetK, K: unix.SECCOMP_RET_USER_NOTIF},
 	}
+	for i, nr := range trapped {
+		// a match jumps over the remaining tests and the ALLOW
+		f = append(f, unix.SockFilter{Code: bpfJeqK, Jt: uint8(len(trapped) - i), Jf: 0, K: nr})
+	}
+	return append(f,
+		unix.SockFilter{Code: bpfRetK, K: unix.SECCOMP_RET_ALLOW},
+		unix.SockFilter{Code: bpfRetK, K: unix.SECCOMP_RET_USER_NOTIF})
 }
 
 // errNoSeccomp wraps every reason the filter cannot be had here.
@@ -71,11 +82,11 @@ var errNoSeccomp = errors.New("seccomp user notification is not available")
 // installFilter installs bindFilter on the calling thread, which must be
 // locked to its goroutine and must be the one that execs the command, and
 // returns the notification fd.
-func installFilter() (int, error) {
+func installFilter(unlinks bool) (int, error) {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return -1, fmt.Errorf("%w: prctl(PR_SET_NO_NEW_PRIVS): %v", errNoSeccomp, err)
 	}
-	insns := bindFilter()
+	insns := bindFilter(unlinks)
 	prog := unix.SockFprog{Len: uint16(len(insns)), Filter: &insns[0]}
 	flags := uintptr(unix.SECCOMP_FILTER_FLAG_NEW_LISTENER | unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
 	for {

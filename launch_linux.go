@@ -86,12 +86,13 @@ func launch(cfg config, stderr io.Writer) int {
 	return l.starter.exit(l.run(path))
 }
 
-func (l *launcher) ports() []uint16 {
-	ps := make([]uint16, len(l.cfg.Ports))
+// keys names the locks and records of the launcher's targets.
+func (l *launcher) keys() []string {
+	keys := make([]string, len(l.cfg.Ports))
 	for i, p := range l.cfg.Ports {
-		ps[i] = p.Port
+		keys[i] = p.key()
 	}
-	return ps
+	return keys
 }
 
 func (l *launcher) run(path string) int {
@@ -211,10 +212,10 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 	var last lockOwner
 	done := make(chan result, 1)
 	go func() {
-		files, err := lockPorts(ctx, l.dir, l.ports(), lockOwner{PID: l.self, Start: l.born}, func(port uint16, owner lockOwner, waited time.Duration) {
+		files, err := lockTargets(ctx, l.dir, l.keys(), lockOwner{PID: l.self, Start: l.born}, func(key string, owner lockOwner, waited time.Duration) {
 			last = owner
 			l.log.Info("waiting for another takeover of this port to finish its swap",
-				"port", port, "takeover_pid", owner.PID, "its_command", commandLine(owner.PID), "waited", waited, "lock_timeout", limit)
+				"lock", key, "takeover_pid", owner.PID, "its_command", commandLine(owner.PID), "waited", waited, "lock_timeout", limit)
 		})
 		done <- result{files, err}
 	}()
@@ -247,8 +248,8 @@ func (l *launcher) notify(state string) {
 // newerTakeover reports whether another live takeover has recorded itself
 // for one of our ports.
 func (l *launcher) newerTakeover() bool {
-	for _, port := range l.ports() {
-		if r, ok := readRecord(l.dir, port); ok && r.Launcher != l.self {
+	for _, key := range l.keys() {
+		if r, ok := readRecord(l.dir, key); ok && r.Launcher != l.self {
 			return true
 		}
 	}
@@ -268,7 +269,11 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	parentEnd, childEnd := pair[0], os.NewFile(uintptr(pair[1]), "shim")
 	defer unix.Close(parentEnd)
 	notify, notifyEnv := l.notifySocket(num)
-	env := append(l.commandEnv(num, nil), shimEnv+"=1")
+	shimMode := "1"
+	if slices.ContainsFunc(l.cfg.Ports, func(p portSpec) bool { return p.Net == netUnix }) {
+		shimMode = shimUnlinks
+	}
+	env := append(l.commandEnv(num, nil), shimEnv+"="+shimMode)
 	env = append(env, notifyEnv...)
 	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
 	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{
@@ -397,8 +402,8 @@ func (l *launcher) leftRunning() []int {
 // cleanRunDir removes this takeover's files from the run directory, when
 // no other takeover uses them.
 func (l *launcher) cleanRunDir() {
-	for _, port := range l.ports() {
-		removeRunFiles(l.dir, port, l.self)
+	for _, key := range l.keys() {
+		removeRunFiles(l.dir, key, l.self)
 	}
 	// and the sockets of takeovers that were killed before they could
 	names, _ := filepath.Glob(filepath.Join(l.dir, "launcher-*.sock"))

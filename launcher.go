@@ -153,7 +153,8 @@ holds, takes the port over from it with no refused connections (handoff) or a
 gap of milliseconds (rebind), then stops the earlier instance.
 
 PORTSPEC is 8100 (every address, both families), 127.0.0.1:8100, [::1]:8100,
-0.0.0.0:8100 or [::]:8100.
+0.0.0.0:8100 or [::]:8100: TCP; udp:5353, udp:127.0.0.1:5353 for UDP.
+PATH is a unix stream socket's path, like /run/app.sock.
 
 Flags:
 `
@@ -170,6 +171,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	fs.Var(&c.Ports, "port", "`PORTSPEC` to take over (repeatable, required)")
 	fs.Var(&c.Ports, "p", "short for --port")
+	fs.Var(pathFlag{&c.Ports}, "path", "`PATH` of a unix socket to take over (repeatable)")
 	sig := fs.String("signal", "TERM", "signal that asks the old server to drain and stop")
 	fs.DurationVar(&c.KillTimeout, "kill-timeout", defaultKillTimeout, "SIGKILL the old server this long after the stop signal")
 	fs.DurationVar(&c.BindTimeout, "bind-timeout", defaultBindTimeout, "give up taking the port after this long (the command's bind fails with EADDRINUSE)")
@@ -201,7 +203,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, errors.New("no command: put it after --, like: takeover --port 8100 -- java -jar app.jar")
 	}
 	if len(c.Ports) == 0 {
-		return c, errors.New("no --port: name the port the command binds, like --port 8100")
+		return c, errors.New("no --port nor --path: name the port the command binds, like --port 8100, or its unix socket, like --path /run/app.sock")
 	}
 	s, err := parseSignal(*sig)
 	if err != nil {

@@ -83,8 +83,7 @@ func (l *launcher) passedSockets(ctx context.Context, path string, prev *generat
 			return fail(err)
 		}
 		sw.Began = began
-		ap, _ := unix.Getsockname(sock)
-		held = append(held, &heldSock{copyFD: sock, inode: inodeOf(sock), spec: spec, addr: addrPortOf(ap)})
+		held = append(held, &heldSock{copyFD: sock, inode: inodeOf(sock), spec: spec, addr: sw.Addr})
 		swaps = append(swaps, sw)
 	}
 	return held, swaps, nil
@@ -122,7 +121,7 @@ func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
 // bind of the command would be taken over.
 func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swap, int, error) {
 	addr := bindAddrFor(spec)
-	sock, err := newListenSocket(addr)
+	sock, err := newTargetSocket(spec, addr)
 	if err != nil {
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
@@ -132,26 +131,35 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 		unix.Close(sock)
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
 	}
+	fail := func(err error) (*swap, int, error) {
+		unix.Close(held)
+		sw.path.rollBack()
+		sw.releaseOld()
+		return nil, -1, err
+	}
+	if spec.Net == netUDP {
+		return sw, held, nil
+	}
 	if v, _ := unix.GetsockoptInt(held, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v == 0 {
 		if err := unix.Listen(held, l.cfg.backlog()); err != nil {
-			unix.Close(held)
-			sw.releaseOld()
-			return nil, -1, fmt.Errorf("listen on %s: %w", spec, err)
+			return fail(fmt.Errorf("listen on %s: %w", spec, err))
 		}
+	}
+	if err := sw.path.listened(); err != nil {
+		return fail(err)
 	}
 	return sw, held, nil
 }
 
-// bindAddrFor is the address takeover binds for spec: the one a server
-// already listens on where one does (a handoff needs the same family), else
-// the spec's, and for every address the IPv6 wildcard, dual-stack.
+// bindAddrFor is the address takeover binds for an IP spec: the one a
+// server already uses where one does (a handoff needs the same family),
+// else the spec's, and for every address the IPv6 wildcard, dual-stack.
 func bindAddrFor(spec portSpec) netip.AddrPort {
-	if socks, err := listeningSockets("/proc"); err == nil {
-		for _, s := range socks {
-			if spec.matches(s.Addr) {
-				return s.Addr
-			}
-		}
+	if spec.Net == netUnix {
+		return netip.AddrPort{}
+	}
+	if socks, err := targetSockets("/proc", spec); err == nil && len(socks) > 0 {
+		return socks[0].Addr
 	}
 	if spec.Addr.IsValid() {
 		return netip.AddrPortFrom(spec.Addr, spec.Port)
@@ -171,15 +179,18 @@ func hasIPv6Stack() bool {
 	return true
 }
 
-// newListenSocket makes a blocking TCP socket for addr, as start_server
-// and systemd pass them, with SO_REUSEADDR, and dual-stack for the IPv6
-// wildcard.
-func newListenSocket(addr netip.AddrPort) (int, error) {
+// newTargetSocket makes a blocking socket for the target, as start_server
+// and systemd pass them: for TCP and UDP at addr, with SO_REUSEADDR, and
+// dual-stack for the IPv6 wildcard.
+func newTargetSocket(spec portSpec, addr netip.AddrPort) (int, error) {
+	if spec.Net == netUnix {
+		return unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	}
 	family := unix.AF_INET6
 	if addr.Addr().Is4() {
 		family = unix.AF_INET
 	}
-	sock, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	sock, err := unix.Socket(family, spec.sockType()|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}
@@ -201,7 +212,7 @@ func passingEnv(mode string, held []*heldSock, names []string, fds []int, num in
 	case socketsSystemd:
 		fdNames := make([]string, len(held))
 		for i, h := range held {
-			fdNames[i] = "tcp-" + strconv.Itoa(int(h.spec.Port))
+			fdNames[i] = h.spec.fdName()
 		}
 		return []string{"LISTEN_FDS=" + strconv.Itoa(len(held)), "LISTEN_FDNAMES=" + strings.Join(fdNames, ":")}
 	case socketsServerStarter:

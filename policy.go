@@ -19,31 +19,31 @@ type newChild struct {
 	Exe string
 }
 
-// mayReplace says why target must not be stopped to give port to child, or
+// mayReplace says why target must not be stopped to give what to child, or
 // nil. A process may be replaced when it is of the child's user and either a
 // takeover manages it or it runs the child's executable. force lifts that
 // rule, never the rule against pid 1 and takeover's own ancestors.
-func mayReplace(procRoot string, t stopTarget, child newChild, port uint16, force bool) error {
+func mayReplace(procRoot string, t stopTarget, child newChild, what string, force bool) error {
 	if err := t.forbidden(procRoot); err != nil {
-		return fmt.Errorf("port %d is held by pid %d (%s); %w", port, t.Holder.PID, procName(procRoot, t.Holder.PID), err)
+		return fmt.Errorf("%s is held by pid %d (%s); %w", what, t.Holder.PID, procName(procRoot, t.Holder.PID), err)
 	}
 	if force {
 		return nil
 	}
 	st, err := readStatus(procRoot, t.Holder.PID)
 	if err != nil {
-		return fmt.Errorf("port %d is held by pid %d, which this user cannot inspect (%v): %w; pass --force to replace it anyway", port, t.Holder.PID, err, errNotReplaceable)
+		return fmt.Errorf("%s is held by pid %d, which this user cannot inspect (%v): %w; pass --force to replace it anyway", what, t.Holder.PID, err, errNotReplaceable)
 	}
 	if st.UID != child.UID {
-		return fmt.Errorf("port %d is held by pid %d (%s) of uid %d, not of the new server's uid %d: %w; pass --force to replace it anyway",
-			port, t.Holder.PID, procName(procRoot, t.Holder.PID), st.UID, child.UID, errNotReplaceable)
+		return fmt.Errorf("%s is held by pid %d (%s) of uid %d, not of the new server's uid %d: %w; pass --force to replace it anyway",
+			what, t.Holder.PID, procName(procRoot, t.Holder.PID), st.UID, child.UID, errNotReplaceable)
 	}
 	if t.Launcher {
 		return nil
 	}
 	if exe := procExe(procRoot, t.Holder.PID); exe == "" || exe != child.Exe {
-		return fmt.Errorf("port %d is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; pass --force to replace it anyway",
-			port, t.Holder.PID, procName(procRoot, t.Holder.PID), exe, child.Exe, errNotReplaceable)
+		return fmt.Errorf("%s is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; pass --force to replace it anyway",
+			what, t.Holder.PID, procName(procRoot, t.Holder.PID), exe, child.Exe, errNotReplaceable)
 	}
 	return nil
 }

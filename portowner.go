@@ -40,15 +40,13 @@ const launcherEnv = "TAKEOVER_PID"
 // already holds every socket. The kernel keeps no count of the processes that
 // hold a socket, so only a walk of every process proves a list complete.
 func listeners(procRoot string, spec portSpec, first []int, onlyFirst bool) ([]listener, error) {
-	socks, err := listeningSockets(procRoot)
+	socks, err := targetSockets(procRoot, spec)
 	if err != nil {
-		return nil, fmt.Errorf("list listening sockets: %w", err)
+		return nil, fmt.Errorf("list the sockets of %s: %w", spec, err)
 	}
 	var ls []listener
 	for _, s := range socks {
-		if spec.matches(s.Addr) {
-			ls = append(ls, listener{socket: s})
-		}
+		ls = append(ls, listener{socket: s})
 	}
 	if len(ls) == 0 {
 		return nil, nil

@@ -129,7 +129,7 @@ func TestReadProcNetTCP(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := readProcNetTCP(tt.path)
+			got, err := readProcNetTCP(tt.path, tcpListen)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("error = %v, want %v", err, tt.wantErr)
 			}
@@ -362,7 +362,7 @@ func TestListenersManagedByLauncher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeRecord(dir, 1, genRecord{Launcher: h.cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
+	if err := writeRecord(dir, portSpec{Net: netUnix, Path: "/run/app.sock"}.key(), genRecord{Launcher: h.cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
 		t.Fatal(err)
 	}
 	ts := stopTargets("/proc", ls[0], liveLaunchers(dir))

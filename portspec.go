@@ -1,23 +1,64 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
-// A portSpec names the listening sockets takeover manages: a port on one
-// address, or on every address of both families when Addr is not valid.
+// A portSpec names a target: the listening sockets takeover manages. A
+// TCP or UDP port on one address, or on every address of both families
+// when Addr is not valid; or a unix stream socket's path.
 type portSpec struct {
+	Net  string     // "" for TCP, netUDP, or netUnix
 	Addr netip.Addr // the zero Addr means every address
 	Port uint16
+	Path string // netUnix only: absolute and clean
 }
 
+const (
+	netUDP  = "udp"
+	netUnix = "unix"
+)
+
 // parsePortSpec reads "8100", ":8100", "127.0.0.1:8100", "[::1]:8100" or
-// "[::]:8100". Host names are refused: a name can resolve to several
+// "[::]:8100", each for TCP, or with "udp:" before it for UDP ("tcp:" is
+// allowed too). Host names are refused: a name can resolve to several
 // addresses, and the spec must say exactly which sockets may be replaced.
 func parsePortSpec(s string) (portSpec, error) {
+	network := ""
+	if rest, ok := strings.CutPrefix(s, "udp:"); ok {
+		network, s = netUDP, rest
+	} else if rest, ok := strings.CutPrefix(s, "tcp:"); ok {
+		s = rest
+	}
+	spec, err := parseAddrPort(s)
+	spec.Net = network
+	return spec, err
+}
+
+// parsePathSpec reads a --path: a unix socket's path, made absolute
+// against the working directory.
+func parsePathSpec(s string) (portSpec, error) {
+	if s == "" {
+		return portSpec{}, fmt.Errorf("empty --path: want the path of a unix socket, like /run/app.sock")
+	}
+	abs, err := filepath.Abs(s)
+	if err != nil {
+		return portSpec{}, fmt.Errorf("--path %q: %w", s, err)
+	}
+	if len(abs) >= 108 { // sizeof(sun_path), with its NUL
+		return portSpec{}, fmt.Errorf("--path %q: %d bytes, longer than a unix socket's path may be (107)", s, len(abs))
+	}
+	return portSpec{Net: netUnix, Path: abs}, nil
+}
+
+func parseAddrPort(s string) (portSpec, error) {
 	if s == "" {
 		return portSpec{}, fmt.Errorf("empty port spec: want PORT or ADDR:PORT, like 8100 or 127.0.0.1:8100")
 	}
@@ -61,17 +102,91 @@ func parsePort(s string) (uint16, error) {
 }
 
 func (p portSpec) String() string {
+	switch {
+	case p.Net == netUnix:
+		return "unix:" + p.Path
+	case p.Net != "":
+		return p.Net + ":" + p.ipString()
+	}
+	return p.ipString()
+}
+
+func (p portSpec) ipString() string {
 	if !p.Addr.IsValid() {
 		return strconv.Itoa(int(p.Port))
 	}
 	return netip.AddrPortFrom(p.Addr, p.Port).String()
 }
 
+// describe names the target in a sentence: "port 8100", "UDP port 5353",
+// "unix socket /run/app.sock".
+func (p portSpec) describe() string {
+	switch p.Net {
+	case netUnix:
+		return "unix socket " + p.Path
+	case netUDP:
+		return "UDP port " + p.ipString()
+	}
+	return "port " + p.ipString()
+}
+
+// fdName is the target's name in LISTEN_FDNAMES: "tcp-8100", "udp-5353",
+// "unix-app.sock".
+func (p portSpec) fdName() string {
+	switch p.Net {
+	case netUnix:
+		return "unix-" + filepath.Base(p.Path)
+	case netUDP:
+		return "udp-" + strconv.Itoa(int(p.Port))
+	}
+	return "tcp-" + strconv.Itoa(int(p.Port))
+}
+
+// starterName is the target's name in SERVER_STARTER_PORT, as start_server
+// writes it: "8100", "127.0.0.1:8100", "[::1]:8100", a UDP port the same
+// (start_server drops its "u"), a path as it is.
+func (p portSpec) starterName() string {
+	if p.Net == netUnix {
+		return p.Path
+	}
+	return p.ipString()
+}
+
+// key names the target's lock and record in the run directory: all
+// addresses of one port share them, as they can conflict.
+func (p portSpec) key() string {
+	switch p.Net {
+	case netUnix:
+		sum := sha256.Sum256([]byte(p.Path))
+		return "unix-" + hex.EncodeToString(sum[:8])
+	case netUDP:
+		return "udp-" + strconv.Itoa(int(p.Port))
+	}
+	return "port-" + strconv.Itoa(int(p.Port))
+}
+
+// wholePort is the spec for every address of the target's port (a unix
+// target is its own): every socket there can conflict with a bind to it.
+func (p portSpec) wholePort() portSpec {
+	if p.Net == netUnix {
+		return p
+	}
+	return portSpec{Net: p.Net, Port: p.Port}
+}
+
+// sockType is the socket type the target's sockets have.
+func (p portSpec) sockType() int {
+	if p.Net == netUDP {
+		return syscall.SOCK_DGRAM
+	}
+	return syscall.SOCK_STREAM
+}
+
 // matches reports whether a socket bound to ap is one the spec names. A
 // wildcard spec names the wildcard of either family: Go, for one, binds
 // "0.0.0.0:8100" as a dual-stack [::]:8100.
 func (p portSpec) matches(ap netip.AddrPort) bool {
-	if ap.Port() != p.Port {
+	if p.Net == netUnix || ap.Port() != p.Port {
 		return false
 	}
 	a := ap.Addr().Unmap()
@@ -119,10 +234,30 @@ func (l *specList) Set(s string) error {
 	return nil
 }
 
-// match returns the first spec that names ap.
-func (l specList) match(ap netip.AddrPort) (portSpec, bool) {
+// pathFlag is the repeatable --path flag: it adds unix targets to the
+// same list as --port, so that their order is the order given.
+type pathFlag struct{ l *specList }
+
+func (f pathFlag) String() string {
+	if f.l == nil {
+		return ""
+	}
+	return f.l.String()
+}
+
+func (f pathFlag) Set(s string) error {
+	p, err := parsePathSpec(s)
+	if err != nil {
+		return err
+	}
+	*f.l = append(*f.l, p)
+	return nil
+}
+
+// match returns the first spec of network netw ("" or netUDP) that names ap.
+func (l specList) match(netw string, ap netip.AddrPort) (portSpec, bool) {
 	for _, p := range l {
-		if p.matches(ap) {
+		if p.Net == netw && p.matches(ap) {
 			return p, true
 		}
 	}

@@ -12,20 +12,93 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
-// A socket is one listening TCP socket: what the kernel's socket tables say
-// of it, before anyone looks for the processes that hold it.
+// A socket is one listening TCP or unix socket, or a bound UDP one: what
+// the kernel's socket tables say of it, before anyone looks for the
+// processes that hold it.
 type socket struct {
+	Net   string // as in portSpec
 	Inode uint64
-	Addr  netip.AddrPort
-	UID   uint32 // the owner of the socket's inode: the user who created it
+	Addr  netip.AddrPort // TCP and UDP
+	UID   uint32         // the owner of the socket's inode: the user who created it
 	// Queued is the accept queue's length: connections waiting for the
 	// server to accept them (sock_diag only).
 	Queued uint32
+	// A unix socket's file: its inode and device (the kernel's encoding).
+	VFSIno uint64
+	VFSDev uint32
 }
 
-const tcpListen = 0x0A // TCP_LISTEN in the st column of /proc/net/tcp
+// targetSockets returns the sockets spec names: TCP listeners, bound UDP
+// sockets, or the unix listener whose file is at spec.Path now.
+func targetSockets(procRoot string, spec portSpec) ([]socket, error) {
+	var socks []socket
+	var err error
+	switch spec.Net {
+	case netUnix:
+		return unixListenersAt(spec.Path)
+	case netUDP:
+		socks, err = udpSockets(procRoot)
+	default:
+		socks, err = listeningSockets(procRoot)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var named []socket
+	for _, s := range socks {
+		if spec.matches(s.Addr) {
+			named = append(named, s)
+		}
+	}
+	return named, nil
+}
+
+// unixListenersAt returns the listening unix socket bound to the file at
+// path (none if there is no file, or no listener has it: a stale file).
+func unixListenersAt(path string) ([]socket, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, fmt.Errorf("%s is not a socket", path)
+	}
+	socks, err := diagUnixListeners()
+	if err != nil {
+		return nil, err
+	}
+	dev := uint32(unix.Major(st.Dev))<<20 | uint32(unix.Minor(st.Dev)) // the kernel's MKDEV
+	var at []socket
+	for _, s := range socks {
+		if s.VFSIno == st.Ino && s.VFSDev == dev {
+			at = append(at, s)
+		}
+	}
+	return at, nil
+}
+
+// udpSockets returns the bound, unconnected UDP sockets, as
+// listeningSockets does TCP listeners.
+func udpSockets(procRoot string) ([]socket, error) {
+	if procRoot == "/proc" {
+		if socks, err := diagUDP(); err == nil {
+			return socks, nil
+		}
+	}
+	return readProcNet(procRoot, []string{"udp", "udp6"}, udpUnconnected)
+}
+
+const (
+	tcpListen      = 0x0A // TCP_LISTEN in the st column of /proc/net/tcp
+	udpUnconnected = 0x07 // TCP_CLOSE in /proc/net/udp: bound, not connected
+)
 
 var errMalformed = errors.New("malformed line")
 
@@ -40,9 +113,14 @@ func listeningSockets(procRoot string) ([]socket, error) {
 			return socks, nil
 		}
 	}
+	return readProcNet(procRoot, []string{"tcp", "tcp6"}, tcpListen)
+}
+
+// readProcNet reads the sockets in state of the /proc/net tables names.
+func readProcNet(procRoot string, names []string, state uint8) ([]socket, error) {
 	var all []socket
-	for _, name := range []string{"tcp", "tcp6"} {
-		socks, err := readProcNetTCP(filepath.Join(procRoot, "net", name))
+	for _, name := range names {
+		socks, err := readProcNetTCP(filepath.Join(procRoot, "net", name), state)
 		if errors.Is(err, os.ErrNotExist) {
 			continue // no IPv6 in this kernel
 		}
@@ -54,19 +132,19 @@ func listeningSockets(procRoot string) ([]socket, error) {
 	return all, nil
 }
 
-// readProcNetTCP reads the listening sockets of one /proc/net/tcp-format file.
-// Malformed lines are skipped: the file is read while the kernel changes it,
-// and one bad line must not hide the others.
-func readProcNetTCP(path string) ([]socket, error) {
+// readProcNetTCP reads the sockets in state of one /proc/net/tcp-format
+// file. Malformed lines are skipped: the file is read while the kernel
+// changes it, and one bad line must not hide the others.
+func readProcNetTCP(path string, state uint8) ([]socket, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return parseProcNetTCP(f)
+	return parseProcNetTCP(f, state)
 }
 
-func parseProcNetTCP(r io.Reader) ([]socket, error) {
+func parseProcNetTCP(r io.Reader, state uint8) ([]socket, error) {
 	var socks []socket
 	sc := bufio.NewScanner(r)
 	first := true
@@ -75,8 +153,8 @@ func parseProcNetTCP(r io.Reader) ([]socket, error) {
 			first = false
 			continue
 		}
-		s, listening, err := parseProcNetLine(sc.Text())
-		if err != nil || !listening {
+		s, st, err := parseProcNetLine(sc.Text())
+		if err != nil || st != state {
 			continue
 		}
 		socks = append(socks, s)
@@ -89,29 +167,29 @@ func parseProcNetTCP(r io.Reader) ([]socket, error) {
 //	sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
 //	0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 4711 ...
 //
-// It reports whether the socket is listening.
-func parseProcNetLine(line string) (socket, bool, error) {
+// It returns the socket and its state.
+func parseProcNetLine(line string) (socket, uint8, error) {
 	f := strings.Fields(line)
 	if len(f) < 10 || !strings.HasSuffix(f[0], ":") {
-		return socket{}, false, errMalformed
+		return socket{}, 0, errMalformed
 	}
 	addr, err := parseHexAddrPort(f[1])
 	if err != nil {
-		return socket{}, false, err
+		return socket{}, 0, err
 	}
 	state, err := strconv.ParseUint(f[3], 16, 8)
 	if err != nil {
-		return socket{}, false, fmt.Errorf("state %q: %w", f[3], errMalformed)
+		return socket{}, 0, fmt.Errorf("state %q: %w", f[3], errMalformed)
 	}
 	uid, err := strconv.ParseUint(f[7], 10, 32)
 	if err != nil {
-		return socket{}, false, fmt.Errorf("uid %q: %w", f[7], errMalformed)
+		return socket{}, 0, fmt.Errorf("uid %q: %w", f[7], errMalformed)
 	}
 	inode, err := strconv.ParseUint(f[9], 10, 64)
 	if err != nil {
-		return socket{}, false, fmt.Errorf("inode %q: %w", f[9], errMalformed)
+		return socket{}, 0, fmt.Errorf("inode %q: %w", f[9], errMalformed)
 	}
-	return socket{Inode: inode, Addr: addr, UID: uint32(uid)}, state == tcpListen, nil
+	return socket{Inode: inode, Addr: addr, UID: uint32(uid)}, uint8(state), nil
 }
 
 // parseHexAddrPort reads "0100007F:1F90": the address as the kernel prints

@@ -95,6 +95,10 @@ func (g *generation) readiness() readiness {
 		}
 	}
 	for _, t := range held {
+		if t.spec.Net == netUDP {
+			want[t.inode] = true // a datagram socket is bound, and read
+			continue
+		}
 		if v, err := unix.GetsockoptInt(t.fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || v == 0 {
 			return readiness{Missing: fmt.Sprintf("has bound %s but does not listen on it", t.spec)}
 		}
@@ -125,6 +129,9 @@ func (g *generation) readiness() readiness {
 		case len(seen.Blind) > 0:
 			by = append(by, "listen")
 		default:
+			if t.spec.Net == netUDP {
+				return readiness{Missing: fmt.Sprintf("has bound %s but no process of it was seen reading from it", t.spec)}
+			}
 			return readiness{Missing: fmt.Sprintf("listens on %s but no process of it was seen accepting connections", t.spec)}
 		}
 	}

@@ -16,6 +16,10 @@ import (
 // launcher over fd 3 (a socketpair), and execs the command in its place.
 const shimEnv = "_TAKEOVER_SHIM"
 
+// shimUnlinks is shimEnv's value when the filter is to trap unlinks too:
+// the launcher has unix targets.
+const shimUnlinks = "unlinks"
+
 // shimFD is the shim's end of the socketpair to the launcher.
 const shimFD = 3
 
@@ -26,7 +30,7 @@ func runShim(args []string) {
 	if len(args) == 0 {
 		shimFail(exitLauncher, "shim: no command")
 	}
-	fd, err := installFilter()
+	fd, err := installFilter(os.Getenv(shimEnv) == shimUnlinks)
 	if err != nil {
 		sendShimResult(-1, err.Error())
 		shimFail(exitLauncher, err.Error())

@@ -12,18 +12,20 @@ import (
 // NETLINK_SOCK_DIAG (inet_diag), for IPv4 and IPv6. Listeners are few, so a
 // dump filtered by state costs tens of microseconds.
 func diagListeners() ([]socket, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-	if err != nil {
-		return nil, fmt.Errorf("sock_diag: %w", err)
-	}
-	defer unix.Close(fd)
+	return diagInet(unix.IPPROTO_TCP, tcpStateMask)
+}
+
+// diagUDP asks the kernel for every UDP socket that is bound and not
+// connected: a server's.
+func diagUDP() ([]socket, error) {
+	return diagInet(unix.IPPROTO_UDP, udpStateMask)
+}
+
+func diagInet(proto uint8, states uint32) ([]socket, error) {
 	var socks []socket
-	buf := make([]byte, 32<<10)
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		if err := unix.Sendto(fd, diagRequest(family), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			return nil, fmt.Errorf("sock_diag: %w", err)
-		}
-		socks, err = readDiagDump(fd, buf, socks)
+		var err error
+		socks, err = diagDump(diagRequest(family, proto, states), parseDiagMsg, socks)
 		if err != nil {
 			return nil, err
 		}
@@ -31,29 +33,43 @@ func diagListeners() ([]socket, error) {
 	return socks, nil
 }
 
+// diagDump sends one sock_diag dump request and parses its answers.
+func diagDump(req []byte, parse func([]byte) (socket, bool), socks []socket) ([]socket, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("sock_diag: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("sock_diag: %w", err)
+	}
+	return readDiagDump(fd, make([]byte, 32<<10), parse, socks)
+}
+
 const (
 	nlmsgHdrLen   = 16
-	diagReqLen    = 56 // struct inet_diag_req_v2
-	diagMsgLen    = 72 // struct inet_diag_msg
-	tcpStateMask  = 1 << 10
+	diagReqLen    = 56      // struct inet_diag_req_v2
+	diagMsgLen    = 72      // struct inet_diag_msg
+	tcpStateMask  = 1 << 10 // TCP_LISTEN
+	udpStateMask  = 1 << 7  // TCP_CLOSE: bound, not connected
 	diagFlagsDump = unix.NLM_F_REQUEST | unix.NLM_F_DUMP
 )
 
 // diagRequest builds an nlmsghdr and an inet_diag_req_v2 asking for the
-// family's TCP sockets in the LISTEN state.
-func diagRequest(family uint8) []byte {
+// family's sockets of protocol proto in the states of the mask.
+func diagRequest(family, proto uint8, states uint32) []byte {
 	b := make([]byte, nlmsgHdrLen+diagReqLen)
 	ne := binary.NativeEndian
 	ne.PutUint32(b[0:], uint32(len(b)))
 	ne.PutUint16(b[4:], unix.SOCK_DIAG_BY_FAMILY)
 	ne.PutUint16(b[6:], diagFlagsDump)
 	b[16] = family
-	b[17] = unix.IPPROTO_TCP
-	ne.PutUint32(b[20:], tcpStateMask)
+	b[17] = proto
+	ne.PutUint32(b[20:], states)
 	return b
 }
 
-func readDiagDump(fd int, buf []byte, socks []socket) ([]socket, error) {
+func readDiagDump(fd int, buf []byte, parse func([]byte) (socket, bool), socks []socket) ([]socket, error) {
 	ne := binary.NativeEndian
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
@@ -72,7 +88,7 @@ func readDiagDump(fd int, buf []byte, socks []socket) ([]socket, error) {
 				errno := int32(ne.Uint32(b[nlmsgHdrLen:]))
 				return nil, fmt.Errorf("sock_diag: %w", unix.Errno(-errno))
 			}
-			if s, ok := parseDiagMsg(b[nlmsgHdrLen:msgLen]); ok {
+			if s, ok := parse(b[nlmsgHdrLen:msgLen]); ok {
 				socks = append(socks, s)
 			}
 			b = b[(msgLen+3)&^3:]
@@ -104,4 +120,57 @@ func parseDiagMsg(m []byte) (socket, bool) {
 		UID:    ne.Uint32(m[64:]),
 		Inode:  uint64(ne.Uint32(m[68:])),
 	}, true
+}
+
+// Unix sockets through sock_diag (include/uapi/linux/unix_diag.h).
+const (
+	unixDiagReqLen = 24 // struct unix_diag_req
+	unixDiagMsgLen = 16 // struct unix_diag_msg
+	udiagShowVFS   = 0x2
+	udiagShowRQLen = 0x10
+	unixDiagVFS    = 1
+	unixDiagRQLen  = 4
+)
+
+// diagUnixListeners asks the kernel for every listening unix stream
+// socket, with the inode and device of the file it is bound to: a path
+// names a socket by that file, whatever name the socket was bound at.
+func diagUnixListeners() ([]socket, error) {
+	b := make([]byte, nlmsgHdrLen+unixDiagReqLen)
+	ne := binary.NativeEndian
+	ne.PutUint32(b[0:], uint32(len(b)))
+	ne.PutUint16(b[4:], unix.SOCK_DIAG_BY_FAMILY)
+	ne.PutUint16(b[6:], diagFlagsDump)
+	b[16] = unix.AF_UNIX
+	ne.PutUint32(b[20:], tcpStateMask)
+	ne.PutUint32(b[28:], udiagShowVFS|udiagShowRQLen)
+	return diagDump(b, parseUnixDiagMsg, nil)
+}
+
+// parseUnixDiagMsg reads a struct unix_diag_msg (family, type, state, pad,
+// inode, cookie) and its attributes; sockets bound to no file are skipped.
+func parseUnixDiagMsg(m []byte) (socket, bool) {
+	if len(m) < unixDiagMsgLen || m[0] != unix.AF_UNIX || m[1] != unix.SOCK_STREAM {
+		return socket{}, false
+	}
+	ne := binary.NativeEndian
+	s := socket{Net: netUnix, Inode: uint64(ne.Uint32(m[4:]))}
+	for a := m[unixDiagMsgLen:]; len(a) >= 4; {
+		n := int(ne.Uint16(a[0:]))
+		if n < 4 || n > len(a) {
+			break
+		}
+		switch v := a[4:n]; ne.Uint16(a[2:]) {
+		case unixDiagVFS:
+			if len(v) >= 8 {
+				s.VFSIno, s.VFSDev = uint64(ne.Uint32(v[0:])), ne.Uint32(v[4:])
+			}
+		case unixDiagRQLen:
+			if len(v) >= 4 {
+				s.Queued = ne.Uint32(v[0:])
+			}
+		}
+		a = a[(n+3)&^3:]
+	}
+	return s, s.VFSIno != 0
 }

@@ -82,7 +82,7 @@ func (c config) passedAs() (names []string, fds []int) {
 		return s.Names, s.FDs
 	}
 	for i, p := range c.Ports {
-		names = append(names, p.String())
+		names = append(names, p.starterName())
 		fds = append(fds, 3+i)
 	}
 	return names, fds

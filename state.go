@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -38,21 +39,21 @@ type lockOwner struct {
 // lockWaitReport is how often a takeover waiting for a port's lock says so.
 const lockWaitReport = 5 * time.Second
 
-// lockPorts takes the per-port locks of ports, in port order so that two
-// takeovers naming the same ports cannot deadlock, waiting while another
-// takeover holds one, until ctx ends. waiting is called when it starts to
-// wait and every lockWaitReport after, with the lock's owner. Closing the
-// returned files (or exiting) releases the locks.
-func lockPorts(ctx context.Context, dir string, ports []uint16, me lockOwner, waiting func(port uint16, owner lockOwner, waited time.Duration)) ([]*os.File, error) {
+// lockTargets takes the locks of the targets' keys (portSpec.key), in key
+// order so that two takeovers naming the same targets cannot deadlock,
+// waiting while another takeover holds one, until ctx ends. waiting is
+// called when it starts to wait and every lockWaitReport after, with the
+// lock's owner. Closing the returned files (or exiting) releases the locks.
+func lockTargets(ctx context.Context, dir string, keys []string, me lockOwner, waiting func(key string, owner lockOwner, waited time.Duration)) ([]*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s for the port locks: %w", dir, err)
 	}
-	ports = slices.Clone(ports)
-	slices.Sort(ports)
-	ports = slices.Compact(ports)
+	keys = slices.Clone(keys)
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
 	var held []*os.File
-	for _, port := range ports {
-		f, err := lockPort(ctx, dir, port, me, waiting)
+	for _, key := range keys {
+		f, err := lockTarget(ctx, dir, key, me, waiting)
 		if err != nil {
 			releaseLocks(held)
 			return nil, err
@@ -62,14 +63,14 @@ func lockPorts(ctx context.Context, dir string, ports []uint16, me lockOwner, wa
 	return held, nil
 }
 
-func lockPort(ctx context.Context, dir string, port uint16, me lockOwner, waiting func(port uint16, owner lockOwner, waited time.Duration)) (*os.File, error) {
-	path := lockPath(dir, port)
+func lockTarget(ctx context.Context, dir string, key string, me lockOwner, waiting func(key string, owner lockOwner, waited time.Duration)) (*os.File, error) {
+	path := lockPath(dir, key)
 	began := time.Now()
 	var told time.Time
 	for {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
-			return nil, fmt.Errorf("open the lock of port %d: %w", port, err)
+			return nil, fmt.Errorf("open the lock %s: %w", path, err)
 		}
 		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
@@ -83,11 +84,11 @@ func lockPort(ctx context.Context, dir string, port uint16, me lockOwner, waitin
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
-			return nil, fmt.Errorf("lock port %d: %w", port, err)
+			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
 		if told.IsZero() || time.Since(told) >= lockWaitReport {
 			told = time.Now()
-			waiting(port, readLockOwner(f), time.Since(began).Round(time.Second))
+			waiting(key, readLockOwner(f), time.Since(began).Round(time.Second))
 		}
 		f.Close()
 		select {
@@ -98,8 +99,8 @@ func lockPort(ctx context.Context, dir string, port uint16, me lockOwner, waitin
 	}
 }
 
-func lockPath(dir string, port uint16) string {
-	return filepath.Join(dir, fmt.Sprintf("port-%d.lock", port))
+func lockPath(dir, key string) string {
+	return filepath.Join(dir, key+".lock")
 }
 
 // samePath reports whether path still names f's file.
@@ -123,12 +124,12 @@ func releaseLocks(files []*os.File) {
 	}
 }
 
-// removeRunFiles removes a port's lock and record when no takeover needs
+// removeRunFiles removes a target's lock and record when no takeover needs
 // them any more: the lock is free and the record names self or a launcher
 // that is gone. It takes the lock first, so that it never removes a file
 // another takeover is about to use.
-func removeRunFiles(dir string, port uint16, self int) {
-	path := lockPath(dir, port)
+func removeRunFiles(dir, key string, self int) {
+	path := lockPath(dir, key)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return
@@ -137,31 +138,31 @@ func removeRunFiles(dir string, port uint16, self int) {
 	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !samePath(f, path) {
 		return
 	}
-	if r, ok := readRecord(dir, port); ok && r.Launcher != self {
+	if r, ok := readRecord(dir, key); ok && r.Launcher != self {
 		return
 	}
-	os.Remove(recordPath(dir, port))
+	os.Remove(recordPath(dir, key))
 	os.Remove(path)
 }
 
 // liveLaunchers returns the takeover launchers that the run directory
-// records for some port and that still run.
+// records for some target and that still run.
 func liveLaunchers(dir string) []int {
-	names, _ := filepath.Glob(filepath.Join(dir, "port-*.json"))
+	var names []string
+	for _, pattern := range []string{"port-*.json", "udp-*.json", "unix-*.json"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pattern))
+		names = append(names, m...)
+	}
 	var pids []int
 	for _, name := range names {
-		var port uint16
-		if _, err := fmt.Sscanf(filepath.Base(name), "port-%d.json", &port); err != nil {
-			continue
-		}
-		if r, ok := readRecord(dir, port); ok && !slices.Contains(pids, r.Launcher) {
+		if r, ok := readRecord(dir, strings.TrimSuffix(filepath.Base(name), ".json")); ok && !slices.Contains(pids, r.Launcher) {
 			pids = append(pids, r.Launcher)
 		}
 	}
 	return pids
 }
 
-// A genRecord names the takeover launcher that serves a port now. A newer
+// A genRecord names the takeover launcher that serves a target now. A newer
 // takeover writes its own before it signals the old one: that is how the old
 // launcher tells "replaced" (exit 0) from "stopped" (exit with the child's
 // status), and where the next lookup starts.
@@ -171,13 +172,14 @@ type genRecord struct {
 	Child         int    `json:"child_pid,omitempty"`
 }
 
-func recordPath(dir string, port uint16) string {
-	return filepath.Join(dir, fmt.Sprintf("port-%d.json", port))
+func recordPath(dir, key string) string {
+	return filepath.Join(dir, key+".json")
 }
 
-// readRecord returns the record of port when its launcher still runs.
-func readRecord(dir string, port uint16) (genRecord, bool) {
-	b, err := os.ReadFile(recordPath(dir, port))
+// readRecord returns the record of a target's key when its launcher still
+// runs.
+func readRecord(dir, key string) (genRecord, bool) {
+	b, err := os.ReadFile(recordPath(dir, key))
 	if err != nil {
 		return genRecord{}, false
 	}
@@ -192,12 +194,12 @@ func readRecord(dir string, port uint16) (genRecord, bool) {
 	return r, true
 }
 
-func writeRecord(dir string, port uint16, r genRecord) error {
+func writeRecord(dir, key string, r genRecord) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(recordPath(dir, port), b)
+	return writeFileAtomic(recordPath(dir, key), b)
 }
 
 // writeFileAtomic writes path through a temporary file and a rename, so a

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,12 +46,15 @@ type generation struct {
 }
 
 // releaseSwaps lets go of the old processes of swaps that will not be
-// completed: the generation exited before it could stop them.
+// completed: the generation exited before it could stop them, or was
+// rolled back.
 func (g *generation) releaseSwaps() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, sw := range g.swaps {
 		sw.releaseOld()
+		sw.path.rollBack() // a path renamed over goes back to the old socket
+		sw.path = nil
 	}
 }
 
@@ -70,16 +75,18 @@ type heldSock struct {
 	copyFD int // takeover's own copy, kept for handoff to a later generation
 	inode  uint64
 	spec   portSpec
-	addr   netip.AddrPort
+	addr   netip.AddrPort // TCP and UDP
+	path   *pathSwap      // a unix socket bound beside its path, renamed over it at its listen
 }
 
 // A swap is one --port target taken over by a generation.
 type swap struct {
 	Spec        portSpec
 	Addr        netip.AddrPort
-	Strategy    string // "fresh" (the port was free), "rebind" or "handoff"
-	Via         string // how a handoff got the old socket: unix-socket, pidfd_getfd, own-copy
-	Why         string // why auto chose it
+	Strategy    string    // "fresh" (the port was free), "rebind", "handoff" or "rename" (unix)
+	Via         string    // how a handoff got the old socket: unix-socket, pidfd_getfd, own-copy
+	path        *pathSwap // a unix target's file, while the old server stops
+	Why         string    // why auto chose it
 	Old         []stopTarget
 	OldCmd      string
 	oldProcs    []*oldProcess // the stop targets
@@ -135,29 +142,27 @@ func (g *generation) answer(ctx context.Context, n *seccompNotif) seccompNotifRe
 		return g.onBind(ctx, n)
 	case unix.SYS_LISTEN:
 		return g.onListen(n)
+	case sysUnlink, unix.SYS_UNLINKAT:
+		return g.onUnlink(n)
 	}
 	return respContinue
 }
 
-// onBind lets every bind through that is not to a --port target; a target
-// it takes over.
+// onBind lets every bind through that is not to a target; a target it
+// takes over.
 func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifResp {
 	began := time.Now()
 	raw, err := readSockaddr(g.notifFD, n)
 	if err != nil {
 		return respContinue
 	}
-	addr, _, ok := parseSockaddr(raw)
-	if !ok {
-		return respContinue // not IP: netlink, unix sockets
-	}
-	spec, ok := g.l.cfg.Ports.match(addr)
-	if !ok {
-		return respContinue // port 0, other ports
-	}
 	st, err := readStatus("/proc", int(n.PID))
 	if err != nil {
 		return respContinue
+	}
+	specs, addr, ok := g.bindTargets(raw, st.Tgid)
+	if !ok {
+		return respContinue // other ports, port 0, netlink, other paths
 	}
 	fd := int(n.Args[0])
 	key := sockKey{st.Tgid, fd}
@@ -173,12 +178,19 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 	}
 	// takeover binds on the command's behalf: never a port it could not
 	// bind itself.
-	if int(addr.Port()) < unprivilegedPortStart() && st.CapEff&(1<<capNetBindService) == 0 {
+	if specs[0].Net != netUnix && int(addr.Port()) < unprivilegedPortStart() && st.CapEff&(1<<capNetBindService) == 0 {
 		return respErrno(unix.EACCES)
 	}
-	sock, made, err := g.l.claimSocket(st.Tgid, fd)
-	if errors.Is(err, errNotStream) {
-		return respContinue // UDP on the same port is no business of ours
+	var spec portSpec
+	var sock int
+	var made bool
+	for _, spec = range specs {
+		if sock, made, err = g.l.claimSocket(st.Tgid, fd, spec.sockType()); !errors.Is(err, errNotTarget) {
+			break
+		}
+	}
+	if errors.Is(err, errNotTarget) {
+		return respContinue // UDP on a TCP target's port, say: no business of ours
 	}
 	if err != nil {
 		g.l.log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
@@ -209,14 +221,82 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 		unix.Close(held)
 		return seccompNotifResp{}
 	}
-	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr}
+	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr, path: sw.path}
 	g.swaps = append(g.swaps, sw)
 	return seccompNotifResp{}
 }
 
-// heldFor returns the generation's socket bound to addr, if it still holds one.
-func (g *generation) heldFor(addr netip.AddrPort) *heldSock {
-	return g.heldWhere(func(s *heldSock) bool { return s.addr == addr })
+// bindTargets returns the targets a bind to raw (a struct sockaddr) by
+// process tgid can be: for an IP address, the TCP and the UDP target of
+// its port, as the socket's type decides between them.
+func (g *generation) bindTargets(raw []byte, tgid int) ([]portSpec, netip.AddrPort, bool) {
+	addr, family, ok := parseSockaddr(raw)
+	if family == unix.AF_UNIX {
+		path, ok := unixBindPath(raw, tgid)
+		if !ok {
+			return nil, addr, false
+		}
+		for _, spec := range g.l.cfg.Ports {
+			if spec.Net == netUnix && samePathName(spec.Path, path) {
+				return []portSpec{spec}, addr, true
+			}
+		}
+		return nil, addr, false
+	}
+	if !ok {
+		return nil, addr, false
+	}
+	var specs []portSpec
+	for _, netw := range []string{"", netUDP} {
+		if spec, ok := g.l.cfg.Ports.match(netw, addr); ok {
+			specs = append(specs, spec)
+		}
+	}
+	return specs, addr, len(specs) > 0
+}
+
+// unixBindPath reads the path of a struct sockaddr_un, made absolute
+// against the process's working directory; ok is false for an abstract or
+// unnamed address.
+func unixBindPath(raw []byte, tgid int) (string, bool) {
+	if len(raw) < 3 || raw[2] == 0 {
+		return "", false
+	}
+	name := raw[2:]
+	if i := bytes.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	path := string(name)
+	if !filepath.IsAbs(path) {
+		cwd, err := os.Readlink("/proc/" + strconv.Itoa(tgid) + "/cwd")
+		if err != nil {
+			return "", false
+		}
+		path = filepath.Join(cwd, path)
+	}
+	return filepath.Clean(path), true
+}
+
+// samePathName reports whether two absolute paths name the same entry:
+// the same name in the same directory, symbolic links followed.
+func samePathName(a, b string) bool {
+	if a == b {
+		return true
+	}
+	if filepath.Base(a) != filepath.Base(b) {
+		return false
+	}
+	da, err1 := filepath.EvalSymlinks(filepath.Dir(a))
+	db, err2 := filepath.EvalSymlinks(filepath.Dir(b))
+	return err1 == nil && err2 == nil && da == db
+}
+
+// heldFor returns the generation's socket for the target (at addr, for
+// TCP and UDP), if it still holds one.
+func (g *generation) heldFor(spec portSpec, addr netip.AddrPort) *heldSock {
+	return g.heldWhere(func(s *heldSock) bool {
+		return s.spec.Net == spec.Net && (spec.Net == netUnix && s.spec == spec || spec.Net != netUnix && s.addr == addr)
+	})
 }
 
 func inodeOf(fd int) uint64 {
@@ -242,6 +322,10 @@ func (g *generation) onListen(n *seccompNotif) seccompNotifResp {
 		return respContinue
 	}
 	if err := unix.Listen(held.copyFD, int(int32(n.Args[1]))); err != nil {
+		return respErrno(err)
+	}
+	if err := held.path.listened(); err != nil {
+		g.l.log.Error("cannot rename the new unix socket over its path", "err", err)
 		return respErrno(err)
 	}
 	select {

@@ -98,9 +98,9 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	swaps := append([]*swap(nil), g.swaps...)
 	g.mu.Unlock()
 
-	for _, port := range l.ports() {
-		if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid}); err != nil {
-			l.log.Warn("cannot record the generation", "port", port, "err", err)
+	for _, key := range l.keys() {
+		if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid}); err != nil {
+			l.log.Warn("cannot record the generation", "lock", key, "err", err)
 		}
 	}
 	l.writeStatus(g, swaps) // before the log line, which tells that it is written
@@ -134,6 +134,12 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	// takeover finds one generation, not two.
 	for _, sw := range stop {
 		wctx, cancel := context.WithTimeout(ctx, l.cfg.killTimeout())
+		gctx, stopGuard := context.WithCancel(ctx)
+		g.mu.Lock()
+		ps := sw.path
+		sw.path = nil
+		g.mu.Unlock()
+		restored := ps.guard(gctx)
 		for _, p := range sw.oldProcs {
 			if !p.wait(wctx) {
 				l.log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
@@ -141,6 +147,11 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 			}
 		}
 		cancel()
+		stopGuard()
+		if n := <-restored; n > 0 {
+			l.log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed: start the old server under takeover, which keeps the path)", "path", ps.path, "times", n)
+		}
+		ps.finish()
 		sw.releaseOld()
 	}
 }

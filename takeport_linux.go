@@ -34,31 +34,31 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	began := time.Now()
 	sw := &swap{Spec: c.spec, Addr: c.addr}
 	if g.prev != nil {
-		if old := g.prev.heldFor(c.addr); old != nil {
+		if old := g.prev.heldFor(c.spec, c.addr); old != nil {
 			sw.Lookup = time.Since(began)
 			return l.replaceGeneration(ctx, g, c, sw, old)
 		}
 	}
-	port := c.addr.Port()
+	key, what := c.spec.key(), c.spec.describe()
 	var hint []int
-	prev, hasPrev := readRecord(l.dir, port)
+	prev, hasPrev := readRecord(l.dir, key)
 	if hasPrev && prev.Launcher != l.self {
 		hint = []int{prev.Launcher}
 	}
-	all, err := listeners("/proc", portSpec{Port: port}, hint, len(hint) > 0)
+	all, err := listeners("/proc", c.spec.wholePort(), hint, len(hint) > 0)
 	if err != nil {
-		return nil, -1, fmt.Errorf("look up port %d: %w", port, err)
+		return nil, -1, fmt.Errorf("look up %s: %w", what, err)
 	}
 	var owners []listener
 	for _, o := range all {
-		if conflicts(c.addr, o.Addr) && !l.ownedBySelf(o) {
+		if (c.spec.Net == netUnix || conflicts(c.addr, o.Addr)) && !l.ownedBySelf(o) {
 			owners = append(owners, o)
 		}
 	}
 	sw.Lookup = time.Since(began)
 	if len(owners) == 0 {
 		sw.Strategy = "fresh"
-		if err := unix.Bind(c.sock, sockaddrOf(c.addr)); err != nil {
+		if err := c.bind(c.sock); err != nil {
 			return nil, -1, err
 		}
 		return sw, c.sock, nil
@@ -68,10 +68,10 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	var holderPIDs, targetPIDs []int
 	for _, o := range owners {
 		if len(o.Holders) == 0 {
-			return nil, -1, fmt.Errorf("port %d (%s) is held by a process this user cannot see: %w", port, o.Addr, unix.EADDRINUSE)
+			return nil, -1, fmt.Errorf("%s is held by a process this user cannot see: %w", what, unix.EADDRINUSE)
 		}
 		for _, t := range stopTargets("/proc", o, launchers) {
-			if err := mayReplace("/proc", t, c.child, port, l.cfg.Force); err != nil {
+			if err := mayReplace("/proc", t, c.child, what, l.cfg.Force); err != nil {
 				return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
 			}
 			sw.Old = append(sw.Old, t)
@@ -91,14 +91,18 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 			return l.settled(sw, held, err)
 		}
 	}
-	// Name this takeover as the port's launcher before the old one is
-	// signalled: that is how it knows it was replaced, not stopped.
-	if err := writeRecord(l.dir, port, genRecord{Launcher: l.self, LauncherStart: l.born}); err != nil {
-		return l.settled(sw, -1, fmt.Errorf("record the generation of port %d: %w", port, err))
+	// Name this takeover as the target's launcher before the old one is
+	// signalled: that is how it knows it was replaced, not stopped. (A unix
+	// path's old server is signalled only once the swap completes.)
+	if c.spec.Net == netUnix {
+		return l.settled(sw, c.sock, l.rebind(ctx, c, sw))
+	}
+	if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born}); err != nil {
+		return l.settled(sw, -1, fmt.Errorf("record the generation of %s: %w", what, err))
 	}
 	if err := l.rebind(ctx, c, sw); err != nil {
 		if hasPrev {
-			writeRecord(l.dir, port, prev)
+			writeRecord(l.dir, key, prev)
 		}
 		return l.settled(sw, -1, err)
 	}
@@ -142,7 +146,7 @@ func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim
 // records why in sw and leaves the rebind to the caller: done is false.
 func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, why string) (held int, done bool, err error) {
 	if why == "" {
-		why = handoffMismatch(old, c.sock, c.addr)
+		why = handoffMismatch(old, c.sock, c.spec, c.addr)
 	}
 	if why == "" {
 		held, err := l.handoff(g, c, sw, old)
@@ -152,7 +156,7 @@ func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, 
 		unix.Close(old)
 	}
 	if l.cfg.Strategy == "handoff" {
-		return -1, true, fmt.Errorf("--strategy handoff: cannot hand port %d over: %s (%w)", c.addr.Port(), why, unix.EADDRINUSE)
+		return -1, true, fmt.Errorf("--strategy handoff: cannot hand %s over: %s (%w)", c.spec.describe(), why, unix.EADDRINUSE)
 	}
 	sw.Why = why
 	return -1, false, nil
@@ -179,12 +183,20 @@ func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, erro
 	}
 	unix.Close(c.sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"
+	if c.spec.Net == netUnix && len(sw.oldProcs) > 0 {
+		sw.path = keepHandedOver(c.spec.Path)
+	}
 	return old, nil
 }
 
 // rebind stops the old holders and binds the command's socket once the port
 // frees.
+// A unix socket's path is replaced instead: the old server keeps serving
+// until the new one is ready, as in a handoff.
 func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
+	if c.spec.Net == netUnix {
+		return l.bindBeside(c, sw)
+	}
 	sw.Strategy = "rebind"
 	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
 	defer cancel()

@@ -1,0 +1,340 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Unix-domain targets (--path). A path names a socket through its file:
+// connect(2) finds the listener by the file's inode, whatever name the
+// socket was bound at. So a handoff shares the old listener as for TCP, and
+// where there is no handoff the new socket is bound at a temporary name and
+// renamed over the path once it listens: either way connect never fails.
+// What servers do to the file on the way out is the rest: most unlink
+// their path when they stop (nginx, Go, gunicorn), and a new one may unlink
+// it before its bind (gunicorn, asyncio). Under takeover those unlinks
+// are seen by the seccomp filter and skipped while the socket at the path
+// is another generation's (unlinkGuarded); a server not started under
+// takeover is watched instead, and the path put back (keepPath).
+
+// bind binds sock to the claim's target: an IP address, or a unix path,
+// whose file then gets the owner and the mode it would have had, had the
+// command bound it itself.
+func (c claim) bind(sock int) error {
+	if c.spec.Net != netUnix {
+		return unix.Bind(sock, sockaddrOf(c.addr))
+	}
+	return bindPathAs(sock, c.spec.Path, c.child.PID)
+}
+
+// bindPathAs binds sock to path as process pid would: with its umask and
+// its filesystem uid and gid.
+func bindPathAs(sock int, path string, pid int) error {
+	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
+		return err
+	}
+	if pid == os.Getpid() {
+		return nil // takeover's own, for socket passing: its own umask applies
+	}
+	owner, err := readFileOwner(pid)
+	if err != nil {
+		unix.Unlink(path)
+		return fmt.Errorf("read the umask and ids of pid %d: %w", pid, err)
+	}
+	if err := unix.Lchown(path, owner.UID, owner.GID); err != nil {
+		unix.Unlink(path)
+		return err
+	}
+	if err := unix.Chmod(path, 0o777&^owner.Umask); err != nil {
+		unix.Unlink(path)
+		return err
+	}
+	return nil
+}
+
+// A fileOwner is what a process's new files get: its filesystem ids and
+// the mode bits its umask takes away.
+type fileOwner struct {
+	UID, GID int
+	Umask    uint32
+}
+
+func readFileOwner(pid int) (fileOwner, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return fileOwner{}, err
+	}
+	return parseFileOwner(string(b))
+}
+
+// parseFileOwner reads Umask and the fourth (filesystem) ids of Uid and
+// Gid from /proc/PID/status.
+func parseFileOwner(s string) (fileOwner, error) {
+	var o fileOwner
+	seen := 0
+	for _, line := range strings.Split(s, "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(val)
+		var err error
+		switch {
+		case key == "Umask" && len(f) == 1:
+			var m uint64
+			m, err = strconv.ParseUint(f[0], 8, 32)
+			o.Umask = uint32(m)
+			seen |= 1
+		case key == "Uid" && len(f) == 4:
+			o.UID, err = strconv.Atoi(f[3])
+			seen |= 2
+		case key == "Gid" && len(f) == 4:
+			o.GID, err = strconv.Atoi(f[3])
+			seen |= 4
+		}
+		if err != nil {
+			return fileOwner{}, fmt.Errorf("status %s: %w", key, errMalformed)
+		}
+	}
+	if seen != 7 {
+		return fileOwner{}, fmt.Errorf("status: %w", errMalformed)
+	}
+	return o, nil
+}
+
+// sideName is a name beside path for takeover's own use: hidden, and
+// unique to this takeover and what.
+func sideName(path, what string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".takeover-"+what+"-"+strconv.Itoa(os.Getpid()))
+}
+
+// A pathSwap is the unix side of a swap: the file the old server answers
+// at, kept under a side name until the old server is gone.
+type pathSwap struct {
+	path    string
+	pending string // the new socket's temporary name until it listens (rename)
+	keep    string // a link to the socket file the path must name at the end
+	oldKeep string // a link to the old socket's file, for a rollback (rename)
+}
+
+// bindBeside binds the claim's socket at a temporary name beside the path,
+// for a rename over it once the command listens: the replacement of the
+// path when the old listener cannot be handed over.
+func (l *launcher) bindBeside(c claim, sw *swap) error {
+	sw.Strategy = "rename"
+	ps := &pathSwap{path: c.spec.Path, pending: sideName(c.spec.Path, "new")}
+	unix.Unlink(ps.pending)
+	if err := bindPathAs(c.sock, ps.pending, c.child.PID); err != nil {
+		return fmt.Errorf("bind beside %s: %w", c.spec.Path, err)
+	}
+	sw.path = ps
+	return nil
+}
+
+// listened completes a rename once the new socket listens: the old file is
+// linked aside (for a rollback) and the new one renamed over the path, in
+// one step for every connect.
+func (ps *pathSwap) listened() error {
+	if ps == nil || ps.pending == "" {
+		return nil
+	}
+	ps.oldKeep = sideName(ps.path, "old")
+	unix.Unlink(ps.oldKeep)
+	if err := unix.Link(ps.path, ps.oldKeep); err != nil {
+		ps.oldKeep = ""
+	}
+	ps.keep = sideName(ps.path, "keep")
+	unix.Unlink(ps.keep)
+	if err := unix.Link(ps.pending, ps.keep); err != nil {
+		return fmt.Errorf("link %s: %w", ps.pending, err)
+	}
+	if err := unix.Rename(ps.pending, ps.path); err != nil {
+		return fmt.Errorf("rename %s over %s: %w", ps.pending, ps.path, err)
+	}
+	ps.pending = ""
+	return nil
+}
+
+// keepHandedOver notes, for a handoff, the file at the path: the shared
+// listener's, which the old server may unlink on its way out.
+func keepHandedOver(path string) *pathSwap {
+	ps := &pathSwap{path: path, keep: sideName(path, "keep")}
+	unix.Unlink(ps.keep)
+	if unix.Link(path, ps.keep) != nil {
+		return nil
+	}
+	return ps
+}
+
+// guard puts the path back whenever it stops naming the kept file while
+// the old server stops (a server not under takeover unlinking it), until
+// ctx ends; it says how often it had to.
+func (ps *pathSwap) guard(ctx context.Context) <-chan int {
+	done := make(chan int, 1)
+	if ps == nil || ps.keep == "" {
+		done <- 0
+		return done
+	}
+	go func() {
+		restored := 0
+		t := time.NewTicker(2 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if ps.restore() {
+				restored++
+			}
+			select {
+			case <-ctx.Done():
+				if ps.restore() {
+					restored++
+				}
+				done <- restored
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return done
+}
+
+// restore makes the path name the kept file again if it does not; it
+// reports whether it had to.
+func (ps *pathSwap) restore() bool {
+	var want, got unix.Stat_t
+	if unix.Stat(ps.keep, &want) != nil {
+		return false
+	}
+	if unix.Lstat(ps.path, &got) == nil && got.Ino == want.Ino && got.Dev == want.Dev {
+		return false
+	}
+	tmp := sideName(ps.path, "restore")
+	unix.Unlink(tmp)
+	if unix.Link(ps.keep, tmp) != nil {
+		return false
+	}
+	if unix.Rename(tmp, ps.path) != nil {
+		unix.Unlink(tmp)
+		return false
+	}
+	return true
+}
+
+// finish removes the side names once the swap has ended.
+func (ps *pathSwap) finish() {
+	if ps == nil {
+		return
+	}
+	for _, name := range []string{ps.pending, ps.keep, ps.oldKeep} {
+		if name != "" {
+			unix.Unlink(name)
+		}
+	}
+}
+
+// rollBack puts the old socket's file back at the path, after a rename,
+// for a generation that is rolled back.
+func (ps *pathSwap) rollBack() {
+	if ps == nil || ps.oldKeep == "" {
+		ps.finish()
+		return
+	}
+	unix.Rename(ps.oldKeep, ps.path)
+	ps.oldKeep = ""
+	ps.finish()
+}
+
+// unlinkTarget reads the path an unlink(2) or unlinkat(2) names and returns
+// the unix target it is, if any.
+func (g *generation) unlinkTarget(n *seccompNotif) (portSpec, bool) {
+	dirfd, pathArg := int32(unix.AT_FDCWD), n.Args[0]
+	if n.Nr == unix.SYS_UNLINKAT {
+		if n.Args[2]&unix.AT_REMOVEDIR != 0 {
+			return portSpec{}, false
+		}
+		dirfd, pathArg = int32(n.Args[0]), n.Args[1]
+	}
+	name, err := readString(g.notifFD, n, pathArg)
+	if err != nil || name == "" {
+		return portSpec{}, false
+	}
+	if !filepath.IsAbs(name) {
+		base := "/proc/" + strconv.Itoa(int(n.PID)) + "/cwd"
+		if dirfd != unix.AT_FDCWD {
+			base = "/proc/" + strconv.Itoa(int(n.PID)) + "/fd/" + strconv.Itoa(int(dirfd))
+		}
+		dir, err := os.Readlink(base)
+		if err != nil {
+			return portSpec{}, false
+		}
+		name = filepath.Join(dir, name)
+	}
+	var st unix.Stat_t
+	if unix.Lstat(name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return portSpec{}, false
+	}
+	for _, spec := range g.l.cfg.Ports {
+		var t unix.Stat_t
+		if spec.Net == netUnix && unix.Lstat(spec.Path, &t) == nil && t.Ino == st.Ino && t.Dev == st.Dev {
+			return spec, true
+		}
+	}
+	return portSpec{}, false
+}
+
+// onUnlink skips a command's unlink of a --path while the socket there is
+// (or is to be) another generation's: that of a generation a reload or a
+// newer takeover has replaced, and that of a new generation before its
+// bind, while the old one still serves there.
+func (g *generation) onUnlink(n *seccompNotif) seccompNotifResp {
+	spec, ok := g.unlinkTarget(n)
+	if !ok {
+		return respContinue
+	}
+	g.mu.Lock()
+	replaced := g.done
+	bound := false
+	for _, s := range g.socks {
+		bound = bound || s.spec == spec
+	}
+	g.mu.Unlock()
+	keep := replaced || g.l.newerTakeover()
+	if !keep && !bound {
+		socks, err := unixListenersAt(spec.Path)
+		keep = err == nil && len(socks) > 0
+	}
+	if !keep || !notifValid(g.notifFD, n.ID) {
+		return respContinue
+	}
+	g.l.log.Debug("kept the unix socket the command unlinked: it is another generation's", "path", spec.Path, "pid", n.PID)
+	return seccompNotifResp{}
+}
+
+// readString reads a NUL-terminated string at addr in the notifying
+// thread's memory (at most PATH_MAX bytes).
+func readString(notifFD int, n *seccompNotif, addr uint64) (string, error) {
+	mem, err := os.Open("/proc/" + strconv.Itoa(int(n.PID)) + "/mem")
+	if err != nil {
+		return "", err
+	}
+	defer mem.Close()
+	buf := make([]byte, unix.PathMax)
+	k, err := mem.ReadAt(buf, int64(addr))
+	if k == 0 {
+		return "", err
+	}
+	i := strings.IndexByte(string(buf[:k]), 0)
+	if i < 0 {
+		return "", fmt.Errorf("no NUL within %d bytes", k)
+	}
+	if !notifValid(notifFD, n.ID) {
+		return "", fmt.Errorf("the notifying thread is gone")
+	}
+	return string(buf[:i]), nil
+}
