@@ -40,6 +40,13 @@ func TestParsePortSpec(t *testing.T) {
 		{in: "::1:8100", wantErr: "goes in brackets"},
 		{in: "[::1:8100", wantErr: "unbalanced brackets"},
 		{in: "[fe80::1%eth0]:80", wantErr: "zones are not accepted"},
+		{in: "udp:5353", want: portSpec{Net: netUDP, Port: 5353}},
+		{in: "udp:127.0.0.1:5353", want: portSpec{Net: netUDP, Addr: netip.MustParseAddr("127.0.0.1"), Port: 5353}},
+		{in: "udp:[::1]:5353", want: portSpec{Net: netUDP, Addr: netip.MustParseAddr("::1"), Port: 5353}},
+		{in: "tcp:8100", want: portSpec{Port: 8100}},
+		{in: "udp:", wantErr: "empty port spec"},
+		{in: "udp:0", wantErr: "port 0 means any free port"},
+		{in: "unix:/run/app.sock", wantErr: "named with --path"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -455,7 +462,7 @@ func hasIPv6() bool {
 }
 
 func FuzzParsePortSpec(f *testing.F) {
-	for _, s := range []string{"8100", "127.0.0.1:8100", "[::1]:8100", "[::]:1", ":0", "[", "a:b:c"} {
+	for _, s := range []string{"8100", "127.0.0.1:8100", "[::1]:8100", "[::]:1", ":0", "[", "a:b:c", "udp:53", "udp:[::1]:53", "tcp:1"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -37,6 +37,9 @@ func parsePortSpec(s string) (portSpec, error) {
 	} else if rest, ok := strings.CutPrefix(s, "tcp:"); ok {
 		s = rest
 	}
+	if strings.HasPrefix(s, "unix:") || strings.HasPrefix(s, "/") {
+		return portSpec{}, fmt.Errorf("port spec %q: a unix socket is named with --path, like --path /run/app.sock", s)
+	}
 	spec, err := parseAddrPort(s)
 	spec.Net = network
 	return spec, err
@@ -128,6 +131,18 @@ func (p portSpec) describe() string {
 		return "UDP port " + p.ipString()
 	}
 	return "port " + p.ipString()
+}
+
+// boundAt names a socket of the target bound to ap (unused for a path):
+// "127.0.0.1:8100", "udp:[::]:5353", "unix:/run/app.sock".
+func (p portSpec) boundAt(ap netip.AddrPort) string {
+	switch p.Net {
+	case netUnix:
+		return p.String()
+	case netUDP:
+		return "udp:" + ap.String()
+	}
+	return ap.String()
 }
 
 // fdName is the target's name in LISTEN_FDNAMES: "tcp-8100", "udp-5353",

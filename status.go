@@ -60,7 +60,7 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 	by, readyAt := g.readiedBy()
 	st.ReadyBy = by
 	for _, sw := range swaps {
-		s := swapStatus{Port: sw.Spec.String(), Address: sw.Addr.String(), Strategy: sw.Strategy, Why: sw.Why,
+		s := swapStatus{Port: sw.Spec.String(), Address: sw.Spec.boundAt(sw.Addr), Strategy: sw.Strategy, Why: sw.Why,
 			LookupMS: ms(sw.Lookup), SignalToFreeMS: ms(sw.Free), RefusedWindowMS: ms(sw.Window), TotalMS: ms(readyAt.Sub(sw.Began))}
 		if len(sw.Old) > 0 {
 			s.OldPID = sw.Old[0].Holder.PID

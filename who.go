@@ -43,7 +43,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: takeover who [--json] PORTSPEC...\n\nPORTSPEC is 8100, 127.0.0.1:8100, [::1]:8100 or [::]:8100.")
+		fmt.Fprintln(stderr, "usage: takeover who [--json] PORTSPEC|PATH...\n\nPORTSPEC is 8100, 127.0.0.1:8100, [::1]:8100 or [::]:8100 (TCP), or udp:5353;\nPATH is a unix socket's path, with a / in it.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -55,7 +55,11 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	}
 	var specs specList
 	for _, a := range fs.Args() {
-		if err := specs.Set(a); err != nil {
+		set := specs.Set
+		if strings.Contains(a, "/") {
+			set = pathFlag{&specs}.Set
+		}
+		if err := set(a); err != nil {
 			fmt.Fprintf(stderr, "takeover who: %v\n", err)
 			return exitUsage
 		}
@@ -69,7 +73,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 		}
 		launchers := liveLaunchers(runDir())
 		for _, l := range ls {
-			out = append(out, describe("/proc", l, launchers))
+			out = append(out, describe("/proc", spec, l, launchers))
 		}
 	}
 	if *asJSON {
@@ -88,8 +92,8 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func describe(procRoot string, l listener, launchers []int) whoListener {
-	w := whoListener{Address: l.Addr.String(), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
+func describe(procRoot string, spec portSpec, l listener, launchers []int) whoListener {
+	w := whoListener{Address: spec.boundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
 	for _, h := range l.Holders {
 		w.Holders = append(w.Holders, describeHolder(h))
 	}

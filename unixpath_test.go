@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestParsePathSpec(t *testing.T) {
+	t.Chdir(t.TempDir())
+	tests := []struct {
+		in, want, wantErr string
+	}{
+		{in: "/run/app.sock", want: "/run/app.sock"},
+		{in: "/run//x/../app.sock", want: "/run/app.sock"},
+		{in: "", wantErr: "empty --path"},
+		{in: "/" + strings.Repeat("a", 107), wantErr: "longer than a unix socket's path may be"},
+	}
+	for _, tt := range tests {
+		got, err := parsePathSpec(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("parsePathSpec(%q) error = %v, want one containing %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != (portSpec{Net: netUnix, Path: tt.want}) {
+			t.Errorf("parsePathSpec(%q) = %+v, %v; want the path %s", tt.in, got, err, tt.want)
+		}
+	}
+	rel, err := parsePathSpec("app.sock")
+	if err != nil || !strings.HasSuffix(rel.Path, "/app.sock") || !strings.HasPrefix(rel.Path, "/") {
+		t.Errorf("parsePathSpec(app.sock) = %+v, %v; want it made absolute", rel, err)
+	}
+}
+
+// Each target has its own lock and record, its own names where sockets are
+// passed, and says what it is.
+func TestTargetNames(t *testing.T) {
+	tcp, _ := parsePortSpec("127.0.0.1:8100")
+	udp, _ := parsePortSpec("udp:8100")
+	sock, _ := parsePathSpec("/run/app.sock")
+	other, _ := parsePathSpec("/run/other.sock")
+	tests := []struct {
+		spec                                      portSpec
+		key, fdName, starter, describe, stringRep string
+	}{
+		{tcp, "port-8100", "tcp-8100", "127.0.0.1:8100", "port 127.0.0.1:8100", "127.0.0.1:8100"},
+		{udp, "udp-8100", "udp-8100", "8100", "UDP port 8100", "udp:8100"},
+		{sock, sock.key(), "unix-app.sock", "/run/app.sock", "unix socket /run/app.sock", "unix:/run/app.sock"},
+	}
+	for _, tt := range tests {
+		got := [5]string{tt.spec.key(), tt.spec.fdName(), tt.spec.starterName(), tt.spec.describe(), tt.spec.String()}
+		want := [5]string{tt.key, tt.fdName, tt.starter, tt.describe, tt.stringRep}
+		if got != want {
+			t.Errorf("%+v: key, fdName, starterName, describe, String = %q, want %q", tt.spec, got, want)
+		}
+	}
+	if !strings.HasPrefix(sock.key(), "unix-") || sock.key() == other.key() {
+		t.Errorf("unix keys %q and %q: want distinct unix- keys", sock.key(), other.key())
+	}
+	if tcp.sockType() != unix.SOCK_STREAM || sock.sockType() != unix.SOCK_STREAM || udp.sockType() != unix.SOCK_DGRAM {
+		t.Error("sockType: want stream for TCP and unix, datagram for UDP")
+	}
+}
+
+func TestParseFileOwner(t *testing.T) {
+	status := "Name:\tpython3\nUmask:\t0077\nState:\tS (sleeping)\nUid:\t1000\t1001\t1002\t1003\nGid:\t65534\t65534\t65534\t65535\n"
+	got, err := parseFileOwner(status)
+	if err != nil || got != (fileOwner{UID: 1003, GID: 65535, Umask: 0o077}) {
+		t.Errorf("parseFileOwner = %+v, %v; want fs uid 1003, fs gid 65535, umask 077", got, err)
+	}
+	if _, err := parseFileOwner("Uid:\t1\t1\t1\t1\nGid:\t1\t1\t1\t1\n"); err == nil {
+		t.Error("parseFileOwner without Umask: want an error")
+	}
+	if _, err := parseFileOwner("Umask:\t0999\nUid:\t1\t1\t1\t1\nGid:\t1\t1\t1\t1\n"); err == nil {
+		t.Error("parseFileOwner with a non-octal umask: want an error")
+	}
+}
+
+func TestParseUnixDiagMsg(t *testing.T) {
+	ne := binary.NativeEndian
+	msg := func(typ uint8, attrs ...[]byte) []byte {
+		m := make([]byte, unixDiagMsgLen)
+		m[0], m[1], m[2] = unix.AF_UNIX, typ, 10
+		ne.PutUint32(m[4:], 4711)
+		for _, a := range attrs {
+			m = append(m, a...)
+		}
+		return m
+	}
+	attr := func(kind uint16, vals ...uint32) []byte {
+		a := make([]byte, 4+4*len(vals))
+		ne.PutUint16(a[0:], uint16(len(a)))
+		ne.PutUint16(a[2:], kind)
+		for i, v := range vals {
+			ne.PutUint32(a[4+4*i:], v)
+		}
+		return a
+	}
+	s, ok := parseUnixDiagMsg(msg(unix.SOCK_STREAM, attr(unixDiagRQLen, 3, 128), attr(unixDiagVFS, 99, 0x800001)))
+	if !ok || s.Inode != 4711 || s.VFSIno != 99 || s.VFSDev != 0x800001 || s.Queued != 3 || s.Net != netUnix {
+		t.Errorf("parseUnixDiagMsg = %+v, %v; want inode 4711, file 99 on 0x800001, 3 queued", s, ok)
+	}
+	if _, ok := parseUnixDiagMsg(msg(unix.SOCK_STREAM, attr(unixDiagRQLen, 0, 0))); ok {
+		t.Error("a socket bound to no file: want it skipped")
+	}
+	if _, ok := parseUnixDiagMsg(msg(unix.SOCK_DGRAM, attr(unixDiagVFS, 99, 1))); ok {
+		t.Error("a datagram socket: want it skipped")
+	}
+	if _, ok := parseUnixDiagMsg(msg(unix.SOCK_STREAM, []byte{200, 0, 1, 0})); ok {
+		t.Error("an attribute longer than the message: want it skipped")
+	}
+}
+
+// runFilter runs a classic BPF program of the opcodes bindFilter uses on
+// one system call.
+func runFilter(t *testing.T, prog []unix.SockFilter, arch uint32, nr int) uint32 {
+	for pc, acc := 0, uint32(0); pc < len(prog); pc++ {
+		in := prog[pc]
+		switch in.Code {
+		case bpfLdW:
+			acc = map[uint32]uint32{dataArchOf: arch, dataNrOff: uint32(nr)}[in.K]
+		case bpfJeqK:
+			if acc == in.K {
+				pc += int(in.Jt)
+			} else {
+				pc += int(in.Jf)
+			}
+		case bpfRetK:
+			return in.K
+		default:
+			t.Fatalf("opcode %#x at %d", in.Code, pc)
+		}
+	}
+	t.Fatal("the program fell off its end")
+	return 0
+}
+
+func TestBindFilter(t *testing.T) {
+	trapped := func(unlinks bool, nr int) bool {
+		return runFilter(t, bindFilter(unlinks), auditArch, nr) == unix.SECCOMP_RET_USER_NOTIF
+	}
+	for _, unlinks := range []bool{false, true} {
+		for _, nr := range []int{unix.SYS_BIND, unix.SYS_LISTEN} {
+			if !trapped(unlinks, nr) {
+				t.Errorf("unlinks=%v: system call %d not trapped", unlinks, nr)
+			}
+		}
+		for _, nr := range []int{unix.SYS_CONNECT, unix.SYS_ACCEPT4, unix.SYS_OPENAT, unix.SYS_RENAMEAT} {
+			if trapped(unlinks, nr) {
+				t.Errorf("unlinks=%v: system call %d trapped", unlinks, nr)
+			}
+		}
+		if got := trapped(unlinks, unix.SYS_UNLINKAT); got != unlinks {
+			t.Errorf("unlinks=%v: unlinkat trapped = %v", unlinks, got)
+		}
+		if sysUnlink >= 0 && trapped(unlinks, sysUnlink) != unlinks {
+			t.Errorf("unlinks=%v: unlink trapped = %v", unlinks, !unlinks)
+		}
+	}
+	if runFilter(t, bindFilter(true), auditArch+1, unix.SYS_BIND) != unix.SECCOMP_RET_ALLOW {
+		t.Error("a system call of another architecture: want it allowed")
+	}
+}
+
+// who names unix and UDP holders as it does TCP ones, and a unix path by
+// the file there: a stale socket file has no holder.
+func TestWhoUnixAndUDP(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/app.sock"
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	self := "pid " + strconv.Itoa(os.Getpid())
+	udpAddr := pc.LocalAddr().String()
+	for _, tt := range []struct{ arg, want string }{{path, "unix:" + path}, {"udp:" + udpAddr, "udp:" + udpAddr}} {
+		var out, errOut bytes.Buffer
+		if code := run([]string{"who", tt.arg}, &out, &errOut); code != 0 {
+			t.Fatalf("who %s = %d, stderr %q", tt.arg, code, errOut.String())
+		}
+		if !strings.Contains(out.String(), tt.want) || !strings.Contains(out.String(), self) {
+			t.Errorf("who %s printed %q; want %q and %q", tt.arg, out.String(), tt.want, self)
+		}
+	}
+
+	// A socket file no one listens on any more (its server was killed).
+	stale := dir + "/stale.sock"
+	fd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: stale}); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	regular := dir + "/file"
+	os.WriteFile(regular, nil, 0o600)
+	for _, tt := range []struct {
+		arg      string
+		code     int
+		inStderr string
+	}{{stale, 1, ""}, {dir + "/none.sock", 1, ""}, {regular, 1, "is not a socket"}} {
+		var out, errOut bytes.Buffer
+		if code := run([]string{"who", tt.arg}, &out, &errOut); code != tt.code || !strings.Contains(errOut.String(), tt.inStderr) {
+			t.Errorf("who %s = %d, stderr %q; want %d and %q", tt.arg, code, errOut.String(), tt.code, tt.inStderr)
+		}
+	}
+}
