@@ -113,6 +113,9 @@ func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
 	if !prev.hasExited() {
 		sw.OldCmd = commandLine(prev.pid)
 		sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
+		if spec.Net == netUnix {
+			sw.path = keepHandedOver(spec.Path) // no filter here sees the old server's unlink
+		}
 	}
 	return sw, fd, nil
 }

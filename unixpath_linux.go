@@ -289,9 +289,12 @@ func (g *generation) unlinkTarget(n *seccompNotif) (portSpec, bool) {
 }
 
 // onUnlink skips a command's unlink of a --path while the socket there is
-// (or is to be) another generation's: that of a generation a reload or a
-// newer takeover has replaced, and that of a new generation before its
-// bind, while the old one still serves there.
+// (or is to be) another generation's: when a reload replaced the caller's
+// generation (its copies are closed); when the run directory records
+// another takeover for the path (a newer one that replaced this one, or
+// the older one still serving while this one starts); and before the
+// generation's bind, while a listener is at the path (it is to be handed
+// over).
 func (g *generation) onUnlink(n *seccompNotif) seccompNotifResp {
 	spec, ok := g.unlinkTarget(n)
 	if !ok {
