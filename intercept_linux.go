@@ -57,8 +57,8 @@ func bindFilter(unlinks bool) []unix.SockFilter {
 	trapped := []uint32{unix.SYS_BIND, unix.SYS_LISTEN}
 	if unlinks {
 		trapped = append(trapped, unix.SYS_UNLINKAT)
-		if sysUnlink >= 0 {
-			trapped = append(trapped, uint32(sysUnlink))
+		if nr := sysUnlink; nr >= 0 {
+			trapped = append(trapped, uint32(nr))
 		}
 	}
 	f := []unix.SockFilter{
