@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,9 +34,9 @@ func runHelper(mode string, args []string) int {
 		addr = args[0]
 	}
 	switch mode {
-	case "serve": // serve HTTP until SIGTERM, then drain and exit 0; addr may start tcp4: or tcp6:
+	case "serve": // serve HTTP until SIGTERM, then drain and exit 0; addr may start tcp4:, tcp6: or unix:
 		network := "tcp"
-		if n, a, ok := strings.Cut(addr, ":"); ok && (n == "tcp4" || n == "tcp6") {
+		if n, a, ok := strings.Cut(addr, ":"); ok && (n == "tcp4" || n == "tcp6" || n == "unix") {
 			network, addr = n, a
 		}
 		ln, err := net.Listen(network, addr)
@@ -238,6 +239,8 @@ func runHelper(mode string, args []string) int {
 			}()
 		}
 		return serveUntilTerm(ln)
+	case "passed": // serve the sockets LISTEN_FDS or SERVER_STARTER_PORT pass: the stream socket by HTTP, UDP ones by echo
+		return servePassed()
 	case "notifier": // listen, and send READY=1 500ms later, then serve
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -278,20 +281,24 @@ func runHelper(mode string, args []string) int {
 	return 2
 }
 
-// rawListen binds and listens on an IPv4 addr with system calls alone, so
-// that the socket is in no epoll set: Go's net.Listen would put it in the
-// runtime's at once.
+// rawListen binds and listens on an IPv4 addr or a unix socket's path
+// with system calls alone, so that the socket is in no epoll set: Go's
+// net.Listen would put it in the runtime's at once.
 func rawListen(addr string) (int, error) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return -1, err
+	family, sa := syscall.AF_UNIX, syscall.Sockaddr(&syscall.SockaddrUnix{Name: addr})
+	if !strings.HasPrefix(addr, "/") {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return -1, err
+		}
+		family, sa = syscall.AF_INET, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	}
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}
 	syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+	if err := syscall.Bind(fd, sa); err != nil {
 		syscall.Close(fd)
 		return -1, err
 	}
@@ -300,6 +307,86 @@ func rawListen(addr string) (int, error) {
 		return -1, err
 	}
 	return fd, nil
+}
+
+// servePassed serves the sockets passed to it, as systemd (LISTEN_FDS,
+// LISTEN_FDNAMES, LISTEN_PID its own pid) or start_server
+// (SERVER_STARTER_PORT) pass them: one stream socket by HTTP, each UDP
+// socket by echo. Its first line repeats the variables that said where
+// the sockets are. On SIGTERM it drains the stream socket and answers every
+// datagram it has read.
+func servePassed() int {
+	var fds []int
+	var vars []string
+	if n := os.Getenv("LISTEN_FDS"); n != "" {
+		if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
+			fmt.Fprintf(os.Stderr, "helper: LISTEN_PID=%q, want %d\n", os.Getenv("LISTEN_PID"), os.Getpid())
+			return 1
+		}
+		count, _ := strconv.Atoi(n)
+		for i := range count {
+			fds = append(fds, 3+i)
+		}
+		vars = []string{"LISTEN_FDS=" + n, "LISTEN_FDNAMES=" + os.Getenv("LISTEN_FDNAMES")}
+	} else {
+		ports, err := parseServerStarterPort(os.Getenv("SERVER_STARTER_PORT"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		for _, p := range ports {
+			fds = append(fds, p.FD)
+		}
+		vars = []string{"SERVER_STARTER_PORT=" + os.Getenv("SERVER_STARTER_PORT"), "SERVER_STARTER_GENERATION=" + os.Getenv("SERVER_STARTER_GENERATION")}
+	}
+	var ln net.Listener
+	var echoes []net.PacketConn
+	for _, fd := range fds {
+		typ, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "helper: fd %d: %v\n", fd, err)
+			return 1
+		}
+		f := os.NewFile(uintptr(fd), "passed")
+		if typ == syscall.SOCK_DGRAM {
+			var pc net.PacketConn
+			pc, err = net.FilePacketConn(f)
+			echoes = append(echoes, pc)
+		} else {
+			ln, err = net.FileListener(f)
+		}
+		f.Close()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "helper: fd %d: %v\n", fd, err)
+			return 1
+		}
+	}
+	if ln == nil {
+		fmt.Fprintln(os.Stderr, "helper: no stream socket passed")
+		return 1
+	}
+	fmt.Printf("listening %s\n", strings.Join(vars, " "))
+	var wg sync.WaitGroup
+	for _, pc := range echoes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo(buf[:n], from)
+			}
+		}()
+	}
+	code := serveUntilTerm(ln)
+	for _, pc := range echoes {
+		pc.SetReadDeadline(time.Now()) // ends the echo after the datagram it has read
+	}
+	wg.Wait()
+	return code
 }
 
 // mark appends "PID what" to the file TAKEOVER_TEST_MARK names: lines of

@@ -424,8 +424,14 @@ func (l *launcher) removeStalePaths() {
 // cleanRunDir removes this takeover's files from the run directory, when
 // no other takeover uses them.
 func (l *launcher) cleanRunDir() {
-	for _, key := range l.keys() {
-		removeRunFiles(l.dir, key, l.self)
+	for _, spec := range l.cfg.Ports {
+		if removeRunFiles(l.dir, spec.key(), l.self) && spec.Net == netUnix {
+			// The last takeover of a path removes what the server's own
+			// unlink on its way out missed: a server that got its socket
+			// by a rename knows it by the name beside the path, and a
+			// passed socket's file is takeover's.
+			removeStaleSocket(spec.Path, l.self)
+		}
 	}
 	// and the sockets of takeovers that were killed before they could
 	names, _ := filepath.Glob(filepath.Join(l.dir, "launcher-*.sock"))

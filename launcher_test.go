@@ -527,6 +527,10 @@ func TestExitStatuses(t *testing.T) {
 		{"restart-delay out of range", "", []string{"-p", "1", "--restart-delay", "1m", "--", "true"}, 125, "--restart-delay 1m0s: want more than 0 and at most 15s"},
 		{"bad sockets", "", []string{"-p", "1", "--sockets", "inetd", "--", "true"}, 125, "want intercept, systemd or server-starter"},
 		{"bad interval", "", []string{"-p", "1", "--interval", "0s", "--", "true"}, 125, "--interval 0s: must be more than 0"},
+		{"empty path", "", []string{"--path", "", "--", "true"}, 125, "empty --path: want the path of a unix socket"},
+		{"path too long", "", []string{"--path", "/" + strings.Repeat("p", 107), "--", "true"}, 125, "108 bytes, longer than a unix socket's path may be (107)"},
+		{"UDP port 0", "", []string{"-p", "udp:0", "--", "true"}, 125, "port 0 means any free port; name a fixed port from 1 to 65535"},
+		{"UDP without a port", "", []string{"-p", "udp:", "--", "true"}, 125, "empty port spec: want PORT or ADDR:PORT"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,7 +18,7 @@ import (
 // A loadConfig describes client load against one address: each worker opens
 // a connection, sends an HTTP/1.0 request, reads the whole answer, and again.
 type loadConfig struct {
-	Addr    string
+	Addr    string        // host:port, or the absolute path of a unix socket
 	Workers int           // concurrent clients; 2
 	Path    string        // "/"
 	Timeout time.Duration // per request; 5s
@@ -81,26 +82,35 @@ func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 5 * time.Second
 	}
-	req := []byte("GET " + cfg.Path + " HTTP/1.0\r\nHost: " + cfg.Addr + "\r\n\r\n")
+	req := httpRequest(cfg.Addr, cfg.Path)
+	return runWorkers(cfg.Workers, func() *loadResult {
+		r := &loadResult{}
+		for ctx.Err() == nil {
+			t0 := time.Now()
+			kind, detail := request(cfg.Addr, req, cfg.Timeout)
+			r.record(t0, kind, detail)
+			if cfg.Done != nil {
+				cfg.Done.Add(1)
+			}
+			if cfg.Pause > 0 {
+				time.Sleep(cfg.Pause)
+			}
+		}
+		return r
+	})
+}
+
+// runWorkers runs work in that many goroutines at once and adds up what
+// they saw.
+func runWorkers(workers int, work func() *loadResult) *loadResult {
 	var mu sync.Mutex
 	total := &loadResult{}
 	var wg sync.WaitGroup
-	for range cfg.Workers {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := &loadResult{}
-			for ctx.Err() == nil {
-				t0 := time.Now()
-				kind, detail := request(cfg.Addr, req, cfg.Timeout)
-				r.record(t0, kind, detail)
-				if cfg.Done != nil {
-					cfg.Done.Add(1)
-				}
-				if cfg.Pause > 0 {
-					time.Sleep(cfg.Pause)
-				}
-			}
+			r := work()
 			mu.Lock()
 			total.add(r)
 			mu.Unlock()
@@ -122,10 +132,19 @@ func (t *loadResult) add(r *loadResult) {
 	t.Failures = append(t.Failures, r.Failures...)
 }
 
+// httpRequest is an HTTP/1.0 request for path at addr.
+func httpRequest(addr, path string) []byte {
+	host := addr
+	if dialNetwork(addr) == "unix" {
+		host = "localhost"
+	}
+	return []byte("GET " + path + " HTTP/1.0\r\nHost: " + host + "\r\n\r\n")
+}
+
 // request makes one request and classifies its failure ("" on a 200), with
 // what the client saw.
 func request(addr string, req []byte, timeout time.Duration) (kind, detail string) {
-	conn, err := net.DialTimeout("tcp", addr, timeout)
+	conn, err := net.DialTimeout(dialNetwork(addr), addr, timeout)
 	if err != nil {
 		return classify(err), err.Error()
 	}
@@ -142,6 +161,15 @@ func request(addr string, req []byte, timeout time.Duration) (kind, detail strin
 		return "failed", fmt.Sprintf("answer %.40q", b)
 	}
 	return "", ""
+}
+
+// dialNetwork is the network an address is in: a path is a unix
+// socket's.
+func dialNetwork(addr string) string {
+	if strings.HasPrefix(addr, "/") {
+		return "unix"
+	}
+	return "tcp"
 }
 
 func classify(err error) string {

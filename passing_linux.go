@@ -123,6 +123,11 @@ func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
 // acquire takes spec's listening socket for the first generation, as a
 // bind of the command would be taken over.
 func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swap, int, error) {
+	if spec.Net == netUnix {
+		// As systemd does before it binds a socket unit's path: a file
+		// left by a server that is gone would fail the bind.
+		removeStaleSocket(spec.Path, l.self)
+	}
 	addr := bindAddrFor(spec)
 	sock, err := newTargetSocket(spec, addr)
 	if err != nil {

@@ -34,7 +34,7 @@ type realServer struct {
 	name   string
 	need   []string // executables that must be installed
 	signal string   // the stop signal on which it drains
-	proto  string   // http, redis or memcached: what the load speaks
+	proto  string   // http, redis, memcached or udp (echo): what the load speaks
 	// drains: the old server serves every connection it accepted before
 	// it exits, so no request may fail while it is replaced. Otherwise
 	// drops says which requests the server itself drops on its stop
@@ -338,13 +338,7 @@ func testRealServer(t *testing.T, srv realServer) {
 	if r.OK == 0 {
 		t.Errorf("no request succeeded")
 	}
-	for i, f := range r.Failures {
-		if i == maxListed {
-			t.Logf("... and %d more failures", len(r.Failures)-maxListed)
-			break
-		}
-		t.Logf("%s during %s: %s", f.Kind, h.during(f.At), f.Err)
-	}
+	h.logFailures(r)
 	// Whatever the server does with connections it accepted, a handoff
 	// never closes the socket (nothing is refused) and a server that took
 	// over accepts (nothing times out).
@@ -382,7 +376,8 @@ type swapEvent struct {
 
 func (h *realHarness) start() *tkRun {
 	h.t.Helper()
-	args := append([]string{"--port", h.addr, "--signal", h.srv.signal, "--kill-timeout", realKillTimeout.String()}, h.extra...)
+	args := append(h.targetFlags(), "--signal", h.srv.signal, "--kill-timeout", realKillTimeout.String())
+	args = append(args, h.extra...)
 	args = append(args, "--")
 	r := startTakeover(h.t, "", append(args, h.argv...)...)
 	h.all = append(h.all, r)
@@ -396,6 +391,18 @@ func (h *realHarness) start() *tkRun {
 		}
 	})
 	return r
+}
+
+// targetFlags names the harness's target to takeover: a TCP or UDP port,
+// or a unix socket's path.
+func (h *realHarness) targetFlags() []string {
+	switch {
+	case dialNetwork(h.addr) == "unix":
+		return []string{"--path", h.addr}
+	case h.srv.proto == "udp":
+		return []string{"--port", "udp:" + h.addr}
+	}
+	return []string{"--port", h.addr}
 }
 
 // replace starts a new takeover of the same command and waits for it to
@@ -603,6 +610,18 @@ func (h *realHarness) awaitAnswer(what string) {
 	}
 }
 
+// logFailures lists the failures of a load, each with the swap under way
+// when it began.
+func (h *realHarness) logFailures(r *loadResult) {
+	for i, f := range r.Failures {
+		if i == maxListed {
+			h.t.Logf("... and %d more failures", len(r.Failures)-maxListed)
+			break
+		}
+		h.t.Logf("%s during %s: %s", f.Kind, h.during(f.At), f.Err)
+	}
+}
+
 // during names the swap under way at t.
 func (h *realHarness) during(t time.Time) string {
 	for _, ev := range h.events {
@@ -668,11 +687,16 @@ func unixSignal(t *testing.T, name string) syscall.Signal {
 
 // probeOnce makes one request of the server's protocol.
 func probeOnce(proto, addr string) error {
-	if proto == "http" {
-		_, err := get(addr, "/")
-		return err
+	kind, detail := "", ""
+	switch proto {
+	case "http":
+		kind, detail = request(addr, httpRequest(addr, "/"), 5*time.Second)
+	case "udp":
+		kind, detail = echoOnce(addr)
+	default:
+		kind, detail = lineRequest(addr, protoRequest(proto), 5*time.Second)
 	}
-	if kind, detail := lineRequest(addr, protoRequest(proto), 5*time.Second); kind != "" {
+	if kind != "" {
 		return fmt.Errorf("%s: %s", kind, detail)
 	}
 	return nil
@@ -724,11 +748,15 @@ type realLoad struct {
 }
 
 // startRealLoad runs two closed-loop clients of proto against addr: HTTP
-// through load.go, redis and memcached through lineRequest.
+// through load.go, redis and memcached through lineRequest, UDP echo
+// through runDatagramLoad.
 func startRealLoad(t *testing.T, proto, addr string) *realLoad {
 	ctx, cancel := context.WithTimeout(context.Background(), realLoadMax)
 	l := &realLoad{cancel: cancel, done: make(chan *loadResult, 1)}
-	if proto == "http" {
+	switch proto {
+	case "udp":
+		go func() { l.done <- runDatagramLoad(ctx, addr, 2, realLoadCap, &l.n) }()
+	case "http":
 		go func() { l.done <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Done: &l.n}) }()
 		go func() { // the count bound
 			tick := time.NewTicker(100 * time.Millisecond)
@@ -742,7 +770,7 @@ func startRealLoad(t *testing.T, proto, addr string) *realLoad {
 			}
 			cancel()
 		}()
-	} else {
+	default:
 		go func() { l.done <- runLineLoad(ctx, addr, protoRequest(proto), 2, realLoadCap, &l.n) }()
 	}
 	t.Cleanup(func() { l.stop(t) })
@@ -768,28 +796,17 @@ func (l *realLoad) stop(t *testing.T) *loadResult {
 // runLineLoad is runLoad for one-line protocols: workers closed-loop
 // clients, at most max requests in all, each counted in done as it ends.
 func runLineLoad(ctx context.Context, addr string, lr lineReq, workers int, max int64, done *atomic.Int64) *loadResult {
-	var mu sync.Mutex
 	var count atomic.Int64
-	total := &loadResult{}
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := &loadResult{}
-			for ctx.Err() == nil && count.Add(1) <= max {
-				t0 := time.Now()
-				kind, detail := lineRequest(addr, lr, 5*time.Second)
-				r.record(t0, kind, detail)
-				done.Add(1)
-			}
-			mu.Lock()
-			total.add(r)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return total
+	return runWorkers(workers, func() *loadResult {
+		r := &loadResult{}
+		for ctx.Err() == nil && count.Add(1) <= max {
+			t0 := time.Now()
+			kind, detail := lineRequest(addr, lr, 5*time.Second)
+			r.record(t0, kind, detail)
+			done.Add(1)
+		}
+		return r
+	})
 }
 
 // TestJavaTwoLoopsUnderLoad is the Rssminer recipe run from two shells at

@@ -127,22 +127,23 @@ func releaseLocks(files []*os.File) {
 // removeRunFiles removes a target's lock and record when no takeover needs
 // them any more: the lock is free and the record names self or a launcher
 // that is gone. It takes the lock first, so that it never removes a file
-// another takeover is about to use.
-func removeRunFiles(dir, key string, self int) {
+// another takeover is about to use. It reports whether it removed them.
+func removeRunFiles(dir, key string, self int) bool {
 	path := lockPath(dir, key)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return
+		return false
 	}
 	defer f.Close()
 	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !samePath(f, path) {
-		return
+		return false
 	}
 	if r, ok := readRecord(dir, key); ok && r.Launcher != self {
-		return
+		return false
 	}
 	os.Remove(recordPath(dir, key))
 	os.Remove(path)
+	return true
 }
 
 // liveLaunchers returns the takeover launchers that the run directory

@@ -250,6 +250,31 @@ func (ps *pathSwap) rollBack() {
 	ps.finish()
 }
 
+// removeStaleSocket removes the socket file at path if no process but self
+// listens on it: a file left behind, on which a bind would fail. Anything
+// but a socket is left alone.
+func removeStaleSocket(path string, self int) {
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return
+	}
+	ls, err := listeners("/proc", portSpec{Net: netUnix, Path: path}, nil, false)
+	if err != nil {
+		return
+	}
+	for _, o := range ls {
+		if len(o.Holders) == 0 {
+			return // held by a process this user cannot see
+		}
+		for _, h := range o.Holders {
+			if h.PID != self {
+				return
+			}
+		}
+	}
+	unix.Unlink(path)
+}
+
 // unlinkTarget reads the path an unlink(2) or unlinkat(2) names and returns
 // the unix target it is, if any.
 func (g *generation) unlinkTarget(n *seccompNotif) (portSpec, bool) {

@@ -1,0 +1,32 @@
+# A python HTTP/1.0 server on a unix socket that does what servers do to
+# their path: it unlinks it before its bind (a stale file from a crash
+# would make the bind fail) and again on its way out. It drains on
+# SIGTERM: python3 unix_server.py PATH.
+import os, signal, socketserver, sys, threading
+
+path = sys.argv[1]
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        body = f"pid={os.getpid()} python-unix\n".encode()
+        self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = False
+    block_on_close = True  # server_close() waits for requests in flight
+
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+srv = Server(path, Handler)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
+print(f"listening {path}", flush=True)
+srv.serve_forever(poll_interval=0.05)
+srv.server_close()
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
