@@ -122,7 +122,6 @@ func (l *launcher) run(path string) int {
 		stopServing()
 		releaseLocks(locks)
 		releaseLocks(l.locks) // a first swap that never completed still holds them
-		l.removeStalePaths()
 		l.cleanRunDir()
 	}()
 	l.ctx, l.path, l.locks = ctx, path, locks
@@ -397,27 +396,6 @@ func (l *launcher) leftRunning() []int {
 			return left
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// removeStalePaths removes, when takeover passed the sockets itself, the
-// file of each unix target no one listens on any more: it bound them, and
-// start_server and systemd remove their socket files too. (In intercept
-// mode the file is the server's, to remove or keep as it does.)
-func (l *launcher) removeStalePaths() {
-	if l.cfg.sockets() == socketsIntercept {
-		return
-	}
-	for _, spec := range l.cfg.Ports {
-		if spec.Net != netUnix {
-			continue
-		}
-		if socks, err := unixListenersAt(spec.Path); err == nil && len(socks) == 0 {
-			var st unix.Stat_t
-			if unix.Lstat(spec.Path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
-				unix.Unlink(spec.Path)
-			}
-		}
 	}
 }
 

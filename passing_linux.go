@@ -153,9 +153,6 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 			return fail(fmt.Errorf("listen on %s: %w", spec, err))
 		}
 	}
-	if err := sw.path.listened(); err != nil {
-		return fail(err)
-	}
 	return sw, held, nil
 }
 

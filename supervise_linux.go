@@ -76,7 +76,6 @@ type heldSock struct {
 	inode  uint64
 	spec   portSpec
 	addr   netip.AddrPort // TCP and UDP
-	path   *pathSwap      // a unix socket bound beside its path, renamed over it at its listen
 }
 
 // A swap is one --port target taken over by a generation.
@@ -221,7 +220,7 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 		unix.Close(held)
 		return seccompNotifResp{}
 	}
-	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr, path: sw.path}
+	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr}
 	g.swaps = append(g.swaps, sw)
 	return seccompNotifResp{}
 }
@@ -322,10 +321,6 @@ func (g *generation) onListen(n *seccompNotif) seccompNotifResp {
 		return respContinue
 	}
 	if err := unix.Listen(held.copyFD, int(int32(n.Args[1]))); err != nil {
-		return respErrno(err)
-	}
-	if err := held.path.listened(); err != nil {
-		g.l.log.Error("cannot rename the new unix socket over its path", "err", err)
 		return respErrno(err)
 	}
 	select {

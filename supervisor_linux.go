@@ -98,6 +98,15 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	swaps := append([]*swap(nil), g.swaps...)
 	g.mu.Unlock()
 
+	g.mu.Lock()
+	for _, sw := range swaps {
+		// A unix path bound beside is renamed over now that its server
+		// is ready: until then connects reach the old server.
+		if err := sw.path.renameOver(); err != nil {
+			l.log.Error("cannot rename the new unix socket over its path; the old server keeps it", "err", err)
+		}
+	}
+	g.mu.Unlock()
 	for _, key := range l.keys() {
 		if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid}); err != nil {
 			l.log.Warn("cannot record the generation", "lock", key, "err", err)

@@ -483,6 +483,26 @@ func TestUnixSocketFileOwnerAndMode(t *testing.T) {
 		checkSocketFile(t, path, 0o700, 65534, 65534)
 		waitAnswer(t, path)
 	})
+	t.Run("nobody without the right to the directory", func(t *testing.T) {
+		requireTool(t, "setpriv")
+		if os.Geteuid() != 0 {
+			t.Skip("needs root to run the command as nobody")
+		}
+		dir := openTempDir(t) // root's, 0755: nobody may not create a file there
+		bin := copyTestBinary(t, dir)
+		path := filepath.Join(dir, "app.sock")
+		r := startTakeover(t, "serve", "--path", path, "--",
+			"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", bin, "unix:"+path)
+		if code := r.wait(t); code == 0 {
+			t.Errorf("the command's bind in a directory it may not write succeeded under takeover (exit 0)")
+		}
+		if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("takeover created %s for a command that may not: %v", path, err)
+		}
+		if !strings.Contains(r.stderr.String(), "permission denied") {
+			t.Errorf("the log does not say the bind was denied:\n%s", r.stderr)
+		}
+	})
 }
 
 // waitAnswer waits, at most 10 s, for an HTTP answer at addr.

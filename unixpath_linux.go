@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -16,7 +17,8 @@ import (
 // connect(2) finds the listener by the file's inode, whatever name the
 // socket was bound at. So a handoff shares the old listener as for TCP, and
 // where there is no handoff the new socket is bound at a temporary name and
-// renamed over the path once it listens: either way connect never fails.
+// renamed over the path once its server is ready: either way connect never
+// fails.
 // What servers do to the file on the way out is the rest: most unlink
 // their path when they stop (nginx, Go, gunicorn), and a new one may unlink
 // it before its bind (gunicorn, asyncio). Under takeover those unlinks
@@ -34,25 +36,41 @@ func (c claim) bind(sock int) error {
 	return bindPathAs(sock, c.spec.Path, c.child.PID)
 }
 
-// bindPathAs binds sock to path as process pid would: with its umask and
-// its filesystem uid and gid.
+// bindPathAs binds sock to path as process pid would: with its filesystem
+// ids and groups, so that the kernel checks its right to create a file in
+// the directory (takeover never binds a path the command could not) and
+// the file is its; and with its umask.
 func bindPathAs(sock int, path string, pid int) error {
-	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
-		return err
-	}
 	if pid == os.Getpid() {
-		return nil // takeover's own, for socket passing: its own umask applies
+		return unix.Bind(sock, &unix.SockaddrUnix{Name: path}) // takeover's own, for socket passing
 	}
 	owner, err := readFileOwner(pid)
 	if err != nil {
-		unix.Unlink(path)
 		return fmt.Errorf("read the umask and ids of pid %d: %w", pid, err)
 	}
-	if err := unix.Lchown(path, owner.UID, owner.GID); err != nil {
-		unix.Unlink(path)
+	errc := make(chan error, 1)
+	go func() {
+		// Filesystem ids and groups belong to a thread. This one is never
+		// unlocked: it exits with the goroutine, its credentials with it.
+		runtime.LockOSThread()
+		errc <- owner.bind(sock, path)
+	}()
+	return <-errc
+}
+
+// bind binds sock to path on the calling thread, which it makes act as o.
+func (o fileOwner) bind(sock int, path string) error {
+	if os.Geteuid() == 0 {
+		if err := unix.Setgroups(o.Groups); err != nil {
+			return fmt.Errorf("take the command's groups: %w", err)
+		}
+		unix.Setfsgid(o.GID)
+		unix.Setfsuid(o.UID) // from 0 to another: the file capabilities go too
+	}
+	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
 		return err
 	}
-	if err := unix.Chmod(path, 0o777&^owner.Umask); err != nil {
+	if err := unix.Chmod(path, 0o777&^o.Umask); err != nil {
 		unix.Unlink(path)
 		return err
 	}
@@ -60,9 +78,10 @@ func bindPathAs(sock int, path string, pid int) error {
 }
 
 // A fileOwner is what a process's new files get: its filesystem ids and
-// the mode bits its umask takes away.
+// groups, and the mode bits its umask takes away.
 type fileOwner struct {
 	UID, GID int
+	Groups   []int
 	Umask    uint32
 }
 
@@ -74,10 +93,10 @@ func readFileOwner(pid int) (fileOwner, error) {
 	return parseFileOwner(string(b))
 }
 
-// parseFileOwner reads Umask and the fourth (filesystem) ids of Uid and
-// Gid from /proc/PID/status.
+// parseFileOwner reads Umask, the fourth (filesystem) ids of Uid and Gid,
+// and Groups from /proc/PID/status.
 func parseFileOwner(s string) (fileOwner, error) {
-	var o fileOwner
+	o := fileOwner{Groups: []int{}}
 	seen := 0
 	for _, line := range strings.Split(s, "\n") {
 		key, val, ok := strings.Cut(line, ":")
@@ -98,6 +117,14 @@ func parseFileOwner(s string) (fileOwner, error) {
 		case key == "Gid" && len(f) == 4:
 			o.GID, err = strconv.Atoi(f[3])
 			seen |= 4
+		case key == "Groups":
+			for _, g := range f {
+				var n int
+				if n, err = strconv.Atoi(g); err != nil {
+					break
+				}
+				o.Groups = append(o.Groups, n)
+			}
 		}
 		if err != nil {
 			return fileOwner{}, fmt.Errorf("status %s: %w", key, errMalformed)
@@ -119,13 +146,13 @@ func sideName(path, what string) string {
 // at, kept under a side name until the old server is gone.
 type pathSwap struct {
 	path    string
-	pending string // the new socket's temporary name until it listens (rename)
+	pending string // the new socket's temporary name until its server is ready (rename)
 	keep    string // a link to the socket file the path must name at the end
 	oldKeep string // a link to the old socket's file, for a rollback (rename)
 }
 
 // bindBeside binds the claim's socket at a temporary name beside the path,
-// for a rename over it once the command listens: the replacement of the
+// for a rename over it once the command is ready: the replacement of the
 // path when the old listener cannot be handed over.
 func (l *launcher) bindBeside(c claim, sw *swap) error {
 	sw.Strategy = "rename"
@@ -138,10 +165,10 @@ func (l *launcher) bindBeside(c claim, sw *swap) error {
 	return nil
 }
 
-// listened completes a rename once the new socket listens: the old file is
-// linked aside (for a rollback) and the new one renamed over the path, in
-// one step for every connect.
-func (ps *pathSwap) listened() error {
+// renameOver completes a rename once the new server is ready: the old file
+// is linked aside (for a rollback) and the new one renamed over the path,
+// in one step for every connect.
+func (ps *pathSwap) renameOver() error {
 	if ps == nil || ps.pending == "" {
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -71,10 +72,10 @@ func TestTargetNames(t *testing.T) {
 }
 
 func TestParseFileOwner(t *testing.T) {
-	status := "Name:\tpython3\nUmask:\t0077\nState:\tS (sleeping)\nUid:\t1000\t1001\t1002\t1003\nGid:\t65534\t65534\t65534\t65535\n"
+	status := "Name:\tpython3\nUmask:\t0077\nState:\tS (sleeping)\nUid:\t1000\t1001\t1002\t1003\nGid:\t65534\t65534\t65534\t65535\nGroups:\t4 27 \n"
 	got, err := parseFileOwner(status)
-	if err != nil || got != (fileOwner{UID: 1003, GID: 65535, Umask: 0o077}) {
-		t.Errorf("parseFileOwner = %+v, %v; want fs uid 1003, fs gid 65535, umask 077", got, err)
+	if want := (fileOwner{UID: 1003, GID: 65535, Groups: []int{4, 27}, Umask: 0o077}); err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("parseFileOwner = %+v, %v; want %+v", got, err, want)
 	}
 	if _, err := parseFileOwner("Uid:\t1\t1\t1\t1\nGid:\t1\t1\t1\t1\n"); err == nil {
 		t.Error("parseFileOwner without Umask: want an error")
