@@ -126,7 +126,7 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
 	child := newChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe}
-	sw, held, err := l.takePort(ctx, &generation{l: l}, claim{child: child, sock: sock, addr: addr, spec: spec})
+	sw, held, err := l.takePort(ctx, &generation{l: l}, claim{child: child, sock: sock, addr: addr, spec: spec, pathMode: l.cfg.socketFileMode()})
 	if err != nil {
 		unix.Close(sock)
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)

@@ -193,6 +193,49 @@ func redirectOutput(spec string) error {
 	return nil
 }
 
+// clearPath does to a --path what start_server does before its bind: a
+// socket file there is removed, with start_server's warning. A file a live
+// server listens on is left for takeover to take over (a handoff, or a new
+// socket renamed over it) rather than cut off from its clients; a file
+// that is not a socket is refused, where start_server would remove it.
+func clearPath(spec portSpec, name string, stderr io.Writer) error {
+	var st unix.Stat_t
+	if err := unix.Stat(spec.Path, &st); errors.Is(err, unix.ENOENT) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("--path %s: %w", name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("--path %s: %s is there and is not a socket; takeover's start_server does not remove it: remove it yourself, or name another path", name, spec.Path)
+	}
+	if socks, err := unixListenersAt(spec.Path); err != nil || len(socks) > 0 {
+		return nil // a live server's (or unknown): takePort decides
+	}
+	fmt.Fprintf(stderr, "removing existing socket file:%s\n", name)
+	if err := unix.Unlink(spec.Path); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("failed to remove existing socket file:%s: %w", name, err)
+	}
+	return nil
+}
+
+// removePaths is start_server's path_remove_guard: when it exits, each
+// --path's socket file is removed, unless another process listens on it
+// by then (a newer takeover that took the socket over).
+func removePaths(specs []portSpec) {
+	for _, spec := range specs {
+		ls, err := listeners("/proc", spec, nil, false)
+		if err != nil {
+			continue // not a socket any more, or unknown: left alone
+		}
+		others := slices.ContainsFunc(ls, func(o listener) bool {
+			return o.Hidden || len(o.Holders) == 0 || slices.ContainsFunc(o.Holders, func(h holder) bool { return h.PID != os.Getpid() })
+		})
+		if !others {
+			unix.Unlink(spec.Path)
+		}
+	}
+}
+
 // lockPIDFile writes this process's pid to path and holds an exclusive
 // lock on it for as long as the file is open: start_server --stop waits for
 // the lock.

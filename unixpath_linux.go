@@ -31,17 +31,26 @@ func (c claim) bind(sock int) error {
 	if c.spec.Net != netUnix {
 		return unix.Bind(sock, sockaddrOf(c.addr))
 	}
-	return bindPathAs(sock, c.spec.Path, c.child.PID)
+	return c.bindPath(sock, c.spec.Path)
 }
 
-// bindPathAs binds sock to path as process pid would: with its umask and
-// its filesystem uid and gid.
-func bindPathAs(sock int, path string, pid int) error {
+// bindPath binds sock to path as the claim's process would: with its umask
+// and its filesystem uid and gid. A socket takeover binds for itself, to
+// pass on, gets takeover's umask, or c.pathMode where that is set.
+func (c claim) bindPath(sock int, path string) error {
 	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
 		return err
 	}
+	pid := c.child.PID
 	if pid == os.Getpid() {
-		return nil // takeover's own, for socket passing: its own umask applies
+		if c.pathMode == 0 {
+			return nil
+		}
+		if err := unix.Chmod(path, c.pathMode); err != nil {
+			unix.Unlink(path)
+			return err
+		}
+		return nil
 	}
 	owner, err := readFileOwner(pid)
 	if err != nil {
@@ -131,7 +140,7 @@ func (l *launcher) bindBeside(c claim, sw *swap) error {
 	sw.Strategy = "rename"
 	ps := &pathSwap{path: c.spec.Path, pending: sideName(c.spec.Path, "new")}
 	unix.Unlink(ps.pending)
-	if err := bindPathAs(c.sock, ps.pending, c.child.PID); err != nil {
+	if err := c.bindPath(c.sock, ps.pending); err != nil {
 		return fmt.Errorf("bind beside %s: %w", c.spec.Path, err)
 	}
 	sw.path = ps
