@@ -241,6 +241,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 	if err != nil {
 		return nil, err
 	}
+	l.starter.bound()
 	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
 	names, fds := l.cfg.passedAs()
 	var passed []*os.File

@@ -23,6 +23,7 @@ import (
 // line, signals and files, run on takeover's socket passing (--sockets
 // server-starter). takeover binds every --port (TCP, or UDP with a "u")
 // and --path (a unix socket), passes the sockets as SERVER_STARTER_PORT,
+// daemonizes on --daemonize once they are bound (startserver_daemon.go),
 // starts a new generation on HUP and stops the old one
 // with --signal-on-hup once the new one has lived --interval seconds;
 // the status file holds start_server's GEN:PID lines; --restart and --stop
@@ -46,6 +47,9 @@ type startServerOpts struct {
 	SignalOnTerm unix.Signal   // --signal-on-term: passed to the command for a TERM to takeover
 	StatusFile   string        // --status-file: GEN:PID lines of the live generations
 	AutoRestart  time.Duration // --enable-auto-restart: reload a generation this old; 0: never
+	// SetUp runs once the first generation's sockets are bound, where
+	// start_server's set-up ends; nil: nothing to do then.
+	SetUp func() error
 }
 
 // commandName is the command to look up: with --dir, a relative path is
@@ -338,7 +342,8 @@ Options:
   --restart                 HUP the start_server named by --pid-file and wait until only the
                             new generation is left in --status-file
   --stop                    TERM the start_server named by --pid-file and wait for it to exit
-  --daemonize               not supported yet: run it under systemd or nohup
+  --daemonize               run in the background, in a new session, once the sockets
+                            are bound (needs --log-file); the pid file names the daemon
   --help, --version
 `
 
@@ -399,8 +404,8 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 			return fail(exitFailure, "%v", err)
 		}
 		return 0
-	case *daemonize:
-		return fail(exitUsage, "--daemonize is not supported yet by takeover's start_server; run it under systemd (Type=notify, ExecReload=kill -HUP $MAINPID) or nohup")
+	case *daemonize && *logFile == "":
+		return fail(exitUsage, "Usage: --log-file option must be specified together with --daemonize")
 	case len(fs.Args()) == 0:
 		return fail(exitUsage, "server program not specified: put it after --, like: start_server --port=8000 -- plackup -s Starlet app.psgi")
 	case len(ports) == 0 && len(paths) == 0:
@@ -462,11 +467,29 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 		return fail(exitUsage, "%v", err)
 	}
 
-	fmt.Fprintf(stderr, "start_server (pid:%d) starting now...\n", os.Getpid()) // before --log-file, as start_server
+	ready, isDaemon := daemonReadyPipe()
+	if !isDaemon {
+		fmt.Fprintf(stderr, "start_server (pid:%d) starting now...\n", os.Getpid()) // before --log-file, as start_server
+	}
+	if *daemonize && !isDaemon {
+		return runDaemon(cfg.lockTimeout()+cfg.bindTimeout()+10*time.Second, stderr)
+	}
+	var logOut *os.File
 	if *logFile != "" {
-		if err := redirectOutput(*logFile); err != nil {
+		if logOut, err = openLog(*logFile); err != nil {
 			return fail(exitFailure, "--log-file: %v", err)
 		}
+		defer logOut.Close()
+	}
+	// Set-up ends once the sockets are bound: from then on output goes to
+	// --log-file, and a --daemonize parent exits, as start_server's do.
+	opts.SetUp = func() error {
+		if logOut != nil {
+			if err := redirectOutput(logOut); err != nil {
+				return fmt.Errorf("--log-file: %w", err)
+			}
+		}
+		return signalReady(ready)
 	}
 	var unixTargets []portSpec
 	for i, spec := range cfg.Ports {

@@ -773,6 +773,65 @@ func TestStartServerUDP(t *testing.T) {
 	})
 }
 
+// TestStartServerDaemonize: with --daemonize the process started exits 0
+// at once; the daemon, another process in a new session with stdin from
+// /dev/null, writes and locks the pid file, serves, logs to --log-file,
+// and --stop stops it.
+func TestStartServerDaemonize(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		logFile := filepath.Join(t.TempDir(), "start_server.log")
+		r := startSS(t, impl, nil, "--daemonize", "--log-file="+logFile)
+		code := r.wait(t)
+		said := regexp.MustCompile(`pid:\d+`).ReplaceAllString(r.output.String(), "pid:N")
+		var pid int
+		r.until(t, "the daemon's pid in the pid file", func() bool {
+			b, _ := os.ReadFile(r.pidFile)
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+			return pid > 0
+		})
+		t.Cleanup(func() { r.stopDaemon(t, pid) })
+		sid, err := unix.Getsid(pid)
+		mine, _ := unix.Getsid(0)
+		stdin, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/0", pid))
+		daemon := fmt.Sprintf("not the first process: %v, in a new session: %v, stdin %s, holds the pid file's lock: %v",
+			pid != r.cmd.Process.Pid, err == nil && sid != mine, stdin, checkRunning(r.pidFile, pid) == nil)
+		r.waitOneGen(t, 0)
+		served := r.servedBy(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, impl.bin, "--stop", "--pid-file="+r.pidFile).CombinedOutput()
+		if err != nil {
+			t.Fatalf("--stop: %v\n%s", err, out)
+		}
+		r.until(t, "the daemon's exit", func() bool { return processGone(pid) })
+		b, _ := os.ReadFile(logFile)
+		_, pidErr := os.Stat(r.pidFile)
+		_, statusErr := os.Stat(r.status)
+		return fmt.Sprintf("first process: exit %d, said %q\ndaemon: %s\nserved by %s; the log has w1's hello: %v\n--stop: exit 0, daemon gone; pid file left: %v, status file left: %v",
+			code, said, daemon, served, strings.Contains(string(b), "w1 says hello"), pidErr == nil, statusErr == nil)
+	})
+}
+
+// stopDaemon stops a daemonized start_server left running, once it is
+// checked to be this run's (its environment names the run's worker log).
+func (r *ssRun) stopDaemon(t *testing.T, pid int) {
+	isOurs := func() bool {
+		environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		return !processGone(pid) && strings.Contains(string(environ), "\x00SSWORKER_LOG="+r.log+"\x00")
+	}
+	if !isOurs() {
+		return
+	}
+	t.Logf("stopping the daemon %d left running by %s", pid, r.impl.name)
+	syscall.Kill(pid, syscall.SIGTERM)
+	for deadline := time.Now().Add(15 * time.Second); isOurs(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			return
+		}
+	}
+}
+
 // askDuringHUP asks r's workers with ask, one request at a time, while r
 // is HUPed: from an answer of the first worker until the old worker has
 // exited and the new one has answered (at most 20000 requests). It returns
@@ -891,9 +950,8 @@ func (r *ssRun) starterEnv(names map[string]string) string {
 }
 
 // TestStartServerRefuses: bad input is refused with exit status 2 and a
-// line that says what is wrong, before anything is bound; so are a start
-// with no socket at all, which start_server allows, and --daemonize, not
-// supported yet. A file at a --path
+// line that says what is wrong, before anything is bound; so is a start
+// with no socket at all, which start_server allows. A file at a --path
 // that is not a socket is refused (exit status 1), where start_server
 // would remove it.
 func TestStartServerRefuses(t *testing.T) {
@@ -920,7 +978,7 @@ func TestStartServerRefuses(t *testing.T) {
 		{[]string{"--path=", "--", "true"}, exitUsage, "empty --path"},
 		{[]string{"--path=" + long, "--", "true"}, exitUsage, "longer than a unix socket's path may be"},
 		{[]string{"--path=/tmp/x.sock", "--path=/tmp/../tmp/x.sock", "--", "true"}, exitUsage, "--path /tmp/../tmp/x.sock: named twice"},
-		{[]string{"--port=8000", "--daemonize", "--log-file=/dev/null", "--", "true"}, exitUsage, "--daemonize is not supported yet"},
+		{[]string{"--port=8000", "--daemonize", "--", "true"}, exitUsage, "--log-file option must be specified together with --daemonize"},
 		{[]string{"--path=" + notSocket, "--", "true"}, exitFailure, "is there and is not a socket"},
 	} {
 		cmd := exec.Command(bin, append([]string{"start-server"}, tt.args...)...)
