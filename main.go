@@ -32,7 +32,8 @@
 //     waits for connections: epoll, accept, poll, select, read from /proc).
 //   - fdpass_linux.go: takeovers hand sockets to each other over unix sockets.
 //   - passing_linux.go: --sockets systemd and server-starter; startserver.go,
-//     startserver_run.go: `start_server`, a drop-in for Server::Starter's.
+//     startserver_run.go, startserver_daemon.go: `start_server`, a drop-in
+//     for Server::Starter's, and its --daemonize.
 //   - state.go: per-port locks and generation records; sdnotify.go: systemd.
 //   - doctor_linux.go, doctor_probe_linux.go: `takeover doctor`.
 //   - demo.go, demoserver.go, probe.go, load.go: `takeover demo`, its built-in

@@ -134,7 +134,7 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
 	child := newChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe}
-	sw, held, err := l.takePort(ctx, &generation{l: l}, claim{child: child, sock: sock, addr: addr, spec: spec})
+	sw, held, err := l.takePort(ctx, &generation{l: l}, claim{child: child, sock: sock, addr: addr, spec: spec, pathMode: l.cfg.socketFileMode()})
 	if err != nil {
 		unix.Close(sock)
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
@@ -246,6 +246,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 	if err != nil {
 		return nil, err
 	}
+	l.starter.bound()
 	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
 	names, fds := l.cfg.passedAs()
 	var passed []*os.File

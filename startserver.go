@@ -21,8 +21,10 @@ import (
 
 // start_server, a drop-in for Server::Starter's (0.35): the same command
 // line, signals and files, run on takeover's socket passing (--sockets
-// server-starter). takeover binds every --port, passes the sockets as
-// SERVER_STARTER_PORT, starts a new generation on HUP and stops the old one
+// server-starter). takeover binds every --port (TCP, or UDP with a "u")
+// and --path (a unix socket), passes the sockets as SERVER_STARTER_PORT,
+// daemonizes on --daemonize once they are bound (startserver_daemon.go),
+// starts a new generation on HUP and stops the old one
 // with --signal-on-hup once the new one has lived --interval seconds;
 // the status file holds start_server's GEN:PID lines; --restart and --stop
 // talk to a running one through --pid-file as start_server's do. What
@@ -45,6 +47,9 @@ type startServerOpts struct {
 	SignalOnTerm unix.Signal   // --signal-on-term: passed to the command for a TERM to takeover
 	StatusFile   string        // --status-file: GEN:PID lines of the live generations
 	AutoRestart  time.Duration // --enable-auto-restart: reload a generation this old; 0: never
+	// SetUp runs once the first generation's sockets are bound, where
+	// start_server's set-up ends; nil: nothing to do then.
+	SetUp func() error
 }
 
 // commandName is the command to look up: with --dir, a relative path is
@@ -144,7 +149,7 @@ type starterPortArg struct {
 // parseStarterPort reads a --port the way start_server's patterns do.
 func parseStarterPort(s string) (starterPortArg, error) {
 	a := starterPortArg{FD: -1}
-	bad := fmt.Errorf("--port %q: want PORT, HOST:PORT or [IPV6]:PORT, each with an optional =FD", s)
+	bad := fmt.Errorf("--port %q: want PORT, HOST:PORT or [IPV6]:PORT (uPORT for UDP), each with an optional =FD", s)
 	rest := strings.TrimSpace(s)
 	if i := strings.LastIndexByte(rest, '='); i >= 0 {
 		fd, err := strconv.Atoi(strings.TrimSpace(rest[i+1:]))
@@ -187,28 +192,84 @@ func parseStarterPort(s string) (starterPortArg, error) {
 	return a, nil
 }
 
-// spec is the port takeover binds for a: a bare port on 0.0.0.0 (IPv4
-// only, as start_server binds it), a host name by its first IPv4 address
-// (start_server's gethostbyname).
+// spec is the port takeover binds for a, TCP or UDP: a bare port on
+// 0.0.0.0 (IPv4 only, as start_server binds it), a host name by its first
+// IPv4 address (start_server's gethostbyname).
 func (a starterPortArg) spec(ctx context.Context) (portSpec, error) {
 	port, err := parsePort(a.Port)
 	if err != nil {
-		return portSpec{}, fmt.Errorf("--port %s: %w", a.Name, err)
+		return portSpec{}, err
 	}
-	if a.Host == "" {
-		return portSpec{Addr: netip.IPv4Unspecified(), Port: port}, nil
+	p := portSpec{Port: port}
+	if a.UDP {
+		p.Net = netUDP
 	}
-	if addr, err := netip.ParseAddr(a.Host); err == nil && addr.Zone() == "" {
-		return portSpec{Addr: addr.Unmap(), Port: port}, nil
+	switch addr, err := netip.ParseAddr(a.Host); {
+	case a.Host == "":
+		p.Addr = netip.IPv4Unspecified()
+	case err == nil && addr.Zone() == "":
+		p.Addr = addr.Unmap()
+	case strings.Contains(a.Host, ":"):
+		return portSpec{}, fmt.Errorf("%q is not an IPv6 address", a.Host)
+	default:
+		addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", a.Host)
+		if err != nil || len(addrs) == 0 {
+			return portSpec{}, fmt.Errorf("failed to resolve host %s: %v", a.Host, err)
+		}
+		p.Addr = addrs[0].Unmap()
 	}
-	if strings.Contains(a.Host, ":") {
-		return portSpec{}, fmt.Errorf("--port %s: %q is not an IPv6 address", a.Name, a.Host)
+	return p, nil
+}
+
+// starterTargets reads start_server's --port and --path options: the
+// targets takeover binds (the ports, then the paths, as start_server binds
+// them), their names in SERVER_STARTER_PORT (a path as it was given) and
+// the fds the command gets them at.
+func starterTargets(ctx context.Context, ports, paths []string) (specs []portSpec, names []string, fds []int, err error) {
+	var args []starterPortArg
+	add := func(spec portSpec, a starterPortArg, opt string) error {
+		if slices.Contains(specs, spec) {
+			return fmt.Errorf("%s: named twice", opt)
+		}
+		specs, names, args = append(specs, spec), append(names, a.Name), append(args, a)
+		return nil
 	}
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", a.Host)
-	if err != nil || len(addrs) == 0 {
-		return portSpec{}, fmt.Errorf("--port %s: failed to resolve host %s: %v", a.Name, a.Host, err)
+	for _, p := range ports {
+		a, err := parseStarterPort(p)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		spec, err := a.spec(ctx)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--port %s: %w", p, err)
+		}
+		if err := add(spec, a, "--port "+p); err != nil {
+			return nil, nil, nil, err
+		}
 	}
-	return portSpec{Addr: addrs[0].Unmap(), Port: port}, nil
+	for _, p := range paths {
+		spec, err := parsePathSpec(p)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if err := add(spec, starterPortArg{FD: -1, Name: p}, "--path "+p); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	if fds, err = assignFDs(args); err != nil {
+		return nil, nil, nil, err
+	}
+	return specs, names, fds, nil
+}
+
+// socketFileMode is the mode of a --path socket file takeover binds to
+// pass on: start_server binds under umask(0), so 0777; 0 (takeover's
+// umask) otherwise.
+func (c config) socketFileMode() uint32 {
+	if c.StartServer != nil {
+		return 0o777
+	}
+	return 0
 }
 
 // assignFDs gives each --port its fd: the one it asks for, else the lowest
@@ -257,9 +318,11 @@ worker on them with back-off, and logs one line per swap.
 
 Options:
   --port=(port|host:port|port=fd|host:port=fd)   TCP port to listen to (repeatable);
-        a bare port binds 0.0.0.0, [v6]:port an IPv6 address; =fd passes it at that fd
-        (UDP ports, "u443", are not supported yet)
-  --path=path               unix socket (not supported yet)
+        a bare port binds 0.0.0.0, [v6]:port an IPv6 address; =fd passes it at that fd;
+        u before the port (u5353, 127.0.0.1:u5353) binds a UDP port instead
+  --path=path               unix socket to listen to (repeatable), passed after the ports;
+        its file is made srwxrwxrwx, a stale one there is removed first, and it is
+        removed when start_server exits; one a live server listens on is taken over
   --dir=path                working directory of the server program
   --interval=seconds        a new worker is started once it has lived this long (default: 1)
   --signal-on-hup=Signal    sent to the old worker once the new one started (default: TERM)
@@ -279,7 +342,8 @@ Options:
   --restart                 HUP the start_server named by --pid-file and wait until only the
                             new generation is left in --status-file
   --stop                    TERM the start_server named by --pid-file and wait for it to exit
-  --daemonize               not supported yet: run it under systemd or nohup
+  --daemonize               run in the background, in a new session, once the sockets
+                            are bound (needs --log-file); the pid file names the daemon
   --help, --version
 `
 
@@ -340,14 +404,12 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 			return fail(exitFailure, "%v", err)
 		}
 		return 0
-	case *daemonize:
-		return fail(exitUsage, "--daemonize is not supported yet by takeover's start_server; run it under systemd (Type=notify, ExecReload=kill -HUP $MAINPID) or nohup")
-	case len(paths) > 0:
-		return fail(exitUsage, "--path %s: unix sockets are not supported yet by takeover's start_server; listen on a TCP --port instead", paths[0])
+	case *daemonize && *logFile == "":
+		return fail(exitUsage, "Usage: --log-file option must be specified together with --daemonize")
 	case len(fs.Args()) == 0:
 		return fail(exitUsage, "server program not specified: put it after --, like: start_server --port=8000 -- plackup -s Starlet app.psgi")
-	case len(ports) == 0:
-		return fail(exitUsage, "no --port: takeover's start_server passes TCP ports only (and no unix --path yet); name one, like --port=8000")
+	case len(ports) == 0 && len(paths) == 0:
+		return fail(exitUsage, "no --port or --path: takeover's start_server passes at least one socket; name one, like --port=8000")
 	case *interval < 0 || *backlog < 0 || *killTimeout <= 0:
 		return fail(exitUsage, "--interval and --backlog must not be negative, --kill-timeout must be more than 0")
 	}
@@ -401,36 +463,45 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 	if opts.SignalOnTerm, err = parseSignal(*onTerm); err != nil {
 		return fail(exitUsage, "--signal-on-term: %v", err)
 	}
-	var parsed []starterPortArg
-	for _, p := range ports {
-		a, err := parseStarterPort(p)
-		if err != nil {
-			return fail(exitUsage, "%v", err)
-		}
-		if a.UDP {
-			return fail(exitUsage, "--port %s: UDP ports are not supported yet by takeover's start_server; pass TCP ports only", p)
-		}
-		spec, err := a.spec(context.Background())
-		if err != nil {
-			return fail(exitUsage, "%v", err)
-		}
-		if slices.Contains(cfg.Ports, spec) {
-			return fail(exitUsage, "--port %s: named twice", a.Name)
-		}
-		cfg.Ports = append(cfg.Ports, spec)
-		opts.Names = append(opts.Names, a.Name)
-		parsed = append(parsed, a)
-	}
-	if opts.FDs, err = assignFDs(parsed); err != nil {
+	if cfg.Ports, opts.Names, opts.FDs, err = starterTargets(context.Background(), ports, paths); err != nil {
 		return fail(exitUsage, "%v", err)
 	}
 
-	fmt.Fprintf(stderr, "start_server (pid:%d) starting now...\n", os.Getpid()) // before --log-file, as start_server
+	ready, isDaemon := daemonReadyPipe()
+	if !isDaemon {
+		fmt.Fprintf(stderr, "start_server (pid:%d) starting now...\n", os.Getpid()) // before --log-file, as start_server
+	}
+	if *daemonize && !isDaemon {
+		return runDaemon(cfg.lockTimeout()+cfg.bindTimeout()+10*time.Second, stderr)
+	}
+	var logOut *os.File
 	if *logFile != "" {
-		if err := redirectOutput(*logFile); err != nil {
+		if logOut, err = openLog(*logFile); err != nil {
 			return fail(exitFailure, "--log-file: %v", err)
 		}
+		defer logOut.Close()
 	}
+	// Set-up ends once the sockets are bound: from then on output goes to
+	// --log-file, and a --daemonize parent exits, as start_server's do.
+	opts.SetUp = func() error {
+		if logOut != nil {
+			if err := redirectOutput(logOut); err != nil {
+				return fmt.Errorf("--log-file: %w", err)
+			}
+		}
+		return signalReady(ready)
+	}
+	var unixTargets []portSpec
+	for i, spec := range cfg.Ports {
+		if spec.Net != netUnix {
+			continue
+		}
+		if err := clearPath(spec, opts.Names[i], stderr); err != nil {
+			return fail(exitFailure, "%v", err)
+		}
+		unixTargets = append(unixTargets, spec)
+	}
+	defer removePaths(unixTargets)
 	if *pidFile != "" {
 		f, err := lockPIDFile(*pidFile)
 		if err != nil {

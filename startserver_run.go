@@ -34,6 +34,8 @@ type starterState struct {
 	wrote     bool        // the status file exists
 	lastStart time.Time   // when the serving generation started
 	stopped   bool        // a stop signal came: start_server exits 0 then
+
+	setUp sync.Once
 }
 
 func newStarterState(l *launcher) *starterState {
@@ -45,6 +47,19 @@ func newStarterState(l *launcher) *starterState {
 		go s.autoRestart(s.opts.AutoRestart)
 	}
 	return s
+}
+
+// bound ends start_server's set-up, once the first generation's sockets
+// are bound (opts.SetUp).
+func (s *starterState) bound() {
+	if s == nil || s.opts.SetUp == nil {
+		return
+	}
+	s.setUp.Do(func() {
+		if err := s.opts.SetUp(); err != nil {
+			s.log.Warn("start_server set-up", "err", err)
+		}
+	})
 }
 
 // started records g as started: start_server writes its status file once
@@ -155,42 +170,73 @@ func (s *starterState) autoRestart(every time.Duration) {
 	}
 }
 
-// redirectOutput sends takeover's and the workers' stdout and stderr to
-// spec: a file appended to, or "| command", run by the shell.
-func redirectOutput(spec string) error {
-	var w *os.File
-	if cmdline, ok := strings.CutPrefix(strings.TrimLeft(spec, " \t\n"), "|"); ok {
-		r, pw, err := os.Pipe()
-		if err != nil {
-			return err
-		}
-		cmd := exec.Command("/bin/sh", "-c", strings.TrimSpace(cmdline))
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = r, os.Stdout, os.Stderr
-		err = cmd.Start()
-		r.Close()
-		if err != nil {
-			pw.Close()
-			return fmt.Errorf("failed to open pipe %q: %w", spec, err)
-		}
-		// takeover's reaper collects it. A log command that dies must not
-		// take takeover with it: writes get EPIPE, as start_server ignores
-		// SIGPIPE.
-		signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
-		w = pw
-	} else {
-		f, err := os.OpenFile(spec, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o666)
-		if err != nil {
-			return err
-		}
-		w = f
+// openLog opens --log-file: spec is a file appended to, or "| command",
+// run by the shell, whose input it returns.
+func openLog(spec string) (*os.File, error) {
+	cmdline, ok := strings.CutPrefix(strings.TrimLeft(spec, " \t\n"), "|")
+	if !ok {
+		return os.OpenFile(spec, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_NOCTTY, 0o666) // the daemon leads a session
 	}
-	defer w.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("/bin/sh", "-c", strings.TrimSpace(cmdline))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = r, os.Stdout, os.Stderr
+	err = cmd.Start()
+	r.Close()
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("failed to open pipe %q: %w", spec, err)
+	}
+	// takeover's reaper collects it. A log command that dies must not take
+	// takeover with it: writes get EPIPE, as start_server ignores SIGPIPE.
+	signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
+	return w, nil
+}
+
+// redirectOutput sends takeover's and the workers' stdout and stderr to w.
+func redirectOutput(w *os.File) error {
 	for _, fd := range []int{1, 2} {
 		if err := unix.Dup3(int(w.Fd()), fd, 0); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// clearPath does to a --path what start_server does before its bind: a
+// socket file there is removed, with start_server's warning. A file a live
+// server listens on is left for takeover to take over (a handoff, or a new
+// socket renamed over it) rather than cut off from its clients; a file
+// that is not a socket is refused, where start_server would remove it.
+func clearPath(spec portSpec, name string, stderr io.Writer) error {
+	var st unix.Stat_t
+	if err := unix.Stat(spec.Path, &st); errors.Is(err, unix.ENOENT) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("--path %s: %w", name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("--path %s: %s is there and is not a socket; takeover's start_server does not remove it: remove it yourself, or name another path", name, spec.Path)
+	}
+	if socks, err := unixListenersAt(spec.Path); err != nil || len(socks) > 0 {
+		return nil // a live server's (or unknown): takePort decides
+	}
+	fmt.Fprintf(stderr, "removing existing socket file:%s\n", name)
+	if err := unix.Unlink(spec.Path); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("failed to remove existing socket file:%s: %w", name, err)
+	}
+	return nil
+}
+
+// removePaths is start_server's path_remove_guard: when it exits, each
+// --path's socket file is removed, unless another process listens on it
+// by then (a newer takeover that took the socket over).
+func removePaths(specs []portSpec) {
+	for _, spec := range specs {
+		removeStaleSocket(spec.Path, os.Getpid())
+	}
 }
 
 // lockPIDFile writes this process's pid to path and holds an exclusive

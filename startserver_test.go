@@ -1,15 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,12 +32,13 @@ import (
 
 const realStartServer = "/usr/bin/start_server"
 
-// runStarterWorker is the "ssworker" helper: a server that takes its socket
-// from SERVER_STARTER_PORT as Server::Starter's own test servers do, and
-// notes to $SSWORKER_LOG its start (cwd and the variables $SSWORKER_SHOW
-// names), every signal it gets, and its exit. It fails at once with
-// SSWORKER_FAIL=1, and exits on TERM, INT and the signals in
-// $SSWORKER_EXIT_ON.
+// runStarterWorker is the "ssworker" helper: a server that takes its
+// sockets from SERVER_STARTER_PORT as Server::Starter's own test servers
+// do, serves HTTP on each stream socket (TCP or unix) and echoes datagrams
+// on each UDP one, and notes to $SSWORKER_LOG its start (cwd and the
+// variables $SSWORKER_SHOW names), every signal it gets, and its exit. It
+// fails at once with SSWORKER_FAIL=1, and exits on TERM, INT and the
+// signals in $SSWORKER_EXIT_ON.
 func runStarterWorker() int {
 	gen := os.Getenv("SERVER_STARTER_GENERATION")
 	note := func(format string, a ...any) {
@@ -66,15 +71,28 @@ func runStarterWorker() int {
 		note("bad SERVER_STARTER_PORT=%q", os.Getenv("SERVER_STARTER_PORT"))
 		return 1
 	}
-	ln, err := net.FileListener(os.NewFile(uintptr(ports[0].FD), ports[0].Addr))
-	if err != nil {
-		note("bad fd %d: %v", ports[0].FD, err)
-		return 1
-	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d %s", os.Getpid(), gen)
 	})}
-	go srv.Serve(ln)
+	var echoes []*datagramEcho
+	for _, p := range ports {
+		f := os.NewFile(uintptr(p.FD), p.Addr)
+		if typ, _ := unix.GetsockoptInt(p.FD, unix.SOL_SOCKET, unix.SO_TYPE); typ == unix.SOCK_DGRAM {
+			pc, err := net.FilePacketConn(f)
+			if err != nil {
+				note("bad fd %d: %v", p.FD, err)
+				return 1
+			}
+			echoes = append(echoes, startEcho(pc, fmt.Sprintf("%d %s ", os.Getpid(), gen)))
+			continue
+		}
+		ln, err := net.FileListener(f)
+		if err != nil {
+			note("bad fd %d: %v", p.FD, err)
+			return 1
+		}
+		go srv.Serve(ln)
+	}
 	exitOn := append(strings.Split(os.Getenv("SSWORKER_EXIT_ON"), ","), "TERM", "INT")
 	for s := range sigs {
 		name := strings.TrimPrefix(unix.SignalName(s.(syscall.Signal)), "SIG")
@@ -83,11 +101,46 @@ func runStarterWorker() int {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			srv.Shutdown(ctx)
 			cancel()
+			for _, e := range echoes {
+				e.stop()
+			}
 			note("exit")
 			return 0
 		}
 	}
 	return 0
+}
+
+// A datagramEcho answers each datagram on a UDP socket with a prefix and
+// the datagram.
+type datagramEcho struct {
+	pc   net.PacketConn
+	done chan struct{}
+}
+
+func startEcho(pc net.PacketConn, prefix string) *datagramEcho {
+	e := &datagramEcho{pc: pc, done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte(prefix), buf[:n]...), from)
+		}
+	}()
+	return e
+}
+
+// stop drains: it reads no more datagrams (those queued are the next
+// generation's, on the socket they share), answers the one it has read,
+// and closes its copy of the socket.
+func (e *datagramEcho) stop() {
+	e.pc.SetReadDeadline(time.Now())
+	<-e.done
+	e.pc.Close()
 }
 
 // An ssImpl is one start_server: Debian's, or takeover's run through a
@@ -618,29 +671,325 @@ func TestStartServerRestartStop(t *testing.T) {
 	}
 }
 
-// TestStartServerRefuses: what takeover's start_server does not support
-// yet is refused with exit status 2 and a line that says so.
+// TestStartServerUnixPath: --path, after the --port: SERVER_STARTER_PORT
+// names it as given, after the port; a stale socket file there is removed
+// with start_server's warning; the new one is srwxrwxrwx; a worker serves
+// on it and no connect to it fails while a HUP swaps the workers
+// (asserted for takeover's); the file is gone once start_server has
+// exited.
+func TestStartServerUnixPath(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		path := filepath.Join(t.TempDir(), "app.sock")
+		stale, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.Bind(stale, &unix.SockaddrUnix{Name: path}) // bound, never listened on: a stale file
+		unix.Close(stale)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := startSS(t, impl, []string{"SSWORKER_SHOW=SERVER_STARTER_PORT"}, "--path="+path)
+		r.waitOneGen(t, 0)
+		st, err := os.Lstat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		answered, failed, firstErr := r.askDuringHUP(t, func() (int, error) { return askUnix(path) })
+		t.Logf("%s: %d requests to %s failed during the HUP swap (first: %v)", impl.name, failed, path, firstErr)
+		if impl.name == "takeover" && failed > 0 {
+			t.Errorf("%d requests to %s failed during the HUP swap; the first: %v", failed, path, firstErr)
+		}
+		r.signal(t, syscall.SIGTERM)
+		code := r.wait(t)
+		_, err = os.Lstat(path)
+		return fmt.Sprintf("SERVER_STARTER_PORT=%s\nstale socket file removed with a warning: %v\nsocket file: %v\nanswered on the path over the HUP: %v\nexit status after TERM: %d, socket file left: %v",
+			r.starterEnv(map[string]string{r.addr: "ADDR", path: "PATH"}), strings.Contains(r.output.String(), "removing existing socket file:"+path),
+			st.Mode(), answered, code, !errors.Is(err, os.ErrNotExist))
+	})
+}
+
+// TestStartServerPathTakenOver: a takeover start_server started on the
+// --path of a running one takes its socket over (Server::Starter's would
+// remove the file and bind a new one, cutting the old server off): the old
+// one exits 0 and leaves the file, which the new one's worker answers on,
+// and removes at its own exit.
+func TestStartServerPathTakenOver(t *testing.T) {
+	impl := ssImpls(t)[1]
+	path := filepath.Join(t.TempDir(), "app.sock")
+	old := startSS(t, impl, nil, "--path="+path)
+	old.waitOneGen(t, 0)
+	next := startSS(t, impl, nil, "--path="+path)
+	if code := old.wait(t); code != 0 {
+		t.Fatalf("the old start_server exited %d:\n%s", code, old.output)
+	}
+	next.waitOneGen(t, 0)
+	pid, err := askUnix(path)
+	if err != nil || next.worker(pid) != "w1" {
+		t.Fatalf("the path is answered by pid %d (%v), not by the new start_server's worker:\n%s", pid, err, next.output)
+	}
+	if out := next.output.String(); !strings.Contains(out, "strategy=handoff") || strings.Contains(out, "removing existing socket file") {
+		t.Errorf("the new start_server did not take the socket over:\n%s", out)
+	}
+	next.signal(t, syscall.SIGTERM)
+	next.wait(t)
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the socket file is left after the last start_server exited: %v", err)
+	}
+}
+
+// TestStartServerUDP: --port HOST:uPORT binds a UDP port, named without
+// its u in SERVER_STARTER_PORT; a worker echoes datagrams on it and none
+// is lost while a HUP swaps the workers (asserted for takeover's).
+func TestStartServerUDP(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		udpAddr := pc.LocalAddr().String()
+		pc.Close()
+		host, port, _ := net.SplitHostPort(udpAddr)
+		r := startSS(t, impl, []string{"SSWORKER_SHOW=SERVER_STARTER_PORT"}, "--port="+host+":u"+port)
+		r.waitOneGen(t, 0)
+		c, err := net.Dial("udp", udpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		seq := 0
+		answered, lost, firstErr := r.askDuringHUP(t, func() (int, error) {
+			seq++
+			return askDatagram(c, seq)
+		})
+		t.Logf("%s: %d datagrams to %s lost during the HUP swap (first: %v)", impl.name, lost, udpAddr, firstErr)
+		if impl.name == "takeover" && lost > 0 {
+			t.Errorf("%d datagrams to %s lost during the HUP swap; the first: %v", lost, udpAddr, firstErr)
+		}
+		r.signal(t, syscall.SIGTERM)
+		code := r.wait(t)
+		return fmt.Sprintf("SERVER_STARTER_PORT=%s\nanswered over the HUP: %v\nexit status after TERM: %d",
+			r.starterEnv(map[string]string{r.addr: "ADDR", udpAddr: "UDPADDR"}), answered, code)
+	})
+}
+
+// TestStartServerDaemonize: with --daemonize the process started exits 0
+// at once; the daemon, another process in a new session with stdin from
+// /dev/null, writes and locks the pid file, serves, logs to --log-file,
+// and --stop stops it.
+func TestStartServerDaemonize(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		logFile := filepath.Join(t.TempDir(), "start_server.log")
+		r := startSS(t, impl, nil, "--daemonize", "--log-file="+logFile)
+		code := r.wait(t)
+		said := regexp.MustCompile(`pid:\d+`).ReplaceAllString(r.output.String(), "pid:N")
+		var pid int
+		r.until(t, "the daemon's pid in the pid file", func() bool {
+			b, _ := os.ReadFile(r.pidFile)
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+			return pid > 0
+		})
+		t.Cleanup(func() { r.stopDaemon(t, pid) })
+		sid, err := unix.Getsid(pid)
+		mine, _ := unix.Getsid(0)
+		stdin, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/0", pid))
+		daemon := fmt.Sprintf("not the first process: %v, in a new session: %v, stdin %s, holds the pid file's lock: %v",
+			pid != r.cmd.Process.Pid, err == nil && sid != mine, stdin, checkRunning(r.pidFile, pid) == nil)
+		r.waitOneGen(t, 0)
+		served := r.servedBy(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, impl.bin, "--stop", "--pid-file="+r.pidFile).CombinedOutput()
+		if err != nil {
+			t.Fatalf("--stop: %v\n%s", err, out)
+		}
+		r.until(t, "the daemon's exit", func() bool { return processGone(pid) })
+		b, _ := os.ReadFile(logFile)
+		_, pidErr := os.Stat(r.pidFile)
+		_, statusErr := os.Stat(r.status)
+		return fmt.Sprintf("first process: exit %d, said %q\ndaemon: %s\nserved by %s; the log has w1's hello: %v\n--stop: exit 0, daemon gone; pid file left: %v, status file left: %v",
+			code, said, daemon, served, strings.Contains(string(b), "w1 says hello"), pidErr == nil, statusErr == nil)
+	})
+}
+
+// stopDaemon stops a daemonized start_server left running, once it is
+// checked to be this run's (its environment names the run's worker log).
+func (r *ssRun) stopDaemon(t *testing.T, pid int) {
+	isOurs := func() bool {
+		environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		return !processGone(pid) && strings.Contains(string(environ), "\x00SSWORKER_LOG="+r.log+"\x00")
+	}
+	if !isOurs() {
+		return
+	}
+	t.Logf("stopping the daemon %d left running by %s", pid, r.impl.name)
+	syscall.Kill(pid, syscall.SIGTERM)
+	for deadline := time.Now().Add(15 * time.Second); isOurs(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			return
+		}
+	}
+}
+
+// askDuringHUP asks r's workers with ask, one request at a time, while r
+// is HUPed: from an answer of the first worker until the old worker has
+// exited and the new one has answered (at most 20000 requests). It returns
+// the workers that answered, in order, how many requests failed, and the
+// first failure.
+func (r *ssRun) askDuringHUP(t *testing.T, ask func() (pid int, err error)) (answered []string, failed int, firstErr error) {
+	t.Helper()
+	first := r.statusGens()
+	if len(first) != 1 {
+		t.Fatalf("%s: status file lists %v, want one generation", r.impl.name, first)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 20000 {
+			if ctx.Err() != nil {
+				return
+			}
+			pid, err := ask()
+			mu.Lock()
+			if err != nil {
+				failed++
+				if firstErr == nil {
+					firstErr = err
+				}
+			} else if w := r.worker(pid); !slices.Contains(answered, w) {
+				answered = append(answered, w)
+			}
+			mu.Unlock()
+		}
+	}()
+	seen := func(n int) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(answered) >= n
+		}
+	}
+	r.until(t, "an answer", seen(1))
+	r.signal(t, syscall.SIGHUP)
+	r.waitOneGen(t, first[0])
+	r.until(t, "old worker's exit", func() bool { return r.has("exit", strconv.Itoa(first[0])) })
+	r.until(t, "an answer from the new worker", seen(2))
+	cancel()
+	<-done
+	return answered, failed, firstErr
+}
+
+// askUnix makes one HTTP request to the unix socket at path and returns
+// the pid that answered.
+func askUnix(path string) (int, error) {
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+		return 0, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s: %q, %v", resp.Status, b, err)
+	}
+	pid, _, _ := strings.Cut(string(b), " ")
+	return strconv.Atoi(pid)
+}
+
+// askDatagram sends datagram seq over c and returns the pid that echoed
+// it; one not echoed within 2s is lost.
+func askDatagram(c net.Conn, seq int) (int, error) {
+	want := fmt.Sprintf(" seq %d", seq)
+	if _, err := c.Write([]byte(want[1:])); err != nil {
+		return 0, err
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 1500)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return 0, fmt.Errorf("datagram%s: %w", want, err)
+		}
+		if reply := string(buf[:n]); strings.HasSuffix(reply, want) { // "PID GEN seq N"; an older reply is skipped
+			pid, _, _ := strings.Cut(reply, " ")
+			return strconv.Atoi(pid)
+		}
+	}
+}
+
+// starterEnv is the SERVER_STARTER_PORT r's first worker saw, with each
+// of names replaced by its stand-in and fd numbers by FD: start_server's
+// sockets start at fd 4 (its fd 3 is taken), takeover's at 3.
+func (r *ssRun) starterEnv(names map[string]string) string {
+	var v string
+	for _, e := range r.events() {
+		if _, q, ok := strings.Cut(e.rest, "SERVER_STARTER_PORT="); e.what == "start" && ok {
+			quoted, _ := strconv.QuotedPrefix(q)
+			v, _ = strconv.Unquote(quoted)
+			break
+		}
+	}
+	var pairs []string
+	for _, k := range slices.SortedFunc(maps.Keys(names), func(a, b string) int { return len(b) - len(a) }) {
+		pairs = append(pairs, k, names[k])
+	}
+	v = strings.NewReplacer(pairs...).Replace(v)
+	return regexp.MustCompile(`=\d+(;|$)`).ReplaceAllString(v, "=FD$1")
+}
+
+// TestStartServerRefuses: bad input is refused with exit status 2 and a
+// line that says what is wrong, before anything is bound; so is a start
+// with no socket at all, which start_server allows. A file at a --path
+// that is not a socket is refused (exit status 1), where start_server
+// would remove it.
 func TestStartServerRefuses(t *testing.T) {
 	bin := takeoverBin(t)
+	notSocket := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notSocket, []byte("keep me\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	long := "/tmp/" + strings.Repeat("x", 110) + ".sock"
 	for _, tt := range []struct {
 		args []string
+		code int
 		want string
 	}{
-		{[]string{"--port=u5353", "--", "true"}, "UDP ports are not supported yet"},
-		{[]string{"--port=127.0.0.1:u5353", "--", "true"}, "UDP ports are not supported yet"},
-		{[]string{"--path=/tmp/x.sock", "--", "true"}, "unix sockets are not supported yet"},
-		{[]string{"--port=8000", "--daemonize", "--log-file=/dev/null", "--", "true"}, "--daemonize is not supported yet"},
-		{[]string{"--port=8000"}, "server program not specified"},
-		{[]string{"--port=8000=4", "--port=8001=4", "--", "true"}, "both ask for fd 4"},
-		{[]string{"--port=8000", "--signal-on-hup=NOPE", "--", "true"}, "--signal-on-hup"},
-		{[]string{"--port=[::1]8000", "--", "true"}, "want PORT, HOST:PORT"},
+		{[]string{"--port=8000"}, exitUsage, "server program not specified"},
+		{[]string{"--", "true"}, exitUsage, "no --port or --path"},
+		{[]string{"--port=8000=4", "--port=8001=4", "--", "true"}, exitUsage, "both ask for fd 4"},
+		{[]string{"--port=8000", "--signal-on-hup=NOPE", "--", "true"}, exitUsage, "--signal-on-hup"},
+		{[]string{"--port=[::1]8000", "--", "true"}, exitUsage, "want PORT, HOST:PORT"},
+		{[]string{"--port=127.0.0.1:8000", "--port=127.0.0.1:8000", "--", "true"}, exitUsage, "named twice"},
+		{[]string{"--port=u70000", "--", "true"}, exitUsage, `--port u70000: port "70000" is not a number from 1 to 65535`},
+		{[]string{"--port=127.0.0.1:u0", "--", "true"}, exitUsage, "port 0 means any free port"},
+		{[]string{"--port=127.0.0.1:uu53", "--", "true"}, exitUsage, "want PORT, HOST:PORT"},
+		{[]string{"--path=", "--", "true"}, exitUsage, "empty --path"},
+		{[]string{"--path=" + long, "--", "true"}, exitUsage, "longer than a unix socket's path may be"},
+		{[]string{"--path=/tmp/x.sock", "--path=/tmp/../tmp/x.sock", "--", "true"}, exitUsage, "--path /tmp/../tmp/x.sock: named twice"},
+		{[]string{"--port=8000", "--daemonize", "--", "true"}, exitUsage, "--log-file option must be specified together with --daemonize"},
+		{[]string{"--path=" + notSocket, "--", "true"}, exitFailure, "is there and is not a socket"},
 	} {
 		cmd := exec.Command(bin, append([]string{"start-server"}, tt.args...)...)
 		out, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != exitUsage || !strings.Contains(string(out), tt.want) {
-			t.Errorf("start_server %q: %v, %q; want exit status 2 and %q", tt.args, err, out, tt.want)
+		if !errors.As(err, &ee) || ee.ExitCode() != tt.code || !strings.Contains(string(out), tt.want) {
+			t.Errorf("start_server %q: %v, %q; want exit status %d and %q", tt.args, err, out, tt.code, tt.want)
 		}
+	}
+	if b, err := os.ReadFile(notSocket); err != nil || string(b) != "keep me\n" {
+		t.Errorf("the file at --path was changed: %q, %v", b, err)
 	}
 	out, err := exec.Command(bin, "start-server", "--version").Output()
 	if err != nil || !strings.HasPrefix(string(out), serverStarterVersion+" ") {

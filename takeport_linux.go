@@ -23,6 +23,9 @@ type claim struct {
 	// install puts a handed-over socket where the command will use it, in
 	// place of sock; nil when takeover passes the sockets on itself.
 	install func(old int) error
+	// pathMode is the mode of a unix socket file takeover binds for itself
+	// to pass on (start_server's 0777); 0 leaves it to takeover's umask.
+	pathMode uint32
 }
 
 // takePort gives the command the address it asked for: at once if the port

@@ -33,7 +33,26 @@ func (c claim) bind(sock int) error {
 	if c.spec.Net != netUnix {
 		return unix.Bind(sock, sockaddrOf(c.addr))
 	}
-	return bindPathAs(sock, c.spec.Path, c.child.PID)
+	return c.bindPath(sock, c.spec.Path)
+}
+
+// bindPath binds sock to path as the claim's process would (bindPathAs).
+// A socket takeover binds for itself, to pass on, gets takeover's umask, or
+// c.pathMode where that is set.
+func (c claim) bindPath(sock int, path string) error {
+	if c.child.PID != os.Getpid() {
+		return bindPathAs(sock, path, c.child.PID)
+	}
+	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
+		return err
+	}
+	if c.pathMode != 0 {
+		if err := unix.Chmod(path, c.pathMode); err != nil {
+			unix.Unlink(path)
+			return err
+		}
+	}
+	return nil
 }
 
 // bindPathAs binds sock to path as process pid would: with its filesystem
@@ -41,9 +60,6 @@ func (c claim) bind(sock int) error {
 // the directory (takeover never binds a path the command could not) and
 // the file is its; and with its umask.
 func bindPathAs(sock int, path string, pid int) error {
-	if pid == os.Getpid() {
-		return unix.Bind(sock, &unix.SockaddrUnix{Name: path}) // takeover's own, for socket passing
-	}
 	owner, err := readFileOwner(pid)
 	if err != nil {
 		return fmt.Errorf("read the umask and ids of pid %d: %w", pid, err)
@@ -158,7 +174,7 @@ func (l *launcher) bindBeside(c claim, sw *swap) error {
 	sw.Strategy = "rename"
 	ps := &pathSwap{path: c.spec.Path, pending: sideName(c.spec.Path, "new")}
 	unix.Unlink(ps.pending)
-	if err := bindPathAs(c.sock, ps.pending, c.child.PID); err != nil {
+	if err := c.bindPath(c.sock, ps.pending); err != nil {
 		return fmt.Errorf("bind beside %s: %w", c.spec.Path, err)
 	}
 	sw.path = ps
@@ -290,8 +306,8 @@ func removeStaleSocket(path string, self int) {
 		return
 	}
 	for _, o := range ls {
-		if len(o.Holders) == 0 {
-			return // held by a process this user cannot see
+		if len(o.Holders) == 0 || o.Hidden {
+			return // perhaps held by a process this user cannot see
 		}
 		for _, h := range o.Holders {
 			if h.PID != self {
