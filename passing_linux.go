@@ -251,7 +251,9 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 	names, fds := l.cfg.passedAs()
 	var passed []*os.File
 	for i, h := range held {
-		fd, err := unix.Dup(h.copyFD) // without FD_CLOEXEC: the command keeps it
+		// Close-on-exec here: StartProcess dup2s it to its place in the
+		// command, which keeps only that one.
+		fd, err := unix.FcntlInt(uintptr(h.copyFD), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			for _, f := range passed {
 				f.Close()

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -98,4 +99,37 @@ func lastNewPID(t *testing.T, r *tkRun) int {
 	}
 	pid, _ := strconv.Atoi(m[len(m)-1][1])
 	return pid
+}
+
+// TestSocketPassingFDs: the command gets its passed sockets at fds 3, 4,
+// ... and no other socket of takeover's.
+func TestSocketPassingFDs(t *testing.T) {
+	port := freePort(t)
+	r := startTakeover(t, "", "--sockets", socketsSystemd, "--ready", readyInterval, "--interval", "50ms",
+		"--port", "127.0.0.1:"+port, "--path", filepath.Join(t.TempDir(), "app.sock"), "--", "sleep", "30")
+	r.waitLog(t, "took over")
+	if fds := socketFDsOf(t, lastNewPID(t, r)); !slices.Equal(fds, []int{3, 4}) {
+		t.Errorf("the command holds sockets at fds %v, want the two passed ones at 3 and 4 alone", fds)
+	}
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	r.wait(t)
+}
+
+// socketFDsOf returns the fds at which process pid holds sockets.
+func socketFDsOf(t *testing.T, pid int) []int {
+	t.Helper()
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fds []int
+	for _, e := range ents {
+		link, _ := os.Readlink(dir + "/" + e.Name())
+		if fd, err := strconv.Atoi(e.Name()); err == nil && strings.HasPrefix(link, "socket:") {
+			fds = append(fds, fd)
+		}
+	}
+	slices.Sort(fds)
+	return fds
 }
