@@ -18,7 +18,8 @@ import (
 	"time"
 )
 
-// runDemoServer implements `takeover demo-server [--init-delay D] ADDR`: the
+// runDemoServer implements `takeover demo-server [--init-delay D] ADDR`
+// (or a unix socket's PATH): the
 // built-in HTTP server of `takeover demo` and scripts/bench.sh. It starts
 // slowly, as a JVM does, serves "pid=0012345 gen=", and drains on SIGTERM. Under
 // Server::Starter it takes its socket from SERVER_STARTER_PORT.
@@ -28,7 +29,7 @@ func runDemoServer(args []string, stdout, stderr io.Writer) int {
 	initDelay := fs.Duration("init-delay", 0, "how long to initialize before binding")
 	rssminer := fs.Bool("rssminer", false, "after initializing, kill the port's holder (lsof | xargs kill) and retry the bind every 150ms, 30 times")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: takeover demo-server [--init-delay D] [--rssminer] ADDR")
+		fmt.Fprintln(stderr, "usage: takeover demo-server [--init-delay D] [--rssminer] ADDR|PATH")
 		return exitUsage
 	}
 	time.Sleep(*initDelay)
@@ -40,7 +41,7 @@ func runDemoServer(args []string, stdout, stderr io.Writer) int {
 	case *rssminer:
 		ln, err = rssminerListen(fs.Arg(0))
 	default:
-		ln, err = net.Listen("tcp", fs.Arg(0))
+		ln, err = net.Listen(dialNetwork(fs.Arg(0)), fs.Arg(0)) // a path is a unix socket's
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "demo-server: %v\n", err)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,11 +63,12 @@ func (e environment) runDirFor(t *testing.T) string {
 }
 
 // TestEnvironments: in each environment, under load, a server not started
-// under takeover is replaced (by handoff where pidfd_getfd is allowed, by
-// rebind where it is not), then takeovers replace each other and reload on
-// HUP by handoff, the sockets passing between takeovers over their unix
-// sockets; every swap completes; no request fails after the first swap;
-// nothing is left behind.
+// under takeover is replaced (by handoff where pidfd_getfd is allowed; where
+// it is not, by rebind, or for a unix socket by a rename over its path),
+// then takeovers replace each other and reload on HUP by handoff, the
+// sockets passing between takeovers over their unix sockets; every swap
+// completes; no request fails after the first swap; nothing is left
+// behind. The server listens on a TCP port, then on a unix socket.
 func TestEnvironments(t *testing.T) {
 	requireTool(t, "setpriv")
 	if os.Geteuid() != 0 {
@@ -73,47 +76,60 @@ func TestEnvironments(t *testing.T) {
 	}
 	bin := takeoverBin(t)
 	for _, e := range environments {
-		t.Run(e.name, func(t *testing.T) {
-			dir := e.runDirFor(t)
-			port := freePort(t)
-			addr := "127.0.0.1:" + port
-			server := []string{bin, "demo-server", addr}
-			start := func() *tkRun {
-				return startRun(t, e.command(t, dir, append([]string{bin, "--port", port, "--"}, server...)...))
-			}
+		for _, kind := range []string{"tcp", "unix"} {
+			t.Run(e.name+"/"+kind, func(t *testing.T) {
+				dir := e.runDirFor(t)
+				addr, target, first := "127.0.0.1:"+freePort(t), []string{"--port"}, "strategy=handoff"
+				if kind == "unix" {
+					sockDir := filepath.Join(filepath.Dir(dir), "sock")
+					os.Mkdir(sockDir, 0o755)
+					if e.nobody {
+						os.Chown(sockDir, 65534, 65534)
+					}
+					addr, target = filepath.Join(sockDir, "app.sock"), []string{"--path"}
+				}
+				target = append(target, addr)
+				if e.container {
+					// nothing but pidfd_getfd could copy the plain server's socket
+					first = map[string]string{"tcp": "strategy=rebind", "unix": "strategy=rename"}[kind]
+				}
+				server := []string{bin, "demo-server", addr}
+				start := func() *tkRun {
+					return startRun(t, e.command(t, dir, append(append(append([]string{bin}, target...), "--"), server...)...))
+				}
 
-			plain := e.command(t, dir, server...)
-			plainRun := startRun(t, plain)
-			waitServing(t, addr)
-			cur := start()
-			if code := plainRun.wait(t); code != 0 {
-				t.Fatalf("the plain server exited %d", code)
-			}
-			first := "strategy=handoff"
-			if e.container {
-				first = "strategy=rebind" // nothing but pidfd_getfd could copy its socket
-			}
-			cur.waitLog(t, first)
-			if e.container && !strings.Contains(cur.stderr.String(), "SYS_PTRACE") {
-				t.Errorf("the log does not say what to allow:\n%s", cur.stderr)
-			}
+				plainRun := startRun(t, e.command(t, dir, server...))
+				waitServing(t, addr)
+				cur := start()
+				if code := plainRun.wait(t); code != 0 {
+					t.Fatalf("the plain server exited %d", code)
+				}
+				cur.waitLog(t, first)
+				if e.container && !strings.Contains(cur.stderr.String(), "SYS_PTRACE") {
+					t.Errorf("the log does not say what to allow:\n%s", cur.stderr)
+				}
 
-			cur, r := swapsUnderLoad(t, addr, cur, start, 3)
-			if r.Requests == 0 || r.failedRequests() != 0 {
-				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d)", r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts)
-			}
-			t.Logf("%s: 3 handoffs between takeovers and a HUP reload: %d requests, %d failed", e.name, r.Requests, r.failedRequests())
-			cur.cmd.Process.Signal(syscall.SIGTERM)
-			if code := cur.wait(t); code != 0 {
-				t.Errorf("the last takeover exited %d after TERM:\n%s", code, cur.stderr)
-			}
-			if ls := lookup(t, addr); len(ls) != 0 {
-				t.Errorf("after TERM the port is still held: %+v", ls)
-			}
-			if names := dirNames(t, dir); len(names) != 0 {
-				t.Errorf("the run directory keeps %v", names)
-			}
-		})
+				cur, r := swapsUnderLoad(t, addr, cur, start, 3)
+				if r.Requests == 0 || r.failedRequests() != 0 {
+					t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d)", r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts)
+				}
+				t.Logf("%s/%s: 3 handoffs between takeovers and a HUP reload: %d requests, %d failed", e.name, kind, r.Requests, r.failedRequests())
+				cur.cmd.Process.Signal(syscall.SIGTERM)
+				if code := cur.wait(t); code != 0 {
+					t.Errorf("the last takeover exited %d after TERM:\n%s", code, cur.stderr)
+				}
+				if kind == "tcp" {
+					if ls := lookup(t, addr); len(ls) != 0 {
+						t.Errorf("after TERM the port is still held: %+v", ls)
+					}
+				} else if _, err := os.Lstat(addr); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("after TERM the socket file is still there: %v", err)
+				}
+				if names := dirNames(t, dir); len(names) != 0 {
+					t.Errorf("the run directory keeps %v", names)
+				}
+			})
+		}
 	}
 }
 

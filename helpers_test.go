@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -473,8 +474,16 @@ func startAndReadLine(t testing.TB, cmd *exec.Cmd) *helperProc {
 
 // get fetches http://addr/path and returns the body.
 func get(addr, path string) (string, error) {
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + addr + path)
+	tr := &http.Transport{DisableKeepAlives: true}
+	host := addr
+	if dialNetwork(addr) == "unix" {
+		host = "localhost"
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", addr)
+		}
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	resp, err := c.Get("http://" + host + path)
 	if err != nil {
 		return "", err
 	}
