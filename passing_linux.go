@@ -133,7 +133,7 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 	if err != nil {
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
-	child := newChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe}
+	child := newChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.cfg.StartServer != nil}
 	sw, held, err := l.takePort(ctx, &generation{l: l}, claim{child: child, sock: sock, addr: addr, spec: spec, pathMode: l.cfg.socketFileMode()})
 	if err != nil {
 		unix.Close(sock)

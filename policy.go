@@ -14,9 +14,18 @@ var errNotReplaceable = errors.New("not replaceable")
 // newChild describes the process asking for a port: what a holder must have
 // in common with it to be replaced.
 type newChild struct {
-	PID int
-	UID int
-	Exe string
+	PID     int
+	UID     int
+	Exe     string
+	NoForce bool // asked for by start_server, which has no --force
+}
+
+// forceHint says how to replace a holder anyway.
+func (c newChild) forceHint() string {
+	if c.NoForce {
+		return "stop it first (start_server has no --force)"
+	}
+	return "pass --force to replace it anyway"
 }
 
 // mayReplace says why target must not be stopped to give what to child, or
@@ -32,18 +41,18 @@ func mayReplace(procRoot string, t stopTarget, child newChild, what string, forc
 	}
 	st, err := readStatus(procRoot, t.Holder.PID)
 	if err != nil {
-		return fmt.Errorf("%s is held by pid %d, which this user cannot inspect (%v): %w; pass --force to replace it anyway", what, t.Holder.PID, err, errNotReplaceable)
+		return fmt.Errorf("%s is held by pid %d, which this user cannot inspect (%v): %w; %s", what, t.Holder.PID, err, errNotReplaceable, child.forceHint())
 	}
 	if st.UID != child.UID {
-		return fmt.Errorf("%s is held by pid %d (%s) of uid %d, not of the new server's uid %d: %w; pass --force to replace it anyway",
-			what, t.Holder.PID, procName(procRoot, t.Holder.PID), st.UID, child.UID, errNotReplaceable)
+		return fmt.Errorf("%s is held by pid %d (%s) of uid %d, not of the new server's uid %d: %w; %s",
+			what, t.Holder.PID, procName(procRoot, t.Holder.PID), st.UID, child.UID, errNotReplaceable, child.forceHint())
 	}
 	if t.Launcher {
 		return nil
 	}
 	if exe := procExe(procRoot, t.Holder.PID); exe == "" || exe != child.Exe {
-		return fmt.Errorf("%s is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; pass --force to replace it anyway",
-			what, t.Holder.PID, procName(procRoot, t.Holder.PID), exe, child.Exe, errNotReplaceable)
+		return fmt.Errorf("%s is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; %s",
+			what, t.Holder.PID, procName(procRoot, t.Holder.PID), exe, child.Exe, errNotReplaceable, child.forceHint())
 	}
 	return nil
 }

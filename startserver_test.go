@@ -1074,3 +1074,20 @@ func FuzzStarterPort(f *testing.F) {
 		}
 	})
 }
+
+// TestStartServerForeignHolder: a port held by a server that is neither
+// under takeover nor the same program is refused, nothing is signalled, and
+// the message says what to do without naming a flag start_server lacks.
+func TestStartServerForeignHolder(t *testing.T) {
+	h := startHelper(t, "serve", "127.0.0.1:0")
+	out, err := exec.Command(takeoverBin(t), "start-server", "--port="+h.addr, "--", "true").CombinedOutput()
+	if err == nil {
+		t.Fatalf("start_server on a port a foreign server holds succeeded:\n%s", out)
+	}
+	if !strings.Contains(string(out), "stop it first (start_server has no --force)") || strings.Contains(string(out), "pass --force") {
+		t.Errorf("the refusal does not say what to do in start_server's terms:\n%s", out)
+	}
+	if _, err := get(h.addr, "/"); err != nil {
+		t.Errorf("the foreign server no longer serves: %v", err)
+	}
+}
