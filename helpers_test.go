@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The test binary impersonates the servers the tests need (the os/exec
@@ -35,6 +37,14 @@ func runHelper(mode string, args []string) int {
 		addr = args[0]
 	}
 	switch mode {
+	case "unlinker": // unlink a missing file addr (a count) times; print the ns each took
+		n, _ := strconv.Atoi(addr)
+		began := time.Now()
+		for i := 0; i < n; i++ {
+			unix.Unlink("/nonexistent-takeover-bench/file")
+		}
+		fmt.Printf("%d\n", time.Since(began).Nanoseconds()/int64(max(n, 1)))
+		return 0
 	case "serve": // serve HTTP until SIGTERM, then drain and exit 0; addr may start tcp4:, tcp6: or unix:
 		network := "tcp"
 		if n, a, ok := strings.Cut(addr, ":"); ok && (n == "tcp4" || n == "tcp6" || n == "unix") {

@@ -156,6 +156,20 @@ func checkAddFD(notifFD int) error {
 	return nil
 }
 
+// Linux 6.6's SECCOMP_IOCTL_NOTIF_SET_FLAGS and its one flag.
+const (
+	seccompIoctlNotifSetFlags    = 0x40082104 // SECCOMP_IOW(4, __u64)
+	seccompUserNotifFDSyncWakeUp = 1
+)
+
+// syncWakeUp asks the kernel to wake takeover for a notification on the
+// notifying thread's CPU, and the thread for the answer on takeover's: a
+// trapped unlink costs 9 µs instead of 13 (BenchmarkUnlink). Kernels
+// before 6.6 lack it: no harm.
+func syncWakeUp(notifFD int) {
+	unix.Syscall(unix.SYS_IOCTL, uintptr(notifFD), seccompIoctlNotifSetFlags, seccompUserNotifFDSyncWakeUp)
+}
+
 func ioctlPtr(fd int, req uint, p unsafe.Pointer) error {
 	for {
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(p))

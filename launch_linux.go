@@ -302,6 +302,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		closeNotify(notify)
 		return nil, err
 	}
+	syncWakeUp(notifFD)
 	g := l.newGeneration(ctx, num, pid, notifFD, prev)
 	g.attachNotify(notify)
 	go func() {

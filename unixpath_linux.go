@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -329,8 +331,10 @@ func (g *generation) unlinkTarget(n *seccompNotif) (portSpec, bool) {
 		dirfd, pathArg = int32(n.Args[0]), n.Args[1]
 	}
 	name, err := readString(g.notifFD, n, pathArg)
-	if err != nil || name == "" {
-		return portSpec{}, false
+	if err != nil || name == "" || !slices.ContainsFunc(g.l.cfg.Ports, func(p portSpec) bool {
+		return p.Net == netUnix && filepath.Base(p.Path) == filepath.Base(name)
+	}) {
+		return portSpec{}, false // most unlinks: some other file's
 	}
 	if !filepath.IsAbs(name) {
 		base := "/proc/" + strconv.Itoa(int(n.PID)) + "/cwd"
@@ -388,19 +392,26 @@ func (g *generation) onUnlink(n *seccompNotif) seccompNotifResp {
 }
 
 // readString reads a NUL-terminated string at addr in the notifying
-// thread's memory (at most PATH_MAX bytes).
+// thread's memory (at most PATH_MAX bytes): with process_vm_readv, or
+// through /proc/PID/mem where that is refused (a container's profile).
 func readString(notifFD int, n *seccompNotif, addr uint64) (string, error) {
-	mem, err := os.Open("/proc/" + strconv.Itoa(int(n.PID)) + "/mem")
-	if err != nil {
-		return "", err
-	}
-	defer mem.Close()
 	buf := make([]byte, unix.PathMax)
-	k, err := mem.ReadAt(buf, int64(addr))
-	if k == 0 {
+	local := []unix.Iovec{{Base: &buf[0], Len: uint64(len(buf))}}
+	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
+	k, err := unix.ProcessVMReadv(int(n.PID), local, remote, 0)
+	if k <= 0 {
+		mem, err := os.Open("/proc/" + strconv.Itoa(int(n.PID)) + "/mem")
+		if err != nil {
+			return "", err
+		}
+		defer mem.Close()
+		if k, err = mem.ReadAt(buf, int64(addr)); k == 0 {
+			return "", err
+		}
+	} else if err != nil && k == 0 {
 		return "", err
 	}
-	i := strings.IndexByte(string(buf[:k]), 0)
+	i := bytes.IndexByte(buf[:k], 0)
 	if i < 0 {
 		return "", fmt.Errorf("no NUL within %d bytes", k)
 	}

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -216,5 +218,34 @@ func TestWhoUnixAndUDP(t *testing.T) {
 		if code := run([]string{"who", tt.arg}, &out, &errOut); code != tt.code || !strings.Contains(errOut.String(), tt.inStderr) {
 			t.Errorf("who %s = %d, stderr %q; want %d and %q", tt.arg, code, errOut.String(), tt.code, tt.inStderr)
 		}
+	}
+}
+
+// BenchmarkUnlink: what an unlink(2) costs a command when takeover traps
+// them (with a --path), against the same command without takeover; ns/op
+// is the command's own measure of one unlink of a missing file.
+func BenchmarkUnlink(b *testing.B) {
+	self, _ := os.Executable()
+	path := filepath.Join(b.TempDir(), "app.sock")
+	for _, bc := range []struct {
+		name string
+		argv []string
+	}{
+		{"plain", []string{self}},
+		{"trapped", []string{takeoverBin(b), "-q", "--path", path, "--restart", "never", "--", self}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			cmd := exec.Command(bc.argv[0], append(bc.argv[1:], strconv.Itoa(b.N))...)
+			cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=unlinker")
+			out, err := cmd.Output()
+			if err != nil {
+				b.Fatalf("%v: %v", bc.argv, err)
+			}
+			ns, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+			if err != nil {
+				b.Fatalf("the helper printed %q", out)
+			}
+			b.ReportMetric(ns, "ns/op")
+		})
 	}
 }
