@@ -132,6 +132,18 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	if g.prev != nil {
 		g.prev.closeCopies() // takeover's own copies must not hold a port it rebinds
 	}
+	// A unix path is guarded from the old servers' unlinks before they
+	// are signalled.
+	gctx, stopGuards := context.WithCancel(ctx)
+	defer stopGuards()
+	paths := make([]*pathSwap, len(stop))
+	restored := make([]<-chan int, len(stop))
+	for i, sw := range stop {
+		g.mu.Lock()
+		paths[i], sw.path = sw.path, nil
+		g.mu.Unlock()
+		restored[i] = paths[i].guard(gctx)
+	}
 	for _, sw := range stop {
 		if sw.Strategy != "rebind" { // a rebind signalled them already
 			for _, p := range sw.oldProcs {
@@ -143,12 +155,6 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	// takeover finds one generation, not two.
 	for _, sw := range stop {
 		wctx, cancel := context.WithTimeout(ctx, l.cfg.killTimeout())
-		gctx, stopGuard := context.WithCancel(ctx)
-		g.mu.Lock()
-		ps := sw.path
-		sw.path = nil
-		g.mu.Unlock()
-		restored := ps.guard(gctx)
 		for _, p := range sw.oldProcs {
 			if !p.wait(wctx) {
 				l.log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
@@ -156,11 +162,13 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 			}
 		}
 		cancel()
-		stopGuard()
-		if n := <-restored; n > 0 {
-			l.log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed: start the old server under takeover, which keeps the path)", "path", ps.path, "times", n)
+	}
+	stopGuards()
+	for i, sw := range stop {
+		if n := <-restored[i]; n > 0 {
+			l.log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed: start the old server under takeover, which keeps the path)", "path", paths[i].path, "times", n)
 		}
-		ps.finish()
+		paths[i].finish()
 		sw.releaseOld()
 	}
 }

@@ -25,8 +25,8 @@ import (
 // their path when they stop (nginx, Go, gunicorn), and a new one may unlink
 // it before its bind (gunicorn, asyncio). Under takeover those unlinks
 // are seen by the seccomp filter and skipped while the socket at the path
-// is another generation's (unlinkGuarded); a server not started under
-// takeover is watched instead, and the path put back (keepPath).
+// is another generation's (onUnlink); for a server not started under
+// takeover the directory is watched instead, and the path put back (guard).
 
 // bind binds sock to the claim's target: an IP address, or a unix path,
 // whose file then gets the owner and the mode it would have had, had the
@@ -220,33 +220,67 @@ func keepHandedOver(path string) *pathSwap {
 
 // guard puts the path back whenever it stops naming the kept file while
 // the old server stops (a server not under takeover unlinking it), until
-// ctx ends; it says how often it had to.
+// ctx ends; it says how often it had to. It wakes at each change in the
+// path's directory (inotify), or every 2 ms where it cannot watch it.
 func (ps *pathSwap) guard(ctx context.Context) <-chan int {
 	done := make(chan int, 1)
 	if ps == nil || ps.keep == "" {
 		done <- 0
 		return done
 	}
+	w := watchDir(filepath.Dir(ps.path)) // watching before the caller signals
 	go func() {
+		defer w.close()
 		restored := 0
-		t := time.NewTicker(2 * time.Millisecond)
-		defer t.Stop()
 		for {
 			if ps.restore() {
 				restored++
 			}
-			select {
-			case <-ctx.Done():
-				if ps.restore() {
-					restored++
-				}
+			if ctx.Err() != nil {
 				done <- restored
 				return
-			case <-t.C:
 			}
+			w.wait()
 		}
 	}()
 	return done
+}
+
+// A dirWatch wakes its waiter when entries of a directory are removed or
+// renamed.
+type dirWatch struct{ fd int }
+
+func watchDir(dir string) dirWatch {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return dirWatch{-1}
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_MOVED_TO|unix.IN_CREATE); err != nil {
+		unix.Close(fd)
+		return dirWatch{-1}
+	}
+	return dirWatch{fd}
+}
+
+// wait returns after a change, or at most 20 ms (2 ms without inotify).
+func (w dirWatch) wait() {
+	if w.fd < 0 {
+		time.Sleep(2 * time.Millisecond)
+		return
+	}
+	unix.Poll([]unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLIN}}, 20)
+	buf := make([]byte, 4096)
+	for {
+		if n, _ := unix.Read(w.fd, buf); n <= 0 {
+			return
+		}
+	}
+}
+
+func (w dirWatch) close() {
+	if w.fd >= 0 {
+		unix.Close(w.fd)
+	}
 }
 
 // restore makes the path name the kept file again if it does not; it
