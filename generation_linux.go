@@ -10,12 +10,13 @@ import (
 // A generation's small state: its signals, its exit, how it became ready.
 
 // handedOverFromRunning reports whether g took a socket over from a server
-// that still runs: one a rebind has not stopped already.
+// that still runs: one a rebind has not stopped already (a handoff, or a
+// rename over a unix path).
 func (g *generation) handedOverFromRunning() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, sw := range g.swaps {
-		if sw.Strategy == "handoff" && len(sw.oldProcs) > 0 {
+		if (sw.Strategy == "handoff" || sw.Strategy == "rename") && len(sw.oldProcs) > 0 {
 			return true
 		}
 	}
@@ -83,10 +84,6 @@ func (g *generation) upFor(now time.Time) time.Duration { return now.Sub(g.start
 func (g *generation) markRolledBack() {
 	g.mu.Lock()
 	g.rolledBack = true
-	for _, sw := range g.swaps {
-		sw.path.rollBack()
-		sw.path = nil
-	}
 	g.mu.Unlock()
 }
 

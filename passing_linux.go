@@ -61,12 +61,7 @@ func (l *launcher) passedSockets(ctx context.Context, path string, prev *generat
 	var held []*heldSock
 	var swaps []*swap
 	fail := func(err error) ([]*heldSock, []*swap, error) {
-		for _, h := range held {
-			unix.Close(h.copyFD)
-		}
-		for _, sw := range swaps {
-			sw.releaseOld()
-		}
+		abandonAll(held, swaps)
 		return nil, nil, err
 	}
 	for _, spec := range l.cfg.Ports {
@@ -141,8 +136,7 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 	}
 	fail := func(err error) (*swap, int, error) {
 		unix.Close(held)
-		sw.path.rollBack()
-		sw.releaseOld()
+		sw.abandon()
 		return nil, -1, err
 	}
 	if spec.Net == netUDP {
@@ -240,6 +234,17 @@ func serverStarterPort(names []string, fds []int) string {
 // command must not inherit from takeover's own environment.
 var passedVars = []string{"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "SERVER_STARTER_PORT=", "SERVER_STARTER_GENERATION="}
 
+// abandonAll closes the sockets taken for a generation that will not run,
+// and abandons the swaps that took them.
+func abandonAll(held []*heldSock, swaps []*swap) {
+	for _, h := range held {
+		unix.Close(h.copyFD)
+	}
+	for _, sw := range swaps {
+		sw.abandon()
+	}
+}
+
 // startPassing starts a generation that gets its sockets passed.
 func (l *launcher) startPassing(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
 	held, swaps, err := l.passedSockets(ctx, path, prev)
@@ -258,9 +263,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 			for _, f := range passed {
 				f.Close()
 			}
-			for _, h := range held {
-				unix.Close(h.copyFD)
-			}
+			abandonAll(held, swaps)
 			return nil, err
 		}
 		f := os.NewFile(uintptr(fd), h.spec.String())
@@ -282,12 +285,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 	}
 	if err != nil {
 		closeNotify(notify)
-		for _, h := range held {
-			unix.Close(h.copyFD)
-		}
-		for _, sw := range swaps {
-			sw.releaseOld()
-		}
+		abandonAll(held, swaps)
 		return nil, err
 	}
 	pid := p.Pid

@@ -484,12 +484,15 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 	// Set-up ends once the sockets are bound: from then on output goes to
 	// --log-file, and a --daemonize parent exits, as start_server's do.
 	opts.SetUp = func() error {
+		var err error
 		if logOut != nil {
-			if err := redirectOutput(logOut); err != nil {
-				return fmt.Errorf("--log-file: %w", err)
+			if err = redirectOutput(logOut); err != nil {
+				err = fmt.Errorf("--log-file: %w", err)
 			}
 		}
-		return signalReady(ready)
+		// The daemon runs on, logging where it can: its parent must not
+		// wait for it in vain.
+		return errors.Join(err, signalReady(ready))
 	}
 	var unixTargets []portSpec
 	for i, spec := range cfg.Ports {

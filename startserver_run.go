@@ -212,7 +212,7 @@ func redirectOutput(w *os.File) error {
 // that is not a socket is refused, where start_server would remove it.
 func clearPath(spec portSpec, name string, stderr io.Writer) error {
 	var st unix.Stat_t
-	if err := unix.Stat(spec.Path, &st); errors.Is(err, unix.ENOENT) {
+	if err := unix.Lstat(spec.Path, &st); errors.Is(err, unix.ENOENT) {
 		return nil
 	} else if err != nil {
 		return fmt.Errorf("--path %s: %w", name, err)
@@ -220,12 +220,8 @@ func clearPath(spec portSpec, name string, stderr io.Writer) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return fmt.Errorf("--path %s: %s is there and is not a socket; takeover's start_server does not remove it: remove it yourself, or name another path", name, spec.Path)
 	}
-	if socks, err := unixListenersAt(spec.Path); err != nil || len(socks) > 0 {
-		return nil // a live server's (or unknown): takePort decides
-	}
-	fmt.Fprintf(stderr, "removing existing socket file:%s\n", name)
-	if err := unix.Unlink(spec.Path); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("failed to remove existing socket file:%s: %w", name, err)
+	if removeStaleSocket(spec.Path, os.Getpid()) { // a live server's is left: takePort decides
+		fmt.Fprintf(stderr, "removing existing socket file:%s\n", name)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -52,10 +53,53 @@ func (g *generation) releaseSwaps() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, sw := range g.swaps {
-		sw.releaseOld()
-		sw.path.rollBack() // a path renamed over goes back to the old socket
-		sw.path = nil
+		sw.abandon()
 	}
+}
+
+// An oldStop is what a completed swap has left to do: stop the old
+// processes, and guard the unix path meanwhile.
+type oldStop struct {
+	sw             *swap
+	path           *pathSwap
+	procs, holders []*oldProcess
+}
+
+// claimSwaps completes the generation's swaps unless it has exited (ok is
+// false): a unix path bound beside is renamed over (until now connects
+// reached the old server), and the old processes to stop are taken out of
+// the swaps, so that a release of the generation from now on leaves them
+// alone. A swap whose rename fails leaves the old server serving, unstopped.
+func (g *generation) claimSwaps(log *slog.Logger) (stop []oldStop, ok bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.hasExited() {
+		return nil, false
+	}
+	for _, sw := range g.swaps {
+		if err := sw.path.renameOver(); err != nil {
+			log.Error("cannot rename the new unix socket over its path; the old server keeps it, and is not stopped", "path", sw.Spec.Path, "err", err)
+			sw.abandon()
+			continue
+		}
+		if len(sw.oldProcs) == 0 {
+			sw.path.finish()
+			sw.path = nil
+			continue
+		}
+		stop = append(stop, oldStop{sw, sw.path, sw.oldProcs, sw.holders})
+		sw.path, sw.oldProcs, sw.holders = nil, nil, nil
+	}
+	return stop, true
+}
+
+// abandon lets go of a swap that will not be completed: of its old
+// processes' pidfds, and of the names beside a unix path (a path renamed
+// over goes back to the old socket).
+func (sw *swap) abandon() {
+	sw.releaseOld()
+	sw.path.rollBack()
+	sw.path = nil
 }
 
 // releaseOld closes the swap's pidfds of the old processes.
@@ -208,7 +252,7 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 		// takeover made and bound in its place.
 		if err := injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, sock); err != nil {
 			unix.Close(sock)
-			sw.releaseOld()
+			sw.abandon()
 			g.l.log.Error("cannot install the socket in the command", "pid", st.Tgid, "fd", fd, "err", err)
 			return respErrno(unix.EADDRINUSE)
 		}
@@ -218,6 +262,7 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 	defer g.mu.Unlock()
 	if g.done {
 		unix.Close(held)
+		sw.abandon()
 		return seccompNotifResp{}
 	}
 	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr}

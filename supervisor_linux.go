@@ -98,15 +98,6 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	swaps := append([]*swap(nil), g.swaps...)
 	g.mu.Unlock()
 
-	g.mu.Lock()
-	for _, sw := range swaps {
-		// A unix path bound beside is renamed over now that its server
-		// is ready: until then connects reach the old server.
-		if err := sw.path.renameOver(); err != nil {
-			l.log.Error("cannot rename the new unix socket over its path; the old server keeps it", "err", err)
-		}
-	}
-	g.mu.Unlock()
 	for _, key := range l.keys() {
 		if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid}); err != nil {
 			l.log.Warn("cannot record the generation", "lock", key, "err", err)
@@ -115,18 +106,11 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	l.writeStatus(g, swaps) // before the log line, which tells that it is written
 	l.logSwap(g, swaps)
 
-	var stop []*swap
-	for _, sw := range swaps {
-		if len(sw.oldProcs) > 0 {
-			stop = append(stop, sw)
-		}
-	}
-	select {
-	case <-g.exited:
+	stop, ok := g.claimSwaps(l.log)
+	if !ok {
 		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
 		g.releaseSwaps()
 		return
-	default:
 	}
 	l.notify(fmt.Sprintf("READY=1\nSTATUS=serving: generation %d, pid %d\nMAINPID=%d", g.num, g.pid, l.self))
 	if g.prev != nil {
@@ -136,40 +120,41 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	// are signalled.
 	gctx, stopGuards := context.WithCancel(ctx)
 	defer stopGuards()
-	paths := make([]*pathSwap, len(stop))
 	restored := make([]<-chan int, len(stop))
-	for i, sw := range stop {
-		g.mu.Lock()
-		paths[i], sw.path = sw.path, nil
-		g.mu.Unlock()
-		restored[i] = paths[i].guard(gctx)
+	for i, st := range stop {
+		restored[i] = st.path.guard(gctx)
 	}
-	for _, sw := range stop {
-		if sw.Strategy != "rebind" { // a rebind signalled them already
-			for _, p := range sw.oldProcs {
+	for _, st := range stop {
+		if st.sw.Strategy != "rebind" { // a rebind signalled them already
+			for _, p := range st.procs {
 				p.signal(l.cfg.signal())
 			}
 		}
 	}
 	// Hold the locks until the old generation is gone, so that the next
 	// takeover finds one generation, not two.
-	for _, sw := range stop {
+	for _, st := range stop {
 		wctx, cancel := context.WithTimeout(ctx, l.cfg.killTimeout())
-		for _, p := range sw.oldProcs {
+		for _, p := range st.procs {
 			if !p.wait(wctx) {
 				l.log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
-				killStillHolding(sw.holders, sw.inodes)
+				killStillHolding(st.holders, st.sw.inodes)
 			}
 		}
 		cancel()
 	}
 	stopGuards()
-	for i, sw := range stop {
+	for i, st := range stop {
 		if n := <-restored[i]; n > 0 {
-			l.log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed: start the old server under takeover, which keeps the path)", "path", paths[i].path, "times", n)
+			hint := ""
+			if st.sw.Via != "own-copy" && !st.sw.Old[0].Launcher {
+				hint = "; start the old server under takeover, which keeps the path"
+			}
+			l.log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed"+hint+")", "path", st.path.path, "times", n)
 		}
-		paths[i].finish()
-		sw.releaseOld()
+		st.path.finish()
+		closeAll(st.procs)
+		closeAll(st.holders)
 	}
 }
 

@@ -136,7 +136,9 @@ func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim
 			return l.settled(sw, held, err)
 		}
 	}
-	prev.closeCopies()
+	if c.spec.Net != netUnix { // a rename leaves the old generation serving: it may yet be rolled back to
+		prev.closeCopies()
+	}
 	if err := l.rebind(ctx, c, sw); err != nil {
 		return l.settled(sw, -1, err)
 	}
@@ -169,7 +171,7 @@ func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, 
 // had opened, so that no pidfd outlives a refused bind.
 func (l *launcher) settled(sw *swap, held int, err error) (*swap, int, error) {
 	if err != nil {
-		sw.releaseOld()
+		sw.abandon()
 		return nil, -1, err
 	}
 	return sw, held, nil

@@ -619,3 +619,48 @@ func TestSocketPassingPathAndUDP(t *testing.T) {
 		})
 	}
 }
+
+// TestUnixPathOutlivesFailures: a server that unlinks its path when it
+// fails, as servers do, never takes the path from its clients: not when it
+// crashes (takeover restarts it on the socket it holds), not when the new
+// generation of a reload fails after its bind (the old one keeps serving).
+// Connects never find the path missing; the last stop removes it.
+func TestUnixPathOutlivesFailures(t *testing.T) {
+	requireTool(t, "python3")
+	wd, _ := os.Getwd()
+	dir := t.TempDir()
+	path, failFile := filepath.Join(dir, "app.sock"), filepath.Join(dir, "fail")
+	r := startTakeover(t, "", "--path", path, "--", "python3", filepath.Join(wd, "testdata", "unix_server.py"), path, failFile)
+	r.waitLog(t, "took over")
+	load := startRealLoad(t, "http", path)
+	answers := func(what string) {
+		t.Helper()
+		if _, err := os.Lstat(path); err != nil {
+			t.Fatalf("%s: the path is gone: %v\n%s", what, err, r.stderr)
+		}
+		waitAnswer(t, path)
+	}
+
+	syscall.Kill(lastNewPID(t, r), syscall.SIGUSR1) // it unlinks its path and exits 1
+	r.waitLog(t, "msg=restarted")
+	answers("after a crash")
+
+	os.WriteFile(failFile, nil, 0o600)
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	r.waitLog(t, "reload failed")
+	os.Remove(failFile)
+	answers("after a failed reload")
+
+	res := load.stop(t)
+	if res.Requests == 0 || res.Refused != 0 || res.Failed != 0 {
+		t.Errorf("%d requests: %d refused, %d failed otherwise (a missing path is one): %v", res.Requests, res.Refused, res.Failed, res.Failures)
+	}
+	t.Logf("a crash and a failed reload: %d requests, %d refused, %d reset (in flight in the crashed server), %d failed otherwise", res.Requests, res.Refused, res.Resets, res.Failed)
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	if code := r.wait(t); code != 0 {
+		t.Errorf("takeover exited %d after TERM:\n%s", code, r.stderr)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after the last stop the path is still there: %v", err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -84,6 +85,13 @@ func (o fileOwner) bind(sock int, path string) error {
 		}
 		unix.Setfsgid(o.GID)
 		unix.Setfsuid(o.UID) // from 0 to another: the file capabilities go too
+		// Neither call reports a failure but by what it returns next time.
+		if uid, _ := unix.SetfsuidRetUid(-1); uid != o.UID {
+			return fmt.Errorf("act as the command's uid %d: still %d", o.UID, uid)
+		}
+		if gid, _ := unix.SetfsgidRetGid(-1); gid != o.GID {
+			return fmt.Errorf("act as the command's gid %d: still %d", o.GID, gid)
+		}
 	}
 	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
 		return err
@@ -154,10 +162,13 @@ func parseFileOwner(s string) (fileOwner, error) {
 	return o, nil
 }
 
+// sideNames counts the side names this takeover has made.
+var sideNames atomic.Int64
+
 // sideName is a name beside path for takeover's own use: hidden, and
-// unique to this takeover and what.
+// unique to this takeover, this swap and what.
 func sideName(path, what string) string {
-	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".takeover-"+what+"-"+strconv.Itoa(os.Getpid()))
+	return filepath.Join(filepath.Dir(path), fmt.Sprintf(".%s.takeover-%s-%d-%d", filepath.Base(path), what, os.Getpid(), sideNames.Add(1)))
 }
 
 // A pathSwap is the unix side of a swap: the file the old server answers
@@ -175,6 +186,9 @@ type pathSwap struct {
 func (l *launcher) bindBeside(c claim, sw *swap) error {
 	sw.Strategy = "rename"
 	ps := &pathSwap{path: c.spec.Path, pending: sideName(c.spec.Path, "new")}
+	if len(ps.pending) >= len(unix.RawSockaddrUnix{}.Path) {
+		return fmt.Errorf("cannot replace %s by a rename: the name beside it, %s, is longer than a unix socket's path may be; shorten the path, or let the old socket be handed over", c.spec.Path, ps.pending)
+	}
 	unix.Unlink(ps.pending)
 	if err := c.bindPath(c.sock, ps.pending); err != nil {
 		return fmt.Errorf("bind beside %s: %w", c.spec.Path, err)
@@ -283,26 +297,10 @@ func (w dirWatch) close() {
 	}
 }
 
-// restore makes the path name the kept file again if it does not; it
-// reports whether it had to.
+// restore makes the path name the kept file again if it names nothing; it
+// reports whether it had to. Whatever else is at the path is left alone.
 func (ps *pathSwap) restore() bool {
-	var want, got unix.Stat_t
-	if unix.Stat(ps.keep, &want) != nil {
-		return false
-	}
-	if unix.Lstat(ps.path, &got) == nil && got.Ino == want.Ino && got.Dev == want.Dev {
-		return false
-	}
-	tmp := sideName(ps.path, "restore")
-	unix.Unlink(tmp)
-	if unix.Link(ps.keep, tmp) != nil {
-		return false
-	}
-	if unix.Rename(tmp, ps.path) != nil {
-		unix.Unlink(tmp)
-		return false
-	}
-	return true
+	return unix.Link(ps.keep, ps.path) == nil
 }
 
 // finish removes the side names once the swap has ended.
@@ -332,26 +330,44 @@ func (ps *pathSwap) rollBack() {
 // removeStaleSocket removes the socket file at path if no process but self
 // listens on it: a file left behind, on which a bind would fail. Anything
 // but a socket is left alone.
-func removeStaleSocket(path string, self int) {
+//
+// A socket in another network namespace (a container's, behind a bind
+// mount) is not in this one's tables: a connect that is refused is asked
+// too, before the file goes. It reports whether it removed the file.
+func removeStaleSocket(path string, self int) bool {
 	var st unix.Stat_t
 	if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return
+		return false
 	}
 	ls, err := listeners("/proc", portSpec{Net: netUnix, Path: path}, nil, false)
 	if err != nil {
-		return
+		return false
 	}
 	for _, o := range ls {
 		if len(o.Holders) == 0 || o.Hidden {
-			return // perhaps held by a process this user cannot see
+			return false // perhaps held by a process this user cannot see
 		}
 		for _, h := range o.Holders {
 			if h.PID != self {
-				return
+				return false
 			}
 		}
 	}
-	unix.Unlink(path)
+	if len(ls) == 0 && !connectRefused(path) {
+		return false
+	}
+	return unix.Unlink(path) == nil
+}
+
+// connectRefused reports whether a connect to the unix socket at path is
+// refused: no one listens on it, in any network namespace.
+func connectRefused(path string) bool {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	return unix.Connect(fd, &unix.SockaddrUnix{Name: path}) == unix.ECONNREFUSED
 }
 
 // unlinkTarget reads the path an unlink(2) or unlinkat(2) names and returns
@@ -394,34 +410,22 @@ func (g *generation) unlinkTarget(n *seccompNotif) (portSpec, bool) {
 	return portSpec{}, false
 }
 
-// onUnlink skips a command's unlink of a --path while the socket there is
-// (or is to be) another generation's: when a reload replaced the caller's
-// generation (its copies are closed); when the run directory records
-// another takeover for the path (a newer one that replaced this one, or
-// the older one still serving while this one starts); and before the
-// generation's bind, while a listener is at the path (it is to be handed
-// over).
+// onUnlink skips a command's unlink of a --path while a socket listens
+// there: whichever generation serves it (an old one on its way out, a new
+// one before or after its bind, a crashed one's socket that takeover holds
+// for the restart), the path must keep naming it. An unlink of a stale
+// file (no listener: a server that was killed) goes through, as the
+// server's next bind needs it. The file of the last takeover's socket is
+// removed when that takeover exits (cleanRunDir), once no one listens.
 func (g *generation) onUnlink(n *seccompNotif) seccompNotifResp {
 	spec, ok := g.unlinkTarget(n)
 	if !ok {
 		return respContinue
 	}
-	g.mu.Lock()
-	replaced := g.done
-	bound := false
-	for _, s := range g.socks {
-		bound = bound || s.spec == spec
-	}
-	g.mu.Unlock()
-	keep := replaced || g.l.newerTakeover()
-	if !keep && !bound {
-		socks, err := unixListenersAt(spec.Path)
-		keep = err == nil && len(socks) > 0
-	}
-	if !keep || !notifValid(g.notifFD, n.ID) {
+	if socks, err := unixListenersAt(spec.Path); err != nil || len(socks) == 0 || !notifValid(g.notifFD, n.ID) {
 		return respContinue
 	}
-	g.l.log.Debug("kept the unix socket the command unlinked: it is another generation's", "path", spec.Path, "pid", n.PID)
+	g.l.log.Debug("kept the unix socket the command unlinked: a socket listens there", "path", spec.Path, "pid", n.PID)
 	return seccompNotifResp{}
 }
 
@@ -432,7 +436,7 @@ func readString(notifFD int, n *seccompNotif, addr uint64) (string, error) {
 	buf := make([]byte, unix.PathMax)
 	local := []unix.Iovec{{Base: &buf[0], Len: uint64(len(buf))}}
 	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
-	k, err := unix.ProcessVMReadv(int(n.PID), local, remote, 0)
+	k, _ := unix.ProcessVMReadv(int(n.PID), local, remote, 0)
 	if k <= 0 {
 		mem, err := os.Open("/proc/" + strconv.Itoa(int(n.PID)) + "/mem")
 		if err != nil {
@@ -442,8 +446,6 @@ func readString(notifFD int, n *seccompNotif, addr uint64) (string, error) {
 		if k, err = mem.ReadAt(buf, int64(addr)); k == 0 {
 			return "", err
 		}
-	} else if err != nil && k == 0 {
-		return "", err
 	}
 	i := bytes.IndexByte(buf[:k], 0)
 	if i < 0 {

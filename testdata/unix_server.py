@@ -1,10 +1,20 @@
 # A python HTTP/1.0 server on a unix socket that does what servers do to
 # their path: it unlinks it before its bind (a stale file from a crash
 # would make the bind fail) and again on its way out. It drains on
-# SIGTERM: python3 unix_server.py PATH.
-import os, signal, socketserver, sys, threading
+# SIGTERM: python3 unix_server.py PATH [FAILFILE]. On SIGUSR1 (a crash),
+# and 0.3 s after its listen, before it accepts, when FAILFILE exists (a
+# broken deploy), it fails as servers do: it unlinks its path and exits 1.
+import os, signal, socketserver, sys, threading, time
 
 path = sys.argv[1]
+failfile = sys.argv[2] if len(sys.argv) > 2 else None
+
+def fail(*_):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os._exit(1)
 
 class Handler(socketserver.StreamRequestHandler):
     def handle(self):
@@ -23,6 +33,10 @@ except FileNotFoundError:
     pass
 srv = Server(path, Handler)
 signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
+signal.signal(signal.SIGUSR1, fail)
+if failfile and os.path.exists(failfile):
+    time.sleep(0.3)  # bound and listening, never accepting
+    fail()
 print(f"listening {path}", flush=True)
 srv.serve_forever(poll_interval=0.05)
 srv.server_close()
