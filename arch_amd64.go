@@ -2,10 +2,6 @@ package main
 
 import "golang.org/x/sys/unix"
 
-// auditArch is AUDIT_ARCH_X86_64: the filter sends on only native system
-// calls; 32-bit ones (int 0x80) pass untouched.
-const auditArch = 0xc000003e
-
 // The system calls a thread may wait for connections in.
 const (
 	sysAccept   = unix.SYS_ACCEPT
@@ -15,5 +11,3 @@ const (
 	sysSelect   = unix.SYS_SELECT
 	sysPselect6 = unix.SYS_PSELECT6
 )
-
-const sysUnlink = unix.SYS_UNLINK

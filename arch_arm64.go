@@ -2,9 +2,6 @@ package main
 
 import "golang.org/x/sys/unix"
 
-// auditArch is AUDIT_ARCH_AARCH64.
-const auditArch = 0xc00000b7
-
 // The system calls a thread may wait for connections in; arm64 has no
 // poll(2) nor select(2), only ppoll and pselect6 (-1 matches nothing).
 const (
@@ -15,5 +12,3 @@ const (
 	sysSelect   = -2
 	sysPselect6 = unix.SYS_PSELECT6
 )
-
-const sysUnlink = -3 // arm64 has only unlinkat

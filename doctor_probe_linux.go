@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,7 +54,7 @@ func runDoctorProbe() int {
 }
 
 func probeBind() string {
-	fd, err := installFilter(false)
+	fd, err := seccomp.Install(trappedCalls(false))
 	if err != nil {
 		sendShimResult(-1, err.Error())
 		return "nofilter"
@@ -168,7 +169,7 @@ func probeChecks(pc probeContext) []doctorCheck {
 func listenerFailed(err error) doctorCheck {
 	c := doctorCheck{Status: statusMissing, Check: "seccomp listener", Detail: err.Error()}
 	switch msg := err.Error(); {
-	case strings.Contains(msg, "another seccomp listener"): // installFilter's EBUSY
+	case strings.Contains(msg, "another seccomp listener"): // seccomp.Install's EBUSY
 		if pid := os.Getenv(launcherEnv); pid != "" {
 			c.Detail = fmt.Sprintf("this process runs under takeover (%s=%s), whose seccomp listener is the one allowed: a takeover cannot run inside another takeover (EBUSY)", launcherEnv, pid)
 			c.Do = []string{"run takeover at the top: started by systemd, a deploy script or a shell, not by a server that runs under takeover"}
@@ -197,9 +198,9 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorC
 	for err == unix.EINTR {
 		n, err = unix.Poll(fds, int(untilDeadline(deadline).Milliseconds()))
 	}
-	var notif seccompNotif
+	var notif seccomp.Notif
 	if err == nil && n == 1 && fds[0].Revents&unix.POLLIN != 0 {
-		err = notifRecv(notifFD, &notif)
+		err = seccomp.Recv(notifFD, &notif)
 	} else if err == nil {
 		err = errors.New("no notification came")
 	}
@@ -208,7 +209,7 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorC
 		return []doctorCheck{listener}
 	}
 	what := "its bind(2)"
-	if raw, err := readSockaddr(notifFD, &notif); err == nil {
+	if raw, err := seccomp.ReadSockaddr(notifFD, &notif); err == nil {
 		if ap, _, ok := parseSockaddr(raw); ok && ap == netip.MustParseAddrPort("127.0.0.1:0") {
 			what += " of " + ap.String()
 		}
@@ -221,12 +222,12 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorC
 		var st unix.Stat_t
 		unix.Fstat(s, &st)
 		want = st.Ino
-		err = notifAddFD(notifFD, notif.ID, s, int(notif.Args[0]), true)
+		err = seccomp.AddFD(notifFD, notif.ID, s, int(notif.Args[0]), true)
 		unix.Close(s)
 	}
-	resp := respContinue
+	resp := seccomp.Continue
 	resp.ID = notif.ID
-	sendErr := notifSend(notifFD, &resp)
+	sendErr := seccomp.Send(notifFD, &resp)
 	second, rerr := lines.ReadString('\n')
 	second = strings.TrimSpace(second)
 	switch {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
 
@@ -102,7 +103,7 @@ func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
 	if err != nil {
 		return err
 	}
-	return notifAddFD(notifFD, id, old, fd, cloexec)
+	return seccomp.AddFD(notifFD, id, old, fd, cloexec)
 }
 
 // fdCloexec reads whether a process's fd has FD_CLOEXEC, from the flags line

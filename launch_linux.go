@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
 
@@ -129,7 +130,7 @@ func (l *launcher) run(path string) int {
 	l.byPID = make(map[int]*generation)
 	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
 	if err := m.begin(); err != nil {
-		if errors.Is(err, errNoSeccomp) {
+		if errors.Is(err, seccomp.ErrUnavailable) {
 			l.log.Error("cannot start the command", "err", err,
 				"hint", "a server that takes its listening sockets from its parent needs no seccomp: run it with --sockets systemd (LISTEN_FDS) or --sockets server-starter (SERVER_STARTER_PORT)")
 		} else {
@@ -291,7 +292,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	p.Release()
 	notifFD, err := recvShimResult(parentEnd)
 	if err == nil {
-		if err = checkAddFD(notifFD); err != nil {
+		if err = seccomp.CheckAddFD(notifFD); err != nil {
 			unix.Close(notifFD)
 			syscall.Kill(pid, unix.SIGKILL) // our unreaped child
 		}
@@ -302,7 +303,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		closeNotify(notify)
 		return nil, err
 	}
-	syncWakeUp(notifFD)
+	seccomp.SyncWakeUp(notifFD)
 	g := l.newGeneration(ctx, num, pid, notifFD, prev)
 	g.attachNotify(notify)
 	go func() {

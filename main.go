@@ -5,8 +5,9 @@
 //
 // starts the new version while the old one keeps serving. takeover runs the
 // command under a seccomp filter that turns its bind(2) and listen(2) calls
-// into notifications takeover answers. When the new server binds a --port
-// target, takeover finds the process that holds the port (portowner.go), and
+// into notifications takeover answers. When the new server binds a target
+// (a TCP or UDP --port, a unix --path), takeover finds the process that
+// holds it (portowner.go), and
 // either hands that process's listening socket to the new server, so that no
 // connection is refused (handoff_linux.go), or stops it and retries the bind
 // with backoff until the port frees (retrybind.go). Once the new server
@@ -17,15 +18,19 @@
 //   - portspec.go, procnet.go, sockdiag_linux.go, portowner.go, fdwalk_linux.go:
 //     who holds a port (sock_diag, /proc/net/tcp, /proc/PID/fd) and which
 //     process to signal; who.go: `takeover who`; policy.go: who may be replaced.
-//   - shim_linux.go, intercept_linux.go: the re-executed shim that installs the
-//     seccomp filter, and the kernel's notification structs and ioctls.
+//   - internal/seccomp: the kernel's seccomp user notification (the filter,
+//     the listener, notifications, the notifying thread's memory, ADDFD);
+//     shim_linux.go: the re-executed shim that installs it for the command;
+//     intercept_linux.go: the calls trapped, and their arguments.
 //   - lifecycle.go: a launcher's life as a state machine (starting, serving,
 //     reloading, backing off, restarting, stopping, replaced); launch_linux.go:
 //     the launcher that runs it, its generations and signals;
 //     supervisor_linux.go: what the lifecycle asks of the launcher, and the
 //     completion of a swap; generation_linux.go, status.go: a generation's
 //     state and --status-file.
-//   - supervise_linux.go: answering binds and listens; claim_linux.go: the
+//   - supervise_linux.go: answering binds and listens; unixpath_linux.go:
+//     unix targets' files (binding as the command, rename, unlinks kept,
+//     stale files); claim_linux.go: the
 //     command's socket, copied or made; takeport_linux.go: free port, handoff
 //     or rebind; handoff_linux.go and retrybind.go: the two strategies.
 //   - ready_linux.go, accepting_linux.go: when a new generation is ready (it

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/seccomp"
 )
 
 // TestOldStoppedOnlyOnceNewAccepts: a server that listens long before it
@@ -276,8 +278,8 @@ func TestCheckAddFD(t *testing.T) {
 	}
 	defer syscall.Close(p[0])
 	defer syscall.Close(p[1])
-	err := checkAddFD(p[0])
+	err := seccomp.CheckAddFD(p[0])
 	if err == nil || !strings.Contains(err.Error(), "Linux 5.9") {
-		t.Errorf("checkAddFD(a pipe) = %v, want the missing ioctl named with its kernel version", err)
+		t.Errorf("seccomp.CheckAddFD(a pipe) = %v, want the missing ioctl named with its kernel version", err)
 	}
 }

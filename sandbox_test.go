@@ -10,6 +10,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,20 +57,7 @@ var sandboxDenied = []uint32{unix.SYS_PIDFD_GETFD, unix.SYS_PTRACE, unix.SYS_PRO
 // and allows everything else. (Other architectures' calls pass, as the
 // x32 ABI does: it is a test's sandbox, not a security boundary.)
 func sandboxFilter() []unix.SockFilter {
-	f := []unix.SockFilter{
-		{Code: bpfLdW, K: dataArchOf},
-		{Code: bpfJeqK, Jt: 1, Jf: 0, K: auditArch},
-		{Code: bpfRetK, K: unix.SECCOMP_RET_ALLOW},
-		{Code: bpfLdW, K: dataNrOff},
-	}
-	for i, nr := range sandboxDenied {
-		// Jump over the remaining comparisons and the ALLOW to the EPERM.
-		f = append(f, unix.SockFilter{Code: bpfJeqK, Jt: uint8(len(sandboxDenied) - i), Jf: 0, K: nr})
-	}
-	return append(f,
-		unix.SockFilter{Code: bpfRetK, K: unix.SECCOMP_RET_ALLOW},
-		unix.SockFilter{Code: bpfRetK, K: unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)},
-	)
+	return seccomp.Filter(sandboxDenied, unix.SECCOMP_RET_ERRNO|uint32(unix.EPERM))
 }
 
 // runSandbox never returns: it execs args[0] under the filter, or exits.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,7 +31,7 @@ func runShim(args []string) {
 	if len(args) == 0 {
 		shimFail(exitLauncher, "shim: no command")
 	}
-	fd, err := installFilter(os.Getenv(shimEnv) == shimUnlinks)
+	fd, err := seccomp.Install(trappedCalls(os.Getenv(shimEnv) == shimUnlinks))
 	if err != nil {
 		sendShimResult(-1, err.Error())
 		shimFail(exitLauncher, err.Error())
@@ -85,7 +86,7 @@ func recvShimResult(sock int) (int, error) {
 			return -1, errors.New("the command exited before its bind filter was installed")
 		}
 		if msg != "ok" {
-			return -1, fmt.Errorf("%w%s", errNoSeccomp, strings.TrimPrefix(msg, "error: "+errNoSeccomp.Error()))
+			return -1, fmt.Errorf("%w%s", seccomp.ErrUnavailable, strings.TrimPrefix(msg, "error: "+seccomp.ErrUnavailable.Error()))
 		}
 		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 		if err != nil || len(msgs) != 1 {

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
 
@@ -145,7 +146,7 @@ const capNetBindService = 10
 // serve answers the generation's notifications until every process under
 // the filter has exited.
 func (g *generation) serve(ctx context.Context) {
-	var n seccompNotif
+	var n seccomp.Notif
 	for {
 		fds := []unix.PollFd{{Fd: int32(g.notifFD), Events: unix.POLLIN}}
 		if _, err := unix.Poll(fds, -1); err != nil {
@@ -157,7 +158,7 @@ func (g *generation) serve(ctx context.Context) {
 		if fds[0].Revents&unix.POLLIN == 0 {
 			return // POLLHUP: no process uses the filter any more
 		}
-		if err := notifRecv(g.notifFD, &n); err != nil {
+		if err := seccomp.Recv(g.notifFD, &n); err != nil {
 			if err == unix.ENOENT || err == unix.EINTR {
 				continue // the notifying thread died meanwhile
 			}
@@ -165,59 +166,57 @@ func (g *generation) serve(ctx context.Context) {
 		}
 		resp := g.answer(ctx, &n)
 		resp.ID = n.ID
-		notifSend(g.notifFD, &resp) // ENOENT: the thread died while we worked
+		seccomp.Send(g.notifFD, &resp) // ENOENT: the thread died while we worked
 	}
 }
 
-var respContinue = seccompNotifResp{Flags: unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE}
-
-func respErrno(err error) seccompNotifResp {
+func respErrno(err error) seccomp.Resp {
 	var errno unix.Errno
 	if !errors.As(err, &errno) {
 		errno = unix.EADDRINUSE
 	}
-	return seccompNotifResp{Error: -int32(errno)}
+	return seccomp.Resp{Error: -int32(errno)}
 }
 
-func (g *generation) answer(ctx context.Context, n *seccompNotif) seccompNotifResp {
+func (g *generation) answer(ctx context.Context, n *seccomp.Notif) seccomp.Resp {
 	switch n.Nr {
 	case unix.SYS_BIND:
 		return g.onBind(ctx, n)
 	case unix.SYS_LISTEN:
 		return g.onListen(n)
-	case sysUnlink, unix.SYS_UNLINKAT:
+	case seccomp.SysUnlink, unix.SYS_UNLINKAT:
 		return g.onUnlink(n)
 	}
-	return respContinue
+	return seccomp.Continue
 }
 
 // onBind lets every bind through that is not to a target; a target it
 // takes over.
-func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifResp {
+func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp {
 	began := time.Now()
-	raw, err := readSockaddr(g.notifFD, n)
+	raw, err := seccomp.ReadSockaddr(g.notifFD, n)
 	if err != nil {
-		return respContinue
+		return seccomp.Continue
 	}
 	st, err := readStatus("/proc", int(n.PID))
 	if err != nil {
-		return respContinue
+		return seccomp.Continue
 	}
 	specs, addr, ok := g.bindTargets(raw, st.Tgid)
 	if !ok {
-		return respContinue // other ports, port 0, netlink, other paths
+		return seccomp.Continue // other ports, port 0, netlink, other paths
 	}
 	fd := int(n.Args[0])
 	key := sockKey{st.Tgid, fd}
 	childIno, err := fdInode("/proc", st.Tgid, fd)
 	if err != nil {
-		return respContinue
+		return seccomp.Continue
 	}
 	g.mu.Lock()
 	prev := g.socks[key]
 	g.mu.Unlock()
 	if prev != nil && prev.inode == childIno {
-		return seccompNotifResp{} // the same bind, notified again after a signal
+		return seccomp.Resp{} // the same bind, notified again after a signal
 	}
 	// takeover binds on the command's behalf: never a port it could not
 	// bind itself.
@@ -233,11 +232,11 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 		}
 	}
 	if errors.Is(err, errNotTarget) {
-		return respContinue // UDP on a TCP target's port, say: no business of ours
+		return seccomp.Continue // UDP on a TCP target's port, say: no business of ours
 	}
 	if err != nil {
 		g.l.log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
-		return respContinue
+		return seccomp.Continue
 	}
 	child := newChild{PID: st.Tgid, UID: st.UID, Exe: procExe("/proc", st.Tgid)}
 	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
@@ -263,11 +262,11 @@ func (g *generation) onBind(ctx context.Context, n *seccompNotif) seccompNotifRe
 	if g.done {
 		unix.Close(held)
 		sw.abandon()
-		return seccompNotifResp{}
+		return seccomp.Resp{}
 	}
 	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr}
 	g.swaps = append(g.swaps, sw)
-	return seccompNotifResp{}
+	return seccomp.Resp{}
 }
 
 // bindTargets returns the targets a bind to raw (a struct sockaddr) by
@@ -352,18 +351,18 @@ func inodeOf(fd int) uint64 {
 // onListen performs the command's listen(2) on takeover's copy of a target
 // socket, whichever process of the generation calls it (uvicorn's workers
 // listen on the socket their supervisor bound), and has readiness looked at.
-func (g *generation) onListen(n *seccompNotif) seccompNotifResp {
+func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
 	st, err := readStatus("/proc", int(n.PID))
 	if err != nil {
-		return respContinue
+		return seccomp.Continue
 	}
 	ino, err := fdInode("/proc", st.Tgid, int(n.Args[0]))
-	if err != nil || !notifValid(g.notifFD, n.ID) {
-		return respContinue
+	if err != nil || !seccomp.Valid(g.notifFD, n.ID) {
+		return seccomp.Continue
 	}
 	held := g.heldByInode(ino)
 	if held == nil {
-		return respContinue
+		return seccomp.Continue
 	}
 	if err := unix.Listen(held.copyFD, int(int32(n.Args[1]))); err != nil {
 		return respErrno(err)
@@ -372,7 +371,7 @@ func (g *generation) onListen(n *seccompNotif) seccompNotifResp {
 	case g.nudge <- struct{}{}:
 	default:
 	}
-	return seccompNotifResp{}
+	return seccomp.Resp{}
 }
 
 // holdsSockets reports whether takeover holds copies of any of the

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
 
@@ -372,7 +372,7 @@ func connectRefused(path string) bool {
 
 // unlinkTarget reads the path an unlink(2) or unlinkat(2) names and returns
 // the unix target it is, if any.
-func (g *generation) unlinkTarget(n *seccompNotif) (portSpec, bool) {
+func (g *generation) unlinkTarget(n *seccomp.Notif) (portSpec, bool) {
 	dirfd, pathArg := int32(unix.AT_FDCWD), n.Args[0]
 	if n.Nr == unix.SYS_UNLINKAT {
 		if n.Args[2]&unix.AT_REMOVEDIR != 0 {
@@ -380,7 +380,7 @@ func (g *generation) unlinkTarget(n *seccompNotif) (portSpec, bool) {
 		}
 		dirfd, pathArg = int32(n.Args[0]), n.Args[1]
 	}
-	name, err := readString(g.notifFD, n, pathArg)
+	name, err := seccomp.ReadString(g.notifFD, n, pathArg)
 	if err != nil || name == "" || !slices.ContainsFunc(g.l.cfg.Ports, func(p portSpec) bool {
 		return p.Net == netUnix && filepath.Base(p.Path) == filepath.Base(name)
 	}) {
@@ -417,42 +417,14 @@ func (g *generation) unlinkTarget(n *seccompNotif) (portSpec, bool) {
 // file (no listener: a server that was killed) goes through, as the
 // server's next bind needs it. The file of the last takeover's socket is
 // removed when that takeover exits (cleanRunDir), once no one listens.
-func (g *generation) onUnlink(n *seccompNotif) seccompNotifResp {
+func (g *generation) onUnlink(n *seccomp.Notif) seccomp.Resp {
 	spec, ok := g.unlinkTarget(n)
 	if !ok {
-		return respContinue
+		return seccomp.Continue
 	}
-	if socks, err := unixListenersAt(spec.Path); err != nil || len(socks) == 0 || !notifValid(g.notifFD, n.ID) {
-		return respContinue
+	if socks, err := unixListenersAt(spec.Path); err != nil || len(socks) == 0 || !seccomp.Valid(g.notifFD, n.ID) {
+		return seccomp.Continue
 	}
 	g.l.log.Debug("kept the unix socket the command unlinked: a socket listens there", "path", spec.Path, "pid", n.PID)
-	return seccompNotifResp{}
-}
-
-// readString reads a NUL-terminated string at addr in the notifying
-// thread's memory (at most PATH_MAX bytes): with process_vm_readv, or
-// through /proc/PID/mem where that is refused (a container's profile).
-func readString(notifFD int, n *seccompNotif, addr uint64) (string, error) {
-	buf := make([]byte, unix.PathMax)
-	local := []unix.Iovec{{Base: &buf[0], Len: uint64(len(buf))}}
-	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
-	k, _ := unix.ProcessVMReadv(int(n.PID), local, remote, 0)
-	if k <= 0 {
-		mem, err := os.Open("/proc/" + strconv.Itoa(int(n.PID)) + "/mem")
-		if err != nil {
-			return "", err
-		}
-		defer mem.Close()
-		if k, err = mem.ReadAt(buf, int64(addr)); k == 0 {
-			return "", err
-		}
-	}
-	i := bytes.IndexByte(buf[:k], 0)
-	if i < 0 {
-		return "", fmt.Errorf("no NUL within %d bytes", k)
-	}
-	if !notifValid(notifFD, n.ID) {
-		return "", fmt.Errorf("the notifying thread is gone")
-	}
-	return string(buf[:i]), nil
+	return seccomp.Resp{}
 }
