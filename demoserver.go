@@ -68,47 +68,75 @@ func pidField(pid int) string { return fmt.Sprintf("pid=%07d", pid) }
 
 // serveDraining serves on ln until SIGTERM or SIGINT, then stops accepting,
 // serves every request it accepted, and returns 0.
-//
-// http.Server.Shutdown alone drops a request that arrives on a connection
-// accepted just before it (conn.serve returns once the server is shutting
-// down), so the drain first closes the listener, then waits for the
-// connections it accepted to send their request, then shuts down.
 func serveDraining(ln net.Listener, h http.Handler) int {
-	var mu sync.Mutex
-	fresh := map[net.Conn]bool{} // accepted, no request read yet
-	srv := &http.Server{Handler: h, ConnState: func(c net.Conn, st http.ConnState) {
-		mu.Lock()
-		defer mu.Unlock()
-		if st == http.StateNew {
-			fresh[c] = true
-		} else {
-			delete(fresh, c)
-		}
-	}}
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	d := newDrainingServer(h)
+	d.serve(ln)
 	select {
-	case err := <-served:
+	case err := <-d.served:
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		return 1
 	case <-term:
 	}
-	ln.Close()
-	<-served // every accepted connection is tracked now
+	d.drain()
+	return 0
+}
+
+// A drainingServer serves HTTP on listeners until drained.
+//
+// http.Server.Shutdown alone drops a request that arrives on a connection
+// accepted just before it (conn.serve returns once the server is shutting
+// down), so the drain first closes the listeners, then waits for the
+// connections they accepted to send their request, then shuts down.
+type drainingServer struct {
+	srv       *http.Server
+	listeners []net.Listener
+	served    chan error // each Serve's end
+
+	mu    sync.Mutex
+	fresh map[net.Conn]bool // accepted, no request read yet
+}
+
+func newDrainingServer(h http.Handler) *drainingServer {
+	d := &drainingServer{served: make(chan error, 16), fresh: map[net.Conn]bool{}}
+	d.srv = &http.Server{Handler: h, ConnState: func(c net.Conn, st http.ConnState) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if st == http.StateNew {
+			d.fresh[c] = true
+		} else {
+			delete(d.fresh, c)
+		}
+	}}
+	return d
+}
+
+// serve serves on ln until the drain (at most 16 listeners).
+func (d *drainingServer) serve(ln net.Listener) {
+	d.listeners = append(d.listeners, ln)
+	go func() { d.served <- d.srv.Serve(ln) }()
+}
+
+// drain stops accepting, serves every request accepted, and shuts down.
+func (d *drainingServer) drain() {
+	for _, ln := range d.listeners {
+		ln.Close()
+	}
+	for range d.listeners {
+		<-d.served // every accepted connection is tracked now
+	}
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		mu.Lock()
-		n := len(fresh)
-		mu.Unlock()
+		d.mu.Lock()
+		n := len(d.fresh)
+		d.mu.Unlock()
 		if n == 0 {
 			break
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv.Shutdown(ctx)
-	return 0
+	d.srv.Shutdown(ctx)
 }
 
 // serverStarterListener returns the listener SERVER_STARTER_PORT passes for

@@ -71,9 +71,9 @@ func runStarterWorker() int {
 		note("bad SERVER_STARTER_PORT=%q", os.Getenv("SERVER_STARTER_PORT"))
 		return 1
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := newDrainingServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d %s", os.Getpid(), gen)
-	})}
+	}))
 	var echoes []*datagramEcho
 	for _, p := range ports {
 		f := os.NewFile(uintptr(p.FD), p.Addr)
@@ -91,16 +91,14 @@ func runStarterWorker() int {
 			note("bad fd %d: %v", p.FD, err)
 			return 1
 		}
-		go srv.Serve(ln)
+		srv.serve(ln)
 	}
 	exitOn := append(strings.Split(os.Getenv("SSWORKER_EXIT_ON"), ","), "TERM", "INT")
 	for s := range sigs {
 		name := strings.TrimPrefix(unix.SignalName(s.(syscall.Signal)), "SIG")
 		note("signal %s", name)
 		if slices.Contains(exitOn, name) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			srv.Shutdown(ctx)
-			cancel()
+			srv.drain()
 			for _, e := range echoes {
 				e.stop()
 			}
