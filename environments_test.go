@@ -145,18 +145,20 @@ const inContainerEnv = "TAKEOVER_TEST_IN_CONTAINER"
 
 // TestLifecycleInContainer runs the lifecycle tests again with every
 // takeover inside the emulated container profile (no pidfd_getfd): swaps,
-// reloads, kill timeouts, rollbacks, restarts and back-offs all work there.
+// reloads, kill timeouts, rollbacks, restarts and back-offs all work there,
+// on TCP, UDP and unix sockets.
 func TestLifecycleInContainer(t *testing.T) {
 	if os.Getenv(inContainerEnv) != "" {
 		t.Skip("already inside")
 	}
 	const tests = "^(TestContainerInEffect|TestHandoff50UnderLoad|TestReloadOnHUP|TestStopDuringReload|TestFailedReloadsLeakNothing|TestKillTimeout|TestTwoAtOnce|TestPreforkReplaced|TestSignalsForwarded|" +
-		"TestReadyTimeoutRollsBack|TestLockWaitIsBounded|TestRespawnAfterKill9|TestCrashLoopGivesUp|TestBackoffInterrupted|TestBlockingModeLeftToServers)$"
+		"TestReadyTimeoutRollsBack|TestLockWaitIsBounded|TestRespawnAfterKill9|TestCrashLoopGivesUp|TestBackoffInterrupted|TestBlockingModeLeftToServers|" +
+		"TestUDPEchoSwappedUnderLoad|TestUnixServersSwappedUnderLoad|TestUnixPathOutlivesFailures|TestUnixRenameAndRollback)$"
 	cmd := exec.Command(os.Args[0], "-test.run", tests, "-test.count=1", "-test.v")
 	cmd.Env = append(os.Environ(), inContainerEnv+"=1")
 	out, err := cmd.CombinedOutput()
 	passed := strings.Count(string(out), "--- PASS: Test")
-	if err != nil || passed < 15 || !strings.Contains(string(out), "--- PASS: TestContainerInEffect") {
+	if err != nil || passed < 19 || !strings.Contains(string(out), "--- PASS: TestContainerInEffect") {
 		t.Fatalf("in the container (%v, %d tests passed):\n%s", err, passed, tail(string(out), 8000))
 	}
 	t.Logf("%d tests passed with takeover in the emulated container profile", passed)
