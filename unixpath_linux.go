@@ -25,9 +25,10 @@ import (
 // What servers do to the file on the way out is the rest: most unlink
 // their path when they stop (nginx, Go, gunicorn), and a new one may unlink
 // it before its bind (gunicorn, asyncio). Under takeover those unlinks
-// are seen by the seccomp filter and skipped while the socket at the path
-// is another generation's (onUnlink); for a server not started under
-// takeover the directory is watched instead, and the path put back (guard).
+// are seen by the seccomp filter and skipped while a socket listens at the
+// path (onUnlink); for a server not started under takeover the directory
+// is watched instead, and the path linked back (guard). The last takeover
+// removes the file once no one listens (removeStaleSocket).
 
 // bind binds sock to the claim's target: an IP address, or a unix path,
 // whose file then gets the owner and the mode it would have had, had the
@@ -189,7 +190,6 @@ func (l *launcher) bindBeside(c claim, sw *swap) error {
 	if len(ps.pending) >= len(unix.RawSockaddrUnix{}.Path) {
 		return fmt.Errorf("cannot replace %s by a rename: the name beside it, %s, is longer than a unix socket's path may be; shorten the path, or let the old socket be handed over", c.spec.Path, ps.pending)
 	}
-	unix.Unlink(ps.pending)
 	if err := c.bindPath(c.sock, ps.pending); err != nil {
 		return fmt.Errorf("bind beside %s: %w", c.spec.Path, err)
 	}
@@ -205,12 +205,10 @@ func (ps *pathSwap) renameOver() error {
 		return nil
 	}
 	ps.oldKeep = sideName(ps.path, "old")
-	unix.Unlink(ps.oldKeep)
 	if err := unix.Link(ps.path, ps.oldKeep); err != nil {
 		ps.oldKeep = ""
 	}
 	ps.keep = sideName(ps.path, "keep")
-	unix.Unlink(ps.keep)
 	if err := unix.Link(ps.pending, ps.keep); err != nil {
 		return fmt.Errorf("link %s: %w", ps.pending, err)
 	}
@@ -225,15 +223,14 @@ func (ps *pathSwap) renameOver() error {
 // listener's, which the old server may unlink on its way out.
 func keepHandedOver(path string) *pathSwap {
 	ps := &pathSwap{path: path, keep: sideName(path, "keep")}
-	unix.Unlink(ps.keep)
 	if unix.Link(path, ps.keep) != nil {
 		return nil
 	}
 	return ps
 }
 
-// guard puts the path back whenever it stops naming the kept file while
-// the old server stops (a server not under takeover unlinking it), until
+// guard links the path back to the kept file whenever it names nothing
+// while the old server stops (a server not under takeover unlinking it), until
 // ctx ends; it says how often it had to. It wakes at each change in the
 // path's directory (inotify), or every 2 ms where it cannot watch it.
 func (ps *pathSwap) guard(ctx context.Context) <-chan int {
