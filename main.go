@@ -15,9 +15,10 @@
 //
 // The pieces:
 //   - main.go: subcommand dispatch; launcher.go: flags and exit statuses.
-//   - portspec.go, procnet.go, sockdiag_linux.go, portowner.go, fdwalk_linux.go:
-//     who holds a port (sock_diag, /proc/net/tcp, /proc/PID/fd) and which
-//     process to signal; who.go: `takeover who`; policy.go: who may be replaced.
+//   - portspec.go: targets (TCP and UDP ports, unix paths); internal/socktab:
+//     the kernel's socket tables (sock_diag, /proc/net); portowner.go,
+//     fdwalk_linux.go: who holds a target (/proc/PID/fd) and which process
+//     to signal; who.go: `takeover who`; policy.go: who may be replaced.
 //   - internal/seccomp: the kernel's seccomp user notification (the filter,
 //     the listener, notifications, the notifying thread's memory, ADDFD);
 //     shim_linux.go: the re-executed shim that installs it for the command;

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+
+	"github.com/takeover/takeover/internal/socktab"
 )
 
 // A holder is a process that holds a listening socket, and the fd it holds
@@ -20,7 +22,7 @@ type holder struct {
 
 // A listener is a listening socket and every process found holding it.
 type listener struct {
-	socket
+	socktab.Socket
 	Holders []holder
 	// Hidden is set when some processes could not be read (another user's,
 	// or /proc mounted with hidepid): holders may be missing from the list.
@@ -34,7 +36,33 @@ type listener struct {
 // the run directory's generation records and the process tree.
 const launcherEnv = "TAKEOVER_PID"
 
-// listeners returns the listening sockets that spec names and the processes
+// errMalformed is a /proc file that does not read as the kernel writes it.
+var errMalformed = errors.New("malformed line")
+
+// targetSockets returns the sockets spec names: TCP listeners, bound UDP
+// sockets, or the unix listener whose file is at spec.Path now.
+func targetSockets(procRoot string, spec portSpec) ([]socktab.Socket, error) {
+	var socks []socktab.Socket
+	var err error
+	switch spec.Net {
+	case netUnix:
+		return socktab.UnixListenersAt(spec.Path)
+	case netUDP:
+		socks, err = socktab.UDPBound(procRoot)
+	default:
+		socks, err = socktab.TCPListeners(procRoot)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var named []socktab.Socket
+	for _, s := range socks {
+		if spec.matches(s.Addr) {
+			named = append(named, s)
+		}
+	}
+	return named, nil
+} // listeners returns the listening sockets that spec names and the processes
 // holding each. The processes in first (and their descendants) are looked at
 // before the rest; with onlyFirst, the rest are not looked at when first
 // already holds every socket. The kernel keeps no count of the processes that
@@ -46,7 +74,7 @@ func listeners(procRoot string, spec portSpec, first []int, onlyFirst bool) ([]l
 	}
 	var ls []listener
 	for _, s := range socks {
-		ls = append(ls, listener{socket: s})
+		ls = append(ls, listener{Socket: s})
 	}
 	if len(ls) == 0 {
 		return nil, nil

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	psnet "github.com/shirou/gopsutil/v3/net"
+	"github.com/takeover/takeover/internal/socktab"
 )
 
 // BenchmarkLookup finds the holders of one listening port with 400 extra idle
@@ -88,7 +89,7 @@ func BenchmarkSockDiag(b *testing.B) {
 	}
 	defer ln.Close()
 	for b.Loop() {
-		if _, err := diagListeners(); err != nil {
+		if _, err := socktab.DiagTCPListeners(); err != nil {
 			b.Fatal(err)
 		}
 	}

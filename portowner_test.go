@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/takeover/takeover/internal/socktab"
 )
 
 func TestParsePortSpec(t *testing.T) {
@@ -101,52 +102,6 @@ func TestSpecMatchesAndConflicts(t *testing.T) {
 	}
 }
 
-func TestReadProcNetTCP(t *testing.T) {
-	ap := netip.MustParseAddrPort
-	tests := []struct {
-		name    string
-		path    string
-		want    []socket
-		wantErr error
-	}{
-		{
-			name: "tcp with malformed lines skipped",
-			path: "testdata/proc/net/tcp",
-			want: []socket{
-				{Inode: 5555, Addr: ap("127.0.0.1:8100"), UID: 1000},
-				{Inode: 5556, Addr: ap("0.0.0.0:8100"), UID: 0},
-				{Inode: 6000, Addr: ap("127.0.0.2:22"), UID: 0},
-			},
-		},
-		{
-			name: "tcp6 with a v4-mapped address",
-			path: "testdata/proc/net/tcp6",
-			want: []socket{
-				{Inode: 8888, Addr: ap("[::1]:8100"), UID: 1000},
-				{Inode: 8889, Addr: ap("[::]:8080"), UID: 0},
-				{Inode: 8890, Addr: ap("127.0.0.1:8081"), UID: 0},
-			},
-		},
-		{
-			name: "truncated last line",
-			path: "testdata/proc-truncated/net/tcp",
-			want: []socket{{Inode: 5555, Addr: ap("127.0.0.1:8100"), UID: 1000}},
-		},
-		{name: "missing file", path: "testdata/proc/net/nope", wantErr: os.ErrNotExist},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := readProcNetTCP(tt.path, tcpListen)
-			if !errors.Is(err, tt.wantErr) {
-				t.Fatalf("error = %v, want %v", err, tt.wantErr)
-			}
-			if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
-				t.Errorf("readProcNetTCP(%s) (-want +got):\n%s", tt.path, diff)
-			}
-		})
-	}
-}
-
 func TestParseStat(t *testing.T) {
 	tests := []struct {
 		in   string
@@ -181,7 +136,7 @@ func TestListenersFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []listener{{
-		socket:  socket{Inode: 5555, Addr: netip.MustParseAddrPort("127.0.0.1:8100"), UID: 1000},
+		Socket:  socktab.Socket{Inode: 5555, Addr: netip.MustParseAddrPort("127.0.0.1:8100"), UID: 1000},
 		Holders: []holder{{PID: 100, FD: 3, PPID: 90}, {PID: 101, FD: 4, PPID: 100}},
 	}}
 	if diff := cmp.Diff(want, ls, cmp.AllowUnexported(listener{}), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
@@ -477,20 +432,6 @@ func FuzzParsePortSpec(f *testing.F) {
 		q, err := parsePortSpec(p.String())
 		if err != nil || q != p {
 			t.Fatalf("round trip of %q: %v -> %q -> %v, %v", s, p, p.String(), q, err)
-		}
-	})
-}
-
-func FuzzParseProcNetLine(f *testing.F) {
-	b, _ := os.ReadFile("testdata/proc/net/tcp")
-	b6, _ := os.ReadFile("testdata/proc/net/tcp6")
-	for _, l := range strings.Split(string(b)+string(b6), "\n") {
-		f.Add(l)
-	}
-	f.Fuzz(func(t *testing.T, line string) {
-		s, _, err := parseProcNetLine(line)
-		if err == nil && !s.Addr.IsValid() {
-			t.Fatalf("parseProcNetLine(%q) returned an invalid address", line)
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
 )
 
@@ -75,7 +76,7 @@ func (l *launcher) after(d time.Duration, ev event) {
 // queued returns the length of the accept queues of g's sockets, as
 // sock_diag reports it.
 func (l *launcher) queued(g *generation) int {
-	socks, err := diagListeners()
+	socks, err := socktab.DiagTCPListeners()
 	if err != nil {
 		return -1
 	}

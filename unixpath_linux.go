@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
 )
 
@@ -419,7 +420,7 @@ func (g *generation) onUnlink(n *seccomp.Notif) seccomp.Resp {
 	if !ok {
 		return seccomp.Continue
 	}
-	if socks, err := unixListenersAt(spec.Path); err != nil || len(socks) == 0 || !seccomp.Valid(g.notifFD, n.ID) {
+	if socks, err := socktab.UnixListenersAt(spec.Path); err != nil || len(socks) == 0 || !seccomp.Valid(g.notifFD, n.ID) {
 		return seccomp.Continue
 	}
 	g.l.log.Debug("kept the unix socket the command unlinked: a socket listens there", "path", spec.Path, "pid", n.PID)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
 	"net"
 	"os"
 	"os/exec"
@@ -86,41 +85,6 @@ func TestParseFileOwner(t *testing.T) {
 	}
 	if _, err := parseFileOwner("Umask:\t0999\nUid:\t1\t1\t1\t1\nGid:\t1\t1\t1\t1\n"); err == nil {
 		t.Error("parseFileOwner with a non-octal umask: want an error")
-	}
-}
-
-func TestParseUnixDiagMsg(t *testing.T) {
-	ne := binary.NativeEndian
-	msg := func(typ uint8, attrs ...[]byte) []byte {
-		m := make([]byte, unixDiagMsgLen)
-		m[0], m[1], m[2] = unix.AF_UNIX, typ, 10
-		ne.PutUint32(m[4:], 4711)
-		for _, a := range attrs {
-			m = append(m, a...)
-		}
-		return m
-	}
-	attr := func(kind uint16, vals ...uint32) []byte {
-		a := make([]byte, 4+4*len(vals))
-		ne.PutUint16(a[0:], uint16(len(a)))
-		ne.PutUint16(a[2:], kind)
-		for i, v := range vals {
-			ne.PutUint32(a[4+4*i:], v)
-		}
-		return a
-	}
-	s, ok := parseUnixDiagMsg(msg(unix.SOCK_STREAM, attr(unixDiagRQLen, 3, 128), attr(unixDiagVFS, 99, 0x800001)))
-	if !ok || s.Inode != 4711 || s.VFSIno != 99 || s.VFSDev != 0x800001 || s.Queued != 3 || s.Net != netUnix {
-		t.Errorf("parseUnixDiagMsg = %+v, %v; want inode 4711, file 99 on 0x800001, 3 queued", s, ok)
-	}
-	if _, ok := parseUnixDiagMsg(msg(unix.SOCK_STREAM, attr(unixDiagRQLen, 0, 0))); ok {
-		t.Error("a socket bound to no file: want it skipped")
-	}
-	if _, ok := parseUnixDiagMsg(msg(unix.SOCK_DGRAM, attr(unixDiagVFS, 99, 1))); ok {
-		t.Error("a datagram socket: want it skipped")
-	}
-	if _, ok := parseUnixDiagMsg(msg(unix.SOCK_STREAM, []byte{200, 0, 1, 0})); ok {
-		t.Error("an attribute longer than the message: want it skipped")
 	}
 }
 

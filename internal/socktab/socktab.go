@@ -1,4 +1,9 @@
-package main
+// Package socktab reads the kernel's socket tables: the listening TCP and
+// unix sockets and the bound UDP ones, with their inodes, addresses, owners
+// and queues, through sock_diag (tens of microseconds) or the /proc/net
+// files (a walk of the kernel's hash tables, and fixtures for tests). Who
+// holds a socket is not here: that is a walk of /proc/PID/fd.
+package socktab
 
 import (
 	"bufio"
@@ -16,11 +21,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A socket is one listening TCP or unix socket, or a bound UDP one: what
+// A Socket is one listening TCP or unix socket, or a bound UDP one: what
 // the kernel's socket tables say of it, before anyone looks for the
 // processes that hold it.
-type socket struct {
-	Net   string // as in portSpec
+type Socket struct {
 	Inode uint64
 	Addr  netip.AddrPort // TCP and UDP
 	UID   uint32         // the owner of the socket's inode: the user who created it
@@ -32,34 +36,9 @@ type socket struct {
 	VFSDev uint32
 }
 
-// targetSockets returns the sockets spec names: TCP listeners, bound UDP
-// sockets, or the unix listener whose file is at spec.Path now.
-func targetSockets(procRoot string, spec portSpec) ([]socket, error) {
-	var socks []socket
-	var err error
-	switch spec.Net {
-	case netUnix:
-		return unixListenersAt(spec.Path)
-	case netUDP:
-		socks, err = udpSockets(procRoot)
-	default:
-		socks, err = listeningSockets(procRoot)
-	}
-	if err != nil {
-		return nil, err
-	}
-	var named []socket
-	for _, s := range socks {
-		if spec.matches(s.Addr) {
-			named = append(named, s)
-		}
-	}
-	return named, nil
-}
-
-// unixListenersAt returns the listening unix socket bound to the file at
+// UnixListenersAt returns the listening unix socket bound to the file at
 // path (none if there is no file, or no listener has it: a stale file).
-func unixListenersAt(path string) ([]socket, error) {
+func UnixListenersAt(path string) ([]Socket, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -75,7 +54,7 @@ func unixListenersAt(path string) ([]socket, error) {
 		return nil, err
 	}
 	dev := uint32(unix.Major(st.Dev))<<20 | uint32(unix.Minor(st.Dev)) // the kernel's MKDEV
-	var at []socket
+	var at []Socket
 	for _, s := range socks {
 		if s.VFSIno == st.Ino && s.VFSDev == dev {
 			at = append(at, s)
@@ -84,9 +63,9 @@ func unixListenersAt(path string) ([]socket, error) {
 	return at, nil
 }
 
-// udpSockets returns the bound, unconnected UDP sockets, as
-// listeningSockets does TCP listeners.
-func udpSockets(procRoot string) ([]socket, error) {
+// UDPBound returns the bound, unconnected UDP sockets, as TCPListeners
+// does TCP listeners.
+func UDPBound(procRoot string) ([]Socket, error) {
 	if procRoot == "/proc" {
 		if socks, err := diagUDP(); err == nil {
 			return socks, nil
@@ -102,13 +81,13 @@ const (
 
 var errMalformed = errors.New("malformed line")
 
-// listeningSockets returns the TCP sockets in the LISTEN state. Under the
+// TCPListeners returns the TCP sockets in the LISTEN state. Under the
 // real /proc it asks the kernel's sock_diag interface, which answers in tens
 // of microseconds; elsewhere, or where sock_diag is missing, it parses
 // procRoot/net/tcp and tcp6, which walks the kernel's whole hash table.
-func listeningSockets(procRoot string) ([]socket, error) {
+func TCPListeners(procRoot string) ([]Socket, error) {
 	if procRoot == "/proc" {
-		socks, err := diagListeners()
+		socks, err := DiagTCPListeners()
 		if err == nil {
 			return socks, nil
 		}
@@ -117,8 +96,8 @@ func listeningSockets(procRoot string) ([]socket, error) {
 }
 
 // readProcNet reads the sockets in state of the /proc/net tables names.
-func readProcNet(procRoot string, names []string, state uint8) ([]socket, error) {
-	var all []socket
+func readProcNet(procRoot string, names []string, state uint8) ([]Socket, error) {
+	var all []Socket
 	for _, name := range names {
 		socks, err := readProcNetTCP(filepath.Join(procRoot, "net", name), state)
 		if errors.Is(err, os.ErrNotExist) {
@@ -135,7 +114,7 @@ func readProcNet(procRoot string, names []string, state uint8) ([]socket, error)
 // readProcNetTCP reads the sockets in state of one /proc/net/tcp-format
 // file. Malformed lines are skipped: the file is read while the kernel
 // changes it, and one bad line must not hide the others.
-func readProcNetTCP(path string, state uint8) ([]socket, error) {
+func readProcNetTCP(path string, state uint8) ([]Socket, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -144,8 +123,8 @@ func readProcNetTCP(path string, state uint8) ([]socket, error) {
 	return parseProcNetTCP(f, state)
 }
 
-func parseProcNetTCP(r io.Reader, state uint8) ([]socket, error) {
-	var socks []socket
+func parseProcNetTCP(r io.Reader, state uint8) ([]Socket, error) {
+	var socks []Socket
 	sc := bufio.NewScanner(r)
 	first := true
 	for sc.Scan() {
@@ -168,28 +147,28 @@ func parseProcNetTCP(r io.Reader, state uint8) ([]socket, error) {
 //	0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 4711 ...
 //
 // It returns the socket and its state.
-func parseProcNetLine(line string) (socket, uint8, error) {
+func parseProcNetLine(line string) (Socket, uint8, error) {
 	f := strings.Fields(line)
 	if len(f) < 10 || !strings.HasSuffix(f[0], ":") {
-		return socket{}, 0, errMalformed
+		return Socket{}, 0, errMalformed
 	}
 	addr, err := parseHexAddrPort(f[1])
 	if err != nil {
-		return socket{}, 0, err
+		return Socket{}, 0, err
 	}
 	state, err := strconv.ParseUint(f[3], 16, 8)
 	if err != nil {
-		return socket{}, 0, fmt.Errorf("state %q: %w", f[3], errMalformed)
+		return Socket{}, 0, fmt.Errorf("state %q: %w", f[3], errMalformed)
 	}
 	uid, err := strconv.ParseUint(f[7], 10, 32)
 	if err != nil {
-		return socket{}, 0, fmt.Errorf("uid %q: %w", f[7], errMalformed)
+		return Socket{}, 0, fmt.Errorf("uid %q: %w", f[7], errMalformed)
 	}
 	inode, err := strconv.ParseUint(f[9], 10, 64)
 	if err != nil {
-		return socket{}, 0, fmt.Errorf("inode %q: %w", f[9], errMalformed)
+		return Socket{}, 0, fmt.Errorf("inode %q: %w", f[9], errMalformed)
 	}
-	return socket{Inode: inode, Addr: addr, UID: uint32(uid)}, uint8(state), nil
+	return Socket{Inode: inode, Addr: addr, UID: uint32(uid)}, uint8(state), nil
 }
 
 // parseHexAddrPort reads "0100007F:1F90": the address as the kernel prints

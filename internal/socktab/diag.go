@@ -1,4 +1,4 @@
-package main
+package socktab
 
 import (
 	"encoding/binary"
@@ -8,21 +8,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// diagListeners asks the kernel for every listening TCP socket through
+// DiagTCPListeners asks the kernel for every listening TCP socket through
 // NETLINK_SOCK_DIAG (inet_diag), for IPv4 and IPv6. Listeners are few, so a
 // dump filtered by state costs tens of microseconds.
-func diagListeners() ([]socket, error) {
+func DiagTCPListeners() ([]Socket, error) {
 	return diagInet(unix.IPPROTO_TCP, tcpStateMask)
 }
 
 // diagUDP asks the kernel for every UDP socket that is bound and not
 // connected: a server's.
-func diagUDP() ([]socket, error) {
+func diagUDP() ([]Socket, error) {
 	return diagInet(unix.IPPROTO_UDP, udpStateMask)
 }
 
-func diagInet(proto uint8, states uint32) ([]socket, error) {
-	var socks []socket
+func diagInet(proto uint8, states uint32) ([]Socket, error) {
+	var socks []Socket
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		var err error
 		socks, err = diagDump(diagRequest(family, proto, states), parseDiagMsg, socks)
@@ -34,7 +34,7 @@ func diagInet(proto uint8, states uint32) ([]socket, error) {
 }
 
 // diagDump sends one sock_diag dump request and parses its answers.
-func diagDump(req []byte, parse func([]byte) (socket, bool), socks []socket) ([]socket, error) {
+func diagDump(req []byte, parse func([]byte) (Socket, bool), socks []Socket) ([]Socket, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
@@ -69,7 +69,7 @@ func diagRequest(family, proto uint8, states uint32) []byte {
 	return b
 }
 
-func readDiagDump(fd int, buf []byte, parse func([]byte) (socket, bool), socks []socket) ([]socket, error) {
+func readDiagDump(fd int, buf []byte, parse func([]byte) (Socket, bool), socks []Socket) ([]Socket, error) {
 	ne := binary.NativeEndian
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
@@ -99,9 +99,9 @@ func readDiagDump(fd int, buf []byte, parse func([]byte) (socket, bool), socks [
 // parseDiagMsg reads a struct inet_diag_msg: family, state, timer, retrans,
 // the socket id (ports big-endian, addresses in network order), expires,
 // rqueue, wqueue, uid, inode.
-func parseDiagMsg(m []byte) (socket, bool) {
+func parseDiagMsg(m []byte) (Socket, bool) {
 	if len(m) < diagMsgLen {
-		return socket{}, false
+		return Socket{}, false
 	}
 	port := binary.BigEndian.Uint16(m[4:])
 	var addr netip.Addr
@@ -111,10 +111,10 @@ func parseDiagMsg(m []byte) (socket, bool) {
 	case unix.AF_INET6:
 		addr = netip.AddrFrom16([16]byte(m[8:24])).Unmap()
 	default:
-		return socket{}, false
+		return Socket{}, false
 	}
 	ne := binary.NativeEndian
-	return socket{
+	return Socket{
 		Addr:   netip.AddrPortFrom(addr, port),
 		Queued: ne.Uint32(m[56:]), // idiag_rqueue: a listener's accept queue
 		UID:    ne.Uint32(m[64:]),
@@ -135,7 +135,7 @@ const (
 // diagUnixListeners asks the kernel for every listening unix stream
 // socket, with the inode and device of the file it is bound to: a path
 // names a socket by that file, whatever name the socket was bound at.
-func diagUnixListeners() ([]socket, error) {
+func diagUnixListeners() ([]Socket, error) {
 	b := make([]byte, nlmsgHdrLen+unixDiagReqLen)
 	ne := binary.NativeEndian
 	ne.PutUint32(b[0:], uint32(len(b)))
@@ -149,12 +149,12 @@ func diagUnixListeners() ([]socket, error) {
 
 // parseUnixDiagMsg reads a struct unix_diag_msg (family, type, state, pad,
 // inode, cookie) and its attributes; sockets bound to no file are skipped.
-func parseUnixDiagMsg(m []byte) (socket, bool) {
+func parseUnixDiagMsg(m []byte) (Socket, bool) {
 	if len(m) < unixDiagMsgLen || m[0] != unix.AF_UNIX || m[1] != unix.SOCK_STREAM {
-		return socket{}, false
+		return Socket{}, false
 	}
 	ne := binary.NativeEndian
-	s := socket{Net: netUnix, Inode: uint64(ne.Uint32(m[4:]))}
+	s := Socket{Inode: uint64(ne.Uint32(m[4:]))}
 	for a := m[unixDiagMsgLen:]; len(a) >= 4; {
 		n := int(ne.Uint16(a[0:]))
 		if n < 4 || n > len(a) {
