@@ -240,7 +240,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	}
 	child := newChild{PID: st.Tgid, UID: st.UID, Exe: procExe("/proc", st.Tgid)}
 	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
-	sw, held, err := g.l.takePort(ctx, g, claim{child: child, sock: sock, addr: addr, spec: spec, install: install})
+	sw, held, err := g.l.takePort(ctx, g, claim{child: child, status: st, sock: sock, addr: addr, spec: spec, install: install})
 	if err != nil {
 		unix.Close(sock)
 		g.l.log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)

@@ -16,10 +16,11 @@ import (
 // A claim is a bind of the command to a --port target, as takePort sees it:
 // an intercepted bind(2), or a socket takeover acquires to pass on.
 type claim struct {
-	child newChild
-	sock  int // takeover's copy of the command's socket (or a new one like it)
-	addr  netip.AddrPort
-	spec  portSpec
+	child  newChild
+	status threadStatus // the binding thread's (none when takeover binds for itself)
+	sock   int          // takeover's copy of the command's socket (or a new one like it)
+	addr   netip.AddrPort
+	spec   portSpec
 	// install puts a handed-over socket where the command will use it, in
 	// place of sock; nil when takeover passes the sockets on itself.
 	install func(old int) error

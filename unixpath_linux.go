@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -41,12 +40,16 @@ func (c claim) bind(sock int) error {
 	return c.bindPath(sock, c.spec.Path)
 }
 
-// bindPath binds sock to path as the claim's process would (bindPathAs).
+// bindPath binds sock to path as the claim's thread would (bindPathAs).
 // A socket takeover binds for itself, to pass on, gets takeover's umask, or
 // c.pathMode where that is set.
 func (c claim) bindPath(sock int, path string) error {
 	if c.child.PID != os.Getpid() {
-		return bindPathAs(sock, path, c.child.PID)
+		owner, err := c.status.fileOwner()
+		if err != nil {
+			return fmt.Errorf("the umask and ids of pid %d: %w", c.child.PID, err)
+		}
+		return bindPathAs(sock, path, owner)
 	}
 	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
 		return err
@@ -60,15 +63,11 @@ func (c claim) bindPath(sock int, path string) error {
 	return nil
 }
 
-// bindPathAs binds sock to path as process pid would: with its filesystem
-// ids and groups, so that the kernel checks its right to create a file in
-// the directory (takeover never binds a path the command could not) and
-// the file is its; and with its umask.
-func bindPathAs(sock int, path string, pid int) error {
-	owner, err := readFileOwner(pid)
-	if err != nil {
-		return fmt.Errorf("read the umask and ids of pid %d: %w", pid, err)
-	}
+// bindPathAs binds sock to path as owner: with its filesystem ids and
+// groups, so that the kernel checks its right to create a file in the
+// directory (takeover never binds a path the command could not) and the
+// file is its; and with its umask.
+func bindPathAs(sock int, path string, owner fileOwner) error {
 	errc := make(chan error, 1)
 	go func() {
 		// Filesystem ids and groups belong to a thread. This one is never
@@ -111,57 +110,6 @@ type fileOwner struct {
 	UID, GID int
 	Groups   []int
 	Umask    uint32
-}
-
-func readFileOwner(pid int) (fileOwner, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return fileOwner{}, err
-	}
-	return parseFileOwner(string(b))
-}
-
-// parseFileOwner reads Umask, the fourth (filesystem) ids of Uid and Gid,
-// and Groups from /proc/PID/status.
-func parseFileOwner(s string) (fileOwner, error) {
-	o := fileOwner{Groups: []int{}}
-	seen := 0
-	for _, line := range strings.Split(s, "\n") {
-		key, val, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(val)
-		var err error
-		switch {
-		case key == "Umask" && len(f) == 1:
-			var m uint64
-			m, err = strconv.ParseUint(f[0], 8, 32)
-			o.Umask = uint32(m)
-			seen |= 1
-		case key == "Uid" && len(f) == 4:
-			o.UID, err = strconv.Atoi(f[3])
-			seen |= 2
-		case key == "Gid" && len(f) == 4:
-			o.GID, err = strconv.Atoi(f[3])
-			seen |= 4
-		case key == "Groups":
-			for _, g := range f {
-				var n int
-				if n, err = strconv.Atoi(g); err != nil {
-					break
-				}
-				o.Groups = append(o.Groups, n)
-			}
-		}
-		if err != nil {
-			return fileOwner{}, fmt.Errorf("status %s: %w", key, errMalformed)
-		}
-	}
-	if seen != 7 {
-		return fileOwner{}, fmt.Errorf("status: %w", errMalformed)
-	}
-	return o, nil
 }
 
 // sideNames counts the side names this takeover has made.
