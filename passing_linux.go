@@ -103,14 +103,10 @@ func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
 	if old == nil || err != nil {
 		return nil, -1, fmt.Errorf("generation %d holds no socket for %s any more (%v)", prev.num, spec, err)
 	}
-	sw := &swap{Spec: spec, Addr: old.addr, Strategy: "handoff", Via: "own-copy", inodes: []uint64{old.inode},
-		Old: []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}}
-	if !prev.hasExited() {
-		sw.OldCmd = commandLine(prev.pid)
-		sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
-		if spec.Net == netUnix {
-			sw.path = keepHandedOver(spec.Path) // no filter here sees the old server's unlink
-		}
+	sw := &swap{Spec: spec, Addr: old.addr, Strategy: "handoff"}
+	prev.replacedIn(sw, old)
+	if spec.Net == netUnix && len(sw.oldProcs) > 0 {
+		sw.path = keepHandedOver(spec.Path) // no filter here sees the old server's unlink
 	}
 	return sw, fd, nil
 }

@@ -117,15 +117,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 // generation, in a reload: from takeover's own copy of its socket.
 func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim, sw *swap, old *heldSock) (*swap, int, error) {
 	prev := g.prev
-	sw.Old = []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}
-	if !prev.hasExited() {
-		// (A restart's prev has died and been reaped: its pid may be
-		// another process's by now, never to be opened.)
-		sw.OldCmd = commandLine(prev.pid)
-		sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
-	}
-	sw.inodes = []uint64{old.inode}
-	sw.Via = "own-copy"
+	prev.replacedIn(sw, old)
 	if l.cfg.Strategy != "rebind" {
 		dup, why := -1, ""
 		if fd, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0); err != nil {
@@ -144,6 +136,20 @@ func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim
 		return l.settled(sw, -1, err)
 	}
 	return sw, c.sock, nil
+}
+
+// replacedIn names, in sw, the generation as the old server whose socket
+// old a newer generation of the same launcher takes: a reload, a restart.
+func (prev *generation) replacedIn(sw *swap, old *heldSock) {
+	sw.Old = []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}
+	if !prev.hasExited() {
+		// (A restart's prev has died and been reaped: its pid may be
+		// another process's by now, never to be opened.)
+		sw.OldCmd = commandLine(prev.pid)
+		sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
+	}
+	sw.inodes = []uint64{old.inode}
+	sw.Via = "own-copy"
 }
 
 // handoffOrFallBack hands old (which it takes over; -1 when there is none,
