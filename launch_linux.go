@@ -29,6 +29,7 @@ type launcher struct {
 	dir  string // runDir
 	self int
 	born uint64 // this process's start time, for its generation records
+	unit string // the systemd unit takeover runs in, or ""
 
 	madeOnce sync.Once // the warning that sockets are made, not copied
 
@@ -45,6 +46,12 @@ type launcher struct {
 	status status        // what --status-file holds
 
 	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise
+
+	// Under systemd: the sockets it passed at start, until the first
+	// generation takes them, and the unit's file descriptor store (nil
+	// when takeover does not run under systemd).
+	inherited *generation
+	store     *fdStore
 }
 
 // forwarded are the signals a launcher passes to its child; HUP is not
@@ -75,7 +82,7 @@ func launch(cfg config, stderr io.Writer) int {
 		return code
 	}
 	st, _ := readStat("/proc", os.Getpid())
-	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start}
+	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start, unit: systemdUnit("/proc", os.Getpid())}
 	l.starter = newStarterState(l)
 	if cfg.PIDFile != "" {
 		if err := writeFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
@@ -126,6 +133,12 @@ func (l *launcher) run(path string) int {
 		l.cleanRunDir()
 	}()
 	l.ctx, l.path, l.locks = ctx, path, locks
+	passed := inheritSockets(l.log, l.cfg.Ports, os.Getenv)
+	if len(passed) > 0 {
+		l.inherited = l.inheritedGeneration(passed)
+		defer l.inherited.closeCopies() // if no generation took them
+	}
+	l.store = newFDStore(l.log, l.unit, passed)
 	l.events = make(chan event, 64)
 	l.byPID = make(map[int]*generation)
 	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
@@ -314,13 +327,18 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	return g, nil
 }
 
+// systemdVars are what systemd tells its service's main process, takeover:
+// the sockets it passed (takeover's now) and its store's size.
+var systemdVars = []string{"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "FDSTORE="}
+
 // commandEnv is the command's environment: takeover's own, less what is
 // takeover's to use (NOTIFY_SOCKET: systemd would ignore messages from a pid
-// that is not the main one) and less drop, plus TAKEOVER_PID and
-// TAKEOVER_GENERATION.
+// that is not the main one; systemdVars) and less drop, plus TAKEOVER_PID
+// and TAKEOVER_GENERATION.
 func (l *launcher) commandEnv(num int, drop []string) []string {
 	env := []string{launcherEnv + "=" + strconv.Itoa(l.self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
 	drop = append(drop, launcherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", shimEnv+"=")
+	drop = append(drop, systemdVars...)
 	for _, kv := range os.Environ() {
 		if !slices.ContainsFunc(drop, func(p string) bool { return strings.HasPrefix(kv, p) }) {
 			env = append(env, kv)

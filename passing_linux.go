@@ -69,7 +69,7 @@ func (l *launcher) passedSockets(ctx context.Context, path string, prev *generat
 		var sw *swap
 		var sock int
 		var err error
-		if prev != nil {
+		if prev != nil && (!prev.inherited || prev.heldForSpec(spec) != nil) {
 			sw, sock, err = inheritSocket(prev, spec)
 		} else {
 			sw, sock, err = l.acquire(ctx, spec, path)
@@ -124,7 +124,7 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 	if err != nil {
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
-	child := newChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.cfg.StartServer != nil}
+	child := newChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.cfg.StartServer != nil, Unit: l.unit}
 	sw, held, err := l.takePort(ctx, &generation{l: l}, claim{child: child, sock: sock, addr: addr, spec: spec, pathMode: l.cfg.socketFileMode()})
 	if err != nil {
 		unix.Close(sock)
@@ -227,8 +227,9 @@ func serverStarterPort(names []string, fds []int) string {
 }
 
 // passedVars are the variables of a parent's socket passing, which the
-// command must not inherit from takeover's own environment.
-var passedVars = []string{"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "SERVER_STARTER_PORT=", "SERVER_STARTER_GENERATION="}
+// command must not inherit from takeover's own environment (systemd's
+// are never passed on: systemdVars).
+var passedVars = []string{"SERVER_STARTER_PORT=", "SERVER_STARTER_GENERATION="}
 
 // abandonAll closes the sockets taken for a generation that will not run,
 // and abandons the swaps that took them.

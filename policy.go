@@ -17,7 +17,8 @@ type newChild struct {
 	PID     int
 	UID     int
 	Exe     string
-	NoForce bool // asked for by start_server, which has no --force
+	NoForce bool   // asked for by start_server, which has no --force
+	Unit    string // the systemd unit the new takeover runs in, or ""
 }
 
 // forceHint says how to replace a holder anyway.
@@ -48,13 +49,29 @@ func mayReplace(procRoot string, t stopTarget, child newChild, what string, forc
 			what, t.Holder.PID, procName(procRoot, t.Holder.PID), st.UID, child.UID, errNotReplaceable, child.forceHint())
 	}
 	if t.Launcher {
-		return nil
+		return otherService(procRoot, t, child, what)
 	}
 	if exe := procExe(procRoot, t.Holder.PID); exe == "" || exe != child.Exe {
 		return fmt.Errorf("%s is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; %s",
 			what, t.Holder.PID, procName(procRoot, t.Holder.PID), exe, child.Exe, errNotReplaceable, child.forceHint())
 	}
 	return nil
+}
+
+// otherService refuses to replace a takeover that a systemd service runs
+// from outside that service: systemd would take the service's end for a
+// stop or a crash, and restart it to take the port back.
+func otherService(procRoot string, t stopTarget, child newChild, what string) error {
+	unit := systemdUnit(procRoot, t.PID)
+	if !strings.HasSuffix(unit, ".service") || unit == child.Unit {
+		return nil
+	}
+	here := "outside any systemd unit"
+	if child.Unit != "" {
+		here = "in " + child.Unit
+	}
+	return fmt.Errorf("%s is served by takeover pid %d of %s, and this takeover runs %s: one port, one service: %w; deploy with `systemctl reload %s`, or stop it first",
+		what, t.PID, unit, here, errNotReplaceable, unit)
 }
 
 // procExe returns the executable a process runs; a binary replaced on disk

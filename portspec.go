@@ -157,6 +157,20 @@ func (p portSpec) fdName() string {
 	return "tcp-" + strconv.Itoa(int(p.Port))
 }
 
+// storeName is the target's name in systemd's file descriptor store
+// (FDNAME=): "tcp-8100", "tcp-127.0.0.1-8100", "udp-8125",
+// "unix-/run/app.sock". systemd refuses ':' in a name.
+func (p portSpec) storeName() string {
+	if p.Net == netUnix {
+		return "unix-" + p.Path
+	}
+	proto := "tcp-"
+	if p.Net == netUDP {
+		proto = "udp-"
+	}
+	return proto + strings.NewReplacer("[", "", "]", "", ":", "-").Replace(p.ipString())
+}
+
 // starterName is the target's name in SERVER_STARTER_PORT, as start_server
 // writes it: "8100", "127.0.0.1:8100", "[::1]:8100", a UDP port the same
 // (start_server drops its "u"), a path as it is.

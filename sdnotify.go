@@ -1,7 +1,7 @@
 package main
 
 import (
-	"net"
+	"fmt"
 	"os"
 	"strconv"
 
@@ -11,23 +11,36 @@ import (
 // sdNotify sends state to the systemd notification socket named by
 // NOTIFY_SOCKET. (false, nil) means not supported: NOTIFY_SOCKET is unset.
 // (false, err) means the message could not be sent. (true, nil) means sent.
-func sdNotify(state string) (bool, error) {
+func sdNotify(state string) (bool, error) { return sdNotifyFDs(state, nil) }
+
+// sdNotifyFDs sends state with fds attached (SCM_RIGHTS), as FDSTORE=1
+// wants them; the fds stay the caller's. Its results are sdNotify's.
+func sdNotifyFDs(state string, fds []int) (bool, error) {
 	path := os.Getenv("NOTIFY_SOCKET")
 	if path == "" {
 		return false, nil
 	}
-	if path[0] == '@' { // an abstract socket
-		path = "\x00" + path[1:]
-	}
-	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	sock, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return false, err
 	}
-	defer conn.Close()
-	if _, err := conn.Write([]byte(state)); err != nil {
-		return false, err
+	defer unix.Close(sock)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	// A leading '@' names an abstract socket, as x/sys/unix takes it too.
+	if err := unix.Sendmsg(sock, []byte(state), oob, &unix.SockaddrUnix{Name: path}, 0); err != nil {
+		return false, fmt.Errorf("send to NOTIFY_SOCKET %s: %w", path, err)
 	}
 	return true, nil
+}
+
+// underSystemd reports whether NOTIFY_SOCKET is systemd's, not that of a
+// takeover this one runs under (which gives its commands TAKEOVER_PID and
+// a NOTIFY_SOCKET of its own, and keeps no file descriptors).
+func underSystemd() bool {
+	return os.Getenv("NOTIFY_SOCKET") != "" && os.Getenv(launcherEnv) == ""
 }
 
 // monotonicUsec is CLOCK_MONOTONIC in microseconds, as RELOADING=1 wants it.

@@ -35,6 +35,7 @@ type swapStatus struct {
 	Address         string  `json:"address"`
 	Strategy        string  `json:"strategy"`
 	Why             string  `json:"why,omitempty"`
+	Via             string  `json:"via,omitempty"`
 	OldPID          int     `json:"old_pid,omitempty"`
 	LookupMS        float64 `json:"lookup_ms"`
 	SignalToFreeMS  float64 `json:"signal_to_free_ms,omitempty"`
@@ -60,7 +61,7 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 	by, readyAt := g.readiedBy()
 	st.ReadyBy = by
 	for _, sw := range swaps {
-		s := swapStatus{Port: sw.Spec.String(), Address: sw.Spec.boundAt(sw.Addr), Strategy: sw.Strategy, Why: sw.Why,
+		s := swapStatus{Port: sw.Spec.String(), Address: sw.Spec.boundAt(sw.Addr), Strategy: sw.Strategy, Why: sw.Why, Via: sw.Via,
 			LookupMS: ms(sw.Lookup), SignalToFreeMS: ms(sw.Free), RefusedWindowMS: ms(sw.Window), TotalMS: ms(readyAt.Sub(sw.Began))}
 		if len(sw.Old) > 0 {
 			s.OldPID = sw.Old[0].Holder.PID

@@ -44,6 +44,7 @@ type generation struct {
 	rolledBack bool                    // stopped for not being ready in time
 	sent       map[syscall.Signal]bool // the signals takeover sent the command
 	notified   bool                    // the command sent READY=1 to its NOTIFY_SOCKET
+	inherited  bool                    // no command: the sockets systemd passed at start (listenfds_linux.go)
 	cleanups   []func()                // run once the command has exited
 }
 
@@ -121,6 +122,7 @@ type heldSock struct {
 	inode  uint64
 	spec   portSpec
 	addr   netip.AddrPort // TCP and UDP
+	via    string         // a socket systemd passed: how (inheritedSock.via)
 }
 
 // A swap is one --port target taken over by a generation.
@@ -238,7 +240,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		g.l.log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
 		return seccomp.Continue
 	}
-	child := newChild{PID: st.Tgid, UID: st.UID, Exe: procExe("/proc", st.Tgid)}
+	child := newChild{PID: st.Tgid, UID: st.UID, Exe: procExe("/proc", st.Tgid), Unit: g.l.unit}
 	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
 	sw, held, err := g.l.takePort(ctx, g, claim{child: child, status: st, sock: sock, addr: addr, spec: spec, install: install})
 	if err != nil {
@@ -340,6 +342,12 @@ func (g *generation) heldFor(spec portSpec, addr netip.AddrPort) *heldSock {
 	return g.heldWhere(func(s *heldSock) bool {
 		return s.spec.Net == spec.Net && (spec.Net == netUnix && s.spec == spec || spec.Net != netUnix && s.addr == addr)
 	})
+}
+
+// heldForSpec returns the generation's socket for the target, at
+// whatever address.
+func (g *generation) heldForSpec(spec portSpec) *heldSock {
+	return g.heldWhere(func(s *heldSock) bool { return s.spec == spec })
 }
 
 func inodeOf(fd int) uint64 {

@@ -17,7 +17,10 @@ import (
 
 func (l *launcher) start(prev *generation) (*generation, error) {
 	path := l.path
-	if prev != nil {
+	if prev == nil && l.inherited != nil {
+		// The first generation: the sockets systemd passed are its own.
+		prev, l.inherited = l.inherited, nil
+	} else if prev != nil {
 		p, code, err := resolveCommand(l.cfg.commandName()) // a new binary on disk is picked up
 		if err != nil {
 			return nil, fmt.Errorf("%w (exit status %d)", err, code)
@@ -113,6 +116,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		g.releaseSwaps()
 		return
 	}
+	l.keepInStore(g)
 	l.notify(fmt.Sprintf("READY=1\nSTATUS=serving: generation %d, pid %d\nMAINPID=%d", g.num, g.pid, l.self))
 	if g.prev != nil {
 		g.prev.closeCopies() // takeover's own copies must not hold a port it rebinds
@@ -159,6 +163,20 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	}
 }
 
+// keepInStore puts g's sockets in systemd's file descriptor store, under
+// systemd, so that a restart of the service or a crash of takeover finds
+// them there; one already stored is not sent again.
+func (l *launcher) keepInStore(g *generation) {
+	if l.store == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.socks {
+		l.store.keep(s.spec.storeName(), s.copyFD, s.inode)
+	}
+}
+
 // logSwap writes the one line that says how a generation took its ports.
 func (l *launcher) logSwap(g *generation, swaps []*swap) {
 	by, readyAt := g.readiedBy()
@@ -174,7 +192,7 @@ func (l *launcher) logSwap(g *generation, swaps []*swap) {
 				a = append(a, "old_launcher", sw.Old[0].PID)
 			}
 		}
-		if sw.Strategy == "handoff" {
+		if sw.Strategy == "handoff" || sw.Via != "" {
 			a = append(a, "via", sw.Via)
 		}
 		if sw.Strategy == "rebind" {

@@ -42,6 +42,10 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 			sw.Lookup = time.Since(began)
 			return l.replaceGeneration(ctx, g, c, sw, old)
 		}
+		if old := g.prev.heldForSpec(c.spec); old != nil && g.prev.inherited {
+			return nil, -1, fmt.Errorf("the socket systemd passed for %s is bound to %s, and the command binds %s: make them the same (the socket unit's ListenStream=, or the command's address) (%w)",
+				c.spec, c.spec.boundAt(old.addr), c.spec.boundAt(c.addr), unix.EADDRINUSE)
+		}
 	}
 	key, what := c.spec.key(), c.spec.describe()
 	var hint []int
@@ -55,7 +59,15 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	}
 	var owners []listener
 	for _, o := range all {
-		if (c.spec.Net == netUnix || conflicts(c.addr, o.Addr)) && !l.ownedBySelf(o) {
+		if c.spec.Net != netUnix && !conflicts(c.addr, o.Addr) {
+			continue
+		}
+		kept := len(o.Holders) > 0
+		o.Holders = slices.DeleteFunc(o.Holders, isServiceManager)
+		if kept && len(o.Holders) == 0 {
+			return nil, -1, fmt.Errorf("%s is held by systemd alone (a socket unit, or a unit's file descriptor store): run this takeover in that unit, which gets the socket passed, and deploy with systemctl reload (%w)", what, unix.EADDRINUSE)
+		}
+		if !l.ownedBySelf(o) {
 			owners = append(owners, o)
 		}
 	}
@@ -118,6 +130,10 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim, sw *swap, old *heldSock) (*swap, int, error) {
 	prev := g.prev
 	prev.replacedIn(sw, old)
+	if prev.inherited {
+		held, err := l.handInherited(g, c, sw, old)
+		return l.settled(sw, held, err)
+	}
 	if l.cfg.Strategy != "rebind" {
 		dup, why := -1, ""
 		if fd, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0); err != nil {
@@ -138,9 +154,29 @@ func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim
 	return sw, c.sock, nil
 }
 
+// handInherited gives the command a socket systemd passed. There is no
+// rebind to fall back on: systemd keeps its copy, so the port never frees.
+func (l *launcher) handInherited(g *generation, c claim, sw *swap, old *heldSock) (int, error) {
+	dup, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("copy the socket systemd passed for %s: %w", c.spec, err)
+	}
+	if why := handoffMismatch(dup, c.sock, c.spec, c.addr); why != "" {
+		unix.Close(dup)
+		return -1, fmt.Errorf("the socket systemd passed for %s does not fit the command's bind: %s (%w)", c.spec, strings.Replace(why, "old socket", "passed socket", 1), unix.EADDRINUSE)
+	}
+	return l.handoff(g, c, sw, dup)
+}
+
 // replacedIn names, in sw, the generation as the old server whose socket
 // old a newer generation of the same launcher takes: a reload, a restart.
+// Sockets systemd passed had no server: only where they came from is said.
 func (prev *generation) replacedIn(sw *swap, old *heldSock) {
+	sw.inodes = []uint64{old.inode}
+	if prev.inherited {
+		sw.Via = old.via
+		return
+	}
 	sw.Old = []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}
 	if !prev.hasExited() {
 		// (A restart's prev has died and been reaped: its pid may be
@@ -148,7 +184,6 @@ func (prev *generation) replacedIn(sw *swap, old *heldSock) {
 		sw.OldCmd = commandLine(prev.pid)
 		sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
 	}
-	sw.inodes = []uint64{old.inode}
 	sw.Via = "own-copy"
 }
 
@@ -210,6 +245,7 @@ func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
 		return l.bindBeside(c, sw)
 	}
 	sw.Strategy = "rebind"
+	l.store.remove(c.spec.storeName()) // systemd's copy would keep the port from freeing
 	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
 	defer cancel()
 	var err error
@@ -287,6 +323,13 @@ func (l *launcher) heldSocket(inode uint64) (int, bool) {
 		}
 	}
 	return -1, false
+}
+
+// isServiceManager reports whether a holder of a socket is systemd (pid 1,
+// or a user's manager), which keeps socket units' sockets and services'
+// stored ones but never accepts on them: not a server to replace or stop.
+func isServiceManager(h holder) bool {
+	return procName("/proc", h.PID) == "systemd"
 }
 
 // ownedBySelf reports whether a listener is this takeover's own: held only

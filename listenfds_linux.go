@@ -1,0 +1,180 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sockets systemd passes to takeover at its start (LISTEN_FDS, from fd 3):
+// those of its file descriptor store, kept from an earlier takeover of the
+// unit (fdstore_linux.go), and those of socket units (ListenStream=,
+// ListenDatagram=). Each that fits a --port or --path is held as a crashed
+// generation's sockets are: the command's bind gets it, and nothing is
+// refused while the command starts.
+
+// An inheritedSock is a socket systemd passed that fits a target.
+type inheritedSock struct {
+	fd    int // close-on-exec, takeover's
+	inode uint64
+	name  string // its LISTEN_FDNAMES name
+	spec  portSpec
+	addr  netip.AddrPort // TCP and UDP
+	via   string         // "fd-store" (a name takeover stores under) or "listen-fds" (a socket unit, systemd-socket-activate)
+}
+
+// listenFDsStart is the first fd systemd passes (SD_LISTEN_FDS_START).
+const listenFDsStart = 3
+
+// inheritSockets takes the sockets passed to this process as LISTEN_FDS
+// that fit targets. The rest are closed, each with a warning that names
+// it. LISTEN_PID must be this process: otherwise the variables are for
+// someone else and are left alone. The caller unsets LISTEN_* for the
+// command either way.
+func inheritSockets(log *slog.Logger, targets specList, env func(string) string) []inheritedSock {
+	count, pid := env("LISTEN_FDS"), env("LISTEN_PID")
+	if count == "" {
+		return nil
+	}
+	if pid != strconv.Itoa(os.Getpid()) {
+		log.Debug("LISTEN_FDS is not for this process; ignored", "listen_pid", pid, "pid", os.Getpid())
+		return nil
+	}
+	n, err := strconv.Atoi(count)
+	if err != nil || n < 0 || n > 1024 {
+		log.Warn("LISTEN_FDS is not a count of file descriptors; ignored", "listen_fds", count)
+		return nil
+	}
+	names := strings.Split(env("LISTEN_FDNAMES"), ":")
+	var got []inheritedSock
+	for i := range n {
+		fd, name := listenFDsStart+i, ""
+		if i < len(names) {
+			name = names[i]
+		}
+		s, err := classifyPassed(fd, name, targets, got)
+		if err != nil {
+			log.Warn("a socket systemd passed is refused", "fd", fd, "name", name, "err", err)
+			if fdOpen(fd) {
+				unix.Close(fd)
+			}
+			continue
+		}
+		log.Debug("holding a socket systemd passed", "fd", fd, "name", name, "target", s.spec.String(), "via", s.via)
+		got = append(got, s)
+	}
+	return got
+}
+
+// classifyPassed says which target the passed fd is for, or why it is
+// refused: not open, not a socket, of no target's kind or address, or the
+// same socket as one already taken.
+func classifyPassed(fd int, name string, targets specList, taken []inheritedSock) (inheritedSock, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return inheritedSock{}, fmt.Errorf("LISTEN_FDS counts fd %d, which is not open: %w", fd, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return inheritedSock{}, fmt.Errorf("fd %d is not a socket", fd)
+	}
+	unix.CloseOnExec(fd) // the command gets what it binds, never a stray copy
+	for _, t := range taken {
+		if t.inode == st.Ino {
+			return inheritedSock{}, fmt.Errorf("fd %d is the socket of fd %d again", fd, t.fd)
+		}
+	}
+	kind, addr, path, err := passedKind(fd)
+	if err != nil {
+		return inheritedSock{}, fmt.Errorf("fd %d: %w", fd, err)
+	}
+	for _, spec := range targets {
+		if passedFits(spec, kind, addr, path) {
+			via := "listen-fds"
+			if name == spec.storeName() {
+				via = "fd-store"
+			}
+			if hasSocketFor(taken, spec, addr) {
+				return inheritedSock{}, fmt.Errorf("fd %d (%s) is a second socket for %s", fd, kind, spec)
+			}
+			return inheritedSock{fd: fd, inode: st.Ino, name: name, spec: spec, addr: addr, via: via}, nil
+		}
+	}
+	return inheritedSock{}, fmt.Errorf("fd %d (%s) fits no --port or --path of this takeover (%s)", fd, kind, targets.String())
+}
+
+// hasSocketFor reports whether a socket for spec at addr was taken already.
+func hasSocketFor(taken []inheritedSock, spec portSpec, addr netip.AddrPort) bool {
+	for _, t := range taken {
+		if t.spec == spec && t.addr == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// passedKind describes a passed socket: "TCP 127.0.0.1:8100" (listening),
+// "UDP [::]:8125", "unix /run/app.sock"; a stream socket that does not
+// listen, and other kinds, are errors.
+func passedKind(fd int) (kind string, addr netip.AddrPort, path string, err error) {
+	typ, err1 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	family, err2 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	sa, err3 := unix.Getsockname(fd)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return "", addr, "", fmt.Errorf("cannot read the socket's type and address")
+	}
+	if typ == unix.SOCK_STREAM {
+		if v, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v == 0 {
+			return "", addr, "", fmt.Errorf("a %s stream socket that does not listen", familyName(family))
+		}
+	}
+	switch {
+	case family == unix.AF_UNIX && typ == unix.SOCK_STREAM:
+		u, _ := sa.(*unix.SockaddrUnix)
+		if u == nil || u.Name == "" || u.Name[0] == '@' {
+			return "", addr, "", fmt.Errorf("a unix socket with no path")
+		}
+		return "unix " + u.Name, addr, u.Name, nil
+	case (family == unix.AF_INET || family == unix.AF_INET6) && (typ == unix.SOCK_STREAM || typ == unix.SOCK_DGRAM):
+		addr = addrPortOf(sa)
+		proto := "TCP"
+		if typ == unix.SOCK_DGRAM {
+			proto = "UDP"
+		}
+		return proto + " " + addr.String(), addr, "", nil
+	}
+	return "", addr, "", fmt.Errorf("a socket of family %s and type %d, which no target has", familyName(family), typ)
+}
+
+// passedFits reports whether a passed socket of kind at addr or path is
+// one the target names.
+func passedFits(spec portSpec, kind string, addr netip.AddrPort, path string) bool {
+	switch {
+	case spec.Net == netUnix:
+		return path != "" && samePathName(spec.Path, path)
+	case spec.Net == netUDP:
+		return strings.HasPrefix(kind, "UDP ") && spec.matches(addr)
+	}
+	return strings.HasPrefix(kind, "TCP ") && spec.matches(addr)
+}
+
+func fdOpen(fd int) bool {
+	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	return err == nil
+}
+
+// inheritedGeneration stands for what held the sockets systemd passed: a
+// generation that has exited, holding them, as a crashed one would. The
+// first generation takes them from it.
+func (l *launcher) inheritedGeneration(socks []inheritedSock) *generation {
+	g := &generation{l: l, pid: 0, pidfd: -1, inherited: true, exited: make(chan struct{}), socks: make(map[sockKey]*heldSock)}
+	close(g.exited)
+	for _, s := range socks {
+		g.socks[sockKey{0, s.fd}] = &heldSock{copyFD: s.fd, inode: s.inode, spec: s.spec, addr: s.addr, via: s.via}
+	}
+	return g
+}

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestUnitOfCgroup(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"cgroup2", "0::/system.slice/app.service\n", "app.service"},
+		{"hybrid", "12:pids:/system.slice/app.service\n1:name=systemd:/system.slice/app.service\n0::/system.slice/app.service\n", "app.service"},
+		{"template", "0::/system.slice/system-takeover.slice/takeover@web.service\n", "takeover@web.service"},
+		{"transient", "0::/system.slice/run-u12.service\n", "run-u12.service"},
+		{"session", "0::/user.slice/user-0.slice/session-3.scope\n", "session-3.scope"},
+		{"no systemd", "0::/\n", ""},
+		{"v1 controller only", "4:memory:/docker/abc.service\n", ""},
+		{"truncated", "0::", ""},
+		{"empty", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := unitOfCgroup(tt.in); got != tt.want {
+				t.Errorf("unitOfCgroup(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestStoreName(t *testing.T) {
+	tests := []struct{ spec, want string }{
+		{"8100", "tcp-8100"},
+		{"127.0.0.1:8100", "tcp-127.0.0.1-8100"},
+		{"[::1]:8100", "tcp---1-8100"},
+		{"udp:8125", "udp-8125"},
+	}
+	for _, tt := range tests {
+		spec, err := parsePortSpec(tt.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := spec.storeName(); got != tt.want || strings.Contains(got, ":") {
+			t.Errorf("storeName(%s) = %q, want %q (systemd refuses ':')", tt.spec, got, tt.want)
+		}
+	}
+	path, _ := parsePathSpec("/run/app.sock")
+	if got := path.storeName(); got != "unix-/run/app.sock" {
+		t.Errorf("storeName(--path /run/app.sock) = %q", got)
+	}
+}
+
+// TestClassifyPassed: each kind of fd systemd may pass is taken for the
+// right target or refused with a reason; never a socket of the wrong kind.
+func TestClassifyPassed(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	tcpFD := fileFD(t, ln.(*net.TCPListener))
+	udp, err := net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	udpFD := fileFD(t, udp.(*net.UDPConn))
+	unbound, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	defer unix.Close(unbound)
+	unix.Bind(unbound, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+	sockPath := filepath.Join(t.TempDir(), "app.sock")
+	uln, err := net.Listen("unix", sockPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uln.Close()
+	unixFD := fileFD(t, uln.(*net.UnixListener))
+	file, _ := os.Open("/dev/null")
+	defer file.Close()
+	closed, _ := unix.Dup(int(file.Fd()))
+	unix.Close(closed)
+
+	tcp, _ := parsePortSpec(fmt.Sprintf("127.0.0.1:%d", port))
+	other, _ := parsePortSpec(strconv.Itoa(port + 1))
+	udpSpec, _ := parsePortSpec(fmt.Sprintf("udp:%d", port))
+	path, _ := parsePathSpec(sockPath)
+	targets := specList{tcp, udpSpec, path}
+
+	tests := []struct {
+		name     string
+		fd       int
+		fdName   string
+		targets  specList
+		taken    []inheritedSock
+		wantSpec portSpec
+		wantVia  string
+		wantErr  string
+	}{
+		{name: "tcp from a socket unit", fd: tcpFD, fdName: "app.socket", targets: targets, wantSpec: tcp, wantVia: "listen-fds"},
+		{name: "tcp from the store", fd: tcpFD, fdName: tcp.storeName(), targets: targets, wantSpec: tcp, wantVia: "fd-store"},
+		{name: "udp", fd: udpFD, targets: targets, wantSpec: udpSpec, wantVia: "listen-fds"},
+		{name: "unix path", fd: unixFD, targets: targets, wantSpec: path, wantVia: "listen-fds"},
+		{name: "udp for a tcp target", fd: udpFD, targets: specList{tcp}, wantErr: "fits no --port or --path"},
+		{name: "another port", fd: tcpFD, targets: specList{other}, wantErr: "fits no --port or --path"},
+		{name: "stream socket that does not listen", fd: unbound, targets: targets, wantErr: "does not listen"},
+		{name: "not a socket", fd: int(file.Fd()), targets: targets, wantErr: "not a socket"},
+		{name: "not open", fd: closed, targets: targets, wantErr: "not open"},
+		{name: "the same socket twice", fd: tcpFD, targets: targets, taken: []inheritedSock{{fd: 99, inode: inodeOf(tcpFD)}}, wantErr: "socket of fd 99 again"},
+		{name: "a second socket for a target", fd: tcpFD, targets: targets, taken: []inheritedSock{{fd: 99, spec: tcp, addr: netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", port))}}, wantErr: "second socket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := classifyPassed(tt.fd, tt.fdName, tt.targets, tt.taken)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("classifyPassed = %+v, %v; want an error with %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.spec != tt.wantSpec || got.via != tt.wantVia || got.inode != inodeOf(tt.fd) {
+				t.Errorf("classifyPassed = %+v, want spec %v via %s", got, tt.wantSpec, tt.wantVia)
+			}
+		})
+	}
+}
+
+// fileFD returns a close-on-exec fd of its own for a listener.
+func fileFD(t *testing.T, l interface{ File() (*os.File, error) }) int {
+	t.Helper()
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return int(f.Fd())
+}
+
+// TestListenFDsNotOurs: variables whose LISTEN_PID is another process's are
+// ignored, and are never passed on to the command.
+func TestListenFDsNotOurs(t *testing.T) {
+	got := inheritSockets(slog.New(slog.DiscardHandler), nil, func(k string) string {
+		return map[string]string{"LISTEN_FDS": "1", "LISTEN_PID": "1"}[k]
+	})
+	if got != nil {
+		t.Fatalf("inheritSockets took %v for LISTEN_PID=1", got)
+	}
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	cmd := exec.Command(takeoverBin(t), "--port", addr, "--", "/bin/sh", "-c", `echo "env LISTEN_FDS=$LISTEN_FDS LISTEN_PID=$LISTEN_PID FDSTORE=$FDSTORE"; exec "$0" "$1"`, os.Args[0], addr)
+	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "LISTEN_FDS=2", "LISTEN_PID=1", "LISTEN_FDNAMES=a:b", "FDSTORE=8")
+	r := startRun(t, cmd)
+	if line := r.line(t); line != "env LISTEN_FDS= LISTEN_PID= FDSTORE=" {
+		t.Errorf("the command saw %q, want systemd's variables unset", line)
+	}
+	waitServing(t, addr)
+}
+
+// TestSocketActivate: systemd's own tool (no systemd as PID 1) passes a
+// socket; takeover gives it to an unmodified server at its bind, and one
+// that fits no target is closed with a warning that names it.
+func TestSocketActivate(t *testing.T) {
+	requireTool(t, "systemd-socket-activate")
+	requireTool(t, "python3")
+	port, spare := freePort(t), freePort(t)
+	addr := "127.0.0.1:" + port
+	cmd := exec.Command("systemd-socket-activate", "-l", addr, "-l", "127.0.0.1:"+spare, "--fdname=web:spare",
+		takeoverBin(t), "--port", addr, "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", t.TempDir(), port)
+	r := startRun(t, cmd)
+	// systemd-socket-activate starts takeover at the first connection;
+	// until the server accepts, the connection waits in the queue. Before
+	// it has bound, connects are refused.
+	var body string
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		body, err = get(addr, "/")
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("GET through the activated socket: %v\n%s", err, r.stderr)
+	}
+	if !strings.Contains(body, "Directory listing") {
+		t.Errorf("answer %q is not python's", body)
+	}
+	r.waitLog(t, "via=listen-fds")
+	r.waitLog(t, `a socket systemd passed is refused" fd=4 name=spare`)
+	if strings.Contains(r.stderr.String(), "strategy=fresh") {
+		t.Errorf("the server bound a socket of its own:\n%s", r.stderr)
+	}
+}
+
+// TestFDStoreAcrossCrash imitates systemd's store with a NOTIFY_SOCKET of
+// the test's own: takeover stores its socket once its server is ready; a
+// takeover killed with SIGKILL leaves it there, and the next one, given it
+// as LISTEN_FDS, serves on it: a connect made in between waits in the
+// queue and is answered.
+func TestFDStoreAcrossCrash(t *testing.T) {
+	dir := t.TempDir()
+	notifyPath := filepath.Join(dir, "notify")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	spec, _ := parsePortSpec(addr)
+
+	cmd := exec.Command(takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
+	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "NOTIFY_SOCKET="+notifyPath)
+	first := startRun(t, cmd)
+	stored := -1
+	for stored < 0 {
+		msg, fds := readNotify(t, notify)
+		if strings.Contains(msg, "FDSTORE=1") {
+			if msg != "FDSTORE=1\nFDNAME="+spec.storeName() || len(fds) != 1 {
+				t.Fatalf("store message %q with %d fds", msg, len(fds))
+			}
+			stored = fds[0]
+		}
+	}
+	defer unix.Close(stored)
+	if kind, _, _, err := passedKind(stored); err != nil || kind != "TCP "+addr {
+		t.Fatalf("stored socket is %q (%v), want TCP %s", kind, err, addr)
+	}
+	server := childOf(t, first, addr)
+	first.cmd.Process.Kill()
+	first.wait(t)
+	syscall.Kill(server, syscall.SIGKILL) // as KillMode=mixed does once the main process is gone
+	waitGone(t, server)
+
+	// The port is kept by the store alone: a connect waits in its queue.
+	answered := make(chan error, 1)
+	go func() { _, err := get(addr, "/"); answered <- err }()
+
+	f := os.NewFile(uintptr(stored), "stored")
+	next := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$@"`, "sh", takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
+	next.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "LISTEN_FDS=1", "LISTEN_FDNAMES="+spec.storeName())
+	next.ExtraFiles = []*os.File{f}
+	r := startRun(t, next)
+	if err := <-answered; err != nil {
+		t.Fatalf("the connect made while no server ran failed: %v\n%s", err, r.stderr)
+	}
+	r.waitLog(t, "via=fd-store")
+	if s := r.stderr.String(); strings.Contains(s, "refused") || strings.Contains(s, "strategy=fresh") {
+		t.Errorf("the stored socket was not used:\n%s", s)
+	}
+}
+
+// readNotify reads one message from a NOTIFY_SOCKET, with the fds it carries.
+func readNotify(t *testing.T, c *net.UnixConn) (string, []int) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4*8))
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		t.Fatalf("no message on NOTIFY_SOCKET: %v", err)
+	}
+	return string(buf[:n]), receivedFDs(oob[:oobn])
+}
