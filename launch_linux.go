@@ -314,6 +314,9 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		var ws syscall.WaitStatus
 		syscall.Wait4(pid, &ws, 0, nil)
 		closeNotify(notify)
+		if ws.Signaled() && ws.Signal() == unix.SIGSYS {
+			err = fmt.Errorf("%w: the shim was killed by SIGSYS: a seccomp filter around takeover forbids a system call it needs (under systemd, SystemCallFilter= must allow seccomp: add `SystemCallFilter=seccomp pidfd_getfd`)", err)
+		}
 		return nil, err
 	}
 	seccomp.SyncWakeUp(notifFD)

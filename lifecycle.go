@@ -240,13 +240,16 @@ func (m *lifecycle) onStop(ev event) (int, bool) {
 			m.state = stopping
 		}
 		if m.cur != nil {
-			m.sup.signal(m.cur, ev.sig)
+			// Passed on, and bounded by --kill-timeout: a supervisor's own
+			// stop timeout (TimeoutStopSec=, docker stop -t), if longer,
+			// then never has to kill takeover.
+			m.sup.stop(m.cur, ev.sig)
 		}
 	}
 	if m.next != nil {
 		// A stop during a reload stops the generation being started too:
 		// nothing may outlive takeover.
-		m.sup.signal(m.next, ev.sig)
+		m.sup.stop(m.next, ev.sig)
 	}
 	return 0, false
 }

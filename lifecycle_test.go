@@ -87,7 +87,7 @@ func TestLifecycle(t *testing.T) {
 		{"first generation ready, then stopped", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evSwapped, gen: 1, state: serving},
-			{ev: evStop, gen: 1, sig: syscall.SIGTERM, calls: []string{"signal 1 terminated"}, state: stopping},
+			{ev: evStop, gen: 1, sig: syscall.SIGTERM, calls: []string{"stop 1 15"}, state: stopping},
 			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: stopping, done: true, code: 0},
 		}},
 		{"first generation exits before ready: a failed start, not retried", policy, []step{
@@ -137,7 +137,7 @@ func TestLifecycle(t *testing.T) {
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evSwapped, gen: 1, state: serving},
 			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
-			{ev: evStop, sig: syscall.SIGTERM, calls: []string{"signal 1 terminated", "signal 2 terminated"}, state: stopping},
+			{ev: evStop, sig: syscall.SIGTERM, calls: []string{"stop 1 15", "stop 2 15"}, state: stopping},
 			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: stopping},
 			{ev: evExited, gen: 2, exit: -15, calls: []string{"release 2"}, state: stopping, done: true, code: 0},
 		}},

@@ -53,7 +53,12 @@ func (l *launcher) stop(g *generation, sig syscall.Signal) {
 		sig = l.cfg.signal()
 	}
 	g.signal(sig)
-	time.AfterFunc(l.cfg.killTimeout(), func() { g.signal(unix.SIGKILL) })
+	time.AfterFunc(l.cfg.killTimeout(), func() {
+		if !g.hasExited() {
+			l.log.Warn("the command did not exit within --kill-timeout of the stop signal; killing it", "pid", g.pid, "signal", unix.SignalName(sig), "kill_timeout", l.cfg.killTimeout())
+			g.signal(unix.SIGKILL)
+		}
+	})
 }
 
 func (l *launcher) completeSwap(g *generation, unlock bool) {

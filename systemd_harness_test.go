@@ -345,8 +345,8 @@ func (b *sdBox) output(ctx context.Context, args ...string) (string, error) {
 // put binaries and configs for the services here (/tmp inside is a fresh tmpfs).
 func (b *sdBox) Share() string { return b.share }
 
-// WriteUnit writes a unit file into the container's /etc/systemd/system and
-// runs daemon-reload. A failure is reported with Errorf on the test that booted
+// WriteUnit writes a unit file (or a drop-in, "UNIT.d/NAME.conf") into the
+// container's /etc/systemd/system and runs daemon-reload. A failure is reported with Errorf on the test that booted
 // the box (safe from its subtests) and also returned, so a caller can stop.
 // Services should begin with sdUnitDefaults.
 func (b *sdBox) WriteUnit(name, text string) error {
@@ -358,8 +358,14 @@ func (b *sdBox) WriteUnit(name, text string) error {
 }
 
 func (b *sdBox) writeUnit(name, text string) error {
-	if name == "" || filepath.Base(name) != name {
-		return fmt.Errorf("unit name %q: not a plain file name", name)
+	dir, file := filepath.Split(name)
+	if file == "" || strings.Contains(file, "..") || (dir != "" && !strings.HasSuffix(dir, ".d/")) || strings.Count(name, "/") > 1 {
+		return fmt.Errorf("unit name %q: not a unit file name, nor UNIT.d/DROPIN.conf", name)
+	}
+	if dir != "" {
+		if err := os.MkdirAll(filepath.Join(b.units, dir), 0o755); err != nil {
+			return err
+		}
 	}
 	if err := os.WriteFile(filepath.Join(b.units, name), []byte(text), 0o644); err != nil {
 		return err
