@@ -253,7 +253,7 @@ func TestDoctorUnprivileged(t *testing.T) {
 	})
 }
 
-func copyFile(t *testing.T, from, to string) {
+func copyFile(t testing.TB, from, to string) {
 	t.Helper()
 	src, err := os.Open(from)
 	if err != nil {

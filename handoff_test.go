@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // drainers are servers that finish requests in flight on SIGTERM: what the
@@ -325,16 +327,28 @@ func listenNotify(t *testing.T, path string) *notifyListener {
 }
 
 // expect reads the next message and checks that it starts with prefix.
+// takeover's FDSTORE=1 messages (a NOTIFY_SOCKET not a takeover's is
+// systemd's to it) are skipped, their sockets closed.
 func (n *notifyListener) expect(t *testing.T, prefix string) {
 	t.Helper()
 	n.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
-	buf := make([]byte, 4096)
-	k, err := n.conn.Read(buf)
-	if err != nil {
-		t.Fatalf("waiting for %s: %v", prefix, err)
-	}
-	if msg := string(buf[:k]); !strings.HasPrefix(msg, prefix) {
-		t.Fatalf("notification %q, want %s", msg, prefix)
+	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4*8))
+	for {
+		k, oobn, _, _, err := n.conn.ReadMsgUnix(buf, oob)
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", prefix, err)
+		}
+		for _, fd := range receivedFDs(oob[:oobn]) {
+			unix.Close(fd)
+		}
+		msg := string(buf[:k])
+		if strings.HasPrefix(msg, "FDSTORE=1\n") {
+			continue
+		}
+		if !strings.HasPrefix(msg, prefix) {
+			t.Fatalf("notification %q, want %s", msg, prefix)
+		}
+		return
 	}
 }
 

@@ -6,7 +6,7 @@
 # is replaced --swaps times each way under the same load (takeover probe).
 #
 #   scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N]
-#                    [--crashes N] [--crash-every SECONDS] [--only swaps|crash|ab]
+#                    [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab]
 #
 # Writes bench-out/results.md (a Markdown table) and bench-out/timeline.png
 # (failures and latency across the swaps, drawn by gnuplot). Then the crash
@@ -15,12 +15,15 @@
 # Restart=always does), by start_server, and by takeover, which holds the
 # socket meanwhile: bench-out/crash.md and bench-out/crash.png. Last, ab -n
 # 100000 -c 100 against takeover --strategy handoff while it is replaced
-# again and again, with ab's own lines.
+# again and again, with ab's own lines. --only systemd: `systemctl restart`
+# of a plain service, of takeover without and with systemd's file
+# descriptor store, and `systemctl reload`, under a real systemd 252 booted
+# with systemd-nspawn (BenchmarkSystemdRestart): bench-out/systemd.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 swaps=10 init_delay=1s workers=2 ab_requests=100000 crashes=3 crash_every=3 only=
-usage="usage: scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N] [--crashes N] [--crash-every SECONDS] [--only swaps|crash|ab]"
+usage="usage: scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N] [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab]"
 while [ $# -gt 0 ]; do
   case $1 in
     --swaps) swaps=$2; shift 2 ;;
@@ -33,7 +36,7 @@ while [ $# -gt 0 ]; do
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done
-case $only in ''|swaps|crash|ab) ;; *) echo "--only $only: want swaps, crash or ab" >&2; exit 2 ;; esac
+case $only in ''|swaps|crash|systemd|ab) ;; *) echo "--only $only: want swaps, crash, systemd or ab" >&2; exit 2 ;; esac
 case $crashes in ''|*[!0-9]*) echo "--crashes $crashes: want a number from 1 to 100" >&2; exit 2 ;; esac
 if [ "$crashes" -lt 1 ] || [ "$crashes" -gt 100 ]; then echo "--crashes $crashes: want a number from 1 to 100" >&2; exit 2; fi
 case $crash_every in ''|*[!0-9]*) echo "--crash-every $crash_every: want whole seconds from 1 to 60" >&2; exit 2 ;; esac
@@ -47,6 +50,7 @@ command -v ab >/dev/null || need+=(apache2-utils)
 command -v start_server >/dev/null || need+=(libserver-starter-perl)
 command -v gnuplot >/dev/null || need+=(gnuplot-nox)
 command -v lsof >/dev/null || need+=(lsof)
+if want systemd; then command -v systemd-nspawn >/dev/null || need+=(systemd-container); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq </dev/null >/dev/null
@@ -259,6 +263,13 @@ PY
   plot_timelines "$out/crash.png" "Each request over time while the server is killed (SIGKILL) $crashes times (init delay $init_delay)" \
     "$out/crash-" "restart-loop start_server takeover"
   echo "wrote $out/crash.md and $out/crash.png"
+fi
+if want systemd; then
+  echo
+  echo "== under systemd 252 (systemd-nspawn): systemctl restart x3 and reload x3 under 2 clients"
+  go test -count=1 -run '^$' -bench BenchmarkSystemdRestart -benchtime 1x . | grep '^|' > "$out/systemd.md"
+  cat "$out/systemd.md"
+  echo "wrote $out/systemd.md"
 fi
 want ab || exit 0
 
