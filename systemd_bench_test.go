@@ -50,10 +50,9 @@ func BenchmarkSystemdRestart(b *testing.B) {
 			r.r.longestRefused().Round(time.Millisecond), maxLatency(r.r).Round(time.Millisecond))
 	}
 	fmt.Print(out.String())
-	for _, r := range rows {
-		if strings.HasPrefix(r.name, "(c)") {
-			b.ReportMetric(float64(r.r.Refused), "refused/"+strings.Fields(r.name)[len(strings.Fields(r.name))-1])
-		}
+	if len(rows) == 4 {
+		b.ReportMetric(float64(rows[2].r.Refused), "refused-restart")
+		b.ReportMetric(float64(rows[3].r.Refused), "refused-reload")
 	}
 }
 
