@@ -29,7 +29,7 @@ const sdStartDelay = "1s"
 // /usr/local/bin/takeover (where contrib's units expect it), the test binary
 // at /share/test-helper, and contrib/systemd's units in
 // /etc/systemd/system, with the harness's defaults as a drop-in.
-func sdInstall(t *testing.T, b *sdBox) {
+func sdInstall(t testing.TB, b *sdBox) {
 	t.Helper()
 	copyFile(t, takeoverBin(t), filepath.Join(b.Share(), "takeover"))
 	self, _ := os.Executable()
@@ -53,7 +53,7 @@ func sdInstall(t *testing.T, b *sdBox) {
 }
 
 // sdPut writes text at path inside the box.
-func sdPut(t *testing.T, b *sdBox, path, text string) {
+func sdPut(t testing.TB, b *sdBox, path, text string) {
 	t.Helper()
 	tmp := filepath.Join(b.Share(), strings.ReplaceAll(strings.Trim(path, "/"), "/", "_"))
 	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
@@ -72,7 +72,7 @@ type sdService struct {
 
 // sdDemo configures takeover@NAME to run the demo server, which takes
 // sdStartDelay to start, on a free port; flags are more TAKEOVER_FLAGS.
-func sdDemo(t *testing.T, b *sdBox, name, flags string) *sdService {
+func sdDemo(t testing.TB, b *sdBox, name, flags string) *sdService {
 	t.Helper()
 	addr := "127.0.0.1:" + freePort(t)
 	sdPut(t, b, "/etc/takeover/"+name+".conf", fmt.Sprintf(
@@ -214,6 +214,7 @@ func TestSystemd(t *testing.T) {
 	sdInstall(t, b)
 	t.Run("lifecycle", func(t *testing.T) { sdLifecycle(t, b, "web") })
 	t.Run("stop", func(t *testing.T) { sdStop(t, b) })
+	t.Run("sockets-systemd", func(t *testing.T) { sdPassing(t, b) })
 	t.Run("socket-unit", func(t *testing.T) { sdSocketUnit(t, b) })
 	t.Run("no-fd-store", func(t *testing.T) { sdNoStore(t, b) })
 	t.Run("two-services", func(t *testing.T) { sdTwoServices(t, b) })
@@ -310,6 +311,34 @@ func sdLifecycle(t *testing.T, b *sdBox, name string) {
 	report(t, "kill -9 of takeover (Restart=on-failure)", r)
 	if r.Refused != 0 {
 		t.Errorf("kill -9 of takeover: %d refused, want 0", r.Refused)
+	}
+}
+
+// sdPassing: README's --sockets systemd unit, the server taking LISTEN_FDS
+// from takeover (as gunicorn does), reloaded and restarted under load.
+func sdPassing(t *testing.T, b *sdBox) {
+	name := "passing"
+	addr := "127.0.0.1:" + freePort(t)
+	sdPut(t, b, "/etc/takeover/"+name+".conf", fmt.Sprintf(
+		"PORT=%s\nCOMMAND=/share/test-helper %s\nTAKEOVER_FLAGS=--sockets systemd\nTAKEOVER_TEST_HELPER=activated\n", addr, addr))
+	s := &sdService{b: b, unit: "takeover@" + name + ".service", addr: addr}
+	t.Cleanup(func() { b.Systemctl("stop", s.unit) })
+	s.ctl(t, "start")
+	load := startSdLoad(s.addr)
+	load.waitRequests(300)
+	s.ctl(t, "reload")
+	s.waitGeneration(t, 2)
+	for range 2 {
+		load.waitRequests(300)
+		s.ctl(t, "restart")
+	}
+	r := load.stop()
+	report(t, "--sockets systemd: a reload and 2 restarts", r)
+	if r.failedRequests() != 0 {
+		t.Errorf("--sockets systemd: %d of %d failed (%d refused), want 0", r.failedRequests(), r.Requests, r.Refused)
+	}
+	if j := b.Journal(s.unit); !strings.Contains(j, "via=fd-store") {
+		t.Errorf("a restart did not pass the stored socket:\n%s", j)
 	}
 }
 
