@@ -52,6 +52,8 @@ type launcher struct {
 	// when takeover does not run under systemd).
 	inherited *generation
 	store     *fdStore
+
+	detachedUntil time.Time // --detach-on-stop: the front has gone (detach_linux.go); l.mu
 }
 
 // forwarded are the signals a launcher passes to its child; HUP is not
@@ -69,6 +71,13 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.Command == nil {
 		return 0 // --help
+	}
+	if cfg.DetachOnStop > 0 && os.Getenv(frontEnv) == "" {
+		if underSystemd() {
+			fmt.Fprintln(stderr, "takeover: --detach-on-stop does not work under systemd: KillMode=mixed or control-group SIGKILLs the detached launcher with the rest of the unit; use the unit's file descriptor store (FileDescriptorStoreMax=8) instead, see README's Under systemd")
+			return exitLauncher
+		}
+		return runFront(args, stderr)
 	}
 	return launch(cfg, stderr)
 }
@@ -141,6 +150,9 @@ func (l *launcher) run(path string) int {
 	l.store = newFDStore(l.log, l.unit, passed)
 	l.events = make(chan event, 64)
 	l.byPID = make(map[int]*generation)
+	if front := frontPipe(); front != nil {
+		go l.watchFront(front)
+	}
 	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
 	if err := m.begin(); err != nil {
 		if errors.Is(err, seccomp.ErrUnavailable) {

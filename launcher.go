@@ -31,6 +31,7 @@ type config struct {
 	Sockets       string        // intercept, systemd or server-starter; intercept
 	ReadyTimeout  time.Duration // from a generation's start to ready, else rolled back; 60s, or --bind-timeout + 30s if longer
 	LockTimeout   time.Duration // how long to wait for another takeover of the port; see lockTimeout
+	DetachOnStop  time.Duration // 0: a stop is a stop; else serve on, detached, this long (detach_linux.go)
 	Restart       string        // on-failure, always or never; on-failure
 	MaxRestarts   int           // restarts within RestartWindow before giving up; 5
 	RestartWindow time.Duration // 60s
@@ -187,6 +188,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.RestartWindow, "restart-window", defaultRestartWindow, "the window --max-restarts counts in")
 	fs.DurationVar(&c.RestartDelay, "restart-delay", restartFirst, "the first back-off before a restart; each next one is 1.5 times longer, up to 15s")
 	fs.DurationVar(&c.LockTimeout, "lock-timeout", 0, "give up waiting for another takeover of the port after this long (default --ready-timeout + --kill-old-delay + --kill-timeout + 10s)")
+	fs.DurationVar(&c.DetachOnStop, "detach-on-stop", 0, "on a stop signal, exit 0 at once and serve on, detached, until a newer takeover replaces this one or this long has passed (for runit, daemontools, s6, supervisord; not systemd); 0: a stop is a stop")
 	fs.StringVar(&c.PIDFile, "pid-file", "", "write takeover's pid to this file")
 	fs.StringVar(&c.StatusFile, "status-file", "", "write the generation, child pid, ports and last swap here (JSON, atomically)")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -221,6 +223,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("--ready-timeout %v: must be more than 0", c.ReadyTimeout)
 	case c.LockTimeout < 0:
 		return c, fmt.Errorf("--lock-timeout %v: must be more than 0", c.LockTimeout)
+	case c.DetachOnStop < 0 || c.DetachOnStop > maxDetach:
+		return c, fmt.Errorf("--detach-on-stop %v: want a duration from 0 (off) to %v", c.DetachOnStop, maxDetach)
 	}
 	switch c.Ready {
 	case readyAccept, readyListen, readyNotify, readyInterval:

@@ -171,6 +171,9 @@ type genRecord struct {
 	Launcher      int    `json:"launcher_pid"`
 	LauncherStart uint64 `json:"launcher_start"`
 	Child         int    `json:"child_pid,omitempty"`
+	// DetachedUntil: the supervisor stopped the launcher with
+	// --detach-on-stop; it serves until then unless replaced.
+	DetachedUntil *time.Time `json:"detached_until,omitempty"`
 }
 
 func recordPath(dir, key string) string {

@@ -19,6 +19,9 @@ type status struct {
 	LastSwap    []swapStatus `json:"last_swap"`
 	Restarts    int          `json:"restarts"`
 	LastRestart *restartInfo `json:"last_restart,omitempty"`
+	// DetachedUntil: stopped by its supervisor with --detach-on-stop, the
+	// launcher serves until then, unless a newer takeover replaces it.
+	DetachedUntil *time.Time `json:"detached_until,omitempty"`
 }
 
 // restartInfo is the status file's account of the last crash.

@@ -34,6 +34,9 @@ type whoStop struct {
 	Launcher bool   `json:"managed_by_takeover"`
 	ForPID   int    `json:"for_pid"`
 	Refused  string `json:"refused,omitempty"` // why this process is never signalled
+	// DetachedLeft: a launcher its supervisor stopped (--detach-on-stop)
+	// serves this many more seconds, unless a newer takeover replaces it.
+	DetachedLeft float64 `json:"detached_seconds_left,omitempty"`
 }
 
 // runWho implements `takeover who [--json] PORTSPEC...`. It returns the exit
@@ -102,6 +105,9 @@ func describe(procRoot string, spec portSpec, l listener, launchers []int) whoLi
 		if err := t.forbidden(procRoot); err != nil {
 			s.Refused = err.Error()
 		}
+		if r, ok := readRecord(runDir(), spec.key()); ok && t.Launcher && r.Launcher == t.PID && r.DetachedUntil != nil {
+			s.DetachedLeft = max(time.Until(*r.DetachedUntil).Round(time.Second).Seconds(), 0)
+		}
 		w.Stop = append(w.Stop, s)
 	}
 	return w
@@ -144,6 +150,9 @@ func printWho(w io.Writer, specs specList, out []whoListener) {
 			switch {
 			case s.Refused != "":
 				fmt.Fprintf(w, "  takeover would not signal pid %d: %s\n", s.PID, s.Refused)
+			case s.Launcher && s.DetachedLeft > 0:
+				fmt.Fprintf(w, "  takeover would signal pid %d, the takeover launcher managing pid %d, detached by its supervisor: it stops its server in %v unless a newer takeover replaces it\n",
+					s.PID, s.ForPID, time.Duration(s.DetachedLeft)*time.Second)
 			case s.Launcher && s.PID != s.ForPID:
 				fmt.Fprintf(w, "  takeover would signal pid %d, the takeover launcher managing pid %d\n", s.PID, s.ForPID)
 			case s.Launcher:

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// --detach-on-stop: under a supervisor that restarts a service by stopping
+// the pid it started and starting the command again (runit, daemontools,
+// s6, supervisord), the old server must keep serving until the new
+// takeover replaces it. So the process the supervisor starts is a front:
+// it runs the launcher as a child in a session of its own, passes it every
+// signal but a stop, and on a stop exits 0 at once. The launcher, which
+// holds everything (the generation, its sockets, the seccomp listener,
+// the run-directory record, the unix socket newer takeovers ask), sees the
+// front go (its pipe's end closes) and serves on, detached, until a newer
+// takeover replaces it as usual, or for at most the given duration; then
+// it stops the server as a stop signal would have.
+
+// frontEnv names, in the launcher's environment, the fd of the pipe whose
+// other end the front holds.
+const frontEnv = "TAKEOVER_FRONT_FD"
+
+// maxDetach bounds --detach-on-stop.
+const maxDetach = time.Hour
+
+// runFront starts the launcher with the same arguments behind a front and
+// returns the exit status the front should exit with: the launcher's own,
+// or 0 when a stop signal detached it.
+func runFront(args []string, stderr io.Writer) int {
+	r, w, err := os.Pipe()
+	if err != nil {
+		fmt.Fprintf(stderr, "takeover: --detach-on-stop: %v\n", err)
+		return exitLauncher
+	}
+	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.Args[0] = os.Args[0]
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, stderr
+	cmd.ExtraFiles = []*os.File{r}
+	cmd.Env = append(os.Environ(), frontEnv+"=3")
+	// A session of its own: a signal to the supervisor's process group
+	// (a terminal's ^C, supervisord's stopasgroup) does not reach it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, forwarded...)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(stderr, "takeover: --detach-on-stop: start the launcher: %v\n", err)
+		return exitLauncher
+	}
+	r.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		select {
+		case sig := <-sigs:
+			if isStopSignal(sig) {
+				// The launcher serves on, detached; the supervisor may start
+				// the next takeover at once.
+				w.Close()
+				return 0
+			}
+			cmd.Process.Signal(sig) // pidfd-backed: never another process
+		case err := <-exited:
+			w.Close()
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+					return 128 + int(ws.Signal())
+				}
+				return ee.ExitCode()
+			}
+			if err != nil {
+				return exitLauncher
+			}
+			return 0
+		}
+	}
+}
+
+// frontPipe returns the launcher's end of its front's pipe, or nil when
+// it runs without a front. The variable is takeover's own: never passed on.
+func frontPipe() *os.File {
+	v := os.Getenv(frontEnv)
+	if v == "" {
+		return nil
+	}
+	os.Unsetenv(frontEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil
+	}
+	unix.CloseOnExec(fd)
+	relayOutput(1)
+	relayOutput(2)
+	return os.NewFile(uintptr(fd), "front")
+}
+
+// relayOutput puts a pipe at fd (1 or 2), for the launcher and its
+// commands, and copies what comes through it to where fd went before. A
+// supervisor closes its end of a stopped service's output (supervisord
+// does): the detached launcher and its server must not die of SIGPIPE for
+// it, so from the first failed write on, output is dropped.
+func relayOutput(fd int) {
+	orig, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		unix.Close(orig)
+		return
+	}
+	if err := unix.Dup3(int(w.Fd()), fd, 0); err != nil {
+		unix.Close(orig)
+		r.Close()
+		w.Close()
+		return
+	}
+	w.Close()
+	go func() {
+		buf := make([]byte, 32<<10)
+		broken := false
+		for {
+			n, err := r.Read(buf)
+			if err != nil {
+				return
+			}
+			if !broken {
+				// fd orig is not 1 or 2: a closed reader gives EPIPE, not
+				// the signal.
+				_, err := unix.Write(orig, buf[:n])
+				broken = err != nil
+			}
+		}
+	}()
+}
+
+// watchFront waits for the front to go and then detaches: the launcher
+// serves on for at most --detach-on-stop, and then, unless a newer
+// takeover has replaced it or is starting (it holds the port lock), stops
+// the server with --signal, as a stop signal would have.
+func (l *launcher) watchFront(front *os.File) {
+	var b [1]byte
+	front.Read(b[:]) // EOF: the front exited, or was killed
+	front.Close()
+	until := time.Now().Add(l.cfg.DetachOnStop)
+	l.setDetached(until)
+	l.log.Info("the supervisor stopped takeover; serving on, detached, until a newer takeover replaces this one",
+		"pid", l.self, "for_at_most", l.cfg.DetachOnStop)
+	time.Sleep(l.cfg.DetachOnStop)
+	for l.lockWanted() {
+		time.Sleep(100 * time.Millisecond) // a newer takeover is starting: its swap will replace us
+	}
+	l.log.Info("no newer takeover came within --detach-on-stop: stopping the server", "detach_on_stop", l.cfg.DetachOnStop)
+	l.events <- event{kind: evStop, sig: l.cfg.signal()}
+}
+
+// lockWanted reports whether another takeover holds one of our targets'
+// port locks: a newer one starting, which will replace this one.
+func (l *launcher) lockWanted() bool {
+	for _, key := range l.keys() {
+		f, err := os.OpenFile(lockPath(l.dir, key), os.O_RDWR, 0)
+		if err != nil {
+			continue
+		}
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		owner := readLockOwner(f)
+		f.Close() // releases the lock if we got it
+		if errors.Is(err, unix.EWOULDBLOCK) && owner.PID != l.self {
+			return true
+		}
+	}
+	return false
+}
+
+// setDetached records, for `takeover who` and --status-file, until when the
+// detached launcher serves.
+func (l *launcher) setDetached(until time.Time) {
+	l.mu.Lock()
+	l.detachedUntil = until
+	l.status.DetachedUntil = &until
+	if l.cfg.StatusFile != "" {
+		l.flushStatus()
+	}
+	l.mu.Unlock()
+	for _, key := range l.keys() {
+		if r, ok := readRecord(l.dir, key); ok && r.Launcher == l.self {
+			r.DetachedUntil = &until
+			writeRecord(l.dir, key, r)
+		}
+	}
+}
