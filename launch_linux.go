@@ -194,6 +194,9 @@ func (l *launcher) run(path string) int {
 					"pids", fmt.Sprint(left))
 			}
 		}
+		if m.state == replaced && l.self == 1 {
+			return l.standBy(sigs, exits)
+		}
 		return code
 	}
 }

@@ -293,11 +293,14 @@ func stopTargets(procRoot string, l listener, launchers []int) []stopTarget {
 func launcherAbove(procRoot string, pid int, launchers []int) int {
 	for range maxDepth {
 		ppid, err := readPPID(procRoot, pid)
-		if err != nil || ppid <= 1 {
+		if err != nil || ppid == 0 {
 			return 0
 		}
 		if slices.Contains(launchers, ppid) {
-			return ppid
+			return ppid // PID 1 too, when it is a takeover: a container's entrypoint
+		}
+		if ppid == 1 {
+			return 0
 		}
 		pid = ppid
 	}
@@ -324,7 +327,9 @@ var errNeverSignal = errors.New("never signalled")
 // forbidden says why t must never be signalled, or nil: pid 1, and this
 // process's own ancestors (a takeover run from the service's own shell).
 func (t stopTarget) forbidden(procRoot string) error {
-	if t.PID == 1 {
+	if t.PID == 1 && !t.Launcher {
+		// A takeover that is PID 1 (a container's entrypoint) is replaced
+		// as any takeover is; it stays, as PID 1 must (pid1_linux.go).
 		return fmt.Errorf("pid 1 is the init process: %w", errNeverSignal)
 	}
 	if t.PID == os.Getpid() || isAncestor(procRoot, t.PID, os.Getpid()) {
