@@ -235,7 +235,10 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 			stored = fds[0]
 		}
 	}
-	defer unix.Close(stored)
+	// One owner of the fd: an os.File closes it when collected, so a raw
+	// close as well would close some later fd of the test's.
+	f := os.NewFile(uintptr(stored), "stored")
+	defer f.Close()
 	if kind, _, _, err := passedKind(stored); err != nil || kind != "TCP "+addr {
 		t.Fatalf("stored socket is %q (%v), want TCP %s", kind, err, addr)
 	}
@@ -249,7 +252,6 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 	answered := make(chan error, 1)
 	go func() { _, err := get(addr, "/"); answered <- err }()
 
-	f := os.NewFile(uintptr(stored), "stored")
 	next := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$@"`, "sh", takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
 	next.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "LISTEN_FDS=1", "LISTEN_FDNAMES="+spec.storeName())
 	next.ExtraFiles = []*os.File{f}
