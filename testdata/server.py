@@ -21,7 +21,15 @@ class Server(http.server.ThreadingHTTPServer):
 
 host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
 srv = Server((host, int(sys.argv[1])), Handler)
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
 print(f"listening {host}:{sys.argv[1]}", flush=True)
-srv.serve_forever(poll_interval=0.05)
+# TERM is taken by sigwait in the main thread, never by a handler: a
+# handler that starts a thread (to call shutdown) can run while the main
+# thread holds one of threading's locks, and then both wait for ever. The
+# mask is set before any thread starts, so every thread inherits it.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+serving = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+serving.start()
+signal.sigwait({signal.SIGTERM})
+srv.shutdown()
+serving.join()
 srv.server_close()

@@ -32,13 +32,21 @@ try:
 except FileNotFoundError:
     pass
 srv = Server(path, Handler)
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
-signal.signal(signal.SIGUSR1, fail)
 if failfile and os.path.exists(failfile):
     time.sleep(0.3)  # bound and listening, never accepting
     fail()
 print(f"listening {path}", flush=True)
-srv.serve_forever(poll_interval=0.05)
+# The signals are taken by sigwait in the main thread, never by a handler:
+# a handler that starts a thread (to call shutdown) can run while the main
+# thread holds one of threading's locks, and then both wait for ever. The
+# mask is set before any thread starts, so every thread inherits it.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1})
+serving = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+serving.start()
+if signal.sigwait({signal.SIGTERM, signal.SIGUSR1}) == signal.SIGUSR1:
+    fail()
+srv.shutdown()
+serving.join()
 srv.server_close()
 try:
     os.unlink(path)
