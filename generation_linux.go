@@ -11,10 +11,14 @@ import (
 
 // handedOverFromRunning reports whether g took a socket over from a server
 // that still runs: one a rebind has not stopped already (a handoff, or a
-// rename over a unix path).
+// rename over a unix path). A generation with no socket to take over
+// (start_server with no --port) replaces the one before it, if it runs.
 func (g *generation) handedOverFromRunning() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if len(g.swaps) == 0 {
+		return g.prev != nil && !g.prev.inherited && !g.prev.hasExited()
+	}
 	for _, sw := range g.swaps {
 		if (sw.Strategy == "handoff" || sw.Strategy == "rename") && len(sw.oldProcs) > 0 {
 			return true

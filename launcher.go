@@ -128,6 +128,11 @@ func (c config) restartPolicy() restartPolicy {
 	if p.Window == 0 {
 		p.Window = defaultRestartWindow
 	}
+	if c.StartServer != nil {
+		// start_server's rule: a worker that dies before it has lived
+		// --interval is started again every --interval.
+		p.RetryEvery, p.MaxRetries = c.interval(), c.StartServer.MaxRetries
+	}
 	return p
 }
 

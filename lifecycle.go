@@ -25,10 +25,14 @@ const (
 	restarting                  // the next generation starts after a crash, the sockets held
 	stopping                    // a stop signal was passed on: waiting for the command
 	replaced                    // a newer takeover took the ports: waiting for the command, then exit 0
+	// start_server's retries (restartPolicy.RetryEvery): a new generation
+	// that died before it was ready is started again.
+	retryingStart  // the first generation died before it was ready: its sockets are held, nothing runs, the next attempt waits
+	retryingReload // a reload's generation died before it was ready: the running one serves, the next attempt waits
 )
 
 func (s lifeState) String() string {
-	return [...]string{"starting", "serving", "reloading", "backing-off", "restarting", "stopping", "replaced"}[s]
+	return [...]string{"starting", "serving", "reloading", "backing-off", "restarting", "stopping", "replaced", "retrying-start", "retrying-reload"}[s]
 }
 
 type lifeEvent int
@@ -44,10 +48,11 @@ const (
 	evDelayDone                    // a reload's --kill-old-delay is over
 	evSwapped                      // a swap completed: its old generation is gone
 	evBackoffDone                  // the back-off before a restart is over
+	evRetryDue                     // the wait before the next attempt at a failed start is over
 )
 
 func (e lifeEvent) String() string {
-	return [...]string{"stop", "replaced", "hup", "signal", "ready", "timed-out", "exited", "delay-done", "swapped", "backoff-done"}[e]
+	return [...]string{"stop", "replaced", "hup", "signal", "ready", "timed-out", "exited", "delay-done", "swapped", "backoff-done", "retry-due"}[e]
 }
 
 // An event is something that happened to the launcher.
@@ -56,7 +61,7 @@ type event struct {
 	g      *generation
 	sig    syscall.Signal
 	status syscall.WaitStatus // evExited
-	seq    int                // evBackoffDone: which back-off
+	seq    int                // evBackoffDone, evRetryDue: which wait
 }
 
 // A supervisor carries out the lifecycle's decisions.
@@ -85,12 +90,20 @@ type supervisor interface {
 	restarting(c crashInfo)
 }
 
-// restartPolicy is --restart, --max-restarts and --restart-window.
+// restartPolicy is --restart, --max-restarts and --restart-window, and
+// start_server's retries.
 type restartPolicy struct {
 	Mode   string // on-failure, always or never
 	Max    int
 	Window time.Duration
 	Delay  time.Duration // the first back-off
+	// RetryEvery is start_server's rule for a new generation that dies
+	// before it is ready (before it has lived --interval): another is
+	// started this long after the one before started, until one lives.
+	// 0: none is; a failed first start ends takeover and a failed reload
+	// leaves the running generation serving (takeover's own rule).
+	RetryEvery time.Duration
+	MaxRetries int // failed attempts in a row retried before giving up; 0: no end
 }
 
 const (
@@ -118,8 +131,9 @@ type lifecycle struct {
 	status     int         // the exit status once the command is gone
 	restarts   []time.Time // within --restart-window
 	backoff    *backoff.ExponentialBackOff
-	seq        int // the current back-off's number
-	crash      crashInfo
+	seq        int       // the current back-off's or retry wait's number
+	crash      crashInfo // the last generation that died and is to be started again
+	retries    int       // attempts at the start or reload under way that died before they were ready
 }
 
 // crashInfo is what the restart log line says of the generation that died.
@@ -152,7 +166,7 @@ func (m *lifecycle) begin() error {
 func (m *lifecycle) handle(ev event) (code int, done bool) {
 	switch ev.kind {
 	case evHUP:
-		m.onHUP()
+		return m.onHUP()
 	case evSignal:
 		if m.cur != nil && m.state != backingOff {
 			m.sup.signal(m.cur, ev.sig)
@@ -180,26 +194,34 @@ func (m *lifecycle) handle(ev event) (code int, done bool) {
 		if m.state == backingOff && ev.seq == m.seq {
 			return m.startRestart()
 		}
+	case evRetryDue:
+		if (m.state == retryingStart || m.state == retryingReload) && ev.seq == m.seq {
+			return m.retryNow()
+		}
 	case evExited:
 		return m.onExited(ev.g, ev.status)
 	}
 	return 0, false
 }
 
-func (m *lifecycle) onHUP() {
+func (m *lifecycle) onHUP() (int, bool) {
 	switch m.state {
 	case serving:
 		if m.swapping {
 			m.pendingHUP = true // one swap at a time
-			return
+			break
 		}
 		m.startReload()
 	case starting, reloading, restarting:
 		m.pendingHUP = true
 	case backingOff:
 		m.log.Info("HUP during the back-off: restarting now")
-		m.startRestart()
+		return m.startRestart()
+	case retryingStart, retryingReload:
+		m.log.Info("HUP while a failed start waits for its retry: starting the next attempt now")
+		return m.retryNow()
 	}
+	return 0, false
 }
 
 func (m *lifecycle) startReload() {
@@ -208,20 +230,21 @@ func (m *lifecycle) startReload() {
 	if err != nil {
 		m.log.Error("reload failed; the running generation keeps serving", "err", err)
 		m.sup.notify("READY=1")
+		m.state = serving
 		return
 	}
 	m.next, m.state, m.nextReady = g, reloading, false
 }
 
 func (m *lifecycle) onStop(ev event) (int, bool) {
-	if m.state == backingOff {
+	if m.state == backingOff || m.state == retryingStart {
 		// Nothing runs: end now. The held sockets close with takeover.
 		m.sup.release(m.dead)
 		if ev.kind == evReplaced {
-			m.log.Info("replaced by a newer takeover during a back-off")
+			m.log.Info("replaced by a newer takeover while nothing ran", "state", m.state)
 			return 0, true
 		}
-		m.log.Info("stopped during a back-off", "status", m.crash.status)
+		m.log.Info("stopped while nothing ran", "state", m.state, "status", m.crash.status)
 		return m.crash.status, true
 	}
 	if ev.kind == evReplaced {
@@ -286,7 +309,7 @@ func (m *lifecycle) oldStopDelay(g *generation) time.Duration {
 }
 
 func (m *lifecycle) completeSwap(g *generation) {
-	m.swapping, m.state = true, serving
+	m.swapping, m.state, m.retries = true, serving, 0
 	m.sup.completeSwap(g, m.locked)
 	m.locked = false
 }
@@ -318,6 +341,9 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		m.next = nil
 		if m.state == stopping || m.state == replaced {
 			return m.status, m.cur == nil
+		}
+		if !g.isRolledBack() && m.retryFailed(g, code, retryingReload) {
+			return 0, false
 		}
 		if !g.isRolledBack() {
 			when := "before it was ready"
@@ -356,7 +382,14 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		m.cur, m.next, m.state = m.next, nil, starting
 		return 0, false
 	case starting:
+		if !g.isRolledBack() && m.retryFailed(g, code, retryingStart) {
+			m.holdSocketsOf(g)
+			return 0, false
+		}
 		m.sup.release(g)
+		if m.dead != nil {
+			m.sup.release(m.dead) // an earlier attempt's
+		}
 		if g.isRolledBack() {
 			return exitNotReady, true
 		}
@@ -392,15 +425,7 @@ func (m *lifecycle) restartFor(g *generation, ws syscall.WaitStatus) bool {
 // gives up after --max-restarts within --restart-window.
 func (m *lifecycle) crashed(g *generation, code int) (int, bool) {
 	now := m.now()
-	switch {
-	case m.dead == nil || m.dead == g:
-		m.dead = g
-	case g.holdsSockets():
-		m.sup.release(m.dead) // its sockets were handed to g, which holds them now
-		m.dead = g
-	default:
-		m.sup.release(g) // it died before it took the sockets over: the older copies stay
-	}
+	m.holdSocketsOf(g)
 	for len(m.restarts) > 0 && now.Sub(m.restarts[0]) > m.policy.Window {
 		m.restarts = m.restarts[1:]
 	}
@@ -426,13 +451,79 @@ func (m *lifecycle) crashed(g *generation, code int) (int, bool) {
 	return 0, false
 }
 
-func (m *lifecycle) startRestart() (int, bool) {
+// holdSocketsOf keeps the sockets of g, which died, for the generation
+// started after it: g's, or an older dead one's that g never took over.
+func (m *lifecycle) holdSocketsOf(g *generation) {
+	switch {
+	case m.dead == nil || m.dead == g:
+		m.dead = g
+	case g.holdsSockets():
+		m.sup.release(m.dead) // its sockets were handed to g, which holds them now
+		m.dead = g
+	default:
+		m.sup.release(g) // it died before it took the sockets over: the older copies stay
+	}
+}
+
+// retryFailed applies start_server's rule to g, a new generation that
+// exited with code before it was ready: unless the policy has no retries,
+// or they are used up (false), the lifecycle waits in state waiting until
+// --interval after g's start, and then starts another attempt (retryNow).
+func (m *lifecycle) retryFailed(g *generation, code int, waiting lifeState) bool {
+	if m.policy.RetryEvery == 0 {
+		return false
+	}
+	if m.policy.MaxRetries > 0 && m.retries >= m.policy.MaxRetries {
+		m.log.Error("the command keeps failing to start: giving up", "generation", g.num, "pid", g.pid, "status", code,
+			"retries", m.retries, "max_restarts", m.policy.MaxRetries)
+		m.retries = 0
+		return false
+	}
+	now := m.now()
+	delay := max(0, m.policy.RetryEvery-g.upFor(now))
+	if m.pendingHUP {
+		m.pendingHUP, delay = false, 0 // the HUP asked for a new generation: this is it
+	}
+	m.retries++
+	m.crash = crashInfo{pid: g.pid, status: code, attempt: m.retries, delay: delay, at: now}
+	msg := "the command exited before it was ready; takeover starts it again, as start_server does"
+	if waiting == retryingReload {
+		msg = "the new generation exited before it was ready; the running one keeps serving, and it is started again, as start_server does"
+	}
+	m.log.Warn(msg, "generation", g.num, "pid", g.pid, "status", code, "attempt", m.retries, "next_in", delay)
+	if waiting == retryingReload {
+		m.sup.notify("READY=1")
+	} else {
+		m.cur = nil
+	}
+	m.state = waiting
+	m.seq++
+	m.sup.after(delay, event{kind: evRetryDue, seq: m.seq})
+	return true
+}
+
+// retryNow starts the next attempt at a failed start: the first
+// generation on the held sockets, or the reload's.
+func (m *lifecycle) retryNow() (int, bool) {
+	m.seq++ // a retry wait still pending is void
+	if m.state == retryingReload {
+		m.startReload()
+		return 0, false
+	}
+	return m.startAgain(starting)
+}
+
+func (m *lifecycle) startRestart() (int, bool) { return m.startAgain(restarting) }
+
+// startAgain starts the command on the sockets m.dead holds, and goes to
+// state then; a command that cannot start ends takeover.
+func (m *lifecycle) startAgain(then lifeState) (int, bool) {
 	g, err := m.sup.start(m.dead)
 	if err != nil {
-		m.log.Error("cannot restart the command", "err", err)
+		m.log.Error("cannot start the command again", "err", err)
 		m.sup.release(m.dead)
 		return exitLauncher, true
 	}
-	m.cur, m.state = g, restarting
+	m.cur, m.state = g, then
 	return 0, false
 }

@@ -79,6 +79,10 @@ func waitStatus(exit int) syscall.WaitStatus {
 
 func TestLifecycle(t *testing.T) {
 	policy := restartPolicy{Mode: "on-failure", Max: 2, Window: time.Minute, Delay: restartFirst}
+	// start_server's: --interval 3s; the fake's generations have run 1s when they exit.
+	retry := restartPolicy{Mode: "always", Max: 2, Window: time.Minute, Delay: restartFirst, RetryEvery: 3 * time.Second}
+	bounded := retry
+	bounded.MaxRetries = 1
 	tests := []struct {
 		name   string
 		policy restartPolicy
@@ -204,6 +208,93 @@ func TestLifecycle(t *testing.T) {
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 2, calls: []string{"notify STATUS=restarting after pid 101 exited with status 2 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
 			{ev: evReplaced, sig: syscall.SIGTERM, calls: []string{"release 1"}, state: backingOff, done: true, code: 0},
+		}},
+		{"start_server: a first start that dies before it is ready is retried every --interval on the held sockets", retry, []step{
+			{ev: evExited, gen: 1, exit: 1, calls: []string{"after 2s retry-due"}, state: retryingStart},
+			{ev: evSignal, sig: syscall.SIGUSR1, state: retryingStart}, // nothing runs to pass it to
+			{ev: evRetryDue, calls: []string{"start 2"}, state: starting},
+			{ev: evExited, gen: 2, exit: 1, hold: true, calls: []string{"after 2s retry-due", "release 1"}, state: retryingStart},
+			{ev: evRetryDue, calls: []string{"start 3"}, state: starting},
+			{ev: evReady, gen: 3, calls: []string{"swap 3 unlock=true"}, state: serving},
+		}},
+		{"start_server: a HUP while a failed first start waits starts the next attempt now", retry, []step{
+			{ev: evExited, gen: 1, exit: 1, calls: []string{"after 2s retry-due"}, state: retryingStart},
+			{ev: evHUP, calls: []string{"start 2"}, state: starting},
+			{ev: evRetryDue, state: starting},
+		}},
+		{"start_server: a HUP during an attempt that then dies makes the next one come at once", retry, []step{
+			{ev: evHUP, state: starting},
+			{ev: evExited, gen: 1, exit: 1, calls: []string{"after 0s retry-due"}, state: retryingStart},
+		}},
+		{"start_server: a stop while a failed first start waits ends takeover at once", retry, []step{
+			{ev: evExited, gen: 1, exit: 2, calls: []string{"after 2s retry-due"}, state: retryingStart},
+			{ev: evStop, sig: syscall.SIGTERM, calls: []string{"release 1"}, state: retryingStart, done: true, code: 2},
+		}},
+		{"start_server: --max-restarts bounds the retries of a first start", bounded, []step{
+			{ev: evExited, gen: 1, exit: 1, calls: []string{"after 2s retry-due"}, state: retryingStart},
+			{ev: evRetryDue, calls: []string{"start 2"}, state: starting},
+			{ev: evExited, gen: 2, exit: 4, calls: []string{"release 2", "release 1"}, state: starting, done: true, code: 4},
+		}},
+		{"start_server: a first start retried that cannot start gives up", retry, []step{
+			{ev: evExited, gen: 1, exit: 1, calls: []string{"after 2s retry-due"}, state: retryingStart},
+			{ev: -1},
+			{ev: evRetryDue, calls: []string{"start: fails", "release 1"}, state: retryingStart, done: true, code: exitLauncher},
+		}},
+		{"start_server: a reload that dies before it is ready is retried every --interval; the running one serves meanwhile", retry, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
+			{ev: evSignal, sig: syscall.SIGUSR1, calls: []string{"signal 1 user defined signal 1"}, state: retryingReload},
+			{ev: evRetryDue, calls: []string{"notify RELOADING=1", "start 3"}, state: reloading},
+			{ev: evExited, gen: 3, exit: 1, calls: []string{"release 3", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 4"}, state: reloading},
+			{ev: evReady, gen: 4, calls: []string{"after 0s delay-done"}, state: reloading},
+			{ev: evDelayDone, gen: 4, calls: []string{"swap 4 unlock=false"}, state: serving},
+		}},
+		{"start_server: a reload that dies during --kill-old-delay is retried too", retry, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evReady, gen: 2, calls: []string{"after 0s delay-done"}, state: reloading},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
+		}},
+		{"start_server: a stop while a reload waits for its retry stops the running one", retry, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
+			{ev: evStop, sig: syscall.SIGTERM, calls: []string{"stop 1 15"}, state: stopping},
+			{ev: evRetryDue, state: stopping},
+			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: stopping, done: true, code: 0},
+		}},
+		{"start_server: the running one dies while a reload waits for its retry: a crash, restarted after a back-off", retry, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
+			{ev: evExited, gen: 1, exit: -9, calls: []string{"notify STATUS=restarting after pid 101 exited with status 137 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+			{ev: evRetryDue, state: backingOff},
+			{ev: evBackoffDone, calls: []string{"start 3"}, state: restarting},
+		}},
+		{"start_server: --max-restarts bounds a reload's retries; the running one keeps serving", bounded, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
+			{ev: evRetryDue, calls: []string{"notify RELOADING=1", "start 3"}, state: reloading},
+			{ev: evExited, gen: 3, exit: 1, calls: []string{"release 3", "notify READY=1"}, state: serving},
+			// The count starts again with the next HUP.
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 4"}, state: reloading},
+			{ev: evExited, gen: 4, exit: 1, calls: []string{"release 4", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
+		}},
+		{"start_server: a reload retried that cannot start leaves the running one serving", retry, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
+			{ev: -1},
+			{ev: evRetryDue, calls: []string{"notify RELOADING=1", "start: fails", "notify READY=1"}, state: serving},
 		}},
 		{"a restart that cannot start gives up", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},

@@ -85,7 +85,9 @@ func (l *launcher) passedSockets(ctx context.Context, path string, prev *generat
 }
 
 // inheritSocket gives a reload's or a restart's generation a copy of the
-// socket prev holds for spec.
+// socket prev holds for spec. A prev that died before it was ready (a
+// failed start, retried) never completed its swap: the new generation
+// takes that swap over, so that it stops the old server prev was to stop.
 func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
 	prev.mu.Lock()
 	var old *heldSock
@@ -99,9 +101,16 @@ func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
 	if old != nil {
 		fd, err = unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
 	}
+	var unfinished *swap
+	if old != nil && err == nil && prev.readyBy == "" && prev.hasExited() {
+		unfinished = prev.takeSwap(spec)
+	}
 	prev.mu.Unlock()
 	if old == nil || err != nil {
 		return nil, -1, fmt.Errorf("generation %d holds no socket for %s any more (%v)", prev.num, spec, err)
+	}
+	if unfinished != nil {
+		return unfinished, fd, nil
 	}
 	sw := &swap{Spec: spec, Addr: old.addr, Strategy: "handoff"}
 	prev.replacedIn(sw, old)
@@ -109,6 +118,19 @@ func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
 		sw.path = keepHandedOver(spec.Path) // no filter here sees the old server's unlink
 	}
 	return sw, fd, nil
+}
+
+// takeSwap moves g's swap of spec, with the old processes it is to stop
+// and its unix path, to a copy the caller owns. g.mu is held.
+func (g *generation) takeSwap(spec portSpec) *swap {
+	for _, sw := range g.swaps {
+		if sw.Spec == spec {
+			c := *sw
+			sw.oldProcs, sw.holders, sw.path = nil, nil, nil
+			return &c
+		}
+	}
+	return nil
 }
 
 // acquire takes spec's listening socket for the first generation, as a

@@ -27,10 +27,14 @@ import (
 // starts a new generation on HUP and stops the old one
 // with --signal-on-hup once the new one has lived --interval seconds;
 // the status file holds start_server's GEN:PID lines; --restart and --stop
-// talk to a running one through --pid-file as start_server's do. What
+// talk to a running one through --pid-file as start_server's do. A worker
+// that dies before it has lived --interval is started again every
+// --interval, at the first start (on the sockets takeover holds) and after
+// a HUP (the running generation serves meanwhile), for ever unless
+// --max-restarts says otherwise; with no --port and no --path, the worker
+// gets an empty SERVER_STARTER_PORT and is supervised all the same. What
 // differs is takeover's: a crashed worker is restarted with back-off on the
-// sockets takeover holds, a failed start is not retried forever, and each
-// swap logs one line.
+// sockets takeover holds, and each swap logs one line.
 
 // serverStarterVersion is the Server::Starter release whose command line
 // this one follows.
@@ -47,6 +51,7 @@ type startServerOpts struct {
 	SignalOnTerm unix.Signal   // --signal-on-term: passed to the command for a TERM to takeover
 	StatusFile   string        // --status-file: GEN:PID lines of the live generations
 	AutoRestart  time.Duration // --enable-auto-restart: reload a generation this old; 0: never
+	MaxRetries   int           // --max-restarts: failed starts in a row retried before giving up; 0: no end
 	// SetUp runs once the first generation's sockets are bound, where
 	// start_server's set-up ends; nil: nothing to do then.
 	SetUp func() error
@@ -313,8 +318,9 @@ const startServerUsage = `Usage:
       start_server --port=8000 -- plackup -s Starlet --max-workers=100 index.psgi
 
 takeover's drop-in for Server::Starter's start_server (` + serverStarterVersion + `): the same
-options, signals and files; takeover holds the sockets, restarts a crashed
-worker on them with back-off, and logs one line per swap.
+options, signals and files; a worker that dies before it has lived --interval
+is started again every --interval, for ever; takeover holds the sockets,
+restarts a crashed worker on them with back-off, and logs one line per swap.
 
 Options:
   --port=(port|host:port|port=fd|host:port=fd)   TCP port to listen to (repeatable);
@@ -323,8 +329,10 @@ Options:
   --path=path               unix socket to listen to (repeatable), passed after the ports;
         its file is made srwxrwxrwx, a stale one there is removed first, and it is
         removed when start_server exits; one a live server listens on is taken over
+        (with no --port and no --path the worker gets an empty SERVER_STARTER_PORT)
   --dir=path                working directory of the server program
-  --interval=seconds        a new worker is started once it has lived this long (default: 1)
+  --interval=seconds        a new worker is started once it has lived this long, and one that
+                            dies before is started again every this long (default: 1)
   --signal-on-hup=Signal    sent to the old worker once the new one started (default: TERM)
   --signal-on-term=Signal   sent to the worker when start_server gets TERM (default: TERM)
   --pid-file=filename       start_server's pid, locked while it runs
@@ -339,6 +347,10 @@ Options:
   --backlog=size            listen backlog (default SOMAXCONN)
   --kill-timeout=seconds    takeover's: SIGKILL an old worker this long after --signal-on-hup
                             (default 10)
+  --max-restarts=N          takeover's: give up after N failed starts in a row (default: never;
+                            at the first start takeover then exits, after a HUP the running
+                            worker keeps serving), and after N restarts of a crashed worker
+                            within 60s (default 5)
   --restart                 HUP the start_server named by --pid-file and wait until only the
                             new generation is left in --status-file
   --stop                    TERM the start_server named by --pid-file and wait for it to exit
@@ -369,6 +381,7 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 	fs.Int("kill-old-delay", 0, "")
 	backlog := fs.Int("backlog", 0, "")
 	killTimeout := fs.Int("kill-timeout", int(defaultKillTimeout/time.Second), "")
+	maxRestarts := fs.Int("max-restarts", 0, "")
 	daemonize := fs.Bool("daemonize", false, "")
 	restart := fs.Bool("restart", false, "")
 	stop := fs.Bool("stop", false, "")
@@ -408,10 +421,10 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 		return fail(exitUsage, "Usage: --log-file option must be specified together with --daemonize")
 	case len(fs.Args()) == 0:
 		return fail(exitUsage, "server program not specified: put it after --, like: start_server --port=8000 -- plackup -s Starlet app.psgi")
-	case len(ports) == 0 && len(paths) == 0:
-		return fail(exitUsage, "no --port or --path: takeover's start_server passes at least one socket; name one, like --port=8000")
 	case *interval < 0 || *backlog < 0 || *killTimeout <= 0:
 		return fail(exitUsage, "--interval and --backlog must not be negative, --kill-timeout must be more than 0")
+	case set["max-restarts"] != "" && (*maxRestarts < 1 || *maxRestarts > 1000):
+		return fail(exitUsage, "--max-restarts=%d: want 1 to 1000 (without it, a failed start is retried for ever, as start_server does)", *maxRestarts)
 	}
 
 	// The options set the environment variables that stand for them, which
@@ -425,7 +438,7 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 			os.Setenv(env, v)
 		}
 	}
-	opts := &startServerOpts{Dir: *dir, EnvDir: os.Getenv("ENVDIR"), Backlog: *backlog, StatusFile: *statusFile}
+	opts := &startServerOpts{Dir: *dir, EnvDir: os.Getenv("ENVDIR"), Backlog: *backlog, StatusFile: *statusFile, MaxRetries: *maxRestarts}
 	if *envDir != "" {
 		opts.EnvDir = *envDir
 	}
@@ -451,7 +464,8 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 	}
 
 	cfg := config{StartServer: opts, Sockets: socketsServerStarter, Ready: readyInterval, Restart: "always",
-		Command: fs.Args(), KillOldDelay: time.Duration(killOldDelay) * time.Second, KillTimeout: time.Duration(*killTimeout) * time.Second}
+		Command: fs.Args(), KillOldDelay: time.Duration(killOldDelay) * time.Second, KillTimeout: time.Duration(*killTimeout) * time.Second,
+		MaxRestarts: *maxRestarts}
 	// --interval 0: ready at once (takeover's zero Interval means 1s).
 	cfg.Interval = max(time.Duration(*interval)*time.Second, time.Nanosecond)
 	cfg.BindTimeout = max(defaultBindTimeout, cfg.KillTimeout+5*time.Second)

@@ -37,8 +37,10 @@ const realStartServer = "/usr/bin/start_server"
 // do, serves HTTP on each stream socket (TCP or unix) and echoes datagrams
 // on each UDP one, and notes to $SSWORKER_LOG its start (cwd and the
 // variables $SSWORKER_SHOW names), every signal it gets, and its exit. It
-// fails at once with SSWORKER_FAIL=1, and exits on TERM, INT and the
-// signals in $SSWORKER_EXIT_ON.
+// fails at once with SSWORKER_FAIL=1 or when its generation is one of
+// $SSWORKER_FAIL_GENS ("1,2"), listens on nothing when SERVER_STARTER_PORT
+// is set and empty, and exits on TERM, INT and the signals in
+// $SSWORKER_EXIT_ON.
 func runStarterWorker() int {
 	gen := os.Getenv("SERVER_STARTER_GENERATION")
 	note := func(format string, a ...any) {
@@ -62,14 +64,17 @@ func runStarterWorker() int {
 	}
 	note("start cwd=%s %s", wd, strings.Join(shown, " "))
 	fmt.Printf("ssworker w%s says hello on stdout\n", gen)
-	if os.Getenv("SSWORKER_FAIL") == "1" {
+	if os.Getenv("SSWORKER_FAIL") == "1" || slices.Contains(strings.Split(os.Getenv("SSWORKER_FAIL_GENS"), ","), gen) {
 		note("fail")
 		return 1
 	}
-	ports, err := parseServerStarterPort(os.Getenv("SERVER_STARTER_PORT"))
-	if err != nil || len(ports) == 0 {
-		note("bad SERVER_STARTER_PORT=%q", os.Getenv("SERVER_STARTER_PORT"))
-		return 1
+	var ports []starterPort
+	if v, ok := os.LookupEnv("SERVER_STARTER_PORT"); !ok || v != "" {
+		var err error
+		if ports, err = parseServerStarterPort(v); err != nil {
+			note("bad SERVER_STARTER_PORT=%q", v)
+			return 1
+		}
 	}
 	srv := newDrainingServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d %s", os.Getpid(), gen)
@@ -199,14 +204,24 @@ type ssRun struct {
 // to its environment and args before the "--".
 func startSS(t *testing.T, impl ssImpl, env []string, args ...string) *ssRun {
 	t.Helper()
+	return startSSOn(t, impl, "127.0.0.1:"+freePort(t), env, args...)
+}
+
+// startSSOn is startSS with --port=addr; with addr "", no --port.
+func startSSOn(t *testing.T, impl ssImpl, addr string, env []string, args ...string) *ssRun {
+	t.Helper()
 	dir := t.TempDir()
-	r := &ssRun{impl: impl, dir: dir, addr: "127.0.0.1:" + freePort(t),
+	r := &ssRun{impl: impl, dir: dir, addr: addr,
 		status: filepath.Join(dir, "status"), pidFile: filepath.Join(dir, "pid"),
 		log: filepath.Join(dir, "workers.log"), envdir: filepath.Join(dir, "env"),
 		output: &syncBuffer{}, exited: make(chan struct{})}
 	os.Mkdir(r.envdir, 0o755)
 	self, _ := os.Executable()
-	argv := append([]string{"--port=" + r.addr, "--status-file=" + r.status, "--pid-file=" + r.pidFile, "--envdir=" + r.envdir}, args...)
+	argv := []string{"--status-file=" + r.status, "--pid-file=" + r.pidFile, "--envdir=" + r.envdir}
+	if addr != "" {
+		argv = append([]string{"--port=" + addr}, argv...)
+	}
+	argv = append(argv, args...)
 	if !slices.Contains(args, "--") {
 		argv = append(argv, "--", self)
 	}
@@ -446,41 +461,233 @@ func TestStartServerSignals(t *testing.T) {
 	})
 }
 
-// TestStartServerFailedStart: a new worker that fails to start on HUP (its
-// envdir says so) leaves the old one serving and the status file as it was.
-// start_server tries again every --interval; takeover gives the reload up.
-func TestStartServerFailedStart(t *testing.T) {
+// TestStartServerRetryFirstStart: the first two workers die at once;
+// start_server starts another every --interval until one lives, the
+// socket bound all along: connections made during the retries wait in its
+// accept queue and are answered by the third worker. Each failure is
+// logged once; the status file is written once a worker has lived
+// --interval.
+func TestStartServerRetryFirstStart(t *testing.T) {
 	sideBySide(t, func(t *testing.T, impl ssImpl) string {
-		r := startSS(t, impl, nil)
+		r := startSS(t, impl, []string{"SSWORKER_FAIL_GENS=1,2"})
+		var answers []func() (int, error)
+		for _, gen := range []string{"1", "2"} {
+			r.until(t, "worker "+gen+"'s failure", func() bool { return r.has("fail", gen) })
+			read, err := dialAsk("tcp", r.addr)
+			if err != nil {
+				t.Fatalf("%s: a connect during the retries failed: %v", impl.name, err)
+			}
+			answers = append(answers, read)
+			if r.has("start", "3") {
+				t.Fatalf("%s: worker 3 started before the connect after worker %s's failure: the scenario did not queue it", impl.name, gen)
+			}
+		}
+		during := r.statusText()
 		r.waitOneGen(t, 0)
-		os.WriteFile(filepath.Join(r.envdir, "SSWORKER_FAIL"), []byte("1\n"), 0o644)
-		r.signal(t, syscall.SIGHUP)
-		r.until(t, "failed start seen by the superdaemon", func() bool {
-			out := r.output.String()
-			return strings.Contains(out, "seems to have failed to start") || strings.Contains(out, "reload failed")
-		})
-		status, served, sigs := r.statusText(), r.servedBy(t), r.signals()
-		os.Remove(filepath.Join(r.envdir, "SSWORKER_FAIL"))
+		var answered []string
+		for _, read := range answers {
+			pid, err := read()
+			if err != nil {
+				t.Fatalf("%s: a connection queued during the retries got no answer: %v", impl.name, err)
+			}
+			answered = append(answered, r.worker(pid))
+		}
+		after, served := r.statusText(), r.servedBy(t)
 		r.signal(t, syscall.SIGTERM)
 		code := r.wait(t)
-		old := "w1 got " + fmt.Sprint(r.signalsOf("1"))
-		return fmt.Sprintf("after the failed start: status %q, served by %s, %s\nafter TERM: %s, exit status %d", status, served, firstWorker(sigs), old, code)
+		_, statusErr := os.Stat(r.status)
+		return fmt.Sprintf("workers started: %s\nstatus file during the retries: %s\nconnections made during the retries answered by: %v\nthen: status %q, served by %s\nexit status after TERM: %d, status file left: %v",
+			r.starts(), during, answered, after, served, code, statusErr == nil)
 	})
 }
 
-func firstWorker(sigs string) string {
-	first, _, _ := strings.Cut(sigs, "; ")
-	return first
+// TestStartServerRetryAfterHUP: after a HUP the next two workers die at
+// once; start_server starts another every --interval until one lives, and
+// the running worker serves meanwhile (no request fails) and is stopped
+// once the new one has lived --interval. The HUP is takeover's --restart,
+// against either server: it returns once only the new generation is left.
+// (Debian's --restart waits for exactly the generation after the one
+// listed, which failed here: it would wait for ever.)
+func TestStartServerRetryAfterHUP(t *testing.T) {
+	client := takeoverBin(t)
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		r := startSS(t, impl, []string{"SSWORKER_FAIL_GENS=2,3"})
+		r.waitOneGen(t, 0)
+		var during string
+		restarted := make(chan ctlResult, 1)
+		answered, failed, firstErr := r.askDuring(t, func() (int, error) { return askHTTP("tcp", r.addr) }, func() {
+			go func() {
+				restarted <- runCtl(client, "start-server", "--restart", "--pid-file="+r.pidFile, "--status-file="+r.status)
+			}()
+			r.until(t, "worker 2's failure", func() bool { return r.has("fail", "2") })
+			during = r.statusText()
+		})
+		t.Logf("%s: %d requests failed during the retries (first: %v)", impl.name, failed, firstErr)
+		res := <-restarted
+		if res.err != nil {
+			t.Fatalf("takeover's --restart against %s: %v\n%s", impl.name, res.err, res.out)
+		}
+		after := r.statusText()
+		r.signal(t, syscall.SIGTERM)
+		code := r.wait(t)
+		return fmt.Sprintf("workers started: %s\nstatus file during the retries: %q\nanswered over the retries: %v, failed %d\ntakeover's --restart: exit %d, then status %q\nsignals: %s\nexit status after TERM: %d",
+			r.starts(), during, answered, failed, res.code, after, r.signals(), code)
+	})
 }
 
-func (r *ssRun) signalsOf(gen string) []string {
-	var out []string
+// TestStartServerStopDuringRetries: a worker that never lives is started
+// again every --interval, for ever; --stop (each start_server's own) during
+// the retries stops start_server, which exits 0 and removes its pid file.
+// takeover's stops at once: it starts no worker after the TERM (Debian's
+// starts one more first), and it logged each failure once.
+func TestStartServerStopDuringRetries(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		r := startSS(t, impl, []string{"SSWORKER_FAIL=1"})
+		r.until(t, "two failed workers", func() bool { return r.has("fail", "2") })
+		before := r.starts()
+		res := runCtl(impl.bin, "--stop", "--pid-file="+r.pidFile)
+		if res.err != nil {
+			t.Fatalf("--stop: %v\n%s", res.err, res.out)
+		}
+		code := r.wait(t)
+		t.Logf("%s: workers started before the TERM: %s; by the exit: %s", impl.name, before, r.starts())
+		if impl.name == "takeover" {
+			if after := r.starts(); after != before {
+				t.Errorf("workers started before the TERM: %s; by the exit: %s", before, after)
+			}
+			if fails, said := len(r.eventsOf("fail")), strings.Count(r.output.String(), retryLogged); fails != said {
+				t.Errorf("%d workers failed, %d failures logged:\n%s", fails, said, r.output)
+			}
+		}
+		_, pidErr := os.Stat(r.pidFile)
+		_, statusErr := os.Stat(r.status)
+		return fmt.Sprintf("--stop during the retries: exit %d; start_server's exit status %d; pid file left: %v, status file left: %v",
+			res.code, code, pidErr == nil, statusErr == nil)
+	})
+}
+
+// retryLogged is in takeover's line for each failed start it retries.
+const retryLogged = "as start_server does"
+
+// TestStartServerMaxRestarts: takeover's --max-restarts=2 bounds the
+// retries of a worker that never lives: it is started 3 times, then
+// takeover's start_server gives up, closes the socket (a connect is
+// refused) and exits with the worker's status.
+func TestStartServerMaxRestarts(t *testing.T) {
+	impl := ssImpls(t)[1]
+	r := startSS(t, impl, []string{"SSWORKER_FAIL=1"}, "--max-restarts=2")
+	if code := r.wait(t); code != 1 {
+		t.Errorf("exit status %d, want the worker's 1:\n%s", code, r.output)
+	}
+	if got := r.starts(); got != "w1 w2 w3" {
+		t.Errorf("workers started: %s, want w1 w2 w3", got)
+	}
+	if out := r.output.String(); strings.Count(out, retryLogged) != 2 || !strings.Contains(out, "giving up") {
+		t.Errorf("want two retries logged and the giving up:\n%s", out)
+	}
+	if c, err := net.Dial("tcp", r.addr); err == nil {
+		c.Close()
+		t.Errorf("%s still accepts connections after start_server gave up", r.addr)
+	}
+}
+
+// TestStartServerRetryTakesOver: a takeover start_server started on the
+// --path of a running one, whose first worker dies before it has lived
+// --interval, starts another; the old one serves the path meanwhile and
+// is stopped once the new worker has lived --interval.
+func TestStartServerRetryTakesOver(t *testing.T) {
+	impl := ssImpls(t)[1]
+	path := filepath.Join(t.TempDir(), "app.sock")
+	old := startSS(t, impl, nil, "--path="+path)
+	old.waitOneGen(t, 0)
+	next := startSS(t, impl, []string{"SSWORKER_FAIL_GENS=1"}, "--path="+path)
+	next.until(t, "the new first worker's failure", func() bool { return next.has("fail", "1") })
+	if pid, err := askHTTP("unix", path); err != nil || old.worker(pid) != "w1" {
+		t.Fatalf("during the retries the path is answered by pid %d (%v), not by the old start_server's worker", pid, err)
+	}
+	if code := old.wait(t); code != 0 {
+		t.Fatalf("the old start_server exited %d:\n%s", code, old.output)
+	}
+	next.waitOneGen(t, 0)
+	if pid, err := askHTTP("unix", path); err != nil || next.worker(pid) != "w2" {
+		t.Fatalf("the path is answered by pid %d (%v), not by the new start_server's second worker:\n%s", pid, err, next.output)
+	}
+	if out := next.output.String(); !strings.Contains(out, "strategy=handoff") {
+		t.Errorf("the new start_server did not take the socket over:\n%s", out)
+	}
+}
+
+// TestStartServerNoPort: with no --port and no --path, start_server runs
+// the worker with SERVER_STARTER_PORT set and empty, and supervises it as
+// any other: generation numbers, the status file, HUP, --restart and
+// --stop (each start_server's own).
+func TestStartServerNoPort(t *testing.T) {
+	sideBySide(t, func(t *testing.T, impl ssImpl) string {
+		r := startSSOn(t, impl, "", []string{"SSWORKER_SHOW=SERVER_STARTER_PORT,SERVER_STARTER_GENERATION"})
+		first := r.waitOneGen(t, 0)
+		status := []string{r.statusText()}
+		r.signal(t, syscall.SIGHUP)
+		second := r.waitOneGen(t, first)
+		r.until(t, "old worker's exit", func() bool { return r.has("exit", strconv.Itoa(first)) })
+		status = append(status, r.statusText())
+		restart := runCtl(impl.bin, "--restart", "--pid-file="+r.pidFile, "--status-file="+r.status)
+		status = append(status, r.statusText())
+		r.until(t, "old worker's exit", func() bool { return r.has("exit", strconv.Itoa(second)) })
+		stop := runCtl(impl.bin, "--stop", "--pid-file="+r.pidFile)
+		code := r.wait(t)
+		_, pidErr := os.Stat(r.pidFile)
+		_, statusErr := os.Stat(r.status)
+		var seen []string
+		for _, e := range r.eventsOf("start") {
+			_, vars, _ := strings.Cut(e.rest, " ")
+			seen = append(seen, "w"+e.gen+" "+vars)
+		}
+		return fmt.Sprintf("workers: %s\nstatus: %q, after HUP %q, after --restart (exit %d) %q\n--stop: exit %d, start_server exit %d, pid file left: %v, status file left: %v\nsignals: %s",
+			strings.Join(seen, "; "), status[0], status[1], restart.code, status[2], stop.code, code, pidErr == nil, statusErr == nil, r.signals())
+	})
+}
+
+// starts names the workers started, in order: "w1 w2 w3".
+func (r *ssRun) starts() string {
+	var ws []string
+	for _, e := range r.eventsOf("start") {
+		ws = append(ws, "w"+e.gen)
+	}
+	return strings.Join(ws, " ")
+}
+
+func (r *ssRun) eventsOf(what string) []workerEvent {
+	var out []workerEvent
 	for _, e := range r.events() {
-		if e.gen == gen && e.what == "signal" {
-			out = append(out, e.rest)
+		if e.what == what {
+			out = append(out, e)
 		}
 	}
 	return out
+}
+
+// A ctlResult is how a start_server --restart or --stop ended.
+type ctlResult struct {
+	code int
+	out  string
+	err  error // it could not run, or did not return within 60s
+}
+
+// runCtl runs a start_server client (--restart, --stop) to its end.
+func runCtl(bin string, args ...string) ctlResult {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		return ctlResult{out: string(out), err: fmt.Errorf("%v did not return in 60s", args)}
+	case errors.As(err, &ee):
+		return ctlResult{code: ee.ExitCode(), out: string(out)}
+	case err != nil:
+		return ctlResult{out: string(out), err: err}
+	}
+	return ctlResult{out: string(out)}
 }
 
 // TestStartServerKillOldDelay: with --kill-old-delay=2 both generations are
@@ -533,12 +740,21 @@ func TestStartServerEnvdir(t *testing.T) {
 		write("GREETING", "hello\n")
 		write("EMPTY", "")
 		write(".HIDDEN", "x\n")
+		// Each change is made once the new worker has started, while it has
+		// yet to live --interval: start_server reads the envdir when it
+		// reaps the old worker, and may handle the next HUP in that same
+		// turn of its loop.
+		started := func(gen int) {
+			r.until(t, fmt.Sprintf("worker %d's start", gen), func() bool { return r.has("start", strconv.Itoa(gen)) })
+		}
 		r.signal(t, syscall.SIGHUP)
-		gen = r.waitOneGen(t, gen)
+		started(gen + 1)
 		write("GREETING", "bye\nsecond line\n")
-		r.signal(t, syscall.SIGHUP)
 		gen = r.waitOneGen(t, gen)
+		r.signal(t, syscall.SIGHUP)
+		started(gen + 1)
 		os.Remove(filepath.Join(r.envdir, "GREETING"))
+		gen = r.waitOneGen(t, gen)
 		r.signal(t, syscall.SIGHUP)
 		r.waitOneGen(t, gen)
 		var starts []string
@@ -619,28 +835,20 @@ func TestStartServerRestartStop(t *testing.T) {
 					t.Parallel()
 					r := startSS(t, daemon, nil)
 					r.waitOneGen(t, 0)
-					ctl := func(args ...string) (int, time.Duration) {
-						ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-						defer cancel()
-						began := time.Now()
-						cmd := exec.CommandContext(ctx, client.bin, args...)
-						out, err := cmd.CombinedOutput()
-						var ee *exec.ExitError
-						switch {
-						case ctx.Err() != nil:
-							t.Fatalf("%v did not return in 30s:\n%s", args, out)
-						case errors.As(err, &ee):
-							t.Logf("%v: exit %d:\n%s", args, ee.ExitCode(), out)
-							return ee.ExitCode(), time.Since(began)
-						case err != nil:
-							t.Fatal(err)
+					ctl := func(args ...string) int {
+						res := runCtl(client.bin, args...)
+						if res.err != nil {
+							t.Fatalf("%v\n%s", res.err, res.out)
 						}
-						return 0, time.Since(began)
+						if res.code != 0 {
+							t.Logf("%v: exit %d:\n%s", args, res.code, res.out)
+						}
+						return res.code
 					}
-					code, _ := ctl("--restart", "--pid-file="+r.pidFile, "--status-file="+r.status)
+					code := ctl("--restart", "--pid-file="+r.pidFile, "--status-file="+r.status)
 					status := r.statusText() // at once: --restart returns once it reads so
 					served := r.servedBy(t)
-					stopCode, _ := ctl("--stop", "--pid-file="+r.pidFile)
+					stopCode := ctl("--stop", "--pid-file="+r.pidFile)
 					// The lock goes with the pid file's close, a moment before
 					// the server's exit.
 					select {
@@ -693,7 +901,7 @@ func TestStartServerUnixPath(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		answered, failed, firstErr := r.askDuringHUP(t, func() (int, error) { return askUnix(path) })
+		answered, failed, firstErr := r.askDuringHUP(t, func() (int, error) { return askHTTP("unix", path) })
 		t.Logf("%s: %d requests to %s failed during the HUP swap (first: %v)", impl.name, failed, path, firstErr)
 		if impl.name == "takeover" && failed > 0 {
 			t.Errorf("%d requests to %s failed during the HUP swap; the first: %v", failed, path, firstErr)
@@ -722,7 +930,7 @@ func TestStartServerPathTakenOver(t *testing.T) {
 		t.Fatalf("the old start_server exited %d:\n%s", code, old.output)
 	}
 	next.waitOneGen(t, 0)
-	pid, err := askUnix(path)
+	pid, err := askHTTP("unix", path)
 	if err != nil || next.worker(pid) != "w1" {
 		t.Fatalf("the path is answered by pid %d (%v), not by the new start_server's worker:\n%s", pid, err, next.output)
 	}
@@ -837,6 +1045,13 @@ func (r *ssRun) stopDaemon(t *testing.T, pid int) {
 // first failure.
 func (r *ssRun) askDuringHUP(t *testing.T, ask func() (pid int, err error)) (answered []string, failed int, firstErr error) {
 	t.Helper()
+	return r.askDuring(t, ask, func() { r.signal(t, syscall.SIGHUP) })
+}
+
+// askDuring is askDuringHUP with reload in place of the HUP: what starts
+// a new generation (and whatever is to be seen while it starts).
+func (r *ssRun) askDuring(t *testing.T, ask func() (pid int, err error), reload func()) (answered []string, failed int, firstErr error) {
+	t.Helper()
 	first := r.statusGens()
 	if len(first) != 1 {
 		t.Fatalf("%s: status file lists %v, want one generation", r.impl.name, first)
@@ -872,7 +1087,7 @@ func (r *ssRun) askDuringHUP(t *testing.T, ask func() (pid int, err error)) (ans
 		}
 	}
 	r.until(t, "an answer", seen(1))
-	r.signal(t, syscall.SIGHUP)
+	reload()
 	r.waitOneGen(t, first[0])
 	r.until(t, "old worker's exit", func() bool { return r.has("exit", strconv.Itoa(first[0])) })
 	r.until(t, "an answer from the new worker", seen(2))
@@ -881,29 +1096,42 @@ func (r *ssRun) askDuringHUP(t *testing.T, ask func() (pid int, err error)) (ans
 	return answered, failed, firstErr
 }
 
-// askUnix makes one HTTP request to the unix socket at path and returns
-// the pid that answered.
-func askUnix(path string) (int, error) {
-	c, err := net.DialTimeout("unix", path, 5*time.Second)
+// askHTTP makes one HTTP request to addr (a network's address, a unix
+// socket's path) and returns the pid that answered.
+func askHTTP(network, addr string) (int, error) {
+	read, err := dialAsk(network, addr)
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return read()
+}
+
+// dialAsk connects to addr and sends an HTTP request at once; read reads
+// the answer, later if need be, and returns the pid that answered.
+func dialAsk(network, addr string) (read func() (int, error), err error) {
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
-		return 0, err
+		c.Close()
+		return nil, err
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("%s: %q, %v", resp.Status, b, err)
-	}
-	pid, _, _ := strings.Cut(string(b), " ")
-	return strconv.Atoi(pid)
+	return func() (int, error) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("%s: %q, %v", resp.Status, b, err)
+		}
+		pid, _, _ := strings.Cut(string(b), " ")
+		return strconv.Atoi(pid)
+	}, nil
 }
 
 // askDatagram sends datagram seq over c and returns the pid that echoed
@@ -948,8 +1176,7 @@ func (r *ssRun) starterEnv(names map[string]string) string {
 }
 
 // TestStartServerRefuses: bad input is refused with exit status 2 and a
-// line that says what is wrong, before anything is bound; so is a start
-// with no socket at all, which start_server allows. A file at a --path
+// line that says what is wrong, before anything is bound. A file at a --path
 // that is not a socket is refused (exit status 1), where start_server
 // would remove it.
 func TestStartServerRefuses(t *testing.T) {
@@ -965,7 +1192,7 @@ func TestStartServerRefuses(t *testing.T) {
 		want string
 	}{
 		{[]string{"--port=8000"}, exitUsage, "server program not specified"},
-		{[]string{"--", "true"}, exitUsage, "no --port or --path"},
+		{[]string{"--port=8000", "--max-restarts=0", "--", "true"}, exitUsage, "--max-restarts=0: want 1 to 1000"},
 		{[]string{"--port=8000=4", "--port=8001=4", "--", "true"}, exitUsage, "both ask for fd 4"},
 		{[]string{"--port=8000", "--signal-on-hup=NOPE", "--", "true"}, exitUsage, "--signal-on-hup"},
 		{[]string{"--port=[::1]8000", "--", "true"}, exitUsage, "want PORT, HOST:PORT"},

@@ -153,6 +153,16 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		}
 		cancel()
 	}
+	if len(swaps) == 0 && g.prev != nil && !g.prev.hasExited() {
+		// No socket to take over (start_server with no --port and no
+		// --path): what g replaces is the generation before it, stopped
+		// as a swap stops an old server.
+		l.stop(g.prev, 0)
+		select {
+		case <-g.prev.exited:
+		case <-ctx.Done():
+		}
+	}
 	stopGuards()
 	for i, st := range stop {
 		if n := <-restored[i]; n > 0 {
