@@ -599,7 +599,15 @@ func TestSocketPassingNeedsNoSeccomp(t *testing.T) {
 	outer, inner := freePort(t), freePort(t)
 	addr := "127.0.0.1:" + inner
 	r := startTakeover(t, "activated", "-p", outer, "--", bin, "--sockets", "systemd", "-p", addr, "--", self, addr)
-	waitServing(t, addr)
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, err := get(addr, "/")
+		if err == nil {
+			break
+		}
+		if !r.running() || time.Now().After(deadline) {
+			t.Fatalf("%s does not serve (%v); takeover running: %v\n%s", addr, err, r.running(), r.stderr)
+		}
+	}
 	if !r.running() {
 		t.Fatalf("takeover exited:\n%s", r.stderr)
 	}
