@@ -325,7 +325,7 @@ func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []doctorCheck {
 		getfd.Detail = fmt.Sprintf("cannot copy an fd out of a child (%v): Yama's ptrace_scope is %d (see the Yama line below)", err, pc.scope)
 		getfd.Do = []string{fallback}
 	case pc.seccompFilters > 0:
-		getfd.Detail = fmt.Sprintf("cannot copy an fd out of a child (%v): a seccomp profile around takeover forbids pidfd_getfd, as the default profiles of Docker, containerd, podman and Kubernetes do unless the container has CAP_SYS_PTRACE", err)
+		getfd.Detail = fmt.Sprintf("cannot copy an fd out of a child (%v): a seccomp profile around takeover forbids pidfd_getfd, as the default profiles of Docker, containerd and Kubernetes do unless the container has CAP_SYS_PTRACE (podman's, as Debian ships it, allows it)", err)
 		getfd.Do = []string{
 			"docker run --cap-add SYS_PTRACE (podman: the same); Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]",
 			fallback,

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -503,4 +504,64 @@ func get(addr, path string) (string, error) {
 		return string(b), fmt.Errorf("status %s", resp.Status)
 	}
 	return string(b), err
+}
+
+// A daemonProc is a long-lived process a test harness starts (unshare for
+// systemd-nspawn, dockerd): the leader of its own process group, to be
+// killed as one, and sent SIGTERM (an orderly exit) if the test process dies
+// before it is stopped.
+type daemonProc struct {
+	cmd     *exec.Cmd     // set once started
+	done    chan struct{} // closed once cmd has been reaped (or failed to start)
+	waitErr error         // cmd.Wait's result, set before done is closed
+}
+
+// start starts cmd as the daemonProc.
+func (p *daemonProc) start(cmd *exec.Cmd) error {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	p.done = make(chan struct{})
+	started := make(chan error)
+	go func() {
+		// Pdeathsig fires when the thread that forked ends, and this package
+		// ends threads (goroutines exiting locked, doctor_probe_linux.go):
+		// fork from a thread of our own, kept until the process is reaped.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		defer close(p.done)
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		p.cmd = cmd
+		started <- nil
+		p.waitErr = cmd.Wait()
+	}()
+	return <-started
+}
+
+// exited reports whether the process has been reaped.
+func (p *daemonProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// fileTail is the end of a log file, at most n bytes.
+func fileTail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	off := max(st.Size()-n, 0)
+	buf := make([]byte, st.Size()-off)
+	f.ReadAt(buf, off)
+	return string(buf)
 }

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,10 +59,8 @@ type sdBox struct {
 	cgroups      []string // the cgroups made for nspawn, created in this order
 	logPath      string   // nspawn's stdout and stderr
 
-	cmd      *exec.Cmd     // unshare, exec'ing sh, exec'ing systemd-nspawn: one pid
-	done     chan struct{} // closed once cmd has been reaped
-	waitErr  error         // cmd.Wait's result, set before done is closed
-	bootTime time.Duration // from starting nspawn to running/degraded
+	daemonProc               // unshare, exec'ing sh, exec'ing systemd-nspawn: one pid
+	bootTime   time.Duration // from starting nspawn to running/degraded
 
 	mu   sync.Mutex
 	pid1 int // the container's PID 1 as the host sees it
@@ -92,7 +89,7 @@ func bootSystemd(tb testing.TB, opt sdOptions) *sdBox {
 		}
 	}
 
-	b := &sdBox{tb: tb, name: fmt.Sprintf("takeover-test-%d-%d", os.Getpid(), sdBoots.Add(1)), done: make(chan struct{})}
+	b := &sdBox{tb: tb, name: fmt.Sprintf("takeover-test-%d-%d", os.Getpid(), sdBoots.Add(1))}
 	tb.Cleanup(b.Close) // registered first, so it runs whatever fails below
 	if err := b.prepare(); err != nil {
 		tb.Fatalf("bootSystemd: %v", err)
@@ -103,7 +100,7 @@ func bootSystemd(tb testing.TB, opt sdOptions) *sdBox {
 	}
 	state, err := b.waitBooted(began.Add(sdBootTimeout))
 	if err != nil {
-		tb.Fatalf("bootSystemd %s: %v\nnspawn output (tail):\n%s", b.name, err, b.logTail(4000))
+		tb.Fatalf("bootSystemd %s: %v\nnspawn output (tail):\n%s", b.name, err, fileTail(b.logPath, 4000))
 	}
 	b.bootTime = time.Since(began)
 	if state == "degraded" {
@@ -182,26 +179,7 @@ func (b *sdBox) start(opt sdOptions) error {
 	if !opt.Seccomp {
 		cmd.Env = append(cmd.Env, "SYSTEMD_SECCOMP=0")
 	}
-	// Its own process group, to be killed as one; SIGTERM (an orderly halt)
-	// if this test process dies before Close.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	started := make(chan error)
-	go func() {
-		// Pdeathsig fires when the thread that forked ends, and this package
-		// ends threads (goroutines exiting locked, doctor_probe_linux.go):
-		// fork from a thread of our own, kept until nspawn is reaped.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer close(b.done)
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		b.cmd = cmd
-		started <- nil
-		b.waitErr = cmd.Wait()
-	}()
-	if err := <-started; err != nil {
+	if err := b.daemonProc.start(cmd); err != nil {
 		return fmt.Errorf("start nspawn: %w", err)
 	}
 	return nil
@@ -220,15 +198,6 @@ func sdEnv(env []string) []string {
 		out = append(out, kv)
 	}
 	return out
-}
-
-func (b *sdBox) exited() bool {
-	select {
-	case <-b.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // waitBooted finds the container's PID 1, then waits for the boot to end.
@@ -453,7 +422,7 @@ func (b *sdBox) stop() error {
 		case <-b.done:
 			b.tb.Logf("sdBox %s: stopped in %v", b.name, time.Since(began).Round(time.Millisecond))
 		case <-time.After(sdStopTimeout - time.Since(began)):
-			b.tb.Logf("sdBox %s: not stopped in %v; SIGKILL\nnspawn output (tail):\n%s", b.name, sdStopTimeout, b.logTail(2000))
+			b.tb.Logf("sdBox %s: not stopped in %v; SIGKILL\nnspawn output (tail):\n%s", b.name, sdStopTimeout, fileTail(b.logPath, 2000))
 			// The group's id is nspawn's pid, ours until we reap it.
 			if !b.exited() {
 				syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
@@ -518,7 +487,7 @@ func sdWaitUnpopulated(cg string, timeout time.Duration) error {
 func (b *sdBox) remove() error {
 	var errs []error
 	for i := len(b.cgroups) - 1; i >= 0; i-- {
-		if err := sdRemoveCgroup(b.cgroups[i]); err != nil {
+		if err := removeCgroup(b.cgroups[i]); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -538,58 +507,6 @@ func (b *sdBox) remove() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// sdRemoveCgroup removes a cgroup directory and those below it, deepest first.
-// A cgroup whose last process has just been reaped may still be busy for a
-// moment, hence the short retries.
-func sdRemoveCgroup(cg string) error {
-	var dirs []string
-	err := filepath.WalkDir(cg, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			dirs = append(dirs, path)
-		}
-		return nil
-	})
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		for try := 0; ; try++ {
-			err := unix.Rmdir(dirs[i])
-			if err == nil || errors.Is(err, unix.ENOENT) {
-				break
-			}
-			if !errors.Is(err, unix.EBUSY) || try == 50 {
-				return fmt.Errorf("rmdir %s: %w", dirs[i], err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	return nil
-}
-
-// logTail is the end of nspawn's output.
-func (b *sdBox) logTail(n int64) string {
-	f, err := os.Open(b.logPath)
-	if err != nil {
-		return fmt.Sprintf("(%v)", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return fmt.Sprintf("(%v)", err)
-	}
-	off := max(st.Size()-n, 0)
-	buf := make([]byte, st.Size()-off)
-	f.ReadAt(buf, off)
-	return string(buf)
 }
 
 // TestSystemdHarness checks the harness and the claims PLATFORMS.md makes of
