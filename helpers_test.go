@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -29,7 +30,11 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv("TAKEOVER_TEST_HELPER"); mode != "" {
 		os.Exit(runHelper(mode, os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if binPath != "" { // takeoverBin's build, in a temp dir of its own
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
 }
 
 func runHelper(mode string, args []string) int {
