@@ -264,7 +264,8 @@ func ctrEntrypoint(t *testing.T, rt ctrRuntime, app ctrApp, caps []string) {
 
 // ctrFirstSwap: a server not started under takeover, in a container whose
 // PID 1 is idle, replaced by a takeover started by `exec`: a handoff where
-// pidfd_getfd is allowed, a rebind where it is not; 0 failed either way.
+// pidfd_getfd is allowed (0 failed), a rebind where it is not (what is
+// queued at the old socket's close is reset).
 func ctrFirstSwap(t *testing.T, rt ctrRuntime, app ctrApp, caps []string) {
 	addr := "127.0.0.1:" + ctrPort
 	name := "plain"
@@ -297,8 +298,11 @@ func ctrFirstSwap(t *testing.T, rt ctrRuntime, app ctrApp, caps []string) {
 	if !strings.Contains(logs(), want) {
 		t.Errorf("the first swap: want %s in takeover's log:\n%s", want, logs())
 	}
-	if r.failedRequests() != 0 {
-		t.Errorf("the first swap: %d of %d failed", r.failedRequests(), r.Requests)
+	// A handoff shares the old server's socket: nothing fails. A rebind
+	// cannot copy it: what waits in its queue when the old server closes
+	// it is reset, at most one request per client (2).
+	if allowed := map[bool]int{true: 0, false: 2}[want == "strategy=handoff"]; r.failedRequests() > allowed {
+		t.Errorf("the first swap (%s): %d of %d failed, want at most %d", want, r.failedRequests(), r.Requests, allowed)
 	}
 }
 
