@@ -423,6 +423,28 @@ func ctrMkdirTemp(name string) (string, error) {
 	return dir, nil
 }
 
+// ctrTeardown is the end of a daemon's Close, once its containers are
+// gone: it waits for the processes naming dir to exit on their own,
+// unmounts what is left in dir, releases the fixed host paths and removes
+// dir; every error, with those of the steps before (errs), fails tb.
+func ctrTeardown(tb testing.TB, what, dir string, host []ctrHostDir, errs []error) {
+	if err := ctrWaitProcsGone(dir, ctrGoneTimeout); err != nil {
+		errs = append(errs, err)
+	}
+	if err := ctrUnmountUnder(tb, dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := ctrReleaseHostDirs(tb, host); err != nil {
+		errs = append(errs, err)
+	}
+	if err := ctrRemoveDir(dir); err != nil {
+		errs = append(errs, err)
+	}
+	for _, err := range errs {
+		tb.Errorf("%s: %v", what, err)
+	}
+}
+
 // ---- docker ----
 
 // dockerd is one private Docker daemon. Its methods may be called from any
@@ -664,21 +686,7 @@ func (d *dockerd) Close() {
 		}
 		// containerd and the shims are dockerd's (containerd has its own
 		// process group and a SIGKILL parent-death signal): not ours to signal.
-		if err := ctrWaitProcsGone(d.dir, ctrGoneTimeout); err != nil {
-			errs = append(errs, err)
-		}
-		if err := ctrUnmountUnder(d.tb, d.dir); err != nil {
-			errs = append(errs, err)
-		}
-		if err := ctrReleaseHostDirs(d.tb, d.host); err != nil {
-			errs = append(errs, err)
-		}
-		if err := ctrRemoveDir(d.dir); err != nil {
-			errs = append(errs, err)
-		}
-		for _, err := range errs {
-			d.tb.Errorf("dockerd.Close %s: %v", d.name, err)
-		}
+		ctrTeardown(d.tb, "dockerd.Close "+d.name, d.dir, d.host, errs)
 	})
 }
 
@@ -929,21 +937,7 @@ func (p *podmanEnv) Close() {
 			}
 		}
 		// conmon outlives `rm -f` by a moment, and is podman's: not ours to signal.
-		if err := ctrWaitProcsGone(p.dir, ctrGoneTimeout); err != nil {
-			errs = append(errs, err)
-		}
-		if err := ctrUnmountUnder(p.tb, p.dir); err != nil {
-			errs = append(errs, err)
-		}
-		if err := ctrReleaseHostDirs(p.tb, p.host); err != nil {
-			errs = append(errs, err)
-		}
-		if err := ctrRemoveDir(p.dir); err != nil {
-			errs = append(errs, err)
-		}
-		for _, err := range errs {
-			p.tb.Errorf("podmanEnv.Close %s: %v", p.name, err)
-		}
+		ctrTeardown(p.tb, "podmanEnv.Close "+p.name, p.dir, p.host, errs)
 	})
 }
 
