@@ -43,6 +43,10 @@ func runHelper(mode string, args []string) int {
 		addr = args[0]
 	}
 	switch mode {
+	case "acceptor": // accept on fd 3 from a level-triggered epoll loop, answer "ok", close (fence_bench_test.go)
+		return acceptLoop(3)
+	case "trapped-acceptor": // send a seccomp listener that traps accept(2) to fd 4, then exec an acceptor
+		return trappedAcceptor()
 	case "unlinker": // unlink a missing file addr (a count) times; print the ns each took
 		n, _ := strconv.Atoi(addr)
 		began := time.Now()
@@ -103,10 +107,12 @@ func runHelper(mode string, args []string) int {
 			return 1
 		}
 		return 0
-	case "hang", "hangfork": // listen and ignore SIGTERM; hangfork passes the socket on to a new process when it comes
+	case "hang", "hangfork", "hangtcp": // listen and ignore SIGTERM; hangfork passes the socket on to a new process when it comes; hangtcp listens with plain TCP, not Go's MPTCP
 		sigs := make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGTERM)
-		ln, err := net.Listen("tcp", addr)
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(mode != "hangtcp")
+		ln, err := lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			return 1
 		}

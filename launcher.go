@@ -26,6 +26,8 @@ type config struct {
 	Force         bool          // replace a holder that is not an earlier instance
 	Strategy      string        // auto, handoff or rebind; auto
 	KillOldDelay  time.Duration // between the new server's readiness and the old one's stop
+	Fence         string        // on or off: a TCP handoff gives the new server a socket beside the old one's; on
+	DrainTimeout  time.Duration // how long a fenced old server may take to finish its connections; 5s
 	Ready         string        // accept, listen, notify or interval: what makes a generation ready; accept
 	Interval      time.Duration // --ready interval: ready once the command has run this long; 1s
 	Sockets       string        // intercept, systemd or server-starter; intercept
@@ -52,6 +54,20 @@ func (c config) killTimeout() time.Duration {
 		return defaultKillTimeout
 	}
 	return c.KillTimeout
+}
+
+const (
+	defaultDrainTimeout = 5 * time.Second
+	maxDrain            = time.Hour
+)
+
+func (c config) fence() bool { return c.Fence != "off" }
+
+func (c config) drainTimeout() time.Duration {
+	if c.DrainTimeout == 0 {
+		return defaultDrainTimeout
+	}
+	return c.DrainTimeout
 }
 
 func (c config) bindTimeout() time.Duration {
@@ -104,7 +120,7 @@ func (c config) readyTimeout() time.Duration {
 // --kill-timeout), and 10 s more.
 func (c config) lockTimeout() time.Duration {
 	if c.LockTimeout == 0 {
-		return c.readyTimeout() + c.KillOldDelay + c.killTimeout() + 10*time.Second
+		return c.readyTimeout() + c.KillOldDelay + c.drainTimeout() + c.killTimeout() + 10*time.Second
 	}
 	return c.LockTimeout
 }
@@ -184,6 +200,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.Force, "force", false, "replace the port's holder even if it is not an earlier instance of COMMAND nor managed by a takeover")
 	fs.StringVar(&c.Strategy, "strategy", "auto", "auto, handoff or rebind")
 	fs.DurationVar(&c.KillOldDelay, "kill-old-delay", 0, "wait this long after the new server is ready before stopping the old one")
+	fs.StringVar(&c.Fence, "fence", "on", "on or off: in a TCP handoff, the new server gets a socket of its own beside the old one's, and once it is ready the old one gets no new connection and is stopped when it has finished those it accepted (for servers that do not drain)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", defaultDrainTimeout, "with --fence on: stop the fenced old server after this long even if it has not finished its connections (keep-alive clients)")
 	fs.StringVar(&c.Ready, "ready", readyAccept, "what makes the new server ready: accept (a process of it waits for connections on every --port, or it sends READY=1), listen (it listens), notify (it sends READY=1 to NOTIFY_SOCKET) or interval (it has run for --interval)")
 	fs.DurationVar(&c.Interval, "interval", time.Second, "with --ready interval: how long the new server must run to be ready (start_server's rule)")
 	fs.StringVar(&c.Sockets, "sockets", socketsIntercept, "how the command gets its sockets: intercept (its bind(2) is taken over), systemd (passed as LISTEN_FDS) or server-starter (passed as SERVER_STARTER_PORT)")
@@ -228,8 +246,15 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("--ready-timeout %v: must be more than 0", c.ReadyTimeout)
 	case c.LockTimeout < 0:
 		return c, fmt.Errorf("--lock-timeout %v: must be more than 0", c.LockTimeout)
+	case c.DrainTimeout <= 0 || c.DrainTimeout > maxDrain:
+		return c, fmt.Errorf("--drain-timeout %v: want more than 0 and at most %v", c.DrainTimeout, maxDrain)
 	case c.DetachOnStop < 0 || c.DetachOnStop > maxDetach:
 		return c, fmt.Errorf("--detach-on-stop %v: want a duration from 0 (off) to %v", c.DetachOnStop, maxDetach)
+	}
+	switch c.Fence {
+	case "on", "off":
+	default:
+		return c, fmt.Errorf("--fence %q: want on or off", c.Fence)
 	}
 	switch c.Ready {
 	case readyAccept, readyListen, readyNotify, readyInterval:

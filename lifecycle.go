@@ -88,6 +88,9 @@ type supervisor interface {
 	queued(g *generation) int
 	// restarting records a crash the lifecycle will restart after.
 	restarting(c crashInfo)
+	// reloadFailed records a reload whose new generation (num; 0 if none
+	// could be started) never served.
+	reloadFailed(num int, why string)
 }
 
 // restartPolicy is --restart, --max-restarts and --restart-window, and
@@ -229,6 +232,7 @@ func (m *lifecycle) startReload() {
 	g, err := m.sup.start(m.cur)
 	if err != nil {
 		m.log.Error("reload failed; the running generation keeps serving", "err", err)
+		m.sup.reloadFailed(0, err.Error())
 		m.sup.notify("READY=1")
 		m.state = serving
 		return
@@ -345,13 +349,16 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		if !g.isRolledBack() && m.retryFailed(g, code, retryingReload) {
 			return 0, false
 		}
-		if !g.isRolledBack() {
+		if g.isRolledBack() {
+			m.sup.reloadFailed(g.num, "rolled back: not ready within --ready-timeout")
+		} else {
 			when := "before it was ready"
 			if m.nextReady {
 				when = "during --kill-old-delay"
 			}
 			m.log.Error("reload failed: the new generation exited "+when+"; the running one keeps serving",
 				"generation", g.num, "pid", g.pid, "status", code)
+			m.sup.reloadFailed(g.num, fmt.Sprintf("exited %s with status %d", when, code))
 		}
 		m.sup.notify("READY=1")
 		m.state = serving

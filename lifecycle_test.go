@@ -55,6 +55,9 @@ func (f *fakeSupervisor) notify(state string) {
 }
 func (f *fakeSupervisor) queued(g *generation) int { return 3 }
 func (f *fakeSupervisor) restarting(c crashInfo)   {}
+func (f *fakeSupervisor) reloadFailed(num int, why string) {
+	f.calls = append(f.calls, fmt.Sprintf("reload %d failed", num))
+}
 
 // step is one event given to the lifecycle: on generation gen (1-based),
 // what the supervisor must have been asked, and where it must be then.
@@ -115,20 +118,20 @@ func TestLifecycle(t *testing.T) {
 			{ev: evHUP, state: serving},
 			{ev: evSwapped, gen: 1, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
 			{ev: evHUP, state: reloading},
-			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "notify RELOADING=1", "start 3"}, state: reloading},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "reload 2 failed", "notify READY=1", "notify RELOADING=1", "start 3"}, state: reloading},
 		}},
 		{"a reload that cannot start leaves the old serving", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evSwapped, gen: 1, state: serving},
 			{ev: -1},
-			{ev: evHUP, calls: []string{"notify RELOADING=1", "start: fails", "notify READY=1"}, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start: fails", "reload 0 failed", "notify READY=1"}, state: serving},
 		}},
 		{"a reload not ready in time is rolled back; the old keeps serving", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evSwapped, gen: 1, state: serving},
 			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
 			{ev: evTimedOut, gen: 2, calls: []string{"release 2", "stop 2 0"}, state: reloading},
-			{ev: evExited, gen: 2, exit: -15, calls: []string{"release 2", "notify READY=1"}, state: serving},
+			{ev: evExited, gen: 2, exit: -15, calls: []string{"release 2", "reload 2 failed", "notify READY=1"}, state: serving},
 		}},
 		{"the serving generation dies during a reload (a rebind stopped it): the new one takes its place", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
@@ -283,7 +286,7 @@ func TestLifecycle(t *testing.T) {
 			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
 			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
 			{ev: evRetryDue, calls: []string{"notify RELOADING=1", "start 3"}, state: reloading},
-			{ev: evExited, gen: 3, exit: 1, calls: []string{"release 3", "notify READY=1"}, state: serving},
+			{ev: evExited, gen: 3, exit: 1, calls: []string{"release 3", "reload 3 failed", "notify READY=1"}, state: serving},
 			// The count starts again with the next HUP.
 			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 4"}, state: reloading},
 			{ev: evExited, gen: 4, exit: 1, calls: []string{"release 4", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
@@ -294,7 +297,7 @@ func TestLifecycle(t *testing.T) {
 			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
 			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "notify READY=1", "after 2s retry-due"}, state: retryingReload},
 			{ev: -1},
-			{ev: evRetryDue, calls: []string{"notify RELOADING=1", "start: fails", "notify READY=1"}, state: serving},
+			{ev: evRetryDue, calls: []string{"notify RELOADING=1", "start: fails", "reload 0 failed", "notify READY=1"}, state: serving},
 		}},
 		{"a restart that cannot start gives up", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},

@@ -11,7 +11,8 @@
 // either hands that process's listening socket to the new server, so that no
 // connection is refused (handoff_linux.go), or stops it and retries the bind
 // with backoff until the port frees (retrybind.go). Once the new server
-// listens, the old one is asked to stop.
+// accepts, the old one is asked to stop: once it has finished what it
+// accepted, if it was fenced.
 //
 // The pieces:
 //   - main.go: subcommand dispatch; launcher.go: flags and exit statuses.
@@ -33,7 +34,10 @@
 //     unix targets' files (binding as the command, rename, unlinks kept,
 //     stale files); claim_linux.go: the
 //     command's socket, copied or made; takeport_linux.go: free port, handoff
-//     or rebind; handoff_linux.go and retrybind.go: the two strategies.
+//     or rebind; handoff_linux.go and retrybind.go: the two strategies;
+//     fence_linux.go: a TCP handoff's new socket beside the old one, in one
+//     SO_REUSEPORT group steered by a BPF program, so that the old server
+//     gets nothing new once the new one is ready.
 //   - ready_linux.go, accepting_linux.go: when a new generation is ready (it
 //     waits for connections: epoll, accept, poll, select, read from /proc).
 //   - fdpass_linux.go: takeovers hand sockets to each other over unix sockets.

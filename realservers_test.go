@@ -26,8 +26,8 @@ import (
 // started the way its users start it: in the foreground, on a port the test
 // picks, on loopback only, with its configuration in testdata/real. The
 // tests check what a user sees: every swap completes, the server answers
-// after each, no request fails when the server drains, nothing is left
-// running.
+// after each, no request fails (a server that does not drain is fenced),
+// nothing is left running.
 
 // A realServer is one kind of third-party server.
 type realServer struct {
@@ -320,6 +320,19 @@ func testRealServer(t *testing.T, srv realServer) {
 		}
 	}
 	r := h.load.stop(t)
+	fenced := h.checkFenced()
+	// A server that does not drain, unfenced, for comparison: what a
+	// handoff loses without the fence is the server's own doing, logged.
+	var unfenced *loadResult
+	if srv.drops != "" {
+		h.load = startRealLoad(t, srv.proto, h.addr)
+		h.awaitRequests("the fenced handoffs")
+		h.extra = append(srv.flags, "--fence", "off")
+		for i := 1; i <= realSwaps; i++ {
+			h.replace(fmt.Sprintf("unfenced swap %d", i))
+		}
+		unfenced = h.load.stop(t)
+	}
 	// And one rebind, under a load of its own: clients are refused from
 	// the stop signal until the old server has closed its listener.
 	h.load = startRealLoad(t, srv.proto, h.addr)
@@ -335,6 +348,10 @@ func testRealServer(t *testing.T, srv realServer) {
 	t.Logf("%s: %d swaps in %v (%s); %d requests, %d failed (%d refused, %d reset, %d timeouts, %d other)",
 		srv.name, len(h.events), time.Since(began).Round(time.Millisecond), h.timings(),
 		r.Requests, r.failedRequests(), r.Refused, r.Resets, r.Timeouts, r.Failed)
+	if unfenced != nil {
+		t.Logf("%s, %d swaps with --fence off: %d requests, %d failed (%d refused, %d reset, %d other): %s",
+			srv.name, realSwaps, unfenced.Requests, unfenced.failedRequests(), unfenced.Refused, unfenced.Resets, unfenced.Failed, srv.drops)
+	}
 	if r.OK == 0 {
 		t.Errorf("no request succeeded")
 	}
@@ -348,9 +365,34 @@ func testRealServer(t *testing.T, srv realServer) {
 	switch {
 	case srv.drains && r.failedRequests() > 0:
 		t.Errorf("%d of %d requests failed though %s drains on %s", r.failedRequests(), r.Requests, srv.name, srv.signal)
+	case fenced && r.failedRequests() > 0:
+		t.Errorf("%d of %d requests failed though every handoff was fenced (without the fence: %s)", r.failedRequests(), r.Requests, srv.drops)
 	case r.failedRequests() > 0:
 		t.Logf("%d of %d requests failed, not counted against takeover: %s", r.failedRequests(), r.Requests, srv.drops)
 	}
+}
+
+// checkFenced checks that every handoff of a TCP port the command binds
+// itself was fenced, and reports whether there was one: with socket
+// passing (--sockets) the sockets are takeover's, and not fenced.
+func (h *realHarness) checkFenced() bool {
+	h.t.Helper()
+	if h.srv.proto == "udp" || dialNetwork(h.addr) == "unix" || slices.Contains(h.extra, "--sockets") {
+		return false
+	}
+	n := 0
+	for _, r := range h.all {
+		for _, l := range strings.Split(r.stderr.String(), "\n") {
+			if !strings.Contains(l, `msg="took over"`) || !strings.Contains(l, "strategy=handoff") {
+				continue
+			}
+			n++
+			if !strings.Contains(l, "fenced=true") {
+				h.t.Errorf("a handoff was not fenced: %s", l)
+			}
+		}
+	}
+	return n > 0
 }
 
 // A realHarness drives the takeovers of one server on one port.

@@ -19,6 +19,12 @@ type status struct {
 	LastSwap    []swapStatus `json:"last_swap"`
 	Restarts    int          `json:"restarts"`
 	LastRestart *restartInfo `json:"last_restart,omitempty"`
+	// FailedReloads counts the reloads (HUP, systemctl reload) whose new
+	// generation never served: it failed to start, exited before it was
+	// ready, or was rolled back. A deploy that waits for a new generation
+	// fails at once when this grows.
+	FailedReloads    int           `json:"failed_reloads"`
+	LastFailedReload *failedReload `json:"last_failed_reload,omitempty"`
 	// DetachedUntil: stopped by its supervisor with --detach-on-stop, the
 	// launcher serves until then, unless a newer takeover replaces it.
 	DetachedUntil *time.Time `json:"detached_until,omitempty"`
@@ -39,6 +45,8 @@ type swapStatus struct {
 	Strategy        string  `json:"strategy"`
 	Why             string  `json:"why,omitempty"`
 	Via             string  `json:"via,omitempty"`
+	Fenced          bool    `json:"fenced,omitempty"`
+	NotFenced       string  `json:"not_fenced,omitempty"`
 	OldPID          int     `json:"old_pid,omitempty"`
 	LookupMS        float64 `json:"lookup_ms"`
 	SignalToFreeMS  float64 `json:"signal_to_free_ms,omitempty"`
@@ -65,6 +73,7 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 	st.ReadyBy = by
 	for _, sw := range swaps {
 		s := swapStatus{Port: sw.Spec.String(), Address: sw.Spec.boundAt(sw.Addr), Strategy: sw.Strategy, Why: sw.Why, Via: sw.Via,
+			Fenced: sw.fence != nil, NotFenced: sw.notFenced,
 			LookupMS: ms(sw.Lookup), SignalToFreeMS: ms(sw.Free), RefusedWindowMS: ms(sw.Window), TotalMS: ms(readyAt.Sub(sw.Began))}
 		if len(sw.Old) > 0 {
 			s.OldPID = sw.Old[0].Holder.PID
@@ -85,6 +94,26 @@ func (l *launcher) restarting(c crashInfo) {
 	l.status.State, l.status.ChildPID = "backing-off", 0
 	l.status.Restarts++
 	l.status.LastRestart = &restartInfo{DeadPID: c.pid, DeadStatus: c.status, Attempt: c.attempt, BackoffMS: ms(c.delay), At: c.at.UTC()}
+	l.flushStatus()
+}
+
+// failedReload is the status file's account of the last failed reload.
+type failedReload struct {
+	Generation int       `json:"generation"` // 0: it could not be started
+	Why        string    `json:"why"`
+	At         time.Time `json:"at"`
+}
+
+// reloadFailed records in --status-file a reload whose new generation
+// never served (num 0: none could be started).
+func (l *launcher) reloadFailed(num int, why string) {
+	if l.cfg.StatusFile == "" {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.status.FailedReloads++
+	l.status.LastFailedReload = &failedReload{Generation: num, Why: why, At: time.Now().UTC()}
 	l.flushStatus()
 }
 

@@ -123,6 +123,7 @@ type heldSock struct {
 	spec   portSpec
 	addr   netip.AddrPort // TCP and UDP
 	via    string         // a socket systemd passed: how (inheritedSock.via)
+	fence  *fence         // a new socket beside the old server's (fence_linux.go)
 }
 
 // A swap is one --port target taken over by a generation.
@@ -140,6 +141,8 @@ type swap struct {
 	inodes      []uint64      // the old listening sockets
 	Lookup      time.Duration
 	rebindTimes           // how a rebind went (rebind only)
+	fence       *fence    // a fenced handoff (fence_linux.go)
+	notFenced   string    // why a handoff was not fenced
 	Began       time.Time // the command's bind(2)
 }
 
@@ -266,7 +269,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		sw.abandon()
 		return seccomp.Resp{}
 	}
-	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr}
+	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr, fence: sw.fence}
 	g.swaps = append(g.swaps, sw)
 	return seccomp.Resp{}
 }
@@ -374,6 +377,11 @@ func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
 	}
 	if err := unix.Listen(held.copyFD, int(int32(n.Args[1]))); err != nil {
 		return respErrno(err)
+	}
+	if held.fence != nil {
+		if err := held.fence.joined(held.copyFD); err != nil {
+			g.l.log.Warn("cannot steer new connections to the old server while the new one starts; a rollback would reset those that reach the new one", "port", held.spec.String(), "err", err)
+		}
 	}
 	select {
 	case g.nudge <- struct{}{}:

@@ -121,6 +121,16 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		g.releaseSwaps()
 		return
 	}
+	if l.raiseFences(ctx, g, stop) && g.hasExited() {
+		// While the old server finished: it serves on, new connections
+		// reach it again (the group has lost the new socket).
+		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
+		for _, st := range stop {
+			closeAll(st.procs)
+			closeAll(st.holders)
+		}
+		return
+	}
 	l.keepInStore(g)
 	l.notify(fmt.Sprintf("READY=1\nSTATUS=serving: generation %d, pid %d\nMAINPID=%d", g.num, g.pid, l.self))
 	if g.prev != nil {
@@ -152,6 +162,11 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 			}
 		}
 		cancel()
+		if f := st.sw.fence; f != nil {
+			if held := g.heldFor(st.sw.Spec, st.sw.Addr); held != nil && !f.settle(ctx, held.copyFD) {
+				l.log.Debug("the old socket still listens after its server exited; new connections stay steered to the new one", "port", st.sw.Spec.String())
+			}
+		}
 	}
 	if len(swaps) == 0 && g.prev != nil && !g.prev.hasExited() {
 		// No socket to take over (start_server with no --port and no
@@ -210,6 +225,7 @@ func (l *launcher) logSwap(g *generation, swaps []*swap) {
 		if sw.Strategy == "handoff" || sw.Via != "" {
 			a = append(a, "via", sw.Via)
 		}
+		a = append(a, sw.fenceAttrs()...)
 		if sw.Strategy == "rebind" {
 			a = append(a, "signal_to_free", sw.Free, "refused_window", sw.Window, "sigkill", sw.Killed, "retry_sched", sw.Sched)
 		}

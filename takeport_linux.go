@@ -196,6 +196,9 @@ func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, 
 		why = handoffMismatch(old, c.sock, c.spec, c.addr)
 	}
 	if why == "" {
+		if held, ok := l.fenced(c, sw, old); ok {
+			return held, true, nil
+		}
 		held, err := l.handoff(g, c, sw, old)
 		return held, true, err
 	}
@@ -207,6 +210,27 @@ func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, 
 	}
 	sw.Why = why
 	return -1, false, nil
+}
+
+// fenced binds the command's own socket beside old in a fenced handoff
+// (fence_linux.go), where one fits: a TCP target the command binds itself,
+// an old server that runs, fencing not turned off. It then closes old and
+// returns the command's socket; otherwise it records why not in sw.
+func (l *launcher) fenced(c claim, sw *swap, old int) (int, bool) {
+	switch {
+	case !l.cfg.fence() || c.spec.Net != "" || c.install == nil:
+		return -1, false
+	case len(sw.oldProcs) == 0:
+		return -1, false // a restart: no old server to fence
+	}
+	f, why := fenceBeside(c, old)
+	if f == nil {
+		sw.notFenced = why
+		return -1, false
+	}
+	unix.Close(old)
+	sw.Strategy, sw.fence = "handoff", f
+	return c.sock, true
 }
 
 // settled ends takePort: on failure it lets go of the old processes the swap

@@ -1,0 +1,273 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/takeover/takeover/internal/socktab"
+	"golang.org/x/sys/unix"
+)
+
+// Fencing keeps a server that does not drain from losing requests at a
+// swap. In a plain handoff the old and the new server share one listening
+// socket, and the old one accepts from it until it is told to stop; a
+// server that closes what it accepted when it stops (redis, uvicorn,
+// Tomcat, memcached) closes requests it had just taken.
+//
+// A fenced handoff gives the new server a socket of its own, bound beside
+// the old one in one SO_REUSEPORT group (SO_REUSEPORT set on a socket that
+// already listens lets another join it), and a one-instruction classic BPF
+// program on the group (SO_ATTACH_REUSEPORT_CBPF) picks the socket each new
+// connection goes to: the old one while the new server starts, so that a
+// rollback loses nothing, and the new one once it is ready. The old server
+// then accepts what its queue still holds, finishes what it accepted, and
+// only then is told to stop. The kernel runs the program once per
+// handshake: an accept costs nothing more, where trapping accept(2) with
+// seccomp would cost a notification per accept for the server's whole life
+// (BenchmarkAccept).
+//
+// The group numbers its sockets in the order they joined (a socket that
+// leaves is replaced by the last one), so with the old socket alone in it
+// before the new one joins, the old one is 0 and the new one 1.
+
+// A fence is a fenced handoff of one TCP target: the old server's socket
+// and the group it shares with the new one.
+type fence struct {
+	oldInode uint64
+	port     uint16
+
+	mu sync.Mutex
+	up bool // new connections go to the new socket
+}
+
+const (
+	oldInGroup = 0
+	newInGroup = 1
+)
+
+// fenceBeside binds the command's socket c.sock beside old, the old
+// server's listening socket at c.addr, in one SO_REUSEPORT group, and
+// steers new connections to old. It returns why when it cannot, having left
+// both sockets as they were (c.sock unbound).
+func fenceBeside(c claim, old int) (*fence, string) {
+	var o, n unix.Stat_t
+	if err := unix.Fstat(old, &o); err != nil {
+		return nil, fmt.Sprintf("cannot stat the old socket: %v", err)
+	}
+	if err := unix.Fstat(c.sock, &n); err != nil {
+		return nil, fmt.Sprintf("cannot stat the new socket: %v", err)
+	}
+	for _, s := range []int{old, c.sock} {
+		if p, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p == unix.IPPROTO_MPTCP {
+			// (Go 1.24 and later listen with MPTCP where the kernel has it.)
+			return nil, "an MPTCP socket: the kernel takes no SO_REUSEPORT program for one"
+		}
+	}
+	if o.Uid != n.Uid {
+		return nil, fmt.Sprintf("the old socket belongs to uid %d and the new one to uid %d: an SO_REUSEPORT group is one user's", o.Uid, n.Uid)
+	}
+	ls, err := socktab.DiagTCPListeners()
+	if err != nil {
+		return nil, err.Error()
+	}
+	if k := countAt(ls, c.addr); k != 1 {
+		return nil, fmt.Sprintf("%d sockets listen on %s (an SO_REUSEPORT group of the server's own), not one", k, c.addr)
+	}
+	had, err := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_REUSEPORT)
+	if err != nil {
+		return nil, fmt.Sprintf("cannot read the old socket's SO_REUSEPORT: %v", err)
+	}
+	undo := func() {
+		unix.SetsockoptInt(c.sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 0)
+		if had == 0 {
+			unix.SetsockoptInt(old, unix.SOL_SOCKET, unix.SO_REUSEPORT, 0)
+		}
+	}
+	for _, s := range []int{old, c.sock} {
+		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			undo()
+			return nil, fmt.Sprintf("cannot set SO_REUSEPORT: %v", err)
+		}
+	}
+	// The old socket is in a group already if it was fenced before, with
+	// the program that steered to its own newcomer: point it back at the
+	// old socket before the new one joins. (EINVAL: no group yet; the new
+	// socket's listen makes one.)
+	steer(old, oldInGroup)
+	if err := c.bind(c.sock); err != nil {
+		undo()
+		return nil, fmt.Sprintf("cannot bind beside the old socket: %v", err)
+	}
+	return &fence{oldInode: o.Ino, port: c.addr.Port()}, ""
+}
+
+// countAt counts the listeners bound to exactly addr.
+func countAt(ls []socktab.Socket, addr netip.AddrPort) int {
+	want := netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	k := 0
+	for _, s := range ls {
+		if s.Addr == want {
+			k++
+		}
+	}
+	return k
+}
+
+// steer attaches to sock's SO_REUSEPORT group the program that sends every
+// new connection to the group's socket at index.
+func steer(sock int, index uint32) error {
+	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: index}}
+	return unix.SetsockoptSockFprog(sock, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF,
+		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+}
+
+// joined is called once the new socket listens, which is when it joins the
+// group: until the fence is up, connections go to the old socket.
+func (f *fence) joined(sock int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.up {
+		return nil // a later listen(2) on it (a prefork worker's)
+	}
+	return steer(sock, oldInGroup)
+}
+
+// raise sends every new connection to the new socket, sock.
+func (f *fence) raise(sock int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.up = true
+	return steer(sock, newInGroup)
+}
+
+// settle pins the group to the new socket, sock, once the old socket has
+// left it (its last holder closed it): the new socket is then the group's
+// first, and a socket that joined after it (another process of the user,
+// binding with SO_REUSEPORT) would otherwise take every connection the
+// program steers to the second. It waits up to a second for the old socket
+// to go, and leaves the program as it is if it does not.
+func (f *fence) settle(ctx context.Context, sock int) bool {
+	deadline := time.Now().Add(time.Second)
+	for {
+		ls, err := socktab.DiagTCPListeners()
+		if err == nil && !slices.ContainsFunc(ls, func(s socktab.Socket) bool { return s.Inode == f.oldInode }) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return steer(sock, 0) == nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// finished reports whether the fenced old server has nothing left to
+// finish: no connection waits in its socket's queue, and none of pids (its
+// processes) holds a connection it accepted.
+func (f *fence) finished(pids []int) (bool, error) {
+	ls, err := socktab.DiagTCPListeners()
+	if err != nil {
+		return false, err
+	}
+	for _, s := range ls {
+		if s.Inode == f.oldInode && s.Queued > 0 {
+			return false, nil
+		}
+	}
+	conns, err := socktab.DiagTCPConnected(f.port)
+	if err != nil || len(conns) == 0 {
+		return err == nil, err
+	}
+	inodes := make([]uint64, len(conns))
+	for i, c := range conns {
+		inodes[i] = c.Inode
+	}
+	held, err := stillHolding("/proc", inodes, pids)
+	return len(held) == 0, err
+}
+
+// raiseFences puts up the fences of a ready generation's swaps and waits,
+// up to --drain-timeout, until each fenced old server has finished what it
+// had accepted: the same state twice in a row, so that a handshake that
+// completed into the old queue just as the fence went up is seen. It
+// reports whether it put up any.
+func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldStop) bool {
+	type fenced struct {
+		f    *fence
+		spec portSpec
+		pids []int
+	}
+	var fs []fenced
+	for _, st := range stop {
+		f := st.sw.fence
+		if f == nil {
+			continue
+		}
+		held := g.heldFor(st.sw.Spec, st.sw.Addr)
+		if held == nil {
+			continue
+		}
+		if err := f.raise(held.copyFD); err != nil {
+			l.log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.sw.Spec.String(), "err", err)
+			continue
+		}
+		var pids []int
+		for _, p := range slices.Concat(st.procs, st.holders) {
+			pids = append(pids, p.PID)
+		}
+		slices.Sort(pids)
+		fs = append(fs, fenced{f, st.sw.Spec, withDescendants("/proc", slices.Compact(pids))})
+	}
+	if len(fs) == 0 {
+		return false
+	}
+	began := time.Now()
+	wait := l.cfg.drainTimeout()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for clean := 0; ; {
+		busy := ""
+		for _, x := range fs {
+			if ok, err := x.f.finished(x.pids); !ok || err != nil {
+				busy = x.spec.String()
+				break
+			}
+		}
+		if busy == "" {
+			clean++
+		} else {
+			clean = 0
+		}
+		switch {
+		case clean == 2:
+			l.log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", g.num, "waited", time.Since(began).Round(time.Microsecond))
+			return true
+		case time.Since(began) >= wait:
+			l.log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
+			return true
+		case g.hasExited():
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return true
+		case <-tick.C:
+		}
+	}
+}
+
+// fenceAttrs are the log attributes that say whether a swap was fenced.
+func (sw *swap) fenceAttrs() []any {
+	switch {
+	case sw.fence != nil:
+		return []any{"fenced", true}
+	case sw.notFenced != "":
+		return []any{"fenced", false, "not_fenced", sw.notFenced}
+	}
+	return nil
+}
