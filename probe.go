@@ -23,6 +23,7 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", 10*time.Second, "how long to run (up to 1h)")
 	workers := fs.Int("workers", 2, "concurrent clients (1 to 256)")
 	timeline := fs.String("timeline", "", "write one line per request: seconds, latency ms, outcome")
+	pause := fs.Duration("pause", 0, "wait this long between one client's requests (up to 1s): a lighter load")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -38,6 +39,9 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 	case *workers < 1 || *workers > 256:
 		fmt.Fprintf(stderr, "takeover probe: --workers %d: want 1 to 256\n", *workers)
 		return exitUsage
+	case *pause < 0 || *pause > time.Second:
+		fmt.Fprintf(stderr, "takeover probe: --pause %v: want 0 to 1s\n", *pause)
+		return exitUsage
 	}
 	// SIGINT or SIGTERM ends the run early, with the results printed.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -45,7 +49,7 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(ctx, *duration)
 	defer cancel()
 	start := time.Now()
-	r := runLoad(ctx, loadConfig{Addr: *addr, Workers: *workers})
+	r := runLoad(ctx, loadConfig{Addr: *addr, Workers: *workers, Pause: *pause})
 	if *timeline != "" {
 		if err := writeTimeline(*timeline, start, r); err != nil {
 			fmt.Fprintf(stderr, "takeover probe: %v\n", err)
