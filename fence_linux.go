@@ -216,10 +216,7 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 			l.log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.sw.Spec.String(), "err", err)
 			continue
 		}
-		var pids []int
-		for _, p := range slices.Concat(st.procs, st.holders) {
-			pids = append(pids, p.PID)
-		}
+		pids := pidsOf(st.procs, st.holders)
 		slices.Sort(pids)
 		fs = append(fs, fenced{f, st.sw.Spec, withDescendants("/proc", slices.Compact(pids))})
 	}

@@ -58,6 +58,17 @@ func openAll(pids []int) []*oldProcess {
 	return ps
 }
 
+// pidsOf returns the pids of the processes in each list, in order.
+func pidsOf(lists ...[]*oldProcess) []int {
+	var pids []int
+	for _, ps := range lists {
+		for _, p := range ps {
+			pids = append(pids, p.PID)
+		}
+	}
+	return pids
+}
+
 func closeAll(ps []*oldProcess) {
 	for _, p := range ps {
 		p.close()
@@ -70,11 +81,7 @@ func closeAll(ps []*oldProcess) {
 // replaced and waits for its server: killing it would orphan the server,
 // which would then serve on with nobody to stop it.
 func killStillHolding(holders []*oldProcess, inodes []uint64) {
-	pids := make([]int, len(holders))
-	for i, p := range holders {
-		pids[i] = p.PID
-	}
-	held, err := stillHolding("/proc", inodes, pids)
+	held, err := stillHolding("/proc", inodes, pidsOf(holders))
 	for _, p := range holders {
 		if err != nil || slices.Contains(held, p.PID) {
 			p.signal(unix.SIGKILL)

@@ -95,6 +95,15 @@ func (g *generation) claimSwaps(log *slog.Logger) (stop []oldStop, ok bool) {
 	return stop, true
 }
 
+// abandon lets go of a claimed swap that will not be completed after all
+// (the new generation exited while the old server finished): as a swap's
+// abandon does, for what claimSwaps took out of it.
+func (st oldStop) abandon() {
+	closeAll(st.procs)
+	closeAll(st.holders)
+	st.path.rollBack()
+}
+
 // abandon lets go of a swap that will not be completed: of its old
 // processes' pidfds, and of the names beside a unix path (a path renamed
 // over goes back to the old socket).

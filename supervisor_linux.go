@@ -126,8 +126,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		// reach it again (the group has lost the new socket).
 		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
 		for _, st := range stop {
-			closeAll(st.procs)
-			closeAll(st.holders)
+			st.abandon()
 		}
 		return
 	}
