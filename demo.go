@@ -48,7 +48,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	var rows []demoRow
 	ok := true
 	for _, strategy := range []string{"handoff", "rebind"} {
-		d := demo{self: self, strategy: strategy, swaps: *swaps, workers: *workers, initDelay: *initDelay, progress: stdout}
+		d := demo{self: self, strategy: strategy, swaps: *swaps, workers: *workers, initDelay: *initDelay, progress: progress{stdout, isTerminal(stdout)}}
 		row, err := d.run()
 		if err != nil {
 			fmt.Fprintf(stderr, "\ntakeover demo: %s: %v\n", strategy, err)
@@ -82,7 +82,32 @@ type demo struct {
 	swaps     int
 	workers   int
 	initDelay time.Duration
-	progress  io.Writer
+	progress  progress
+}
+
+// progress shows the demo's swaps as they happen: one line redrawn in place
+// on a terminal, a line per swap on a pipe or a file (a log keeps them all,
+// and a redrawn line would reach it as one line of thousands of characters).
+type progress struct {
+	w   io.Writer
+	tty bool
+}
+
+func (p progress) swapped(strategy string, i, n int, requests int64) {
+	line := fmt.Sprintf("%-8s swap %3d/%d  %7d requests", strategy, i, n, requests)
+	if p.tty {
+		fmt.Fprint(p.w, "\r"+line)
+	} else {
+		fmt.Fprintln(p.w, line)
+	}
+}
+
+func (p progress) finished(strategy string, swaps, n, requests, failed int) {
+	if p.tty {
+		fmt.Fprintf(p.w, "\r%-8s swap %3d/%d  %7d requests, %d failed\n", strategy, swaps, n, requests, failed)
+		return
+	}
+	fmt.Fprintf(p.w, "%-8s done: %d of %d swaps, %d requests, %d failed\n", strategy, swaps, n, requests, failed)
 }
 
 // A demoRun is one takeover started by the demo.
@@ -156,7 +181,7 @@ func (d demo) run() (demoRow, error) {
 		}
 		cur = next
 		row.swaps = i
-		fmt.Fprintf(d.progress, "\r%-8s swap %3d/%d  %7d requests", d.strategy, i, d.swaps, count.Load())
+		d.progress.swapped(d.strategy, i, d.swaps, count.Load())
 	}
 	if err := waitHTTP(addr, 30*time.Second); err != nil {
 		cancel()
@@ -164,7 +189,7 @@ func (d demo) run() (demoRow, error) {
 	}
 	cancel()
 	row.result = <-loaded
-	fmt.Fprintf(d.progress, "\r%-8s swap %3d/%d  %7d requests, %d failed\n", d.strategy, row.swaps, d.swaps, row.result.Requests, row.result.failedRequests())
+	d.progress.finished(d.strategy, row.swaps, d.swaps, row.result.Requests, row.result.failedRequests())
 	return row, nil
 }
 

@@ -82,7 +82,7 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 	asJSON := flags.Bool("json", false, "print JSON")
 	flags.Usage = func() {
 		fmt.Fprintln(stderr, "usage: takeover doctor [--json]\n\nChecks what takeover needs on this machine, as this user, and says what to change.\nExits 0 when everything needed works, 1 when something is missing.")
-		flags.PrintDefaults()
+		printFlags(flags, stderr)
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

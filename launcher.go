@@ -168,6 +168,7 @@ const launcherUsage = `usage: takeover [flags] -- COMMAND [ARG...]
        takeover demo [--swaps N] [...]       swaps of a built-in server under load
        takeover probe [...]                  load against a port, counting refusals
        takeover demo-server [...]            the demo's built-in server
+       takeover start-server [...]           a drop-in for Server::Starter's start_server
        takeover version
 
 Starts COMMAND and, when it binds a --port target that an earlier instance
@@ -189,10 +190,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, launcherUsage)
-		fs.PrintDefaults()
+		printFlags(fs, stderr)
 	}
 	fs.Var(&c.Ports, "port", "`PORTSPEC` to take over (repeatable, required)")
-	fs.Var(&c.Ports, "p", "short for --port")
+	fs.Var(&c.Ports, "p", "short for --port `PORTSPEC`")
 	fs.Var(pathFlag{&c.Ports}, "path", "`PATH` of a unix socket to take over (repeatable)")
 	sig := fs.String("signal", "TERM", "signal that asks the old server to drain and stop")
 	fs.DurationVar(&c.KillTimeout, "kill-timeout", defaultKillTimeout, "SIGKILL the old server this long after the stop signal")

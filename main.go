@@ -55,9 +55,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..."; without
+// it, `takeover version` reads the build information (cli.go).
 var version = "dev"
 
 // Exit statuses, as env, nohup and docker run use them.
@@ -100,7 +102,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case "probe":
 			return runProbe(args[1:], stdout, stderr)
 		case "version":
-			fmt.Fprintf(stdout, "takeover %s\n", version)
+			bi, ok := debug.ReadBuildInfo()
+			fmt.Fprintln(stdout, versionString(version, bi, ok))
 			return 0
 		}
 	}

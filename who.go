@@ -47,7 +47,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: takeover who [--json] PORTSPEC|PATH...\n\nPORTSPEC is 8100, 127.0.0.1:8100, [::1]:8100 or [::]:8100 (TCP), or udp:5353;\nPATH is a unix socket's path, with a / in it.")
-		fs.PrintDefaults()
+		printFlags(fs, stderr)
 	}
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
