@@ -45,7 +45,7 @@ const (
 )
 
 // Capability bits (include/uapi/linux/capability.h); capNetBindService is
-// in supervise_linux.go.
+// in bind_linux.go.
 const (
 	capSysPtrace = 19
 	capSysNice   = 23

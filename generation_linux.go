@@ -1,13 +1,55 @@
 package main
 
 import (
+	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// A generation's small state: its signals, its exit, how it became ready.
+// A generation: one run of the command, and its small state (its signals,
+// its exit, how it became ready).
+
+// A generation is one run of the command under takeover, with the sockets
+// it bound to --port targets and what it replaced to get them.
+type generation struct {
+	l        *launcher
+	num      int
+	pid      int
+	notifFD  int
+	pidfd    int // the command's, until it is reaped; -1 after
+	started  time.Time
+	prev     *generation   // the generation a reload replaces, or whose sockets a restart takes
+	ready    chan struct{} // closed once the command accepts on every --port
+	timedOut chan struct{} // closed if it is not ready within --ready-timeout
+	exited   chan struct{} // closed once the command has exited
+	nudge    chan struct{} // a listen(2): look at readiness now
+
+	mu         sync.Mutex
+	socks      map[sockKey]*heldSock
+	swaps      []*swap
+	done       bool   // the generation is being stopped: its copies are closed
+	readyBy    string // how readiness was seen: epoll, accept, poll, select, listen
+	readyAt    time.Time
+	missing    string                  // at the timeout: what it had not done
+	rolledBack bool                    // stopped for not being ready in time
+	sent       map[syscall.Signal]bool // the signals takeover sent the command
+	notified   bool                    // the command sent READY=1 to its NOTIFY_SOCKET
+	inherited  bool                    // no command: the sockets systemd passed at start (listenfds_linux.go)
+	cleanups   []func()                // run once the command has exited
+}
+
+// releaseSwaps lets go of the old processes of swaps that will not be
+// completed: the generation exited before it could stop them, or was
+// rolled back.
+func (g *generation) releaseSwaps() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, sw := range g.swaps {
+		sw.abandon()
+	}
+}
 
 // handedOverFromRunning reports whether g took a socket over from a server
 // that still runs: one a rebind has not stopped already (a handoff, or a

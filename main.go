@@ -15,7 +15,8 @@
 // accepted, if it was fenced.
 //
 // The pieces:
-//   - main.go: subcommand dispatch; launcher.go: flags and exit statuses.
+//   - main.go: subcommand dispatch; cli.go: --help, version, the terminal;
+//     flags.go: the launcher's flags (config) and exit statuses.
 //   - portspec.go: targets (TCP and UDP ports, unix paths); internal/socktab:
 //     the kernel's socket tables (sock_diag, /proc/net); portowner.go,
 //     fdwalk_linux.go: who holds a target (/proc/PID/fd) and which process
@@ -25,19 +26,20 @@
 //     shim_linux.go: the re-executed shim that installs it for the command;
 //     intercept_linux.go: the calls trapped, and their arguments.
 //   - lifecycle.go: a launcher's life as a state machine (starting, serving,
-//     reloading, backing off, restarting, stopping, replaced); launch_linux.go:
-//     the launcher that runs it, its generations and signals;
-//     supervisor_linux.go: what the lifecycle asks of the launcher, and the
-//     completion of a swap; generation_linux.go, status.go: a generation's
-//     state and --status-file.
-//   - supervise_linux.go: answering binds and listens; unixpath_linux.go:
-//     unix targets' files (binding as the command, rename, unlinks kept,
-//     stale files); claim_linux.go: the
-//     command's socket, copied or made; takeport_linux.go: free port, handoff
-//     or rebind; handoff_linux.go and retrybind.go: the two strategies;
-//     fence_linux.go: a TCP handoff's new socket beside the old one, in one
-//     SO_REUSEPORT group steered by a BPF program, so that the old server
-//     gets nothing new once the new one is ready.
+//     reloading, backing off, restarting, stopping, replaced);
+//     launcher_linux.go: the launcher that runs it, its generations and
+//     signals; lifecycle_linux.go: what the lifecycle asks of the launcher.
+//   - generation_linux.go: a generation (one run of the command) and its
+//     state; status.go: --status-file; heldsock_linux.go: the sockets a
+//     generation holds; bind_linux.go: answering its binds and listens.
+//   - swap_linux.go: a swap, from the bind to the old server stopped;
+//     takeport_linux.go: free port, handoff or rebind; claim_linux.go: the
+//     command's socket, copied or made; handoff_linux.go and retrybind.go:
+//     the two strategies; unixpath_linux.go: unix targets' files (binding as
+//     the command, rename, unlinks kept, stale files); fence_linux.go: a TCP
+//     handoff's new socket beside the old one, in one SO_REUSEPORT group
+//     steered by a BPF program, so that the old server gets nothing new once
+//     the new one is ready; oldproc_linux.go: the old server, by pidfd.
 //   - ready_linux.go, accepting_linux.go: when a new generation is ready (it
 //     waits for connections: epoll, accept, poll, select, read from /proc).
 //   - fdpass_linux.go: takeovers hand sockets to each other over unix sockets.

@@ -4,156 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
-
-// A generation is one run of the command under takeover, with the sockets
-// it bound to --port targets and what it replaced to get them.
-type generation struct {
-	l        *launcher
-	num      int
-	pid      int
-	notifFD  int
-	pidfd    int // the command's, until it is reaped; -1 after
-	started  time.Time
-	prev     *generation   // the generation a reload replaces, or whose sockets a restart takes
-	ready    chan struct{} // closed once the command accepts on every --port
-	timedOut chan struct{} // closed if it is not ready within --ready-timeout
-	exited   chan struct{} // closed once the command has exited
-	nudge    chan struct{} // a listen(2): look at readiness now
-
-	mu         sync.Mutex
-	socks      map[sockKey]*heldSock
-	swaps      []*swap
-	done       bool   // the generation is being stopped: its copies are closed
-	readyBy    string // how readiness was seen: epoll, accept, poll, select, listen
-	readyAt    time.Time
-	missing    string                  // at the timeout: what it had not done
-	rolledBack bool                    // stopped for not being ready in time
-	sent       map[syscall.Signal]bool // the signals takeover sent the command
-	notified   bool                    // the command sent READY=1 to its NOTIFY_SOCKET
-	inherited  bool                    // no command: the sockets systemd passed at start (listenfds_linux.go)
-	cleanups   []func()                // run once the command has exited
-}
-
-// releaseSwaps lets go of the old processes of swaps that will not be
-// completed: the generation exited before it could stop them, or was
-// rolled back.
-func (g *generation) releaseSwaps() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, sw := range g.swaps {
-		sw.abandon()
-	}
-}
-
-// An oldStop is what a completed swap has left to do: stop the old
-// processes, and guard the unix path meanwhile.
-type oldStop struct {
-	sw             *swap
-	path           *pathSwap
-	procs, holders []*oldProcess
-}
-
-// claimSwaps completes the generation's swaps unless it has exited (ok is
-// false): a unix path bound beside is renamed over (until now connects
-// reached the old server), and the old processes to stop are taken out of
-// the swaps, so that a release of the generation from now on leaves them
-// alone. A swap whose rename fails leaves the old server serving, unstopped.
-func (g *generation) claimSwaps(log *slog.Logger) (stop []oldStop, ok bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.hasExited() {
-		return nil, false
-	}
-	for _, sw := range g.swaps {
-		if err := sw.path.renameOver(); err != nil {
-			log.Error("cannot rename the new unix socket over its path; the old server keeps it, and is not stopped", "path", sw.Spec.Path, "err", err)
-			sw.abandon()
-			continue
-		}
-		if len(sw.oldProcs) == 0 {
-			sw.path.finish()
-			sw.path = nil
-			continue
-		}
-		stop = append(stop, oldStop{sw, sw.path, sw.oldProcs, sw.holders})
-		sw.path, sw.oldProcs, sw.holders = nil, nil, nil
-	}
-	return stop, true
-}
-
-// abandon lets go of a claimed swap that will not be completed after all
-// (the new generation exited while the old server finished): as a swap's
-// abandon does, for what claimSwaps took out of it.
-func (st oldStop) abandon() {
-	closeAll(st.procs)
-	closeAll(st.holders)
-	st.path.rollBack()
-}
-
-// abandon lets go of a swap that will not be completed: of its old
-// processes' pidfds, and of the names beside a unix path (a path renamed
-// over goes back to the old socket).
-func (sw *swap) abandon() {
-	sw.releaseOld()
-	sw.path.rollBack()
-	sw.path = nil
-}
-
-// releaseOld closes the swap's pidfds of the old processes.
-func (sw *swap) releaseOld() {
-	closeAll(sw.oldProcs)
-	closeAll(sw.holders)
-	sw.oldProcs, sw.holders = nil, nil
-}
-
-// sockKey names a socket in the command: its process and fd, and the inode
-// so that a closed and reused fd number is not mistaken for the old socket.
-type sockKey struct {
-	Tgid, FD int
-}
-
-type heldSock struct {
-	copyFD int // takeover's own copy, kept for handoff to a later generation
-	inode  uint64
-	spec   portSpec
-	addr   netip.AddrPort // TCP and UDP
-	via    string         // a socket systemd passed: how (inheritedSock.via)
-	fence  *fence         // a new socket beside the old server's (fence_linux.go)
-}
-
-// A swap is one --port target taken over by a generation.
-type swap struct {
-	Spec        portSpec
-	Addr        netip.AddrPort
-	Strategy    string    // "fresh" (the port was free), "rebind", "handoff" or "rename" (unix)
-	Via         string    // how a handoff got the old socket: unix-socket, pidfd_getfd, own-copy
-	path        *pathSwap // a unix target's file, while the old server stops
-	Why         string    // why auto chose it
-	Old         []stopTarget
-	OldCmd      string
-	oldProcs    []*oldProcess // the stop targets
-	holders     []*oldProcess // every old holder, for SIGKILL
-	inodes      []uint64      // the old listening sockets
-	Lookup      time.Duration
-	rebindTimes           // how a rebind went (rebind only)
-	fence       *fence    // a fenced handoff (fence_linux.go)
-	notFenced   string    // why a handoff was not fenced
-	Began       time.Time // the command's bind(2)
-}
 
 const capNetBindService = 10
 
@@ -348,26 +208,6 @@ func samePathName(a, b string) bool {
 	return err1 == nil && err2 == nil && da == db
 }
 
-// heldFor returns the generation's socket for the target (at addr, for
-// TCP and UDP), if it still holds one.
-func (g *generation) heldFor(spec portSpec, addr netip.AddrPort) *heldSock {
-	return g.heldWhere(func(s *heldSock) bool {
-		return s.spec.Net == spec.Net && (spec.Net == netUnix && s.spec == spec || spec.Net != netUnix && s.addr == addr)
-	})
-}
-
-// heldForSpec returns the generation's socket for the target, at
-// whatever address.
-func (g *generation) heldForSpec(spec portSpec) *heldSock {
-	return g.heldWhere(func(s *heldSock) bool { return s.spec == spec })
-}
-
-func inodeOf(fd int) uint64 {
-	var st unix.Stat_t
-	unix.Fstat(fd, &st)
-	return st.Ino
-}
-
 // onListen performs the command's listen(2) on takeover's copy of a target
 // socket, whichever process of the generation calls it (uvicorn's workers
 // listen on the socket their supervisor bound), and has readiness looked at.
@@ -397,62 +237,6 @@ func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
 	default:
 	}
 	return seccomp.Resp{}
-}
-
-// holdsSockets reports whether takeover holds copies of any of the
-// generation's sockets.
-func (g *generation) holdsSockets() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.socks) > 0 && !g.done
-}
-
-func (g *generation) heldByInode(ino uint64) *heldSock {
-	return g.heldWhere(func(s *heldSock) bool { return s.inode == ino })
-}
-
-// heldWhere returns a socket the generation holds that match accepts.
-func (g *generation) heldWhere(match func(*heldSock) bool) *heldSock {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, s := range g.socks {
-		if match(s) {
-			return s
-		}
-	}
-	return nil
-}
-
-// closeCopies closes takeover's copies of the generation's sockets, so that
-// they keep no port from freeing once the generation is on its way out.
-func (g *generation) closeCopies() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.done = true
-	for k, s := range g.socks {
-		unix.Close(s.copyFD)
-		delete(g.socks, k)
-	}
-}
-
-// copySocket takes a copy of fd in process tgid, and its inode.
-func copySocket(tgid, fd int) (int, uint64, error) {
-	pidfd, err := unix.PidfdOpen(tgid, 0)
-	if err != nil {
-		return -1, 0, fmt.Errorf("pidfd_open(%d): %w", tgid, err)
-	}
-	defer unix.Close(pidfd)
-	sock, err := unix.PidfdGetfd(pidfd, fd, 0)
-	if err != nil {
-		return -1, 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", tgid, fd, err)
-	}
-	unix.CloseOnExec(sock)
-	var st unix.Stat_t
-	if err := unix.Fstat(sock, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		unix.Close(sock)
-		return -1, 0, fmt.Errorf("fd %d of pid %d is not a socket", fd, tgid)
-	}
-	return sock, st.Ino, nil
 }
 
 // unprivilegedPortStart is net.ipv4.ip_unprivileged_port_start (1024 when

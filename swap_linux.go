@@ -4,97 +4,32 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
-	"syscall"
 	"time"
-
-	"github.com/takeover/takeover/internal/socktab"
-	"golang.org/x/sys/unix"
 )
 
-// The launcher is the lifecycle's supervisor: it carries out what the
-// lifecycle decides, and completes each swap.
+// A swap: the takeover of one target from the generation before, and its
+// completion once the new generation is ready (the old server stopped).
 
-func (l *launcher) start(prev *generation) (*generation, error) {
-	path := l.path
-	if prev == nil && l.inherited != nil {
-		// The first generation: the sockets systemd passed are its own.
-		prev, l.inherited = l.inherited, nil
-	} else if prev != nil {
-		p, code, err := resolveCommand(l.cfg.commandName()) // a new binary on disk is picked up
-		if err != nil {
-			return nil, fmt.Errorf("%w (exit status %d)", err, code)
-		}
-		path = p
-	}
-	l.lastNum++
-	g, err := l.startGeneration(l.ctx, path, l.lastNum, prev)
-	if err != nil {
-		return nil, err
-	}
-	l.byPID[g.pid] = g
-	go func() {
-		select {
-		case <-g.ready:
-			l.starter.started(g)
-			l.events <- event{kind: evReady, g: g}
-		case <-g.timedOut:
-			l.events <- event{kind: evTimedOut, g: g}
-		case <-g.exited:
-		}
-	}()
-	return g, nil
-}
-
-func (l *launcher) signal(g *generation, sig syscall.Signal) { g.signal(sig) }
-
-func (l *launcher) stop(g *generation, sig syscall.Signal) {
-	if sig == 0 {
-		sig = l.cfg.signal()
-	}
-	g.signal(sig)
-	time.AfterFunc(l.cfg.killTimeout(), func() {
-		if !g.hasExited() {
-			l.log.Warn("the command did not exit within --kill-timeout of the stop signal; killing it", "pid", g.pid, "signal", unix.SignalName(sig), "kill_timeout", l.cfg.killTimeout())
-			g.signal(unix.SIGKILL)
-		}
-	})
-}
-
-func (l *launcher) completeSwap(g *generation, unlock bool) {
-	var locks []*os.File
-	if unlock {
-		locks, l.locks = l.locks, nil
-	}
-	go func() {
-		l.swap(l.ctx, g, locks)
-		l.events <- event{kind: evSwapped, g: g}
-	}()
-}
-
-func (l *launcher) release(g *generation) {
-	g.closeCopies()
-	g.releaseSwaps()
-}
-
-func (l *launcher) after(d time.Duration, ev event) {
-	time.AfterFunc(d, func() { l.events <- ev })
-}
-
-// queued returns the length of the accept queues of g's sockets, as
-// sock_diag reports it.
-func (l *launcher) queued(g *generation) int {
-	socks, err := socktab.DiagTCPListeners()
-	if err != nil {
-		return -1
-	}
-	n := 0
-	for _, s := range socks {
-		if g.heldByInode(s.Inode) != nil {
-			n += int(s.Queued)
-		}
-	}
-	return n
+// A swap is one --port target taken over by a generation.
+type swap struct {
+	Spec        portSpec
+	Addr        netip.AddrPort
+	Strategy    string    // "fresh" (the port was free), "rebind", "handoff" or "rename" (unix)
+	Via         string    // how a handoff got the old socket: unix-socket, pidfd_getfd, own-copy
+	path        *pathSwap // a unix target's file, while the old server stops
+	Why         string    // why auto chose it
+	Old         []stopTarget
+	OldCmd      string
+	oldProcs    []*oldProcess // the stop targets
+	holders     []*oldProcess // every old holder, for SIGKILL
+	inodes      []uint64      // the old listening sockets
+	Lookup      time.Duration
+	rebindTimes           // how a rebind went (rebind only)
+	fence       *fence    // a fenced handoff (fence_linux.go)
+	notFenced   string    // why a handoff was not fenced
+	Began       time.Time // the command's bind(2)
 }
 
 // swap completes a generation's swap once it is ready (and has outlived
@@ -192,18 +127,15 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	}
 }
 
-// keepInStore puts g's sockets in systemd's file descriptor store, under
-// systemd, so that a restart of the service or a crash of takeover finds
-// them there; one already stored is not sent again.
-func (l *launcher) keepInStore(g *generation) {
-	if l.store == nil {
-		return
+func (l *launcher) completeSwap(g *generation, unlock bool) {
+	var locks []*os.File
+	if unlock {
+		locks, l.locks = l.locks, nil
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, s := range g.socks {
-		l.store.keep(s.spec.storeName(), s.copyFD, s.inode)
-	}
+	go func() {
+		l.swap(l.ctx, g, locks)
+		l.events <- event{kind: evSwapped, g: g}
+	}()
 }
 
 // logSwap writes the one line that says how a generation took its ports.
@@ -232,4 +164,65 @@ func (l *launcher) logSwap(g *generation, swaps []*swap) {
 		attrs = append(attrs, slog.Group(sw.Spec.String(), a...))
 	}
 	l.log.Info("took over", attrs...)
+}
+
+// claimSwaps completes the generation's swaps unless it has exited (ok is
+// false): a unix path bound beside is renamed over (until now connects
+// reached the old server), and the old processes to stop are taken out of
+// the swaps, so that a release of the generation from now on leaves them
+// alone. A swap whose rename fails leaves the old server serving, unstopped.
+func (g *generation) claimSwaps(log *slog.Logger) (stop []oldStop, ok bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.hasExited() {
+		return nil, false
+	}
+	for _, sw := range g.swaps {
+		if err := sw.path.renameOver(); err != nil {
+			log.Error("cannot rename the new unix socket over its path; the old server keeps it, and is not stopped", "path", sw.Spec.Path, "err", err)
+			sw.abandon()
+			continue
+		}
+		if len(sw.oldProcs) == 0 {
+			sw.path.finish()
+			sw.path = nil
+			continue
+		}
+		stop = append(stop, oldStop{sw, sw.path, sw.oldProcs, sw.holders})
+		sw.path, sw.oldProcs, sw.holders = nil, nil, nil
+	}
+	return stop, true
+}
+
+// An oldStop is what a completed swap has left to do: stop the old
+// processes, and guard the unix path meanwhile.
+type oldStop struct {
+	sw             *swap
+	path           *pathSwap
+	procs, holders []*oldProcess
+}
+
+// abandon lets go of a claimed swap that will not be completed after all
+// (the new generation exited while the old server finished): as a swap's
+// abandon does, for what claimSwaps took out of it.
+func (st oldStop) abandon() {
+	closeAll(st.procs)
+	closeAll(st.holders)
+	st.path.rollBack()
+}
+
+// abandon lets go of a swap that will not be completed: of its old
+// processes' pidfds, and of the names beside a unix path (a path renamed
+// over goes back to the old socket).
+func (sw *swap) abandon() {
+	sw.releaseOld()
+	sw.path.rollBack()
+	sw.path = nil
+}
+
+// releaseOld closes the swap's pidfds of the old processes.
+func (sw *swap) releaseOld() {
+	closeAll(sw.oldProcs)
+	closeAll(sw.holders)
+	sw.oldProcs, sw.holders = nil, nil
 }

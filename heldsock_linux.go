@@ -1,0 +1,102 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// A held socket: the copy takeover keeps of a socket a generation bound to a
+// target, so that a restart or the next generation can be given it.
+
+// sockKey names a socket in the command: its process and fd, and the inode
+// so that a closed and reused fd number is not mistaken for the old socket.
+type sockKey struct {
+	Tgid, FD int
+}
+
+type heldSock struct {
+	copyFD int // takeover's own copy, kept for handoff to a later generation
+	inode  uint64
+	spec   portSpec
+	addr   netip.AddrPort // TCP and UDP
+	via    string         // a socket systemd passed: how (inheritedSock.via)
+	fence  *fence         // a new socket beside the old server's (fence_linux.go)
+}
+
+// heldFor returns the generation's socket for the target (at addr, for
+// TCP and UDP), if it still holds one.
+func (g *generation) heldFor(spec portSpec, addr netip.AddrPort) *heldSock {
+	return g.heldWhere(func(s *heldSock) bool {
+		return s.spec.Net == spec.Net && (spec.Net == netUnix && s.spec == spec || spec.Net != netUnix && s.addr == addr)
+	})
+}
+
+// heldForSpec returns the generation's socket for the target, at
+// whatever address.
+func (g *generation) heldForSpec(spec portSpec) *heldSock {
+	return g.heldWhere(func(s *heldSock) bool { return s.spec == spec })
+}
+
+func inodeOf(fd int) uint64 {
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	return st.Ino
+}
+
+// holdsSockets reports whether takeover holds copies of any of the
+// generation's sockets.
+func (g *generation) holdsSockets() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.socks) > 0 && !g.done
+}
+
+func (g *generation) heldByInode(ino uint64) *heldSock {
+	return g.heldWhere(func(s *heldSock) bool { return s.inode == ino })
+}
+
+// heldWhere returns a socket the generation holds that match accepts.
+func (g *generation) heldWhere(match func(*heldSock) bool) *heldSock {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.socks {
+		if match(s) {
+			return s
+		}
+	}
+	return nil
+}
+
+// closeCopies closes takeover's copies of the generation's sockets, so that
+// they keep no port from freeing once the generation is on its way out.
+func (g *generation) closeCopies() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.done = true
+	for k, s := range g.socks {
+		unix.Close(s.copyFD)
+		delete(g.socks, k)
+	}
+}
+
+// copySocket takes a copy of fd in process tgid, and its inode.
+func copySocket(tgid, fd int) (int, uint64, error) {
+	pidfd, err := unix.PidfdOpen(tgid, 0)
+	if err != nil {
+		return -1, 0, fmt.Errorf("pidfd_open(%d): %w", tgid, err)
+	}
+	defer unix.Close(pidfd)
+	sock, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return -1, 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", tgid, fd, err)
+	}
+	unix.CloseOnExec(sock)
+	var st unix.Stat_t
+	if err := unix.Fstat(sock, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		unix.Close(sock)
+		return -1, 0, fmt.Errorf("fd %d of pid %d is not a socket", fd, tgid)
+	}
+	return sock, st.Ino, nil
+}
