@@ -446,32 +446,6 @@ func FuzzParseStat(f *testing.F) {
 	})
 }
 
-func TestParseServerStarterPort(t *testing.T) {
-	got, err := parseServerStarterPort("127.0.0.1:8100=3;/run/app.sock=4")
-	want := []starterPort{{"127.0.0.1:8100", 3}, {"/run/app.sock", 4}}
-	if err != nil || !cmp.Equal(want, got) {
-		t.Errorf("parseServerStarterPort = %v, %v; want %v", got, err, want)
-	}
-	for _, bad := range []string{"", ";", "8100", "8100=x", "=3", "8100=-1"} {
-		if _, err := parseServerStarterPort(bad); err == nil {
-			t.Errorf("parseServerStarterPort(%q) accepted it", bad)
-		}
-	}
-}
-
-func FuzzParseServerStarterPort(f *testing.F) {
-	f.Add("127.0.0.1:8100=3;/run/app.sock=4")
-	f.Add("[::1]:80=5")
-	f.Fuzz(func(t *testing.T, s string) {
-		ps, err := parseServerStarterPort(s)
-		for _, p := range ps {
-			if err == nil && (p.FD < 0 || p.Addr == "") {
-				t.Fatalf("parseServerStarterPort(%q) = %+v", s, ps)
-			}
-		}
-	})
-}
-
 func FuzzParseSockaddr(f *testing.F) {
 	f.Add([]byte{2, 0, 0x1f, 0xa4, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add(make([]byte, 28))
