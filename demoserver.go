@@ -142,7 +142,7 @@ func (d *drainingServer) drain() {
 // serverStarterListener returns the listener SERVER_STARTER_PORT passes for
 // addr (or the only one, when there is one).
 func serverStarterListener(env, addr string) (net.Listener, error) {
-	ports, err := starter.ParseServerStarterPort(env)
+	ports, err := starter.ParseEnv(env)
 	if err != nil {
 		return nil, err
 	}

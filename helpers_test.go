@@ -281,7 +281,7 @@ func runHelper(mode string, args []string) int {
 		}()
 		return serveUntilTerm(ln)
 	case "starter": // serve the socket SERVER_STARTER_PORT names, as Server::Starter's helper reads it
-		ports, err := starter.ParseServerStarterPort(os.Getenv("SERVER_STARTER_PORT"))
+		ports, err := starter.ParseEnv(os.Getenv("SERVER_STARTER_PORT"))
 		if err != nil || len(ports) != 1 || os.Getenv("SERVER_STARTER_GENERATION") == "" {
 			fmt.Fprintf(os.Stderr, "helper: SERVER_STARTER_PORT=%q SERVER_STARTER_GENERATION=%q\n", os.Getenv("SERVER_STARTER_PORT"), os.Getenv("SERVER_STARTER_GENERATION"))
 			return 1
@@ -353,7 +353,7 @@ func servePassed() int {
 		}
 		vars = []string{"LISTEN_FDS=" + n, "LISTEN_FDNAMES=" + os.Getenv("LISTEN_FDNAMES")}
 	} else {
-		ports, err := starter.ParseServerStarterPort(os.Getenv("SERVER_STARTER_PORT"))
+		ports, err := starter.ParseEnv(os.Getenv("SERVER_STARTER_PORT"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "helper:", err)
 			return 1

@@ -234,7 +234,7 @@ func passingEnv(mode string, held []*heldSock, names []string, fds []int, num in
 		}
 		return []string{"LISTEN_FDS=" + strconv.Itoa(len(held)), "LISTEN_FDNAMES=" + strings.Join(fdNames, ":")}
 	case socketsServerStarter:
-		return []string{"SERVER_STARTER_PORT=" + starter.ServerStarterPort(names, fds), "SERVER_STARTER_GENERATION=" + strconv.Itoa(num)}
+		return []string{"SERVER_STARTER_PORT=" + starter.FormatEnv(names, fds), "SERVER_STARTER_GENERATION=" + strconv.Itoa(num)}
 	}
 	return nil
 }

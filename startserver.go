@@ -97,7 +97,7 @@ func (c config) withEnvDir(env []string) []string {
 	if c.StartServer == nil || c.StartServer.EnvDir == "" {
 		return env
 	}
-	for _, kv := range starter.LoadEnvDir(c.StartServer.EnvDir) {
+	for _, kv := range starter.ReadEnvDir(c.StartServer.EnvDir) {
 		name, _, _ := strings.Cut(kv, "=")
 		env = slices.DeleteFunc(env, func(e string) bool { return strings.HasPrefix(e, name+"=") })
 		env = append(env, kv)
@@ -107,7 +107,7 @@ func (c config) withEnvDir(env []string) []string {
 
 // starterSpec is the port takeover binds for a, TCP or UDP, at the address
 // start_server binds.
-func starterSpec(ctx context.Context, a starter.StarterPortArg) (portSpec, error) {
+func starterSpec(ctx context.Context, a starter.Port) (portSpec, error) {
 	port, err := parsePort(a.Port)
 	if err != nil {
 		return portSpec{}, err
@@ -127,8 +127,8 @@ func starterSpec(ctx context.Context, a starter.StarterPortArg) (portSpec, error
 // them), their names in SERVER_STARTER_PORT (a path as it was given) and
 // the fds the command gets them at.
 func starterTargets(ctx context.Context, ports, paths []string) (specs []portSpec, names []string, fds []int, err error) {
-	var args []starter.StarterPortArg
-	add := func(spec portSpec, a starter.StarterPortArg, opt string) error {
+	var args []starter.Port
+	add := func(spec portSpec, a starter.Port, opt string) error {
 		if slices.Contains(specs, spec) {
 			return fmt.Errorf("%s: named twice", opt)
 		}
@@ -136,7 +136,7 @@ func starterTargets(ctx context.Context, ports, paths []string) (specs []portSpe
 		return nil
 	}
 	for _, p := range ports {
-		a, err := starter.ParseStarterPort(p)
+		a, err := starter.ParsePort(p)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -153,7 +153,7 @@ func starterTargets(ctx context.Context, ports, paths []string) (specs []portSpe
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		if err := add(spec, starter.StarterPortArg{FD: -1, Name: p}, "--path "+p); err != nil {
+		if err := add(spec, starter.Port{FD: -1, Name: p}, "--path "+p); err != nil {
 			return nil, nil, nil, err
 		}
 	}
@@ -178,7 +178,7 @@ func (c config) socketFileMode() uint32 {
 func runStartServer(args []string, stdout, stderr io.Writer) int {
 	o, err := starter.Parse(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(stdout, starter.StartServerUsage)
+		fmt.Fprint(stdout, starter.Usage)
 		return 0
 	}
 	if err != nil {
@@ -190,7 +190,7 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 	}
 	switch {
 	case o.ShowVersion:
-		fmt.Fprintf(stdout, "%s (takeover %s)\n", starter.ServerStarterVersion, version)
+		fmt.Fprintf(stdout, "%s (takeover %s)\n", starter.Version, version)
 		return 0
 	case o.Restart:
 		if err := restartServer(o.PIDFile, o.StatusFile); err != nil {

@@ -238,7 +238,7 @@ func restartServer(pidFile, statusFile string) error {
 	if err != nil {
 		return err
 	}
-	gens, err := starter.StatusGenerations(statusFile)
+	gens, err := starter.ReadStatus(statusFile)
 	if err != nil {
 		return fmt.Errorf("failed to open file %s: %w", statusFile, err)
 	}
@@ -256,7 +256,7 @@ func restartServer(pidFile, statusFile string) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("generation %d did not start within %v: see start_server's log", waitFor, clientWait)
 		}
-		gens, err := starter.StatusGenerations(statusFile)
+		gens, err := starter.ReadStatus(statusFile)
 		if err != nil {
 			return fmt.Errorf("waiting for generation %d: %w", waitFor, err)
 		}

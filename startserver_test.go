@@ -69,10 +69,10 @@ func runStarterWorker() int {
 		note("fail")
 		return 1
 	}
-	var ports []starter.StarterPort
+	var ports []starter.Socket
 	if v, ok := os.LookupEnv("SERVER_STARTER_PORT"); !ok || v != "" {
 		var err error
-		if ports, err = starter.ParseServerStarterPort(v); err != nil {
+		if ports, err = starter.ParseEnv(v); err != nil {
 			note("bad SERVER_STARTER_PORT=%q", v)
 			return 1
 		}
@@ -368,7 +368,7 @@ func (r *ssRun) statusText() string {
 
 // statusGens returns the generations the status file lists.
 func (r *ssRun) statusGens() []int {
-	gens, _ := starter.StatusGenerations(r.status)
+	gens, _ := starter.ReadStatus(r.status)
 	return gens
 }
 
@@ -1218,7 +1218,7 @@ func TestStartServerRefuses(t *testing.T) {
 		t.Errorf("the file at --path was changed: %q, %v", b, err)
 	}
 	out, err := exec.Command(bin, "start-server", "--version").Output()
-	if err != nil || !strings.HasPrefix(string(out), starter.ServerStarterVersion+" ") {
+	if err != nil || !strings.HasPrefix(string(out), starter.Version+" ") {
 		t.Errorf("--version: %q, %v", out, err)
 	}
 }

@@ -32,8 +32,8 @@ func FormatStatus(live map[int]int) []byte {
 	return []byte(b.String())
 }
 
-// StatusGenerations returns the generations a status file lists, sorted.
-func StatusGenerations(path string) ([]int, error) {
+// ReadStatus returns the generations a status file lists, sorted.
+func ReadStatus(path string) ([]int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -78,10 +78,10 @@ func ReadPIDFile(f *os.File) (int, error) {
 	return pid, nil
 }
 
-// LoadEnvDir reads an envdir as start_server does: each file not starting
+// ReadEnvDir reads an envdir as start_server does: each file not starting
 // with a dot sets its name to its first line; an empty or unreadable file
 // sets nothing.
-func LoadEnvDir(dir string) []string {
+func ReadEnvDir(dir string) []string {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil

@@ -14,18 +14,18 @@ import (
 	"time"
 )
 
-// ServerStarterVersion is the Server::Starter release whose command line
-// this one follows.
-const ServerStarterVersion = "0.35"
+// Version is the Server::Starter release whose command line this one
+// follows.
+const Version = "0.35"
 
-// StartServerUsage is start_server's --help.
-const StartServerUsage = `Usage:
+// Usage is start_server's --help.
+const Usage = `Usage:
       start_server [options] -- server-prog server-arg1 server-arg2 ...
 
       # start Plack using Starlet listening at TCP port 8000
       start_server --port=8000 -- plackup -s Starlet --max-workers=100 index.psgi
 
-takeover's drop-in for Server::Starter's start_server (` + ServerStarterVersion + `): the same
+takeover's drop-in for Server::Starter's start_server (` + Version + `): the same
 options, signals and files; a worker that dies before it has lived --interval
 is started again every --interval, for ever; takeover holds the sockets,
 restarts a crashed worker on them with back-off, and logs one line per swap.
@@ -103,7 +103,7 @@ func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 func Parse(args []string, stderr io.Writer) (*Options, error) {
 	fs := flag.NewFlagSet("start_server", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, StartServerUsage) }
+	fs.Usage = func() { fmt.Fprint(stderr, Usage) }
 	var o Options
 	var ports, paths stringList
 	fs.Var(&ports, "port", "")

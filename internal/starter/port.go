@@ -11,10 +11,10 @@ import (
 	"strings"
 )
 
-// A StarterPortArg is one start_server --port: "8100", "host:8100",
+// A Port is one start_server --port: "8100", "host:8100",
 // "[v6]:8100", each with an optional "=FD" and a "u" before the port for
 // UDP.
-type StarterPortArg struct {
+type Port struct {
 	Host string // "" for a bare port: 0.0.0.0, as start_server binds it
 	Port string
 	FD   int // -1: none asked for
@@ -22,9 +22,9 @@ type StarterPortArg struct {
 	Name string // as SERVER_STARTER_PORT names it
 }
 
-// ParseStarterPort reads a --port the way start_server's patterns do.
-func ParseStarterPort(s string) (StarterPortArg, error) {
-	a := StarterPortArg{FD: -1}
+// ParsePort reads a --port the way start_server's patterns do.
+func ParsePort(s string) (Port, error) {
+	a := Port{FD: -1}
 	bad := fmt.Errorf("--port %q: want PORT, HOST:PORT or [IPV6]:PORT (uPORT for UDP), each with an optional =FD", s)
 	rest := strings.TrimSpace(s)
 	if i := strings.LastIndexByte(rest, '='); i >= 0 {
@@ -71,7 +71,7 @@ func ParseStarterPort(s string) (StarterPortArg, error) {
 // Resolve is the address start_server binds for a: 0.0.0.0 for a bare
 // port (IPv4 only), a host name's first IPv4 address (start_server's
 // gethostbyname).
-func (a StarterPortArg) Resolve(ctx context.Context) (netip.Addr, error) {
+func (a Port) Resolve(ctx context.Context) (netip.Addr, error) {
 	switch addr, err := netip.ParseAddr(a.Host); {
 	case a.Host == "":
 		return netip.IPv4Unspecified(), nil
@@ -90,7 +90,7 @@ func (a StarterPortArg) Resolve(ctx context.Context) (netip.Addr, error) {
 
 // AssignFDs gives each --port its fd: the one it asks for, else the lowest
 // free one from 3.
-func AssignFDs(args []StarterPortArg) ([]int, error) {
+func AssignFDs(args []Port) ([]int, error) {
 	used := make(map[int]string)
 	for _, a := range args {
 		if a.FD < 0 {

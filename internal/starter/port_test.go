@@ -8,31 +8,31 @@ import (
 func TestStartServerPortArgs(t *testing.T) {
 	for _, tt := range []struct {
 		in   string
-		want StarterPortArg
+		want Port
 		bad  bool
 	}{
-		{in: "8000", want: StarterPortArg{Port: "8000", FD: -1, Name: "8000"}},
-		{in: " 8000 = 5 ", want: StarterPortArg{Port: "8000", FD: 5, Name: "8000"}},
-		{in: "127.0.0.1:8000", want: StarterPortArg{Host: "127.0.0.1", Port: "8000", FD: -1, Name: "127.0.0.1:8000"}},
-		{in: "localhost:8000=0", want: StarterPortArg{Host: "localhost", Port: "8000", FD: 0, Name: "localhost:8000"}},
-		{in: "[::1]:8080", want: StarterPortArg{Host: "::1", Port: "8080", FD: -1, Name: "[::1]:8080"}},
-		{in: "::1:8080", want: StarterPortArg{Host: "::1", Port: "8080", FD: -1, Name: "[::1]:8080"}},
-		{in: "u53", want: StarterPortArg{Port: "53", FD: -1, UDP: true, Name: "53"}},
-		{in: "[::]:u53=7", want: StarterPortArg{Host: "::", Port: "53", FD: 7, UDP: true, Name: "[::]:53"}},
+		{in: "8000", want: Port{Port: "8000", FD: -1, Name: "8000"}},
+		{in: " 8000 = 5 ", want: Port{Port: "8000", FD: 5, Name: "8000"}},
+		{in: "127.0.0.1:8000", want: Port{Host: "127.0.0.1", Port: "8000", FD: -1, Name: "127.0.0.1:8000"}},
+		{in: "localhost:8000=0", want: Port{Host: "localhost", Port: "8000", FD: 0, Name: "localhost:8000"}},
+		{in: "[::1]:8080", want: Port{Host: "::1", Port: "8080", FD: -1, Name: "[::1]:8080"}},
+		{in: "::1:8080", want: Port{Host: "::1", Port: "8080", FD: -1, Name: "[::1]:8080"}},
+		{in: "u53", want: Port{Port: "53", FD: -1, UDP: true, Name: "53"}},
+		{in: "[::]:u53=7", want: Port{Host: "::", Port: "53", FD: 7, UDP: true, Name: "[::]:53"}},
 		{in: "", bad: true}, {in: "http", bad: true}, {in: ":80", bad: true}, {in: "[::1]8080", bad: true},
 		{in: "80=x", bad: true}, {in: "80=-1", bad: true}, {in: "[]:80", bad: true}, {in: "1.2.3.4:", bad: true},
 	} {
-		got, err := ParseStarterPort(tt.in)
+		got, err := ParsePort(tt.in)
 		switch {
 		case tt.bad && err == nil:
-			t.Errorf("ParseStarterPort(%q) = %+v, want an error", tt.in, got)
+			t.Errorf("ParsePort(%q) = %+v, want an error", tt.in, got)
 		case !tt.bad && err != nil:
-			t.Errorf("ParseStarterPort(%q): %v", tt.in, err)
+			t.Errorf("ParsePort(%q): %v", tt.in, err)
 		case !tt.bad && got != tt.want:
-			t.Errorf("ParseStarterPort(%q) (-want +got):\n-%+v\n+%+v", tt.in, tt.want, got)
+			t.Errorf("ParsePort(%q) (-want +got):\n-%+v\n+%+v", tt.in, tt.want, got)
 		}
 	}
-	fds, err := AssignFDs([]StarterPortArg{{FD: -1, Name: "a"}, {FD: 3, Name: "b"}, {FD: -1, Name: "c"}, {FD: 0, Name: "d"}})
+	fds, err := AssignFDs([]Port{{FD: -1, Name: "a"}, {FD: 3, Name: "b"}, {FD: -1, Name: "c"}, {FD: 0, Name: "d"}})
 	if want := []int{4, 3, 5, 0}; err != nil || !slices.Equal(fds, want) {
 		t.Errorf("AssignFDs = %v, %v; want %v", fds, err, want)
 	}
@@ -45,11 +45,11 @@ func FuzzStarterPort(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		a, err := ParseStarterPort(s)
+		a, err := ParsePort(s)
 		if err != nil {
 			return
 		}
-		b, err := ParseStarterPort(a.Name)
+		b, err := ParsePort(a.Name)
 		if err != nil || b.Name != a.Name || b.Host != a.Host || b.Port != a.Port || b.FD != -1 || b.UDP {
 			t.Errorf("%q names itself %q, which reads back as %+v, %v", s, a.Name, b, err)
 		}

@@ -12,15 +12,15 @@ import (
 	"strings"
 )
 
-// A StarterPort is one entry of SERVER_STARTER_PORT.
-type StarterPort struct {
+// A Socket is one entry of SERVER_STARTER_PORT: a socket passed at FD.
+type Socket struct {
 	Addr string // "127.0.0.1:8100", "8100" or a unix socket path
 	FD   int
 }
 
-// ParseServerStarterPort reads Server::Starter's "127.0.0.1:8100=3;/run/app.sock=4".
-func ParseServerStarterPort(s string) ([]StarterPort, error) {
-	var ps []StarterPort
+// ParseEnv reads SERVER_STARTER_PORT: "127.0.0.1:8100=3;/run/app.sock=4".
+func ParseEnv(s string) ([]Socket, error) {
+	var ps []Socket
 	for _, part := range strings.Split(s, ";") {
 		if part == "" {
 			continue
@@ -33,7 +33,7 @@ func ParseServerStarterPort(s string) ([]StarterPort, error) {
 		if err != nil || fd < 0 {
 			return nil, fmt.Errorf("SERVER_STARTER_PORT entry %q: fd %q is not a number", part, part[i+1:])
 		}
-		ps = append(ps, StarterPort{Addr: part[:i], FD: fd})
+		ps = append(ps, Socket{Addr: part[:i], FD: fd})
 	}
 	if len(ps) == 0 {
 		return nil, errors.New("SERVER_STARTER_PORT names no socket")
@@ -41,9 +41,9 @@ func ParseServerStarterPort(s string) ([]StarterPort, error) {
 	return ps, nil
 }
 
-// ServerStarterPort formats SERVER_STARTER_PORT as start_server does:
-// "PORT=FD" or "HOST:PORT=FD", ';'-separated.
-func ServerStarterPort(names []string, fds []int) string {
+// FormatEnv formats SERVER_STARTER_PORT as start_server does, for sockets
+// by those names at those fds: "PORT=FD" or "HOST:PORT=FD", ';'-separated.
+func FormatEnv(names []string, fds []int) string {
 	parts := make([]string, len(names))
 	for i, name := range names {
 		parts[i] = name + "=" + strconv.Itoa(fds[i])
