@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/starter"
 	"golang.org/x/sys/unix"
 )
@@ -499,7 +500,7 @@ func startAndReadLine(t testing.TB, cmd *exec.Cmd) *helperProc {
 func get(addr, path string) (string, error) {
 	tr := &http.Transport{DisableKeepAlives: true}
 	host := addr
-	if dialNetwork(addr) == "unix" {
+	if load.DialNetwork(addr) == "unix" {
 		host = "localhost"
 		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", addr)

@@ -48,8 +48,9 @@
 //     env files).
 //   - state.go: per-port locks and generation records; sdnotify.go: systemd.
 //   - doctor_linux.go, doctor_probe_linux.go: `takeover doctor`.
-//   - demo.go, demoserver.go, probe.go, load.go: `takeover demo`, its built-in
-//     server, and the load the demo, the benchmarks and scripts/ use.
+//   - demo.go, demoserver.go, probe.go: `takeover demo`, its built-in
+//     server, `takeover probe`; internal/load: the load the demo, the
+//     benchmarks and scripts/ use.
 package main
 
 import (
