@@ -75,7 +75,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 type demoRow struct {
 	strategy string
 	swaps    int
-	result   *load.LoadResult
+	result   *load.Result
 }
 
 type demo struct {
@@ -124,7 +124,7 @@ func (r *demoRun) wait(limit time.Duration) error {
 
 func (d demo) run() (demoRow, error) {
 	row := demoRow{strategy: d.strategy}
-	port, err := load.FreeLoopbackPort()
+	port, err := load.FreePort()
 	if err != nil {
 		return row, err
 	}
@@ -142,8 +142,8 @@ func (d demo) run() (demoRow, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var count atomic.Int64
-	loaded := make(chan *load.LoadResult, 1)
-	go func() { loaded <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: d.workers, Done: &count}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: d.workers, Done: &count}) }()
 	for i := 1; i <= d.swaps; i++ {
 		next, err := d.start(addr)
 		if err != nil {

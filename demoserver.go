@@ -42,7 +42,7 @@ func runDemoServer(args []string, stdout, stderr io.Writer) int {
 	case *rssminer:
 		ln, err = rssminerListen(fs.Arg(0))
 	default:
-		ln, err = net.Listen(load.DialNetwork(fs.Arg(0)), fs.Arg(0)) // a path is a unix socket's
+		ln, err = net.Listen(load.Network(fs.Arg(0)), fs.Arg(0)) // a path is a unix socket's
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "demo-server: %v\n", err)

@@ -193,13 +193,13 @@ func TestContainerInEffect(t *testing.T) {
 // last with HUP, under two clients that make 1000 requests before each
 // swap and after the last; it returns the takeover that serves and what
 // the clients saw.
-func swapsUnderLoad(t *testing.T, addr string, cur *tkRun, start func() *tkRun, swaps int) (*tkRun, *load.LoadResult) {
+func swapsUnderLoad(t *testing.T, addr string, cur *tkRun, start func() *tkRun, swaps int) (*tkRun, *load.Result) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var done atomic.Int64
-	loaded := make(chan *load.LoadResult, 1)
-	go func() { loaded <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2, Done: &done}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Done: &done}) }()
 	more := func() {
 		until := done.Load() + 1000
 		for deadline := time.Now().Add(30 * time.Second); done.Load() < until && time.Now().Before(deadline); {

@@ -58,8 +58,8 @@ func TestHandoff50UnderLoad(t *testing.T) {
 	waitServing(t, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	loadDone := make(chan *load.LoadResult)
-	go func() { loadDone <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2}) }()
+	loadDone := make(chan *load.Result)
+	go func() { loadDone <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 
 	const swaps = 50
 	began := make([]time.Time, swaps+1)
@@ -144,8 +144,8 @@ func crashUnderLoad(t *testing.T, helper string, code int, flags ...string) {
 	oldChild := childOf(t, first, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	loadDone := make(chan *load.LoadResult)
-	go func() { loadDone <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2}) }()
+	loadDone := make(chan *load.Result)
+	go func() { loadDone <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 	args := append(append([]string{"--port", port}, flags...), "--", self, addr)
 	crash := startTakeover(t, helper, args...)
 	got := crash.wait(t)

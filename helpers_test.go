@@ -500,7 +500,7 @@ func startAndReadLine(t testing.TB, cmd *exec.Cmd) *helperProc {
 func get(addr, path string) (string, error) {
 	tr := &http.Transport{DisableKeepAlives: true}
 	host := addr
-	if load.DialNetwork(addr) == "unix" {
+	if load.Network(addr) == "unix" {
 		host = "localhost"
 		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", addr)

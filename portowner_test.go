@@ -400,7 +400,7 @@ func TestWhoCommand(t *testing.T) {
 // freePort returns a port the kernel just gave out and released.
 func freePort(t testing.TB) string {
 	t.Helper()
-	port, err := load.FreeLoopbackPort()
+	port, err := load.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,9 +51,9 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(ctx, *duration)
 	defer cancel()
 	start := time.Now()
-	r := load.RunLoad(ctx, load.LoadConfig{Addr: *addr, Workers: *workers, Pause: *pause})
+	r := load.Run(ctx, load.Config{Addr: *addr, Workers: *workers, Pause: *pause})
 	if *timeline != "" {
-		if err := load.WriteTimeline(*timeline, start, r); err != nil {
+		if err := r.WriteTimeline(*timeline, start); err != nil {
 			fmt.Fprintf(stderr, "takeover probe: %v\n", err)
 			return exitFailure
 		}

@@ -67,8 +67,8 @@ func TestReadyTimeoutRollsBack(t *testing.T) {
 	waitServing(t, addr)
 	oldChild := childOf(t, old, addr)
 	ctx, cancel := context.WithCancel(context.Background())
-	loaded := make(chan *load.LoadResult, 1)
-	go func() { loaded <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 
 	bad := startTakeover(t, "listenonly", "--ready-timeout", "2s", "--bind-timeout", "1s", "--kill-timeout", "500ms", "--port", port, "--", self, addr)
 	code := bad.wait(t)
@@ -209,8 +209,8 @@ func TestBlockingModeLeftToServers(t *testing.T) {
 			cur := startTakeover(t, "", args...)
 			waitServing(t, addr)
 			ctx, cancel := context.WithCancel(context.Background())
-			loaded := make(chan *load.LoadResult, 1)
-			go func() { loaded <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2}) }()
+			loaded := make(chan *load.Result, 1)
+			go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 			for i := 1; i <= 4; i++ {
 				next := startTakeover(t, "", args...)
 				if code := cur.wait(t); code != 0 {

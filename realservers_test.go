@@ -324,7 +324,7 @@ func testRealServer(t *testing.T, srv realServer) {
 	fenced := h.checkFenced()
 	// A server that does not drain, unfenced, for comparison: what a
 	// handoff loses without the fence is the server's own doing, logged.
-	var unfenced *load.LoadResult
+	var unfenced *load.Result
 	if srv.drops != "" {
 		h.load = startRealLoad(t, srv.proto, h.addr)
 		h.awaitRequests("the fenced handoffs")
@@ -378,7 +378,7 @@ func testRealServer(t *testing.T, srv realServer) {
 // passing (--sockets) the sockets are takeover's, and not fenced.
 func (h *realHarness) checkFenced() bool {
 	h.t.Helper()
-	if h.srv.proto == "udp" || load.DialNetwork(h.addr) == "unix" || slices.Contains(h.extra, "--sockets") {
+	if h.srv.proto == "udp" || load.Network(h.addr) == "unix" || slices.Contains(h.extra, "--sockets") {
 		return false
 	}
 	n := 0
@@ -440,7 +440,7 @@ func (h *realHarness) start() *tkRun {
 // or a unix socket's path.
 func (h *realHarness) targetFlags() []string {
 	switch {
-	case load.DialNetwork(h.addr) == "unix":
+	case load.Network(h.addr) == "unix":
 		return []string{"--path", h.addr}
 	case h.srv.proto == "udp":
 		return []string{"--port", "udp:" + h.addr}
@@ -655,7 +655,7 @@ func (h *realHarness) awaitAnswer(what string) {
 
 // logFailures lists the failures of a load, each with the swap under way
 // when it began.
-func (h *realHarness) logFailures(r *load.LoadResult) {
+func (h *realHarness) logFailures(r *load.Result) {
 	for i, f := range r.Failures {
 		if i == maxListed {
 			h.t.Logf("... and %d more failures", len(r.Failures)-maxListed)
@@ -786,7 +786,7 @@ func lineRequest(addr string, lr lineReq, timeout time.Duration) (kind, detail s
 // in time and count in any case.
 type realLoad struct {
 	cancel context.CancelFunc
-	done   chan *load.LoadResult
+	done   chan *load.Result
 	n      atomic.Int64 // requests finished
 }
 
@@ -795,12 +795,12 @@ type realLoad struct {
 // through runDatagramLoad.
 func startRealLoad(t *testing.T, proto, addr string) *realLoad {
 	ctx, cancel := context.WithTimeout(context.Background(), realLoadMax)
-	l := &realLoad{cancel: cancel, done: make(chan *load.LoadResult, 1)}
+	l := &realLoad{cancel: cancel, done: make(chan *load.Result, 1)}
 	switch proto {
 	case "udp":
 		go func() { l.done <- runDatagramLoad(ctx, addr, 2, realLoadCap, &l.n) }()
 	case "http":
-		go func() { l.done <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2, Done: &l.n}) }()
+		go func() { l.done <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Done: &l.n}) }()
 		go func() { // the count bound
 			tick := time.NewTicker(100 * time.Millisecond)
 			defer tick.Stop()
@@ -821,7 +821,7 @@ func startRealLoad(t *testing.T, proto, addr string) *realLoad {
 }
 
 // stop ends the load and returns what it saw; later calls return nil.
-func (l *realLoad) stop(t *testing.T) *load.LoadResult {
+func (l *realLoad) stop(t *testing.T) *load.Result {
 	l.cancel()
 	select {
 	case r, ok := <-l.done:
@@ -836,12 +836,12 @@ func (l *realLoad) stop(t *testing.T) *load.LoadResult {
 	return nil
 }
 
-// runLineLoad is load.RunLoad for one-line protocols: workers closed-loop
+// runLineLoad is load.Run for one-line protocols: workers closed-loop
 // clients, at most max requests in all, each counted in done as it ends.
-func runLineLoad(ctx context.Context, addr string, lr lineReq, workers int, max int64, done *atomic.Int64) *load.LoadResult {
+func runLineLoad(ctx context.Context, addr string, lr lineReq, workers int, max int64, done *atomic.Int64) *load.Result {
 	var count atomic.Int64
-	return load.RunWorkers(workers, func() *load.LoadResult {
-		r := &load.LoadResult{}
+	return load.RunWorkers(workers, func() *load.Result {
+		r := &load.Result{}
 		for ctx.Err() == nil && count.Add(1) <= max {
 			t0 := time.Now()
 			kind, detail := lineRequest(addr, lr, 5*time.Second)

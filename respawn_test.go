@@ -17,12 +17,12 @@ import (
 
 // loadWhile runs two clients against addr until f returns, and returns what
 // they saw.
-func loadWhile(t *testing.T, addr string, f func()) *load.LoadResult {
+func loadWhile(t *testing.T, addr string, f func()) *load.Result {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	loaded := make(chan *load.LoadResult, 1)
+	loaded := make(chan *load.Result, 1)
 	go func() {
-		loaded <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2, Timeout: 30 * time.Second})
+		loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Timeout: 30 * time.Second})
 	}()
 	defer func() {
 		cancel()

@@ -102,7 +102,7 @@ func supervisorKinds() []supervisorKind {
 
 // supervisedRun is what one run under a supervisor saw.
 type supervisedRun struct {
-	load       *load.LoadResult
+	load       *load.Result
 	slowOK     bool
 	downTook   time.Duration // from `down` to nothing listening
 	generation string        // what served last
@@ -173,9 +173,9 @@ func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervised
 	served := waitServing(t, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	loaded := make(chan *load.LoadResult, 1)
+	loaded := make(chan *load.Result, 1)
 	go func() {
-		loaded <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2, Timeout: 10 * time.Second})
+		loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Timeout: 10 * time.Second})
 	}()
 	slow := slowRequest(t, addr, "3s")
 	for _, step := range [][]string{sk.restart(dir), sk.restart(dir), sk.restart(dir), sk.reload(dir)} {

@@ -49,8 +49,8 @@ func benchSwaps(b *testing.B, strategy string, swaps int, warm time.Duration) {
 		b.Fatalf("%v; takeover's stderr:\n%s", err, cur.stderr.String())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	loaded := make(chan *load.LoadResult, 1)
-	go func() { loaded <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 	time.Sleep(warm)
 	bounds := []time.Time{time.Now()}
 	var runs []*demoRun // read once each has exited: a rebind's swap line comes after the old one is gone

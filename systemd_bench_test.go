@@ -23,7 +23,7 @@ func BenchmarkSystemdRestart(b *testing.B) {
 	sdInstall(b, box)
 	type row struct {
 		name string
-		r    *load.LoadResult
+		r    *load.Result
 	}
 	var rows []row
 	for range b.N {
@@ -61,7 +61,7 @@ func BenchmarkSystemdRestart(b *testing.B) {
 // sdBenchRun starts unit, loads addr, and runs `systemctl VERB unit` three
 // times, each once the service answers again and 300 more requests have
 // finished.
-func sdBenchRun(b *testing.B, box *sdBox, unit, addr, verb string) *load.LoadResult {
+func sdBenchRun(b *testing.B, box *sdBox, unit, addr, verb string) *load.Result {
 	if out, err := box.Systemctl("start", unit); err != nil {
 		b.Fatalf("start %s: %v: %s\n%s", unit, err, out, box.Journal(unit))
 	}

@@ -160,15 +160,15 @@ func (s *sdService) kill9(t *testing.T, pid int) {
 // A sdLoad is HTTP load from the host while one phase runs.
 type sdLoad struct {
 	cancel context.CancelFunc
-	done   chan *load.LoadResult
+	done   chan *load.Result
 	count  atomic.Int64
 }
 
 func startSdLoad(addr string) *sdLoad {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &sdLoad{cancel: cancel, done: make(chan *load.LoadResult, 1)}
+	l := &sdLoad{cancel: cancel, done: make(chan *load.Result, 1)}
 	go func() {
-		l.done <- load.RunLoad(ctx, load.LoadConfig{Addr: addr, Workers: 2, Timeout: 10 * time.Second, Done: &l.count})
+		l.done <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Timeout: 10 * time.Second, Done: &l.count})
 	}()
 	return l
 }
@@ -181,14 +181,14 @@ func (l *sdLoad) waitRequests(n int64) {
 	}
 }
 
-func (l *sdLoad) stop() *load.LoadResult {
+func (l *sdLoad) stop() *load.Result {
 	l.waitRequests(200)
 	l.cancel()
 	return <-l.done
 }
 
 // report logs a phase's figures, as README quotes them.
-func report(t *testing.T, phase string, r *load.LoadResult) {
+func report(t *testing.T, phase string, r *load.Result) {
 	t.Helper()
 	t.Logf("%s: %d requests, %d failed (%d refused, %d reset, %d timeout), longest refused window %v, max latency %v",
 		phase, r.Requests, r.FailedRequests(), r.Refused, r.Resets, r.Timeouts, r.LongestRefused().Round(time.Microsecond), maxLatency(r).Round(time.Millisecond))
@@ -200,7 +200,7 @@ func report(t *testing.T, phase string, r *load.LoadResult) {
 	}
 }
 
-func maxLatency(r *load.LoadResult) time.Duration {
+func maxLatency(r *load.Result) time.Duration {
 	var m time.Duration
 	for _, d := range r.Latencies {
 		m = max(m, d)

@@ -59,7 +59,7 @@ type targetLoad struct{ proto, addr string }
 // check, if set, looks at the target after the start and after each swap,
 // once the server answers. It stops the last takeover and returns what
 // each load saw.
-func targetSwaps(h *realHarness, check func(what string), loads ...targetLoad) []*load.LoadResult {
+func targetSwaps(h *realHarness, check func(what string), loads ...targetLoad) []*load.Result {
 	t := h.t
 	t.Helper()
 	if h.bound == 0 {
@@ -91,7 +91,7 @@ func targetSwaps(h *realHarness, check func(what string), loads ...targetLoad) [
 		t.Errorf("the HUP reload did not hand the sockets over:\n%s", logsOf(h.cur))
 	}
 	check("a HUP reload")
-	results := []*load.LoadResult{h.load.stop(t)}
+	results := []*load.Result{h.load.stop(t)}
 	for _, l := range others {
 		results = append(results, l.stop(t))
 	}
@@ -137,7 +137,7 @@ func checkPathGone(t *testing.T, path string) {
 }
 
 // countFailures says how many requests failed, and how.
-func countFailures(r *load.LoadResult) string {
+func countFailures(r *load.Result) string {
 	return fmt.Sprintf("%d of %d failed (%d refused, %d reset, %d timeouts, %d other)",
 		r.FailedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts, r.Failed)
 }
@@ -279,16 +279,16 @@ func TestUDPEchoSwappedUnderLoad(t *testing.T) {
 // never sent again: one whose echo never comes is lost.
 const datagramTimeout = 2 * time.Second
 
-// runDatagramLoad is load.RunLoad for a UDP echo server: workers clients, each
+// runDatagramLoad is load.Run for a UDP echo server: workers clients, each
 // from its own socket sending numbered datagrams, each once the echo of the
 // one before came or datagramTimeout passed, at most max in all. Echoes
 // are counted by number, late ones too (read until datagramTimeout after
 // the last send): a datagram never echoed is "lost", one echoed twice
 // "failed".
-func runDatagramLoad(ctx context.Context, addr string, workers int, max int64, done *atomic.Int64) *load.LoadResult {
+func runDatagramLoad(ctx context.Context, addr string, workers int, max int64, done *atomic.Int64) *load.Result {
 	var count atomic.Int64
-	return load.RunWorkers(workers, func() *load.LoadResult {
-		r := &load.LoadResult{}
+	return load.RunWorkers(workers, func() *load.Result {
+		r := &load.Result{}
 		conn, err := net.Dial("udp", addr)
 		if err != nil {
 			r.Record(time.Now(), load.Classify(err), err.Error())

@@ -21,9 +21,9 @@ import (
 	"time"
 )
 
-// A LoadConfig describes client load against one address: each worker opens
+// A Config describes client load against one address: each worker opens
 // a connection, sends an HTTP/1.0 request, reads the whole answer, and again.
-type LoadConfig struct {
+type Config struct {
 	Addr    string        // host:port, or the absolute path of a unix socket
 	Workers int           // concurrent clients; 2
 	Path    string        // "/"
@@ -46,8 +46,8 @@ type Failure struct {
 // ends it.)
 type refusedSpan struct{ Start, End time.Time }
 
-// LoadResult is what a load run saw.
-type LoadResult struct {
+// Result is what a load run saw.
+type Result struct {
 	Requests, OK, Refused, Resets, Timeouts, Failed int
 	Latencies                                       []time.Duration // of the requests that got a 200
 	Starts                                          []time.Time     // when each of those began
@@ -56,7 +56,7 @@ type LoadResult struct {
 
 // Record counts one request that began at t0 and ended as kind: "" (a
 // good answer), refused, reset, timeout or another failure, with detail.
-func (r *LoadResult) Record(t0 time.Time, kind, detail string) {
+func (r *Result) Record(t0 time.Time, kind, detail string) {
 	r.Requests++
 	if kind == "" {
 		r.OK++
@@ -77,8 +77,8 @@ func (r *LoadResult) Record(t0 time.Time, kind, detail string) {
 	}
 }
 
-// RunLoad sends requests until ctx ends.
-func RunLoad(ctx context.Context, cfg LoadConfig) *LoadResult {
+// Run sends requests until ctx ends.
+func Run(ctx context.Context, cfg Config) *Result {
 	if cfg.Workers == 0 {
 		cfg.Workers = 2
 	}
@@ -89,8 +89,8 @@ func RunLoad(ctx context.Context, cfg LoadConfig) *LoadResult {
 		cfg.Timeout = 5 * time.Second
 	}
 	req := HTTPRequest(cfg.Addr, cfg.Path)
-	return RunWorkers(cfg.Workers, func() *LoadResult {
-		r := &LoadResult{}
+	return RunWorkers(cfg.Workers, func() *Result {
+		r := &Result{}
 		for ctx.Err() == nil {
 			t0 := time.Now()
 			kind, detail := Request(cfg.Addr, req, cfg.Timeout)
@@ -108,9 +108,9 @@ func RunLoad(ctx context.Context, cfg LoadConfig) *LoadResult {
 
 // RunWorkers runs work in that many goroutines at once and adds up what
 // they saw.
-func RunWorkers(workers int, work func() *LoadResult) *LoadResult {
+func RunWorkers(workers int, work func() *Result) *Result {
 	var mu sync.Mutex
-	total := &LoadResult{}
+	total := &Result{}
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -126,7 +126,7 @@ func RunWorkers(workers int, work func() *LoadResult) *LoadResult {
 	return total
 }
 
-func (t *LoadResult) add(r *LoadResult) {
+func (t *Result) add(r *Result) {
 	t.Requests += r.Requests
 	t.OK += r.OK
 	t.Refused += r.Refused
@@ -141,7 +141,7 @@ func (t *LoadResult) add(r *LoadResult) {
 // HTTPRequest is an HTTP/1.0 request for path at addr.
 func HTTPRequest(addr, path string) []byte {
 	host := addr
-	if DialNetwork(addr) == "unix" {
+	if Network(addr) == "unix" {
 		host = "localhost"
 	}
 	return []byte("GET " + path + " HTTP/1.0\r\nHost: " + host + "\r\n\r\n")
@@ -150,7 +150,7 @@ func HTTPRequest(addr, path string) []byte {
 // Request makes one request and classifies its failure ("" on a 200), with
 // what the client saw.
 func Request(addr string, req []byte, timeout time.Duration) (kind, detail string) {
-	conn, err := net.DialTimeout(DialNetwork(addr), addr, timeout)
+	conn, err := net.DialTimeout(Network(addr), addr, timeout)
 	if err != nil {
 		return Classify(err), err.Error()
 	}
@@ -169,9 +169,9 @@ func Request(addr string, req []byte, timeout time.Duration) (kind, detail strin
 	return "", ""
 }
 
-// DialNetwork is the network an address is in: a path is a unix
+// Network is the network an address is in: a path is a unix
 // socket's.
-func DialNetwork(addr string) string {
+func Network(addr string) string {
 	if strings.HasPrefix(addr, "/") {
 		return "unix"
 	}
@@ -194,12 +194,12 @@ func Classify(err error) string {
 }
 
 // FailedRequests counts every request that did not get a 200.
-func (r *LoadResult) FailedRequests() int { return r.Requests - r.OK }
+func (r *Result) FailedRequests() int { return r.Requests - r.OK }
 
 // refusedSpans returns the spans in which connections were refused, in
 // order. A span ends at the first connect that got through after a refused
 // one; the time its answer then took is latency, not refusal.
-func (r *LoadResult) refusedSpans() []refusedSpan {
+func (r *Result) refusedSpans() []refusedSpan {
 	var refused []time.Time
 	for _, f := range r.Failures {
 		if f.Kind == "refused" {
@@ -228,7 +228,7 @@ func (r *LoadResult) refusedSpans() []refusedSpan {
 }
 
 // LongestRefused is the longest span in which connections were refused.
-func (r *LoadResult) LongestRefused() time.Duration {
+func (r *Result) LongestRefused() time.Duration {
 	var d time.Duration
 	for _, s := range r.refusedSpans() {
 		d = max(d, s.End.Sub(s.Start))
@@ -239,7 +239,7 @@ func (r *LoadResult) LongestRefused() time.Duration {
 // WindowsIn returns, for each span of time [bounds[i], bounds[i+1]), the
 // refused window in it: from the start of the first refused span that
 // begins in it to the end of the last.
-func (r *LoadResult) WindowsIn(bounds []time.Time) []time.Duration {
+func (r *Result) WindowsIn(bounds []time.Time) []time.Duration {
 	ws := make([]time.Duration, len(bounds)-1)
 	spans := r.refusedSpans()
 	for i := range ws {
@@ -269,10 +269,10 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	return s[i]
 }
 
-// WriteTimeline writes one line per request of r to path: when it began,
-// in seconds from start; its latency in milliseconds (0 if it failed); and
+// WriteTimeline writes one line per request to path: when it began, in
+// seconds from start; its latency in milliseconds (0 if it failed); and
 // "ok" or the kind of failure.
-func WriteTimeline(path string, start time.Time, r *LoadResult) error {
+func (r *Result) WriteTimeline(path string, start time.Time) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -287,8 +287,8 @@ func WriteTimeline(path string, start time.Time, r *LoadResult) error {
 	return f.Close()
 }
 
-// FreeLoopbackPort asks the kernel for a free port on 127.0.0.1.
-func FreeLoopbackPort() (int, error) {
+// FreePort asks the kernel for a free port on 127.0.0.1.
+func FreePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err

@@ -10,7 +10,7 @@ import (
 func TestWindowsIn(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	at := func(ms float64) time.Time { return t0.Add(time.Duration(ms * float64(time.Millisecond))) }
-	r := &LoadResult{
+	r := &Result{
 		// Swap 1: refused from 10 to 12 ms; client b got through at 12.5 ms
 		// while client a, refused at 12 ms, was off the CPU until 30 ms.
 		// Swap 2: nothing refused.
@@ -27,7 +27,7 @@ func TestWindowsIn(t *testing.T) {
 	}
 
 	// Three spans, the last with no success after it.
-	r = &LoadResult{
+	r = &Result{
 		Failures: []Failure{{At: at(1), Kind: "refused"}, {At: at(2), Kind: "refused"}, {At: at(20), Kind: "refused"}, {At: at(27), Kind: "refused"}},
 		Starts:   []time.Time{at(0), at(2), at(3), at(19)},
 	}
