@@ -192,8 +192,8 @@ func ctrEntrypoint(t *testing.T, rt ctrRuntime, app ctrApp, caps []string) {
 	ctrWaitGen(t, addr, 2, logs)
 	r := load.stop()
 	report(t, rt.name+" kill -s HUP", r)
-	if r.failedRequests() != 0 {
-		t.Errorf("a HUP reload: %d of %d failed", r.failedRequests(), r.Requests)
+	if r.FailedRequests() != 0 {
+		t.Errorf("a HUP reload: %d of %d failed", r.FailedRequests(), r.Requests)
 	}
 
 	load = startSdLoad(addr)
@@ -204,8 +204,8 @@ func ctrEntrypoint(t *testing.T, rt ctrRuntime, app ctrApp, caps []string) {
 	r = load.stop()
 	report(t, rt.name+" kill -9 of the server", r)
 	stillUp("a crash of the server")
-	if r.Refused != 0 || r.failedRequests() > 2 {
-		t.Errorf("a crash: %d refused, %d failed of %d (2 clients: at most 2 in flight in the killed server)", r.Refused, r.failedRequests(), r.Requests)
+	if r.Refused != 0 || r.FailedRequests() > 2 {
+		t.Errorf("a crash: %d refused, %d failed of %d (2 clients: at most 2 in flight in the killed server)", r.Refused, r.FailedRequests(), r.Requests)
 	}
 
 	load = startSdLoad(addr)
@@ -225,8 +225,8 @@ func ctrEntrypoint(t *testing.T, rt ctrRuntime, app ctrApp, caps []string) {
 	r = load.stop()
 	report(t, rt.name+" exec -d takeover, then kill -s HUP to the replaced PID 1", r)
 	stillUp("a deploy by exec")
-	if r.failedRequests() != 0 {
-		t.Errorf("a deploy by exec and a HUP passed on: %d of %d failed", r.failedRequests(), r.Requests)
+	if r.FailedRequests() != 0 {
+		t.Errorf("a deploy by exec and a HUP passed on: %d of %d failed", r.FailedRequests(), r.Requests)
 	}
 
 	doctor, _ := rt.cli("exec", name, rt.tk, "doctor")
@@ -301,8 +301,8 @@ func ctrFirstSwap(t *testing.T, rt ctrRuntime, app ctrApp, caps []string) {
 	// A handoff shares the old server's socket: nothing fails. A rebind
 	// cannot copy it: what waits in its queue when the old server closes
 	// it is reset, at most one request per client (2).
-	if allowed := map[bool]int{true: 0, false: 2}[want == "strategy=handoff"]; r.failedRequests() > allowed {
-		t.Errorf("the first swap (%s): %d of %d failed, want at most %d", want, r.failedRequests(), r.Requests, allowed)
+	if allowed := map[bool]int{true: 0, false: 2}[want == "strategy=handoff"]; r.FailedRequests() > allowed {
+		t.Errorf("the first swap (%s): %d of %d failed, want at most %d", want, r.FailedRequests(), r.Requests, allowed)
 	}
 }
 

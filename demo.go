@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/takeover/takeover/internal/load"
 )
 
 // runDemo implements `takeover demo`: it runs the built-in HTTP server under
@@ -55,13 +57,13 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 			return exitFailure
 		}
 		rows = append(rows, row)
-		ok = ok && row.swaps == *swaps && (strategy != "handoff" || row.result.failedRequests() == 0)
+		ok = ok && row.swaps == *swaps && (strategy != "handoff" || row.result.FailedRequests() == 0)
 	}
 	fmt.Fprintf(stdout, "\n%-9s %6s %9s %7s %8s %16s %12s\n", "strategy", "swaps", "requests", "failed", "refused", "longest refused", "p99 latency")
 	for _, r := range rows {
 		fmt.Fprintf(stdout, "%-9s %6d %9d %7d %8d %16v %12v\n", r.strategy, r.swaps, r.result.Requests,
-			r.result.failedRequests(), r.result.Refused, r.result.longestRefused().Round(time.Microsecond),
-			percentile(r.result.Latencies, 99).Round(time.Microsecond))
+			r.result.FailedRequests(), r.result.Refused, r.result.LongestRefused().Round(time.Microsecond),
+			load.Percentile(r.result.Latencies, 99).Round(time.Microsecond))
 	}
 	if !ok {
 		fmt.Fprintln(stdout, "\nsome swaps did not complete, or a handoff failed requests")
@@ -73,7 +75,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 type demoRow struct {
 	strategy string
 	swaps    int
-	result   *loadResult
+	result   *load.Result
 }
 
 type demo struct {
@@ -147,7 +149,7 @@ func (r *demoRun) wait(limit time.Duration) error {
 
 func (d demo) run() (demoRow, error) {
 	row := demoRow{strategy: d.strategy}
-	port, err := freeLoopbackPort()
+	port, err := load.FreePort()
 	if err != nil {
 		return row, err
 	}
@@ -165,8 +167,8 @@ func (d demo) run() (demoRow, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var count atomic.Int64
-	loaded := make(chan *loadResult, 1)
-	go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: d.workers, Done: &count}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: d.workers, Done: &count}) }()
 	for i := 1; i <= d.swaps; i++ {
 		next, err := d.start(addr)
 		if err != nil {
@@ -189,7 +191,7 @@ func (d demo) run() (demoRow, error) {
 	}
 	cancel()
 	row.result = <-loaded
-	d.progress.finished(d.strategy, row.swaps, d.swaps, row.result.Requests, row.result.failedRequests())
+	d.progress.finished(d.strategy, row.swaps, d.swaps, row.result.Requests, row.result.FailedRequests())
 	return row, nil
 }
 
@@ -198,7 +200,7 @@ func waitHTTP(addr string, limit time.Duration) error {
 	req := []byte("GET / HTTP/1.0\r\n\r\n")
 	deadline := time.Now().Add(limit)
 	for {
-		kind, detail := request(addr, req, time.Second)
+		kind, detail := load.Request(addr, req, time.Second)
 		if kind == "" {
 			return nil
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,11 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/starter"
 )
 
 // runDemoServer implements `takeover demo-server [--init-delay D] ADDR`
@@ -41,7 +42,7 @@ func runDemoServer(args []string, stdout, stderr io.Writer) int {
 	case *rssminer:
 		ln, err = rssminerListen(fs.Arg(0))
 	default:
-		ln, err = net.Listen(dialNetwork(fs.Arg(0)), fs.Arg(0)) // a path is a unix socket's
+		ln, err = net.Listen(load.Network(fs.Arg(0)), fs.Arg(0)) // a path is a unix socket's
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "demo-server: %v\n", err)
@@ -142,7 +143,7 @@ func (d *drainingServer) drain() {
 // serverStarterListener returns the listener SERVER_STARTER_PORT passes for
 // addr (or the only one, when there is one).
 func serverStarterListener(env, addr string) (net.Listener, error) {
-	ports, err := parseServerStarterPort(env)
+	ports, err := starter.ParseEnv(env)
 	if err != nil {
 		return nil, err
 	}
@@ -170,33 +171,4 @@ func rssminerListen(addr string) (net.Listener, error) {
 		time.Sleep(150 * time.Millisecond)
 	}
 	return nil, err
-}
-
-// A starterPort is one entry of SERVER_STARTER_PORT.
-type starterPort struct {
-	Addr string // "127.0.0.1:8100", "8100" or a unix socket path
-	FD   int
-}
-
-// parseServerStarterPort reads Server::Starter's "127.0.0.1:8100=3;/run/app.sock=4".
-func parseServerStarterPort(s string) ([]starterPort, error) {
-	var ps []starterPort
-	for _, part := range strings.Split(s, ";") {
-		if part == "" {
-			continue
-		}
-		i := strings.LastIndexByte(part, '=')
-		if i <= 0 {
-			return nil, fmt.Errorf("SERVER_STARTER_PORT entry %q: want ADDR=FD", part)
-		}
-		fd, err := strconv.Atoi(part[i+1:])
-		if err != nil || fd < 0 {
-			return nil, fmt.Errorf("SERVER_STARTER_PORT entry %q: fd %q is not a number", part, part[i+1:])
-		}
-		ps = append(ps, starterPort{Addr: part[:i], FD: fd})
-	}
-	if len(ps) == 0 {
-		return nil, errors.New("SERVER_STARTER_PORT names no socket")
-	}
-	return ps, nil
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/load"
 )
 
 // An environment is a place takeover runs: as root, in a container whose
@@ -115,11 +117,11 @@ func TestEnvironments(t *testing.T) {
 				}
 
 				cur, r := swapsUnderLoad(t, addr, cur, start, 3)
-				if r.Requests == 0 || r.failedRequests() != 0 {
+				if r.Requests == 0 || r.FailedRequests() != 0 {
 					t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d); the first: %v\nthe last takeover's log:\n%s",
-						r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts, r.Failures[:min(3, len(r.Failures))], cur.stderr)
+						r.FailedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts, r.Failures[:min(3, len(r.Failures))], cur.stderr)
 				}
-				t.Logf("%s/%s: 3 handoffs between takeovers and a HUP reload: %d requests, %d failed", e.name, kind, r.Requests, r.failedRequests())
+				t.Logf("%s/%s: 3 handoffs between takeovers and a HUP reload: %d requests, %d failed", e.name, kind, r.Requests, r.FailedRequests())
 				cur.cmd.Process.Signal(syscall.SIGTERM)
 				if code := cur.wait(t); code != 0 {
 					t.Errorf("the last takeover exited %d after TERM:\n%s", code, cur.stderr)
@@ -191,13 +193,13 @@ func TestContainerInEffect(t *testing.T) {
 // last with HUP, under two clients that make 1000 requests before each
 // swap and after the last; it returns the takeover that serves and what
 // the clients saw.
-func swapsUnderLoad(t *testing.T, addr string, cur *tkRun, start func() *tkRun, swaps int) (*tkRun, *loadResult) {
+func swapsUnderLoad(t *testing.T, addr string, cur *tkRun, start func() *tkRun, swaps int) (*tkRun, *load.Result) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var done atomic.Int64
-	loaded := make(chan *loadResult, 1)
-	go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Done: &done}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Done: &done}) }()
 	more := func() {
 		until := done.Load() + 1000
 		for deadline := time.Now().Add(30 * time.Second); done.Load() < until && time.Now().Before(deadline); {

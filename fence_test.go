@@ -387,8 +387,8 @@ func TestFencedFirstSwap(t *testing.T) {
 			t.Errorf("the swap line lacks %s: %s", want, line)
 		}
 	}
-	t.Logf("%d requests, %d failed (%d refused, %d reset); %s", res.Requests, res.failedRequests(), res.Refused, res.Resets, line)
-	if res.failedRequests() > 0 || res.OK == 0 {
-		t.Errorf("%d of %d requests failed, want 0", res.failedRequests(), res.Requests)
+	t.Logf("%d requests, %d failed (%d refused, %d reset); %s", res.Requests, res.FailedRequests(), res.Refused, res.Resets, line)
+	if res.FailedRequests() > 0 || res.OK == 0 {
+		t.Errorf("%d of %d requests failed, want 0", res.FailedRequests(), res.Requests)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/load"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,8 +58,8 @@ func TestHandoff50UnderLoad(t *testing.T) {
 	waitServing(t, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	loadDone := make(chan *loadResult)
-	go func() { loadDone <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2}) }()
+	loadDone := make(chan *load.Result)
+	go func() { loadDone <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 
 	const swaps = 50
 	began := make([]time.Time, swaps+1)
@@ -79,7 +80,7 @@ func TestHandoff50UnderLoad(t *testing.T) {
 	cancel()
 	r := <-loadDone
 	t.Logf("%d handoffs, %d requests, %d failed (%d refused, %d reset, %d timeouts)",
-		swaps, r.Requests, r.failedRequests(), r.Refused, r.Resets, r.Timeouts)
+		swaps, r.Requests, r.FailedRequests(), r.Refused, r.Resets, r.Timeouts)
 	if r.Requests < swaps {
 		t.Errorf("only %d requests were made during %d swaps", r.Requests, swaps)
 	}
@@ -143,8 +144,8 @@ func crashUnderLoad(t *testing.T, helper string, code int, flags ...string) {
 	oldChild := childOf(t, first, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	loadDone := make(chan *loadResult)
-	go func() { loadDone <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2}) }()
+	loadDone := make(chan *load.Result)
+	go func() { loadDone <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 	args := append(append([]string{"--port", port}, flags...), "--", self, addr)
 	crash := startTakeover(t, helper, args...)
 	got := crash.wait(t)
@@ -157,8 +158,8 @@ func crashUnderLoad(t *testing.T, helper string, code int, flags ...string) {
 	if !first.running() || processGone(oldChild) {
 		t.Fatal("the old server was stopped")
 	}
-	if r.failedRequests() != 0 || r.OK == 0 {
-		t.Errorf("%d of %d requests failed", r.failedRequests(), r.Requests)
+	if r.FailedRequests() != 0 || r.OK == 0 {
+		t.Errorf("%d of %d requests failed", r.FailedRequests(), r.Requests)
 	}
 	if got := childOf(t, first, addr); got != oldChild {
 		t.Errorf("port held by %d, want the old %d", got, oldChild)

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/starter"
 	"golang.org/x/sys/unix"
 )
 
@@ -280,7 +282,7 @@ func runHelper(mode string, args []string) int {
 		}()
 		return serveUntilTerm(ln)
 	case "starter": // serve the socket SERVER_STARTER_PORT names, as Server::Starter's helper reads it
-		ports, err := parseServerStarterPort(os.Getenv("SERVER_STARTER_PORT"))
+		ports, err := starter.ParseEnv(os.Getenv("SERVER_STARTER_PORT"))
 		if err != nil || len(ports) != 1 || os.Getenv("SERVER_STARTER_GENERATION") == "" {
 			fmt.Fprintf(os.Stderr, "helper: SERVER_STARTER_PORT=%q SERVER_STARTER_GENERATION=%q\n", os.Getenv("SERVER_STARTER_PORT"), os.Getenv("SERVER_STARTER_GENERATION"))
 			return 1
@@ -352,7 +354,7 @@ func servePassed() int {
 		}
 		vars = []string{"LISTEN_FDS=" + n, "LISTEN_FDNAMES=" + os.Getenv("LISTEN_FDNAMES")}
 	} else {
-		ports, err := parseServerStarterPort(os.Getenv("SERVER_STARTER_PORT"))
+		ports, err := starter.ParseEnv(os.Getenv("SERVER_STARTER_PORT"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "helper:", err)
 			return 1
@@ -498,7 +500,7 @@ func startAndReadLine(t testing.TB, cmd *exec.Cmd) *helperProc {
 func get(addr, path string) (string, error) {
 	tr := &http.Transport{DisableKeepAlives: true}
 	host := addr
-	if dialNetwork(addr) == "unix" {
+	if load.Network(addr) == "unix" {
 		host = "localhost"
 		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", addr)

@@ -45,11 +45,14 @@
 //   - fdpass_linux.go: takeovers hand sockets to each other over unix sockets.
 //   - passing_linux.go: --sockets systemd and server-starter; startserver.go,
 //     startserver_run.go, startserver_daemon.go: `start_server`, a drop-in
-//     for Server::Starter's, and its --daemonize.
+//     for Server::Starter's, and its --daemonize; internal/starter: its
+//     formats (command line, --port, SERVER_STARTER_PORT, status, pid and
+//     env files).
 //   - state.go: per-port locks and generation records; sdnotify.go: systemd.
 //   - doctor_linux.go, doctor_probe_linux.go: `takeover doctor`.
-//   - demo.go, demoserver.go, probe.go, load.go: `takeover demo`, its built-in
-//     server, and the load the demo, the benchmarks and scripts/ use.
+//   - demo.go, demoserver.go, probe.go: `takeover demo`, its built-in
+//     server, `takeover probe`; internal/load: the load the demo, the
+//     benchmarks and scripts/ use.
 package main
 
 import (

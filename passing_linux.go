@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/starter"
 	"golang.org/x/sys/unix"
 )
 
@@ -233,19 +234,9 @@ func passingEnv(mode string, held []*heldSock, names []string, fds []int, num in
 		}
 		return []string{"LISTEN_FDS=" + strconv.Itoa(len(held)), "LISTEN_FDNAMES=" + strings.Join(fdNames, ":")}
 	case socketsServerStarter:
-		return []string{"SERVER_STARTER_PORT=" + serverStarterPort(names, fds), "SERVER_STARTER_GENERATION=" + strconv.Itoa(num)}
+		return []string{"SERVER_STARTER_PORT=" + starter.FormatEnv(names, fds), "SERVER_STARTER_GENERATION=" + strconv.Itoa(num)}
 	}
 	return nil
-}
-
-// serverStarterPort formats SERVER_STARTER_PORT as start_server does:
-// "PORT=FD" or "HOST:PORT=FD", ';'-separated.
-func serverStarterPort(names []string, fds []int) string {
-	parts := make([]string, len(names))
-	for i, name := range names {
-		parts[i] = name + "=" + strconv.Itoa(fds[i])
-	}
-	return strings.Join(parts, ";")
 }
 
 // passedVars are the variables of a parent's socket passing, which the

@@ -36,10 +36,10 @@ func TestSocketPassing(t *testing.T) {
 				}
 			}
 			cur, r := swapsUnderLoad(t, addr, cur, start, 2)
-			if r.failedRequests() != 0 {
-				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d): %v", r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts, r.Failures)
+			if r.FailedRequests() != 0 {
+				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d): %v", r.FailedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts, r.Failures)
 			}
-			t.Logf("%s: 2 new takeovers and a HUP reload: %d requests, %d failed", tt.mode, r.Requests, r.failedRequests())
+			t.Logf("%s: 2 new takeovers and a HUP reload: %d requests, %d failed", tt.mode, r.Requests, r.FailedRequests())
 
 			// The generation the HUP replaced may still be draining: kill
 			// the one serving, which the last swap line names.

@@ -32,10 +32,10 @@ func TestPID1Replaced(t *testing.T) {
 	waitNewServer(t, addr, first)
 	init.waitLog(t, "replaced as PID 1 of this PID namespace")
 	r := load.stop() // 200 requests more, after the old server was told to stop
-	if r.failedRequests() != 0 {
-		t.Errorf("a deploy into the namespace: %d of %d failed (%d refused): %v", r.failedRequests(), r.Requests, r.Refused, r.Failures)
+	if r.FailedRequests() != 0 {
+		t.Errorf("a deploy into the namespace: %d of %d failed (%d refused): %v", r.FailedRequests(), r.Requests, r.Refused, r.Failures)
 	}
-	t.Logf("a takeover started inside replaced PID 1: %d requests, %d failed", r.Requests, r.failedRequests())
+	t.Logf("a takeover started inside replaced PID 1: %d requests, %d failed", r.Requests, r.FailedRequests())
 	if !init.running() || processGone(hostPID1) {
 		t.Fatalf("PID 1 exited when replaced: the namespace ended with it\n%s", init.stderr)
 	}

@@ -13,9 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/socktab"
 )
 
@@ -400,7 +400,7 @@ func TestWhoCommand(t *testing.T) {
 // freePort returns a port the kernel just gave out and released.
 func freePort(t testing.TB) string {
 	t.Helper()
-	port, err := freeLoopbackPort()
+	port, err := load.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,32 +446,6 @@ func FuzzParseStat(f *testing.F) {
 	})
 }
 
-func TestParseServerStarterPort(t *testing.T) {
-	got, err := parseServerStarterPort("127.0.0.1:8100=3;/run/app.sock=4")
-	want := []starterPort{{"127.0.0.1:8100", 3}, {"/run/app.sock", 4}}
-	if err != nil || !cmp.Equal(want, got) {
-		t.Errorf("parseServerStarterPort = %v, %v; want %v", got, err, want)
-	}
-	for _, bad := range []string{"", ";", "8100", "8100=x", "=3", "8100=-1"} {
-		if _, err := parseServerStarterPort(bad); err == nil {
-			t.Errorf("parseServerStarterPort(%q) accepted it", bad)
-		}
-	}
-}
-
-func FuzzParseServerStarterPort(f *testing.F) {
-	f.Add("127.0.0.1:8100=3;/run/app.sock=4")
-	f.Add("[::1]:80=5")
-	f.Fuzz(func(t *testing.T, s string) {
-		ps, err := parseServerStarterPort(s)
-		for _, p := range ps {
-			if err == nil && (p.FD < 0 || p.Addr == "") {
-				t.Fatalf("parseServerStarterPort(%q) = %+v", s, ps)
-			}
-		}
-	})
-}
-
 func FuzzParseSockaddr(f *testing.F) {
 	f.Add([]byte{2, 0, 0x1f, 0xa4, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add(make([]byte, 28))
@@ -490,40 +464,6 @@ func FuzzParseThreadStatus(f *testing.F) {
 			t.Fatalf("parseThreadStatus(%q) = %+v", s, st)
 		}
 	})
-}
-
-func TestWindowsIn(t *testing.T) {
-	t0 := time.Unix(1000, 0)
-	at := func(ms float64) time.Time { return t0.Add(time.Duration(ms * float64(time.Millisecond))) }
-	r := &loadResult{
-		// Swap 1: refused from 10 to 12 ms; client b got through at 12.5 ms
-		// while client a, refused at 12 ms, was off the CPU until 30 ms.
-		// Swap 2: nothing refused.
-		Failures: []failure{{At: at(10), Kind: "refused"}, {At: at(11), Kind: "refused"}, {At: at(12), Kind: "refused"}, {At: at(60), Kind: "reset"}},
-		Starts:   []time.Time{at(5), at(30), at(12.5), at(55)},
-	}
-	got := r.windowsIn([]time.Time{at(0), at(50), at(100)})
-	want := []time.Duration{2500 * time.Microsecond, 0}
-	if !cmp.Equal(want, got) {
-		t.Errorf("windowsIn = %v, want %v", got, want)
-	}
-	if got := r.longestRefused(); got != 2500*time.Microsecond {
-		t.Errorf("longestRefused = %v, want 2.5ms", got)
-	}
-
-	// Three spans, the last with no success after it.
-	r = &loadResult{
-		Failures: []failure{{At: at(1), Kind: "refused"}, {At: at(2), Kind: "refused"}, {At: at(20), Kind: "refused"}, {At: at(27), Kind: "refused"}},
-		Starts:   []time.Time{at(0), at(2), at(3), at(19)},
-	}
-	// A success that starts at the same instant as a refusal ends its span.
-	wantSpans := []refusedSpan{{at(1), at(2)}, {at(2), at(2)}, {at(20), at(27)}}
-	if got := r.refusedSpans(); !cmp.Equal(wantSpans, got) {
-		t.Errorf("refusedSpans = %v, want %v", got, wantSpans)
-	}
-	if got := r.longestRefused(); got != 7*time.Millisecond {
-		t.Errorf("longestRefused = %v, want 7ms", got)
-	}
 }
 
 // TestWhoCannotSee: a listener whose holder this user cannot read is

@@ -11,6 +11,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/takeover/takeover/internal/load"
 )
 
 // runProbe implements `takeover probe`: the load and probe program of
@@ -49,46 +51,21 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(ctx, *duration)
 	defer cancel()
 	start := time.Now()
-	r := runLoad(ctx, loadConfig{Addr: *addr, Workers: *workers, Pause: *pause})
+	r := load.Run(ctx, load.Config{Addr: *addr, Workers: *workers, Pause: *pause})
 	if *timeline != "" {
-		if err := writeTimeline(*timeline, start, r); err != nil {
+		if err := r.WriteTimeline(*timeline, start); err != nil {
 			fmt.Fprintf(stderr, "takeover probe: %v\n", err)
 			return exitFailure
 		}
 	}
 	out := map[string]any{
-		"requests": r.Requests, "failed": r.failedRequests(), "refused": r.Refused, "resets": r.Resets,
+		"requests": r.Requests, "failed": r.FailedRequests(), "refused": r.Refused, "resets": r.Resets,
 		"timeouts": r.Timeouts, "other": r.Failed,
-		"longest_refused_ms": ms(r.longestRefused()),
-		"p50_ms":             ms(percentile(r.Latencies, 50)),
-		"p99_ms":             ms(percentile(r.Latencies, 99)),
-		"max_ms":             ms(percentile(r.Latencies, 100)),
+		"longest_refused_ms": ms(r.LongestRefused()),
+		"p50_ms":             ms(load.Percentile(r.Latencies, 50)),
+		"p99_ms":             ms(load.Percentile(r.Latencies, 99)),
+		"max_ms":             ms(load.Percentile(r.Latencies, 100)),
 	}
 	json.NewEncoder(stdout).Encode(out)
 	return 0
-}
-
-func writeTimeline(path string, start time.Time, r *loadResult) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for i, d := range r.Latencies {
-		fmt.Fprintf(f, "%.4f %.3f ok\n", r.Starts[i].Sub(start).Seconds(), ms(d))
-	}
-	for _, fl := range r.Failures {
-		fmt.Fprintf(f, "%.4f 0 %s\n", fl.At.Sub(start).Seconds(), fl.Kind)
-	}
-	return f.Close()
-}
-
-// freeLoopbackPort asks the kernel for a free port on 127.0.0.1.
-func freeLoopbackPort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }

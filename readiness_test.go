@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/seccomp"
 )
 
@@ -66,8 +67,8 @@ func TestReadyTimeoutRollsBack(t *testing.T) {
 	waitServing(t, addr)
 	oldChild := childOf(t, old, addr)
 	ctx, cancel := context.WithCancel(context.Background())
-	loaded := make(chan *loadResult, 1)
-	go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 
 	bad := startTakeover(t, "listenonly", "--ready-timeout", "2s", "--bind-timeout", "1s", "--kill-timeout", "500ms", "--port", port, "--", self, addr)
 	code := bad.wait(t)
@@ -82,8 +83,8 @@ func TestReadyTimeoutRollsBack(t *testing.T) {
 	if !old.running() || processGone(oldChild) {
 		t.Fatal("the old server was stopped by a rolled-back swap")
 	}
-	if r.failedRequests() != 0 {
-		t.Errorf("%d of %d requests failed across the rollback (refused %d, reset %d)", r.failedRequests(), r.Requests, r.Refused, r.Resets)
+	if r.FailedRequests() != 0 {
+		t.Errorf("%d of %d requests failed across the rollback (refused %d, reset %d)", r.FailedRequests(), r.Requests, r.Refused, r.Resets)
 	}
 	next := startTakeover(t, "serve", "--port", port, "--", self, addr)
 	if code := old.wait(t); code != 0 {
@@ -208,8 +209,8 @@ func TestBlockingModeLeftToServers(t *testing.T) {
 			cur := startTakeover(t, "", args...)
 			waitServing(t, addr)
 			ctx, cancel := context.WithCancel(context.Background())
-			loaded := make(chan *loadResult, 1)
-			go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2}) }()
+			loaded := make(chan *load.Result, 1)
+			go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 			for i := 1; i <= 4; i++ {
 				next := startTakeover(t, "", args...)
 				if code := cur.wait(t); code != 0 {
@@ -231,8 +232,8 @@ func TestBlockingModeLeftToServers(t *testing.T) {
 			// one connection in 10-20 swaps when its old process stops
 			// while a new one serves the same socket (reproduced with two
 			// asyncio processes and no takeover): logged, not failed.
-			if r.Timeouts != 0 || r.Refused != 0 || r.failedRequests() > r.Resets {
-				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d): %+v", r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts, r.Failures)
+			if r.Timeouts != 0 || r.Refused != 0 || r.FailedRequests() > r.Resets {
+				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d): %+v", r.FailedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts, r.Failures)
 			}
 			if r.Resets > 0 {
 				t.Logf("%d of %d requests reset by the server", r.Resets, r.Requests)

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/load"
 	"golang.org/x/sys/unix"
 )
 
@@ -323,7 +324,7 @@ func testRealServer(t *testing.T, srv realServer) {
 	fenced := h.checkFenced()
 	// A server that does not drain, unfenced, for comparison: what a
 	// handoff loses without the fence is the server's own doing, logged.
-	var unfenced *loadResult
+	var unfenced *load.Result
 	if srv.drops != "" {
 		h.load = startRealLoad(t, srv.proto, h.addr)
 		h.awaitRequests("the fenced handoffs")
@@ -343,14 +344,14 @@ func testRealServer(t *testing.T, srv realServer) {
 	h.stop()
 	procs.checkNoneLeft(t, 20*time.Second)
 	t.Logf("%s, rebind: %d requests, %d failed (%d refused, %d reset), longest refused window %v; %s",
-		srv.name, rb.Requests, rb.failedRequests(), rb.Refused, rb.Resets, rb.longestRefused().Round(time.Microsecond), swapLineOf(h.cur))
+		srv.name, rb.Requests, rb.FailedRequests(), rb.Refused, rb.Resets, rb.LongestRefused().Round(time.Microsecond), swapLineOf(h.cur))
 
 	t.Logf("%s: %d swaps in %v (%s); %d requests, %d failed (%d refused, %d reset, %d timeouts, %d other)",
 		srv.name, len(h.events), time.Since(began).Round(time.Millisecond), h.timings(),
-		r.Requests, r.failedRequests(), r.Refused, r.Resets, r.Timeouts, r.Failed)
+		r.Requests, r.FailedRequests(), r.Refused, r.Resets, r.Timeouts, r.Failed)
 	if unfenced != nil {
 		t.Logf("%s, %d swaps with --fence off: %d requests, %d failed (%d refused, %d reset, %d other): %s",
-			srv.name, realSwaps, unfenced.Requests, unfenced.failedRequests(), unfenced.Refused, unfenced.Resets, unfenced.Failed, srv.drops)
+			srv.name, realSwaps, unfenced.Requests, unfenced.FailedRequests(), unfenced.Refused, unfenced.Resets, unfenced.Failed, srv.drops)
 	}
 	if r.OK == 0 {
 		t.Errorf("no request succeeded")
@@ -363,12 +364,12 @@ func testRealServer(t *testing.T, srv realServer) {
 		t.Errorf("%d connections refused and %d requests timed out", r.Refused, r.Timeouts)
 	}
 	switch {
-	case srv.drains && r.failedRequests() > 0:
-		t.Errorf("%d of %d requests failed though %s drains on %s", r.failedRequests(), r.Requests, srv.name, srv.signal)
-	case fenced && r.failedRequests() > 0:
-		t.Errorf("%d of %d requests failed though every handoff was fenced (without the fence: %s)", r.failedRequests(), r.Requests, srv.drops)
-	case r.failedRequests() > 0:
-		t.Logf("%d of %d requests failed, not counted against takeover: %s", r.failedRequests(), r.Requests, srv.drops)
+	case srv.drains && r.FailedRequests() > 0:
+		t.Errorf("%d of %d requests failed though %s drains on %s", r.FailedRequests(), r.Requests, srv.name, srv.signal)
+	case fenced && r.FailedRequests() > 0:
+		t.Errorf("%d of %d requests failed though every handoff was fenced (without the fence: %s)", r.FailedRequests(), r.Requests, srv.drops)
+	case r.FailedRequests() > 0:
+		t.Logf("%d of %d requests failed, not counted against takeover: %s", r.FailedRequests(), r.Requests, srv.drops)
 	}
 }
 
@@ -377,7 +378,7 @@ func testRealServer(t *testing.T, srv realServer) {
 // passing (--sockets) the sockets are takeover's, and not fenced.
 func (h *realHarness) checkFenced() bool {
 	h.t.Helper()
-	if h.srv.proto == "udp" || dialNetwork(h.addr) == "unix" || slices.Contains(h.extra, "--sockets") {
+	if h.srv.proto == "udp" || load.Network(h.addr) == "unix" || slices.Contains(h.extra, "--sockets") {
 		return false
 	}
 	n := 0
@@ -439,7 +440,7 @@ func (h *realHarness) start() *tkRun {
 // or a unix socket's path.
 func (h *realHarness) targetFlags() []string {
 	switch {
-	case dialNetwork(h.addr) == "unix":
+	case load.Network(h.addr) == "unix":
 		return []string{"--path", h.addr}
 	case h.srv.proto == "udp":
 		return []string{"--port", "udp:" + h.addr}
@@ -654,7 +655,7 @@ func (h *realHarness) awaitAnswer(what string) {
 
 // logFailures lists the failures of a load, each with the swap under way
 // when it began.
-func (h *realHarness) logFailures(r *loadResult) {
+func (h *realHarness) logFailures(r *load.Result) {
 	for i, f := range r.Failures {
 		if i == maxListed {
 			h.t.Logf("... and %d more failures", len(r.Failures)-maxListed)
@@ -732,7 +733,7 @@ func probeOnce(proto, addr string) error {
 	kind, detail := "", ""
 	switch proto {
 	case "http":
-		kind, detail = request(addr, httpRequest(addr, "/"), 5*time.Second)
+		kind, detail = load.Request(addr, load.HTTPRequest(addr, "/"), 5*time.Second)
 	case "udp":
 		kind, detail = echoOnce(addr)
 	default:
@@ -755,16 +756,16 @@ func protoRequest(proto string) lineReq {
 }
 
 // lineRequest opens a connection, sends one request line, reads the answer
-// line and closes: what load.go's request does for HTTP/1.0.
+// line and closes: what load.Request does for HTTP/1.0.
 func lineRequest(addr string, lr lineReq, timeout time.Duration) (kind, detail string) {
 	conn, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
-		return classify(err), err.Error()
+		return load.Classify(err), err.Error()
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(timeout))
 	if _, err := io.WriteString(conn, lr.req); err != nil {
-		return classify(err), err.Error()
+		return load.Classify(err), err.Error()
 	}
 	var got []byte
 	buf := make([]byte, 256)
@@ -772,7 +773,7 @@ func lineRequest(addr string, lr lineReq, timeout time.Duration) (kind, detail s
 		n, err := conn.Read(buf)
 		got = append(got, buf[:n]...)
 		if err != nil {
-			return classify(err), fmt.Sprintf("%v after %q", err, got)
+			return load.Classify(err), fmt.Sprintf("%v after %q", err, got)
 		}
 	}
 	if !bytes.HasPrefix(got, []byte(lr.want)) {
@@ -785,21 +786,21 @@ func lineRequest(addr string, lr lineReq, timeout time.Duration) (kind, detail s
 // in time and count in any case.
 type realLoad struct {
 	cancel context.CancelFunc
-	done   chan *loadResult
+	done   chan *load.Result
 	n      atomic.Int64 // requests finished
 }
 
 // startRealLoad runs two closed-loop clients of proto against addr: HTTP
-// through load.go, redis and memcached through lineRequest, UDP echo
+// through internal/load, redis and memcached through lineRequest, UDP echo
 // through runDatagramLoad.
 func startRealLoad(t *testing.T, proto, addr string) *realLoad {
 	ctx, cancel := context.WithTimeout(context.Background(), realLoadMax)
-	l := &realLoad{cancel: cancel, done: make(chan *loadResult, 1)}
+	l := &realLoad{cancel: cancel, done: make(chan *load.Result, 1)}
 	switch proto {
 	case "udp":
 		go func() { l.done <- runDatagramLoad(ctx, addr, 2, realLoadCap, &l.n) }()
 	case "http":
-		go func() { l.done <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Done: &l.n}) }()
+		go func() { l.done <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Done: &l.n}) }()
 		go func() { // the count bound
 			tick := time.NewTicker(100 * time.Millisecond)
 			defer tick.Stop()
@@ -820,7 +821,7 @@ func startRealLoad(t *testing.T, proto, addr string) *realLoad {
 }
 
 // stop ends the load and returns what it saw; later calls return nil.
-func (l *realLoad) stop(t *testing.T) *loadResult {
+func (l *realLoad) stop(t *testing.T) *load.Result {
 	l.cancel()
 	select {
 	case r, ok := <-l.done:
@@ -835,16 +836,16 @@ func (l *realLoad) stop(t *testing.T) *loadResult {
 	return nil
 }
 
-// runLineLoad is runLoad for one-line protocols: workers closed-loop
+// runLineLoad is load.Run for one-line protocols: workers closed-loop
 // clients, at most max requests in all, each counted in done as it ends.
-func runLineLoad(ctx context.Context, addr string, lr lineReq, workers int, max int64, done *atomic.Int64) *loadResult {
+func runLineLoad(ctx context.Context, addr string, lr lineReq, workers int, max int64, done *atomic.Int64) *load.Result {
 	var count atomic.Int64
-	return runWorkers(workers, func() *loadResult {
-		r := &loadResult{}
+	return load.RunWorkers(workers, func() *load.Result {
+		r := &load.Result{}
 		for ctx.Err() == nil && count.Add(1) <= max {
 			t0 := time.Now()
 			kind, detail := lineRequest(addr, lr, 5*time.Second)
-			r.record(t0, kind, detail)
+			r.Record(t0, kind, detail)
 			done.Add(1)
 		}
 		return r
@@ -965,7 +966,7 @@ func TestJavaTwoLoopsUnderLoad(t *testing.T) {
 	procs.checkNoneLeft(t, 20*time.Second)
 
 	t.Logf("%d takeovers in %v; %d requests, %d failed (%d refused, %d reset, %d timeouts, %d other)",
-		len(runs), time.Since(began).Round(time.Millisecond), r.Requests, r.failedRequests(), r.Refused, r.Resets, r.Timeouts, r.Failed)
+		len(runs), time.Since(began).Round(time.Millisecond), r.Requests, r.FailedRequests(), r.Refused, r.Resets, r.Timeouts, r.Failed)
 	if r.OK == 0 {
 		t.Errorf("no request succeeded")
 	}
@@ -976,8 +977,8 @@ func TestJavaTwoLoopsUnderLoad(t *testing.T) {
 		}
 		t.Logf("%s at %v: %s", f.Kind, f.At.Sub(began).Round(time.Millisecond), f.Err)
 	}
-	if r.failedRequests() > 0 {
-		t.Errorf("%d of %d requests failed", r.failedRequests(), r.Requests)
+	if r.FailedRequests() > 0 {
+		t.Errorf("%d of %d requests failed", r.FailedRequests(), r.Requests)
 	}
 }
 

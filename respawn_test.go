@@ -11,15 +11,19 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/load"
 )
 
 // loadWhile runs two clients against addr until f returns, and returns what
 // they saw.
-func loadWhile(t *testing.T, addr string, f func()) *loadResult {
+func loadWhile(t *testing.T, addr string, f func()) *load.Result {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	loaded := make(chan *loadResult, 1)
-	go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Timeout: 30 * time.Second}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() {
+		loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Timeout: 30 * time.Second})
+	}()
 	defer func() {
 		cancel()
 		<-loaded
@@ -55,11 +59,11 @@ func TestRespawnAfterKill9(t *testing.T) {
 					}
 				}
 			})
-			if res.Refused != 0 || res.Timeouts != 0 || res.failedRequests() > 2*kills {
+			if res.Refused != 0 || res.Timeouts != 0 || res.FailedRequests() > 2*kills {
 				t.Errorf("%d of %d requests failed (refused %d, reset %d, timeouts %d), want only those in flight in the killed processes (at most %d): %+v",
-					res.failedRequests(), res.Requests, res.Refused, res.Resets, res.Timeouts, 2*kills, res.Failures)
+					res.FailedRequests(), res.Requests, res.Refused, res.Resets, res.Timeouts, 2*kills, res.Failures)
 			}
-			t.Logf("%d kills: %d requests, %d failed (in flight), longest wait %v", kills, res.Requests, res.failedRequests(), percentile(res.Latencies, 100))
+			t.Logf("%d kills: %d requests, %d failed (in flight), longest wait %v", kills, res.Requests, res.FailedRequests(), load.Percentile(res.Latencies, 100))
 			if !strings.Contains(r.stderr.String(), "queued=") {
 				t.Errorf("the restart line does not say how many connections waited:\n%s", r.stderr)
 			}
@@ -108,7 +112,7 @@ func TestRespawnUncaughtException(t *testing.T) {
 		}
 	})
 	if res.Refused != 0 || res.Timeouts != 0 {
-		t.Errorf("other clients: %d of %d requests failed (refused %d, reset %d, timeouts %d)", res.failedRequests(), res.Requests, res.Refused, res.Resets, res.Timeouts)
+		t.Errorf("other clients: %d of %d requests failed (refused %d, reset %d, timeouts %d)", res.FailedRequests(), res.Requests, res.Refused, res.Resets, res.Timeouts)
 	}
 	if !strings.Contains(r.stderr.String(), "status=1") {
 		t.Errorf("the restart line does not give the dead process's status:\n%s", r.stderr)

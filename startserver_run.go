@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -9,12 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/takeover/takeover/internal/starter"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,23 +89,12 @@ func (s *starterState) exited(g *generation) {
 	}
 }
 
-// writeStatus writes start_server's status file: "GEN:PID" lines, sorted
-// as Perl sorts the generations (as strings). s.mu is held.
+// writeStatus writes start_server's status file. s.mu is held.
 func (s *starterState) writeStatus() {
 	if s.opts.StatusFile == "" {
 		return
 	}
-	gens := make([]string, 0, len(s.live))
-	for gen := range s.live {
-		gens = append(gens, strconv.Itoa(gen))
-	}
-	slices.Sort(gens)
-	var b strings.Builder
-	for _, gen := range gens {
-		n, _ := strconv.Atoi(gen)
-		fmt.Fprintf(&b, "%s:%d\n", gen, s.live[n])
-	}
-	if err := writeFileAtomic(s.opts.StatusFile, []byte(b.String())); err != nil {
+	if err := writeFileAtomic(s.opts.StatusFile, starter.FormatStatus(s.live)); err != nil {
 		s.log.Warn("cannot write --status-file", "err", err)
 		return
 	}
@@ -235,52 +222,6 @@ func removePaths(specs []portSpec) {
 	}
 }
 
-// lockPIDFile writes this process's pid to path and holds an exclusive
-// lock on it for as long as the file is open: start_server --stop waits for
-// the lock.
-func lockPIDFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if _, err := fmt.Fprintf(f, "%d\n", os.Getpid()); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-// readPIDFile reads the pid start_server wrote.
-func readPIDFile(f *os.File) (int, error) {
-	line, _ := bufio.NewReader(f).ReadString('\n')
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil || pid <= 0 {
-		return 0, fmt.Errorf("%s holds no pid (%q)", f.Name(), line)
-	}
-	return pid, nil
-}
-
-// statusGenerations returns the generations a status file lists, sorted.
-func statusGenerations(path string) ([]int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var gens []int
-	for line := range strings.Lines(string(b)) {
-		gen, _, ok := strings.Cut(line, ":")
-		if n, err := strconv.Atoi(gen); ok && err == nil && n >= 0 && !slices.Contains(gens, n) {
-			gens = append(gens, n)
-		}
-	}
-	slices.Sort(gens)
-	return gens, nil
-}
-
 // restartServer is start_server --restart: HUP the running start_server
 // and wait until the status file lists one generation, a newer one than
 // before.
@@ -292,12 +233,12 @@ func restartServer(pidFile, statusFile string) error {
 	if err != nil {
 		return fmt.Errorf("failed to open file %s: %w", pidFile, err)
 	}
-	pid, err := readPIDFile(f)
+	pid, err := starter.ReadPIDFile(f)
 	f.Close()
 	if err != nil {
 		return err
 	}
-	gens, err := statusGenerations(statusFile)
+	gens, err := starter.ReadStatus(statusFile)
 	if err != nil {
 		return fmt.Errorf("failed to open file %s: %w", statusFile, err)
 	}
@@ -315,7 +256,7 @@ func restartServer(pidFile, statusFile string) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("generation %d did not start within %v: see start_server's log", waitFor, clientWait)
 		}
-		gens, err := statusGenerations(statusFile)
+		gens, err := starter.ReadStatus(statusFile)
 		if err != nil {
 			return fmt.Errorf("waiting for generation %d: %w", waitFor, err)
 		}
@@ -342,7 +283,7 @@ func stopServer(pidFile string, stderr io.Writer) error {
 		return fmt.Errorf("failed to open file %s: %w", pidFile, err)
 	}
 	defer f.Close()
-	pid, err := readPIDFile(f)
+	pid, err := starter.ReadPIDFile(f)
 	if err != nil {
 		return err
 	}

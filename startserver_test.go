@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/starter"
 	"golang.org/x/sys/unix"
 )
 
@@ -68,10 +69,10 @@ func runStarterWorker() int {
 		note("fail")
 		return 1
 	}
-	var ports []starterPort
+	var ports []starter.Socket
 	if v, ok := os.LookupEnv("SERVER_STARTER_PORT"); !ok || v != "" {
 		var err error
-		if ports, err = parseServerStarterPort(v); err != nil {
+		if ports, err = starter.ParseEnv(v); err != nil {
 			note("bad SERVER_STARTER_PORT=%q", v)
 			return 1
 		}
@@ -367,7 +368,7 @@ func (r *ssRun) statusText() string {
 
 // statusGens returns the generations the status file lists.
 func (r *ssRun) statusGens() []int {
-	gens, _ := statusGenerations(r.status)
+	gens, _ := starter.ReadStatus(r.status)
 	return gens
 }
 
@@ -1217,7 +1218,7 @@ func TestStartServerRefuses(t *testing.T) {
 		t.Errorf("the file at --path was changed: %q, %v", b, err)
 	}
 	out, err := exec.Command(bin, "start-server", "--version").Output()
-	if err != nil || !strings.HasPrefix(string(out), serverStarterVersion+" ") {
+	if err != nil || !strings.HasPrefix(string(out), starter.Version+" ") {
 		t.Errorf("--version: %q, %v", out, err)
 	}
 }
@@ -1247,57 +1248,6 @@ func TestStartServerStalePIDFile(t *testing.T) {
 	if processGone(sleeper.Process.Pid) {
 		t.Fatal("the stale pid file's process was signalled")
 	}
-}
-
-func TestStartServerPortArgs(t *testing.T) {
-	for _, tt := range []struct {
-		in   string
-		want starterPortArg
-		bad  bool
-	}{
-		{in: "8000", want: starterPortArg{Port: "8000", FD: -1, Name: "8000"}},
-		{in: " 8000 = 5 ", want: starterPortArg{Port: "8000", FD: 5, Name: "8000"}},
-		{in: "127.0.0.1:8000", want: starterPortArg{Host: "127.0.0.1", Port: "8000", FD: -1, Name: "127.0.0.1:8000"}},
-		{in: "localhost:8000=0", want: starterPortArg{Host: "localhost", Port: "8000", FD: 0, Name: "localhost:8000"}},
-		{in: "[::1]:8080", want: starterPortArg{Host: "::1", Port: "8080", FD: -1, Name: "[::1]:8080"}},
-		{in: "::1:8080", want: starterPortArg{Host: "::1", Port: "8080", FD: -1, Name: "[::1]:8080"}},
-		{in: "u53", want: starterPortArg{Port: "53", FD: -1, UDP: true, Name: "53"}},
-		{in: "[::]:u53=7", want: starterPortArg{Host: "::", Port: "53", FD: 7, UDP: true, Name: "[::]:53"}},
-		{in: "", bad: true}, {in: "http", bad: true}, {in: ":80", bad: true}, {in: "[::1]8080", bad: true},
-		{in: "80=x", bad: true}, {in: "80=-1", bad: true}, {in: "[]:80", bad: true}, {in: "1.2.3.4:", bad: true},
-	} {
-		got, err := parseStarterPort(tt.in)
-		switch {
-		case tt.bad && err == nil:
-			t.Errorf("parseStarterPort(%q) = %+v, want an error", tt.in, got)
-		case !tt.bad && err != nil:
-			t.Errorf("parseStarterPort(%q): %v", tt.in, err)
-		case !tt.bad && got != tt.want:
-			t.Errorf("parseStarterPort(%q) (-want +got):\n-%+v\n+%+v", tt.in, tt.want, got)
-		}
-	}
-	fds, err := assignFDs([]starterPortArg{{FD: -1, Name: "a"}, {FD: 3, Name: "b"}, {FD: -1, Name: "c"}, {FD: 0, Name: "d"}})
-	if want := []int{4, 3, 5, 0}; err != nil || !slices.Equal(fds, want) {
-		t.Errorf("assignFDs = %v, %v; want %v", fds, err, want)
-	}
-}
-
-// FuzzStarterPort: the --port parser never panics, and the name it gives a
-// port (SERVER_STARTER_PORT's) reads back as the same port.
-func FuzzStarterPort(f *testing.F) {
-	for _, s := range []string{"8000", "127.0.0.1:8000=3", "[::1]:u8080", "::1:80", "localhost:80", " 1 = 2 ", "[:80"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		a, err := parseStarterPort(s)
-		if err != nil {
-			return
-		}
-		b, err := parseStarterPort(a.Name)
-		if err != nil || b.Name != a.Name || b.Host != a.Host || b.Port != a.Port || b.FD != -1 || b.UDP {
-			t.Errorf("%q names itself %q, which reads back as %+v, %v", s, a.Name, b, err)
-		}
-	})
 }
 
 // TestStartServerForeignHolder: a port held by a server that is neither

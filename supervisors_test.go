@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/load"
 )
 
 // Real supervisors from Debian restart a service by stopping the pid they
@@ -100,7 +102,7 @@ func supervisorKinds() []supervisorKind {
 
 // supervisedRun is what one run under a supervisor saw.
 type supervisedRun struct {
-	load       *loadResult
+	load       *load.Result
 	slowOK     bool
 	downTook   time.Duration // from `down` to nothing listening
 	generation string        // what served last
@@ -122,11 +124,11 @@ func TestSupervisors(t *testing.T) {
 				run  supervisedRun
 			}{{"takeover --detach-on-stop", with}, {"the server alone", alone}} {
 				t.Logf("%s, %s: 3 restarts and a reload: %d requests, %d failed, %d refused, longest refused window %v, slow request answered: %v; down in %v",
-					sk.name, r.name, r.run.load.Requests, r.run.load.failedRequests(), r.run.load.Refused, r.run.load.longestRefused().Round(time.Millisecond), r.run.slowOK, r.run.downTook.Round(time.Millisecond))
+					sk.name, r.name, r.run.load.Requests, r.run.load.FailedRequests(), r.run.load.Refused, r.run.load.LongestRefused().Round(time.Millisecond), r.run.slowOK, r.run.downTook.Round(time.Millisecond))
 			}
-			if with.load.failedRequests() != 0 || !with.slowOK {
+			if with.load.FailedRequests() != 0 || !with.slowOK {
 				t.Errorf("%s with takeover: %d of %d failed (%d refused), slow request answered: %v; want 0 and answered",
-					sk.name, with.load.failedRequests(), with.load.Requests, with.load.Refused, with.slowOK)
+					sk.name, with.load.FailedRequests(), with.load.Requests, with.load.Refused, with.slowOK)
 			}
 			if alone.load.Refused == 0 {
 				t.Errorf("%s alone refused nothing: the comparison measures nothing", sk.name)
@@ -171,8 +173,10 @@ func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervised
 	served := waitServing(t, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	loaded := make(chan *loadResult, 1)
-	go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Timeout: 10 * time.Second}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() {
+		loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Timeout: 10 * time.Second})
+	}()
 	slow := slowRequest(t, addr, "3s")
 	for _, step := range [][]string{sk.restart(dir), sk.restart(dir), sk.restart(dir), sk.reload(dir)} {
 		ctl(step)

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/load"
 )
 
 // BenchmarkSwap replaces a server 25 times under a concurrent request loop
@@ -47,8 +49,8 @@ func benchSwaps(b *testing.B, strategy string, swaps int, warm time.Duration) {
 		b.Fatalf("%v; takeover's stderr:\n%s", err, cur.stderr.String())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	loaded := make(chan *loadResult, 1)
-	go func() { loaded <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2}) }()
+	loaded := make(chan *load.Result, 1)
+	go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
 	time.Sleep(warm)
 	bounds := []time.Time{time.Now()}
 	var runs []*demoRun // read once each has exited: a rebind's swap line comes after the old one is gone
@@ -66,13 +68,13 @@ func benchSwaps(b *testing.B, strategy string, swaps int, warm time.Duration) {
 	cancel()
 	r := <-loaded
 	bounds[len(bounds)-1] = time.Now()
-	ws := r.windowsIn(bounds)
+	ws := r.WindowsIn(bounds)
 	slices.Sort(ws)
 	b.ReportMetric(float64(swaps), "swaps")
-	b.ReportMetric(float64(r.failedRequests()), "failed")
+	b.ReportMetric(float64(r.FailedRequests()), "failed")
 	b.ReportMetric(float64(r.Refused), "refused")
-	b.ReportMetric(ms(percentile(ws, 50)), "refused-median-ms")
-	b.ReportMetric(ms(percentile(ws, 100)), "refused-max-ms")
+	b.ReportMetric(ms(load.Percentile(ws, 50)), "refused-median-ms")
+	b.ReportMetric(ms(load.Percentile(ws, 100)), "refused-max-ms")
 	cur.cmd.Process.Signal(syscall.SIGTERM)
 	if err := cur.wait(30 * time.Second); err != nil {
 		b.Error(err)
@@ -85,8 +87,8 @@ func benchSwaps(b *testing.B, strategy string, swaps int, warm time.Duration) {
 		}
 	}
 	if len(logged) > 0 {
-		b.ReportMetric(ms(percentile(logged, 50)), "takeover-window-median-ms")
-		b.ReportMetric(ms(percentile(logged, 100)), "takeover-window-max-ms")
+		b.ReportMetric(ms(load.Percentile(logged, 50)), "takeover-window-median-ms")
+		b.ReportMetric(ms(load.Percentile(logged, 100)), "takeover-window-max-ms")
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/load"
 )
 
 // BenchmarkSystemdRestart: under the same load (2 HTTP clients from the
@@ -21,7 +23,7 @@ func BenchmarkSystemdRestart(b *testing.B) {
 	sdInstall(b, box)
 	type row struct {
 		name string
-		r    *loadResult
+		r    *load.Result
 	}
 	var rows []row
 	for range b.N {
@@ -46,8 +48,8 @@ func BenchmarkSystemdRestart(b *testing.B) {
 	fmt.Fprintln(&out, "| under systemd 252, 2 clients, a server that takes 1 s to start | requests | failed | refused | longest refused window | max latency |")
 	fmt.Fprintln(&out, "|---|---:|---:|---:|---:|---:|")
 	for _, r := range rows {
-		fmt.Fprintf(&out, "| %s | %d | %d | %d | %v | %v |\n", r.name, r.r.Requests, r.r.failedRequests(), r.r.Refused,
-			r.r.longestRefused().Round(time.Millisecond), maxLatency(r.r).Round(time.Millisecond))
+		fmt.Fprintf(&out, "| %s | %d | %d | %d | %v | %v |\n", r.name, r.r.Requests, r.r.FailedRequests(), r.r.Refused,
+			r.r.LongestRefused().Round(time.Millisecond), maxLatency(r.r).Round(time.Millisecond))
 	}
 	fmt.Print(out.String())
 	if len(rows) == 4 {
@@ -59,7 +61,7 @@ func BenchmarkSystemdRestart(b *testing.B) {
 // sdBenchRun starts unit, loads addr, and runs `systemctl VERB unit` three
 // times, each once the service answers again and 300 more requests have
 // finished.
-func sdBenchRun(b *testing.B, box *sdBox, unit, addr, verb string) *loadResult {
+func sdBenchRun(b *testing.B, box *sdBox, unit, addr, verb string) *load.Result {
 	if out, err := box.Systemctl("start", unit); err != nil {
 		b.Fatalf("start %s: %v: %s\n%s", unit, err, out, box.Journal(unit))
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/socktab"
 )
 
@@ -159,15 +160,15 @@ func (s *sdService) kill9(t *testing.T, pid int) {
 // A sdLoad is HTTP load from the host while one phase runs.
 type sdLoad struct {
 	cancel context.CancelFunc
-	done   chan *loadResult
+	done   chan *load.Result
 	count  atomic.Int64
 }
 
 func startSdLoad(addr string) *sdLoad {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &sdLoad{cancel: cancel, done: make(chan *loadResult, 1)}
+	l := &sdLoad{cancel: cancel, done: make(chan *load.Result, 1)}
 	go func() {
-		l.done <- runLoad(ctx, loadConfig{Addr: addr, Workers: 2, Timeout: 10 * time.Second, Done: &l.count})
+		l.done <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Timeout: 10 * time.Second, Done: &l.count})
 	}()
 	return l
 }
@@ -180,17 +181,17 @@ func (l *sdLoad) waitRequests(n int64) {
 	}
 }
 
-func (l *sdLoad) stop() *loadResult {
+func (l *sdLoad) stop() *load.Result {
 	l.waitRequests(200)
 	l.cancel()
 	return <-l.done
 }
 
 // report logs a phase's figures, as README quotes them.
-func report(t *testing.T, phase string, r *loadResult) {
+func report(t *testing.T, phase string, r *load.Result) {
 	t.Helper()
 	t.Logf("%s: %d requests, %d failed (%d refused, %d reset, %d timeout), longest refused window %v, max latency %v",
-		phase, r.Requests, r.failedRequests(), r.Refused, r.Resets, r.Timeouts, r.longestRefused().Round(time.Microsecond), maxLatency(r).Round(time.Millisecond))
+		phase, r.Requests, r.FailedRequests(), r.Refused, r.Resets, r.Timeouts, r.LongestRefused().Round(time.Microsecond), maxLatency(r).Round(time.Millisecond))
 	for i, f := range r.Failures {
 		if i == 5 {
 			break
@@ -199,7 +200,7 @@ func report(t *testing.T, phase string, r *loadResult) {
 	}
 }
 
-func maxLatency(r *loadResult) time.Duration {
+func maxLatency(r *load.Result) time.Duration {
 	var m time.Duration
 	for _, d := range r.Latencies {
 		m = max(m, d)
@@ -260,8 +261,8 @@ func sdLifecycle(t *testing.T, b *sdBox, name string) {
 	}
 	r := load.stop()
 	report(t, "2 systemctl reload", r)
-	if r.failedRequests() != 0 {
-		t.Errorf("reload: %d of %d requests failed, want 0", r.failedRequests(), r.Requests)
+	if r.FailedRequests() != 0 {
+		t.Errorf("reload: %d of %d requests failed, want 0", r.FailedRequests(), r.Requests)
 	}
 	if got := s.b.MainPID(s.unit); got != main {
 		t.Errorf("MainPID %d after reloads, want takeover's %d", got, main)
@@ -278,8 +279,8 @@ func sdLifecycle(t *testing.T, b *sdBox, name string) {
 	if r.Refused != 0 {
 		t.Errorf("restart: %d refused, want 0", r.Refused)
 	}
-	if r.failedRequests() != 0 {
-		t.Errorf("restart: %d of %d requests failed, want 0 (the old server drains, the new one accepts the queue)", r.failedRequests(), r.Requests)
+	if r.FailedRequests() != 0 {
+		t.Errorf("restart: %d of %d requests failed, want 0 (the old server drains, the new one accepts the queue)", r.FailedRequests(), r.Requests)
 	}
 	if !strings.Contains(s.b.Journal(s.unit), "via=fd-store") {
 		t.Errorf("no swap took the stored socket:\n%s", s.b.Journal(s.unit))
@@ -334,8 +335,8 @@ func sdPassing(t *testing.T, b *sdBox) {
 	}
 	r := load.stop()
 	report(t, "--sockets systemd: a reload and 2 restarts", r)
-	if r.failedRequests() != 0 {
-		t.Errorf("--sockets systemd: %d of %d failed (%d refused), want 0", r.failedRequests(), r.Requests, r.Refused)
+	if r.FailedRequests() != 0 {
+		t.Errorf("--sockets systemd: %d of %d failed (%d refused), want 0", r.FailedRequests(), r.Requests, r.Refused)
 	}
 	if j := b.Journal(s.unit); !strings.Contains(j, "via=fd-store") {
 		t.Errorf("a restart did not pass the stored socket:\n%s", j)
@@ -376,7 +377,7 @@ func slowRequest(t *testing.T, addr, sleep string) <-chan error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Write(httpRequest(addr, "/?sleep="+sleep)); err != nil {
+	if _, err := conn.Write(load.HTTPRequest(addr, "/?sleep="+sleep)); err != nil {
 		t.Fatal(err)
 	}
 	ap := netip.MustParseAddrPort(addr)
@@ -570,8 +571,8 @@ func sdHardening(t *testing.T, b *sdBox) {
 			s.waitGeneration(t, 1)
 			r := load.stop()
 			report(t, tc.name+": a reload and a restart", r)
-			if r.Refused != 0 || r.failedRequests() != 0 {
-				t.Errorf("%s: %d failed (%d refused) of %d, want 0", tc.name, r.failedRequests(), r.Refused, r.Requests)
+			if r.Refused != 0 || r.FailedRequests() != 0 {
+				t.Errorf("%s: %d failed (%d refused) of %d, want 0", tc.name, r.FailedRequests(), r.Refused, r.Requests)
 			}
 			j := b.Journal(s.unit)
 			if tc.wantLog != "" && !strings.Contains(j, tc.wantLog) {

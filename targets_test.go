@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/load"
 )
 
 // Targets besides TCP ports: unix stream sockets (--path) and UDP ports
@@ -57,7 +59,7 @@ type targetLoad struct{ proto, addr string }
 // check, if set, looks at the target after the start and after each swap,
 // once the server answers. It stops the last takeover and returns what
 // each load saw.
-func targetSwaps(h *realHarness, check func(what string), loads ...targetLoad) []*loadResult {
+func targetSwaps(h *realHarness, check func(what string), loads ...targetLoad) []*load.Result {
 	t := h.t
 	t.Helper()
 	if h.bound == 0 {
@@ -89,7 +91,7 @@ func targetSwaps(h *realHarness, check func(what string), loads ...targetLoad) [
 		t.Errorf("the HUP reload did not hand the sockets over:\n%s", logsOf(h.cur))
 	}
 	check("a HUP reload")
-	results := []*loadResult{h.load.stop(t)}
+	results := []*load.Result{h.load.stop(t)}
 	for _, l := range others {
 		results = append(results, l.stop(t))
 	}
@@ -135,9 +137,9 @@ func checkPathGone(t *testing.T, path string) {
 }
 
 // countFailures says how many requests failed, and how.
-func countFailures(r *loadResult) string {
+func countFailures(r *load.Result) string {
 	return fmt.Sprintf("%d of %d failed (%d refused, %d reset, %d timeouts, %d other)",
-		r.failedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts, r.Failed)
+		r.FailedRequests(), r.Requests, r.Refused, r.Resets, r.Timeouts, r.Failed)
 }
 
 // TestUnixServersSwappedUnderLoad: a server on a unix socket, under a loop
@@ -161,7 +163,7 @@ func TestUnixServersSwappedUnderLoad(t *testing.T) {
 			procs.checkNoneLeft(t, 20*time.Second)
 			t.Logf("%s on %s: %d new takeovers and a HUP reload: %s", srv.name, path, targetSwapCount, countFailures(r))
 			h.logFailures(r)
-			if r.OK == 0 || r.failedRequests() > 0 {
+			if r.OK == 0 || r.FailedRequests() > 0 {
 				t.Errorf("%s", countFailures(r))
 			}
 		})
@@ -199,7 +201,7 @@ func TestNginxToUnixServerAcrossSwaps(t *testing.T) {
 			procs.checkNoneLeft(t, 20*time.Second)
 			t.Logf("through nginx to %s: %d new takeovers and a HUP reload: %s", srv.name, targetSwapCount, countFailures(r))
 			h.logFailures(r)
-			if r.OK == 0 || r.failedRequests() > 0 {
+			if r.OK == 0 || r.FailedRequests() > 0 {
 				t.Errorf("%s", countFailures(r))
 				if b, err := os.ReadFile(filepath.Join(dir, "error.log")); err == nil {
 					t.Logf("nginx's error.log:\n%s", tail(string(b), 4000))
@@ -265,10 +267,10 @@ func TestUDPEchoSwappedUnderLoad(t *testing.T) {
 	h := &realHarness{t: t, srv: srv, addr: addr, argv: []string{"python3", filepath.Join(wd, "testdata", "udp_echo.py"), port}}
 	r := targetSwaps(h, nil, targetLoad{"udp", addr})[0]
 	procs.checkNoneLeft(t, 20*time.Second)
-	t.Logf("UDP echo: %d new takeovers and a HUP reload: %d datagrams, %d echoed, %d lost", targetSwapCount, r.Requests, r.OK, r.failedRequests())
+	t.Logf("UDP echo: %d new takeovers and a HUP reload: %d datagrams, %d echoed, %d lost", targetSwapCount, r.Requests, r.OK, r.FailedRequests())
 	h.logFailures(r)
-	if r.OK == 0 || r.failedRequests() > 0 {
-		t.Errorf("%d of %d datagrams lost or not echoed once (%s)", r.failedRequests(), r.Requests, countFailures(r))
+	if r.OK == 0 || r.FailedRequests() > 0 {
+		t.Errorf("%d of %d datagrams lost or not echoed once (%s)", r.FailedRequests(), r.Requests, countFailures(r))
 	}
 }
 
@@ -277,19 +279,19 @@ func TestUDPEchoSwappedUnderLoad(t *testing.T) {
 // never sent again: one whose echo never comes is lost.
 const datagramTimeout = 2 * time.Second
 
-// runDatagramLoad is runLoad for a UDP echo server: workers clients, each
+// runDatagramLoad is load.Run for a UDP echo server: workers clients, each
 // from its own socket sending numbered datagrams, each once the echo of the
 // one before came or datagramTimeout passed, at most max in all. Echoes
 // are counted by number, late ones too (read until datagramTimeout after
 // the last send): a datagram never echoed is "lost", one echoed twice
 // "failed".
-func runDatagramLoad(ctx context.Context, addr string, workers int, max int64, done *atomic.Int64) *loadResult {
+func runDatagramLoad(ctx context.Context, addr string, workers int, max int64, done *atomic.Int64) *load.Result {
 	var count atomic.Int64
-	return runWorkers(workers, func() *loadResult {
-		r := &loadResult{}
+	return load.RunWorkers(workers, func() *load.Result {
+		r := &load.Result{}
 		conn, err := net.Dial("udp", addr)
 		if err != nil {
-			r.record(time.Now(), classify(err), err.Error())
+			r.Record(time.Now(), load.Classify(err), err.Error())
 			return r
 		}
 		defer conn.Close()
@@ -304,7 +306,7 @@ func runDatagramLoad(ctx context.Context, addr string, workers int, max int64, d
 				n, err := conn.Read(buf)
 				if errors.Is(err, syscall.ECONNREFUSED) {
 					// An earlier datagram found no socket on the port.
-					r.record(time.Now(), "refused", err.Error())
+					r.Record(time.Now(), "refused", err.Error())
 					continue
 				}
 				if err != nil {
@@ -312,11 +314,11 @@ func runDatagramLoad(ctx context.Context, addr string, workers int, max int64, d
 				}
 				seq, err := strconv.ParseUint(string(buf[:n]), 10, 64)
 				if t0, ok := sent[seq]; err != nil || !ok {
-					r.record(time.Now(), "failed", fmt.Sprintf("an echo of nothing sent: %.40q", buf[:n]))
+					r.Record(time.Now(), "failed", fmt.Sprintf("an echo of nothing sent: %.40q", buf[:n]))
 				} else if echoes[seq]++; echoes[seq] == 1 {
-					r.record(t0, "", "")
+					r.Record(t0, "", "")
 				} else {
-					r.record(t0, "failed", fmt.Sprintf("datagram %d echoed %d times", seq, echoes[seq]))
+					r.Record(t0, "failed", fmt.Sprintf("datagram %d echoed %d times", seq, echoes[seq]))
 				}
 				if err == nil && seq == want {
 					return true
@@ -326,7 +328,7 @@ func runDatagramLoad(ctx context.Context, addr string, workers int, max int64, d
 		for seq := uint64(1); ctx.Err() == nil && count.Add(1) <= max; seq++ {
 			t0 := time.Now()
 			if _, err := conn.Write([]byte(strconv.FormatUint(seq, 10))); err != nil {
-				r.record(t0, classify(err), err.Error())
+				r.Record(t0, load.Classify(err), err.Error())
 				continue
 			}
 			sent[seq] = t0
@@ -342,7 +344,7 @@ func runDatagramLoad(ctx context.Context, addr string, workers int, max int64, d
 		}
 		for seq, t0 := range sent {
 			if echoes[seq] == 0 {
-				r.record(t0, "lost", fmt.Sprintf("datagram %d was never echoed", seq))
+				r.Record(t0, "lost", fmt.Sprintf("datagram %d was never echoed", seq))
 			}
 		}
 		return r
@@ -353,17 +355,17 @@ func runDatagramLoad(ctx context.Context, addr string, workers int, max int64, d
 func echoOnce(addr string) (kind, detail string) {
 	conn, err := net.Dial("udp", addr)
 	if err != nil {
-		return classify(err), err.Error()
+		return load.Classify(err), err.Error()
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(datagramTimeout))
 	if _, err := conn.Write([]byte("probe")); err != nil {
-		return classify(err), err.Error()
+		return load.Classify(err), err.Error()
 	}
 	buf := make([]byte, 64)
 	n, err := conn.Read(buf)
 	if err != nil {
-		return classify(err), err.Error()
+		return load.Classify(err), err.Error()
 	}
 	if string(buf[:n]) != "probe" {
 		return "failed", fmt.Sprintf("echo %.40q", buf[:n])
@@ -398,7 +400,7 @@ func TestUnixRenameAndRollback(t *testing.T) {
 	r := h.load.stop(t)
 	t.Logf("a rename: %s", countFailures(r))
 	h.logFailures(r)
-	if r.OK == 0 || r.failedRequests() > 0 {
+	if r.OK == 0 || r.FailedRequests() > 0 {
 		t.Errorf("%s", countFailures(r))
 	}
 
@@ -609,10 +611,10 @@ func TestSocketPassingPathAndUDP(t *testing.T) {
 			checkPathGone(t, path)
 			procs.checkNoneLeft(t, 20*time.Second)
 			t.Logf("%s: %d new takeovers and a HUP reload: requests %s; %d datagrams, %d lost",
-				mode, targetSwapCount, countFailures(rs[0]), rs[1].Requests, rs[1].failedRequests())
+				mode, targetSwapCount, countFailures(rs[0]), rs[1].Requests, rs[1].FailedRequests())
 			for _, r := range rs {
 				h.logFailures(r)
-				if r.OK == 0 || r.failedRequests() > 0 {
+				if r.OK == 0 || r.FailedRequests() > 0 {
 					t.Errorf("%s", countFailures(r))
 				}
 			}
@@ -632,7 +634,7 @@ func TestUnixPathOutlivesFailures(t *testing.T) {
 	path, failFile := filepath.Join(dir, "app.sock"), filepath.Join(dir, "fail")
 	r := startTakeover(t, "", "--path", path, "--", "python3", filepath.Join(wd, "testdata", "unix_server.py"), path, failFile)
 	r.waitLog(t, "took over")
-	load := startRealLoad(t, "http", path)
+	clients := startRealLoad(t, "http", path)
 	answers := func(what string) {
 		t.Helper()
 		if _, err := os.Lstat(path); err != nil {
@@ -644,11 +646,11 @@ func TestUnixPathOutlivesFailures(t *testing.T) {
 	syscall.Kill(lastNewPID(t, r), syscall.SIGUSR1) // it unlinks its path and exits 1
 	r.waitLog(t, "msg=restarted")
 	answers("after a crash")
-	crash := load.stop(t)
+	crash := clients.stop(t)
 	// The crashed server cuts what it had accepted (a reset, or an empty
 	// answer): at most one request per client. A connect must never find
 	// the path missing or refused.
-	var missing, inFlight []failure
+	var missing, inFlight []load.Failure
 	for _, f := range crash.Failures {
 		if f.Kind == "refused" || strings.Contains(f.Err, "no such file") {
 			missing = append(missing, f)
@@ -662,14 +664,14 @@ func TestUnixPathOutlivesFailures(t *testing.T) {
 	}
 	t.Logf("a crash: %d requests, %d refused, %d cut in flight in the crashed server", crash.Requests, crash.Refused, len(inFlight))
 
-	load = startRealLoad(t, "http", path)
+	clients = startRealLoad(t, "http", path)
 	os.WriteFile(failFile, nil, 0o600)
 	r.cmd.Process.Signal(syscall.SIGHUP)
 	r.waitLog(t, "reload failed")
 	os.Remove(failFile)
 	answers("after a failed reload")
-	res := load.stop(t)
-	if res.Requests == 0 || res.failedRequests() != 0 {
+	res := clients.stop(t)
+	if res.Requests == 0 || res.FailedRequests() != 0 {
 		t.Errorf("a failed reload: %s: %v", countFailures(res), res.Failures)
 	}
 	t.Logf("a failed reload: %s", countFailures(res))

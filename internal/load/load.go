@@ -1,4 +1,9 @@
-package main
+// Package load is the load generator and probe of takeover demo, takeover
+// probe, the benchmarks and the tests: closed-loop clients that each open a
+// connection, send one request, read the whole answer and again, and what
+// they saw (failures by kind, latencies, the spans in which connections
+// were refused).
+package load
 
 import (
 	"bytes"
@@ -7,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -15,9 +21,9 @@ import (
 	"time"
 )
 
-// A loadConfig describes client load against one address: each worker opens
+// A Config describes client load against one address: each worker opens
 // a connection, sends an HTTP/1.0 request, reads the whole answer, and again.
-type loadConfig struct {
+type Config struct {
 	Addr    string        // host:port, or the absolute path of a unix socket
 	Workers int           // concurrent clients; 2
 	Path    string        // "/"
@@ -26,8 +32,8 @@ type loadConfig struct {
 	Done    *atomic.Int64 // counts requests as they finish, if set
 }
 
-// A failure is one request that did not get a 200.
-type failure struct {
+// A Failure is one request that did not get a 200.
+type Failure struct {
 	At   time.Time
 	Kind string // refused, reset, timeout, failed
 	Err  string // what the client saw
@@ -40,17 +46,17 @@ type failure struct {
 // ends it.)
 type refusedSpan struct{ Start, End time.Time }
 
-// loadResult is what a load run saw.
-type loadResult struct {
+// Result is what a load run saw.
+type Result struct {
 	Requests, OK, Refused, Resets, Timeouts, Failed int
 	Latencies                                       []time.Duration // of the requests that got a 200
 	Starts                                          []time.Time     // when each of those began
-	Failures                                        []failure
+	Failures                                        []Failure
 }
 
-// record counts one request that began at t0 and ended as kind: "" (a
+// Record counts one request that began at t0 and ended as kind: "" (a
 // good answer), refused, reset, timeout or another failure, with detail.
-func (r *loadResult) record(t0 time.Time, kind, detail string) {
+func (r *Result) Record(t0 time.Time, kind, detail string) {
 	r.Requests++
 	if kind == "" {
 		r.OK++
@@ -58,7 +64,7 @@ func (r *loadResult) record(t0 time.Time, kind, detail string) {
 		r.Starts = append(r.Starts, t0)
 		return
 	}
-	r.Failures = append(r.Failures, failure{t0, kind, detail})
+	r.Failures = append(r.Failures, Failure{t0, kind, detail})
 	switch kind {
 	case "refused":
 		r.Refused++
@@ -71,8 +77,8 @@ func (r *loadResult) record(t0 time.Time, kind, detail string) {
 	}
 }
 
-// runLoad sends requests until ctx ends.
-func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
+// Run sends requests until ctx ends.
+func Run(ctx context.Context, cfg Config) *Result {
 	if cfg.Workers == 0 {
 		cfg.Workers = 2
 	}
@@ -82,13 +88,13 @@ func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 5 * time.Second
 	}
-	req := httpRequest(cfg.Addr, cfg.Path)
-	return runWorkers(cfg.Workers, func() *loadResult {
-		r := &loadResult{}
+	req := HTTPRequest(cfg.Addr, cfg.Path)
+	return RunWorkers(cfg.Workers, func() *Result {
+		r := &Result{}
 		for ctx.Err() == nil {
 			t0 := time.Now()
-			kind, detail := request(cfg.Addr, req, cfg.Timeout)
-			r.record(t0, kind, detail)
+			kind, detail := Request(cfg.Addr, req, cfg.Timeout)
+			r.Record(t0, kind, detail)
 			if cfg.Done != nil {
 				cfg.Done.Add(1)
 			}
@@ -100,11 +106,11 @@ func runLoad(ctx context.Context, cfg loadConfig) *loadResult {
 	})
 }
 
-// runWorkers runs work in that many goroutines at once and adds up what
+// RunWorkers runs work in that many goroutines at once and adds up what
 // they saw.
-func runWorkers(workers int, work func() *loadResult) *loadResult {
+func RunWorkers(workers int, work func() *Result) *Result {
 	var mu sync.Mutex
-	total := &loadResult{}
+	total := &Result{}
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -120,7 +126,7 @@ func runWorkers(workers int, work func() *loadResult) *loadResult {
 	return total
 }
 
-func (t *loadResult) add(r *loadResult) {
+func (t *Result) add(r *Result) {
 	t.Requests += r.Requests
 	t.OK += r.OK
 	t.Refused += r.Refused
@@ -132,30 +138,30 @@ func (t *loadResult) add(r *loadResult) {
 	t.Failures = append(t.Failures, r.Failures...)
 }
 
-// httpRequest is an HTTP/1.0 request for path at addr.
-func httpRequest(addr, path string) []byte {
+// HTTPRequest is an HTTP/1.0 request for path at addr.
+func HTTPRequest(addr, path string) []byte {
 	host := addr
-	if dialNetwork(addr) == "unix" {
+	if Network(addr) == "unix" {
 		host = "localhost"
 	}
 	return []byte("GET " + path + " HTTP/1.0\r\nHost: " + host + "\r\n\r\n")
 }
 
-// request makes one request and classifies its failure ("" on a 200), with
+// Request makes one request and classifies its failure ("" on a 200), with
 // what the client saw.
-func request(addr string, req []byte, timeout time.Duration) (kind, detail string) {
-	conn, err := net.DialTimeout(dialNetwork(addr), addr, timeout)
+func Request(addr string, req []byte, timeout time.Duration) (kind, detail string) {
+	conn, err := net.DialTimeout(Network(addr), addr, timeout)
 	if err != nil {
-		return classify(err), err.Error()
+		return Classify(err), err.Error()
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write(req); err != nil {
-		return classify(err), err.Error()
+		return Classify(err), err.Error()
 	}
 	b, err := io.ReadAll(conn)
 	if err != nil {
-		return classify(err), err.Error()
+		return Classify(err), err.Error()
 	}
 	if !bytes.HasPrefix(b, []byte("HTTP/1.0 200")) && !bytes.HasPrefix(b, []byte("HTTP/1.1 200")) {
 		return "failed", fmt.Sprintf("answer %.40q", b)
@@ -163,16 +169,18 @@ func request(addr string, req []byte, timeout time.Duration) (kind, detail strin
 	return "", ""
 }
 
-// dialNetwork is the network an address is in: a path is a unix
+// Network is the network an address is in: a path is a unix
 // socket's.
-func dialNetwork(addr string) string {
+func Network(addr string) string {
 	if strings.HasPrefix(addr, "/") {
 		return "unix"
 	}
 	return "tcp"
 }
 
-func classify(err error) string {
+// Classify names the kind of failure err is: refused, reset, timeout or
+// failed.
+func Classify(err error) string {
 	var ne net.Error
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -185,13 +193,13 @@ func classify(err error) string {
 	return "failed"
 }
 
-// failedRequests counts every request that did not get a 200.
-func (r *loadResult) failedRequests() int { return r.Requests - r.OK }
+// FailedRequests counts every request that did not get a 200.
+func (r *Result) FailedRequests() int { return r.Requests - r.OK }
 
 // refusedSpans returns the spans in which connections were refused, in
 // order. A span ends at the first connect that got through after a refused
 // one; the time its answer then took is latency, not refusal.
-func (r *loadResult) refusedSpans() []refusedSpan {
+func (r *Result) refusedSpans() []refusedSpan {
 	var refused []time.Time
 	for _, f := range r.Failures {
 		if f.Kind == "refused" {
@@ -219,8 +227,8 @@ func (r *loadResult) refusedSpans() []refusedSpan {
 	return spans
 }
 
-// longestRefused is the longest span in which connections were refused.
-func (r *loadResult) longestRefused() time.Duration {
+// LongestRefused is the longest span in which connections were refused.
+func (r *Result) LongestRefused() time.Duration {
 	var d time.Duration
 	for _, s := range r.refusedSpans() {
 		d = max(d, s.End.Sub(s.Start))
@@ -228,10 +236,10 @@ func (r *loadResult) longestRefused() time.Duration {
 	return d
 }
 
-// windowsIn returns, for each span of time [bounds[i], bounds[i+1]), the
+// WindowsIn returns, for each span of time [bounds[i], bounds[i+1]), the
 // refused window in it: from the start of the first refused span that
 // begins in it to the end of the last.
-func (r *loadResult) windowsIn(bounds []time.Time) []time.Duration {
+func (r *Result) WindowsIn(bounds []time.Time) []time.Duration {
 	ws := make([]time.Duration, len(bounds)-1)
 	spans := r.refusedSpans()
 	for i := range ws {
@@ -250,8 +258,8 @@ func (r *loadResult) windowsIn(bounds []time.Time) []time.Duration {
 	return ws
 }
 
-// percentile returns the p-th percentile (0..100) of ds.
-func percentile(ds []time.Duration, p float64) time.Duration {
+// Percentile returns the p-th percentile (0..100) of ds.
+func Percentile(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
 		return 0
 	}
@@ -259,4 +267,32 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	slices.Sort(s)
 	i := int(float64(len(s)-1) * p / 100)
 	return s[i]
+}
+
+// WriteTimeline writes one line per request to path: when it began, in
+// seconds from start; its latency in milliseconds (0 if it failed); and
+// "ok" or the kind of failure.
+func (r *Result) WriteTimeline(path string, start time.Time) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for i, d := range r.Latencies {
+		fmt.Fprintf(f, "%.4f %.3f ok\n", r.Starts[i].Sub(start).Seconds(), float64(d.Microseconds())/1000)
+	}
+	for _, fl := range r.Failures {
+		fmt.Fprintf(f, "%.4f 0 %s\n", fl.At.Sub(start).Seconds(), fl.Kind)
+	}
+	return f.Close()
+}
+
+// FreePort asks the kernel for a free port on 127.0.0.1.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
