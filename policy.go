@@ -3,9 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
+
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 // errNotReplaceable is wrapped by every refusal to replace a port's holder.
@@ -40,7 +40,7 @@ func mayReplace(procRoot string, t stopTarget, child newChild, what string, forc
 	if force {
 		return nil
 	}
-	st, err := readStatus(procRoot, t.Holder.PID)
+	st, err := procfs.ReadStatus(procRoot, t.Holder.PID)
 	if err != nil {
 		return fmt.Errorf("%s is held by pid %d, which this user cannot inspect (%v): %w; %s", what, t.Holder.PID, err, errNotReplaceable, child.forceHint())
 	}
@@ -51,7 +51,7 @@ func mayReplace(procRoot string, t stopTarget, child newChild, what string, forc
 	if t.Launcher {
 		return otherService(procRoot, t, child, what)
 	}
-	if exe := procExe(procRoot, t.Holder.PID); exe == "" || exe != child.Exe {
+	if exe, _ := procfs.ReadExe(procRoot, t.Holder.PID); exe == "" || exe != child.Exe {
 		return fmt.Errorf("%s is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; %s",
 			what, t.Holder.PID, procName(procRoot, t.Holder.PID), exe, child.Exe, errNotReplaceable, child.forceHint())
 	}
@@ -62,7 +62,7 @@ func mayReplace(procRoot string, t stopTarget, child newChild, what string, forc
 // from outside that service: systemd would take the service's end for a
 // stop or a crash, and restart it to take the port back.
 func otherService(procRoot string, t stopTarget, child newChild, what string) error {
-	unit := systemdUnit(procRoot, t.PID)
+	unit := procfs.SystemdUnit(procRoot, t.PID)
 	if !strings.HasSuffix(unit, ".service") || unit == child.Unit {
 		return nil
 	}
@@ -74,20 +74,11 @@ func otherService(procRoot string, t stopTarget, child newChild, what string) er
 		what, t.PID, unit, here, errNotReplaceable, unit)
 }
 
-// procExe returns the executable a process runs; a binary replaced on disk
-// since it started still counts as the same path.
-func procExe(procRoot string, pid int) string {
-	exe, err := os.Readlink(procRoot + "/" + strconv.Itoa(pid) + "/exe")
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSuffix(exe, " (deleted)")
-}
-
+// procName is a process's name for a message: "?" when unreadable.
 func procName(procRoot string, pid int) string {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/comm")
+	name, err := procfs.ReadComm(procRoot, pid)
 	if err != nil {
 		return "?"
 	}
-	return strings.TrimSpace(string(b))
+	return name
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 )
 
@@ -252,11 +253,7 @@ func fdFlags(t *testing.T, pid int, addr string) int {
 	ls := lookup(t, addr)
 	for _, h := range ls[0].Holders {
 		if h.PID == pid {
-			b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/fdinfo/" + strconv.Itoa(h.FD))
-			if err != nil {
-				t.Fatal(err)
-			}
-			flags, err := parseFdinfoFlags(string(b))
+			flags, err := procfs.ReadFdinfoFlags("/proc", pid, h.FD)
 			if err != nil {
 				t.Fatal(err)
 			}
