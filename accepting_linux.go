@@ -45,10 +45,10 @@ type acceptSeen struct {
 
 // accepting looks at pids for processes waiting for connections on the
 // sockets in want (inodes).
-func accepting(procRoot string, pids []int, want map[uint64]bool) acceptSeen {
+func accepting(proc procfs.FS, pids []int, want map[uint64]bool) acceptSeen {
 	seen := acceptSeen{Ways: make(map[uint64]acceptWay)}
 	for _, pid := range pids {
-		if err := lookAtProcess(procRoot, pid, want, seen.Ways); errors.Is(err, fs.ErrPermission) {
+		if err := lookAtProcess(proc, pid, want, seen.Ways); errors.Is(err, fs.ErrPermission) {
 			seen.Blind = append(seen.Blind, pid)
 		}
 	}
@@ -56,13 +56,13 @@ func accepting(procRoot string, pids []int, want map[uint64]bool) acceptSeen {
 }
 
 // lookAtProcess records in ways each wanted socket pid waits on.
-func lookAtProcess(procRoot string, pid int, want map[uint64]bool, ways map[uint64]acceptWay) error {
-	fds, epolls, err := procfs.SocketFDs(procRoot, pid, want)
+func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint64]acceptWay) error {
+	fds, epolls, err := proc.SocketFDs(pid, want)
 	if err != nil || len(fds) == 0 {
 		return err
 	}
 	for _, ep := range epolls {
-		targets, err := procfs.ReadEpollTargets(procRoot, pid, ep)
+		targets, err := proc.EpollTargets(pid, ep)
 		if err != nil {
 			continue
 		}
@@ -72,13 +72,13 @@ func lookAtProcess(procRoot string, pid int, want map[uint64]bool, ways map[uint
 			}
 		}
 	}
-	tasks, err := procfs.Tasks(procRoot, pid)
+	tasks, err := proc.Tasks(pid)
 	if err != nil {
 		return err
 	}
 	var lastErr error
 	for _, tid := range tasks {
-		sc, ok, err := procfs.ReadSyscall(procRoot, pid, tid)
+		sc, ok, err := proc.Syscall(pid, tid)
 		if err != nil {
 			lastErr = err
 			continue
@@ -86,7 +86,7 @@ func lookAtProcess(procRoot string, pid int, want map[uint64]bool, ways map[uint
 		if !ok {
 			continue // running, or not in a system call
 		}
-		for fd, way := range waitedFDs(procRoot, pid, sc) {
+		for fd, way := range waitedFDs(proc, pid, sc) {
 			if ino, ok := fds[fd]; ok {
 				ways[ino] = way
 			}
@@ -96,7 +96,7 @@ func lookAtProcess(procRoot string, pid int, want map[uint64]bool, ways map[uint
 }
 
 // waitedFDs returns the fds a thread blocked in sc waits on for reading.
-func waitedFDs(procRoot string, pid int, sc procfs.SyscallState) map[int]acceptWay {
+func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]acceptWay {
 	fds := make(map[int]acceptWay)
 	switch sc.Nr {
 	case sysAccept, sysAccept4:
@@ -105,7 +105,7 @@ func waitedFDs(procRoot string, pid int, sc procfs.SyscallState) map[int]acceptW
 		fds[int(int32(sc.Args[0]))] = byRecv // a listener cannot be read: UDP only
 	case sysPoll, sysPpoll:
 		n := min(sc.Args[1], 4096)
-		ps, err := procfs.ReadPollFDs(procRoot, pid, sc.Args[0], int(n))
+		ps, err := proc.PollFDs(pid, sc.Args[0], int(n))
 		if err != nil {
 			return nil
 		}
@@ -119,7 +119,7 @@ func waitedFDs(procRoot string, pid int, sc procfs.SyscallState) map[int]acceptW
 		if sc.Args[1] == 0 || n == 0 {
 			return nil
 		}
-		set, err := procfs.ReadFDSet(procRoot, pid, sc.Args[1], int(n))
+		set, err := proc.FDSet(pid, sc.Args[1], int(n))
 		if err != nil {
 			return nil
 		}

@@ -91,7 +91,7 @@ func TestAcceptingLive(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		ino, err := procfs.FDInode("/proc", cmd.Process.Pid, 3)
+		ino, err := procfs.FS("/proc").SocketInode(cmd.Process.Pid, 3)
 		if err != nil {
 			t.Fatal(err)
 		}

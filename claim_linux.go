@@ -55,8 +55,8 @@ func (l *launcher) claimSocket(tgid, fd, typ int) (sock int, made bool, err erro
 // IPV6_V6ONLY default. All of it is read without ptrace rights: the
 // protocol from the socket's system.sockprotoname attribute, the flags
 // from fdinfo.
-func socketLike(procRoot string, tgid, fd, typ int) (int, error) {
-	name, err := procfs.SocketProtocol(procRoot, tgid, fd)
+func socketLike(proc procfs.FS, tgid, fd, typ int) (int, error) {
+	name, err := proc.SocketProtocol(tgid, fd)
 	if err != nil {
 		return -1, fmt.Errorf("read the protocol of fd %d of pid %d: %w", fd, tgid, err)
 	}
@@ -64,7 +64,7 @@ func socketLike(procRoot string, tgid, fd, typ int) (int, error) {
 	if !ok || protoType != typ {
 		return -1, errNotTarget
 	}
-	flags, err := procfs.ReadFdinfoFlags(procRoot, tgid, fd)
+	flags, err := proc.FDFlags(tgid, fd)
 	if err != nil {
 		return -1, err
 	}

@@ -376,7 +376,7 @@ func ctrZombies(pid1 int, wait time.Duration) []int {
 	deadline := time.Now().Add(wait)
 	for {
 		var zombies []int
-		pids, _ := procfs.ListPIDs("/proc")
+		pids, _ := procfs.FS("/proc").PIDs()
 		for _, pid := range pids {
 			if n, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err != nil || n != ns {
 				continue

@@ -219,7 +219,7 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 		}
 		pids := pidsOf(st.procs, st.holders)
 		slices.Sort(pids)
-		fs = append(fs, fenced{f, st.sw.Spec, procfs.WithDescendants("/proc", slices.Compact(pids))})
+		fs = append(fs, fenced{f, st.sw.Spec, procfs.FS("/proc").WithDescendants(slices.Compact(pids))})
 	}
 	if len(fs) == 0 {
 		return false

@@ -98,7 +98,7 @@ func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
 			return err
 		}
 	}
-	cloexec, err := procfs.FDCloexec("/proc", tgid, fd)
+	cloexec, err := procfs.FS("/proc").Cloexec(tgid, fd)
 	if err != nil {
 		return err
 	}

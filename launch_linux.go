@@ -91,8 +91,8 @@ func launch(cfg config, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return code
 	}
-	st, _ := procfs.ReadStat("/proc", os.Getpid())
-	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start, unit: procfs.SystemdUnit("/proc", os.Getpid())}
+	st, _ := procfs.FS("/proc").Stat(os.Getpid())
+	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
 	if cfg.PIDFile != "" {
 		if err := writeFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
@@ -417,7 +417,7 @@ func reap() <-chan childExit {
 }
 
 func commandLine(pid int) string {
-	cmd, err := procfs.ReadCmdline("/proc", pid)
+	cmd, err := procfs.FS("/proc").Cmdline(pid)
 	if err != nil {
 		return "?"
 	}
@@ -430,7 +430,7 @@ func commandLine(pid int) string {
 func (l *launcher) leftRunning() []int {
 	deadline := time.Now().Add(time.Second)
 	for {
-		left := procfs.WithDescendants("/proc", []int{l.self})[1:]
+		left := procfs.FS("/proc").WithDescendants([]int{l.self})[1:]
 		if len(left) == 0 || time.Now().After(deadline) {
 			return left
 		}

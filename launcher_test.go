@@ -218,7 +218,7 @@ func holdersOf(t *testing.T, addr string) map[int]bool {
 func childOf(t *testing.T, r *tkRun, addr string) int {
 	t.Helper()
 	for pid := range holdersOf(t, addr) {
-		if ppid, _ := procfs.ReadPPID("/proc", pid); ppid == r.cmd.Process.Pid {
+		if ppid, _ := procfs.FS("/proc").PPID(pid); ppid == r.cmd.Process.Pid {
 			return pid
 		}
 	}

@@ -61,9 +61,9 @@ func nsInit(t *testing.T, parent int) int {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		pids, _ := procfs.ListPIDs("/proc")
+		pids, _ := procfs.FS("/proc").PIDs()
 		for _, pid := range pids {
-			if ppid, err := procfs.ReadPPID("/proc", pid); err == nil && ppid == parent && procName("/proc", pid) == "takeover" {
+			if ppid, err := procfs.FS("/proc").PPID(pid); err == nil && ppid == parent && procName("/proc", pid) == "takeover" {
 				return pid
 			}
 		}

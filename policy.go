@@ -33,27 +33,27 @@ func (c newChild) forceHint() string {
 // nil. A process may be replaced when it is of the child's user and either a
 // takeover manages it or it runs the child's executable. force lifts that
 // rule, never the rule against pid 1 and takeover's own ancestors.
-func mayReplace(procRoot string, t stopTarget, child newChild, what string, force bool) error {
-	if err := t.forbidden(procRoot); err != nil {
-		return fmt.Errorf("%s is held by pid %d (%s); %w", what, t.Holder.PID, procName(procRoot, t.Holder.PID), err)
+func mayReplace(proc procfs.FS, t stopTarget, child newChild, what string, force bool) error {
+	if err := t.forbidden(proc); err != nil {
+		return fmt.Errorf("%s is held by pid %d (%s); %w", what, t.Holder.PID, procName(proc, t.Holder.PID), err)
 	}
 	if force {
 		return nil
 	}
-	st, err := procfs.ReadStatus(procRoot, t.Holder.PID)
+	st, err := proc.Status(t.Holder.PID)
 	if err != nil {
 		return fmt.Errorf("%s is held by pid %d, which this user cannot inspect (%v): %w; %s", what, t.Holder.PID, err, errNotReplaceable, child.forceHint())
 	}
 	if st.UID != child.UID {
 		return fmt.Errorf("%s is held by pid %d (%s) of uid %d, not of the new server's uid %d: %w; %s",
-			what, t.Holder.PID, procName(procRoot, t.Holder.PID), st.UID, child.UID, errNotReplaceable, child.forceHint())
+			what, t.Holder.PID, procName(proc, t.Holder.PID), st.UID, child.UID, errNotReplaceable, child.forceHint())
 	}
 	if t.Launcher {
-		return otherService(procRoot, t, child, what)
+		return otherService(proc, t, child, what)
 	}
-	if exe, _ := procfs.ReadExe(procRoot, t.Holder.PID); exe == "" || exe != child.Exe {
+	if exe, _ := proc.Exe(t.Holder.PID); exe == "" || exe != child.Exe {
 		return fmt.Errorf("%s is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; %s",
-			what, t.Holder.PID, procName(procRoot, t.Holder.PID), exe, child.Exe, errNotReplaceable, child.forceHint())
+			what, t.Holder.PID, procName(proc, t.Holder.PID), exe, child.Exe, errNotReplaceable, child.forceHint())
 	}
 	return nil
 }
@@ -61,8 +61,8 @@ func mayReplace(procRoot string, t stopTarget, child newChild, what string, forc
 // otherService refuses to replace a takeover that a systemd service runs
 // from outside that service: systemd would take the service's end for a
 // stop or a crash, and restart it to take the port back.
-func otherService(procRoot string, t stopTarget, child newChild, what string) error {
-	unit := procfs.SystemdUnit(procRoot, t.PID)
+func otherService(proc procfs.FS, t stopTarget, child newChild, what string) error {
+	unit := proc.SystemdUnit(t.PID)
 	if !strings.HasSuffix(unit, ".service") || unit == child.Unit {
 		return nil
 	}
@@ -75,8 +75,8 @@ func otherService(procRoot string, t stopTarget, child newChild, what string) er
 }
 
 // procName is a process's name for a message: "?" when unreadable.
-func procName(procRoot string, pid int) string {
-	name, err := procfs.ReadComm(procRoot, pid)
+func procName(proc procfs.FS, pid int) string {
+	name, err := proc.Comm(pid)
 	if err != nil {
 		return "?"
 	}

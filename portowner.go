@@ -36,16 +36,16 @@ const launcherEnv = "TAKEOVER_PID"
 
 // targetSockets returns the sockets spec names: TCP listeners, bound UDP
 // sockets, or the unix listener whose file is at spec.Path now.
-func targetSockets(procRoot string, spec portSpec) ([]socktab.Socket, error) {
+func targetSockets(proc procfs.FS, spec portSpec) ([]socktab.Socket, error) {
 	var socks []socktab.Socket
 	var err error
 	switch spec.Net {
 	case netUnix:
 		return socktab.UnixListenersAt(spec.Path)
 	case netUDP:
-		socks, err = socktab.UDPBound(procRoot)
+		socks, err = socktab.UDPBound(string(proc))
 	default:
-		socks, err = socktab.TCPListeners(procRoot)
+		socks, err = socktab.TCPListeners(string(proc))
 	}
 	if err != nil {
 		return nil, err
@@ -62,8 +62,8 @@ func targetSockets(procRoot string, spec portSpec) ([]socktab.Socket, error) {
 // before the rest; with onlyFirst, the rest are not looked at when first
 // already holds every socket. The kernel keeps no count of the processes that
 // hold a socket, so only a walk of every process proves a list complete.
-func listeners(procRoot string, spec portSpec, first []int, onlyFirst bool) ([]listener, error) {
-	socks, err := targetSockets(procRoot, spec)
+func listeners(proc procfs.FS, spec portSpec, first []int, onlyFirst bool) ([]listener, error) {
+	socks, err := targetSockets(proc, spec)
 	if err != nil {
 		return nil, fmt.Errorf("list the sockets of %s: %w", spec, err)
 	}
@@ -74,7 +74,7 @@ func listeners(procRoot string, spec portSpec, first []int, onlyFirst bool) ([]l
 	if len(ls) == 0 {
 		return nil, nil
 	}
-	if err := findHolders(procRoot, ls, first, onlyFirst); err != nil {
+	if err := findHolders(proc, ls, first, onlyFirst); err != nil {
 		return nil, err
 	}
 	return ls, nil
@@ -82,26 +82,26 @@ func listeners(procRoot string, spec portSpec, first []int, onlyFirst bool) ([]l
 
 // findHolders fills in the holders of each listener by reading the socket
 // links in /proc/PID/fd.
-func findHolders(procRoot string, ls []listener, first []int, onlyFirst bool) error {
-	byInode := make(map[uint64]int, len(ls))
+func findHolders(proc procfs.FS, ls []listener, first []int, onlyFirst bool) error {
+	inodes := make([]uint64, len(ls))
 	for i, l := range ls {
-		byInode[l.Inode] = i
+		inodes[i] = l.Inode
 	}
-	w, err := procfs.NewFDWalker(procRoot, byInode)
+	w, err := proc.FDWalker(inodes)
 	if err != nil {
 		return err
 	}
 	defer w.Close()
 
 	seen := make(map[int]bool)
-	for _, pid := range procfs.WithDescendants(procRoot, first) {
+	for _, pid := range proc.WithDescendants(first) {
 		if !seen[pid] {
 			seen[pid] = true
 			w.Walk(pid)
 		}
 	}
 	if !(onlyFirst && w.FoundAll()) {
-		pids, err := procfs.ListPIDs(procRoot)
+		pids, err := proc.PIDs()
 		if err != nil {
 			return err
 		}
@@ -110,7 +110,7 @@ func findHolders(procRoot string, ls []listener, first []int, onlyFirst bool) er
 	}
 	for i := range ls {
 		for _, f := range w.Found(i) {
-			ppid, _ := procfs.ReadPPID(procRoot, f.PID)
+			ppid, _ := proc.PPID(f.PID)
 			ls[i].Holders = append(ls[i].Holders, holder{PID: f.PID, FD: f.FD, PPID: ppid})
 		}
 		ls[i].Hidden = w.Hidden()
@@ -120,12 +120,8 @@ func findHolders(procRoot string, ls []listener, first []int, onlyFirst bool) er
 }
 
 // stillHolding returns those of pids that hold one of the sockets.
-func stillHolding(procRoot string, inodes []uint64, pids []int) ([]int, error) {
-	byInode := make(map[uint64]int, len(inodes))
-	for i, ino := range inodes {
-		byInode[ino] = i
-	}
-	w, err := procfs.NewFDWalker(procRoot, byInode)
+func stillHolding(proc procfs.FS, inodes []uint64, pids []int) ([]int, error) {
+	w, err := proc.FDWalker(inodes)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +130,7 @@ func stillHolding(procRoot string, inodes []uint64, pids []int) ([]int, error) {
 		w.Walk(pid)
 	}
 	var held []int
-	for i := range len(byInode) {
+	for i := range inodes {
 		for _, f := range w.Found(i) {
 			held = append(held, f.PID)
 		}
@@ -161,7 +157,7 @@ const maxDepth = 8
 // holders. launchers are the live takeover launchers the run directory
 // records: a holder under one of them (or the launcher itself, which keeps
 // its own copy of its generation's sockets) is stopped through it.
-func stopTargets(procRoot string, l listener, launchers []int) []stopTarget {
+func stopTargets(proc procfs.FS, l listener, launchers []int) []stopTarget {
 	holds := make(map[int]bool, len(l.Holders))
 	for _, h := range l.Holders {
 		holds[h.PID] = true
@@ -176,7 +172,7 @@ func stopTargets(procRoot string, l listener, launchers []int) []stopTarget {
 		if slices.Contains(launchers, h.PID) || (holds[h.PPID] && !slices.Contains(launchers, h.PPID)) {
 			continue // a launcher's own copy (below), or a worker whose master holds the socket too
 		}
-		if lp := launcherAbove(procRoot, h.PID, launchers); lp != 0 {
+		if lp := launcherAbove(proc, h.PID, launchers); lp != 0 {
 			add(stopTarget{PID: lp, Launcher: true, Holder: h})
 		} else {
 			add(stopTarget{PID: h.PID, Holder: h})
@@ -193,9 +189,9 @@ func stopTargets(procRoot string, l listener, launchers []int) []stopTarget {
 
 // launcherAbove returns the launcher among launchers that pid runs under,
 // within maxDepth, or 0.
-func launcherAbove(procRoot string, pid int, launchers []int) int {
+func launcherAbove(proc procfs.FS, pid int, launchers []int) int {
 	for range maxDepth {
-		ppid, err := procfs.ReadPPID(procRoot, pid)
+		ppid, err := proc.PPID(pid)
 		if err != nil || ppid == 0 {
 			return 0
 		}
@@ -211,9 +207,9 @@ func launcherAbove(procRoot string, pid int, launchers []int) int {
 }
 
 // isAncestor reports whether a is a proper ancestor of pid, within maxDepth.
-func isAncestor(procRoot string, a, pid int) bool {
+func isAncestor(proc procfs.FS, a, pid int) bool {
 	for range maxDepth {
-		ppid, err := procfs.ReadPPID(procRoot, pid)
+		ppid, err := proc.PPID(pid)
 		if err != nil || ppid == 0 {
 			return false
 		}
@@ -229,13 +225,13 @@ var errNeverSignal = errors.New("never signalled")
 
 // forbidden says why t must never be signalled, or nil: pid 1, and this
 // process's own ancestors (a takeover run from the service's own shell).
-func (t stopTarget) forbidden(procRoot string) error {
+func (t stopTarget) forbidden(proc procfs.FS) error {
 	if t.PID == 1 && !t.Launcher {
 		// A takeover that is PID 1 (a container's entrypoint) is replaced
 		// as any takeover is; it stays, as PID 1 must (pid1_linux.go).
 		return fmt.Errorf("pid 1 is the init process: %w", errNeverSignal)
 	}
-	if t.PID == os.Getpid() || isAncestor(procRoot, t.PID, os.Getpid()) {
+	if t.PID == os.Getpid() || isAncestor(proc, t.PID, os.Getpid()) {
 		return fmt.Errorf("pid %d is an ancestor of this takeover: %w", t.PID, errNeverSignal)
 	}
 	return nil

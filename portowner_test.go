@@ -296,7 +296,7 @@ func TestListenersManagedByLauncher(t *testing.T) {
 	if ts := stopTargets("/proc", ls[0], liveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.cmd.Process.Pid {
 		t.Errorf("stopTargets with no record = %+v, want the server, not the wrapper %d", ts, h.cmd.Process.Pid)
 	}
-	st, err := procfs.ReadStat("/proc", h.cmd.Process.Pid)
+	st, err := procfs.FS("/proc").Stat(h.cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

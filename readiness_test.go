@@ -253,7 +253,7 @@ func fdFlags(t *testing.T, pid int, addr string) int {
 	ls := lookup(t, addr)
 	for _, h := range ls[0].Holders {
 		if h.PID == pid {
-			flags, err := procfs.ReadFdinfoFlags("/proc", pid, h.FD)
+			flags, err := procfs.FS("/proc").FDFlags(pid, h.FD)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -120,7 +120,7 @@ func (g *generation) readiness() readiness {
 	case mode == readyNotify:
 		return readiness{Missing: "has not sent READY=1"}
 	}
-	seen := accepting("/proc", procfs.WithDescendants("/proc", []int{g.pid}), want)
+	seen := accepting("/proc", procfs.FS("/proc").WithDescendants([]int{g.pid}), want)
 	var by []string
 	for _, t := range held {
 		way, ok := seen.Ways[t.inode]

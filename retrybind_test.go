@@ -37,7 +37,7 @@ func TestRetryThread(t *testing.T) {
 		t.Fatal(err)
 	}
 	slackDuring, _ := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
-	st, err := procfs.ReadStatus("/proc", unix.Gettid())
+	st, err := procfs.FS("/proc").Status(unix.Gettid())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -193,7 +193,7 @@ func readRecord(dir, key string) (genRecord, bool) {
 	if json.Unmarshal(b, &r) != nil || r.Launcher <= 0 {
 		return genRecord{}, false
 	}
-	st, err := procfs.ReadStat("/proc", r.Launcher)
+	st, err := procfs.FS("/proc").Stat(r.Launcher)
 	if err != nil || st.Start != r.LauncherStart {
 		return genRecord{}, false // gone, and perhaps its pid reused
 	}

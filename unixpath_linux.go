@@ -331,9 +331,9 @@ func (g *generation) unlinkTarget(n *seccomp.Notif) (portSpec, bool) {
 	if !filepath.IsAbs(name) {
 		var dir string
 		if dirfd == unix.AT_FDCWD {
-			dir, err = procfs.ReadCwd("/proc", int(n.PID))
+			dir, err = procfs.FS("/proc").Cwd(int(n.PID))
 		} else {
-			dir, err = procfs.ReadFDLink("/proc", int(n.PID), int(dirfd))
+			dir, err = procfs.FS("/proc").FDLink(int(n.PID), int(dirfd))
 		}
 		if err != nil {
 			return portSpec{}, false

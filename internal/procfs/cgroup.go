@@ -9,8 +9,8 @@ import (
 
 // SystemdUnit returns the systemd unit process pid runs in ("app.service",
 // "run-u7.service"), from its cgroup, or "".
-func SystemdUnit(root string, pid int) string {
-	b, err := os.ReadFile(pidPath(root, pid, "cgroup"))
+func (fs FS) SystemdUnit(pid int) string {
+	b, err := os.ReadFile(fs.path(pid, "cgroup"))
 	if err != nil {
 		return ""
 	}

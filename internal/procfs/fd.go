@@ -11,16 +11,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ReadFDLink returns what root/PID/fd/FD links to: a path, or "socket:[INODE]",
-// "pipe:[INODE]", "anon_inode:[eventpoll]".
-func ReadFDLink(root string, pid, fd int) (string, error) {
-	return os.Readlink(pidPath(root, pid, "fd/"+strconv.Itoa(fd)))
+// FDLink returns what /proc/PID/fd/FD links to: a path, or
+// "socket:[INODE]", "pipe:[INODE]", "anon_inode:[eventpoll]".
+func (fs FS) FDLink(pid, fd int) (string, error) {
+	return os.Readlink(fs.path(pid, "fd/"+strconv.Itoa(fd)))
 }
 
-// FDInode returns the inode of the socket at fd in process pid, from its
+// SocketInode returns the inode of the socket at fd in process pid, from its
 // /proc link (which needs no more than the right to read /proc/PID/fd).
-func FDInode(root string, pid, fd int) (uint64, error) {
-	link, err := ReadFDLink(root, pid, fd)
+func (fs FS) SocketInode(pid, fd int) (uint64, error) {
+	link, err := fs.FDLink(pid, fd)
 	if err != nil {
 		return 0, err
 	}
@@ -34,9 +34,9 @@ func FDInode(root string, pid, fd int) (uint64, error) {
 // SocketProtocol returns the protocol name of the socket at fd in process
 // pid ("TCP", "UDPv6", "UNIX-STREAM"), from the system.sockprotoname
 // attribute of its /proc link, which needs no ptrace rights.
-func SocketProtocol(root string, pid, fd int) (string, error) {
+func (fs FS) SocketProtocol(pid, fd int) (string, error) {
 	buf := make([]byte, 32)
-	n, err := unix.Getxattr(pidPath(root, pid, "fd/"+strconv.Itoa(fd)), "system.sockprotoname", buf)
+	n, err := unix.Getxattr(fs.path(pid, "fd/"+strconv.Itoa(fd)), "system.sockprotoname", buf)
 	if err != nil {
 		return "", err
 	}
@@ -45,8 +45,8 @@ func SocketProtocol(root string, pid, fd int) (string, error) {
 
 // SocketFDs maps the fds of a process that are wanted sockets to their
 // inodes, and lists its epoll fds.
-func SocketFDs(root string, pid int, want map[uint64]bool) (map[int]uint64, []int, error) {
-	dir := root + "/" + strconv.Itoa(pid)
+func (fs FS) SocketFDs(pid int, want map[uint64]bool) (map[int]uint64, []int, error) {
+	dir := string(fs) + "/" + strconv.Itoa(pid)
 	ents, err := os.ReadDir(dir + "/fd")
 	if err != nil {
 		return nil, nil, err

@@ -12,24 +12,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func readFdinfo(root string, pid, fd int) ([]byte, error) {
-	return os.ReadFile(pidPath(root, pid, "fdinfo/"+strconv.Itoa(fd)))
+func (fs FS) fdinfo(pid, fd int) ([]byte, error) {
+	return os.ReadFile(fs.path(pid, "fdinfo/"+strconv.Itoa(fd)))
 }
 
-// ReadFdinfoFlags reads the open flags of a process's fd, from the flags
-// line of /proc/PID/fdinfo/FD.
-func ReadFdinfoFlags(root string, pid, fd int) (int, error) {
-	b, err := readFdinfo(root, pid, fd)
+// FDFlags reads the open flags of a process's fd, from the flags line of
+// /proc/PID/fdinfo/FD.
+func (fs FS) FDFlags(pid, fd int) (int, error) {
+	b, err := fs.fdinfo(pid, fd)
 	if err != nil {
 		return 0, err
 	}
 	return parseFdinfoFlags(string(b))
 }
 
-// FDCloexec reads whether a process's fd has FD_CLOEXEC, from the flags line
+// Cloexec reads whether a process's fd has FD_CLOEXEC, from the flags line
 // of /proc/PID/fdinfo/FD (octal open flags, O_CLOEXEC among them).
-func FDCloexec(root string, pid, fd int) (bool, error) {
-	b, err := readFdinfo(root, pid, fd)
+func (fs FS) Cloexec(pid, fd int) (bool, error) {
+	b, err := fs.fdinfo(pid, fd)
 	if err != nil {
 		return false, err
 	}
@@ -62,10 +62,10 @@ type EpollTarget struct {
 	Inode  uint64
 }
 
-// ReadEpollTargets reads what the epoll fd epfd of a process watches, from
+// EpollTargets reads what the epoll fd epfd of a process watches, from
 // its fdinfo. Malformed lines are skipped.
-func ReadEpollTargets(root string, pid, epfd int) ([]EpollTarget, error) {
-	b, err := readFdinfo(root, pid, epfd)
+func (fs FS) EpollTargets(pid, epfd int) ([]EpollTarget, error) {
+	b, err := fs.fdinfo(pid, epfd)
 	if err != nil {
 		return nil, err
 	}

@@ -12,9 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A SocketFD is a process holding one of the walked sockets, and the fd
-// it holds it at.
-type SocketFD struct {
+// A Holder is a process holding one of the walked sockets, and the fd it
+// holds it at.
+type Holder struct {
 	PID int
 	FD  int
 }
@@ -27,18 +27,22 @@ type FDWalker struct {
 	link    []byte // readlink buffer for the sequential walk
 
 	mu     sync.Mutex
-	found  [][]SocketFD
+	found  [][]Holder
 	hidden bool
 }
 
 // The walk over every /proc/PID/fd is the cost of an owner lookup (a few
 // microseconds a process), so it uses the system calls directly: one openat
-// relative to root, getdents into a reused buffer, readlinkat per fd.
+// relative to fs, getdents into a reused buffer, readlinkat per fd.
 
-// NewFDWalker returns a walker for the sockets in byInode, which maps each
-// inode to its index in what Found reports.
-func NewFDWalker(root string, byInode map[uint64]int) (*FDWalker, error) {
-	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+// FDWalker returns a walker for the sockets of the given inodes; Found(i)
+// reports the holders of inodes[i].
+func (fs FS) FDWalker(inodes []uint64) (*FDWalker, error) {
+	byInode := make(map[uint64]int, len(inodes))
+	for i, ino := range inodes {
+		byInode[ino] = i
+	}
+	fd, err := unix.Open(string(fs), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -47,11 +51,11 @@ func NewFDWalker(root string, byInode map[uint64]int) (*FDWalker, error) {
 		byInode: byInode,
 		buf:     make([]byte, 8<<10),
 		link:    make([]byte, 128),
-		found:   make([][]SocketFD, len(byInode)),
+		found:   make([][]Holder, len(inodes)),
 	}, nil
 }
 
-// Close releases the walker's fd of root.
+// Close releases the walker's fd of the procfs.
 func (w *FDWalker) Close() { unix.Close(w.procFD) }
 
 // Walk records each fd of pid that links to one of the sockets.
@@ -87,13 +91,13 @@ func (w *FDWalker) FoundAll() bool {
 
 // Found returns the holders found of the socket at index i, in the order
 // the walks found them.
-func (w *FDWalker) Found(i int) []SocketFD { return w.found[i] }
+func (w *FDWalker) Found(i int) []Holder { return w.found[i] }
 
 // Hidden reports whether some process's fds could not be read (another
 // user's, or /proc mounted with hidepid): holders may be missing.
 func (w *FDWalker) Hidden() bool { return w.hidden }
 
-func (w *FDWalker) record(i int, h SocketFD) {
+func (w *FDWalker) record(i int, h Holder) {
 	w.mu.Lock()
 	w.found[i] = append(w.found[i], h)
 	w.mu.Unlock()
@@ -141,7 +145,7 @@ func (w *FDWalker) walk(pid int, buf, link []byte) {
 			}
 			if ino, ok := socketInode(link[:m]); ok {
 				if i, ok := w.byInode[ino]; ok {
-					w.record(i, SocketFD{PID: pid, FD: fdNum})
+					w.record(i, Holder{PID: pid, FD: fdNum})
 				}
 			}
 		}

@@ -6,7 +6,6 @@ package procfs
 import (
 	"encoding/binary"
 	"os"
-	"strconv"
 )
 
 // A PollFD is a struct pollfd.
@@ -15,19 +14,19 @@ type PollFD struct {
 	Events int16
 }
 
-// ReadPollFDs reads the n struct pollfd at addr in process pid's memory.
-func ReadPollFDs(root string, pid int, addr uint64, n int) ([]PollFD, error) {
-	b, err := readMem(root+"/"+strconv.Itoa(pid), addr, n*8)
+// PollFDs reads the n struct pollfd at addr in process pid's memory.
+func (fs FS) PollFDs(pid int, addr uint64, n int) ([]PollFD, error) {
+	b, err := fs.readMem(pid, addr, n*8)
 	if err != nil {
 		return nil, err
 	}
 	return parsePollFDs(b), nil
 }
 
-// ReadFDSet returns the fds below n set in the fd_set at addr in process
+// FDSet returns the fds below n set in the fd_set at addr in process
 // pid's memory.
-func ReadFDSet(root string, pid int, addr uint64, n int) ([]int, error) {
-	b, err := readMem(root+"/"+strconv.Itoa(pid), addr, (n+63)/64*8)
+func (fs FS) FDSet(pid int, addr uint64, n int) ([]int, error) {
+	b, err := fs.readMem(pid, addr, (n+63)/64*8)
 	if err != nil {
 		return nil, err
 	}
@@ -35,8 +34,8 @@ func ReadFDSet(root string, pid int, addr uint64, n int) ([]int, error) {
 }
 
 // readMem reads n bytes at addr in the process's memory.
-func readMem(dir string, addr uint64, n int) ([]byte, error) {
-	f, err := os.Open(dir + "/mem")
+func (fs FS) readMem(pid int, addr uint64, n int) ([]byte, error) {
+	f, err := os.Open(fs.path(pid, "mem"))
 	if err != nil {
 		return nil, err
 	}

@@ -9,9 +9,9 @@ import (
 	"strconv"
 )
 
-// ListPIDs returns the numeric entries of root.
-func ListPIDs(root string) ([]int, error) {
-	f, err := os.Open(root)
+// PIDs returns the numeric entries of fs: every process's pid.
+func (fs FS) PIDs() ([]int, error) {
+	f, err := os.Open(string(fs))
 	if err != nil {
 		return nil, err
 	}
@@ -29,9 +29,9 @@ func ListPIDs(root string) ([]int, error) {
 	return pids, nil
 }
 
-// Tasks returns the ids of a process's threads, from root/PID/task.
-func Tasks(root string, pid int) ([]int, error) {
-	ents, err := os.ReadDir(pidPath(root, pid, "task"))
+// Tasks returns the ids of a process's threads, from /proc/PID/task.
+func (fs FS) Tasks(pid int) ([]int, error) {
+	ents, err := os.ReadDir(fs.path(pid, "task"))
 	if err != nil {
 		return nil, err
 	}
@@ -47,16 +47,16 @@ func Tasks(root string, pid int) ([]int, error) {
 // WithDescendants returns pids followed by their descendants, as listed in
 // /proc/PID/task/*/children: a child is listed under the thread that forked
 // it, which in a Go or Java program is any thread.
-func WithDescendants(root string, pids []int) []int {
+func (fs FS) WithDescendants(pids []int) []int {
 	out := slices.Clone(pids)
 	for i := 0; i < len(out) && len(out) < 4096; i++ {
 		pid := strconv.Itoa(out[i])
-		tasks, err := os.ReadDir(root + "/" + pid + "/task")
+		tasks, err := os.ReadDir(string(fs) + "/" + pid + "/task")
 		if err != nil {
 			continue
 		}
 		for _, task := range tasks {
-			b, err := os.ReadFile(root + "/" + pid + "/task/" + task.Name() + "/children")
+			b, err := os.ReadFile(string(fs) + "/" + pid + "/task/" + task.Name() + "/children")
 			if err != nil {
 				continue
 			}

@@ -9,24 +9,24 @@ import (
 	"strconv"
 )
 
-// Stat holds the fields of /proc/PID/stat that takeover reads.
+// A Stat holds the fields of /proc/PID/stat that takeover reads.
 type Stat struct {
 	PPID  int
 	Start uint64 // clock ticks after boot: with the pid, names a process for good
 }
 
-// ReadStat reads root/PID/stat.
-func ReadStat(root string, pid int) (Stat, error) {
-	b, err := os.ReadFile(pidPath(root, pid, "stat"))
+// Stat reads /proc/PID/stat.
+func (fs FS) Stat(pid int) (Stat, error) {
+	b, err := os.ReadFile(fs.path(pid, "stat"))
 	if err != nil {
 		return Stat{}, err
 	}
 	return parseStat(b)
 }
 
-// ReadPPID reads the parent pid from /proc/PID/stat.
-func ReadPPID(root string, pid int) (int, error) {
-	st, err := ReadStat(root, pid)
+// PPID reads the parent pid from /proc/PID/stat.
+func (fs FS) PPID(pid int) (int, error) {
+	st, err := fs.Stat(pid)
 	return st.PPID, err
 }
 

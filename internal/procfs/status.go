@@ -10,9 +10,9 @@ import (
 	"strings"
 )
 
-// ThreadStatus holds the fields takeover needs from /proc/PID/status: the
+// A Status holds the fields takeover needs from /proc/PID/status: the
 // thread group (process) id, the real uid and the effective capabilities.
-type ThreadStatus struct {
+type Status struct {
 	Tgid   int
 	UID    int
 	CapEff uint64
@@ -31,18 +31,18 @@ type FileOwner struct {
 }
 
 // FileOwner returns what a file the thread made would get.
-func (st ThreadStatus) FileOwner() (FileOwner, error) {
+func (st Status) FileOwner() (FileOwner, error) {
 	if !st.hasFSIDs || !st.hasUmask {
 		return FileOwner{}, fmt.Errorf("status without the filesystem ids or the umask: %w", errMalformed)
 	}
 	return st.files, nil
 }
 
-// ReadStatus reads root/PID/status; PID may be a thread's id.
-func ReadStatus(root string, pid int) (ThreadStatus, error) {
-	b, err := os.ReadFile(pidPath(root, pid, "status"))
+// Status reads /proc/PID/status; PID may be a thread's id.
+func (fs FS) Status(pid int) (Status, error) {
+	b, err := os.ReadFile(fs.path(pid, "status"))
 	if err != nil {
-		return ThreadStatus{}, err
+		return Status{}, err
 	}
 	return parseThreadStatus(string(b))
 }
@@ -50,8 +50,8 @@ func ReadStatus(root string, pid int) (ThreadStatus, error) {
 // parseThreadStatus reads Tgid, the real Uid and CapEff, which it needs,
 // and the fourth (filesystem) ids of Uid and Gid, Groups and Umask, which
 // only a unix target's bind needs.
-func parseThreadStatus(s string) (ThreadStatus, error) {
-	st := ThreadStatus{files: FileOwner{Groups: []int{}}}
+func parseThreadStatus(s string) (Status, error) {
+	st := Status{files: FileOwner{Groups: []int{}}}
 	var seen int
 	fsIDs := 0
 	for _, line := range strings.Split(s, "\n") {
@@ -97,11 +97,11 @@ func parseThreadStatus(s string) (ThreadStatus, error) {
 			seen |= 4
 		}
 		if err != nil {
-			return ThreadStatus{}, fmt.Errorf("status %s: %w", key, errMalformed)
+			return Status{}, fmt.Errorf("status %s: %w", key, errMalformed)
 		}
 	}
 	if seen != 7 || st.Tgid <= 0 {
-		return ThreadStatus{}, fmt.Errorf("status: %w", errMalformed)
+		return Status{}, fmt.Errorf("status: %w", errMalformed)
 	}
 	st.hasFSIDs = fsIDs == 2
 	return st, nil

@@ -8,21 +8,21 @@ import (
 	"strings"
 )
 
-// SyscallState is /proc/PID/task/TID/syscall of a thread blocked in a
+// A Syscall is /proc/PID/task/TID/syscall of a thread blocked in a
 // system call: its number and six arguments.
-type SyscallState struct {
+type Syscall struct {
 	Nr   int
 	Args [6]uint64
 }
 
-// ReadSyscall reads the system call thread tid of process pid is blocked
-// in. (sc, true, nil): blocked in sc; (_, false, nil): running, outside a
+// Syscall reads the system call thread tid of process pid is blocked in.
+// (sc, true, nil): blocked in sc; (_, false, nil): running, outside a
 // system call, or a file that does not read as the kernel writes it;
 // (_, false, err): the file could not be read.
-func ReadSyscall(root string, pid, tid int) (SyscallState, bool, error) {
-	b, err := os.ReadFile(pidPath(root, pid, "task/"+strconv.Itoa(tid)+"/syscall"))
+func (fs FS) Syscall(pid, tid int) (Syscall, bool, error) {
+	b, err := os.ReadFile(fs.path(pid, "task/"+strconv.Itoa(tid)+"/syscall"))
 	if err != nil {
-		return SyscallState{}, false, err
+		return Syscall{}, false, err
 	}
 	sc, ok := parseSyscall(b)
 	return sc, ok, nil
@@ -30,20 +30,20 @@ func ReadSyscall(root string, pid, tid int) (SyscallState, bool, error) {
 
 // parseSyscall reads "NR ARG0 ... ARG5 SP PC" (hex arguments). A running
 // thread reads "running", one outside a system call "-1 SP PC": ok is false.
-func parseSyscall(b []byte) (SyscallState, bool) {
+func parseSyscall(b []byte) (Syscall, bool) {
 	f := strings.Fields(string(b))
 	if len(f) < 7 {
-		return SyscallState{}, false
+		return Syscall{}, false
 	}
 	nr, err := strconv.Atoi(f[0])
 	if err != nil || nr < 0 {
-		return SyscallState{}, false
+		return Syscall{}, false
 	}
-	sc := SyscallState{Nr: nr}
+	sc := Syscall{Nr: nr}
 	for i := range sc.Args {
 		v, err := strconv.ParseUint(strings.TrimPrefix(f[1+i], "0x"), 16, 64)
 		if err != nil {
-			return SyscallState{}, false
+			return Syscall{}, false
 		}
 		sc.Args[i] = v
 	}

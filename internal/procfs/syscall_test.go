@@ -9,14 +9,14 @@ import (
 func TestParseSyscall(t *testing.T) {
 	tests := []struct {
 		in   string
-		want SyscallState
+		want Syscall
 		ok   bool
 	}{
-		{"288 0x5 0x7f001000 0x7f001080 0x80800 0x0 0x0 0x7f00a000 0x7f00b000\n", SyscallState{Nr: 288, Args: [6]uint64{5, 0x7f001000, 0x7f001080, 0x80800}}, true},
-		{"running\n", SyscallState{}, false},
-		{"-1 0x7ffd0000 0x7f000000\n", SyscallState{}, false},
-		{"288 0x3\n", SyscallState{}, false},
-		{"7 0xzz 0x1 0x0 0x0 0x0 0x0 0x1 0x2", SyscallState{}, false},
+		{"288 0x5 0x7f001000 0x7f001080 0x80800 0x0 0x0 0x7f00a000 0x7f00b000\n", Syscall{Nr: 288, Args: [6]uint64{5, 0x7f001000, 0x7f001080, 0x80800}}, true},
+		{"running\n", Syscall{}, false},
+		{"-1 0x7ffd0000 0x7f000000\n", Syscall{}, false},
+		{"288 0x3\n", Syscall{}, false},
+		{"7 0xzz 0x1 0x0 0x0 0x0 0x0 0x1 0x2", Syscall{}, false},
 	}
 	for _, tt := range tests {
 		got, ok := parseSyscall([]byte(tt.in))
