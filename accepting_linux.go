@@ -1,15 +1,10 @@
 package main
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"io/fs"
-	"os"
-	"strconv"
-	"strings"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,10 +45,10 @@ type acceptSeen struct {
 
 // accepting looks at pids for processes waiting for connections on the
 // sockets in want (inodes).
-func accepting(procRoot string, pids []int, want map[uint64]bool) acceptSeen {
+func accepting(proc procfs.FS, pids []int, want map[uint64]bool) acceptSeen {
 	seen := acceptSeen{Ways: make(map[uint64]acceptWay)}
 	for _, pid := range pids {
-		if err := lookAtProcess(procRoot, pid, want, seen.Ways); errors.Is(err, fs.ErrPermission) {
+		if err := lookAtProcess(proc, pid, want, seen.Ways); errors.Is(err, fs.ErrPermission) {
 			seen.Blind = append(seen.Blind, pid)
 		}
 	}
@@ -61,39 +56,37 @@ func accepting(procRoot string, pids []int, want map[uint64]bool) acceptSeen {
 }
 
 // lookAtProcess records in ways each wanted socket pid waits on.
-func lookAtProcess(procRoot string, pid int, want map[uint64]bool, ways map[uint64]acceptWay) error {
-	dir := procRoot + "/" + strconv.Itoa(pid)
-	fds, epolls, err := socketFDs(dir, want)
+func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint64]acceptWay) error {
+	fds, epolls, err := proc.SocketFDs(pid, want)
 	if err != nil || len(fds) == 0 {
 		return err
 	}
 	for _, ep := range epolls {
-		b, err := os.ReadFile(dir + "/fdinfo/" + strconv.Itoa(ep))
+		targets, err := proc.EpollTargets(pid, ep)
 		if err != nil {
 			continue
 		}
-		for _, t := range parseEpollTargets(b) {
+		for _, t := range targets {
 			if want[t.Inode] && t.Events&unix.EPOLLIN != 0 {
 				ways[t.Inode] = byEpoll
 			}
 		}
 	}
-	tasks, err := os.ReadDir(dir + "/task")
+	tasks, err := proc.Tasks(pid)
 	if err != nil {
 		return err
 	}
 	var lastErr error
-	for _, task := range tasks {
-		b, err := os.ReadFile(dir + "/task/" + task.Name() + "/syscall")
+	for _, tid := range tasks {
+		sc, ok, err := proc.Syscall(pid, tid)
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		sc, ok := parseSyscall(b)
 		if !ok {
 			continue // running, or not in a system call
 		}
-		for fd, way := range waitedFDs(dir, sc) {
+		for fd, way := range waitedFDs(proc, pid, sc) {
 			if ino, ok := fds[fd]; ok {
 				ways[ino] = way
 			}
@@ -102,35 +95,8 @@ func lookAtProcess(procRoot string, pid int, want map[uint64]bool, ways map[uint
 	return lastErr
 }
 
-// socketFDs maps the fds of a process that are wanted sockets to their
-// inodes, and lists its epoll fds.
-func socketFDs(dir string, want map[uint64]bool) (map[int]uint64, []int, error) {
-	ents, err := os.ReadDir(dir + "/fd")
-	if err != nil {
-		return nil, nil, err
-	}
-	fds := make(map[int]uint64)
-	var epolls []int
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		link, err := os.Readlink(dir + "/fd/" + e.Name())
-		if err != nil {
-			continue
-		}
-		if link == "anon_inode:[eventpoll]" {
-			epolls = append(epolls, fd)
-		} else if ino, ok := socketInode([]byte(link)); ok && want[ino] {
-			fds[fd] = ino
-		}
-	}
-	return fds, epolls, nil
-}
-
 // waitedFDs returns the fds a thread blocked in sc waits on for reading.
-func waitedFDs(dir string, sc syscallState) map[int]acceptWay {
+func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]acceptWay {
 	fds := make(map[int]acceptWay)
 	switch sc.Nr {
 	case sysAccept, sysAccept4:
@@ -139,11 +105,11 @@ func waitedFDs(dir string, sc syscallState) map[int]acceptWay {
 		fds[int(int32(sc.Args[0]))] = byRecv // a listener cannot be read: UDP only
 	case sysPoll, sysPpoll:
 		n := min(sc.Args[1], 4096)
-		b, err := readMem(dir, sc.Args[0], int(n)*8)
+		ps, err := proc.PollFDs(pid, sc.Args[0], int(n))
 		if err != nil {
 			return nil
 		}
-		for _, p := range parsePollFDs(b) {
+		for _, p := range ps {
 			if p.Events&unix.POLLIN != 0 {
 				fds[int(p.FD)] = byPoll
 			}
@@ -153,153 +119,12 @@ func waitedFDs(dir string, sc syscallState) map[int]acceptWay {
 		if sc.Args[1] == 0 || n == 0 {
 			return nil
 		}
-		b, err := readMem(dir, sc.Args[1], int(n+63)/64*8)
+		set, err := proc.FDSet(pid, sc.Args[1], int(n))
 		if err != nil {
 			return nil
 		}
-		for _, fd := range parseFDSet(b, int(n)) {
+		for _, fd := range set {
 			fds[fd] = bySelect
-		}
-	}
-	return fds
-}
-
-// readMem reads n bytes at addr in the process's memory.
-func readMem(dir string, addr uint64, n int) ([]byte, error) {
-	f, err := os.Open(dir + "/mem")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b := make([]byte, n)
-	if _, err := f.ReadAt(b, int64(addr)); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-// syscallState is /proc/PID/task/TID/syscall of a thread blocked in a
-// system call: its number and six arguments.
-type syscallState struct {
-	Nr   int
-	Args [6]uint64
-}
-
-// parseSyscall reads "NR ARG0 ... ARG5 SP PC" (hex arguments). A running
-// thread reads "running", one outside a system call "-1 SP PC": ok is false.
-func parseSyscall(b []byte) (syscallState, bool) {
-	f := strings.Fields(string(b))
-	if len(f) < 7 {
-		return syscallState{}, false
-	}
-	nr, err := strconv.Atoi(f[0])
-	if err != nil || nr < 0 {
-		return syscallState{}, false
-	}
-	sc := syscallState{Nr: nr}
-	for i := range sc.Args {
-		v, err := strconv.ParseUint(strings.TrimPrefix(f[1+i], "0x"), 16, 64)
-		if err != nil {
-			return syscallState{}, false
-		}
-		sc.Args[i] = v
-	}
-	return sc, true
-}
-
-// An epollTarget is one "tfd:" line of an epoll fd's fdinfo.
-type epollTarget struct {
-	FD     int
-	Events uint32
-	Inode  uint64
-}
-
-// parseEpollTargets reads the tfd lines of /proc/PID/fdinfo/EPFD:
-//
-//	tfd:        5 events:       19 data:                5  pos:0 ino:2f5a sdev:8
-//
-// (events and ino in hex). Malformed lines are skipped.
-func parseEpollTargets(b []byte) []epollTarget {
-	var ts []epollTarget
-	for _, line := range bytes.Split(b, []byte{'\n'}) {
-		rest, ok := bytes.CutPrefix(line, []byte("tfd:"))
-		if !ok {
-			continue
-		}
-		t, err := parseEpollTarget(strings.Fields(string(rest)))
-		if err == nil {
-			ts = append(ts, t)
-		}
-	}
-	return ts
-}
-
-func parseEpollTarget(f []string) (epollTarget, error) {
-	if len(f) < 1 {
-		return epollTarget{}, errMalformed
-	}
-	fd, err := strconv.Atoi(f[0])
-	if err != nil {
-		return epollTarget{}, errMalformed
-	}
-	t := epollTarget{FD: fd}
-	seen := 0
-	for i := 1; i < len(f); i++ {
-		key, val := f[i], ""
-		if k, v, ok := strings.Cut(key, ":"); ok && v != "" {
-			key, val = k+":", v // "ino:2f5a"
-		} else if i+1 < len(f) {
-			val = f[i+1] // "events: 19"
-			i++
-		}
-		switch key {
-		case "events:":
-			e, err := strconv.ParseUint(val, 16, 32)
-			if err != nil {
-				return epollTarget{}, fmt.Errorf("events %q: %w", val, errMalformed)
-			}
-			t.Events = uint32(e)
-			seen |= 1
-		case "ino:":
-			ino, err := strconv.ParseUint(val, 16, 64)
-			if err != nil {
-				return epollTarget{}, fmt.Errorf("ino %q: %w", val, errMalformed)
-			}
-			t.Inode = ino
-			seen |= 2
-		}
-	}
-	if seen != 3 {
-		return epollTarget{}, errMalformed
-	}
-	return t, nil
-}
-
-// A pollFD is a struct pollfd.
-type pollFD struct {
-	FD     int32
-	Events int16
-}
-
-func parsePollFDs(b []byte) []pollFD {
-	ps := make([]pollFD, 0, len(b)/8)
-	for ; len(b) >= 8; b = b[8:] {
-		ps = append(ps, pollFD{
-			FD:     int32(binary.NativeEndian.Uint32(b)),
-			Events: int16(binary.NativeEndian.Uint16(b[4:])),
-		})
-	}
-	return ps
-}
-
-// parseFDSet returns the fds below n set in an fd_set (an array of longs;
-// a partial last long is ignored).
-func parseFDSet(b []byte, n int) []int {
-	var fds []int
-	for fd := 0; fd < n && fd/64*8+8 <= len(b); fd++ {
-		word := binary.NativeEndian.Uint64(b[fd/64*8:])
-		if word&(1<<(fd%64)) != 0 {
-			fds = append(fds, fd)
 		}
 	}
 	return fds

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 func TestAcceptingFixture(t *testing.T) {
@@ -27,44 +29,15 @@ func TestAcceptingFixture(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := accepting("testdata/proc-accept", []int{tt.pid}, want)
+			got := accepting("internal/procfs/testdata/proc-accept", []int{tt.pid}, want)
 			if diff := cmp.Diff(tt.want, got.Ways); diff != "" {
 				t.Errorf("accepting(%d) (-want +got):\n%s", tt.pid, diff)
 			}
 		})
 	}
-	all := accepting("testdata/proc-accept", []int{300, 301, 302, 303, 304, 305}, want)
+	all := accepting("internal/procfs/testdata/proc-accept", []int{300, 301, 302, 303, 304, 305}, want)
 	if len(all.Ways) != 4 {
 		t.Errorf("accepting(all) = %v, want 4 sockets", all.Ways)
-	}
-}
-
-func TestParseEpollTargets(t *testing.T) {
-	in := "pos:\t0\nflags:\t02\ntfd:        5 events:       19 data:                5  pos:0 ino:2f5a sdev:8\n" +
-		"tfd: 6 events: zz data: 1 pos:0 ino:1 sdev:8\ntfd: 7\ntfd:        8 events: 1 data: 8 pos:0 ino:10 sdev:8"
-	want := []epollTarget{{FD: 5, Events: 0x19, Inode: 0x2f5a}, {FD: 8, Events: 1, Inode: 0x10}}
-	if diff := cmp.Diff(want, parseEpollTargets([]byte(in))); diff != "" {
-		t.Errorf("parseEpollTargets (-want +got):\n%s", diff)
-	}
-}
-
-func TestParseSyscall(t *testing.T) {
-	tests := []struct {
-		in   string
-		want syscallState
-		ok   bool
-	}{
-		{"288 0x5 0x7f001000 0x7f001080 0x80800 0x0 0x0 0x7f00a000 0x7f00b000\n", syscallState{Nr: 288, Args: [6]uint64{5, 0x7f001000, 0x7f001080, 0x80800}}, true},
-		{"running\n", syscallState{}, false},
-		{"-1 0x7ffd0000 0x7f000000\n", syscallState{}, false},
-		{"288 0x3\n", syscallState{}, false},
-		{"7 0xzz 0x1 0x0 0x0 0x0 0x0 0x1 0x2", syscallState{}, false},
-	}
-	for _, tt := range tests {
-		got, ok := parseSyscall([]byte(tt.in))
-		if ok != tt.ok || got != tt.want {
-			t.Errorf("parseSyscall(%q) = %+v, %v; want %+v, %v", tt.in, got, ok, tt.want, tt.ok)
-		}
 	}
 }
 
@@ -118,7 +91,7 @@ func TestAcceptingLive(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		ino, err := fdInode("/proc", cmd.Process.Pid, 3)
+		ino, err := procfs.FS("/proc").SocketInode(cmd.Process.Pid, 3)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,34 +114,4 @@ func lookUntilSeen(pid int, ino uint64) acceptSeen {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return seen
-}
-
-func FuzzParseEpollTargets(f *testing.F) {
-	f.Add([]byte("tfd:        5 events:       19 data:                5  pos:0 ino:2f5a sdev:8\n"))
-	f.Add([]byte("tfd: 1 events: ffffffff ino:ffffffffffffffff"))
-	f.Fuzz(func(t *testing.T, b []byte) { parseEpollTargets(b) })
-}
-
-func FuzzParseSyscall(f *testing.F) {
-	f.Add([]byte("288 0x5 0x7f001000 0x7f001080 0x80800 0x0 0x0 0x7f00a000 0x7f00b000"))
-	f.Add([]byte("running"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if sc, ok := parseSyscall(b); ok && sc.Nr < 0 {
-			t.Fatalf("parseSyscall(%q) = %+v: a negative number is no system call", b, sc)
-		}
-	})
-}
-
-func FuzzParseFDSet(f *testing.F) {
-	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0}, 7)
-	f.Fuzz(func(t *testing.T, b []byte, n int) {
-		if n < 0 || n > 1<<16 {
-			return
-		}
-		for _, fd := range parseFDSet(b, n) {
-			if fd >= n || fd < 0 {
-				t.Fatalf("fd %d out of range %d", fd, n)
-			}
-		}
-	})
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
@@ -72,7 +73,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	if err != nil {
 		return seccomp.Continue
 	}
-	st, err := readStatus("/proc", int(n.PID))
+	st, err := procfs.FS("/proc").Status(int(n.PID))
 	if err != nil {
 		return seccomp.Continue
 	}
@@ -82,7 +83,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	}
 	fd := int(n.Args[0])
 	key := sockKey{st.Tgid, fd}
-	childIno, err := fdInode("/proc", st.Tgid, fd)
+	childIno, err := procfs.FS("/proc").SocketInode(st.Tgid, fd)
 	if err != nil {
 		return seccomp.Continue
 	}
@@ -112,7 +113,8 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		g.l.log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
 		return seccomp.Continue
 	}
-	child := newChild{PID: st.Tgid, UID: st.UID, Exe: procExe("/proc", st.Tgid), Unit: g.l.unit}
+	exe, _ := procfs.FS("/proc").Exe(st.Tgid)
+	child := newChild{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.l.unit}
 	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
 	sw, held, err := g.l.takePort(ctx, g, claim{child: child, status: st, sock: sock, addr: addr, spec: spec, install: install})
 	if err != nil {
@@ -185,7 +187,7 @@ func unixBindPath(raw []byte, tgid int) (string, bool) {
 	}
 	path := string(name)
 	if !filepath.IsAbs(path) {
-		cwd, err := os.Readlink("/proc/" + strconv.Itoa(tgid) + "/cwd")
+		cwd, err := procfs.FS("/proc").Cwd(tgid)
 		if err != nil {
 			return "", false
 		}
@@ -212,11 +214,11 @@ func samePathName(a, b string) bool {
 // socket, whichever process of the generation calls it (uvicorn's workers
 // listen on the socket their supervisor bound), and has readiness looked at.
 func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
-	st, err := readStatus("/proc", int(n.PID))
+	st, err := procfs.FS("/proc").Status(int(n.PID))
 	if err != nil {
 		return seccomp.Continue
 	}
-	ino, err := fdInode("/proc", st.Tgid, int(n.Args[0]))
+	ino, err := procfs.FS("/proc").SocketInode(st.Tgid, int(n.Args[0]))
 	if err != nil || !seccomp.Valid(g.notifFD, n.ID) {
 		return seccomp.Continue
 	}

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,22 +55,16 @@ func (l *launcher) claimSocket(tgid, fd, typ int) (sock int, made bool, err erro
 // IPV6_V6ONLY default. All of it is read without ptrace rights: the
 // protocol from the socket's system.sockprotoname attribute, the flags
 // from fdinfo.
-func socketLike(procRoot string, tgid, fd, typ int) (int, error) {
-	path := procRoot + "/" + strconv.Itoa(tgid) + "/fd/" + strconv.Itoa(fd)
-	buf := make([]byte, 32)
-	n, err := unix.Getxattr(path, "system.sockprotoname", buf)
+func socketLike(proc procfs.FS, tgid, fd, typ int) (int, error) {
+	name, err := proc.SocketProtocol(tgid, fd)
 	if err != nil {
 		return -1, fmt.Errorf("read the protocol of fd %d of pid %d: %w", fd, tgid, err)
 	}
-	family, protoType, proto, ok := socketProto(string(bytes.TrimRight(buf[:n], "\x00")))
+	family, protoType, proto, ok := socketProto(name)
 	if !ok || protoType != typ {
 		return -1, errNotTarget
 	}
-	info, err := os.ReadFile(procRoot + "/" + strconv.Itoa(tgid) + "/fdinfo/" + strconv.Itoa(fd))
-	if err != nil {
-		return -1, err
-	}
-	flags, err := parseFdinfoFlags(string(info))
+	flags, err := proc.FDFlags(tgid, fd)
 	if err != nil {
 		return -1, err
 	}
@@ -112,18 +104,4 @@ func socketProto(name string) (family, typ, proto int, ok bool) {
 		return unix.AF_UNIX, unix.SOCK_STREAM, 0, true
 	}
 	return 0, 0, 0, false
-}
-
-// fdInode returns the inode of the socket at fd in process pid, from its
-// /proc link (which needs no more than the right to read /proc/PID/fd).
-func fdInode(procRoot string, pid, fd int) (uint64, error) {
-	link, err := os.Readlink(procRoot + "/" + strconv.Itoa(pid) + "/fd/" + strconv.Itoa(fd))
-	if err != nil {
-		return 0, err
-	}
-	ino, ok := socketInode([]byte(link))
-	if !ok {
-		return 0, fmt.Errorf("fd %d of pid %d is not a socket", fd, pid)
-	}
-	return ino, nil
 }

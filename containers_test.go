@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 // ctrPort is the port of contrib/docker/Dockerfile's ENTRYPOINT, which
@@ -374,7 +376,7 @@ func ctrZombies(pid1 int, wait time.Duration) []int {
 	deadline := time.Now().Add(wait)
 	for {
 		var zombies []int
-		pids, _ := listPIDs("/proc")
+		pids, _ := procfs.FS("/proc").PIDs()
 		for _, pid := range pids {
 			if n, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err != nil || n != ns {
 				continue

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
@@ -350,7 +351,7 @@ func procCheck(pid, ownFD int) doctorCheck {
 		c.Do = []string{"mount procfs at /proc (mount -t proc proc /proc)"}
 		return c
 	}
-	if _, err := fdCloexec(pid, 0); err != nil {
+	if _, err := procfs.FS("/proc").Cloexec(pid, 0); err != nil {
 		c.Detail = fmt.Sprintf("cannot read a child's /proc/PID/fdinfo: %v; a handoff copies fd flags from there", err)
 		c.Do = []string{"mount procfs at /proc without hidepid=, or with gid= of a group takeover's user is in"}
 		return c

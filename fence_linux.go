@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
 )
@@ -218,7 +219,7 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 		}
 		pids := pidsOf(st.procs, st.holders)
 		slices.Sort(pids)
-		fs = append(fs, fenced{f, st.sw.Spec, withDescendants("/proc", slices.Compact(pids))})
+		fs = append(fs, fenced{f, st.sw.Spec, procfs.FS("/proc").WithDescendants(slices.Compact(pids))})
 	}
 	if len(fs) == 0 {
 		return false

@@ -3,10 +3,9 @@ package main
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"strconv"
-	"strings"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
@@ -99,38 +98,9 @@ func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
 			return err
 		}
 	}
-	cloexec, err := fdCloexec(tgid, fd)
+	cloexec, err := procfs.FS("/proc").Cloexec(tgid, fd)
 	if err != nil {
 		return err
 	}
 	return seccomp.AddFD(notifFD, id, old, fd, cloexec)
-}
-
-// fdCloexec reads whether a process's fd has FD_CLOEXEC, from the flags line
-// of /proc/PID/fdinfo/FD (octal open flags, O_CLOEXEC among them).
-func fdCloexec(pid, fd int) (bool, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/fdinfo/" + strconv.Itoa(fd))
-	if err != nil {
-		return false, err
-	}
-	return parseFdinfoCloexec(string(b))
-}
-
-func parseFdinfoCloexec(s string) (bool, error) {
-	flags, err := parseFdinfoFlags(s)
-	return flags&unix.O_CLOEXEC != 0, err
-}
-
-// parseFdinfoFlags reads the flags line of an fdinfo file (octal open flags).
-func parseFdinfoFlags(s string) (int, error) {
-	for _, line := range strings.Split(s, "\n") {
-		if v, ok := strings.CutPrefix(line, "flags:"); ok {
-			flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32) // open flags are an int
-			if err != nil {
-				return 0, fmt.Errorf("fdinfo flags %q: %w", v, errMalformed)
-			}
-			return int(flags), nil
-		}
-	}
-	return 0, fmt.Errorf("fdinfo: no flags line: %w", errMalformed)
 }

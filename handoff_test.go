@@ -353,36 +353,6 @@ func (n *notifyListener) expect(t *testing.T, prefix string) {
 	}
 }
 
-func TestParseFdinfoCloexec(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    bool
-		wantErr bool
-	}{
-		{"pos:\t0\nflags:\t02000002\nmnt_id:\t9\n", true, false},
-		{"pos:\t0\nflags:\t04002\n", false, false},
-		{"pos:\t0\n", false, true},
-		{"flags:\t0x9\n", false, true},
-	}
-	for _, tt := range tests {
-		got, err := parseFdinfoCloexec(tt.in)
-		if got != tt.want || (err != nil) != tt.wantErr {
-			t.Errorf("parseFdinfoCloexec(%q) = %v, %v", tt.in, got, err)
-		}
-	}
-}
-
-func FuzzParseFdinfoFlags(f *testing.F) {
-	f.Add("pos:\t0\nflags:\t02004002\nmnt_id:\t9\nino:\t1234\n")
-	f.Add("flags:\t99999999999999999999999\n")
-	f.Fuzz(func(t *testing.T, s string) {
-		flags, err := parseFdinfoFlags(s)
-		if err == nil && flags < 0 {
-			t.Fatalf("parseFdinfoFlags(%q) = %d", s, flags)
-		}
-	})
-}
-
 // TestStopDuringReload: TERM while a new generation is still starting stops
 // both generations; nothing outlives takeover.
 func TestStopDuringReload(t *testing.T) {

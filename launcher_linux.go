@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
@@ -90,8 +91,8 @@ func launch(cfg config, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return code
 	}
-	st, _ := readStat("/proc", os.Getpid())
-	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start, unit: systemdUnit("/proc", os.Getpid())}
+	st, _ := procfs.FS("/proc").Stat(os.Getpid())
+	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
 	if cfg.PIDFile != "" {
 		if err := writeFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
@@ -416,11 +417,11 @@ func reap() <-chan childExit {
 }
 
 func commandLine(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	cmd, err := procfs.FS("/proc").Cmdline(pid)
 	if err != nil {
 		return "?"
 	}
-	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+	return cmd
 }
 
 // leftRunning returns the processes the command left behind, once those
@@ -429,7 +430,7 @@ func commandLine(pid int) string {
 func (l *launcher) leftRunning() []int {
 	deadline := time.Now().Add(time.Second)
 	for {
-		left := withDescendants("/proc", []int{l.self})[1:]
+		left := procfs.FS("/proc").WithDescendants([]int{l.self})[1:]
 		if len(left) == 0 || time.Now().After(deadline) {
 			return left
 		}

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 var (
@@ -216,7 +218,7 @@ func holdersOf(t *testing.T, addr string) map[int]bool {
 func childOf(t *testing.T, r *tkRun, addr string) int {
 	t.Helper()
 	for pid := range holdersOf(t, addr) {
-		if ppid, _ := readPPID("/proc", pid); ppid == r.cmd.Process.Pid {
+		if ppid, _ := procfs.FS("/proc").PPID(pid); ppid == r.cmd.Process.Pid {
 			return pid
 		}
 	}

@@ -18,27 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestUnitOfCgroup(t *testing.T) {
-	tests := []struct{ name, in, want string }{
-		{"cgroup2", "0::/system.slice/app.service\n", "app.service"},
-		{"hybrid", "12:pids:/system.slice/app.service\n1:name=systemd:/system.slice/app.service\n0::/system.slice/app.service\n", "app.service"},
-		{"template", "0::/system.slice/system-takeover.slice/takeover@web.service\n", "takeover@web.service"},
-		{"transient", "0::/system.slice/run-u12.service\n", "run-u12.service"},
-		{"session", "0::/user.slice/user-0.slice/session-3.scope\n", "session-3.scope"},
-		{"no systemd", "0::/\n", ""},
-		{"v1 controller only", "4:memory:/docker/abc.service\n", ""},
-		{"truncated", "0::", ""},
-		{"empty", "", ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := unitOfCgroup(tt.in); got != tt.want {
-				t.Errorf("unitOfCgroup(%q) = %q, want %q", tt.in, got, tt.want)
-			}
-		})
-	}
-}
-
 func TestStoreName(t *testing.T) {
 	tests := []struct{ spec, want string }{
 		{"8100", "tcp-8100"},

@@ -18,9 +18,10 @@
 //   - main.go: subcommand dispatch; cli.go: --help, version, the terminal;
 //     flags.go: the launcher's flags (config) and exit statuses.
 //   - portspec.go: targets (TCP and UDP ports, unix paths); internal/socktab:
-//     the kernel's socket tables (sock_diag, /proc/net); portowner.go,
-//     fdwalk_linux.go: who holds a target (/proc/PID/fd) and which process
-//     to signal; who.go: `takeover who`; policy.go: who may be replaced.
+//     the kernel's socket tables (sock_diag, /proc/net); portowner.go: who
+//     holds a target and which process to signal; who.go: `takeover who`;
+//     policy.go: who may be replaced.
+//   - internal/procfs: every reader of /proc/PID, the /proc root a parameter.
 //   - internal/seccomp: the kernel's seccomp user notification (the filter,
 //     the listener, notifications, the notifying thread's memory, ADDFD);
 //     shim_linux.go: the re-executed shim that installs it for the command;

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 // TestPID1Replaced: takeover as PID 1 of a PID namespace of its own (what a
@@ -59,9 +61,9 @@ func nsInit(t *testing.T, parent int) int {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		pids, _ := listPIDs("/proc")
+		pids, _ := procfs.FS("/proc").PIDs()
 		for _, pid := range pids {
-			if ppid, err := readPPID("/proc", pid); err == nil && ppid == parent && procName("/proc", pid) == "takeover" {
+			if ppid, err := procfs.FS("/proc").PPID(pid); err == nil && ppid == parent && procName("/proc", pid) == "takeover" {
 				return pid
 			}
 		}

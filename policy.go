@@ -3,9 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
+
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 // errNotReplaceable is wrapped by every refusal to replace a port's holder.
@@ -33,27 +33,27 @@ func (c newChild) forceHint() string {
 // nil. A process may be replaced when it is of the child's user and either a
 // takeover manages it or it runs the child's executable. force lifts that
 // rule, never the rule against pid 1 and takeover's own ancestors.
-func mayReplace(procRoot string, t stopTarget, child newChild, what string, force bool) error {
-	if err := t.forbidden(procRoot); err != nil {
-		return fmt.Errorf("%s is held by pid %d (%s); %w", what, t.Holder.PID, procName(procRoot, t.Holder.PID), err)
+func mayReplace(proc procfs.FS, t stopTarget, child newChild, what string, force bool) error {
+	if err := t.forbidden(proc); err != nil {
+		return fmt.Errorf("%s is held by pid %d (%s); %w", what, t.Holder.PID, procName(proc, t.Holder.PID), err)
 	}
 	if force {
 		return nil
 	}
-	st, err := readStatus(procRoot, t.Holder.PID)
+	st, err := proc.Status(t.Holder.PID)
 	if err != nil {
 		return fmt.Errorf("%s is held by pid %d, which this user cannot inspect (%v): %w; %s", what, t.Holder.PID, err, errNotReplaceable, child.forceHint())
 	}
 	if st.UID != child.UID {
 		return fmt.Errorf("%s is held by pid %d (%s) of uid %d, not of the new server's uid %d: %w; %s",
-			what, t.Holder.PID, procName(procRoot, t.Holder.PID), st.UID, child.UID, errNotReplaceable, child.forceHint())
+			what, t.Holder.PID, procName(proc, t.Holder.PID), st.UID, child.UID, errNotReplaceable, child.forceHint())
 	}
 	if t.Launcher {
-		return otherService(procRoot, t, child, what)
+		return otherService(proc, t, child, what)
 	}
-	if exe := procExe(procRoot, t.Holder.PID); exe == "" || exe != child.Exe {
+	if exe, _ := proc.Exe(t.Holder.PID); exe == "" || exe != child.Exe {
 		return fmt.Errorf("%s is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; %s",
-			what, t.Holder.PID, procName(procRoot, t.Holder.PID), exe, child.Exe, errNotReplaceable, child.forceHint())
+			what, t.Holder.PID, procName(proc, t.Holder.PID), exe, child.Exe, errNotReplaceable, child.forceHint())
 	}
 	return nil
 }
@@ -61,8 +61,8 @@ func mayReplace(procRoot string, t stopTarget, child newChild, what string, forc
 // otherService refuses to replace a takeover that a systemd service runs
 // from outside that service: systemd would take the service's end for a
 // stop or a crash, and restart it to take the port back.
-func otherService(procRoot string, t stopTarget, child newChild, what string) error {
-	unit := systemdUnit(procRoot, t.PID)
+func otherService(proc procfs.FS, t stopTarget, child newChild, what string) error {
+	unit := proc.SystemdUnit(t.PID)
 	if !strings.HasSuffix(unit, ".service") || unit == child.Unit {
 		return nil
 	}
@@ -74,20 +74,11 @@ func otherService(procRoot string, t stopTarget, child newChild, what string) er
 		what, t.PID, unit, here, errNotReplaceable, unit)
 }
 
-// procExe returns the executable a process runs; a binary replaced on disk
-// since it started still counts as the same path.
-func procExe(procRoot string, pid int) string {
-	exe, err := os.Readlink(procRoot + "/" + strconv.Itoa(pid) + "/exe")
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSuffix(exe, " (deleted)")
-}
-
-func procName(procRoot string, pid int) string {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/comm")
+// procName is a process's name for a message: "?" when unreadable.
+func procName(proc procfs.FS, pid int) string {
+	name, err := proc.Comm(pid)
 	if err != nil {
 		return "?"
 	}
-	return strings.TrimSpace(string(b))
+	return name
 }

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
-	"sync"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
 )
 
@@ -36,21 +34,18 @@ type listener struct {
 // the run directory's generation records and the process tree.
 const launcherEnv = "TAKEOVER_PID"
 
-// errMalformed is a /proc file that does not read as the kernel writes it.
-var errMalformed = errors.New("malformed line")
-
 // targetSockets returns the sockets spec names: TCP listeners, bound UDP
 // sockets, or the unix listener whose file is at spec.Path now.
-func targetSockets(procRoot string, spec portSpec) ([]socktab.Socket, error) {
+func targetSockets(proc procfs.FS, spec portSpec) ([]socktab.Socket, error) {
 	var socks []socktab.Socket
 	var err error
 	switch spec.Net {
 	case netUnix:
 		return socktab.UnixListenersAt(spec.Path)
 	case netUDP:
-		socks, err = socktab.UDPBound(procRoot)
+		socks, err = socktab.UDPBound(string(proc))
 	default:
-		socks, err = socktab.TCPListeners(procRoot)
+		socks, err = socktab.TCPListeners(string(proc))
 	}
 	if err != nil {
 		return nil, err
@@ -67,8 +62,8 @@ func targetSockets(procRoot string, spec portSpec) ([]socktab.Socket, error) {
 // before the rest; with onlyFirst, the rest are not looked at when first
 // already holds every socket. The kernel keeps no count of the processes that
 // hold a socket, so only a walk of every process proves a list complete.
-func listeners(procRoot string, spec portSpec, first []int, onlyFirst bool) ([]listener, error) {
-	socks, err := targetSockets(procRoot, spec)
+func listeners(proc procfs.FS, spec portSpec, first []int, onlyFirst bool) ([]listener, error) {
+	socks, err := targetSockets(proc, spec)
 	if err != nil {
 		return nil, fmt.Errorf("list the sockets of %s: %w", spec, err)
 	}
@@ -79,7 +74,7 @@ func listeners(procRoot string, spec portSpec, first []int, onlyFirst bool) ([]l
 	if len(ls) == 0 {
 		return nil, nil
 	}
-	if err := findHolders(procRoot, ls, first, onlyFirst); err != nil {
+	if err := findHolders(proc, ls, first, onlyFirst); err != nil {
 		return nil, err
 	}
 	return ls, nil
@@ -87,157 +82,61 @@ func listeners(procRoot string, spec portSpec, first []int, onlyFirst bool) ([]l
 
 // findHolders fills in the holders of each listener by reading the socket
 // links in /proc/PID/fd.
-func findHolders(procRoot string, ls []listener, first []int, onlyFirst bool) error {
-	byInode := make(map[uint64]int, len(ls))
+func findHolders(proc procfs.FS, ls []listener, first []int, onlyFirst bool) error {
+	inodes := make([]uint64, len(ls))
 	for i, l := range ls {
-		byInode[l.Inode] = i
+		inodes[i] = l.Inode
 	}
-	w, err := newFDWalker(procRoot, byInode)
+	w, err := proc.FDWalker(inodes)
 	if err != nil {
 		return err
 	}
-	defer w.close()
+	defer w.Close()
 
 	seen := make(map[int]bool)
-	for _, pid := range withDescendants(procRoot, first) {
+	for _, pid := range proc.WithDescendants(first) {
 		if !seen[pid] {
 			seen[pid] = true
-			w.walk(pid, w.buf, w.link)
+			w.Walk(pid)
 		}
 	}
-	if !(onlyFirst && w.foundAll()) {
-		pids, err := listPIDs(procRoot)
+	if !(onlyFirst && w.FoundAll()) {
+		pids, err := proc.PIDs()
 		if err != nil {
 			return err
 		}
 		rest := slices.DeleteFunc(pids, func(pid int) bool { return seen[pid] })
-		w.walkParallel(rest)
+		w.WalkParallel(rest)
 	}
 	for i := range ls {
-		ls[i].Holders = w.found[i]
-		ls[i].Hidden = w.hidden
-		for j := range ls[i].Holders {
-			ls[i].Holders[j].PPID, _ = readPPID(procRoot, ls[i].Holders[j].PID)
+		for _, f := range w.Found(i) {
+			ppid, _ := proc.PPID(f.PID)
+			ls[i].Holders = append(ls[i].Holders, holder{PID: f.PID, FD: f.FD, PPID: ppid})
 		}
+		ls[i].Hidden = w.Hidden()
 		slices.SortFunc(ls[i].Holders, func(a, b holder) int { return a.PID - b.PID })
 	}
 	return nil
 }
 
 // stillHolding returns those of pids that hold one of the sockets.
-func stillHolding(procRoot string, inodes []uint64, pids []int) ([]int, error) {
-	byInode := make(map[uint64]int, len(inodes))
-	for i, ino := range inodes {
-		byInode[ino] = i
-	}
-	w, err := newFDWalker(procRoot, byInode)
+func stillHolding(proc procfs.FS, inodes []uint64, pids []int) ([]int, error) {
+	w, err := proc.FDWalker(inodes)
 	if err != nil {
 		return nil, err
 	}
-	defer w.close()
+	defer w.Close()
 	for _, pid := range pids {
-		w.walk(pid, w.buf, w.link)
+		w.Walk(pid)
 	}
 	var held []int
-	for _, hs := range w.found {
-		for _, h := range hs {
-			held = append(held, h.PID)
+	for i := range inodes {
+		for _, f := range w.Found(i) {
+			held = append(held, f.PID)
 		}
 	}
 	slices.Sort(held)
 	return slices.Compact(held), nil
-}
-
-// listPIDs returns the numeric entries of procRoot.
-func listPIDs(procRoot string) ([]int, error) {
-	f, err := os.Open(procRoot)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, err
-	}
-	pids := make([]int, 0, len(names))
-	for _, n := range names {
-		if pid, err := strconv.Atoi(n); err == nil && pid > 0 {
-			pids = append(pids, pid)
-		}
-	}
-	return pids, nil
-}
-
-// withDescendants returns pids followed by their descendants, as listed in
-// /proc/PID/task/*/children: a child is listed under the thread that forked
-// it, which in a Go or Java program is any thread.
-func withDescendants(procRoot string, pids []int) []int {
-	out := slices.Clone(pids)
-	for i := 0; i < len(out) && len(out) < 4096; i++ {
-		pid := strconv.Itoa(out[i])
-		tasks, err := os.ReadDir(procRoot + "/" + pid + "/task")
-		if err != nil {
-			continue
-		}
-		for _, task := range tasks {
-			b, err := os.ReadFile(procRoot + "/" + pid + "/task/" + task.Name() + "/children")
-			if err != nil {
-				continue
-			}
-			for _, f := range bytes.Fields(b) {
-				if child, err := strconv.Atoi(string(f)); err == nil {
-					out = append(out, child)
-				}
-			}
-		}
-	}
-	return out
-}
-
-// procStat holds the fields of /proc/PID/stat that takeover reads.
-type procStat struct {
-	PPID  int
-	Start uint64 // clock ticks after boot: with the pid, names a process for good
-}
-
-func readStat(procRoot string, pid int) (procStat, error) {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return procStat{}, err
-	}
-	return parseStat(b)
-}
-
-// readPPID reads the parent pid from /proc/PID/stat.
-func readPPID(procRoot string, pid int) (int, error) {
-	st, err := readStat(procRoot, pid)
-	return st.PPID, err
-}
-
-// parseStat reads fields 4 (ppid) and 22 (starttime) of /proc/PID/stat. The
-// command name (field 2) may hold spaces and parentheses, so fields are
-// counted from its last ')'. A missing starttime reads as 0.
-func parseStat(b []byte) (procStat, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return procStat{}, fmt.Errorf("stat: %w", errMalformed)
-	}
-	f := bytes.Fields(b[i+1:]) // f[0] is field 3, the state
-	if len(f) < 2 {
-		return procStat{}, fmt.Errorf("stat: %w", errMalformed)
-	}
-	ppid, err := strconv.Atoi(string(f[1]))
-	if err != nil || ppid < 0 {
-		return procStat{}, fmt.Errorf("stat ppid %q: %w", f[1], errMalformed)
-	}
-	st := procStat{PPID: ppid}
-	if len(f) > 19 {
-		st.Start, err = strconv.ParseUint(string(f[19]), 10, 64)
-		if err != nil {
-			return procStat{}, fmt.Errorf("stat starttime %q: %w", f[19], errMalformed)
-		}
-	}
-	return st, nil
 }
 
 // A stopTarget is the process to signal so that the holders of a listener
@@ -258,7 +157,7 @@ const maxDepth = 8
 // holders. launchers are the live takeover launchers the run directory
 // records: a holder under one of them (or the launcher itself, which keeps
 // its own copy of its generation's sockets) is stopped through it.
-func stopTargets(procRoot string, l listener, launchers []int) []stopTarget {
+func stopTargets(proc procfs.FS, l listener, launchers []int) []stopTarget {
 	holds := make(map[int]bool, len(l.Holders))
 	for _, h := range l.Holders {
 		holds[h.PID] = true
@@ -273,7 +172,7 @@ func stopTargets(procRoot string, l listener, launchers []int) []stopTarget {
 		if slices.Contains(launchers, h.PID) || (holds[h.PPID] && !slices.Contains(launchers, h.PPID)) {
 			continue // a launcher's own copy (below), or a worker whose master holds the socket too
 		}
-		if lp := launcherAbove(procRoot, h.PID, launchers); lp != 0 {
+		if lp := launcherAbove(proc, h.PID, launchers); lp != 0 {
 			add(stopTarget{PID: lp, Launcher: true, Holder: h})
 		} else {
 			add(stopTarget{PID: h.PID, Holder: h})
@@ -290,9 +189,9 @@ func stopTargets(procRoot string, l listener, launchers []int) []stopTarget {
 
 // launcherAbove returns the launcher among launchers that pid runs under,
 // within maxDepth, or 0.
-func launcherAbove(procRoot string, pid int, launchers []int) int {
+func launcherAbove(proc procfs.FS, pid int, launchers []int) int {
 	for range maxDepth {
-		ppid, err := readPPID(procRoot, pid)
+		ppid, err := proc.PPID(pid)
 		if err != nil || ppid == 0 {
 			return 0
 		}
@@ -308,9 +207,9 @@ func launcherAbove(procRoot string, pid int, launchers []int) int {
 }
 
 // isAncestor reports whether a is a proper ancestor of pid, within maxDepth.
-func isAncestor(procRoot string, a, pid int) bool {
+func isAncestor(proc procfs.FS, a, pid int) bool {
 	for range maxDepth {
-		ppid, err := readPPID(procRoot, pid)
+		ppid, err := proc.PPID(pid)
 		if err != nil || ppid == 0 {
 			return false
 		}
@@ -326,75 +225,14 @@ var errNeverSignal = errors.New("never signalled")
 
 // forbidden says why t must never be signalled, or nil: pid 1, and this
 // process's own ancestors (a takeover run from the service's own shell).
-func (t stopTarget) forbidden(procRoot string) error {
+func (t stopTarget) forbidden(proc procfs.FS) error {
 	if t.PID == 1 && !t.Launcher {
 		// A takeover that is PID 1 (a container's entrypoint) is replaced
 		// as any takeover is; it stays, as PID 1 must (pid1_linux.go).
 		return fmt.Errorf("pid 1 is the init process: %w", errNeverSignal)
 	}
-	if t.PID == os.Getpid() || isAncestor(procRoot, t.PID, os.Getpid()) {
+	if t.PID == os.Getpid() || isAncestor(proc, t.PID, os.Getpid()) {
 		return fmt.Errorf("pid %d is an ancestor of this takeover: %w", t.PID, errNeverSignal)
 	}
 	return nil
-}
-
-// An fdWalker looks through /proc/PID/fd for links to a set of socket inodes.
-type fdWalker struct {
-	procFD  int
-	byInode map[uint64]int
-	buf     []byte // getdents buffer for the sequential walk
-	link    []byte // readlink buffer for the sequential walk
-
-	mu     sync.Mutex
-	found  [][]holder
-	hidden bool
-}
-
-// walkParallel walks pids on two goroutines: the walk is system calls, and
-// the kernel serves them on both cores.
-func (w *fdWalker) walkParallel(pids []int) {
-	const workers = 2
-	var wg sync.WaitGroup
-	for k := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf, link := make([]byte, 8<<10), make([]byte, 128)
-			for i := k; i < len(pids); i += workers {
-				w.walk(pids[i], buf, link)
-			}
-		}()
-	}
-	wg.Wait()
-}
-
-func (w *fdWalker) foundAll() bool {
-	for _, f := range w.found {
-		if len(f) == 0 {
-			return false
-		}
-	}
-	return true
-}
-
-func (w *fdWalker) record(i int, h holder) {
-	w.mu.Lock()
-	w.found[i] = append(w.found[i], h)
-	w.mu.Unlock()
-}
-
-func (w *fdWalker) markHidden() {
-	w.mu.Lock()
-	w.hidden = true
-	w.mu.Unlock()
-}
-
-// socketInode parses a /proc/PID/fd link of the form "socket:[12345]".
-func socketInode(link []byte) (uint64, bool) {
-	rest, ok := bytes.CutPrefix(link, []byte("socket:["))
-	if !ok || len(rest) < 2 || rest[len(rest)-1] != ']' {
-		return 0, false
-	}
-	ino, err := strconv.ParseUint(string(rest[:len(rest)-1]), 10, 64)
-	return ino, err == nil
 }

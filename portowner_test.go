@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
 )
 
@@ -102,36 +103,11 @@ func TestSpecMatchesAndConflicts(t *testing.T) {
 	}
 }
 
-func TestParseStat(t *testing.T) {
-	tests := []struct {
-		in   string
-		want procStat
-		ok   bool
-	}{
-		{"100 (srv) S 90 100 100", procStat{PPID: 90}, true},
-		{"100 (my (odd) srv) S 7 100", procStat{PPID: 7}, true},
-		{"100 (a) b) R 1 1", procStat{PPID: 1}, true},
-		{"100 (srv) S 90 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 200 0 0", procStat{PPID: 90, Start: 200}, true},
-		{"100 (srv) S 90 100 100 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 x 0 0", procStat{}, false},
-		{"100 (srv", procStat{}, false},
-		{"100 (srv) S", procStat{}, false},
-		{"100 (srv) S x", procStat{}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := parseStat([]byte(tt.in))
-			if (err == nil) != tt.ok || got != tt.want {
-				t.Errorf("parseStat(%q) = %+v, %v; want %+v, ok=%v", tt.in, got, err, tt.want, tt.ok)
-			}
-		})
-	}
-}
-
-// The fixture under testdata/proc is a prefork server (master 100, worker
+// The fixture under internal/procfs/testdata/proc is a prefork server (master 100, worker
 // 101) run by a takeover launcher (90) on 127.0.0.1:8100, the launcher's own
 // socket on 0.0.0.0:8100, and an sshd (200) on another port.
 func TestListenersFixture(t *testing.T) {
-	ls, err := listeners("testdata/proc", portSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}, nil, false)
+	ls, err := listeners("internal/procfs/testdata/proc", portSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,19 +121,19 @@ func TestListenersFixture(t *testing.T) {
 	// Who manages a holder comes from the run directory's records, never
 	// from the environment (the fixture's environ reads like nginx's
 	// process title).
-	got := stopTargets("testdata/proc", ls[0], []int{90})
+	got := stopTargets("internal/procfs/testdata/proc", ls[0], []int{90})
 	wantT := []stopTarget{{PID: 90, Launcher: true, Holder: holder{PID: 100, FD: 3, PPID: 90}}}
 	if diff := cmp.Diff(wantT, got); diff != "" {
 		t.Errorf("stopTargets (-want +got):\n%s", diff)
 	}
-	got = stopTargets("testdata/proc", ls[0], nil)
+	got = stopTargets("internal/procfs/testdata/proc", ls[0], nil)
 	wantT = []stopTarget{{PID: 100, Holder: holder{PID: 100, FD: 3, PPID: 90}}}
 	if diff := cmp.Diff(wantT, got); diff != "" {
 		t.Errorf("stopTargets without a recorded launcher (-want +got):\n%s", diff)
 	}
 
 	// A bare port names every address of both families.
-	all, err := listeners("testdata/proc", portSpec{Port: 8100}, nil, false)
+	all, err := listeners("internal/procfs/testdata/proc", portSpec{Port: 8100}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +145,7 @@ func TestListenersFixture(t *testing.T) {
 		t.Errorf("inodes for port 8100 (-want +got):\n%s", diff)
 	}
 	// The launcher holding its own copy is itself the target, as a launcher.
-	if got := stopTargets("testdata/proc", all[1], []int{90}); len(got) != 1 || got[0].PID != 90 || !got[0].Launcher {
+	if got := stopTargets("internal/procfs/testdata/proc", all[1], []int{90}); len(got) != 1 || got[0].PID != 90 || !got[0].Launcher {
 		t.Errorf("stopTargets(0.0.0.0:8100) = %+v, want pid 90", got)
 	}
 }
@@ -177,7 +153,7 @@ func TestListenersFixture(t *testing.T) {
 func TestListenersOnlyFirst(t *testing.T) {
 	spec := portSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}
 	// Starting from the launcher finds master and worker without the full walk.
-	ls, err := listeners("testdata/proc", spec, []int{90}, true)
+	ls, err := listeners("internal/procfs/testdata/proc", spec, []int{90}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +161,7 @@ func TestListenersOnlyFirst(t *testing.T) {
 		t.Fatalf("listeners from hint = %+v, want master and worker", ls)
 	}
 	// A hint that holds nothing falls back to the whole walk.
-	ls, err = listeners("testdata/proc", spec, []int{200}, true)
+	ls, err = listeners("internal/procfs/testdata/proc", spec, []int{200}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +296,7 @@ func TestListenersManagedByLauncher(t *testing.T) {
 	if ts := stopTargets("/proc", ls[0], liveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.cmd.Process.Pid {
 		t.Errorf("stopTargets with no record = %+v, want the server, not the wrapper %d", ts, h.cmd.Process.Pid)
 	}
-	st, err := readStat("/proc", h.cmd.Process.Pid)
+	st, err := procfs.FS("/proc").Stat(h.cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,16 +412,6 @@ func FuzzParsePortSpec(f *testing.F) {
 	})
 }
 
-func FuzzParseStat(f *testing.F) {
-	f.Add([]byte("100 (srv) S 90 100"))
-	f.Add([]byte("1 ((sd-pam)) S 0"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if st, err := parseStat(b); err == nil && st.PPID < 0 {
-			t.Fatalf("negative ppid %d from %q", st.PPID, b)
-		}
-	})
-}
-
 func FuzzParseSockaddr(f *testing.F) {
 	f.Add([]byte{2, 0, 0x1f, 0xa4, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add(make([]byte, 28))
@@ -453,15 +419,6 @@ func FuzzParseSockaddr(f *testing.F) {
 		ap, _, ok := parseSockaddr(b)
 		if ok && !ap.IsValid() {
 			t.Fatalf("parseSockaddr(%x) = invalid %v", b, ap)
-		}
-	})
-}
-
-func FuzzParseThreadStatus(f *testing.F) {
-	f.Add("Name:\tjava\nTgid:\t42\nUid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000400\n")
-	f.Fuzz(func(t *testing.T, s string) {
-		if st, err := parseThreadStatus(s); err == nil && st.Tgid <= 0 {
-			t.Fatalf("parseThreadStatus(%q) = %+v", s, st)
 		}
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 )
 
@@ -253,11 +254,7 @@ func fdFlags(t *testing.T, pid int, addr string) int {
 	ls := lookup(t, addr)
 	for _, h := range ls[0].Holders {
 		if h.PID == pid {
-			b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/fdinfo/" + strconv.Itoa(h.FD))
-			if err != nil {
-				t.Fatal(err)
-			}
-			flags, err := parseFdinfoFlags(string(b))
+			flags, err := procfs.FS("/proc").FDFlags(pid, h.FD)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -119,7 +120,7 @@ func (g *generation) readiness() readiness {
 	case mode == readyNotify:
 		return readiness{Missing: "has not sent READY=1"}
 	}
-	seen := accepting("/proc", withDescendants("/proc", []int{g.pid}), want)
+	seen := accepting("/proc", procfs.FS("/proc").WithDescendants([]int{g.pid}), want)
 	var by []string
 	for _, t := range held {
 		way, ok := seen.Ways[t.inode]

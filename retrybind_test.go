@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/takeover/takeover/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,7 +37,7 @@ func TestRetryThread(t *testing.T) {
 		t.Fatal(err)
 	}
 	slackDuring, _ := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
-	st, err := readStatus("/proc", unix.Gettid())
+	st, err := procfs.FS("/proc").Status(unix.Gettid())
 	if err != nil {
 		t.Fatal(err)
 	}

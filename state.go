@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 // runDir holds takeover's per-port locks and generation records. Every
@@ -191,7 +193,7 @@ func readRecord(dir, key string) (genRecord, bool) {
 	if json.Unmarshal(b, &r) != nil || r.Launcher <= 0 {
 		return genRecord{}, false
 	}
-	st, err := readStat("/proc", r.Launcher)
+	st, err := procfs.FS("/proc").Stat(r.Launcher)
 	if err != nil || st.Start != r.LauncherStart {
 		return genRecord{}, false // gone, and perhaps its pid reused
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,8 +18,8 @@ import (
 // an intercepted bind(2), or a socket takeover acquires to pass on.
 type claim struct {
 	child  newChild
-	status threadStatus // the binding thread's (none when takeover binds for itself)
-	sock   int          // takeover's copy of the command's socket (or a new one like it)
+	status procfs.Status // the binding thread's (none when takeover binds for itself)
+	sock   int           // takeover's copy of the command's socket (or a new one like it)
 	addr   netip.AddrPort
 	spec   portSpec
 	// install puts a handed-over socket where the command will use it, in

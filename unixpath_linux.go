@@ -7,10 +7,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
@@ -45,11 +45,11 @@ func (c claim) bind(sock int) error {
 // c.pathMode where that is set.
 func (c claim) bindPath(sock int, path string) error {
 	if c.child.PID != os.Getpid() {
-		owner, err := c.status.fileOwner()
+		owner, err := c.status.FileOwner()
 		if err != nil {
 			return fmt.Errorf("the umask and ids of pid %d: %w", c.child.PID, err)
 		}
-		return bindPathAs(sock, path, owner)
+		return bindPathAs(sock, path, fileOwner(owner))
 	}
 	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
 		return err
@@ -106,11 +106,7 @@ func (o fileOwner) bind(sock int, path string) error {
 
 // A fileOwner is what a process's new files get: its filesystem ids and
 // groups, and the mode bits its umask takes away.
-type fileOwner struct {
-	UID, GID int
-	Groups   []int
-	Umask    uint32
-}
+type fileOwner procfs.FileOwner
 
 // sideNames counts the side names this takeover has made.
 var sideNames atomic.Int64
@@ -333,11 +329,12 @@ func (g *generation) unlinkTarget(n *seccomp.Notif) (portSpec, bool) {
 		return portSpec{}, false // most unlinks: some other file's
 	}
 	if !filepath.IsAbs(name) {
-		base := "/proc/" + strconv.Itoa(int(n.PID)) + "/cwd"
-		if dirfd != unix.AT_FDCWD {
-			base = "/proc/" + strconv.Itoa(int(n.PID)) + "/fd/" + strconv.Itoa(int(dirfd))
+		var dir string
+		if dirfd == unix.AT_FDCWD {
+			dir, err = procfs.FS("/proc").Cwd(int(n.PID))
+		} else {
+			dir, err = procfs.FS("/proc").FDLink(int(n.PID), int(dirfd))
 		}
-		dir, err := os.Readlink(base)
 		if err != nil {
 			return portSpec{}, false
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shirou/gopsutil/v3/process"
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 // whoListener is one listening socket as `takeover who` reports it.
@@ -95,14 +96,14 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func describe(procRoot string, spec portSpec, l listener, launchers []int) whoListener {
+func describe(proc procfs.FS, spec portSpec, l listener, launchers []int) whoListener {
 	w := whoListener{Address: spec.boundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
 	for _, h := range l.Holders {
 		w.Holders = append(w.Holders, describeHolder(h))
 	}
-	for _, t := range stopTargets(procRoot, l, launchers) {
+	for _, t := range stopTargets(proc, l, launchers) {
 		s := whoStop{PID: t.PID, Launcher: t.Launcher, ForPID: t.Holder.PID}
-		if err := t.forbidden(procRoot); err != nil {
+		if err := t.forbidden(proc); err != nil {
 			s.Refused = err.Error()
 		}
 		if r, ok := readRecord(runDir(), spec.key()); ok && t.Launcher && r.Launcher == t.PID && r.DetachedUntil != nil {

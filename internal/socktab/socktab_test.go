@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The fixtures are the main package's: testdata/proc is a /proc of a few
-// processes, which its tests walk too.
+// The fixtures are internal/procfs's: testdata/proc there is a /proc of a few
+// processes, which its tests and the main package's walk too.
 
 func TestReadProcNetTCP(t *testing.T) {
 	ap := netip.MustParseAddrPort
@@ -25,7 +25,7 @@ func TestReadProcNetTCP(t *testing.T) {
 	}{
 		{
 			name: "tcp with malformed lines skipped",
-			path: "../../testdata/proc/net/tcp",
+			path: "../procfs/testdata/proc/net/tcp",
 			want: []Socket{
 				{Inode: 5555, Addr: ap("127.0.0.1:8100"), UID: 1000},
 				{Inode: 5556, Addr: ap("0.0.0.0:8100"), UID: 0},
@@ -34,7 +34,7 @@ func TestReadProcNetTCP(t *testing.T) {
 		},
 		{
 			name: "tcp6 with a v4-mapped address",
-			path: "../../testdata/proc/net/tcp6",
+			path: "../procfs/testdata/proc/net/tcp6",
 			want: []Socket{
 				{Inode: 8888, Addr: ap("[::1]:8100"), UID: 1000},
 				{Inode: 8889, Addr: ap("[::]:8080"), UID: 0},
@@ -43,10 +43,10 @@ func TestReadProcNetTCP(t *testing.T) {
 		},
 		{
 			name: "truncated last line",
-			path: "../../testdata/proc-truncated/net/tcp",
+			path: "../procfs/testdata/proc-truncated/net/tcp",
 			want: []Socket{{Inode: 5555, Addr: ap("127.0.0.1:8100"), UID: 1000}},
 		},
-		{name: "missing file", path: "../../testdata/proc/net/nope", wantErr: os.ErrNotExist},
+		{name: "missing file", path: "../procfs/testdata/proc/net/nope", wantErr: os.ErrNotExist},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,8 +62,8 @@ func TestReadProcNetTCP(t *testing.T) {
 }
 
 func FuzzParseProcNetLine(f *testing.F) {
-	b, _ := os.ReadFile("../../testdata/proc/net/tcp")
-	b6, _ := os.ReadFile("../../testdata/proc/net/tcp6")
+	b, _ := os.ReadFile("../procfs/testdata/proc/net/tcp")
+	b6, _ := os.ReadFile("../procfs/testdata/proc/net/tcp6")
 	for _, l := range strings.Split(string(b)+string(b6), "\n") {
 		f.Add(l)
 	}
