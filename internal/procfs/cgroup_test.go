@@ -26,3 +26,22 @@ func TestUnitOfCgroup(t *testing.T) {
 		})
 	}
 }
+
+func TestSystemdUnitFixtures(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		proc FS
+		pid  int
+		want string
+	}{
+		{"a service's", fixtures, 100, "nginx.service"},
+		{"a line without its hierarchy id", broken, 400, ""},
+		{"no cgroup file", fixtures, 101, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.proc.SystemdUnit(tt.pid); got != tt.want {
+				t.Errorf("SystemdUnit(%d) = %q, want %q", tt.pid, got, tt.want)
+			}
+		})
+	}
+}

@@ -3,7 +3,11 @@ package procfs
 // Tests of the stat reader.
 
 import (
+	"errors"
+	"io/fs"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func TestParseStat(t *testing.T) {
@@ -39,4 +43,37 @@ func FuzzParseStat(f *testing.F) {
 			t.Fatalf("negative ppid %d from %q", st.PPID, b)
 		}
 	})
+}
+
+func TestStatFixtures(t *testing.T) {
+	tests := []struct {
+		name    string
+		proc    FS
+		pid     int
+		want    Stat
+		wantErr error
+	}{
+		{"a ')' in the name", fixtures, 100, Stat{PPID: 90, Start: 200}, nil},
+		{"worker", fixtures, 101, Stat{PPID: 100, Start: 300}, nil},
+		{"a name that reads like fields", broken, 401, Stat{PPID: 1, Start: 700}, nil},
+		{"cut after the ppid", broken, 402, Stat{PPID: 90}, nil},
+		{"truncated in the name", broken, 400, Stat{}, errMalformed},
+		{"a starttime that is no number", broken, 403, Stat{}, errMalformed},
+		{"no such process", fixtures, 999, Stat{}, fs.ErrNotExist},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.proc.Stat(tt.pid)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Stat(%d) error = %v, want %v", tt.pid, err, tt.wantErr)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Stat(%d) (-want +got):\n%s", tt.pid, diff)
+			}
+			ppid, err := tt.proc.PPID(tt.pid)
+			if ppid != tt.want.PPID || !errors.Is(err, tt.wantErr) {
+				t.Errorf("PPID(%d) = %d, %v; want %d, %v", tt.pid, ppid, err, tt.want.PPID, tt.wantErr)
+			}
+		})
+	}
 }

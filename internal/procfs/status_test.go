@@ -3,8 +3,13 @@ package procfs
 // Tests of the status reader.
 
 import (
+	"errors"
+	"io/fs"
 	"reflect"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 // What a thread's new file would get comes from its status, read once with
@@ -39,4 +44,37 @@ func FuzzParseThreadStatus(f *testing.F) {
 			t.Fatalf("parseThreadStatus(%q) = %+v", s, st)
 		}
 	})
+}
+
+func TestStatusFixtures(t *testing.T) {
+	tests := []struct {
+		name    string
+		proc    FS
+		pid     int
+		want    Status
+		wantErr error
+	}{
+		{"a server's", fixtures, 100, Status{Tgid: 100, UID: 1000, CapEff: 0x400}, nil},
+		{"garbage, and a Tgid that is no number", broken, 400, Status{}, errMalformed},
+		{"a Uid that is no number", broken, 401, Status{}, errMalformed},
+		{"no Tgid", broken, 404, Status{}, errMalformed},
+		{"no such process", fixtures, 999, Status{}, fs.ErrNotExist},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.proc.Status(tt.pid)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Status(%d) error = %v, want %v", tt.pid, err, tt.wantErr)
+			}
+			if diff := cmp.Diff(tt.want, got, cmpopts.IgnoreUnexported(Status{})); diff != "" {
+				t.Errorf("Status(%d) (-want +got):\n%s", tt.pid, diff)
+			}
+		})
+	}
+	st, _ := fixtures.Status(100)
+	got, err := st.FileOwner()
+	want := FileOwner{UID: 1000, GID: 1000, Groups: []int{4, 1000}, Umask: 0o022}
+	if diff := cmp.Diff(want, got); err != nil || diff != "" {
+		t.Errorf("FileOwner = %v (-want +got):\n%s", err, diff)
+	}
 }

@@ -3,6 +3,8 @@ package procfs
 // Tests of the syscall reader.
 
 import (
+	"errors"
+	"io/fs"
 	"testing"
 )
 
@@ -34,4 +36,30 @@ func FuzzParseSyscall(f *testing.F) {
 			t.Fatalf("parseSyscall(%q) = %+v: a negative number is no system call", b, sc)
 		}
 	})
+}
+
+func TestSyscallFixtures(t *testing.T) {
+	tests := []struct {
+		name     string
+		proc     FS
+		pid, tid int
+		want     Syscall
+		ok       bool
+		wantErr  error
+	}{
+		{"in accept4", waiting, 301, 311, Syscall{Nr: 288, Args: [6]uint64{5, 0x7f001000, 0x7f001080, 0x80800}}, true, nil},
+		{"running", waiting, 301, 301, Syscall{}, false, nil},
+		{"outside a system call", waiting, 304, 304, Syscall{}, false, nil},
+		{"truncated", waiting, 305, 305, Syscall{}, false, nil},
+		{"an argument that is no number", broken, 400, 400, Syscall{}, false, nil},
+		{"no such thread", waiting, 301, 399, Syscall{}, false, fs.ErrNotExist},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok, err := tt.proc.Syscall(tt.pid, tt.tid)
+			if got != tt.want || ok != tt.ok || !errors.Is(err, tt.wantErr) {
+				t.Errorf("Syscall(%d, %d) = %+v, %v, %v; want %+v, %v, %v", tt.pid, tt.tid, got, ok, err, tt.want, tt.ok, tt.wantErr)
+			}
+		})
+	}
 }
