@@ -54,6 +54,13 @@
 //   - demo.go, demoserver.go, probe.go: `takeover demo`, its built-in
 //     server, `takeover probe`; internal/load: the load the demo, the
 //     benchmarks and scripts/ use.
+//
+// One swap reads downward: launcher_linux.go starts a generation, whose
+// bind(2) bind_linux.go answers; takeport_linux.go asks portowner.go
+// (internal/socktab, internal/procfs) who holds the port and takes it by
+// handoff_linux.go or retrybind.go; ready_linux.go sees the new server
+// accept, and swap_linux.go stops the old one. README's "How the code is
+// laid out" says the same at more length.
 package main
 
 import (
