@@ -14,6 +14,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// newFlagSet is a subcommand's flag set: errors and --help go to stderr,
+// --help being usage and then the flags as printFlags spells them.
+func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		printFlags(fs, stderr)
+	}
+	return fs
+}
+
 // printFlags is flag.PrintDefaults with the spelling README and every example
 // use: --port, not Go's -port. A one-letter flag keeps its single dash (-p,
 // -q, -v). Go's flag package takes both spellings, so nothing else changes.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -24,13 +23,17 @@ import (
 // built-in HTTP server of `takeover demo` and scripts/bench.sh. It starts
 // slowly, as a JVM does, serves "pid=0012345 gen=", and drains on SIGTERM. Under
 // Server::Starter it takes its socket from SERVER_STARTER_PORT.
+const demoServerUsage = "usage: takeover demo-server [--init-delay D] [--rssminer] ADDR|PATH\n"
+
 func runDemoServer(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("takeover demo-server", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("takeover demo-server", demoServerUsage, stderr)
 	initDelay := fs.Duration("init-delay", 0, "how long to initialize before binding")
 	rssminer := fs.Bool("rssminer", false, "after initializing, kill the port's holder (lsof | xargs kill) and retry the bind every 150ms, 30 times")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: takeover demo-server [--init-delay D] [--rssminer] ADDR|PATH")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprint(stderr, demoServerUsage)
 		return exitUsage
 	}
 	time.Sleep(*initDelay)

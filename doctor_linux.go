@@ -77,13 +77,8 @@ type doctorReport struct {
 // runDoctor implements `takeover doctor [--json]`: 0 when everything
 // takeover needs works, 1 when something is missing, 2 on bad usage.
 func runDoctor(args []string, stdout, stderr io.Writer) int {
-	flags := flag.NewFlagSet("takeover doctor", flag.ContinueOnError)
-	flags.SetOutput(stderr)
+	flags := newFlagSet("takeover doctor", "usage: takeover doctor [--json]\n\nChecks what takeover needs on this machine, as this user, and says what to change.\nExits 0 when everything needed works, 1 when something is missing.\n", stderr)
 	asJSON := flags.Bool("json", false, "print JSON")
-	flags.Usage = func() {
-		fmt.Fprintln(stderr, "usage: takeover doctor [--json]\n\nChecks what takeover needs on this machine, as this user, and says what to change.\nExits 0 when everything needed works, 1 when something is missing.")
-		printFlags(flags, stderr)
-	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

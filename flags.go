@@ -186,12 +186,7 @@ Flags:
 // Command means --help was asked for.
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var c config
-	fs := flag.NewFlagSet("takeover", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, launcherUsage)
-		printFlags(fs, stderr)
-	}
+	fs := newFlagSet("takeover", launcherUsage, stderr)
 	fs.Var(&c.Ports, "port", "`PORTSPEC` to take over (repeatable, required)")
 	fs.Var(&c.Ports, "p", "short for --port `PORTSPEC`")
 	fs.Var(pathFlag{&c.Ports}, "path", "`PATH` of a unix socket to take over (repeatable)")

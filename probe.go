@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -19,8 +18,7 @@ import (
 // scripts/bench.sh and scripts/stress.sh. It sends HTTP/1.0 requests, one
 // connection each, for --duration, and prints what it saw as JSON.
 func runProbe(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("takeover probe", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("takeover probe", "usage: takeover probe --addr HOST:PORT [--duration D] [--workers N] [--pause D] [--timeline FILE]\n\nHTTP/1.0 load, a connection per request, printed as JSON.\n", stderr)
 	addr := fs.String("addr", "", "HOST:PORT to load (loopback only)")
 	duration := fs.Duration("duration", 10*time.Second, "how long to run (up to 1h)")
 	workers := fs.Int("workers", 2, "concurrent clients (1 to 256)")

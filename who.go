@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -43,13 +42,8 @@ type whoStop struct {
 // runWho implements `takeover who [--json] PORTSPEC...`. It returns the exit
 // status: 0 when something listens, 1 when nothing does, 2 on bad usage.
 func runWho(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("takeover who", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("takeover who", "usage: takeover who [--json] PORTSPEC|PATH...\n\nPORTSPEC is 8100, 127.0.0.1:8100, [::1]:8100 or [::]:8100 (TCP), or udp:5353;\nPATH is a unix socket's path, with a / in it.\n", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: takeover who [--json] PORTSPEC|PATH...\n\nPORTSPEC is 8100, 127.0.0.1:8100, [::1]:8100 or [::]:8100 (TCP), or udp:5353;\nPATH is a unix socket's path, with a / in it.")
-		printFlags(fs, stderr)
-	}
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
