@@ -51,16 +51,10 @@ func (c claim) bindPath(sock int, path string) error {
 		}
 		return bindPathAs(sock, path, fileOwner(owner))
 	}
-	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
-		return err
+	if c.pathMode == 0 {
+		return unix.Bind(sock, &unix.SockaddrUnix{Name: path})
 	}
-	if c.pathMode != 0 {
-		if err := unix.Chmod(path, c.pathMode); err != nil {
-			unix.Unlink(path)
-			return err
-		}
-	}
-	return nil
+	return bindWithMode(sock, path, c.pathMode)
 }
 
 // bindPathAs binds sock to path as owner: with its filesystem ids and
@@ -68,17 +62,86 @@ func (c claim) bindPath(sock int, path string) error {
 // directory (takeover never binds a path the command could not) and the
 // file is its; and with its umask.
 func bindPathAs(sock int, path string, owner fileOwner) error {
+	return onThrowawayThread(func() error { return owner.bind(sock, path) })
+}
+
+// bindWithMode binds sock to path as takeover, the socket file born with
+// mode perm: the mode is never set afterwards by the file's name, which the
+// owner of the directory could by then have pointed at any file (a symlink
+// renamed over it between the bind and a chmod).
+func bindWithMode(sock int, path string, perm uint32) error {
+	return onThrowawayThread(func() error { return bindUmasked(sock, path, 0o777&^perm, uint32(os.Geteuid())) })
+}
+
+// onThrowawayThread runs f on an OS thread of its own, which exits when f
+// returns: what f changes of the thread (its filesystem ids and groups, its
+// umask) goes with it.
+func onThrowawayThread(f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		// Filesystem ids and groups belong to a thread. This one is never
-		// unlocked: it exits with the goroutine, its credentials with it.
+		// Never unlocked: the thread exits with the goroutine.
 		runtime.LockOSThread()
-		errc <- owner.bind(sock, path)
+		errc <- f()
 	}()
 	return <-errc
 }
 
-// bind binds sock to path on the calling thread, which it makes act as o.
+// bindUmasked binds sock to path with umask mask, on the calling thread,
+// which must be locked and thrown away: the umask belongs to the
+// filesystem context, which threads share until one unshares it. uid is
+// whom the file is for (the thread's filesystem uid).
+//
+// Where unshare is refused (a container's default seccomp profile refuses
+// it without CAP_SYS_ADMIN), the socket's own mode is set instead (bind
+// gives the file the socket's mode less the umask), and where takeover's
+// umask still takes away bits the mode keeps, they are added after the
+// bind through a descriptor of the file, opened without following a
+// symlink, and only if it is still the file just made: a socket file of
+// uid's with one link. Otherwise the bind fails and the file is left alone.
+func bindUmasked(sock int, path string, mask, uid uint32) error {
+	mask &= 0o777
+	if err := unix.Unshare(unix.CLONE_FS); err == nil {
+		unix.Umask(int(mask))
+		return unix.Bind(sock, &unix.SockaddrUnix{Name: path})
+	}
+	// Refused where the thread acts as a command's uid (the socket is
+	// takeover's): chmodBound does it then.
+	unix.Fchmod(sock, 0o777&^mask)
+	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
+		return err
+	}
+	return chmodBound(path, 0o777&^mask, uid)
+}
+
+// chmodBound gives the socket file just bound at path mode perm if it has
+// not got it yet, never by its name: the owner of the directory may have
+// renamed something else over it since the bind.
+func chmodBound(path string, perm, uid uint32) error {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open the socket file just bound: %w", err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat the socket file just bound: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Uid != uid || st.Nlink != 1 {
+		return fmt.Errorf("the socket file just bound at %s was replaced (now mode %#o, uid %d, %d links): its mode is not set", path, st.Mode, st.Uid, st.Nlink)
+	}
+	if st.Mode&0o777 == perm {
+		return nil
+	}
+	// An O_PATH descriptor has no fchmod; its /proc link reaches the very
+	// file, whatever its name now (as glibc's fchmodat AT_SYMLINK_NOFOLLOW).
+	if err := unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), perm); err != nil {
+		return fmt.Errorf("set the mode of the socket file just bound: %w", err)
+	}
+	return nil
+}
+
+// bind binds sock to path on the calling thread, which it makes act as o:
+// the thread must be locked and thrown away (bindPathAs).
 func (o fileOwner) bind(sock int, path string) error {
 	if os.Geteuid() == 0 {
 		if err := unix.Setgroups(o.Groups); err != nil {
@@ -94,14 +157,13 @@ func (o fileOwner) bind(sock int, path string) error {
 			return fmt.Errorf("act as the command's gid %d: still %d", o.GID, gid)
 		}
 	}
-	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: path}); err != nil {
-		return err
+	// The mode comes from the umask at the bind, as for the command's own
+	// bind: never from a chmod of the path after it (bindWithMode).
+	uid := uint32(os.Geteuid())
+	if uid == 0 {
+		uid = uint32(o.UID)
 	}
-	if err := unix.Chmod(path, 0o777&^o.Umask); err != nil {
-		unix.Unlink(path)
-		return err
-	}
-	return nil
+	return bindUmasked(sock, path, o.Umask, uid)
 }
 
 // A fileOwner is what a process's new files get: its filesystem ids and
