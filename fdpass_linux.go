@@ -39,8 +39,9 @@ const fdpassIdle = 2 * time.Second
 // and removes path; once it returns, lookup is not called again.
 //
 // lookup may be called from several goroutines at once. The fd it returns
-// stays the caller's: it is passed, never closed, so it must stay open until
-// stop returns.
+// is the server's: it is closed once passed. (A dup of the socket, taken
+// where nothing can close it first: the fd the holder keeps may be closed
+// at any time.)
 func serveSockets(path string, lookup func(inode uint64) (fd int, ok bool)) (stop func(), err error) {
 	ln, err := listenSeqpacket(path)
 	if err != nil {
@@ -172,7 +173,11 @@ func (s *sockServer) serve(c *net.UnixConn) {
 			return
 		}
 		msg, fd := s.answer(buf[:n], flags&unix.MSG_TRUNC != 0)
-		if err := sendReply(c, msg, fd); err != nil {
+		err = sendReply(c, msg, fd)
+		if fd >= 0 {
+			unix.Close(fd) // lookup's dup: the peer has its own now
+		}
+		if err != nil {
 			return
 		}
 	}
@@ -241,7 +246,8 @@ func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
 }
 
 // sendReply sends msg, with fd unless it is -1. The kernel takes its own
-// reference to the socket at sendmsg: the caller's fd stays open.
+// reference to the socket at sendmsg: the caller's fd stays open, the
+// caller's to close.
 func sendReply(c *net.UnixConn, msg string, fd int) error {
 	var oob []byte
 	if fd >= 0 {

@@ -81,7 +81,11 @@ func serveTest(t *testing.T, dir string, held map[uint64]int) string {
 	path := filepath.Join(dir, "launcher.sock")
 	stop, err := serveSockets(path, func(inode uint64) (int, bool) {
 		fd, ok := held[inode]
-		return fd, ok
+		if !ok {
+			return -1, false
+		}
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) // the server closes it
+		return dup, err == nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +262,10 @@ func TestServeSocketsStop(t *testing.T) {
 	if err := os.WriteFile(path, []byte("stale"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stop, err := serveSockets(path, func(uint64) (int, bool) { return held, true })
+	stop, err := serveSockets(path, func(uint64) (int, bool) {
+		dup, err := unix.FcntlInt(uintptr(held), unix.F_DUPFD_CLOEXEC, 0) // the server closes it
+		return dup, err == nil
+	})
 	if err != nil {
 		t.Fatalf("serve over a stale file: %v", err)
 	}

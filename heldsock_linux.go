@@ -57,6 +57,22 @@ func (g *generation) heldByInode(ino uint64) *heldSock {
 	return g.heldWhere(func(s *heldSock) bool { return s.inode == ino })
 }
 
+// dupByInode returns a new fd (close-on-exec), the caller's to close, for
+// the generation's socket with inode ino. It is taken under the lock that
+// closeCopies holds, so it is never a copy already closed, nor an fd
+// number some other file has taken since.
+func (g *generation) dupByInode(ino uint64) (int, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.socks {
+		if s.inode == ino {
+			fd, err := unix.FcntlInt(uintptr(s.copyFD), unix.F_DUPFD_CLOEXEC, 0)
+			return fd, err == nil
+		}
+	}
+	return -1, false
+}
+
 // heldWhere returns a socket the generation holds that match accepts.
 func (g *generation) heldWhere(match func(*heldSock) bool) *heldSock {
 	g.mu.Lock()

@@ -343,8 +343,10 @@ func (l *launcher) heldSocket(inode uint64) (int, bool) {
 	gens := slices.Clone(l.gens)
 	l.mu.Unlock()
 	for _, g := range gens {
-		if s := g.heldByInode(inode); s != nil {
-			return s.copyFD, true
+		// A dup, not the copy itself: the generation may close its copies
+		// (closeCopies) while the fd is on its way.
+		if fd, ok := g.dupByInode(inode); ok {
+			return fd, true
 		}
 	}
 	return -1, false
