@@ -31,7 +31,8 @@ type Socket struct {
 	// Queued is the accept queue's length: connections waiting for the
 	// server to accept them (sock_diag only).
 	Queued uint32
-	// A unix socket's file: its inode and device (the kernel's encoding).
+	// A unix socket's file: its inode number's low 32 bits and its device
+	// (the kernel's encoding), all that sock_diag gives (boundTo).
 	VFSIno uint64
 	VFSDev uint32
 }
@@ -53,14 +54,23 @@ func UnixListenersAt(path string) ([]Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	dev := uint32(unix.Major(st.Dev))<<20 | uint32(unix.Minor(st.Dev)) // the kernel's MKDEV
 	var at []Socket
 	for _, s := range socks {
-		if s.VFSIno == st.Ino && s.VFSDev == dev {
+		if s.boundTo(&st) {
 			at = append(at, s)
 		}
 	}
 	return at, nil
+}
+
+// boundTo reports whether s is bound to the file st describes. The kernel
+// gives the file's inode number in 32 bits (struct unix_diag_vfs), so only
+// the low 32 bits of st_ino are compared, with the device: where inode
+// numbers take 64 bits (tmpfs with inode64, XFS, btrfs) the whole number
+// would never match, and a socket file would seem to have no listener.
+func (s Socket) boundTo(st *unix.Stat_t) bool {
+	dev := uint32(unix.Major(st.Dev))<<20 | uint32(unix.Minor(st.Dev)) // the kernel's MKDEV
+	return s.VFSIno != 0 && s.VFSIno == uint64(uint32(st.Ino)) && s.VFSDev == dev
 }
 
 // UDPBound returns the bound, unconnected UDP sockets, as TCPListeners
