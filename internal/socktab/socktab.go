@@ -54,23 +54,79 @@ func UnixListenersAt(path string) ([]Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	var at []Socket
-	for _, s := range socks {
-		if s.boundTo(&st) {
-			at = append(at, s)
+	dev := kernelDev(st.Dev)
+	at := boundTo(socks, st.Ino, dev)
+	if len(at) == 0 {
+		// st_dev may not be the device sock_diag gives (mountDev).
+		if mdev, err := mountDev(path); err == nil && mdev != dev {
+			at = boundTo(socks, st.Ino, mdev)
 		}
 	}
 	return at, nil
 }
 
-// boundTo reports whether s is bound to the file st describes. The kernel
-// gives the file's inode number in 32 bits (struct unix_diag_vfs), so only
-// the low 32 bits of st_ino are compared, with the device: where inode
-// numbers take 64 bits (tmpfs with inode64, XFS, btrfs) the whole number
-// would never match, and a socket file would seem to have no listener.
-func (s Socket) boundTo(st *unix.Stat_t) bool {
-	dev := uint32(unix.Major(st.Dev))<<20 | uint32(unix.Minor(st.Dev)) // the kernel's MKDEV
-	return s.VFSIno != 0 && s.VFSIno == uint64(uint32(st.Ino)) && s.VFSDev == dev
+// boundTo returns the sockets of socks bound to the file with inode ino on
+// device dev (the kernel's encoding). The kernel gives the file's inode
+// number in 32 bits (struct unix_diag_vfs), so only the low 32 bits of ino
+// are compared, with the device: where inode numbers take 64 bits (tmpfs
+// with inode64, XFS, btrfs) the whole number would never match, and a
+// socket file would seem to have no listener.
+func boundTo(socks []Socket, ino uint64, dev uint32) []Socket {
+	var at []Socket
+	for _, s := range socks {
+		if s.VFSIno != 0 && s.VFSIno == uint64(uint32(ino)) && s.VFSDev == dev {
+			at = append(at, s)
+		}
+	}
+	return at
+}
+
+// kernelDev is st_dev in the kernel's encoding (MKDEV), as sock_diag gives it.
+func kernelDev(dev uint64) uint32 {
+	return uint32(unix.Major(dev))<<20 | uint32(unix.Minor(dev))
+}
+
+// mountDev returns the device of the filesystem the file at path is on as
+// sock_diag gives it, its superblock's: the one mountinfo gives for the
+// file's mount. st_dev is not always that: btrfs gives each subvolume a
+// device of its own, and overlayfs over several filesystems (xino off)
+// gives a file its layer's.
+func mountDev(path string) (uint32, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_MNT_ID, &stx); err != nil {
+		return 0, err
+	}
+	if stx.Mask&unix.STATX_MNT_ID == 0 {
+		return 0, errors.New("statx gave no mount id")
+	}
+	// thread-self: a thread may have a mount namespace of its own.
+	b, err := os.ReadFile("/proc/thread-self/mountinfo")
+	if err != nil {
+		return 0, err
+	}
+	return mountinfoDev(b, stx.Mnt_id)
+}
+
+// mountinfoDev returns the device (the kernel's encoding) of mount id in
+// the text of a /proc/PID/mountinfo, whose lines begin
+//
+//	ID PARENT-ID MAJOR:MINOR ROOT MOUNT-POINT ...
+func mountinfoDev(mountinfo []byte, id uint64) (uint32, error) {
+	want := strconv.FormatUint(id, 10)
+	for line := range strings.Lines(string(mountinfo)) {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[0] != want {
+			continue
+		}
+		major, minor, ok := strings.Cut(f[2], ":")
+		ma, err1 := strconv.ParseUint(major, 10, 12)
+		mi, err2 := strconv.ParseUint(minor, 10, 20)
+		if !ok || err1 != nil || err2 != nil {
+			return 0, fmt.Errorf("mount %d: device %q: %w", id, f[2], errMalformed)
+		}
+		return uint32(ma)<<20 | uint32(mi), nil
+	}
+	return 0, fmt.Errorf("mount %d not in mountinfo", id)
 }
 
 // UDPBound returns the bound, unconnected UDP sockets, as TCPListeners
