@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -161,11 +162,24 @@ func serverStarterListener(env, addr string) (net.Listener, error) {
 
 // rssminerListen is the 2012 Rssminer recipe, as its post describes it: once
 // initialized, kill whatever listens on the port, then retry the bind every
-// 150 ms, up to 30 times.
+// 150 ms, up to 30 times. The recipe's `lsof | xargs kill` is run as argv,
+// never through a shell: the port is a number, the pids are lsof's.
 func rssminerListen(addr string) (net.Listener, error) {
-	_, port, _ := net.SplitHostPort(addr)
-	exec.Command("sh", "-c", "lsof -t -sTCP:LISTEN -i:"+port+" | xargs -r kill").Run()
-	var err error
+	_, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("port %q of %s: not a number from 0 to 65535", portStr, addr)
+	}
+	out, _ := exec.Command("lsof", "-t", "-sTCP:LISTEN", "-i:"+strconv.FormatUint(port, 10)).Output()
+	for _, f := range strings.Fields(string(out)) {
+		// As xargs kill, but never pid 1, a group (0, -1) or this process.
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 && pid != os.Getpid() {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+	}
 	for range 30 {
 		var ln net.Listener
 		if ln, err = net.Listen("tcp", addr); err == nil {
