@@ -20,9 +20,9 @@ import (
 
 // The test binary is also the attacker of TestSocketModeNeverByName:
 // TAKEOVER_SYMLINK_SWAPPER="DIR NAME TARGET" makes it watch DIR and, each
-// time a socket file NAME is created there, rename a symlink to TARGET over
-// it at once, then print "swapped MODE" (the socket file's mode as it was
-// born). A mode of its own, not one of runHelper's, so that helpers_test.go
+// time a socket file NAME is created there (NAME* : a name beginning so),
+// rename a symlink to TARGET over it at once, then print "swapped MODE"
+// (the socket file's mode as it was born). A mode of its own, not one of runHelper's, so that helpers_test.go
 // stays untouched.
 func init() {
 	if spec := os.Getenv("TAKEOVER_SYMLINK_SWAPPER"); spec != "" {
@@ -73,7 +73,6 @@ func symlinkSwapper(spec string) int {
 		return 1
 	}
 	bait := filepath.Join(dir, ".bait")
-	path := filepath.Join(dir, name)
 	unix.Unlink(bait)
 	if err := unix.Symlink(target, bait); err != nil {
 		fmt.Println("error:", err)
@@ -91,11 +90,12 @@ func symlinkSwapper(spec string) int {
 			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
 			got := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
 			off += unix.SizeofInotifyEvent + int(ev.Len)
-			if got != name {
+			if got != name && !(strings.HasSuffix(name, "*") && strings.HasPrefix(got, strings.TrimSuffix(name, "*"))) {
 				continue
 			}
 			// The race: nothing but an lstat between the event and the
 			// rename, on a real-time thread that preempts takeover's.
+			path := filepath.Join(dir, got)
 			var st unix.Stat_t
 			if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 				continue
@@ -159,18 +159,28 @@ func TestSocketModeNeverByName(t *testing.T) {
 		mode       fs.FileMode
 		uid        uint32 // the socket file's owner (and group)
 		noUnshare  bool
-		unattacked bool // run without the attacker only
+		unattacked bool     // run without the attacker only
+		first      []string // a takeover to start first, which argv replaces
+		attacked   string   // the name the attacker swaps: the path's, or a side name's
 	}
 	var starts []start
 	for _, noUnshare := range []bool{false, true} {
 		for _, s := range []start{
 			{"start-server", []string{bin, "start-server", "--path=" + path, "--", "sh", "-c", "echo worker started; exec sleep 600"},
-				"", "worker started", 0o777, 0, noUnshare, false},
+				"", "worker started", 0o777, 0, noUnshare, false, nil, ""},
 			{"launcher", []string{bin, "--path", path, "--", "sh", "-c", `umask 027 && exec "$0" "$@"`, helper, "unix:" + path},
-				"TAKEOVER_TEST_HELPER=serve", "listening ", 0o750, 0, noUnshare, false},
+				"TAKEOVER_TEST_HELPER=serve", "listening ", 0o750, 0, noUnshare, false, nil, ""},
 			{"launcher as nobody", append(append([]string{bin, "--path", path, "--"}, asNobody...), "sh", "-c", `umask 077 && exec "$0" "$@"`, helper, "unix:"+path),
-				"TAKEOVER_TEST_HELPER=serve", "listening ", 0o700, 65534, noUnshare, true},
+				"TAKEOVER_TEST_HELPER=serve", "listening ", 0o700, 65534, noUnshare, true, nil, ""},
+			// A rename: the new socket is bound beside the path, at a
+			// side name the attacker swaps instead.
+			{"launcher replacing another by a rename", []string{bin, "--path", path, "--strategy", "rebind", "--", "sh", "-c", `umask 027 && exec "$0" "$@"`, helper, "unix:" + path},
+				"TAKEOVER_TEST_HELPER=serve", "listening ", 0o750, 0, noUnshare, false,
+				[]string{bin, "--path", path, "--", "sh", "-c", `umask 027 && exec "$0" "$@"`, helper, "unix:" + path}, ".app.sock.takeover-new-*"},
 		} {
+			if s.attacked == "" {
+				s.attacked = "app.sock"
+			}
 			if noUnshare {
 				s.name += " without unshare"
 				s.argv = append([]string{self}, s.argv...)
@@ -179,12 +189,27 @@ func TestSocketModeNeverByName(t *testing.T) {
 			starts = append(starts, s)
 		}
 	}
-	// run starts s pinned to CPU 0 and waits for its ready line; it
-	// reports whether it came, or s exited first (if mayFail).
-	run := func(t *testing.T, s start, mayFail bool) (*tkRun, bool) {
+	// launch starts argv as s says, pinned to CPU 0, and waits for its
+	// ready line; it reports whether it came, or it exited first (if
+	// mayFail).
+	var launch func(t *testing.T, s start, argv []string, mayFail bool) (*tkRun, bool)
+	// run starts s (after s.first, whose run it returns too).
+	run := func(t *testing.T, s start, mayFail bool) (r, first *tkRun, ready bool) {
 		t.Helper()
 		os.Remove(path) // a symlink the attacker left, or a socket file
-		cmd := exec.Command("taskset", append([]string{"-c", "0"}, s.argv...)...)
+		if s.first != nil {
+			argv := s.first
+			if s.noUnshare {
+				argv = append([]string{self}, s.first...)
+			}
+			first, _ = launch(t, s, argv, false)
+		}
+		r, ready = launch(t, s, s.argv, mayFail)
+		return r, first, ready
+	}
+	launch = func(t *testing.T, s start, argv []string, mayFail bool) (*tkRun, bool) {
+		t.Helper()
+		cmd := exec.Command("taskset", append([]string{"-c", "0"}, argv...)...)
 		cmd.Env = append(os.Environ(), strings.Fields(s.env)...)
 		r := startRun(t, cmd)
 		deadline := time.After(60 * time.Second)
@@ -211,36 +236,43 @@ func TestSocketModeNeverByName(t *testing.T) {
 	}
 
 	for _, s := range starts {
-		r, _ := run(t, s, false)
+		r, first, _ := run(t, s, false)
 		checkSocketFile(t, path, s.mode, s.uid, s.uid)
 		stop(t, r)
+		if first != nil {
+			stop(t, first)
+		}
 	}
 
-	// The attacker: real-time (chrt -f), on CPU 0 with takeover, as nobody.
-	attacker := exec.Command("chrt", append(append([]string{"-f", "10", "taskset", "-c", "0"}, asNobody...), helper)...)
-	attacker.Env = append(os.Environ(), "GOMAXPROCS=1", "TAKEOVER_SYMLINK_SWAPPER="+dir+" app.sock "+secret)
-	attacker.Stderr = os.Stderr
-	out, err := attacker.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := attacker.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		attacker.Process.Kill() // our unreaped child: the pid is its own
-		attacker.Wait()
-	})
-	swaps := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			swaps <- sc.Text()
+	// attack starts the attacker, for t: real-time (chrt -f), on CPU 0
+	// with takeover, as nobody, swapping name. It returns what it says.
+	attack := func(t *testing.T, name string) <-chan string {
+		attacker := exec.Command("chrt", append(append([]string{"-f", "10", "taskset", "-c", "0"}, asNobody...), helper)...)
+		attacker.Env = append(os.Environ(), "GOMAXPROCS=1", "TAKEOVER_SYMLINK_SWAPPER="+dir+" "+name+" "+secret)
+		attacker.Stderr = os.Stderr
+		out, err := attacker.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
 		}
-		close(swaps)
-	}()
-	if l := <-swaps; l != "watching" {
-		t.Fatalf("the attacker said %q", l)
+		if err := attacker.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			attacker.Process.Kill() // our unreaped child: the pid is its own
+			attacker.Wait()
+		})
+		swaps := make(chan string, 100)
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				swaps <- sc.Text()
+			}
+			close(swaps)
+		}()
+		if l := <-swaps; l != "watching" {
+			t.Fatalf("the attacker said %q", l)
+		}
+		return swaps
 	}
 
 	const rounds = 5
@@ -249,9 +281,10 @@ func TestSocketModeNeverByName(t *testing.T) {
 			continue
 		}
 		t.Run(s.name, func(t *testing.T) {
+			swaps := attack(t, s.attacked)
 			flipped, failed := 0, 0
 			for i := range rounds {
-				r, ready := run(t, s, s.noUnshare) // there the bind fails when the file is replaced
+				r, first, ready := run(t, s, s.noUnshare) // there the bind fails when the file is replaced
 				var l string
 				select {
 				case l = <-swaps:
@@ -259,6 +292,9 @@ func TestSocketModeNeverByName(t *testing.T) {
 					t.Fatalf("start %d: the attacker saw no socket file made in 60s", i+1)
 				}
 				stop(t, r)
+				if first != nil {
+					stop(t, first)
+				}
 				if !ready {
 					failed++
 					if !strings.Contains(r.stderr.String(), "was replaced") {
