@@ -696,3 +696,53 @@ func TestDaemonizingCommandWarned(t *testing.T) {
 		t.Errorf("the warning names pid %d (%q), not the sleep the command left", pid, b)
 	}
 }
+
+// TestProbeThenBind: a server that binds a probe socket to its port and
+// closes it before its real bind (as port finders do) serves under
+// takeover, fresh and when it replaces an earlier one: takeover lets go of
+// its copy of the closed probe, which would keep the port (issue 28, item 7).
+func TestProbeThenBind(t *testing.T) {
+	requireTool(t, "python3")
+	wd, _ := os.Getwd()
+	for _, probe := range []string{"bind", "listen"} {
+		t.Run(probe, func(t *testing.T) {
+			port := freePort(t)
+			addr := "127.0.0.1:" + port
+			args := []string{"--port", port, "--", "python3", filepath.Join(wd, "testdata/probe_server.py"), port, probe}
+			first := startTakeover(t, "", args...)
+			if line := first.line(t); line != "listening "+addr {
+				t.Fatalf("the command printed %q; stderr:\n%s", line, first.stderr)
+			}
+			waitServing(t, addr)
+			oldChild := childOf(t, first, addr)
+
+			second := startTakeover(t, "", args...)
+			if line := second.line(t); line != "listening "+addr {
+				t.Fatalf("the second command printed %q; stderr:\n%s", line, second.stderr)
+			}
+			if code := first.wait(t); code != 0 {
+				t.Fatalf("the first takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
+			}
+			waitGone(t, oldChild)
+			waitServing(t, addr)
+			newChild := childOf(t, second, addr)
+			want := map[int]bool{second.cmd.Process.Pid: true, newChild: true}
+			if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("holders = %v, want takeover %d and its child %d only", got, second.cmd.Process.Pid, newChild)
+			}
+			if n := openSocketsOf(t, second.cmd.Process.Pid, port); n != 1 {
+				t.Errorf("takeover holds %d sockets on port %s, want 1 (its copy of the server's)", n, port)
+			}
+		})
+	}
+}
+
+// openSocketsOf counts the TCP sockets on port that process pid holds.
+func openSocketsOf(t *testing.T, pid int, port string) int {
+	t.Helper()
+	out, err := exec.Command("ss", "-Htanp", "sport", "= :"+port).Output()
+	if err != nil {
+		t.Fatalf("ss: %v", err)
+	}
+	return strings.Count(string(out), "pid="+strconv.Itoa(pid)+",")
+}
