@@ -306,9 +306,13 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	env := append(l.commandEnv(num, nil), shimEnv+"="+shimMode)
 	env = append(env, notifyEnv...)
 	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
+	// The pidfd comes with the clone: the child is never known by its pid
+	// alone, which the reaper could free for reuse.
+	pidfd := -1
 	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{
 		Env:   env,
 		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, childEnd},
+		Sys:   &syscall.SysProcAttr{PidFD: &pidfd},
 	})
 	childEnd.Close()
 	if err != nil {
@@ -316,27 +320,37 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		return nil, err
 	}
 	// The reaper's wait4(-1) collects the child, not os.Process.Wait: let go
-	// of the pidfd the os package keeps, or each generation leaks one.
+	// of the os package's copy of the pidfd.
 	pid := p.Pid
 	p.Release()
-	notifFD, err := recvShimResult(parentEnd)
+	notifFD, err := recvShimResult(parentEnd, time.Now().Add(l.cfg.readyTimeout()))
 	if err == nil {
 		if err = seccomp.CheckAddFD(notifFD); err != nil {
 			unix.Close(notifFD)
-			syscall.Kill(pid, unix.SIGKILL) // our unreaped child
 		}
 	}
 	if err != nil {
+		// The shim may have exec'd the command already (its answer lost),
+		// or hang: kill whatever it is now, then collect it.
+		unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
 		var ws syscall.WaitStatus
-		syscall.Wait4(pid, &ws, 0, nil)
+		for {
+			if _, werr := syscall.Wait4(pid, &ws, 0, nil); werr != syscall.EINTR {
+				break
+			}
+		}
+		unix.Close(pidfd)
 		closeNotify(notify)
+		if errors.Is(err, errShimSilent) {
+			err = fmt.Errorf("%w within --ready-timeout %v (the shim, or the command it became, was killed)", err, l.cfg.readyTimeout())
+		}
 		if ws.Signaled() && ws.Signal() == unix.SIGSYS {
 			err = fmt.Errorf("%w: the shim was killed by SIGSYS: a seccomp filter around takeover forbids a system call it needs (under systemd, SystemCallFilter= must allow seccomp: add `SystemCallFilter=seccomp pidfd_getfd`)", err)
 		}
 		return nil, err
 	}
 	seccomp.SyncWakeUp(notifFD)
-	g := l.newGeneration(ctx, num, pid, notifFD, prev)
+	g := l.newGeneration(ctx, num, pid, pidfd, notifFD, prev)
 	g.attachNotify(notify)
 	go func() {
 		g.serve(ctx)
@@ -366,13 +380,10 @@ func (l *launcher) commandEnv(num int, drop []string) []string {
 	return l.cfg.withEnvDir(env)
 }
 
-// newGeneration records a started command as a generation and begins to
-// watch it for readiness.
-func (l *launcher) newGeneration(ctx context.Context, num, pid, notifFD int, prev *generation) *generation {
-	pidfd, err := unix.PidfdOpen(pid, 0) // our unreaped child: the pid is its own
-	if err != nil {
-		pidfd = -1
-	}
+// newGeneration records a started command as a generation (pidfd its
+// pidfd from the clone, which the generation keeps) and begins to watch it
+// for readiness.
+func (l *launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
 	g := &generation{
 		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
 		ready:    make(chan struct{}),

@@ -746,3 +746,54 @@ func openSocketsOf(t *testing.T, pid int, port string) int {
 	}
 	return strings.Count(string(out), "pid="+strconv.Itoa(pid)+",")
 }
+
+// TestShimSilent: when the shim's answer never comes, takeover does not
+// block for good: it kills what the shim has become through the pidfd it
+// took at the clone, and exits 125 (issue 28, item 11). The test-only
+// _TAKEOVER_TEST_SHIM_SILENT has the shim exec the command without
+// answering ("exec": as when the launcher's receive fails after the exec,
+// main then waited for ever for the command to exit), or wait for ever
+// without answering ("hang": main waited for ever for the answer; now
+// --ready-timeout bounds the wait).
+func TestShimSilent(t *testing.T) {
+	for _, mode := range []string{"exec", "hang"} {
+		t.Run(mode, func(t *testing.T) {
+			port := freePort(t)
+			token := fmt.Sprintf("3599.%d", time.Now().UnixNano()%1e9) // names the command in /proc
+			cmd := exec.Command(takeoverBin(t), "--kill-timeout", "1s", "--bind-timeout", "2s", "--ready-timeout", "3s", "--port", port, "--", "sleep", token)
+			cmd.Env = append(os.Environ(), shimSilentEnv+"="+mode)
+			r := startRun(t, cmd)
+			t.Cleanup(func() {
+				for _, pid := range procsWith(token) {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			})
+			if code := r.wait(t); code != exitLauncher {
+				t.Errorf("takeover exited %d, want %d; stderr:\n%s", code, exitLauncher, r.stderr)
+			}
+			want := "cannot start the command"
+			if mode == "hang" {
+				want = "did not hand over the bind filter within --ready-timeout"
+			}
+			if !strings.Contains(r.stderr.String(), want) {
+				t.Errorf("takeover's log lacks %q:\n%s", want, r.stderr)
+			}
+			if left := procsWith(token); len(left) > 0 {
+				t.Errorf("takeover left its command running: pids %v", left)
+			}
+		})
+	}
+}
+
+// procsWith returns the live processes whose command line holds arg.
+func procsWith(arg string) []int {
+	pids, _ := procfs.FS("/proc").PIDs()
+	var found []int
+	for _, pid := range pids {
+		cmd, err := procfs.FS("/proc").Cmdline(pid)
+		if err == nil && strings.Contains(cmd, arg) && !processGone(pid) {
+			found = append(found, pid)
+		}
+	}
+	return found
+}
