@@ -300,7 +300,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 		return nil, err
 	}
 	pid := p.Pid
-	p.Release() // the reaper collects it, as in startGeneration
+	p.Release() // waitChild collects it, as in startGeneration
 	g := l.newGeneration(ctx, num, pid, pidfd, -1, prev)
 	g.mu.Lock()
 	for i, h := range held {
