@@ -82,10 +82,20 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	if !ok {
 		return seccomp.Continue // other ports, port 0, netlink, other paths
 	}
+	// The process is held by a pidfd, which pidfd_getfd goes through,
+	// before the notification is checked to be still pending: then its
+	// thread still waits in bind(2), so neither its tid nor its process's
+	// pid has been reused, and the pidfd and the /proc reads are of the
+	// process that asked.
+	pidfd, err := unix.PidfdOpen(st.Tgid, 0)
+	if err != nil {
+		return seccomp.Continue
+	}
+	defer unix.Close(pidfd)
 	fd := int(n.Args[0])
 	key := sockKey{st.Tgid, fd}
 	childIno, err := procfs.FS("/proc").SocketInode(st.Tgid, fd)
-	if err != nil {
+	if err != nil || !seccomp.Valid(g.notifFD, n.ID) {
 		return seccomp.Continue
 	}
 	g.dropClosed()
@@ -104,9 +114,13 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	var sock int
 	var made bool
 	for _, spec = range specs {
-		if sock, made, err = g.l.claimSocket(st.Tgid, fd, spec.sockType()); !errors.Is(err, errNotTarget) {
+		if sock, made, err = g.l.claimSocket(pidfd, st.Tgid, fd, spec.sockType()); !errors.Is(err, errNotTarget) {
 			break
 		}
+	}
+	if err == nil && made && !seccomp.Valid(g.notifFD, n.ID) {
+		unix.Close(sock) // made from /proc reads: of a process that may have gone since
+		return seccomp.Continue
 	}
 	if errors.Is(err, errNotTarget) {
 		return seccomp.Continue // UDP on a TCP target's port, say: no business of ours

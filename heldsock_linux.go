@@ -89,6 +89,12 @@ func copySocket(tgid, fd int) (int, uint64, error) {
 		return -1, 0, fmt.Errorf("pidfd_open(%d): %w", tgid, err)
 	}
 	defer unix.Close(pidfd)
+	return copySocketFrom(pidfd, tgid, fd)
+}
+
+// copySocketFrom takes a copy of fd in process tgid through pidfd, its
+// pidfd, and its inode.
+func copySocketFrom(pidfd, tgid, fd int) (int, uint64, error) {
 	sock, err := unix.PidfdGetfd(pidfd, fd, 0)
 	if err != nil {
 		return -1, 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", tgid, fd, err)
