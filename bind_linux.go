@@ -176,6 +176,12 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 func (g *generation) dropClosed() {
 	proc := procfs.FS("/proc")
 	g.mu.Lock()
+	if g.pidfd < 0 || exited(g.pidfd) {
+		// The command's first process is gone (a server that daemonized):
+		// where its sockets went can no longer be told.
+		g.mu.Unlock()
+		return
+	}
 	var gone []sockKey
 	want := make(map[uint64]bool)
 	for k, s := range g.socks {
@@ -235,6 +241,13 @@ func (g *generation) dropClosed() {
 			s.sw.abandon()
 		}
 	}
+}
+
+// exited reports whether the process of pidfd has exited (a zombie too).
+func exited(pidfd int) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
 }
 
 // bindTargets returns the targets a bind to raw (a struct sockaddr) by
