@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -81,12 +82,23 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	if !ok {
 		return seccomp.Continue // other ports, port 0, netlink, other paths
 	}
-	fd := int(n.Args[0])
-	key := sockKey{st.Tgid, fd}
-	childIno, err := procfs.FS("/proc").SocketInode(st.Tgid, fd)
+	// The process is held by a pidfd, which pidfd_getfd goes through,
+	// before the notification is checked to be still pending: then its
+	// thread still waits in bind(2), so neither its tid nor its process's
+	// pid has been reused, and the pidfd and the /proc reads are of the
+	// process that asked.
+	pidfd, err := unix.PidfdOpen(st.Tgid, 0)
 	if err != nil {
 		return seccomp.Continue
 	}
+	defer unix.Close(pidfd)
+	fd := int(n.Args[0])
+	key := sockKey{st.Tgid, fd}
+	childIno, err := procfs.FS("/proc").SocketInode(st.Tgid, fd)
+	if err != nil || !seccomp.Valid(g.notifFD, n.ID) {
+		return seccomp.Continue
+	}
+	g.dropClosed()
 	g.mu.Lock()
 	prev := g.socks[key]
 	g.mu.Unlock()
@@ -102,9 +114,13 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	var sock int
 	var made bool
 	for _, spec = range specs {
-		if sock, made, err = g.l.claimSocket(st.Tgid, fd, spec.sockType()); !errors.Is(err, errNotTarget) {
+		if sock, made, err = g.l.claimSocket(pidfd, st.Tgid, fd, spec.sockType()); !errors.Is(err, errNotTarget) {
 			break
 		}
+	}
+	if err == nil && made && !seccomp.Valid(g.notifFD, n.ID) {
+		unix.Close(sock) // made from /proc reads: of a process that may have gone since
+		return seccomp.Continue
 	}
 	if errors.Is(err, errNotTarget) {
 		return seccomp.Continue // UDP on a TCP target's port, say: no business of ours
@@ -140,9 +156,98 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		sw.abandon()
 		return seccomp.Resp{}
 	}
-	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr, fence: sw.fence}
+	if old := g.socks[key]; old != nil && old.copyFD != held {
+		unix.Close(old.copyFD) // a copy dropClosed could not tell the fate of
+	}
+	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr, fence: sw.fence, sw: sw}
 	g.swaps = append(g.swaps, sw)
 	return seccomp.Resp{}
+}
+
+// dropClosed lets go of takeover's copies of the generation's sockets
+// that no process of the generation holds any more, and of the swaps that
+// took them: a probe socket that a server (or its port finder) bound and
+// closed before its real bind would otherwise keep the port, and the real
+// bind would fail with EADDRINUSE. A copy whose socket the command still
+// holds at another fd (dup2, or in a child after the binding process
+// closed it) is filed under that fd. Where the command's fds cannot be
+// read, nothing is dropped. Unix targets are left as they are: their
+// swaps rename files.
+func (g *generation) dropClosed() {
+	proc := procfs.FS("/proc")
+	g.mu.Lock()
+	if g.pidfd < 0 || exited(g.pidfd) {
+		// The command's first process is gone (a server that daemonized):
+		// where its sockets went can no longer be told.
+		g.mu.Unlock()
+		return
+	}
+	var gone []sockKey
+	want := make(map[uint64]bool)
+	for k, s := range g.socks {
+		if s.spec.Net == netUnix {
+			continue
+		}
+		if ino, err := proc.SocketInode(k.Tgid, k.FD); err == nil && ino == s.inode {
+			continue
+		}
+		gone = append(gone, k)
+		want[s.inode] = true
+	}
+	g.mu.Unlock()
+	if len(gone) == 0 {
+		return
+	}
+	// Where the command holds those sockets now: the generation's
+	// processes are its command and the command's descendants.
+	at := make(map[uint64]sockKey)
+	for _, pid := range proc.WithDescendants([]int{g.pid}) {
+		fds, _, err := proc.SocketFDs(pid, want)
+		if err != nil {
+			if pid == g.pid || !errors.Is(err, os.ErrNotExist) {
+				return // cannot tell: keep every copy
+			}
+			continue // exited meanwhile
+		}
+		for fd, ino := range fds {
+			if _, ok := at[ino]; !ok {
+				at[ino] = sockKey{pid, fd}
+			}
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.done {
+		return
+	}
+	for _, k := range gone {
+		s := g.socks[k]
+		if s == nil {
+			continue
+		}
+		delete(g.socks, k)
+		if to, ok := at[s.inode]; ok {
+			if other := g.socks[to]; other != nil && other.inode == s.inode {
+				unix.Close(s.copyFD) // a second copy of the same socket
+			} else {
+				g.socks[to] = s
+			}
+			continue
+		}
+		g.l.log.Debug("the command closed a socket it had bound to a target; takeover lets go of its copy", "port", s.spec.String(), "pid", k.Tgid, "fd", k.FD)
+		unix.Close(s.copyFD)
+		if s.sw != nil {
+			g.swaps = slices.DeleteFunc(g.swaps, func(sw *swap) bool { return sw == s.sw })
+			s.sw.abandon()
+		}
+	}
+}
+
+// exited reports whether the process of pidfd has exited (a zombie too).
+func exited(pidfd int) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
 }
 
 // bindTargets returns the targets a bind to raw (a struct sockaddr) by

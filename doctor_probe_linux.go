@@ -153,7 +153,7 @@ func probeChecks(pc probeContext) []doctorCheck {
 	var checks []doctorCheck
 	tv := unix.NsecToTimeval(untilDeadline(deadline).Nanoseconds())
 	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	notifFD, err := recvShimResult(sock)
+	notifFD, err := recvShimResult(sock, deadline)
 	if err != nil {
 		checks = append(checks, listenerFailed(err))
 	} else {

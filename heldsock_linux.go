@@ -23,6 +23,7 @@ type heldSock struct {
 	addr   netip.AddrPort // TCP and UDP
 	via    string         // a socket systemd passed: how (inheritedSock.via)
 	fence  *fence         // a new socket beside the old server's (fence_linux.go)
+	sw     *swap          // the swap that took it (intercepted binds), dropped with it
 }
 
 // heldFor returns the generation's socket for the target (at addr, for
@@ -104,6 +105,12 @@ func copySocket(tgid, fd int) (int, uint64, error) {
 		return -1, 0, fmt.Errorf("pidfd_open(%d): %w", tgid, err)
 	}
 	defer unix.Close(pidfd)
+	return copySocketFrom(pidfd, tgid, fd)
+}
+
+// copySocketFrom takes a copy of fd in process tgid through pidfd, its
+// pidfd, and its inode.
+func copySocketFrom(pidfd, tgid, fd int) (int, uint64, error) {
 	sock, err := unix.PidfdGetfd(pidfd, fd, 0)
 	if err != nil {
 		return -1, 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", tgid, fd, err)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
@@ -40,6 +43,7 @@ type launcher struct {
 	locks   []*os.File // the port locks, until the first swap completes
 	events  chan event
 	byPID   map[int]*generation // the generations whose exit is awaited
+	exits   chan childExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
 	lastNum int
 
 	mu     sync.Mutex
@@ -151,6 +155,8 @@ func (l *launcher) run(path string) int {
 	l.store = newFDStore(l.log, l.unit, passed)
 	l.events = make(chan event, 64)
 	l.byPID = make(map[int]*generation)
+	l.exits = make(chan childExit, 16)
+	reapOrphans(l.exits)
 	if front := frontPipe(); front != nil {
 		go l.watchFront(front)
 	}
@@ -165,7 +171,7 @@ func (l *launcher) run(path string) int {
 		return exitLauncher
 	}
 	locks = nil // the first swap releases them
-	exits := reap()
+	exits := l.exits
 	for {
 		var ev event
 		select {
@@ -306,37 +312,52 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	env := append(l.commandEnv(num, nil), shimEnv+"="+shimMode)
 	env = append(env, notifyEnv...)
 	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
+	// The pidfd comes with the clone: the child is never known by its pid
+	// alone, which the reaper could free for reuse.
+	pidfd := -1
 	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{
 		Env:   env,
 		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, childEnd},
+		Sys:   &syscall.SysProcAttr{PidFD: &pidfd},
 	})
 	childEnd.Close()
 	if err != nil {
 		closeNotify(notify)
 		return nil, err
 	}
-	// The reaper's wait4(-1) collects the child, not os.Process.Wait: let go
-	// of the pidfd the os package keeps, or each generation leaks one.
+	// waitChild collects the child, not os.Process.Wait: let go of the
+	// os package's copy of the pidfd.
 	pid := p.Pid
 	p.Release()
-	notifFD, err := recvShimResult(parentEnd)
+	notifFD, err := recvShimResult(parentEnd, time.Now().Add(l.cfg.readyTimeout()))
 	if err == nil {
 		if err = seccomp.CheckAddFD(notifFD); err != nil {
 			unix.Close(notifFD)
-			syscall.Kill(pid, unix.SIGKILL) // our unreaped child
 		}
 	}
 	if err != nil {
+		// The shim may have exec'd the command already (its answer lost),
+		// or hang: kill whatever it is now, then collect it (the orphan
+		// reaper leaves alone a child takeover holds a pidfd of).
+		unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
 		var ws syscall.WaitStatus
-		syscall.Wait4(pid, &ws, 0, nil)
+		for {
+			if _, werr := syscall.Wait4(pid, &ws, 0, nil); werr != syscall.EINTR {
+				break
+			}
+		}
+		unix.Close(pidfd)
 		closeNotify(notify)
+		if errors.Is(err, errShimSilent) {
+			err = fmt.Errorf("%w within --ready-timeout %v (the shim, or the command it became, was killed)", err, l.cfg.readyTimeout())
+		}
 		if ws.Signaled() && ws.Signal() == unix.SIGSYS {
 			err = fmt.Errorf("%w: the shim was killed by SIGSYS: a seccomp filter around takeover forbids a system call it needs (under systemd, SystemCallFilter= must allow seccomp: add `SystemCallFilter=seccomp pidfd_getfd`)", err)
 		}
 		return nil, err
 	}
 	seccomp.SyncWakeUp(notifFD)
-	g := l.newGeneration(ctx, num, pid, notifFD, prev)
+	g := l.newGeneration(ctx, num, pid, pidfd, notifFD, prev)
 	g.attachNotify(notify)
 	go func() {
 		g.serve(ctx)
@@ -366,13 +387,11 @@ func (l *launcher) commandEnv(num int, drop []string) []string {
 	return l.cfg.withEnvDir(env)
 }
 
-// newGeneration records a started command as a generation and begins to
-// watch it for readiness.
-func (l *launcher) newGeneration(ctx context.Context, num, pid, notifFD int, prev *generation) *generation {
-	pidfd, err := unix.PidfdOpen(pid, 0) // our unreaped child: the pid is its own
-	if err != nil {
-		pidfd = -1
-	}
+// newGeneration records a started command as a generation (pidfd its
+// pidfd from the clone, which the generation keeps), waits for its exit and
+// begins to watch it for readiness.
+func (l *launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
+	go waitChild(pid, pidfd, l.exits)
 	g := &generation{
 		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
 		ready:    make(chan struct{}),
@@ -393,27 +412,111 @@ type childExit struct {
 	status syscall.WaitStatus
 }
 
-// reap waits for every child of takeover: the command, and any orphan
-// re-parented to it. It runs for takeover's whole life: during a back-off
-// takeover has no child at all, and the next one must be reaped too.
-func reap() <-chan childExit {
-	ch := make(chan childExit, 16)
+// waitChild waits for the child pid (pidfd its pidfd, which the caller
+// keeps open until it has read the exit from ch), reaps it and sends its
+// exit to ch.
+func waitChild(pid, pidfd int, ch chan<- childExit) {
+	var info unix.Siginfo
+	for {
+		// WNOWAIT: the pid stays the child's until it is reaped below.
+		err := unix.Waitid(unix.P_PIDFD, pidfd, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	var ws syscall.WaitStatus
+	for {
+		if _, err := syscall.Wait4(pid, &ws, 0, nil); err != syscall.EINTR {
+			break
+		}
+	}
+	ch <- childExit{pid, ws}
+}
+
+// reapOrphans reaps, for takeover's whole life, the processes re-parented
+// to it (it is a subreaper: a daemonizing server's workers) and sends their
+// exits to ch. A child this process holds a pidfd of is another's to
+// reap: a generation (waitChild), the shim of one that failed to start,
+// or a command run by os/exec, whose Wait would otherwise fail with ECHILD.
+func reapOrphans(ch chan<- childExit) {
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, unix.SIGCHLD)
 	go func() {
 		for {
-			var ws syscall.WaitStatus
-			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+			var info unix.Siginfo
+			err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+			pid := siginfoPID(&info)
 			switch {
-			case err == syscall.EINTR:
+			case err == unix.EINTR:
+				continue
 			case err != nil || pid == 0:
 				<-sigchld // ECHILD, or none has exited yet
-			default:
-				ch <- childExit{pid, ws}
+				continue
+			case !pidfdHeld(pid):
+				var ws syscall.WaitStatus
+				if got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); err == nil && got == pid {
+					ch <- childExit{pid, ws}
+				}
+				continue
+			}
+			// The first exited child is another's, and may hide orphans
+			// behind it: reap those by pid, then look again at the next
+			// SIGCHLD, or soon (once its owner has reaped it).
+			for _, child := range childrenOf(os.Getpid()) {
+				if child == pid || pidfdHeld(child) {
+					continue
+				}
+				var ws syscall.WaitStatus
+				if got, err := syscall.Wait4(child, &ws, syscall.WNOHANG, nil); err == nil && got == child {
+					ch <- childExit{child, ws}
+				}
+			}
+			select {
+			case <-sigchld:
+			case <-time.After(50 * time.Millisecond):
 			}
 		}
 	}()
-	return ch
+}
+
+// siginfoPID is the si_pid of a waitid(2) result (0: no child had exited).
+func siginfoPID(info *unix.Siginfo) int {
+	// si_signo, si_errno, si_code, then the union, 8-aligned on 64-bit
+	// Linux (x86-64, arm64), whose first field is si_pid.
+	b := (*[20]byte)(unsafe.Pointer(info))
+	return int(int32(binary.NativeEndian.Uint32(b[16:20])))
+}
+
+// pidfdHeld reports whether this process holds a pidfd of pid.
+func pidfdHeld(pid int) bool {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return true // cannot tell: leave it
+	}
+	want := []byte("\nPid:\t" + strconv.Itoa(pid) + "\n")
+	for _, e := range ents {
+		link, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil || !strings.Contains(link, "pidfd") {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/self/fdinfo/" + e.Name()); err == nil && bytes.Contains(b, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// childrenOf lists the children of process pid, from each of its threads'
+// /proc children file.
+func childrenOf(pid int) []int {
+	all := procfs.FS("/proc").WithDescendants([]int{pid})
+	var kids []int
+	for _, c := range all[1:] {
+		if ppid, err := procfs.FS("/proc").PPID(c); err == nil && ppid == pid {
+			kids = append(kids, c)
+		}
+	}
+	return kids
 }
 
 func commandLine(pid int) string {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -695,4 +696,172 @@ func TestDaemonizingCommandWarned(t *testing.T) {
 	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(b)) != "sleep" {
 		t.Errorf("the warning names pid %d (%q), not the sleep the command left", pid, b)
 	}
+}
+
+// TestProbeThenBind: a server that binds a probe socket to its port and
+// closes it before its real bind (as port finders do) serves under
+// takeover, fresh and when it replaces an earlier one: takeover lets go of
+// its copy of the closed probe, which would keep the port (issue 28, item 7).
+func TestProbeThenBind(t *testing.T) {
+	requireTool(t, "python3")
+	wd, _ := os.Getwd()
+	for _, probe := range []string{"bind", "listen"} {
+		t.Run(probe, func(t *testing.T) {
+			port := freePort(t)
+			addr := "127.0.0.1:" + port
+			args := []string{"--port", port, "--", "python3", filepath.Join(wd, "testdata/probe_server.py"), port, probe}
+			first := startTakeover(t, "", args...)
+			if line := first.line(t); line != "listening "+addr {
+				t.Fatalf("the command printed %q; stderr:\n%s", line, first.stderr)
+			}
+			waitServing(t, addr)
+			oldChild := childOf(t, first, addr)
+
+			second := startTakeover(t, "", args...)
+			if line := second.line(t); line != "listening "+addr {
+				t.Fatalf("the second command printed %q; stderr:\n%s", line, second.stderr)
+			}
+			if code := first.wait(t); code != 0 {
+				t.Fatalf("the first takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
+			}
+			waitGone(t, oldChild)
+			waitServing(t, addr)
+			newChild := childOf(t, second, addr)
+			want := map[int]bool{second.cmd.Process.Pid: true, newChild: true}
+			if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("holders = %v, want takeover %d and its child %d only", got, second.cmd.Process.Pid, newChild)
+			}
+			if n := openSocketsOf(t, second.cmd.Process.Pid, port); n != 1 {
+				t.Errorf("takeover holds %d sockets on port %s, want 1 (its copy of the server's)", n, port)
+			}
+		})
+	}
+}
+
+// openSocketsOf counts the TCP sockets on port that process pid holds.
+func openSocketsOf(t *testing.T, pid int, port string) int {
+	t.Helper()
+	out, err := exec.Command("ss", "-Htanp", "sport", "= :"+port).Output()
+	if err != nil {
+		t.Fatalf("ss: %v", err)
+	}
+	return strings.Count(string(out), "pid="+strconv.Itoa(pid)+",")
+}
+
+// TestShimSilent: when the shim's answer never comes, takeover does not
+// block for good: it kills what the shim has become through the pidfd it
+// took at the clone, and exits 125 (issue 28, item 11). The test-only
+// _TAKEOVER_TEST_SHIM_SILENT has the shim exec the command without
+// answering ("exec": as when the launcher's receive fails after the exec,
+// main then waited for ever for the command to exit), or wait for ever
+// without answering ("hang": main waited for ever for the answer; now
+// --ready-timeout bounds the wait).
+func TestShimSilent(t *testing.T) {
+	for _, mode := range []string{"exec", "hang"} {
+		t.Run(mode, func(t *testing.T) {
+			port := freePort(t)
+			token := fmt.Sprintf("3599.%d", time.Now().UnixNano()%1e9) // names the command in /proc
+			cmd := exec.Command(takeoverBin(t), "--kill-timeout", "1s", "--bind-timeout", "2s", "--ready-timeout", "3s", "--port", port, "--", "sleep", token)
+			cmd.Env = append(os.Environ(), shimSilentEnv+"="+mode)
+			r := startRun(t, cmd)
+			t.Cleanup(func() {
+				for _, pid := range procsWith(token) {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			})
+			if code := r.wait(t); code != exitLauncher {
+				t.Errorf("takeover exited %d, want %d; stderr:\n%s", code, exitLauncher, r.stderr)
+			}
+			want := "cannot start the command"
+			if mode == "hang" {
+				want = "did not hand over the bind filter within --ready-timeout"
+			}
+			if !strings.Contains(r.stderr.String(), want) {
+				t.Errorf("takeover's log lacks %q:\n%s", want, r.stderr)
+			}
+			if left := procsWith(token); len(left) > 0 {
+				t.Errorf("takeover left its command running: pids %v", left)
+			}
+		})
+	}
+}
+
+// procsWith returns the live processes whose command line holds arg.
+func procsWith(arg string) []int {
+	pids, _ := procfs.FS("/proc").PIDs()
+	var found []int
+	for _, pid := range pids {
+		cmd, err := procfs.FS("/proc").Cmdline(pid)
+		if err == nil && strings.Contains(cmd, arg) && !processGone(pid) {
+			found = append(found, pid)
+		}
+	}
+	return found
+}
+
+// TestReaperLeavesExecChildren: takeover's reaper of orphans leaves alone
+// the children that os/exec waits for (takeover's `systemctl show`, say),
+// whose Wait got ECHILD from the reaper's wait4(-1) before; it still reaps
+// an orphan re-parented to takeover, and a generation's exit comes through
+// its pidfd. Run in a process of its own: the reaper runs until the
+// process exits (issue 28, Low: the reaper steals os/exec's children).
+func TestReaperLeavesExecChildren(t *testing.T) {
+	if os.Getenv("TAKEOVER_TEST_REAPER") != "1" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestReaperLeavesExecChildren$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "TAKEOVER_TEST_REAPER=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v:\n%s", err, out)
+		}
+		return
+	}
+	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	exits := make(chan childExit, 16)
+	reapOrphans(exits)
+
+	// Each child has exited (a zombie, or reaped by someone) before Wait
+	// is called, as when Output reads to the end before it waits.
+	failed := 0
+	for range 20 {
+		cmd := exec.Command("/bin/sh", "-c", "exit 7")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, cmd.Process.Pid)
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+			failed++
+			t.Logf("os/exec's Wait: %v, want exit status 7", err)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of 20 os/exec children lost their exit status to the reaper", failed)
+	}
+
+	out, err := exec.Command("/bin/sh", "-c", "sleep 0.2 >/dev/null & echo $!").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	pidfd := -1
+	p, err := os.StartProcess("/bin/sh", []string{"sh", "-c", "exit 3"}, &os.ProcAttr{Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen := p.Pid
+	p.Release()
+	go waitChild(gen, pidfd, exits)
+	for seen := map[int]bool{}; !seen[orphan] || !seen[gen]; {
+		select {
+		case e := <-exits:
+			seen[e.pid] = true
+			if e.pid == gen && e.status.ExitStatus() != 3 {
+				t.Errorf("the generation's status is %v, want exit status 3", e.status)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("after 30s, reaped %v; want the orphan %d and the generation %d", seen, orphan, gen)
+		}
+	}
+	unix.Close(pidfd)
 }

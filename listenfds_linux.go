@@ -31,11 +31,69 @@ type inheritedSock struct {
 // listenFDsStart is the first fd systemd passes (SD_LISTEN_FDS_START).
 const listenFDsStart = 3
 
+// passedAtStart are the fds LISTEN_FDS counted (LISTEN_PID this process)
+// that were open when takeover started, before it opened anything of its
+// own: the port lock, its sockets, and maybe the Go runtime's epoll fd
+// (opened by the os package's init where stdin is non-blocking) could
+// otherwise sit at fds that an overstated LISTEN_FDS counts. Only an fd
+// that was a socket then, and is the same socket still, is ever taken or
+// closed.
+var passedAtStart = openAtStart(os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_PID"))
+
+// An fdAtStart is what an fd LISTEN_FDS counted was at takeover's start.
+type fdAtStart struct {
+	dev, ino uint64
+	socket   bool
+}
+
+// openAtStart fstats the fds LISTEN_FDS counts, when LISTEN_PID is this
+// process: fd → what it was.
+func openAtStart(count, pid string) map[int]fdAtStart {
+	n, err := strconv.Atoi(count)
+	if err != nil || n <= 0 || n > maxListenFDs || pid != strconv.Itoa(os.Getpid()) {
+		return nil
+	}
+	open := make(map[int]fdAtStart)
+	for fd := listenFDsStart; fd < listenFDsStart+n; fd++ {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil {
+			open[fd] = fdAtStart{dev: st.Dev, ino: st.Ino, socket: st.Mode&unix.S_IFMT == unix.S_IFSOCK}
+		}
+	}
+	return open
+}
+
+// maxListenFDs bounds LISTEN_FDS.
+const maxListenFDs = 1024
+
+// passedSocket reports whether fd is a socket that was passed: a socket at
+// takeover's start (passedAtStart), the same one still. An fd that was
+// open but not a socket is made close-on-exec (the command gets what it
+// binds, never a stray fd), and is never closed: it may be the runtime's.
+func passedSocket(fd int) (bool, error) {
+	was, ok := passedAtStart[fd]
+	if !ok {
+		return false, fmt.Errorf("LISTEN_FDS counts fd %d, which was not open when takeover started: LISTEN_FDS overstates what was passed", fd)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Dev != was.dev || st.Ino != was.ino {
+		return false, fmt.Errorf("fd %d is no longer the file passed at takeover's start", fd)
+	}
+	if !was.socket {
+		unix.CloseOnExec(fd)
+		return false, fmt.Errorf("fd %d is not a socket", fd)
+	}
+	return true, nil
+}
+
 // inheritSockets takes the sockets passed to this process as LISTEN_FDS
 // that fit targets. The rest are closed, each with a warning that names
-// it. LISTEN_PID must be this process: otherwise the variables are for
-// someone else and are left alone. The caller unsets LISTEN_* for the
-// command either way.
+// it; but only sockets verified as passed (passedSocket) are ever taken or
+// closed: an fd LISTEN_FDS counts that was not a socket at takeover's start
+// is left open, whatever it is now (takeover's own, an overstated
+// LISTEN_FDS). LISTEN_PID must be this process: otherwise the variables
+// are for someone else and are left alone. The caller unsets LISTEN_* for
+// the command either way.
 func inheritSockets(log *slog.Logger, targets specList, env func(string) string) []inheritedSock {
 	count, pid := env("LISTEN_FDS"), env("LISTEN_PID")
 	if count == "" {
@@ -46,7 +104,7 @@ func inheritSockets(log *slog.Logger, targets specList, env func(string) string)
 		return nil
 	}
 	n, err := strconv.Atoi(count)
-	if err != nil || n < 0 || n > 1024 {
+	if err != nil || n < 0 || n > maxListenFDs {
 		log.Warn("LISTEN_FDS is not a count of file descriptors; ignored", "listen_fds", count)
 		return nil
 	}
@@ -57,12 +115,14 @@ func inheritSockets(log *slog.Logger, targets specList, env func(string) string)
 		if i < len(names) {
 			name = names[i]
 		}
+		if ok, err := passedSocket(fd); !ok {
+			log.Warn("an fd LISTEN_FDS counts is left alone", "fd", fd, "name", name, "err", err)
+			continue
+		}
 		s, err := classifyPassed(fd, name, targets, got)
 		if err != nil {
 			log.Warn("a socket systemd passed is refused", "fd", fd, "name", name, "err", err)
-			if fdOpen(fd) {
-				unix.Close(fd)
-			}
+			unix.Close(fd) // a socket passed to takeover, verified
 			continue
 		}
 		log.Debug("holding a socket systemd passed", "fd", fd, "name", name, "target", s.spec.String(), "via", s.via)
@@ -160,11 +220,6 @@ func passedFits(spec portSpec, kind string, addr netip.AddrPort, path string) bo
 		return strings.HasPrefix(kind, "UDP ") && spec.matches(addr)
 	}
 	return strings.HasPrefix(kind, "TCP ") && spec.matches(addr)
-}
-
-func fdOpen(fd int) bool {
-	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-	return err == nil
 }
 
 // inheritedGeneration stands for what held the sockets systemd passed: a

@@ -255,3 +255,53 @@ func readNotify(t *testing.T, c *net.UnixConn) (string, []int) {
 	}
 	return string(buf[:n]), receivedFDs(oob[:oobn])
 }
+
+// TestOverstatedListenFDs: LISTEN_FDS counting more fds than were passed
+// (LISTEN_PID takeover's own) must not have takeover close fds of its own
+// (its port lock, its sockets, the Go runtime's epoll fd, which crashed it
+// with "netpoll failed"): the command runs and serves, a socket that was
+// passed is still taken, and takeover stops cleanly (issue 28, item 9).
+func TestOverstatedListenFDs(t *testing.T) {
+	for _, passOne := range []bool{false, true} {
+		t.Run(fmt.Sprintf("passed=%v", passOne), func(t *testing.T) {
+			port := freePort(t)
+			addr := "127.0.0.1:" + port
+			cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=4 exec "$@"`, "sh",
+				takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
+			cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve")
+			if passOne {
+				ln, err := net.Listen("tcp4", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f, err := ln.(*net.TCPListener).File()
+				ln.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				cmd.ExtraFiles = []*os.File{f} // fd 3
+			}
+			r := startRun(t, cmd)
+			if line := r.line(t); line != "listening "+addr {
+				t.Fatalf("the command printed %q; stderr:\n%s", line, r.stderr)
+			}
+			if passOne {
+				cmd.ExtraFiles[0].Close()
+			}
+			waitServing(t, addr)
+			r.waitLog(t, "an fd LISTEN_FDS counts is left alone")
+			if passOne {
+				r.waitLog(t, "via=listen-fds")
+			}
+			waitServing(t, addr)
+			if !r.running() || strings.Contains(r.stderr.String(), "fatal error") {
+				t.Fatalf("takeover died; stderr:\n%s", r.stderr)
+			}
+			r.cmd.Process.Signal(syscall.SIGTERM)
+			if code := r.wait(t); code != 0 {
+				t.Fatalf("takeover exited %d after TERM, want 0; stderr:\n%s", code, r.stderr)
+			}
+		})
+	}
+}

@@ -289,7 +289,8 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 	env = append(env, passingEnv(l.cfg.sockets(), held, names, fds, num)...)
 	env = append(env, notifyEnv...)
 	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
-	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Dir: l.cfg.dir(), Env: env, Files: files})
+	pidfd := -1 // from the clone, as in startGeneration
+	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Dir: l.cfg.dir(), Env: env, Files: files, Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
 	for _, f := range passed {
 		f.Close()
 	}
@@ -299,8 +300,8 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 		return nil, err
 	}
 	pid := p.Pid
-	p.Release() // the reaper collects it, as in startGeneration
-	g := l.newGeneration(ctx, num, pid, -1, prev)
+	p.Release() // waitChild collects it, as in startGeneration
+	g := l.newGeneration(ctx, num, pid, pidfd, -1, prev)
 	g.mu.Lock()
 	for i, h := range held {
 		g.socks[sockKey{pid, fds[i]}] = h

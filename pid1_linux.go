@@ -1,10 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,20 +32,20 @@ func (l *launcher) standBy(sigs <-chan os.Signal, exits <-chan childExit) int {
 	last := 0
 	for {
 		serving := l.servingLauncher()
-		if serving == 0 {
+		if serving.Launcher == 0 {
 			if stopped {
 				return 0
 			}
 			l.log.Warn("the takeover that served has exited and none serves now; ending", "pid", last)
 			return 1
 		}
-		last = serving
+		last = serving.Launcher
 		select {
 		case sig := <-sigs:
 			s := sig.(syscall.Signal)
 			stopped = stopped || isStopSignal(s)
 			if err := signalLauncher(serving, s); err != nil {
-				l.log.Warn("cannot pass a signal on to the takeover that serves", "pid", serving, "signal", unix.SignalName(s), "err", err)
+				l.log.Warn("cannot pass a signal on to the takeover that serves", "pid", serving.Launcher, "signal", unix.SignalName(s), "err", err)
 			}
 		case <-exits: // an orphan re-parented to PID 1, reaped
 		case <-tick.C:
@@ -51,24 +53,29 @@ func (l *launcher) standBy(sigs <-chan os.Signal, exits <-chan childExit) int {
 	}
 }
 
-// servingLauncher returns the live takeover, other than this one, that the
-// run directory names for one of our targets, or 0.
-func (l *launcher) servingLauncher() int {
+// servingLauncher returns the record of the live takeover, other than this
+// one, that the run directory names for one of our targets (Launcher 0:
+// none).
+func (l *launcher) servingLauncher() genRecord {
 	for _, key := range l.keys() {
 		if r, ok := readRecord(l.dir, key); ok && r.Launcher != l.self {
-			return r.Launcher
+			return r
 		}
 	}
-	return 0
+	return genRecord{}
 }
 
-// signalLauncher sends sig to the launcher pid through a pidfd, once its
-// record still names that very process (pid and start time).
-func signalLauncher(pid int, sig syscall.Signal) error {
-	fd, err := unix.PidfdOpen(pid, 0)
+// signalLauncher sends sig to the launcher r names through a pidfd opened
+// first, and only then checked to be that very process (its start time):
+// a pid reused after the record was read is never signalled.
+func signalLauncher(r genRecord, sig syscall.Signal) error {
+	fd, err := unix.PidfdOpen(r.Launcher, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
+	if st, err := procfs.FS("/proc").Stat(r.Launcher); err != nil || st.Start != r.LauncherStart {
+		return fmt.Errorf("pid %d is no longer the takeover its record names", r.Launcher)
+	}
 	return unix.PidfdSendSignal(fd, sig, nil, 0)
 }

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
@@ -24,6 +25,13 @@ const shimUnlinks = "unlinks"
 // shimFD is the shim's end of the socketpair to the launcher.
 const shimFD = 3
 
+// shimSilentEnv is for tests only (TestShimSilent), and nothing else
+// reads it: set to "exec", the shim installs its filter but never answers
+// the launcher, and execs the command all the same, as if the launcher's
+// receive had failed after the exec; set to "hang", it never answers and
+// waits for ever.
+const shimSilentEnv = "_TAKEOVER_TEST_SHIM_SILENT"
+
 // runShim never returns: it execs the command or exits.
 func runShim(args []string) {
 	runtime.LockOSThread() // the filter binds to this thread, which must exec
@@ -36,14 +44,20 @@ func runShim(args []string) {
 		sendShimResult(-1, err.Error())
 		shimFail(exitLauncher, err.Error())
 	}
-	if err := sendShimResult(fd, ""); err != nil {
-		shimFail(exitLauncher, "shim: cannot reach the launcher: "+err.Error())
+	switch os.Getenv(shimSilentEnv) {
+	case "hang":
+		select {}
+	case "exec":
+	default:
+		if err := sendShimResult(fd, ""); err != nil {
+			shimFail(exitLauncher, "shim: cannot reach the launcher: "+err.Error())
+		}
 	}
 	unix.Close(fd) // the launcher has its copy; the command must not hold one
 
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, shimEnv+"=") {
+		if !strings.HasPrefix(kv, shimEnv+"=") && !strings.HasPrefix(kv, shimSilentEnv+"=") {
 			env = append(env, kv)
 		}
 	}
@@ -68,14 +82,28 @@ func sendShimResult(fd int, errText string) error {
 	return unix.Sendmsg(shimFD, []byte("ok"), unix.UnixRights(fd), nil, 0)
 }
 
-// recvShimResult receives what sendShimResult sent. io.EOF-like results (the
-// shim died before it sent anything) come back as an error too.
-func recvShimResult(sock int) (int, error) {
+// errShimSilent means the shim did not answer in time.
+var errShimSilent = errors.New("the shim did not hand over the bind filter")
+
+// recvShimResult receives what sendShimResult sent, waiting until deadline
+// at most. io.EOF-like results (the shim died before it sent anything)
+// come back as an error too.
+func recvShimResult(sock int, deadline time.Time) (int, error) {
 	buf := make([]byte, 1024)
 	oob := make([]byte, unix.CmsgSpace(4))
 	for {
-		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
-		if err == unix.EINTR {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return -1, errShimSilent
+		}
+		pfd := []unix.PollFd{{Fd: int32(sock), Events: unix.POLLIN}}
+		if n, err := unix.Poll(pfd, int(min(left.Milliseconds()+1, 1<<30))); err == unix.EINTR || err == nil && n == 0 {
+			continue
+		} else if err != nil {
+			return -1, fmt.Errorf("wait for the notification fd: %w", err)
+		}
+		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
+		if err == unix.EINTR || err == unix.EAGAIN {
 			continue
 		}
 		if err != nil {

@@ -176,8 +176,11 @@ func openLog(spec string) (*os.File, error) {
 		w.Close()
 		return nil, fmt.Errorf("failed to open pipe %q: %w", spec, err)
 	}
-	// takeover's reaper collects it. A log command that dies must not take
-	// takeover with it: writes get EPIPE, as start_server ignores SIGPIPE.
+	// takeover's reaper collects it, once the os package lets go of its
+	// pidfd (the reaper leaves a child with a pidfd held to its holder). A
+	// log command that dies must not take takeover with it: writes get
+	// EPIPE, as start_server ignores SIGPIPE.
+	cmd.Process.Release()
 	signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
 	return w, nil
 }
