@@ -145,6 +145,15 @@ func (f *fence) raise(sock int) error {
 	return steer(sock, newInGroup)
 }
 
+// lower sends new connections back to the old socket (sock is any socket
+// of the group): the new server exited before its swap completed.
+func (f *fence) lower(sock int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.up = false
+	return steer(sock, oldInGroup)
+}
+
 // settle pins the group to the new socket, sock, once the old socket has
 // left it (its last holder closed it): the new socket is then the group's
 // first, and a socket that joined after it (another process of the user,

@@ -42,9 +42,11 @@ type launcher struct {
 	byPID   map[int]*generation // the generations whose exit is awaited
 	lastNum int
 
-	mu     sync.Mutex
-	gens   []*generation // those that may hold sockets, for newer takeovers
-	status status        // what --status-file holds
+	mu         sync.Mutex
+	gens       []*generation // those that may hold sockets, for newer takeovers
+	status     status        // what --status-file holds
+	unfinished *unfinished   // a swap whose new generation exited before it completed (swap_linux.go)
+	fencing    sync.Mutex    // held by a swap until it completes or is left unfinished
 
 	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise
 
@@ -138,6 +140,7 @@ func (l *launcher) run(path string) int {
 	}
 	defer func() {
 		stopServing()
+		l.dropUnfinished()
 		releaseLocks(locks)
 		releaseLocks(l.locks) // a first swap that never completed still holds them
 		l.cleanRunDir()
