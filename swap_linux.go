@@ -344,21 +344,28 @@ func (l *launcher) othersRecords() map[string]genRecord {
 	return rs
 }
 
-// updateRecord writes r as key's record under the port's lock (held: this
-// launcher holds it already, in its first swap; otherwise it is taken,
-// waiting up to --lock-timeout for a takeover that is swapping). Without
-// the lock held from the start, the record is written only if it names
-// this launcher or none alive: a newer takeover's record, written in the
-// swap that replaces this one, is never overwritten.
+// updateRecord writes r as key's record under the port's lock. held says
+// this launcher holds it already (its first swap, which replaces the
+// takeover the record names). Otherwise it takes the lock without waiting:
+// another takeover holding it is a newer one at work on the port, whose
+// record (written in the swap that replaces this launcher) is the one to
+// keep; and it writes only where the record names this launcher or none
+// alive.
 func (l *launcher) updateRecord(ctx context.Context, key string, r genRecord, held bool) error {
 	if !held {
-		lctx, cancel := context.WithTimeout(ctx, l.cfg.lockTimeout())
-		defer cancel()
-		locks, err := lockTargets(lctx, l.dir, []string{key}, lockOwner{PID: l.self, Start: l.born}, func(string, lockOwner, time.Duration) {})
-		if err != nil {
+		now, cancel := context.WithCancel(ctx)
+		cancel()
+		var busy lockOwner
+		locks, err := lockTargets(now, l.dir, []string{key}, lockOwner{PID: l.self, Start: l.born}, func(_ string, owner lockOwner, _ time.Duration) { busy = owner })
+		switch {
+		case busy.PID == l.self: // held by this launcher's first swap
+		case busy.PID != 0:
+			return fmt.Errorf("not written: takeover pid %d holds the port lock, a newer takeover at work on the port", busy.PID)
+		case err != nil:
 			return fmt.Errorf("take the port lock to write the record: %w", err)
+		default:
+			defer releaseLocks(locks)
 		}
-		defer releaseLocks(locks)
 		if cur, ok := readRecord(l.dir, key); ok && cur.Launcher != l.self {
 			return fmt.Errorf("not written: the record names takeover pid %d, which has replaced this one", cur.Launcher)
 		}

@@ -241,3 +241,61 @@ func TestCrashDuringFencedReload(t *testing.T) {
 		t.Errorf("answered %q, want the restarted generation", body)
 	}
 }
+
+// TestReloadKeepsNewerRecord (issue 28, item 8): takeover A's reload swap
+// comes (after --kill-old-delay) while a newer takeover C, which has
+// recorded itself for the port, waits for A's server to drain. A must not
+// write its own record over C's: C's stop signal is then A's "replaced",
+// the record names C once A is gone, and a fourth takeover D replaces C.
+// Before the fix A's record overwrote C's, and D was refused: C's server
+// was no longer known to be managed by a takeover.
+func TestReloadKeepsNewerRecord(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("TAKEOVER_RUN_DIR", dir)
+	self, _ := os.Executable()
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	// Unfenced, A's reload shares one socket: C then fences A's two
+	// generations as one old server.
+	a := startTakeover(t, "tcpserve", "--fence", "off", "--kill-old-delay", "10s", "--port", port, "--", self, addr)
+	a.waitLog(t, `msg="took over"`)
+	first := childOf(t, a, addr)
+	keepAlive(t, addr) // held by A's first generation: C's drain waits for it
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	for deadline := time.Now().Add(60 * time.Second); len(holdersOf(t, addr)) < 3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("A's reload has not bound in 60s:\n%s", a.stderr)
+		}
+	}
+	c := startTakeover(t, "tcpserve", "--drain-timeout", "5m", "--port", port, "--", self, addr)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("A's log:\n%s\nC's log:\n%s", a.stderr, c.stderr)
+		}
+	})
+	c.waitLog(t, `msg="took over"`)
+	if strings.Contains(a.stderr.String(), "generation=2") {
+		t.Skip("A's reload completed before C's swap began: the race this test is about did not happen")
+	}
+	key := "port-" + port
+	if r, ok := readRecord(dir, key); !ok || r.Launcher != c.cmd.Process.Pid {
+		t.Fatalf("C's swap did not record C: %+v", r)
+	}
+	// A's reload swap, once its --kill-old-delay is over, stops A's first
+	// server, which closes the kept connection: C's drain ends, and C
+	// stops A.
+	a.waitLog(t, `msg="took over" generation=2`)
+	waitGone(t, first)
+	if code := a.wait(t); code != 0 {
+		t.Errorf("takeover A exited %d, want 0", code)
+	}
+	c.waitLog(t, "fenced: the old server")
+	if r, ok := readRecord(dir, key); !ok || r.Launcher != c.cmd.Process.Pid {
+		t.Errorf("the record names %+v (ok %v), want C, pid %d", r, ok, c.cmd.Process.Pid)
+	}
+	d := startTakeover(t, "tcpserve", "--port", port, "--", self, addr)
+	if code := c.wait(t); code != 0 {
+		t.Errorf("takeover C exited %d when D replaced it, want 0; D's log:\n%s", code, d.stderr)
+	}
+	d.waitLog(t, `msg="took over"`)
+}
