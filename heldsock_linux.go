@@ -49,6 +49,20 @@ func (g *generation) dupHeld(spec portSpec, addr netip.AddrPort) int {
 	return -1
 }
 
+// fencedSocks returns the generation's sockets bound beside an old
+// server's in a fenced handoff.
+func (g *generation) fencedSocks() []*heldSock {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var fs []*heldSock
+	for _, s := range g.socks {
+		if s.fence != nil {
+			fs = append(fs, s)
+		}
+	}
+	return fs
+}
+
 // heldForSpec returns the generation's socket for the target, at
 // whatever address.
 func (g *generation) heldForSpec(spec portSpec) *heldSock {

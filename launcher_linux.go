@@ -181,6 +181,7 @@ func (l *launcher) run(path string) int {
 			}
 			delete(l.byPID, e.pid)
 			g.markExited()
+			l.prevExited(g)
 			l.starter.exited(g)
 			ev = event{kind: evExited, g: g, status: e.status}
 		case ev = <-l.events:

@@ -382,10 +382,12 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		}
 		return m.status, m.next == nil
 	case reloading:
-		// The serving generation died during a reload: a rebind stops it
-		// at the new one's bind. The new one takes its place.
+		// The serving generation died during a reload (a rebind stops it at
+		// the new one's bind). The new one takes its place, and its sockets,
+		// with the connections waiting in them: they are kept for it, as
+		// for a restart, not closed with their queues.
 		m.log.Debug("the running generation exited during a reload", "generation", g.num, "pid", g.pid, "status", code)
-		m.sup.release(g)
+		m.holdSocketsOf(g)
 		m.cur, m.next, m.state = m.next, nil, starting
 		return 0, false
 	case starting:

@@ -137,8 +137,15 @@ func TestLifecycle(t *testing.T) {
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evSwapped, gen: 1, state: serving},
 			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
-			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: starting},
+			{ev: evExited, gen: 1, exit: 0, state: starting}, // its copies are kept for the new one
 			{ev: evReady, gen: 2, calls: []string{"swap 2 unlock=false"}, state: serving},
+		}},
+		{"the serving generation dies during a reload, and the new one before it is ready: both let go", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evExited, gen: 1, exit: -9, state: starting},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "release 1"}, state: starting, done: true, code: 1},
 		}},
 		{"a stop during a reload stops both and exits with the serving one's status", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},

@@ -6,12 +6,18 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/socktab"
+	"golang.org/x/sys/unix"
 )
 
 // The swap core's state under failure: a new server that dies while the
@@ -25,14 +31,14 @@ import (
 // generations after N exit at once (status 3), before they bind: a server
 // that cannot come back. noaccept listens on args[0] and never accepts, until SIGTERM.
 func runCoreHelper(mode string, args []string) int {
-	addr, crashGen, once := args[0], "", false
-	if len(args) > 1 {
-		f := strings.Split(args[1], ":")
-		crashGen, once = f[1], len(f) > 2
-	}
-	gen := os.Getenv("TAKEOVER_GENERATION")
+	addr, gen := args[0], os.Getenv("TAKEOVER_GENERATION")
 	switch mode {
 	case "tcpserve":
+		crashGen, once := "", false
+		if len(args) > 1 {
+			f := strings.Split(args[1], ":")
+			crashGen, once = f[1], len(f) > 2
+		}
 		if n, _ := strconv.Atoi(gen); once && n > mustAtoi(crashGen) {
 			fmt.Fprintln(os.Stderr, "helper: cannot come back")
 			return 3
@@ -53,16 +59,66 @@ func runCoreHelper(mode string, args []string) int {
 			hello.ServeHTTP(w, r)
 		}))
 	case "noaccept":
+		if gen != "1" {
+			return lateServer(addr, args[1], args[2])
+		}
 		fd, err := rawListen(addr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "helper:", err)
 			return 1
 		}
-		fmt.Printf("listening %s\n", addr)
 		defer syscall.Close(fd)
+		fmt.Printf("listening %s\n", addr)
+		if c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET")); err == nil {
+			c.Write([]byte("READY=1")) // ready, though it never accepts
+			c.Close()
+		}
 		select {} // until killed
 	}
 	return 2
+}
+
+// lateServer is noaccept's later generations: a server slow to start, which
+// binds addr and listens only once the file trigger exists ("late"), or
+// binds at once and listens then ("bind"), and then serves HTTP.
+func lateServer(addr, trigger, when string) int {
+	ap := netip.MustParseAddrPort(addr)
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 1
+	}
+	bind := func() error {
+		syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		return syscall.Bind(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
+	}
+	if when == "bind" {
+		if err := bind(); err != nil {
+			fmt.Fprintln(os.Stderr, "helper: bind:", err)
+			return 1
+		}
+	}
+	fmt.Println("started")
+	for {
+		if _, err := os.Stat(trigger); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if when != "bind" {
+		if err := bind(); err != nil {
+			fmt.Fprintln(os.Stderr, "helper: bind:", err)
+			return 1
+		}
+	}
+	if err := syscall.Listen(fd, 128); err != nil {
+		fmt.Fprintln(os.Stderr, "helper: listen:", err)
+		return 1
+	}
+	ln, err := net.FileListener(os.NewFile(uintptr(fd), "listener"))
+	if err != nil {
+		return 1
+	}
+	return serveUntilTerm(ln)
 }
 
 func mustAtoi(s string) int {
@@ -298,4 +354,109 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 		t.Errorf("takeover C exited %d when D replaced it, want 0; D's log:\n%s", code, d.stderr)
 	}
 	d.waitLog(t, `msg="took over"`)
+}
+
+// TestOldCrashDuringReload (issue 28, item 5): the serving generation,
+// which never accepts (5 requests wait in its accept queue), dies while a
+// HUP's new generation starts: before the new one binds ("late"), or after
+// it bound beside the old socket but before it listens ("bind"). Its socket
+// stays open and is the new generation's, which answers all 5; before the
+// fix takeover closed it at once and the 5 were reset.
+func TestOldCrashDuringReload(t *testing.T) {
+	for _, when := range []string{"late", "bind"} {
+		t.Run(when, func(t *testing.T) {
+			self, _ := os.Executable()
+			port := freePort(t)
+			addr := "127.0.0.1:" + port
+			trigger := filepath.Join(t.TempDir(), "go")
+			a := startTakeover(t, "noaccept", "-v", "--port", port, "--", self, addr, trigger, when)
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("takeover's log:\n%s", a.stderr)
+				}
+			})
+			a.waitLog(t, `msg="took over"`)
+			first := childOf(t, a, addr)
+			const n = 5
+			answers := make(chan error, n)
+			for range n {
+				go func() {
+					c := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+					resp, err := c.Get("http://" + addr + "/")
+					if err == nil {
+						resp.Body.Close()
+					}
+					answers <- err
+				}()
+			}
+			waitQueuedAt(t, addr, n)
+			a.cmd.Process.Signal(syscall.SIGHUP)
+			for a.line(t) != "started" {
+			}
+			crash(t, first, a.cmd.Process.Pid)
+			a.waitLog(t, "the running generation exited during a reload") // and takeover has done with its sockets what it does
+			os.WriteFile(trigger, nil, 0o644)
+			ok := 0
+			for range n {
+				if err := <-answers; err != nil {
+					t.Log(err)
+				} else {
+					ok++
+				}
+			}
+			if ok != n {
+				t.Errorf("%d of %d queued requests answered, want all", ok, n)
+			}
+		})
+	}
+}
+
+// waitQueuedAt waits until n connections wait in the accept queues of the
+// sockets listening at addr.
+func waitQueuedAt(t *testing.T, addr string, n int) {
+	t.Helper()
+	ap := netip.MustParseAddrPort(addr)
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		ls, err := socktab.DiagTCPListeners()
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := 0
+		for _, s := range ls {
+			if s.Addr == ap {
+				q += int(s.Queued)
+			}
+		}
+		if q >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections queued at %s after 60s, want %d", q, addr, n)
+		}
+	}
+}
+
+// crash SIGKILLs pid, a child of the takeover launcher, through a pidfd,
+// and waits until it has been reaped.
+func crash(t *testing.T, pid, launcher int) {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if ppid, err := procfs.FS("/proc").PPID(pid); err != nil || ppid != launcher {
+		t.Fatalf("pid %d is not the takeover's child (ppid %d, %v)", pid, ppid, err)
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			return // reaped
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d not reaped in 30s", pid)
+		}
+	}
 }
