@@ -460,3 +460,32 @@ func crash(t *testing.T, pid, launcher int) {
 		}
 	}
 }
+
+// TestCheckOldAfterOpen (issue 28, low: pidfds opened after the identity
+// checks): takePort now opens the old processes' pidfds first and checks
+// them after. A pid the lookup saw holding the port that, by the time its
+// pidfd is open, names a process holding nothing (its pid reused) is let
+// go of, never signalled; the real holder is kept.
+func TestCheckOldAfterOpen(t *testing.T) {
+	self, _ := os.Executable()
+	srv := startHelper(t, "serve", "127.0.0.1:0")
+	other := startHelper(t, "signals", "127.0.0.1:0") // a process of the same program holding another port
+	ls := lookup(t, srv.addr)
+	if len(ls) != 1 {
+		t.Fatalf("%d listeners on %s", len(ls), srv.addr)
+	}
+	real, reused := srv.cmd.Process.Pid, other.cmd.Process.Pid
+	sw := &swap{inodes: []uint64{ls[0].Inode}}
+	for _, pid := range []int{real, reused} {
+		sw.Old = append(sw.Old, stopTarget{PID: pid, Holder: holder{PID: pid}})
+	}
+	sw.oldProcs, sw.holders = openAll([]int{real, reused}), openAll([]int{real, reused})
+	defer sw.releaseOld()
+	l := &launcher{}
+	if err := l.checkOld(sw, newChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(pidsOf(sw.oldProcs), pidsOf(sw.holders)); got != fmt.Sprint([]int{real}, []int{real}) {
+		t.Errorf("kept targets and holders %s, want only the holder %d", got, real)
+	}
+}
