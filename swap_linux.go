@@ -61,7 +61,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 
 	before := l.othersRecords()
 	for _, key := range l.keys() {
-		if err := l.updateRecord(ctx, key, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid}, len(locks) > 0); err != nil {
+		if err := l.updateRecord(ctx, key, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid, StopSignal: int(l.cfg.signal())}, len(locks) > 0); err != nil {
 			l.log.Warn("cannot record the generation", "lock", key, "err", err)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -51,6 +52,13 @@ func runCoreHelper(mode string, args []string) int {
 			return 1
 		}
 		fmt.Printf("listening %s\n", ln.Addr())
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		go func() {
+			for range usr1 {
+				fmt.Println("got USR1")
+			}
+		}()
 		hello := helloHandler()
 		return serveDraining(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/crash" && gen == crashGen {
@@ -487,5 +495,54 @@ func TestCheckOldAfterOpen(t *testing.T) {
 	}
 	if got := fmt.Sprint(pidsOf(sw.oldProcs), pidsOf(sw.holders)); got != fmt.Sprint([]int{real}, []int{real}) {
 		t.Errorf("kept targets and holders %s, want only the holder %d", got, real)
+	}
+}
+
+// TestUSR1MidSwap (issue 28, low: a USR1 mid-swap is read as "replaced"):
+// while a newer takeover C waits for A's fenced server to drain (C's record
+// names C already), a USR1 to A is for A's server, as at any other time:
+// passed on, A not stopped. Only C's stop signal (its --signal, recorded)
+// then ends A, with status 0. Before the fix A took the USR1 for C's stop
+// signal: it let go of its sockets and stopped its server with USR1, and
+// SIGKILL after --kill-timeout.
+func TestUSR1MidSwap(t *testing.T) {
+	self, _ := os.Executable()
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	a := startTakeover(t, "tcpserve", "-v", "--port", port, "--", self, addr)
+	waitServing(t, addr)
+	first := childOf(t, a, addr)
+	kept, _ := keepAlive(t, addr)
+	c := startTakeover(t, "tcpserve", "--drain-timeout", "5m", "--port", port, "--", self, addr)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("A's log:\n%s\nC's log:\n%s", a.stderr, c.stderr)
+		}
+	})
+	c.waitLog(t, "fenced=true")
+	a.cmd.Process.Signal(syscall.SIGUSR1)
+	for a.line(t) != "got USR1" {
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		s := a.stderr.String()
+		if strings.Contains(s, "event=replaced") {
+			t.Fatal("A took the USR1 for the newer takeover's stop signal")
+		}
+		if strings.Contains(s, "event=signal") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("A did not handle the USR1 in 60s")
+		}
+	}
+	if !a.running() || processGone(first) {
+		t.Fatal("A or its server ended on the USR1")
+	}
+	kept.Close()
+	if code := a.wait(t); code != 0 {
+		t.Errorf("A exited %d when C stopped it, want 0", code)
+	}
+	if !strings.Contains(a.stderr.String(), "event=replaced") {
+		t.Errorf("A did not take C's stop signal for \"replaced\"")
 	}
 }

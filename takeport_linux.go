@@ -118,7 +118,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	if c.spec.Net == netUnix {
 		return l.settled(sw, c.sock, l.rebind(ctx, c, sw))
 	}
-	if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born}); err != nil {
+	if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born, StopSignal: int(l.cfg.signal())}); err != nil {
 		return l.settled(sw, -1, fmt.Errorf("record the generation of %s: %w", what, err))
 	}
 	if err := l.rebind(ctx, c, sw); err != nil {
