@@ -317,6 +317,33 @@ func (l *launcher) takeUnfinished() *unfinished {
 	return u
 }
 
+// fallBack gives up the unfinished swap of a reload, whose old generation
+// serves on, and returns that generation; nil if there is none.
+func (l *launcher) fallBack() *generation {
+	l.mu.Lock()
+	u := l.unfinished
+	var old *generation
+	if u != nil {
+		for _, p := range u.prevs {
+			if !p.hasExited() {
+				old = p
+				break
+			}
+		}
+	}
+	if old == nil {
+		l.mu.Unlock()
+		return nil
+	}
+	l.unfinished = nil
+	l.mu.Unlock()
+	for _, st := range u.stop {
+		st.abandon()
+	}
+	releaseLocks(u.locks)
+	return old
+}
+
 // dropUnfinished lets go of a swap no generation will complete (takeover
 // exits): the old servers serve on, and a newer takeover replaces them as
 // the records name them.

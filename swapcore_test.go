@@ -546,3 +546,47 @@ func TestUSR1MidSwap(t *testing.T) {
 		t.Errorf("A did not take C's stop signal for \"replaced\"")
 	}
 }
+
+// TestCrashDuringFencedReloadGivesUp (issue 28, item 3's give-up path in a
+// reload): a HUP's new generation dies while the old generation's fenced
+// server drains, and cannot come back. The old generation serves on under
+// the same takeover, new connections back on its socket, none refused;
+// before the fix takeover gave up and exited, leaving the old server
+// running with no takeover.
+func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
+	self, _ := os.Executable()
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	a := startTakeover(t, "tcpserve", "--drain-timeout", "5m", "--max-restarts", "2", "--port", port, "--", self, addr, "crash:2:once")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("takeover's log:\n%s", a.stderr)
+		}
+	})
+	a.waitLog(t, `msg="took over"`)
+	first := childOf(t, a, addr)
+	keepAlive(t, addr)
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	a.waitLog(t, `msg="took over" generation=2`)
+	res := loadWhile(t, addr, func() {
+		crashFenced(t, addr)
+		a.waitLog(t, "the old generation serves on")
+	})
+	t.Logf("%d requests, %d refused, %d reset", res.Requests, res.Refused, res.Resets)
+	if res.Refused > 0 || res.OK == 0 {
+		t.Errorf("%d of %d requests refused, want none", res.Refused, res.Requests)
+	}
+	if !a.running() || processGone(first) {
+		t.Fatal("takeover or its old generation ended")
+	}
+	for i := 0; i < 10; i++ {
+		if body, err := get(addr, "/"); err != nil || !strings.Contains(body, pidField(first)) {
+			t.Errorf("answered %q, %v; want the old generation %d", body, err, first)
+		}
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	if code := a.wait(t); code != 0 {
+		t.Errorf("takeover exited %d on TERM, want its server's 0", code)
+	}
+	waitGone(t, first)
+}
