@@ -150,13 +150,17 @@ func (f *fence) raise(sock int) error {
 	return steer(sock, newInGroup)
 }
 
-// oldGone records that the old server exited before the new one was ready
-// (a reload's old generation died), and sends new connections to the new
-// socket, sock, if it listens.
+// oldGone records that the old server exited (a reload's old generation
+// died before the new one was ready, or was stopped), and sends new
+// connections to the new socket, sock, if it listens and the fence is not
+// up already.
 func (f *fence) oldGone(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gone = true
+	if f.up {
+		return nil // raised already, and perhaps settled since
+	}
 	if on, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on == 0 {
 		return err
 	}
