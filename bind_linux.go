@@ -331,6 +331,11 @@ func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
 	if held == nil {
 		return seccomp.Continue
 	}
+	if held.fence != nil && (held.fence.isGone() || g.prev != nil && g.prev.isDead()) {
+		if h, ok := g.handOverDead(n, st.Tgid, held); ok {
+			held = h
+		}
+	}
 	if err := unix.Listen(held.copyFD, int(int32(n.Args[1]))); err != nil {
 		return respErrno(err)
 	}
@@ -358,4 +363,50 @@ func unprivilegedPortStart() int {
 		return 1024
 	}
 	return n
+}
+
+// handOverDead gives the command, at its first listen(2) on s (bound beside
+// an old generation's socket in a fenced reload), that old socket in place
+// of s: the old generation has died, and what waits in its accept queue is
+// then accepted by the command instead of reset. It returns the socket now
+// held in place of s, or false if s stays.
+func (g *generation) handOverDead(n *seccomp.Notif, tgid int, s *heldSock) (*heldSock, bool) {
+	if g.prev == nil {
+		return nil, false
+	}
+	if on, err := unix.GetsockoptInt(s.copyFD, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on != 0 {
+		return nil, false // it listens already: its socket serves
+	}
+	old := g.prev.dupHeld(s.spec, s.addr)
+	if old < 0 {
+		return nil, false
+	}
+	fd := int(n.Args[0])
+	why := handoffMismatch(old, s.copyFD, s.spec, s.addr)
+	if why == "" {
+		if err := injectSocket(g.notifFD, n.ID, tgid, fd, s.copyFD, old); err != nil {
+			why = err.Error()
+		}
+	}
+	if why != "" {
+		g.l.log.Warn("the old generation died before the new one listened, and its socket cannot be handed over: what waits in it is lost", "port", s.spec.String(), "why", why)
+		unix.Close(old)
+		return nil, false
+	}
+	h := &heldSock{copyFD: old, inode: inodeOf(old), spec: s.spec, addr: s.addr}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k, v := range g.socks {
+		if v == s {
+			g.socks[k] = h
+		}
+	}
+	for _, sw := range g.swaps {
+		if sw.fence == s.fence {
+			sw.fence, sw.Via = nil, "own-copy"
+		}
+	}
+	unix.Close(s.copyFD) // the command's own socket, closed in it by the handover
+	g.l.log.Info("the old generation died before the new one listened: the new one is given its socket and what waits in it", "port", s.spec.String(), "generation", g.num)
+	return h, true
 }

@@ -195,7 +195,7 @@ func (l *launcher) setDetached(until time.Time) {
 	for _, key := range l.keys() {
 		if r, ok := readRecord(l.dir, key); ok && r.Launcher == l.self {
 			r.DetachedUntil = &until
-			writeRecord(l.dir, key, r)
+			l.updateRecord(l.ctx, key, r, false) // not over a newer takeover's
 		}
 	}
 }

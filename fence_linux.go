@@ -41,8 +41,9 @@ type fence struct {
 	oldInode uint64
 	port     uint16
 
-	mu sync.Mutex
-	up bool // new connections go to the new socket
+	mu   sync.Mutex
+	up   bool // new connections go to the new socket
+	gone bool // the old server exited: nothing to wait for
 }
 
 const (
@@ -134,6 +135,10 @@ func (f *fence) joined(sock int) error {
 	if f.up {
 		return nil // a later listen(2) on it (a prefork worker's)
 	}
+	if f.gone {
+		f.up = true
+		return steer(sock, newInGroup)
+	}
 	return steer(sock, oldInGroup)
 }
 
@@ -143,6 +148,40 @@ func (f *fence) raise(sock int) error {
 	defer f.mu.Unlock()
 	f.up = true
 	return steer(sock, newInGroup)
+}
+
+// oldGone records that the old server exited (a reload's old generation
+// died before the new one was ready, or was stopped), and sends new
+// connections to the new socket, sock, if it listens and the fence is not
+// up already.
+func (f *fence) oldGone(sock int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gone = true
+	if f.up {
+		return nil // raised already, and perhaps settled since
+	}
+	if on, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on == 0 {
+		return err
+	}
+	f.up = true
+	return steer(sock, newInGroup)
+}
+
+// isGone reports whether the old server exited.
+func (f *fence) isGone() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gone
+}
+
+// lower sends new connections back to the old socket (sock is any socket
+// of the group): the new server exited before its swap completed.
+func (f *fence) lower(sock int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.up = false
+	return steer(sock, oldInGroup)
 }
 
 // settle pins the group to the new socket, sock, once the old socket has
@@ -171,6 +210,9 @@ func (f *fence) settle(ctx context.Context, sock int) bool {
 // finish: no connection waits in its socket's queue, and none of pids (its
 // processes) holds a connection it accepted.
 func (f *fence) finished(pids []int) (bool, error) {
+	if f.isGone() {
+		return true, nil // what waits in its queue is handed over or lost: none of it will be accepted there
+	}
 	ls, err := socktab.DiagTCPListeners()
 	if err != nil {
 		return false, err

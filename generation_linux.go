@@ -124,6 +124,22 @@ func (g *generation) hasExited() bool {
 	}
 }
 
+// isDead reports whether the command has exited, reaped or not: its pidfd
+// is readable from its exit on, before the reaper has told the lifecycle.
+func (g *generation) isDead() bool {
+	if g.hasExited() {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.pidfd < 0 {
+		return false // none to look at: a generation that passes sockets
+	}
+	fds := []unix.PollFd{{Fd: int32(g.pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
 // upFor is how long the command has run.
 func (g *generation) upFor(now time.Time) time.Duration { return now.Sub(g.started) }
 

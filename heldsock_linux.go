@@ -34,6 +34,36 @@ func (g *generation) heldFor(spec portSpec, addr netip.AddrPort) *heldSock {
 	})
 }
 
+// dupHeld returns a copy of the generation's socket for the target, or -1
+// if it holds none: a socket to set options on that closeCopies cannot
+// close (and its number be reused) meanwhile.
+func (g *generation) dupHeld(spec portSpec, addr netip.AddrPort) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.socks {
+		if s.spec.Net == spec.Net && (spec.Net == netUnix && s.spec == spec || spec.Net != netUnix && s.addr == addr) {
+			if fd, err := unix.FcntlInt(uintptr(s.copyFD), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+				return fd
+			}
+		}
+	}
+	return -1
+}
+
+// fencedSocks returns the generation's sockets bound beside an old
+// server's in a fenced handoff.
+func (g *generation) fencedSocks() []*heldSock {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var fs []*heldSock
+	for _, s := range g.socks {
+		if s.fence != nil {
+			fs = append(fs, s)
+		}
+	}
+	return fs
+}
+
 // heldForSpec returns the generation's socket for the target, at
 // whatever address.
 func (g *generation) heldForSpec(spec portSpec) *heldSock {

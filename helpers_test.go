@@ -298,6 +298,8 @@ func runHelper(mode string, args []string) int {
 	case "exit": // exit with the status in args[0]
 		code, _ := strconv.Atoi(addr)
 		return code
+	case "tcpserve", "noaccept": // swapcore_test.go's servers
+		return runCoreHelper(mode, args)
 	case "crash": // fail before binding anything
 		fmt.Fprintln(os.Stderr, "helper: crashing before bind")
 		return 3

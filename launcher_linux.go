@@ -46,9 +46,11 @@ type launcher struct {
 	exits   chan childExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
 	lastNum int
 
-	mu     sync.Mutex
-	gens   []*generation // those that may hold sockets, for newer takeovers
-	status status        // what --status-file holds
+	mu         sync.Mutex
+	gens       []*generation // those that may hold sockets, for newer takeovers
+	status     status        // what --status-file holds
+	unfinished *unfinished   // a swap whose new generation exited before it completed (swap_linux.go)
+	fencing    sync.Mutex    // held by a swap until it completes or is left unfinished
 
 	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise
 
@@ -142,6 +144,7 @@ func (l *launcher) run(path string) int {
 	}
 	defer func() {
 		stopServing()
+		l.dropUnfinished()
 		releaseLocks(locks)
 		releaseLocks(l.locks) // a first swap that never completed still holds them
 		l.cleanRunDir()
@@ -184,6 +187,7 @@ func (l *launcher) run(path string) int {
 			}
 			delete(l.byPID, e.pid)
 			g.markExited()
+			l.prevExited(g)
 			l.starter.exited(g)
 			ev = event{kind: evExited, g: g, status: e.status}
 		case ev = <-l.events:
@@ -208,14 +212,17 @@ func (l *launcher) run(path string) int {
 	}
 }
 
-// signalEvent names what a signal to takeover means. Any signal but HUP
-// and WINCH that comes while a newer takeover has recorded itself for one
-// of the ports is that takeover's stop signal: takeover has been replaced.
+// signalEvent names what a signal to takeover means. The signal a newer
+// takeover that has recorded itself for one of the ports sends (its
+// --signal, in its record; any but HUP and WINCH where an older takeover
+// recorded none) is its stop signal: takeover has been replaced. Another
+// signal meanwhile (a USR1 for the server while the newer takeover waits
+// for it to drain) is passed on as at any other time.
 func (l *launcher) signalEvent(sig syscall.Signal) event {
 	switch {
 	case sig == unix.SIGHUP:
 		return event{kind: evHUP, sig: sig}
-	case sig != unix.SIGWINCH && l.newerTakeover():
+	case sig != unix.SIGWINCH && l.newerTakeover(sig):
 		return event{kind: evReplaced, sig: sig}
 	case isStopSignal(sig):
 		return event{kind: evStop, sig: l.starter.stopSignal(sig)}
@@ -282,10 +289,11 @@ func (l *launcher) notify(state string) {
 }
 
 // newerTakeover reports whether another live takeover has recorded itself
-// for one of our ports.
-func (l *launcher) newerTakeover() bool {
+// for one of our ports, and sig is the signal it stops what it replaces
+// with.
+func (l *launcher) newerTakeover(sig syscall.Signal) bool {
 	for _, key := range l.keys() {
-		if r, ok := readRecord(l.dir, key); ok && r.Launcher != l.self {
+		if r, ok := readRecord(l.dir, key); ok && r.Launcher != l.self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
 			return true
 		}
 	}

@@ -91,6 +91,10 @@ type supervisor interface {
 	// reloadFailed records a reload whose new generation (num; 0 if none
 	// could be started) never served.
 	reloadFailed(num int, why string)
+	// fallBack returns the old generation of a reload whose swap the new
+	// one left unfinished (it died while the old one drained), still
+	// serving, and gives up that swap; nil if there is none.
+	fallBack() *generation
 }
 
 // restartPolicy is --restart, --max-restarts and --restart-window, and
@@ -382,10 +386,12 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		}
 		return m.status, m.next == nil
 	case reloading:
-		// The serving generation died during a reload: a rebind stops it
-		// at the new one's bind. The new one takes its place.
+		// The serving generation died during a reload (a rebind stops it at
+		// the new one's bind). The new one takes its place, and its sockets,
+		// with the connections waiting in them: they are kept for it, as
+		// for a restart, not closed with their queues.
 		m.log.Debug("the running generation exited during a reload", "generation", g.num, "pid", g.pid, "status", code)
-		m.sup.release(g)
+		m.holdSocketsOf(g)
 		m.cur, m.next, m.state = m.next, nil, starting
 		return 0, false
 	case starting:
@@ -408,10 +414,28 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 	// serving
 	if !m.restartFor(g, ws) {
 		m.sup.release(g)
+		if m.servesOn(g) {
+			return 0, false
+		}
 		m.log.Info("command exited", "pid", g.pid, "status", code)
 		return code, true
 	}
 	return m.crashed(g, code)
+}
+
+// servesOn makes the old generation of an unfinished reload the serving
+// one again, when g, which replaced it, has died for good: takeover lives
+// on for it rather than leave it running unsupervised.
+func (m *lifecycle) servesOn(g *generation) bool {
+	old := m.sup.fallBack()
+	if old == nil {
+		return false
+	}
+	m.log.Warn("the reload's new generation died before its swap completed and does not come back: the old generation serves on", "generation", old.num, "pid", old.pid, "dead_pid", g.pid)
+	m.sup.reloadFailed(g.num, "died while the old generation drained")
+	m.sup.notify("READY=1")
+	m.cur, m.state = old, serving
+	return true
 }
 
 // restartFor reports whether --restart asks for a generation that served
@@ -440,6 +464,10 @@ func (m *lifecycle) crashed(g *generation, code int) (int, bool) {
 		m.log.Error("the command keeps dying: giving up, and closing the sockets so that clients are refused rather than left waiting",
 			"pid", g.pid, "status", code, "restarts", len(m.restarts), "within", m.policy.Window)
 		m.sup.release(m.dead)
+		if m.servesOn(g) {
+			m.dead = nil
+			return 0, false
+		}
 		return code, true
 	}
 	if up := g.upFor(now); up >= restartStableUp {

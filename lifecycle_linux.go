@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"syscall"
 	"time"
 
@@ -94,5 +95,29 @@ func (l *launcher) keepInStore(g *generation) {
 	defer g.mu.Unlock()
 	for _, s := range g.socks {
 		l.store.keep(s.spec.storeName(), s.copyFD, s.inode)
+	}
+}
+
+// prevExited is told that g has exited. A generation starting beside it in
+// a fenced handoff (a reload) then has no old server to wait for: new
+// connections go to its socket at once where it listens, and a socket not
+// listening yet is given g's at its listen(2) (onListen), with what waits
+// in it. (The lifecycle keeps g's copies meanwhile.)
+func (l *launcher) prevExited(g *generation) {
+	l.mu.Lock()
+	gens := slices.Clone(l.gens)
+	l.mu.Unlock()
+	for _, h := range gens {
+		if h.prev != g || h.hasExited() {
+			continue
+		}
+		for _, s := range h.fencedSocks() {
+			if sock := h.dupHeld(s.spec, s.addr); sock >= 0 {
+				if err := s.fence.oldGone(sock); err != nil {
+					l.log.Warn("cannot steer new connections to the new server after the old one exited; they wait in the old socket", "port", s.spec.String(), "err", err)
+				}
+				unix.Close(sock)
+			}
+		}
 	}
 }

@@ -17,6 +17,8 @@ type fakeSupervisor struct {
 	gens     []*generation
 	calls    []string
 	failNext bool // the next start fails
+
+	fallBackTo int // the generation fallBack returns, or 0
 }
 
 func (f *fakeSupervisor) start(prev *generation) (*generation, error) {
@@ -57,6 +59,14 @@ func (f *fakeSupervisor) queued(g *generation) int { return 3 }
 func (f *fakeSupervisor) restarting(c crashInfo)   {}
 func (f *fakeSupervisor) reloadFailed(num int, why string) {
 	f.calls = append(f.calls, fmt.Sprintf("reload %d failed", num))
+}
+
+func (f *fakeSupervisor) fallBack() *generation {
+	if f.fallBackTo == 0 {
+		return nil
+	}
+	f.calls = append(f.calls, fmt.Sprintf("fall back to %d", f.fallBackTo))
+	return f.gens[f.fallBackTo-1]
 }
 
 // step is one event given to the lifecycle: on generation gen (1-based),
@@ -137,8 +147,30 @@ func TestLifecycle(t *testing.T) {
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evSwapped, gen: 1, state: serving},
 			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
-			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: starting},
+			{ev: evExited, gen: 1, exit: 0, state: starting}, // its copies are kept for the new one
 			{ev: evReady, gen: 2, calls: []string{"swap 2 unlock=false"}, state: serving},
+		}},
+		{"the serving generation dies during a reload, and the new one before it is ready: both let go", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evExited, gen: 1, exit: -9, state: starting},
+			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "release 1"}, state: starting, done: true, code: 1},
+		}},
+		{"a reload's new generation dies while the old one drains and cannot come back: the old one serves on", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evReady, gen: 2, calls: []string{"after 0s delay-done"}, state: reloading},
+			{ev: evDelayDone, gen: 2, calls: []string{"swap 2 unlock=false"}, state: serving},
+			{ev: evExited, gen: 2, exit: 7, hold: true, calls: []string{"notify STATUS=restarting after pid 102 exited with status 7 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+			{ev: evBackoffDone, calls: []string{"start 3"}, state: restarting},
+			{ev: evExited, gen: 3, exit: 7, calls: []string{"release 3", "notify STATUS=restarting after pid 103 exited with status 7 (attempt 2, back-off 150ms)", "after 150ms backoff-done"}, state: backingOff},
+			{ev: -2}, // from now on, fallBack returns generation 1
+			{ev: evBackoffDone, calls: []string{"start 4"}, state: restarting},
+			{ev: evExited, gen: 4, exit: 7, calls: []string{"release 4", "release 2", "fall back to 1", "reload 4 failed", "notify READY=1"}, state: serving},
+			{ev: evStop, sig: syscall.SIGTERM, calls: []string{"stop 1 15"}, state: stopping},
+			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: stopping, done: true, code: 0},
 		}},
 		{"a stop during a reload stops both and exits with the serving one's status", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
@@ -318,6 +350,10 @@ func TestLifecycle(t *testing.T) {
 			for i, s := range tt.steps {
 				if s.ev == -1 {
 					f.failNext = true
+					continue
+				}
+				if s.ev == -2 {
+					f.fallBackTo = 1
 					continue
 				}
 				ev := event{kind: s.ev, sig: s.sig, seq: m.seq}

@@ -173,6 +173,10 @@ type genRecord struct {
 	Launcher      int    `json:"launcher_pid"`
 	LauncherStart uint64 `json:"launcher_start"`
 	Child         int    `json:"child_pid,omitempty"`
+	// StopSignal is the signal the launcher sends the one it replaces: to
+	// that one, only this signal means "replaced" (0: any, as an older
+	// takeover recorded none).
+	StopSignal int `json:"stop_signal,omitempty"`
 	// DetachedUntil: the supervisor stopped the launcher with
 	// --detach-on-stop; it serves until then unless replaced.
 	DetachedUntil *time.Time `json:"detached_until,omitempty"`

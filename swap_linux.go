@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A swap: the takeover of one target from the generation before, and its
@@ -37,13 +39,29 @@ type swap struct {
 // swap, stops the generation it replaced (only while the new one still
 // runs), waits for that to exit and releases the port locks.
 func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
-	defer releaseLocks(locks)
+	// The swap a generation before g left unfinished (it exited while the
+	// old servers finished) is g's to complete: one swap at a time decides.
+	l.fencing.Lock()
+	fencing := true
+	doneFencing := func() {
+		if fencing {
+			fencing = false
+			l.fencing.Unlock()
+		}
+	}
+	defer doneFencing()
+	inherited := l.takeUnfinished()
+	if inherited != nil {
+		locks = append(locks, inherited.locks...)
+	}
+	defer func() { releaseLocks(locks) }()
 	g.mu.Lock()
 	swaps := append([]*swap(nil), g.swaps...)
 	g.mu.Unlock()
 
+	before := l.othersRecords()
 	for _, key := range l.keys() {
-		if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid}); err != nil {
+		if err := l.updateRecord(ctx, key, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid, StopSignal: int(l.cfg.signal())}, len(locks) > 0); err != nil {
 			l.log.Warn("cannot record the generation", "lock", key, "err", err)
 		}
 	}
@@ -52,23 +70,43 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 
 	stop, ok := g.claimSwaps(l.log)
 	if !ok {
-		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
+		stop = g.claimExited()
 		g.releaseSwaps()
-		return
 	}
-	if l.raiseFences(ctx, g, stop) && g.hasExited() {
-		// While the old server finished: it serves on, new connections
-		// reach it again (the group has lost the new socket).
+	if inherited != nil {
+		stop = append(stop, inherited.stop...)
+		l.log.Info("completing the swap an earlier generation began: its old servers are stopped once they have finished", "generation", g.num, "old_pids", fmt.Sprint(pidsOf(inherited.procs()...)))
+	}
+	if !ok && len(stop) == 0 {
 		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
-		for _, st := range stop {
-			st.abandon()
-		}
 		return
 	}
+	if !ok || l.raiseFences(ctx, g, stop) && g.hasExited() {
+		// While the old server finished: it serves on, new connections
+		// reach it again, and the next generation (a restart) completes
+		// the swap once it is ready.
+		l.log.Warn("the new generation exited before its swap completed; the old server serves on until a restarted generation is ready", "generation", g.num)
+		var prevs []*generation
+		if g.prev != nil && !g.prev.hasExited() {
+			prevs = append(prevs, g.prev) // a reload's: its copies stay
+		}
+		if inherited != nil {
+			prevs = append(prevs, inherited.prevs...)
+		}
+		l.interrupt(ctx, g, &unfinished{stop: stop, prevs: prevs, locks: locks}, before)
+		locks = nil
+		return
+	}
+	doneFencing()
 	l.keepInStore(g)
 	l.notify(fmt.Sprintf("READY=1\nSTATUS=serving: generation %d, pid %d\nMAINPID=%d", g.num, g.pid, l.self))
 	if g.prev != nil {
 		g.prev.closeCopies() // takeover's own copies must not hold a port it rebinds
+	}
+	if inherited != nil {
+		for _, p := range inherited.prevs {
+			p.closeCopies()
+		}
 	}
 	// A unix path is guarded from the old servers' unlinks before they
 	// are signalled.
@@ -192,6 +230,174 @@ func (g *generation) claimSwaps(log *slog.Logger) (stop []oldStop, ok bool) {
 		sw.path, sw.oldProcs, sw.holders = nil, nil, nil
 	}
 	return stop, true
+}
+
+// claimExited takes out of the handoffs of g, which exited before its
+// swap completed, the old processes still to stop: the restarted
+// generation, on the same sockets, stops them. (A unix path's swap is
+// rolled back instead, by releaseSwaps.)
+func (g *generation) claimExited() []oldStop {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var stop []oldStop
+	for _, sw := range g.swaps {
+		if sw.Spec.Net == netUnix || sw.Strategy != "handoff" || len(sw.oldProcs) == 0 {
+			continue
+		}
+		stop = append(stop, oldStop{sw, nil, sw.oldProcs, sw.holders})
+		sw.oldProcs, sw.holders = nil, nil
+	}
+	return stop
+}
+
+// An unfinished swap is what a swap had left to do when its new generation
+// exited while the old servers finished: stop them. Meanwhile the fences are
+// down (the old servers take new connections again), the records name the
+// takeovers they named before, and the port locks stay held, so that the
+// next takeover finds one generation, not two. The next generation of this
+// launcher to be ready (a restart, on the same sockets) completes it; if
+// none is, the old servers serve on (dropUnfinished).
+type unfinished struct {
+	stop  []oldStop
+	prevs []*generation // this launcher's generations among the old servers (a reload's): their copies go once they are stopped
+	locks []*os.File
+}
+
+// procs returns the processes the unfinished swap is to stop.
+func (u *unfinished) procs() [][]*oldProcess {
+	var ps [][]*oldProcess
+	for _, st := range u.stop {
+		ps = append(ps, st.procs)
+	}
+	return ps
+}
+
+// interrupt keeps u, the rest of g's swap, for the next generation: it
+// steers new connections back to the old sockets, puts back the records of
+// the takeovers being replaced (before), and holds the port locks.
+func (l *launcher) interrupt(ctx context.Context, g *generation, u *unfinished, before map[string]genRecord) {
+	for _, st := range u.stop {
+		f := st.sw.fence
+		if f == nil {
+			continue
+		}
+		// Any socket of the group sets its program; none is left if the
+		// lifecycle let go of g's, and then the group has the old one alone.
+		if sock := g.dupHeld(st.sw.Spec, st.sw.Addr); sock >= 0 {
+			if err := f.lower(sock); err != nil {
+				l.log.Warn("cannot steer new connections back to the old server; they wait for the restarted one", "port", st.sw.Spec.String(), "err", err)
+			}
+			unix.Close(sock)
+		}
+	}
+	if len(u.locks) == 0 {
+		// A reload's swap: the locks are free unless a newer takeover is
+		// at work, which is then the one to stop the old servers.
+		now, cancel := context.WithCancel(ctx)
+		cancel()
+		u.locks, _ = lockTargets(now, l.dir, l.keys(), lockOwner{PID: l.self, Start: l.born}, func(string, lockOwner, time.Duration) {})
+	}
+	for key, r := range before {
+		if err := l.updateRecord(ctx, key, r, len(u.locks) > 0); err != nil {
+			l.log.Warn("cannot put back the record of the takeover that serves on", "lock", key, "err", err)
+		}
+	}
+	l.mu.Lock()
+	l.unfinished = u
+	l.mu.Unlock()
+}
+
+// takeUnfinished returns the swap an earlier generation left unfinished,
+// for the caller to complete, or nil.
+func (l *launcher) takeUnfinished() *unfinished {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	u := l.unfinished
+	l.unfinished = nil
+	return u
+}
+
+// fallBack gives up the unfinished swap of a reload, whose old generation
+// serves on, and returns that generation; nil if there is none.
+func (l *launcher) fallBack() *generation {
+	l.mu.Lock()
+	u := l.unfinished
+	var old *generation
+	if u != nil {
+		for _, p := range u.prevs {
+			if !p.hasExited() {
+				old = p
+				break
+			}
+		}
+	}
+	if old == nil {
+		l.mu.Unlock()
+		return nil
+	}
+	l.unfinished = nil
+	l.mu.Unlock()
+	for _, st := range u.stop {
+		st.abandon()
+	}
+	releaseLocks(u.locks)
+	return old
+}
+
+// dropUnfinished lets go of a swap no generation will complete (takeover
+// exits): the old servers serve on, and a newer takeover replaces them as
+// the records name them.
+func (l *launcher) dropUnfinished() {
+	u := l.takeUnfinished()
+	if u == nil {
+		return
+	}
+	l.log.Warn("the swap an exited generation began was not completed: the old servers serve on", "old_pids", fmt.Sprint(pidsOf(u.procs()...)))
+	for _, st := range u.stop {
+		st.abandon()
+	}
+	releaseLocks(u.locks)
+}
+
+// othersRecords returns the records of the launcher's targets that name
+// another live takeover: those a first swap replaces.
+func (l *launcher) othersRecords() map[string]genRecord {
+	rs := make(map[string]genRecord)
+	for _, key := range l.keys() {
+		if r, ok := readRecord(l.dir, key); ok && r.Launcher != l.self {
+			rs[key] = r
+		}
+	}
+	return rs
+}
+
+// updateRecord writes r as key's record under the port's lock. held says
+// this launcher holds it already (its first swap, which replaces the
+// takeover the record names). Otherwise it takes the lock without waiting:
+// another takeover holding it is a newer one at work on the port, whose
+// record (written in the swap that replaces this launcher) is the one to
+// keep; and it writes only where the record names this launcher or none
+// alive.
+func (l *launcher) updateRecord(ctx context.Context, key string, r genRecord, held bool) error {
+	if !held {
+		now, cancel := context.WithCancel(ctx)
+		cancel()
+		var busy lockOwner
+		locks, err := lockTargets(now, l.dir, []string{key}, lockOwner{PID: l.self, Start: l.born}, func(_ string, owner lockOwner, _ time.Duration) { busy = owner })
+		switch {
+		case busy.PID == l.self: // held by this launcher's first swap
+		case busy.PID != 0:
+			return fmt.Errorf("not written: takeover pid %d holds the port lock, a newer takeover at work on the port", busy.PID)
+		case err != nil:
+			return fmt.Errorf("take the port lock to write the record: %w", err)
+		default:
+			defer releaseLocks(locks)
+		}
+		if cur, ok := readRecord(l.dir, key); ok && cur.Launcher != l.self {
+			return fmt.Errorf("not written: the record names takeover pid %d, which has replaced this one", cur.Launcher)
+		}
+	}
+	return writeRecord(l.dir, key, r)
 }
 
 // An oldStop is what a completed swap has left to do: stop the old

@@ -88,9 +88,6 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 			return nil, -1, fmt.Errorf("%s is held by a process this user cannot see: %w", what, unix.EADDRINUSE)
 		}
 		for _, t := range stopTargets("/proc", o, launchers) {
-			if err := mayReplace("/proc", t, c.child, what, l.cfg.Force); err != nil {
-				return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
-			}
 			sw.Old = append(sw.Old, t)
 			targetPIDs = append(targetPIDs, t.PID)
 		}
@@ -99,8 +96,15 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		}
 		sw.inodes = append(sw.inodes, o.Inode)
 	}
-	sw.OldCmd = commandLine(sw.Old[0].Holder.PID)
+	// The pidfds first, then the checks: a process looked up may have
+	// exited and its pid been reused since; checked after its pidfd is
+	// open, the process the checks read is the one the pidfd signals.
 	sw.oldProcs, sw.holders = openAll(targetPIDs), openAll(holderPIDs)
+	if err := l.checkOld(sw, c.child, what); err != nil {
+		sw.releaseOld()
+		return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
+	}
+	sw.OldCmd = commandLine(sw.Old[0].Holder.PID)
 
 	if l.cfg.Strategy != "rebind" {
 		old, why := l.copyOldSocket(owners, sw)
@@ -114,7 +118,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	if c.spec.Net == netUnix {
 		return l.settled(sw, c.sock, l.rebind(ctx, c, sw))
 	}
-	if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born}); err != nil {
+	if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born, StopSignal: int(l.cfg.signal())}); err != nil {
 		return l.settled(sw, -1, fmt.Errorf("record the generation of %s: %w", what, err))
 	}
 	if err := l.rebind(ctx, c, sw); err != nil {
@@ -124,6 +128,44 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		return l.settled(sw, -1, err)
 	}
 	return sw, c.sock, nil
+}
+
+// checkOld checks the old processes of sw, their pidfds open: each stop
+// target may be replaced (mayReplace), as before; a holder that no longer
+// holds one of the old sockets is let go of (it closed it, or its pid is
+// another process's now), and so is a target that is not a holder still
+// nor (a takeover launcher) an ancestor of one; and each is alive at the
+// end, so that what /proc said of its pid was said of it.
+func (l *launcher) checkOld(sw *swap, child newChild, what string) error {
+	held, err := stillHolding("/proc", sw.inodes, pidsOf(sw.holders))
+	if err != nil {
+		return fmt.Errorf("look up the holders of %s again: %w", what, err)
+	}
+	verified := make(map[int]bool)
+	for _, t := range sw.Old {
+		if err := mayReplace("/proc", t, child, what, l.cfg.Force); err != nil {
+			return err
+		}
+		verified[t.PID] = slices.Contains(held, t.PID) ||
+			t.Launcher && slices.Contains(held, t.Holder.PID) && isAncestor("/proc", t.PID, t.Holder.PID)
+	}
+	alive := func(p *oldProcess) bool { return p.signal(0) == nil }
+	sw.oldProcs = keepOnly(sw.oldProcs, func(p *oldProcess) bool { return verified[p.PID] && alive(p) })
+	sw.holders = keepOnly(sw.holders, func(p *oldProcess) bool { return slices.Contains(held, p.PID) && alive(p) })
+	return nil
+}
+
+// keepOnly keeps the processes keep accepts, and closes the others' pidfds.
+func keepOnly(ps []*oldProcess, keep func(*oldProcess) bool) []*oldProcess {
+	var kept []*oldProcess
+	for _, p := range ps {
+		if keep(p) {
+			kept = append(kept, p)
+		} else {
+			p.close()
+		}
+	}
+	return kept
 }
 
 // replaceGeneration takes a port over from the launcher's own previous
