@@ -54,8 +54,10 @@ func serveSockets(path string, lookup func(inode uint64) (fd int, ok bool)) (sto
 }
 
 // listenSeqpacket listens at path, which only the owner may connect to.
-// The mode is set between bind and listen, so that no other user can
-// connect while the socket still has the umask's mode.
+// The mode is the socket's own, set with fchmod before bind: bind(2)
+// gives the file the socket inode's mode (less the umask), so that no
+// other user can connect at any time, and no path is ever chmodded (it
+// could be a symlink by then).
 func listenSeqpacket(path string) (*net.UnixListener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket file: %w", err)
@@ -66,13 +68,13 @@ func listenSeqpacket(path string) (*net.UnixListener, error) {
 	}
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close() // net.FileListener keeps a dup
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		return nil, fmt.Errorf("fchmod: %w", err)
+	}
 	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
 		return nil, fmt.Errorf("bind: %w", err)
 	}
-	err = os.Chmod(path, 0o600)
-	if err == nil {
-		err = unix.Listen(fd, 64)
-	}
+	err = unix.Listen(fd, 64)
 	var ln net.Listener
 	if err == nil {
 		ln, err = net.FileListener(f)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,7 +26,7 @@ import (
 type launcher struct {
 	cfg  config
 	log  *slog.Logger
-	dir  string // runDir
+	dir  *runDirectory
 	self int
 	born uint64 // this process's start time, for its generation records
 	unit string // the systemd unit takeover runs in, or ""
@@ -91,8 +90,13 @@ func launch(cfg config, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return code
 	}
+	dir, err := openRunDir(runDir(), true)
+	if err != nil {
+		fmt.Fprintf(stderr, "takeover: %v\n", err)
+		return exitLauncher
+	}
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
-	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
+	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: dir, self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
 	if cfg.PIDFile != "" {
 		if err := writeFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
@@ -451,11 +455,11 @@ func (l *launcher) cleanRunDir() {
 		}
 	}
 	// and the sockets of takeovers that were killed before they could
-	names, _ := filepath.Glob(filepath.Join(l.dir, "launcher-*.sock"))
+	names, _ := l.dir.names()
 	for _, name := range names {
 		var pid int
-		if _, err := fmt.Sscanf(filepath.Base(name), "launcher-%d.sock", &pid); err == nil && unix.Kill(pid, 0) == unix.ESRCH {
-			os.Remove(name)
+		if _, err := fmt.Sscanf(name, "launcher-%d.sock", &pid); err == nil && unix.Kill(pid, 0) == unix.ESRCH {
+			l.dir.remove(name)
 		}
 	}
 }

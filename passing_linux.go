@@ -316,7 +316,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 // READY=1 to, and the variable that names it (none, with a warning, if it
 // cannot be made).
 func (l *launcher) notifySocket(num int) (*net.UnixConn, []string) {
-	path := filepath.Join(l.dir, fmt.Sprintf("notify-%d-%d.sock", l.self, num))
+	path := filepath.Join(l.dir.path, fmt.Sprintf("notify-%d-%d.sock", l.self, num))
 	os.Remove(path)
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {

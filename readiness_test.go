@@ -145,6 +145,7 @@ func TestLockWaitIsBounded(t *testing.T) {
 // and socket from the run directory.
 func TestRunDirCleaned(t *testing.T) {
 	dir := t.TempDir()
+	os.Chmod(dir, 0o700) // takeover refuses a run directory others may enter
 	t.Setenv("TAKEOVER_RUN_DIR", dir)
 	port := freePort(t)
 	addr := "127.0.0.1:" + port

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testRunDir opens a fresh run directory, closed at cleanup.
+func testRunDir(t testing.TB) *runDirectory {
+	t.Helper()
+	d, err := openRunDir(filepath.Join(t.TempDir(), "run"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// testUser creates a user of its own for the test (useradd) and returns its
+// uid; userdel removes it at cleanup.
+func testUser(t *testing.T) int {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a user")
+	}
+	requireTool(t, "useradd")
+	requireTool(t, "userdel")
+	name := fmt.Sprintf("tkvtest%d", rand.IntN(1e8))
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name).CombinedOutput(); err != nil {
+		t.Fatalf("useradd %s: %v\n%s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("userdel", name).CombinedOutput(); err != nil {
+			t.Errorf("userdel %s: %v\n%s", name, err, out)
+		}
+	})
+	out, err := exec.Command("id", "-u", name).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uid
+}
+
+// asUser runs argv as uid (its group the same number), with no
+// supplementary groups and no capabilities.
+func asUser(ctx context.Context, uid int, argv ...string) *exec.Cmd {
+	id := strconv.Itoa(uid)
+	argv = append([]string{"setpriv", "--reuid=" + id, "--regid=" + id, "--clear-groups", "--inh-caps=-all"}, argv...)
+	return exec.CommandContext(ctx, argv[0], argv[1:]...)
+}
+
+// envWithout is the test's environment less the variables named, plus set.
+func envWithout(drop []string, set ...string) []string {
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return slices.ContainsFunc(drop, func(name string) bool { return strings.HasPrefix(kv, name+"=") })
+	})
+	return append(env, set...)
+}
+
+// dirState describes what a directory holds: each name with its mode and,
+// for a symlink, its target; "" if it does not exist.
+func dirState(t *testing.T, dir string) string {
+	t.Helper()
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return ""
+	}
+	s := fmt.Sprintf("%v;", fi.Mode())
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		fi, _ := e.Info()
+		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		s += fmt.Sprintf(" %s %v %s;", e.Name(), fi.Mode(), target)
+	}
+	return s
+}
+
+// TestRunDirOfAnotherUser: another local user (nobody) makes the victim's
+// default run directory first, $TMPDIR/takeover-UID, mode 0777, with the
+// port's lock file a symlink to a file of the victim's. The victim's
+// takeover refuses the directory (exit 125, saying whose it is) and touches
+// nothing: not the file, not the directory, and runs no command. (Before,
+// it followed the symlink and overwrote the file with its pid and start
+// time.)
+func TestRunDirOfAnotherUser(t *testing.T) {
+	requireTool(t, "setpriv")
+	victim := testUser(t)
+	bin := takeoverBin(t) // in a directory every user may enter
+	tmp, err := os.MkdirTemp("", "takeover-tmpdir")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	if err := os.Chmod(tmp, 0o1777); err != nil { // as /tmp
+		t.Fatal(err)
+	}
+	home := filepath.Join(tmp, "home")
+	secret := filepath.Join(home, "secret")
+	os.Mkdir(home, 0o700)
+	os.WriteFile(secret, []byte("the victim's\n"), 0o600)
+	os.Chown(home, victim, victim)
+	os.Chown(secret, victim, victim)
+	marker := filepath.Join(home, "ran")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	port := freePort(t)
+	run := filepath.Join(tmp, fmt.Sprintf("takeover-%d", victim))
+	plant := asUser(ctx, 65534, "sh", "-c", `mkdir -m 0777 "$1" && ln -s "$2" "$1/port-$3.lock"`, "sh", run, secret, port)
+	if out, err := plant.CombinedOutput(); err != nil {
+		t.Fatalf("nobody could not plant the directory: %v\n%s", err, out)
+	}
+	before := dirState(t, run)
+
+	cmd := asUser(ctx, victim, bin, "--port", port, "--", "touch", marker)
+	cmd.Env = envWithout([]string{"TAKEOVER_RUN_DIR", "XDG_RUNTIME_DIR", "TMPDIR"}, "TMPDIR="+tmp)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitLauncher {
+		t.Errorf("takeover exited with %v, want status %d; output:\n%s", err, exitLauncher, out)
+	}
+	if want := fmt.Sprintf("run directory %s is owned by uid 65534, not by this user (uid %d)", run, victim); !strings.Contains(string(out), want) {
+		t.Errorf("takeover's output lacks %q:\n%s", want, out)
+	}
+	if b, _ := os.ReadFile(secret); string(b) != "the victim's\n" {
+		t.Errorf("the victim's file, the planted lock's target, now holds %q", b)
+	}
+	if after := dirState(t, run); after != before {
+		t.Errorf("the planted directory changed:\nbefore %s\nafter  %s", before, after)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("takeover ran its command in a run directory it should refuse")
+	}
+}
+
+// TestRunDirRefused: takeover as root refuses a TAKEOVER_RUN_DIR that is
+// another user's, open to others, or a symlink, with exit 125 and a
+// message saying which; it creates nothing there and runs no command.
+func TestRunDirRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make another user's directory")
+	}
+	bin := takeoverBin(t)
+	for _, tt := range []struct {
+		name string
+		make func(t *testing.T, dir string)
+		says string
+	}{
+		{"another user's", func(t *testing.T, dir string) {
+			os.Mkdir(dir, 0o700)
+			os.Chown(dir, 65534, 65534)
+		}, "is owned by uid 65534, not by this user (uid 0)"},
+		{"open to all", func(t *testing.T, dir string) {
+			os.Mkdir(dir, 0o700)
+			os.Chmod(dir, 0o777)
+		}, "has mode 0777, not 0700"},
+		{"open to the group", func(t *testing.T, dir string) {
+			os.Mkdir(dir, 0o700)
+			os.Chmod(dir, 0o770)
+		}, "has mode 0770, not 0700"},
+		{"a symlink", func(t *testing.T, dir string) {
+			real := dir + ".real"
+			os.Mkdir(real, 0o700)
+			os.Symlink(real, dir)
+		}, "is a symbolic link"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			top := t.TempDir()
+			dir := filepath.Join(top, "run")
+			tt.make(t, dir)
+			before := dirState(t, dir)
+			marker := filepath.Join(top, "ran")
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, "--port", freePort(t), "--", "touch", marker)
+			cmd.Env = envWithout([]string{"TAKEOVER_RUN_DIR"}, "TAKEOVER_RUN_DIR="+dir)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != exitLauncher {
+				t.Errorf("takeover exited with %v, want status %d; output:\n%s", err, exitLauncher, out)
+			}
+			if want := "takeover: run directory " + dir + " " + tt.says; !strings.Contains(string(out), want) {
+				t.Errorf("takeover's output lacks %q:\n%s", want, out)
+			}
+			if after := dirState(t, dir); after != before {
+				t.Errorf("the run directory changed:\nbefore %s\nafter  %s", before, after)
+			}
+			if _, err := os.Stat(marker); err == nil {
+				t.Error("takeover ran its command")
+			}
+		})
+	}
+}
