@@ -157,8 +157,8 @@ func TestRunDirCleaned(t *testing.T) {
 		t.Fatalf("first exited %d", code)
 	}
 	second.waitLog(t, "via=unix-socket")
-	if names := dirNames(t, dir); len(names) != 4 {
-		t.Errorf("while serving, the run directory holds %v, want the lock, the record, the launcher's socket and its command's NOTIFY_SOCKET", names)
+	if names := dirNames(t, dir); len(names) != 3 {
+		t.Errorf("while serving, the run directory holds %v, want the lock, the record and the launcher's socket", names)
 	}
 	second.cmd.Process.Signal(syscall.SIGTERM)
 	second.wait(t)
