@@ -95,6 +95,7 @@ func launch(cfg config, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return exitLauncher
 	}
+	dir.clearDead()
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
 	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: dir, self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
@@ -454,12 +455,5 @@ func (l *launcher) cleanRunDir() {
 			removeStaleSocket(spec.Path, l.self)
 		}
 	}
-	// and the sockets of takeovers that were killed before they could
-	names, _ := l.dir.names()
-	for _, name := range names {
-		var pid int
-		if _, err := fmt.Sscanf(name, "launcher-%d.sock", &pid); err == nil && unix.Kill(pid, 0) == unix.ESRCH {
-			l.dir.remove(name)
-		}
-	}
+	l.dir.clearDead() // and what takeovers that were killed left
 }

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -204,4 +206,81 @@ func TestRunDirRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRunDirLeftovers: a takeover that starts clears what dead takeovers
+// left in the run directory (a lock and record naming a dead launcher, the
+// socket of a killed launcher, another whose pid now belongs to a process
+// that does not listen there, an earlier version's notify socket, a
+// record's temporary file), and nothing a live one uses: the files of a
+// takeover that serves, which then hands its socket over through its unix
+// socket, and a lock another process holds.
+func TestRunDirLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700)
+	t.Setenv("TAKEOVER_RUN_DIR", dir)
+	self, _ := os.Executable()
+	addr := "127.0.0.1:" + freePort(t)
+	live := startTakeover(t, "serve", "--port", addr, "--", self, addr)
+	live.waitLog(t, "took over")
+	liveFiles := dirNames(t, dir)
+
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	gone := dead.Process.Pid
+	write := func(name, content string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closedSocket := func(name, network string) {
+		ln, err := net.ListenUnix(network, &net.UnixAddr{Name: filepath.Join(dir, name), Net: network})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.SetUnlinkOnClose(false)
+		ln.Close()
+	}
+	stale := []string{"port-1.lock", "port-1.json", fmt.Sprintf("launcher-%d.sock", gone), fmt.Sprintf("launcher-%d.sock", os.Getpid()),
+		fmt.Sprintf("notify-%d-1.sock", gone), fmt.Sprintf(".port-1.json.%d.42", gone), fmt.Sprintf(".launcher-%d.sock.new", gone)}
+	write("port-1.lock", fmt.Sprintf("%d 1\n", gone))
+	write("port-1.json", fmt.Sprintf(`{"launcher_pid":%d,"launcher_start":1}`, gone))
+	closedSocket(stale[2], "unixpacket")
+	closedSocket(stale[3], "unixpacket") // this test's pid, alive, listening there no more
+	if c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, stale[4]), Net: "unixgram"}); err == nil {
+		c.Close() // a datagram socket's file stays
+	}
+	write(stale[5], "{")
+	closedSocket(stale[6], "unixpacket")
+	write("port-2.lock", "")
+	held, err := os.OpenFile(filepath.Join(dir, "port-2.lock"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+
+	other := "127.0.0.1:" + freePort(t)
+	next := startTakeover(t, "serve", "--port", other, "--", self, other)
+	next.waitLog(t, "took over")
+	names := dirNames(t, dir)
+	for _, name := range stale {
+		if slices.Contains(names, name) {
+			t.Errorf("%s, left by a dead takeover, is still there", name)
+		}
+	}
+	for _, name := range append(liveFiles, "port-2.lock") {
+		if !slices.Contains(names, name) {
+			t.Errorf("%s, of a live takeover or process, was removed", name)
+		}
+	}
+	after := startTakeover(t, "serve", "--port", addr, "--", self, addr)
+	if code := live.wait(t); code != 0 {
+		t.Fatalf("the live takeover exited %d:\n%s", code, live.stderr)
+	}
+	after.waitLog(t, "via=unix-socket")
 }

@@ -267,6 +267,71 @@ func removeRunFiles(dir *runDirectory, key string, self int) bool {
 	return true
 }
 
+// clearDead removes what takeovers that died left in the run directory
+// (killed, they could not clean up): the lock and record of a target whose
+// lock is free and whose record names no live launcher (removeRunFiles,
+// under the lock), a launcher's socket that no one listens on, and the
+// temporary files and notify sockets (of earlier versions) of a pid that
+// is gone. A file a live takeover uses is never removed: its lock is held
+// or its record's launcher (pid and start time) lives, and its socket
+// listens (listenSeqpacket renames it into place only once it does).
+func (d *runDirectory) clearDead() {
+	names, _ := d.names()
+	for _, name := range names {
+		var pid, num int
+		switch {
+		case strings.HasSuffix(name, ".lock") && !strings.HasPrefix(name, "."):
+			removeRunFiles(d, strings.TrimSuffix(name, ".lock"), 0)
+		case scanName(name, "launcher-%d.sock", &pid):
+			if !pidAlive(pid) || d.nobodyListens(name) {
+				d.remove(name)
+			}
+		case scanName(name, ".launcher-%d.sock.new", &pid), scanName(name, "notify-%d-%d.sock", &pid, &num):
+			if !pidAlive(pid) {
+				d.remove(name)
+			}
+		case strings.HasPrefix(name, "."):
+			// writeFileAt's .FILE.PID.RAND
+			f := strings.Split(name, ".")
+			if len(f) >= 4 && scanName(f[len(f)-2], "%d", &pid) && !pidAlive(pid) {
+				d.remove(name)
+			}
+		}
+	}
+}
+
+// scanName parses name as format says, the whole of it.
+func scanName(name, format string, args ...any) bool {
+	if _, err := fmt.Sscanf(name, format, args...); err != nil {
+		return false
+	}
+	return fmt.Sprintf(format, derefInts(args)...) == name
+}
+
+func derefInts(args []any) []any {
+	out := make([]any, len(args))
+	for i, a := range args {
+		out[i] = *a.(*int)
+	}
+	return out
+}
+
+// pidAlive reports whether a process pid exists (a zombie too).
+func pidAlive(pid int) bool {
+	return pid > 0 && unix.Kill(pid, 0) != unix.ESRCH
+}
+
+// nobodyListens reports whether the stream or seqpacket socket file is
+// one no process listens on any more: a connection to it is refused.
+func (d *runDirectory) nobodyListens(name string) bool {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	return unix.Connect(fd, &unix.SockaddrUnix{Name: d.sockPath(name)}) == unix.ECONNREFUSED
+}
+
 // liveLaunchers returns the takeover launchers that the run directory
 // records for some target and that still run.
 func liveLaunchers(dir *runDirectory) []int {
