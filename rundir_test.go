@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 // testRunDir opens a fresh run directory, closed at cleanup.
@@ -283,4 +285,129 @@ func TestRunDirLeftovers(t *testing.T) {
 		t.Fatalf("the live takeover exited %d:\n%s", code, live.stderr)
 	}
 	after.waitLog(t, "via=unix-socket")
+}
+
+// TestRecordsSynced: the generation record and the --status-file are
+// written through a temporary file that is fsynced before its rename, and
+// the directory is fsynced after it, so that a crash leaves the old
+// contents or the new, never an empty file. strace shows the calls.
+func TestRecordsSynced(t *testing.T) {
+	requireTool(t, "strace")
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700)
+	status := filepath.Join(t.TempDir(), "status.json")
+	trace := filepath.Join(t.TempDir(), "trace")
+	self, _ := os.Executable()
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	cmd := exec.Command("strace", "-f", "-qq", "-o", trace, "-e", "trace=openat,fsync,fdatasync,renameat,renameat2",
+		takeoverBin(t), "--status-file", status, "--port", addr, "--", self, addr)
+	cmd.Env = envWithout([]string{"TAKEOVER_RUN_DIR"}, "TAKEOVER_RUN_DIR="+dir, "TAKEOVER_TEST_HELPER=serve")
+	r := startRun(t, cmd)
+	r.waitLog(t, "took over") // the record and the status file are written before it
+	tk := procfs.FS("/proc").WithDescendants([]int{r.cmd.Process.Pid})
+	if len(tk) < 2 {
+		t.Fatalf("strace has no child")
+	}
+	syscall.Kill(tk[1], syscall.SIGTERM) // takeover; strace ends with it
+	r.wait(t)
+	b, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := straceCalls(string(b))
+	for _, file := range []string{"port-" + port + ".json", "status.json"} {
+		t.Run(file, func(t *testing.T) {
+			checkSyncedRename(t, calls, file)
+		})
+	}
+}
+
+// A straceCall is one system call strace saw: its name, arguments and
+// result, however strace split it across lines.
+type straceCall struct {
+	name, args, result string
+}
+
+// straceCalls reads `strace -f -o` output, joining "<unfinished ...>" calls
+// with their "<... resumed>" ends, in the order the calls began.
+func straceCalls(out string) []straceCall {
+	var calls []straceCall
+	pending := map[string]int{} // pid: index of its unfinished call
+	for _, line := range strings.Split(out, "\n") {
+		pid, rest, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok {
+			continue
+		}
+		rest = strings.TrimSpace(rest)
+		if strings.HasPrefix(rest, "<... ") {
+			i, ok := pending[pid]
+			if !ok {
+				continue
+			}
+			delete(pending, pid)
+			_, tail, _ := strings.Cut(rest, "resumed>")
+			args, result, _ := strings.Cut(tail, " = ")
+			calls[i].args = strings.TrimSpace(calls[i].args + args)
+			calls[i].result = result
+			continue
+		}
+		name, tail, ok := strings.Cut(rest, "(")
+		if !ok {
+			continue
+		}
+		if head, unfinished := strings.CutSuffix(tail, " <unfinished ...>"); unfinished {
+			pending[pid] = len(calls)
+			calls = append(calls, straceCall{name: name, args: head})
+			continue
+		}
+		args, result, _ := strings.Cut(tail, " = ")
+		calls = append(calls, straceCall{name: name, args: strings.TrimSpace(args), result: result})
+	}
+	return calls
+}
+
+// checkSyncedRename checks that the last rename onto file came from a
+// temporary file fsynced after it was opened, and that the directory was
+// fsynced after the rename.
+func checkSyncedRename(t *testing.T, calls []straceCall, file string) {
+	t.Helper()
+	ren := -1
+	for i, c := range calls {
+		if strings.HasPrefix(c.name, "renameat") && strings.Contains(c.args, `"`+file+`"`) {
+			ren = i
+		}
+	}
+	if ren < 0 {
+		t.Fatalf("no rename onto %s", file)
+	}
+	args := strings.Split(calls[ren].args, ", ")
+	if len(args) < 4 {
+		t.Fatalf("rename with arguments %q", calls[ren].args)
+	}
+	dirFD, tmp := args[0], args[1]
+	open := -1
+	for i := ren - 1; i >= 0 && open < 0; i-- {
+		if calls[i].name == "openat" && strings.Contains(calls[i].args, tmp) {
+			open = i
+		}
+	}
+	if open < 0 {
+		t.Fatalf("no open of %s before its rename", tmp)
+	}
+	tmpFD := strings.Fields(calls[open].result)[0]
+	synced := func(fd string, from, to int) bool {
+		for _, c := range calls[from:to] {
+			if (c.name == "fsync" || c.name == "fdatasync") && strings.TrimSuffix(c.args, ")") == fd {
+				return true
+			}
+		}
+		return false
+	}
+	if !synced(tmpFD, open, ren) {
+		t.Errorf("%s (fd %s) was renamed onto %s without an fsync", tmp, tmpFD, file)
+	}
+	if !synced(dirFD, ren, len(calls)) {
+		t.Errorf("the directory (fd %s) was not fsynced after the rename onto %s", dirFD, file)
+	}
 }

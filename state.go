@@ -422,7 +422,8 @@ func writeFileAtomic(path string, b []byte) error {
 
 // writeFileAt writes file (mode 0644) in the open directory dir, named
 // dirName in errors, through a temporary file of its own (O_EXCL, so never
-// a file someone else made or a symlink's target) and a rename.
+// a file someone else made or a symlink's target) and a rename, each
+// fsynced: after a crash the file holds the old contents or the new.
 func writeFileAt(dir *os.File, dirName, file string, b []byte) error {
 	var tmp string
 	var f *os.File
@@ -441,6 +442,9 @@ func writeFileAt(dir *os.File, dirName, file string, b []byte) error {
 	if err == nil {
 		err = f.Chmod(0o644) // fchmod: the file we made, whatever its name now names
 	}
+	if err == nil {
+		err = f.Sync() // the contents on disk before the name, or a crash could leave it empty
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -452,6 +456,7 @@ func writeFileAt(dir *os.File, dirName, file string, b []byte) error {
 	}
 	if err != nil {
 		unix.Unlinkat(int(dir.Fd()), tmp, 0)
+		return err
 	}
-	return err
+	return dir.Sync() // and the rename
 }
