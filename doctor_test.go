@@ -147,7 +147,7 @@ func TestDoctorAsRoot(t *testing.T) {
 // says what to add, and exits 0; the seccomp listener still installs.
 func TestDoctorSandbox(t *testing.T) {
 	cmd := exec.Command(takeoverBin(t), "doctor")
-	cmd.Env = doctorEnv(t.TempDir())
+	cmd.Env = doctorEnv(filepath.Join(t.TempDir(), "run"))
 	d := runDoctorCmd(t, sandboxed(cmd))
 	d.expect(t, 0, map[string][]string{
 		"seccomp listener":          isOK,
@@ -278,7 +278,7 @@ func copyFile(t testing.TB, from, to string) {
 func TestDoctorUnderTakeover(t *testing.T) {
 	bin := takeoverBin(t)
 	cmd := exec.Command(bin, "-p", freePort(t), "--", bin, "doctor")
-	cmd.Env = doctorEnv(t.TempDir())
+	cmd.Env = doctorEnv(filepath.Join(t.TempDir(), "run"))
 	d := runDoctorCmd(t, cmd)
 	d.expect(t, 1, map[string][]string{
 		"seccomp listener": isMissing,
