@@ -91,7 +91,7 @@ func openRunDir(path string, create bool) (*runDirectory, error) {
 
 // checkRunDir refuses a run directory another user could write to.
 func checkRunDir(path string, fi fs.FileInfo) error {
-	fix := fmt.Sprintf("remove it if it is not yours, or set TAKEOVER_RUN_DIR to a directory of uid %d with mode 0700", os.Geteuid())
+	fix := fmt.Sprintf("set TAKEOVER_RUN_DIR, the same for every takeover of this user, to a directory of uid %d with mode 0700 (or have its owner remove this one)", os.Geteuid())
 	switch owner := int(fi.Sys().(*syscall.Stat_t).Uid); {
 	case fi.Mode()&fs.ModeSymlink != 0:
 		return fmt.Errorf("run directory %s is a symbolic link: %w; %s", path, errUnsafeRunDir, fix)
