@@ -391,7 +391,10 @@ func (g *generation) readNotify(c *net.UnixConn) {
 			return
 		}
 		cred := notifySender(oob[:oobn])
-		if !slices.Contains(strings.Split(string(buf[:n]), "\n"), "READY=1") {
+		g.mu.Lock()
+		heard := g.notified
+		g.mu.Unlock()
+		if heard || !slices.Contains(strings.Split(string(buf[:n]), "\n"), "READY=1") {
 			continue
 		}
 		if cred == nil || !g.sentBy(int(cred.Pid)) {
