@@ -168,7 +168,7 @@ func (l *launcher) watchFront(front *os.File) {
 // port locks: a newer one starting, which will replace this one.
 func (l *launcher) lockWanted() bool {
 	for _, key := range l.keys() {
-		f, err := os.OpenFile(lockPath(l.dir, key), os.O_RDWR, 0)
+		f, err := l.dir.open(lockName(key), os.O_RDWR, 0)
 		if err != nil {
 			continue
 		}

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -326,7 +325,8 @@ func retryThreadCheck(capNice bool) doctorCheck {
 }
 
 // runDirCheck checks the directory of takeover's port locks and generation
-// records: it must exist or be creatable, be writable, and be this user's.
+// records: it must exist or be creatable, be writable, and be this user's
+// alone (takeover refuses it otherwise, openRunDir).
 func runDirCheck(dir string, fromEnv bool, uid int) doctorCheck {
 	c := doctorCheck{Check: "run directory"}
 	name := dir
@@ -334,7 +334,7 @@ func runDirCheck(dir string, fromEnv bool, uid int) doctorCheck {
 		name += " (TAKEOVER_RUN_DIR)"
 	}
 	fix := fmt.Sprintf("create it for this user: mkdir -p %s && chown %d %s && chmod 700 %s; or set TAKEOVER_RUN_DIR to a directory this user owns (the same for every takeover of this user)", dir, uid, dir, dir)
-	fi, err := os.Stat(dir)
+	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		parent := filepath.Dir(dir)
 		for parent != "/" {
@@ -354,11 +354,12 @@ func runDirCheck(dir string, fromEnv bool, uid int) doctorCheck {
 	case errors.Is(err, fs.ErrPermission):
 		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("this user cannot reach %s: %v", name, err), []string{fix}
 		return c
-	case err != nil || !fi.IsDir():
-		if err == nil {
-			err = errors.New("not a directory")
-		}
+	case err != nil:
 		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("%s: %v", name, err), []string{fix}
+		return c
+	}
+	if err := checkRunDir(dir, fi); err != nil {
+		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("takeover refuses it: %v", err), []string{fix}
 		return c
 	}
 	// What takeover does there: create a lock file and lock it.
@@ -374,21 +375,7 @@ func runDirCheck(dir string, fromEnv bool, uid int) doctorCheck {
 		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("cannot lock a file in %s (flock): %v", name, err), []string{"set TAKEOVER_RUN_DIR to a directory on a local file system"}
 		return c
 	}
-	owner := int(fi.Sys().(*syscall.Stat_t).Uid)
 	perm := fi.Mode().Perm()
-	var odd []string
-	if owner != uid {
-		odd = append(odd, fmt.Sprintf("owned by uid %d, not this user", owner))
-	}
-	if perm&0o022 != 0 {
-		odd = append(odd, fmt.Sprintf("mode %04o lets other users write in it", perm))
-	}
-	if len(odd) > 0 {
-		c.Status = statusWarn
-		c.Detail = fmt.Sprintf("%s is usable but %s: another user could plant port locks and generation records", name, strings.Join(odd, " and "))
-		c.Do = []string{fix}
-		return c
-	}
 	c.Status, c.Detail = statusOK, fmt.Sprintf("%s: this user's, mode %04o, lock files work", name, perm)
 	return c
 }

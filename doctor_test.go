@@ -147,7 +147,7 @@ func TestDoctorAsRoot(t *testing.T) {
 // says what to add, and exits 0; the seccomp listener still installs.
 func TestDoctorSandbox(t *testing.T) {
 	cmd := exec.Command(takeoverBin(t), "doctor")
-	cmd.Env = doctorEnv(t.TempDir())
+	cmd.Env = doctorEnv(filepath.Join(t.TempDir(), "run"))
 	d := runDoctorCmd(t, sandboxed(cmd))
 	d.expect(t, 0, map[string][]string{
 		"seccomp listener":          isOK,
@@ -278,7 +278,7 @@ func copyFile(t testing.TB, from, to string) {
 func TestDoctorUnderTakeover(t *testing.T) {
 	bin := takeoverBin(t)
 	cmd := exec.Command(bin, "-p", freePort(t), "--", bin, "doctor")
-	cmd.Env = doctorEnv(t.TempDir())
+	cmd.Env = doctorEnv(filepath.Join(t.TempDir(), "run"))
 	d := runDoctorCmd(t, cmd)
 	d.expect(t, 1, map[string][]string{
 		"seccomp listener": isMissing,
@@ -294,7 +294,7 @@ func TestDoctorUnderTakeover(t *testing.T) {
 // TestDoctorJSON runs the doctor in this process (its probe is this test
 // binary, in the probe mode doctor_linux.go's init gives every build).
 func TestDoctorJSON(t *testing.T) {
-	t.Setenv("TAKEOVER_RUN_DIR", t.TempDir())
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"doctor", "--json"}, &stdout, &stderr)
 	var r doctorReport
@@ -427,7 +427,7 @@ func TestDoctorRunDir(t *testing.T) {
 	}{
 		{"exists", base, "ok", "mode 0700, lock files work"},
 		{"to be created", filepath.Join(base, "a", "b"), "ok", "does not exist yet; takeover will create it"},
-		{"writable by all", open, "warn", "mode 0777 lets other users write in it"},
+		{"writable by all", open, "missing", "takeover refuses it: run directory " + open + " has mode 0777, not 0700"},
 		{"a file", file, "missing", "not a directory"},
 		{"under a file", filepath.Join(file, "run"), "missing", "not a directory"},
 	} {
@@ -462,7 +462,7 @@ func FuzzKernelVersion(f *testing.F) {
 //
 //	go test -run '^$' -bench Doctor -benchtime 50x
 func BenchmarkDoctor(b *testing.B) {
-	b.Setenv("TAKEOVER_RUN_DIR", b.TempDir())
+	b.Setenv("TAKEOVER_RUN_DIR", filepath.Join(b.TempDir(), "run"))
 	b.Run("in-process", func(b *testing.B) {
 		for b.Loop() {
 			if code := runDoctor(nil, io.Discard, io.Discard); code != 0 {

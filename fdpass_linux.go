@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,7 +33,7 @@ import (
 const fdpassIdle = 2 * time.Second
 
 // serveSockets listens on a unix SOCK_SEQPACKET socket at path (mode 0600; a
-// stale file at path is removed first) and answers each request with the
+// stale file at path is replaced) and answers each request with the
 // socket lookup returns for the requested inode, passed with SCM_RIGHTS.
 // Only a peer of this process's effective uid, or root, is answered
 // (SO_PEERCRED). It returns a func that stops serving, closes the listener
@@ -55,10 +56,18 @@ func serveSockets(path string, lookup func(inode uint64) (fd int, ok bool)) (sto
 }
 
 // listenSeqpacket listens at path, which only the owner may connect to.
-// The mode is set between bind and listen, so that no other user can
-// connect while the socket still has the umask's mode.
+// The mode is the socket's own, set with fchmod before bind: bind(2)
+// gives the file the socket inode's mode (less the umask), so that no
+// other user can connect at any time, and no path is ever chmodded (it
+// could be a symlink by then).
+//
+// The socket is bound at a name of its own (.NAME.new) and renamed onto
+// path, over any stale file there, once it listens: path never names a
+// socket that no one listens on yet, which a takeover clearing what dead
+// ones left (clearDead) would take for stale.
 func listenSeqpacket(path string) (*net.UnixListener, error) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".new")
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket file: %w", err)
 	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -67,18 +76,22 @@ func listenSeqpacket(path string) (*net.UnixListener, error) {
 	}
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close() // net.FileListener keeps a dup
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		return nil, fmt.Errorf("fchmod: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: tmp}); err != nil {
 		return nil, fmt.Errorf("bind: %w", err)
 	}
-	err = os.Chmod(path, 0o600)
+	err = unix.Listen(fd, 64)
 	if err == nil {
-		err = unix.Listen(fd, 64)
+		err = os.Rename(tmp, path)
 	}
 	var ln net.Listener
 	if err == nil {
 		ln, err = net.FileListener(f)
 	}
 	if err != nil {
+		os.Remove(tmp)
 		os.Remove(path)
 		return nil, fmt.Errorf("listen: %w", err)
 	}

@@ -281,6 +281,24 @@ func runHelper(mode string, args []string) int {
 			}
 		}()
 		return serveUntilTerm(ln)
+	case "usr1notifier": // listen, and send READY=1 when SIGUSR1 comes, then serve
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return 1
+		}
+		fmt.Printf("listening %s\n", ln.Addr())
+		go func() {
+			<-usr1
+			if c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET")); err == nil {
+				c.Write([]byte("READY=1"))
+				c.Close()
+			} else {
+				fmt.Fprintln(os.Stderr, "helper: READY=1:", err)
+			}
+		}()
+		return serveUntilTerm(ln)
 	case "starter": // serve the socket SERVER_STARTER_PORT names, as Server::Starter's helper reads it
 		ports, err := starter.ParseEnv(os.Getenv("SERVER_STARTER_PORT"))
 		if err != nil || len(ports) != 1 || os.Getenv("SERVER_STARTER_GENERATION") == "" {

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,7 +29,7 @@ import (
 type launcher struct {
 	cfg  config
 	log  *slog.Logger
-	dir  string // runDir
+	dir  *runDirectory
 	self int
 	born uint64 // this process's start time, for its generation records
 	unit string // the systemd unit takeover runs in, or ""
@@ -97,8 +96,14 @@ func launch(cfg config, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return code
 	}
+	dir, err := openRunDir(runDir(), true)
+	if err != nil {
+		fmt.Fprintf(stderr, "takeover: %v\n", err)
+		return exitLauncher
+	}
+	dir.clearDead()
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
-	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: runDir(), self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
+	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: dir, self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
 	if cfg.PIDFile != "" {
 		if err := writeFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
@@ -561,12 +566,5 @@ func (l *launcher) cleanRunDir() {
 			removeStaleSocket(spec.Path, l.self)
 		}
 	}
-	// and the sockets of takeovers that were killed before they could
-	names, _ := filepath.Glob(filepath.Join(l.dir, "launcher-*.sock"))
-	for _, name := range names {
-		var pid int
-		if _, err := fmt.Sscanf(filepath.Base(name), "launcher-%d.sock", &pid); err == nil && unix.Kill(pid, 0) == unix.ESRCH {
-			os.Remove(name)
-		}
-	}
+	l.dir.clearDead() // and what takeovers that were killed left
 }

@@ -292,7 +292,7 @@ func TestListenersManagedByLauncher(t *testing.T) {
 		t.Fatalf("holder's parent = %d, want the wrapper %d", ls[0].Holders[0].PPID, h.cmd.Process.Pid)
 	}
 	// The wrapper is a launcher because the run directory records it.
-	dir := t.TempDir()
+	dir := testRunDir(t)
 	if ts := stopTargets("/proc", ls[0], liveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.cmd.Process.Pid {
 		t.Errorf("stopTargets with no record = %+v, want the server, not the wrapper %d", ts, h.cmd.Process.Pid)
 	}

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +17,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"golang.org/x/sys/unix"
 )
 
 // runDir holds takeover's per-port locks and generation records. Every
@@ -31,6 +35,124 @@ func runDir() string {
 	return filepath.Join(os.TempDir(), "takeover-"+strconv.Itoa(os.Geteuid()))
 }
 
+// A runDirectory is the run directory, checked to be this user's alone and
+// held open: every file in it is reached through the open directory
+// (openat with O_NOFOLLOW), never by a path another user could have
+// swapped for a symlink. Its records say whom takeover may signal and its
+// lock files are written: another user's directory (a /tmp/takeover-UID
+// made first by someone else) could aim both at anything of ours.
+type runDirectory struct {
+	path string
+	f    *os.File // O_DIRECTORY|O_NOFOLLOW
+}
+
+// errUnsafeRunDir is wrapped by openRunDir's refusals.
+var errUnsafeRunDir = errors.New("another user could plant or redirect takeover's locks and records there")
+
+// openRunDir checks and opens the run directory at path, creating it (mode
+// 0700) when it is missing and create is set. It refuses a directory that
+// is a symlink, is not owned by the effective uid, or that group or others
+// may enter: takeover trusts what it finds there.
+func openRunDir(path string, create bool) (*runDirectory, error) {
+	if create {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("create the run directory %s: %w", path, err)
+		}
+		if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("create the run directory %s: %w", path, err)
+		}
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, fmt.Errorf("run directory: %w", err)
+	}
+	if err := checkRunDir(path, fi); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open the run directory %s: %w", path, err)
+	}
+	d := &runDirectory{path: path, f: os.NewFile(uintptr(fd), path)}
+	// What was checked is what is open: not swapped since the Lstat.
+	opened, err := d.f.Stat()
+	if err == nil && !os.SameFile(fi, opened) {
+		err = fmt.Errorf("run directory %s changed while takeover opened it: %w", path, errUnsafeRunDir)
+	}
+	if err == nil {
+		err = checkRunDir(path, opened)
+	}
+	if err != nil {
+		d.f.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// checkRunDir refuses a run directory another user could write to.
+func checkRunDir(path string, fi fs.FileInfo) error {
+	fix := fmt.Sprintf("set TAKEOVER_RUN_DIR, the same for every takeover of this user, to a directory of uid %d with mode 0700 (or have its owner remove this one)", os.Geteuid())
+	switch owner := int(fi.Sys().(*syscall.Stat_t).Uid); {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("run directory %s is a symbolic link: %w; %s", path, errUnsafeRunDir, fix)
+	case !fi.IsDir():
+		return fmt.Errorf("run directory %s is not a directory; %s", path, fix)
+	case owner != os.Geteuid():
+		return fmt.Errorf("run directory %s is owned by uid %d, not by this user (uid %d): %w; %s", path, owner, os.Geteuid(), errUnsafeRunDir, fix)
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("run directory %s has mode %04o, not 0700: %w; chmod 700 %s", path, fi.Mode().Perm(), errUnsafeRunDir, path)
+	}
+	return nil
+}
+
+// Close closes the directory.
+func (d *runDirectory) Close() error { return d.f.Close() }
+
+func (d *runDirectory) fd() int { return int(d.f.Fd()) }
+
+// name is a file's path in the directory, for messages.
+func (d *runDirectory) name(file string) string { return filepath.Join(d.path, file) }
+
+// open opens file in the directory, never through a symlink.
+func (d *runDirectory) open(file string, flag int, perm uint32) (*os.File, error) {
+	for {
+		fd, err := unix.Openat(d.fd(), file, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: d.name(file), Err: err}
+		}
+		return os.NewFile(uintptr(fd), d.name(file)), nil
+	}
+}
+
+// remove removes file from the directory (not a directory itself).
+func (d *runDirectory) remove(file string) error {
+	if err := unix.Unlinkat(d.fd(), file, 0); err != nil {
+		return &fs.PathError{Op: "remove", Path: d.name(file), Err: err}
+	}
+	return nil
+}
+
+// names lists the directory's files.
+func (d *runDirectory) names() ([]string, error) {
+	f, err := d.open(".", unix.O_RDONLY|unix.O_DIRECTORY, 0) // an offset of its own
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// sockPath names file in the directory through the open directory
+// (/proc/self/fd/N/file), for bind(2) and connect(2), which take a path:
+// it reaches the directory that was checked, whatever happens to its name,
+// and stays short of sun_path's 108 bytes however long that name is.
+func (d *runDirectory) sockPath(file string) string {
+	return "/proc/self/fd/" + strconv.Itoa(d.fd()) + "/" + file
+}
+
 // A lockOwner is the takeover holding a port's lock, as it wrote itself
 // into the lock file.
 type lockOwner struct {
@@ -46,10 +168,7 @@ const lockWaitReport = 5 * time.Second
 // waiting while another takeover holds one, until ctx ends. waiting is
 // called when it starts to wait and every lockWaitReport after, with the
 // lock's owner. Closing the returned files (or exiting) releases the locks.
-func lockTargets(ctx context.Context, dir string, keys []string, me lockOwner, waiting func(key string, owner lockOwner, waited time.Duration)) ([]*os.File, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create %s for the port locks: %w", dir, err)
-	}
+func lockTargets(ctx context.Context, dir *runDirectory, keys []string, me lockOwner, waiting func(key string, owner lockOwner, waited time.Duration)) ([]*os.File, error) {
 	keys = slices.Clone(keys)
 	slices.Sort(keys)
 	keys = slices.Compact(keys)
@@ -65,18 +184,18 @@ func lockTargets(ctx context.Context, dir string, keys []string, me lockOwner, w
 	return held, nil
 }
 
-func lockTarget(ctx context.Context, dir string, key string, me lockOwner, waiting func(key string, owner lockOwner, waited time.Duration)) (*os.File, error) {
-	path := lockPath(dir, key)
+func lockTarget(ctx context.Context, dir *runDirectory, key string, me lockOwner, waiting func(key string, owner lockOwner, waited time.Duration)) (*os.File, error) {
+	name := lockName(key)
 	began := time.Now()
 	var told time.Time
 	for {
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		f, err := dir.open(name, os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
-			return nil, fmt.Errorf("open the lock %s: %w", path, err)
+			return nil, fmt.Errorf("open the lock: %w", err)
 		}
 		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
-			if !samePath(f, path) {
+			if !dir.samePath(f, name) {
 				f.Close() // removed by its last owner meanwhile: lock the new one
 				continue
 			}
@@ -86,7 +205,7 @@ func lockTarget(ctx context.Context, dir string, key string, me lockOwner, waiti
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
+			return nil, fmt.Errorf("lock %s: %w", dir.name(name), err)
 		}
 		if told.IsZero() || time.Since(told) >= lockWaitReport {
 			told = time.Now()
@@ -101,15 +220,15 @@ func lockTarget(ctx context.Context, dir string, key string, me lockOwner, waiti
 	}
 }
 
-func lockPath(dir, key string) string {
-	return filepath.Join(dir, key+".lock")
-}
+// lockName names a target's lock file in the run directory.
+func lockName(key string) string { return key + ".lock" }
 
-// samePath reports whether path still names f's file.
-func samePath(f *os.File, path string) bool {
-	a, err1 := f.Stat()
-	b, err2 := os.Stat(path)
-	return err1 == nil && err2 == nil && os.SameFile(a, b)
+// samePath reports whether file in the directory still names f's file.
+func (d *runDirectory) samePath(f *os.File, file string) bool {
+	var a, b unix.Stat_t
+	err1 := unix.Fstat(int(f.Fd()), &a)
+	err2 := unix.Fstatat(d.fd(), file, &b, unix.AT_SYMLINK_NOFOLLOW)
+	return err1 == nil && err2 == nil && a.Dev == b.Dev && a.Ino == b.Ino
 }
 
 func readLockOwner(f *os.File) lockOwner {
@@ -130,35 +249,107 @@ func releaseLocks(files []*os.File) {
 // them any more: the lock is free and the record names self or a launcher
 // that is gone. It takes the lock first, so that it never removes a file
 // another takeover is about to use. It reports whether it removed them.
-func removeRunFiles(dir, key string, self int) bool {
-	path := lockPath(dir, key)
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+func removeRunFiles(dir *runDirectory, key string, self int) bool {
+	name := lockName(key)
+	f, err := dir.open(name, os.O_RDWR, 0)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
-	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !samePath(f, path) {
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !dir.samePath(f, name) {
 		return false
 	}
 	if r, ok := readRecord(dir, key); ok && r.Launcher != self {
 		return false
 	}
-	os.Remove(recordPath(dir, key))
-	os.Remove(path)
+	dir.remove(recordName(key))
+	dir.remove(name)
 	return true
+}
+
+// clearDead removes what takeovers that died left in the run directory
+// (killed, they could not clean up): the lock and record of a target whose
+// lock is free and whose record names no live launcher (removeRunFiles,
+// under the lock), a launcher's socket that no one listens on, and the
+// temporary files and notify sockets (of earlier versions) of a pid that
+// is gone. A file a live takeover uses is never removed: its lock is held
+// or its record's launcher (pid and start time) lives, and its socket
+// listens (listenSeqpacket renames it into place only once it does).
+func (d *runDirectory) clearDead() {
+	names, _ := d.names()
+	for _, name := range names {
+		var pid, num int
+		switch {
+		case strings.HasSuffix(name, ".lock") && !strings.HasPrefix(name, "."):
+			removeRunFiles(d, strings.TrimSuffix(name, ".lock"), 0)
+		case scanName(name, "launcher-%d.sock", &pid):
+			if !pidAlive(pid) || d.nobodyListens(name) {
+				d.remove(name)
+			}
+		case scanName(name, ".launcher-%d.sock.new", &pid), scanName(name, "notify-%d-%d.sock", &pid, &num):
+			if !pidAlive(pid) {
+				d.remove(name)
+			}
+		case strings.HasPrefix(name, "."):
+			// writeFileAt's .FILE.PID.RAND
+			f := strings.Split(name, ".")
+			if len(f) >= 4 && scanName(f[len(f)-2], "%d", &pid) && !pidAlive(pid) {
+				d.remove(name)
+			}
+		}
+	}
+}
+
+// scanName parses name as format says, the whole of it.
+func scanName(name, format string, args ...any) bool {
+	if _, err := fmt.Sscanf(name, format, args...); err != nil {
+		return false
+	}
+	return fmt.Sprintf(format, derefInts(args)...) == name
+}
+
+func derefInts(args []any) []any {
+	out := make([]any, len(args))
+	for i, a := range args {
+		out[i] = *a.(*int)
+	}
+	return out
+}
+
+// pidAlive reports whether a process pid exists (a zombie too).
+func pidAlive(pid int) bool {
+	return pid > 0 && unix.Kill(pid, 0) != unix.ESRCH
+}
+
+// nobodyListens reports whether the stream or seqpacket socket file is
+// one no process listens on any more: a connection to it is refused.
+func (d *runDirectory) nobodyListens(name string) bool {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	return unix.Connect(fd, &unix.SockaddrUnix{Name: d.sockPath(name)}) == unix.ECONNREFUSED
 }
 
 // liveLaunchers returns the takeover launchers that the run directory
 // records for some target and that still run.
-func liveLaunchers(dir string) []int {
+func liveLaunchers(dir *runDirectory) []int {
+	if dir == nil {
+		return nil
+	}
+	all, _ := dir.names()
 	var names []string
 	for _, pattern := range []string{"port-*.json", "udp-*.json", "unix-*.json"} {
-		m, _ := filepath.Glob(filepath.Join(dir, pattern))
-		names = append(names, m...)
+		for _, name := range all {
+			if ok, _ := filepath.Match(pattern, name); ok {
+				names = append(names, name)
+			}
+		}
 	}
 	var pids []int
 	for _, name := range names {
-		if r, ok := readRecord(dir, strings.TrimSuffix(filepath.Base(name), ".json")); ok && !slices.Contains(pids, r.Launcher) {
+		if r, ok := readRecord(dir, strings.TrimSuffix(name, ".json")); ok && !slices.Contains(pids, r.Launcher) {
 			pids = append(pids, r.Launcher)
 		}
 	}
@@ -182,14 +373,24 @@ type genRecord struct {
 	DetachedUntil *time.Time `json:"detached_until,omitempty"`
 }
 
-func recordPath(dir, key string) string {
-	return filepath.Join(dir, key+".json")
-}
+// recordName names a target's record in the run directory.
+func recordName(key string) string { return key + ".json" }
+
+// maxRecord bounds what readRecord reads.
+const maxRecord = 64 << 10
 
 // readRecord returns the record of a target's key when its launcher still
 // runs.
-func readRecord(dir, key string) (genRecord, bool) {
-	b, err := os.ReadFile(recordPath(dir, key))
+func readRecord(dir *runDirectory, key string) (genRecord, bool) {
+	if dir == nil {
+		return genRecord{}, false
+	}
+	f, err := dir.open(recordName(key), os.O_RDONLY, 0)
+	if err != nil {
+		return genRecord{}, false
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxRecord))
+	f.Close()
 	if err != nil {
 		return genRecord{}, false
 	}
@@ -204,33 +405,62 @@ func readRecord(dir, key string) (genRecord, bool) {
 	return r, true
 }
 
-func writeRecord(dir, key string, r genRecord) error {
+func writeRecord(dir *runDirectory, key string, r genRecord) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(recordPath(dir, key), b)
+	return writeFileAt(dir.f, dir.path, recordName(key), b)
 }
 
 // writeFileAtomic writes path through a temporary file and a rename, so a
 // reader sees the old contents or the new, never a part.
 func writeFileAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	dir, err := os.Open(filepath.Dir(path))
 	if err != nil {
 		return err
 	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
+	defer dir.Close()
+	return writeFileAt(dir, filepath.Dir(path), filepath.Base(path), b)
+}
+
+// writeFileAt writes file (mode 0644) in the open directory dir, named
+// dirName in errors, through a temporary file of its own (O_EXCL, so never
+// a file someone else made or a symlink's target) and a rename, each
+// fsynced: after a crash the file holds the old contents or the new.
+func writeFileAt(dir *os.File, dirName, file string, b []byte) error {
+	var tmp string
+	var f *os.File
+	for try := 0; f == nil; try++ {
+		tmp = fmt.Sprintf(".%s.%d.%d", file, os.Getpid(), rand.Uint32())
+		fd, err := unix.Openat(int(dir.Fd()), tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		switch {
+		case err == nil:
+			f = os.NewFile(uintptr(fd), filepath.Join(dirName, tmp))
+		case (err == unix.EEXIST || err == unix.EINTR) && try < 100:
+		default:
+			return &fs.PathError{Op: "create", Path: filepath.Join(dirName, tmp), Err: err}
+		}
+	}
+	_, err := f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o644) // fchmod: the file we made, whatever its name now names
+	}
+	if err == nil {
+		err = f.Sync() // the contents on disk before the name, or a crash could leave it empty
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat(int(dir.Fd()), tmp, int(dir.Fd()), file)
+		if err != nil {
+			err = &os.LinkError{Op: "rename", Old: filepath.Join(dirName, tmp), New: filepath.Join(dirName, file), Err: err}
+		}
+	}
+	if err != nil {
+		unix.Unlinkat(int(dir.Fd()), tmp, 0)
 		return err
 	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return dir.Sync() // and the rename
 }

@@ -537,7 +537,7 @@ func sdHardening(t *testing.T, b *sdBox) {
 		wantLog      string // a line the journal must hold, where takeover must say what is missing
 		wantFail     string // the unit cannot start: what the journal must say
 	}{
-		{name: "user", dropIn: "User=nobody\nLimitRTPRIO=1\nRuntimeDirectory=takeover-%i\nEnvironment=TAKEOVER_RUN_DIR=/run/takeover-%i\n"},
+		{name: "user", dropIn: "User=nobody\nLimitRTPRIO=1\nRuntimeDirectory=takeover-%i\nRuntimeDirectoryMode=0700\nEnvironment=TAKEOVER_RUN_DIR=/run/takeover-%i\n"},
 		{name: "nonewprivs", dropIn: "NoNewPrivileges=yes\n"},
 		{name: "syscallfilter", dropIn: "SystemCallFilter=@system-service\n", wantFail: "killed by SIGSYS"},
 		// A call the filter lacks kills the caller, unless an errno is set:

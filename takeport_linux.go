@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -374,8 +373,8 @@ const fetchTimeout = 2 * time.Second
 
 // launcherSockPath is where launcher pid serves its sockets to newer
 // takeovers.
-func launcherSockPath(dir string, pid int) string {
-	return filepath.Join(dir, "launcher-"+strconv.Itoa(pid)+".sock")
+func launcherSockPath(dir *runDirectory, pid int) string {
+	return dir.sockPath("launcher-" + strconv.Itoa(pid) + ".sock")
 }
 
 // heldSocket returns takeover's copy of a socket one of its generations

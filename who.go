@@ -2,8 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -62,6 +64,12 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 			return exitUsage
 		}
 	}
+	// Without a run directory this user may trust, no process is known as
+	// a takeover launcher.
+	dir, err := openRunDir(runDir(), false)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(stderr, "takeover who: %v; its records are ignored\n", err)
+	}
 	var out []whoListener
 	for _, spec := range specs {
 		ls, err := listeners("/proc", spec, nil, false)
@@ -69,9 +77,9 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "takeover who: %v\n", err)
 			return exitFailure
 		}
-		launchers := liveLaunchers(runDir())
+		launchers := liveLaunchers(dir)
 		for _, l := range ls {
-			out = append(out, describe("/proc", spec, l, launchers))
+			out = append(out, describe("/proc", dir, spec, l, launchers))
 		}
 	}
 	if *asJSON {
@@ -90,7 +98,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func describe(proc procfs.FS, spec portSpec, l listener, launchers []int) whoListener {
+func describe(proc procfs.FS, dir *runDirectory, spec portSpec, l listener, launchers []int) whoListener {
 	w := whoListener{Address: spec.boundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
 	for _, h := range l.Holders {
 		w.Holders = append(w.Holders, describeHolder(h))
@@ -100,7 +108,7 @@ func describe(proc procfs.FS, spec portSpec, l listener, launchers []int) whoLis
 		if err := t.forbidden(proc); err != nil {
 			s.Refused = err.Error()
 		}
-		if r, ok := readRecord(runDir(), spec.key()); ok && t.Launcher && r.Launcher == t.PID && r.DetachedUntil != nil {
+		if r, ok := readRecord(dir, spec.key()); ok && t.Launcher && r.Launcher == t.PID && r.DetachedUntil != nil {
 			s.DetachedLeft = max(time.Until(*r.DetachedUntil).Round(time.Second).Seconds(), 0)
 		}
 		w.Stop = append(w.Stop, s)

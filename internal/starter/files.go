@@ -51,9 +51,10 @@ func ReadStatus(path string) ([]int, error) {
 
 // LockPIDFile writes this process's pid to path and holds an exclusive
 // lock on it for as long as the file is open: start_server --stop waits for
-// the lock.
+// the lock. A symlink at path is refused (O_NOFOLLOW): in a directory
+// another user may write to, it could aim the truncation at any file.
 func LockPIDFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o666)
 	if err != nil {
 		return nil, err
 	}
