@@ -315,7 +315,13 @@ func TestCrashDuringFencedReload(t *testing.T) {
 // was no longer known to be managed by a takeover.
 func TestReloadKeepsNewerRecord(t *testing.T) {
 	dir := t.TempDir()
+	os.Chmod(dir, 0o700) // takeover refuses a run directory others may enter
 	t.Setenv("TAKEOVER_RUN_DIR", dir)
+	rd, err := openRunDir(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Close() })
 	self, _ := os.Executable()
 	port := freePort(t)
 	addr := "127.0.0.1:" + port
@@ -342,7 +348,7 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 		t.Skip("A's reload completed before C's swap began: the race this test is about did not happen")
 	}
 	key := "port-" + port
-	if r, ok := readRecord(dir, key); !ok || r.Launcher != c.cmd.Process.Pid {
+	if r, ok := readRecord(rd, key); !ok || r.Launcher != c.cmd.Process.Pid {
 		t.Fatalf("C's swap did not record C: %+v", r)
 	}
 	// A's reload swap, once its --kill-old-delay is over, stops A's first
@@ -354,7 +360,7 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 		t.Errorf("takeover A exited %d, want 0", code)
 	}
 	c.waitLog(t, "fenced: the old server")
-	if r, ok := readRecord(dir, key); !ok || r.Launcher != c.cmd.Process.Pid {
+	if r, ok := readRecord(rd, key); !ok || r.Launcher != c.cmd.Process.Pid {
 		t.Errorf("the record names %+v (ok %v), want C, pid %d", r, ok, c.cmd.Process.Pid)
 	}
 	d := startTakeover(t, "tcpserve", "--port", port, "--", self, addr)
