@@ -248,10 +248,13 @@ func (l *launcher) settled(sw *swap, held int, err error) (*swap, int, error) {
 // returns old, now the socket takeover keeps a copy of.
 func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, error) {
 	if c.install != nil {
+		undo := watchBlocking(old)
 		if err := c.install(old); err != nil {
+			undo.drop()
 			unix.Close(old)
 			return -1, fmt.Errorf("hand the old socket over: %w", err)
 		}
+		sw.nonblock = undo.ifSet()
 	}
 	unix.Close(c.sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"
