@@ -49,6 +49,9 @@ func ParsePort(s string) (Port, error) {
 			return a, bad
 		}
 	}
+	if strings.ContainsFunc(a.Host, badHostRune) {
+		return a, bad // "=:0=0" would name itself "=:0", a port of fd ":0"
+	}
 	rest = strings.TrimSpace(rest)
 	if after, ok := strings.CutPrefix(rest, "u"); ok {
 		a.UDP, rest = true, after
@@ -66,6 +69,13 @@ func ParsePort(s string) (Port, error) {
 		a.Name = a.Host + ":" + a.Port
 	}
 	return a, nil
+}
+
+// badHostRune reports whether r has no place in a host name or address:
+// '=' (it starts the fd), brackets (they enclose an IPv6 address), spaces
+// and control characters.
+func badHostRune(r rune) bool {
+	return r == '=' || r == '[' || r == ']' || r <= ' ' || r == 0x7f
 }
 
 // Resolve is the address start_server binds for a: 0.0.0.0 for a bare
