@@ -22,6 +22,11 @@ type Port struct {
 	Name string // as SERVER_STARTER_PORT names it
 }
 
+// MaxFD is the highest fd a socket may be passed at: a process passes the
+// fds below it too, so an fd of 2000000000 would have takeover allocate
+// for two billion of them.
+const MaxFD = 65535
+
 // ParsePort reads a --port the way start_server's patterns do.
 func ParsePort(s string) (Port, error) {
 	a := Port{FD: -1}
@@ -31,6 +36,9 @@ func ParsePort(s string) (Port, error) {
 		fd, err := strconv.Atoi(strings.TrimSpace(rest[i+1:]))
 		if err != nil || fd < 0 || strings.ContainsAny(rest[i+1:], "+-") {
 			return a, bad
+		}
+		if fd > MaxFD {
+			return a, fmt.Errorf("--port %q: fd %d: want an fd from 0 to %d", s, fd, MaxFD)
 		}
 		a.FD, rest = fd, strings.TrimSpace(rest[:i])
 	}
