@@ -356,8 +356,9 @@ func (l *launcher) heldSocket(inode uint64) (int, bool) {
 // isServiceManager reports whether a holder of a socket is systemd (pid 1,
 // or a user's manager), which keeps socket units' sockets and services'
 // stored ones but never accepts on them: not a server to replace or stop.
+// Not by its name, which any process may take (serviceManager).
 func isServiceManager(h holder) bool {
-	return procName("/proc", h.PID) == "systemd"
+	return serviceManager("/proc", h.PID)
 }
 
 // ownedBySelf reports whether a listener is this takeover's own: held only
