@@ -63,3 +63,20 @@ func userNSOwnsNetNS(proc string, pid int) (bool, error) {
 	unix.Close(ns)
 	return false, nil
 }
+
+// privilegedBelow is net.ipv4.ip_unprivileged_port_start of process pid's
+// network namespace: takeover can read only its own namespace's, so for a
+// process in another (one that unshare -n or ip netns exec put it in) it
+// takes the kernel's default, 1024, or its own if higher: a namespace that
+// lowered it is the process's own to bind in (mayBindPrivileged), one that
+// did not would otherwise have takeover bind a port there the process
+// could not.
+func privilegedBelow(proc string, pid int) int {
+	own := unprivilegedPortStart()
+	var mine, its unix.Stat_t
+	if unix.Stat(proc+"/self/ns/net", &mine) == nil && unix.Stat(fmt.Sprintf("%s/%d/ns/net", proc, pid), &its) == nil &&
+		mine.Dev == its.Dev && mine.Ino == its.Ino {
+		return own
+	}
+	return max(own, 1024)
+}

@@ -15,9 +15,11 @@ import (
 // but no CAP_NET_BIND_SERVICE for the network namespace takeover runs in:
 // its bind of port 81 is refused (EACCES), as the kernel refuses it
 // without takeover. The same user in a network namespace its user
-// namespace owns (unshare -U -r -n) may bind it, and root may. Each
-// takeover runs in a network namespace of its own, so port 81 is the
-// test's alone.
+// namespace owns (unshare -U -r -n) may bind it, and root may. Where
+// ip_unprivileged_port_start is 0, nobody may, but not once moved to a
+// network namespace of the default 1024 (unshare -n as root, then
+// setpriv). Each takeover runs in a network namespace of its own, so port
+// 81 is the test's alone.
 func TestPrivilegedPortNeedsRealCapability(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: takeover binds port 81 as root")
@@ -33,15 +35,26 @@ func TestPrivilegedPortNeedsRealCapability(t *testing.T) {
 		name    string
 		command []string
 		allowed bool
+		open    bool // net.ipv4.ip_unprivileged_port_start=0 where takeover runs
 	}{
-		{"nobody in a user namespace of its own", append(append([]string{}, nobody...), "unshare", "-U", "-r", "--"), false},
-		{"nobody", nobody, false},
-		{"nobody in its own user and network namespaces", append(append([]string{}, nobody...), "unshare", "-U", "-r", "-n", "--"), true},
-		{"root", nil, true},
+		{name: "nobody in a user namespace of its own", command: append(append([]string{}, nobody...), "unshare", "-U", "-r", "--")},
+		{name: "nobody", command: nobody},
+		{name: "nobody in its own user and network namespaces", command: append(append([]string{}, nobody...), "unshare", "-U", "-r", "-n", "--"), allowed: true},
+		{name: "root", allowed: true},
+		// takeover reads the sysctl of its own network namespace: in
+		// another (root's unshare -n, then nobody) port 81 is privileged
+		// again, as the kernel's default there.
+		{name: "nobody where ports are open to all", command: nobody, open: true, allowed: true},
+		{name: "nobody moved to a network namespace where they are not", command: append([]string{"unshare", "-n", "--"}, nobody...), open: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := append([]string{"--port", "81", "--"}, tt.command...)
-			cmd := exec.Command(bin, append(args, bin, "demo-server", "0.0.0.0:81")...)
+			args = append(args, bin, "demo-server", "0.0.0.0:81")
+			open := "1024"
+			if tt.open {
+				open = "0"
+			}
+			cmd := exec.Command("sh", append([]string{"-c", `echo $0 > /proc/sys/net/ipv4/ip_unprivileged_port_start && exec "$@"`, open, bin}, args...)...)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 			r := startRun(t, cmd)
 			select {
