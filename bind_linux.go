@@ -107,7 +107,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	}
 	// takeover binds on the command's behalf: never a port it could not
 	// bind itself.
-	if specs[0].Net != netUnix && int(addr.Port()) < unprivilegedPortStart() && st.CapEff&(1<<capNetBindService) == 0 {
+	if specs[0].Net != netUnix && int(addr.Port()) < privilegedBelow("/proc", st.Tgid) && !mayBindPrivileged("/proc", st.Tgid, st.CapEff) {
 		return respErrno(unix.EACCES)
 	}
 	var spec portSpec

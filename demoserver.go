@@ -37,6 +37,10 @@ func runDemoServer(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, demoServerUsage)
 		return exitUsage
 	}
+	if *initDelay < 0 || *initDelay > time.Hour {
+		fmt.Fprintf(stderr, "takeover demo-server: --init-delay %v: want 0 to 1h\n", *initDelay)
+		return exitUsage
+	}
 	time.Sleep(*initDelay)
 	var ln net.Listener
 	var err error

@@ -141,6 +141,7 @@ func diagnose() doctorReport {
 	r.Checks = append(r.Checks, retryThreadCheck(has(capSysNice)))
 	r.Checks = append(r.Checks, runDirCheck(runDir(), os.Getenv("TAKEOVER_RUN_DIR") != "", r.UID))
 	r.Checks = append(r.Checks, portsCheck(unprivilegedPortStart(), has(capNetBindService)))
+	r.Checks = append(r.Checks, ioUringCheck(r.Kernel, ioUringDisabled()))
 	r.OK = true
 	for _, c := range r.Checks {
 		r.OK = r.OK && c.Status != statusMissing

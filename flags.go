@@ -44,6 +44,11 @@ type config struct {
 	Command       []string
 }
 
+// maxFlagDuration bounds every duration flag: far from where a
+// time.Duration overflows (292 years), so that lockTimeout's sum of them
+// cannot turn negative.
+const maxFlagDuration = 365 * 24 * time.Hour
+
 const (
 	defaultKillTimeout = 10 * time.Second
 	defaultBindTimeout = 15 * time.Second
@@ -231,6 +236,15 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, err
 	}
 	c.Signal = s
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"kill-timeout", c.KillTimeout}, {"bind-timeout", c.BindTimeout}, {"kill-old-delay", c.KillOldDelay}, {"ready-timeout", c.ReadyTimeout},
+		{"lock-timeout", c.LockTimeout}, {"interval", c.Interval}, {"restart-window", c.RestartWindow}} {
+		if d.d > maxFlagDuration {
+			return c, fmt.Errorf("--%s %v: want at most %v (a year)", d.name, d.d, maxFlagDuration)
+		}
+	}
 	switch {
 	case c.KillTimeout <= 0:
 		return c, fmt.Errorf("--kill-timeout %v: must be more than 0", c.KillTimeout)

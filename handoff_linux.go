@@ -80,10 +80,12 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 // of the socket, shared by the old server and the new while both run: it is
 // set if either wants it, since a blocking socket would stall an event loop
 // (node accepts until EAGAIN) or keep a closing server in accept(2), while a
-// server that polls before it accepts takes EAGAIN in its stride. takeover
-// never clears it afterwards: from then on the flag is the servers' own to
-// set (redis sets it after listen(2), asyncio after bind(2)), and clearing
-// it would undo what they set.
+// server that polls before it accepts takes EAGAIN in its stride. Once the
+// swap completes the flag is the servers' own to set (redis sets it after
+// listen(2), asyncio after bind(2)), and takeover leaves it alone; a swap
+// that is abandoned (the new server rolled back, or dead before it was
+// ready) puts it back as it was (a nonblockUndo), for an old server that
+// accepts in a blocking loop would otherwise take EAGAIN for a failure.
 func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
 	ownFlags, err := unix.FcntlInt(uintptr(own), unix.F_GETFL, 0)
 	if err != nil {
@@ -93,14 +95,69 @@ func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
 	if err != nil {
 		return err
 	}
-	if ownFlags&unix.O_NONBLOCK != 0 && oldFlags&unix.O_NONBLOCK == 0 {
+	set := ownFlags&unix.O_NONBLOCK != 0 && oldFlags&unix.O_NONBLOCK == 0
+	if set {
 		if _, err := unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags|unix.O_NONBLOCK); err != nil {
 			return err
 		}
 	}
 	cloexec, err := procfs.FS("/proc").Cloexec(tgid, fd)
-	if err != nil {
-		return err
+	if err == nil {
+		err = seccomp.AddFD(notifFD, id, old, fd, cloexec)
 	}
-	return seccomp.AddFD(notifFD, id, old, fd, cloexec)
+	if err != nil && set {
+		unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags) // the old server's, untouched
+	}
+	return err
+}
+
+// A nonblockUndo takes back the O_NONBLOCK a handoff set on the old
+// server's socket (injectSocket), through a copy of its own, should the
+// swap be abandoned and the old server serve on alone.
+type nonblockUndo struct{ fd int }
+
+// watchBlocking returns, for a socket in blocking mode, what takes back an
+// O_NONBLOCK set on it from now on; nil for one in non-blocking mode.
+func watchBlocking(sock int) *nonblockUndo {
+	flags, err := unix.FcntlInt(uintptr(sock), unix.F_GETFL, 0)
+	if err != nil || flags&unix.O_NONBLOCK != 0 {
+		return nil
+	}
+	fd, err := unix.FcntlInt(uintptr(sock), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	return &nonblockUndo{fd}
+}
+
+// ifSet returns u if O_NONBLOCK has been set on the socket since
+// watchBlocking, and lets go of it (nil) if not.
+func (u *nonblockUndo) ifSet() *nonblockUndo {
+	if u == nil {
+		return nil
+	}
+	if flags, err := unix.FcntlInt(uintptr(u.fd), unix.F_GETFL, 0); err == nil && flags&unix.O_NONBLOCK != 0 {
+		return u
+	}
+	u.drop()
+	return nil
+}
+
+// restore puts the socket back in blocking mode, and lets go of it.
+func (u *nonblockUndo) restore() {
+	if u == nil {
+		return
+	}
+	if flags, err := unix.FcntlInt(uintptr(u.fd), unix.F_GETFL, 0); err == nil {
+		unix.FcntlInt(uintptr(u.fd), unix.F_SETFL, flags&^unix.O_NONBLOCK)
+	}
+	u.drop()
+}
+
+// drop lets go of the socket, leaving its flags as they are.
+func (u *nonblockUndo) drop() {
+	if u != nil && u.fd >= 0 {
+		unix.Close(u.fd)
+		u.fd = -1
+	}
 }

@@ -8,10 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/starter"
 	"golang.org/x/sys/unix"
 )
@@ -249,10 +251,12 @@ func restartServer(pidFile, statusFile string) error {
 		return fmt.Errorf("no active process found in the status file %s", statusFile)
 	}
 	waitFor := gens[len(gens)-1] + 1
-	if err := checkRunning(pidFile, pid); err != nil {
+	pidfd, err := openStarter(pidFile, pid)
+	if err != nil {
 		return err
 	}
-	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
+	defer unix.Close(pidfd)
+	if err := unix.PidfdSendSignal(pidfd, unix.SIGHUP, nil, 0); err != nil {
 		return fmt.Errorf("failed to send SIGHUP to the server process %d: %w", pid, err)
 	}
 	for deadline := time.Now().Add(clientWait); ; {
@@ -268,7 +272,7 @@ func restartServer(pidFile, statusFile string) error {
 		if len(gens) == 1 && gens[0] >= waitFor {
 			return nil
 		}
-		if unix.Kill(pid, 0) == unix.ESRCH {
+		if unix.PidfdSendSignal(pidfd, 0, nil, 0) == unix.ESRCH {
 			return fmt.Errorf("start_server pid %d exited before generation %d started", pid, waitFor)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -290,11 +294,13 @@ func stopServer(pidFile string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := checkRunning(pidFile, pid); err != nil {
+	pidfd, err := openStarter(pidFile, pid)
+	if err != nil {
 		return err
 	}
+	defer unix.Close(pidfd)
 	fmt.Fprintf(stderr, "stop_server (pid:%d) stopping now (pid:%d)...\n", os.Getpid(), pid)
-	if err := unix.Kill(pid, unix.SIGTERM); err != nil {
+	if err := unix.PidfdSendSignal(pidfd, unix.SIGTERM, nil, 0); err != nil {
 		return fmt.Errorf("failed to send SIGTERM to the server process %d: %w", pid, err)
 	}
 	for deadline := time.Now().Add(clientWait); ; time.Sleep(50 * time.Millisecond) {
@@ -325,6 +331,40 @@ func checkRunning(pidFile string, pid int) error {
 		return fmt.Errorf("no start_server runs for %s (nothing holds its lock): pid %d is not signalled", pidFile, pid)
 	}
 	return nil
+}
+
+// openStarter returns a pidfd for the start_server that pidFile names as
+// pid, to signal it through: the pidfd is opened first, then the process
+// checked to be the one that holds the file's exclusive lock (as both
+// implementations take it when they write their pid), so that neither a
+// stale file's pid, now another process's, nor a file whose lock someone
+// else holds (a shared lock needs only read access) gets a process that is
+// no start_server signalled.
+func openStarter(pidFile string, pid int) (int, error) {
+	if err := checkRunning(pidFile, pid); err != nil {
+		return -1, err
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, fmt.Errorf("start_server pid %d of %s: %w", pid, pidFile, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(pidFile, &st); err != nil {
+		unix.Close(pidfd)
+		return -1, err
+	}
+	locks, err := procfs.FS("/proc").Locks()
+	if err != nil {
+		unix.Close(pidfd)
+		return -1, fmt.Errorf("read /proc/locks to check pid %d of %s: %w", pid, pidFile, err)
+	}
+	if !slices.ContainsFunc(locks, func(l procfs.Lock) bool {
+		return l.Kind == "FLOCK" && l.Write && l.PID == pid && l.Major == unix.Major(st.Dev) && l.Minor == unix.Minor(st.Dev) && l.Inode == st.Ino
+	}) {
+		unix.Close(pidfd)
+		return -1, fmt.Errorf("pid %d does not hold the lock on %s, so it is not the start_server that wrote it (the file is stale, or another process holds its lock): pid %d is not signalled", pid, pidFile, pid)
+	}
+	return pidfd, nil
 }
 
 // clientWait bounds how long --restart and --stop wait for the server.

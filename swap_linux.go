@@ -32,6 +32,10 @@ type swap struct {
 	fence       *fence    // a fenced handoff (fence_linux.go)
 	notFenced   string    // why a handoff was not fenced
 	Began       time.Time // the command's bind(2)
+
+	// The O_NONBLOCK a handoff set on the old socket (injectSocket), taken
+	// back if the swap is abandoned.
+	nonblock *nonblockUndo
 }
 
 // swap completes a generation's swap once it is ready (and has outlived
@@ -216,6 +220,8 @@ func (g *generation) claimSwaps(log *slog.Logger) (stop []oldStop, ok bool) {
 		return nil, false
 	}
 	for _, sw := range g.swaps {
+		sw.nonblock.drop() // from now on the new server's
+		sw.nonblock = nil
 		if err := sw.path.renameOver(); err != nil {
 			log.Error("cannot rename the new unix socket over its path; the old server keeps it, and is not stopped", "path", sw.Spec.Path, "err", err)
 			sw.abandon()
@@ -421,6 +427,8 @@ func (st oldStop) abandon() {
 // processes' pidfds, and of the names beside a unix path (a path renamed
 // over goes back to the old socket).
 func (sw *swap) abandon() {
+	sw.nonblock.restore() // the old server's socket, as it had it
+	sw.nonblock = nil
 	sw.releaseOld()
 	sw.path.rollBack()
 	sw.path = nil

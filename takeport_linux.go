@@ -289,10 +289,13 @@ func (l *launcher) settled(sw *swap, held int, err error) (*swap, int, error) {
 // returns old, now the socket takeover keeps a copy of.
 func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, error) {
 	if c.install != nil {
+		undo := watchBlocking(old)
 		if err := c.install(old); err != nil {
+			undo.drop()
 			unix.Close(old)
 			return -1, fmt.Errorf("hand the old socket over: %w", err)
 		}
+		sw.nonblock = undo.ifSet()
 	}
 	unix.Close(c.sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"
@@ -396,8 +399,9 @@ func (l *launcher) heldSocket(inode uint64) (int, bool) {
 // isServiceManager reports whether a holder of a socket is systemd (pid 1,
 // or a user's manager), which keeps socket units' sockets and services'
 // stored ones but never accepts on them: not a server to replace or stop.
+// Not by its name, which any process may take (serviceManager).
 func isServiceManager(h holder) bool {
-	return procName("/proc", h.PID) == "systemd"
+	return serviceManager("/proc", h.PID)
 }
 
 // ownedBySelf reports whether a listener is this takeover's own: held only

@@ -6,9 +6,11 @@
 package seccomp
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -48,26 +50,89 @@ type addfd struct {
 
 // Classic BPF opcodes and the offsets of struct seccomp_data.
 const (
-	ldW       = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-	jeqK      = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-	retK      = unix.BPF_RET | unix.BPF_K
-	dataNr    = 0
-	dataArch  = 4
-	archMatch = 1 // the jump over the ALLOW for another architecture
+	ldW      = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
+	jeqK     = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+	retK     = unix.BPF_RET | unix.BPF_K
+	dataNr   = 0
+	dataArch = 4
+	dataArg0 = 16 // the low half of args[0], on a little-endian machine
 )
 
 // Filter returns a program that returns action for the system calls calls
-// of the native architecture, and allows every other system call.
+// and allows every other system call. The calls are trapped in every ABI a
+// process of this machine can make them in: the native one, x32 on x86_64
+// (the same numbers with x32Bit set), and the 32-bit one (i386's int 0x80
+// and socketcall(2), arm's on arm64), which Recv reports as native calls.
 func Filter(calls []uint32, action uint32) []unix.SockFilter {
-	f := []unix.SockFilter{
-		{Code: ldW, K: dataArch},
-		{Code: jeqK, Jt: archMatch, Jf: 0, K: AuditArch},
-		{Code: retK, K: unix.SECCOMP_RET_ALLOW},
-		{Code: ldW, K: dataNr},
+	native := slices.Clone(calls)
+	var compat []uint32
+	var ops []uint32 // socketcall(2)'s calls
+	for _, nr := range calls {
+		if x32Bit != 0 {
+			native = append(native, nr|x32Bit)
+		}
+		compat = append(compat, compatCalls[nr]...)
+		if op, ok := compatSocketcallOps[nr]; ok && compatSocketcall != 0 {
+			ops = append(ops, op)
+		}
 	}
-	for i, nr := range calls {
-		// a match jumps over the remaining tests and the ALLOW
-		f = append(f, unix.SockFilter{Code: jeqK, Jt: uint8(len(calls) - i), Jf: 0, K: nr})
+	// The program, with jumps to labels: allow and act are the two
+	// returns at the end, next is the following instruction.
+	const (
+		next = -1 - iota
+		allow
+		act
+	)
+	type insn struct {
+		code   uint16
+		k      uint32
+		jt, jf int // labels, or the index of the instruction
+	}
+	var p []insn
+	match := func(nrs []uint32, otherwise int) {
+		for i, nr := range nrs {
+			jf := next
+			if i == len(nrs)-1 {
+				jf = otherwise
+			}
+			p = append(p, insn{jeqK, nr, act, jf})
+		}
+	}
+	p = append(p, insn{code: ldW, k: dataArch})
+	notNative := len(p) + 1 + 1 + len(native) // past the native block: ld arch check, ld nr, the matches
+	p = append(p, insn{jeqK, AuditArch, next, notNative})
+	p = append(p, insn{code: ldW, k: dataNr})
+	match(native, allow)
+	p = append(p, insn{jeqK, compatArch, next, allow})
+	p = append(p, insn{code: ldW, k: dataNr})
+	if len(ops) == 0 {
+		match(compat, allow)
+	} else {
+		match(compat, next)
+		p = append(p, insn{jeqK, compatSocketcall, next, allow})
+		p = append(p, insn{code: ldW, k: dataArg0})
+		match(ops, allow)
+	}
+	end := len(p)
+	f := make([]unix.SockFilter, 0, end+2)
+	to := func(i, label int) uint8 {
+		target := label
+		switch label {
+		case next:
+			target = i + 1
+		case allow:
+			target = end
+		case act:
+			target = end + 1
+		}
+		return uint8(target - i - 1)
+	}
+	for i, in := range p {
+		sf := unix.SockFilter{Code: in.code, K: in.k}
+		if in.code == jeqK {
+			sf.Jt, sf.Jf = to(i, in.jt), to(i, in.jf)
+		}
+		f = append(f, sf)
 	}
 	return append(f,
 		unix.SockFilter{Code: retK, K: unix.SECCOMP_RET_ALLOW},
@@ -108,10 +173,56 @@ func Install(calls []uint32) (int, error) {
 	}
 }
 
-// Recv waits for the next notification on fd.
+// Recv waits for the next notification on fd. A call made in another ABI
+// (x32, or 32-bit: see Filter) is reported as the native call it stands
+// for, its number and arguments as the native call would have them; Arch
+// still says which ABI it came in.
 func Recv(fd int, n *Notif) error {
 	*n = Notif{} // the kernel wants it zeroed (EINVAL otherwise)
-	return ioctlPtr(fd, unix.SECCOMP_IOCTL_NOTIF_RECV, unsafe.Pointer(n))
+	if err := ioctlPtr(fd, unix.SECCOMP_IOCTL_NOTIF_RECV, unsafe.Pointer(n)); err != nil {
+		return err
+	}
+	native(fd, n)
+	return nil
+}
+
+// native rewrites an x32 or 32-bit call as the native one. A socketcall(2)
+// has its arguments read from the caller's memory; one that cannot be read
+// is left as it is, a call no handler knows.
+func native(fd int, n *Notif) {
+	switch n.Arch {
+	case AuditArch:
+		n.Nr &^= x32Bit
+	case compatArch:
+		for i := range n.Args {
+			n.Args[i] &= 0xffffffff // a 32-bit call's arguments are 32 bits wide
+		}
+		nr := uint32(n.Nr)
+		switch {
+		case compatSocketcall != 0 && nr == compatSocketcall:
+			for call, op := range compatSocketcallOps {
+				var b [12]byte // three of the caller's unsigned longs
+				if uint32(n.Args[0]) != op {
+					continue
+				}
+				if k, err := read(fd, n, n.Args[1], b[:]); err == nil && k == len(b) {
+					n.Nr = int32(call)
+					n.Args = [6]uint64{uint64(binary.LittleEndian.Uint32(b[0:])), uint64(binary.LittleEndian.Uint32(b[4:])), uint64(binary.LittleEndian.Uint32(b[8:]))}
+				}
+				return
+			}
+		case compatUnlink != 0 && nr == compatUnlink:
+			atFDCWD := int32(unix.AT_FDCWD)
+			n.Nr, n.Args = unix.SYS_UNLINKAT, [6]uint64{uint64(uint32(atFDCWD)), n.Args[0], 0}
+		default:
+			for call, nrs := range compatCalls {
+				if slices.Contains(nrs, nr) {
+					n.Nr = int32(call)
+					return
+				}
+			}
+		}
+	}
 }
 
 // Send answers a notification.

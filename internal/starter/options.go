@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -154,6 +155,23 @@ func (o *Options) Check() error {
 		return errors.New("--interval and --backlog must not be negative, --kill-timeout must be more than 0")
 	case o.set["max-restarts"] != "" && (o.MaxRestarts < 1 || o.MaxRestarts > 1000):
 		return fmt.Errorf("--max-restarts=%d: want 1 to 1000 (without it, a failed start is retried for ever, as start_server does)", o.MaxRestarts)
+	case o.Backlog > math.MaxInt32:
+		return fmt.Errorf("--backlog=%d: want at most %d (the kernel caps it at net.core.somaxconn anyway)", o.Backlog, math.MaxInt32)
+	}
+	for _, opt := range []struct {
+		name string
+		n    int
+	}{{"interval", o.interval}, {"kill-timeout", o.killTimeout}} {
+		if opt.n > MaxSeconds {
+			return fmt.Errorf("--%s=%d: want at most %d seconds (a year)", opt.name, opt.n, MaxSeconds)
+		}
+	}
+	for _, opt := range []string{"kill-old-delay", "auto-restart-interval"} {
+		if v, ok := o.set[opt]; ok {
+			if n, _ := strconv.Atoi(v); n < 0 || n > MaxSeconds {
+				return fmt.Errorf("--%s=%s: want 0 to %d seconds (a year)", opt, v, MaxSeconds)
+			}
+		}
 	}
 	o.Interval = time.Duration(o.interval) * time.Second
 	o.KillTimeout = time.Duration(o.killTimeout) * time.Second
@@ -194,16 +212,21 @@ func (o *Options) Check() error {
 	return nil
 }
 
-// envSeconds reads a whole number of seconds from an environment variable;
-// unset or empty is 0.
+// MaxSeconds bounds every option and variable in seconds: a year, far
+// from where a time.Duration overflows (292 years), so that no sum of them
+// turns negative.
+const MaxSeconds = 365 * 24 * 60 * 60
+
+// envSeconds reads a whole number of seconds, at most MaxSeconds, from an
+// environment variable; unset or empty is 0.
 func envSeconds(name string) (int, error) {
 	v := strings.TrimSpace(os.Getenv(name))
 	if v == "" {
 		return 0, nil
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%s=%q: want a whole number of seconds", name, v)
+	if err != nil || n < 0 || n > MaxSeconds {
+		return 0, fmt.Errorf("%s=%q: want a whole number of seconds, at most %d (a year)", name, v, MaxSeconds)
 	}
 	return n, nil
 }

@@ -22,6 +22,11 @@ type Port struct {
 	Name string // as SERVER_STARTER_PORT names it
 }
 
+// MaxFD is the highest fd a socket may be passed at: a process passes the
+// fds below it too, so an fd of 2000000000 would have takeover allocate
+// for two billion of them.
+const MaxFD = 65535
+
 // ParsePort reads a --port the way start_server's patterns do.
 func ParsePort(s string) (Port, error) {
 	a := Port{FD: -1}
@@ -31,6 +36,9 @@ func ParsePort(s string) (Port, error) {
 		fd, err := strconv.Atoi(strings.TrimSpace(rest[i+1:]))
 		if err != nil || fd < 0 || strings.ContainsAny(rest[i+1:], "+-") {
 			return a, bad
+		}
+		if fd > MaxFD {
+			return a, fmt.Errorf("--port %q: fd %d: want an fd from 0 to %d", s, fd, MaxFD)
 		}
 		a.FD, rest = fd, strings.TrimSpace(rest[:i])
 	}
@@ -49,6 +57,9 @@ func ParsePort(s string) (Port, error) {
 			return a, bad
 		}
 	}
+	if strings.ContainsFunc(a.Host, badHostRune) {
+		return a, bad // "=:0=0" would name itself "=:0", a port of fd ":0"
+	}
 	rest = strings.TrimSpace(rest)
 	if after, ok := strings.CutPrefix(rest, "u"); ok {
 		a.UDP, rest = true, after
@@ -66,6 +77,13 @@ func ParsePort(s string) (Port, error) {
 		a.Name = a.Host + ":" + a.Port
 	}
 	return a, nil
+}
+
+// badHostRune reports whether r has no place in a host name or address:
+// '=' (it starts the fd), brackets (they enclose an IPv6 address), spaces
+// and control characters.
+func badHostRune(r rune) bool {
+	return r == '=' || r == '[' || r == ']' || r <= ' ' || r == 0x7f
 }
 
 // Resolve is the address start_server binds for a: 0.0.0.0 for a bare

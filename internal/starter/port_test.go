@@ -21,6 +21,7 @@ func TestStartServerPortArgs(t *testing.T) {
 		{in: "[::]:u53=7", want: Port{Host: "::", Port: "53", FD: 7, UDP: true, Name: "[::]:53"}},
 		{in: "", bad: true}, {in: "http", bad: true}, {in: ":80", bad: true}, {in: "[::1]8080", bad: true},
 		{in: "80=x", bad: true}, {in: "80=-1", bad: true}, {in: "[]:80", bad: true}, {in: "1.2.3.4:", bad: true},
+		{in: "=:0=0", bad: true}, {in: "a=b:80", bad: true}, {in: "[a=b]:80", bad: true}, {in: "a]:b:80", bad: true}, {in: "a b:80", bad: true},
 	} {
 		got, err := ParsePort(tt.in)
 		switch {

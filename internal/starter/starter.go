@@ -30,7 +30,7 @@ func ParseEnv(s string) ([]Socket, error) {
 			return nil, fmt.Errorf("SERVER_STARTER_PORT entry %q: want ADDR=FD", part)
 		}
 		fd, err := strconv.Atoi(part[i+1:])
-		if err != nil || fd < 0 {
+		if err != nil || fd < 0 || fd > MaxFD {
 			return nil, fmt.Errorf("SERVER_STARTER_PORT entry %q: fd %q is not a number", part, part[i+1:])
 		}
 		ps = append(ps, Socket{Addr: part[:i], FD: fd})

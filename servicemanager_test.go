@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestServiceManagerNotByName: systemd is known by the root-owned file it
+// runs and its user namespace, never by its name: fixtures of /proc/PID
+// (exe and ns/user links to real files, comm) say which process is one.
+func TestServiceManagerNotByName(t *testing.T) {
+	const systemd = "/usr/lib/systemd/systemd"
+	if _, err := os.Stat(systemd); err != nil {
+		t.Skipf("no %s here", systemd)
+	}
+	own := filepath.Join(t.TempDir(), "systemd") // a copy of one's own, named systemd
+	if err := os.WriteFile(own, []byte("#!/bin/sh\n"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(own, 0o777)
+	proc := t.TempDir()
+	for _, tt := range []struct {
+		name      string
+		pid       int
+		exe, ns   string // "" for none (unreadable)
+		comm      string
+		isManager bool
+	}{
+		{"systemd's binary", 100, systemd, "/proc/self/ns/user", "systemd", true},
+		{"another binary named systemd", 102, "/bin/sh", "/proc/self/ns/user", "systemd", false},
+		{"a file named systemd that others may write", 103, own, "/proc/self/ns/user", "systemd", false},
+		{"systemd's binary in another user namespace", 104, systemd, "/proc/self/ns/net", "systemd", false},
+		{"pid 1 named systemd, its exe unreadable", 1, "", "", "systemd", true},
+		{"pid 1 of another name, its exe unreadable", 1, "", "", "init", false},
+		{"another pid named systemd, its exe unreadable", 105, "", "", "systemd", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(proc, tt.name, strconv.Itoa(tt.pid))
+			if err := os.MkdirAll(filepath.Join(dir, "ns"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(filepath.Join(dir, "comm"), []byte(tt.comm+"\n"), 0o644)
+			if tt.exe != "" {
+				os.Symlink(tt.exe, filepath.Join(dir, "exe"))
+			}
+			if tt.ns != "" {
+				os.Symlink(tt.ns, filepath.Join(dir, "ns/user"))
+			}
+			if got := serviceManager(filepath.Join(proc, tt.name), tt.pid); got != tt.isManager {
+				t.Errorf("serviceManager = %v, want %v", got, tt.isManager)
+			}
+		})
+	}
+}
+
+// TestFakeSystemdIsNotTrusted: a server that calls itself "systemd"
+// (prctl PR_SET_NAME) is no service manager: takeover replaces it as any
+// earlier instance of the command, where it refused the port as "held by
+// systemd alone" and would have left such a holder running beside a
+// handoff.
+func TestFakeSystemdIsNotTrusted(t *testing.T) {
+	requireTool(t, "python3")
+	port := freePort(t)
+	server := `import ctypes, os, socket, sys
+name = sys.argv[2].encode()
+ctypes.CDLL(None).prctl(15, name, 0, 0, 0)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(name + b"\n")
+    c.close()
+`
+	old := exec.Command("python3", "-c", server, port, "systemd")
+	out, err := old.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	oldDone := make(chan struct{})
+	go func() { old.Wait(); close(oldDone) }()
+	t.Cleanup(func() {
+		old.Process.Kill()
+		<-oldDone
+	})
+	if sc := bufio.NewScanner(out); !sc.Scan() || sc.Text() != "listening" {
+		t.Fatalf("the old server did not start: %q", sc.Text())
+	}
+	if comm, _ := os.ReadFile("/proc/" + strconv.Itoa(old.Process.Pid) + "/comm"); string(comm) != "systemd\n" {
+		t.Fatalf("the old server's comm is %q, want systemd", comm)
+	}
+	next := startTakeover(t, "", "--port", "127.0.0.1:"+port, "--kill-timeout", "2s", "--", "python3", "-c", server, port, "new")
+	next.waitLog(t, "took over")
+	if l := next.line(t); l != "listening" {
+		t.Fatalf("the new server printed %q", l)
+	}
+	select {
+	case <-oldDone:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the old server (comm systemd) still runs 30s after the swap:\n%s", next.stderr)
+	}
+	c, err := net.DialTimeout("tcp", "127.0.0.1:"+port, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if l, err := bufio.NewReader(c).ReadString('\n'); l != "new\n" {
+		t.Errorf("the port answered %q, %v; want the new server", l, err)
+	}
+}

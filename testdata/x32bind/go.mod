@@ -1,0 +1,3 @@
+module x32bind
+
+go 1.23
