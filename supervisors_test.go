@@ -151,7 +151,7 @@ func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervised
 	status := filepath.Join(dir, "status.json")
 	run := "#!/bin/sh\nexec 2>&1\nexec " + server + "\n"
 	if withTakeover {
-		run = fmt.Sprintf("#!/bin/sh\nexec 2>&1\nexec %s --detach-on-stop %v --kill-timeout %v --status-file %s --port %s -- %s\n",
+		run = fmt.Sprintf("#!/bin/sh\nexec 2>&1\nexec %s -v --detach-on-stop %v --kill-timeout %v --status-file %s --port %s -- %s\n",
 			tk, detachFor, killTimeout, status, addr, server)
 	}
 	serve, exit := sk.setup(t, dir, run)
@@ -163,7 +163,13 @@ func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervised
 	if err := sup.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopSupervisor(t, sup, exit, status, addr) })
+	t.Cleanup(func() {
+		stopSupervisor(t, sup, exit, status, addr)
+		if t.Failed() {
+			b, _ := os.ReadFile(out.Name())
+			t.Logf("the supervisor's and the service's output:\n%s", b)
+		}
+	})
 	ctl := func(args []string) {
 		t.Helper()
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -278,5 +284,110 @@ func TestDetachOnStopFlag(t *testing.T) {
 	if code := run([]string{"--detach-on-stop", "10s", "--port", "8100", "--", "true"}, &errOut, &errOut); code != exitLauncher ||
 		!strings.Contains(errOut.String(), "FileDescriptorStoreMax") {
 		t.Errorf("--detach-on-stop under systemd: exit %d, %q; want refused, pointing to the fd store", code, errOut.String())
+	}
+}
+
+// TestDetachWaitsForOwnSwap: a supervisor restarts takeover --detach-on-stop
+// twice in a row, the second time while the first restart's swap still
+// holds the port lock (its old server finishes a slow request). The newer
+// takeover the supervisor started waits behind that lock, so the detached
+// launcher must not count --detach-on-stop from its front's exit: it is
+// replaced, and no request fails. Before, it took the lock it held itself
+// for "no newer takeover", stopped its server 2 s after the restart and
+// exited mid-swap; the port closed, and clients were refused until the
+// newer takeover bound it afresh.
+func TestDetachWaitsForOwnSwap(t *testing.T) {
+	tk := takeoverBin(t)
+	addr := "127.0.0.1:" + freePort(t)
+	dir := t.TempDir()
+	runDir := filepath.Join(dir, "run")
+	t.Cleanup(func() { killServing(addr) })
+	// A supervisor's restart: stop the front, wait for it to exit, start
+	// the command again. The output goes to a file: the detached launcher
+	// keeps writing to it.
+	type front struct {
+		cmd *exec.Cmd
+		log string
+	}
+	n := 0
+	start := func() front {
+		t.Helper()
+		n++
+		log := filepath.Join(dir, fmt.Sprintf("takeover-%d.log", n))
+		out, err := os.Create(log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
+		cmd := exec.Command(tk, "--detach-on-stop", "2s", "--kill-timeout", "20s", "--port", addr, "--",
+			tk, "demo-server", "--init-delay", "1s", addr)
+		cmd.Env = append(os.Environ(), "TAKEOVER_RUN_DIR="+runDir)
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return front{cmd, log}
+	}
+	logOf := func(f front) string {
+		b, _ := os.ReadFile(f.log)
+		return string(b)
+	}
+	stop := func(f front) {
+		t.Helper()
+		f.cmd.Process.Signal(syscall.SIGTERM)
+		if err := f.cmd.Wait(); err != nil {
+			t.Fatalf("the front: %v on a stop, want exit 0; its log:\n%s", err, logOf(f))
+		}
+	}
+	first := start()
+	served := waitServing(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	loaded := make(chan *load.Result, 1)
+	go func() {
+		loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Timeout: 10 * time.Second, Pause: 5 * time.Millisecond})
+	}()
+	// The first server drains this for 10 s once replaced: the first
+	// restart's swap holds the port lock until then.
+	slow := slowRequest(t, addr, "10s")
+	stop(first)
+	second := start()
+	served = waitNewServer(t, addr, served)
+	stop(second)
+	third := start()
+	served = waitNewServer(t, addr, served)
+	if err := <-slow; err != nil {
+		t.Errorf("the slow request: %v", err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(logOf(third), "took over"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the third takeover has not taken over in 60s:\n%s", logOf(third))
+		}
+	}
+	time.Sleep(time.Second) // requests to the new server
+	cancel()
+	r := <-loaded
+	if r.FailedRequests() != 0 {
+		t.Errorf("%d of %d requests failed (%d refused) across two restarts, want 0; the second takeover's log:\n%s",
+			r.FailedRequests(), r.Requests, r.Refused, logOf(second))
+	}
+	if s := logOf(second); strings.Contains(s, "no newer takeover came") {
+		t.Errorf("the second takeover stopped its server while the third waited for its port lock:\n%s", s)
+	}
+	t.Logf("%d requests, %d failed; served last by %s", r.Requests, r.FailedRequests(), served)
+	stop(third)
+}
+
+// killServing SIGKILLs what a failed test left holding addr: detached
+// launchers and their servers, found by the address on their command line.
+func killServing(addr string) {
+	for range 3 {
+		for pid := range holdersOfAny(addr) {
+			if strings.Contains(commandLine(pid), addr) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
