@@ -240,9 +240,18 @@ func (l *launcher) setDetached(until time.Time) {
 	}
 	l.mu.Unlock()
 	for _, key := range l.keys() {
+		// Under the port's lock: a newer takeover that holds it may be
+		// writing its own record, which must stay.
+		f, free, _ := tryPortLock(l.dir, key)
+		if !free {
+			continue
+		}
 		if r, ok := readRecord(l.dir, key); ok && r.Launcher == l.self {
 			r.DetachedUntil = &until
 			writeRecord(l.dir, key, r)
+		}
+		if f != nil {
+			f.Close()
 		}
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 // Real supervisors from Debian restart a service by stopping the pid they
@@ -377,6 +379,45 @@ func TestDetachWaitsForOwnSwap(t *testing.T) {
 	}
 	t.Logf("%d requests, %d failed; served last by %s", r.Requests, r.FailedRequests(), served)
 	stop(third)
+}
+
+// TestDetachedRecordLeftToNewer: the detached launcher notes in its
+// record until when it serves, but never while another takeover holds the
+// port's lock: that one writes its own record before it signals the
+// detached launcher (how it tells "replaced" from "stopped"), and a read
+// and write of the old record around it would put the old launcher back.
+// Here the lock file is held through a file of its own, as the newer
+// takeover holds it, with the record still naming the detached launcher.
+func TestDetachedRecordLeftToNewer(t *testing.T) {
+	dir := t.TempDir()
+	spec, err := parsePortSpec("127.0.0.1:8100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := procfs.FS("/proc").Stat(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &launcher{cfg: config{Ports: []portSpec{spec}}, dir: dir, self: os.Getpid(), born: st.Start, log: slog.New(slog.DiscardHandler)}
+	key := spec.key()
+	mine := genRecord{Launcher: l.self, LauncherStart: l.born, Child: 1}
+	if err := writeRecord(dir, key, mine); err != nil {
+		t.Fatal(err)
+	}
+	newer, err := lockTargets(context.Background(), dir, []string{key}, lockOwner{PID: 2, Start: 1}, func(string, lockOwner, time.Duration) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.setDetached(time.Now().Add(time.Minute))
+	if r, ok := readRecord(dir, key); !ok || r.DetachedUntil != nil {
+		t.Errorf("the detached launcher wrote its record while another takeover held the port's lock: %+v (found: %v)", r, ok)
+	}
+	releaseLocks(newer)
+	until := time.Now().Add(time.Minute)
+	l.setDetached(until)
+	if r, ok := readRecord(dir, key); !ok || r.DetachedUntil == nil || !r.DetachedUntil.Equal(until) {
+		t.Errorf("with the lock free, the record is %+v (found: %v), want detached until %v", r, ok, until)
+	}
 }
 
 // killServing SIGKILLs what a failed test left holding addr: detached
