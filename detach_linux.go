@@ -148,38 +148,85 @@ func relayOutput(fd int) {
 // serves on for at most --detach-on-stop, and then, unless a newer
 // takeover has replaced it or is starting (it holds the port lock), stops
 // the server with --signal, as a stop signal would have.
+//
+// The window opens once this takeover no longer holds the port locks
+// itself. A launcher holds them through its first swap, until the old
+// generation it replaced has gone (a slow request drained, a --kill-timeout
+// run out): the newer takeover the supervisor starts meanwhile waits for
+// them, unseen, and a window counted from the front's exit could close on
+// it. The launcher would then stop its server and exit mid-swap, and the
+// port close under the newer takeover (TestDetachWaitsForOwnSwap).
 func (l *launcher) watchFront(front *os.File) {
 	var b [1]byte
 	front.Read(b[:]) // EOF: the front exited, or was killed
 	front.Close()
-	until := time.Now().Add(l.cfg.DetachOnStop)
-	l.setDetached(until)
 	l.log.Info("the supervisor stopped takeover; serving on, detached, until a newer takeover replaces this one",
 		"pid", l.self, "for_at_most", l.cfg.DetachOnStop)
+	for {
+		held, bySelf := l.lockHeld()
+		if !held || !bySelf {
+			break
+		}
+		time.Sleep(lockPoll) // this takeover's own first swap still holds the locks
+	}
+	until := time.Now().Add(l.cfg.DetachOnStop)
+	l.setDetached(until)
 	time.Sleep(l.cfg.DetachOnStop)
-	for l.lockWanted() {
-		time.Sleep(100 * time.Millisecond) // a newer takeover is starting: its swap will replace us
+	for {
+		// This takeover's swap is done: whoever holds a lock now is a
+		// newer takeover starting, whose swap will replace this one (even
+		// one whose lock file still names this takeover: it has yet to
+		// write itself in).
+		if held, _ := l.lockHeld(); !held {
+			break
+		}
+		time.Sleep(lockPoll)
 	}
 	l.log.Info("no newer takeover came within --detach-on-stop: stopping the server", "detach_on_stop", l.cfg.DetachOnStop)
 	l.events <- event{kind: evStop, sig: l.cfg.signal()}
 }
 
-// lockWanted reports whether another takeover holds one of our targets'
-// port locks: a newer one starting, which will replace this one.
-func (l *launcher) lockWanted() bool {
+// lockPoll is how often the detached launcher looks at the port locks.
+const lockPoll = 100 * time.Millisecond
+
+// lockHeld reports whether a takeover holds one of our targets' port locks,
+// and whether the lock file names this one as the holder.
+func (l *launcher) lockHeld() (held, bySelf bool) {
 	for _, key := range l.keys() {
-		f, err := l.dir.open(lockName(key), os.O_RDWR, 0)
-		if err != nil {
+		f, ok, owner := tryPortLock(l.dir, key)
+		if f != nil {
+			f.Close() // free: let go of it at once
+		}
+		if ok {
 			continue
 		}
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		owner := readLockOwner(f)
-		f.Close() // releases the lock if we got it
-		if errors.Is(err, unix.EWOULDBLOCK) && owner.PID != l.self {
-			return true
-		}
+		held = true
+		bySelf = bySelf || owner.PID == l.self
 	}
-	return false
+	return held, bySelf
+}
+
+// tryPortLock tries a target's port lock without waiting. free reports
+// that no takeover holds it: f is then the lock file, locked until the
+// caller closes it (nil if there is no lock file at all). Otherwise owner
+// is whom the lock file names.
+func tryPortLock(dir *runDirectory, key string) (f *os.File, free bool, owner lockOwner) {
+	name := lockName(key)
+	f, err := dir.open(name, os.O_RDWR, 0)
+	if err != nil {
+		return nil, true, lockOwner{}
+	}
+	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	owner = readLockOwner(f)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		f.Close()
+		return nil, false, owner
+	}
+	if err != nil || !dir.samePath(f, name) {
+		f.Close() // removed meanwhile: no takeover holds it
+		return nil, true, owner
+	}
+	return f, true, owner
 }
 
 // setDetached records, for `takeover who` and --status-file, until when the

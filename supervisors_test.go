@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/procfs"
 )
 
 // Real supervisors from Debian restart a service by stopping the pid they
@@ -151,7 +153,7 @@ func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervised
 	status := filepath.Join(dir, "status.json")
 	run := "#!/bin/sh\nexec 2>&1\nexec " + server + "\n"
 	if withTakeover {
-		run = fmt.Sprintf("#!/bin/sh\nexec 2>&1\nexec %s --detach-on-stop %v --kill-timeout %v --status-file %s --port %s -- %s\n",
+		run = fmt.Sprintf("#!/bin/sh\nexec 2>&1\nexec %s -v --detach-on-stop %v --kill-timeout %v --status-file %s --port %s -- %s\n",
 			tk, detachFor, killTimeout, status, addr, server)
 	}
 	serve, exit := sk.setup(t, dir, run)
@@ -163,7 +165,13 @@ func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervised
 	if err := sup.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopSupervisor(t, sup, exit, status, addr) })
+	t.Cleanup(func() {
+		stopSupervisor(t, sup, exit, status, addr)
+		if t.Failed() {
+			b, _ := os.ReadFile(out.Name())
+			t.Logf("the supervisor's and the service's output:\n%s", b)
+		}
+	})
 	ctl := func(args []string) {
 		t.Helper()
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -278,5 +286,149 @@ func TestDetachOnStopFlag(t *testing.T) {
 	if code := run([]string{"--detach-on-stop", "10s", "--port", "8100", "--", "true"}, &errOut, &errOut); code != exitLauncher ||
 		!strings.Contains(errOut.String(), "FileDescriptorStoreMax") {
 		t.Errorf("--detach-on-stop under systemd: exit %d, %q; want refused, pointing to the fd store", code, errOut.String())
+	}
+}
+
+// TestDetachWaitsForOwnSwap: a supervisor restarts takeover --detach-on-stop
+// twice in a row, the second time while the first restart's swap still
+// holds the port lock (its old server finishes a slow request). The newer
+// takeover the supervisor started waits behind that lock, so the detached
+// launcher must not count --detach-on-stop from its front's exit: it is
+// replaced, and no request fails. Before, it took the lock it held itself
+// for "no newer takeover", stopped its server 2 s after the restart and
+// exited mid-swap; the port closed, and clients were refused until the
+// newer takeover bound it afresh.
+func TestDetachWaitsForOwnSwap(t *testing.T) {
+	tk := takeoverBin(t)
+	addr := "127.0.0.1:" + freePort(t)
+	dir := t.TempDir()
+	runDir := filepath.Join(dir, "run")
+	t.Cleanup(func() { killServing(addr) })
+	// A supervisor's restart: stop the front, wait for it to exit, start
+	// the command again. The output goes to a file: the detached launcher
+	// keeps writing to it.
+	type front struct {
+		cmd *exec.Cmd
+		log string
+	}
+	n := 0
+	start := func() front {
+		t.Helper()
+		n++
+		log := filepath.Join(dir, fmt.Sprintf("takeover-%d.log", n))
+		out, err := os.Create(log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
+		cmd := exec.Command(tk, "--detach-on-stop", "2s", "--kill-timeout", "20s", "--port", addr, "--",
+			tk, "demo-server", "--init-delay", "1s", addr)
+		cmd.Env = append(os.Environ(), "TAKEOVER_RUN_DIR="+runDir)
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return front{cmd, log}
+	}
+	logOf := func(f front) string {
+		b, _ := os.ReadFile(f.log)
+		return string(b)
+	}
+	stop := func(f front) {
+		t.Helper()
+		f.cmd.Process.Signal(syscall.SIGTERM)
+		if err := f.cmd.Wait(); err != nil {
+			t.Fatalf("the front: %v on a stop, want exit 0; its log:\n%s", err, logOf(f))
+		}
+	}
+	first := start()
+	served := waitServing(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	loaded := make(chan *load.Result, 1)
+	go func() {
+		loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2, Timeout: 10 * time.Second, Pause: 5 * time.Millisecond})
+	}()
+	// The first server drains this for 10 s once replaced: the first
+	// restart's swap holds the port lock until then.
+	slow := slowRequest(t, addr, "10s")
+	stop(first)
+	second := start()
+	served = waitNewServer(t, addr, served)
+	stop(second)
+	third := start()
+	served = waitNewServer(t, addr, served)
+	if err := <-slow; err != nil {
+		t.Errorf("the slow request: %v", err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(logOf(third), "took over"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the third takeover has not taken over in 60s:\n%s", logOf(third))
+		}
+	}
+	time.Sleep(time.Second) // requests to the new server
+	cancel()
+	r := <-loaded
+	if r.FailedRequests() != 0 {
+		t.Errorf("%d of %d requests failed (%d refused) across two restarts, want 0; the second takeover's log:\n%s",
+			r.FailedRequests(), r.Requests, r.Refused, logOf(second))
+	}
+	if s := logOf(second); strings.Contains(s, "no newer takeover came") {
+		t.Errorf("the second takeover stopped its server while the third waited for its port lock:\n%s", s)
+	}
+	t.Logf("%d requests, %d failed; served last by %s", r.Requests, r.FailedRequests(), served)
+	stop(third)
+}
+
+// TestDetachedRecordLeftToNewer: the detached launcher notes in its
+// record until when it serves, but never while another takeover holds the
+// port's lock: that one writes its own record before it signals the
+// detached launcher (how it tells "replaced" from "stopped"), and a read
+// and write of the old record around it would put the old launcher back.
+// Here the lock file is held through a file of its own, as the newer
+// takeover holds it, with the record still naming the detached launcher.
+func TestDetachedRecordLeftToNewer(t *testing.T) {
+	dir := testRunDir(t)
+	spec, err := parsePortSpec("127.0.0.1:8100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := procfs.FS("/proc").Stat(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &launcher{ctx: context.Background(), cfg: config{Ports: []portSpec{spec}}, dir: dir, self: os.Getpid(), born: st.Start, log: slog.New(slog.DiscardHandler)}
+	key := spec.key()
+	mine := genRecord{Launcher: l.self, LauncherStart: l.born, Child: 1}
+	if err := writeRecord(dir, key, mine); err != nil {
+		t.Fatal(err)
+	}
+	newer, err := lockTargets(context.Background(), dir, []string{key}, lockOwner{PID: 2, Start: 1}, func(string, lockOwner, time.Duration) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.setDetached(time.Now().Add(time.Minute))
+	if r, ok := readRecord(dir, key); !ok || r.DetachedUntil != nil {
+		t.Errorf("the detached launcher wrote its record while another takeover held the port's lock: %+v (found: %v)", r, ok)
+	}
+	releaseLocks(newer)
+	until := time.Now().Add(time.Minute)
+	l.setDetached(until)
+	if r, ok := readRecord(dir, key); !ok || r.DetachedUntil == nil || !r.DetachedUntil.Equal(until) {
+		t.Errorf("with the lock free, the record is %+v (found: %v), want detached until %v", r, ok, until)
+	}
+}
+
+// killServing SIGKILLs what a failed test left holding addr: detached
+// launchers and their servers, found by the address on their command line.
+func killServing(addr string) {
+	for range 3 {
+		for pid := range holdersOfAny(addr) {
+			if strings.Contains(commandLine(pid), addr) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
