@@ -58,9 +58,13 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	if err != nil {
 		return nil, -1, fmt.Errorf("look up %s: %w", what, err)
 	}
+	// Only the sockets that keep this bind from succeeding are owners: an
+	// IPv6-only [::] beside an IPv4 bind is not (nginx's second listener,
+	// handed over at its own bind; or another service, left alone).
+	want := inetBind{c.addr, v6Only(c.sock)}
 	var owners []listener
 	for _, o := range all {
-		if c.spec.Net != netUnix && !conflicts(c.addr, o.Addr) {
+		if c.spec.Net != netUnix && !conflicts(want, inetBind{o.Addr, o.V6Only}) {
 			continue
 		}
 		kept := len(o.Holders) > 0
@@ -325,6 +329,13 @@ func (l *launcher) copyOldSocket(owners []listener, sw *swap) (int, string) {
 		why += "; " + ptraceAdvice
 	}
 	return -1, why
+}
+
+// v6Only reports whether sock is an IPv6 socket with IPV6_V6ONLY set. A
+// command sets it before its bind, so takeover's copy of its socket tells.
+func v6Only(sock int) bool {
+	v, err := unix.GetsockoptInt(sock, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+	return err == nil && v != 0
 }
 
 // fetchTimeout bounds asking an earlier takeover for its socket.
