@@ -184,6 +184,30 @@ func TestDualStackNginx(t *testing.T) {
 	}
 }
 
+// TestReplacedBeside: a new server that binds none of the old one's
+// addresses (the old one on 127.0.0.1:P, the new one on [::1]:P, which do
+// not conflict; or 0.0.0.0:P and an IPv6-only [::]:P) still replaces the
+// earlier takeover of the port: that is stopped once the new server is
+// ready, and exits 0, rather than serve on beside it for ever.
+func TestReplacedBeside(t *testing.T) {
+	if !hasIPv6() {
+		t.Skip("no IPv6 on this machine")
+	}
+	self, _ := os.Executable()
+	port := freePort(t)
+	old := startTakeover(t, "serve", "--port", port, "--", self, "127.0.0.1:"+port)
+	waitServing(t, "127.0.0.1:"+port)
+	next := startTakeover(t, "serve", "--port", port, "--", self, "[::1]:"+port)
+	if code := old.wait(t); code != 0 {
+		t.Fatalf("the old takeover exited %d, want 0\n%s", code, logsOf(old, next))
+	}
+	waitServing(t, "[::1]:"+port)
+	next.waitLog(t, "strategy=fresh")
+	if s := next.stderr.String(); !strings.Contains(s, "old_pid=") {
+		t.Errorf("the swap line does not name the old server:\n%s", s)
+	}
+}
+
 // lastSwapLine returns r's last "took over" line.
 func lastSwapLine(r *tkRun) string {
 	var last string

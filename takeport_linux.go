@@ -82,6 +82,9 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		if err := c.bind(c.sock); err != nil {
 			return nil, -1, err
 		}
+		if hasPrev && prev.Launcher != l.self {
+			l.replacedBeside(sw, all, prev.Launcher, c)
+		}
 		return sw, c.sock, nil
 	}
 
@@ -128,6 +131,46 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		return l.settled(sw, -1, err)
 	}
 	return sw, c.sock, nil
+}
+
+// replacedBeside names in sw, as the old server to stop once the new one is
+// ready, the earlier takeover of the target (launcher, from its record)
+// where it holds sockets of the port that the command's bind does not
+// conflict with: it served 0.0.0.0:P, and the new server binds an
+// IPv6-only [::]:P and nothing else. The new generation replaces it all
+// the same, with no socket of it to take. Nothing else on the port is
+// named: not another service's IPv6-only socket.
+func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c claim) {
+	launchers := liveLaunchers(l.dir)
+	if !slices.Contains(launchers, launcher) {
+		return
+	}
+	var targetPIDs, holderPIDs []int
+	own := func(h holder) bool { return h.PID == l.self || isAncestor("/proc", l.self, h.PID) }
+	for _, o := range all {
+		if slices.ContainsFunc(o.Holders, own) {
+			continue // this takeover's, or handed over to it at an earlier bind
+		}
+		for _, t := range stopTargets("/proc", o, launchers) {
+			if !t.Launcher || t.PID != launcher || mayReplace("/proc", t, c.child, c.spec.describe(), false) != nil {
+				continue
+			}
+			if !slices.Contains(targetPIDs, t.PID) {
+				sw.Old = append(sw.Old, t)
+				targetPIDs = append(targetPIDs, t.PID)
+			}
+			for _, h := range o.Holders {
+				holderPIDs = append(holderPIDs, h.PID)
+			}
+			sw.inodes = append(sw.inodes, o.Inode)
+		}
+	}
+	if len(sw.Old) == 0 {
+		return
+	}
+	sw.Why = "the earlier takeover's sockets do not conflict with this bind: it is stopped once the new server is ready"
+	sw.OldCmd = commandLine(sw.Old[0].Holder.PID)
+	sw.oldProcs, sw.holders = openAll(targetPIDs), openAll(holderPIDs)
 }
 
 // replaceGeneration takes a port over from the launcher's own previous
