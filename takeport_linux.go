@@ -145,7 +145,14 @@ func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c clai
 	if !slices.Contains(launchers, launcher) {
 		return
 	}
-	var targetPIDs, holderPIDs []int
+	// The pidfd first, then the checks: they read the process it signals.
+	p, err := openOld(launcher)
+	if err != nil {
+		return
+	}
+	var holderPIDs []int
+	var inodes []uint64
+	var target *stopTarget
 	own := func(h holder) bool { return h.PID == l.self || isAncestor("/proc", l.self, h.PID) }
 	for _, o := range all {
 		if slices.ContainsFunc(o.Holders, own) {
@@ -155,22 +162,28 @@ func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c clai
 			if !t.Launcher || t.PID != launcher || mayReplace("/proc", t, c.child, c.spec.describe(), false) != nil {
 				continue
 			}
-			if !slices.Contains(targetPIDs, t.PID) {
-				sw.Old = append(sw.Old, t)
-				targetPIDs = append(targetPIDs, t.PID)
+			if target == nil {
+				target = &t
 			}
 			for _, h := range o.Holders {
 				holderPIDs = append(holderPIDs, h.PID)
 			}
-			sw.inodes = append(sw.inodes, o.Inode)
+			inodes = append(inodes, o.Inode)
 		}
 	}
-	if len(sw.Old) == 0 {
+	exited := func() bool { // a pidfd reads ready once its process has exited
+		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+		n, _ := unix.Poll(fds, 0)
+		return n > 0
+	}
+	if target == nil || exited() {
+		p.close() // nothing of it here, or it exited meanwhile (its pid may be another's)
 		return
 	}
+	sw.Old, sw.inodes = []stopTarget{*target}, inodes
 	sw.Why = "the earlier takeover's sockets do not conflict with this bind: it is stopped once the new server is ready"
-	sw.OldCmd = commandLine(sw.Old[0].Holder.PID)
-	sw.oldProcs, sw.holders = openAll(targetPIDs), openAll(holderPIDs)
+	sw.OldCmd = commandLine(target.Holder.PID)
+	sw.oldProcs, sw.holders = []*oldProcess{p}, openAll(holderPIDs)
 }
 
 // replaceGeneration takes a port over from the launcher's own previous
