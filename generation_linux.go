@@ -62,7 +62,7 @@ func (g *generation) handedOverFromRunning() bool {
 		return g.prev != nil && !g.prev.inherited && !g.prev.hasExited()
 	}
 	for _, sw := range g.swaps {
-		if (sw.Strategy == "handoff" || sw.Strategy == "rename") && len(sw.oldProcs) > 0 {
+		if sw.Strategy != "rebind" && len(sw.oldProcs) > 0 { // a fresh bind's too: an old server beside it
 			return true
 		}
 	}

@@ -175,7 +175,9 @@ func TestCrashDuringKillOldDelay(t *testing.T) {
 }
 
 // TestFamilyMismatch: the old server listens on 0.0.0.0, the new one asks
-// for [::]: auto falls back to rebind, handoff refuses.
+// for a dual-stack [::] (which takes 0.0.0.0 too): auto falls back to
+// rebind, handoff refuses. (An IPv6-only [::] would not conflict:
+// TestReplacedBeside.)
 func TestFamilyMismatch(t *testing.T) {
 	if !hasIPv6() {
 		t.Skip("no IPv6 on this machine")
@@ -185,7 +187,7 @@ func TestFamilyMismatch(t *testing.T) {
 	old := startTakeover(t, "serve", "--port", port, "--", self, "tcp4:0.0.0.0:"+port)
 	waitServing(t, "127.0.0.1:"+port)
 
-	refused := startTakeover(t, "serve", "--strategy", "handoff", "--port", port, "--", self, "tcp6:[::]:"+port)
+	refused := startTakeover(t, "serve", "--strategy", "handoff", "--port", port, "--", self, "[::]:"+port)
 	if code := refused.wait(t); code == 0 {
 		t.Fatal("--strategy handoff took an IPv4 socket for an IPv6 request")
 	}
@@ -196,7 +198,7 @@ func TestFamilyMismatch(t *testing.T) {
 		t.Fatal("the old server was stopped by a refused handoff")
 	}
 
-	auto := startTakeover(t, "serve", "--port", port, "--", self, "tcp6:[::]:"+port)
+	auto := startTakeover(t, "serve", "--port", port, "--", self, "[::]:"+port)
 	if code := old.wait(t); code != 0 {
 		t.Fatalf("old takeover exited %d", code)
 	}

@@ -47,6 +47,31 @@ func (p *oldProcess) wait(ctx context.Context) bool {
 
 func (p *oldProcess) close() { unix.Close(p.pidfd) }
 
+// signalOnce sends sig to the old processes of the swaps, each once: a
+// server that held several of the sockets (nginx's `listen 80; listen
+// [::]:80;`, or two --port targets) is in the stop list of each swap, and to
+// some servers a second stop signal means "stop now, drain no more" (an
+// interactive ^C twice; uvicorn on INT). A rebind signalled its own at the
+// bind already.
+func signalOnce(stop []oldStop, sig unix.Signal) {
+	sent := make(map[int]bool)
+	for _, st := range stop {
+		if st.sw.Strategy == "rebind" {
+			for _, p := range st.procs {
+				sent[p.PID] = true
+			}
+		}
+	}
+	for _, st := range stop {
+		for _, p := range st.procs {
+			if !sent[p.PID] {
+				sent[p.PID] = true
+				p.signal(sig)
+			}
+		}
+	}
+}
+
 // openAll opens every pid it can; those already gone are left out.
 func openAll(pids []int) []*oldProcess {
 	var ps []*oldProcess

@@ -96,7 +96,7 @@ func TestSpecMatchesAndConflicts(t *testing.T) {
 			if got := spec.matches(ap(tt.addr)); got != tt.match {
 				t.Errorf("%v.matches(%s) = %v, want %v", spec, tt.addr, got, tt.match)
 			}
-			if got := conflicts(ap(tt.addr), ap(tt.held)); got != tt.conflicts {
+			if got := conflicts(inetBind{Addr: ap(tt.addr)}, inetBind{Addr: ap(tt.held)}); got != tt.conflicts {
 				t.Errorf("conflicts(%s, %s) = %v, want %v", tt.addr, tt.held, got, tt.conflicts)
 			}
 		})

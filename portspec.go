@@ -225,22 +225,47 @@ func (p portSpec) matches(ap netip.AddrPort) bool {
 	return p.Addr.IsUnspecified() && a.IsUnspecified()
 }
 
-// conflicts reports whether a listener bound to held keeps a bind to want
-// from succeeding: the same port, and addresses that overlap. An IPv6
-// wildcard is taken as dual-stack (the Linux default, net.ipv6.bindv6only=0).
-func conflicts(want, held netip.AddrPort) bool {
-	if want.Port() != held.Port() {
+// An inetBind is where an IP socket is bound, all a bind conflict depends
+// on: its address and port, and its IPV6_V6ONLY (which matters for the
+// IPv6 wildcard alone).
+type inetBind struct {
+	Addr   netip.AddrPort
+	V6Only bool
+}
+
+// conflicts reports whether a listener bound at held keeps a bind at want
+// from succeeding, as the kernel decides it (inet_rcv_saddr_equal): the
+// same port, and an address of the same family on each side where one of
+// the two is that family's wildcard or both are the same. An IPv4 address,
+// or a v4-mapped one on an IPv6 socket, is of IPv4; an IPv6 address is of
+// IPv6; the IPv6 wildcard [::] is of both unless it is IPv6-only. So
+// nginx's `listen 80; listen [::]:80;` (the second IPv6-only) is two
+// sockets on one port that do not conflict.
+func conflicts(want, held inetBind) bool {
+	if want.Addr.Port() != held.Addr.Port() {
 		return false
 	}
-	a, b := want.Addr().Unmap(), held.Addr().Unmap()
-	if a == b {
-		return true
+	w4, w6 := want.families()
+	h4, h6 := held.families()
+	return overlap(w4, h4) || overlap(w6, h6)
+}
+
+// families returns the IPv4 and the IPv6 address b takes: the zero Addr
+// for a family it leaves free.
+func (b inetBind) families() (v4, v6 netip.Addr) {
+	a := b.Addr.Addr().Unmap()
+	switch {
+	case a.Is4():
+		return a, netip.Addr{}
+	case a.IsUnspecified() && !b.V6Only:
+		return netip.IPv4Unspecified(), a
 	}
-	if a.Is4() == b.Is4() {
-		return a.IsUnspecified() || b.IsUnspecified()
-	}
-	// Different families overlap only through an IPv6 wildcard.
-	return (a.Is6() && a.IsUnspecified()) || (b.Is6() && b.IsUnspecified())
+	return netip.Addr{}, a
+}
+
+// overlap reports whether two addresses of one family take a common one.
+func overlap(a, b netip.Addr) bool {
+	return a.IsValid() && b.IsValid() && (a == b || a.IsUnspecified() || b.IsUnspecified())
 }
 
 // specList is a repeatable --port flag.

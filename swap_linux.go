@@ -120,13 +120,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	for i, st := range stop {
 		restored[i] = st.path.guard(gctx)
 	}
-	for _, st := range stop {
-		if st.sw.Strategy != "rebind" { // a rebind signalled them already
-			for _, p := range st.procs {
-				p.signal(l.cfg.signal())
-			}
-		}
-	}
+	signalOnce(stop, l.cfg.signal())
 	// Hold the locks until the old generation is gone, so that the next
 	// takeover finds one generation, not two.
 	for _, st := range stop {
@@ -186,6 +180,9 @@ func (l *launcher) logSwap(g *generation, swaps []*swap) {
 	attrs := []any{"generation", g.num, "new_pid", g.pid, "ready_by", by}
 	for _, sw := range swaps {
 		a := []any{"strategy", sw.Strategy}
+		if sw.Spec.Net != netUnix && !sw.Spec.Addr.IsValid() {
+			a = append(a, "addr", sw.Addr.String()) // a bare port's swaps, one per socket: which is which
+		}
 		if sw.Why != "" {
 			a = append(a, "why", sw.Why)
 		}

@@ -57,9 +57,13 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	if err != nil {
 		return nil, -1, fmt.Errorf("look up %s: %w", what, err)
 	}
+	// Only the sockets that keep this bind from succeeding are owners: an
+	// IPv6-only [::] beside an IPv4 bind is not (nginx's second listener,
+	// handed over at its own bind; or another service, left alone).
+	want := inetBind{c.addr, v6Only(c.sock)}
 	var owners []listener
 	for _, o := range all {
-		if c.spec.Net != netUnix && !conflicts(c.addr, o.Addr) {
+		if c.spec.Net != netUnix && !conflicts(want, inetBind{o.Addr, o.V6Only}) {
 			continue
 		}
 		kept := len(o.Holders) > 0
@@ -76,6 +80,9 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		sw.Strategy = "fresh"
 		if err := c.bind(c.sock); err != nil {
 			return nil, -1, err
+		}
+		if hasPrev && prev.Launcher != l.self {
+			l.replacedBeside(sw, all, prev.Launcher, c)
 		}
 		return sw, c.sock, nil
 	}
@@ -165,6 +172,59 @@ func keepOnly(ps []*oldProcess, keep func(*oldProcess) bool) []*oldProcess {
 		}
 	}
 	return kept
+}
+
+// replacedBeside names in sw, as the old server to stop once the new one is
+// ready, the earlier takeover of the target (launcher, from its record)
+// where it holds sockets of the port that the command's bind does not
+// conflict with: it served 0.0.0.0:P, and the new server binds an
+// IPv6-only [::]:P and nothing else. The new generation replaces it all
+// the same, with no socket of it to take. Nothing else on the port is
+// named: not another service's IPv6-only socket.
+func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c claim) {
+	launchers := liveLaunchers(l.dir)
+	if !slices.Contains(launchers, launcher) {
+		return
+	}
+	// The pidfd first, then the checks: they read the process it signals.
+	p, err := openOld(launcher)
+	if err != nil {
+		return
+	}
+	var holderPIDs []int
+	var inodes []uint64
+	var target *stopTarget
+	own := func(h holder) bool { return h.PID == l.self || isAncestor("/proc", l.self, h.PID) }
+	for _, o := range all {
+		if slices.ContainsFunc(o.Holders, own) {
+			continue // this takeover's, or handed over to it at an earlier bind
+		}
+		for _, t := range stopTargets("/proc", o, launchers) {
+			if !t.Launcher || t.PID != launcher || mayReplace("/proc", t, c.child, c.spec.describe(), false) != nil {
+				continue
+			}
+			if target == nil {
+				target = &t
+			}
+			for _, h := range o.Holders {
+				holderPIDs = append(holderPIDs, h.PID)
+			}
+			inodes = append(inodes, o.Inode)
+		}
+	}
+	exited := func() bool { // a pidfd reads ready once its process has exited
+		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+		n, _ := unix.Poll(fds, 0)
+		return n > 0
+	}
+	if target == nil || exited() {
+		p.close() // nothing of it here, or it exited meanwhile (its pid may be another's)
+		return
+	}
+	sw.Old, sw.inodes = []stopTarget{*target}, inodes
+	sw.Why = "the earlier takeover's sockets do not conflict with this bind: it is stopped once the new server is ready"
+	sw.OldCmd = commandLine(target.Holder.PID)
+	sw.oldProcs, sw.holders = []*oldProcess{p}, openAll(holderPIDs)
 }
 
 // replaceGeneration takes a port over from the launcher's own previous
@@ -369,6 +429,13 @@ func (l *launcher) copyOldSocket(owners []listener, sw *swap) (int, string) {
 		why += "; " + ptraceAdvice
 	}
 	return -1, why
+}
+
+// v6Only reports whether sock is an IPv6 socket with IPV6_V6ONLY set. A
+// command sets it before its bind, so takeover's copy of its socket tells.
+func v6Only(sock int) bool {
+	v, err := unix.GetsockoptInt(sock, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+	return err == nil && v != 0
 }
 
 // fetchTimeout bounds asking an earlier takeover for its socket.

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,6 +22,9 @@ type whoListener struct {
 	Hidden  bool        `json:"hidden,omitempty"` // some holders may not be visible to this user
 	Holders []whoHolder `json:"holders"`
 	Stop    []whoStop   `json:"stop"`
+	// V6Only: an IPv6 wildcard that takes no IPv4 connection (nginx's
+	// `listen [::]:80`), beside which an IPv4 socket may listen on the port.
+	V6Only bool `json:"ipv6_only,omitempty"`
 }
 
 type whoHolder struct {
@@ -72,7 +77,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	}
 	var out []whoListener
 	for _, spec := range specs {
-		ls, err := listeners("/proc", spec, nil, false)
+		ls, err := whoListeners(spec)
 		if err != nil {
 			fmt.Fprintf(stderr, "takeover who: %v\n", err)
 			return exitFailure
@@ -98,8 +103,23 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// whoListeners returns the listeners spec names and, for one address, those
+// on its port that a bind to it conflicts with (0.0.0.0 takes 127.0.0.1
+// too, an IPv6-only [::] does not): what a takeover of spec would replace.
+func whoListeners(spec portSpec) ([]listener, error) {
+	if spec.Net == netUnix || !spec.Addr.IsValid() {
+		return listeners("/proc", spec, nil, false)
+	}
+	all, err := listeners("/proc", spec.wholePort(), nil, false)
+	want := inetBind{Addr: netip.AddrPortFrom(spec.Addr, spec.Port)} // an IPv6 wildcard dual-stack, as the kernel binds it by default
+	return slices.DeleteFunc(all, func(o listener) bool {
+		return !spec.matches(o.Addr) && !conflicts(want, inetBind{o.Addr, o.V6Only})
+	}), err
+}
+
 func describe(proc procfs.FS, dir *runDirectory, spec portSpec, l listener, launchers []int) whoListener {
 	w := whoListener{Address: spec.boundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
+	w.V6Only = l.V6Only && l.Addr.Addr().Is6() && l.Addr.Addr().IsUnspecified()
 	for _, h := range l.Holders {
 		w.Holders = append(w.Holders, describeHolder(h))
 	}
@@ -138,7 +158,11 @@ func printWho(w io.Writer, specs specList, out []whoListener) {
 		return
 	}
 	for _, l := range out {
-		fmt.Fprintf(w, "%s (socket inode %d)\n", l.Address, l.Inode)
+		only := ""
+		if l.V6Only {
+			only = ", IPv6 only"
+		}
+		fmt.Fprintf(w, "%s (socket inode %d%s)\n", l.Address, l.Inode, only)
 		if len(l.Holders) == 0 && l.Hidden {
 			fmt.Fprintln(w, "  held by a process this user cannot see (run as its owner or as root)")
 		}

@@ -96,9 +96,14 @@ func readDiagDump(fd int, buf []byte, parse func([]byte) (Socket, bool), socks [
 	}
 }
 
+// inetDiagSKV6Only is INET_DIAG_SKV6ONLY, the attribute (a u8) the kernel
+// adds, unasked, to every listening or bound-unconnected AF_INET6 socket's
+// answer: its IPV6_V6ONLY.
+const inetDiagSKV6Only = 11
+
 // parseDiagMsg reads a struct inet_diag_msg: family, state, timer, retrans,
 // the socket id (ports big-endian, addresses in network order), expires,
-// rqueue, wqueue, uid, inode.
+// rqueue, wqueue, uid, inode; and of its attributes, INET_DIAG_SKV6ONLY.
 func parseDiagMsg(m []byte) (Socket, bool) {
 	if len(m) < diagMsgLen {
 		return Socket{}, false
@@ -114,12 +119,23 @@ func parseDiagMsg(m []byte) (Socket, bool) {
 		return Socket{}, false
 	}
 	ne := binary.NativeEndian
-	return Socket{
+	s := Socket{
 		Addr:   netip.AddrPortFrom(addr, port),
 		Queued: ne.Uint32(m[56:]), // idiag_rqueue: a listener's accept queue
 		UID:    ne.Uint32(m[64:]),
 		Inode:  uint64(ne.Uint32(m[68:])),
-	}, true
+	}
+	for a := m[diagMsgLen:]; len(a) >= 4; {
+		n := int(ne.Uint16(a[0:]))
+		if n < 4 || n > len(a) {
+			break
+		}
+		if ne.Uint16(a[2:]) == inetDiagSKV6Only && n >= 5 && m[0] == unix.AF_INET6 {
+			s.V6Only = a[4] != 0
+		}
+		a = a[min((n+3)&^3, len(a)):]
+	}
+	return s, true
 }
 
 // Unix sockets through sock_diag (include/uapi/linux/unix_diag.h).

@@ -28,6 +28,11 @@ type Socket struct {
 	Inode uint64
 	Addr  netip.AddrPort // TCP and UDP
 	UID   uint32         // the owner of the socket's inode: the user who created it
+	// V6Only is an IPv6 socket's IPV6_V6ONLY: bound to [::], it takes no
+	// IPv4 connection and leaves IPv4 addresses of its port to other
+	// sockets (nginx's `listen [::]:80`). sock_diag only: the /proc/net
+	// tables do not say, and a socket read from them has it false.
+	V6Only bool
 	// Queued is the accept queue's length: connections waiting for the
 	// server to accept them (sock_diag only).
 	Queued uint32

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -108,4 +109,136 @@ func TestParseUnixDiagMsg(t *testing.T) {
 	if _, ok := parseUnixDiagMsg(msg(unix.SOCK_STREAM, []byte{200, 0, 1, 0})); ok {
 		t.Error("an attribute longer than the message: want it skipped")
 	}
+}
+
+// TestDiagV6Only: sock_diag tells an IPv6-only listener from a dual-stack
+// one (INET_DIAG_SKV6ONLY), on real sockets bound to [::] in a network
+// namespace of the test's own (as root), and parseDiagMsg reads the
+// attribute wherever it comes among the others.
+func TestDiagV6Only(t *testing.T) {
+	if unix.Geteuid() == 0 {
+		if err := inPrivateNetns(func() error { return checkDiagV6Only(t) }); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		t.Log("not root: the real sockets are not checked (they bind [::], in a network namespace)")
+	}
+	ne := binary.NativeEndian
+	msg := func(family uint8, attrs ...[]byte) []byte {
+		m := make([]byte, diagMsgLen)
+		m[0] = family
+		binary.BigEndian.PutUint16(m[4:], 8100)
+		ne.PutUint32(m[68:], 4711)
+		for _, a := range attrs {
+			m = append(m, a...)
+		}
+		return m
+	}
+	u8 := func(kind uint16, v uint8) []byte { // padded to 8 bytes, as the kernel does
+		a := make([]byte, 8)
+		ne.PutUint16(a[0:], 5)
+		ne.PutUint16(a[2:], kind)
+		a[4] = v
+		return a
+	}
+	for _, tt := range []struct {
+		name string
+		m    []byte
+		want bool
+	}{
+		{"v6only after another attribute", msg(unix.AF_INET6, u8(8, 0), u8(inetDiagSKV6Only, 1)), true},
+		{"dual-stack", msg(unix.AF_INET6, u8(inetDiagSKV6Only, 0)), false},
+		{"no attribute", msg(unix.AF_INET6), false},
+		{"unpadded last attribute", msg(unix.AF_INET6, u8(inetDiagSKV6Only, 1)[:5]), true},
+		{"an attribute longer than the message", msg(unix.AF_INET6, []byte{200, 0, inetDiagSKV6Only, 0, 1}), false},
+		{"IPv4", msg(unix.AF_INET, u8(inetDiagSKV6Only, 1)), false},
+	} {
+		s, ok := parseDiagMsg(tt.m)
+		if !ok || s.Inode != 4711 || s.Addr.Port() != 8100 || s.V6Only != tt.want {
+			t.Errorf("%s: parseDiagMsg = %+v, %v; want inode 4711 on port 8100, V6Only %v", tt.name, s, ok, tt.want)
+		}
+	}
+}
+
+func checkDiagV6Only(t *testing.T) error {
+	listen := func(addr netip.Addr, v6only int) (uint64, error) {
+		s, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return 0, err
+		}
+		t.Cleanup(func() { unix.Close(s) })
+		if err := unix.SetsockoptInt(s, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
+			return 0, err
+		}
+		if err := unix.Bind(s, &unix.SockaddrInet6{Addr: addr.As16()}); err != nil {
+			return 0, err
+		}
+		if err := unix.Listen(s, 1); err != nil {
+			return 0, err
+		}
+		var st unix.Stat_t
+		err = unix.Fstat(s, &st)
+		return st.Ino, err
+	}
+	want := make(map[uint64]bool)
+	for _, l := range []struct {
+		addr   netip.Addr
+		v6only int
+		want   bool
+	}{
+		{netip.IPv6Unspecified(), 1, true},
+		{netip.IPv6Unspecified(), 0, false},
+		{netip.IPv6Loopback(), 0, true}, // the kernel sets it on a bind to one IPv6 address
+	} {
+		ino, err := listen(l.addr, l.v6only)
+		if err != nil {
+			return err
+		}
+		want[ino] = l.want
+	}
+	socks, err := DiagTCPListeners()
+	if err != nil {
+		return err
+	}
+	seen := 0
+	for _, s := range socks {
+		if w, ok := want[s.Inode]; ok {
+			seen++
+			if s.V6Only != w {
+				t.Errorf("socket %d at %s: V6Only = %v, want %v", s.Inode, s.Addr, s.V6Only, w)
+			}
+		}
+	}
+	if seen != len(want) {
+		t.Errorf("sock_diag listed %d of the %d listeners", seen, len(want))
+	}
+	return nil
+}
+
+// inPrivateNetns runs f on a thread of its own moved into a new network
+// namespace with its loopback up. The thread ends with f, and the
+// namespace with it.
+func inPrivateNetns(f func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			done <- err
+			return
+		}
+		s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer unix.Close(s)
+		ifr, _ := unix.NewIfreq("lo")
+		ifr.SetUint16(unix.IFF_UP)
+		if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
+			done <- err
+			return
+		}
+		done <- f()
+	}()
+	return <-done
 }
