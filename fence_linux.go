@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,10 +41,14 @@ import (
 // and the group it shares with the new one.
 type fence struct {
 	oldInode uint64
-	port     uint16
+	addr     netip.AddrPort // the old socket's
 
 	mu sync.Mutex
 	up bool // new connections go to the new socket
+	// handshakes are the request sockets at the address when the fence
+	// went up (by cookie), until each has left the handshake: the old
+	// socket's are among them, and sock_diag does not say which.
+	handshakes map[uint64]bool
 }
 
 const (
@@ -103,7 +109,7 @@ func fenceBeside(c claim, old int) (*fence, string) {
 		undo()
 		return nil, fmt.Sprintf("cannot bind beside the old socket: %v", err)
 	}
-	return &fence{oldInode: o.Ino, port: c.addr.Port()}, ""
+	return &fence{oldInode: o.Ino, addr: c.addr}, ""
 }
 
 // countAt counts the listeners bound to exactly addr.
@@ -137,12 +143,59 @@ func (f *fence) joined(sock int) error {
 	return steer(sock, oldInGroup)
 }
 
-// raise sends every new connection to the new socket, sock.
+// raise sends every new connection to the new socket, sock, and notes the
+// handshakes under way at the address: from then on, a handshake that
+// begins is the new socket's, so the old socket's are among those.
 func (f *fence) raise(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.up = true
-	return steer(sock, newInGroup)
+	if err := steer(sock, newInGroup); err != nil {
+		return err
+	}
+	f.handshakes = map[uint64]bool{}
+	reqs, err := f.requests()
+	for _, r := range reqs {
+		f.handshakes[r.Cookie] = true
+	}
+	return err
+}
+
+// requests returns the request sockets at the fence's address.
+func (f *fence) requests() ([]socktab.Request, error) {
+	reqs, err := socktab.DiagTCPRequests(f.addr.Port())
+	if err != nil || f.addr.Addr().IsUnspecified() {
+		return reqs, err
+	}
+	want := f.addr.Addr().Unmap()
+	return slices.DeleteFunc(reqs, func(r socktab.Request) bool { return r.Local.Addr() != want }), nil
+}
+
+// handshaking reports whether a handshake that was under way when the
+// fence went up still is. The old socket's may be: the client's ACK not
+// arrived yet, or dropped because the old socket's accept queue was full
+// (the client counts itself connected, and sends its request); the kernel
+// takes it into the old socket's queue at the client's next segment or at
+// its own SYN-ACK retransmit. A listener that closes resets what is still
+// in its handshake, unless net.ipv4.tcp_migrate_req is on.
+func (f *fence) handshaking() (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.handshakes) == 0 {
+		return false, nil
+	}
+	reqs, err := f.requests()
+	if err != nil {
+		return false, err
+	}
+	still := map[uint64]bool{}
+	for _, r := range reqs {
+		if f.handshakes[r.Cookie] {
+			still[r.Cookie] = true
+		}
+	}
+	f.handshakes = still
+	return len(still) > 0, nil
 }
 
 // settle pins the group to the new socket, sock, once the old socket has
@@ -168,9 +221,14 @@ func (f *fence) settle(ctx context.Context, sock int) bool {
 }
 
 // finished reports whether the fenced old server has nothing left to
-// finish: no connection waits in its socket's queue, and none of pids (its
-// processes) holds a connection it accepted.
+// finish: no handshake that may be its socket's is under way, no
+// connection waits in its socket's queue, and none of pids (its processes)
+// holds a connection it accepted. (In that order: a handshake that
+// completes meanwhile is in the queue when that is looked at.)
 func (f *fence) finished(pids []int) (bool, error) {
+	if busy, err := f.handshaking(); busy || err != nil {
+		return false, err
+	}
 	ls, err := socktab.DiagTCPListeners()
 	if err != nil {
 		return false, err
@@ -180,7 +238,7 @@ func (f *fence) finished(pids []int) (bool, error) {
 			return false, nil
 		}
 	}
-	conns, err := socktab.DiagTCPConnected(f.port)
+	conns, err := socktab.DiagTCPConnected(f.addr.Port())
 	if err != nil || len(conns) == 0 {
 		return err == nil, err
 	}
@@ -224,6 +282,11 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 	if len(fs) == 0 {
 		return false
 	}
+	if set, err := migrateRequests(migrateReqPath); set {
+		l.log.Info("set net.ipv4.tcp_migrate_req=1 in this network namespace, and leave it: a listening socket that closes now hands its queued connections to another socket of its SO_REUSEPORT group instead of resetting them")
+	} else if err != nil {
+		l.log.Debug("cannot set net.ipv4.tcp_migrate_req; the drain alone keeps the old socket's queue", "err", err)
+	}
 	began := time.Now()
 	wait := l.cfg.drainTimeout()
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -257,6 +320,44 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 		case <-tick.C:
 		}
 	}
+}
+
+// migrateReqPath is net.ipv4.tcp_migrate_req (Linux 5.14) of takeover's
+// network namespace, which is the fenced sockets' (sock_diag found the old
+// one there).
+const migrateReqPath = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+// migrateRequests turns net.ipv4.tcp_migrate_req on at path, if it is off:
+// then a listening socket that closes while another of its SO_REUSEPORT
+// group listens hands that one its accept queue and its handshakes under
+// way, where the kernel would otherwise reset them. With takeover's
+// one-instruction classic program on the group (not an eBPF program
+// attached for migration), the kernel picks among the sockets that still
+// listen by hash: once the old socket closes, the new one is the only one.
+// It is left on, never restored: another takeover's swap, on this port or
+// another, may be relying on it, and a closed socket's handshakes are
+// migrated when the client's ACK comes, after the swap. (false, nil) means
+// it was on already; (true, nil) that it was turned on; (false, err) that
+// it could not be (not root in this network namespace, /proc/sys read-only,
+// a kernel before 5.14): the drain alone then keeps the old socket's queue
+// from being reset.
+func migrateRequests(path string) (bool, error) {
+	v, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	if strings.TrimSpace(string(v)) != "0" {
+		return false, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return false, err
+	}
+	_, err = f.WriteString("1\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err == nil, err
 }
 
 // fenceAttrs are the log attributes that say whether a swap was fenced.
