@@ -49,6 +49,7 @@ type fence struct {
 	// went up (by cookie), until each has left the handshake: the old
 	// socket's are among them, and sock_diag does not say which.
 	handshakes map[uint64]bool
+	migrating  bool // holds net.ipv4.tcp_migrate_req on (holdMigrate)
 }
 
 const (
@@ -203,15 +204,26 @@ func (f *fence) handshaking() (bool, error) {
 // first, and a socket that joined after it (another process of the user,
 // binding with SO_REUSEPORT) would otherwise take every connection the
 // program steers to the second. It waits up to a second for the old socket
-// to go, and leaves the program as it is if it does not.
+// to go, and leaves the program as it is if it does not. Then, the old
+// socket's handshakes done (up to a second more), it lets go of
+// net.ipv4.tcp_migrate_req.
 func (f *fence) settle(ctx context.Context, sock int) bool {
+	defer f.releaseMigrate()
 	deadline := time.Now().Add(time.Second)
 	for {
 		ls, err := socktab.DiagTCPListeners()
 		if err == nil && !slices.ContainsFunc(ls, func(s socktab.Socket) bool { return s.Inode == f.oldInode }) {
 			f.mu.Lock()
-			defer f.mu.Unlock()
-			return steer(sock, 0) == nil
+			ok := steer(sock, 0) == nil
+			f.mu.Unlock()
+			// A handshake of the closed socket is moved to the new one
+			// when the client's ACK comes, if the sysctl is still on.
+			for end := time.Now().Add(time.Second); time.Now().Before(end) && ctx.Err() == nil; time.Sleep(5 * time.Millisecond) {
+				if busy, err := f.handshaking(); !busy || err != nil {
+					break
+				}
+			}
+			return ok
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return false
@@ -282,10 +294,17 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 	if len(fs) == 0 {
 		return false
 	}
-	if set, err := migrateRequests(migrateReqPath); set {
-		l.log.Info("set net.ipv4.tcp_migrate_req=1 in this network namespace, and leave it: a listening socket that closes now hands its queued connections to another socket of its SO_REUSEPORT group instead of resetting them")
-	} else if err != nil {
-		l.log.Debug("cannot set net.ipv4.tcp_migrate_req; the drain alone keeps the old socket's queue", "err", err)
+	for _, x := range fs {
+		if set, err := x.f.holdMigrate(); set {
+			l.log.Info("net.ipv4.tcp_migrate_req=1 in this network namespace until the old socket has closed: a listening socket that closes hands its queued connections to another socket of its SO_REUSEPORT group instead of resetting them")
+		} else if err != nil {
+			l.log.Debug("cannot set net.ipv4.tcp_migrate_req; the drain alone keeps the old socket's queue", "err", err)
+		}
+	}
+	release := func() {
+		for _, x := range fs {
+			x.f.releaseMigrate()
+		}
 	}
 	began := time.Now()
 	wait := l.cfg.drainTimeout()
@@ -312,10 +331,12 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 			l.log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
 			return true
 		case g.hasExited():
+			release() // the old server serves on
 			return true
 		}
 		select {
 		case <-ctx.Done():
+			release()
 			return true
 		case <-tick.C:
 		}
@@ -327,37 +348,81 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 // one there).
 const migrateReqPath = "/proc/sys/net/ipv4/tcp_migrate_req"
 
-// migrateRequests turns net.ipv4.tcp_migrate_req on at path, if it is off:
-// then a listening socket that closes while another of its SO_REUSEPORT
-// group listens hands that one its accept queue and its handshakes under
-// way, where the kernel would otherwise reset them. With takeover's
-// one-instruction classic program on the group (not an eBPF program
-// attached for migration), the kernel picks among the sockets that still
-// listen by hash: once the old socket closes, the new one is the only one.
-// It is left on, never restored: another takeover's swap, on this port or
-// another, may be relying on it, and a closed socket's handshakes are
-// migrated when the client's ACK comes, after the swap. (false, nil) means
-// it was on already; (true, nil) that it was turned on; (false, err) that
-// it could not be (not root in this network namespace, /proc/sys read-only,
-// a kernel before 5.14): the drain alone then keeps the old socket's queue
-// from being reset.
-func migrateRequests(path string) (bool, error) {
-	v, err := os.ReadFile(path)
-	if err != nil {
-		return false, err
-	}
-	if strings.TrimSpace(string(v)) != "0" {
+// net.ipv4.tcp_migrate_req is held on while this process has a fenced
+// swap under way, and put back to 0 by the last one if it was 0 before.
+var migrate struct {
+	sync.Mutex
+	users int
+	set   bool // this process turned it on
+}
+
+// holdMigrate turns net.ipv4.tcp_migrate_req on for the fence's swap, if
+// it is off: then a listening socket that closes while another of its
+// SO_REUSEPORT group listens hands that one its accept queue and its
+// handshakes under way, where the kernel would otherwise reset them. With
+// takeover's one-instruction classic program on the group (not an eBPF
+// program attached for migration), the kernel picks among the sockets that
+// still listen by hash: once the old socket closes, the new one is the
+// only one. It is put back once the old socket has gone (settle), so that
+// the host is left as it was found; the drain has by then emptied what
+// it would have moved, and it is a second guard. (false, nil) means it was
+// on already (or this process holds it); (true, nil) that it was turned
+// on; (false, err) that it could not be (not root in this network
+// namespace, /proc/sys read-only, a kernel before 5.14): the drain alone
+// then keeps the old socket's queue from being reset.
+func (f *fence) holdMigrate() (bool, error) {
+	migrate.Lock()
+	defer migrate.Unlock()
+	if f.migrating {
 		return false, nil
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
+	f.migrating = true
+	migrate.users++
+	if migrate.users > 1 {
+		return false, nil
+	}
+	v, err := os.ReadFile(migrateReqPath)
+	if err != nil || strings.TrimSpace(string(v)) != "0" {
 		return false, err
 	}
-	_, err = f.WriteString("1\n")
+	if err := writeSysctl(migrateReqPath, "1"); err != nil {
+		return false, err
+	}
+	migrate.set = true
+	return true, nil
+}
+
+// releaseMigrate lets go of the fence's hold: the last one puts
+// net.ipv4.tcp_migrate_req back to 0 if this process turned it on and it
+// is still on. (Another process's swap that turned it on meanwhile, seeing
+// it on, left it to this one: the restore can cut short its second guard,
+// never its drain.)
+func (f *fence) releaseMigrate() {
+	migrate.Lock()
+	defer migrate.Unlock()
+	if !f.migrating {
+		return
+	}
+	f.migrating = false
+	if migrate.users--; migrate.users > 0 || !migrate.set {
+		return
+	}
+	migrate.set = false
+	if v, err := os.ReadFile(migrateReqPath); err == nil && strings.TrimSpace(string(v)) == "1" {
+		writeSysctl(migrateReqPath, "0")
+	}
+}
+
+func writeSysctl(path, v string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(v + "\n")
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return err == nil, err
+	return err
 }
 
 // fenceAttrs are the log attributes that say whether a swap was fenced.
