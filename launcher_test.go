@@ -91,7 +91,7 @@ func startTakeover(t *testing.T, helper string, args ...string) *tkRun {
 
 // startRun starts cmd, a takeover (perhaps behind wrappers that exec it),
 // and follows it as a tkRun.
-func startRun(t *testing.T, cmd *exec.Cmd) *tkRun {
+func startRun(t testing.TB, cmd *exec.Cmd) *tkRun {
 	t.Helper()
 	r := &tkRun{cmd: cmd, stderr: &syncBuffer{}, lines: make(chan string, 100), exited: make(chan struct{})}
 	cmd.Stderr = r.stderr
