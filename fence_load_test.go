@@ -29,7 +29,7 @@ import (
 
 // A loadRun is what swapUnderLoad measured.
 type loadRun struct {
-	Requests, Failed, Refused, Resets int
+	Requests, Failed, Refused, Resets, Timeouts int
 	Elapsed                           time.Duration // of the load: from the first swap to the last
 	SwapTime                          time.Duration // mean: a new takeover started, to the old one's exit
 	Lines                             []string      // each swap's "took over" line
@@ -114,16 +114,22 @@ func swapUnderLoad(t testing.TB, ns string, flags, server []string, swaps, worke
 	}
 	addr := addrOfFlags(flags)
 	var out bytes.Buffer
-	probe := inNetns(ns, bin, "probe", "--addr", addr, "--workers", strconv.Itoa(workers), "--duration", "30m")
+	// ab's timeout: with a backlog of 5 and 50 clients, SYNs are dropped
+	// and retried after 1, 2 and 4s, fenced or not.
+	probe := inNetns(ns, bin, "probe", "--addr", addr, "--workers", strconv.Itoa(workers), "--duration", "30m", "--timeout", "30s")
 	probe.Stdout, probe.Stderr = &out, os.Stderr
 	if err := probe.Start(); err != nil {
 		t.Fatal(err)
 	}
-	probeDone := make(chan error, 1)
-	go func() { probeDone <- probe.Wait() }()
+	probeDone := make(chan struct{})
+	go func() { probe.Wait(); close(probeDone) }()
 	t.Cleanup(func() {
-		probe.Process.Signal(syscall.SIGINT) // the pidfd-backed os.Process: never another process
-		<-probeDone
+		select {
+		case <-probeDone:
+		default:
+			probe.Process.Signal(syscall.SIGINT) // the pidfd-backed os.Process: never another process
+			<-probeDone
+		}
 	})
 	time.Sleep(300 * time.Millisecond) // the clients connect (not a synchronization: the load only has to be on)
 
@@ -144,7 +150,7 @@ func swapUnderLoad(t testing.TB, ns string, flags, server []string, swaps, worke
 		if err := awaitSwapLine(nil, next, 1, 30*time.Second); err != nil {
 			t.Fatalf("swap %d: %v\n%s", i+1, err, allLogs())
 		}
-		run.Lines = append(run.Lines, swapLineOf(next))
+		run.Lines = append(run.Lines, regexpSwapLines.FindString(next.stderr.String()))
 		cur = next
 	}
 	run.Elapsed = time.Since(began)
@@ -155,11 +161,11 @@ func swapUnderLoad(t testing.TB, ns string, flags, server []string, swaps, worke
 	case <-time.After(30 * time.Second):
 		t.Fatal("takeover probe did not end 30s after SIGINT")
 	}
-	var res struct{ Requests, Failed, Refused, Resets int }
+	var res struct{ Requests, Failed, Refused, Resets, Timeouts int }
 	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
 		t.Fatalf("takeover probe's output %q: %v", out.String(), err)
 	}
-	run.Requests, run.Failed, run.Refused, run.Resets = res.Requests, res.Failed, res.Refused, res.Resets
+	run.Requests, run.Failed, run.Refused, run.Resets, run.Timeouts = res.Requests, res.Failed, res.Refused, res.Resets, res.Timeouts
 	run.Logs = allLogs()
 	return run
 }
@@ -204,8 +210,8 @@ func TestFencedSmallBacklog(t *testing.T) {
 			port := "8100" // the namespace's own: nothing else binds there
 			addr := "127.0.0.1:" + port
 			run := swapUnderLoad(t, ns, []string{"--strategy", "handoff", "--port", addr}, pythonBacklogServer(t, port), 10, 50, tc.wrap)
-			t.Logf("%d requests, %d failed (%d refused, %d reset) over 10 swaps in %v; %.0f requests/s; swap %v",
-				run.Requests, run.Failed, run.Refused, run.Resets, run.Elapsed.Round(time.Millisecond), run.throughput(), run.SwapTime.Round(time.Millisecond))
+			t.Logf("%d requests, %d failed (%d refused, %d reset, %d timed out) over 10 swaps in %v; %.0f requests/s; swap %v",
+				run.Requests, run.Failed, run.Refused, run.Resets, run.Timeouts, run.Elapsed.Round(time.Millisecond), run.throughput(), run.SwapTime.Round(time.Millisecond))
 			if run.Failed > 0 || run.Requests == 0 {
 				t.Errorf("%d of %d requests failed, want 0", run.Failed, run.Requests)
 			}
@@ -241,8 +247,8 @@ func TestFencedPassedSockets(t *testing.T) {
 	}
 	addr := "127.0.0.1:8100" // the namespace's own port
 	run := swapUnderLoad(t, ns, []string{"--sockets", "systemd", "--strategy", "handoff", "--port", addr}, []string{"python3", py}, 10, 50, nil)
-	t.Logf("%d requests, %d failed (%d refused, %d reset) over 10 swaps in %v; %.0f requests/s; swap %v",
-		run.Requests, run.Failed, run.Refused, run.Resets, run.Elapsed.Round(time.Millisecond), run.throughput(), run.SwapTime.Round(time.Millisecond))
+	t.Logf("%d requests, %d failed (%d refused, %d reset, %d timed out) over 10 swaps in %v; %.0f requests/s; swap %v",
+		run.Requests, run.Failed, run.Refused, run.Resets, run.Timeouts, run.Elapsed.Round(time.Millisecond), run.throughput(), run.SwapTime.Round(time.Millisecond))
 	if run.Failed > 0 || run.Requests == 0 {
 		t.Errorf("%d of %d requests failed, want 0", run.Failed, run.Requests)
 	}
@@ -321,14 +327,14 @@ func BenchmarkFencedSmallBacklog(b *testing.B) {
 			rows = append(rows, row{tc.name, run})
 		})
 	}
-	fmt.Printf("| python ThreadingHTTPServer, backlog 5, %d clients, %d swaps | requests | failed | resets | requests/s | of unfenced | mean swap |\n", workers, swaps)
-	fmt.Printf("|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Printf("| python ThreadingHTTPServer, backlog 5, %d clients, %d swaps | requests | failed | resets | timeouts (30s) | requests/s | of unfenced | mean swap |\n", workers, swaps)
+	fmt.Printf("|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for i, r := range rows {
 		ratio := "1"
 		if i%2 == 0 && i+1 < len(rows) {
 			ratio = fmt.Sprintf("%.2f", r.run.throughput()/rows[i+1].run.throughput())
 		}
-		fmt.Printf("| %s | %d | %d | %d | %.0f | %s | %v |\n", r.name, r.run.Requests, r.run.Failed, r.run.Resets, r.run.throughput(), ratio, r.run.SwapTime.Round(time.Millisecond))
+		fmt.Printf("| %s | %d | %d | %d | %d | %.0f | %s | %v |\n", r.name, r.run.Requests, r.run.Failed, r.run.Resets, r.run.Timeouts, r.run.throughput(), ratio, r.run.SwapTime.Round(time.Millisecond))
 	}
 }
 
