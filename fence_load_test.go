@@ -30,10 +30,10 @@ import (
 // A loadRun is what swapUnderLoad measured.
 type loadRun struct {
 	Requests, Failed, Refused, Resets, Timeouts int
-	Elapsed                           time.Duration // of the load: from the first swap to the last
-	SwapTime                          time.Duration // mean: a new takeover started, to the old one's exit
-	Lines                             []string      // each swap's "took over" line
-	Logs                              string        // every takeover's stderr
+	Elapsed                                     time.Duration // of the load: from the first swap to the last
+	SwapTime                                    time.Duration // mean: a new takeover started, to the old one's exit
+	Lines                                       []string      // each swap's "took over" line
+	Logs                                        string        // every takeover's stderr
 }
 
 func (r loadRun) throughput() float64 { return float64(r.Requests) / r.Elapsed.Seconds() }
