@@ -75,6 +75,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	sw.Lookup = time.Since(began)
 	if len(owners) == 0 {
 		sw.Strategy = "fresh"
+		freshInGroup(c, l.cfg.fence())
 		if err := c.bind(c.sock); err != nil {
 			return nil, -1, err
 		}
