@@ -223,8 +223,10 @@ func lastSwapLine(r *tkRun) string {
 // loopback up; the test's cleanup removes it.
 type netns struct{ name, path string }
 
-func newNetns(t *testing.T) *netns {
+func newNetns(t testing.TB) *netns {
 	t.Helper()
+	requireRoot(t)
+	requireTool(t, "ip")
 	ns := &netns{name: "tkds-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 10)}
 	ns.path = filepath.Join("/run/netns", ns.name)
 	if out, err := exec.Command("ip", "netns", "add", ns.name).CombinedOutput(); err != nil {

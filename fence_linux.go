@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,11 +41,16 @@ import (
 // and the group it shares with the new one.
 type fence struct {
 	oldInode uint64
-	port     uint16
+	addr     netip.AddrPort // the old socket's
 
 	mu   sync.Mutex
 	up   bool // new connections go to the new socket
 	gone bool // the old server exited: nothing to wait for
+	// handshakes are the request sockets at the address when the fence
+	// went up (by cookie), until each has left the handshake: the old
+	// socket's are among them, and sock_diag does not say which.
+	handshakes map[uint64]bool
+	migrating  bool // holds net.ipv4.tcp_migrate_req on (holdMigrate)
 }
 
 const (
@@ -104,7 +111,22 @@ func fenceBeside(c claim, old int) (*fence, string) {
 		undo()
 		return nil, fmt.Sprintf("cannot bind beside the old socket: %v", err)
 	}
-	return &fence{oldInode: o.Ino, port: c.addr.Port()}, ""
+	return &fence{oldInode: o.Ino, addr: c.addr}, ""
+}
+
+// freshInGroup sets SO_REUSEPORT on a TCP socket bound fresh where a later
+// swap may fence it, so that its first listen makes an SO_REUSEPORT group
+// of one. A socket that joins a group only when it is fenced switches, for
+// its SYN cookies, from its own record of its last SYN queue overflow to
+// the new group's, which is empty: until the group overflows again, every
+// client still completing a cookie handshake with it (its ACK dropped
+// while the accept queue was full, and retried) is reset, as if the cookie
+// were forged (24 to 32 resets in one burst at the first swap of a python
+// server with a backlog of 5 under 50 clients).
+func freshInGroup(c claim, fence bool) {
+	if fence && c.spec.Net == "" {
+		unix.SetsockoptInt(c.sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}
 }
 
 // countAt counts the listeners bound to exactly addr.
@@ -142,12 +164,59 @@ func (f *fence) joined(sock int) error {
 	return steer(sock, oldInGroup)
 }
 
-// raise sends every new connection to the new socket, sock.
+// raise sends every new connection to the new socket, sock, and notes the
+// handshakes under way at the address: from then on, a handshake that
+// begins is the new socket's, so the old socket's are among those.
 func (f *fence) raise(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.up = true
-	return steer(sock, newInGroup)
+	if err := steer(sock, newInGroup); err != nil {
+		return err
+	}
+	f.handshakes = map[uint64]bool{}
+	reqs, err := f.requests()
+	for _, r := range reqs {
+		f.handshakes[r.Cookie] = true
+	}
+	return err
+}
+
+// requests returns the request sockets at the fence's address.
+func (f *fence) requests() ([]socktab.Request, error) {
+	reqs, err := socktab.DiagTCPRequests(f.addr.Port())
+	if err != nil || f.addr.Addr().IsUnspecified() {
+		return reqs, err
+	}
+	want := f.addr.Addr().Unmap()
+	return slices.DeleteFunc(reqs, func(r socktab.Request) bool { return r.Local.Addr() != want }), nil
+}
+
+// handshaking reports whether a handshake that was under way when the
+// fence went up still is. The old socket's may be: the client's ACK not
+// arrived yet, or dropped because the old socket's accept queue was full
+// (the client counts itself connected, and sends its request); the kernel
+// takes it into the old socket's queue at the client's next segment or at
+// its own SYN-ACK retransmit. A listener that closes resets what is still
+// in its handshake, unless net.ipv4.tcp_migrate_req is on.
+func (f *fence) handshaking() (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.handshakes) == 0 {
+		return false, nil
+	}
+	reqs, err := f.requests()
+	if err != nil {
+		return false, err
+	}
+	still := map[uint64]bool{}
+	for _, r := range reqs {
+		if f.handshakes[r.Cookie] {
+			still[r.Cookie] = true
+		}
+	}
+	f.handshakes = still
+	return len(still) > 0, nil
 }
 
 // oldGone records that the old server exited (a reload's old generation
@@ -189,15 +258,26 @@ func (f *fence) lower(sock int) error {
 // first, and a socket that joined after it (another process of the user,
 // binding with SO_REUSEPORT) would otherwise take every connection the
 // program steers to the second. It waits up to a second for the old socket
-// to go, and leaves the program as it is if it does not.
+// to go, and leaves the program as it is if it does not. Then, the old
+// socket's handshakes done (up to a second more), it lets go of
+// net.ipv4.tcp_migrate_req.
 func (f *fence) settle(ctx context.Context, sock int) bool {
+	defer f.releaseMigrate()
 	deadline := time.Now().Add(time.Second)
 	for {
 		ls, err := socktab.DiagTCPListeners()
 		if err == nil && !slices.ContainsFunc(ls, func(s socktab.Socket) bool { return s.Inode == f.oldInode }) {
 			f.mu.Lock()
-			defer f.mu.Unlock()
-			return steer(sock, 0) == nil
+			ok := steer(sock, 0) == nil
+			f.mu.Unlock()
+			// A handshake of the closed socket is moved to the new one
+			// when the client's ACK comes, if the sysctl is still on.
+			for end := time.Now().Add(time.Second); time.Now().Before(end) && ctx.Err() == nil; time.Sleep(5 * time.Millisecond) {
+				if busy, err := f.handshaking(); !busy || err != nil {
+					break
+				}
+			}
+			return ok
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return false
@@ -207,11 +287,16 @@ func (f *fence) settle(ctx context.Context, sock int) bool {
 }
 
 // finished reports whether the fenced old server has nothing left to
-// finish: no connection waits in its socket's queue, and none of pids (its
-// processes) holds a connection it accepted.
+// finish: no handshake that may be its socket's is under way, no
+// connection waits in its socket's queue, and none of pids (its processes)
+// holds a connection it accepted. (In that order: a handshake that
+// completes meanwhile is in the queue when that is looked at.)
 func (f *fence) finished(pids []int) (bool, error) {
 	if f.isGone() {
 		return true, nil // what waits in its queue is handed over or lost: none of it will be accepted there
+	}
+	if busy, err := f.handshaking(); busy || err != nil {
+		return false, err
 	}
 	ls, err := socktab.DiagTCPListeners()
 	if err != nil {
@@ -222,7 +307,7 @@ func (f *fence) finished(pids []int) (bool, error) {
 			return false, nil
 		}
 	}
-	conns, err := socktab.DiagTCPConnected(f.port)
+	conns, err := socktab.DiagTCPConnected(f.addr.Port())
 	if err != nil || len(conns) == 0 {
 		return err == nil, err
 	}
@@ -266,6 +351,18 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 	if len(fs) == 0 {
 		return false
 	}
+	for _, x := range fs {
+		if set, err := x.f.holdMigrate(); set {
+			l.log.Info("net.ipv4.tcp_migrate_req=1 in this network namespace until the old socket has closed: a listening socket that closes hands its queued connections to another socket of its SO_REUSEPORT group instead of resetting them")
+		} else if err != nil {
+			l.log.Debug("cannot set net.ipv4.tcp_migrate_req; the drain alone keeps the old socket's queue", "err", err)
+		}
+	}
+	release := func() {
+		for _, x := range fs {
+			x.f.releaseMigrate()
+		}
+	}
 	began := time.Now()
 	wait := l.cfg.drainTimeout()
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -291,14 +388,98 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 			l.log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
 			return true
 		case g.hasExited():
+			release() // the old server serves on
 			return true
 		}
 		select {
 		case <-ctx.Done():
+			release()
 			return true
 		case <-tick.C:
 		}
 	}
+}
+
+// migrateReqPath is net.ipv4.tcp_migrate_req (Linux 5.14) of takeover's
+// network namespace, which is the fenced sockets' (sock_diag found the old
+// one there).
+const migrateReqPath = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+// net.ipv4.tcp_migrate_req is held on while this process has a fenced
+// swap under way, and put back to 0 by the last one if it was 0 before.
+var migrate struct {
+	sync.Mutex
+	users int
+	set   bool // this process turned it on
+}
+
+// holdMigrate turns net.ipv4.tcp_migrate_req on for the fence's swap, if
+// it is off: then a listening socket that closes while another of its
+// SO_REUSEPORT group listens hands that one its accept queue and its
+// handshakes under way, where the kernel would otherwise reset them. With
+// takeover's one-instruction classic program on the group (not an eBPF
+// program attached for migration), the kernel picks among the sockets that
+// still listen by hash: once the old socket closes, the new one is the
+// only one. It is put back once the old socket has gone (settle), so that
+// the host is left as it was found; the drain has by then emptied what
+// it would have moved, and it is a second guard. (false, nil) means it was
+// on already (or this process holds it); (true, nil) that it was turned
+// on; (false, err) that it could not be (not root in this network
+// namespace, /proc/sys read-only, a kernel before 5.14): the drain alone
+// then keeps the old socket's queue from being reset.
+func (f *fence) holdMigrate() (bool, error) {
+	migrate.Lock()
+	defer migrate.Unlock()
+	if f.migrating {
+		return false, nil
+	}
+	f.migrating = true
+	migrate.users++
+	if migrate.users > 1 {
+		return false, nil
+	}
+	v, err := os.ReadFile(migrateReqPath)
+	if err != nil || strings.TrimSpace(string(v)) != "0" {
+		return false, err
+	}
+	if err := writeSysctl(migrateReqPath, "1"); err != nil {
+		return false, err
+	}
+	migrate.set = true
+	return true, nil
+}
+
+// releaseMigrate lets go of the fence's hold: the last one puts
+// net.ipv4.tcp_migrate_req back to 0 if this process turned it on and it
+// is still on. (Another process's swap that turned it on meanwhile, seeing
+// it on, left it to this one: the restore can cut short its second guard,
+// never its drain.)
+func (f *fence) releaseMigrate() {
+	migrate.Lock()
+	defer migrate.Unlock()
+	if !f.migrating {
+		return
+	}
+	f.migrating = false
+	if migrate.users--; migrate.users > 0 || !migrate.set {
+		return
+	}
+	migrate.set = false
+	if v, err := os.ReadFile(migrateReqPath); err == nil && strings.TrimSpace(string(v)) == "1" {
+		writeSysctl(migrateReqPath, "0")
+	}
+}
+
+func writeSysctl(path, v string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(v + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // fenceAttrs are the log attributes that say whether a swap was fenced.

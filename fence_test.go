@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
 )
 
@@ -390,5 +391,73 @@ func TestFencedFirstSwap(t *testing.T) {
 	t.Logf("%d requests, %d failed (%d refused, %d reset); %s", res.Requests, res.FailedRequests(), res.Refused, res.Resets, line)
 	if res.FailedRequests() > 0 || res.OK == 0 {
 		t.Errorf("%d of %d requests failed, want 0", res.FailedRequests(), res.Requests)
+	}
+}
+
+// TestFenceWaitsForHandshakes: a connection still in its handshake on the
+// old socket when the fence goes up (a request socket: here the server's
+// TCP_DEFER_ACCEPT holds it there until the client sends, as a full
+// accept queue does by dropping the client's ACK) is the old server's to
+// finish: the drain waits for it to reach the old socket's queue and be
+// accepted. Were the old socket closed before, the client, which counts
+// itself connected, would be reset.
+func TestFenceWaitsForHandshakes(t *testing.T) {
+	old, addr := fenceListener(t)
+	unix.SetNonblock(old, true)
+	if err := unix.SetsockoptInt(old, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 30); err != nil {
+		t.Fatal(err)
+	}
+	own := tcpSocket(t)
+	c := claim{sock: own, addr: addr, spec: portSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	f, why := fenceBeside(c, old)
+	if f == nil {
+		t.Fatalf("fenceBeside: %s", why)
+	}
+	unix.Listen(own, 128)
+	f.joined(own)
+	unix.SetNonblock(own, true)
+	pids := []int{os.Getpid()}
+
+	client := connectN(t, addr, 1)[0] // connected, as the client sees it
+	waitHandshakes(t, addr, 1)
+	if err := f.raise(own); err != nil {
+		t.Fatalf("raise: %v", err)
+	}
+	for i := range 2 { // raiseFences asks twice
+		if done, err := f.finished(pids); done || err != nil {
+			t.Fatalf("finished (look %d) with a handshake under way on the old socket = %v, %v; want false", i+1, done, err)
+		}
+	}
+	if _, err := client.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitQueued(t, old, 1)
+	if done, _ := f.finished(pids); done {
+		t.Errorf("finished with the connection in the old socket's queue")
+	}
+	got := acceptAll(t, old)
+	if len(got) != 1 || len(acceptAll(t, own)) != 0 {
+		t.Fatalf("the old socket accepted %d connections, want 1 (and the new one none)", len(got))
+	}
+	closeFDs(got)
+	if done, err := f.finished(pids); !done || err != nil {
+		t.Errorf("finished once the old server closed what it accepted = %v, %v; want true", done, err)
+	}
+}
+
+// waitHandshakes waits until n connections to addr are in their handshake.
+func waitHandshakes(t *testing.T, addr netip.AddrPort, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		reqs, err := socktab.DiagTCPRequests(addr.Port())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(reqs) >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections to %s in their handshake after 5s, want %d", len(reqs), addr, n)
+		}
 	}
 }

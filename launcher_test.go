@@ -92,7 +92,7 @@ func startTakeover(t *testing.T, helper string, args ...string) *tkRun {
 
 // startRun starts cmd, a takeover (perhaps behind wrappers that exec it),
 // and follows it as a tkRun.
-func startRun(t *testing.T, cmd *exec.Cmd) *tkRun {
+func startRun(t testing.TB, cmd *exec.Cmd) *tkRun {
 	t.Helper()
 	r := &tkRun{cmd: cmd, stderr: &syncBuffer{}, lines: make(chan string, 100), exited: make(chan struct{})}
 	cmd.Stderr = r.stderr
@@ -265,7 +265,7 @@ func servers(t *testing.T) []server {
 	}
 }
 
-func requireTool(t *testing.T, name string) {
+func requireTool(t testing.TB, name string) {
 	t.Helper()
 	if name == "" {
 		return

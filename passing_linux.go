@@ -74,6 +74,9 @@ func (l *launcher) passedSockets(ctx context.Context, path string, prev *generat
 		var err error
 		if prev != nil && (!prev.inherited || prev.heldForSpec(spec) != nil) {
 			sw, sock, err = inheritSocket(prev, spec)
+			if err == nil {
+				sock = l.fencePassed(sw, sock)
+			}
 		} else {
 			sw, sock, err = l.acquire(ctx, spec, path)
 		}
@@ -168,7 +171,49 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 			return fail(fmt.Errorf("listen on %s: %w", spec, err))
 		}
 	}
+	if sw.fence != nil { // a new socket beside the old server's (takePort's fenced)
+		if err := sw.fence.joined(held); err != nil {
+			return fail(fmt.Errorf("steer %s to the old server while the new one starts: %w", spec, err))
+		}
+	}
 	return sw, held, nil
+}
+
+// fencePassed fences a reload's or a restart's swap of a passed TCP
+// socket, as a bind would be (fence_linux.go): where the old generation
+// still runs, it makes a new socket like old, binds it beside old in one
+// SO_REUSEPORT group steered to old, listens, and returns it to be passed
+// in old's place (old closed: the old generation holds its own). Otherwise,
+// or when it cannot, it returns old, handed over unfenced as before, with
+// why not in sw.
+func (l *launcher) fencePassed(sw *swap, old int) int {
+	if !l.cfg.fence() || sw.Spec.Net != "" || len(sw.oldProcs) == 0 || sw.fence != nil {
+		return old
+	}
+	sock, err := newTargetSocket(sw.Spec, sw.Addr)
+	if err != nil {
+		sw.notFenced = fmt.Sprintf("cannot make a socket: %v", err)
+		return old
+	}
+	f, why := fenceBeside(claim{sock: sock, addr: sw.Addr, spec: sw.Spec}, old)
+	if f == nil {
+		unix.Close(sock)
+		sw.notFenced = why
+		return old
+	}
+	if err := unix.Listen(sock, l.cfg.backlog()); err != nil {
+		unix.Close(sock)
+		sw.notFenced = fmt.Sprintf("cannot listen beside the old socket: %v", err)
+		return old
+	}
+	if err := f.joined(sock); err != nil {
+		unix.Close(sock)
+		sw.notFenced = fmt.Sprintf("cannot steer to the old socket: %v", err)
+		return old
+	}
+	unix.Close(old)
+	sw.fence = f
+	return sock
 }
 
 // bindAddrFor is the address takeover binds for an IP spec: the one a

@@ -18,12 +18,13 @@ import (
 // scripts/bench.sh and scripts/stress.sh. It sends HTTP/1.0 requests, one
 // connection each, for --duration, and prints what it saw as JSON.
 func runProbe(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("takeover probe", "usage: takeover probe --addr HOST:PORT [--duration D] [--workers N] [--pause D] [--timeline FILE]\n\nHTTP/1.0 load, a connection per request, printed as JSON.\n", stderr)
+	fs := newFlagSet("takeover probe", "usage: takeover probe --addr HOST:PORT [--duration D] [--workers N] [--pause D] [--timeout D] [--timeline FILE]\n\nHTTP/1.0 load, a connection per request, printed as JSON.\n", stderr)
 	addr := fs.String("addr", "", "HOST:PORT to load (loopback only)")
 	duration := fs.Duration("duration", 10*time.Second, "how long to run (up to 1h)")
 	workers := fs.Int("workers", 2, "concurrent clients (1 to 256)")
 	timeline := fs.String("timeline", "", "write one line per request: seconds, latency ms, outcome")
 	pause := fs.Duration("pause", 0, "wait this long between one client's requests (up to 1s): a lighter load")
+	timeout := fs.Duration("timeout", 5*time.Second, "count a request that takes longer as timed out (up to 1m; ab's is 30s)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -42,6 +43,9 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 	case *pause < 0 || *pause > time.Second:
 		fmt.Fprintf(stderr, "takeover probe: --pause %v: want 0 to 1s\n", *pause)
 		return exitUsage
+	case *timeout <= 0 || *timeout > time.Minute:
+		fmt.Fprintf(stderr, "takeover probe: --timeout %v: want more than 0, at most 1m\n", *timeout)
+		return exitUsage
 	}
 	// SIGINT or SIGTERM ends the run early, with the results printed.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -49,7 +53,7 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(ctx, *duration)
 	defer cancel()
 	start := time.Now()
-	r := load.Run(ctx, load.Config{Addr: *addr, Workers: *workers, Pause: *pause})
+	r := load.Run(ctx, load.Config{Addr: *addr, Workers: *workers, Pause: *pause, Timeout: *timeout})
 	if *timeline != "" {
 		if err := r.WriteTimeline(*timeline, start); err != nil {
 			fmt.Fprintf(stderr, "takeover probe: %v\n", err)

@@ -78,6 +78,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	sw.Lookup = time.Since(began)
 	if len(owners) == 0 {
 		sw.Strategy = "fresh"
+		freshInGroup(c, l.cfg.fence())
 		if err := c.bind(c.sock); err != nil {
 			return nil, -1, err
 		}
@@ -315,12 +316,13 @@ func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, 
 }
 
 // fenced binds the command's own socket beside old in a fenced handoff
-// (fence_linux.go), where one fits: a TCP target the command binds itself,
-// an old server that runs, fencing not turned off. It then closes old and
-// returns the command's socket; otherwise it records why not in sw.
+// (fence_linux.go), where one fits: a TCP target (the command's socket, or
+// one takeover makes to pass on), an old server that runs, fencing not
+// turned off. It then closes old and returns the new socket; otherwise it
+// records why not in sw.
 func (l *launcher) fenced(c claim, sw *swap, old int) (int, bool) {
 	switch {
-	case !l.cfg.fence() || c.spec.Net != "" || c.install == nil:
+	case !l.cfg.fence() || c.spec.Net != "":
 		return -1, false
 	case len(sw.oldProcs) == 0:
 		return -1, false // a restart: no old server to fence

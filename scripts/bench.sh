@@ -6,7 +6,7 @@
 # is replaced --swaps times each way under the same load (takeover probe).
 #
 #   scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N]
-#                    [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab]
+#                    [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab|backlog]
 #
 # Writes bench-out/results.md (a Markdown table) and bench-out/timeline.png
 # (failures and latency across the swaps, drawn by gnuplot). Then the crash
@@ -19,11 +19,15 @@
 # of a plain service, of takeover without and with systemd's file
 # descriptor store, and `systemctl reload`, under a real systemd 252 booted
 # with systemd-nspawn (BenchmarkSystemdRestart): bench-out/systemd.md.
+# --only backlog: python's ThreadingHTTPServer (listen backlog 5) under 50
+# clients, replaced 10 times, fenced and with --fence off side by side, its
+# socket intercepted and passed (--sockets systemd), each in a network
+# namespace of its own (BenchmarkFencedSmallBacklog): bench-out/backlog.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 swaps=10 init_delay=1s workers=2 ab_requests=100000 crashes=3 crash_every=3 only=
-usage="usage: scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N] [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab]"
+usage="usage: scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N] [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab|backlog]"
 while [ $# -gt 0 ]; do
   case $1 in
     --swaps) swaps=$2; shift 2 ;;
@@ -36,7 +40,7 @@ while [ $# -gt 0 ]; do
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done
-case $only in ''|swaps|crash|systemd|ab) ;; *) echo "--only $only: want swaps, crash, systemd or ab" >&2; exit 2 ;; esac
+case $only in ''|swaps|crash|systemd|ab|backlog) ;; *) echo "--only $only: want swaps, crash, systemd, ab or backlog" >&2; exit 2 ;; esac
 case $crashes in ''|*[!0-9]*) echo "--crashes $crashes: want a number from 1 to 100" >&2; exit 2 ;; esac
 if [ "$crashes" -lt 1 ] || [ "$crashes" -gt 100 ]; then echo "--crashes $crashes: want a number from 1 to 100" >&2; exit 2; fi
 case $crash_every in ''|*[!0-9]*) echo "--crash-every $crash_every: want whole seconds from 1 to 60" >&2; exit 2 ;; esac
@@ -270,6 +274,13 @@ if want systemd; then
   go test -count=1 -run '^$' -bench BenchmarkSystemdRestart -benchtime 1x . | grep '^|' > "$out/systemd.md"
   cat "$out/systemd.md"
   echo "wrote $out/systemd.md"
+fi
+if want backlog; then
+  echo
+  echo "== python ThreadingHTTPServer (backlog 5), 50 clients, 10 swaps: fenced and unfenced, intercepted and passed"
+  go test -count=1 -run '^$' -bench BenchmarkFencedSmallBacklog -benchtime 1x . | grep '^|' > "$out/backlog.md"
+  cat "$out/backlog.md"
+  echo "wrote $out/backlog.md"
 fi
 want ab || exit 0
 
