@@ -131,17 +131,7 @@ func TestDualStackNginx(t *testing.T) {
 	ld.await(t, "the reload", all)
 
 	results := ld.stop(t)
-	tree := treeOf(cur.cmd.Process.Pid)
-	cur.cmd.Process.Signal(syscall.SIGQUIT)
-	select {
-	case <-cur.exited:
-	case <-time.After(realKillTimeout + 10*time.Second):
-		t.Fatalf("takeover did not exit after QUIT\n%s", logsOf(cur))
-	}
-	if left := awaitGone(tree, realKillTimeout+10*time.Second); len(left) > 0 {
-		t.Errorf("still running after QUIT: %s", procList(left))
-	}
-	procs.checkNoneLeft(t, 20*time.Second)
+	stopAndCheck(t, cur, syscall.SIGQUIT, procs)
 
 	for i, l := range lines {
 		if l == "" {

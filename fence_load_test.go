@@ -43,6 +43,22 @@ func (r loadRun) throughput() float64 { return float64(r.Requests) / r.Elapsed.S
 // which happens unfenced as well (BenchmarkFencedSmallBacklog).
 func (r loadRun) lost() int { return r.Refused + r.Resets + r.Other }
 
+// checkFencedNoneLost logs the run's figures and fails t if a request was
+// lost or a swap was not fenced.
+func (r loadRun) checkFencedNoneLost(t *testing.T) {
+	t.Helper()
+	t.Logf("%d requests, %d failed (%d refused, %d reset, %d timed out) over %d swaps in %v; %.0f requests/s; swap %v",
+		r.Requests, r.Failed, r.Refused, r.Resets, r.Timeouts, len(r.Lines), r.Elapsed.Round(time.Millisecond), r.throughput(), r.SwapTime.Round(time.Millisecond))
+	if r.lost() > 0 || r.Requests == 0 {
+		t.Errorf("%d of %d requests refused, reset or answered wrongly, want 0", r.lost(), r.Requests)
+	}
+	for i, l := range r.Lines {
+		if !strings.Contains(l, "fenced=true") {
+			t.Errorf("swap %d was not fenced: %s", i+1, l)
+		}
+	}
+}
+
 func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -188,16 +204,7 @@ func TestFencedSmallBacklog(t *testing.T) {
 			port := "8100" // the namespace's own: nothing else binds there
 			addr := "127.0.0.1:" + port
 			run := swapUnderLoad(t, ns, []string{"--strategy", "handoff", "--port", addr}, pythonBacklogServer(t, port), 10, 50, tc.wrap)
-			t.Logf("%d requests, %d failed (%d refused, %d reset, %d timed out) over 10 swaps in %v; %.0f requests/s; swap %v",
-				run.Requests, run.Failed, run.Refused, run.Resets, run.Timeouts, run.Elapsed.Round(time.Millisecond), run.throughput(), run.SwapTime.Round(time.Millisecond))
-			if run.lost() > 0 || run.Requests == 0 {
-				t.Errorf("%d of %d requests refused, reset or answered wrongly, want 0", run.lost(), run.Requests)
-			}
-			for i, l := range run.Lines {
-				if !strings.Contains(l, "fenced=true") {
-					t.Errorf("swap %d was not fenced: %s", i+1, l)
-				}
-			}
+			run.checkFencedNoneLost(t)
 			if n := strings.Count(run.Logs, setLine); tc.set != (n == 10) {
 				t.Errorf("%d swaps of 10 turned net.ipv4.tcp_migrate_req on (can set it: %v)", n, tc.set)
 			}
@@ -225,16 +232,7 @@ func TestFencedPassedSockets(t *testing.T) {
 	}
 	addr := "127.0.0.1:8100" // the namespace's own port
 	run := swapUnderLoad(t, ns, []string{"--sockets", "systemd", "--strategy", "handoff", "--port", addr}, []string{"python3", py}, 10, 50, nil)
-	t.Logf("%d requests, %d failed (%d refused, %d reset, %d timed out) over 10 swaps in %v; %.0f requests/s; swap %v",
-		run.Requests, run.Failed, run.Refused, run.Resets, run.Timeouts, run.Elapsed.Round(time.Millisecond), run.throughput(), run.SwapTime.Round(time.Millisecond))
-	if run.lost() > 0 || run.Requests == 0 {
-		t.Errorf("%d of %d requests refused, reset or answered wrongly, want 0", run.lost(), run.Requests)
-	}
-	for i, l := range run.Lines {
-		if !strings.Contains(l, "fenced=true") {
-			t.Errorf("swap %d was not fenced: %s", i+1, l)
-		}
-	}
+	run.checkFencedNoneLost(t)
 }
 
 // readOnlyMigrateReq wraps argv so that it runs with

@@ -953,17 +953,7 @@ func TestJavaTwoLoopsUnderLoad(t *testing.T) {
 	}
 	last := running[0]
 	r := load.stop(t)
-	tree := treeOf(last.cmd.Process.Pid)
-	last.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-last.exited:
-	case <-time.After(realKillTimeout + 20*time.Second):
-		t.Fatalf("the last takeover did not exit after TERM\n%s", logsOf(last))
-	}
-	if left := awaitGone(tree, realKillTimeout+10*time.Second); len(left) > 0 {
-		t.Errorf("still running after TERM: %s", procList(left))
-	}
-	procs.checkNoneLeft(t, 20*time.Second)
+	stopAndCheck(t, last, syscall.SIGTERM, procs)
 
 	t.Logf("%d takeovers in %v; %d requests, %d failed (%d refused, %d reset, %d timeouts, %d other)",
 		len(runs), time.Since(began).Round(time.Millisecond), r.Requests, r.FailedRequests(), r.Refused, r.Resets, r.Timeouts, r.Failed)
@@ -1015,6 +1005,24 @@ func (p procKey) alive() bool {
 }
 
 // treeOf returns the live descendants of root, not root itself.
+// stopAndCheck sends sig to the takeover r, waits for it and for every
+// process of its tree to exit, then checks that the test left none of its
+// own processes behind.
+func stopAndCheck(t *testing.T, r *tkRun, sig syscall.Signal, procs *procTracker) {
+	t.Helper()
+	tree := treeOf(r.cmd.Process.Pid)
+	r.cmd.Process.Signal(sig)
+	select {
+	case <-r.exited:
+	case <-time.After(realKillTimeout + 20*time.Second):
+		t.Fatalf("takeover %d did not exit after %v\n%s", r.cmd.Process.Pid, sig, logsOf(r))
+	}
+	if left := awaitGone(tree, realKillTimeout+10*time.Second); len(left) > 0 {
+		t.Errorf("still running after %v: %s", sig, procList(left))
+	}
+	procs.checkNoneLeft(t, 20*time.Second)
+}
+
 func treeOf(root int) []procKey {
 	ents, _ := os.ReadDir("/proc")
 	children := make(map[int][]procKey)
