@@ -265,6 +265,24 @@ func servers(t *testing.T) []server {
 	}
 }
 
+// checkReplaced checks that second replaced first on addr: first exited 0,
+// its child oldChild is gone, and only second and its new child, which it
+// returns, hold addr.
+func checkReplaced(t *testing.T, first, second *tkRun, addr string, oldChild int) int {
+	t.Helper()
+	if code := first.wait(t); code != 0 {
+		t.Fatalf("the first takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
+	}
+	waitGone(t, oldChild)
+	waitServing(t, addr)
+	newChild := childOf(t, second, addr)
+	want := map[int]bool{second.cmd.Process.Pid: true, newChild: true}
+	if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("holders = %v, want takeover %d and its child %d only", got, second.cmd.Process.Pid, newChild)
+	}
+	return newChild
+}
+
 func requireTool(t testing.TB, name string) {
 	t.Helper()
 	if name == "" {
@@ -291,16 +309,7 @@ func TestReplaceRealServers(t *testing.T) {
 			oldChild := childOf(t, first, addr)
 
 			second := startTakeover(t, srv.helper, args...)
-			if code := first.wait(t); code != 0 {
-				t.Fatalf("the first takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
-			}
-			waitGone(t, oldChild)
-			waitServing(t, addr)
-			newChild := childOf(t, second, addr)
-			want := map[int]bool{second.cmd.Process.Pid: true, newChild: true}
-			if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
-				t.Errorf("holders = %v, want takeover %d and its child %d only", got, second.cmd.Process.Pid, newChild)
-			}
+			newChild := checkReplaced(t, first, second, addr, oldChild)
 			second.waitLog(t, "strategy=rebind")
 
 			second.cmd.Process.Signal(syscall.SIGTERM)
@@ -721,16 +730,7 @@ func TestProbeThenBind(t *testing.T) {
 			if line := second.line(t); line != "listening "+addr {
 				t.Fatalf("the second command printed %q; stderr:\n%s", line, second.stderr)
 			}
-			if code := first.wait(t); code != 0 {
-				t.Fatalf("the first takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
-			}
-			waitGone(t, oldChild)
-			waitServing(t, addr)
-			newChild := childOf(t, second, addr)
-			want := map[int]bool{second.cmd.Process.Pid: true, newChild: true}
-			if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
-				t.Errorf("holders = %v, want takeover %d and its child %d only", got, second.cmd.Process.Pid, newChild)
-			}
+			checkReplaced(t, first, second, addr, oldChild)
 			if n := openSocketsOf(t, second.cmd.Process.Pid, port); n != 1 {
 				t.Errorf("takeover holds %d sockets on port %s, want 1 (its copy of the server's)", n, port)
 			}
