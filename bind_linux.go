@@ -14,6 +14,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -107,14 +108,14 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	}
 	// takeover binds on the command's behalf: never a port it could not
 	// bind itself.
-	if specs[0].Net != netUnix && int(addr.Port()) < privilegedBelow("/proc", st.Tgid) && !mayBindPrivileged("/proc", st.Tgid, st.CapEff) {
+	if specs[0].Net != target.NetUnix && int(addr.Port()) < privilegedBelow("/proc", st.Tgid) && !mayBindPrivileged("/proc", st.Tgid, st.CapEff) {
 		return respErrno(unix.EACCES)
 	}
-	var spec portSpec
+	var spec target.PortSpec
 	var sock int
 	var made bool
 	for _, spec = range specs {
-		if sock, made, err = g.l.claimSocket(pidfd, st.Tgid, fd, spec.sockType()); !errors.Is(err, errNotTarget) {
+		if sock, made, err = g.l.claimSocket(pidfd, st.Tgid, fd, spec.SockType()); !errors.Is(err, errNotTarget) {
 			break
 		}
 	}
@@ -159,7 +160,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	if old := g.socks[key]; old != nil && old.copyFD != held {
 		unix.Close(old.copyFD) // a copy dropClosed could not tell the fate of
 	}
-	g.socks[key] = &heldSock{copyFD: held, inode: inodeOf(held), spec: spec, addr: addr, fence: sw.fence, sw: sw}
+	g.socks[key] = &heldSock{copyFD: held, inode: target.InodeOf(held), spec: spec, addr: addr, fence: sw.fence, sw: sw}
 	g.swaps = append(g.swaps, sw)
 	return seccomp.Resp{}
 }
@@ -185,7 +186,7 @@ func (g *generation) dropClosed() {
 	var gone []sockKey
 	want := make(map[uint64]bool)
 	for k, s := range g.socks {
-		if s.spec.Net == netUnix {
+		if s.spec.Net == target.NetUnix {
 			continue
 		}
 		if ino, err := proc.SocketInode(k.Tgid, k.FD); err == nil && ino == s.inode {
@@ -253,16 +254,16 @@ func exited(pidfd int) bool {
 // bindTargets returns the targets a bind to raw (a struct sockaddr) by
 // process tgid can be: for an IP address, the TCP and the UDP target of
 // its port, as the socket's type decides between them.
-func (g *generation) bindTargets(raw []byte, tgid int) ([]portSpec, netip.AddrPort, bool) {
-	addr, family, ok := parseSockaddr(raw)
+func (g *generation) bindTargets(raw []byte, tgid int) ([]target.PortSpec, netip.AddrPort, bool) {
+	addr, family, ok := target.ParseSockaddr(raw)
 	if family == unix.AF_UNIX {
 		path, ok := unixBindPath(raw, tgid)
 		if !ok {
 			return nil, addr, false
 		}
 		for _, spec := range g.l.cfg.Ports {
-			if spec.Net == netUnix && samePathName(spec.Path, path) {
-				return []portSpec{spec}, addr, true
+			if spec.Net == target.NetUnix && target.SamePathName(spec.Path, path) {
+				return []target.PortSpec{spec}, addr, true
 			}
 		}
 		return nil, addr, false
@@ -270,9 +271,9 @@ func (g *generation) bindTargets(raw []byte, tgid int) ([]portSpec, netip.AddrPo
 	if !ok {
 		return nil, addr, false
 	}
-	var specs []portSpec
-	for _, netw := range []string{"", netUDP} {
-		if spec, ok := g.l.cfg.Ports.match(netw, addr); ok {
+	var specs []target.PortSpec
+	for _, netw := range []string{"", target.NetUDP} {
+		if spec, ok := g.l.cfg.Ports.Match(netw, addr); ok {
 			specs = append(specs, spec)
 		}
 	}
@@ -299,20 +300,6 @@ func unixBindPath(raw []byte, tgid int) (string, bool) {
 		path = filepath.Join(cwd, path)
 	}
 	return filepath.Clean(path), true
-}
-
-// samePathName reports whether two absolute paths name the same entry:
-// the same name in the same directory, symbolic links followed.
-func samePathName(a, b string) bool {
-	if a == b {
-		return true
-	}
-	if filepath.Base(a) != filepath.Base(b) {
-		return false
-	}
-	da, err1 := filepath.EvalSymlinks(filepath.Dir(a))
-	db, err2 := filepath.EvalSymlinks(filepath.Dir(b))
-	return err1 == nil && err2 == nil && da == db
 }
 
 // onListen performs the command's listen(2) on takeover's copy of a target
@@ -393,7 +380,7 @@ func (g *generation) handOverDead(n *seccomp.Notif, tgid int, s *heldSock) (*hel
 		unix.Close(old)
 		return nil, false
 	}
-	h := &heldSock{copyFD: old, inode: inodeOf(old), spec: s.spec, addr: s.addr}
+	h := &heldSock{copyFD: old, inode: target.InodeOf(old), spec: s.spec, addr: s.addr}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for k, v := range g.socks {

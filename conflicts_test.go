@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,8 +23,8 @@ type bindKind struct {
 
 func (k bindKind) ipv6() bool { return strings.Contains(k.addr, ":") }
 
-func (k bindKind) at(port uint16) inetBind {
-	return inetBind{netip.AddrPortFrom(netip.MustParseAddr(k.addr), port), k.v6only}
+func (k bindKind) at(port uint16) target.InetBind {
+	return target.InetBind{Addr: netip.AddrPortFrom(netip.MustParseAddr(k.addr), port), V6Only: k.v6only}
 }
 
 var bindKinds = []bindKind{
@@ -62,12 +63,12 @@ func TestConflicts(t *testing.T) {
 	const port = 8100
 	for i, held := range bindKinds {
 		for j, want := range bindKinds {
-			if got, x := conflicts(want.at(port), held.at(port)), conflictTable[i][j] == 'x'; got != x {
+			if got, x := target.Conflicts(want.at(port), held.at(port)), conflictTable[i][j] == 'x'; got != x {
 				t.Errorf("conflicts(%s, held %s) = %v, want %v", want.name, held.name, got, x)
 			}
 		}
 	}
-	if conflicts(bindKinds[0].at(port), bindKinds[0].at(port+1)) {
+	if target.Conflicts(bindKinds[0].at(port), bindKinds[0].at(port+1)) {
 		t.Error("conflicts across two ports")
 	}
 	if unix.Geteuid() != 0 {
@@ -107,7 +108,7 @@ func kernelConflicts(held, want bindKind) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	port := addrPortOf(sa).Port()
+	port := target.AddrPortOf(sa).Port()
 	w, err := bindKindSocket(want, port)
 	if errors.Is(err, unix.EADDRINUSE) {
 		return true, nil
@@ -211,7 +212,7 @@ func TestWhoDualStack(t *testing.T) {
 				return err
 			}
 			sa, _ := unix.Getsockname(s)
-			port = addrPortOf(sa).Port()
+			port = target.AddrPortOf(sa).Port()
 		}
 		p := strconv.Itoa(int(port))
 		v4, v6 := "0.0.0.0:"+p+" (socket inode", "[::]:"+p+" (socket inode"

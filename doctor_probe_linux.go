@@ -18,6 +18,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -211,7 +212,7 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorC
 	}
 	what := "its bind(2)"
 	if raw, err := seccomp.ReadSockaddr(notifFD, &notif); err == nil {
-		if ap, _, ok := parseSockaddr(raw); ok && ap == netip.MustParseAddrPort("127.0.0.1:0") {
+		if ap, _, ok := target.ParseSockaddr(raw); ok && ap == netip.MustParseAddrPort("127.0.0.1:0") {
 			what += " of " + ap.String()
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,7 +24,7 @@ func TestHeldSocketSurvivesClose(t *testing.T) {
 		unix.Close(sock)
 		t.Fatal(err)
 	}
-	inode := inodeOf(sock)
+	inode := target.InodeOf(sock)
 	l := &launcher{}
 	g := &generation{l: l, socks: map[sockKey]*heldSock{{Tgid: 1, FD: 3}: {copyFD: sock, inode: inode}}}
 	l.gens = []*generation{g}
@@ -43,7 +44,7 @@ func TestHeldSocketSurvivesClose(t *testing.T) {
 		t.Fatalf("heldSocket returned the generation's own copy, fd %d, which closeCopies closed", fd)
 	}
 	defer unix.Close(fd)
-	if got := inodeOf(fd); got != inode {
+	if got := target.InodeOf(fd); got != inode {
 		t.Errorf("fd %d from heldSocket is inode %d after closeCopies, want the socket's %d", fd, got, inode)
 	}
 	if _, ok := l.heldSocket(inode); ok {
@@ -61,7 +62,7 @@ func TestServeSocketsClosesPassed(t *testing.T) {
 	}
 	served, other := pair[0], pair[1]
 	defer unix.Close(other)
-	inode := inodeOf(served)
+	inode := target.InodeOf(served)
 	lookups := 0
 	path := filepath.Join(t.TempDir(), "launcher.sock")
 	stop, err := serveSockets(path, func(ino uint64) (int, bool) {

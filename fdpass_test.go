@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,7 +46,7 @@ func fdpassClient(spec string) int {
 		fmt.Println("error:", err)
 		return 1
 	}
-	fmt.Println("ok", inodeOf(fd))
+	fmt.Println("ok", target.InodeOf(fd))
 	return 0
 }
 
@@ -68,7 +69,7 @@ func heldListener(t *testing.T) (ln net.Listener, fd int, inode uint64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	return ln, fd, inodeOf(fd)
+	return ln, fd, target.InodeOf(fd)
 }
 
 // serveTest serves the sockets in held (inode to fd) at a new path in dir,
@@ -104,7 +105,7 @@ func TestFetchSocket(t *testing.T) {
 	}
 	fetched := os.NewFile(uintptr(fd), "fetched")
 	defer fetched.Close()
-	if got := inodeOf(fd); got != inode {
+	if got := target.InodeOf(fd); got != inode {
 		t.Fatalf("fetched inode %d, want %d", got, inode)
 	}
 	if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
@@ -226,7 +227,7 @@ func TestServeSocketsConnection(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer unix.Close(fd)
-			if got := inodeOf(fd); got != tt.inode {
+			if got := target.InodeOf(fd); got != tt.inode {
 				t.Errorf("got inode %d, want %d", got, tt.inode)
 			}
 		})
@@ -303,7 +304,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket file after stop: %v, want it removed", err)
 	}
-	if inodeOf(held) != inode {
+	if target.InodeOf(held) != inode {
 		t.Error("stop closed the caller's socket")
 	}
 	if fd, err := fetchSocket(path, os.Getpid(), inode, 10*time.Second); err == nil {

@@ -42,7 +42,7 @@ func newFDStore(log *slog.Logger, unit string, kept []inheritedSock) *fdStore {
 	}
 	s := &fdStore{log: log, unit: unit, stored: map[string]uint64{}, limit: -1}
 	for _, k := range kept {
-		s.stored[k.spec.storeName()] = k.inode
+		s.stored[k.spec.StoreName()] = k.inode
 	}
 	return s
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,7 +45,7 @@ func benchAccept(b *testing.B, mode string) {
 	if mode == "fenced" {
 		old = startAcceptor(b, "acceptor", ln, -1)
 		own := tcpSocket(b)
-		f, why := fenceBeside(claim{sock: own, addr: addr, spec: portSpec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
+		f, why := fenceBeside(claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
 		if f == nil {
 			b.Fatalf("fenceBeside: %s", why)
 		}

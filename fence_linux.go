@@ -12,6 +12,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -327,7 +328,7 @@ func (f *fence) finished(pids []int) (bool, error) {
 func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldStop) bool {
 	type fenced struct {
 		f    *fence
-		spec portSpec
+		spec target.PortSpec
 		pids []int
 	}
 	var fs []fenced

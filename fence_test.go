@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,7 +30,7 @@ func fenceListener(t testing.TB) (int, netip.AddrPort) {
 		t.Fatal(err)
 	}
 	sa, _ := unix.Getsockname(fd)
-	return fd, addrPortOf(sa)
+	return fd, target.AddrPortOf(sa)
 }
 
 func tcpSocket(t testing.TB) int {
@@ -93,7 +94,7 @@ func TestFenceSteers(t *testing.T) {
 	old, addr := fenceListener(t)
 	unix.SetNonblock(old, true)
 	own := tcpSocket(t)
-	c := claim{sock: own, addr: addr, spec: portSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	c := claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
 	f, why := fenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
@@ -165,7 +166,7 @@ func TestFenceRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := claim{sock: own, addr: addr, spec: portSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	c := claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
 	f, why := fenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
@@ -194,10 +195,10 @@ func TestFenceRefused(t *testing.T) {
 		unix.Bind(a, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
 		unix.Listen(a, 16)
 		sa, _ := unix.Getsockname(a)
-		addr := addrPortOf(sa)
+		addr := target.AddrPortOf(sa)
 		b := tcpSocket(t)
 		unix.SetsockoptInt(b, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		if err := unix.Bind(b, sockaddrOf(addr)); err != nil {
+		if err := unix.Bind(b, target.SockaddrOf(addr)); err != nil {
 			t.Fatal(err)
 		}
 		unix.Listen(b, 16)
@@ -219,14 +220,14 @@ func TestFenceRefused(t *testing.T) {
 		unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
 		unix.Listen(fd, 16)
 		sa, _ := unix.Getsockname(fd)
-		checkRefused(t, fd, addrPortOf(sa), "the old socket belongs to uid 65534 and the new one to uid 0", 0)
+		checkRefused(t, fd, target.AddrPortOf(sa), "the old socket belongs to uid 65534 and the new one to uid 0", 0)
 	})
 }
 
 func checkRefused(t *testing.T, old int, addr netip.AddrPort, want string, reuseport int) {
 	t.Helper()
 	own := tcpSocket(t)
-	c := claim{sock: own, addr: addr, spec: portSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	c := claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
 	f, why := fenceBeside(c, old)
 	if f != nil || !strings.Contains(why, want) {
 		t.Fatalf("fenceBeside = %v, %q; want nil and %q", f, why, want)
@@ -234,8 +235,8 @@ func checkRefused(t *testing.T, old int, addr netip.AddrPort, want string, reuse
 	if v, _ := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_REUSEPORT); v != reuseport {
 		t.Errorf("the old socket's SO_REUSEPORT is %d after the refusal, want %d", v, reuseport)
 	}
-	if sa, _ := unix.Getsockname(own); addrPortOf(sa).Port() != 0 {
-		t.Errorf("the new socket was left bound to %v", addrPortOf(sa))
+	if sa, _ := unix.Getsockname(own); target.AddrPortOf(sa).Port() != 0 {
+		t.Errorf("the new socket was left bound to %v", target.AddrPortOf(sa))
 	}
 }
 
@@ -250,9 +251,9 @@ func TestFenceSettles(t *testing.T) {
 	unix.Bind(old, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
 	unix.Listen(old, 16)
 	sa, _ := unix.Getsockname(old)
-	addr := addrPortOf(sa)
+	addr := target.AddrPortOf(sa)
 	own := tcpSocket(t)
-	f, why := fenceBeside(claim{sock: own, addr: addr, spec: portSpec{Addr: addr.Addr(), Port: addr.Port()}}, old)
+	f, why := fenceBeside(claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, old)
 	if f == nil {
 		unix.Close(old)
 		t.Fatalf("fenceBeside: %s", why)
@@ -266,7 +267,7 @@ func TestFenceSettles(t *testing.T) {
 	}
 	stray := tcpSocket(t)
 	unix.SetsockoptInt(stray, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	if err := unix.Bind(stray, sockaddrOf(addr)); err != nil {
+	if err := unix.Bind(stray, target.SockaddrOf(addr)); err != nil {
 		t.Fatal(err)
 	}
 	unix.Listen(stray, 128)
@@ -408,7 +409,7 @@ func TestFenceWaitsForHandshakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	own := tcpSocket(t)
-	c := claim{sock: own, addr: addr, spec: portSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	c := claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
 	f, why := fenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)

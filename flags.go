@@ -13,13 +13,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
 // A config is what one takeover is asked to do. Zero values mean the
 // documented defaults.
 type config struct {
-	Ports         specList
+	Ports         target.SpecList
 	Signal        unix.Signal   // to stop the old server; SIGTERM
 	KillTimeout   time.Duration // from the stop signal to SIGKILL; 10s
 	BindTimeout   time.Duration // from the command's bind to giving up; 15s, or --kill-timeout + 5s if longer
@@ -194,7 +195,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := newFlagSet("takeover", launcherUsage, stderr)
 	fs.Var(&c.Ports, "port", "`PORTSPEC` to take over (repeatable, required)")
 	fs.Var(&c.Ports, "p", "short for --port `PORTSPEC`")
-	fs.Var(pathFlag{&c.Ports}, "path", "`PATH` of a unix socket to take over (repeatable)")
+	fs.Var(target.PathFlag{List: &c.Ports}, "path", "`PATH` of a unix socket to take over (repeatable)")
 	sig := fs.String("signal", "TERM", "signal that asks the old server to drain and stop")
 	fs.DurationVar(&c.KillTimeout, "kill-timeout", defaultKillTimeout, "SIGKILL the old server this long after the stop signal")
 	fs.DurationVar(&c.BindTimeout, "bind-timeout", defaultBindTimeout, "give up taking the port after this long (the command's bind fails with EADDRINUSE)")

@@ -3,10 +3,10 @@ package main
 import (
 	"fmt"
 	"net/netip"
-	"strconv"
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,24 +21,24 @@ import (
 // target's type and of the same family, bound to exactly that address,
 // with the same IPV6_V6ONLY: an IPv4 socket is never handed to a server
 // that asked for IPv6. A unix socket was found by the file at the path.
-func handoffMismatch(old, own int, spec portSpec, addr netip.AddrPort) string {
+func handoffMismatch(old, own int, spec target.PortSpec, addr netip.AddrPort) string {
 	typ, err := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil || typ != spec.sockType() {
+	if err != nil || typ != spec.SockType() {
 		return "the old socket is not of the new one's type"
 	}
 	oldFamily, err1 := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	ownFamily, err2 := unix.GetsockoptInt(own, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err1 != nil || err2 != nil || oldFamily != ownFamily {
-		return fmt.Sprintf("the old socket is %s, the new server asked for %s", familyName(oldFamily), familyName(ownFamily))
+		return fmt.Sprintf("the old socket is %s, the new server asked for %s", target.FamilyName(oldFamily), target.FamilyName(ownFamily))
 	}
-	if spec.Net == netUnix {
+	if spec.Net == target.NetUnix {
 		return ""
 	}
 	sa, err := unix.Getsockname(old)
 	if err != nil {
 		return "cannot read the old socket's address"
 	}
-	oldAddr := addrPortOf(sa)
+	oldAddr := target.AddrPortOf(sa)
 	if oldAddr != addr {
 		return fmt.Sprintf("the old socket is bound to %s, the new server asked for %s", oldAddr, addr)
 	}
@@ -50,28 +50,6 @@ func handoffMismatch(old, own int, spec portSpec, addr netip.AddrPort) string {
 		}
 	}
 	return ""
-}
-
-func familyName(f int) string {
-	switch f {
-	case unix.AF_INET:
-		return "IPv4"
-	case unix.AF_INET6:
-		return "IPv6"
-	case unix.AF_UNIX:
-		return "unix"
-	}
-	return "family " + strconv.Itoa(f)
-}
-
-func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
-	}
-	return netip.AddrPort{}
 }
 
 // injectSocket puts old at fd in the notifying process, in place of own (the

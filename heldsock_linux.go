@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +20,7 @@ type sockKey struct {
 type heldSock struct {
 	copyFD int // takeover's own copy, kept for handoff to a later generation
 	inode  uint64
-	spec   portSpec
+	spec   target.PortSpec
 	addr   netip.AddrPort // TCP and UDP
 	via    string         // a socket systemd passed: how (inheritedSock.via)
 	fence  *fence         // a new socket beside the old server's (fence_linux.go)
@@ -28,20 +29,20 @@ type heldSock struct {
 
 // heldFor returns the generation's socket for the target (at addr, for
 // TCP and UDP), if it still holds one.
-func (g *generation) heldFor(spec portSpec, addr netip.AddrPort) *heldSock {
+func (g *generation) heldFor(spec target.PortSpec, addr netip.AddrPort) *heldSock {
 	return g.heldWhere(func(s *heldSock) bool {
-		return s.spec.Net == spec.Net && (spec.Net == netUnix && s.spec == spec || spec.Net != netUnix && s.addr == addr)
+		return s.spec.Net == spec.Net && (spec.Net == target.NetUnix && s.spec == spec || spec.Net != target.NetUnix && s.addr == addr)
 	})
 }
 
 // dupHeld returns a copy of the generation's socket for the target, or -1
 // if it holds none: a socket to set options on that closeCopies cannot
 // close (and its number be reused) meanwhile.
-func (g *generation) dupHeld(spec portSpec, addr netip.AddrPort) int {
+func (g *generation) dupHeld(spec target.PortSpec, addr netip.AddrPort) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, s := range g.socks {
-		if s.spec.Net == spec.Net && (spec.Net == netUnix && s.spec == spec || spec.Net != netUnix && s.addr == addr) {
+		if s.spec.Net == spec.Net && (spec.Net == target.NetUnix && s.spec == spec || spec.Net != target.NetUnix && s.addr == addr) {
 			if fd, err := unix.FcntlInt(uintptr(s.copyFD), unix.F_DUPFD_CLOEXEC, 0); err == nil {
 				return fd
 			}
@@ -66,14 +67,8 @@ func (g *generation) fencedSocks() []*heldSock {
 
 // heldForSpec returns the generation's socket for the target, at
 // whatever address.
-func (g *generation) heldForSpec(spec portSpec) *heldSock {
+func (g *generation) heldForSpec(spec target.PortSpec) *heldSock {
 	return g.heldWhere(func(s *heldSock) bool { return s.spec == spec })
-}
-
-func inodeOf(fd int) uint64 {
-	var st unix.Stat_t
-	unix.Fstat(fd, &st)
-	return st.Ino
 }
 
 // holdsSockets reports whether takeover holds copies of any of the

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"encoding/binary"
-	"net/netip"
-
 	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
@@ -20,20 +17,4 @@ func trappedCalls(unlinks bool) []uint32 {
 		}
 	}
 	return calls
-}
-
-// parseSockaddr reads a struct sockaddr_in or sockaddr_in6. ok is false for
-// every other family, and for a length bind(2) itself would refuse.
-func parseSockaddr(b []byte) (ap netip.AddrPort, family int, ok bool) {
-	if len(b) < 2 {
-		return netip.AddrPort{}, 0, false
-	}
-	family = int(binary.NativeEndian.Uint16(b))
-	switch {
-	case family == unix.AF_INET && len(b) >= unix.SizeofSockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:])), family, true
-	case family == unix.AF_INET6 && len(b) >= 24: // SIN6_LEN_RFC2133: without the scope id
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])), binary.BigEndian.Uint16(b[2:])), family, true
-	}
-	return netip.AddrPort{}, family, false
 }

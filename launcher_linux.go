@@ -20,6 +20,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -119,7 +120,7 @@ func launch(cfg config, stderr io.Writer) int {
 func (l *launcher) keys() []string {
 	keys := make([]string, len(l.cfg.Ports))
 	for i, p := range l.cfg.Ports {
-		keys[i] = p.key()
+		keys[i] = p.Key()
 	}
 	return keys
 }
@@ -319,7 +320,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	defer unix.Close(parentEnd)
 	notify, notifyEnv := l.notifySocket(num)
 	shimMode := "1"
-	if slices.ContainsFunc(l.cfg.Ports, func(p portSpec) bool { return p.Net == netUnix }) {
+	if slices.ContainsFunc(l.cfg.Ports, func(p target.PortSpec) bool { return p.Net == target.NetUnix }) {
 		shimMode = shimUnlinks
 	}
 	env := append(l.commandEnv(num, nil), shimEnv+"="+shimMode)
@@ -558,7 +559,7 @@ func (l *launcher) leftRunning() []int {
 // no other takeover uses them.
 func (l *launcher) cleanRunDir() {
 	for _, spec := range l.cfg.Ports {
-		if removeRunFiles(l.dir, spec.key(), l.self) && spec.Net == netUnix {
+		if removeRunFiles(l.dir, spec.Key(), l.self) && spec.Net == target.NetUnix {
 			// The last takeover of a path removes what the server's own
 			// unlink on its way out missed: a server that got its socket
 			// by a rename knows it by the name beside the path, and a

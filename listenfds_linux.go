@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,7 +24,7 @@ type inheritedSock struct {
 	fd    int // close-on-exec, takeover's
 	inode uint64
 	name  string // its LISTEN_FDNAMES name
-	spec  portSpec
+	spec  target.PortSpec
 	addr  netip.AddrPort // TCP and UDP
 	via   string         // "fd-store" (a name takeover stores under) or "listen-fds" (a socket unit, systemd-socket-activate)
 }
@@ -94,7 +95,7 @@ func passedSocket(fd int) (bool, error) {
 // LISTEN_FDS). LISTEN_PID must be this process: otherwise the variables
 // are for someone else and are left alone. The caller unsets LISTEN_* for
 // the command either way.
-func inheritSockets(log *slog.Logger, targets specList, env func(string) string) []inheritedSock {
+func inheritSockets(log *slog.Logger, targets target.SpecList, env func(string) string) []inheritedSock {
 	count, pid := env("LISTEN_FDS"), env("LISTEN_PID")
 	if count == "" {
 		return nil
@@ -134,7 +135,7 @@ func inheritSockets(log *slog.Logger, targets specList, env func(string) string)
 // classifyPassed says which target the passed fd is for, or why it is
 // refused: not open, not a socket, of no target's kind or address, or the
 // same socket as one already taken.
-func classifyPassed(fd int, name string, targets specList, taken []inheritedSock) (inheritedSock, error) {
+func classifyPassed(fd int, name string, targets target.SpecList, taken []inheritedSock) (inheritedSock, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return inheritedSock{}, fmt.Errorf("LISTEN_FDS counts fd %d, which is not open: %w", fd, err)
@@ -155,7 +156,7 @@ func classifyPassed(fd int, name string, targets specList, taken []inheritedSock
 	for _, spec := range targets {
 		if passedFits(spec, kind, addr, path) {
 			via := "listen-fds"
-			if name == spec.storeName() {
+			if name == spec.StoreName() {
 				via = "fd-store"
 			}
 			if hasSocketFor(taken, spec, addr) {
@@ -168,7 +169,7 @@ func classifyPassed(fd int, name string, targets specList, taken []inheritedSock
 }
 
 // hasSocketFor reports whether a socket for spec at addr was taken already.
-func hasSocketFor(taken []inheritedSock, spec portSpec, addr netip.AddrPort) bool {
+func hasSocketFor(taken []inheritedSock, spec target.PortSpec, addr netip.AddrPort) bool {
 	for _, t := range taken {
 		if t.spec == spec && t.addr == addr {
 			return true
@@ -189,7 +190,7 @@ func passedKind(fd int) (kind string, addr netip.AddrPort, path string, err erro
 	}
 	if typ == unix.SOCK_STREAM {
 		if v, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v == 0 {
-			return "", addr, "", fmt.Errorf("a %s stream socket that does not listen", familyName(family))
+			return "", addr, "", fmt.Errorf("a %s stream socket that does not listen", target.FamilyName(family))
 		}
 	}
 	switch {
@@ -200,26 +201,26 @@ func passedKind(fd int) (kind string, addr netip.AddrPort, path string, err erro
 		}
 		return "unix " + u.Name, addr, u.Name, nil
 	case (family == unix.AF_INET || family == unix.AF_INET6) && (typ == unix.SOCK_STREAM || typ == unix.SOCK_DGRAM):
-		addr = addrPortOf(sa)
+		addr = target.AddrPortOf(sa)
 		proto := "TCP"
 		if typ == unix.SOCK_DGRAM {
 			proto = "UDP"
 		}
 		return proto + " " + addr.String(), addr, "", nil
 	}
-	return "", addr, "", fmt.Errorf("a socket of family %s and type %d, which no target has", familyName(family), typ)
+	return "", addr, "", fmt.Errorf("a socket of family %s and type %d, which no target has", target.FamilyName(family), typ)
 }
 
 // passedFits reports whether a passed socket of kind at addr or path is
 // one the target names.
-func passedFits(spec portSpec, kind string, addr netip.AddrPort, path string) bool {
+func passedFits(spec target.PortSpec, kind string, addr netip.AddrPort, path string) bool {
 	switch {
-	case spec.Net == netUnix:
-		return path != "" && samePathName(spec.Path, path)
-	case spec.Net == netUDP:
-		return strings.HasPrefix(kind, "UDP ") && spec.matches(addr)
+	case spec.Net == target.NetUnix:
+		return path != "" && target.SamePathName(spec.Path, path)
+	case spec.Net == target.NetUDP:
+		return strings.HasPrefix(kind, "UDP ") && spec.Matches(addr)
 	}
-	return strings.HasPrefix(kind, "TCP ") && spec.matches(addr)
+	return strings.HasPrefix(kind, "TCP ") && spec.Matches(addr)
 }
 
 // inheritedGeneration stands for what held the sockets systemd passed: a

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,16 +27,16 @@ func TestStoreName(t *testing.T) {
 		{"udp:8125", "udp-8125"},
 	}
 	for _, tt := range tests {
-		spec, err := parsePortSpec(tt.spec)
+		spec, err := target.ParsePortSpec(tt.spec)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := spec.storeName(); got != tt.want || strings.Contains(got, ":") {
+		if got := spec.StoreName(); got != tt.want || strings.Contains(got, ":") {
 			t.Errorf("storeName(%s) = %q, want %q (systemd refuses ':')", tt.spec, got, tt.want)
 		}
 	}
-	path, _ := parsePathSpec("/run/app.sock")
-	if got := path.storeName(); got != "unix-/run/app.sock" {
+	path, _ := target.ParsePathSpec("/run/app.sock")
+	if got := path.StoreName(); got != "unix-/run/app.sock" {
 		t.Errorf("storeName(--path /run/app.sock) = %q", got)
 	}
 }
@@ -71,32 +72,32 @@ func TestClassifyPassed(t *testing.T) {
 	closed, _ := unix.Dup(int(file.Fd()))
 	unix.Close(closed)
 
-	tcp, _ := parsePortSpec(fmt.Sprintf("127.0.0.1:%d", port))
-	other, _ := parsePortSpec(strconv.Itoa(port + 1))
-	udpSpec, _ := parsePortSpec(fmt.Sprintf("udp:%d", port))
-	path, _ := parsePathSpec(sockPath)
-	targets := specList{tcp, udpSpec, path}
+	tcp, _ := target.ParsePortSpec(fmt.Sprintf("127.0.0.1:%d", port))
+	other, _ := target.ParsePortSpec(strconv.Itoa(port + 1))
+	udpSpec, _ := target.ParsePortSpec(fmt.Sprintf("udp:%d", port))
+	path, _ := target.ParsePathSpec(sockPath)
+	targets := target.SpecList{tcp, udpSpec, path}
 
 	tests := []struct {
 		name     string
 		fd       int
 		fdName   string
-		targets  specList
+		targets  target.SpecList
 		taken    []inheritedSock
-		wantSpec portSpec
+		wantSpec target.PortSpec
 		wantVia  string
 		wantErr  string
 	}{
 		{name: "tcp from a socket unit", fd: tcpFD, fdName: "app.socket", targets: targets, wantSpec: tcp, wantVia: "listen-fds"},
-		{name: "tcp from the store", fd: tcpFD, fdName: tcp.storeName(), targets: targets, wantSpec: tcp, wantVia: "fd-store"},
+		{name: "tcp from the store", fd: tcpFD, fdName: tcp.StoreName(), targets: targets, wantSpec: tcp, wantVia: "fd-store"},
 		{name: "udp", fd: udpFD, targets: targets, wantSpec: udpSpec, wantVia: "listen-fds"},
 		{name: "unix path", fd: unixFD, targets: targets, wantSpec: path, wantVia: "listen-fds"},
-		{name: "udp for a tcp target", fd: udpFD, targets: specList{tcp}, wantErr: "fits no --port or --path"},
-		{name: "another port", fd: tcpFD, targets: specList{other}, wantErr: "fits no --port or --path"},
+		{name: "udp for a tcp target", fd: udpFD, targets: target.SpecList{tcp}, wantErr: "fits no --port or --path"},
+		{name: "another port", fd: tcpFD, targets: target.SpecList{other}, wantErr: "fits no --port or --path"},
 		{name: "stream socket that does not listen", fd: unbound, targets: targets, wantErr: "does not listen"},
 		{name: "not a socket", fd: int(file.Fd()), targets: targets, wantErr: "not a socket"},
 		{name: "not open", fd: closed, targets: targets, wantErr: "not open"},
-		{name: "the same socket twice", fd: tcpFD, targets: targets, taken: []inheritedSock{{fd: 99, inode: inodeOf(tcpFD)}}, wantErr: "socket of fd 99 again"},
+		{name: "the same socket twice", fd: tcpFD, targets: targets, taken: []inheritedSock{{fd: 99, inode: target.InodeOf(tcpFD)}}, wantErr: "socket of fd 99 again"},
 		{name: "a second socket for a target", fd: tcpFD, targets: targets, taken: []inheritedSock{{fd: 99, spec: tcp, addr: netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", port))}}, wantErr: "second socket"},
 	}
 	for _, tt := range tests {
@@ -111,7 +112,7 @@ func TestClassifyPassed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got.spec != tt.wantSpec || got.via != tt.wantVia || got.inode != inodeOf(tt.fd) {
+			if got.spec != tt.wantSpec || got.via != tt.wantVia || got.inode != target.InodeOf(tt.fd) {
 				t.Errorf("classifyPassed = %+v, want spec %v via %s", got, tt.wantSpec, tt.wantVia)
 			}
 		})
@@ -199,7 +200,7 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 	defer notify.Close()
 	port := freePort(t)
 	addr := "127.0.0.1:" + port
-	spec, _ := parsePortSpec(addr)
+	spec, _ := target.ParsePortSpec(addr)
 
 	cmd := exec.Command(takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
 	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "NOTIFY_SOCKET="+notifyPath)
@@ -208,7 +209,7 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 	for stored < 0 {
 		msg, fds := readNotify(t, notify)
 		if strings.Contains(msg, "FDSTORE=1") {
-			if msg != "FDSTORE=1\nFDNAME="+spec.storeName() || len(fds) != 1 {
+			if msg != "FDSTORE=1\nFDNAME="+spec.StoreName() || len(fds) != 1 {
 				t.Fatalf("store message %q with %d fds", msg, len(fds))
 			}
 			stored = fds[0]
@@ -232,7 +233,7 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 	go func() { _, err := get(addr, "/"); answered <- err }()
 
 	next := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$@"`, "sh", takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
-	next.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "LISTEN_FDS=1", "LISTEN_FDNAMES="+spec.storeName())
+	next.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "LISTEN_FDS=1", "LISTEN_FDNAMES="+spec.StoreName())
 	next.ExtraFiles = []*os.File{f}
 	r := startRun(t, next)
 	if err := <-answered; err != nil {

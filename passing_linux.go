@@ -15,6 +15,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/starter"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -84,7 +85,7 @@ func (l *launcher) passedSockets(ctx context.Context, path string, prev *generat
 			return fail(err)
 		}
 		sw.Began = began
-		held = append(held, &heldSock{copyFD: sock, inode: inodeOf(sock), spec: spec, addr: sw.Addr})
+		held = append(held, &heldSock{copyFD: sock, inode: target.InodeOf(sock), spec: spec, addr: sw.Addr})
 		swaps = append(swaps, sw)
 	}
 	return held, swaps, nil
@@ -94,7 +95,7 @@ func (l *launcher) passedSockets(ctx context.Context, path string, prev *generat
 // socket prev holds for spec. A prev that died before it was ready (a
 // failed start, retried) never completed its swap: the new generation
 // takes that swap over, so that it stops the old server prev was to stop.
-func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
+func inheritSocket(prev *generation, spec target.PortSpec) (*swap, int, error) {
 	prev.mu.Lock()
 	var old *heldSock
 	for _, s := range prev.socks {
@@ -120,7 +121,7 @@ func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
 	}
 	sw := &swap{Spec: spec, Addr: old.addr, Strategy: "handoff"}
 	prev.replacedIn(sw, old)
-	if spec.Net == netUnix && len(sw.oldProcs) > 0 {
+	if spec.Net == target.NetUnix && len(sw.oldProcs) > 0 {
 		sw.path = keepHandedOver(spec.Path) // no filter here sees the old server's unlink
 	}
 	return sw, fd, nil
@@ -128,7 +129,7 @@ func inheritSocket(prev *generation, spec portSpec) (*swap, int, error) {
 
 // takeSwap moves g's swap of spec, with the old processes it is to stop
 // and its unix path, to a copy the caller owns. g.mu is held.
-func (g *generation) takeSwap(spec portSpec) *swap {
+func (g *generation) takeSwap(spec target.PortSpec) *swap {
 	for _, sw := range g.swaps {
 		if sw.Spec == spec {
 			c := *sw
@@ -141,8 +142,8 @@ func (g *generation) takeSwap(spec portSpec) *swap {
 
 // acquire takes spec's listening socket for the first generation, as a
 // bind of the command would be taken over.
-func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swap, int, error) {
-	if spec.Net == netUnix {
+func (l *launcher) acquire(ctx context.Context, spec target.PortSpec, exe string) (*swap, int, error) {
+	if spec.Net == target.NetUnix {
 		// As systemd does before it binds a socket unit's path: a file
 		// left by a server that is gone would fail the bind.
 		removeStaleSocket(spec.Path, l.self)
@@ -163,7 +164,7 @@ func (l *launcher) acquire(ctx context.Context, spec portSpec, exe string) (*swa
 		sw.abandon()
 		return nil, -1, err
 	}
-	if spec.Net == netUDP {
+	if spec.Net == target.NetUDP {
 		return sw, held, nil
 	}
 	if v, _ := unix.GetsockoptInt(held, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v == 0 {
@@ -219,8 +220,8 @@ func (l *launcher) fencePassed(sw *swap, old int) int {
 // bindAddrFor is the address takeover binds for an IP spec: the one a
 // server already uses where one does (a handoff needs the same family),
 // else the spec's, and for every address the IPv6 wildcard, dual-stack.
-func bindAddrFor(spec portSpec) netip.AddrPort {
-	if spec.Net == netUnix {
+func bindAddrFor(spec target.PortSpec) netip.AddrPort {
+	if spec.Net == target.NetUnix {
 		return netip.AddrPort{}
 	}
 	if socks, err := targetSockets("/proc", spec); err == nil && len(socks) > 0 {
@@ -247,15 +248,15 @@ func hasIPv6Stack() bool {
 // newTargetSocket makes a blocking socket for the target, as start_server
 // and systemd pass them: for TCP and UDP at addr, with SO_REUSEADDR, and
 // dual-stack for the IPv6 wildcard.
-func newTargetSocket(spec portSpec, addr netip.AddrPort) (int, error) {
-	if spec.Net == netUnix {
+func newTargetSocket(spec target.PortSpec, addr netip.AddrPort) (int, error) {
+	if spec.Net == target.NetUnix {
 		return unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	}
 	family := unix.AF_INET6
 	if addr.Addr().Is4() {
 		family = unix.AF_INET
 	}
-	sock, err := unix.Socket(family, spec.sockType()|unix.SOCK_CLOEXEC, 0)
+	sock, err := unix.Socket(family, spec.SockType()|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}
@@ -277,7 +278,7 @@ func passingEnv(mode string, held []*heldSock, names []string, fds []int, num in
 	case socketsSystemd:
 		fdNames := make([]string, len(held))
 		for i, h := range held {
-			fdNames[i] = h.spec.fdName()
+			fdNames[i] = h.spec.FdName()
 		}
 		return []string{"LISTEN_FDS=" + strconv.Itoa(len(held)), "LISTEN_FDNAMES=" + strings.Join(fdNames, ":")}
 	case socketsServerStarter:

@@ -8,6 +8,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/target"
 )
 
 // A holder is a process that holds a listening socket, and the fd it holds
@@ -36,13 +37,13 @@ const launcherEnv = "TAKEOVER_PID"
 
 // targetSockets returns the sockets spec names: TCP listeners, bound UDP
 // sockets, or the unix listener whose file is at spec.Path now.
-func targetSockets(proc procfs.FS, spec portSpec) ([]socktab.Socket, error) {
+func targetSockets(proc procfs.FS, spec target.PortSpec) ([]socktab.Socket, error) {
 	var socks []socktab.Socket
 	var err error
 	switch spec.Net {
-	case netUnix:
+	case target.NetUnix:
 		return socktab.UnixListenersAt(spec.Path)
-	case netUDP:
+	case target.NetUDP:
 		socks, err = socktab.UDPBound(string(proc))
 	default:
 		socks, err = socktab.TCPListeners(string(proc))
@@ -52,7 +53,7 @@ func targetSockets(proc procfs.FS, spec portSpec) ([]socktab.Socket, error) {
 	}
 	var named []socktab.Socket
 	for _, s := range socks {
-		if spec.matches(s.Addr) {
+		if spec.Matches(s.Addr) {
 			named = append(named, s)
 		}
 	}
@@ -62,7 +63,7 @@ func targetSockets(proc procfs.FS, spec portSpec) ([]socktab.Socket, error) {
 // before the rest; with onlyFirst, the rest are not looked at when first
 // already holds every socket. The kernel keeps no count of the processes that
 // hold a socket, so only a walk of every process proves a list complete.
-func listeners(proc procfs.FS, spec portSpec, first []int, onlyFirst bool) ([]listener, error) {
+func listeners(proc procfs.FS, spec target.PortSpec, first []int, onlyFirst bool) ([]listener, error) {
 	socks, err := targetSockets(proc, spec)
 	if err != nil {
 		return nil, fmt.Errorf("list the sockets of %s: %w", spec, err)

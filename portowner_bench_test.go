@@ -9,6 +9,7 @@ import (
 
 	psnet "github.com/shirou/gopsutil/v3/net"
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/target"
 )
 
 // BenchmarkLookup finds the holders of one listening port with 400 extra idle
@@ -29,7 +30,7 @@ func BenchmarkLookup(b *testing.B) {
 	}
 	h := startHelper(b, "wrapper", "127.0.0.1:0")
 	ap := netip.MustParseAddrPort(h.addr)
-	spec := portSpec{Addr: ap.Addr(), Port: ap.Port()}
+	spec := target.PortSpec{Addr: ap.Addr(), Port: ap.Port()}
 	port := strconv.Itoa(int(ap.Port()))
 	launcher := h.cmd.Process.Pid
 

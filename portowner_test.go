@@ -18,20 +18,21 @@ import (
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/target"
 )
 
 func TestParsePortSpec(t *testing.T) {
 	tests := []struct {
 		in      string
-		want    portSpec
+		want    target.PortSpec
 		wantErr string
 	}{
-		{in: "8100", want: portSpec{Port: 8100}},
-		{in: ":8100", want: portSpec{Port: 8100}},
-		{in: "127.0.0.1:8100", want: portSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}},
-		{in: "[::1]:8100", want: portSpec{Addr: netip.MustParseAddr("::1"), Port: 8100}},
-		{in: "[::]:8100", want: portSpec{Addr: netip.MustParseAddr("::"), Port: 8100}},
-		{in: "[::ffff:127.0.0.1]:80", want: portSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 80}},
+		{in: "8100", want: target.PortSpec{Port: 8100}},
+		{in: ":8100", want: target.PortSpec{Port: 8100}},
+		{in: "127.0.0.1:8100", want: target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}},
+		{in: "[::1]:8100", want: target.PortSpec{Addr: netip.MustParseAddr("::1"), Port: 8100}},
+		{in: "[::]:8100", want: target.PortSpec{Addr: netip.MustParseAddr("::"), Port: 8100}},
+		{in: "[::ffff:127.0.0.1]:80", want: target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 80}},
 		{in: "", wantErr: "empty port spec"},
 		{in: "0", wantErr: "port 0 means any free port"},
 		{in: "65536", wantErr: "not a number from 1 to 65535"},
@@ -42,17 +43,17 @@ func TestParsePortSpec(t *testing.T) {
 		{in: "::1:8100", wantErr: "goes in brackets"},
 		{in: "[::1:8100", wantErr: "unbalanced brackets"},
 		{in: "[fe80::1%eth0]:80", wantErr: "zones are not accepted"},
-		{in: "udp:5353", want: portSpec{Net: netUDP, Port: 5353}},
-		{in: "udp:127.0.0.1:5353", want: portSpec{Net: netUDP, Addr: netip.MustParseAddr("127.0.0.1"), Port: 5353}},
-		{in: "udp:[::1]:5353", want: portSpec{Net: netUDP, Addr: netip.MustParseAddr("::1"), Port: 5353}},
-		{in: "tcp:8100", want: portSpec{Port: 8100}},
+		{in: "udp:5353", want: target.PortSpec{Net: target.NetUDP, Port: 5353}},
+		{in: "udp:127.0.0.1:5353", want: target.PortSpec{Net: target.NetUDP, Addr: netip.MustParseAddr("127.0.0.1"), Port: 5353}},
+		{in: "udp:[::1]:5353", want: target.PortSpec{Net: target.NetUDP, Addr: netip.MustParseAddr("::1"), Port: 5353}},
+		{in: "tcp:8100", want: target.PortSpec{Port: 8100}},
 		{in: "udp:", wantErr: "empty port spec"},
 		{in: "udp:0", wantErr: "port 0 means any free port"},
 		{in: "unix:/run/app.sock", wantErr: "named with --path"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := parsePortSpec(tt.in)
+			got, err := target.ParsePortSpec(tt.in)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("parsePortSpec(%q) error = %v, want one containing %q", tt.in, err, tt.wantErr)
@@ -89,14 +90,14 @@ func TestSpecMatchesAndConflicts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.spec+"/"+tt.addr+"/"+tt.held, func(t *testing.T) {
-			spec, err := parsePortSpec(tt.spec)
+			spec, err := target.ParsePortSpec(tt.spec)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := spec.matches(ap(tt.addr)); got != tt.match {
+			if got := spec.Matches(ap(tt.addr)); got != tt.match {
 				t.Errorf("%v.matches(%s) = %v, want %v", spec, tt.addr, got, tt.match)
 			}
-			if got := conflicts(inetBind{Addr: ap(tt.addr)}, inetBind{Addr: ap(tt.held)}); got != tt.conflicts {
+			if got := target.Conflicts(target.InetBind{Addr: ap(tt.addr)}, target.InetBind{Addr: ap(tt.held)}); got != tt.conflicts {
 				t.Errorf("conflicts(%s, %s) = %v, want %v", tt.addr, tt.held, got, tt.conflicts)
 			}
 		})
@@ -107,7 +108,7 @@ func TestSpecMatchesAndConflicts(t *testing.T) {
 // 101) run by a takeover launcher (90) on 127.0.0.1:8100, the launcher's own
 // socket on 0.0.0.0:8100, and an sshd (200) on another port.
 func TestListenersFixture(t *testing.T) {
-	ls, err := listeners("internal/procfs/testdata/proc", portSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}, nil, false)
+	ls, err := listeners("internal/procfs/testdata/proc", target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestListenersFixture(t *testing.T) {
 	}
 
 	// A bare port names every address of both families.
-	all, err := listeners("internal/procfs/testdata/proc", portSpec{Port: 8100}, nil, false)
+	all, err := listeners("internal/procfs/testdata/proc", target.PortSpec{Port: 8100}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +152,7 @@ func TestListenersFixture(t *testing.T) {
 }
 
 func TestListenersOnlyFirst(t *testing.T) {
-	spec := portSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}
+	spec := target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}
 	// Starting from the launcher finds master and worker without the full walk.
 	ls, err := listeners("internal/procfs/testdata/proc", spec, []int{90}, true)
 	if err != nil {
@@ -190,7 +191,7 @@ func TestNeverSignalled(t *testing.T) {
 // lookup is the port lookup as `takeover who` runs it, against the live /proc.
 func lookup(t *testing.T, spec string) []listener {
 	t.Helper()
-	ps, err := parsePortSpec(spec)
+	ps, err := target.ParsePortSpec(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +301,7 @@ func TestListenersManagedByLauncher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeRecord(dir, portSpec{Net: netUnix, Path: "/run/app.sock"}.key(), genRecord{Launcher: h.cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
+	if err := writeRecord(dir, target.PortSpec{Net: target.NetUnix, Path: "/run/app.sock"}.Key(), genRecord{Launcher: h.cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
 		t.Fatal(err)
 	}
 	ts := stopTargets("/proc", ls[0], liveLaunchers(dir))
@@ -397,7 +398,7 @@ func FuzzParsePortSpec(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		p, err := parsePortSpec(s)
+		p, err := target.ParsePortSpec(s)
 		if err != nil {
 			return
 		}
@@ -405,7 +406,7 @@ func FuzzParsePortSpec(f *testing.F) {
 			t.Fatalf("parsePortSpec(%q) accepted port 0", s)
 		}
 		// What it prints, it reads back the same.
-		q, err := parsePortSpec(p.String())
+		q, err := target.ParsePortSpec(p.String())
 		if err != nil || q != p {
 			t.Fatalf("round trip of %q: %v -> %q -> %v, %v", s, p, p.String(), q, err)
 		}
@@ -416,7 +417,7 @@ func FuzzParseSockaddr(f *testing.F) {
 	f.Add([]byte{2, 0, 0x1f, 0xa4, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add(make([]byte, 28))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ap, _, ok := parseSockaddr(b)
+		ap, _, ok := target.ParseSockaddr(b)
 		if ok && !ap.IsValid() {
 			t.Fatalf("parseSockaddr(%x) = invalid %v", b, ap)
 		}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/target"
+
 	"github.com/takeover/takeover/internal/procfs"
 	"golang.org/x/sys/unix"
 )
@@ -73,30 +75,30 @@ type readiness struct {
 
 // readiness looks at the generation's sockets and processes.
 func (g *generation) readiness() readiness {
-	type target struct {
-		spec  portSpec
+	type heldTarget struct {
+		spec  target.PortSpec
 		fd    int
 		inode uint64
 	}
-	var held []target
+	var held []heldTarget
 	g.mu.Lock()
 	if g.done {
 		g.mu.Unlock()
 		return readiness{Missing: "is being stopped"}
 	}
 	for _, s := range g.socks {
-		held = append(held, target{s.spec, s.copyFD, s.inode})
+		held = append(held, heldTarget{s.spec, s.copyFD, s.inode})
 	}
 	g.mu.Unlock()
 
 	want := make(map[uint64]bool)
 	for _, spec := range g.l.cfg.Ports {
-		if !slices.ContainsFunc(held, func(t target) bool { return t.spec == spec }) {
+		if !slices.ContainsFunc(held, func(t heldTarget) bool { return t.spec == spec }) {
 			return readiness{Missing: fmt.Sprintf("has not bound %s", spec)}
 		}
 	}
 	for _, t := range held {
-		if t.spec.Net == netUDP {
+		if t.spec.Net == target.NetUDP {
 			want[t.inode] = true // a datagram socket is bound, and read
 			continue
 		}
@@ -130,7 +132,7 @@ func (g *generation) readiness() readiness {
 		case len(seen.Blind) > 0:
 			by = append(by, "listen")
 		default:
-			if t.spec.Net == netUDP {
+			if t.spec.Net == target.NetUDP {
 				return readiness{Missing: fmt.Sprintf("has bound %s but no process of it was seen reading from it", t.spec)}
 			}
 			return readiness{Missing: fmt.Sprintf("listens on %s but no process of it was seen accepting connections", t.spec)}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -77,7 +78,7 @@ func (r rebind) run(ctx context.Context) (rebindTimes, error) {
 	lastBusy := start
 	policy := backoff.WithContext(retryPolicy(), ctx)
 	for {
-		err := unix.Bind(r.Sock, sockaddrOf(r.Addr))
+		err := unix.Bind(r.Sock, target.SockaddrOf(r.Addr))
 		if err == nil {
 			break
 		}
@@ -175,12 +176,4 @@ func (t *retryThread) release() {
 		unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(t.slack), 0, 0, 0)
 	}
 	runtime.UnlockOSThread()
-}
-
-// sockaddrOf converts an address for bind(2), keeping its family.
-func sockaddrOf(ap netip.AddrPort) unix.Sockaddr {
-	if ap.Addr().Is4() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -106,7 +107,7 @@ func BenchmarkBindTimeWait(b *testing.B) {
 			}
 			defer unix.Close(fd)
 			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-			sa := sockaddrOf(ln.Addr().(*net.TCPAddr).AddrPort())
+			sa := target.SockaddrOf(ln.Addr().(*net.TCPAddr).AddrPort())
 			for b.Loop() {
 				if err := unix.Bind(fd, sa); err != unix.EADDRINUSE {
 					b.Fatalf("bind while the port listens: %v, want EADDRINUSE", err)

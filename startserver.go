@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/starter"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -85,7 +86,7 @@ func (c config) passedAs() (names []string, fds []int) {
 		return s.Names, s.FDs
 	}
 	for i, p := range c.Ports {
-		names = append(names, p.starterName())
+		names = append(names, p.StarterName())
 		fds = append(fds, 3+i)
 	}
 	return names, fds
@@ -107,17 +108,17 @@ func (c config) withEnvDir(env []string) []string {
 
 // starterSpec is the port takeover binds for a, TCP or UDP, at the address
 // start_server binds.
-func starterSpec(ctx context.Context, a starter.Port) (portSpec, error) {
-	port, err := parsePort(a.Port)
+func starterSpec(ctx context.Context, a starter.Port) (target.PortSpec, error) {
+	port, err := target.ParsePort(a.Port)
 	if err != nil {
-		return portSpec{}, err
+		return target.PortSpec{}, err
 	}
-	p := portSpec{Port: port}
+	p := target.PortSpec{Port: port}
 	if a.UDP {
-		p.Net = netUDP
+		p.Net = target.NetUDP
 	}
 	if p.Addr, err = a.Resolve(ctx); err != nil {
-		return portSpec{}, err
+		return target.PortSpec{}, err
 	}
 	return p, nil
 }
@@ -126,9 +127,9 @@ func starterSpec(ctx context.Context, a starter.Port) (portSpec, error) {
 // targets takeover binds (the ports, then the paths, as start_server binds
 // them), their names in SERVER_STARTER_PORT (a path as it was given) and
 // the fds the command gets them at.
-func starterTargets(ctx context.Context, ports, paths []string) (specs []portSpec, names []string, fds []int, err error) {
+func starterTargets(ctx context.Context, ports, paths []string) (specs []target.PortSpec, names []string, fds []int, err error) {
 	var args []starter.Port
-	add := func(spec portSpec, a starter.Port, opt string) error {
+	add := func(spec target.PortSpec, a starter.Port, opt string) error {
 		if slices.Contains(specs, spec) {
 			return fmt.Errorf("%s: named twice", opt)
 		}
@@ -149,7 +150,7 @@ func starterTargets(ctx context.Context, ports, paths []string) (specs []portSpe
 		}
 	}
 	for _, p := range paths {
-		spec, err := parsePathSpec(p)
+		spec, err := target.ParsePathSpec(p)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -256,9 +257,9 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 		// wait for it in vain.
 		return errors.Join(err, signalReady(ready))
 	}
-	var unixTargets []portSpec
+	var unixTargets []target.PortSpec
 	for i, spec := range cfg.Ports {
-		if spec.Net != netUnix {
+		if spec.Net != target.NetUnix {
 			continue
 		}
 		if err := clearPath(spec, opts.Names[i], stderr); err != nil {

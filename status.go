@@ -72,7 +72,7 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 	by, readyAt := g.readiedBy()
 	st.ReadyBy = by
 	for _, sw := range swaps {
-		s := swapStatus{Port: sw.Spec.String(), Address: sw.Spec.boundAt(sw.Addr), Strategy: sw.Strategy, Why: sw.Why, Via: sw.Via,
+		s := swapStatus{Port: sw.Spec.String(), Address: sw.Spec.BoundAt(sw.Addr), Strategy: sw.Strategy, Why: sw.Why, Via: sw.Via,
 			Fenced: sw.fence != nil, NotFenced: sw.notFenced,
 			LookupMS: ms(sw.Lookup), SignalToFreeMS: ms(sw.Free), RefusedWindowMS: ms(sw.Window), TotalMS: ms(readyAt.Sub(sw.Began))}
 		if len(sw.Old) > 0 {

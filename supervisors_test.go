@@ -14,6 +14,7 @@ import (
 
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/target"
 )
 
 // Real supervisors from Debian restart a service by stopping the pid they
@@ -255,7 +256,7 @@ func stopSupervisor(t *testing.T, sup *exec.Cmd, exit []string, status, addr str
 
 // holdersOfAny returns the pids holding addr's listeners, if any.
 func holdersOfAny(addr string) map[int]bool {
-	spec, err := parsePortSpec(addr)
+	spec, err := target.ParsePortSpec(addr)
 	if err != nil {
 		return nil
 	}
@@ -390,7 +391,7 @@ func TestDetachWaitsForOwnSwap(t *testing.T) {
 // takeover holds it, with the record still naming the detached launcher.
 func TestDetachedRecordLeftToNewer(t *testing.T) {
 	dir := testRunDir(t)
-	spec, err := parsePortSpec("127.0.0.1:8100")
+	spec, err := target.ParsePortSpec("127.0.0.1:8100")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,8 +399,8 @@ func TestDetachedRecordLeftToNewer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &launcher{ctx: context.Background(), cfg: config{Ports: []portSpec{spec}}, dir: dir, self: os.Getpid(), born: st.Start, log: slog.New(slog.DiscardHandler)}
-	key := spec.key()
+	l := &launcher{ctx: context.Background(), cfg: config{Ports: []target.PortSpec{spec}}, dir: dir, self: os.Getpid(), born: st.Start, log: slog.New(slog.DiscardHandler)}
+	key := spec.Key()
 	mine := genRecord{Launcher: l.self, LauncherStart: l.born, Child: 1}
 	if err := writeRecord(dir, key, mine); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -16,7 +17,7 @@ import (
 
 // A swap is one --port target taken over by a generation.
 type swap struct {
-	Spec        portSpec
+	Spec        target.PortSpec
 	Addr        netip.AddrPort
 	Strategy    string    // "fresh" (the port was free), "rebind", "handoff" or "rename" (unix)
 	Via         string    // how a handoff got the old socket: unix-socket, pidfd_getfd, own-copy
@@ -180,7 +181,7 @@ func (l *launcher) logSwap(g *generation, swaps []*swap) {
 	attrs := []any{"generation", g.num, "new_pid", g.pid, "ready_by", by}
 	for _, sw := range swaps {
 		a := []any{"strategy", sw.Strategy}
-		if sw.Spec.Net != netUnix && !sw.Spec.Addr.IsValid() {
+		if sw.Spec.Net != target.NetUnix && !sw.Spec.Addr.IsValid() {
 			a = append(a, "addr", sw.Addr.String()) // a bare port's swaps, one per socket: which is which
 		}
 		if sw.Why != "" {
@@ -244,7 +245,7 @@ func (g *generation) claimExited() []oldStop {
 	defer g.mu.Unlock()
 	var stop []oldStop
 	for _, sw := range g.swaps {
-		if sw.Spec.Net == netUnix || sw.Strategy != "handoff" || len(sw.oldProcs) == 0 {
+		if sw.Spec.Net == target.NetUnix || sw.Strategy != "handoff" || len(sw.oldProcs) == 0 {
 			continue
 		}
 		stop = append(stop, oldStop{sw, nil, sw.oldProcs, sw.holders})

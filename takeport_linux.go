@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,7 +21,7 @@ type claim struct {
 	status procfs.Status // the binding thread's (none when takeover binds for itself)
 	sock   int           // takeover's copy of the command's socket (or a new one like it)
 	addr   netip.AddrPort
-	spec   portSpec
+	spec   target.PortSpec
 	// install puts a handed-over socket where the command will use it, in
 	// place of sock; nil when takeover passes the sockets on itself.
 	install func(old int) error
@@ -44,26 +45,26 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		}
 		if old := g.prev.heldForSpec(c.spec); old != nil && g.prev.inherited {
 			return nil, -1, fmt.Errorf("the socket systemd passed for %s is bound to %s, and the command binds %s: make them the same (the socket unit's ListenStream=, or the command's address) (%w)",
-				c.spec, c.spec.boundAt(old.addr), c.spec.boundAt(c.addr), unix.EADDRINUSE)
+				c.spec, c.spec.BoundAt(old.addr), c.spec.BoundAt(c.addr), unix.EADDRINUSE)
 		}
 	}
-	key, what := c.spec.key(), c.spec.describe()
+	key, what := c.spec.Key(), c.spec.Describe()
 	var hint []int
 	prev, hasPrev := readRecord(l.dir, key)
 	if hasPrev && prev.Launcher != l.self {
 		hint = []int{prev.Launcher}
 	}
-	all, err := listeners("/proc", c.spec.wholePort(), hint, len(hint) > 0)
+	all, err := listeners("/proc", c.spec.WholePort(), hint, len(hint) > 0)
 	if err != nil {
 		return nil, -1, fmt.Errorf("look up %s: %w", what, err)
 	}
 	// Only the sockets that keep this bind from succeeding are owners: an
 	// IPv6-only [::] beside an IPv4 bind is not (nginx's second listener,
 	// handed over at its own bind; or another service, left alone).
-	want := inetBind{c.addr, v6Only(c.sock)}
+	want := target.InetBind{Addr: c.addr, V6Only: v6Only(c.sock)}
 	var owners []listener
 	for _, o := range all {
-		if c.spec.Net != netUnix && !conflicts(want, inetBind{o.Addr, o.V6Only}) {
+		if c.spec.Net != target.NetUnix && !target.Conflicts(want, target.InetBind{Addr: o.Addr, V6Only: o.V6Only}) {
 			continue
 		}
 		kept := len(o.Holders) > 0
@@ -122,7 +123,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	// Name this takeover as the target's launcher before the old one is
 	// signalled: that is how it knows it was replaced, not stopped. (A unix
 	// path's old server is signalled only once the swap completes.)
-	if c.spec.Net == netUnix {
+	if c.spec.Net == target.NetUnix {
 		return l.settled(sw, c.sock, l.rebind(ctx, c, sw))
 	}
 	if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born, StopSignal: int(l.cfg.signal())}); err != nil {
@@ -201,7 +202,7 @@ func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c clai
 			continue // this takeover's, or handed over to it at an earlier bind
 		}
 		for _, t := range stopTargets("/proc", o, launchers) {
-			if !t.Launcher || t.PID != launcher || mayReplace("/proc", t, c.child, c.spec.describe(), false) != nil {
+			if !t.Launcher || t.PID != launcher || mayReplace("/proc", t, c.child, c.spec.Describe(), false) != nil {
 				continue
 			}
 			if target == nil {
@@ -248,7 +249,7 @@ func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim
 			return l.settled(sw, held, err)
 		}
 	}
-	if c.spec.Net != netUnix { // a rename leaves the old generation serving: it may yet be rolled back to
+	if c.spec.Net != target.NetUnix { // a rename leaves the old generation serving: it may yet be rolled back to
 		prev.closeCopies()
 	}
 	if err := l.rebind(ctx, c, sw); err != nil {
@@ -309,7 +310,7 @@ func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, 
 		unix.Close(old)
 	}
 	if l.cfg.Strategy == "handoff" {
-		return -1, true, fmt.Errorf("--strategy handoff: cannot hand %s over: %s (%w)", c.spec.describe(), why, unix.EADDRINUSE)
+		return -1, true, fmt.Errorf("--strategy handoff: cannot hand %s over: %s (%w)", c.spec.Describe(), why, unix.EADDRINUSE)
 	}
 	sw.Why = why
 	return -1, false, nil
@@ -361,7 +362,7 @@ func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, erro
 	}
 	unix.Close(c.sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"
-	if c.spec.Net == netUnix && len(sw.oldProcs) > 0 {
+	if c.spec.Net == target.NetUnix && len(sw.oldProcs) > 0 {
 		sw.path = keepHandedOver(c.spec.Path)
 	}
 	return old, nil
@@ -372,11 +373,11 @@ func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, erro
 // A unix socket's path is replaced instead: the old server keeps serving
 // until the new one is ready, as in a handoff.
 func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
-	if c.spec.Net == netUnix {
+	if c.spec.Net == target.NetUnix {
 		return l.bindBeside(c, sw)
 	}
 	sw.Strategy = "rebind"
-	l.store.remove(c.spec.storeName()) // systemd's copy would keep the port from freeing
+	l.store.remove(c.spec.StoreName()) // systemd's copy would keep the port from freeing
 	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
 	defer cancel()
 	var err error

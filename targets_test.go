@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/target"
 )
 
 // Targets besides TCP ports: unix stream sockets (--path) and UDP ports
@@ -103,7 +104,7 @@ func targetSwaps(h *realHarness, check func(what string), loads ...targetLoad) [
 // r's takeover and its server alone: no other generation's.
 func checkPathServed(t *testing.T, path string, r *tkRun) {
 	t.Helper()
-	spec, err := parsePathSpec(path)
+	spec, err := target.ParsePathSpec(path)
 	if err != nil {
 		t.Fatal(err)
 	}

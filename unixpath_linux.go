@@ -13,6 +13,7 @@ import (
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,8 +35,8 @@ import (
 // whose file then gets the owner and the mode it would have had, had the
 // command bound it itself.
 func (c claim) bind(sock int) error {
-	if c.spec.Net != netUnix {
-		return unix.Bind(sock, sockaddrOf(c.addr))
+	if c.spec.Net != target.NetUnix {
+		return unix.Bind(sock, target.SockaddrOf(c.addr))
 	}
 	return c.bindPath(sock, c.spec.Path)
 }
@@ -343,7 +344,7 @@ func removeStaleSocket(path string, self int) bool {
 	if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return false
 	}
-	ls, err := listeners("/proc", portSpec{Net: netUnix, Path: path}, nil, false)
+	ls, err := listeners("/proc", target.PortSpec{Net: target.NetUnix, Path: path}, nil, false)
 	if err != nil {
 		return false
 	}
@@ -376,19 +377,19 @@ func connectRefused(path string) bool {
 
 // unlinkTarget reads the path an unlink(2) or unlinkat(2) names and returns
 // the unix target it is, if any.
-func (g *generation) unlinkTarget(n *seccomp.Notif) (portSpec, bool) {
+func (g *generation) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
 	dirfd, pathArg := int32(unix.AT_FDCWD), n.Args[0]
 	if n.Nr == unix.SYS_UNLINKAT {
 		if n.Args[2]&unix.AT_REMOVEDIR != 0 {
-			return portSpec{}, false
+			return target.PortSpec{}, false
 		}
 		dirfd, pathArg = int32(n.Args[0]), n.Args[1]
 	}
 	name, err := seccomp.ReadString(g.notifFD, n, pathArg)
-	if err != nil || name == "" || !slices.ContainsFunc(g.l.cfg.Ports, func(p portSpec) bool {
-		return p.Net == netUnix && filepath.Base(p.Path) == filepath.Base(name)
+	if err != nil || name == "" || !slices.ContainsFunc(g.l.cfg.Ports, func(p target.PortSpec) bool {
+		return p.Net == target.NetUnix && filepath.Base(p.Path) == filepath.Base(name)
 	}) {
-		return portSpec{}, false // most unlinks: some other file's
+		return target.PortSpec{}, false // most unlinks: some other file's
 	}
 	if !filepath.IsAbs(name) {
 		var dir string
@@ -398,21 +399,21 @@ func (g *generation) unlinkTarget(n *seccomp.Notif) (portSpec, bool) {
 			dir, err = procfs.FS("/proc").FDLink(int(n.PID), int(dirfd))
 		}
 		if err != nil {
-			return portSpec{}, false
+			return target.PortSpec{}, false
 		}
 		name = filepath.Join(dir, name)
 	}
 	var st unix.Stat_t
 	if unix.Lstat(name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return portSpec{}, false
+		return target.PortSpec{}, false
 	}
 	for _, spec := range g.l.cfg.Ports {
 		var t unix.Stat_t
-		if spec.Net == netUnix && unix.Lstat(spec.Path, &t) == nil && t.Ino == st.Ino && t.Dev == st.Dev {
+		if spec.Net == target.NetUnix && unix.Lstat(spec.Path, &t) == nil && t.Ino == st.Ino && t.Dev == st.Dev {
 			return spec, true
 		}
 	}
-	return portSpec{}, false
+	return target.PortSpec{}, false
 }
 
 // onUnlink skips a command's unlink of a --path while a socket listens

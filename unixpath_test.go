@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,18 +27,18 @@ func TestParsePathSpec(t *testing.T) {
 		{in: "/" + strings.Repeat("a", 107), wantErr: "longer than a unix socket's path may be"},
 	}
 	for _, tt := range tests {
-		got, err := parsePathSpec(tt.in)
+		got, err := target.ParsePathSpec(tt.in)
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("parsePathSpec(%q) error = %v, want one containing %q", tt.in, err, tt.wantErr)
 			}
 			continue
 		}
-		if err != nil || got != (portSpec{Net: netUnix, Path: tt.want}) {
+		if err != nil || got != (target.PortSpec{Net: target.NetUnix, Path: tt.want}) {
 			t.Errorf("parsePathSpec(%q) = %+v, %v; want the path %s", tt.in, got, err, tt.want)
 		}
 	}
-	rel, err := parsePathSpec("app.sock")
+	rel, err := target.ParsePathSpec("app.sock")
 	if err != nil || !strings.HasSuffix(rel.Path, "/app.sock") || !strings.HasPrefix(rel.Path, "/") {
 		t.Errorf("parsePathSpec(app.sock) = %+v, %v; want it made absolute", rel, err)
 	}
@@ -46,29 +47,29 @@ func TestParsePathSpec(t *testing.T) {
 // Each target has its own lock and record, its own names where sockets are
 // passed, and says what it is.
 func TestTargetNames(t *testing.T) {
-	tcp, _ := parsePortSpec("127.0.0.1:8100")
-	udp, _ := parsePortSpec("udp:8100")
-	sock, _ := parsePathSpec("/run/app.sock")
-	other, _ := parsePathSpec("/run/other.sock")
+	tcp, _ := target.ParsePortSpec("127.0.0.1:8100")
+	udp, _ := target.ParsePortSpec("udp:8100")
+	sock, _ := target.ParsePathSpec("/run/app.sock")
+	other, _ := target.ParsePathSpec("/run/other.sock")
 	tests := []struct {
-		spec                                      portSpec
+		spec                                      target.PortSpec
 		key, fdName, starter, describe, stringRep string
 	}{
 		{tcp, "port-8100", "tcp-8100", "127.0.0.1:8100", "port 127.0.0.1:8100", "127.0.0.1:8100"},
 		{udp, "udp-8100", "udp-8100", "8100", "UDP port 8100", "udp:8100"},
-		{sock, sock.key(), "unix-app.sock", "/run/app.sock", "unix socket /run/app.sock", "unix:/run/app.sock"},
+		{sock, sock.Key(), "unix-app.sock", "/run/app.sock", "unix socket /run/app.sock", "unix:/run/app.sock"},
 	}
 	for _, tt := range tests {
-		got := [5]string{tt.spec.key(), tt.spec.fdName(), tt.spec.starterName(), tt.spec.describe(), tt.spec.String()}
+		got := [5]string{tt.spec.Key(), tt.spec.FdName(), tt.spec.StarterName(), tt.spec.Describe(), tt.spec.String()}
 		want := [5]string{tt.key, tt.fdName, tt.starter, tt.describe, tt.stringRep}
 		if got != want {
 			t.Errorf("%+v: key, fdName, starterName, describe, String = %q, want %q", tt.spec, got, want)
 		}
 	}
-	if !strings.HasPrefix(sock.key(), "unix-") || sock.key() == other.key() {
-		t.Errorf("unix keys %q and %q: want distinct unix- keys", sock.key(), other.key())
+	if !strings.HasPrefix(sock.Key(), "unix-") || sock.Key() == other.Key() {
+		t.Errorf("unix keys %q and %q: want distinct unix- keys", sock.Key(), other.Key())
 	}
-	if tcp.sockType() != unix.SOCK_STREAM || sock.sockType() != unix.SOCK_STREAM || udp.sockType() != unix.SOCK_DGRAM {
+	if tcp.SockType() != unix.SOCK_STREAM || sock.SockType() != unix.SOCK_STREAM || udp.SockType() != unix.SOCK_DGRAM {
 		t.Error("sockType: want stream for TCP and unix, datagram for UDP")
 	}
 }

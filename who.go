@@ -13,6 +13,7 @@ import (
 
 	"github.com/shirou/gopsutil/v3/process"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/target"
 )
 
 // whoListener is one listening socket as `takeover who` reports it.
@@ -58,11 +59,11 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "takeover who: name at least one port, like: takeover who 8100")
 		return exitUsage
 	}
-	var specs specList
+	var specs target.SpecList
 	for _, a := range fs.Args() {
 		set := specs.Set
 		if strings.Contains(a, "/") {
-			set = pathFlag{&specs}.Set
+			set = target.PathFlag{List: &specs}.Set
 		}
 		if err := set(a); err != nil {
 			fmt.Fprintf(stderr, "takeover who: %v\n", err)
@@ -106,19 +107,19 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 // whoListeners returns the listeners spec names and, for one address, those
 // on its port that a bind to it conflicts with (0.0.0.0 takes 127.0.0.1
 // too, an IPv6-only [::] does not): what a takeover of spec would replace.
-func whoListeners(spec portSpec) ([]listener, error) {
-	if spec.Net == netUnix || !spec.Addr.IsValid() {
+func whoListeners(spec target.PortSpec) ([]listener, error) {
+	if spec.Net == target.NetUnix || !spec.Addr.IsValid() {
 		return listeners("/proc", spec, nil, false)
 	}
-	all, err := listeners("/proc", spec.wholePort(), nil, false)
-	want := inetBind{Addr: netip.AddrPortFrom(spec.Addr, spec.Port)} // an IPv6 wildcard dual-stack, as the kernel binds it by default
+	all, err := listeners("/proc", spec.WholePort(), nil, false)
+	want := target.InetBind{Addr: netip.AddrPortFrom(spec.Addr, spec.Port)} // an IPv6 wildcard dual-stack, as the kernel binds it by default
 	return slices.DeleteFunc(all, func(o listener) bool {
-		return !spec.matches(o.Addr) && !conflicts(want, inetBind{o.Addr, o.V6Only})
+		return !spec.Matches(o.Addr) && !target.Conflicts(want, target.InetBind{Addr: o.Addr, V6Only: o.V6Only})
 	}), err
 }
 
-func describe(proc procfs.FS, dir *runDirectory, spec portSpec, l listener, launchers []int) whoListener {
-	w := whoListener{Address: spec.boundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
+func describe(proc procfs.FS, dir *runDirectory, spec target.PortSpec, l listener, launchers []int) whoListener {
+	w := whoListener{Address: spec.BoundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
 	w.V6Only = l.V6Only && l.Addr.Addr().Is6() && l.Addr.Addr().IsUnspecified()
 	for _, h := range l.Holders {
 		w.Holders = append(w.Holders, describeHolder(h))
@@ -128,7 +129,7 @@ func describe(proc procfs.FS, dir *runDirectory, spec portSpec, l listener, laun
 		if err := t.forbidden(proc); err != nil {
 			s.Refused = err.Error()
 		}
-		if r, ok := readRecord(dir, spec.key()); ok && t.Launcher && r.Launcher == t.PID && r.DetachedUntil != nil {
+		if r, ok := readRecord(dir, spec.Key()); ok && t.Launcher && r.Launcher == t.PID && r.DetachedUntil != nil {
 			s.DetachedLeft = max(time.Until(*r.DetachedUntil).Round(time.Second).Seconds(), 0)
 		}
 		w.Stop = append(w.Stop, s)
@@ -152,7 +153,7 @@ func describeHolder(h holder) whoHolder {
 	return w
 }
 
-func printWho(w io.Writer, specs specList, out []whoListener) {
+func printWho(w io.Writer, specs target.SpecList, out []whoListener) {
 	if len(out) == 0 {
 		fmt.Fprintf(w, "nothing listens on %s\n", specs.String())
 		return

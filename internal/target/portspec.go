@@ -1,4 +1,4 @@
-package main
+package target
 
 import (
 	"crypto/sha256"
@@ -14,7 +14,7 @@ import (
 // A portSpec names a target: the listening sockets takeover manages. A
 // TCP or UDP port on one address, or on every address of both families
 // when Addr is not valid; or a unix stream socket's path.
-type portSpec struct {
+type PortSpec struct {
 	Net  string     // "" for TCP, netUDP, or netUnix
 	Addr netip.Addr // the zero Addr means every address
 	Port uint16
@@ -22,23 +22,23 @@ type portSpec struct {
 }
 
 const (
-	netUDP  = "udp"
-	netUnix = "unix"
+	NetUDP  = "udp"
+	NetUnix = "unix"
 )
 
 // parsePortSpec reads "8100", ":8100", "127.0.0.1:8100", "[::1]:8100" or
 // "[::]:8100", each for TCP, or with "udp:" before it for UDP ("tcp:" is
 // allowed too). Host names are refused: a name can resolve to several
 // addresses, and the spec must say exactly which sockets may be replaced.
-func parsePortSpec(s string) (portSpec, error) {
+func ParsePortSpec(s string) (PortSpec, error) {
 	network := ""
 	if rest, ok := strings.CutPrefix(s, "udp:"); ok {
-		network, s = netUDP, rest
+		network, s = NetUDP, rest
 	} else if rest, ok := strings.CutPrefix(s, "tcp:"); ok {
 		s = rest
 	}
 	if strings.HasPrefix(s, "unix:") || strings.HasPrefix(s, "/") {
-		return portSpec{}, fmt.Errorf("port spec %q: a unix socket is named with --path, like --path /run/app.sock", s)
+		return PortSpec{}, fmt.Errorf("port spec %q: a unix socket is named with --path, like --path /run/app.sock", s)
 	}
 	spec, err := parseAddrPort(s)
 	spec.Net = network
@@ -47,53 +47,53 @@ func parsePortSpec(s string) (portSpec, error) {
 
 // parsePathSpec reads a --path: a unix socket's path, made absolute
 // against the working directory.
-func parsePathSpec(s string) (portSpec, error) {
+func ParsePathSpec(s string) (PortSpec, error) {
 	if s == "" {
-		return portSpec{}, fmt.Errorf("empty --path: want the path of a unix socket, like /run/app.sock")
+		return PortSpec{}, fmt.Errorf("empty --path: want the path of a unix socket, like /run/app.sock")
 	}
 	abs, err := filepath.Abs(s)
 	if err != nil {
-		return portSpec{}, fmt.Errorf("--path %q: %w", s, err)
+		return PortSpec{}, fmt.Errorf("--path %q: %w", s, err)
 	}
 	if len(abs) >= 108 { // sizeof(sun_path), with its NUL
-		return portSpec{}, fmt.Errorf("--path %q: %d bytes, longer than a unix socket's path may be (107)", s, len(abs))
+		return PortSpec{}, fmt.Errorf("--path %q: %d bytes, longer than a unix socket's path may be (107)", s, len(abs))
 	}
-	return portSpec{Net: netUnix, Path: abs}, nil
+	return PortSpec{Net: NetUnix, Path: abs}, nil
 }
 
-func parseAddrPort(s string) (portSpec, error) {
+func parseAddrPort(s string) (PortSpec, error) {
 	if s == "" {
-		return portSpec{}, fmt.Errorf("empty port spec: want PORT or ADDR:PORT, like 8100 or 127.0.0.1:8100")
+		return PortSpec{}, fmt.Errorf("empty port spec: want PORT or ADDR:PORT, like 8100 or 127.0.0.1:8100")
 	}
 	host, portText := "", s
 	if i := strings.LastIndexByte(s, ':'); i >= 0 {
 		host, portText = s[:i], s[i+1:]
 		if strings.HasPrefix(host, "[") != strings.HasSuffix(host, "]") {
-			return portSpec{}, fmt.Errorf("port spec %q: unbalanced brackets", s)
+			return PortSpec{}, fmt.Errorf("port spec %q: unbalanced brackets", s)
 		}
 		if strings.HasPrefix(host, "[") {
 			host = host[1 : len(host)-1]
 		} else if strings.Contains(host, ":") {
-			return portSpec{}, fmt.Errorf("port spec %q: an IPv6 address goes in brackets, like [::1]:8100", s)
+			return PortSpec{}, fmt.Errorf("port spec %q: an IPv6 address goes in brackets, like [::1]:8100", s)
 		}
 	}
-	port, err := parsePort(portText)
+	port, err := ParsePort(portText)
 	if err != nil {
-		return portSpec{}, fmt.Errorf("port spec %q: %w", s, err)
+		return PortSpec{}, fmt.Errorf("port spec %q: %w", s, err)
 	}
-	spec := portSpec{Port: port}
+	spec := PortSpec{Port: port}
 	if host == "" {
 		return spec, nil
 	}
 	addr, err := netip.ParseAddr(host)
 	if err != nil || addr.Zone() != "" {
-		return portSpec{}, fmt.Errorf("port spec %q: %q is not an IP address (host names and zones are not accepted)", s, host)
+		return PortSpec{}, fmt.Errorf("port spec %q: %q is not an IP address (host names and zones are not accepted)", s, host)
 	}
 	spec.Addr = addr.Unmap()
 	return spec, nil
 }
 
-func parsePort(s string) (uint16, error) {
+func ParsePort(s string) (uint16, error) {
 	n, err := strconv.ParseUint(s, 10, 16)
 	if err != nil || s[0] == '+' {
 		return 0, fmt.Errorf("port %q is not a number from 1 to 65535", s)
@@ -104,9 +104,9 @@ func parsePort(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
-func (p portSpec) String() string {
+func (p PortSpec) String() string {
 	switch {
-	case p.Net == netUnix:
+	case p.Net == NetUnix:
 		return "unix:" + p.Path
 	case p.Net != "":
 		return p.Net + ":" + p.ipString()
@@ -114,7 +114,7 @@ func (p portSpec) String() string {
 	return p.ipString()
 }
 
-func (p portSpec) ipString() string {
+func (p PortSpec) ipString() string {
 	if !p.Addr.IsValid() {
 		return strconv.Itoa(int(p.Port))
 	}
@@ -123,11 +123,11 @@ func (p portSpec) ipString() string {
 
 // describe names the target in a sentence: "port 8100", "UDP port 5353",
 // "unix socket /run/app.sock".
-func (p portSpec) describe() string {
+func (p PortSpec) Describe() string {
 	switch p.Net {
-	case netUnix:
+	case NetUnix:
 		return "unix socket " + p.Path
-	case netUDP:
+	case NetUDP:
 		return "UDP port " + p.ipString()
 	}
 	return "port " + p.ipString()
@@ -135,11 +135,11 @@ func (p portSpec) describe() string {
 
 // boundAt names a socket of the target bound to ap (unused for a path):
 // "127.0.0.1:8100", "udp:[::]:5353", "unix:/run/app.sock".
-func (p portSpec) boundAt(ap netip.AddrPort) string {
+func (p PortSpec) BoundAt(ap netip.AddrPort) string {
 	switch p.Net {
-	case netUnix:
+	case NetUnix:
 		return p.String()
-	case netUDP:
+	case NetUDP:
 		return "udp:" + ap.String()
 	}
 	return ap.String()
@@ -147,11 +147,11 @@ func (p portSpec) boundAt(ap netip.AddrPort) string {
 
 // fdName is the target's name in LISTEN_FDNAMES: "tcp-8100", "udp-5353",
 // "unix-app.sock".
-func (p portSpec) fdName() string {
+func (p PortSpec) FdName() string {
 	switch p.Net {
-	case netUnix:
+	case NetUnix:
 		return "unix-" + filepath.Base(p.Path)
-	case netUDP:
+	case NetUDP:
 		return "udp-" + strconv.Itoa(int(p.Port))
 	}
 	return "tcp-" + strconv.Itoa(int(p.Port))
@@ -160,12 +160,12 @@ func (p portSpec) fdName() string {
 // storeName is the target's name in systemd's file descriptor store
 // (FDNAME=): "tcp-8100", "tcp-127.0.0.1-8100", "udp-8125",
 // "unix-/run/app.sock". systemd refuses ':' in a name.
-func (p portSpec) storeName() string {
-	if p.Net == netUnix {
+func (p PortSpec) StoreName() string {
+	if p.Net == NetUnix {
 		return "unix-" + p.Path
 	}
 	proto := "tcp-"
-	if p.Net == netUDP {
+	if p.Net == NetUDP {
 		proto = "udp-"
 	}
 	return proto + strings.NewReplacer("[", "", "]", "", ":", "-").Replace(p.ipString())
@@ -174,8 +174,8 @@ func (p portSpec) storeName() string {
 // starterName is the target's name in SERVER_STARTER_PORT, as start_server
 // writes it: "8100", "127.0.0.1:8100", "[::1]:8100", a UDP port the same
 // (start_server drops its "u"), a path as it is.
-func (p portSpec) starterName() string {
-	if p.Net == netUnix {
+func (p PortSpec) StarterName() string {
+	if p.Net == NetUnix {
 		return p.Path
 	}
 	return p.ipString()
@@ -183,12 +183,12 @@ func (p portSpec) starterName() string {
 
 // key names the target's lock and record in the run directory: all
 // addresses of one port share them, as they can conflict.
-func (p portSpec) key() string {
+func (p PortSpec) Key() string {
 	switch p.Net {
-	case netUnix:
+	case NetUnix:
 		sum := sha256.Sum256([]byte(p.Path))
 		return "unix-" + hex.EncodeToString(sum[:8])
-	case netUDP:
+	case NetUDP:
 		return "udp-" + strconv.Itoa(int(p.Port))
 	}
 	return "port-" + strconv.Itoa(int(p.Port))
@@ -196,16 +196,16 @@ func (p portSpec) key() string {
 
 // wholePort is the spec for every address of the target's port (a unix
 // target is its own): every socket there can conflict with a bind to it.
-func (p portSpec) wholePort() portSpec {
-	if p.Net == netUnix {
+func (p PortSpec) WholePort() PortSpec {
+	if p.Net == NetUnix {
 		return p
 	}
-	return portSpec{Net: p.Net, Port: p.Port}
+	return PortSpec{Net: p.Net, Port: p.Port}
 }
 
 // sockType is the socket type the target's sockets have.
-func (p portSpec) sockType() int {
-	if p.Net == netUDP {
+func (p PortSpec) SockType() int {
+	if p.Net == NetUDP {
 		return syscall.SOCK_DGRAM
 	}
 	return syscall.SOCK_STREAM
@@ -214,8 +214,8 @@ func (p portSpec) sockType() int {
 // matches reports whether a socket bound to ap is one the spec names. A
 // wildcard spec names the wildcard of either family: Go, for one, binds
 // "0.0.0.0:8100" as a dual-stack [::]:8100.
-func (p portSpec) matches(ap netip.AddrPort) bool {
-	if p.Net == netUnix || ap.Port() != p.Port {
+func (p PortSpec) Matches(ap netip.AddrPort) bool {
+	if p.Net == NetUnix || ap.Port() != p.Port {
 		return false
 	}
 	a := ap.Addr().Unmap()
@@ -228,7 +228,7 @@ func (p portSpec) matches(ap netip.AddrPort) bool {
 // An inetBind is where an IP socket is bound, all a bind conflict depends
 // on: its address and port, and its IPV6_V6ONLY (which matters for the
 // IPv6 wildcard alone).
-type inetBind struct {
+type InetBind struct {
 	Addr   netip.AddrPort
 	V6Only bool
 }
@@ -241,7 +241,7 @@ type inetBind struct {
 // IPv6; the IPv6 wildcard [::] is of both unless it is IPv6-only. So
 // nginx's `listen 80; listen [::]:80;` (the second IPv6-only) is two
 // sockets on one port that do not conflict.
-func conflicts(want, held inetBind) bool {
+func Conflicts(want, held InetBind) bool {
 	if want.Addr.Port() != held.Addr.Port() {
 		return false
 	}
@@ -252,7 +252,7 @@ func conflicts(want, held inetBind) bool {
 
 // families returns the IPv4 and the IPv6 address b takes: the zero Addr
 // for a family it leaves free.
-func (b inetBind) families() (v4, v6 netip.Addr) {
+func (b InetBind) families() (v4, v6 netip.Addr) {
 	a := b.Addr.Addr().Unmap()
 	switch {
 	case a.Is4():
@@ -269,9 +269,9 @@ func overlap(a, b netip.Addr) bool {
 }
 
 // specList is a repeatable --port flag.
-type specList []portSpec
+type SpecList []PortSpec
 
-func (l *specList) String() string {
+func (l *SpecList) String() string {
 	parts := make([]string, len(*l))
 	for i, p := range *l {
 		parts[i] = p.String()
@@ -279,8 +279,8 @@ func (l *specList) String() string {
 	return strings.Join(parts, ",")
 }
 
-func (l *specList) Set(s string) error {
-	p, err := parsePortSpec(s)
+func (l *SpecList) Set(s string) error {
+	p, err := ParsePortSpec(s)
 	if err != nil {
 		return err
 	}
@@ -290,30 +290,31 @@ func (l *specList) Set(s string) error {
 
 // pathFlag is the repeatable --path flag: it adds unix targets to the
 // same list as --port, so that their order is the order given.
-type pathFlag struct{ l *specList }
+// PathFlag is a flag.Value that adds each --path given to a list.
+type PathFlag struct{ List *SpecList }
 
-func (f pathFlag) String() string {
-	if f.l == nil {
+func (f PathFlag) String() string {
+	if f.List == nil {
 		return ""
 	}
-	return f.l.String()
+	return f.List.String()
 }
 
-func (f pathFlag) Set(s string) error {
-	p, err := parsePathSpec(s)
+func (f PathFlag) Set(s string) error {
+	p, err := ParsePathSpec(s)
 	if err != nil {
 		return err
 	}
-	*f.l = append(*f.l, p)
+	*f.List = append(*f.List, p)
 	return nil
 }
 
 // match returns the first spec of network netw ("" or netUDP) that names ap.
-func (l specList) match(netw string, ap netip.AddrPort) (portSpec, bool) {
+func (l SpecList) Match(netw string, ap netip.AddrPort) (PortSpec, bool) {
 	for _, p := range l {
-		if p.Net == netw && p.matches(ap) {
+		if p.Net == netw && p.Matches(ap) {
 			return p, true
 		}
 	}
-	return portSpec{}, false
+	return PortSpec{}, false
 }
