@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/takeover/takeover/internal/pidfd"
+
 	"github.com/takeover/takeover/internal/procfs"
 	"golang.org/x/sys/unix"
 )
@@ -24,9 +26,9 @@ const ptraceAdvice = "docker run --cap-add SYS_PTRACE (Kubernetes: securityConte
 // claimSocket returns takeover's socket for the command's fd if it is of
 // socket type typ: a copy of the command's own, or, where copying is not
 // allowed, a new one made like it (made is true: the caller must install
-// it in the command). pidfd is process tgid's, which the copy goes through.
-func (l *launcher) claimSocket(pidfd, tgid, fd, typ int) (sock int, made bool, err error) {
-	sock, _, err = copySocketFrom(pidfd, tgid, fd)
+// it in the command). pfd is process tgid's, which the copy goes through.
+func (l *launcher) claimSocket(pfd, tgid, fd, typ int) (sock int, made bool, err error) {
+	sock, _, err = pidfd.CopySocketFrom(pfd, tgid, fd)
 	if err == nil {
 		if t, _ := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE); t != typ {
 			unix.Close(sock)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/target"
@@ -345,7 +346,7 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 			l.log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.sw.Spec.String(), "err", err)
 			continue
 		}
-		pids := pidsOf(st.procs, st.holders)
+		pids := pidfd.PidsOf(st.procs, st.holders)
 		slices.Sort(pids)
 		fs = append(fs, fenced{f, st.sw.Spec, procfs.FS("/proc").WithDescendants(slices.Compact(pids))})
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/takeover/takeover/internal/target"
@@ -121,30 +120,4 @@ func (g *generation) closeCopies() {
 		unix.Close(s.copyFD)
 		delete(g.socks, k)
 	}
-}
-
-// copySocket takes a copy of fd in process tgid, and its inode.
-func copySocket(tgid, fd int) (int, uint64, error) {
-	pidfd, err := unix.PidfdOpen(tgid, 0)
-	if err != nil {
-		return -1, 0, fmt.Errorf("pidfd_open(%d): %w", tgid, err)
-	}
-	defer unix.Close(pidfd)
-	return copySocketFrom(pidfd, tgid, fd)
-}
-
-// copySocketFrom takes a copy of fd in process tgid through pidfd, its
-// pidfd, and its inode.
-func copySocketFrom(pidfd, tgid, fd int) (int, uint64, error) {
-	sock, err := unix.PidfdGetfd(pidfd, fd, 0)
-	if err != nil {
-		return -1, 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", tgid, fd, err)
-	}
-	unix.CloseOnExec(sock)
-	var st unix.Stat_t
-	if err := unix.Fstat(sock, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		unix.Close(sock)
-		return -1, 0, fmt.Errorf("fd %d of pid %d is not a socket", fd, tgid)
-	}
-	return sock, st.Ino, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -20,9 +21,9 @@ import (
 type rebind struct {
 	Sock        int // takeover's copy of the new server's socket
 	Addr        netip.AddrPort
-	Old         []*oldProcess // the stop targets, signalled once
-	Holders     []*oldProcess // every process holding the port: SIGKILLed after KillTimeout if it still does
-	Inodes      []uint64      // the old listening sockets
+	Old         []*pidfd.OldProcess // the stop targets, signalled once
+	Holders     []*pidfd.OldProcess // every process holding the port: SIGKILLed after KillTimeout if it still does
+	Inodes      []uint64            // the old listening sockets
 	Signal      unix.Signal
 	KillTimeout time.Duration
 }
@@ -70,7 +71,7 @@ func (r rebind) run(ctx context.Context) (rebindTimes, error) {
 	t.Sched = thread.Class
 	start := time.Now()
 	for _, p := range r.Old {
-		if err := p.signal(r.Signal); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := p.Signal(r.Signal); err != nil && !errors.Is(err, unix.ESRCH) {
 			return t, fmt.Errorf("signal pid %d: %w", p.PID, err)
 		}
 	}

@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
+	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -25,9 +27,9 @@ type swap struct {
 	Why         string    // why auto chose it
 	Old         []stopTarget
 	OldCmd      string
-	oldProcs    []*oldProcess // the stop targets
-	holders     []*oldProcess // every old holder, for SIGKILL
-	inodes      []uint64      // the old listening sockets
+	oldProcs    []*pidfd.OldProcess // the stop targets
+	holders     []*pidfd.OldProcess // every old holder, for SIGKILL
+	inodes      []uint64            // the old listening sockets
 	Lookup      time.Duration
 	rebindTimes           // how a rebind went (rebind only)
 	fence       *fence    // a fenced handoff (fence_linux.go)
@@ -80,7 +82,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	}
 	if inherited != nil {
 		stop = append(stop, inherited.stop...)
-		l.log.Info("completing the swap an earlier generation began: its old servers are stopped once they have finished", "generation", g.num, "old_pids", fmt.Sprint(pidsOf(inherited.procs()...)))
+		l.log.Info("completing the swap an earlier generation began: its old servers are stopped once they have finished", "generation", g.num, "old_pids", fmt.Sprint(pidfd.PidsOf(inherited.procs()...)))
 	}
 	if !ok && len(stop) == 0 {
 		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
@@ -127,7 +129,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	for _, st := range stop {
 		wctx, cancel := context.WithTimeout(ctx, l.cfg.killTimeout())
 		for _, p := range st.procs {
-			if !p.wait(wctx) {
+			if !p.Wait(wctx) {
 				l.log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
 				killStillHolding(st.holders, st.sw.inodes)
 			}
@@ -159,8 +161,8 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 			l.log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed"+hint+")", "path", st.path.path, "times", n)
 		}
 		st.path.finish()
-		closeAll(st.procs)
-		closeAll(st.holders)
+		pidfd.CloseAll(st.procs)
+		pidfd.CloseAll(st.holders)
 	}
 }
 
@@ -268,8 +270,8 @@ type unfinished struct {
 }
 
 // procs returns the processes the unfinished swap is to stop.
-func (u *unfinished) procs() [][]*oldProcess {
-	var ps [][]*oldProcess
+func (u *unfinished) procs() [][]*pidfd.OldProcess {
+	var ps [][]*pidfd.OldProcess
 	for _, st := range u.stop {
 		ps = append(ps, st.procs)
 	}
@@ -356,7 +358,7 @@ func (l *launcher) dropUnfinished() {
 	if u == nil {
 		return
 	}
-	l.log.Warn("the swap an exited generation began was not completed: the old servers serve on", "old_pids", fmt.Sprint(pidsOf(u.procs()...)))
+	l.log.Warn("the swap an exited generation began was not completed: the old servers serve on", "old_pids", fmt.Sprint(pidfd.PidsOf(u.procs()...)))
 	for _, st := range u.stop {
 		st.abandon()
 	}
@@ -409,15 +411,15 @@ func (l *launcher) updateRecord(ctx context.Context, key string, r genRecord, he
 type oldStop struct {
 	sw             *swap
 	path           *pathSwap
-	procs, holders []*oldProcess
+	procs, holders []*pidfd.OldProcess
 }
 
 // abandon lets go of a claimed swap that will not be completed after all
 // (the new generation exited while the old server finished): as a swap's
 // abandon does, for what claimSwaps took out of it.
 func (st oldStop) abandon() {
-	closeAll(st.procs)
-	closeAll(st.holders)
+	pidfd.CloseAll(st.procs)
+	pidfd.CloseAll(st.holders)
 	st.path.rollBack()
 }
 
@@ -434,7 +436,46 @@ func (sw *swap) abandon() {
 
 // releaseOld closes the swap's pidfds of the old processes.
 func (sw *swap) releaseOld() {
-	closeAll(sw.oldProcs)
-	closeAll(sw.holders)
+	pidfd.CloseAll(sw.oldProcs)
+	pidfd.CloseAll(sw.holders)
 	sw.oldProcs, sw.holders = nil, nil
+}
+
+// signalOnce sends sig to the old processes of the swaps, each once: a
+// server that held several of the sockets (nginx's `listen 80; listen
+// [::]:80;`, or two --port targets) is in the stop list of each swap, and to
+// some servers a second stop signal means "stop now, drain no more" (an
+// interactive ^C twice; uvicorn on INT). A rebind signalled its own at the
+// bind already.
+func signalOnce(stop []oldStop, sig unix.Signal) {
+	sent := make(map[int]bool)
+	for _, st := range stop {
+		if st.sw.Strategy == "rebind" {
+			for _, p := range st.procs {
+				sent[p.PID] = true
+			}
+		}
+	}
+	for _, st := range stop {
+		for _, p := range st.procs {
+			if !sent[p.PID] {
+				sent[p.PID] = true
+				p.Signal(sig)
+			}
+		}
+	}
+}
+
+// killStillHolding SIGKILLs the old processes that still hold one of the
+// old sockets: after --kill-timeout, what keeps a port or serves on as an
+// old generation. An old takeover launcher let go of its copies when it was
+// replaced and waits for its server: killing it would orphan the server,
+// which would then serve on with nobody to stop it.
+func killStillHolding(holders []*pidfd.OldProcess, inodes []uint64) {
+	held, err := stillHolding("/proc", inodes, pidfd.PidsOf(holders))
+	for _, p := range holders {
+		if err != nil || slices.Contains(held, p.PID) {
+			p.Signal(unix.SIGKILL)
+		}
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
@@ -493,13 +494,13 @@ func TestCheckOldAfterOpen(t *testing.T) {
 	for _, pid := range []int{real, reused} {
 		sw.Old = append(sw.Old, stopTarget{PID: pid, Holder: holder{PID: pid}})
 	}
-	sw.oldProcs, sw.holders = openAll([]int{real, reused}), openAll([]int{real, reused})
+	sw.oldProcs, sw.holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
 	defer sw.releaseOld()
 	l := &launcher{}
 	if err := l.checkOld(sw, newChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
 		t.Fatal(err)
 	}
-	if got := fmt.Sprint(pidsOf(sw.oldProcs), pidsOf(sw.holders)); got != fmt.Sprint([]int{real}, []int{real}) {
+	if got := fmt.Sprint(pidfd.PidsOf(sw.oldProcs), pidfd.PidsOf(sw.holders)); got != fmt.Sprint([]int{real}, []int{real}) {
 		t.Errorf("kept targets and holders %s, want only the holder %d", got, real)
 	}
 }

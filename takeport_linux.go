@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
@@ -107,7 +108,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	// The pidfds first, then the checks: a process looked up may have
 	// exited and its pid been reused since; checked after its pidfd is
 	// open, the process the checks read is the one the pidfd signals.
-	sw.oldProcs, sw.holders = openAll(targetPIDs), openAll(holderPIDs)
+	sw.oldProcs, sw.holders = pidfd.OpenAll(targetPIDs), pidfd.OpenAll(holderPIDs)
 	if err := l.checkOld(sw, c.child, what); err != nil {
 		sw.releaseOld()
 		return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
@@ -145,7 +146,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 // nor (a takeover launcher) an ancestor of one; and each is alive at the
 // end, so that what /proc said of its pid was said of it.
 func (l *launcher) checkOld(sw *swap, child newChild, what string) error {
-	held, err := stillHolding("/proc", sw.inodes, pidsOf(sw.holders))
+	held, err := stillHolding("/proc", sw.inodes, pidfd.PidsOf(sw.holders))
 	if err != nil {
 		return fmt.Errorf("look up the holders of %s again: %w", what, err)
 	}
@@ -157,20 +158,20 @@ func (l *launcher) checkOld(sw *swap, child newChild, what string) error {
 		verified[t.PID] = slices.Contains(held, t.PID) ||
 			t.Launcher && slices.Contains(held, t.Holder.PID) && isAncestor("/proc", t.PID, t.Holder.PID)
 	}
-	alive := func(p *oldProcess) bool { return p.signal(0) == nil }
-	sw.oldProcs = keepOnly(sw.oldProcs, func(p *oldProcess) bool { return verified[p.PID] && alive(p) })
-	sw.holders = keepOnly(sw.holders, func(p *oldProcess) bool { return slices.Contains(held, p.PID) && alive(p) })
+	alive := func(p *pidfd.OldProcess) bool { return p.Signal(0) == nil }
+	sw.oldProcs = keepOnly(sw.oldProcs, func(p *pidfd.OldProcess) bool { return verified[p.PID] && alive(p) })
+	sw.holders = keepOnly(sw.holders, func(p *pidfd.OldProcess) bool { return slices.Contains(held, p.PID) && alive(p) })
 	return nil
 }
 
 // keepOnly keeps the processes keep accepts, and closes the others' pidfds.
-func keepOnly(ps []*oldProcess, keep func(*oldProcess) bool) []*oldProcess {
-	var kept []*oldProcess
+func keepOnly(ps []*pidfd.OldProcess, keep func(*pidfd.OldProcess) bool) []*pidfd.OldProcess {
+	var kept []*pidfd.OldProcess
 	for _, p := range ps {
 		if keep(p) {
 			kept = append(kept, p)
 		} else {
-			p.close()
+			p.Close()
 		}
 	}
 	return kept
@@ -189,7 +190,7 @@ func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c clai
 		return
 	}
 	// The pidfd first, then the checks: they read the process it signals.
-	p, err := openOld(launcher)
+	p, err := pidfd.OpenOld(launcher)
 	if err != nil {
 		return
 	}
@@ -215,18 +216,18 @@ func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c clai
 		}
 	}
 	exited := func() bool { // a pidfd reads ready once its process has exited
-		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: int32(p.Pidfd), Events: unix.POLLIN}}
 		n, _ := unix.Poll(fds, 0)
 		return n > 0
 	}
 	if target == nil || exited() {
-		p.close() // nothing of it here, or it exited meanwhile (its pid may be another's)
+		p.Close() // nothing of it here, or it exited meanwhile (its pid may be another's)
 		return
 	}
 	sw.Old, sw.inodes = []stopTarget{*target}, inodes
 	sw.Why = "the earlier takeover's sockets do not conflict with this bind: it is stopped once the new server is ready"
 	sw.OldCmd = commandLine(target.Holder.PID)
-	sw.oldProcs, sw.holders = []*oldProcess{p}, openAll(holderPIDs)
+	sw.oldProcs, sw.holders = []*pidfd.OldProcess{p}, pidfd.OpenAll(holderPIDs)
 }
 
 // replaceGeneration takes a port over from the launcher's own previous
@@ -286,7 +287,7 @@ func (prev *generation) replacedIn(sw *swap, old *heldSock) {
 		// (A restart's prev has died and been reaped: its pid may be
 		// another process's by now, never to be opened.)
 		sw.OldCmd = commandLine(prev.pid)
-		sw.oldProcs, sw.holders = openAll([]int{prev.pid}), openAll([]int{prev.pid})
+		sw.oldProcs, sw.holders = pidfd.OpenAll([]int{prev.pid}), pidfd.OpenAll([]int{prev.pid})
 	}
 	sw.Via = "own-copy"
 }
@@ -416,7 +417,7 @@ func (l *launcher) copyOldSocket(owners []listener, sw *swap) (int, string) {
 		}
 	}
 	for _, h := range from {
-		sock, ino, err := copySocket(h.PID, h.FD)
+		sock, ino, err := pidfd.CopySocket(h.PID, h.FD)
 		if err != nil {
 			errs = append(errs, err.Error())
 			continue

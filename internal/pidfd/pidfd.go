@@ -1,0 +1,102 @@
+package pidfd
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// An oldProcess is a process of an earlier generation, held by a pidfd so
+// that signals reach it and not a later process that reuses its pid.
+type OldProcess struct {
+	PID   int
+	Pidfd int
+}
+
+func OpenOld(pid int) (*OldProcess, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &OldProcess{PID: pid, Pidfd: fd}, nil
+}
+
+func (p *OldProcess) Signal(sig unix.Signal) error {
+	return unix.PidfdSendSignal(p.Pidfd, sig, nil, 0)
+}
+
+// wait waits for the process to exit, until ctx ends; it reports whether
+// the process exited.
+func (p *OldProcess) Wait(ctx context.Context) bool {
+	for {
+		fds := []unix.PollFd{{Fd: int32(p.Pidfd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 10)
+		if err == nil && n > 0 {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if err != nil && err != unix.EINTR {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+func (p *OldProcess) Close() { unix.Close(p.Pidfd) }
+
+// openAll opens every pid it can; those already gone are left out.
+func OpenAll(pids []int) []*OldProcess {
+	var ps []*OldProcess
+	for _, pid := range pids {
+		if p, err := OpenOld(pid); err == nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// pidsOf returns the pids of the processes in each list, in order.
+func PidsOf(lists ...[]*OldProcess) []int {
+	var pids []int
+	for _, ps := range lists {
+		for _, p := range ps {
+			pids = append(pids, p.PID)
+		}
+	}
+	return pids
+}
+
+func CloseAll(ps []*OldProcess) {
+	for _, p := range ps {
+		p.Close()
+	}
+}
+
+// copySocket takes a copy of fd in process tgid, and its inode.
+func CopySocket(tgid, fd int) (int, uint64, error) {
+	pidfd, err := unix.PidfdOpen(tgid, 0)
+	if err != nil {
+		return -1, 0, fmt.Errorf("pidfd_open(%d): %w", tgid, err)
+	}
+	defer unix.Close(pidfd)
+	return CopySocketFrom(pidfd, tgid, fd)
+}
+
+// copySocketFrom takes a copy of fd in process tgid through pidfd, its
+// pidfd, and its inode.
+func CopySocketFrom(pidfd, tgid, fd int) (int, uint64, error) {
+	sock, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return -1, 0, fmt.Errorf("pidfd_getfd(%d, %d): %w", tgid, fd, err)
+	}
+	unix.CloseOnExec(sock)
+	var st unix.Stat_t
+	if err := unix.Fstat(sock, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		unix.Close(sock)
+		return -1, 0, fmt.Errorf("fd %d of pid %d is not a socket", fd, tgid)
+	}
+	return sock, st.Ino, nil
+}
