@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/rundir"
 	"golang.org/x/sys/unix"
 )
 
@@ -210,19 +211,19 @@ func (l *launcher) lockHeld() (held, bySelf bool) {
 // that no takeover holds it: f is then the lock file, locked until the
 // caller closes it (nil if there is no lock file at all). Otherwise owner
 // is whom the lock file names.
-func tryPortLock(dir *runDirectory, key string) (f *os.File, free bool, owner lockOwner) {
-	name := lockName(key)
-	f, err := dir.open(name, os.O_RDWR, 0)
+func tryPortLock(dir *rundir.RunDirectory, key string) (f *os.File, free bool, owner rundir.LockOwner) {
+	name := rundir.LockName(key)
+	f, err := dir.Open(name, os.O_RDWR, 0)
 	if err != nil {
-		return nil, true, lockOwner{}
+		return nil, true, rundir.LockOwner{}
 	}
 	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-	owner = readLockOwner(f)
+	owner = rundir.ReadLockOwner(f)
 	if errors.Is(err, unix.EWOULDBLOCK) {
 		f.Close()
 		return nil, false, owner
 	}
-	if err != nil || !dir.samePath(f, name) {
+	if err != nil || !dir.SamePath(f, name) {
 		f.Close() // removed meanwhile: no takeover holds it
 		return nil, true, owner
 	}
@@ -240,7 +241,7 @@ func (l *launcher) setDetached(until time.Time) {
 	}
 	l.mu.Unlock()
 	for _, key := range l.keys() {
-		if r, ok := readRecord(l.dir, key); ok && r.Launcher == l.self {
+		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher == l.self {
 			r.DetachedUntil = &until
 			l.updateRecord(l.ctx, key, r, false) // not over a newer takeover's
 		}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/takeover/takeover/internal/rundir"
 	"golang.org/x/sys/unix"
 )
 
@@ -139,7 +140,7 @@ func diagnose() doctorReport {
 	})...)
 	r.Checks = append(r.Checks, yamaCheck(scope, yama, has(capSysPtrace)))
 	r.Checks = append(r.Checks, retryThreadCheck(has(capSysNice)))
-	r.Checks = append(r.Checks, runDirCheck(runDir(), os.Getenv("TAKEOVER_RUN_DIR") != "", r.UID))
+	r.Checks = append(r.Checks, runDirCheck(rundir.RunDir(), os.Getenv("TAKEOVER_RUN_DIR") != "", r.UID))
 	r.Checks = append(r.Checks, portsCheck(unprivilegedPortStart(), has(capNetBindService)))
 	r.Checks = append(r.Checks, ioUringCheck(r.Kernel, ioUringDisabled()))
 	r.OK = true
@@ -359,7 +360,7 @@ func runDirCheck(dir string, fromEnv bool, uid int) doctorCheck {
 		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("%s: %v", name, err), []string{fix}
 		return c
 	}
-	if err := checkRunDir(dir, fi); err != nil {
+	if err := rundir.CheckRunDir(dir, fi); err != nil {
 		c.Status, c.Detail, c.Do = statusMissing, fmt.Sprintf("takeover refuses it: %v", err), []string{fix}
 		return c
 	}

@@ -17,6 +17,7 @@ import (
 	"unsafe"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/seccomp"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
@@ -172,8 +173,8 @@ func listenerFailed(err error) doctorCheck {
 	c := doctorCheck{Status: statusMissing, Check: "seccomp listener", Detail: err.Error()}
 	switch msg := err.Error(); {
 	case strings.Contains(msg, "another seccomp listener"): // seccomp.Install's EBUSY
-		if pid := os.Getenv(launcherEnv); pid != "" {
-			c.Detail = fmt.Sprintf("this process runs under takeover (%s=%s), whose seccomp listener is the one allowed: a takeover cannot run inside another takeover (EBUSY)", launcherEnv, pid)
+		if pid := os.Getenv(rundir.LauncherEnv); pid != "" {
+			c.Detail = fmt.Sprintf("this process runs under takeover (%s=%s), whose seccomp listener is the one allowed: a takeover cannot run inside another takeover (EBUSY)", rundir.LauncherEnv, pid)
 			c.Do = []string{"run takeover at the top: started by systemd, a deploy script or a shell, not by a server that runs under takeover"}
 		} else {
 			c.Detail = "a seccomp listener is already installed above this process, and the kernel allows one (EBUSY): a takeover inside a takeover, or a container runtime or sandbox that intercepts system calls with one (sysbox, LXD's syscall interception)"

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -65,7 +66,7 @@ func TestServeSocketsClosesPassed(t *testing.T) {
 	inode := target.InodeOf(served)
 	lookups := 0
 	path := filepath.Join(t.TempDir(), "launcher.sock")
-	stop, err := serveSockets(path, func(ino uint64) (int, bool) {
+	stop, err := fdpass.ServeSockets(path, func(ino uint64) (int, bool) {
 		lookups++
 		if ino != inode || lookups > 1 {
 			return -1, false
@@ -77,7 +78,7 @@ func TestServeSocketsClosesPassed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
-	fd, err := fetchSocket(path, os.Getpid(), inode, 10*time.Second)
+	fd, err := fdpass.FetchSocket(path, os.Getpid(), inode, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

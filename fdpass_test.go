@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -41,7 +42,7 @@ func fdpassClient(spec string) int {
 		fmt.Println("error:", err)
 		return 2
 	}
-	fd, err := fetchSocket(f[2], pid, inode, 30*time.Second)
+	fd, err := fdpass.FetchSocket(f[2], pid, inode, 30*time.Second)
 	if err != nil {
 		fmt.Println("error:", err)
 		return 1
@@ -80,7 +81,7 @@ func serveTest(t *testing.T, dir string, held map[uint64]int) string {
 		dir = t.TempDir()
 	}
 	path := filepath.Join(dir, "launcher.sock")
-	stop, err := serveSockets(path, func(inode uint64) (int, bool) {
+	stop, err := fdpass.ServeSockets(path, func(inode uint64) (int, bool) {
 		fd, ok := held[inode]
 		if !ok {
 			return -1, false
@@ -99,7 +100,7 @@ func TestFetchSocket(t *testing.T) {
 	ln, held, inode := heldListener(t)
 	path := serveTest(t, "", map[uint64]int{inode: held})
 
-	fd, err := fetchSocket(path, os.Getpid(), inode, 10*time.Second)
+	fd, err := fdpass.FetchSocket(path, os.Getpid(), inode, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +166,7 @@ func TestFetchSocketErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			began := time.Now()
-			fd, err := fetchSocket(tt.path, tt.pid, tt.inode, tt.timeout)
+			fd, err := fdpass.FetchSocket(tt.path, tt.pid, tt.inode, tt.timeout)
 			took := time.Since(began)
 			if err == nil {
 				unix.Close(fd)
@@ -216,7 +217,7 @@ func TestServeSocketsConnection(t *testing.T) {
 			if _, err := c.Write([]byte(tt.req)); err != nil {
 				t.Fatal(err)
 			}
-			fd, err := receiveSocket(c)
+			fd, err := fdpass.ReceiveSocket(c)
 			if tt.refusal != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.refusal) {
 					t.Errorf("reply error %v, want %q", err, tt.refusal)
@@ -245,13 +246,13 @@ func TestServeSocketsIdlePeer(t *testing.T) {
 	}
 	defer idle.Close()
 
-	fd, err := fetchSocket(path, os.Getpid(), inode, 10*time.Second)
+	fd, err := fdpass.FetchSocket(path, os.Getpid(), inode, 10*time.Second)
 	if err != nil {
 		t.Fatalf("fetch beside an idle peer: %v", err)
 	}
 	unix.Close(fd)
 
-	idle.SetReadDeadline(time.Now().Add(fdpassIdle + 10*time.Second))
+	idle.SetReadDeadline(time.Now().Add(fdpass.FdpassIdle + 10*time.Second))
 	if n, err := idle.Read(make([]byte, 16)); err != io.EOF {
 		t.Errorf("idle peer read %d bytes, %v; want EOF", n, err)
 	}
@@ -263,7 +264,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if err := os.WriteFile(path, []byte("stale"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stop, err := serveSockets(path, func(uint64) (int, bool) {
+	stop, err := fdpass.ServeSockets(path, func(uint64) (int, bool) {
 		dup, err := unix.FcntlInt(uintptr(held), unix.F_DUPFD_CLOEXEC, 0) // the server closes it
 		return dup, err == nil
 	})
@@ -289,7 +290,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if _, err := open.Write([]byte(fmt.Sprintf("inode %d", inode))); err != nil {
 		t.Fatal(err)
 	}
-	fd, err := receiveSocket(open)
+	fd, err := fdpass.ReceiveSocket(open)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +308,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if target.InodeOf(held) != inode {
 		t.Error("stop closed the caller's socket")
 	}
-	if fd, err := fetchSocket(path, os.Getpid(), inode, 10*time.Second); err == nil {
+	if fd, err := fdpass.FetchSocket(path, os.Getpid(), inode, 10*time.Second); err == nil {
 		unix.Close(fd)
 		t.Error("fetch after stop succeeded")
 	}
@@ -396,11 +397,11 @@ func FuzzFDPassRequest(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, req []byte) {
-		inode, err := parseInodeRequest(req)
+		inode, err := fdpass.ParseInodeRequest(req)
 		if err != nil {
 			return
 		}
-		if again, err := parseInodeRequest([]byte("inode " + strconv.FormatUint(inode, 10))); err != nil || again != inode {
+		if again, err := fdpass.ParseInodeRequest([]byte("inode " + strconv.FormatUint(inode, 10))); err != nil || again != inode {
 			t.Errorf("%q parsed as %d, which does not round-trip: %d, %v", req, inode, again, err)
 		}
 		if !strings.HasPrefix(string(req), "inode ") {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/load"
 	"golang.org/x/sys/unix"
 )
@@ -341,7 +342,7 @@ func (n *notifyListener) expect(t *testing.T, prefix string) {
 		if err != nil {
 			t.Fatalf("waiting for %s: %v", prefix, err)
 		}
-		for _, fd := range receivedFDs(oob[:oobn]) {
+		for _, fd := range fdpass.ReceivedFDs(oob[:oobn]) {
 			unix.Close(fd)
 		}
 		msg := string(buf[:k])

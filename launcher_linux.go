@@ -18,7 +18,9 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/seccomp"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
@@ -30,7 +32,7 @@ import (
 type launcher struct {
 	cfg  config
 	log  *slog.Logger
-	dir  *runDirectory
+	dir  *rundir.RunDirectory
 	self int
 	born uint64 // this process's start time, for its generation records
 	unit string // the systemd unit takeover runs in, or ""
@@ -97,17 +99,17 @@ func launch(cfg config, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return code
 	}
-	dir, err := openRunDir(runDir(), true)
+	dir, err := rundir.OpenRunDir(rundir.RunDir(), true)
 	if err != nil {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return exitLauncher
 	}
-	dir.clearDead()
+	dir.ClearDead()
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
 	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: dir, self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
 	if cfg.PIDFile != "" {
-		if err := writeFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
+		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
 			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
 			return exitLauncher
 		}
@@ -143,7 +145,7 @@ func (l *launcher) run(path string) int {
 		l.log.Error("cannot take the port lock", "err", err)
 		return exitLauncher
 	}
-	stopServing, err := serveSockets(launcherSockPath(l.dir, l.self), l.heldSocket)
+	stopServing, err := fdpass.ServeSockets(rundir.LauncherSockPath(l.dir, l.self), l.heldSocket)
 	if err != nil {
 		l.log.Warn("cannot serve this takeover's sockets to the next one; it will copy them with pidfd_getfd where allowed", "err", err)
 		stopServing = func() {}
@@ -151,8 +153,8 @@ func (l *launcher) run(path string) int {
 	defer func() {
 		stopServing()
 		l.dropUnfinished()
-		releaseLocks(locks)
-		releaseLocks(l.locks) // a first swap that never completed still holds them
+		rundir.ReleaseLocks(locks)
+		rundir.ReleaseLocks(l.locks) // a first swap that never completed still holds them
 		l.cleanRunDir()
 	}()
 	l.ctx, l.path, l.locks = ctx, path, locks
@@ -258,10 +260,10 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 	limit := l.cfg.lockTimeout()
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	var last lockOwner
+	var last rundir.LockOwner
 	done := make(chan result, 1)
 	go func() {
-		files, err := lockTargets(ctx, l.dir, l.keys(), lockOwner{PID: l.self, Start: l.born}, func(key string, owner lockOwner, waited time.Duration) {
+		files, err := rundir.LockTargets(ctx, l.dir, l.keys(), rundir.LockOwner{PID: l.self, Start: l.born}, func(key string, owner rundir.LockOwner, waited time.Duration) {
 			last = owner
 			l.log.Info("waiting for another takeover of this port to finish its swap",
 				"lock", key, "takeover_pid", owner.PID, "its_command", commandLine(owner.PID), "waited", waited, "lock_timeout", limit)
@@ -299,7 +301,7 @@ func (l *launcher) notify(state string) {
 // with.
 func (l *launcher) newerTakeover(sig syscall.Signal) bool {
 	for _, key := range l.keys() {
-		if r, ok := readRecord(l.dir, key); ok && r.Launcher != l.self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
+		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher != l.self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
 			return true
 		}
 	}
@@ -390,8 +392,8 @@ var systemdVars = []string{"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "FDS
 // that is not the main one; systemdVars) and less drop, plus TAKEOVER_PID
 // and TAKEOVER_GENERATION.
 func (l *launcher) commandEnv(num int, drop []string) []string {
-	env := []string{launcherEnv + "=" + strconv.Itoa(l.self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
-	drop = append(drop, launcherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", shimEnv+"=")
+	env := []string{rundir.LauncherEnv + "=" + strconv.Itoa(l.self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
+	drop = append(drop, rundir.LauncherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", shimEnv+"=")
 	drop = append(drop, systemdVars...)
 	for _, kv := range os.Environ() {
 		if !slices.ContainsFunc(drop, func(p string) bool { return strings.HasPrefix(kv, p) }) {
@@ -559,7 +561,7 @@ func (l *launcher) leftRunning() []int {
 // no other takeover uses them.
 func (l *launcher) cleanRunDir() {
 	for _, spec := range l.cfg.Ports {
-		if removeRunFiles(l.dir, spec.Key(), l.self) && spec.Net == target.NetUnix {
+		if rundir.RemoveRunFiles(l.dir, spec.Key(), l.self) && spec.Net == target.NetUnix {
 			// The last takeover of a path removes what the server's own
 			// unlink on its way out missed: a server that got its socket
 			// by a rename knows it by the name beside the path, and a
@@ -567,5 +569,5 @@ func (l *launcher) cleanRunDir() {
 			removeStaleSocket(spec.Path, l.self)
 		}
 	}
-	l.dir.clearDead() // and what takeovers that were killed left
+	l.dir.ClearDead() // and what takeovers that were killed left
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -254,7 +255,7 @@ func readNotify(t *testing.T, c *net.UnixConn) (string, []int) {
 	if err != nil {
 		t.Fatalf("no message on NOTIFY_SOCKET: %v", err)
 	}
-	return string(buf[:n]), receivedFDs(oob[:oobn])
+	return string(buf[:n]), fdpass.ReceivedFDs(oob[:oobn])
 }
 
 // TestOverstatedListenFDs: LISTEN_FDS counting more fds than were passed

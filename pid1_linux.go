@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,19 +57,19 @@ func (l *launcher) standBy(sigs <-chan os.Signal, exits <-chan childExit) int {
 // servingLauncher returns the record of the live takeover, other than this
 // one, that the run directory names for one of our targets (Launcher 0:
 // none).
-func (l *launcher) servingLauncher() genRecord {
+func (l *launcher) servingLauncher() rundir.GenRecord {
 	for _, key := range l.keys() {
-		if r, ok := readRecord(l.dir, key); ok && r.Launcher != l.self {
+		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher != l.self {
 			return r
 		}
 	}
-	return genRecord{}
+	return rundir.GenRecord{}
 }
 
 // signalLauncher sends sig to the launcher r names through a pidfd opened
 // first, and only then checked to be that very process (its start time):
 // a pid reused after the record was read is never signalled.
-func signalLauncher(r genRecord, sig syscall.Signal) error {
+func signalLauncher(r rundir.GenRecord, sig syscall.Signal) error {
 	fd, err := unix.PidfdOpen(r.Launcher, 0)
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 )
 
 // TestPID1Replaced: takeover as PID 1 of a PID namespace of its own (what a
@@ -101,11 +102,11 @@ func TestSignalLauncherChecksStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stale := genRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start + 1}
+	stale := rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start + 1}
 	if err := signalLauncher(stale, syscall.SIGTERM); err == nil {
 		t.Fatal("signalLauncher signalled a process its record does not name")
 	}
-	if err := signalLauncher(genRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
+	if err := signalLauncher(rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	err = cmd.Wait()

@@ -28,13 +28,6 @@ type listener struct {
 	Hidden bool
 }
 
-// launcherEnv names the variable a takeover launcher sets in its child's
-// environment to its own pid, for the command's own use. takeover itself
-// never reads it back: servers overwrite their environment with their
-// process title (nginx, redis), so who manages a process is decided from
-// the run directory's generation records and the process tree.
-const launcherEnv = "TAKEOVER_PID"
-
 // targetSockets returns the sockets spec names: TCP listeners, bound UDP
 // sockets, or the unix listener whose file is at spec.Path now.
 func targetSockets(proc procfs.FS, spec target.PortSpec) ([]socktab.Socket, error) {

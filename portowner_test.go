@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/target"
 )
@@ -294,17 +295,17 @@ func TestListenersManagedByLauncher(t *testing.T) {
 	}
 	// The wrapper is a launcher because the run directory records it.
 	dir := testRunDir(t)
-	if ts := stopTargets("/proc", ls[0], liveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.cmd.Process.Pid {
+	if ts := stopTargets("/proc", ls[0], rundir.LiveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.cmd.Process.Pid {
 		t.Errorf("stopTargets with no record = %+v, want the server, not the wrapper %d", ts, h.cmd.Process.Pid)
 	}
 	st, err := procfs.FS("/proc").Stat(h.cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeRecord(dir, target.PortSpec{Net: target.NetUnix, Path: "/run/app.sock"}.Key(), genRecord{Launcher: h.cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
+	if err := rundir.WriteRecord(dir, target.PortSpec{Net: target.NetUnix, Path: "/run/app.sock"}.Key(), rundir.GenRecord{Launcher: h.cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
 		t.Fatal(err)
 	}
-	ts := stopTargets("/proc", ls[0], liveLaunchers(dir))
+	ts := stopTargets("/proc", ls[0], rundir.LiveLaunchers(dir))
 	if len(ts) != 1 || ts[0].PID != h.cmd.Process.Pid || !ts[0].Launcher {
 		t.Errorf("stopTargets = %+v, want the launcher %d", ts, h.cmd.Process.Pid)
 	}

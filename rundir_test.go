@@ -17,12 +17,13 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 )
 
 // testRunDir opens a fresh run directory, closed at cleanup.
-func testRunDir(t testing.TB) *runDirectory {
+func testRunDir(t testing.TB) *rundir.RunDirectory {
 	t.Helper()
-	d, err := openRunDir(filepath.Join(t.TempDir(), "run"), true)
+	d, err := rundir.OpenRunDir(filepath.Join(t.TempDir(), "run"), true)
 	if err != nil {
 		t.Fatal(err)
 	}

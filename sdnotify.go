@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/takeover/takeover/internal/rundir"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,7 +41,7 @@ func sdNotifyFDs(state string, fds []int) (bool, error) {
 // takeover this one runs under (which gives its commands TAKEOVER_PID and
 // a NOTIFY_SOCKET of its own, and keeps no file descriptors).
 func underSystemd() bool {
-	return os.Getenv("NOTIFY_SOCKET") != "" && os.Getenv(launcherEnv) == ""
+	return os.Getenv("NOTIFY_SOCKET") != "" && os.Getenv(rundir.LauncherEnv) == ""
 }
 
 // monotonicUsec is CLOCK_MONOTONIC in microseconds, as RELOADING=1 wants it.

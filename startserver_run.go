@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/starter"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
@@ -97,7 +98,7 @@ func (s *starterState) writeStatus() {
 	if s.opts.StatusFile == "" {
 		return
 	}
-	if err := writeFileAtomic(s.opts.StatusFile, starter.FormatStatus(s.live)); err != nil {
+	if err := rundir.WriteFileAtomic(s.opts.StatusFile, starter.FormatStatus(s.live)); err != nil {
 		s.log.Warn("cannot write --status-file", "err", err)
 		return
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/takeover/takeover/internal/rundir"
 )
 
 // --status-file: what the launcher is doing, for people and scripts.
@@ -121,7 +123,7 @@ func (l *launcher) reloadFailed(num int, why string) {
 func (l *launcher) flushStatus() {
 	l.status.Updated = time.Now().UTC()
 	b, _ := json.MarshalIndent(l.status, "", "  ")
-	if err := writeFileAtomic(l.cfg.StatusFile, append(b, '\n')); err != nil {
+	if err := rundir.WriteFileAtomic(l.cfg.StatusFile, append(b, '\n')); err != nil {
 		l.log.Warn("cannot write --status-file", "err", err)
 	}
 }

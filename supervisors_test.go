@@ -14,6 +14,7 @@ import (
 
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/target"
 )
 
@@ -401,22 +402,22 @@ func TestDetachedRecordLeftToNewer(t *testing.T) {
 	}
 	l := &launcher{ctx: context.Background(), cfg: config{Ports: []target.PortSpec{spec}}, dir: dir, self: os.Getpid(), born: st.Start, log: slog.New(slog.DiscardHandler)}
 	key := spec.Key()
-	mine := genRecord{Launcher: l.self, LauncherStart: l.born, Child: 1}
-	if err := writeRecord(dir, key, mine); err != nil {
+	mine := rundir.GenRecord{Launcher: l.self, LauncherStart: l.born, Child: 1}
+	if err := rundir.WriteRecord(dir, key, mine); err != nil {
 		t.Fatal(err)
 	}
-	newer, err := lockTargets(context.Background(), dir, []string{key}, lockOwner{PID: 2, Start: 1}, func(string, lockOwner, time.Duration) {})
+	newer, err := rundir.LockTargets(context.Background(), dir, []string{key}, rundir.LockOwner{PID: 2, Start: 1}, func(string, rundir.LockOwner, time.Duration) {})
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.setDetached(time.Now().Add(time.Minute))
-	if r, ok := readRecord(dir, key); !ok || r.DetachedUntil != nil {
+	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil != nil {
 		t.Errorf("the detached launcher wrote its record while another takeover held the port's lock: %+v (found: %v)", r, ok)
 	}
-	releaseLocks(newer)
+	rundir.ReleaseLocks(newer)
 	until := time.Now().Add(time.Minute)
 	l.setDetached(until)
-	if r, ok := readRecord(dir, key); !ok || r.DetachedUntil == nil || !r.DetachedUntil.Equal(until) {
+	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil == nil || !r.DetachedUntil.Equal(until) {
 		t.Errorf("with the lock free, the record is %+v (found: %v), want detached until %v", r, ok, until)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/pidfd"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -61,14 +62,14 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	if inherited != nil {
 		locks = append(locks, inherited.locks...)
 	}
-	defer func() { releaseLocks(locks) }()
+	defer func() { rundir.ReleaseLocks(locks) }()
 	g.mu.Lock()
 	swaps := append([]*swap(nil), g.swaps...)
 	g.mu.Unlock()
 
 	before := l.othersRecords()
 	for _, key := range l.keys() {
-		if err := l.updateRecord(ctx, key, genRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid, StopSignal: int(l.cfg.signal())}, len(locks) > 0); err != nil {
+		if err := l.updateRecord(ctx, key, rundir.GenRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid, StopSignal: int(l.cfg.signal())}, len(locks) > 0); err != nil {
 			l.log.Warn("cannot record the generation", "lock", key, "err", err)
 		}
 	}
@@ -281,7 +282,7 @@ func (u *unfinished) procs() [][]*pidfd.OldProcess {
 // interrupt keeps u, the rest of g's swap, for the next generation: it
 // steers new connections back to the old sockets, puts back the records of
 // the takeovers being replaced (before), and holds the port locks.
-func (l *launcher) interrupt(ctx context.Context, g *generation, u *unfinished, before map[string]genRecord) {
+func (l *launcher) interrupt(ctx context.Context, g *generation, u *unfinished, before map[string]rundir.GenRecord) {
 	for _, st := range u.stop {
 		f := st.sw.fence
 		if f == nil {
@@ -301,7 +302,7 @@ func (l *launcher) interrupt(ctx context.Context, g *generation, u *unfinished, 
 		// at work, which is then the one to stop the old servers.
 		now, cancel := context.WithCancel(ctx)
 		cancel()
-		u.locks, _ = lockTargets(now, l.dir, l.keys(), lockOwner{PID: l.self, Start: l.born}, func(string, lockOwner, time.Duration) {})
+		u.locks, _ = rundir.LockTargets(now, l.dir, l.keys(), rundir.LockOwner{PID: l.self, Start: l.born}, func(string, rundir.LockOwner, time.Duration) {})
 	}
 	for key, r := range before {
 		if err := l.updateRecord(ctx, key, r, len(u.locks) > 0); err != nil {
@@ -346,7 +347,7 @@ func (l *launcher) fallBack() *generation {
 	for _, st := range u.stop {
 		st.abandon()
 	}
-	releaseLocks(u.locks)
+	rundir.ReleaseLocks(u.locks)
 	return old
 }
 
@@ -362,15 +363,15 @@ func (l *launcher) dropUnfinished() {
 	for _, st := range u.stop {
 		st.abandon()
 	}
-	releaseLocks(u.locks)
+	rundir.ReleaseLocks(u.locks)
 }
 
 // othersRecords returns the records of the launcher's targets that name
 // another live takeover: those a first swap replaces.
-func (l *launcher) othersRecords() map[string]genRecord {
-	rs := make(map[string]genRecord)
+func (l *launcher) othersRecords() map[string]rundir.GenRecord {
+	rs := make(map[string]rundir.GenRecord)
 	for _, key := range l.keys() {
-		if r, ok := readRecord(l.dir, key); ok && r.Launcher != l.self {
+		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher != l.self {
 			rs[key] = r
 		}
 	}
@@ -384,12 +385,12 @@ func (l *launcher) othersRecords() map[string]genRecord {
 // record (written in the swap that replaces this launcher) is the one to
 // keep; and it writes only where the record names this launcher or none
 // alive.
-func (l *launcher) updateRecord(ctx context.Context, key string, r genRecord, held bool) error {
+func (l *launcher) updateRecord(ctx context.Context, key string, r rundir.GenRecord, held bool) error {
 	if !held {
 		now, cancel := context.WithCancel(ctx)
 		cancel()
-		var busy lockOwner
-		locks, err := lockTargets(now, l.dir, []string{key}, lockOwner{PID: l.self, Start: l.born}, func(_ string, owner lockOwner, _ time.Duration) { busy = owner })
+		var busy rundir.LockOwner
+		locks, err := rundir.LockTargets(now, l.dir, []string{key}, rundir.LockOwner{PID: l.self, Start: l.born}, func(_ string, owner rundir.LockOwner, _ time.Duration) { busy = owner })
 		switch {
 		case busy.PID == l.self: // held by this launcher's first swap
 		case busy.PID != 0:
@@ -397,13 +398,13 @@ func (l *launcher) updateRecord(ctx context.Context, key string, r genRecord, he
 		case err != nil:
 			return fmt.Errorf("take the port lock to write the record: %w", err)
 		default:
-			defer releaseLocks(locks)
+			defer rundir.ReleaseLocks(locks)
 		}
-		if cur, ok := readRecord(l.dir, key); ok && cur.Launcher != l.self {
+		if cur, ok := rundir.ReadRecord(l.dir, key); ok && cur.Launcher != l.self {
 			return fmt.Errorf("not written: the record names takeover pid %d, which has replaced this one", cur.Launcher)
 		}
 	}
-	return writeRecord(l.dir, key, r)
+	return rundir.WriteRecord(l.dir, key, r)
 }
 
 // An oldStop is what a completed swap has left to do: stop the old

@@ -18,6 +18,7 @@ import (
 
 	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
 )
@@ -318,7 +319,7 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 	dir := t.TempDir()
 	os.Chmod(dir, 0o700) // takeover refuses a run directory others may enter
 	t.Setenv("TAKEOVER_RUN_DIR", dir)
-	rd, err := openRunDir(dir, false)
+	rd, err := rundir.OpenRunDir(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +350,7 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 		t.Skip("A's reload completed before C's swap began: the race this test is about did not happen")
 	}
 	key := "port-" + port
-	if r, ok := readRecord(rd, key); !ok || r.Launcher != c.cmd.Process.Pid {
+	if r, ok := rundir.ReadRecord(rd, key); !ok || r.Launcher != c.cmd.Process.Pid {
 		t.Fatalf("C's swap did not record C: %+v", r)
 	}
 	// A's reload swap, once its --kill-old-delay is over, stops A's first
@@ -361,7 +362,7 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 		t.Errorf("takeover A exited %d, want 0", code)
 	}
 	c.waitLog(t, "fenced: the old server")
-	if r, ok := readRecord(rd, key); !ok || r.Launcher != c.cmd.Process.Pid {
+	if r, ok := rundir.ReadRecord(rd, key); !ok || r.Launcher != c.cmd.Process.Pid {
 		t.Errorf("the record names %+v (ok %v), want C, pid %d", r, ok, c.cmd.Process.Pid)
 	}
 	d := startTakeover(t, "tcpserve", "--port", port, "--", self, addr)

@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -51,7 +52,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	}
 	key, what := c.spec.Key(), c.spec.Describe()
 	var hint []int
-	prev, hasPrev := readRecord(l.dir, key)
+	prev, hasPrev := rundir.ReadRecord(l.dir, key)
 	if hasPrev && prev.Launcher != l.self {
 		hint = []int{prev.Launcher}
 	}
@@ -90,7 +91,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		return sw, c.sock, nil
 	}
 
-	launchers := liveLaunchers(l.dir)
+	launchers := rundir.LiveLaunchers(l.dir)
 	var holderPIDs, targetPIDs []int
 	for _, o := range owners {
 		if len(o.Holders) == 0 {
@@ -127,12 +128,12 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	if c.spec.Net == target.NetUnix {
 		return l.settled(sw, c.sock, l.rebind(ctx, c, sw))
 	}
-	if err := writeRecord(l.dir, key, genRecord{Launcher: l.self, LauncherStart: l.born, StopSignal: int(l.cfg.signal())}); err != nil {
+	if err := rundir.WriteRecord(l.dir, key, rundir.GenRecord{Launcher: l.self, LauncherStart: l.born, StopSignal: int(l.cfg.signal())}); err != nil {
 		return l.settled(sw, -1, fmt.Errorf("record the generation of %s: %w", what, err))
 	}
 	if err := l.rebind(ctx, c, sw); err != nil {
 		if hasPrev {
-			writeRecord(l.dir, key, prev)
+			rundir.WriteRecord(l.dir, key, prev)
 		}
 		return l.settled(sw, -1, err)
 	}
@@ -185,7 +186,7 @@ func keepOnly(ps []*pidfd.OldProcess, keep func(*pidfd.OldProcess) bool) []*pidf
 // the same, with no socket of it to take. Nothing else on the port is
 // named: not another service's IPv6-only socket.
 func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c claim) {
-	launchers := liveLaunchers(l.dir)
+	launchers := rundir.LiveLaunchers(l.dir)
 	if !slices.Contains(launchers, launcher) {
 		return
 	}
@@ -401,7 +402,7 @@ func (l *launcher) copyOldSocket(owners []listener, sw *swap) (int, string) {
 	o, target := owners[0], sw.Old[0]
 	var errs []string
 	if target.Launcher {
-		sock, err := fetchSocket(launcherSockPath(l.dir, target.PID), target.PID, o.Inode, fetchTimeout)
+		sock, err := fdpass.FetchSocket(rundir.LauncherSockPath(l.dir, target.PID), target.PID, o.Inode, fdpass.FetchTimeout)
 		if err == nil {
 			sw.Via = "unix-socket"
 			return sock, ""
@@ -440,15 +441,6 @@ func (l *launcher) copyOldSocket(owners []listener, sw *swap) (int, string) {
 func v6Only(sock int) bool {
 	v, err := unix.GetsockoptInt(sock, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
 	return err == nil && v != 0
-}
-
-// fetchTimeout bounds asking an earlier takeover for its socket.
-const fetchTimeout = 2 * time.Second
-
-// launcherSockPath is where launcher pid serves its sockets to newer
-// takeovers.
-func launcherSockPath(dir *runDirectory, pid int) string {
-	return dir.sockPath("launcher-" + strconv.Itoa(pid) + ".sock")
 }
 
 // heldSocket returns takeover's copy of a socket one of its generations

@@ -13,6 +13,7 @@ import (
 
 	"github.com/shirou/gopsutil/v3/process"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/target"
 )
 
@@ -72,7 +73,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	}
 	// Without a run directory this user may trust, no process is known as
 	// a takeover launcher.
-	dir, err := openRunDir(runDir(), false)
+	dir, err := rundir.OpenRunDir(rundir.RunDir(), false)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(stderr, "takeover who: %v; its records are ignored\n", err)
 	}
@@ -83,7 +84,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "takeover who: %v\n", err)
 			return exitFailure
 		}
-		launchers := liveLaunchers(dir)
+		launchers := rundir.LiveLaunchers(dir)
 		for _, l := range ls {
 			out = append(out, describe("/proc", dir, spec, l, launchers))
 		}
@@ -118,7 +119,7 @@ func whoListeners(spec target.PortSpec) ([]listener, error) {
 	}), err
 }
 
-func describe(proc procfs.FS, dir *runDirectory, spec target.PortSpec, l listener, launchers []int) whoListener {
+func describe(proc procfs.FS, dir *rundir.RunDirectory, spec target.PortSpec, l listener, launchers []int) whoListener {
 	w := whoListener{Address: spec.BoundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
 	w.V6Only = l.V6Only && l.Addr.Addr().Is6() && l.Addr.Addr().IsUnspecified()
 	for _, h := range l.Holders {
@@ -129,7 +130,7 @@ func describe(proc procfs.FS, dir *runDirectory, spec target.PortSpec, l listene
 		if err := t.forbidden(proc); err != nil {
 			s.Refused = err.Error()
 		}
-		if r, ok := readRecord(dir, spec.Key()); ok && t.Launcher && r.Launcher == t.PID && r.DetachedUntil != nil {
+		if r, ok := rundir.ReadRecord(dir, spec.Key()); ok && t.Launcher && r.Launcher == t.PID && r.DetachedUntil != nil {
 			s.DetachedLeft = max(time.Until(*r.DetachedUntil).Round(time.Second).Seconds(), 0)
 		}
 		w.Stop = append(w.Stop, s)

@@ -1,4 +1,4 @@
-package main
+package rundir
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 
 // runDir holds takeover's per-port locks and generation records. Every
 // takeover of one user on one machine must agree on it.
-func runDir() string {
+func RunDir() string {
 	if d := os.Getenv("TAKEOVER_RUN_DIR"); d != "" {
 		return d
 	}
@@ -41,7 +41,7 @@ func runDir() string {
 // swapped for a symlink. Its records say whom takeover may signal and its
 // lock files are written: another user's directory (a /tmp/takeover-UID
 // made first by someone else) could aim both at anything of ours.
-type runDirectory struct {
+type RunDirectory struct {
 	path string
 	f    *os.File // O_DIRECTORY|O_NOFOLLOW
 }
@@ -53,7 +53,7 @@ var errUnsafeRunDir = errors.New("another user could plant or redirect takeover'
 // 0700) when it is missing and create is set. It refuses a directory that
 // is a symlink, is not owned by the effective uid, or that group or others
 // may enter: takeover trusts what it finds there.
-func openRunDir(path string, create bool) (*runDirectory, error) {
+func OpenRunDir(path string, create bool) (*RunDirectory, error) {
 	if create {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, fmt.Errorf("create the run directory %s: %w", path, err)
@@ -66,21 +66,21 @@ func openRunDir(path string, create bool) (*runDirectory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("run directory: %w", err)
 	}
-	if err := checkRunDir(path, fi); err != nil {
+	if err := CheckRunDir(path, fi); err != nil {
 		return nil, err
 	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open the run directory %s: %w", path, err)
 	}
-	d := &runDirectory{path: path, f: os.NewFile(uintptr(fd), path)}
+	d := &RunDirectory{path: path, f: os.NewFile(uintptr(fd), path)}
 	// What was checked is what is open: not swapped since the Lstat.
 	opened, err := d.f.Stat()
 	if err == nil && !os.SameFile(fi, opened) {
 		err = fmt.Errorf("run directory %s changed while takeover opened it: %w", path, errUnsafeRunDir)
 	}
 	if err == nil {
-		err = checkRunDir(path, opened)
+		err = CheckRunDir(path, opened)
 	}
 	if err != nil {
 		d.f.Close()
@@ -90,7 +90,7 @@ func openRunDir(path string, create bool) (*runDirectory, error) {
 }
 
 // checkRunDir refuses a run directory another user could write to.
-func checkRunDir(path string, fi fs.FileInfo) error {
+func CheckRunDir(path string, fi fs.FileInfo) error {
 	fix := fmt.Sprintf("set TAKEOVER_RUN_DIR, the same for every takeover of this user, to a directory of uid %d with mode 0700 (or have its owner remove this one)", os.Geteuid())
 	switch owner := int(fi.Sys().(*syscall.Stat_t).Uid); {
 	case fi.Mode()&fs.ModeSymlink != 0:
@@ -106,15 +106,15 @@ func checkRunDir(path string, fi fs.FileInfo) error {
 }
 
 // Close closes the directory.
-func (d *runDirectory) Close() error { return d.f.Close() }
+func (d *RunDirectory) Close() error { return d.f.Close() }
 
-func (d *runDirectory) fd() int { return int(d.f.Fd()) }
+func (d *RunDirectory) fd() int { return int(d.f.Fd()) }
 
 // name is a file's path in the directory, for messages.
-func (d *runDirectory) name(file string) string { return filepath.Join(d.path, file) }
+func (d *RunDirectory) name(file string) string { return filepath.Join(d.path, file) }
 
 // open opens file in the directory, never through a symlink.
-func (d *runDirectory) open(file string, flag int, perm uint32) (*os.File, error) {
+func (d *RunDirectory) Open(file string, flag int, perm uint32) (*os.File, error) {
 	for {
 		fd, err := unix.Openat(d.fd(), file, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
 		if err == unix.EINTR {
@@ -128,7 +128,7 @@ func (d *runDirectory) open(file string, flag int, perm uint32) (*os.File, error
 }
 
 // remove removes file from the directory (not a directory itself).
-func (d *runDirectory) remove(file string) error {
+func (d *RunDirectory) remove(file string) error {
 	if err := unix.Unlinkat(d.fd(), file, 0); err != nil {
 		return &fs.PathError{Op: "remove", Path: d.name(file), Err: err}
 	}
@@ -136,8 +136,8 @@ func (d *runDirectory) remove(file string) error {
 }
 
 // names lists the directory's files.
-func (d *runDirectory) names() ([]string, error) {
-	f, err := d.open(".", unix.O_RDONLY|unix.O_DIRECTORY, 0) // an offset of its own
+func (d *RunDirectory) names() ([]string, error) {
+	f, err := d.Open(".", unix.O_RDONLY|unix.O_DIRECTORY, 0) // an offset of its own
 	if err != nil {
 		return nil, err
 	}
@@ -149,13 +149,13 @@ func (d *runDirectory) names() ([]string, error) {
 // (/proc/self/fd/N/file), for bind(2) and connect(2), which take a path:
 // it reaches the directory that was checked, whatever happens to its name,
 // and stays short of sun_path's 108 bytes however long that name is.
-func (d *runDirectory) sockPath(file string) string {
+func (d *RunDirectory) sockPath(file string) string {
 	return "/proc/self/fd/" + strconv.Itoa(d.fd()) + "/" + file
 }
 
 // A lockOwner is the takeover holding a port's lock, as it wrote itself
 // into the lock file.
-type lockOwner struct {
+type LockOwner struct {
 	PID   int
 	Start uint64 // clock ticks after boot, to tell a reused pid
 }
@@ -168,7 +168,7 @@ const lockWaitReport = 5 * time.Second
 // waiting while another takeover holds one, until ctx ends. waiting is
 // called when it starts to wait and every lockWaitReport after, with the
 // lock's owner. Closing the returned files (or exiting) releases the locks.
-func lockTargets(ctx context.Context, dir *runDirectory, keys []string, me lockOwner, waiting func(key string, owner lockOwner, waited time.Duration)) ([]*os.File, error) {
+func LockTargets(ctx context.Context, dir *RunDirectory, keys []string, me LockOwner, waiting func(key string, owner LockOwner, waited time.Duration)) ([]*os.File, error) {
 	keys = slices.Clone(keys)
 	slices.Sort(keys)
 	keys = slices.Compact(keys)
@@ -176,7 +176,7 @@ func lockTargets(ctx context.Context, dir *runDirectory, keys []string, me lockO
 	for _, key := range keys {
 		f, err := lockTarget(ctx, dir, key, me, waiting)
 		if err != nil {
-			releaseLocks(held)
+			ReleaseLocks(held)
 			return nil, err
 		}
 		held = append(held, f)
@@ -184,18 +184,18 @@ func lockTargets(ctx context.Context, dir *runDirectory, keys []string, me lockO
 	return held, nil
 }
 
-func lockTarget(ctx context.Context, dir *runDirectory, key string, me lockOwner, waiting func(key string, owner lockOwner, waited time.Duration)) (*os.File, error) {
-	name := lockName(key)
+func lockTarget(ctx context.Context, dir *RunDirectory, key string, me LockOwner, waiting func(key string, owner LockOwner, waited time.Duration)) (*os.File, error) {
+	name := LockName(key)
 	began := time.Now()
 	var told time.Time
 	for {
-		f, err := dir.open(name, os.O_RDWR|os.O_CREATE, 0o600)
+		f, err := dir.Open(name, os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("open the lock: %w", err)
 		}
 		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
-			if !dir.samePath(f, name) {
+			if !dir.SamePath(f, name) {
 				f.Close() // removed by its last owner meanwhile: lock the new one
 				continue
 			}
@@ -209,7 +209,7 @@ func lockTarget(ctx context.Context, dir *runDirectory, key string, me lockOwner
 		}
 		if told.IsZero() || time.Since(told) >= lockWaitReport {
 			told = time.Now()
-			waiting(key, readLockOwner(f), time.Since(began).Round(time.Second))
+			waiting(key, ReadLockOwner(f), time.Since(began).Round(time.Second))
 		}
 		f.Close()
 		select {
@@ -221,25 +221,25 @@ func lockTarget(ctx context.Context, dir *runDirectory, key string, me lockOwner
 }
 
 // lockName names a target's lock file in the run directory.
-func lockName(key string) string { return key + ".lock" }
+func LockName(key string) string { return key + ".lock" }
 
 // samePath reports whether file in the directory still names f's file.
-func (d *runDirectory) samePath(f *os.File, file string) bool {
+func (d *RunDirectory) SamePath(f *os.File, file string) bool {
 	var a, b unix.Stat_t
 	err1 := unix.Fstat(int(f.Fd()), &a)
 	err2 := unix.Fstatat(d.fd(), file, &b, unix.AT_SYMLINK_NOFOLLOW)
 	return err1 == nil && err2 == nil && a.Dev == b.Dev && a.Ino == b.Ino
 }
 
-func readLockOwner(f *os.File) lockOwner {
+func ReadLockOwner(f *os.File) LockOwner {
 	b := make([]byte, 64)
 	n, _ := f.ReadAt(b, 0)
-	var o lockOwner
+	var o LockOwner
 	fmt.Sscanf(string(b[:n]), "%d %d", &o.PID, &o.Start)
 	return o
 }
 
-func releaseLocks(files []*os.File) {
+func ReleaseLocks(files []*os.File) {
 	for _, f := range files {
 		f.Close()
 	}
@@ -249,17 +249,17 @@ func releaseLocks(files []*os.File) {
 // them any more: the lock is free and the record names self or a launcher
 // that is gone. It takes the lock first, so that it never removes a file
 // another takeover is about to use. It reports whether it removed them.
-func removeRunFiles(dir *runDirectory, key string, self int) bool {
-	name := lockName(key)
-	f, err := dir.open(name, os.O_RDWR, 0)
+func RemoveRunFiles(dir *RunDirectory, key string, self int) bool {
+	name := LockName(key)
+	f, err := dir.Open(name, os.O_RDWR, 0)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
-	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !dir.samePath(f, name) {
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil || !dir.SamePath(f, name) {
 		return false
 	}
-	if r, ok := readRecord(dir, key); ok && r.Launcher != self {
+	if r, ok := ReadRecord(dir, key); ok && r.Launcher != self {
 		return false
 	}
 	dir.remove(recordName(key))
@@ -275,13 +275,13 @@ func removeRunFiles(dir *runDirectory, key string, self int) bool {
 // is gone. A file a live takeover uses is never removed: its lock is held
 // or its record's launcher (pid and start time) lives, and its socket
 // listens (listenSeqpacket renames it into place only once it does).
-func (d *runDirectory) clearDead() {
+func (d *RunDirectory) ClearDead() {
 	names, _ := d.names()
 	for _, name := range names {
 		var pid, num int
 		switch {
 		case strings.HasSuffix(name, ".lock") && !strings.HasPrefix(name, "."):
-			removeRunFiles(d, strings.TrimSuffix(name, ".lock"), 0)
+			RemoveRunFiles(d, strings.TrimSuffix(name, ".lock"), 0)
 		case scanName(name, "launcher-%d.sock", &pid):
 			if !pidAlive(pid) || d.nobodyListens(name) {
 				d.remove(name)
@@ -323,7 +323,7 @@ func pidAlive(pid int) bool {
 
 // nobodyListens reports whether the stream or seqpacket socket file is
 // one no process listens on any more: a connection to it is refused.
-func (d *runDirectory) nobodyListens(name string) bool {
+func (d *RunDirectory) nobodyListens(name string) bool {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return false
@@ -334,7 +334,7 @@ func (d *runDirectory) nobodyListens(name string) bool {
 
 // liveLaunchers returns the takeover launchers that the run directory
 // records for some target and that still run.
-func liveLaunchers(dir *runDirectory) []int {
+func LiveLaunchers(dir *RunDirectory) []int {
 	if dir == nil {
 		return nil
 	}
@@ -349,7 +349,7 @@ func liveLaunchers(dir *runDirectory) []int {
 	}
 	var pids []int
 	for _, name := range names {
-		if r, ok := readRecord(dir, strings.TrimSuffix(name, ".json")); ok && !slices.Contains(pids, r.Launcher) {
+		if r, ok := ReadRecord(dir, strings.TrimSuffix(name, ".json")); ok && !slices.Contains(pids, r.Launcher) {
 			pids = append(pids, r.Launcher)
 		}
 	}
@@ -360,7 +360,7 @@ func liveLaunchers(dir *runDirectory) []int {
 // takeover writes its own before it signals the old one: that is how the old
 // launcher tells "replaced" (exit 0) from "stopped" (exit with the child's
 // status), and where the next lookup starts.
-type genRecord struct {
+type GenRecord struct {
 	Launcher      int    `json:"launcher_pid"`
 	LauncherStart uint64 `json:"launcher_start"`
 	Child         int    `json:"child_pid,omitempty"`
@@ -381,31 +381,31 @@ const maxRecord = 64 << 10
 
 // readRecord returns the record of a target's key when its launcher still
 // runs.
-func readRecord(dir *runDirectory, key string) (genRecord, bool) {
+func ReadRecord(dir *RunDirectory, key string) (GenRecord, bool) {
 	if dir == nil {
-		return genRecord{}, false
+		return GenRecord{}, false
 	}
-	f, err := dir.open(recordName(key), os.O_RDONLY, 0)
+	f, err := dir.Open(recordName(key), os.O_RDONLY, 0)
 	if err != nil {
-		return genRecord{}, false
+		return GenRecord{}, false
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxRecord))
 	f.Close()
 	if err != nil {
-		return genRecord{}, false
+		return GenRecord{}, false
 	}
-	var r genRecord
+	var r GenRecord
 	if json.Unmarshal(b, &r) != nil || r.Launcher <= 0 {
-		return genRecord{}, false
+		return GenRecord{}, false
 	}
 	st, err := procfs.FS("/proc").Stat(r.Launcher)
 	if err != nil || st.Start != r.LauncherStart {
-		return genRecord{}, false // gone, and perhaps its pid reused
+		return GenRecord{}, false // gone, and perhaps its pid reused
 	}
 	return r, true
 }
 
-func writeRecord(dir *runDirectory, key string, r genRecord) error {
+func WriteRecord(dir *RunDirectory, key string, r GenRecord) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -415,7 +415,7 @@ func writeRecord(dir *runDirectory, key string, r genRecord) error {
 
 // writeFileAtomic writes path through a temporary file and a rename, so a
 // reader sees the old contents or the new, never a part.
-func writeFileAtomic(path string, b []byte) error {
+func WriteFileAtomic(path string, b []byte) error {
 	dir, err := os.Open(filepath.Dir(path))
 	if err != nil {
 		return err
@@ -463,4 +463,17 @@ func writeFileAt(dir *os.File, dirName, file string, b []byte) error {
 		return err
 	}
 	return dir.Sync() // and the rename
+}
+
+// launcherEnv names the variable a takeover launcher sets in its child's
+// environment to its own pid, for the command's own use. takeover itself
+// never reads it back: servers overwrite their environment with their
+// process title (nginx, redis), so who manages a process is decided from
+// the run directory's generation records and the process tree.
+const LauncherEnv = "TAKEOVER_PID"
+
+// launcherSockPath is where launcher pid serves its sockets to newer
+// takeovers.
+func LauncherSockPath(dir *RunDirectory, pid int) string {
+	return dir.sockPath("launcher-" + strconv.Itoa(pid) + ".sock")
 }

@@ -1,4 +1,4 @@
-package main
+package fdpass
 
 import (
 	"errors"
@@ -30,7 +30,7 @@ import (
 
 // fdpassIdle is how long a server waits for a peer's next request: a peer
 // that connects and sends nothing holds a goroutine this long, no more.
-const fdpassIdle = 2 * time.Second
+const FdpassIdle = 2 * time.Second
 
 // serveSockets listens on a unix SOCK_SEQPACKET socket at path (mode 0600; a
 // stale file at path is replaced) and answers each request with the
@@ -43,7 +43,7 @@ const fdpassIdle = 2 * time.Second
 // is the server's: it is closed once passed. (A dup of the socket, taken
 // where nothing can close it first: the fd the holder keeps may be closed
 // at any time.)
-func serveSockets(path string, lookup func(inode uint64) (fd int, ok bool)) (stop func(), err error) {
+func ServeSockets(path string, lookup func(inode uint64) (fd int, ok bool)) (stop func(), err error) {
 	ln, err := listenSeqpacket(path)
 	if err != nil {
 		return nil, fmt.Errorf("serve sockets at %s: %w", path, err)
@@ -176,7 +176,7 @@ func (s *sockServer) serve(c *net.UnixConn) {
 	refusal := allowedPeer(c)
 	buf := make([]byte, 64)
 	for {
-		c.SetDeadline(time.Now().Add(fdpassIdle))
+		c.SetDeadline(time.Now().Add(FdpassIdle))
 		n, _, flags, _, err := c.ReadMsgUnix(buf, nil)
 		if err != nil || n == 0 { // n == 0: the peer closed
 			return
@@ -202,7 +202,7 @@ func (s *sockServer) answer(req []byte, truncated bool) (string, int) {
 	if truncated {
 		return "no: request too long", -1
 	}
-	inode, err := parseInodeRequest(req)
+	inode, err := ParseInodeRequest(req)
 	if err != nil {
 		return "no: " + err.Error(), -1
 	}
@@ -214,7 +214,7 @@ func (s *sockServer) answer(req []byte, truncated bool) (string, int) {
 }
 
 // parseInodeRequest parses "inode 12345".
-func parseInodeRequest(req []byte) (uint64, error) {
+func ParseInodeRequest(req []byte) (uint64, error) {
 	num, ok := strings.CutPrefix(string(req), "inode ")
 	if !ok {
 		return 0, fmt.Errorf("bad request %q, want \"inode NUMBER\"", req)
@@ -275,7 +275,7 @@ func sendReply(c *net.UnixConn, msg string, fd int) error {
 // be process wantPID (checked with SO_PEERCRED), so a stale path reused by
 // another process is never trusted. It never waits more than timeout in
 // total (connect, send, receive).
-func fetchSocket(path string, wantPID int, inode uint64, timeout time.Duration) (int, error) {
+func FetchSocket(path string, wantPID int, inode uint64, timeout time.Duration) (int, error) {
 	fd, err := fetch(path, wantPID, inode, time.Now().Add(timeout))
 	if err != nil {
 		return -1, fmt.Errorf("fetch socket inode %d from takeover pid %d at %s: %w", inode, wantPID, path, err)
@@ -302,7 +302,7 @@ func fetch(path string, wantPID int, inode uint64, deadline time.Time) (int, err
 	if _, err := c.Write([]byte("inode " + strconv.FormatUint(inode, 10))); err != nil {
 		return -1, fmt.Errorf("send request: %w", bareOpError(err))
 	}
-	fd, err := receiveSocket(c)
+	fd, err := ReceiveSocket(c)
 	if err != nil {
 		return -1, err
 	}
@@ -315,14 +315,14 @@ func fetch(path string, wantPID int, inode uint64, deadline time.Time) (int, err
 
 // receiveSocket reads one reply and returns the fd an "ok" carries. Any
 // other fd that arrives is closed, so a confused server leaks none into us.
-func receiveSocket(c *net.UnixConn) (int, error) {
+func ReceiveSocket(c *net.UnixConn) (int, error) {
 	buf := make([]byte, 256)
 	oob := make([]byte, unix.CmsgSpace(4)) // room for one fd; the kernel drops the rest (MSG_CTRUNC)
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return -1, fmt.Errorf("receive reply: %w", bareOpError(err))
 	}
-	fds := receivedFDs(oob[:oobn])
+	fds := ReceivedFDs(oob[:oobn])
 	reply := string(buf[:n])
 	if reply != "ok" || len(fds) != 1 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
 		for _, fd := range fds {
@@ -335,7 +335,7 @@ func receiveSocket(c *net.UnixConn) (int, error) {
 
 // receivedFDs returns the fds in the control messages oob (already
 // close-on-exec: net receives with MSG_CMSG_CLOEXEC).
-func receivedFDs(oob []byte) []int {
+func ReceivedFDs(oob []byte) []int {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
 		return nil
@@ -387,3 +387,6 @@ func bareOpError(err error) error {
 	}
 	return err
 }
+
+// fetchTimeout bounds asking an earlier takeover for its socket.
+const FetchTimeout = 2 * time.Second
