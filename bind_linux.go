@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 	"github.com/takeover/takeover/internal/target"
@@ -131,7 +132,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		return seccomp.Continue
 	}
 	exe, _ := procfs.FS("/proc").Exe(st.Tgid)
-	child := newChild{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.l.unit}
+	child := owner.NewChild{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.l.unit}
 	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
 	sw, held, err := g.l.takePort(ctx, g, claim{child: child, status: st, sock: sock, addr: addr, spec: spec, install: install})
 	if err != nil {

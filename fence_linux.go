@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
@@ -317,7 +318,7 @@ func (f *fence) finished(pids []int) (bool, error) {
 	for i, c := range conns {
 		inodes[i] = c.Inode
 	}
-	held, err := stillHolding("/proc", inodes, pids)
+	held, err := owner.StillHolding("/proc", inodes, pids)
 	return len(held) == 0, err
 }
 

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/starter"
 	"github.com/takeover/takeover/internal/target"
@@ -153,7 +154,7 @@ func (l *launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 	if err != nil {
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
-	child := newChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.cfg.StartServer != nil, Unit: l.unit}
+	child := owner.NewChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.cfg.StartServer != nil, Unit: l.unit}
 	sw, held, err := l.takePort(ctx, &generation{l: l}, claim{child: child, sock: sock, addr: addr, spec: spec, pathMode: l.cfg.socketFileMode()})
 	if err != nil {
 		unix.Close(sock)
@@ -224,7 +225,7 @@ func bindAddrFor(spec target.PortSpec) netip.AddrPort {
 	if spec.Net == target.NetUnix {
 		return netip.AddrPort{}
 	}
-	if socks, err := targetSockets("/proc", spec); err == nil && len(socks) > 0 {
+	if socks, err := owner.TargetSockets("/proc", spec); err == nil && len(socks) > 0 {
 		return socks[0].Addr
 	}
 	if spec.Addr.IsValid() {

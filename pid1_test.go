@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 )
@@ -66,7 +67,7 @@ func nsInit(t *testing.T, parent int) int {
 	for {
 		pids, _ := procfs.FS("/proc").PIDs()
 		for _, pid := range pids {
-			if ppid, err := procfs.FS("/proc").PPID(pid); err == nil && ppid == parent && procName("/proc", pid) == "takeover" {
+			if ppid, err := procfs.FS("/proc").PPID(pid); err == nil && ppid == parent && owner.ProcName("/proc", pid) == "takeover" {
 				return pid
 			}
 		}

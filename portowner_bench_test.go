@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	psnet "github.com/shirou/gopsutil/v3/net"
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/target"
 )
@@ -34,20 +35,20 @@ func BenchmarkLookup(b *testing.B) {
 	port := strconv.Itoa(int(ap.Port()))
 	launcher := h.cmd.Process.Pid
 
-	mustFind := func(b *testing.B, ls []listener, err error) {
+	mustFind := func(b *testing.B, ls []owner.Listener, err error) {
 		if err != nil || len(ls) != 1 || len(ls[0].Holders) == 0 {
 			b.Fatalf("lookup = %+v, %v", ls, err)
 		}
 	}
 	b.Run("takeover-swap", func(b *testing.B) {
 		for b.Loop() {
-			ls, err := listeners("/proc", spec, []int{launcher}, true)
+			ls, err := owner.Listeners("/proc", spec, []int{launcher}, true)
 			mustFind(b, ls, err)
 		}
 	})
 	b.Run("takeover-who", func(b *testing.B) {
 		for b.Loop() {
-			ls, err := listeners("/proc", spec, nil, false)
+			ls, err := owner.Listeners("/proc", spec, nil, false)
 			mustFind(b, ls, err)
 		}
 	})

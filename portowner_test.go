@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
@@ -109,33 +110,33 @@ func TestSpecMatchesAndConflicts(t *testing.T) {
 // 101) run by a takeover launcher (90) on 127.0.0.1:8100, the launcher's own
 // socket on 0.0.0.0:8100, and an sshd (200) on another port.
 func TestListenersFixture(t *testing.T) {
-	ls, err := listeners("internal/procfs/testdata/proc", target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}, nil, false)
+	ls, err := owner.Listeners("internal/procfs/testdata/proc", target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []listener{{
+	want := []owner.Listener{{
 		Socket:  socktab.Socket{Inode: 5555, Addr: netip.MustParseAddrPort("127.0.0.1:8100"), UID: 1000},
-		Holders: []holder{{PID: 100, FD: 3, PPID: 90}, {PID: 101, FD: 4, PPID: 100}},
+		Holders: []owner.Holder{{PID: 100, FD: 3, PPID: 90}, {PID: 101, FD: 4, PPID: 100}},
 	}}
-	if diff := cmp.Diff(want, ls, cmp.AllowUnexported(listener{}), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(want, ls, cmp.AllowUnexported(owner.Listener{}), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 		t.Fatalf("listeners (-want +got):\n%s", diff)
 	}
 	// Who manages a holder comes from the run directory's records, never
 	// from the environment (the fixture's environ reads like nginx's
 	// process title).
-	got := stopTargets("internal/procfs/testdata/proc", ls[0], []int{90})
-	wantT := []stopTarget{{PID: 90, Launcher: true, Holder: holder{PID: 100, FD: 3, PPID: 90}}}
+	got := owner.StopTargets("internal/procfs/testdata/proc", ls[0], []int{90})
+	wantT := []owner.StopTarget{{PID: 90, Launcher: true, Holder: owner.Holder{PID: 100, FD: 3, PPID: 90}}}
 	if diff := cmp.Diff(wantT, got); diff != "" {
 		t.Errorf("stopTargets (-want +got):\n%s", diff)
 	}
-	got = stopTargets("internal/procfs/testdata/proc", ls[0], nil)
-	wantT = []stopTarget{{PID: 100, Holder: holder{PID: 100, FD: 3, PPID: 90}}}
+	got = owner.StopTargets("internal/procfs/testdata/proc", ls[0], nil)
+	wantT = []owner.StopTarget{{PID: 100, Holder: owner.Holder{PID: 100, FD: 3, PPID: 90}}}
 	if diff := cmp.Diff(wantT, got); diff != "" {
 		t.Errorf("stopTargets without a recorded launcher (-want +got):\n%s", diff)
 	}
 
 	// A bare port names every address of both families.
-	all, err := listeners("internal/procfs/testdata/proc", target.PortSpec{Port: 8100}, nil, false)
+	all, err := owner.Listeners("internal/procfs/testdata/proc", target.PortSpec{Port: 8100}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +148,7 @@ func TestListenersFixture(t *testing.T) {
 		t.Errorf("inodes for port 8100 (-want +got):\n%s", diff)
 	}
 	// The launcher holding its own copy is itself the target, as a launcher.
-	if got := stopTargets("internal/procfs/testdata/proc", all[1], []int{90}); len(got) != 1 || got[0].PID != 90 || !got[0].Launcher {
+	if got := owner.StopTargets("internal/procfs/testdata/proc", all[1], []int{90}); len(got) != 1 || got[0].PID != 90 || !got[0].Launcher {
 		t.Errorf("stopTargets(0.0.0.0:8100) = %+v, want pid 90", got)
 	}
 }
@@ -155,7 +156,7 @@ func TestListenersFixture(t *testing.T) {
 func TestListenersOnlyFirst(t *testing.T) {
 	spec := target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}
 	// Starting from the launcher finds master and worker without the full walk.
-	ls, err := listeners("internal/procfs/testdata/proc", spec, []int{90}, true)
+	ls, err := owner.Listeners("internal/procfs/testdata/proc", spec, []int{90}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +164,7 @@ func TestListenersOnlyFirst(t *testing.T) {
 		t.Fatalf("listeners from hint = %+v, want master and worker", ls)
 	}
 	// A hint that holds nothing falls back to the whole walk.
-	ls, err = listeners("internal/procfs/testdata/proc", spec, []int{200}, true)
+	ls, err = owner.Listeners("internal/procfs/testdata/proc", spec, []int{200}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,8 +175,8 @@ func TestListenersOnlyFirst(t *testing.T) {
 
 func TestNeverSignalled(t *testing.T) {
 	for _, pid := range []int{1, os.Getpid(), os.Getppid()} {
-		err := stopTarget{PID: pid}.forbidden("/proc")
-		if !errors.Is(err, errNeverSignal) {
+		err := owner.StopTarget{PID: pid}.Forbidden("/proc")
+		if !errors.Is(err, owner.ErrNeverSignal) {
 			t.Errorf("forbidden(pid %d) = %v, want errNeverSignal", pid, err)
 		}
 	}
@@ -184,26 +185,26 @@ func TestNeverSignalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	if err := (stopTarget{PID: cmd.Process.Pid}).forbidden("/proc"); err != nil {
+	if err := (owner.StopTarget{PID: cmd.Process.Pid}).Forbidden("/proc"); err != nil {
 		t.Errorf("forbidden(child) = %v, want nil", err)
 	}
 }
 
 // lookup is the port lookup as `takeover who` runs it, against the live /proc.
-func lookup(t *testing.T, spec string) []listener {
+func lookup(t *testing.T, spec string) []owner.Listener {
 	t.Helper()
 	ps, err := target.ParsePortSpec(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ls, err := listeners("/proc", ps, nil, false)
+	ls, err := owner.Listeners("/proc", ps, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ls
 }
 
-func holderPIDs(l listener) map[int]bool {
+func holderPIDs(l owner.Listener) map[int]bool {
 	m := make(map[int]bool)
 	for _, h := range l.Holders {
 		m[h.PID] = true
@@ -226,7 +227,7 @@ func TestListenersLiveHelper(t *testing.T) {
 			if !holderPIDs(ls[0])[pid] {
 				t.Errorf("holders of %s = %+v, want pid %d", h.addr, ls[0].Holders, pid)
 			}
-			ts := stopTargets("/proc", ls[0], nil)
+			ts := owner.StopTargets("/proc", ls[0], nil)
 			if len(ts) != 1 || ts[0].PID != pid || ts[0].Launcher {
 				t.Errorf("stopTargets = %+v, want pid %d, not a launcher", ts, pid)
 			}
@@ -278,7 +279,7 @@ func TestListenersPrefork(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("holders (-want +got):\n%s", diff)
 	}
-	ts := stopTargets("/proc", ls[0], nil)
+	ts := owner.StopTargets("/proc", ls[0], nil)
 	if len(ts) != 1 || ts[0].PID != h.cmd.Process.Pid {
 		t.Errorf("stopTargets = %+v, want the master %d only", ts, h.cmd.Process.Pid)
 	}
@@ -295,7 +296,7 @@ func TestListenersManagedByLauncher(t *testing.T) {
 	}
 	// The wrapper is a launcher because the run directory records it.
 	dir := testRunDir(t)
-	if ts := stopTargets("/proc", ls[0], rundir.LiveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.cmd.Process.Pid {
+	if ts := owner.StopTargets("/proc", ls[0], rundir.LiveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.cmd.Process.Pid {
 		t.Errorf("stopTargets with no record = %+v, want the server, not the wrapper %d", ts, h.cmd.Process.Pid)
 	}
 	st, err := procfs.FS("/proc").Stat(h.cmd.Process.Pid)
@@ -305,7 +306,7 @@ func TestListenersManagedByLauncher(t *testing.T) {
 	if err := rundir.WriteRecord(dir, target.PortSpec{Net: target.NetUnix, Path: "/run/app.sock"}.Key(), rundir.GenRecord{Launcher: h.cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
 		t.Fatal(err)
 	}
-	ts := stopTargets("/proc", ls[0], rundir.LiveLaunchers(dir))
+	ts := owner.StopTargets("/proc", ls[0], rundir.LiveLaunchers(dir))
 	if len(ts) != 1 || ts[0].PID != h.cmd.Process.Pid || !ts[0].Launcher {
 		t.Errorf("stopTargets = %+v, want the launcher %d", ts, h.cmd.Process.Pid)
 	}
@@ -473,7 +474,7 @@ func TestStillHolding(t *testing.T) {
 	self, otherPID := os.Getpid(), other.cmd.Process.Pid
 	inodes := []uint64{ls[0].Inode}
 
-	got, err := stillHolding("/proc", inodes, []int{otherPID, self})
+	got, err := owner.StillHolding("/proc", inodes, []int{otherPID, self})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,7 +482,7 @@ func TestStillHolding(t *testing.T) {
 		t.Errorf("while listening (-want +got):\n%s", diff)
 	}
 	ln.Close()
-	got, err = stillHolding("/proc", inodes, []int{otherPID, self})
+	got, err = owner.StillHolding("/proc", inodes, []int{otherPID, self})
 	if err != nil {
 		t.Fatal(err)
 	}

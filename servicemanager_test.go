@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/owner"
 )
 
 // TestServiceManagerNotByName: systemd is known by the root-owned file it
@@ -52,7 +54,7 @@ func TestServiceManagerNotByName(t *testing.T) {
 			if tt.ns != "" {
 				os.Symlink(tt.ns, filepath.Join(dir, "ns/user"))
 			}
-			if got := serviceManager(filepath.Join(proc, tt.name), tt.pid); got != tt.isManager {
+			if got := owner.ServiceManager(filepath.Join(proc, tt.name), tt.pid); got != tt.isManager {
 				t.Errorf("serviceManager = %v, want %v", got, tt.isManager)
 			}
 		})

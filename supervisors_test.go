@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/target"
@@ -261,7 +262,7 @@ func holdersOfAny(addr string) map[int]bool {
 	if err != nil {
 		return nil
 	}
-	ls, err := listeners("/proc", spec, nil, false)
+	ls, err := owner.Listeners("/proc", spec, nil, false)
 	pids := map[int]bool{}
 	if err != nil {
 		return pids

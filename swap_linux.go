@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/target"
@@ -26,7 +27,7 @@ type swap struct {
 	Via         string    // how a handoff got the old socket: unix-socket, pidfd_getfd, own-copy
 	path        *pathSwap // a unix target's file, while the old server stops
 	Why         string    // why auto chose it
-	Old         []stopTarget
+	Old         []owner.StopTarget
 	OldCmd      string
 	oldProcs    []*pidfd.OldProcess // the stop targets
 	holders     []*pidfd.OldProcess // every old holder, for SIGKILL
@@ -473,7 +474,7 @@ func signalOnce(stop []oldStop, sig unix.Signal) {
 // replaced and waits for its server: killing it would orphan the server,
 // which would then serve on with nobody to stop it.
 func killStillHolding(holders []*pidfd.OldProcess, inodes []uint64) {
-	held, err := stillHolding("/proc", inodes, pidfd.PidsOf(holders))
+	held, err := owner.StillHolding("/proc", inodes, pidfd.PidsOf(holders))
 	for _, p := range holders {
 		if err != nil || slices.Contains(held, p.PID) {
 			p.Signal(unix.SIGKILL)

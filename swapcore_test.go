@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
@@ -493,12 +494,12 @@ func TestCheckOldAfterOpen(t *testing.T) {
 	real, reused := srv.cmd.Process.Pid, other.cmd.Process.Pid
 	sw := &swap{inodes: []uint64{ls[0].Inode}}
 	for _, pid := range []int{real, reused} {
-		sw.Old = append(sw.Old, stopTarget{PID: pid, Holder: holder{PID: pid}})
+		sw.Old = append(sw.Old, owner.StopTarget{PID: pid, Holder: owner.Holder{PID: pid}})
 	}
 	sw.oldProcs, sw.holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
 	defer sw.releaseOld()
 	l := &launcher{}
-	if err := l.checkOld(sw, newChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
+	if err := l.checkOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(pidfd.PidsOf(sw.oldProcs), pidfd.PidsOf(sw.holders)); got != fmt.Sprint([]int{real}, []int{real}) {

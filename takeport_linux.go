@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/fdpass"
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
@@ -19,7 +20,7 @@ import (
 // A claim is a bind of the command to a --port target, as takePort sees it:
 // an intercepted bind(2), or a socket takeover acquires to pass on.
 type claim struct {
-	child  newChild
+	child  owner.NewChild
 	status procfs.Status // the binding thread's (none when takeover binds for itself)
 	sock   int           // takeover's copy of the command's socket (or a new one like it)
 	addr   netip.AddrPort
@@ -56,7 +57,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	if hasPrev && prev.Launcher != l.self {
 		hint = []int{prev.Launcher}
 	}
-	all, err := listeners("/proc", c.spec.WholePort(), hint, len(hint) > 0)
+	all, err := owner.Listeners("/proc", c.spec.WholePort(), hint, len(hint) > 0)
 	if err != nil {
 		return nil, -1, fmt.Errorf("look up %s: %w", what, err)
 	}
@@ -64,7 +65,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	// IPv6-only [::] beside an IPv4 bind is not (nginx's second listener,
 	// handed over at its own bind; or another service, left alone).
 	want := target.InetBind{Addr: c.addr, V6Only: v6Only(c.sock)}
-	var owners []listener
+	var owners []owner.Listener
 	for _, o := range all {
 		if c.spec.Net != target.NetUnix && !target.Conflicts(want, target.InetBind{Addr: o.Addr, V6Only: o.V6Only}) {
 			continue
@@ -97,7 +98,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		if len(o.Holders) == 0 {
 			return nil, -1, fmt.Errorf("%s is held by a process this user cannot see: %w", what, unix.EADDRINUSE)
 		}
-		for _, t := range stopTargets("/proc", o, launchers) {
+		for _, t := range owner.StopTargets("/proc", o, launchers) {
 			sw.Old = append(sw.Old, t)
 			targetPIDs = append(targetPIDs, t.PID)
 		}
@@ -146,18 +147,18 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 // another process's now), and so is a target that is not a holder still
 // nor (a takeover launcher) an ancestor of one; and each is alive at the
 // end, so that what /proc said of its pid was said of it.
-func (l *launcher) checkOld(sw *swap, child newChild, what string) error {
-	held, err := stillHolding("/proc", sw.inodes, pidfd.PidsOf(sw.holders))
+func (l *launcher) checkOld(sw *swap, child owner.NewChild, what string) error {
+	held, err := owner.StillHolding("/proc", sw.inodes, pidfd.PidsOf(sw.holders))
 	if err != nil {
 		return fmt.Errorf("look up the holders of %s again: %w", what, err)
 	}
 	verified := make(map[int]bool)
 	for _, t := range sw.Old {
-		if err := mayReplace("/proc", t, child, what, l.cfg.Force); err != nil {
+		if err := owner.MayReplace("/proc", t, child, what, l.cfg.Force); err != nil {
 			return err
 		}
 		verified[t.PID] = slices.Contains(held, t.PID) ||
-			t.Launcher && slices.Contains(held, t.Holder.PID) && isAncestor("/proc", t.PID, t.Holder.PID)
+			t.Launcher && slices.Contains(held, t.Holder.PID) && owner.IsAncestor("/proc", t.PID, t.Holder.PID)
 	}
 	alive := func(p *pidfd.OldProcess) bool { return p.Signal(0) == nil }
 	sw.oldProcs = keepOnly(sw.oldProcs, func(p *pidfd.OldProcess) bool { return verified[p.PID] && alive(p) })
@@ -185,7 +186,7 @@ func keepOnly(ps []*pidfd.OldProcess, keep func(*pidfd.OldProcess) bool) []*pidf
 // IPv6-only [::]:P and nothing else. The new generation replaces it all
 // the same, with no socket of it to take. Nothing else on the port is
 // named: not another service's IPv6-only socket.
-func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c claim) {
+func (l *launcher) replacedBeside(sw *swap, all []owner.Listener, launcher int, c claim) {
 	launchers := rundir.LiveLaunchers(l.dir)
 	if !slices.Contains(launchers, launcher) {
 		return
@@ -197,14 +198,14 @@ func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c clai
 	}
 	var holderPIDs []int
 	var inodes []uint64
-	var target *stopTarget
-	own := func(h holder) bool { return h.PID == l.self || isAncestor("/proc", l.self, h.PID) }
+	var target *owner.StopTarget
+	own := func(h owner.Holder) bool { return h.PID == l.self || owner.IsAncestor("/proc", l.self, h.PID) }
 	for _, o := range all {
 		if slices.ContainsFunc(o.Holders, own) {
 			continue // this takeover's, or handed over to it at an earlier bind
 		}
-		for _, t := range stopTargets("/proc", o, launchers) {
-			if !t.Launcher || t.PID != launcher || mayReplace("/proc", t, c.child, c.spec.Describe(), false) != nil {
+		for _, t := range owner.StopTargets("/proc", o, launchers) {
+			if !t.Launcher || t.PID != launcher || owner.MayReplace("/proc", t, c.child, c.spec.Describe(), false) != nil {
 				continue
 			}
 			if target == nil {
@@ -225,7 +226,7 @@ func (l *launcher) replacedBeside(sw *swap, all []listener, launcher int, c clai
 		p.Close() // nothing of it here, or it exited meanwhile (its pid may be another's)
 		return
 	}
-	sw.Old, sw.inodes = []stopTarget{*target}, inodes
+	sw.Old, sw.inodes = []owner.StopTarget{*target}, inodes
 	sw.Why = "the earlier takeover's sockets do not conflict with this bind: it is stopped once the new server is ready"
 	sw.OldCmd = commandLine(target.Holder.PID)
 	sw.oldProcs, sw.holders = []*pidfd.OldProcess{p}, pidfd.OpenAll(holderPIDs)
@@ -283,7 +284,7 @@ func (prev *generation) replacedIn(sw *swap, old *heldSock) {
 		sw.Via = old.via
 		return
 	}
-	sw.Old = []stopTarget{{PID: prev.pid, Holder: holder{PID: prev.pid}}}
+	sw.Old = []owner.StopTarget{{PID: prev.pid, Holder: owner.Holder{PID: prev.pid}}}
 	if !prev.hasExited() {
 		// (A restart's prev has died and been reaped: its pid may be
 		// another process's by now, never to be opened.)
@@ -395,7 +396,7 @@ func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
 // (SCM_RIGHTS needs no ptrace rights), or else with pidfd_getfd from the
 // stop target or another holder. It returns -1 and why when there is none,
 // and records in sw how it got the socket.
-func (l *launcher) copyOldSocket(owners []listener, sw *swap) (int, string) {
+func (l *launcher) copyOldSocket(owners []owner.Listener, sw *swap) (int, string) {
 	if len(owners) != 1 {
 		return -1, fmt.Sprintf("the port is held by %d sockets, not one", len(owners))
 	}
@@ -409,10 +410,10 @@ func (l *launcher) copyOldSocket(owners []listener, sw *swap) (int, string) {
 		}
 		errs = append(errs, err.Error())
 	}
-	var from []holder
+	var from []owner.Holder
 	for _, h := range o.Holders {
 		if h.PID == target.PID {
-			from = append([]holder{h}, from...)
+			from = append([]owner.Holder{h}, from...)
 		} else {
 			from = append(from, h)
 		}
@@ -463,19 +464,19 @@ func (l *launcher) heldSocket(inode uint64) (int, bool) {
 // or a user's manager), which keeps socket units' sockets and services'
 // stored ones but never accepts on them: not a server to replace or stop.
 // Not by its name, which any process may take (serviceManager).
-func isServiceManager(h holder) bool {
-	return serviceManager("/proc", h.PID)
+func isServiceManager(h owner.Holder) bool {
+	return owner.ServiceManager("/proc", h.PID)
 }
 
 // ownedBySelf reports whether a listener is this takeover's own: held only
 // by takeover itself and its descendants (a prefork child binding a second
 // SO_REUSEPORT socket).
-func (l *launcher) ownedBySelf(o listener) bool {
+func (l *launcher) ownedBySelf(o owner.Listener) bool {
 	if len(o.Holders) == 0 {
 		return false
 	}
 	for _, h := range o.Holders {
-		if h.PID != l.self && !isAncestor("/proc", l.self, h.PID) {
+		if h.PID != l.self && !owner.IsAncestor("/proc", l.self, h.PID) {
 			return false
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/target"
 )
 
@@ -108,7 +109,7 @@ func checkPathServed(t *testing.T, path string, r *tkRun) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ls, err := listeners("/proc", spec, nil, false)
+	ls, err := owner.Listeners("/proc", spec, nil, false)
 	if err != nil || len(ls) != 1 {
 		t.Errorf("%s names %d listening sockets (%v), want 1", path, len(ls), err)
 		return

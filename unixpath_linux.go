@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
 	"github.com/takeover/takeover/internal/socktab"
@@ -344,7 +345,7 @@ func removeStaleSocket(path string, self int) bool {
 	if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return false
 	}
-	ls, err := listeners("/proc", target.PortSpec{Net: target.NetUnix, Path: path}, nil, false)
+	ls, err := owner.Listeners("/proc", target.PortSpec{Net: target.NetUnix, Path: path}, nil, false)
 	if err != nil {
 		return false
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/shirou/gopsutil/v3/process"
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/target"
@@ -108,26 +109,26 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 // whoListeners returns the listeners spec names and, for one address, those
 // on its port that a bind to it conflicts with (0.0.0.0 takes 127.0.0.1
 // too, an IPv6-only [::] does not): what a takeover of spec would replace.
-func whoListeners(spec target.PortSpec) ([]listener, error) {
+func whoListeners(spec target.PortSpec) ([]owner.Listener, error) {
 	if spec.Net == target.NetUnix || !spec.Addr.IsValid() {
-		return listeners("/proc", spec, nil, false)
+		return owner.Listeners("/proc", spec, nil, false)
 	}
-	all, err := listeners("/proc", spec.WholePort(), nil, false)
+	all, err := owner.Listeners("/proc", spec.WholePort(), nil, false)
 	want := target.InetBind{Addr: netip.AddrPortFrom(spec.Addr, spec.Port)} // an IPv6 wildcard dual-stack, as the kernel binds it by default
-	return slices.DeleteFunc(all, func(o listener) bool {
+	return slices.DeleteFunc(all, func(o owner.Listener) bool {
 		return !spec.Matches(o.Addr) && !target.Conflicts(want, target.InetBind{Addr: o.Addr, V6Only: o.V6Only})
 	}), err
 }
 
-func describe(proc procfs.FS, dir *rundir.RunDirectory, spec target.PortSpec, l listener, launchers []int) whoListener {
+func describe(proc procfs.FS, dir *rundir.RunDirectory, spec target.PortSpec, l owner.Listener, launchers []int) whoListener {
 	w := whoListener{Address: spec.BoundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
 	w.V6Only = l.V6Only && l.Addr.Addr().Is6() && l.Addr.Addr().IsUnspecified()
 	for _, h := range l.Holders {
 		w.Holders = append(w.Holders, describeHolder(h))
 	}
-	for _, t := range stopTargets(proc, l, launchers) {
+	for _, t := range owner.StopTargets(proc, l, launchers) {
 		s := whoStop{PID: t.PID, Launcher: t.Launcher, ForPID: t.Holder.PID}
-		if err := t.forbidden(proc); err != nil {
+		if err := t.Forbidden(proc); err != nil {
 			s.Refused = err.Error()
 		}
 		if r, ok := rundir.ReadRecord(dir, spec.Key()); ok && t.Launcher && r.Launcher == t.PID && r.DetachedUntil != nil {
@@ -138,7 +139,7 @@ func describe(proc procfs.FS, dir *rundir.RunDirectory, spec target.PortSpec, l 
 	return w
 }
 
-func describeHolder(h holder) whoHolder {
+func describeHolder(h owner.Holder) whoHolder {
 	w := whoHolder{PID: h.PID, PPID: h.PPID, FD: h.FD}
 	p, err := process.NewProcess(int32(h.PID))
 	if err != nil {

@@ -1,4 +1,4 @@
-package main
+package owner
 
 import (
 	"errors"
@@ -13,7 +13,7 @@ var errNotReplaceable = errors.New("not replaceable")
 
 // newChild describes the process asking for a port: what a holder must have
 // in common with it to be replaced.
-type newChild struct {
+type NewChild struct {
 	PID     int
 	UID     int
 	Exe     string
@@ -22,7 +22,7 @@ type newChild struct {
 }
 
 // forceHint says how to replace a holder anyway.
-func (c newChild) forceHint() string {
+func (c NewChild) forceHint() string {
 	if c.NoForce {
 		return "stop it first (start_server has no --force)"
 	}
@@ -33,9 +33,9 @@ func (c newChild) forceHint() string {
 // nil. A process may be replaced when it is of the child's user and either a
 // takeover manages it or it runs the child's executable. force lifts that
 // rule, never the rule against pid 1 and takeover's own ancestors.
-func mayReplace(proc procfs.FS, t stopTarget, child newChild, what string, force bool) error {
-	if err := t.forbidden(proc); err != nil {
-		return fmt.Errorf("%s is held by pid %d (%s); %w", what, t.Holder.PID, procName(proc, t.Holder.PID), err)
+func MayReplace(proc procfs.FS, t StopTarget, child NewChild, what string, force bool) error {
+	if err := t.Forbidden(proc); err != nil {
+		return fmt.Errorf("%s is held by pid %d (%s); %w", what, t.Holder.PID, ProcName(proc, t.Holder.PID), err)
 	}
 	if force {
 		return nil
@@ -46,14 +46,14 @@ func mayReplace(proc procfs.FS, t stopTarget, child newChild, what string, force
 	}
 	if st.UID != child.UID {
 		return fmt.Errorf("%s is held by pid %d (%s) of uid %d, not of the new server's uid %d: %w; %s",
-			what, t.Holder.PID, procName(proc, t.Holder.PID), st.UID, child.UID, errNotReplaceable, child.forceHint())
+			what, t.Holder.PID, ProcName(proc, t.Holder.PID), st.UID, child.UID, errNotReplaceable, child.forceHint())
 	}
 	if t.Launcher {
 		return otherService(proc, t, child, what)
 	}
 	if exe, _ := proc.Exe(t.Holder.PID); exe == "" || exe != child.Exe {
 		return fmt.Errorf("%s is held by pid %d (%s), which is not an earlier instance of this program (%s is not %s) nor managed by a takeover: %w; %s",
-			what, t.Holder.PID, procName(proc, t.Holder.PID), exe, child.Exe, errNotReplaceable, child.forceHint())
+			what, t.Holder.PID, ProcName(proc, t.Holder.PID), exe, child.Exe, errNotReplaceable, child.forceHint())
 	}
 	return nil
 }
@@ -61,7 +61,7 @@ func mayReplace(proc procfs.FS, t stopTarget, child newChild, what string, force
 // otherService refuses to replace a takeover that a systemd service runs
 // from outside that service: systemd would take the service's end for a
 // stop or a crash, and restart it to take the port back.
-func otherService(proc procfs.FS, t stopTarget, child newChild, what string) error {
+func otherService(proc procfs.FS, t StopTarget, child NewChild, what string) error {
 	unit := proc.SystemdUnit(t.PID)
 	if !strings.HasSuffix(unit, ".service") || unit == child.Unit {
 		return nil
@@ -75,7 +75,7 @@ func otherService(proc procfs.FS, t stopTarget, child newChild, what string) err
 }
 
 // procName is a process's name for a message: "?" when unreadable.
-func procName(proc procfs.FS, pid int) string {
+func ProcName(proc procfs.FS, pid int) string {
 	name, err := proc.Comm(pid)
 	if err != nil {
 		return "?"

@@ -1,4 +1,4 @@
-package main
+package owner
 
 import (
 	"os"
@@ -19,11 +19,11 @@ import (
 // is anyone's to set: it is believed only of pid 1 of takeover's pid
 // namespace, which no other user can be, when its exe cannot be read (a
 // takeover that is not root).
-func serviceManager(proc string, pid int) bool {
+func ServiceManager(proc string, pid int) bool {
 	dir := filepath.Join(proc, strconv.Itoa(pid))
 	exe, err := os.Readlink(filepath.Join(dir, "exe"))
 	if err != nil {
-		return pid == 1 && procName(procfs.FS(proc), pid) == "systemd"
+		return pid == 1 && ProcName(procfs.FS(proc), pid) == "systemd"
 	}
 	var st, mine, its unix.Stat_t
 	switch {

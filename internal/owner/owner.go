@@ -1,4 +1,4 @@
-package main
+package owner
 
 import (
 	"errors"
@@ -13,16 +13,16 @@ import (
 
 // A holder is a process that holds a listening socket, and the fd it holds
 // it at. A prefork server has several: the master and each worker.
-type holder struct {
+type Holder struct {
 	PID  int
 	FD   int
 	PPID int
 }
 
 // A listener is a listening socket and every process found holding it.
-type listener struct {
+type Listener struct {
 	socktab.Socket
-	Holders []holder
+	Holders []Holder
 	// Hidden is set when some processes could not be read (another user's,
 	// or /proc mounted with hidepid): holders may be missing from the list.
 	Hidden bool
@@ -30,7 +30,7 @@ type listener struct {
 
 // targetSockets returns the sockets spec names: TCP listeners, bound UDP
 // sockets, or the unix listener whose file is at spec.Path now.
-func targetSockets(proc procfs.FS, spec target.PortSpec) ([]socktab.Socket, error) {
+func TargetSockets(proc procfs.FS, spec target.PortSpec) ([]socktab.Socket, error) {
 	var socks []socktab.Socket
 	var err error
 	switch spec.Net {
@@ -56,14 +56,14 @@ func targetSockets(proc procfs.FS, spec target.PortSpec) ([]socktab.Socket, erro
 // before the rest; with onlyFirst, the rest are not looked at when first
 // already holds every socket. The kernel keeps no count of the processes that
 // hold a socket, so only a walk of every process proves a list complete.
-func listeners(proc procfs.FS, spec target.PortSpec, first []int, onlyFirst bool) ([]listener, error) {
-	socks, err := targetSockets(proc, spec)
+func Listeners(proc procfs.FS, spec target.PortSpec, first []int, onlyFirst bool) ([]Listener, error) {
+	socks, err := TargetSockets(proc, spec)
 	if err != nil {
 		return nil, fmt.Errorf("list the sockets of %s: %w", spec, err)
 	}
-	var ls []listener
+	var ls []Listener
 	for _, s := range socks {
-		ls = append(ls, listener{Socket: s})
+		ls = append(ls, Listener{Socket: s})
 	}
 	if len(ls) == 0 {
 		return nil, nil
@@ -76,7 +76,7 @@ func listeners(proc procfs.FS, spec target.PortSpec, first []int, onlyFirst bool
 
 // findHolders fills in the holders of each listener by reading the socket
 // links in /proc/PID/fd.
-func findHolders(proc procfs.FS, ls []listener, first []int, onlyFirst bool) error {
+func findHolders(proc procfs.FS, ls []Listener, first []int, onlyFirst bool) error {
 	inodes := make([]uint64, len(ls))
 	for i, l := range ls {
 		inodes[i] = l.Inode
@@ -105,16 +105,16 @@ func findHolders(proc procfs.FS, ls []listener, first []int, onlyFirst bool) err
 	for i := range ls {
 		for _, f := range w.Found(i) {
 			ppid, _ := proc.PPID(f.PID)
-			ls[i].Holders = append(ls[i].Holders, holder{PID: f.PID, FD: f.FD, PPID: ppid})
+			ls[i].Holders = append(ls[i].Holders, Holder{PID: f.PID, FD: f.FD, PPID: ppid})
 		}
 		ls[i].Hidden = w.Hidden()
-		slices.SortFunc(ls[i].Holders, func(a, b holder) int { return a.PID - b.PID })
+		slices.SortFunc(ls[i].Holders, func(a, b Holder) int { return a.PID - b.PID })
 	}
 	return nil
 }
 
 // stillHolding returns those of pids that hold one of the sockets.
-func stillHolding(proc procfs.FS, inodes []uint64, pids []int) ([]int, error) {
+func StillHolding(proc procfs.FS, inodes []uint64, pids []int) ([]int, error) {
 	w, err := proc.FDWalker(inodes)
 	if err != nil {
 		return nil, err
@@ -137,10 +137,10 @@ func stillHolding(proc procfs.FS, inodes []uint64, pids []int) ([]int, error) {
 // let go of it: the topmost holder (a prefork master, not its workers) or,
 // when a takeover manages it, that takeover launcher, which forwards the stop
 // to its child and exits.
-type stopTarget struct {
+type StopTarget struct {
 	PID      int
 	Launcher bool   // PID is a takeover launcher
-	Holder   holder // the topmost holder the target stands for
+	Holder   Holder // the topmost holder the target stands for
 }
 
 // maxDepth bounds the walk up from a holder to its launcher: a shell wrapper
@@ -151,14 +151,14 @@ const maxDepth = 8
 // holders. launchers are the live takeover launchers the run directory
 // records: a holder under one of them (or the launcher itself, which keeps
 // its own copy of its generation's sockets) is stopped through it.
-func stopTargets(proc procfs.FS, l listener, launchers []int) []stopTarget {
+func StopTargets(proc procfs.FS, l Listener, launchers []int) []StopTarget {
 	holds := make(map[int]bool, len(l.Holders))
 	for _, h := range l.Holders {
 		holds[h.PID] = true
 	}
-	var targets []stopTarget
-	add := func(t stopTarget) {
-		if !slices.ContainsFunc(targets, func(o stopTarget) bool { return o.PID == t.PID }) {
+	var targets []StopTarget
+	add := func(t StopTarget) {
+		if !slices.ContainsFunc(targets, func(o StopTarget) bool { return o.PID == t.PID }) {
 			targets = append(targets, t)
 		}
 	}
@@ -167,15 +167,15 @@ func stopTargets(proc procfs.FS, l listener, launchers []int) []stopTarget {
 			continue // a launcher's own copy (below), or a worker whose master holds the socket too
 		}
 		if lp := launcherAbove(proc, h.PID, launchers); lp != 0 {
-			add(stopTarget{PID: lp, Launcher: true, Holder: h})
+			add(StopTarget{PID: lp, Launcher: true, Holder: h})
 		} else {
-			add(stopTarget{PID: h.PID, Holder: h})
+			add(StopTarget{PID: h.PID, Holder: h})
 		}
 	}
 	// A launcher that holds the socket alone (its command gone) is a target too.
 	for _, h := range l.Holders {
 		if slices.Contains(launchers, h.PID) {
-			add(stopTarget{PID: h.PID, Launcher: true, Holder: h})
+			add(StopTarget{PID: h.PID, Launcher: true, Holder: h})
 		}
 	}
 	return targets
@@ -201,7 +201,7 @@ func launcherAbove(proc procfs.FS, pid int, launchers []int) int {
 }
 
 // isAncestor reports whether a is a proper ancestor of pid, within maxDepth.
-func isAncestor(proc procfs.FS, a, pid int) bool {
+func IsAncestor(proc procfs.FS, a, pid int) bool {
 	for range maxDepth {
 		ppid, err := proc.PPID(pid)
 		if err != nil || ppid == 0 {
@@ -215,18 +215,18 @@ func isAncestor(proc procfs.FS, a, pid int) bool {
 	return false
 }
 
-var errNeverSignal = errors.New("never signalled")
+var ErrNeverSignal = errors.New("never signalled")
 
 // forbidden says why t must never be signalled, or nil: pid 1, and this
 // process's own ancestors (a takeover run from the service's own shell).
-func (t stopTarget) forbidden(proc procfs.FS) error {
+func (t StopTarget) Forbidden(proc procfs.FS) error {
 	if t.PID == 1 && !t.Launcher {
 		// A takeover that is PID 1 (a container's entrypoint) is replaced
 		// as any takeover is; it stays, as PID 1 must (pid1_linux.go).
-		return fmt.Errorf("pid 1 is the init process: %w", errNeverSignal)
+		return fmt.Errorf("pid 1 is the init process: %w", ErrNeverSignal)
 	}
-	if t.PID == os.Getpid() || isAncestor(proc, t.PID, os.Getpid()) {
-		return fmt.Errorf("pid %d is an ancestor of this takeover: %w", t.PID, errNeverSignal)
+	if t.PID == os.Getpid() || IsAncestor(proc, t.PID, os.Getpid()) {
+		return fmt.Errorf("pid %d is an ancestor of this takeover: %w", t.PID, ErrNeverSignal)
 	}
 	return nil
 }
