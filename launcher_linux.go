@@ -22,6 +22,7 @@ import (
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/systemd"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -60,7 +61,7 @@ type launcher struct {
 	// generation takes them, and the unit's file descriptor store (nil
 	// when takeover does not run under systemd).
 	inherited *generation
-	store     *fdStore
+	store     *systemd.FdStore
 
 	detachedUntil time.Time // --detach-on-stop: the front has gone (detach_linux.go); l.mu
 }
@@ -82,7 +83,7 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 		return 0 // --help
 	}
 	if cfg.DetachOnStop > 0 && os.Getenv(frontEnv) == "" {
-		if underSystemd() {
+		if systemd.UnderSystemd() {
 			fmt.Fprintln(stderr, "takeover: --detach-on-stop does not work under systemd: KillMode=mixed or control-group SIGKILLs the detached launcher with the rest of the unit; use the unit's file descriptor store (FileDescriptorStoreMax=8) instead, see README's Under systemd")
 			return exitLauncher
 		}
@@ -158,12 +159,12 @@ func (l *launcher) run(path string) int {
 		l.cleanRunDir()
 	}()
 	l.ctx, l.path, l.locks = ctx, path, locks
-	passed := inheritSockets(l.log, l.cfg.Ports, os.Getenv)
+	passed := systemd.InheritSockets(l.log, l.cfg.Ports, os.Getenv)
 	if len(passed) > 0 {
 		l.inherited = l.inheritedGeneration(passed)
 		defer l.inherited.closeCopies() // if no generation took them
 	}
-	l.store = newFDStore(l.log, l.unit, passed)
+	l.store = systemd.NewFDStore(l.log, l.unit, passed)
 	l.events = make(chan event, 64)
 	l.byPID = make(map[int]*generation)
 	l.exits = make(chan childExit, 16)
@@ -291,7 +292,7 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 
 // notify tells systemd, when takeover runs under it, what it is doing.
 func (l *launcher) notify(state string) {
-	if _, err := sdNotify(state); err != nil {
+	if _, err := systemd.SdNotify(state); err != nil {
 		l.log.Warn("cannot notify systemd", "state", state, "err", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/takeover/takeover/internal/systemd"
 )
 
 // A launcher's life is a state machine: named states, named events, and
@@ -232,7 +233,7 @@ func (m *lifecycle) onHUP() (int, bool) {
 }
 
 func (m *lifecycle) startReload() {
-	m.sup.notify("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
+	m.sup.notify("RELOADING=1\nMONOTONIC_USEC=" + systemd.MonotonicUsec())
 	g, err := m.sup.start(m.cur)
 	if err != nil {
 		m.log.Error("reload failed; the running generation keeps serving", "err", err)

@@ -94,7 +94,7 @@ func (l *launcher) keepInStore(g *generation) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, s := range g.socks {
-		l.store.keep(s.spec.StoreName(), s.copyFD, s.inode)
+		l.store.Keep(s.spec.StoreName(), s.copyFD, s.inode)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/fdpass"
+	"github.com/takeover/takeover/internal/systemd"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -84,7 +85,7 @@ func TestClassifyPassed(t *testing.T) {
 		fd       int
 		fdName   string
 		targets  target.SpecList
-		taken    []inheritedSock
+		taken    []systemd.InheritedSock
 		wantSpec target.PortSpec
 		wantVia  string
 		wantErr  string
@@ -98,12 +99,12 @@ func TestClassifyPassed(t *testing.T) {
 		{name: "stream socket that does not listen", fd: unbound, targets: targets, wantErr: "does not listen"},
 		{name: "not a socket", fd: int(file.Fd()), targets: targets, wantErr: "not a socket"},
 		{name: "not open", fd: closed, targets: targets, wantErr: "not open"},
-		{name: "the same socket twice", fd: tcpFD, targets: targets, taken: []inheritedSock{{fd: 99, inode: target.InodeOf(tcpFD)}}, wantErr: "socket of fd 99 again"},
-		{name: "a second socket for a target", fd: tcpFD, targets: targets, taken: []inheritedSock{{fd: 99, spec: tcp, addr: netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", port))}}, wantErr: "second socket"},
+		{name: "the same socket twice", fd: tcpFD, targets: targets, taken: []systemd.InheritedSock{{Fd: 99, Inode: target.InodeOf(tcpFD)}}, wantErr: "socket of fd 99 again"},
+		{name: "a second socket for a target", fd: tcpFD, targets: targets, taken: []systemd.InheritedSock{{Fd: 99, Spec: tcp, Addr: netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", port))}}, wantErr: "second socket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := classifyPassed(tt.fd, tt.fdName, tt.targets, tt.taken)
+			got, err := systemd.ClassifyPassed(tt.fd, tt.fdName, tt.targets, tt.taken)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("classifyPassed = %+v, %v; want an error with %q", got, err, tt.wantErr)
@@ -113,7 +114,7 @@ func TestClassifyPassed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got.spec != tt.wantSpec || got.via != tt.wantVia || got.inode != target.InodeOf(tt.fd) {
+			if got.Spec != tt.wantSpec || got.Via != tt.wantVia || got.Inode != target.InodeOf(tt.fd) {
 				t.Errorf("classifyPassed = %+v, want spec %v via %s", got, tt.wantSpec, tt.wantVia)
 			}
 		})
@@ -134,7 +135,7 @@ func fileFD(t *testing.T, l interface{ File() (*os.File, error) }) int {
 // TestListenFDsNotOurs: variables whose LISTEN_PID is another process's are
 // ignored, and are never passed on to the command.
 func TestListenFDsNotOurs(t *testing.T) {
-	got := inheritSockets(slog.New(slog.DiscardHandler), nil, func(k string) string {
+	got := systemd.InheritSockets(slog.New(slog.DiscardHandler), nil, func(k string) string {
 		return map[string]string{"LISTEN_FDS": "1", "LISTEN_PID": "1"}[k]
 	})
 	if got != nil {
@@ -220,7 +221,7 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 	// close as well would close some later fd of the test's.
 	f := os.NewFile(uintptr(stored), "stored")
 	defer f.Close()
-	if kind, _, _, err := passedKind(stored); err != nil || kind != "TCP "+addr {
+	if kind, _, _, err := systemd.PassedKind(stored); err != nil || kind != "TCP "+addr {
 		t.Fatalf("stored socket is %q (%v), want TCP %s", kind, err, addr)
 	}
 	server := childOf(t, first, addr)

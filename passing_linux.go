@@ -16,6 +16,7 @@ import (
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/starter"
+	"github.com/takeover/takeover/internal/systemd"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -497,4 +498,16 @@ func (g *generation) sentBy(pid int) bool {
 		return false
 	}
 	return slices.Contains(procfs.FS("/proc").WithDescendants([]int{g.pid}), pid)
+}
+
+// inheritedGeneration stands for what held the sockets systemd passed: a
+// generation that has exited, holding them, as a crashed one would. The
+// first generation takes them from it.
+func (l *launcher) inheritedGeneration(socks []systemd.InheritedSock) *generation {
+	g := &generation{l: l, pid: 0, pidfd: -1, inherited: true, exited: make(chan struct{}), socks: make(map[sockKey]*heldSock)}
+	close(g.exited)
+	for _, s := range socks {
+		g.socks[sockKey{0, s.Fd}] = &heldSock{copyFD: s.Fd, inode: s.Inode, spec: s.Spec, addr: s.Addr, via: s.Via}
+	}
+	return g
 }

@@ -380,7 +380,7 @@ func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
 		return l.bindBeside(c, sw)
 	}
 	sw.Strategy = "rebind"
-	l.store.remove(c.spec.StoreName()) // systemd's copy would keep the port from freeing
+	l.store.Remove(c.spec.StoreName()) // systemd's copy would keep the port from freeing
 	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
 	defer cancel()
 	var err error

@@ -1,4 +1,4 @@
-package main
+package systemd
 
 import (
 	"fmt"
@@ -20,13 +20,13 @@ import (
 // refused while the command starts.
 
 // An inheritedSock is a socket systemd passed that fits a target.
-type inheritedSock struct {
-	fd    int // close-on-exec, takeover's
-	inode uint64
+type InheritedSock struct {
+	Fd    int // close-on-exec, takeover's
+	Inode uint64
 	name  string // its LISTEN_FDNAMES name
-	spec  target.PortSpec
-	addr  netip.AddrPort // TCP and UDP
-	via   string         // "fd-store" (a name takeover stores under) or "listen-fds" (a socket unit, systemd-socket-activate)
+	Spec  target.PortSpec
+	Addr  netip.AddrPort // TCP and UDP
+	Via   string         // "fd-store" (a name takeover stores under) or "listen-fds" (a socket unit, systemd-socket-activate)
 }
 
 // listenFDsStart is the first fd systemd passes (SD_LISTEN_FDS_START).
@@ -95,7 +95,7 @@ func passedSocket(fd int) (bool, error) {
 // LISTEN_FDS). LISTEN_PID must be this process: otherwise the variables
 // are for someone else and are left alone. The caller unsets LISTEN_* for
 // the command either way.
-func inheritSockets(log *slog.Logger, targets target.SpecList, env func(string) string) []inheritedSock {
+func InheritSockets(log *slog.Logger, targets target.SpecList, env func(string) string) []InheritedSock {
 	count, pid := env("LISTEN_FDS"), env("LISTEN_PID")
 	if count == "" {
 		return nil
@@ -110,7 +110,7 @@ func inheritSockets(log *slog.Logger, targets target.SpecList, env func(string) 
 		return nil
 	}
 	names := strings.Split(env("LISTEN_FDNAMES"), ":")
-	var got []inheritedSock
+	var got []InheritedSock
 	for i := range n {
 		fd, name := listenFDsStart+i, ""
 		if i < len(names) {
@@ -120,13 +120,13 @@ func inheritSockets(log *slog.Logger, targets target.SpecList, env func(string) 
 			log.Warn("an fd LISTEN_FDS counts is left alone", "fd", fd, "name", name, "err", err)
 			continue
 		}
-		s, err := classifyPassed(fd, name, targets, got)
+		s, err := ClassifyPassed(fd, name, targets, got)
 		if err != nil {
 			log.Warn("a socket systemd passed is refused", "fd", fd, "name", name, "err", err)
 			unix.Close(fd) // a socket passed to takeover, verified
 			continue
 		}
-		log.Debug("holding a socket systemd passed", "fd", fd, "name", name, "target", s.spec.String(), "via", s.via)
+		log.Debug("holding a socket systemd passed", "fd", fd, "name", name, "target", s.Spec.String(), "via", s.Via)
 		got = append(got, s)
 	}
 	return got
@@ -135,23 +135,23 @@ func inheritSockets(log *slog.Logger, targets target.SpecList, env func(string) 
 // classifyPassed says which target the passed fd is for, or why it is
 // refused: not open, not a socket, of no target's kind or address, or the
 // same socket as one already taken.
-func classifyPassed(fd int, name string, targets target.SpecList, taken []inheritedSock) (inheritedSock, error) {
+func ClassifyPassed(fd int, name string, targets target.SpecList, taken []InheritedSock) (InheritedSock, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return inheritedSock{}, fmt.Errorf("LISTEN_FDS counts fd %d, which is not open: %w", fd, err)
+		return InheritedSock{}, fmt.Errorf("LISTEN_FDS counts fd %d, which is not open: %w", fd, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return inheritedSock{}, fmt.Errorf("fd %d is not a socket", fd)
+		return InheritedSock{}, fmt.Errorf("fd %d is not a socket", fd)
 	}
 	unix.CloseOnExec(fd) // the command gets what it binds, never a stray copy
 	for _, t := range taken {
-		if t.inode == st.Ino {
-			return inheritedSock{}, fmt.Errorf("fd %d is the socket of fd %d again", fd, t.fd)
+		if t.Inode == st.Ino {
+			return InheritedSock{}, fmt.Errorf("fd %d is the socket of fd %d again", fd, t.Fd)
 		}
 	}
-	kind, addr, path, err := passedKind(fd)
+	kind, addr, path, err := PassedKind(fd)
 	if err != nil {
-		return inheritedSock{}, fmt.Errorf("fd %d: %w", fd, err)
+		return InheritedSock{}, fmt.Errorf("fd %d: %w", fd, err)
 	}
 	for _, spec := range targets {
 		if passedFits(spec, kind, addr, path) {
@@ -160,18 +160,18 @@ func classifyPassed(fd int, name string, targets target.SpecList, taken []inheri
 				via = "fd-store"
 			}
 			if hasSocketFor(taken, spec, addr) {
-				return inheritedSock{}, fmt.Errorf("fd %d (%s) is a second socket for %s", fd, kind, spec)
+				return InheritedSock{}, fmt.Errorf("fd %d (%s) is a second socket for %s", fd, kind, spec)
 			}
-			return inheritedSock{fd: fd, inode: st.Ino, name: name, spec: spec, addr: addr, via: via}, nil
+			return InheritedSock{Fd: fd, Inode: st.Ino, name: name, Spec: spec, Addr: addr, Via: via}, nil
 		}
 	}
-	return inheritedSock{}, fmt.Errorf("fd %d (%s) fits no --port or --path of this takeover (%s)", fd, kind, targets.String())
+	return InheritedSock{}, fmt.Errorf("fd %d (%s) fits no --port or --path of this takeover (%s)", fd, kind, targets.String())
 }
 
 // hasSocketFor reports whether a socket for spec at addr was taken already.
-func hasSocketFor(taken []inheritedSock, spec target.PortSpec, addr netip.AddrPort) bool {
+func hasSocketFor(taken []InheritedSock, spec target.PortSpec, addr netip.AddrPort) bool {
 	for _, t := range taken {
-		if t.spec == spec && t.addr == addr {
+		if t.Spec == spec && t.Addr == addr {
 			return true
 		}
 	}
@@ -181,7 +181,7 @@ func hasSocketFor(taken []inheritedSock, spec target.PortSpec, addr netip.AddrPo
 // passedKind describes a passed socket: "TCP 127.0.0.1:8100" (listening),
 // "UDP [::]:8125", "unix /run/app.sock"; a stream socket that does not
 // listen, and other kinds, are errors.
-func passedKind(fd int) (kind string, addr netip.AddrPort, path string, err error) {
+func PassedKind(fd int) (kind string, addr netip.AddrPort, path string, err error) {
 	typ, err1 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	family, err2 := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	sa, err3 := unix.Getsockname(fd)
@@ -221,16 +221,4 @@ func passedFits(spec target.PortSpec, kind string, addr netip.AddrPort, path str
 		return strings.HasPrefix(kind, "UDP ") && spec.Matches(addr)
 	}
 	return strings.HasPrefix(kind, "TCP ") && spec.Matches(addr)
-}
-
-// inheritedGeneration stands for what held the sockets systemd passed: a
-// generation that has exited, holding them, as a crashed one would. The
-// first generation takes them from it.
-func (l *launcher) inheritedGeneration(socks []inheritedSock) *generation {
-	g := &generation{l: l, pid: 0, pidfd: -1, inherited: true, exited: make(chan struct{}), socks: make(map[sockKey]*heldSock)}
-	close(g.exited)
-	for _, s := range socks {
-		g.socks[sockKey{0, s.fd}] = &heldSock{copyFD: s.fd, inode: s.inode, spec: s.spec, addr: s.addr, via: s.via}
-	}
-	return g
 }

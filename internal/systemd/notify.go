@@ -1,4 +1,4 @@
-package main
+package systemd
 
 import (
 	"fmt"
@@ -12,7 +12,7 @@ import (
 // sdNotify sends state to the systemd notification socket named by
 // NOTIFY_SOCKET. (false, nil) means not supported: NOTIFY_SOCKET is unset.
 // (false, err) means the message could not be sent. (true, nil) means sent.
-func sdNotify(state string) (bool, error) { return sdNotifyFDs(state, nil) }
+func SdNotify(state string) (bool, error) { return sdNotifyFDs(state, nil) }
 
 // sdNotifyFDs sends state with fds attached (SCM_RIGHTS), as FDSTORE=1
 // wants them; the fds stay the caller's. Its results are sdNotify's.
@@ -40,12 +40,12 @@ func sdNotifyFDs(state string, fds []int) (bool, error) {
 // underSystemd reports whether NOTIFY_SOCKET is systemd's, not that of a
 // takeover this one runs under (which gives its commands TAKEOVER_PID and
 // a NOTIFY_SOCKET of its own, and keeps no file descriptors).
-func underSystemd() bool {
+func UnderSystemd() bool {
 	return os.Getenv("NOTIFY_SOCKET") != "" && os.Getenv(rundir.LauncherEnv) == ""
 }
 
 // monotonicUsec is CLOCK_MONOTONIC in microseconds, as RELOADING=1 wants it.
-func monotonicUsec() string {
+func MonotonicUsec() string {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return strconv.FormatInt(ts.Nano()/1000, 10)

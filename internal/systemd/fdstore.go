@@ -1,4 +1,4 @@
-package main
+package systemd
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 
 // An fdStore is takeover's side of a unit's file descriptor store: one
 // socket per target, under the target's store name.
-type fdStore struct {
+type FdStore struct {
 	log  *slog.Logger
 	unit string // the unit takeover runs in, "" if unknown
 
@@ -36,13 +36,13 @@ type fdStore struct {
 // does not run under systemd. kept names the sockets systemd passed at
 // start (from the store, or from socket units): they are with systemd
 // already and are never stored again.
-func newFDStore(log *slog.Logger, unit string, kept []inheritedSock) *fdStore {
-	if !underSystemd() {
+func NewFDStore(log *slog.Logger, unit string, kept []InheritedSock) *FdStore {
+	if !UnderSystemd() {
 		return nil
 	}
-	s := &fdStore{log: log, unit: unit, stored: map[string]uint64{}, limit: -1}
+	s := &FdStore{log: log, unit: unit, stored: map[string]uint64{}, limit: -1}
 	for _, k := range kept {
-		s.stored[k.spec.StoreName()] = k.inode
+		s.stored[k.Spec.StoreName()] = k.Inode
 	}
 	return s
 }
@@ -50,7 +50,7 @@ func newFDStore(log *slog.Logger, unit string, kept []inheritedSock) *fdStore {
 // keep puts the socket fd (inode) in the store under name, unless it is
 // there already; another socket stored under the name is removed first,
 // so that the store never keeps a port takeover has let go of.
-func (s *fdStore) keep(name string, fd int, inode uint64) {
+func (s *FdStore) Keep(name string, fd int, inode uint64) {
 	if s == nil {
 		return
 	}
@@ -78,7 +78,7 @@ func (s *fdStore) keep(name string, fd int, inode uint64) {
 
 // remove takes the socket stored under name out of the store: takeover no
 // longer serves it, and systemd's copy must not keep the port from freeing.
-func (s *fdStore) remove(name string) {
+func (s *FdStore) Remove(name string) {
 	if s == nil {
 		return
 	}
@@ -89,8 +89,8 @@ func (s *fdStore) remove(name string) {
 	}
 }
 
-func (s *fdStore) removeLocked(name string) {
-	if _, err := sdNotify("FDSTOREREMOVE=1\nFDNAME=" + name); err != nil {
+func (s *FdStore) removeLocked(name string) {
+	if _, err := SdNotify("FDSTOREREMOVE=1\nFDNAME=" + name); err != nil {
 		s.log.Warn("cannot remove a socket from systemd's file descriptor store", "name", name, "err", err)
 	}
 	delete(s.stored, name)
@@ -99,7 +99,7 @@ func (s *fdStore) removeLocked(name string) {
 // checkLimitLocked learns FileDescriptorStoreMax= once: from $FDSTORE
 // (systemd 254 and later set it), else from `systemctl show`. A store
 // systemd does not keep (0) is said once, with what to add to the unit.
-func (s *fdStore) checkLimitLocked() {
+func (s *FdStore) checkLimitLocked() {
 	if s.checked {
 		return
 	}
@@ -110,14 +110,14 @@ func (s *fdStore) checkLimitLocked() {
 	}
 }
 
-func (s *fdStore) warnLocked(msg string) {
+func (s *FdStore) warnLocked(msg string) {
 	if !s.warned {
 		s.warned = true
 		s.log.Warn(msg)
 	}
 }
 
-func (s *fdStore) unitName() string {
+func (s *FdStore) unitName() string {
 	if s.unit == "" {
 		return "the unit"
 	}
