@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/ready"
 )
 
 func TestAcceptingFixture(t *testing.T) {
@@ -17,25 +18,25 @@ func TestAcceptingFixture(t *testing.T) {
 	tests := []struct {
 		name string
 		pid  int
-		want map[uint64]acceptWay
+		want map[uint64]ready.AcceptWay
 	}{
-		{"epoll set lists the socket", 300, map[uint64]acceptWay{7001: byEpoll}},
-		{"a thread in accept4", 301, map[uint64]acceptWay{7002: byAccept}},
-		{"poll array holds the fd", 302, map[uint64]acceptWay{7003: byPoll}},
-		{"select set holds the fd", 303, map[uint64]acceptWay{7004: bySelect}},
-		{"epoll without EPOLLIN, no wait", 304, map[uint64]acceptWay{}},
-		{"broken and truncated files", 305, map[uint64]acceptWay{}},
-		{"no such process", 399, map[uint64]acceptWay{}},
+		{"epoll set lists the socket", 300, map[uint64]ready.AcceptWay{7001: ready.ByEpoll}},
+		{"a thread in accept4", 301, map[uint64]ready.AcceptWay{7002: ready.ByAccept}},
+		{"poll array holds the fd", 302, map[uint64]ready.AcceptWay{7003: ready.ByPoll}},
+		{"select set holds the fd", 303, map[uint64]ready.AcceptWay{7004: ready.BySelect}},
+		{"epoll without EPOLLIN, no wait", 304, map[uint64]ready.AcceptWay{}},
+		{"broken and truncated files", 305, map[uint64]ready.AcceptWay{}},
+		{"no such process", 399, map[uint64]ready.AcceptWay{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := accepting("internal/procfs/testdata/proc-accept", []int{tt.pid}, want)
+			got := ready.Accepting("internal/procfs/testdata/proc-accept", []int{tt.pid}, want)
 			if diff := cmp.Diff(tt.want, got.Ways); diff != "" {
 				t.Errorf("accepting(%d) (-want +got):\n%s", tt.pid, diff)
 			}
 		})
 	}
-	all := accepting("internal/procfs/testdata/proc-accept", []int{300, 301, 302, 303, 304, 305}, want)
+	all := ready.Accepting("internal/procfs/testdata/proc-accept", []int{300, 301, 302, 303, 304, 305}, want)
 	if len(all.Ways) != 4 {
 		t.Errorf("accepting(all) = %v, want 4 sockets", all.Ways)
 	}
@@ -60,7 +61,7 @@ func TestAcceptingLive(t *testing.T) {
 			t.Fatal(err)
 		}
 		seen := lookUntilSeen(h.cmd.Process.Pid, ino)
-		if seen.Ways[ino] != byEpoll {
+		if seen.Ways[ino] != ready.ByEpoll {
 			t.Errorf("a Go server: seen %v, want epoll", seen.Ways)
 		}
 	})
@@ -73,7 +74,7 @@ func TestAcceptingLive(t *testing.T) {
 		waitServing(t, addr)
 		ino := inodeOfListener(t, cmd.Process.Pid, addr)
 		seen := lookUntilSeen(cmd.Process.Pid, ino)
-		if w := seen.Ways[ino]; w != byPoll && w != bySelect && w != byEpoll {
+		if w := seen.Ways[ino]; w != ready.ByPoll && w != ready.BySelect && w != ready.ByEpoll {
 			t.Errorf("python socketserver: seen %v (line %q), want poll, select or epoll", seen.Ways, h.line)
 		}
 	})
@@ -95,7 +96,7 @@ func TestAcceptingLive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen := accepting("/proc", []int{cmd.Process.Pid}, map[uint64]bool{ino: true})
+		seen := ready.Accepting("/proc", []int{cmd.Process.Pid}, map[uint64]bool{ino: true})
 		if len(seen.Ways) != 0 {
 			t.Errorf("a process that only holds a listener: seen %v, want nothing", seen.Ways)
 		}
@@ -105,10 +106,10 @@ func TestAcceptingLive(t *testing.T) {
 // lookUntilSeen looks at pid until it is seen accepting on ino, for at most
 // 200 looks: a server between two waits (handling a request, or between
 // two poll(2) timeouts) is not seen.
-func lookUntilSeen(pid int, ino uint64) acceptSeen {
-	var seen acceptSeen
+func lookUntilSeen(pid int, ino uint64) ready.AcceptSeen {
+	var seen ready.AcceptSeen
 	for range 200 {
-		if seen = accepting("/proc", []int{pid}, map[uint64]bool{ino: true}); len(seen.Ways) > 0 {
+		if seen = ready.Accepting("/proc", []int{pid}, map[uint64]bool{ino: true}); len(seen.Ways) > 0 {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/ready"
 	"github.com/takeover/takeover/internal/target"
 
 	"github.com/takeover/takeover/internal/procfs"
@@ -122,7 +123,7 @@ func (g *generation) readiness() readiness {
 	case mode == readyNotify:
 		return readiness{Missing: "has not sent READY=1"}
 	}
-	seen := accepting("/proc", procfs.FS("/proc").WithDescendants([]int{g.pid}), want)
+	seen := ready.Accepting("/proc", procfs.FS("/proc").WithDescendants([]int{g.pid}), want)
 	var by []string
 	for _, t := range held {
 		way, ok := seen.Ways[t.inode]

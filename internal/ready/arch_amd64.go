@@ -1,4 +1,4 @@
-package main
+package ready
 
 import "golang.org/x/sys/unix"
 

@@ -1,4 +1,4 @@
-package main
+package ready
 
 import (
 	"errors"
@@ -25,19 +25,19 @@ import (
 //     file gives the array's address, read through /proc/PID/mem.
 
 // acceptWay says how a process was seen waiting for connections.
-type acceptWay string
+type AcceptWay string
 
 const (
-	byEpoll  acceptWay = "epoll"
-	byAccept acceptWay = "accept"
-	byPoll   acceptWay = "poll"
-	bySelect acceptWay = "select"
-	byRecv   acceptWay = "recv" // a thread blocked reading a UDP socket
+	ByEpoll  AcceptWay = "epoll"
+	ByAccept AcceptWay = "accept"
+	ByPoll   AcceptWay = "poll"
+	BySelect AcceptWay = "select"
+	byRecv   AcceptWay = "recv" // a thread blocked reading a UDP socket
 )
 
 // acceptSeen is what one look at a generation's processes found.
-type acceptSeen struct {
-	Ways map[uint64]acceptWay // by socket inode
+type AcceptSeen struct {
+	Ways map[uint64]AcceptWay // by socket inode
 	// Blind lists processes holding a wanted socket that could not be
 	// looked into (not dumpable, another user's): they may accept unseen.
 	Blind []int
@@ -45,8 +45,8 @@ type acceptSeen struct {
 
 // accepting looks at pids for processes waiting for connections on the
 // sockets in want (inodes).
-func accepting(proc procfs.FS, pids []int, want map[uint64]bool) acceptSeen {
-	seen := acceptSeen{Ways: make(map[uint64]acceptWay)}
+func Accepting(proc procfs.FS, pids []int, want map[uint64]bool) AcceptSeen {
+	seen := AcceptSeen{Ways: make(map[uint64]AcceptWay)}
 	for _, pid := range pids {
 		if err := lookAtProcess(proc, pid, want, seen.Ways); errors.Is(err, fs.ErrPermission) {
 			seen.Blind = append(seen.Blind, pid)
@@ -56,7 +56,7 @@ func accepting(proc procfs.FS, pids []int, want map[uint64]bool) acceptSeen {
 }
 
 // lookAtProcess records in ways each wanted socket pid waits on.
-func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint64]acceptWay) error {
+func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint64]AcceptWay) error {
 	fds, epolls, err := proc.SocketFDs(pid, want)
 	if err != nil || len(fds) == 0 {
 		return err
@@ -68,7 +68,7 @@ func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint6
 		}
 		for _, t := range targets {
 			if want[t.Inode] && t.Events&unix.EPOLLIN != 0 {
-				ways[t.Inode] = byEpoll
+				ways[t.Inode] = ByEpoll
 			}
 		}
 	}
@@ -96,11 +96,11 @@ func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint6
 }
 
 // waitedFDs returns the fds a thread blocked in sc waits on for reading.
-func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]acceptWay {
-	fds := make(map[int]acceptWay)
+func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]AcceptWay {
+	fds := make(map[int]AcceptWay)
 	switch sc.Nr {
 	case sysAccept, sysAccept4:
-		fds[int(int32(sc.Args[0]))] = byAccept
+		fds[int(int32(sc.Args[0]))] = ByAccept
 	case unix.SYS_RECVFROM, unix.SYS_RECVMSG, unix.SYS_RECVMMSG, unix.SYS_READ:
 		fds[int(int32(sc.Args[0]))] = byRecv // a listener cannot be read: UDP only
 	case sysPoll, sysPpoll:
@@ -111,7 +111,7 @@ func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]acceptWay {
 		}
 		for _, p := range ps {
 			if p.Events&unix.POLLIN != 0 {
-				fds[int(p.FD)] = byPoll
+				fds[int(p.FD)] = ByPoll
 			}
 		}
 	case sysSelect, sysPselect6:
@@ -124,7 +124,7 @@ func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]acceptWay {
 			return nil
 		}
 		for _, fd := range set {
-			fds[fd] = bySelect
+			fds[fd] = BySelect
 		}
 	}
 	return fds
