@@ -43,6 +43,7 @@ type config struct {
 	StatusFile    string
 	StartServer   *startServerOpts // run as start_server: its conventions (startserver.go)
 	Command       []string
+	Rebind        rebinder // the rebind strategy: retryBind (retrybind.go)
 }
 
 // maxFlagDuration bounds every duration flag: far from where a

@@ -89,6 +89,7 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 		}
 		return runFront(args, stderr)
 	}
+	cfg.Rebind = retryBind
 	return launch(cfg, stderr)
 }
 

@@ -4,41 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"runtime"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
-
-// A rebind is the fallback way to take a port over: stop the old holders,
-// then bind the new server's socket as soon as the port frees. Clients see
-// refused connections between the old listener's close and the new listen,
-// and lose what waited in the old accept queue.
-type rebind struct {
-	Sock        int // takeover's copy of the new server's socket
-	Addr        netip.AddrPort
-	Old         []*pidfd.OldProcess // the stop targets, signalled once
-	Holders     []*pidfd.OldProcess // every process holding the port: SIGKILLed after KillTimeout if it still does
-	Inodes      []uint64            // the old listening sockets
-	Signal      unix.Signal
-	KillTimeout time.Duration
-}
-
-// rebindTimes says how a rebind went, for the swap's log line.
-type rebindTimes struct {
-	Free time.Duration // from the stop signal until the bind succeeded
-	// Window is from the last attempt that found the port held (or from
-	// the signal, if none did) until the socket listened: the refused
-	// window as takeover saw it. Clients can be refused a little earlier,
-	// while the old listener is torn down but its port not yet free.
-	Window time.Duration
-	Killed bool   // the old holders were SIGKILLed
-	Sched  string // how the retrying thread was scheduled
-}
 
 // retryPolicy starts at 50us and stays at or below 250us, so the port is
 // taken within a quarter of a millisecond of freeing, at a cost of about
@@ -54,12 +26,13 @@ func retryPolicy() *backoff.ExponentialBackOff {
 	return b
 }
 
-// run signals the old processes, then retries the bind until it succeeds,
+// retryBind is the rebind strategy the core runs (config.Rebind): it
+// signals the old processes, then retries the bind until it succeeds,
 // ctx ends (--bind-timeout) or bind fails for a reason other than the port
 // being in use. On success the socket is already listening, with the widest
 // backlog, so that clients queue from the first microsecond rather than wait
 // for the new server's own listen(2), which re-sets the backlog.
-func (r rebind) run(ctx context.Context) (rebindTimes, error) {
+func retryBind(ctx context.Context, r rebind) (rebindTimes, error) {
 	var t rebindTimes
 	// Without SO_REUSEADDR, connections of the old socket in TIME_WAIT keep
 	// the port from being bound for a minute.

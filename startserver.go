@@ -278,5 +278,6 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 			f.Close()
 		}()
 	}
+	cfg.Rebind = retryBind
 	return launch(cfg, stderr)
 }

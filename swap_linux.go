@@ -481,3 +481,33 @@ func killStillHolding(holders []*pidfd.OldProcess, inodes []uint64) {
 		}
 	}
 }
+
+// A rebind is the fallback way to take a port over: stop the old holders,
+// then bind the new server's socket as soon as the port frees. Clients see
+// refused connections between the old listener's close and the new listen,
+// and lose what waited in the old accept queue.
+type rebind struct {
+	Sock        int // takeover's copy of the new server's socket
+	Addr        netip.AddrPort
+	Old         []*pidfd.OldProcess // the stop targets, signalled once
+	Holders     []*pidfd.OldProcess // every process holding the port: SIGKILLed after KillTimeout if it still does
+	Inodes      []uint64            // the old listening sockets
+	Signal      unix.Signal
+	KillTimeout time.Duration
+}
+
+// A rebinder runs a rebind: retryBind (retrybind.go), plugged in by the
+// command line.
+type rebinder func(ctx context.Context, r rebind) (rebindTimes, error)
+
+// rebindTimes says how a rebind went, for the swap's log line.
+type rebindTimes struct {
+	Free time.Duration // from the stop signal until the bind succeeded
+	// Window is from the last attempt that found the port held (or from
+	// the signal, if none did) until the socket listened: the refused
+	// window as takeover saw it. Clients can be refused a little earlier,
+	// while the old listener is torn down but its port not yet free.
+	Window time.Duration
+	Killed bool   // the old holders were SIGKILLed
+	Sched  string // how the retrying thread was scheduled
+}

@@ -384,10 +384,10 @@ func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
 	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
 	defer cancel()
 	var err error
-	sw.rebindTimes, err = rebind{
+	sw.rebindTimes, err = l.cfg.Rebind(bctx, rebind{
 		Sock: c.sock, Addr: c.addr, Old: sw.oldProcs, Holders: sw.holders, Inodes: sw.inodes,
 		Signal: l.cfg.signal(), KillTimeout: l.cfg.killTimeout(),
-	}.run(bctx)
+	})
 	return err
 }
 
