@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 )
 
@@ -354,7 +355,7 @@ func ctrServer(t *testing.T, addr string, pid1 int) procKey {
 	for pid := range holdersOf(t, addr) {
 		// The server is `takeover demo-server ...`; the launcher's command
 		// line names demo-server too, after its --.
-		argv := strings.Fields(commandLine(pid))
+		argv := strings.Fields(owner.CommandLine(pid))
 		if n, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); n != ns || pid == pid1 || len(argv) < 2 || argv[1] != "demo-server" {
 			continue
 		}

@@ -18,6 +18,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/takeover/takeover/internal/owner"
+
 	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
@@ -69,29 +71,6 @@ type launcher struct {
 // forwarded are the signals a launcher passes to its child; HUP is not
 // forwarded but reloads.
 var forwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGHUP}
-
-// runLauncher implements `takeover [flags] -- COMMAND [ARG...]`.
-func runLauncher(args []string, stdout, stderr io.Writer) int {
-	cfg, err := parseFlags(args, stderr)
-	if err != nil {
-		if !errors.Is(err, errUsage) {
-			fmt.Fprintf(stderr, "takeover: %v\n", err)
-		}
-		return exitLauncher
-	}
-	if cfg.Command == nil {
-		return 0 // --help
-	}
-	if cfg.DetachOnStop > 0 && os.Getenv(frontEnv) == "" {
-		if systemd.UnderSystemd() {
-			fmt.Fprintln(stderr, "takeover: --detach-on-stop does not work under systemd: KillMode=mixed or control-group SIGKILLs the detached launcher with the rest of the unit; use the unit's file descriptor store (FileDescriptorStoreMax=8) instead, see README's Under systemd")
-			return exitLauncher
-		}
-		return runFront(args, stderr)
-	}
-	cfg.Rebind = retryBind
-	return launch(cfg, stderr)
-}
 
 // launch runs cfg's command under a launcher until takeover exits, and
 // returns takeover's exit status.
@@ -265,10 +244,10 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 	var last rundir.LockOwner
 	done := make(chan result, 1)
 	go func() {
-		files, err := rundir.LockTargets(ctx, l.dir, l.keys(), rundir.LockOwner{PID: l.self, Start: l.born}, func(key string, owner rundir.LockOwner, waited time.Duration) {
-			last = owner
+		files, err := rundir.LockTargets(ctx, l.dir, l.keys(), rundir.LockOwner{PID: l.self, Start: l.born}, func(key string, holder rundir.LockOwner, waited time.Duration) {
+			last = holder
 			l.log.Info("waiting for another takeover of this port to finish its swap",
-				"lock", key, "takeover_pid", owner.PID, "its_command", commandLine(owner.PID), "waited", waited, "lock_timeout", limit)
+				"lock", key, "takeover_pid", holder.PID, "its_command", owner.CommandLine(holder.PID), "waited", waited, "lock_timeout", limit)
 		})
 		done <- result{files, err}
 	}()
@@ -535,14 +514,6 @@ func childrenOf(pid int) []int {
 		}
 	}
 	return kids
-}
-
-func commandLine(pid int) string {
-	cmd, err := procfs.FS("/proc").Cmdline(pid)
-	if err != nil {
-		return "?"
-	}
-	return cmd
 }
 
 // leftRunning returns the processes the command left behind, once those

@@ -77,12 +77,8 @@ var version = "dev"
 
 // Exit statuses, as env, nohup and docker run use them.
 const (
-	exitFailure       = 1
-	exitUsage         = 2
-	exitNotReady      = 124 // the new server was not ready in time and was rolled back, as timeout(1) exits
-	exitLauncher      = 125 // takeover itself failed
-	exitNotExecutable = 126
-	exitNotFound      = 127
+	exitFailure = 1
+	exitUsage   = 2
 )
 
 func main() {

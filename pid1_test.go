@@ -81,7 +81,7 @@ func nsInit(t *testing.T, parent int) int {
 // signalHostPID signals pid, checked first to be takeover under our unshare.
 func signalHostPID(t *testing.T, pid int, sig string) {
 	t.Helper()
-	if !strings.Contains(commandLine(pid), "takeover") {
+	if !strings.Contains(owner.CommandLine(pid), "takeover") {
 		t.Fatalf("pid %d is not takeover any more", pid)
 	}
 	if out, err := exec.Command("kill", "-"+sig, strconv.Itoa(pid)).CombinedOutput(); err != nil {

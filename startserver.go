@@ -7,14 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/takeover/takeover/internal/starter"
 	"github.com/takeover/takeover/internal/target"
-	"golang.org/x/sys/unix"
 )
 
 // start_server, a drop-in for Server::Starter's (0.35): the same command
@@ -33,78 +30,6 @@ import (
 // gets an empty SERVER_STARTER_PORT and is supervised all the same. What
 // differs is takeover's: a crashed worker is restarted with back-off on the
 // sockets takeover holds, and each swap logs one line.
-
-// startServerOpts is what start_server's options ask of a launcher beyond
-// config's own fields.
-type startServerOpts struct {
-	Dir          string        // --dir: the command's working directory
-	EnvDir       string        // --envdir or ENVDIR: NAME files read for each generation
-	Backlog      int           // --backlog; SOMAXCONN
-	Names        []string      // each --port as SERVER_STARTER_PORT names it
-	FDs          []int         // the fd the command gets each --port at
-	SignalOnTerm unix.Signal   // --signal-on-term: passed to the command for a TERM to takeover
-	StatusFile   string        // --status-file: GEN:PID lines of the live generations
-	AutoRestart  time.Duration // --enable-auto-restart: reload a generation this old; 0: never
-	MaxRetries   int           // --max-restarts: failed starts in a row retried before giving up; 0: no end
-	// SetUp runs once the first generation's sockets are bound, where
-	// start_server's set-up ends; nil: nothing to do then.
-	SetUp func() error
-}
-
-// commandName is the command to look up: with --dir, a relative path is
-// taken from there, as start_server execs it after its chdir.
-func (c config) commandName() string {
-	name := c.Command[0]
-	if s := c.StartServer; s != nil && s.Dir != "" && strings.Contains(name, "/") && !filepath.IsAbs(name) {
-		if abs, err := filepath.Abs(filepath.Join(s.Dir, name)); err == nil {
-			return abs
-		}
-	}
-	return name
-}
-
-// dir is the command's working directory; "" is takeover's.
-func (c config) dir() string {
-	if c.StartServer == nil {
-		return ""
-	}
-	return c.StartServer.Dir
-}
-
-func (c config) backlog() int {
-	if c.StartServer == nil || c.StartServer.Backlog <= 0 {
-		return unix.SOMAXCONN
-	}
-	return c.StartServer.Backlog
-}
-
-// passedAs returns, for each --port, its name in SERVER_STARTER_PORT and
-// the fd the command gets it at: the spec and 3, 4, ... unless start_server's
-// --port says otherwise.
-func (c config) passedAs() (names []string, fds []int) {
-	if s := c.StartServer; s != nil && len(s.Names) == len(c.Ports) && len(s.FDs) == len(c.Ports) {
-		return s.Names, s.FDs
-	}
-	for i, p := range c.Ports {
-		names = append(names, p.StarterName())
-		fds = append(fds, 3+i)
-	}
-	return names, fds
-}
-
-// withEnvDir adds to env what --envdir holds now: start_server reads it
-// again for each generation.
-func (c config) withEnvDir(env []string) []string {
-	if c.StartServer == nil || c.StartServer.EnvDir == "" {
-		return env
-	}
-	for _, kv := range starter.ReadEnvDir(c.StartServer.EnvDir) {
-		name, _, _ := strings.Cut(kv, "=")
-		env = slices.DeleteFunc(env, func(e string) bool { return strings.HasPrefix(e, name+"=") })
-		env = append(env, kv)
-	}
-	return env
-}
 
 // starterSpec is the port takeover binds for a, TCP or UDP, at the address
 // start_server binds.
@@ -162,16 +87,6 @@ func starterTargets(ctx context.Context, ports, paths []string) (specs []target.
 		return nil, nil, nil, err
 	}
 	return specs, names, fds, nil
-}
-
-// socketFileMode is the mode of a --path socket file takeover binds to
-// pass on: start_server binds under umask(0), so 0777; 0 (takeover's
-// umask) otherwise.
-func (c config) socketFileMode() uint32 {
-	if c.StartServer != nil {
-		return 0o777
-	}
-	return 0
 }
 
 // runStartServer implements start_server's command line: `start_server

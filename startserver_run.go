@@ -4,17 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/starter"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
@@ -22,144 +19,6 @@ import (
 
 // start_server at run time: its status file, auto-restart, exit status,
 // log file and pid file, and the --restart and --stop clients.
-
-// starterState is a launcher's start_server part: the status file, the
-// auto-restart and the exit status. Its methods do nothing on a nil
-// receiver, a launcher not run as start_server.
-type starterState struct {
-	opts *startServerOpts
-	log  *slog.Logger
-	self int
-
-	mu        sync.Mutex
-	live      map[int]int // generation -> pid, of those that started and still run
-	wrote     bool        // the status file exists
-	lastStart time.Time   // when the serving generation started
-	stopped   bool        // a stop signal came: start_server exits 0 then
-
-	setUp sync.Once
-}
-
-func newStarterState(l *launcher) *starterState {
-	if l.cfg.StartServer == nil {
-		return nil
-	}
-	s := &starterState{opts: l.cfg.StartServer, log: l.log, self: l.self, live: make(map[int]int)}
-	if s.opts.AutoRestart > 0 {
-		go s.autoRestart(s.opts.AutoRestart)
-	}
-	return s
-}
-
-// bound ends start_server's set-up, once the first generation's sockets
-// are bound (opts.SetUp).
-func (s *starterState) bound() {
-	if s == nil || s.opts.SetUp == nil {
-		return
-	}
-	s.setUp.Do(func() {
-		if err := s.opts.SetUp(); err != nil {
-			s.log.Warn("start_server set-up", "err", err)
-		}
-	})
-}
-
-// started records g as started: start_server writes its status file once
-// a worker has lived --interval, before --kill-old-delay.
-func (s *starterState) started(g *generation) {
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.lastStart = time.Now()
-	if g.hasExited() { // it is gone already; exited has run
-		return
-	}
-	s.live[g.num] = g.pid
-	s.writeStatus()
-}
-
-// exited drops g from the status file once its command has exited.
-func (s *starterState) exited(g *generation) {
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if pid, ok := s.live[g.num]; ok && pid == g.pid {
-		delete(s.live, g.num)
-		s.writeStatus()
-	}
-}
-
-// writeStatus writes start_server's status file. s.mu is held.
-func (s *starterState) writeStatus() {
-	if s.opts.StatusFile == "" {
-		return
-	}
-	if err := rundir.WriteFileAtomic(s.opts.StatusFile, starter.FormatStatus(s.live)); err != nil {
-		s.log.Warn("cannot write --status-file", "err", err)
-		return
-	}
-	s.wrote = true
-}
-
-// stopSignal is the signal a stop signal to takeover is passed on as:
-// --signal-on-term for TERM, TERM for INT, as start_server sends them.
-func (s *starterState) stopSignal(sig unix.Signal) unix.Signal {
-	if s == nil {
-		return sig
-	}
-	s.mu.Lock()
-	s.stopped = true
-	s.mu.Unlock()
-	switch sig {
-	case unix.SIGTERM:
-		if s.opts.SignalOnTerm != 0 {
-			return s.opts.SignalOnTerm
-		}
-	case unix.SIGINT:
-		return unix.SIGTERM
-	}
-	return sig
-}
-
-// exit removes the status file, as start_server does when it exits, and
-// maps takeover's exit status to start_server's: 0 after a stop signal.
-func (s *starterState) exit(code int) int {
-	if s == nil {
-		return code
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.wrote {
-		os.Remove(s.opts.StatusFile)
-	}
-	if s.stopped {
-		return 0
-	}
-	return code
-}
-
-// autoRestart reloads (a HUP to takeover itself) once the serving
-// generation has run for every, as --enable-auto-restart does.
-func (s *starterState) autoRestart(every time.Duration) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for range tick.C {
-		s.mu.Lock()
-		due := !s.lastStart.IsZero() && time.Since(s.lastStart) >= every && !s.stopped
-		if due {
-			s.lastStart = time.Now() // once per interval, even if the reload fails
-		}
-		s.mu.Unlock()
-		if due {
-			s.log.Info("auto-restart: reloading", "interval", every)
-			unix.Kill(s.self, unix.SIGHUP)
-		}
-	}
-}
 
 // openLog opens --log-file: spec is a file appended to, or "| command",
 // run by the shell, whose input it returns.

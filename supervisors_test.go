@@ -250,7 +250,7 @@ func stopSupervisor(t *testing.T, sup *exec.Cmd, exit []string, status, addr str
 		<-done
 	}
 	for pid := range holdersOfAny(addr) {
-		if cmd := commandLine(pid); strings.Contains(cmd, status) || strings.Contains(cmd, "demo-server --init-delay 1s "+addr) {
+		if cmd := owner.CommandLine(pid); strings.Contains(cmd, status) || strings.Contains(cmd, "demo-server --init-delay 1s "+addr) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
@@ -428,7 +428,7 @@ func TestDetachedRecordLeftToNewer(t *testing.T) {
 func killServing(addr string) {
 	for range 3 {
 		for pid := range holdersOfAny(addr) {
-			if strings.Contains(commandLine(pid), addr) {
+			if strings.Contains(owner.CommandLine(pid), addr) {
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}

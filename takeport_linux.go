@@ -115,7 +115,7 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		sw.releaseOld()
 		return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
 	}
-	sw.OldCmd = commandLine(sw.Old[0].Holder.PID)
+	sw.OldCmd = owner.CommandLine(sw.Old[0].Holder.PID)
 
 	if l.cfg.Strategy != "rebind" {
 		old, why := l.copyOldSocket(owners, sw)
@@ -228,7 +228,7 @@ func (l *launcher) replacedBeside(sw *swap, all []owner.Listener, launcher int, 
 	}
 	sw.Old, sw.inodes = []owner.StopTarget{*target}, inodes
 	sw.Why = "the earlier takeover's sockets do not conflict with this bind: it is stopped once the new server is ready"
-	sw.OldCmd = commandLine(target.Holder.PID)
+	sw.OldCmd = owner.CommandLine(target.Holder.PID)
 	sw.oldProcs, sw.holders = []*pidfd.OldProcess{p}, pidfd.OpenAll(holderPIDs)
 }
 
@@ -288,7 +288,7 @@ func (prev *generation) replacedIn(sw *swap, old *heldSock) {
 	if !prev.hasExited() {
 		// (A restart's prev has died and been reaped: its pid may be
 		// another process's by now, never to be opened.)
-		sw.OldCmd = commandLine(prev.pid)
+		sw.OldCmd = owner.CommandLine(prev.pid)
 		sw.oldProcs, sw.holders = pidfd.OpenAll([]int{prev.pid}), pidfd.OpenAll([]int{prev.pid})
 	}
 	sw.Via = "own-copy"

@@ -121,7 +121,7 @@ func checkPathServed(t *testing.T, path string, r *tkRun) {
 	server := false
 	for _, hd := range ls[0].Holders {
 		if !ours[hd.PID] {
-			t.Errorf("the socket at %s is held by pid %d (%s), which is neither takeover %d nor its server", path, hd.PID, commandLine(hd.PID), r.cmd.Process.Pid)
+			t.Errorf("the socket at %s is held by pid %d (%s), which is neither takeover %d nor its server", path, hd.PID, owner.CommandLine(hd.PID), r.cmd.Process.Pid)
 		}
 		server = server || hd.PID != r.cmd.Process.Pid
 	}

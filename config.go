@@ -1,0 +1,210 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/takeover/takeover/internal/target"
+	"golang.org/x/sys/unix"
+)
+
+// A config is what one takeover is asked to do. Zero values mean the
+// documented defaults.
+type config struct {
+	Ports         target.SpecList
+	Signal        unix.Signal   // to stop the old server; SIGTERM
+	KillTimeout   time.Duration // from the stop signal to SIGKILL; 10s
+	BindTimeout   time.Duration // from the command's bind to giving up; 15s, or --kill-timeout + 5s if longer
+	Force         bool          // replace a holder that is not an earlier instance
+	Strategy      string        // auto, handoff or rebind; auto
+	KillOldDelay  time.Duration // between the new server's readiness and the old one's stop
+	Fence         string        // on or off: a TCP handoff gives the new server a socket beside the old one's; on
+	DrainTimeout  time.Duration // how long a fenced old server may take to finish its connections; 5s
+	Ready         string        // accept, listen, notify or interval: what makes a generation ready; accept
+	Interval      time.Duration // --ready interval: ready once the command has run this long; 1s
+	Sockets       string        // intercept, systemd or server-starter; intercept
+	ReadyTimeout  time.Duration // from a generation's start to ready, else rolled back; 60s, or --bind-timeout + 30s if longer
+	LockTimeout   time.Duration // how long to wait for another takeover of the port; see lockTimeout
+	DetachOnStop  time.Duration // 0: a stop is a stop; else serve on, detached, this long (detach_linux.go)
+	Restart       string        // on-failure, always or never; on-failure
+	MaxRestarts   int           // restarts within RestartWindow before giving up; 5
+	RestartWindow time.Duration // 60s
+	RestartDelay  time.Duration // the first back-off before a restart; 100ms
+	PIDFile       string
+	StatusFile    string
+	StartServer   *startServerOpts // run as start_server: its conventions (startserver.go)
+	Command       []string
+	Rebind        rebinder // the rebind strategy: retryBind (retrybind.go)
+}
+
+// maxFlagDuration bounds every duration flag: far from where a
+// time.Duration overflows (292 years), so that lockTimeout's sum of them
+// cannot turn negative.
+const maxFlagDuration = 365 * 24 * time.Hour
+
+const (
+	defaultKillTimeout = 10 * time.Second
+	defaultBindTimeout = 15 * time.Second
+)
+
+func (c config) killTimeout() time.Duration {
+	if c.KillTimeout == 0 {
+		return defaultKillTimeout
+	}
+	return c.KillTimeout
+}
+
+const (
+	defaultDrainTimeout = 5 * time.Second
+	maxDrain            = time.Hour
+)
+
+func (c config) fence() bool { return c.Fence != "off" }
+
+func (c config) drainTimeout() time.Duration {
+	if c.DrainTimeout == 0 {
+		return defaultDrainTimeout
+	}
+	return c.DrainTimeout
+}
+
+func (c config) bindTimeout() time.Duration {
+	if c.BindTimeout == 0 {
+		return defaultBindTimeout
+	}
+	return c.BindTimeout
+}
+
+const (
+	readyAccept   = "accept"
+	readyListen   = "listen"
+	readyNotify   = "notify"
+	readyInterval = "interval"
+)
+
+func (c config) sockets() string {
+	if c.Sockets == "" {
+		return socketsIntercept
+	}
+	return c.Sockets
+}
+
+func (c config) interval() time.Duration {
+	if c.Interval == 0 {
+		return time.Second
+	}
+	return c.Interval
+}
+
+func (c config) ready() string {
+	if c.Ready == "" {
+		return readyAccept
+	}
+	return c.Ready
+}
+
+const defaultReadyTimeout = 60 * time.Second
+
+func (c config) readyTimeout() time.Duration {
+	if c.ReadyTimeout == 0 {
+		return max(defaultReadyTimeout, c.bindTimeout()+30*time.Second)
+	}
+	return c.ReadyTimeout
+}
+
+// lockTimeout bounds the wait for another takeover of the port: by default
+// the longest a swap with the same flags can hold the lock (the new
+// generation's --ready-timeout, then --kill-old-delay, then the old one's
+// --kill-timeout), and 10 s more.
+func (c config) lockTimeout() time.Duration {
+	if c.LockTimeout == 0 {
+		return c.readyTimeout() + c.KillOldDelay + c.drainTimeout() + c.killTimeout() + 10*time.Second
+	}
+	return c.LockTimeout
+}
+
+const (
+	defaultMaxRestarts   = 5
+	defaultRestartWindow = time.Minute
+)
+
+func (c config) restartPolicy() restartPolicy {
+	p := restartPolicy{Mode: c.Restart, Max: c.MaxRestarts, Window: c.RestartWindow, Delay: c.RestartDelay}
+	if p.Delay == 0 {
+		p.Delay = restartFirst
+	}
+	if p.Mode == "" {
+		p.Mode = "on-failure"
+	}
+	if p.Max == 0 {
+		p.Max = defaultMaxRestarts
+	}
+	if p.Window == 0 {
+		p.Window = defaultRestartWindow
+	}
+	if c.StartServer != nil {
+		// start_server's rule: a worker that dies before it has lived
+		// --interval is started again every --interval.
+		p.RetryEvery, p.MaxRetries = c.interval(), c.StartServer.MaxRetries
+	}
+	return p
+}
+
+func (c config) signal() unix.Signal {
+	if c.Signal == 0 {
+		return unix.SIGTERM
+	}
+	return c.Signal
+}
+
+var (
+	logLevel slog.LevelVar
+	logJSON  bool
+)
+
+func newLogger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: &logLevel}
+	if logJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// resolveCommand finds the command's executable as a shell would, and maps
+// failures to the exit statuses of env and docker run.
+func resolveCommand(name string) (string, int, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return "", exitNotFound, fmt.Errorf("command not found: %s", name)
+		}
+		return "", exitNotExecutable, fmt.Errorf("command not executable: %s: %v", name, err)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return "", exitNotExecutable, fmt.Errorf("command not executable: %s is a directory", name)
+	}
+	return path, 0, nil
+}
+
+// exitStatus maps a wait status to the launcher's own exit status.
+func exitStatus(ws syscall.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// Exit statuses of the launcher, as env, nohup, timeout and docker run use
+// them.
+const (
+	exitNotReady      = 124 // the new server was not ready in time and was rolled back, as timeout(1) exits
+	exitLauncher      = 125 // takeover itself failed
+	exitNotExecutable = 126
+	exitNotFound      = 127
+)
