@@ -27,7 +27,7 @@ func TestDurationFlagBounds(t *testing.T) {
 	} {
 		c, err := parseFlags(append(tt.args, "-p", "1", "--", "true"), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%q: %v (lock timeout %v); want an error with %q", tt.args, err, c.lockTimeout(), tt.want)
+			t.Errorf("%q: %v (lock timeout %v); want an error with %q", tt.args, err, c.EffectiveLockTimeout(), tt.want)
 		}
 	}
 	year := "8760h"
@@ -36,7 +36,7 @@ func TestDurationFlagBounds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := c.lockTimeout(); d < 3*8760*time.Hour {
+	if d := c.EffectiveLockTimeout(); d < 3*8760*time.Hour {
 		t.Errorf("every bound at its most: lockTimeout() = %v, want more than 3 years", d)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -45,7 +46,7 @@ var probeMem [32]byte
 func runDoctorProbe() int {
 	copy(probeMem[:], "takeover doctor probe "+strconv.Itoa(os.Getpid()))
 	fmt.Printf("mem %#x\n", uintptr(unsafe.Pointer(&probeMem[0])))
-	unix.CloseOnExec(shimFD)
+	unix.CloseOnExec(supervise.ShimFD)
 	bound := make(chan string, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the filtered thread ends with this goroutine
@@ -57,12 +58,12 @@ func runDoctorProbe() int {
 }
 
 func probeBind() string {
-	fd, err := seccomp.Install(trappedCalls(false))
+	fd, err := seccomp.Install(supervise.TrappedCalls(false))
 	if err != nil {
-		sendShimResult(-1, err.Error())
+		supervise.SendShimResult(-1, err.Error())
 		return "nofilter"
 	}
-	err = sendShimResult(fd, "")
+	err = supervise.SendShimResult(fd, "")
 	unix.Close(fd)
 	if err != nil {
 		return "nofilter"
@@ -155,7 +156,7 @@ func probeChecks(pc probeContext) []doctorCheck {
 	var checks []doctorCheck
 	tv := unix.NsecToTimeval(untilDeadline(deadline).Nanoseconds())
 	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	notifFD, err := recvShimResult(sock, deadline)
+	notifFD, err := supervise.RecvShimResult(sock, deadline)
 	if err != nil {
 		checks = append(checks, listenerFailed(err))
 	} else {

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/takeover/takeover/internal/supervise"
 	"golang.org/x/sys/unix"
 )
 
@@ -209,8 +210,8 @@ func TestDoctorUnprivileged(t *testing.T) {
 	if rtprio.Cur >= 1 {
 		rt, rtSays = isOK, []string{"SCHED_FIFO", "RLIMIT_RTPRIO"}
 	}
-	ports := "this user may bind ports " + fmt.Sprint(unprivilegedPortStart()) + " and up"
-	if unprivilegedPortStart() <= 0 {
+	ports := "this user may bind ports " + fmt.Sprint(supervise.UnprivilegedPortStart()) + " and up"
+	if supervise.UnprivilegedPortStart() <= 0 {
 		ports = "every user may bind every port"
 	}
 

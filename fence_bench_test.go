@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -45,15 +46,15 @@ func benchAccept(b *testing.B, mode string) {
 	if mode == "fenced" {
 		old = startAcceptor(b, "acceptor", ln, -1)
 		own := tcpSocket(b)
-		f, why := fenceBeside(claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
+		f, why := supervise.FenceBeside(supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
 		if f == nil {
 			b.Fatalf("fenceBeside: %s", why)
 		}
 		if err := unix.Listen(own, 4096); err != nil {
 			b.Fatal(err)
 		}
-		f.joined(own)
-		if err := f.raise(own); err != nil {
+		f.Joined(own)
+		if err := f.Raise(own); err != nil {
 			b.Fatal(err)
 		}
 		serveOn = own

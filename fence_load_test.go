@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // Fencing under a small accept queue: python's ThreadingHTTPServer listens
@@ -328,8 +330,8 @@ func BenchmarkFencedSmallBacklog(b *testing.B) {
 // No load: TestFencedPassedSockets is the one under load.
 func TestPassedSocketsFenced(t *testing.T) {
 	for _, tt := range []struct{ mode, helper string }{
-		{socketsSystemd, "activated"},
-		{socketsServerStarter, "starter"},
+		{supervise.SocketsSystemd, "activated"},
+		{supervise.SocketsServerStarter, "starter"},
 	} {
 		t.Run(tt.mode, func(t *testing.T) {
 			ns := newNetns(t).name

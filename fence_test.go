@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -94,15 +95,15 @@ func TestFenceSteers(t *testing.T) {
 	old, addr := fenceListener(t)
 	unix.SetNonblock(old, true)
 	own := tcpSocket(t)
-	c := claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := fenceBeside(c, old)
+	c := supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	f, why := supervise.FenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
 	}
 	if err := unix.Listen(own, 128); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.joined(own); err != nil {
+	if err := f.Joined(own); err != nil {
 		t.Fatalf("joined: %v", err)
 	}
 	unix.SetNonblock(own, true)
@@ -110,18 +111,18 @@ func TestFenceSteers(t *testing.T) {
 
 	connectN(t, addr, 20)
 	waitQueued(t, old, 20)
-	if done, err := f.finished(pids); done || err != nil {
+	if done, err := f.Finished(pids); done || err != nil {
 		t.Errorf("finished with 20 connections queued = %v, %v; want false", done, err)
 	}
 	onOld, onNew := acceptAll(t, old), acceptAll(t, own)
 	if len(onOld) != 20 || len(onNew) != 0 {
 		t.Errorf("before the fence: %d connections reached the old socket and %d the new; want 20 and 0", len(onOld), len(onNew))
 	}
-	if done, _ := f.finished(pids); done {
+	if done, _ := f.Finished(pids); done {
 		t.Errorf("finished while the old server holds 20 accepted connections")
 	}
 
-	if err := f.raise(own); err != nil {
+	if err := f.Raise(own); err != nil {
 		t.Fatalf("raise: %v", err)
 	}
 	connectN(t, addr, 20)
@@ -132,7 +133,7 @@ func TestFenceSteers(t *testing.T) {
 	}
 	closeFDs(lateNew) // (they share the port: the test is one process)
 	closeFDs(onOld)
-	if done, err := f.finished(pids); !done || err != nil {
+	if done, err := f.Finished(pids); !done || err != nil {
 		t.Errorf("finished once the old server closed what it accepted = %v, %v; want true", done, err)
 	}
 }
@@ -166,13 +167,13 @@ func TestFenceRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := fenceBeside(c, old)
+	c := supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	f, why := supervise.FenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
 	}
 	unix.Listen(own, 128)
-	f.joined(own)
+	f.Joined(own)
 	connectN(t, addr, 10)
 	unix.Close(own) // rolled back
 	connectN(t, addr, 10)
@@ -227,8 +228,8 @@ func TestFenceRefused(t *testing.T) {
 func checkRefused(t *testing.T, old int, addr netip.AddrPort, want string, reuseport int) {
 	t.Helper()
 	own := tcpSocket(t)
-	c := claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := fenceBeside(c, old)
+	c := supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	f, why := supervise.FenceBeside(c, old)
 	if f != nil || !strings.Contains(why, want) {
 		t.Fatalf("fenceBeside = %v, %q; want nil and %q", f, why, want)
 	}
@@ -253,16 +254,16 @@ func TestFenceSettles(t *testing.T) {
 	sa, _ := unix.Getsockname(old)
 	addr := target.AddrPortOf(sa)
 	own := tcpSocket(t)
-	f, why := fenceBeside(claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, old)
+	f, why := supervise.FenceBeside(supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, old)
 	if f == nil {
 		unix.Close(old)
 		t.Fatalf("fenceBeside: %s", why)
 	}
 	unix.Listen(own, 128)
-	f.joined(own)
-	f.raise(own)
+	f.Joined(own)
+	f.Raise(own)
 	unix.Close(old) // the old server exited
-	if !f.settle(context.Background(), own) {
+	if !f.Settle(context.Background(), own) {
 		t.Fatal("settle: the old socket did not leave the group")
 	}
 	stray := tcpSocket(t)
@@ -409,23 +410,23 @@ func TestFenceWaitsForHandshakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	own := tcpSocket(t)
-	c := claim{sock: own, addr: addr, spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := fenceBeside(c, old)
+	c := supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	f, why := supervise.FenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
 	}
 	unix.Listen(own, 128)
-	f.joined(own)
+	f.Joined(own)
 	unix.SetNonblock(own, true)
 	pids := []int{os.Getpid()}
 
 	client := connectN(t, addr, 1)[0] // connected, as the client sees it
 	waitHandshakes(t, addr, 1)
-	if err := f.raise(own); err != nil {
+	if err := f.Raise(own); err != nil {
 		t.Fatalf("raise: %v", err)
 	}
 	for i := range 2 { // raiseFences asks twice
-		if done, err := f.finished(pids); done || err != nil {
+		if done, err := f.Finished(pids); done || err != nil {
 			t.Fatalf("finished (look %d) with a handshake under way on the old socket = %v, %v; want false", i+1, done, err)
 		}
 	}
@@ -433,7 +434,7 @@ func TestFenceWaitsForHandshakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitQueued(t, old, 1)
-	if done, _ := f.finished(pids); done {
+	if done, _ := f.Finished(pids); done {
 		t.Errorf("finished with the connection in the old socket's queue")
 	}
 	got := acceptAll(t, old)
@@ -441,7 +442,7 @@ func TestFenceWaitsForHandshakes(t *testing.T) {
 		t.Fatalf("the old socket accepted %d connections, want 1 (and the new one none)", len(got))
 	}
 	closeFDs(got)
-	if done, err := f.finished(pids); !done || err != nil {
+	if done, err := f.Finished(pids); !done || err != nil {
 		t.Errorf("finished once the old server closed what it accepted = %v, %v; want true", done, err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/systemd"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
@@ -41,28 +42,28 @@ Flags:
 
 // parseFlags reads the launcher's command line. (config{}, nil) with a nil
 // Command means --help was asked for.
-func parseFlags(args []string, stderr io.Writer) (config, error) {
-	var c config
+func parseFlags(args []string, stderr io.Writer) (supervise.Config, error) {
+	var c supervise.Config
 	fs := newFlagSet("takeover", launcherUsage, stderr)
 	fs.Var(&c.Ports, "port", "`PORTSPEC` to take over (repeatable, required)")
 	fs.Var(&c.Ports, "p", "short for --port `PORTSPEC`")
 	fs.Var(target.PathFlag{List: &c.Ports}, "path", "`PATH` of a unix socket to take over (repeatable)")
 	sig := fs.String("signal", "TERM", "signal that asks the old server to drain and stop")
-	fs.DurationVar(&c.KillTimeout, "kill-timeout", defaultKillTimeout, "SIGKILL the old server this long after the stop signal")
-	fs.DurationVar(&c.BindTimeout, "bind-timeout", defaultBindTimeout, "give up taking the port after this long (the command's bind fails with EADDRINUSE)")
+	fs.DurationVar(&c.KillTimeout, "kill-timeout", supervise.DefaultKillTimeout, "SIGKILL the old server this long after the stop signal")
+	fs.DurationVar(&c.BindTimeout, "bind-timeout", supervise.DefaultBindTimeout, "give up taking the port after this long (the command's bind fails with EADDRINUSE)")
 	fs.BoolVar(&c.Force, "force", false, "replace the port's holder even if it is not an earlier instance of COMMAND nor managed by a takeover")
 	fs.StringVar(&c.Strategy, "strategy", "auto", "auto, handoff or rebind")
 	fs.DurationVar(&c.KillOldDelay, "kill-old-delay", 0, "wait this long after the new server is ready before stopping the old one")
 	fs.StringVar(&c.Fence, "fence", "on", "on or off: in a TCP handoff, the new server gets a socket of its own beside the old one's, and once it is ready the old one gets no new connection and is stopped when it has finished those it accepted (for servers that do not drain)")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", defaultDrainTimeout, "with --fence on: stop the fenced old server after this long even if it has not finished its connections (keep-alive clients)")
-	fs.StringVar(&c.Ready, "ready", readyAccept, "what makes the new server ready: accept (a process of it waits for connections on every --port, or it sends READY=1), listen (it listens), notify (it sends READY=1 to NOTIFY_SOCKET) or interval (it has run for --interval)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", supervise.DefaultDrainTimeout, "with --fence on: stop the fenced old server after this long even if it has not finished its connections (keep-alive clients)")
+	fs.StringVar(&c.Ready, "ready", supervise.ReadyAccept, "what makes the new server ready: accept (a process of it waits for connections on every --port, or it sends READY=1), listen (it listens), notify (it sends READY=1 to NOTIFY_SOCKET) or interval (it has run for --interval)")
 	fs.DurationVar(&c.Interval, "interval", time.Second, "with --ready interval: how long the new server must run to be ready (start_server's rule)")
-	fs.StringVar(&c.Sockets, "sockets", socketsIntercept, "how the command gets its sockets: intercept (its bind(2) is taken over), systemd (passed as LISTEN_FDS) or server-starter (passed as SERVER_STARTER_PORT)")
+	fs.StringVar(&c.Sockets, "sockets", supervise.SocketsIntercept, "how the command gets its sockets: intercept (its bind(2) is taken over), systemd (passed as LISTEN_FDS) or server-starter (passed as SERVER_STARTER_PORT)")
 	fs.DurationVar(&c.ReadyTimeout, "ready-timeout", 0, "roll the new server back if it is not ready this long after it starts (default 60s, or --bind-timeout + 30s if longer)")
 	fs.StringVar(&c.Restart, "restart", "on-failure", "restart the command when it dies after it has served: on-failure (a non-zero exit, or a signal takeover did not send), always, or never; its sockets stay open meanwhile")
-	fs.IntVar(&c.MaxRestarts, "max-restarts", defaultMaxRestarts, "give up after this many restarts within --restart-window (1 to 1000)")
-	fs.DurationVar(&c.RestartWindow, "restart-window", defaultRestartWindow, "the window --max-restarts counts in")
-	fs.DurationVar(&c.RestartDelay, "restart-delay", restartFirst, "the first back-off before a restart; each next one is 1.5 times longer, up to 15s")
+	fs.IntVar(&c.MaxRestarts, "max-restarts", supervise.DefaultMaxRestarts, "give up after this many restarts within --restart-window (1 to 1000)")
+	fs.DurationVar(&c.RestartWindow, "restart-window", supervise.DefaultRestartWindow, "the window --max-restarts counts in")
+	fs.DurationVar(&c.RestartDelay, "restart-delay", supervise.RestartFirst, "the first back-off before a restart; each next one is 1.5 times longer, up to 15s")
 	fs.DurationVar(&c.LockTimeout, "lock-timeout", 0, "give up waiting for another takeover of the port after this long (default --ready-timeout + --kill-old-delay + --kill-timeout + 10s)")
 	fs.DurationVar(&c.DetachOnStop, "detach-on-stop", 0, "on a stop signal, exit 0 at once and serve on, detached, until a newer takeover replaces this one or this long has passed (for runit, daemontools, s6, supervisord; not systemd); 0: a stop is a stop")
 	fs.StringVar(&c.PIDFile, "pid-file", "", "write takeover's pid to this file")
@@ -72,9 +73,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	verbose := fs.Bool("v", false, "log debug detail")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return config{}, nil
+			return supervise.Config{}, nil
 		}
-		return config{}, errUsage
+		return supervise.Config{}, errUsage
 	}
 	c.Command = fs.Args()
 	if len(c.Command) == 0 {
@@ -93,8 +94,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		d    time.Duration
 	}{{"kill-timeout", c.KillTimeout}, {"bind-timeout", c.BindTimeout}, {"kill-old-delay", c.KillOldDelay}, {"ready-timeout", c.ReadyTimeout},
 		{"lock-timeout", c.LockTimeout}, {"interval", c.Interval}, {"restart-window", c.RestartWindow}} {
-		if d.d > maxFlagDuration {
-			return c, fmt.Errorf("--%s %v: want at most %v (a year)", d.name, d.d, maxFlagDuration)
+		if d.d > supervise.MaxFlagDuration {
+			return c, fmt.Errorf("--%s %v: want at most %v (a year)", d.name, d.d, supervise.MaxFlagDuration)
 		}
 	}
 	switch {
@@ -108,10 +109,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("--ready-timeout %v: must be more than 0", c.ReadyTimeout)
 	case c.LockTimeout < 0:
 		return c, fmt.Errorf("--lock-timeout %v: must be more than 0", c.LockTimeout)
-	case c.DrainTimeout <= 0 || c.DrainTimeout > maxDrain:
-		return c, fmt.Errorf("--drain-timeout %v: want more than 0 and at most %v", c.DrainTimeout, maxDrain)
-	case c.DetachOnStop < 0 || c.DetachOnStop > maxDetach:
-		return c, fmt.Errorf("--detach-on-stop %v: want a duration from 0 (off) to %v", c.DetachOnStop, maxDetach)
+	case c.DrainTimeout <= 0 || c.DrainTimeout > supervise.MaxDrain:
+		return c, fmt.Errorf("--drain-timeout %v: want more than 0 and at most %v", c.DrainTimeout, supervise.MaxDrain)
+	case c.DetachOnStop < 0 || c.DetachOnStop > supervise.MaxDetach:
+		return c, fmt.Errorf("--detach-on-stop %v: want a duration from 0 (off) to %v", c.DetachOnStop, supervise.MaxDetach)
 	}
 	switch c.Fence {
 	case "on", "off":
@@ -119,12 +120,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("--fence %q: want on or off", c.Fence)
 	}
 	switch c.Ready {
-	case readyAccept, readyListen, readyNotify, readyInterval:
+	case supervise.ReadyAccept, supervise.ReadyListen, supervise.ReadyNotify, supervise.ReadyInterval:
 	default:
 		return c, fmt.Errorf("--ready %q: want accept, listen, notify or interval", c.Ready)
 	}
 	switch c.Sockets {
-	case socketsIntercept, socketsSystemd, socketsServerStarter:
+	case supervise.SocketsIntercept, supervise.SocketsSystemd, supervise.SocketsServerStarter:
 	default:
 		return c, fmt.Errorf("--sockets %q: want intercept, systemd or server-starter", c.Sockets)
 	}
@@ -142,8 +143,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if c.RestartWindow <= 0 {
 		return c, fmt.Errorf("--restart-window %v: must be more than 0", c.RestartWindow)
 	}
-	if c.RestartDelay <= 0 || c.RestartDelay > restartMax {
-		return c, fmt.Errorf("--restart-delay %v: want more than 0 and at most %v", c.RestartDelay, restartMax)
+	if c.RestartDelay <= 0 || c.RestartDelay > supervise.RestartMax {
+		return c, fmt.Errorf("--restart-delay %v: want more than 0 and at most %v", c.RestartDelay, supervise.RestartMax)
 	}
 	switch c.Strategy {
 	case "auto", "handoff", "rebind":
@@ -159,7 +160,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	// SIGKILL would leave nothing serving once the old one has drained.
 	switch {
 	case !set["bind-timeout"]:
-		c.BindTimeout = max(defaultBindTimeout, c.KillTimeout+5*time.Second)
+		c.BindTimeout = max(supervise.DefaultBindTimeout, c.KillTimeout+5*time.Second)
 	case c.Strategy != "handoff" && c.BindTimeout <= c.KillTimeout:
 		return c, fmt.Errorf("--bind-timeout %v is not longer than --kill-timeout %v: a rebind would give the port up before the old server is killed, and nothing would serve once it has drained; make --bind-timeout longer", c.BindTimeout, c.KillTimeout)
 	}
@@ -171,14 +172,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	default:
 		return c, fmt.Errorf("--log-format %q: want text or json", *logFormat)
 	}
-	logLevel.Set(slog.LevelInfo)
+	supervise.LogLevel.Set(slog.LevelInfo)
 	if *quiet {
-		logLevel.Set(slog.LevelError)
+		supervise.LogLevel.Set(slog.LevelError)
 	}
 	if *verbose {
-		logLevel.Set(slog.LevelDebug)
+		supervise.LogLevel.Set(slog.LevelDebug)
 	}
-	logJSON = *logFormat == "json"
+	supervise.LogJSON = *logFormat == "json"
 	return c, nil
 }
 
@@ -208,18 +209,18 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 		if !errors.Is(err, errUsage) {
 			fmt.Fprintf(stderr, "takeover: %v\n", err)
 		}
-		return exitLauncher
+		return supervise.ExitLauncher
 	}
 	if cfg.Command == nil {
 		return 0 // --help
 	}
-	if cfg.DetachOnStop > 0 && os.Getenv(frontEnv) == "" {
+	if cfg.DetachOnStop > 0 && os.Getenv(supervise.FrontEnv) == "" {
 		if systemd.UnderSystemd() {
 			fmt.Fprintln(stderr, "takeover: --detach-on-stop does not work under systemd: KillMode=mixed or control-group SIGKILLs the detached launcher with the rest of the unit; use the unit's file descriptor store (FileDescriptorStoreMax=8) instead, see README's Under systemd")
-			return exitLauncher
+			return supervise.ExitLauncher
 		}
-		return runFront(args, stderr)
+		return supervise.RunFront(args, stderr)
 	}
 	cfg.Rebind = retryBind
-	return launch(cfg, stderr)
+	return supervise.Launch(cfg, stderr)
 }

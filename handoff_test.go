@@ -16,6 +16,7 @@ import (
 
 	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/supervise"
 	"golang.org/x/sys/unix"
 )
 
@@ -272,7 +273,7 @@ func TestReloadOnHUP(t *testing.T) {
 	notify.expect(t, "READY=1")
 	notify.expect(t, "RELOADING=1")
 	notify.expect(t, "READY=1")
-	var st status
+	var st supervise.Status
 	b, err := os.ReadFile(statusFile)
 	if err != nil || json.Unmarshal(b, &st) != nil {
 		t.Fatalf("--status-file: %v, %q", err, b)

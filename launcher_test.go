@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/supervise"
 	"golang.org/x/sys/unix"
 )
 
@@ -658,7 +659,7 @@ func TestNoPrivilegedBindForUnprivilegedChild(t *testing.T) {
 	}
 	requireTool(t, "setpriv")
 	requireTool(t, "perl")
-	if unprivilegedPortStart() <= 1 {
+	if supervise.UnprivilegedPortStart() <= 1 {
 		t.Skip("every port is unprivileged here")
 	}
 	port := ""
@@ -762,15 +763,15 @@ func TestShimSilent(t *testing.T) {
 			port := freePort(t)
 			token := fmt.Sprintf("3599.%d", time.Now().UnixNano()%1e9) // names the command in /proc
 			cmd := exec.Command(takeoverBin(t), "--kill-timeout", "1s", "--bind-timeout", "2s", "--ready-timeout", "3s", "--port", port, "--", "sleep", token)
-			cmd.Env = append(os.Environ(), shimSilentEnv+"="+mode)
+			cmd.Env = append(os.Environ(), supervise.ShimSilentEnv+"="+mode)
 			r := startRun(t, cmd)
 			t.Cleanup(func() {
 				for _, pid := range procsWith(token) {
 					syscall.Kill(pid, syscall.SIGKILL)
 				}
 			})
-			if code := r.wait(t); code != exitLauncher {
-				t.Errorf("takeover exited %d, want %d; stderr:\n%s", code, exitLauncher, r.stderr)
+			if code := r.wait(t); code != supervise.ExitLauncher {
+				t.Errorf("takeover exited %d, want %d; stderr:\n%s", code, supervise.ExitLauncher, r.stderr)
 			}
 			want := "cannot start the command"
 			if mode == "hang" {
@@ -816,8 +817,8 @@ func TestReaperLeavesExecChildren(t *testing.T) {
 		return
 	}
 	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-	exits := make(chan childExit, 16)
-	reapOrphans(exits)
+	exits := make(chan supervise.ChildExit, 16)
+	supervise.ReapOrphans(exits)
 
 	// Each child has exited (a zombie, or reaped by someone) before Wait
 	// is called, as when Output reads to the end before it waits.
@@ -851,13 +852,13 @@ func TestReaperLeavesExecChildren(t *testing.T) {
 	}
 	gen := p.Pid
 	p.Release()
-	go waitChild(gen, pidfd, exits)
+	go supervise.WaitChild(gen, pidfd, exits)
 	for seen := map[int]bool{}; !seen[orphan] || !seen[gen]; {
 		select {
 		case e := <-exits:
-			seen[e.pid] = true
-			if e.pid == gen && e.status.ExitStatus() != 3 {
-				t.Errorf("the generation's status is %v, want exit status 3", e.status)
+			seen[e.Pid] = true
+			if e.Pid == gen && e.Status.ExitStatus() != 3 {
+				t.Errorf("the generation's status is %v, want exit status 3", e.Status)
 			}
 		case <-time.After(30 * time.Second):
 			t.Fatalf("after 30s, reaped %v; want the orphan %d and the generation %d", seen, orphan, gen)

@@ -69,6 +69,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // version is set at build time with -ldflags "-X main.version=..."; without
@@ -82,12 +84,12 @@ const (
 )
 
 func main() {
-	switch os.Getenv(shimEnv) {
+	switch os.Getenv(supervise.ShimEnv) {
 	case "":
-	case passShim:
-		runPassShim(os.Args[1:])
+	case supervise.PassShim:
+		supervise.RunPassShim(os.Args[1:])
 	default:
-		runShim(os.Args[1:])
+		supervise.RunShim(os.Args[1:])
 	}
 	if filepath.Base(os.Args[0]) == "start_server" { // a drop-in, through a symlink
 		os.Exit(runStartServer(os.Args[1:], os.Stdout, os.Stderr))

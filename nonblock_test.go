@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // TestRollbackLeavesOldSocketBlocking: an old server that accepts in a
@@ -78,8 +80,8 @@ func TestRollbackLeavesOldSocketBlocking(t *testing.T) {
 			if got := bad.line(t); got != "listening "+oldIno {
 				t.Fatalf("the new server printed %q, want %q: not handed the old socket\n%s", got, "listening "+oldIno, bad.stderr)
 			}
-			if code := bad.wait(t); code != exitNotReady || !strings.Contains(bad.stderr.String(), "rolling back") {
-				t.Fatalf("takeover exited %d, want %d and a rollback:\n%s", code, exitNotReady, bad.stderr)
+			if code := bad.wait(t); code != supervise.ExitNotReady || !strings.Contains(bad.stderr.String(), "rolling back") {
+				t.Fatalf("takeover exited %d, want %d and a rollback:\n%s", code, supervise.ExitNotReady, bad.stderr)
 			}
 			for _, when := range []string{"the first connection after the rollback", "the second", "the third"} {
 				askOld(when)

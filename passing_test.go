@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // TestSocketPassing: with --sockets systemd and server-starter, takeover
@@ -19,8 +21,8 @@ import (
 func TestSocketPassing(t *testing.T) {
 	self, _ := os.Executable()
 	for _, tt := range []struct{ mode, helper string }{
-		{socketsSystemd, "activated"},
-		{socketsServerStarter, "starter"},
+		{supervise.SocketsSystemd, "activated"},
+		{supervise.SocketsServerStarter, "starter"},
 	} {
 		t.Run(tt.mode, func(t *testing.T) {
 			port := freePort(t)
@@ -30,7 +32,7 @@ func TestSocketPassing(t *testing.T) {
 			}
 			cur := start()
 			cur.waitLog(t, "strategy=fresh")
-			if tt.mode == socketsServerStarter {
+			if tt.mode == supervise.SocketsServerStarter {
 				if line := cur.line(t); !strings.HasSuffix(line, " "+addr+"=3") {
 					t.Errorf("the command saw %q, want SERVER_STARTER_PORT=%s=3", line, addr)
 				}
@@ -63,8 +65,8 @@ func TestSocketPassing(t *testing.T) {
 func TestReadyByNotify(t *testing.T) {
 	self, _ := os.Executable()
 	for _, tt := range []struct{ mode, helper string }{
-		{socketsIntercept, "notifier"},
-		{socketsSystemd, "activated"},
+		{supervise.SocketsIntercept, "notifier"},
+		{supervise.SocketsSystemd, "activated"},
 	} {
 		t.Run(tt.mode, func(t *testing.T) {
 			marks := filepath.Join(t.TempDir(), "marks")
@@ -105,7 +107,7 @@ func lastNewPID(t *testing.T, r *tkRun) int {
 // ... and no other socket of takeover's.
 func TestSocketPassingFDs(t *testing.T) {
 	port := freePort(t)
-	r := startTakeover(t, "", "--sockets", socketsSystemd, "--ready", readyInterval, "--interval", "50ms",
+	r := startTakeover(t, "", "--sockets", supervise.SocketsSystemd, "--ready", supervise.ReadyInterval, "--interval", "50ms",
 		"--port", "127.0.0.1:"+port, "--path", filepath.Join(t.TempDir(), "app.sock"), "--", "sleep", "30")
 	r.waitLog(t, "took over")
 	if fds := socketFDsOf(t, lastNewPID(t, r)); !slices.Equal(fds, []int{3, 4}) {

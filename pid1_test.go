@@ -12,6 +12,7 @@ import (
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // TestPID1Replaced: takeover as PID 1 of a PID namespace of its own (what a
@@ -104,10 +105,10 @@ func TestSignalLauncherChecksStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	stale := rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start + 1}
-	if err := signalLauncher(stale, syscall.SIGTERM); err == nil {
+	if err := supervise.SignalLauncher(stale, syscall.SIGTERM); err == nil {
 		t.Fatal("signalLauncher signalled a process its record does not name")
 	}
-	if err := signalLauncher(rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
+	if err := supervise.SignalLauncher(rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	err = cmd.Wait()

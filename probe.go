@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // runProbe implements `takeover probe`: the load and probe program of
@@ -63,10 +64,10 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 	out := map[string]any{
 		"requests": r.Requests, "failed": r.FailedRequests(), "refused": r.Refused, "resets": r.Resets,
 		"timeouts": r.Timeouts, "other": r.Failed,
-		"longest_refused_ms": ms(r.LongestRefused()),
-		"p50_ms":             ms(load.Percentile(r.Latencies, 50)),
-		"p99_ms":             ms(load.Percentile(r.Latencies, 99)),
-		"max_ms":             ms(load.Percentile(r.Latencies, 100)),
+		"longest_refused_ms": supervise.Ms(r.LongestRefused()),
+		"p50_ms":             supervise.Ms(load.Percentile(r.Latencies, 50)),
+		"p99_ms":             supervise.Ms(load.Percentile(r.Latencies, 99)),
+		"max_ms":             supervise.Ms(load.Percentile(r.Latencies, 100)),
 	}
 	json.NewEncoder(stdout).Encode(out)
 	return 0

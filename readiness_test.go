@@ -13,6 +13,7 @@ import (
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // TestOldStoppedOnlyOnceNewAccepts: a server that listens long before it
@@ -75,8 +76,8 @@ func TestReadyTimeoutRollsBack(t *testing.T) {
 	code := bad.wait(t)
 	cancel()
 	r := <-loaded
-	if code != exitNotReady {
-		t.Errorf("takeover exited %d, want %d", code, exitNotReady)
+	if code != supervise.ExitNotReady {
+		t.Errorf("takeover exited %d, want %d", code, supervise.ExitNotReady)
 	}
 	if s := bad.stderr.String(); !strings.Contains(s, "rolling back") || !strings.Contains(s, "no process of it was seen accepting") {
 		t.Errorf("the log does not say what was rolled back and why:\n%s", s)
@@ -127,8 +128,8 @@ func TestLockWaitIsBounded(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	waiter := startTakeover(t, "serve", "--lock-timeout", "1s", "--port", port, "--", self, addr)
-	if code := waiter.wait(t); code != exitLauncher {
-		t.Errorf("the waiting takeover exited %d, want %d", code, exitLauncher)
+	if code := waiter.wait(t); code != supervise.ExitLauncher {
+		t.Errorf("the waiting takeover exited %d, want %d", code, supervise.ExitLauncher)
 	}
 	s := waiter.stderr.String()
 	for _, want := range []string{"waiting for another takeover", "takeover_pid=" + strconv.Itoa(slow.cmd.Process.Pid), "longer than --lock-timeout", "kill " + strconv.Itoa(slow.cmd.Process.Pid)} {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // loadWhile runs two clients against addr until f returns, and returns what
@@ -118,7 +119,7 @@ func TestRespawnUncaughtException(t *testing.T) {
 		t.Errorf("the restart line does not give the dead process's status:\n%s", r.stderr)
 	}
 	r.waitLogCount(t, `msg="took over"`, 4) // the status file is written with the swap line
-	var st status
+	var st supervise.Status
 	b, err := os.ReadFile(statusFile)
 	if err == nil {
 		err = json.Unmarshal(b, &st)

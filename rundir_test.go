@@ -18,6 +18,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // testRunDir opens a fresh run directory, closed at cleanup.
@@ -135,8 +136,8 @@ func TestRunDirOfAnotherUser(t *testing.T) {
 	cmd.Env = envWithout([]string{"TAKEOVER_RUN_DIR", "XDG_RUNTIME_DIR", "TMPDIR"}, "TMPDIR="+tmp)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != exitLauncher {
-		t.Errorf("takeover exited with %v, want status %d; output:\n%s", err, exitLauncher, out)
+	if !errors.As(err, &ee) || ee.ExitCode() != supervise.ExitLauncher {
+		t.Errorf("takeover exited with %v, want status %d; output:\n%s", err, supervise.ExitLauncher, out)
 	}
 	if want := fmt.Sprintf("run directory %s is owned by uid 65534, not by this user (uid %d)", run, victim); !strings.Contains(string(out), want) {
 		t.Errorf("takeover's output lacks %q:\n%s", want, out)
@@ -195,8 +196,8 @@ func TestRunDirRefused(t *testing.T) {
 			cmd.Env = envWithout([]string{"TAKEOVER_RUN_DIR"}, "TAKEOVER_RUN_DIR="+dir)
 			out, err := cmd.CombinedOutput()
 			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != exitLauncher {
-				t.Errorf("takeover exited with %v, want status %d; output:\n%s", err, exitLauncher, out)
+			if !errors.As(err, &ee) || ee.ExitCode() != supervise.ExitLauncher {
+				t.Errorf("takeover exited with %v, want status %d; output:\n%s", err, supervise.ExitLauncher, out)
 			}
 			if want := "takeover: run directory " + dir + " " + tt.says; !strings.Contains(string(out), want) {
 				t.Errorf("takeover's output lacks %q:\n%s", want, out)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/starter"
+	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 )
 
@@ -122,19 +123,19 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 	if err := o.Check(); err != nil {
 		return fail(exitUsage, "%v", err)
 	}
-	opts := &startServerOpts{Dir: o.Dir, EnvDir: o.EnvDir, Backlog: o.Backlog, StatusFile: o.StatusFile, MaxRetries: o.MaxRestarts, AutoRestart: o.AutoRestart}
+	opts := &supervise.StartServerOpts{Dir: o.Dir, EnvDir: o.EnvDir, Backlog: o.Backlog, StatusFile: o.StatusFile, MaxRetries: o.MaxRestarts, AutoRestart: o.AutoRestart}
 	killTimeout := o.KillTimeout
 	if killTimeout == 0 {
-		killTimeout = defaultKillTimeout
+		killTimeout = supervise.DefaultKillTimeout
 	}
 
-	cfg := config{StartServer: opts, Sockets: socketsServerStarter, Ready: readyInterval, Restart: "always",
+	cfg := supervise.Config{StartServer: opts, Sockets: supervise.SocketsServerStarter, Ready: supervise.ReadyInterval, Restart: "always",
 		Command: o.Command, KillOldDelay: o.KillOldDelay, KillTimeout: killTimeout,
 		MaxRestarts: o.MaxRestarts}
 	// --interval 0: ready at once (takeover's zero Interval means 1s).
 	cfg.Interval = max(o.Interval, time.Nanosecond)
-	cfg.BindTimeout = max(defaultBindTimeout, cfg.KillTimeout+5*time.Second)
-	cfg.ReadyTimeout = max(defaultReadyTimeout, cfg.BindTimeout+30*time.Second, cfg.Interval+time.Minute)
+	cfg.BindTimeout = max(supervise.DefaultBindTimeout, cfg.KillTimeout+5*time.Second)
+	cfg.ReadyTimeout = max(supervise.DefaultReadyTimeout, cfg.BindTimeout+30*time.Second, cfg.Interval+time.Minute)
 	if cfg.Signal, err = parseSignal(o.SignalOnHUP); err != nil {
 		return fail(exitUsage, "--signal-on-hup: %v", err)
 	}
@@ -150,7 +151,7 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "start_server (pid:%d) starting now...\n", os.Getpid()) // before --log-file, as start_server
 	}
 	if o.Daemonize && !isDaemon {
-		return runDaemon(cfg.lockTimeout()+cfg.bindTimeout()+10*time.Second, stderr)
+		return runDaemon(cfg.EffectiveLockTimeout()+cfg.EffectiveBindTimeout()+10*time.Second, stderr)
 	}
 	var logOut *os.File
 	if o.LogFile != "" {
@@ -194,5 +195,5 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 		}()
 	}
 	cfg.Rebind = retryBind
-	return launch(cfg, stderr)
+	return supervise.Launch(cfg, stderr)
 }

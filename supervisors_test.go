@@ -16,6 +16,7 @@ import (
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
+	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 )
 
@@ -280,13 +281,13 @@ func TestDetachOnStopFlag(t *testing.T) {
 	for _, v := range []string{"-1s", "2h", "soon"} {
 		var errOut strings.Builder
 		code := run([]string{"--detach-on-stop", v, "--port", "8100", "--", "true"}, &errOut, &errOut)
-		if code != exitLauncher || !strings.Contains(errOut.String(), "detach-on-stop") {
+		if code != supervise.ExitLauncher || !strings.Contains(errOut.String(), "detach-on-stop") {
 			t.Errorf("--detach-on-stop %s: exit %d, %q", v, code, errOut.String())
 		}
 	}
 	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
 	var errOut strings.Builder
-	if code := run([]string{"--detach-on-stop", "10s", "--port", "8100", "--", "true"}, &errOut, &errOut); code != exitLauncher ||
+	if code := run([]string{"--detach-on-stop", "10s", "--port", "8100", "--", "true"}, &errOut, &errOut); code != supervise.ExitLauncher ||
 		!strings.Contains(errOut.String(), "FileDescriptorStoreMax") {
 		t.Errorf("--detach-on-stop under systemd: exit %d, %q; want refused, pointing to the fd store", code, errOut.String())
 	}
@@ -401,9 +402,9 @@ func TestDetachedRecordLeftToNewer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &launcher{ctx: context.Background(), cfg: config{Ports: []target.PortSpec{spec}}, dir: dir, self: os.Getpid(), born: st.Start, log: slog.New(slog.DiscardHandler)}
+	l := &supervise.Launcher{Ctx: context.Background(), Cfg: supervise.Config{Ports: []target.PortSpec{spec}}, Dir: dir, Self: os.Getpid(), Born: st.Start, Log: slog.New(slog.DiscardHandler)}
 	key := spec.Key()
-	mine := rundir.GenRecord{Launcher: l.self, LauncherStart: l.born, Child: 1}
+	mine := rundir.GenRecord{Launcher: l.Self, LauncherStart: l.Born, Child: 1}
 	if err := rundir.WriteRecord(dir, key, mine); err != nil {
 		t.Fatal(err)
 	}
@@ -411,13 +412,13 @@ func TestDetachedRecordLeftToNewer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.setDetached(time.Now().Add(time.Minute))
+	l.SetDetached(time.Now().Add(time.Minute))
 	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil != nil {
 		t.Errorf("the detached launcher wrote its record while another takeover held the port's lock: %+v (found: %v)", r, ok)
 	}
 	rundir.ReleaseLocks(newer)
 	until := time.Now().Add(time.Minute)
-	l.setDetached(until)
+	l.SetDetached(until)
 	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil == nil || !r.DetachedUntil.Equal(until) {
 		t.Errorf("with the lock free, the record is %+v (found: %v), want detached until %v", r, ok, until)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/supervise"
 )
 
 // BenchmarkSwap replaces a server 25 times under a concurrent request loop
@@ -73,8 +74,8 @@ func benchSwaps(b *testing.B, strategy string, swaps int, warm time.Duration) {
 	b.ReportMetric(float64(swaps), "swaps")
 	b.ReportMetric(float64(r.FailedRequests()), "failed")
 	b.ReportMetric(float64(r.Refused), "refused")
-	b.ReportMetric(ms(load.Percentile(ws, 50)), "refused-median-ms")
-	b.ReportMetric(ms(load.Percentile(ws, 100)), "refused-max-ms")
+	b.ReportMetric(supervise.Ms(load.Percentile(ws, 50)), "refused-median-ms")
+	b.ReportMetric(supervise.Ms(load.Percentile(ws, 100)), "refused-max-ms")
 	cur.cmd.Process.Signal(syscall.SIGTERM)
 	if err := cur.wait(30 * time.Second); err != nil {
 		b.Error(err)
@@ -87,8 +88,8 @@ func benchSwaps(b *testing.B, strategy string, swaps int, warm time.Duration) {
 		}
 	}
 	if len(logged) > 0 {
-		b.ReportMetric(ms(load.Percentile(logged, 50)), "takeover-window-median-ms")
-		b.ReportMetric(ms(load.Percentile(logged, 100)), "takeover-window-max-ms")
+		b.ReportMetric(supervise.Ms(load.Percentile(logged, 50)), "takeover-window-median-ms")
+		b.ReportMetric(supervise.Ms(load.Percentile(logged, 100)), "takeover-window-max-ms")
 	}
 }
 

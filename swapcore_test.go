@@ -21,6 +21,7 @@ import (
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/supervise"
 	"golang.org/x/sys/unix"
 )
 
@@ -492,17 +493,17 @@ func TestCheckOldAfterOpen(t *testing.T) {
 		t.Fatalf("%d listeners on %s", len(ls), srv.addr)
 	}
 	real, reused := srv.cmd.Process.Pid, other.cmd.Process.Pid
-	sw := &swap{inodes: []uint64{ls[0].Inode}}
+	sw := &supervise.Swap{Inodes: []uint64{ls[0].Inode}}
 	for _, pid := range []int{real, reused} {
 		sw.Old = append(sw.Old, owner.StopTarget{PID: pid, Holder: owner.Holder{PID: pid}})
 	}
-	sw.oldProcs, sw.holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
-	defer sw.releaseOld()
-	l := &launcher{}
-	if err := l.checkOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
+	sw.OldProcs, sw.Holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
+	defer sw.ReleaseOld()
+	l := &supervise.Launcher{}
+	if err := l.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
 		t.Fatal(err)
 	}
-	if got := fmt.Sprint(pidfd.PidsOf(sw.oldProcs), pidfd.PidsOf(sw.holders)); got != fmt.Sprint([]int{real}, []int{real}) {
+	if got := fmt.Sprint(pidfd.PidsOf(sw.OldProcs), pidfd.PidsOf(sw.Holders)); got != fmt.Sprint([]int{real}, []int{real}) {
 		t.Errorf("kept targets and holders %s, want only the holder %d", got, real)
 	}
 }

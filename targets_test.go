@@ -18,6 +18,7 @@ import (
 
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/owner"
+	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 )
 
@@ -585,7 +586,7 @@ func TestForeignUnixServerReplaced(t *testing.T) {
 func TestSocketPassingPathAndUDP(t *testing.T) {
 	self, _ := os.Executable()
 	takeoverBin(t)
-	for _, mode := range []string{socketsSystemd, socketsServerStarter} {
+	for _, mode := range []string{supervise.SocketsSystemd, supervise.SocketsServerStarter} {
 		t.Run(mode, func(t *testing.T) {
 			procs := trackProcesses(t)
 			path := filepath.Join(t.TempDir(), "app.sock")
@@ -602,7 +603,7 @@ func TestSocketPassingPathAndUDP(t *testing.T) {
 				extra: []string{"--sockets", mode, "--port", "udp:" + udp}}
 			check := func(what string) {
 				want := "listening LISTEN_FDS=2 LISTEN_FDNAMES=unix-app.sock:udp-" + port
-				if mode == socketsServerStarter {
+				if mode == supervise.SocketsServerStarter {
 					want = fmt.Sprintf("listening SERVER_STARTER_PORT=%s=3;%s=4 SERVER_STARTER_GENERATION=%d", path, udp, swapLines(h.cur))
 				}
 				if got := h.cur.line(t); got != want {

@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 // completion once the new generation is ready (the old server stopped).
 
 // A swap is one --port target taken over by a generation.
-type swap struct {
+type Swap struct {
 	Spec        target.PortSpec
 	Addr        netip.AddrPort
 	Strategy    string    // "fresh" (the port was free), "rebind", "handoff" or "rename" (unix)
@@ -29,11 +29,11 @@ type swap struct {
 	Why         string    // why auto chose it
 	Old         []owner.StopTarget
 	OldCmd      string
-	oldProcs    []*pidfd.OldProcess // the stop targets
-	holders     []*pidfd.OldProcess // every old holder, for SIGKILL
-	inodes      []uint64            // the old listening sockets
+	OldProcs    []*pidfd.OldProcess // the stop targets
+	Holders     []*pidfd.OldProcess // every old holder, for SIGKILL
+	Inodes      []uint64            // the old listening sockets
 	Lookup      time.Duration
-	rebindTimes           // how a rebind went (rebind only)
+	RebindTimes           // how a rebind went (rebind only)
 	fence       *fence    // a fenced handoff (fence_linux.go)
 	notFenced   string    // why a handoff was not fenced
 	Began       time.Time // the command's bind(2)
@@ -47,7 +47,7 @@ type swap struct {
 // --kill-old-delay): it records the generation, tells systemd, logs the
 // swap, stops the generation it replaced (only while the new one still
 // runs), waits for that to exit and releases the port locks.
-func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
+func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	// The swap a generation before g left unfinished (it exited while the
 	// old servers finished) is g's to complete: one swap at a time decides.
 	l.fencing.Lock()
@@ -65,36 +65,36 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	}
 	defer func() { rundir.ReleaseLocks(locks) }()
 	g.mu.Lock()
-	swaps := append([]*swap(nil), g.swaps...)
+	swaps := append([]*Swap(nil), g.swaps...)
 	g.mu.Unlock()
 
 	before := l.othersRecords()
 	for _, key := range l.keys() {
-		if err := l.updateRecord(ctx, key, rundir.GenRecord{Launcher: l.self, LauncherStart: l.born, Child: g.pid, StopSignal: int(l.cfg.signal())}, len(locks) > 0); err != nil {
-			l.log.Warn("cannot record the generation", "lock", key, "err", err)
+		if err := l.updateRecord(ctx, key, rundir.GenRecord{Launcher: l.Self, LauncherStart: l.Born, Child: g.pid, StopSignal: int(l.Cfg.signal())}, len(locks) > 0); err != nil {
+			l.Log.Warn("cannot record the generation", "lock", key, "err", err)
 		}
 	}
 	l.writeStatus(g, swaps) // before the log line, which tells that it is written
 	l.logSwap(g, swaps)
 
-	stop, ok := g.claimSwaps(l.log)
+	stop, ok := g.claimSwaps(l.Log)
 	if !ok {
 		stop = g.claimExited()
 		g.releaseSwaps()
 	}
 	if inherited != nil {
 		stop = append(stop, inherited.stop...)
-		l.log.Info("completing the swap an earlier generation began: its old servers are stopped once they have finished", "generation", g.num, "old_pids", fmt.Sprint(pidfd.PidsOf(inherited.procs()...)))
+		l.Log.Info("completing the swap an earlier generation began: its old servers are stopped once they have finished", "generation", g.num, "old_pids", fmt.Sprint(pidfd.PidsOf(inherited.procs()...)))
 	}
 	if !ok && len(stop) == 0 {
-		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
+		l.Log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
 		return
 	}
 	if !ok || l.raiseFences(ctx, g, stop) && g.hasExited() {
 		// While the old server finished: it serves on, new connections
 		// reach it again, and the next generation (a restart) completes
 		// the swap once it is ready.
-		l.log.Warn("the new generation exited before its swap completed; the old server serves on until a restarted generation is ready", "generation", g.num)
+		l.Log.Warn("the new generation exited before its swap completed; the old server serves on until a restarted generation is ready", "generation", g.num)
 		var prevs []*generation
 		if g.prev != nil && !g.prev.hasExited() {
 			prevs = append(prevs, g.prev) // a reload's: its copies stay
@@ -108,7 +108,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	}
 	doneFencing()
 	l.keepInStore(g)
-	l.notify(fmt.Sprintf("READY=1\nSTATUS=serving: generation %d, pid %d\nMAINPID=%d", g.num, g.pid, l.self))
+	l.notify(fmt.Sprintf("READY=1\nSTATUS=serving: generation %d, pid %d\nMAINPID=%d", g.num, g.pid, l.Self))
 	if g.prev != nil {
 		g.prev.closeCopies() // takeover's own copies must not hold a port it rebinds
 	}
@@ -125,21 +125,21 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	for i, st := range stop {
 		restored[i] = st.path.guard(gctx)
 	}
-	signalOnce(stop, l.cfg.signal())
+	signalOnce(stop, l.Cfg.signal())
 	// Hold the locks until the old generation is gone, so that the next
 	// takeover finds one generation, not two.
 	for _, st := range stop {
-		wctx, cancel := context.WithTimeout(ctx, l.cfg.killTimeout())
+		wctx, cancel := context.WithTimeout(ctx, l.Cfg.killTimeout())
 		for _, p := range st.procs {
 			if !p.Wait(wctx) {
-				l.log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
-				killStillHolding(st.holders, st.sw.inodes)
+				l.Log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
+				KillStillHolding(st.holders, st.sw.Inodes)
 			}
 		}
 		cancel()
 		if f := st.sw.fence; f != nil {
-			if held := g.heldFor(st.sw.Spec, st.sw.Addr); held != nil && !f.settle(ctx, held.copyFD) {
-				l.log.Debug("the old socket still listens after its server exited; new connections stay steered to the new one", "port", st.sw.Spec.String())
+			if held := g.heldFor(st.sw.Spec, st.sw.Addr); held != nil && !f.Settle(ctx, held.copyFD) {
+				l.Log.Debug("the old socket still listens after its server exited; new connections stay steered to the new one", "port", st.sw.Spec.String())
 			}
 		}
 	}
@@ -160,7 +160,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 			if st.sw.Via != "own-copy" && !st.sw.Old[0].Launcher {
 				hint = "; start the old server under takeover, which keeps the path"
 			}
-			l.log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed"+hint+")", "path", st.path.path, "times", n)
+			l.Log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed"+hint+")", "path", st.path.path, "times", n)
 		}
 		st.path.finish()
 		pidfd.CloseAll(st.procs)
@@ -168,19 +168,19 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	}
 }
 
-func (l *launcher) completeSwap(g *generation, unlock bool) {
+func (l *Launcher) completeSwap(g *generation, unlock bool) {
 	var locks []*os.File
 	if unlock {
 		locks, l.locks = l.locks, nil
 	}
 	go func() {
-		l.swap(l.ctx, g, locks)
+		l.swap(l.Ctx, g, locks)
 		l.events <- event{kind: evSwapped, g: g}
 	}()
 }
 
 // logSwap writes the one line that says how a generation took its ports.
-func (l *launcher) logSwap(g *generation, swaps []*swap) {
+func (l *Launcher) logSwap(g *generation, swaps []*Swap) {
 	by, readyAt := g.readiedBy()
 	attrs := []any{"generation", g.num, "new_pid", g.pid, "ready_by", by}
 	for _, sw := range swaps {
@@ -207,7 +207,7 @@ func (l *launcher) logSwap(g *generation, swaps []*swap) {
 		a = append(a, "total", readyAt.Sub(sw.Began))
 		attrs = append(attrs, slog.Group(sw.Spec.String(), a...))
 	}
-	l.log.Info("took over", attrs...)
+	l.Log.Info("took over", attrs...)
 }
 
 // claimSwaps completes the generation's swaps unless it has exited (ok is
@@ -229,13 +229,13 @@ func (g *generation) claimSwaps(log *slog.Logger) (stop []oldStop, ok bool) {
 			sw.abandon()
 			continue
 		}
-		if len(sw.oldProcs) == 0 {
+		if len(sw.OldProcs) == 0 {
 			sw.path.finish()
 			sw.path = nil
 			continue
 		}
-		stop = append(stop, oldStop{sw, sw.path, sw.oldProcs, sw.holders})
-		sw.path, sw.oldProcs, sw.holders = nil, nil, nil
+		stop = append(stop, oldStop{sw, sw.path, sw.OldProcs, sw.Holders})
+		sw.path, sw.OldProcs, sw.Holders = nil, nil, nil
 	}
 	return stop, true
 }
@@ -249,11 +249,11 @@ func (g *generation) claimExited() []oldStop {
 	defer g.mu.Unlock()
 	var stop []oldStop
 	for _, sw := range g.swaps {
-		if sw.Spec.Net == target.NetUnix || sw.Strategy != "handoff" || len(sw.oldProcs) == 0 {
+		if sw.Spec.Net == target.NetUnix || sw.Strategy != "handoff" || len(sw.OldProcs) == 0 {
 			continue
 		}
-		stop = append(stop, oldStop{sw, nil, sw.oldProcs, sw.holders})
-		sw.oldProcs, sw.holders = nil, nil
+		stop = append(stop, oldStop{sw, nil, sw.OldProcs, sw.Holders})
+		sw.OldProcs, sw.Holders = nil, nil
 	}
 	return stop
 }
@@ -283,7 +283,7 @@ func (u *unfinished) procs() [][]*pidfd.OldProcess {
 // interrupt keeps u, the rest of g's swap, for the next generation: it
 // steers new connections back to the old sockets, puts back the records of
 // the takeovers being replaced (before), and holds the port locks.
-func (l *launcher) interrupt(ctx context.Context, g *generation, u *unfinished, before map[string]rundir.GenRecord) {
+func (l *Launcher) interrupt(ctx context.Context, g *generation, u *unfinished, before map[string]rundir.GenRecord) {
 	for _, st := range u.stop {
 		f := st.sw.fence
 		if f == nil {
@@ -293,7 +293,7 @@ func (l *launcher) interrupt(ctx context.Context, g *generation, u *unfinished, 
 		// lifecycle let go of g's, and then the group has the old one alone.
 		if sock := g.dupHeld(st.sw.Spec, st.sw.Addr); sock >= 0 {
 			if err := f.lower(sock); err != nil {
-				l.log.Warn("cannot steer new connections back to the old server; they wait for the restarted one", "port", st.sw.Spec.String(), "err", err)
+				l.Log.Warn("cannot steer new connections back to the old server; they wait for the restarted one", "port", st.sw.Spec.String(), "err", err)
 			}
 			unix.Close(sock)
 		}
@@ -303,11 +303,11 @@ func (l *launcher) interrupt(ctx context.Context, g *generation, u *unfinished, 
 		// at work, which is then the one to stop the old servers.
 		now, cancel := context.WithCancel(ctx)
 		cancel()
-		u.locks, _ = rundir.LockTargets(now, l.dir, l.keys(), rundir.LockOwner{PID: l.self, Start: l.born}, func(string, rundir.LockOwner, time.Duration) {})
+		u.locks, _ = rundir.LockTargets(now, l.Dir, l.keys(), rundir.LockOwner{PID: l.Self, Start: l.Born}, func(string, rundir.LockOwner, time.Duration) {})
 	}
 	for key, r := range before {
 		if err := l.updateRecord(ctx, key, r, len(u.locks) > 0); err != nil {
-			l.log.Warn("cannot put back the record of the takeover that serves on", "lock", key, "err", err)
+			l.Log.Warn("cannot put back the record of the takeover that serves on", "lock", key, "err", err)
 		}
 	}
 	l.mu.Lock()
@@ -317,7 +317,7 @@ func (l *launcher) interrupt(ctx context.Context, g *generation, u *unfinished, 
 
 // takeUnfinished returns the swap an earlier generation left unfinished,
 // for the caller to complete, or nil.
-func (l *launcher) takeUnfinished() *unfinished {
+func (l *Launcher) takeUnfinished() *unfinished {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	u := l.unfinished
@@ -327,7 +327,7 @@ func (l *launcher) takeUnfinished() *unfinished {
 
 // fallBack gives up the unfinished swap of a reload, whose old generation
 // serves on, and returns that generation; nil if there is none.
-func (l *launcher) fallBack() *generation {
+func (l *Launcher) fallBack() *generation {
 	l.mu.Lock()
 	u := l.unfinished
 	var old *generation
@@ -355,12 +355,12 @@ func (l *launcher) fallBack() *generation {
 // dropUnfinished lets go of a swap no generation will complete (takeover
 // exits): the old servers serve on, and a newer takeover replaces them as
 // the records name them.
-func (l *launcher) dropUnfinished() {
+func (l *Launcher) dropUnfinished() {
 	u := l.takeUnfinished()
 	if u == nil {
 		return
 	}
-	l.log.Warn("the swap an exited generation began was not completed: the old servers serve on", "old_pids", fmt.Sprint(pidfd.PidsOf(u.procs()...)))
+	l.Log.Warn("the swap an exited generation began was not completed: the old servers serve on", "old_pids", fmt.Sprint(pidfd.PidsOf(u.procs()...)))
 	for _, st := range u.stop {
 		st.abandon()
 	}
@@ -369,10 +369,10 @@ func (l *launcher) dropUnfinished() {
 
 // othersRecords returns the records of the launcher's targets that name
 // another live takeover: those a first swap replaces.
-func (l *launcher) othersRecords() map[string]rundir.GenRecord {
+func (l *Launcher) othersRecords() map[string]rundir.GenRecord {
 	rs := make(map[string]rundir.GenRecord)
 	for _, key := range l.keys() {
-		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher != l.self {
+		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher != l.Self {
 			rs[key] = r
 		}
 	}
@@ -386,14 +386,14 @@ func (l *launcher) othersRecords() map[string]rundir.GenRecord {
 // record (written in the swap that replaces this launcher) is the one to
 // keep; and it writes only where the record names this launcher or none
 // alive.
-func (l *launcher) updateRecord(ctx context.Context, key string, r rundir.GenRecord, held bool) error {
+func (l *Launcher) updateRecord(ctx context.Context, key string, r rundir.GenRecord, held bool) error {
 	if !held {
 		now, cancel := context.WithCancel(ctx)
 		cancel()
 		var busy rundir.LockOwner
-		locks, err := rundir.LockTargets(now, l.dir, []string{key}, rundir.LockOwner{PID: l.self, Start: l.born}, func(_ string, owner rundir.LockOwner, _ time.Duration) { busy = owner })
+		locks, err := rundir.LockTargets(now, l.Dir, []string{key}, rundir.LockOwner{PID: l.Self, Start: l.Born}, func(_ string, owner rundir.LockOwner, _ time.Duration) { busy = owner })
 		switch {
-		case busy.PID == l.self: // held by this launcher's first swap
+		case busy.PID == l.Self: // held by this launcher's first swap
 		case busy.PID != 0:
 			return fmt.Errorf("not written: takeover pid %d holds the port lock, a newer takeover at work on the port", busy.PID)
 		case err != nil:
@@ -401,17 +401,17 @@ func (l *launcher) updateRecord(ctx context.Context, key string, r rundir.GenRec
 		default:
 			defer rundir.ReleaseLocks(locks)
 		}
-		if cur, ok := rundir.ReadRecord(l.dir, key); ok && cur.Launcher != l.self {
+		if cur, ok := rundir.ReadRecord(l.Dir, key); ok && cur.Launcher != l.Self {
 			return fmt.Errorf("not written: the record names takeover pid %d, which has replaced this one", cur.Launcher)
 		}
 	}
-	return rundir.WriteRecord(l.dir, key, r)
+	return rundir.WriteRecord(l.Dir, key, r)
 }
 
 // An oldStop is what a completed swap has left to do: stop the old
 // processes, and guard the unix path meanwhile.
 type oldStop struct {
-	sw             *swap
+	sw             *Swap
 	path           *pathSwap
 	procs, holders []*pidfd.OldProcess
 }
@@ -428,19 +428,19 @@ func (st oldStop) abandon() {
 // abandon lets go of a swap that will not be completed: of its old
 // processes' pidfds, and of the names beside a unix path (a path renamed
 // over goes back to the old socket).
-func (sw *swap) abandon() {
+func (sw *Swap) abandon() {
 	sw.nonblock.restore() // the old server's socket, as it had it
 	sw.nonblock = nil
-	sw.releaseOld()
+	sw.ReleaseOld()
 	sw.path.rollBack()
 	sw.path = nil
 }
 
 // releaseOld closes the swap's pidfds of the old processes.
-func (sw *swap) releaseOld() {
-	pidfd.CloseAll(sw.oldProcs)
-	pidfd.CloseAll(sw.holders)
-	sw.oldProcs, sw.holders = nil, nil
+func (sw *Swap) ReleaseOld() {
+	pidfd.CloseAll(sw.OldProcs)
+	pidfd.CloseAll(sw.Holders)
+	sw.OldProcs, sw.Holders = nil, nil
 }
 
 // signalOnce sends sig to the old processes of the swaps, each once: a
@@ -473,7 +473,7 @@ func signalOnce(stop []oldStop, sig unix.Signal) {
 // old generation. An old takeover launcher let go of its copies when it was
 // replaced and waits for its server: killing it would orphan the server,
 // which would then serve on with nobody to stop it.
-func killStillHolding(holders []*pidfd.OldProcess, inodes []uint64) {
+func KillStillHolding(holders []*pidfd.OldProcess, inodes []uint64) {
 	held, err := owner.StillHolding("/proc", inodes, pidfd.PidsOf(holders))
 	for _, p := range holders {
 		if err != nil || slices.Contains(held, p.PID) {
@@ -486,7 +486,7 @@ func killStillHolding(holders []*pidfd.OldProcess, inodes []uint64) {
 // then bind the new server's socket as soon as the port frees. Clients see
 // refused connections between the old listener's close and the new listen,
 // and lose what waited in the old accept queue.
-type rebind struct {
+type Rebind struct {
 	Sock        int // takeover's copy of the new server's socket
 	Addr        netip.AddrPort
 	Old         []*pidfd.OldProcess // the stop targets, signalled once
@@ -498,10 +498,10 @@ type rebind struct {
 
 // A rebinder runs a rebind: retryBind (retrybind.go), plugged in by the
 // command line.
-type rebinder func(ctx context.Context, r rebind) (rebindTimes, error)
+type rebinder func(ctx context.Context, r Rebind) (RebindTimes, error)
 
 // rebindTimes says how a rebind went, for the swap's log line.
-type rebindTimes struct {
+type RebindTimes struct {
 	Free time.Duration // from the stop signal until the bind succeeded
 	// Window is from the last attempt that found the port held (or from
 	// the signal, if none did) until the socket listened: the refused

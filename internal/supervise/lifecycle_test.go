@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"fmt"
@@ -91,9 +91,9 @@ func waitStatus(exit int) syscall.WaitStatus {
 }
 
 func TestLifecycle(t *testing.T) {
-	policy := restartPolicy{Mode: "on-failure", Max: 2, Window: time.Minute, Delay: restartFirst}
+	policy := restartPolicy{Mode: "on-failure", Max: 2, Window: time.Minute, Delay: RestartFirst}
 	// start_server's: --interval 3s; the fake's generations have run 1s when they exit.
-	retry := restartPolicy{Mode: "always", Max: 2, Window: time.Minute, Delay: restartFirst, RetryEvery: 3 * time.Second}
+	retry := restartPolicy{Mode: "always", Max: 2, Window: time.Minute, Delay: RestartFirst, RetryEvery: 3 * time.Second}
 	bounded := retry
 	bounded.MaxRetries = 1
 	tests := []struct {
@@ -112,7 +112,7 @@ func TestLifecycle(t *testing.T) {
 		}},
 		{"first generation not ready in time: rolled back, exit 124", policy, []step{
 			{ev: evTimedOut, gen: 1, calls: []string{"release 1", "stop 1 0"}, state: starting},
-			{ev: evExited, gen: 1, exit: -15, calls: []string{"release 1"}, state: starting, done: true, code: exitNotReady},
+			{ev: evExited, gen: 1, exit: -15, calls: []string{"release 1"}, state: starting, done: true, code: ExitNotReady},
 		}},
 		{"HUP reloads; the new one takes over after --kill-old-delay", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
@@ -215,11 +215,11 @@ func TestLifecycle(t *testing.T) {
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 0, calls: []string{"release 1"}, state: serving, done: true, code: 0},
 		}},
-		{"always restarts a clean exit", restartPolicy{Mode: "always", Max: 5, Window: time.Minute, Delay: restartFirst}, []step{
+		{"always restarts a clean exit", restartPolicy{Mode: "always", Max: 5, Window: time.Minute, Delay: RestartFirst}, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 0, calls: []string{"notify STATUS=restarting after pid 101 exited with status 0 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
 		}},
-		{"never keeps today's behaviour", restartPolicy{Mode: "never", Max: 5, Window: time.Minute, Delay: restartFirst}, []step{
+		{"never keeps today's behaviour", restartPolicy{Mode: "never", Max: 5, Window: time.Minute, Delay: RestartFirst}, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 1, calls: []string{"release 1"}, state: serving, done: true, code: 1},
 		}},
@@ -273,7 +273,7 @@ func TestLifecycle(t *testing.T) {
 		{"start_server: a first start retried that cannot start gives up", retry, []step{
 			{ev: evExited, gen: 1, exit: 1, calls: []string{"after 2s retry-due"}, state: retryingStart},
 			{ev: -1},
-			{ev: evRetryDue, calls: []string{"start: fails", "release 1"}, state: retryingStart, done: true, code: exitLauncher},
+			{ev: evRetryDue, calls: []string{"start: fails", "release 1"}, state: retryingStart, done: true, code: ExitLauncher},
 		}},
 		{"start_server: a reload that dies before it is ready is retried every --interval; the running one serves meanwhile", retry, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
@@ -335,7 +335,7 @@ func TestLifecycle(t *testing.T) {
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 2, calls: []string{"notify STATUS=restarting after pid 101 exited with status 2 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
 			{ev: -1}, // the next start fails
-			{ev: evBackoffDone, calls: []string{"start: fails", "release 1"}, state: backingOff, done: true, code: exitLauncher},
+			{ev: evBackoffDone, calls: []string{"start: fails", "release 1"}, state: backingOff, done: true, code: ExitLauncher},
 		}},
 	}
 	for _, tt := range tests {

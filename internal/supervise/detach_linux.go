@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"errors"
@@ -29,25 +29,25 @@ import (
 
 // frontEnv names, in the launcher's environment, the fd of the pipe whose
 // other end the front holds.
-const frontEnv = "TAKEOVER_FRONT_FD"
+const FrontEnv = "TAKEOVER_FRONT_FD"
 
 // maxDetach bounds --detach-on-stop.
-const maxDetach = time.Hour
+const MaxDetach = time.Hour
 
 // runFront starts the launcher with the same arguments behind a front and
 // returns the exit status the front should exit with: the launcher's own,
 // or 0 when a stop signal detached it.
-func runFront(args []string, stderr io.Writer) int {
+func RunFront(args []string, stderr io.Writer) int {
 	r, w, err := os.Pipe()
 	if err != nil {
 		fmt.Fprintf(stderr, "takeover: --detach-on-stop: %v\n", err)
-		return exitLauncher
+		return ExitLauncher
 	}
 	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Args[0] = os.Args[0]
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, stderr
 	cmd.ExtraFiles = []*os.File{r}
-	cmd.Env = append(os.Environ(), frontEnv+"=3")
+	cmd.Env = append(os.Environ(), FrontEnv+"=3")
 	// A session of its own: a signal to the supervisor's process group
 	// (a terminal's ^C, supervisord's stopasgroup) does not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -55,7 +55,7 @@ func runFront(args []string, stderr io.Writer) int {
 	signal.Notify(sigs, forwarded...)
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintf(stderr, "takeover: --detach-on-stop: start the launcher: %v\n", err)
-		return exitLauncher
+		return ExitLauncher
 	}
 	r.Close()
 	exited := make(chan error, 1)
@@ -80,7 +80,7 @@ func runFront(args []string, stderr io.Writer) int {
 				return ee.ExitCode()
 			}
 			if err != nil {
-				return exitLauncher
+				return ExitLauncher
 			}
 			return 0
 		}
@@ -90,11 +90,11 @@ func runFront(args []string, stderr io.Writer) int {
 // frontPipe returns the launcher's end of its front's pipe, or nil when
 // it runs without a front. The variable is takeover's own: never passed on.
 func frontPipe() *os.File {
-	v := os.Getenv(frontEnv)
+	v := os.Getenv(FrontEnv)
 	if v == "" {
 		return nil
 	}
-	os.Unsetenv(frontEnv)
+	os.Unsetenv(FrontEnv)
 	fd, err := strconv.Atoi(v)
 	if err != nil || fd < 3 {
 		return nil
@@ -157,12 +157,12 @@ func relayOutput(fd int) {
 // them, unseen, and a window counted from the front's exit could close on
 // it. The launcher would then stop its server and exit mid-swap, and the
 // port close under the newer takeover (TestDetachWaitsForOwnSwap).
-func (l *launcher) watchFront(front *os.File) {
+func (l *Launcher) watchFront(front *os.File) {
 	var b [1]byte
 	front.Read(b[:]) // EOF: the front exited, or was killed
 	front.Close()
-	l.log.Info("the supervisor stopped takeover; serving on, detached, until a newer takeover replaces this one",
-		"pid", l.self, "for_at_most", l.cfg.DetachOnStop)
+	l.Log.Info("the supervisor stopped takeover; serving on, detached, until a newer takeover replaces this one",
+		"pid", l.Self, "for_at_most", l.Cfg.DetachOnStop)
 	for {
 		held, bySelf := l.lockHeld()
 		if !held || !bySelf {
@@ -170,9 +170,9 @@ func (l *launcher) watchFront(front *os.File) {
 		}
 		time.Sleep(lockPoll) // this takeover's own first swap still holds the locks
 	}
-	until := time.Now().Add(l.cfg.DetachOnStop)
-	l.setDetached(until)
-	time.Sleep(l.cfg.DetachOnStop)
+	until := time.Now().Add(l.Cfg.DetachOnStop)
+	l.SetDetached(until)
+	time.Sleep(l.Cfg.DetachOnStop)
 	for {
 		// This takeover's swap is done: whoever holds a lock now is a
 		// newer takeover starting, whose swap will replace this one (even
@@ -183,8 +183,8 @@ func (l *launcher) watchFront(front *os.File) {
 		}
 		time.Sleep(lockPoll)
 	}
-	l.log.Info("no newer takeover came within --detach-on-stop: stopping the server", "detach_on_stop", l.cfg.DetachOnStop)
-	l.events <- event{kind: evStop, sig: l.cfg.signal()}
+	l.Log.Info("no newer takeover came within --detach-on-stop: stopping the server", "detach_on_stop", l.Cfg.DetachOnStop)
+	l.events <- event{kind: evStop, sig: l.Cfg.signal()}
 }
 
 // lockPoll is how often the detached launcher looks at the port locks.
@@ -192,9 +192,9 @@ const lockPoll = 100 * time.Millisecond
 
 // lockHeld reports whether a takeover holds one of our targets' port locks,
 // and whether the lock file names this one as the holder.
-func (l *launcher) lockHeld() (held, bySelf bool) {
+func (l *Launcher) lockHeld() (held, bySelf bool) {
 	for _, key := range l.keys() {
-		f, ok, owner := tryPortLock(l.dir, key)
+		f, ok, owner := tryPortLock(l.Dir, key)
 		if f != nil {
 			f.Close() // free: let go of it at once
 		}
@@ -202,7 +202,7 @@ func (l *launcher) lockHeld() (held, bySelf bool) {
 			continue
 		}
 		held = true
-		bySelf = bySelf || owner.PID == l.self
+		bySelf = bySelf || owner.PID == l.Self
 	}
 	return held, bySelf
 }
@@ -232,18 +232,18 @@ func tryPortLock(dir *rundir.RunDirectory, key string) (f *os.File, free bool, o
 
 // setDetached records, for `takeover who` and --status-file, until when the
 // detached launcher serves.
-func (l *launcher) setDetached(until time.Time) {
+func (l *Launcher) SetDetached(until time.Time) {
 	l.mu.Lock()
 	l.detachedUntil = until
 	l.status.DetachedUntil = &until
-	if l.cfg.StatusFile != "" {
+	if l.Cfg.StatusFile != "" {
 		l.flushStatus()
 	}
 	l.mu.Unlock()
 	for _, key := range l.keys() {
-		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher == l.self {
+		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher == l.Self {
 			r.DetachedUntil = &until
-			l.updateRecord(l.ctx, key, r, false) // not over a newer takeover's
+			l.updateRecord(l.Ctx, key, r, false) // not over a newer takeover's
 		}
 	}
 }

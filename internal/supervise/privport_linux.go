@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"fmt"
@@ -21,7 +21,7 @@ import (
 // (The kernel would also grant it to the owner of a user namespace made
 // below the process's: not seen here, and refused.)
 func mayBindPrivileged(proc string, pid int, capEff uint64) bool {
-	if capEff&(1<<capNetBindService) == 0 {
+	if capEff&(1<<CapNetBindService) == 0 {
 		return false
 	}
 	ok, err := userNSOwnsNetNS(proc, pid)
@@ -72,7 +72,7 @@ func userNSOwnsNetNS(proc string, pid int) (bool, error) {
 // did not would otherwise have takeover bind a port there the process
 // could not.
 func privilegedBelow(proc string, pid int) int {
-	own := unprivilegedPortStart()
+	own := UnprivilegedPortStart()
 	var mine, its unix.Stat_t
 	if unix.Stat(proc+"/self/ns/net", &mine) == nil && unix.Stat(fmt.Sprintf("%s/%d/ns/net", proc, pid), &its) == nil &&
 		mine.Dev == its.Dev && mine.Ino == its.Ino {

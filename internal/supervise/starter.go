@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"log/slog"
@@ -16,7 +16,7 @@ import (
 
 // startServerOpts is what start_server's options ask of a launcher beyond
 // config's own fields.
-type startServerOpts struct {
+type StartServerOpts struct {
 	Dir          string        // --dir: the command's working directory
 	EnvDir       string        // --envdir or ENVDIR: NAME files read for each generation
 	Backlog      int           // --backlog; SOMAXCONN
@@ -33,7 +33,7 @@ type startServerOpts struct {
 
 // commandName is the command to look up: with --dir, a relative path is
 // taken from there, as start_server execs it after its chdir.
-func (c config) commandName() string {
+func (c Config) commandName() string {
 	name := c.Command[0]
 	if s := c.StartServer; s != nil && s.Dir != "" && strings.Contains(name, "/") && !filepath.IsAbs(name) {
 		if abs, err := filepath.Abs(filepath.Join(s.Dir, name)); err == nil {
@@ -44,14 +44,14 @@ func (c config) commandName() string {
 }
 
 // dir is the command's working directory; "" is takeover's.
-func (c config) dir() string {
+func (c Config) dir() string {
 	if c.StartServer == nil {
 		return ""
 	}
 	return c.StartServer.Dir
 }
 
-func (c config) backlog() int {
+func (c Config) backlog() int {
 	if c.StartServer == nil || c.StartServer.Backlog <= 0 {
 		return unix.SOMAXCONN
 	}
@@ -61,7 +61,7 @@ func (c config) backlog() int {
 // passedAs returns, for each --port, its name in SERVER_STARTER_PORT and
 // the fd the command gets it at: the spec and 3, 4, ... unless start_server's
 // --port says otherwise.
-func (c config) passedAs() (names []string, fds []int) {
+func (c Config) passedAs() (names []string, fds []int) {
 	if s := c.StartServer; s != nil && len(s.Names) == len(c.Ports) && len(s.FDs) == len(c.Ports) {
 		return s.Names, s.FDs
 	}
@@ -74,7 +74,7 @@ func (c config) passedAs() (names []string, fds []int) {
 
 // withEnvDir adds to env what --envdir holds now: start_server reads it
 // again for each generation.
-func (c config) withEnvDir(env []string) []string {
+func (c Config) withEnvDir(env []string) []string {
 	if c.StartServer == nil || c.StartServer.EnvDir == "" {
 		return env
 	}
@@ -89,7 +89,7 @@ func (c config) withEnvDir(env []string) []string {
 // socketFileMode is the mode of a --path socket file takeover binds to
 // pass on: start_server binds under umask(0), so 0777; 0 (takeover's
 // umask) otherwise.
-func (c config) socketFileMode() uint32 {
+func (c Config) socketFileMode() uint32 {
 	if c.StartServer != nil {
 		return 0o777
 	}
@@ -100,7 +100,7 @@ func (c config) socketFileMode() uint32 {
 // auto-restart and the exit status. Its methods do nothing on a nil
 // receiver, a launcher not run as start_server.
 type starterState struct {
-	opts *startServerOpts
+	opts *StartServerOpts
 	log  *slog.Logger
 	self int
 
@@ -113,11 +113,11 @@ type starterState struct {
 	setUp sync.Once
 }
 
-func newStarterState(l *launcher) *starterState {
-	if l.cfg.StartServer == nil {
+func newStarterState(l *Launcher) *starterState {
+	if l.Cfg.StartServer == nil {
 		return nil
 	}
-	s := &starterState{opts: l.cfg.StartServer, log: l.log, self: l.self, live: make(map[int]int)}
+	s := &starterState{opts: l.Cfg.StartServer, log: l.Log, self: l.Self, live: make(map[int]int)}
 	if s.opts.AutoRestart > 0 {
 		go s.autoRestart(s.opts.AutoRestart)
 	}

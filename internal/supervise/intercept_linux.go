@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"github.com/takeover/takeover/internal/seccomp"
@@ -8,7 +8,7 @@ import (
 // trappedCalls are the system calls the command's filter sends to
 // takeover: bind(2) and listen(2), and with unix targets unlink(2) and
 // unlinkat(2) too.
-func trappedCalls(unlinks bool) []uint32 {
+func TrappedCalls(unlinks bool) []uint32 {
 	calls := []uint32{unix.SYS_BIND, unix.SYS_LISTEN}
 	if unlinks {
 		calls = append(calls, unix.SYS_UNLINKAT)

@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"bytes"
@@ -32,28 +32,28 @@ import (
 // A launcher supervises the generations of one command: it starts each
 // through the shim, answers its binds, forwards signals, reaps, and exits
 // with the command's status.
-type launcher struct {
-	cfg  config
-	log  *slog.Logger
-	dir  *rundir.RunDirectory
-	self int
-	born uint64 // this process's start time, for its generation records
+type Launcher struct {
+	Cfg  Config
+	Log  *slog.Logger
+	Dir  *rundir.RunDirectory
+	Self int
+	Born uint64 // this process's start time, for its generation records
 	unit string // the systemd unit takeover runs in, or ""
 
 	madeOnce sync.Once // the warning that sockets are made, not copied
 
 	// Set by run for the lifecycle's supervisor methods.
-	ctx     context.Context
+	Ctx     context.Context
 	path    string
 	locks   []*os.File // the port locks, until the first swap completes
 	events  chan event
 	byPID   map[int]*generation // the generations whose exit is awaited
-	exits   chan childExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
+	exits   chan ChildExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
 	lastNum int
 
 	mu         sync.Mutex
 	gens       []*generation // those that may hold sockets, for newer takeovers
-	status     status        // what --status-file holds
+	status     Status        // what --status-file holds
 	unfinished *unfinished   // a swap whose new generation exited before it completed (swap_linux.go)
 	fencing    sync.Mutex    // held by a swap until it completes or is left unfinished
 
@@ -74,7 +74,7 @@ var forwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGUSR
 
 // launch runs cfg's command under a launcher until takeover exits, and
 // returns takeover's exit status.
-func launch(cfg config, stderr io.Writer) int {
+func Launch(cfg Config, stderr io.Writer) int {
 	path, code, err := resolveCommand(cfg.commandName())
 	if err != nil {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
@@ -83,16 +83,16 @@ func launch(cfg config, stderr io.Writer) int {
 	dir, err := rundir.OpenRunDir(rundir.RunDir(), true)
 	if err != nil {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
-		return exitLauncher
+		return ExitLauncher
 	}
 	dir.ClearDead()
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
-	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: dir, self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
+	l := &Launcher{Cfg: cfg, Log: newLogger(stderr), Dir: dir, Self: os.Getpid(), Born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
 	if cfg.PIDFile != "" {
-		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
+		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.Self)+"\n")); err != nil {
 			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
-			return exitLauncher
+			return ExitLauncher
 		}
 		defer os.Remove(cfg.PIDFile)
 	}
@@ -100,15 +100,15 @@ func launch(cfg config, stderr io.Writer) int {
 }
 
 // keys names the locks and records of the launcher's targets.
-func (l *launcher) keys() []string {
-	keys := make([]string, len(l.cfg.Ports))
-	for i, p := range l.cfg.Ports {
+func (l *Launcher) keys() []string {
+	keys := make([]string, len(l.Cfg.Ports))
+	for i, p := range l.Cfg.Ports {
 		keys[i] = p.Key()
 	}
 	return keys
 }
 
-func (l *launcher) run(path string) int {
+func (l *Launcher) run(path string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 16)
@@ -123,12 +123,12 @@ func (l *launcher) run(path string) int {
 		if errors.As(err, &code) {
 			return int(code)
 		}
-		l.log.Error("cannot take the port lock", "err", err)
-		return exitLauncher
+		l.Log.Error("cannot take the port lock", "err", err)
+		return ExitLauncher
 	}
-	stopServing, err := fdpass.ServeSockets(rundir.LauncherSockPath(l.dir, l.self), l.heldSocket)
+	stopServing, err := fdpass.ServeSockets(rundir.LauncherSockPath(l.Dir, l.Self), l.heldSocket)
 	if err != nil {
-		l.log.Warn("cannot serve this takeover's sockets to the next one; it will copy them with pidfd_getfd where allowed", "err", err)
+		l.Log.Warn("cannot serve this takeover's sockets to the next one; it will copy them with pidfd_getfd where allowed", "err", err)
 		stopServing = func() {}
 	}
 	defer func() {
@@ -138,29 +138,29 @@ func (l *launcher) run(path string) int {
 		rundir.ReleaseLocks(l.locks) // a first swap that never completed still holds them
 		l.cleanRunDir()
 	}()
-	l.ctx, l.path, l.locks = ctx, path, locks
-	passed := systemd.InheritSockets(l.log, l.cfg.Ports, os.Getenv)
+	l.Ctx, l.path, l.locks = ctx, path, locks
+	passed := systemd.InheritSockets(l.Log, l.Cfg.Ports, os.Getenv)
 	if len(passed) > 0 {
 		l.inherited = l.inheritedGeneration(passed)
 		defer l.inherited.closeCopies() // if no generation took them
 	}
-	l.store = systemd.NewFDStore(l.log, l.unit, passed)
+	l.store = systemd.NewFDStore(l.Log, l.unit, passed)
 	l.events = make(chan event, 64)
 	l.byPID = make(map[int]*generation)
-	l.exits = make(chan childExit, 16)
-	reapOrphans(l.exits)
+	l.exits = make(chan ChildExit, 16)
+	ReapOrphans(l.exits)
 	if front := frontPipe(); front != nil {
 		go l.watchFront(front)
 	}
-	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
+	m := newLifecycle(l, l.Log, l.Cfg.restartPolicy(), l.Cfg.KillOldDelay)
 	if err := m.begin(); err != nil {
 		if errors.Is(err, seccomp.ErrUnavailable) {
-			l.log.Error("cannot start the command", "err", err,
+			l.Log.Error("cannot start the command", "err", err,
 				"hint", "a server that takes its listening sockets from its parent needs no seccomp: run it with --sockets systemd (LISTEN_FDS) or --sockets server-starter (SERVER_STARTER_PORT)")
 		} else {
-			l.log.Error("cannot start the command", "err", err)
+			l.Log.Error("cannot start the command", "err", err)
 		}
-		return exitLauncher
+		return ExitLauncher
 	}
 	locks = nil // the first swap releases them
 	exits := l.exits
@@ -170,18 +170,18 @@ func (l *launcher) run(path string) int {
 		case sig := <-sigs:
 			ev = l.signalEvent(sig.(syscall.Signal))
 		case e := <-exits:
-			g := l.byPID[e.pid]
+			g := l.byPID[e.Pid]
 			if g == nil {
 				continue // a re-parented orphan, reaped
 			}
-			delete(l.byPID, e.pid)
+			delete(l.byPID, e.Pid)
 			g.markExited()
 			l.prevExited(g)
 			l.starter.exited(g)
-			ev = event{kind: evExited, g: g, status: e.status}
+			ev = event{kind: evExited, g: g, status: e.Status}
 		case ev = <-l.events:
 		}
-		l.log.Debug("event", "event", ev.kind, "state", m.state)
+		l.Log.Debug("event", "event", ev.kind, "state", m.state)
 		code, done := m.handle(ev)
 		if !done {
 			continue
@@ -190,11 +190,11 @@ func (l *launcher) run(path string) int {
 			if left := l.leftRunning(); len(left) > 0 {
 				// Not killed: they may be someone's on purpose. But their
 				// bind(2) and listen(2) fail once takeover is gone.
-				l.log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
+				l.Log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
 					"pids", fmt.Sprint(left))
 			}
 		}
-		if m.state == replaced && l.self == 1 {
+		if m.state == replaced && l.Self == 1 {
 			return l.standBy(sigs, exits)
 		}
 		return code
@@ -207,7 +207,7 @@ func (l *launcher) run(path string) int {
 // recorded none) is its stop signal: takeover has been replaced. Another
 // signal meanwhile (a USR1 for the server while the newer takeover waits
 // for it to drain) is passed on as at any other time.
-func (l *launcher) signalEvent(sig syscall.Signal) event {
+func (l *Launcher) signalEvent(sig syscall.Signal) event {
 	switch {
 	case sig == unix.SIGHUP:
 		return event{kind: evHUP, sig: sig}
@@ -233,20 +233,20 @@ func (c exitCode) Error() string { return "exit status " + strconv.Itoa(int(c)) 
 // lock takes the per-port locks, waiting at most --lock-timeout for
 // another takeover of the same ports; a stop signal while waiting ends
 // takeover.
-func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File, error) {
+func (l *Launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File, error) {
 	type result struct {
 		files []*os.File
 		err   error
 	}
-	limit := l.cfg.lockTimeout()
+	limit := l.Cfg.EffectiveLockTimeout()
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	var last rundir.LockOwner
 	done := make(chan result, 1)
 	go func() {
-		files, err := rundir.LockTargets(ctx, l.dir, l.keys(), rundir.LockOwner{PID: l.self, Start: l.born}, func(key string, holder rundir.LockOwner, waited time.Duration) {
+		files, err := rundir.LockTargets(ctx, l.Dir, l.keys(), rundir.LockOwner{PID: l.Self, Start: l.Born}, func(key string, holder rundir.LockOwner, waited time.Duration) {
 			last = holder
-			l.log.Info("waiting for another takeover of this port to finish its swap",
+			l.Log.Info("waiting for another takeover of this port to finish its swap",
 				"lock", key, "takeover_pid", holder.PID, "its_command", owner.CommandLine(holder.PID), "waited", waited, "lock_timeout", limit)
 		})
 		done <- result{files, err}
@@ -271,18 +271,18 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 }
 
 // notify tells systemd, when takeover runs under it, what it is doing.
-func (l *launcher) notify(state string) {
+func (l *Launcher) notify(state string) {
 	if _, err := systemd.SdNotify(state); err != nil {
-		l.log.Warn("cannot notify systemd", "state", state, "err", err)
+		l.Log.Warn("cannot notify systemd", "state", state, "err", err)
 	}
 }
 
 // newerTakeover reports whether another live takeover has recorded itself
 // for one of our ports, and sig is the signal it stops what it replaces
 // with.
-func (l *launcher) newerTakeover(sig syscall.Signal) bool {
+func (l *Launcher) newerTakeover(sig syscall.Signal) bool {
 	for _, key := range l.keys() {
-		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher != l.self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
+		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher != l.Self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
 			return true
 		}
 	}
@@ -291,8 +291,8 @@ func (l *launcher) newerTakeover(sig syscall.Signal) bool {
 
 // startGeneration starts the command through the shim and serves its
 // notifications. prev is the generation it is to replace in a reload.
-func (l *launcher) startGeneration(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
-	if l.cfg.sockets() != socketsIntercept {
+func (l *Launcher) startGeneration(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
+	if l.Cfg.sockets() != SocketsIntercept {
 		return l.startPassing(ctx, path, num, prev)
 	}
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -303,12 +303,12 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	defer unix.Close(parentEnd)
 	notify, notifyEnv := l.notifySocket(num)
 	shimMode := "1"
-	if slices.ContainsFunc(l.cfg.Ports, func(p target.PortSpec) bool { return p.Net == target.NetUnix }) {
+	if slices.ContainsFunc(l.Cfg.Ports, func(p target.PortSpec) bool { return p.Net == target.NetUnix }) {
 		shimMode = shimUnlinks
 	}
-	env := append(l.commandEnv(num, nil), shimEnv+"="+shimMode)
+	env := append(l.commandEnv(num, nil), ShimEnv+"="+shimMode)
 	env = append(env, notifyEnv...)
-	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
+	argv := append([]string{"takeover-shim", path}, l.Cfg.Command...)
 	// The pidfd comes with the clone: the child is never known by its pid
 	// alone, which the reaper could free for reuse.
 	pidfd := -1
@@ -326,7 +326,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	// os package's copy of the pidfd.
 	pid := p.Pid
 	p.Release()
-	notifFD, err := recvShimResult(parentEnd, time.Now().Add(l.cfg.readyTimeout()))
+	notifFD, err := RecvShimResult(parentEnd, time.Now().Add(l.Cfg.readyTimeout()))
 	if err == nil {
 		if err = seccomp.CheckAddFD(notifFD); err != nil {
 			unix.Close(notifFD)
@@ -346,7 +346,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		unix.Close(pidfd)
 		closeNotify(notify)
 		if errors.Is(err, errShimSilent) {
-			err = fmt.Errorf("%w within --ready-timeout %v (the shim, or the command it became, was killed)", err, l.cfg.readyTimeout())
+			err = fmt.Errorf("%w within --ready-timeout %v (the shim, or the command it became, was killed)", err, l.Cfg.readyTimeout())
 		}
 		if ws.Signaled() && ws.Signal() == unix.SIGSYS {
 			err = fmt.Errorf("%w: the shim was killed by SIGSYS: a seccomp filter around takeover forbids a system call it needs (under systemd, SystemCallFilter= must allow seccomp: add `SystemCallFilter=seccomp pidfd_getfd`)", err)
@@ -360,7 +360,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 		g.serve(ctx)
 		unix.Close(notifFD)
 	}()
-	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "))
+	l.Log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.Cfg.Command, " "))
 	return g, nil
 }
 
@@ -372,23 +372,23 @@ var systemdVars = []string{"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "FDS
 // takeover's to use (NOTIFY_SOCKET: systemd would ignore messages from a pid
 // that is not the main one; systemdVars) and less drop, plus TAKEOVER_PID
 // and TAKEOVER_GENERATION.
-func (l *launcher) commandEnv(num int, drop []string) []string {
-	env := []string{rundir.LauncherEnv + "=" + strconv.Itoa(l.self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
-	drop = append(drop, rundir.LauncherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", shimEnv+"=")
+func (l *Launcher) commandEnv(num int, drop []string) []string {
+	env := []string{rundir.LauncherEnv + "=" + strconv.Itoa(l.Self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
+	drop = append(drop, rundir.LauncherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", ShimEnv+"=")
 	drop = append(drop, systemdVars...)
 	for _, kv := range os.Environ() {
 		if !slices.ContainsFunc(drop, func(p string) bool { return strings.HasPrefix(kv, p) }) {
 			env = append(env, kv)
 		}
 	}
-	return l.cfg.withEnvDir(env)
+	return l.Cfg.withEnvDir(env)
 }
 
 // newGeneration records a started command as a generation (pidfd its
 // pidfd from the clone, which the generation keeps), waits for its exit and
 // begins to watch it for readiness.
-func (l *launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
-	go waitChild(pid, pidfd, l.exits)
+func (l *Launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
+	go WaitChild(pid, pidfd, l.exits)
 	g := &generation{
 		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
 		ready:    make(chan struct{}),
@@ -397,22 +397,22 @@ func (l *launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD i
 		nudge:    make(chan struct{}, 1),
 		socks:    make(map[sockKey]*heldSock),
 	}
-	go g.watchReady(ctx, l.cfg.readyTimeout())
+	go g.watchReady(ctx, l.Cfg.readyTimeout())
 	l.mu.Lock()
 	l.gens = append(slices.DeleteFunc(l.gens, func(o *generation) bool { return o.isDone() }), g)
 	l.mu.Unlock()
 	return g
 }
 
-type childExit struct {
-	pid    int
-	status syscall.WaitStatus
+type ChildExit struct {
+	Pid    int
+	Status syscall.WaitStatus
 }
 
 // waitChild waits for the child pid (pidfd its pidfd, which the caller
 // keeps open until it has read the exit from ch), reaps it and sends its
 // exit to ch.
-func waitChild(pid, pidfd int, ch chan<- childExit) {
+func WaitChild(pid, pidfd int, ch chan<- ChildExit) {
 	var info unix.Siginfo
 	for {
 		// WNOWAIT: the pid stays the child's until it is reaped below.
@@ -427,7 +427,7 @@ func waitChild(pid, pidfd int, ch chan<- childExit) {
 			break
 		}
 	}
-	ch <- childExit{pid, ws}
+	ch <- ChildExit{pid, ws}
 }
 
 // reapOrphans reaps, for takeover's whole life, the processes re-parented
@@ -435,7 +435,7 @@ func waitChild(pid, pidfd int, ch chan<- childExit) {
 // exits to ch. A child this process holds a pidfd of is another's to
 // reap: a generation (waitChild), the shim of one that failed to start,
 // or a command run by os/exec, whose Wait would otherwise fail with ECHILD.
-func reapOrphans(ch chan<- childExit) {
+func ReapOrphans(ch chan<- ChildExit) {
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, unix.SIGCHLD)
 	go func() {
@@ -452,7 +452,7 @@ func reapOrphans(ch chan<- childExit) {
 			case !pidfdHeld(pid):
 				var ws syscall.WaitStatus
 				if got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); err == nil && got == pid {
-					ch <- childExit{pid, ws}
+					ch <- ChildExit{pid, ws}
 				}
 				continue
 			}
@@ -465,7 +465,7 @@ func reapOrphans(ch chan<- childExit) {
 				}
 				var ws syscall.WaitStatus
 				if got, err := syscall.Wait4(child, &ws, syscall.WNOHANG, nil); err == nil && got == child {
-					ch <- childExit{child, ws}
+					ch <- ChildExit{child, ws}
 				}
 			}
 			select {
@@ -519,10 +519,10 @@ func childrenOf(pid int) []int {
 // leftRunning returns the processes the command left behind, once those
 // that are on their way out (a resource tracker, workers told to stop)
 // have had a second to go.
-func (l *launcher) leftRunning() []int {
+func (l *Launcher) leftRunning() []int {
 	deadline := time.Now().Add(time.Second)
 	for {
-		left := procfs.FS("/proc").WithDescendants([]int{l.self})[1:]
+		left := procfs.FS("/proc").WithDescendants([]int{l.Self})[1:]
 		if len(left) == 0 || time.Now().After(deadline) {
 			return left
 		}
@@ -532,15 +532,15 @@ func (l *launcher) leftRunning() []int {
 
 // cleanRunDir removes this takeover's files from the run directory, when
 // no other takeover uses them.
-func (l *launcher) cleanRunDir() {
-	for _, spec := range l.cfg.Ports {
-		if rundir.RemoveRunFiles(l.dir, spec.Key(), l.self) && spec.Net == target.NetUnix {
+func (l *Launcher) cleanRunDir() {
+	for _, spec := range l.Cfg.Ports {
+		if rundir.RemoveRunFiles(l.Dir, spec.Key(), l.Self) && spec.Net == target.NetUnix {
 			// The last takeover of a path removes what the server's own
 			// unlink on its way out missed: a server that got its socket
 			// by a rename knows it by the name beside the path, and a
 			// passed socket's file is takeover's.
-			removeStaleSocket(spec.Path, l.self)
+			RemoveStaleSocket(spec.Path, l.Self)
 		}
 	}
-	l.dir.ClearDead() // and what takeovers that were killed left
+	l.Dir.ClearDead() // and what takeovers that were killed left
 }

@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"errors"
@@ -27,7 +27,7 @@ const ptraceAdvice = "docker run --cap-add SYS_PTRACE (Kubernetes: securityConte
 // socket type typ: a copy of the command's own, or, where copying is not
 // allowed, a new one made like it (made is true: the caller must install
 // it in the command). pfd is process tgid's, which the copy goes through.
-func (l *launcher) claimSocket(pfd, tgid, fd, typ int) (sock int, made bool, err error) {
+func (l *Launcher) claimSocket(pfd, tgid, fd, typ int) (sock int, made bool, err error) {
 	sock, _, err = pidfd.CopySocketFrom(pfd, tgid, fd)
 	if err == nil {
 		if t, _ := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE); t != typ {
@@ -45,7 +45,7 @@ func (l *launcher) claimSocket(pfd, tgid, fd, typ int) (sock int, made bool, err
 		return -1, false, err
 	}
 	l.madeOnce.Do(func() {
-		l.log.Warn("cannot copy the command's sockets; takeover makes them and installs them in the command: options it set before bind(2) (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes) are not kept; "+ptraceAdvice,
+		l.Log.Warn("cannot copy the command's sockets; takeover makes them and installs them in the command: options it set before bind(2) (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes) are not kept; "+ptraceAdvice,
 			"err", copyErr)
 	})
 	return sock, true, nil

@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"context"
@@ -19,12 +19,12 @@ import (
 
 // A claim is a bind of the command to a --port target, as takePort sees it:
 // an intercepted bind(2), or a socket takeover acquires to pass on.
-type claim struct {
+type Claim struct {
 	child  owner.NewChild
 	status procfs.Status // the binding thread's (none when takeover binds for itself)
-	sock   int           // takeover's copy of the command's socket (or a new one like it)
-	addr   netip.AddrPort
-	spec   target.PortSpec
+	Sock   int           // takeover's copy of the command's socket (or a new one like it)
+	Addr   netip.AddrPort
+	Spec   target.PortSpec
 	// install puts a handed-over socket where the command will use it, in
 	// place of sock; nil when takeover passes the sockets on itself.
 	install func(old int) error
@@ -38,36 +38,36 @@ type claim struct {
 // allows. It returns the swap and the socket takeover keeps a copy of (the
 // command's own, or after a handoff the old one); c.sock is consumed only
 // when it succeeds.
-func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap, int, error) {
+func (l *Launcher) takePort(ctx context.Context, g *generation, c Claim) (*Swap, int, error) {
 	began := time.Now()
-	sw := &swap{Spec: c.spec, Addr: c.addr}
+	sw := &Swap{Spec: c.Spec, Addr: c.Addr}
 	if g.prev != nil {
-		if old := g.prev.heldFor(c.spec, c.addr); old != nil {
+		if old := g.prev.heldFor(c.Spec, c.Addr); old != nil {
 			sw.Lookup = time.Since(began)
 			return l.replaceGeneration(ctx, g, c, sw, old)
 		}
-		if old := g.prev.heldForSpec(c.spec); old != nil && g.prev.inherited {
+		if old := g.prev.heldForSpec(c.Spec); old != nil && g.prev.inherited {
 			return nil, -1, fmt.Errorf("the socket systemd passed for %s is bound to %s, and the command binds %s: make them the same (the socket unit's ListenStream=, or the command's address) (%w)",
-				c.spec, c.spec.BoundAt(old.addr), c.spec.BoundAt(c.addr), unix.EADDRINUSE)
+				c.Spec, c.Spec.BoundAt(old.addr), c.Spec.BoundAt(c.Addr), unix.EADDRINUSE)
 		}
 	}
-	key, what := c.spec.Key(), c.spec.Describe()
+	key, what := c.Spec.Key(), c.Spec.Describe()
 	var hint []int
-	prev, hasPrev := rundir.ReadRecord(l.dir, key)
-	if hasPrev && prev.Launcher != l.self {
+	prev, hasPrev := rundir.ReadRecord(l.Dir, key)
+	if hasPrev && prev.Launcher != l.Self {
 		hint = []int{prev.Launcher}
 	}
-	all, err := owner.Listeners("/proc", c.spec.WholePort(), hint, len(hint) > 0)
+	all, err := owner.Listeners("/proc", c.Spec.WholePort(), hint, len(hint) > 0)
 	if err != nil {
 		return nil, -1, fmt.Errorf("look up %s: %w", what, err)
 	}
 	// Only the sockets that keep this bind from succeeding are owners: an
 	// IPv6-only [::] beside an IPv4 bind is not (nginx's second listener,
 	// handed over at its own bind; or another service, left alone).
-	want := target.InetBind{Addr: c.addr, V6Only: v6Only(c.sock)}
+	want := target.InetBind{Addr: c.Addr, V6Only: v6Only(c.Sock)}
 	var owners []owner.Listener
 	for _, o := range all {
-		if c.spec.Net != target.NetUnix && !target.Conflicts(want, target.InetBind{Addr: o.Addr, V6Only: o.V6Only}) {
+		if c.Spec.Net != target.NetUnix && !target.Conflicts(want, target.InetBind{Addr: o.Addr, V6Only: o.V6Only}) {
 			continue
 		}
 		kept := len(o.Holders) > 0
@@ -82,17 +82,17 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	sw.Lookup = time.Since(began)
 	if len(owners) == 0 {
 		sw.Strategy = "fresh"
-		freshInGroup(c, l.cfg.fence())
-		if err := c.bind(c.sock); err != nil {
+		freshInGroup(c, l.Cfg.fence())
+		if err := c.bind(c.Sock); err != nil {
 			return nil, -1, err
 		}
-		if hasPrev && prev.Launcher != l.self {
+		if hasPrev && prev.Launcher != l.Self {
 			l.replacedBeside(sw, all, prev.Launcher, c)
 		}
-		return sw, c.sock, nil
+		return sw, c.Sock, nil
 	}
 
-	launchers := rundir.LiveLaunchers(l.dir)
+	launchers := rundir.LiveLaunchers(l.Dir)
 	var holderPIDs, targetPIDs []int
 	for _, o := range owners {
 		if len(o.Holders) == 0 {
@@ -105,19 +105,19 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 		for _, h := range o.Holders {
 			holderPIDs = append(holderPIDs, h.PID)
 		}
-		sw.inodes = append(sw.inodes, o.Inode)
+		sw.Inodes = append(sw.Inodes, o.Inode)
 	}
 	// The pidfds first, then the checks: a process looked up may have
 	// exited and its pid been reused since; checked after its pidfd is
 	// open, the process the checks read is the one the pidfd signals.
-	sw.oldProcs, sw.holders = pidfd.OpenAll(targetPIDs), pidfd.OpenAll(holderPIDs)
-	if err := l.checkOld(sw, c.child, what); err != nil {
-		sw.releaseOld()
+	sw.OldProcs, sw.Holders = pidfd.OpenAll(targetPIDs), pidfd.OpenAll(holderPIDs)
+	if err := l.CheckOld(sw, c.child, what); err != nil {
+		sw.ReleaseOld()
 		return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
 	}
 	sw.OldCmd = owner.CommandLine(sw.Old[0].Holder.PID)
 
-	if l.cfg.Strategy != "rebind" {
+	if l.Cfg.Strategy != "rebind" {
 		old, why := l.copyOldSocket(owners, sw)
 		if held, done, err := l.handoffOrFallBack(g, c, sw, old, why); done {
 			return l.settled(sw, held, err)
@@ -126,19 +126,19 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 	// Name this takeover as the target's launcher before the old one is
 	// signalled: that is how it knows it was replaced, not stopped. (A unix
 	// path's old server is signalled only once the swap completes.)
-	if c.spec.Net == target.NetUnix {
-		return l.settled(sw, c.sock, l.rebind(ctx, c, sw))
+	if c.Spec.Net == target.NetUnix {
+		return l.settled(sw, c.Sock, l.rebind(ctx, c, sw))
 	}
-	if err := rundir.WriteRecord(l.dir, key, rundir.GenRecord{Launcher: l.self, LauncherStart: l.born, StopSignal: int(l.cfg.signal())}); err != nil {
+	if err := rundir.WriteRecord(l.Dir, key, rundir.GenRecord{Launcher: l.Self, LauncherStart: l.Born, StopSignal: int(l.Cfg.signal())}); err != nil {
 		return l.settled(sw, -1, fmt.Errorf("record the generation of %s: %w", what, err))
 	}
 	if err := l.rebind(ctx, c, sw); err != nil {
 		if hasPrev {
-			rundir.WriteRecord(l.dir, key, prev)
+			rundir.WriteRecord(l.Dir, key, prev)
 		}
 		return l.settled(sw, -1, err)
 	}
-	return sw, c.sock, nil
+	return sw, c.Sock, nil
 }
 
 // checkOld checks the old processes of sw, their pidfds open: each stop
@@ -147,22 +147,22 @@ func (l *launcher) takePort(ctx context.Context, g *generation, c claim) (*swap,
 // another process's now), and so is a target that is not a holder still
 // nor (a takeover launcher) an ancestor of one; and each is alive at the
 // end, so that what /proc said of its pid was said of it.
-func (l *launcher) checkOld(sw *swap, child owner.NewChild, what string) error {
-	held, err := owner.StillHolding("/proc", sw.inodes, pidfd.PidsOf(sw.holders))
+func (l *Launcher) CheckOld(sw *Swap, child owner.NewChild, what string) error {
+	held, err := owner.StillHolding("/proc", sw.Inodes, pidfd.PidsOf(sw.Holders))
 	if err != nil {
 		return fmt.Errorf("look up the holders of %s again: %w", what, err)
 	}
 	verified := make(map[int]bool)
 	for _, t := range sw.Old {
-		if err := owner.MayReplace("/proc", t, child, what, l.cfg.Force); err != nil {
+		if err := owner.MayReplace("/proc", t, child, what, l.Cfg.Force); err != nil {
 			return err
 		}
 		verified[t.PID] = slices.Contains(held, t.PID) ||
 			t.Launcher && slices.Contains(held, t.Holder.PID) && owner.IsAncestor("/proc", t.PID, t.Holder.PID)
 	}
 	alive := func(p *pidfd.OldProcess) bool { return p.Signal(0) == nil }
-	sw.oldProcs = keepOnly(sw.oldProcs, func(p *pidfd.OldProcess) bool { return verified[p.PID] && alive(p) })
-	sw.holders = keepOnly(sw.holders, func(p *pidfd.OldProcess) bool { return slices.Contains(held, p.PID) && alive(p) })
+	sw.OldProcs = keepOnly(sw.OldProcs, func(p *pidfd.OldProcess) bool { return verified[p.PID] && alive(p) })
+	sw.Holders = keepOnly(sw.Holders, func(p *pidfd.OldProcess) bool { return slices.Contains(held, p.PID) && alive(p) })
 	return nil
 }
 
@@ -186,8 +186,8 @@ func keepOnly(ps []*pidfd.OldProcess, keep func(*pidfd.OldProcess) bool) []*pidf
 // IPv6-only [::]:P and nothing else. The new generation replaces it all
 // the same, with no socket of it to take. Nothing else on the port is
 // named: not another service's IPv6-only socket.
-func (l *launcher) replacedBeside(sw *swap, all []owner.Listener, launcher int, c claim) {
-	launchers := rundir.LiveLaunchers(l.dir)
+func (l *Launcher) replacedBeside(sw *Swap, all []owner.Listener, launcher int, c Claim) {
+	launchers := rundir.LiveLaunchers(l.Dir)
 	if !slices.Contains(launchers, launcher) {
 		return
 	}
@@ -199,13 +199,13 @@ func (l *launcher) replacedBeside(sw *swap, all []owner.Listener, launcher int, 
 	var holderPIDs []int
 	var inodes []uint64
 	var target *owner.StopTarget
-	own := func(h owner.Holder) bool { return h.PID == l.self || owner.IsAncestor("/proc", l.self, h.PID) }
+	own := func(h owner.Holder) bool { return h.PID == l.Self || owner.IsAncestor("/proc", l.Self, h.PID) }
 	for _, o := range all {
 		if slices.ContainsFunc(o.Holders, own) {
 			continue // this takeover's, or handed over to it at an earlier bind
 		}
 		for _, t := range owner.StopTargets("/proc", o, launchers) {
-			if !t.Launcher || t.PID != launcher || owner.MayReplace("/proc", t, c.child, c.spec.Describe(), false) != nil {
+			if !t.Launcher || t.PID != launcher || owner.MayReplace("/proc", t, c.child, c.Spec.Describe(), false) != nil {
 				continue
 			}
 			if target == nil {
@@ -226,22 +226,22 @@ func (l *launcher) replacedBeside(sw *swap, all []owner.Listener, launcher int, 
 		p.Close() // nothing of it here, or it exited meanwhile (its pid may be another's)
 		return
 	}
-	sw.Old, sw.inodes = []owner.StopTarget{*target}, inodes
+	sw.Old, sw.Inodes = []owner.StopTarget{*target}, inodes
 	sw.Why = "the earlier takeover's sockets do not conflict with this bind: it is stopped once the new server is ready"
 	sw.OldCmd = owner.CommandLine(target.Holder.PID)
-	sw.oldProcs, sw.holders = []*pidfd.OldProcess{p}, pidfd.OpenAll(holderPIDs)
+	sw.OldProcs, sw.Holders = []*pidfd.OldProcess{p}, pidfd.OpenAll(holderPIDs)
 }
 
 // replaceGeneration takes a port over from the launcher's own previous
 // generation, in a reload: from takeover's own copy of its socket.
-func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim, sw *swap, old *heldSock) (*swap, int, error) {
+func (l *Launcher) replaceGeneration(ctx context.Context, g *generation, c Claim, sw *Swap, old *heldSock) (*Swap, int, error) {
 	prev := g.prev
 	prev.replacedIn(sw, old)
 	if prev.inherited {
 		held, err := l.handInherited(g, c, sw, old)
 		return l.settled(sw, held, err)
 	}
-	if l.cfg.Strategy != "rebind" {
+	if l.Cfg.Strategy != "rebind" {
 		dup, why := -1, ""
 		if fd, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0); err != nil {
 			why = fmt.Sprintf("cannot copy the old socket: %v", err)
@@ -252,25 +252,25 @@ func (l *launcher) replaceGeneration(ctx context.Context, g *generation, c claim
 			return l.settled(sw, held, err)
 		}
 	}
-	if c.spec.Net != target.NetUnix { // a rename leaves the old generation serving: it may yet be rolled back to
+	if c.Spec.Net != target.NetUnix { // a rename leaves the old generation serving: it may yet be rolled back to
 		prev.closeCopies()
 	}
 	if err := l.rebind(ctx, c, sw); err != nil {
 		return l.settled(sw, -1, err)
 	}
-	return sw, c.sock, nil
+	return sw, c.Sock, nil
 }
 
 // handInherited gives the command a socket systemd passed. There is no
 // rebind to fall back on: systemd keeps its copy, so the port never frees.
-func (l *launcher) handInherited(g *generation, c claim, sw *swap, old *heldSock) (int, error) {
+func (l *Launcher) handInherited(g *generation, c Claim, sw *Swap, old *heldSock) (int, error) {
 	dup, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return -1, fmt.Errorf("copy the socket systemd passed for %s: %w", c.spec, err)
+		return -1, fmt.Errorf("copy the socket systemd passed for %s: %w", c.Spec, err)
 	}
-	if why := handoffMismatch(dup, c.sock, c.spec, c.addr); why != "" {
+	if why := handoffMismatch(dup, c.Sock, c.Spec, c.Addr); why != "" {
 		unix.Close(dup)
-		return -1, fmt.Errorf("the socket systemd passed for %s does not fit the command's bind: %s (%w)", c.spec, strings.Replace(why, "old socket", "passed socket", 1), unix.EADDRINUSE)
+		return -1, fmt.Errorf("the socket systemd passed for %s does not fit the command's bind: %s (%w)", c.Spec, strings.Replace(why, "old socket", "passed socket", 1), unix.EADDRINUSE)
 	}
 	return l.handoff(g, c, sw, dup)
 }
@@ -278,8 +278,8 @@ func (l *launcher) handInherited(g *generation, c claim, sw *swap, old *heldSock
 // replacedIn names, in sw, the generation as the old server whose socket
 // old a newer generation of the same launcher takes: a reload, a restart.
 // Sockets systemd passed had no server: only where they came from is said.
-func (prev *generation) replacedIn(sw *swap, old *heldSock) {
-	sw.inodes = []uint64{old.inode}
+func (prev *generation) replacedIn(sw *Swap, old *heldSock) {
+	sw.Inodes = []uint64{old.inode}
 	if prev.inherited {
 		sw.Via = old.via
 		return
@@ -289,7 +289,7 @@ func (prev *generation) replacedIn(sw *swap, old *heldSock) {
 		// (A restart's prev has died and been reaped: its pid may be
 		// another process's by now, never to be opened.)
 		sw.OldCmd = owner.CommandLine(prev.pid)
-		sw.oldProcs, sw.holders = pidfd.OpenAll([]int{prev.pid}), pidfd.OpenAll([]int{prev.pid})
+		sw.OldProcs, sw.Holders = pidfd.OpenAll([]int{prev.pid}), pidfd.OpenAll([]int{prev.pid})
 	}
 	sw.Via = "own-copy"
 }
@@ -298,9 +298,9 @@ func (prev *generation) replacedIn(sw *swap, old *heldSock) {
 // and why says so) to the command if it can stand in for the command's own
 // socket. When it cannot, --strategy handoff refuses the bind, and auto
 // records why in sw and leaves the rebind to the caller: done is false.
-func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, why string) (held int, done bool, err error) {
+func (l *Launcher) handoffOrFallBack(g *generation, c Claim, sw *Swap, old int, why string) (held int, done bool, err error) {
 	if why == "" {
-		why = handoffMismatch(old, c.sock, c.spec, c.addr)
+		why = handoffMismatch(old, c.Sock, c.Spec, c.Addr)
 	}
 	if why == "" {
 		if held, ok := l.fenced(c, sw, old); ok {
@@ -312,8 +312,8 @@ func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, 
 	if old >= 0 {
 		unix.Close(old)
 	}
-	if l.cfg.Strategy == "handoff" {
-		return -1, true, fmt.Errorf("--strategy handoff: cannot hand %s over: %s (%w)", c.spec.Describe(), why, unix.EADDRINUSE)
+	if l.Cfg.Strategy == "handoff" {
+		return -1, true, fmt.Errorf("--strategy handoff: cannot hand %s over: %s (%w)", c.Spec.Describe(), why, unix.EADDRINUSE)
 	}
 	sw.Why = why
 	return -1, false, nil
@@ -324,26 +324,26 @@ func (l *launcher) handoffOrFallBack(g *generation, c claim, sw *swap, old int, 
 // one takeover makes to pass on), an old server that runs, fencing not
 // turned off. It then closes old and returns the new socket; otherwise it
 // records why not in sw.
-func (l *launcher) fenced(c claim, sw *swap, old int) (int, bool) {
+func (l *Launcher) fenced(c Claim, sw *Swap, old int) (int, bool) {
 	switch {
-	case !l.cfg.fence() || c.spec.Net != "":
+	case !l.Cfg.fence() || c.Spec.Net != "":
 		return -1, false
-	case len(sw.oldProcs) == 0:
+	case len(sw.OldProcs) == 0:
 		return -1, false // a restart: no old server to fence
 	}
-	f, why := fenceBeside(c, old)
+	f, why := FenceBeside(c, old)
 	if f == nil {
 		sw.notFenced = why
 		return -1, false
 	}
 	unix.Close(old)
 	sw.Strategy, sw.fence = "handoff", f
-	return c.sock, true
+	return c.Sock, true
 }
 
 // settled ends takePort: on failure it lets go of the old processes the swap
 // had opened, so that no pidfd outlives a refused bind.
-func (l *launcher) settled(sw *swap, held int, err error) (*swap, int, error) {
+func (l *Launcher) settled(sw *Swap, held int, err error) (*Swap, int, error) {
 	if err != nil {
 		sw.abandon()
 		return nil, -1, err
@@ -353,7 +353,7 @@ func (l *launcher) settled(sw *swap, held int, err error) (*swap, int, error) {
 
 // handoff installs old in the command at its fd and answers its bind; it
 // returns old, now the socket takeover keeps a copy of.
-func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, error) {
+func (l *Launcher) handoff(g *generation, c Claim, sw *Swap, old int) (int, error) {
 	if c.install != nil {
 		undo := watchBlocking(old)
 		if err := c.install(old); err != nil {
@@ -363,10 +363,10 @@ func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, erro
 		}
 		sw.nonblock = undo.ifSet()
 	}
-	unix.Close(c.sock) // the command's own socket, now closed in the command too
+	unix.Close(c.Sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"
-	if c.spec.Net == target.NetUnix && len(sw.oldProcs) > 0 {
-		sw.path = keepHandedOver(c.spec.Path)
+	if c.Spec.Net == target.NetUnix && len(sw.OldProcs) > 0 {
+		sw.path = keepHandedOver(c.Spec.Path)
 	}
 	return old, nil
 }
@@ -375,18 +375,18 @@ func (l *launcher) handoff(g *generation, c claim, sw *swap, old int) (int, erro
 // frees.
 // A unix socket's path is replaced instead: the old server keeps serving
 // until the new one is ready, as in a handoff.
-func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
-	if c.spec.Net == target.NetUnix {
+func (l *Launcher) rebind(ctx context.Context, c Claim, sw *Swap) error {
+	if c.Spec.Net == target.NetUnix {
 		return l.bindBeside(c, sw)
 	}
 	sw.Strategy = "rebind"
-	l.store.Remove(c.spec.StoreName()) // systemd's copy would keep the port from freeing
-	bctx, cancel := context.WithTimeout(ctx, l.cfg.bindTimeout())
+	l.store.Remove(c.Spec.StoreName()) // systemd's copy would keep the port from freeing
+	bctx, cancel := context.WithTimeout(ctx, l.Cfg.EffectiveBindTimeout())
 	defer cancel()
 	var err error
-	sw.rebindTimes, err = l.cfg.Rebind(bctx, rebind{
-		Sock: c.sock, Addr: c.addr, Old: sw.oldProcs, Holders: sw.holders, Inodes: sw.inodes,
-		Signal: l.cfg.signal(), KillTimeout: l.cfg.killTimeout(),
+	sw.RebindTimes, err = l.Cfg.Rebind(bctx, Rebind{
+		Sock: c.Sock, Addr: c.Addr, Old: sw.OldProcs, Holders: sw.Holders, Inodes: sw.Inodes,
+		Signal: l.Cfg.signal(), KillTimeout: l.Cfg.killTimeout(),
 	})
 	return err
 }
@@ -396,14 +396,14 @@ func (l *launcher) rebind(ctx context.Context, c claim, sw *swap) error {
 // (SCM_RIGHTS needs no ptrace rights), or else with pidfd_getfd from the
 // stop target or another holder. It returns -1 and why when there is none,
 // and records in sw how it got the socket.
-func (l *launcher) copyOldSocket(owners []owner.Listener, sw *swap) (int, string) {
+func (l *Launcher) copyOldSocket(owners []owner.Listener, sw *Swap) (int, string) {
 	if len(owners) != 1 {
 		return -1, fmt.Sprintf("the port is held by %d sockets, not one", len(owners))
 	}
 	o, target := owners[0], sw.Old[0]
 	var errs []string
 	if target.Launcher {
-		sock, err := fdpass.FetchSocket(rundir.LauncherSockPath(l.dir, target.PID), target.PID, o.Inode, fdpass.FetchTimeout)
+		sock, err := fdpass.FetchSocket(rundir.LauncherSockPath(l.Dir, target.PID), target.PID, o.Inode, fdpass.FetchTimeout)
 		if err == nil {
 			sw.Via = "unix-socket"
 			return sock, ""
@@ -446,7 +446,7 @@ func v6Only(sock int) bool {
 
 // heldSocket returns takeover's copy of a socket one of its generations
 // holds, for a newer takeover.
-func (l *launcher) heldSocket(inode uint64) (int, bool) {
+func (l *Launcher) heldSocket(inode uint64) (int, bool) {
 	l.mu.Lock()
 	gens := slices.Clone(l.gens)
 	l.mu.Unlock()
@@ -471,12 +471,12 @@ func isServiceManager(h owner.Holder) bool {
 // ownedBySelf reports whether a listener is this takeover's own: held only
 // by takeover itself and its descendants (a prefork child binding a second
 // SO_REUSEPORT socket).
-func (l *launcher) ownedBySelf(o owner.Listener) bool {
+func (l *Launcher) ownedBySelf(o owner.Listener) bool {
 	if len(o.Holders) == 0 {
 		return false
 	}
 	for _, h := range o.Holders {
-		if h.PID != l.self && !owner.IsAncestor("/proc", l.self, h.PID) {
+		if h.PID != l.Self && !owner.IsAncestor("/proc", l.Self, h.PID) {
 			return false
 		}
 	}

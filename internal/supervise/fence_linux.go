@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"context"
@@ -65,15 +65,15 @@ const (
 // server's listening socket at c.addr, in one SO_REUSEPORT group, and
 // steers new connections to old. It returns why when it cannot, having left
 // both sockets as they were (c.sock unbound).
-func fenceBeside(c claim, old int) (*fence, string) {
+func FenceBeside(c Claim, old int) (*fence, string) {
 	var o, n unix.Stat_t
 	if err := unix.Fstat(old, &o); err != nil {
 		return nil, fmt.Sprintf("cannot stat the old socket: %v", err)
 	}
-	if err := unix.Fstat(c.sock, &n); err != nil {
+	if err := unix.Fstat(c.Sock, &n); err != nil {
 		return nil, fmt.Sprintf("cannot stat the new socket: %v", err)
 	}
-	for _, s := range []int{old, c.sock} {
+	for _, s := range []int{old, c.Sock} {
 		if p, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p == unix.IPPROTO_MPTCP {
 			// (Go 1.24 and later listen with MPTCP where the kernel has it.)
 			return nil, "an MPTCP socket: the kernel takes no SO_REUSEPORT program for one"
@@ -86,20 +86,20 @@ func fenceBeside(c claim, old int) (*fence, string) {
 	if err != nil {
 		return nil, err.Error()
 	}
-	if k := countAt(ls, c.addr); k != 1 {
-		return nil, fmt.Sprintf("%d sockets listen on %s (an SO_REUSEPORT group of the server's own), not one", k, c.addr)
+	if k := countAt(ls, c.Addr); k != 1 {
+		return nil, fmt.Sprintf("%d sockets listen on %s (an SO_REUSEPORT group of the server's own), not one", k, c.Addr)
 	}
 	had, err := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_REUSEPORT)
 	if err != nil {
 		return nil, fmt.Sprintf("cannot read the old socket's SO_REUSEPORT: %v", err)
 	}
 	undo := func() {
-		unix.SetsockoptInt(c.sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 0)
+		unix.SetsockoptInt(c.Sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 0)
 		if had == 0 {
 			unix.SetsockoptInt(old, unix.SOL_SOCKET, unix.SO_REUSEPORT, 0)
 		}
 	}
-	for _, s := range []int{old, c.sock} {
+	for _, s := range []int{old, c.Sock} {
 		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 			undo()
 			return nil, fmt.Sprintf("cannot set SO_REUSEPORT: %v", err)
@@ -110,11 +110,11 @@ func fenceBeside(c claim, old int) (*fence, string) {
 	// old socket before the new one joins. (EINVAL: no group yet; the new
 	// socket's listen makes one.)
 	steer(old, oldInGroup)
-	if err := c.bind(c.sock); err != nil {
+	if err := c.bind(c.Sock); err != nil {
 		undo()
 		return nil, fmt.Sprintf("cannot bind beside the old socket: %v", err)
 	}
-	return &fence{oldInode: o.Ino, addr: c.addr}, ""
+	return &fence{oldInode: o.Ino, addr: c.Addr}, ""
 }
 
 // freshInGroup sets SO_REUSEPORT on a TCP socket bound fresh where a later
@@ -126,9 +126,9 @@ func fenceBeside(c claim, old int) (*fence, string) {
 // while the accept queue was full, and retried) is reset, as if the cookie
 // were forged (24 to 32 resets in one burst at the first swap of a python
 // server with a backlog of 5 under 50 clients).
-func freshInGroup(c claim, fence bool) {
-	if fence && c.spec.Net == "" {
-		unix.SetsockoptInt(c.sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+func freshInGroup(c Claim, fence bool) {
+	if fence && c.Spec.Net == "" {
+		unix.SetsockoptInt(c.Sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 	}
 }
 
@@ -154,7 +154,7 @@ func steer(sock int, index uint32) error {
 
 // joined is called once the new socket listens, which is when it joins the
 // group: until the fence is up, connections go to the old socket.
-func (f *fence) joined(sock int) error {
+func (f *fence) Joined(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.up {
@@ -170,7 +170,7 @@ func (f *fence) joined(sock int) error {
 // raise sends every new connection to the new socket, sock, and notes the
 // handshakes under way at the address: from then on, a handshake that
 // begins is the new socket's, so the old socket's are among those.
-func (f *fence) raise(sock int) error {
+func (f *fence) Raise(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.up = true
@@ -264,7 +264,7 @@ func (f *fence) lower(sock int) error {
 // to go, and leaves the program as it is if it does not. Then, the old
 // socket's handshakes done (up to a second more), it lets go of
 // net.ipv4.tcp_migrate_req.
-func (f *fence) settle(ctx context.Context, sock int) bool {
+func (f *fence) Settle(ctx context.Context, sock int) bool {
 	defer f.releaseMigrate()
 	deadline := time.Now().Add(time.Second)
 	for {
@@ -294,7 +294,7 @@ func (f *fence) settle(ctx context.Context, sock int) bool {
 // connection waits in its socket's queue, and none of pids (its processes)
 // holds a connection it accepted. (In that order: a handshake that
 // completes meanwhile is in the queue when that is looked at.)
-func (f *fence) finished(pids []int) (bool, error) {
+func (f *fence) Finished(pids []int) (bool, error) {
 	if f.isGone() {
 		return true, nil // what waits in its queue is handed over or lost: none of it will be accepted there
 	}
@@ -327,7 +327,7 @@ func (f *fence) finished(pids []int) (bool, error) {
 // had accepted: the same state twice in a row, so that a handshake that
 // completed into the old queue just as the fence went up is seen. It
 // reports whether it put up any.
-func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldStop) bool {
+func (l *Launcher) raiseFences(ctx context.Context, g *generation, stop []oldStop) bool {
 	type fenced struct {
 		f    *fence
 		spec target.PortSpec
@@ -343,8 +343,8 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 		if held == nil {
 			continue
 		}
-		if err := f.raise(held.copyFD); err != nil {
-			l.log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.sw.Spec.String(), "err", err)
+		if err := f.Raise(held.copyFD); err != nil {
+			l.Log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.sw.Spec.String(), "err", err)
 			continue
 		}
 		pids := pidfd.PidsOf(st.procs, st.holders)
@@ -356,9 +356,9 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 	}
 	for _, x := range fs {
 		if set, err := x.f.holdMigrate(); set {
-			l.log.Info("net.ipv4.tcp_migrate_req=1 in this network namespace until the old socket has closed: a listening socket that closes hands its queued connections to another socket of its SO_REUSEPORT group instead of resetting them")
+			l.Log.Info("net.ipv4.tcp_migrate_req=1 in this network namespace until the old socket has closed: a listening socket that closes hands its queued connections to another socket of its SO_REUSEPORT group instead of resetting them")
 		} else if err != nil {
-			l.log.Debug("cannot set net.ipv4.tcp_migrate_req; the drain alone keeps the old socket's queue", "err", err)
+			l.Log.Debug("cannot set net.ipv4.tcp_migrate_req; the drain alone keeps the old socket's queue", "err", err)
 		}
 	}
 	release := func() {
@@ -367,13 +367,13 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 		}
 	}
 	began := time.Now()
-	wait := l.cfg.drainTimeout()
+	wait := l.Cfg.drainTimeout()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for clean := 0; ; {
 		busy := ""
 		for _, x := range fs {
-			if ok, err := x.f.finished(x.pids); !ok || err != nil {
+			if ok, err := x.f.Finished(x.pids); !ok || err != nil {
 				busy = x.spec.String()
 				break
 			}
@@ -385,10 +385,10 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 		}
 		switch {
 		case clean == 2:
-			l.log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", g.num, "waited", time.Since(began).Round(time.Microsecond))
+			l.Log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", g.num, "waited", time.Since(began).Round(time.Microsecond))
 			return true
 		case time.Since(began) >= wait:
-			l.log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
+			l.Log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
 			return true
 		case g.hasExited():
 			release() // the old server serves on
@@ -486,7 +486,7 @@ func writeSysctl(path, v string) error {
 }
 
 // fenceAttrs are the log attributes that say whether a swap was fenced.
-func (sw *swap) fenceAttrs() []any {
+func (sw *Swap) fenceAttrs() []any {
 	switch {
 	case sw.fence != nil:
 		return []any{"fenced", true}

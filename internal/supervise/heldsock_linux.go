@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"net/netip"
@@ -23,7 +23,7 @@ type heldSock struct {
 	addr   netip.AddrPort // TCP and UDP
 	via    string         // a socket systemd passed: how (inheritedSock.via)
 	fence  *fence         // a new socket beside the old server's (fence_linux.go)
-	sw     *swap          // the swap that took it (intercepted binds), dropped with it
+	sw     *Swap          // the swap that took it (intercepted binds), dropped with it
 }
 
 // heldFor returns the generation's socket for the target (at addr, for

@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const capNetBindService = 10
+const CapNetBindService = 10
 
 // serve answers the generation's notifications until every process under
 // the filter has exited.
@@ -128,16 +128,16 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		return seccomp.Continue // UDP on a TCP target's port, say: no business of ours
 	}
 	if err != nil {
-		g.l.log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
+		g.l.Log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
 		return seccomp.Continue
 	}
 	exe, _ := procfs.FS("/proc").Exe(st.Tgid)
 	child := owner.NewChild{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.l.unit}
 	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
-	sw, held, err := g.l.takePort(ctx, g, claim{child: child, status: st, sock: sock, addr: addr, spec: spec, install: install})
+	sw, held, err := g.l.takePort(ctx, g, Claim{child: child, status: st, Sock: sock, Addr: addr, Spec: spec, install: install})
 	if err != nil {
 		unix.Close(sock)
-		g.l.log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)
+		g.l.Log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)
 		return respErrno(err)
 	}
 	if made && held == sock {
@@ -146,7 +146,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		if err := injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, sock); err != nil {
 			unix.Close(sock)
 			sw.abandon()
-			g.l.log.Error("cannot install the socket in the command", "pid", st.Tgid, "fd", fd, "err", err)
+			g.l.Log.Error("cannot install the socket in the command", "pid", st.Tgid, "fd", fd, "err", err)
 			return respErrno(unix.EADDRINUSE)
 		}
 	}
@@ -236,10 +236,10 @@ func (g *generation) dropClosed() {
 			}
 			continue
 		}
-		g.l.log.Debug("the command closed a socket it had bound to a target; takeover lets go of its copy", "port", s.spec.String(), "pid", k.Tgid, "fd", k.FD)
+		g.l.Log.Debug("the command closed a socket it had bound to a target; takeover lets go of its copy", "port", s.spec.String(), "pid", k.Tgid, "fd", k.FD)
 		unix.Close(s.copyFD)
 		if s.sw != nil {
-			g.swaps = slices.DeleteFunc(g.swaps, func(sw *swap) bool { return sw == s.sw })
+			g.swaps = slices.DeleteFunc(g.swaps, func(sw *Swap) bool { return sw == s.sw })
 			s.sw.abandon()
 		}
 	}
@@ -262,7 +262,7 @@ func (g *generation) bindTargets(raw []byte, tgid int) ([]target.PortSpec, netip
 		if !ok {
 			return nil, addr, false
 		}
-		for _, spec := range g.l.cfg.Ports {
+		for _, spec := range g.l.Cfg.Ports {
 			if spec.Net == target.NetUnix && target.SamePathName(spec.Path, path) {
 				return []target.PortSpec{spec}, addr, true
 			}
@@ -274,7 +274,7 @@ func (g *generation) bindTargets(raw []byte, tgid int) ([]target.PortSpec, netip
 	}
 	var specs []target.PortSpec
 	for _, netw := range []string{"", target.NetUDP} {
-		if spec, ok := g.l.cfg.Ports.Match(netw, addr); ok {
+		if spec, ok := g.l.Cfg.Ports.Match(netw, addr); ok {
 			specs = append(specs, spec)
 		}
 	}
@@ -328,8 +328,8 @@ func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
 		return respErrno(err)
 	}
 	if held.fence != nil {
-		if err := held.fence.joined(held.copyFD); err != nil {
-			g.l.log.Warn("cannot steer new connections to the old server while the new one starts; a rollback would reset those that reach the new one", "port", held.spec.String(), "err", err)
+		if err := held.fence.Joined(held.copyFD); err != nil {
+			g.l.Log.Warn("cannot steer new connections to the old server while the new one starts; a rollback would reset those that reach the new one", "port", held.spec.String(), "err", err)
 		}
 	}
 	select {
@@ -341,7 +341,7 @@ func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
 
 // unprivilegedPortStart is net.ipv4.ip_unprivileged_port_start (1024 when
 // it cannot be read).
-func unprivilegedPortStart() int {
+func UnprivilegedPortStart() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 	if err != nil {
 		return 1024
@@ -377,7 +377,7 @@ func (g *generation) handOverDead(n *seccomp.Notif, tgid int, s *heldSock) (*hel
 		}
 	}
 	if why != "" {
-		g.l.log.Warn("the old generation died before the new one listened, and its socket cannot be handed over: what waits in it is lost", "port", s.spec.String(), "why", why)
+		g.l.Log.Warn("the old generation died before the new one listened, and its socket cannot be handed over: what waits in it is lost", "port", s.spec.String(), "why", why)
 		unix.Close(old)
 		return nil, false
 	}
@@ -395,6 +395,6 @@ func (g *generation) handOverDead(n *seccomp.Notif, tgid int, s *heldSock) (*hel
 		}
 	}
 	unix.Close(s.copyFD) // the command's own socket, closed in it by the handover
-	g.l.log.Info("the old generation died before the new one listened: the new one is given its socket and what waits in it", "port", s.spec.String(), "generation", g.num)
+	g.l.Log.Info("the old generation died before the new one listened: the new one is given its socket and what waits in it", "port", s.spec.String(), "generation", g.num)
 	return h, true
 }

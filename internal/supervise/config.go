@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"errors"
@@ -16,7 +16,7 @@ import (
 
 // A config is what one takeover is asked to do. Zero values mean the
 // documented defaults.
-type config struct {
+type Config struct {
 	Ports         target.SpecList
 	Signal        unix.Signal   // to stop the old server; SIGTERM
 	KillTimeout   time.Duration // from the stop signal to SIGKILL; 10s
@@ -38,7 +38,7 @@ type config struct {
 	RestartDelay  time.Duration // the first back-off before a restart; 100ms
 	PIDFile       string
 	StatusFile    string
-	StartServer   *startServerOpts // run as start_server: its conventions (startserver.go)
+	StartServer   *StartServerOpts // run as start_server: its conventions (startserver.go)
 	Command       []string
 	Rebind        rebinder // the rebind strategy: retryBind (retrybind.go)
 }
@@ -46,74 +46,74 @@ type config struct {
 // maxFlagDuration bounds every duration flag: far from where a
 // time.Duration overflows (292 years), so that lockTimeout's sum of them
 // cannot turn negative.
-const maxFlagDuration = 365 * 24 * time.Hour
+const MaxFlagDuration = 365 * 24 * time.Hour
 
 const (
-	defaultKillTimeout = 10 * time.Second
-	defaultBindTimeout = 15 * time.Second
+	DefaultKillTimeout = 10 * time.Second
+	DefaultBindTimeout = 15 * time.Second
 )
 
-func (c config) killTimeout() time.Duration {
+func (c Config) killTimeout() time.Duration {
 	if c.KillTimeout == 0 {
-		return defaultKillTimeout
+		return DefaultKillTimeout
 	}
 	return c.KillTimeout
 }
 
 const (
-	defaultDrainTimeout = 5 * time.Second
-	maxDrain            = time.Hour
+	DefaultDrainTimeout = 5 * time.Second
+	MaxDrain            = time.Hour
 )
 
-func (c config) fence() bool { return c.Fence != "off" }
+func (c Config) fence() bool { return c.Fence != "off" }
 
-func (c config) drainTimeout() time.Duration {
+func (c Config) drainTimeout() time.Duration {
 	if c.DrainTimeout == 0 {
-		return defaultDrainTimeout
+		return DefaultDrainTimeout
 	}
 	return c.DrainTimeout
 }
 
-func (c config) bindTimeout() time.Duration {
+func (c Config) EffectiveBindTimeout() time.Duration {
 	if c.BindTimeout == 0 {
-		return defaultBindTimeout
+		return DefaultBindTimeout
 	}
 	return c.BindTimeout
 }
 
 const (
-	readyAccept   = "accept"
-	readyListen   = "listen"
-	readyNotify   = "notify"
-	readyInterval = "interval"
+	ReadyAccept   = "accept"
+	ReadyListen   = "listen"
+	ReadyNotify   = "notify"
+	ReadyInterval = "interval"
 )
 
-func (c config) sockets() string {
+func (c Config) sockets() string {
 	if c.Sockets == "" {
-		return socketsIntercept
+		return SocketsIntercept
 	}
 	return c.Sockets
 }
 
-func (c config) interval() time.Duration {
+func (c Config) interval() time.Duration {
 	if c.Interval == 0 {
 		return time.Second
 	}
 	return c.Interval
 }
 
-func (c config) ready() string {
+func (c Config) ready() string {
 	if c.Ready == "" {
-		return readyAccept
+		return ReadyAccept
 	}
 	return c.Ready
 }
 
-const defaultReadyTimeout = 60 * time.Second
+const DefaultReadyTimeout = 60 * time.Second
 
-func (c config) readyTimeout() time.Duration {
+func (c Config) readyTimeout() time.Duration {
 	if c.ReadyTimeout == 0 {
-		return max(defaultReadyTimeout, c.bindTimeout()+30*time.Second)
+		return max(DefaultReadyTimeout, c.EffectiveBindTimeout()+30*time.Second)
 	}
 	return c.ReadyTimeout
 }
@@ -122,7 +122,7 @@ func (c config) readyTimeout() time.Duration {
 // the longest a swap with the same flags can hold the lock (the new
 // generation's --ready-timeout, then --kill-old-delay, then the old one's
 // --kill-timeout), and 10 s more.
-func (c config) lockTimeout() time.Duration {
+func (c Config) EffectiveLockTimeout() time.Duration {
 	if c.LockTimeout == 0 {
 		return c.readyTimeout() + c.KillOldDelay + c.drainTimeout() + c.killTimeout() + 10*time.Second
 	}
@@ -130,23 +130,23 @@ func (c config) lockTimeout() time.Duration {
 }
 
 const (
-	defaultMaxRestarts   = 5
-	defaultRestartWindow = time.Minute
+	DefaultMaxRestarts   = 5
+	DefaultRestartWindow = time.Minute
 )
 
-func (c config) restartPolicy() restartPolicy {
+func (c Config) restartPolicy() restartPolicy {
 	p := restartPolicy{Mode: c.Restart, Max: c.MaxRestarts, Window: c.RestartWindow, Delay: c.RestartDelay}
 	if p.Delay == 0 {
-		p.Delay = restartFirst
+		p.Delay = RestartFirst
 	}
 	if p.Mode == "" {
 		p.Mode = "on-failure"
 	}
 	if p.Max == 0 {
-		p.Max = defaultMaxRestarts
+		p.Max = DefaultMaxRestarts
 	}
 	if p.Window == 0 {
-		p.Window = defaultRestartWindow
+		p.Window = DefaultRestartWindow
 	}
 	if c.StartServer != nil {
 		// start_server's rule: a worker that dies before it has lived
@@ -156,7 +156,7 @@ func (c config) restartPolicy() restartPolicy {
 	return p
 }
 
-func (c config) signal() unix.Signal {
+func (c Config) signal() unix.Signal {
 	if c.Signal == 0 {
 		return unix.SIGTERM
 	}
@@ -164,13 +164,13 @@ func (c config) signal() unix.Signal {
 }
 
 var (
-	logLevel slog.LevelVar
-	logJSON  bool
+	LogLevel slog.LevelVar
+	LogJSON  bool
 )
 
 func newLogger(w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: &logLevel}
-	if logJSON {
+	opts := &slog.HandlerOptions{Level: &LogLevel}
+	if LogJSON {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
@@ -203,8 +203,8 @@ func exitStatus(ws syscall.WaitStatus) int {
 // Exit statuses of the launcher, as env, nohup, timeout and docker run use
 // them.
 const (
-	exitNotReady      = 124 // the new server was not ready in time and was rolled back, as timeout(1) exits
-	exitLauncher      = 125 // takeover itself failed
+	ExitNotReady      = 124 // the new server was not ready in time and was rolled back, as timeout(1) exits
+	ExitLauncher      = 125 // takeover itself failed
 	exitNotExecutable = 126
 	exitNotFound      = 127
 )

@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"errors"
@@ -16,48 +16,48 @@ import (
 // shimEnv marks the re-executed takeover that becomes the command: it
 // installs the bind filter on itself, hands the notification fd to the
 // launcher over fd 3 (a socketpair), and execs the command in its place.
-const shimEnv = "_TAKEOVER_SHIM"
+const ShimEnv = "_TAKEOVER_SHIM"
 
 // shimUnlinks is shimEnv's value when the filter is to trap unlinks too:
 // the launcher has unix targets.
 const shimUnlinks = "unlinks"
 
 // shimFD is the shim's end of the socketpair to the launcher.
-const shimFD = 3
+const ShimFD = 3
 
 // shimSilentEnv is for tests only (TestShimSilent), and nothing else
 // reads it: set to "exec", the shim installs its filter but never answers
 // the launcher, and execs the command all the same, as if the launcher's
 // receive had failed after the exec; set to "hang", it never answers and
 // waits for ever.
-const shimSilentEnv = "_TAKEOVER_TEST_SHIM_SILENT"
+const ShimSilentEnv = "_TAKEOVER_TEST_SHIM_SILENT"
 
 // runShim never returns: it execs the command or exits.
-func runShim(args []string) {
+func RunShim(args []string) {
 	runtime.LockOSThread() // the filter binds to this thread, which must exec
-	unix.CloseOnExec(shimFD)
+	unix.CloseOnExec(ShimFD)
 	if len(args) == 0 {
-		shimFail(exitLauncher, "shim: no command")
+		shimFail(ExitLauncher, "shim: no command")
 	}
-	fd, err := seccomp.Install(trappedCalls(os.Getenv(shimEnv) == shimUnlinks))
+	fd, err := seccomp.Install(TrappedCalls(os.Getenv(ShimEnv) == shimUnlinks))
 	if err != nil {
-		sendShimResult(-1, err.Error())
-		shimFail(exitLauncher, err.Error())
+		SendShimResult(-1, err.Error())
+		shimFail(ExitLauncher, err.Error())
 	}
-	switch os.Getenv(shimSilentEnv) {
+	switch os.Getenv(ShimSilentEnv) {
 	case "hang":
 		select {}
 	case "exec":
 	default:
-		if err := sendShimResult(fd, ""); err != nil {
-			shimFail(exitLauncher, "shim: cannot reach the launcher: "+err.Error())
+		if err := SendShimResult(fd, ""); err != nil {
+			shimFail(ExitLauncher, "shim: cannot reach the launcher: "+err.Error())
 		}
 	}
 	unix.Close(fd) // the launcher has its copy; the command must not hold one
 
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, shimEnv+"=") && !strings.HasPrefix(kv, shimSilentEnv+"=") {
+		if !strings.HasPrefix(kv, ShimEnv+"=") && !strings.HasPrefix(kv, ShimSilentEnv+"=") {
 			env = append(env, kv)
 		}
 	}
@@ -75,11 +75,11 @@ func shimFail(code int, msg string) {
 }
 
 // sendShimResult sends the notification fd, or the reason there is none.
-func sendShimResult(fd int, errText string) error {
+func SendShimResult(fd int, errText string) error {
 	if fd < 0 {
-		return unix.Sendmsg(shimFD, []byte("error: "+errText), nil, nil, 0)
+		return unix.Sendmsg(ShimFD, []byte("error: "+errText), nil, nil, 0)
 	}
-	return unix.Sendmsg(shimFD, []byte("ok"), unix.UnixRights(fd), nil, 0)
+	return unix.Sendmsg(ShimFD, []byte("ok"), unix.UnixRights(fd), nil, 0)
 }
 
 // errShimSilent means the shim did not answer in time.
@@ -88,7 +88,7 @@ var errShimSilent = errors.New("the shim did not hand over the bind filter")
 // recvShimResult receives what sendShimResult sent, waiting until deadline
 // at most. io.EOF-like results (the shim died before it sent anything)
 // come back as an error too.
-func recvShimResult(sock int, deadline time.Time) (int, error) {
+func RecvShimResult(sock int, deadline time.Time) (int, error) {
 	buf := make([]byte, 1024)
 	oob := make([]byte, unix.CmsgSpace(4))
 	for {

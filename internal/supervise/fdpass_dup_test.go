@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"os"
@@ -26,7 +26,7 @@ func TestHeldSocketSurvivesClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	inode := target.InodeOf(sock)
-	l := &launcher{}
+	l := &Launcher{}
 	g := &generation{l: l, socks: map[sockKey]*heldSock{{Tgid: 1, FD: 3}: {copyFD: sock, inode: inode}}}
 	l.gens = []*generation{g}
 	t.Cleanup(g.closeCopies) // closes sock, if the test did not get that far

@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"fmt"
@@ -115,8 +115,8 @@ type restartPolicy struct {
 }
 
 const (
-	restartFirst    = 100 * time.Millisecond // pm2's exp_backoff_restart_delay: --restart-delay
-	restartMax      = 15 * time.Second
+	RestartFirst    = 100 * time.Millisecond // pm2's exp_backoff_restart_delay: --restart-delay
+	RestartMax      = 15 * time.Second
 	restartStableUp = 30 * time.Second // up this long, a generation resets the back-off
 )
 
@@ -154,7 +154,7 @@ type crashInfo struct {
 func newLifecycle(sup supervisor, log *slog.Logger, policy restartPolicy, killOldDelay time.Duration) *lifecycle {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.Multiplier, b.RandomizationFactor = policy.Delay, 1.5, 0
-	b.MaxInterval, b.MaxElapsedTime = restartMax, 0
+	b.MaxInterval, b.MaxElapsedTime = RestartMax, 0
 	b.Reset()
 	return &lifecycle{sup: sup, log: log, policy: policy, killOldDelay: killOldDelay, now: time.Now, backoff: b, status: -1}
 }
@@ -405,7 +405,7 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 			m.sup.release(m.dead) // an earlier attempt's
 		}
 		if g.isRolledBack() {
-			return exitNotReady, true
+			return ExitNotReady, true
 		}
 		m.log.Warn("command exited before it was ready on every --port; no earlier instance was stopped for it", "pid", g.pid, "status", code)
 		return code, true
@@ -558,7 +558,7 @@ func (m *lifecycle) startAgain(then lifeState) (int, bool) {
 	if err != nil {
 		m.log.Error("cannot start the command again", "err", err)
 		m.sup.release(m.dead)
-		return exitLauncher, true
+		return ExitLauncher, true
 	}
 	m.cur, m.state = g, then
 	return 0, false

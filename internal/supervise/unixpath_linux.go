@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"context"
@@ -35,17 +35,17 @@ import (
 // bind binds sock to the claim's target: an IP address, or a unix path,
 // whose file then gets the owner and the mode it would have had, had the
 // command bound it itself.
-func (c claim) bind(sock int) error {
-	if c.spec.Net != target.NetUnix {
-		return unix.Bind(sock, target.SockaddrOf(c.addr))
+func (c Claim) bind(sock int) error {
+	if c.Spec.Net != target.NetUnix {
+		return unix.Bind(sock, target.SockaddrOf(c.Addr))
 	}
-	return c.bindPath(sock, c.spec.Path)
+	return c.bindPath(sock, c.Spec.Path)
 }
 
 // bindPath binds sock to path as the claim's thread would (bindPathAs).
 // A socket takeover binds for itself, to pass on, gets takeover's umask, or
 // c.pathMode where that is set.
-func (c claim) bindPath(sock int, path string) error {
+func (c Claim) bindPath(sock int, path string) error {
 	if c.child.PID != os.Getpid() {
 		owner, err := c.status.FileOwner()
 		if err != nil {
@@ -193,14 +193,14 @@ type pathSwap struct {
 // bindBeside binds the claim's socket at a temporary name beside the path,
 // for a rename over it once the command is ready: the replacement of the
 // path when the old listener cannot be handed over.
-func (l *launcher) bindBeside(c claim, sw *swap) error {
+func (l *Launcher) bindBeside(c Claim, sw *Swap) error {
 	sw.Strategy = "rename"
-	ps := &pathSwap{path: c.spec.Path, pending: sideName(c.spec.Path, "new")}
+	ps := &pathSwap{path: c.Spec.Path, pending: sideName(c.Spec.Path, "new")}
 	if len(ps.pending) >= len(unix.RawSockaddrUnix{}.Path) {
-		return fmt.Errorf("cannot replace %s by a rename: the name beside it, %s, is longer than a unix socket's path may be; shorten the path, or let the old socket be handed over", c.spec.Path, ps.pending)
+		return fmt.Errorf("cannot replace %s by a rename: the name beside it, %s, is longer than a unix socket's path may be; shorten the path, or let the old socket be handed over", c.Spec.Path, ps.pending)
 	}
-	if err := c.bindPath(c.sock, ps.pending); err != nil {
-		return fmt.Errorf("bind beside %s: %w", c.spec.Path, err)
+	if err := c.bindPath(c.Sock, ps.pending); err != nil {
+		return fmt.Errorf("bind beside %s: %w", c.Spec.Path, err)
 	}
 	sw.path = ps
 	return nil
@@ -340,7 +340,7 @@ func (ps *pathSwap) rollBack() {
 // A socket in another network namespace (a container's, behind a bind
 // mount) is not in this one's tables: a connect that is refused is asked
 // too, before the file goes. It reports whether it removed the file.
-func removeStaleSocket(path string, self int) bool {
+func RemoveStaleSocket(path string, self int) bool {
 	var st unix.Stat_t
 	if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return false
@@ -387,7 +387,7 @@ func (g *generation) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
 		dirfd, pathArg = int32(n.Args[0]), n.Args[1]
 	}
 	name, err := seccomp.ReadString(g.notifFD, n, pathArg)
-	if err != nil || name == "" || !slices.ContainsFunc(g.l.cfg.Ports, func(p target.PortSpec) bool {
+	if err != nil || name == "" || !slices.ContainsFunc(g.l.Cfg.Ports, func(p target.PortSpec) bool {
 		return p.Net == target.NetUnix && filepath.Base(p.Path) == filepath.Base(name)
 	}) {
 		return target.PortSpec{}, false // most unlinks: some other file's
@@ -408,7 +408,7 @@ func (g *generation) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
 	if unix.Lstat(name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return target.PortSpec{}, false
 	}
-	for _, spec := range g.l.cfg.Ports {
+	for _, spec := range g.l.Cfg.Ports {
 		var t unix.Stat_t
 		if spec.Net == target.NetUnix && unix.Lstat(spec.Path, &t) == nil && t.Ino == st.Ino && t.Dev == st.Dev {
 			return spec, true
@@ -432,6 +432,6 @@ func (g *generation) onUnlink(n *seccomp.Notif) seccomp.Resp {
 	if socks, err := socktab.UnixListenersAt(spec.Path); err != nil || len(socks) == 0 || !seccomp.Valid(g.notifFD, n.ID) {
 		return seccomp.Continue
 	}
-	g.l.log.Debug("kept the unix socket the command unlinked: a socket listens there", "path", spec.Path, "pid", n.PID)
+	g.l.Log.Debug("kept the unix socket the command unlinked: a socket listens there", "path", spec.Path, "pid", n.PID)
 	return seccomp.Resp{}
 }

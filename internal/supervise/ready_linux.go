@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"context"
@@ -57,7 +57,7 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 		if r := g.readiness(); r.Ready {
 			g.setReadyBy(r.By)
 			if len(r.Blind) > 0 {
-				g.l.log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",
+				g.l.Log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",
 					"generation", g.num, "pids", fmt.Sprint(r.Blind))
 			}
 			close(g.ready)
@@ -93,7 +93,7 @@ func (g *generation) readiness() readiness {
 	g.mu.Unlock()
 
 	want := make(map[uint64]bool)
-	for _, spec := range g.l.cfg.Ports {
+	for _, spec := range g.l.Cfg.Ports {
 		if !slices.ContainsFunc(held, func(t heldTarget) bool { return t.spec == spec }) {
 			return readiness{Missing: fmt.Sprintf("has not bound %s", spec)}
 		}
@@ -111,16 +111,16 @@ func (g *generation) readiness() readiness {
 	g.mu.Lock()
 	notified := g.notified
 	g.mu.Unlock()
-	switch mode := g.l.cfg.ready(); {
-	case notified && mode != readyListen && mode != readyInterval:
+	switch mode := g.l.Cfg.ready(); {
+	case notified && mode != ReadyListen && mode != ReadyInterval:
 		return readiness{Ready: true, By: "notify"}
-	case mode == readyListen:
+	case mode == ReadyListen:
 		return readiness{Ready: true, By: "listen"}
-	case mode == readyInterval && time.Since(g.started) >= g.l.cfg.interval():
+	case mode == ReadyInterval && time.Since(g.started) >= g.l.Cfg.interval():
 		return readiness{Ready: true, By: "interval"}
-	case mode == readyInterval:
-		return readiness{Missing: fmt.Sprintf("has not run for --interval %v yet", g.l.cfg.interval())}
-	case mode == readyNotify:
+	case mode == ReadyInterval:
+		return readiness{Missing: fmt.Sprintf("has not run for --interval %v yet", g.l.Cfg.interval())}
+	case mode == ReadyNotify:
 		return readiness{Missing: "has not sent READY=1"}
 	}
 	seen := ready.Accepting("/proc", procfs.FS("/proc").WithDescendants([]int{g.pid}), want)

@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"context"
@@ -33,20 +33,20 @@ import (
 // interception.
 
 const (
-	socketsIntercept     = "intercept"
-	socketsSystemd       = "systemd"
-	socketsServerStarter = "server-starter"
+	SocketsIntercept     = "intercept"
+	SocketsSystemd       = "systemd"
+	SocketsServerStarter = "server-starter"
 )
 
 // passShim is the shim's mode for socket passing: it sets LISTEN_PID to
 // its own pid, which becomes the command's by exec, and execs.
-const passShim = "pass"
+const PassShim = "pass"
 
 // runPassShim never returns: it execs the command or exits.
-func runPassShim(args []string) {
+func RunPassShim(args []string) {
 	env := make([]string, 0, len(os.Environ())+1)
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, shimEnv+"=") {
+		if !strings.HasPrefix(kv, ShimEnv+"=") {
 			env = append(env, kv)
 		}
 	}
@@ -63,16 +63,16 @@ func runPassShim(args []string) {
 
 // passedSockets returns the listening sockets, one per --port in order, for
 // a generation that gets them passed, and the swap each was taken by.
-func (l *launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*heldSock, []*swap, error) {
+func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*heldSock, []*Swap, error) {
 	var held []*heldSock
-	var swaps []*swap
-	fail := func(err error) ([]*heldSock, []*swap, error) {
+	var swaps []*Swap
+	fail := func(err error) ([]*heldSock, []*Swap, error) {
 		abandonAll(held, swaps)
 		return nil, nil, err
 	}
-	for _, spec := range l.cfg.Ports {
+	for _, spec := range l.Cfg.Ports {
 		began := time.Now()
-		var sw *swap
+		var sw *Swap
 		var sock int
 		var err error
 		if prev != nil && (!prev.inherited || prev.heldForSpec(spec) != nil) {
@@ -97,7 +97,7 @@ func (l *launcher) passedSockets(ctx context.Context, path string, prev *generat
 // socket prev holds for spec. A prev that died before it was ready (a
 // failed start, retried) never completed its swap: the new generation
 // takes that swap over, so that it stops the old server prev was to stop.
-func inheritSocket(prev *generation, spec target.PortSpec) (*swap, int, error) {
+func inheritSocket(prev *generation, spec target.PortSpec) (*Swap, int, error) {
 	prev.mu.Lock()
 	var old *heldSock
 	for _, s := range prev.socks {
@@ -110,7 +110,7 @@ func inheritSocket(prev *generation, spec target.PortSpec) (*swap, int, error) {
 	if old != nil {
 		fd, err = unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
 	}
-	var unfinished *swap
+	var unfinished *Swap
 	if old != nil && err == nil && prev.readyBy == "" && prev.hasExited() {
 		unfinished = prev.takeSwap(spec)
 	}
@@ -121,9 +121,9 @@ func inheritSocket(prev *generation, spec target.PortSpec) (*swap, int, error) {
 	if unfinished != nil {
 		return unfinished, fd, nil
 	}
-	sw := &swap{Spec: spec, Addr: old.addr, Strategy: "handoff"}
+	sw := &Swap{Spec: spec, Addr: old.addr, Strategy: "handoff"}
 	prev.replacedIn(sw, old)
-	if spec.Net == target.NetUnix && len(sw.oldProcs) > 0 {
+	if spec.Net == target.NetUnix && len(sw.OldProcs) > 0 {
 		sw.path = keepHandedOver(spec.Path) // no filter here sees the old server's unlink
 	}
 	return sw, fd, nil
@@ -131,11 +131,11 @@ func inheritSocket(prev *generation, spec target.PortSpec) (*swap, int, error) {
 
 // takeSwap moves g's swap of spec, with the old processes it is to stop
 // and its unix path, to a copy the caller owns. g.mu is held.
-func (g *generation) takeSwap(spec target.PortSpec) *swap {
+func (g *generation) takeSwap(spec target.PortSpec) *Swap {
 	for _, sw := range g.swaps {
 		if sw.Spec == spec {
 			c := *sw
-			sw.oldProcs, sw.holders, sw.path = nil, nil, nil
+			sw.OldProcs, sw.Holders, sw.path = nil, nil, nil
 			return &c
 		}
 	}
@@ -144,24 +144,24 @@ func (g *generation) takeSwap(spec target.PortSpec) *swap {
 
 // acquire takes spec's listening socket for the first generation, as a
 // bind of the command would be taken over.
-func (l *launcher) acquire(ctx context.Context, spec target.PortSpec, exe string) (*swap, int, error) {
+func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string) (*Swap, int, error) {
 	if spec.Net == target.NetUnix {
 		// As systemd does before it binds a socket unit's path: a file
 		// left by a server that is gone would fail the bind.
-		removeStaleSocket(spec.Path, l.self)
+		RemoveStaleSocket(spec.Path, l.Self)
 	}
 	addr := bindAddrFor(spec)
 	sock, err := newTargetSocket(spec, addr)
 	if err != nil {
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
-	child := owner.NewChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.cfg.StartServer != nil, Unit: l.unit}
-	sw, held, err := l.takePort(ctx, &generation{l: l}, claim{child: child, sock: sock, addr: addr, spec: spec, pathMode: l.cfg.socketFileMode()})
+	child := owner.NewChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.Cfg.StartServer != nil, Unit: l.unit}
+	sw, held, err := l.takePort(ctx, &generation{l: l}, Claim{child: child, Sock: sock, Addr: addr, Spec: spec, pathMode: l.Cfg.socketFileMode()})
 	if err != nil {
 		unix.Close(sock)
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
 	}
-	fail := func(err error) (*swap, int, error) {
+	fail := func(err error) (*Swap, int, error) {
 		unix.Close(held)
 		sw.abandon()
 		return nil, -1, err
@@ -170,12 +170,12 @@ func (l *launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 		return sw, held, nil
 	}
 	if v, _ := unix.GetsockoptInt(held, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v == 0 {
-		if err := unix.Listen(held, l.cfg.backlog()); err != nil {
+		if err := unix.Listen(held, l.Cfg.backlog()); err != nil {
 			return fail(fmt.Errorf("listen on %s: %w", spec, err))
 		}
 	}
 	if sw.fence != nil { // a new socket beside the old server's (takePort's fenced)
-		if err := sw.fence.joined(held); err != nil {
+		if err := sw.fence.Joined(held); err != nil {
 			return fail(fmt.Errorf("steer %s to the old server while the new one starts: %w", spec, err))
 		}
 	}
@@ -189,8 +189,8 @@ func (l *launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 // in old's place (old closed: the old generation holds its own). Otherwise,
 // or when it cannot, it returns old, handed over unfenced as before, with
 // why not in sw.
-func (l *launcher) fencePassed(sw *swap, old int) int {
-	if !l.cfg.fence() || sw.Spec.Net != "" || len(sw.oldProcs) == 0 || sw.fence != nil {
+func (l *Launcher) fencePassed(sw *Swap, old int) int {
+	if !l.Cfg.fence() || sw.Spec.Net != "" || len(sw.OldProcs) == 0 || sw.fence != nil {
 		return old
 	}
 	sock, err := newTargetSocket(sw.Spec, sw.Addr)
@@ -198,18 +198,18 @@ func (l *launcher) fencePassed(sw *swap, old int) int {
 		sw.notFenced = fmt.Sprintf("cannot make a socket: %v", err)
 		return old
 	}
-	f, why := fenceBeside(claim{sock: sock, addr: sw.Addr, spec: sw.Spec}, old)
+	f, why := FenceBeside(Claim{Sock: sock, Addr: sw.Addr, Spec: sw.Spec}, old)
 	if f == nil {
 		unix.Close(sock)
 		sw.notFenced = why
 		return old
 	}
-	if err := unix.Listen(sock, l.cfg.backlog()); err != nil {
+	if err := unix.Listen(sock, l.Cfg.backlog()); err != nil {
 		unix.Close(sock)
 		sw.notFenced = fmt.Sprintf("cannot listen beside the old socket: %v", err)
 		return old
 	}
-	if err := f.joined(sock); err != nil {
+	if err := f.Joined(sock); err != nil {
 		unix.Close(sock)
 		sw.notFenced = fmt.Sprintf("cannot steer to the old socket: %v", err)
 		return old
@@ -277,13 +277,13 @@ func newTargetSocket(spec target.PortSpec, addr netip.AddrPort) (int, error) {
 // --port=PORT=FD says otherwise), with names in SERVER_STARTER_PORT.
 func passingEnv(mode string, held []*heldSock, names []string, fds []int, num int) []string {
 	switch mode {
-	case socketsSystemd:
+	case SocketsSystemd:
 		fdNames := make([]string, len(held))
 		for i, h := range held {
 			fdNames[i] = h.spec.FdName()
 		}
 		return []string{"LISTEN_FDS=" + strconv.Itoa(len(held)), "LISTEN_FDNAMES=" + strings.Join(fdNames, ":")}
-	case socketsServerStarter:
+	case SocketsServerStarter:
 		return []string{"SERVER_STARTER_PORT=" + starter.FormatEnv(names, fds), "SERVER_STARTER_GENERATION=" + strconv.Itoa(num)}
 	}
 	return nil
@@ -296,7 +296,7 @@ var passedVars = []string{"SERVER_STARTER_PORT=", "SERVER_STARTER_GENERATION="}
 
 // abandonAll closes the sockets taken for a generation that will not run,
 // and abandons the swaps that took them.
-func abandonAll(held []*heldSock, swaps []*swap) {
+func abandonAll(held []*heldSock, swaps []*Swap) {
 	for _, h := range held {
 		unix.Close(h.copyFD)
 	}
@@ -306,14 +306,14 @@ func abandonAll(held []*heldSock, swaps []*swap) {
 }
 
 // startPassing starts a generation that gets its sockets passed.
-func (l *launcher) startPassing(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
+func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
 	held, swaps, err := l.passedSockets(ctx, path, prev)
 	if err != nil {
 		return nil, err
 	}
 	l.starter.bound()
 	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
-	names, fds := l.cfg.passedAs()
+	names, fds := l.Cfg.passedAs()
 	var passed []*os.File
 	for i, h := range held {
 		// Close-on-exec here: StartProcess dup2s it to its place in the
@@ -335,12 +335,12 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 	}
 	notify, notifyEnv := l.notifySocket(num)
 	env := l.commandEnv(num, passedVars)
-	env = append(env, shimEnv+"="+passShim)
-	env = append(env, passingEnv(l.cfg.sockets(), held, names, fds, num)...)
+	env = append(env, ShimEnv+"="+PassShim)
+	env = append(env, passingEnv(l.Cfg.sockets(), held, names, fds, num)...)
 	env = append(env, notifyEnv...)
-	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
+	argv := append([]string{"takeover-shim", path}, l.Cfg.Command...)
 	pidfd := -1 // from the clone, as in startGeneration
-	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Dir: l.cfg.dir(), Env: env, Files: files, Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
+	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Dir: l.Cfg.dir(), Env: env, Files: files, Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
 	for _, f := range passed {
 		f.Close()
 	}
@@ -359,7 +359,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 	g.swaps = swaps
 	g.mu.Unlock()
 	g.attachNotify(notify)
-	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "), "sockets", l.cfg.sockets())
+	l.Log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.Cfg.Command, " "), "sockets", l.Cfg.sockets())
 	return g, nil
 }
 
@@ -369,10 +369,10 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 // as another user (setpriv, gosu, runuser) reaches, where it could not
 // enter the run directory (0700). Anyone may send to it: readNotify takes
 // READY=1 only from the generation's own processes (SCM_CREDENTIALS).
-func (l *launcher) notifySocket(num int) (*net.UnixConn, []string) {
-	c, name, err := bindNotify(l.self, num)
+func (l *Launcher) notifySocket(num int) (*net.UnixConn, []string) {
+	c, name, err := bindNotify(l.Self, num)
 	if err != nil {
-		l.log.Warn("no NOTIFY_SOCKET for the command: its READY=1 cannot be heard", "err", err)
+		l.Log.Warn("no NOTIFY_SOCKET for the command: its READY=1 cannot be heard", "err", err)
 		return nil, nil
 	}
 	return c, []string{"NOTIFY_SOCKET=" + name}
@@ -453,7 +453,7 @@ func (g *generation) readNotify(c *net.UnixConn) {
 				if cred != nil {
 					from = fmt.Sprintf("pid %d (uid %d)", cred.Pid, cred.Uid)
 				}
-				g.l.log.Warn("ignored a READY=1 sent to the command's NOTIFY_SOCKET by a process not of the command; further ones are ignored silently",
+				g.l.Log.Warn("ignored a READY=1 sent to the command's NOTIFY_SOCKET by a process not of the command; further ones are ignored silently",
 					"from", from, "generation", g.num, "command_pid", g.pid)
 			}
 			continue
@@ -503,7 +503,7 @@ func (g *generation) sentBy(pid int) bool {
 // inheritedGeneration stands for what held the sockets systemd passed: a
 // generation that has exited, holding them, as a crashed one would. The
 // first generation takes them from it.
-func (l *launcher) inheritedGeneration(socks []systemd.InheritedSock) *generation {
+func (l *Launcher) inheritedGeneration(socks []systemd.InheritedSock) *generation {
 	g := &generation{l: l, pid: 0, pidfd: -1, inherited: true, exited: make(chan struct{}), socks: make(map[sockKey]*heldSock)}
 	close(g.exited)
 	for _, s := range socks {

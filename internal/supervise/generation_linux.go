@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"sync"
@@ -14,7 +14,7 @@ import (
 // A generation is one run of the command under takeover, with the sockets
 // it bound to --port targets and what it replaced to get them.
 type generation struct {
-	l        *launcher
+	l        *Launcher
 	num      int
 	pid      int
 	notifFD  int
@@ -28,7 +28,7 @@ type generation struct {
 
 	mu         sync.Mutex
 	socks      map[sockKey]*heldSock
-	swaps      []*swap
+	swaps      []*Swap
 	done       bool   // the generation is being stopped: its copies are closed
 	readyBy    string // how readiness was seen: epoll, accept, poll, select, listen
 	readyAt    time.Time
@@ -62,7 +62,7 @@ func (g *generation) handedOverFromRunning() bool {
 		return g.prev != nil && !g.prev.inherited && !g.prev.hasExited()
 	}
 	for _, sw := range g.swaps {
-		if sw.Strategy != "rebind" && len(sw.oldProcs) > 0 { // a fresh bind's too: an old server beside it
+		if sw.Strategy != "rebind" && len(sw.OldProcs) > 0 { // a fresh bind's too: an old server beside it
 			return true
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package supervise
 
 import (
 	"encoding/json"
@@ -10,7 +10,7 @@ import (
 // --status-file: what the launcher is doing, for people and scripts.
 
 // status is what --status-file holds.
-type status struct {
+type Status struct {
 	TakeoverPID int          `json:"takeover_pid"`
 	State       string       `json:"state"` // serving, or backing-off after a crash
 	Generation  int          `json:"generation"`
@@ -56,19 +56,19 @@ type swapStatus struct {
 	TotalMS         float64 `json:"total_ms"`
 }
 
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // writeStatus records a swap in --status-file.
-func (l *launcher) writeStatus(g *generation, swaps []*swap) {
-	if l.cfg.StatusFile == "" {
+func (l *Launcher) writeStatus(g *generation, swaps []*Swap) {
+	if l.Cfg.StatusFile == "" {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := &l.status
-	st.TakeoverPID, st.State, st.Generation, st.ChildPID = l.self, "serving", g.num, g.pid
+	st.TakeoverPID, st.State, st.Generation, st.ChildPID = l.Self, "serving", g.num, g.pid
 	st.Ports, st.LastSwap = nil, []swapStatus{}
-	for _, p := range l.cfg.Ports {
+	for _, p := range l.Cfg.Ports {
 		st.Ports = append(st.Ports, p.String())
 	}
 	by, readyAt := g.readiedBy()
@@ -76,7 +76,7 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 	for _, sw := range swaps {
 		s := swapStatus{Port: sw.Spec.String(), Address: sw.Spec.BoundAt(sw.Addr), Strategy: sw.Strategy, Why: sw.Why, Via: sw.Via,
 			Fenced: sw.fence != nil, NotFenced: sw.notFenced,
-			LookupMS: ms(sw.Lookup), SignalToFreeMS: ms(sw.Free), RefusedWindowMS: ms(sw.Window), TotalMS: ms(readyAt.Sub(sw.Began))}
+			LookupMS: Ms(sw.Lookup), SignalToFreeMS: Ms(sw.Free), RefusedWindowMS: Ms(sw.Window), TotalMS: Ms(readyAt.Sub(sw.Began))}
 		if len(sw.Old) > 0 {
 			s.OldPID = sw.Old[0].Holder.PID
 		}
@@ -87,15 +87,15 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap) {
 
 // restarting records a crash in --status-file: takeover backs off, the
 // sockets held, before it starts the command again.
-func (l *launcher) restarting(c crashInfo) {
-	if l.cfg.StatusFile == "" {
+func (l *Launcher) restarting(c crashInfo) {
+	if l.Cfg.StatusFile == "" {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.status.State, l.status.ChildPID = "backing-off", 0
 	l.status.Restarts++
-	l.status.LastRestart = &restartInfo{DeadPID: c.pid, DeadStatus: c.status, Attempt: c.attempt, BackoffMS: ms(c.delay), At: c.at.UTC()}
+	l.status.LastRestart = &restartInfo{DeadPID: c.pid, DeadStatus: c.status, Attempt: c.attempt, BackoffMS: Ms(c.delay), At: c.at.UTC()}
 	l.flushStatus()
 }
 
@@ -108,8 +108,8 @@ type failedReload struct {
 
 // reloadFailed records in --status-file a reload whose new generation
 // never served (num 0: none could be started).
-func (l *launcher) reloadFailed(num int, why string) {
-	if l.cfg.StatusFile == "" {
+func (l *Launcher) reloadFailed(num int, why string) {
+	if l.Cfg.StatusFile == "" {
 		return
 	}
 	l.mu.Lock()
@@ -120,10 +120,10 @@ func (l *launcher) reloadFailed(num int, why string) {
 }
 
 // flushStatus writes l.status; l.mu is held.
-func (l *launcher) flushStatus() {
+func (l *Launcher) flushStatus() {
 	l.status.Updated = time.Now().UTC()
 	b, _ := json.MarshalIndent(l.status, "", "  ")
-	if err := rundir.WriteFileAtomic(l.cfg.StatusFile, append(b, '\n')); err != nil {
-		l.log.Warn("cannot write --status-file", "err", err)
+	if err := rundir.WriteFileAtomic(l.Cfg.StatusFile, append(b, '\n')); err != nil {
+		l.Log.Warn("cannot write --status-file", "err", err)
 	}
 }
