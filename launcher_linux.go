@@ -80,7 +80,7 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.DetachOnStop > 0 && os.Getenv(frontEnv) == "" {
 		if underSystemd() {
-			fmt.Fprintln(stderr, "takeover: --detach-on-stop does not work under systemd: KillMode=mixed or control-group SIGKILLs the detached launcher with the rest of the unit; use the unit's file descriptor store (FileDescriptorStoreMax=8) instead, see README's Under systemd")
+			fmt.Fprintln(stderr, "takeover: --detach-on-stop does not work under systemd: KillMode=mixed or control-group SIGKILLs the detached launcher with the rest of the unit; use the unit's file descriptor store (FileDescriptorStoreMax=8) instead, see docs/systemd.md")
 			return exitLauncher
 		}
 		return runFront(args, stderr)
