@@ -84,7 +84,7 @@ fi
 {
   echo "scripts/deps.sh: not installed here; the tests that need them skip, saying so:"
   printf '  %s\n' "${what[@]}"
-  echo "To have them (Debian or Ubuntu, as root; no service is started): scripts/deps.sh"
+  echo "To have them (Debian, as root; no service is started): scripts/deps.sh"
   echo "  (apt-get install --no-install-recommends ${pkgs[*]})"
 } >&2
 exit 3
