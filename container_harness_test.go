@@ -54,6 +54,8 @@ import (
 const (
 	dockerdPath = "/usr/sbin/dockerd"
 	dockerPath  = "/usr/bin/docker"
+	// Debian's netavark, in one of the helper_binaries_dir podman looks in.
+	netavarkPath = "/usr/lib/podman/netavark"
 
 	ctrStartTimeout = 60 * time.Second // dockerd answering `docker info`
 	ctrStopTimeout  = 20 * time.Second // dockerd's orderly exit after SIGTERM
@@ -470,20 +472,19 @@ type dockerd struct {
 // startDocker starts a private dockerd (all state in a temp dir; no
 // iptables, no bridge, no IP forwarding or masquerading, no userland proxy,
 // as PLATFORMS.md says) and returns once `docker info` answers and the base
-// image (Image) is made. It skips the test when we are not root and fails
-// it when dockerd is not installed. Close, also registered with tb.Cleanup (so
-// it runs on failure too), removes all it made; start one per test function
-// and share it across its subtests. Containers have no network but the
-// host's or none (--bridge=none): always pass --network host.
+// image (Image) is made. It skips the test when we are not root, and when
+// dockerd is not installed as requireTool does. Close, also registered with
+// tb.Cleanup (so it runs on failure too), removes all it made; start one
+// per test function and share it across its subtests. Containers have no
+// network but the host's or none (--bridge=none): always pass --network
+// host.
 func startDocker(tb testing.TB) *dockerd {
 	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skip("startDocker: needs root (dockerd, mounts, cgroups)")
 	}
 	for _, p := range []string{dockerdPath, dockerPath} {
-		if _, err := os.Stat(p); err != nil {
-			tb.Fatalf("startDocker: %v (Debian package docker.io; .ci/run installs it)", err)
-		}
+		requireTool(tb, p)
 	}
 	d := &dockerd{tb: tb, name: fmt.Sprintf("takeover-docker-%d-%d", os.Getpid(), ctrStarts.Add(1))}
 	tb.Cleanup(d.Close) // registered first, so it runs whatever fails below
@@ -753,7 +754,8 @@ type podmanEnv struct {
 // no conmon cgroup; and its tmp_dir, file locks, events log and network
 // configs in the temp dir), its own storage.conf and storage (--root,
 // --runroot), and HOME. It checks that `podman info` answers with runc. It
-// skips the test when we are not root and fails it when podman is missing.
+// skips the test when we are not root, and when podman, runc or netavark is
+// not installed as requireTool does.
 // Close, also registered with tb.Cleanup, removes all it made. Pods need an
 // infra image from a registry: create them with --infra=false.
 func startPodman(tb testing.TB) *podmanEnv {
@@ -761,9 +763,14 @@ func startPodman(tb testing.TB) *podmanEnv {
 	if os.Geteuid() != 0 {
 		tb.Skip("startPodman: needs root (rootful podman, cgroups)")
 	}
+	// podman needs netavark, its network backend, even with netns = "host":
+	// without it, it fails with "could not find netavark".
+	for _, tool := range []string{"podman", "runc", netavarkPath} {
+		requireTool(tb, tool)
+	}
 	bin, err := exec.LookPath("podman")
 	if err != nil {
-		tb.Fatalf("startPodman: %v (Debian package podman; .ci/run installs it)", err)
+		tb.Fatal(err)
 	}
 	p := &podmanEnv{tb: tb, name: fmt.Sprintf("takeover-podman-%d-%d", os.Getpid(), ctrStarts.Add(1)), podman: bin}
 	tb.Cleanup(p.Close)

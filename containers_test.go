@@ -4,7 +4,7 @@ package main
 // (container_harness_test.go), takeover as the entrypoint of the image
 // contrib/docker/Dockerfile builds (docker) and of a container run from the
 // host's root (podman --rootfs), under each runtime's default seccomp
-// profile, with and without CAP_SYS_PTRACE; README's "Where it runs" rows
+// profile, with and without CAP_SYS_PTRACE; docs/where-it-runs.md's rows
 // quote the figures.
 
 import (

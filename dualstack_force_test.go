@@ -16,9 +16,7 @@ import (
 // stopped, and both serve. (Taken for dual-stack, it was stopped: a
 // rebind.) In a network namespace of the test's own.
 func TestForceLeavesIPv6OnlyService(t *testing.T) {
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("ip is not installed")
-	}
+	requireTool(t, "ip")
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it makes a network namespace")
 	}

@@ -32,9 +32,7 @@ const dualSwaps = 4
 // request fails.
 func TestDualStackNginx(t *testing.T) {
 	for _, bin := range []string{"nginx", "ip"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s is not installed", bin)
-		}
+		requireTool(t, bin)
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it makes a network namespace")

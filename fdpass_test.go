@@ -321,9 +321,10 @@ func TestServeSocketsRefusesOtherUID(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a client as nobody")
 	}
+	requireTool(t, "setpriv")
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
-		t.Skip("needs setpriv:", err)
+		t.Fatal(err)
 	}
 	dir := openTempDir(t)
 	client := copyTestBinary(t, dir)

@@ -216,7 +216,7 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.DetachOnStop > 0 && os.Getenv(supervise.FrontEnv) == "" {
 		if systemd.UnderSystemd() {
-			fmt.Fprintln(stderr, "takeover: --detach-on-stop does not work under systemd: KillMode=mixed or control-group SIGKILLs the detached launcher with the rest of the unit; use the unit's file descriptor store (FileDescriptorStoreMax=8) instead, see README's Under systemd")
+			fmt.Fprintln(stderr, "takeover: --detach-on-stop does not work under systemd: KillMode=mixed or control-group SIGKILLs the detached launcher with the rest of the unit; use the unit's file descriptor store (FileDescriptorStoreMax=8) instead, see docs/systemd.md")
 			return supervise.ExitLauncher
 		}
 		return supervise.RunFront(args, stderr)

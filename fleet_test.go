@@ -13,7 +13,7 @@ import (
 
 // TestFleet runs the fleet simulation (scripts/fleet.sh: 2 hosts in network
 // namespaces, each with its own sshd, HAProxy in front, ansible-playbook
-// over SSH) and checks what README's "Fleets" says of it: deploy/ansible's
+// over SSH) and checks what docs/fleets.md says of it: deploy/ansible's
 // role deploys every host at once, or host by host, with no failed request;
 // the naive deploy all at once fails requests (the simulation can tell); a
 // second run changes nothing; a broken release fails the play while the

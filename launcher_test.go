@@ -284,14 +284,19 @@ func checkReplaced(t *testing.T, first, second *tkRun, addr string, oldChild int
 	return newChild
 }
 
+// requireTool ends the test unless name (as scripts/deps.list names it) is
+// installed: a skip of one line saying what to install, or a failure where
+// TAKEOVER_TESTS_REQUIRE_ALL=1 says everything is (testdeps_test.go).
 func requireTool(t testing.TB, name string) {
 	t.Helper()
 	if name == "" {
 		return
 	}
-	if _, err := exec.LookPath(name); err != nil {
-		t.Fatalf("%s is needed for this test (.ci/run installs it): %v", name, err)
+	deps, err := depsList()
+	if err != nil {
+		t.Fatal(err)
 	}
+	checkTool(t, deps, os.Getenv(requireAllEnv) == "1", name)
 }
 
 // TestReplaceRealServers: for each kind of server, a second takeover

@@ -69,9 +69,7 @@ func BenchmarkLookup(b *testing.B) {
 	})
 	runTool := func(name string, args ...string) {
 		b.Run(name, func(b *testing.B) {
-			if _, err := exec.LookPath(name); err != nil {
-				b.Skipf("%s is not installed", name)
-			}
+			requireTool(b, name)
 			for b.Loop() {
 				out, err := exec.Command(name, args...).Output()
 				if err != nil || len(out) == 0 {

@@ -313,9 +313,10 @@ func TestListenersManagedByLauncher(t *testing.T) {
 }
 
 func TestListenersPython(t *testing.T) {
+	requireTool(t, "python3")
 	py, err := exec.LookPath("python3")
 	if err != nil {
-		t.Fatal("python3 is needed for this test: ", err)
+		t.Fatal(err)
 	}
 	port := freePort(t)
 	cmd := exec.Command(py, "-u", "-m", "http.server", "--bind", "127.0.0.1", port)
@@ -432,9 +433,7 @@ func TestWhoCannotSee(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run who as another user")
 	}
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Fatal("setpriv (util-linux) is needed: ", err)
-	}
+	requireTool(t, "setpriv")
 	// A copy of takeover that nobody may run.
 	dir, err := os.MkdirTemp("", "takeover-who")
 	if err != nil {

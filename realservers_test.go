@@ -33,7 +33,7 @@ import (
 // A realServer is one kind of third-party server.
 type realServer struct {
 	name   string
-	need   []string // executables that must be installed
+	need   []string // what must be installed, as scripts/deps.list names it
 	signal string   // the stop signal on which it drains
 	proto  string   // http, redis, memcached or udp (echo): what the load speaks
 	// drains: the old server serves every connection it accepted before
@@ -52,9 +52,6 @@ type realServer struct {
 	// argv writes the server's configuration into dir, sets the
 	// environment it needs (t.Setenv) and returns its command line.
 	argv func(t *testing.T, port, dir string) []string
-	// missing, if set, says why the server cannot run here though every
-	// executable in need is installed ("" when it can).
-	missing func() string
 	// flags are more takeover flags its users give (--sockets systemd).
 	flags []string
 }
@@ -104,16 +101,14 @@ func realServers() []realServer {
 			},
 		},
 		{
-			name: "uvicorn", need: []string{"python3"}, signal: "TERM", proto: "http", drops: uvicornDrops,
-			missing: func() string { return missingPython("uvicorn", "python3-uvicorn") },
+			name: "uvicorn", need: []string{"python3", "python3:uvicorn"}, signal: "TERM", proto: "http", drops: uvicornDrops,
 			argv: func(t *testing.T, port, dir string) []string {
 				return []string{pythonWith("uvicorn"), "-m", "uvicorn", "--no-access-log", "--app-dir", real,
 					"--host", "127.0.0.1", "--port", port, "asgi_app:app"}
 			},
 		},
 		{
-			name: "uvicorn-workers", need: []string{"python3"}, signal: "TERM", proto: "http", drops: uvicornDrops,
-			missing: func() string { return missingPython("uvicorn", "python3-uvicorn") },
+			name: "uvicorn-workers", need: []string{"python3", "python3:uvicorn"}, signal: "TERM", proto: "http", drops: uvicornDrops,
 			argv: func(t *testing.T, port, dir string) []string {
 				return []string{pythonWith("uvicorn"), "-m", "uvicorn", "--no-access-log", "--workers", "2", "--app-dir", real,
 					"--host", "127.0.0.1", "--port", port, "asgi_app:app"}
@@ -255,26 +250,12 @@ func pythonWith(module string) string {
 	return ""
 }
 
-func missingPython(module, pkg string) string {
-	if pythonWith(module) == "" {
-		return fmt.Sprintf("no python3 here imports %s (install %s)", module, pkg)
-	}
-	return ""
-}
-
-// skipUnlessInstalled skips the test when the server is not installed: the
-// one reason a real-server test may not run.
+// skipUnlessInstalled skips the test when the server is not installed (see
+// requireTool): the one reason a real-server test may not run.
 func (s realServer) skipUnlessInstalled(t *testing.T) {
 	t.Helper()
 	for _, bin := range s.need {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s is not installed (%s not found; .ci/run installs it)", s.name, bin)
-		}
-	}
-	if s.missing != nil {
-		if why := s.missing(); why != "" {
-			t.Skipf("%s is not installed: %s", s.name, why)
-		}
+		requireTool(t, bin)
 	}
 }
 
@@ -858,9 +839,7 @@ func runLineLoad(ctx context.Context, addr string, lr lineReq, workers int, max 
 // load: every takeover takes over in turn, every one but the last is
 // replaced and exits 0, no request fails, nothing is left.
 func TestJavaTwoLoopsUnderLoad(t *testing.T) {
-	if _, err := exec.LookPath("java"); err != nil {
-		t.Skip("java is not installed (.ci/run installs openjdk-17-jdk-headless)")
-	}
+	requireTool(t, "java")
 	takeoverBin(t)
 	wd, _ := os.Getwd()
 	began := time.Now()

@@ -18,9 +18,7 @@ import (
 // (exe and ns/user links to real files, comm) say which process is one.
 func TestServiceManagerNotByName(t *testing.T) {
 	const systemd = "/usr/lib/systemd/systemd"
-	if _, err := os.Stat(systemd); err != nil {
-		t.Skipf("no %s here", systemd)
-	}
+	requireTool(t, systemd)
 	own := filepath.Join(t.TempDir(), "systemd") // a copy of one's own, named systemd
 	if err := os.WriteFile(own, []byte("#!/bin/sh\n"), 0o777); err != nil {
 		t.Fatal(err)

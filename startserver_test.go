@@ -156,9 +156,7 @@ type ssImpl struct {
 
 func ssImpls(t *testing.T) []ssImpl {
 	t.Helper()
-	if _, err := os.Stat(realStartServer); err != nil {
-		t.Skip("no " + realStartServer + " (Debian's libserver-starter-perl) to compare with")
-	}
+	requireTool(t, realStartServer) // Debian's, to compare with
 	link := filepath.Join(t.TempDir(), "start_server")
 	if err := os.Symlink(takeoverBin(t), link); err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 // host), in one run, `systemctl restart` three times of the demo server
 // (which takes a second to start) as (a) a plain Type=simple service,
 // (b) takeover without the file descriptor store, (c) takeover with it;
-// then `systemctl reload` three times of (c). It prints README's table:
+// then `systemctl reload` three times of (c). It prints docs/systemd.md's table:
 //
 //	go test -run '^$' -bench BenchmarkSystemdRestart -benchtime 1x .
 //

@@ -72,7 +72,8 @@ var sdBoots atomic.Int64 // makes machine names unique within this process
 
 // bootSystemd boots a container with systemd as PID 1 and returns it once
 // `systemctl is-system-running --wait` says running or degraded. It skips the
-// test only when systemd-nspawn is not installed or we are not root. Close,
+// test only when we are not root or systemd-nspawn is not installed (see
+// requireTool). Close,
 // registered with tb.Cleanup, removes all it made; boot once per test function
 // and share the box across its subtests (a boot takes about a second).
 func bootSystemd(tb testing.TB, opt sdOptions) *sdBox {
@@ -80,13 +81,8 @@ func bootSystemd(tb testing.TB, opt sdOptions) *sdBox {
 	if os.Geteuid() != 0 {
 		tb.Skip("bootSystemd: needs root (systemd-nspawn, mounts, cgroups)")
 	}
-	if _, err := exec.LookPath("systemd-nspawn"); err != nil {
-		tb.Skip("bootSystemd: systemd-nspawn is not installed (Debian package systemd-container)")
-	}
-	for _, tool := range []string{"unshare", "nsenter"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			tb.Fatalf("bootSystemd: %v", err)
-		}
+	for _, tool := range []string{"systemd-nspawn", "unshare", "nsenter"} {
+		requireTool(tb, tool)
 	}
 
 	b := &sdBox{tb: tb, name: fmt.Sprintf("takeover-test-%d-%d", os.Getpid(), sdBoots.Add(1))}

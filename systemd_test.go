@@ -187,7 +187,7 @@ func (l *sdLoad) stop() *load.Result {
 	return <-l.done
 }
 
-// report logs a phase's figures, as README quotes them.
+// report logs a phase's figures, as the docs (docs/*.md) quote them.
 func report(t *testing.T, phase string, r *load.Result) {
 	t.Helper()
 	t.Logf("%s: %d requests, %d failed (%d refused, %d reset, %d timeout), longest refused window %v, max latency %v",
@@ -208,8 +208,8 @@ func maxLatency(r *load.Result) time.Duration {
 	return m
 }
 
-// TestSystemd runs contrib's units under a real systemd, as README's "Under
-// systemd" says, each scenario with its figure.
+// TestSystemd runs contrib's units under a real systemd, as docs/systemd.md
+// says, each scenario with its figure.
 func TestSystemd(t *testing.T) {
 	b := bootSystemd(t, sdOptions{})
 	sdInstall(t, b)
@@ -315,7 +315,7 @@ func sdLifecycle(t *testing.T, b *sdBox, name string) {
 	}
 }
 
-// sdPassing: README's --sockets systemd unit, the server taking LISTEN_FDS
+// sdPassing: docs/socket-passing.md's --sockets systemd unit, the server taking LISTEN_FDS
 // from takeover (as gunicorn does), reloaded and restarted under load.
 func sdPassing(t *testing.T, b *sdBox) {
 	name := "passing"
@@ -529,7 +529,7 @@ func sdTimeouts(t *testing.T, b *sdBox) {
 	}
 }
 
-// sdHardening: the unit options README names, each in a drop-in, with a
+// sdHardening: the unit options docs/systemd.md names, each in a drop-in, with a
 // reload and a restart under load.
 func sdHardening(t *testing.T, b *sdBox) {
 	for _, tc := range []struct {

@@ -46,7 +46,7 @@ case $workers in ''|*[!0-9]*) echo "--workers $workers: want a number from 1 to 
 if [ "$workers" -lt 1 ] || [ "$workers" -gt 64 ]; then echo "--workers $workers: want a number from 1 to 64" >&2; exit 2; fi
 [ "$(id -u)" = 0 ] || { echo "scripts/fleet.sh needs root (network namespaces)" >&2; exit 2; }
 for tool in ip haproxy ansible-playbook python3 go ssh ssh-keygen; do
-  command -v "$tool" >/dev/null || { echo "scripts/fleet.sh needs $tool (.ci/run installs it)" >&2; exit 2; }
+  command -v "$tool" >/dev/null || { echo "scripts/fleet.sh needs $tool (scripts/deps.sh installs it)" >&2; exit 2; }
 done
 [ -x /usr/sbin/sshd ] || { echo "scripts/fleet.sh needs /usr/sbin/sshd (openssh-server)" >&2; exit 2; }
 if ip -4 addr show | grep -q ' 10\.231\.'; then
