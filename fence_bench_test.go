@@ -13,8 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/swap"
+
 	"github.com/takeover/takeover/internal/seccomp"
-	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -46,7 +47,7 @@ func benchAccept(b *testing.B, mode string) {
 	if mode == "fenced" {
 		old = startAcceptor(b, "acceptor", ln, -1)
 		own := tcpSocket(b)
-		f, why := supervise.FenceBeside(supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
+		f, why := swap.FenceBeside(swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
 		if f == nil {
 			b.Fatalf("fenceBeside: %s", why)
 		}

@@ -13,8 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/swap"
+
 	"github.com/takeover/takeover/internal/socktab"
-	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -95,8 +96,8 @@ func TestFenceSteers(t *testing.T) {
 	old, addr := fenceListener(t)
 	unix.SetNonblock(old, true)
 	own := tcpSocket(t)
-	c := supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := supervise.FenceBeside(c, old)
+	c := swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	f, why := swap.FenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
 	}
@@ -167,8 +168,8 @@ func TestFenceRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := supervise.FenceBeside(c, old)
+	c := swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	f, why := swap.FenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
 	}
@@ -228,8 +229,8 @@ func TestFenceRefused(t *testing.T) {
 func checkRefused(t *testing.T, old int, addr netip.AddrPort, want string, reuseport int) {
 	t.Helper()
 	own := tcpSocket(t)
-	c := supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := supervise.FenceBeside(c, old)
+	c := swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	f, why := swap.FenceBeside(c, old)
 	if f != nil || !strings.Contains(why, want) {
 		t.Fatalf("fenceBeside = %v, %q; want nil and %q", f, why, want)
 	}
@@ -254,7 +255,7 @@ func TestFenceSettles(t *testing.T) {
 	sa, _ := unix.Getsockname(old)
 	addr := target.AddrPortOf(sa)
 	own := tcpSocket(t)
-	f, why := supervise.FenceBeside(supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, old)
+	f, why := swap.FenceBeside(swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, old)
 	if f == nil {
 		unix.Close(old)
 		t.Fatalf("fenceBeside: %s", why)
@@ -410,8 +411,8 @@ func TestFenceWaitsForHandshakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	own := tcpSocket(t)
-	c := supervise.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := supervise.FenceBeside(c, old)
+	c := swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	f, why := swap.FenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
 	}

@@ -7,8 +7,9 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/takeover/takeover/internal/swap"
+
 	"github.com/cenkalti/backoff/v4"
-	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -33,8 +34,8 @@ func retryPolicy() *backoff.ExponentialBackOff {
 // being in use. On success the socket is already listening, with the widest
 // backlog, so that clients queue from the first microsecond rather than wait
 // for the new server's own listen(2), which re-sets the backlog.
-func retryBind(ctx context.Context, r supervise.Rebind) (supervise.RebindTimes, error) {
-	var t supervise.RebindTimes
+func retryBind(ctx context.Context, r swap.Rebind) (swap.RebindTimes, error) {
+	var t swap.RebindTimes
 	// Without SO_REUSEADDR, connections of the old socket in TIME_WAIT keep
 	// the port from being bound for a minute.
 	if err := unix.SetsockoptInt(r.Sock, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
@@ -64,7 +65,7 @@ func retryBind(ctx context.Context, r supervise.Rebind) (supervise.RebindTimes, 
 		lastBusy = time.Now()
 		if !t.Killed && lastBusy.After(killAt) {
 			t.Killed = true
-			supervise.KillStillHolding(r.Holders, r.Inodes)
+			swap.KillStillHolding(r.Holders, r.Inodes)
 		}
 		next := policy.NextBackOff()
 		if next == backoff.Stop {

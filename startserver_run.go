@@ -11,9 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/swap"
+
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/starter"
-	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -74,7 +75,7 @@ func clearPath(spec target.PortSpec, name string, stderr io.Writer) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return fmt.Errorf("--path %s: %s is there and is not a socket; takeover's start_server does not remove it: remove it yourself, or name another path", name, spec.Path)
 	}
-	if supervise.RemoveStaleSocket(spec.Path, os.Getpid()) { // a live server's is left: takePort decides
+	if swap.RemoveStaleSocket(spec.Path, os.Getpid()) { // a live server's is left: takePort decides
 		fmt.Fprintf(stderr, "removing existing socket file:%s\n", name)
 	}
 	return nil
@@ -85,7 +86,7 @@ func clearPath(spec target.PortSpec, name string, stderr io.Writer) error {
 // by then (a newer takeover that took the socket over).
 func removePaths(specs []target.PortSpec) {
 	for _, spec := range specs {
-		supervise.RemoveStaleSocket(spec.Path, os.Getpid())
+		swap.RemoveStaleSocket(spec.Path, os.Getpid())
 	}
 }
 

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/swap"
+
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
@@ -493,7 +495,7 @@ func TestCheckOldAfterOpen(t *testing.T) {
 		t.Fatalf("%d listeners on %s", len(ls), srv.addr)
 	}
 	real, reused := srv.cmd.Process.Pid, other.cmd.Process.Pid
-	sw := &supervise.Swap{Inodes: []uint64{ls[0].Inode}}
+	sw := &swap.Swap{Inodes: []uint64{ls[0].Inode}}
 	for _, pid := range []int{real, reused} {
 		sw.Old = append(sw.Old, owner.StopTarget{PID: pid, Holder: owner.Holder{PID: pid}})
 	}

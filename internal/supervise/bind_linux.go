@@ -15,6 +15,8 @@ import (
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -134,7 +136,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	exe, _ := procfs.FS("/proc").Exe(st.Tgid)
 	child := owner.NewChild{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.l.unit}
 	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
-	sw, held, err := g.l.takePort(ctx, g, Claim{child: child, status: st, Sock: sock, Addr: addr, Spec: spec, install: install})
+	sw, held, err := g.l.takePort(ctx, g, swap.Claim{Child: child, Status: st, Sock: sock, Addr: addr, Spec: spec, Install: install})
 	if err != nil {
 		unix.Close(sock)
 		g.l.Log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)
@@ -145,7 +147,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		// takeover made and bound in its place.
 		if err := injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, sock); err != nil {
 			unix.Close(sock)
-			sw.abandon()
+			sw.Abandon()
 			g.l.Log.Error("cannot install the socket in the command", "pid", st.Tgid, "fd", fd, "err", err)
 			return respErrno(unix.EADDRINUSE)
 		}
@@ -155,13 +157,13 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	defer g.mu.Unlock()
 	if g.done {
 		unix.Close(held)
-		sw.abandon()
+		sw.Abandon()
 		return seccomp.Resp{}
 	}
 	if old := g.socks[key]; old != nil && old.copyFD != held {
 		unix.Close(old.copyFD) // a copy dropClosed could not tell the fate of
 	}
-	g.socks[key] = &heldSock{copyFD: held, inode: target.InodeOf(held), spec: spec, addr: addr, fence: sw.fence, sw: sw}
+	g.socks[key] = &heldSock{copyFD: held, inode: target.InodeOf(held), spec: spec, addr: addr, fence: sw.Fence, sw: sw}
 	g.swaps = append(g.swaps, sw)
 	return seccomp.Resp{}
 }
@@ -239,8 +241,8 @@ func (g *generation) dropClosed() {
 		g.l.Log.Debug("the command closed a socket it had bound to a target; takeover lets go of its copy", "port", s.spec.String(), "pid", k.Tgid, "fd", k.FD)
 		unix.Close(s.copyFD)
 		if s.sw != nil {
-			g.swaps = slices.DeleteFunc(g.swaps, func(sw *Swap) bool { return sw == s.sw })
-			s.sw.abandon()
+			g.swaps = slices.DeleteFunc(g.swaps, func(sw *swap.Swap) bool { return sw == s.sw })
+			s.sw.Abandon()
 		}
 	}
 }
@@ -319,7 +321,7 @@ func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
 	if held == nil {
 		return seccomp.Continue
 	}
-	if held.fence != nil && (held.fence.isGone() || g.prev != nil && g.prev.isDead()) {
+	if held.fence != nil && (held.fence.IsGone() || g.prev != nil && g.prev.isDead()) {
 		if h, ok := g.handOverDead(n, st.Tgid, held); ok {
 			held = h
 		}
@@ -370,7 +372,7 @@ func (g *generation) handOverDead(n *seccomp.Notif, tgid int, s *heldSock) (*hel
 		return nil, false
 	}
 	fd := int(n.Args[0])
-	why := handoffMismatch(old, s.copyFD, s.spec, s.addr)
+	why := swap.HandoffMismatch(old, s.copyFD, s.spec, s.addr)
 	if why == "" {
 		if err := injectSocket(g.notifFD, n.ID, tgid, fd, s.copyFD, old); err != nil {
 			why = err.Error()
@@ -390,11 +392,108 @@ func (g *generation) handOverDead(n *seccomp.Notif, tgid int, s *heldSock) (*hel
 		}
 	}
 	for _, sw := range g.swaps {
-		if sw.fence == s.fence {
-			sw.fence, sw.Via = nil, "own-copy"
+		if sw.Fence == s.fence {
+			sw.Fence, sw.Via = nil, "own-copy"
 		}
 	}
 	unix.Close(s.copyFD) // the command's own socket, closed in it by the handover
 	g.l.Log.Info("the old generation died before the new one listened: the new one is given its socket and what waits in it", "port", s.spec.String(), "generation", g.num)
 	return h, true
+}
+
+// injectSocket puts old at fd in the notifying process, in place of own (the
+// command's socket, with which takeover's copy shares its flags). FD_CLOEXEC,
+// a flag of the fd, is set as the command's fd had it. O_NONBLOCK is a flag
+// of the socket, shared by the old server and the new while both run: it is
+// set if either wants it, since a blocking socket would stall an event loop
+// (node accepts until EAGAIN) or keep a closing server in accept(2), while a
+// server that polls before it accepts takes EAGAIN in its stride. Once the
+// swap completes the flag is the servers' own to set (redis sets it after
+// listen(2), asyncio after bind(2)), and takeover leaves it alone; a swap
+// that is abandoned (the new server rolled back, or dead before it was
+// ready) puts it back as it was (a nonblockUndo), for an old server that
+// accepts in a blocking loop would otherwise take EAGAIN for a failure.
+func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
+	ownFlags, err := unix.FcntlInt(uintptr(own), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	oldFlags, err := unix.FcntlInt(uintptr(old), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	set := ownFlags&unix.O_NONBLOCK != 0 && oldFlags&unix.O_NONBLOCK == 0
+	if set {
+		if _, err := unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags|unix.O_NONBLOCK); err != nil {
+			return err
+		}
+	}
+	cloexec, err := procfs.FS("/proc").Cloexec(tgid, fd)
+	if err == nil {
+		err = seccomp.AddFD(notifFD, id, old, fd, cloexec)
+	}
+	if err != nil && set {
+		unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags) // the old server's, untouched
+	}
+	return err
+}
+
+// unlinkTarget reads the path an unlink(2) or unlinkat(2) names and returns
+// the unix target it is, if any.
+func (g *generation) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
+	dirfd, pathArg := int32(unix.AT_FDCWD), n.Args[0]
+	if n.Nr == unix.SYS_UNLINKAT {
+		if n.Args[2]&unix.AT_REMOVEDIR != 0 {
+			return target.PortSpec{}, false
+		}
+		dirfd, pathArg = int32(n.Args[0]), n.Args[1]
+	}
+	name, err := seccomp.ReadString(g.notifFD, n, pathArg)
+	if err != nil || name == "" || !slices.ContainsFunc(g.l.Cfg.Ports, func(p target.PortSpec) bool {
+		return p.Net == target.NetUnix && filepath.Base(p.Path) == filepath.Base(name)
+	}) {
+		return target.PortSpec{}, false // most unlinks: some other file's
+	}
+	if !filepath.IsAbs(name) {
+		var dir string
+		if dirfd == unix.AT_FDCWD {
+			dir, err = procfs.FS("/proc").Cwd(int(n.PID))
+		} else {
+			dir, err = procfs.FS("/proc").FDLink(int(n.PID), int(dirfd))
+		}
+		if err != nil {
+			return target.PortSpec{}, false
+		}
+		name = filepath.Join(dir, name)
+	}
+	var st unix.Stat_t
+	if unix.Lstat(name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return target.PortSpec{}, false
+	}
+	for _, spec := range g.l.Cfg.Ports {
+		var t unix.Stat_t
+		if spec.Net == target.NetUnix && unix.Lstat(spec.Path, &t) == nil && t.Ino == st.Ino && t.Dev == st.Dev {
+			return spec, true
+		}
+	}
+	return target.PortSpec{}, false
+}
+
+// onUnlink skips a command's unlink of a --path while a socket listens
+// there: whichever generation serves it (an old one on its way out, a new
+// one before or after its bind, a crashed one's socket that takeover holds
+// for the restart), the path must keep naming it. An unlink of a stale
+// file (no listener: a server that was killed) goes through, as the
+// server's next bind needs it. The file of the last takeover's socket is
+// removed when that takeover exits (cleanRunDir), once no one listens.
+func (g *generation) onUnlink(n *seccomp.Notif) seccomp.Resp {
+	spec, ok := g.unlinkTarget(n)
+	if !ok {
+		return seccomp.Continue
+	}
+	if socks, err := socktab.UnixListenersAt(spec.Path); err != nil || len(socks) == 0 || !seccomp.Valid(g.notifFD, n.ID) {
+		return seccomp.Continue
+	}
+	g.l.Log.Debug("kept the unix socket the command unlinked: a socket listens there", "path", spec.Path, "pid", n.PID)
+	return seccomp.Resp{}
 }

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -40,7 +41,7 @@ type Config struct {
 	StatusFile    string
 	StartServer   *StartServerOpts // run as start_server: its conventions (startserver.go)
 	Command       []string
-	Rebind        rebinder // the rebind strategy: retryBind (retrybind.go)
+	Rebind        swap.Rebinder // the rebind strategy: retryBind (retrybind.go)
 }
 
 // maxFlagDuration bounds every duration flag: far from where a

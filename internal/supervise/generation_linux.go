@@ -5,6 +5,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/swap"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,7 +29,7 @@ type generation struct {
 
 	mu         sync.Mutex
 	socks      map[sockKey]*heldSock
-	swaps      []*Swap
+	swaps      []*swap.Swap
 	done       bool   // the generation is being stopped: its copies are closed
 	readyBy    string // how readiness was seen: epoll, accept, poll, select, listen
 	readyAt    time.Time
@@ -47,7 +48,7 @@ func (g *generation) releaseSwaps() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, sw := range g.swaps {
-		sw.abandon()
+		sw.Abandon()
 	}
 }
 

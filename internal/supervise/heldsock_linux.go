@@ -3,6 +3,7 @@ package supervise
 import (
 	"net/netip"
 
+	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -22,8 +23,8 @@ type heldSock struct {
 	spec   target.PortSpec
 	addr   netip.AddrPort // TCP and UDP
 	via    string         // a socket systemd passed: how (inheritedSock.via)
-	fence  *fence         // a new socket beside the old server's (fence_linux.go)
-	sw     *Swap          // the swap that took it (intercepted binds), dropped with it
+	fence  *swap.Fence    // a new socket beside the old server's (fence_linux.go)
+	sw     *swap.Swap     // the swap that took it (intercepted binds), dropped with it
 }
 
 // heldFor returns the generation's socket for the target (at addr, for

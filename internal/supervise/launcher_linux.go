@@ -19,6 +19,7 @@ import (
 	"unsafe"
 
 	"github.com/takeover/takeover/internal/owner"
+	"github.com/takeover/takeover/internal/swap"
 
 	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/procfs"
@@ -539,7 +540,7 @@ func (l *Launcher) cleanRunDir() {
 			// unlink on its way out missed: a server that got its socket
 			// by a rename knows it by the name beside the path, and a
 			// passed socket's file is takeover's.
-			RemoveStaleSocket(spec.Path, l.Self)
+			swap.RemoveStaleSocket(spec.Path, l.Self)
 		}
 	}
 	l.Dir.ClearDead() // and what takeovers that were killed left

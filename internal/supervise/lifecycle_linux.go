@@ -113,7 +113,7 @@ func (l *Launcher) prevExited(g *generation) {
 		}
 		for _, s := range h.fencedSocks() {
 			if sock := h.dupHeld(s.spec, s.addr); sock >= 0 {
-				if err := s.fence.oldGone(sock); err != nil {
+				if err := s.fence.OldGone(sock); err != nil {
 					l.Log.Warn("cannot steer new connections to the new server after the old one exited; they wait in the old socket", "port", s.spec.String(), "err", err)
 				}
 				unix.Close(sock)

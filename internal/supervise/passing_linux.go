@@ -16,6 +16,7 @@ import (
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/starter"
+	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/systemd"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
@@ -63,16 +64,16 @@ func RunPassShim(args []string) {
 
 // passedSockets returns the listening sockets, one per --port in order, for
 // a generation that gets them passed, and the swap each was taken by.
-func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*heldSock, []*Swap, error) {
+func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*heldSock, []*swap.Swap, error) {
 	var held []*heldSock
-	var swaps []*Swap
-	fail := func(err error) ([]*heldSock, []*Swap, error) {
+	var swaps []*swap.Swap
+	fail := func(err error) ([]*heldSock, []*swap.Swap, error) {
 		abandonAll(held, swaps)
 		return nil, nil, err
 	}
 	for _, spec := range l.Cfg.Ports {
 		began := time.Now()
-		var sw *Swap
+		var sw *swap.Swap
 		var sock int
 		var err error
 		if prev != nil && (!prev.inherited || prev.heldForSpec(spec) != nil) {
@@ -97,7 +98,7 @@ func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generat
 // socket prev holds for spec. A prev that died before it was ready (a
 // failed start, retried) never completed its swap: the new generation
 // takes that swap over, so that it stops the old server prev was to stop.
-func inheritSocket(prev *generation, spec target.PortSpec) (*Swap, int, error) {
+func inheritSocket(prev *generation, spec target.PortSpec) (*swap.Swap, int, error) {
 	prev.mu.Lock()
 	var old *heldSock
 	for _, s := range prev.socks {
@@ -110,7 +111,7 @@ func inheritSocket(prev *generation, spec target.PortSpec) (*Swap, int, error) {
 	if old != nil {
 		fd, err = unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
 	}
-	var unfinished *Swap
+	var unfinished *swap.Swap
 	if old != nil && err == nil && prev.readyBy == "" && prev.hasExited() {
 		unfinished = prev.takeSwap(spec)
 	}
@@ -121,21 +122,21 @@ func inheritSocket(prev *generation, spec target.PortSpec) (*Swap, int, error) {
 	if unfinished != nil {
 		return unfinished, fd, nil
 	}
-	sw := &Swap{Spec: spec, Addr: old.addr, Strategy: "handoff"}
+	sw := &swap.Swap{Spec: spec, Addr: old.addr, Strategy: "handoff"}
 	prev.replacedIn(sw, old)
 	if spec.Net == target.NetUnix && len(sw.OldProcs) > 0 {
-		sw.path = keepHandedOver(spec.Path) // no filter here sees the old server's unlink
+		sw.Path = swap.KeepHandedOver(spec.Path) // no filter here sees the old server's unlink
 	}
 	return sw, fd, nil
 }
 
 // takeSwap moves g's swap of spec, with the old processes it is to stop
 // and its unix path, to a copy the caller owns. g.mu is held.
-func (g *generation) takeSwap(spec target.PortSpec) *Swap {
+func (g *generation) takeSwap(spec target.PortSpec) *swap.Swap {
 	for _, sw := range g.swaps {
 		if sw.Spec == spec {
 			c := *sw
-			sw.OldProcs, sw.Holders, sw.path = nil, nil, nil
+			sw.OldProcs, sw.Holders, sw.Path = nil, nil, nil
 			return &c
 		}
 	}
@@ -144,11 +145,11 @@ func (g *generation) takeSwap(spec target.PortSpec) *Swap {
 
 // acquire takes spec's listening socket for the first generation, as a
 // bind of the command would be taken over.
-func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string) (*Swap, int, error) {
+func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string) (*swap.Swap, int, error) {
 	if spec.Net == target.NetUnix {
 		// As systemd does before it binds a socket unit's path: a file
 		// left by a server that is gone would fail the bind.
-		RemoveStaleSocket(spec.Path, l.Self)
+		swap.RemoveStaleSocket(spec.Path, l.Self)
 	}
 	addr := bindAddrFor(spec)
 	sock, err := newTargetSocket(spec, addr)
@@ -156,14 +157,14 @@ func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
 	child := owner.NewChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.Cfg.StartServer != nil, Unit: l.unit}
-	sw, held, err := l.takePort(ctx, &generation{l: l}, Claim{child: child, Sock: sock, Addr: addr, Spec: spec, pathMode: l.Cfg.socketFileMode()})
+	sw, held, err := l.takePort(ctx, &generation{l: l}, swap.Claim{Child: child, Sock: sock, Addr: addr, Spec: spec, PathMode: l.Cfg.socketFileMode()})
 	if err != nil {
 		unix.Close(sock)
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
 	}
-	fail := func(err error) (*Swap, int, error) {
+	fail := func(err error) (*swap.Swap, int, error) {
 		unix.Close(held)
-		sw.abandon()
+		sw.Abandon()
 		return nil, -1, err
 	}
 	if spec.Net == target.NetUDP {
@@ -174,8 +175,8 @@ func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 			return fail(fmt.Errorf("listen on %s: %w", spec, err))
 		}
 	}
-	if sw.fence != nil { // a new socket beside the old server's (takePort's fenced)
-		if err := sw.fence.Joined(held); err != nil {
+	if sw.Fence != nil { // a new socket beside the old server's (takePort's fenced)
+		if err := sw.Fence.Joined(held); err != nil {
 			return fail(fmt.Errorf("steer %s to the old server while the new one starts: %w", spec, err))
 		}
 	}
@@ -189,33 +190,33 @@ func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 // in old's place (old closed: the old generation holds its own). Otherwise,
 // or when it cannot, it returns old, handed over unfenced as before, with
 // why not in sw.
-func (l *Launcher) fencePassed(sw *Swap, old int) int {
-	if !l.Cfg.fence() || sw.Spec.Net != "" || len(sw.OldProcs) == 0 || sw.fence != nil {
+func (l *Launcher) fencePassed(sw *swap.Swap, old int) int {
+	if !l.Cfg.fence() || sw.Spec.Net != "" || len(sw.OldProcs) == 0 || sw.Fence != nil {
 		return old
 	}
 	sock, err := newTargetSocket(sw.Spec, sw.Addr)
 	if err != nil {
-		sw.notFenced = fmt.Sprintf("cannot make a socket: %v", err)
+		sw.NotFenced = fmt.Sprintf("cannot make a socket: %v", err)
 		return old
 	}
-	f, why := FenceBeside(Claim{Sock: sock, Addr: sw.Addr, Spec: sw.Spec}, old)
+	f, why := swap.FenceBeside(swap.Claim{Sock: sock, Addr: sw.Addr, Spec: sw.Spec}, old)
 	if f == nil {
 		unix.Close(sock)
-		sw.notFenced = why
+		sw.NotFenced = why
 		return old
 	}
 	if err := unix.Listen(sock, l.Cfg.backlog()); err != nil {
 		unix.Close(sock)
-		sw.notFenced = fmt.Sprintf("cannot listen beside the old socket: %v", err)
+		sw.NotFenced = fmt.Sprintf("cannot listen beside the old socket: %v", err)
 		return old
 	}
 	if err := f.Joined(sock); err != nil {
 		unix.Close(sock)
-		sw.notFenced = fmt.Sprintf("cannot steer to the old socket: %v", err)
+		sw.NotFenced = fmt.Sprintf("cannot steer to the old socket: %v", err)
 		return old
 	}
 	unix.Close(old)
-	sw.fence = f
+	sw.Fence = f
 	return sock
 }
 
@@ -296,12 +297,12 @@ var passedVars = []string{"SERVER_STARTER_PORT=", "SERVER_STARTER_GENERATION="}
 
 // abandonAll closes the sockets taken for a generation that will not run,
 // and abandons the swaps that took them.
-func abandonAll(held []*heldSock, swaps []*Swap) {
+func abandonAll(held []*heldSock, swaps []*swap.Swap) {
 	for _, h := range held {
 		unix.Close(h.copyFD)
 	}
 	for _, sw := range swaps {
-		sw.abandon()
+		sw.Abandon()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/rundir"
+	"github.com/takeover/takeover/internal/swap"
 )
 
 // --status-file: what the launcher is doing, for people and scripts.
@@ -59,7 +60,7 @@ type swapStatus struct {
 func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // writeStatus records a swap in --status-file.
-func (l *Launcher) writeStatus(g *generation, swaps []*Swap) {
+func (l *Launcher) writeStatus(g *generation, swaps []*swap.Swap) {
 	if l.Cfg.StatusFile == "" {
 		return
 	}
@@ -75,7 +76,7 @@ func (l *Launcher) writeStatus(g *generation, swaps []*Swap) {
 	st.ReadyBy = by
 	for _, sw := range swaps {
 		s := swapStatus{Port: sw.Spec.String(), Address: sw.Spec.BoundAt(sw.Addr), Strategy: sw.Strategy, Why: sw.Why, Via: sw.Via,
-			Fenced: sw.fence != nil, NotFenced: sw.notFenced,
+			Fenced: sw.Fence != nil, NotFenced: sw.NotFenced,
 			LookupMS: Ms(sw.Lookup), SignalToFreeMS: Ms(sw.Free), RefusedWindowMS: Ms(sw.Window), TotalMS: Ms(readyAt.Sub(sw.Began))}
 		if len(sw.Old) > 0 {
 			s.OldPID = sw.Old[0].Holder.PID

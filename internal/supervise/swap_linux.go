@@ -4,44 +4,20 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"slices"
 	"time"
 
-	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
+	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
 // A swap: the takeover of one target from the generation before, and its
 // completion once the new generation is ready (the old server stopped).
-
-// A swap is one --port target taken over by a generation.
-type Swap struct {
-	Spec        target.PortSpec
-	Addr        netip.AddrPort
-	Strategy    string    // "fresh" (the port was free), "rebind", "handoff" or "rename" (unix)
-	Via         string    // how a handoff got the old socket: unix-socket, pidfd_getfd, own-copy
-	path        *pathSwap // a unix target's file, while the old server stops
-	Why         string    // why auto chose it
-	Old         []owner.StopTarget
-	OldCmd      string
-	OldProcs    []*pidfd.OldProcess // the stop targets
-	Holders     []*pidfd.OldProcess // every old holder, for SIGKILL
-	Inodes      []uint64            // the old listening sockets
-	Lookup      time.Duration
-	RebindTimes           // how a rebind went (rebind only)
-	fence       *fence    // a fenced handoff (fence_linux.go)
-	notFenced   string    // why a handoff was not fenced
-	Began       time.Time // the command's bind(2)
-
-	// The O_NONBLOCK a handoff set on the old socket (injectSocket), taken
-	// back if the swap is abandoned.
-	nonblock *nonblockUndo
-}
 
 // swap completes a generation's swap once it is ready (and has outlived
 // --kill-old-delay): it records the generation, tells systemd, logs the
@@ -65,7 +41,7 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	}
 	defer func() { rundir.ReleaseLocks(locks) }()
 	g.mu.Lock()
-	swaps := append([]*Swap(nil), g.swaps...)
+	swaps := append([]*swap.Swap(nil), g.swaps...)
 	g.mu.Unlock()
 
 	before := l.othersRecords()
@@ -123,23 +99,23 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	defer stopGuards()
 	restored := make([]<-chan int, len(stop))
 	for i, st := range stop {
-		restored[i] = st.path.guard(gctx)
+		restored[i] = st.Path.Guard(gctx)
 	}
-	signalOnce(stop, l.Cfg.signal())
+	swap.SignalOnce(stop, l.Cfg.signal())
 	// Hold the locks until the old generation is gone, so that the next
 	// takeover finds one generation, not two.
 	for _, st := range stop {
 		wctx, cancel := context.WithTimeout(ctx, l.Cfg.killTimeout())
-		for _, p := range st.procs {
+		for _, p := range st.Procs {
 			if !p.Wait(wctx) {
 				l.Log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
-				KillStillHolding(st.holders, st.sw.Inodes)
+				swap.KillStillHolding(st.Holders, st.Sw.Inodes)
 			}
 		}
 		cancel()
-		if f := st.sw.fence; f != nil {
-			if held := g.heldFor(st.sw.Spec, st.sw.Addr); held != nil && !f.Settle(ctx, held.copyFD) {
-				l.Log.Debug("the old socket still listens after its server exited; new connections stay steered to the new one", "port", st.sw.Spec.String())
+		if f := st.Sw.Fence; f != nil {
+			if held := g.heldFor(st.Sw.Spec, st.Sw.Addr); held != nil && !f.Settle(ctx, held.copyFD) {
+				l.Log.Debug("the old socket still listens after its server exited; new connections stay steered to the new one", "port", st.Sw.Spec.String())
 			}
 		}
 	}
@@ -157,14 +133,14 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	for i, st := range stop {
 		if n := <-restored[i]; n > 0 {
 			hint := ""
-			if st.sw.Via != "own-copy" && !st.sw.Old[0].Launcher {
+			if st.Sw.Via != "own-copy" && !st.Sw.Old[0].Launcher {
 				hint = "; start the old server under takeover, which keeps the path"
 			}
-			l.Log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed"+hint+")", "path", st.path.path, "times", n)
+			l.Log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed"+hint+")", "path", st.Path.Path, "times", n)
 		}
-		st.path.finish()
-		pidfd.CloseAll(st.procs)
-		pidfd.CloseAll(st.holders)
+		st.Path.Finish()
+		pidfd.CloseAll(st.Procs)
+		pidfd.CloseAll(st.Holders)
 	}
 }
 
@@ -180,7 +156,7 @@ func (l *Launcher) completeSwap(g *generation, unlock bool) {
 }
 
 // logSwap writes the one line that says how a generation took its ports.
-func (l *Launcher) logSwap(g *generation, swaps []*Swap) {
+func (l *Launcher) logSwap(g *generation, swaps []*swap.Swap) {
 	by, readyAt := g.readiedBy()
 	attrs := []any{"generation", g.num, "new_pid", g.pid, "ready_by", by}
 	for _, sw := range swaps {
@@ -200,7 +176,7 @@ func (l *Launcher) logSwap(g *generation, swaps []*Swap) {
 		if sw.Strategy == "handoff" || sw.Via != "" {
 			a = append(a, "via", sw.Via)
 		}
-		a = append(a, sw.fenceAttrs()...)
+		a = append(a, sw.FenceAttrs()...)
 		if sw.Strategy == "rebind" {
 			a = append(a, "signal_to_free", sw.Free, "refused_window", sw.Window, "sigkill", sw.Killed, "retry_sched", sw.Sched)
 		}
@@ -215,27 +191,27 @@ func (l *Launcher) logSwap(g *generation, swaps []*Swap) {
 // reached the old server), and the old processes to stop are taken out of
 // the swaps, so that a release of the generation from now on leaves them
 // alone. A swap whose rename fails leaves the old server serving, unstopped.
-func (g *generation) claimSwaps(log *slog.Logger) (stop []oldStop, ok bool) {
+func (g *generation) claimSwaps(log *slog.Logger) (stop []swap.OldStop, ok bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.hasExited() {
 		return nil, false
 	}
 	for _, sw := range g.swaps {
-		sw.nonblock.drop() // from now on the new server's
-		sw.nonblock = nil
-		if err := sw.path.renameOver(); err != nil {
+		sw.Nonblock.Drop() // from now on the new server's
+		sw.Nonblock = nil
+		if err := sw.Path.RenameOver(); err != nil {
 			log.Error("cannot rename the new unix socket over its path; the old server keeps it, and is not stopped", "path", sw.Spec.Path, "err", err)
-			sw.abandon()
+			sw.Abandon()
 			continue
 		}
 		if len(sw.OldProcs) == 0 {
-			sw.path.finish()
-			sw.path = nil
+			sw.Path.Finish()
+			sw.Path = nil
 			continue
 		}
-		stop = append(stop, oldStop{sw, sw.path, sw.OldProcs, sw.Holders})
-		sw.path, sw.OldProcs, sw.Holders = nil, nil, nil
+		stop = append(stop, swap.OldStop{Sw: sw, Path: sw.Path, Procs: sw.OldProcs, Holders: sw.Holders})
+		sw.Path, sw.OldProcs, sw.Holders = nil, nil, nil
 	}
 	return stop, true
 }
@@ -244,15 +220,15 @@ func (g *generation) claimSwaps(log *slog.Logger) (stop []oldStop, ok bool) {
 // swap completed, the old processes still to stop: the restarted
 // generation, on the same sockets, stops them. (A unix path's swap is
 // rolled back instead, by releaseSwaps.)
-func (g *generation) claimExited() []oldStop {
+func (g *generation) claimExited() []swap.OldStop {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var stop []oldStop
+	var stop []swap.OldStop
 	for _, sw := range g.swaps {
 		if sw.Spec.Net == target.NetUnix || sw.Strategy != "handoff" || len(sw.OldProcs) == 0 {
 			continue
 		}
-		stop = append(stop, oldStop{sw, nil, sw.OldProcs, sw.Holders})
+		stop = append(stop, swap.OldStop{Sw: sw, Procs: sw.OldProcs, Holders: sw.Holders})
 		sw.OldProcs, sw.Holders = nil, nil
 	}
 	return stop
@@ -266,7 +242,7 @@ func (g *generation) claimExited() []oldStop {
 // launcher to be ready (a restart, on the same sockets) completes it; if
 // none is, the old servers serve on (dropUnfinished).
 type unfinished struct {
-	stop  []oldStop
+	stop  []swap.OldStop
 	prevs []*generation // this launcher's generations among the old servers (a reload's): their copies go once they are stopped
 	locks []*os.File
 }
@@ -275,7 +251,7 @@ type unfinished struct {
 func (u *unfinished) procs() [][]*pidfd.OldProcess {
 	var ps [][]*pidfd.OldProcess
 	for _, st := range u.stop {
-		ps = append(ps, st.procs)
+		ps = append(ps, st.Procs)
 	}
 	return ps
 }
@@ -285,15 +261,15 @@ func (u *unfinished) procs() [][]*pidfd.OldProcess {
 // the takeovers being replaced (before), and holds the port locks.
 func (l *Launcher) interrupt(ctx context.Context, g *generation, u *unfinished, before map[string]rundir.GenRecord) {
 	for _, st := range u.stop {
-		f := st.sw.fence
+		f := st.Sw.Fence
 		if f == nil {
 			continue
 		}
 		// Any socket of the group sets its program; none is left if the
 		// lifecycle let go of g's, and then the group has the old one alone.
-		if sock := g.dupHeld(st.sw.Spec, st.sw.Addr); sock >= 0 {
-			if err := f.lower(sock); err != nil {
-				l.Log.Warn("cannot steer new connections back to the old server; they wait for the restarted one", "port", st.sw.Spec.String(), "err", err)
+		if sock := g.dupHeld(st.Sw.Spec, st.Sw.Addr); sock >= 0 {
+			if err := f.Lower(sock); err != nil {
+				l.Log.Warn("cannot steer new connections back to the old server; they wait for the restarted one", "port", st.Sw.Spec.String(), "err", err)
 			}
 			unix.Close(sock)
 		}
@@ -346,7 +322,7 @@ func (l *Launcher) fallBack() *generation {
 	l.unfinished = nil
 	l.mu.Unlock()
 	for _, st := range u.stop {
-		st.abandon()
+		st.Abandon()
 	}
 	rundir.ReleaseLocks(u.locks)
 	return old
@@ -362,7 +338,7 @@ func (l *Launcher) dropUnfinished() {
 	}
 	l.Log.Warn("the swap an exited generation began was not completed: the old servers serve on", "old_pids", fmt.Sprint(pidfd.PidsOf(u.procs()...)))
 	for _, st := range u.stop {
-		st.abandon()
+		st.Abandon()
 	}
 	rundir.ReleaseLocks(u.locks)
 }
@@ -408,106 +384,83 @@ func (l *Launcher) updateRecord(ctx context.Context, key string, r rundir.GenRec
 	return rundir.WriteRecord(l.Dir, key, r)
 }
 
-// An oldStop is what a completed swap has left to do: stop the old
-// processes, and guard the unix path meanwhile.
-type oldStop struct {
-	sw             *Swap
-	path           *pathSwap
-	procs, holders []*pidfd.OldProcess
-}
-
-// abandon lets go of a claimed swap that will not be completed after all
-// (the new generation exited while the old server finished): as a swap's
-// abandon does, for what claimSwaps took out of it.
-func (st oldStop) abandon() {
-	pidfd.CloseAll(st.procs)
-	pidfd.CloseAll(st.holders)
-	st.path.rollBack()
-}
-
-// abandon lets go of a swap that will not be completed: of its old
-// processes' pidfds, and of the names beside a unix path (a path renamed
-// over goes back to the old socket).
-func (sw *Swap) abandon() {
-	sw.nonblock.restore() // the old server's socket, as it had it
-	sw.nonblock = nil
-	sw.ReleaseOld()
-	sw.path.rollBack()
-	sw.path = nil
-}
-
-// releaseOld closes the swap's pidfds of the old processes.
-func (sw *Swap) ReleaseOld() {
-	pidfd.CloseAll(sw.OldProcs)
-	pidfd.CloseAll(sw.Holders)
-	sw.OldProcs, sw.Holders = nil, nil
-}
-
-// signalOnce sends sig to the old processes of the swaps, each once: a
-// server that held several of the sockets (nginx's `listen 80; listen
-// [::]:80;`, or two --port targets) is in the stop list of each swap, and to
-// some servers a second stop signal means "stop now, drain no more" (an
-// interactive ^C twice; uvicorn on INT). A rebind signalled its own at the
-// bind already.
-func signalOnce(stop []oldStop, sig unix.Signal) {
-	sent := make(map[int]bool)
+// raiseFences puts up the fences of a ready generation's swaps and waits,
+// up to --drain-timeout, until each fenced old server has finished what it
+// had accepted: the same state twice in a row, so that a handshake that
+// completed into the old queue just as the fence went up is seen. It
+// reports whether it put up any.
+func (l *Launcher) raiseFences(ctx context.Context, g *generation, stop []swap.OldStop) bool {
+	type fenced struct {
+		f    *swap.Fence
+		spec target.PortSpec
+		pids []int
+	}
+	var fs []fenced
 	for _, st := range stop {
-		if st.sw.Strategy == "rebind" {
-			for _, p := range st.procs {
-				sent[p.PID] = true
+		f := st.Sw.Fence
+		if f == nil {
+			continue
+		}
+		held := g.heldFor(st.Sw.Spec, st.Sw.Addr)
+		if held == nil {
+			continue
+		}
+		if err := f.Raise(held.copyFD); err != nil {
+			l.Log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.Sw.Spec.String(), "err", err)
+			continue
+		}
+		pids := pidfd.PidsOf(st.Procs, st.Holders)
+		slices.Sort(pids)
+		fs = append(fs, fenced{f, st.Sw.Spec, procfs.FS("/proc").WithDescendants(slices.Compact(pids))})
+	}
+	if len(fs) == 0 {
+		return false
+	}
+	for _, x := range fs {
+		if set, err := x.f.HoldMigrate(); set {
+			l.Log.Info("net.ipv4.tcp_migrate_req=1 in this network namespace until the old socket has closed: a listening socket that closes hands its queued connections to another socket of its SO_REUSEPORT group instead of resetting them")
+		} else if err != nil {
+			l.Log.Debug("cannot set net.ipv4.tcp_migrate_req; the drain alone keeps the old socket's queue", "err", err)
+		}
+	}
+	release := func() {
+		for _, x := range fs {
+			x.f.ReleaseMigrate()
+		}
+	}
+	began := time.Now()
+	wait := l.Cfg.drainTimeout()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for clean := 0; ; {
+		busy := ""
+		for _, x := range fs {
+			if ok, err := x.f.Finished(x.pids); !ok || err != nil {
+				busy = x.spec.String()
+				break
 			}
 		}
-	}
-	for _, st := range stop {
-		for _, p := range st.procs {
-			if !sent[p.PID] {
-				sent[p.PID] = true
-				p.Signal(sig)
-			}
+		if busy == "" {
+			clean++
+		} else {
+			clean = 0
+		}
+		switch {
+		case clean == 2:
+			l.Log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", g.num, "waited", time.Since(began).Round(time.Microsecond))
+			return true
+		case time.Since(began) >= wait:
+			l.Log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
+			return true
+		case g.hasExited():
+			release() // the old server serves on
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			release()
+			return true
+		case <-tick.C:
 		}
 	}
-}
-
-// killStillHolding SIGKILLs the old processes that still hold one of the
-// old sockets: after --kill-timeout, what keeps a port or serves on as an
-// old generation. An old takeover launcher let go of its copies when it was
-// replaced and waits for its server: killing it would orphan the server,
-// which would then serve on with nobody to stop it.
-func KillStillHolding(holders []*pidfd.OldProcess, inodes []uint64) {
-	held, err := owner.StillHolding("/proc", inodes, pidfd.PidsOf(holders))
-	for _, p := range holders {
-		if err != nil || slices.Contains(held, p.PID) {
-			p.Signal(unix.SIGKILL)
-		}
-	}
-}
-
-// A rebind is the fallback way to take a port over: stop the old holders,
-// then bind the new server's socket as soon as the port frees. Clients see
-// refused connections between the old listener's close and the new listen,
-// and lose what waited in the old accept queue.
-type Rebind struct {
-	Sock        int // takeover's copy of the new server's socket
-	Addr        netip.AddrPort
-	Old         []*pidfd.OldProcess // the stop targets, signalled once
-	Holders     []*pidfd.OldProcess // every process holding the port: SIGKILLed after KillTimeout if it still does
-	Inodes      []uint64            // the old listening sockets
-	Signal      unix.Signal
-	KillTimeout time.Duration
-}
-
-// A rebinder runs a rebind: retryBind (retrybind.go), plugged in by the
-// command line.
-type rebinder func(ctx context.Context, r Rebind) (RebindTimes, error)
-
-// rebindTimes says how a rebind went, for the swap's log line.
-type RebindTimes struct {
-	Free time.Duration // from the stop signal until the bind succeeded
-	// Window is from the last attempt that found the port held (or from
-	// the signal, if none did) until the socket listened: the refused
-	// window as takeover saw it. Clients can be refused a little earlier,
-	// while the old listener is torn down but its port not yet free.
-	Window time.Duration
-	Killed bool   // the old holders were SIGKILLed
-	Sched  string // how the retrying thread was scheduled
 }

@@ -3,7 +3,6 @@ package supervise
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -11,36 +10,20 @@ import (
 	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
-	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
+	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
-
-// A claim is a bind of the command to a --port target, as takePort sees it:
-// an intercepted bind(2), or a socket takeover acquires to pass on.
-type Claim struct {
-	child  owner.NewChild
-	status procfs.Status // the binding thread's (none when takeover binds for itself)
-	Sock   int           // takeover's copy of the command's socket (or a new one like it)
-	Addr   netip.AddrPort
-	Spec   target.PortSpec
-	// install puts a handed-over socket where the command will use it, in
-	// place of sock; nil when takeover passes the sockets on itself.
-	install func(old int) error
-	// pathMode is the mode of a unix socket file takeover binds for itself
-	// to pass on (start_server's 0777); 0 leaves it to takeover's umask.
-	pathMode uint32
-}
 
 // takePort gives the command the address it asked for: at once if the port
 // is free; by handoff or rebind if an earlier instance holds it and policy
 // allows. It returns the swap and the socket takeover keeps a copy of (the
 // command's own, or after a handoff the old one); c.sock is consumed only
 // when it succeeds.
-func (l *Launcher) takePort(ctx context.Context, g *generation, c Claim) (*Swap, int, error) {
+func (l *Launcher) takePort(ctx context.Context, g *generation, c swap.Claim) (*swap.Swap, int, error) {
 	began := time.Now()
-	sw := &Swap{Spec: c.Spec, Addr: c.Addr}
+	sw := &swap.Swap{Spec: c.Spec, Addr: c.Addr}
 	if g.prev != nil {
 		if old := g.prev.heldFor(c.Spec, c.Addr); old != nil {
 			sw.Lookup = time.Since(began)
@@ -64,7 +47,7 @@ func (l *Launcher) takePort(ctx context.Context, g *generation, c Claim) (*Swap,
 	// Only the sockets that keep this bind from succeeding are owners: an
 	// IPv6-only [::] beside an IPv4 bind is not (nginx's second listener,
 	// handed over at its own bind; or another service, left alone).
-	want := target.InetBind{Addr: c.Addr, V6Only: v6Only(c.Sock)}
+	want := target.InetBind{Addr: c.Addr, V6Only: swap.V6Only(c.Sock)}
 	var owners []owner.Listener
 	for _, o := range all {
 		if c.Spec.Net != target.NetUnix && !target.Conflicts(want, target.InetBind{Addr: o.Addr, V6Only: o.V6Only}) {
@@ -82,8 +65,8 @@ func (l *Launcher) takePort(ctx context.Context, g *generation, c Claim) (*Swap,
 	sw.Lookup = time.Since(began)
 	if len(owners) == 0 {
 		sw.Strategy = "fresh"
-		freshInGroup(c, l.Cfg.fence())
-		if err := c.bind(c.Sock); err != nil {
+		swap.FreshInGroup(c, l.Cfg.fence())
+		if err := c.Bind(c.Sock); err != nil {
 			return nil, -1, err
 		}
 		if hasPrev && prev.Launcher != l.Self {
@@ -111,7 +94,7 @@ func (l *Launcher) takePort(ctx context.Context, g *generation, c Claim) (*Swap,
 	// exited and its pid been reused since; checked after its pidfd is
 	// open, the process the checks read is the one the pidfd signals.
 	sw.OldProcs, sw.Holders = pidfd.OpenAll(targetPIDs), pidfd.OpenAll(holderPIDs)
-	if err := l.CheckOld(sw, c.child, what); err != nil {
+	if err := l.CheckOld(sw, c.Child, what); err != nil {
 		sw.ReleaseOld()
 		return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
 	}
@@ -147,7 +130,7 @@ func (l *Launcher) takePort(ctx context.Context, g *generation, c Claim) (*Swap,
 // another process's now), and so is a target that is not a holder still
 // nor (a takeover launcher) an ancestor of one; and each is alive at the
 // end, so that what /proc said of its pid was said of it.
-func (l *Launcher) CheckOld(sw *Swap, child owner.NewChild, what string) error {
+func (l *Launcher) CheckOld(sw *swap.Swap, child owner.NewChild, what string) error {
 	held, err := owner.StillHolding("/proc", sw.Inodes, pidfd.PidsOf(sw.Holders))
 	if err != nil {
 		return fmt.Errorf("look up the holders of %s again: %w", what, err)
@@ -161,22 +144,9 @@ func (l *Launcher) CheckOld(sw *Swap, child owner.NewChild, what string) error {
 			t.Launcher && slices.Contains(held, t.Holder.PID) && owner.IsAncestor("/proc", t.PID, t.Holder.PID)
 	}
 	alive := func(p *pidfd.OldProcess) bool { return p.Signal(0) == nil }
-	sw.OldProcs = keepOnly(sw.OldProcs, func(p *pidfd.OldProcess) bool { return verified[p.PID] && alive(p) })
-	sw.Holders = keepOnly(sw.Holders, func(p *pidfd.OldProcess) bool { return slices.Contains(held, p.PID) && alive(p) })
+	sw.OldProcs = swap.KeepOnly(sw.OldProcs, func(p *pidfd.OldProcess) bool { return verified[p.PID] && alive(p) })
+	sw.Holders = swap.KeepOnly(sw.Holders, func(p *pidfd.OldProcess) bool { return slices.Contains(held, p.PID) && alive(p) })
 	return nil
-}
-
-// keepOnly keeps the processes keep accepts, and closes the others' pidfds.
-func keepOnly(ps []*pidfd.OldProcess, keep func(*pidfd.OldProcess) bool) []*pidfd.OldProcess {
-	var kept []*pidfd.OldProcess
-	for _, p := range ps {
-		if keep(p) {
-			kept = append(kept, p)
-		} else {
-			p.Close()
-		}
-	}
-	return kept
 }
 
 // replacedBeside names in sw, as the old server to stop once the new one is
@@ -186,7 +156,7 @@ func keepOnly(ps []*pidfd.OldProcess, keep func(*pidfd.OldProcess) bool) []*pidf
 // IPv6-only [::]:P and nothing else. The new generation replaces it all
 // the same, with no socket of it to take. Nothing else on the port is
 // named: not another service's IPv6-only socket.
-func (l *Launcher) replacedBeside(sw *Swap, all []owner.Listener, launcher int, c Claim) {
+func (l *Launcher) replacedBeside(sw *swap.Swap, all []owner.Listener, launcher int, c swap.Claim) {
 	launchers := rundir.LiveLaunchers(l.Dir)
 	if !slices.Contains(launchers, launcher) {
 		return
@@ -205,7 +175,7 @@ func (l *Launcher) replacedBeside(sw *Swap, all []owner.Listener, launcher int, 
 			continue // this takeover's, or handed over to it at an earlier bind
 		}
 		for _, t := range owner.StopTargets("/proc", o, launchers) {
-			if !t.Launcher || t.PID != launcher || owner.MayReplace("/proc", t, c.child, c.Spec.Describe(), false) != nil {
+			if !t.Launcher || t.PID != launcher || owner.MayReplace("/proc", t, c.Child, c.Spec.Describe(), false) != nil {
 				continue
 			}
 			if target == nil {
@@ -234,7 +204,7 @@ func (l *Launcher) replacedBeside(sw *Swap, all []owner.Listener, launcher int, 
 
 // replaceGeneration takes a port over from the launcher's own previous
 // generation, in a reload: from takeover's own copy of its socket.
-func (l *Launcher) replaceGeneration(ctx context.Context, g *generation, c Claim, sw *Swap, old *heldSock) (*Swap, int, error) {
+func (l *Launcher) replaceGeneration(ctx context.Context, g *generation, c swap.Claim, sw *swap.Swap, old *heldSock) (*swap.Swap, int, error) {
 	prev := g.prev
 	prev.replacedIn(sw, old)
 	if prev.inherited {
@@ -263,12 +233,12 @@ func (l *Launcher) replaceGeneration(ctx context.Context, g *generation, c Claim
 
 // handInherited gives the command a socket systemd passed. There is no
 // rebind to fall back on: systemd keeps its copy, so the port never frees.
-func (l *Launcher) handInherited(g *generation, c Claim, sw *Swap, old *heldSock) (int, error) {
+func (l *Launcher) handInherited(g *generation, c swap.Claim, sw *swap.Swap, old *heldSock) (int, error) {
 	dup, err := unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("copy the socket systemd passed for %s: %w", c.Spec, err)
 	}
-	if why := handoffMismatch(dup, c.Sock, c.Spec, c.Addr); why != "" {
+	if why := swap.HandoffMismatch(dup, c.Sock, c.Spec, c.Addr); why != "" {
 		unix.Close(dup)
 		return -1, fmt.Errorf("the socket systemd passed for %s does not fit the command's bind: %s (%w)", c.Spec, strings.Replace(why, "old socket", "passed socket", 1), unix.EADDRINUSE)
 	}
@@ -278,7 +248,7 @@ func (l *Launcher) handInherited(g *generation, c Claim, sw *Swap, old *heldSock
 // replacedIn names, in sw, the generation as the old server whose socket
 // old a newer generation of the same launcher takes: a reload, a restart.
 // Sockets systemd passed had no server: only where they came from is said.
-func (prev *generation) replacedIn(sw *Swap, old *heldSock) {
+func (prev *generation) replacedIn(sw *swap.Swap, old *heldSock) {
 	sw.Inodes = []uint64{old.inode}
 	if prev.inherited {
 		sw.Via = old.via
@@ -298,9 +268,9 @@ func (prev *generation) replacedIn(sw *Swap, old *heldSock) {
 // and why says so) to the command if it can stand in for the command's own
 // socket. When it cannot, --strategy handoff refuses the bind, and auto
 // records why in sw and leaves the rebind to the caller: done is false.
-func (l *Launcher) handoffOrFallBack(g *generation, c Claim, sw *Swap, old int, why string) (held int, done bool, err error) {
+func (l *Launcher) handoffOrFallBack(g *generation, c swap.Claim, sw *swap.Swap, old int, why string) (held int, done bool, err error) {
 	if why == "" {
-		why = handoffMismatch(old, c.Sock, c.Spec, c.Addr)
+		why = swap.HandoffMismatch(old, c.Sock, c.Spec, c.Addr)
 	}
 	if why == "" {
 		if held, ok := l.fenced(c, sw, old); ok {
@@ -324,28 +294,28 @@ func (l *Launcher) handoffOrFallBack(g *generation, c Claim, sw *Swap, old int, 
 // one takeover makes to pass on), an old server that runs, fencing not
 // turned off. It then closes old and returns the new socket; otherwise it
 // records why not in sw.
-func (l *Launcher) fenced(c Claim, sw *Swap, old int) (int, bool) {
+func (l *Launcher) fenced(c swap.Claim, sw *swap.Swap, old int) (int, bool) {
 	switch {
 	case !l.Cfg.fence() || c.Spec.Net != "":
 		return -1, false
 	case len(sw.OldProcs) == 0:
 		return -1, false // a restart: no old server to fence
 	}
-	f, why := FenceBeside(c, old)
+	f, why := swap.FenceBeside(c, old)
 	if f == nil {
-		sw.notFenced = why
+		sw.NotFenced = why
 		return -1, false
 	}
 	unix.Close(old)
-	sw.Strategy, sw.fence = "handoff", f
+	sw.Strategy, sw.Fence = "handoff", f
 	return c.Sock, true
 }
 
 // settled ends takePort: on failure it lets go of the old processes the swap
 // had opened, so that no pidfd outlives a refused bind.
-func (l *Launcher) settled(sw *Swap, held int, err error) (*Swap, int, error) {
+func (l *Launcher) settled(sw *swap.Swap, held int, err error) (*swap.Swap, int, error) {
 	if err != nil {
-		sw.abandon()
+		sw.Abandon()
 		return nil, -1, err
 	}
 	return sw, held, nil
@@ -353,20 +323,20 @@ func (l *Launcher) settled(sw *Swap, held int, err error) (*Swap, int, error) {
 
 // handoff installs old in the command at its fd and answers its bind; it
 // returns old, now the socket takeover keeps a copy of.
-func (l *Launcher) handoff(g *generation, c Claim, sw *Swap, old int) (int, error) {
-	if c.install != nil {
-		undo := watchBlocking(old)
-		if err := c.install(old); err != nil {
-			undo.drop()
+func (l *Launcher) handoff(g *generation, c swap.Claim, sw *swap.Swap, old int) (int, error) {
+	if c.Install != nil {
+		undo := swap.WatchBlocking(old)
+		if err := c.Install(old); err != nil {
+			undo.Drop()
 			unix.Close(old)
 			return -1, fmt.Errorf("hand the old socket over: %w", err)
 		}
-		sw.nonblock = undo.ifSet()
+		sw.Nonblock = undo.IfSet()
 	}
 	unix.Close(c.Sock) // the command's own socket, now closed in the command too
 	sw.Strategy = "handoff"
 	if c.Spec.Net == target.NetUnix && len(sw.OldProcs) > 0 {
-		sw.path = keepHandedOver(c.Spec.Path)
+		sw.Path = swap.KeepHandedOver(c.Spec.Path)
 	}
 	return old, nil
 }
@@ -375,7 +345,7 @@ func (l *Launcher) handoff(g *generation, c Claim, sw *Swap, old int) (int, erro
 // frees.
 // A unix socket's path is replaced instead: the old server keeps serving
 // until the new one is ready, as in a handoff.
-func (l *Launcher) rebind(ctx context.Context, c Claim, sw *Swap) error {
+func (l *Launcher) rebind(ctx context.Context, c swap.Claim, sw *swap.Swap) error {
 	if c.Spec.Net == target.NetUnix {
 		return l.bindBeside(c, sw)
 	}
@@ -384,7 +354,7 @@ func (l *Launcher) rebind(ctx context.Context, c Claim, sw *Swap) error {
 	bctx, cancel := context.WithTimeout(ctx, l.Cfg.EffectiveBindTimeout())
 	defer cancel()
 	var err error
-	sw.RebindTimes, err = l.Cfg.Rebind(bctx, Rebind{
+	sw.RebindTimes, err = l.Cfg.Rebind(bctx, swap.Rebind{
 		Sock: c.Sock, Addr: c.Addr, Old: sw.OldProcs, Holders: sw.Holders, Inodes: sw.Inodes,
 		Signal: l.Cfg.signal(), KillTimeout: l.Cfg.killTimeout(),
 	})
@@ -396,7 +366,7 @@ func (l *Launcher) rebind(ctx context.Context, c Claim, sw *Swap) error {
 // (SCM_RIGHTS needs no ptrace rights), or else with pidfd_getfd from the
 // stop target or another holder. It returns -1 and why when there is none,
 // and records in sw how it got the socket.
-func (l *Launcher) copyOldSocket(owners []owner.Listener, sw *Swap) (int, string) {
+func (l *Launcher) copyOldSocket(owners []owner.Listener, sw *swap.Swap) (int, string) {
 	if len(owners) != 1 {
 		return -1, fmt.Sprintf("the port is held by %d sockets, not one", len(owners))
 	}
@@ -437,13 +407,6 @@ func (l *Launcher) copyOldSocket(owners []owner.Listener, sw *Swap) (int, string
 	return -1, why
 }
 
-// v6Only reports whether sock is an IPv6 socket with IPV6_V6ONLY set. A
-// command sets it before its bind, so takeover's copy of its socket tells.
-func v6Only(sock int) bool {
-	v, err := unix.GetsockoptInt(sock, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
-	return err == nil && v != 0
-}
-
 // heldSocket returns takeover's copy of a socket one of its generations
 // holds, for a newer takeover.
 func (l *Launcher) heldSocket(inode uint64) (int, bool) {
@@ -481,4 +444,20 @@ func (l *Launcher) ownedBySelf(o owner.Listener) bool {
 		}
 	}
 	return true
+}
+
+// bindBeside binds the claim's socket at a temporary name beside the path,
+// for a rename over it once the command is ready: the replacement of the
+// path when the old listener cannot be handed over.
+func (l *Launcher) bindBeside(c swap.Claim, sw *swap.Swap) error {
+	sw.Strategy = "rename"
+	ps := &swap.PathSwap{Path: c.Spec.Path, Pending: swap.SideName(c.Spec.Path, "new")}
+	if len(ps.Pending) >= len(unix.RawSockaddrUnix{}.Path) {
+		return fmt.Errorf("cannot replace %s by a rename: the name beside it, %s, is longer than a unix socket's path may be; shorten the path, or let the old socket be handed over", c.Spec.Path, ps.Pending)
+	}
+	if err := c.BindPath(c.Sock, ps.Pending); err != nil {
+		return fmt.Errorf("bind beside %s: %w", c.Spec.Path, err)
+	}
+	sw.Path = ps
+	return nil
 }

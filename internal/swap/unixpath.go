@@ -1,4 +1,4 @@
-package supervise
+package swap
 
 import (
 	"context"
@@ -6,14 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/seccomp"
-	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -35,28 +32,28 @@ import (
 // bind binds sock to the claim's target: an IP address, or a unix path,
 // whose file then gets the owner and the mode it would have had, had the
 // command bound it itself.
-func (c Claim) bind(sock int) error {
+func (c Claim) Bind(sock int) error {
 	if c.Spec.Net != target.NetUnix {
 		return unix.Bind(sock, target.SockaddrOf(c.Addr))
 	}
-	return c.bindPath(sock, c.Spec.Path)
+	return c.BindPath(sock, c.Spec.Path)
 }
 
 // bindPath binds sock to path as the claim's thread would (bindPathAs).
 // A socket takeover binds for itself, to pass on, gets takeover's umask, or
 // c.pathMode where that is set.
-func (c Claim) bindPath(sock int, path string) error {
-	if c.child.PID != os.Getpid() {
-		owner, err := c.status.FileOwner()
+func (c Claim) BindPath(sock int, path string) error {
+	if c.Child.PID != os.Getpid() {
+		owner, err := c.Status.FileOwner()
 		if err != nil {
-			return fmt.Errorf("the umask and ids of pid %d: %w", c.child.PID, err)
+			return fmt.Errorf("the umask and ids of pid %d: %w", c.Child.PID, err)
 		}
 		return bindPathAs(sock, path, fileOwner(owner))
 	}
-	if c.pathMode == 0 {
+	if c.PathMode == 0 {
 		return unix.Bind(sock, &unix.SockaddrUnix{Name: path})
 	}
-	return bindWithMode(sock, path, c.pathMode)
+	return bindWithMode(sock, path, c.PathMode)
 }
 
 // bindPathAs binds sock to path as owner: with its filesystem ids and
@@ -177,61 +174,45 @@ var sideNames atomic.Int64
 
 // sideName is a name beside path for takeover's own use: hidden, and
 // unique to this takeover, this swap and what.
-func sideName(path, what string) string {
+func SideName(path, what string) string {
 	return filepath.Join(filepath.Dir(path), fmt.Sprintf(".%s.takeover-%s-%d-%d", filepath.Base(path), what, os.Getpid(), sideNames.Add(1)))
 }
 
 // A pathSwap is the unix side of a swap: the file the old server answers
 // at, kept under a side name until the old server is gone.
-type pathSwap struct {
-	path    string
-	pending string // the new socket's temporary name until its server is ready (rename)
+type PathSwap struct {
+	Path    string
+	Pending string // the new socket's temporary name until its server is ready (rename)
 	keep    string // a link to the socket file the path must name at the end
 	oldKeep string // a link to the old socket's file, for a rollback (rename)
-}
-
-// bindBeside binds the claim's socket at a temporary name beside the path,
-// for a rename over it once the command is ready: the replacement of the
-// path when the old listener cannot be handed over.
-func (l *Launcher) bindBeside(c Claim, sw *Swap) error {
-	sw.Strategy = "rename"
-	ps := &pathSwap{path: c.Spec.Path, pending: sideName(c.Spec.Path, "new")}
-	if len(ps.pending) >= len(unix.RawSockaddrUnix{}.Path) {
-		return fmt.Errorf("cannot replace %s by a rename: the name beside it, %s, is longer than a unix socket's path may be; shorten the path, or let the old socket be handed over", c.Spec.Path, ps.pending)
-	}
-	if err := c.bindPath(c.Sock, ps.pending); err != nil {
-		return fmt.Errorf("bind beside %s: %w", c.Spec.Path, err)
-	}
-	sw.path = ps
-	return nil
 }
 
 // renameOver completes a rename once the new server is ready: the old file
 // is linked aside (for a rollback) and the new one renamed over the path,
 // in one step for every connect.
-func (ps *pathSwap) renameOver() error {
-	if ps == nil || ps.pending == "" {
+func (ps *PathSwap) RenameOver() error {
+	if ps == nil || ps.Pending == "" {
 		return nil
 	}
-	ps.oldKeep = sideName(ps.path, "old")
-	if err := unix.Link(ps.path, ps.oldKeep); err != nil {
+	ps.oldKeep = SideName(ps.Path, "old")
+	if err := unix.Link(ps.Path, ps.oldKeep); err != nil {
 		ps.oldKeep = ""
 	}
-	ps.keep = sideName(ps.path, "keep")
-	if err := unix.Link(ps.pending, ps.keep); err != nil {
-		return fmt.Errorf("link %s: %w", ps.pending, err)
+	ps.keep = SideName(ps.Path, "keep")
+	if err := unix.Link(ps.Pending, ps.keep); err != nil {
+		return fmt.Errorf("link %s: %w", ps.Pending, err)
 	}
-	if err := unix.Rename(ps.pending, ps.path); err != nil {
-		return fmt.Errorf("rename %s over %s: %w", ps.pending, ps.path, err)
+	if err := unix.Rename(ps.Pending, ps.Path); err != nil {
+		return fmt.Errorf("rename %s over %s: %w", ps.Pending, ps.Path, err)
 	}
-	ps.pending = ""
+	ps.Pending = ""
 	return nil
 }
 
 // keepHandedOver notes, for a handoff, the file at the path: the shared
 // listener's, which the old server may unlink on its way out.
-func keepHandedOver(path string) *pathSwap {
-	ps := &pathSwap{path: path, keep: sideName(path, "keep")}
+func KeepHandedOver(path string) *PathSwap {
+	ps := &PathSwap{Path: path, keep: SideName(path, "keep")}
 	if unix.Link(path, ps.keep) != nil {
 		return nil
 	}
@@ -242,13 +223,13 @@ func keepHandedOver(path string) *pathSwap {
 // while the old server stops (a server not under takeover unlinking it), until
 // ctx ends; it says how often it had to. It wakes at each change in the
 // path's directory (inotify), or every 2 ms where it cannot watch it.
-func (ps *pathSwap) guard(ctx context.Context) <-chan int {
+func (ps *PathSwap) Guard(ctx context.Context) <-chan int {
 	done := make(chan int, 1)
 	if ps == nil || ps.keep == "" {
 		done <- 0
 		return done
 	}
-	w := watchDir(filepath.Dir(ps.path)) // watching before the caller signals
+	w := watchDir(filepath.Dir(ps.Path)) // watching before the caller signals
 	go func() {
 		defer w.close()
 		restored := 0
@@ -305,16 +286,16 @@ func (w dirWatch) close() {
 
 // restore makes the path name the kept file again if it names nothing; it
 // reports whether it had to. Whatever else is at the path is left alone.
-func (ps *pathSwap) restore() bool {
-	return unix.Link(ps.keep, ps.path) == nil
+func (ps *PathSwap) restore() bool {
+	return unix.Link(ps.keep, ps.Path) == nil
 }
 
 // finish removes the side names once the swap has ended.
-func (ps *pathSwap) finish() {
+func (ps *PathSwap) Finish() {
 	if ps == nil {
 		return
 	}
-	for _, name := range []string{ps.pending, ps.keep, ps.oldKeep} {
+	for _, name := range []string{ps.Pending, ps.keep, ps.oldKeep} {
 		if name != "" {
 			unix.Unlink(name)
 		}
@@ -323,14 +304,14 @@ func (ps *pathSwap) finish() {
 
 // rollBack puts the old socket's file back at the path, after a rename,
 // for a generation that is rolled back.
-func (ps *pathSwap) rollBack() {
+func (ps *PathSwap) rollBack() {
 	if ps == nil || ps.oldKeep == "" {
-		ps.finish()
+		ps.Finish()
 		return
 	}
-	unix.Rename(ps.oldKeep, ps.path)
+	unix.Rename(ps.oldKeep, ps.Path)
 	ps.oldKeep = ""
-	ps.finish()
+	ps.Finish()
 }
 
 // removeStaleSocket removes the socket file at path if no process but self
@@ -374,64 +355,4 @@ func connectRefused(path string) bool {
 	}
 	defer unix.Close(fd)
 	return unix.Connect(fd, &unix.SockaddrUnix{Name: path}) == unix.ECONNREFUSED
-}
-
-// unlinkTarget reads the path an unlink(2) or unlinkat(2) names and returns
-// the unix target it is, if any.
-func (g *generation) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
-	dirfd, pathArg := int32(unix.AT_FDCWD), n.Args[0]
-	if n.Nr == unix.SYS_UNLINKAT {
-		if n.Args[2]&unix.AT_REMOVEDIR != 0 {
-			return target.PortSpec{}, false
-		}
-		dirfd, pathArg = int32(n.Args[0]), n.Args[1]
-	}
-	name, err := seccomp.ReadString(g.notifFD, n, pathArg)
-	if err != nil || name == "" || !slices.ContainsFunc(g.l.Cfg.Ports, func(p target.PortSpec) bool {
-		return p.Net == target.NetUnix && filepath.Base(p.Path) == filepath.Base(name)
-	}) {
-		return target.PortSpec{}, false // most unlinks: some other file's
-	}
-	if !filepath.IsAbs(name) {
-		var dir string
-		if dirfd == unix.AT_FDCWD {
-			dir, err = procfs.FS("/proc").Cwd(int(n.PID))
-		} else {
-			dir, err = procfs.FS("/proc").FDLink(int(n.PID), int(dirfd))
-		}
-		if err != nil {
-			return target.PortSpec{}, false
-		}
-		name = filepath.Join(dir, name)
-	}
-	var st unix.Stat_t
-	if unix.Lstat(name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return target.PortSpec{}, false
-	}
-	for _, spec := range g.l.Cfg.Ports {
-		var t unix.Stat_t
-		if spec.Net == target.NetUnix && unix.Lstat(spec.Path, &t) == nil && t.Ino == st.Ino && t.Dev == st.Dev {
-			return spec, true
-		}
-	}
-	return target.PortSpec{}, false
-}
-
-// onUnlink skips a command's unlink of a --path while a socket listens
-// there: whichever generation serves it (an old one on its way out, a new
-// one before or after its bind, a crashed one's socket that takeover holds
-// for the restart), the path must keep naming it. An unlink of a stale
-// file (no listener: a server that was killed) goes through, as the
-// server's next bind needs it. The file of the last takeover's socket is
-// removed when that takeover exits (cleanRunDir), once no one listens.
-func (g *generation) onUnlink(n *seccomp.Notif) seccomp.Resp {
-	spec, ok := g.unlinkTarget(n)
-	if !ok {
-		return seccomp.Continue
-	}
-	if socks, err := socktab.UnixListenersAt(spec.Path); err != nil || len(socks) == 0 || !seccomp.Valid(g.notifFD, n.ID) {
-		return seccomp.Continue
-	}
-	g.l.Log.Debug("kept the unix socket the command unlinked: a socket listens there", "path", spec.Path, "pid", n.PID)
-	return seccomp.Resp{}
 }

@@ -1,11 +1,9 @@
-package supervise
+package swap
 
 import (
 	"fmt"
 	"net/netip"
 
-	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/seccomp"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -21,7 +19,7 @@ import (
 // target's type and of the same family, bound to exactly that address,
 // with the same IPV6_V6ONLY: an IPv4 socket is never handed to a server
 // that asked for IPv6. A unix socket was found by the file at the path.
-func handoffMismatch(old, own int, spec target.PortSpec, addr netip.AddrPort) string {
+func HandoffMismatch(old, own int, spec target.PortSpec, addr netip.AddrPort) string {
 	typ, err := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil || typ != spec.SockType() {
 		return "the old socket is not of the new one's type"
@@ -52,43 +50,6 @@ func handoffMismatch(old, own int, spec target.PortSpec, addr netip.AddrPort) st
 	return ""
 }
 
-// injectSocket puts old at fd in the notifying process, in place of own (the
-// command's socket, with which takeover's copy shares its flags). FD_CLOEXEC,
-// a flag of the fd, is set as the command's fd had it. O_NONBLOCK is a flag
-// of the socket, shared by the old server and the new while both run: it is
-// set if either wants it, since a blocking socket would stall an event loop
-// (node accepts until EAGAIN) or keep a closing server in accept(2), while a
-// server that polls before it accepts takes EAGAIN in its stride. Once the
-// swap completes the flag is the servers' own to set (redis sets it after
-// listen(2), asyncio after bind(2)), and takeover leaves it alone; a swap
-// that is abandoned (the new server rolled back, or dead before it was
-// ready) puts it back as it was (a nonblockUndo), for an old server that
-// accepts in a blocking loop would otherwise take EAGAIN for a failure.
-func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
-	ownFlags, err := unix.FcntlInt(uintptr(own), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	oldFlags, err := unix.FcntlInt(uintptr(old), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	set := ownFlags&unix.O_NONBLOCK != 0 && oldFlags&unix.O_NONBLOCK == 0
-	if set {
-		if _, err := unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags|unix.O_NONBLOCK); err != nil {
-			return err
-		}
-	}
-	cloexec, err := procfs.FS("/proc").Cloexec(tgid, fd)
-	if err == nil {
-		err = seccomp.AddFD(notifFD, id, old, fd, cloexec)
-	}
-	if err != nil && set {
-		unix.FcntlInt(uintptr(old), unix.F_SETFL, oldFlags) // the old server's, untouched
-	}
-	return err
-}
-
 // A nonblockUndo takes back the O_NONBLOCK a handoff set on the old
 // server's socket (injectSocket), through a copy of its own, should the
 // swap be abandoned and the old server serve on alone.
@@ -96,7 +57,7 @@ type nonblockUndo struct{ fd int }
 
 // watchBlocking returns, for a socket in blocking mode, what takes back an
 // O_NONBLOCK set on it from now on; nil for one in non-blocking mode.
-func watchBlocking(sock int) *nonblockUndo {
+func WatchBlocking(sock int) *nonblockUndo {
 	flags, err := unix.FcntlInt(uintptr(sock), unix.F_GETFL, 0)
 	if err != nil || flags&unix.O_NONBLOCK != 0 {
 		return nil
@@ -110,14 +71,14 @@ func watchBlocking(sock int) *nonblockUndo {
 
 // ifSet returns u if O_NONBLOCK has been set on the socket since
 // watchBlocking, and lets go of it (nil) if not.
-func (u *nonblockUndo) ifSet() *nonblockUndo {
+func (u *nonblockUndo) IfSet() *nonblockUndo {
 	if u == nil {
 		return nil
 	}
 	if flags, err := unix.FcntlInt(uintptr(u.fd), unix.F_GETFL, 0); err == nil && flags&unix.O_NONBLOCK != 0 {
 		return u
 	}
-	u.drop()
+	u.Drop()
 	return nil
 }
 
@@ -129,11 +90,11 @@ func (u *nonblockUndo) restore() {
 	if flags, err := unix.FcntlInt(uintptr(u.fd), unix.F_GETFL, 0); err == nil {
 		unix.FcntlInt(uintptr(u.fd), unix.F_SETFL, flags&^unix.O_NONBLOCK)
 	}
-	u.drop()
+	u.Drop()
 }
 
 // drop lets go of the socket, leaving its flags as they are.
-func (u *nonblockUndo) drop() {
+func (u *nonblockUndo) Drop() {
 	if u != nil && u.fd >= 0 {
 		unix.Close(u.fd)
 		u.fd = -1

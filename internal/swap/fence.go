@@ -1,4 +1,4 @@
-package supervise
+package swap
 
 import (
 	"context"
@@ -11,10 +11,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/owner"
-	"github.com/takeover/takeover/internal/pidfd"
-	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
-	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,7 +39,7 @@ import (
 
 // A fence is a fenced handoff of one TCP target: the old server's socket
 // and the group it shares with the new one.
-type fence struct {
+type Fence struct {
 	oldInode uint64
 	addr     netip.AddrPort // the old socket's
 
@@ -65,7 +62,7 @@ const (
 // server's listening socket at c.addr, in one SO_REUSEPORT group, and
 // steers new connections to old. It returns why when it cannot, having left
 // both sockets as they were (c.sock unbound).
-func FenceBeside(c Claim, old int) (*fence, string) {
+func FenceBeside(c Claim, old int) (*Fence, string) {
 	var o, n unix.Stat_t
 	if err := unix.Fstat(old, &o); err != nil {
 		return nil, fmt.Sprintf("cannot stat the old socket: %v", err)
@@ -110,11 +107,11 @@ func FenceBeside(c Claim, old int) (*fence, string) {
 	// old socket before the new one joins. (EINVAL: no group yet; the new
 	// socket's listen makes one.)
 	steer(old, oldInGroup)
-	if err := c.bind(c.Sock); err != nil {
+	if err := c.Bind(c.Sock); err != nil {
 		undo()
 		return nil, fmt.Sprintf("cannot bind beside the old socket: %v", err)
 	}
-	return &fence{oldInode: o.Ino, addr: c.Addr}, ""
+	return &Fence{oldInode: o.Ino, addr: c.Addr}, ""
 }
 
 // freshInGroup sets SO_REUSEPORT on a TCP socket bound fresh where a later
@@ -126,7 +123,7 @@ func FenceBeside(c Claim, old int) (*fence, string) {
 // while the accept queue was full, and retried) is reset, as if the cookie
 // were forged (24 to 32 resets in one burst at the first swap of a python
 // server with a backlog of 5 under 50 clients).
-func freshInGroup(c Claim, fence bool) {
+func FreshInGroup(c Claim, fence bool) {
 	if fence && c.Spec.Net == "" {
 		unix.SetsockoptInt(c.Sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 	}
@@ -154,7 +151,7 @@ func steer(sock int, index uint32) error {
 
 // joined is called once the new socket listens, which is when it joins the
 // group: until the fence is up, connections go to the old socket.
-func (f *fence) Joined(sock int) error {
+func (f *Fence) Joined(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.up {
@@ -170,7 +167,7 @@ func (f *fence) Joined(sock int) error {
 // raise sends every new connection to the new socket, sock, and notes the
 // handshakes under way at the address: from then on, a handshake that
 // begins is the new socket's, so the old socket's are among those.
-func (f *fence) Raise(sock int) error {
+func (f *Fence) Raise(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.up = true
@@ -186,7 +183,7 @@ func (f *fence) Raise(sock int) error {
 }
 
 // requests returns the request sockets at the fence's address.
-func (f *fence) requests() ([]socktab.Request, error) {
+func (f *Fence) requests() ([]socktab.Request, error) {
 	reqs, err := socktab.DiagTCPRequests(f.addr.Port())
 	if err != nil || f.addr.Addr().IsUnspecified() {
 		return reqs, err
@@ -202,7 +199,7 @@ func (f *fence) requests() ([]socktab.Request, error) {
 // takes it into the old socket's queue at the client's next segment or at
 // its own SYN-ACK retransmit. A listener that closes resets what is still
 // in its handshake, unless net.ipv4.tcp_migrate_req is on.
-func (f *fence) handshaking() (bool, error) {
+func (f *Fence) handshaking() (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.handshakes) == 0 {
@@ -226,7 +223,7 @@ func (f *fence) handshaking() (bool, error) {
 // died before the new one was ready, or was stopped), and sends new
 // connections to the new socket, sock, if it listens and the fence is not
 // up already.
-func (f *fence) oldGone(sock int) error {
+func (f *Fence) OldGone(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gone = true
@@ -241,7 +238,7 @@ func (f *fence) oldGone(sock int) error {
 }
 
 // isGone reports whether the old server exited.
-func (f *fence) isGone() bool {
+func (f *Fence) IsGone() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.gone
@@ -249,7 +246,7 @@ func (f *fence) isGone() bool {
 
 // lower sends new connections back to the old socket (sock is any socket
 // of the group): the new server exited before its swap completed.
-func (f *fence) lower(sock int) error {
+func (f *Fence) Lower(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.up = false
@@ -264,8 +261,8 @@ func (f *fence) lower(sock int) error {
 // to go, and leaves the program as it is if it does not. Then, the old
 // socket's handshakes done (up to a second more), it lets go of
 // net.ipv4.tcp_migrate_req.
-func (f *fence) Settle(ctx context.Context, sock int) bool {
-	defer f.releaseMigrate()
+func (f *Fence) Settle(ctx context.Context, sock int) bool {
+	defer f.ReleaseMigrate()
 	deadline := time.Now().Add(time.Second)
 	for {
 		ls, err := socktab.DiagTCPListeners()
@@ -294,8 +291,8 @@ func (f *fence) Settle(ctx context.Context, sock int) bool {
 // connection waits in its socket's queue, and none of pids (its processes)
 // holds a connection it accepted. (In that order: a handshake that
 // completes meanwhile is in the queue when that is looked at.)
-func (f *fence) Finished(pids []int) (bool, error) {
-	if f.isGone() {
+func (f *Fence) Finished(pids []int) (bool, error) {
+	if f.IsGone() {
 		return true, nil // what waits in its queue is handed over or lost: none of it will be accepted there
 	}
 	if busy, err := f.handshaking(); busy || err != nil {
@@ -320,87 +317,6 @@ func (f *fence) Finished(pids []int) (bool, error) {
 	}
 	held, err := owner.StillHolding("/proc", inodes, pids)
 	return len(held) == 0, err
-}
-
-// raiseFences puts up the fences of a ready generation's swaps and waits,
-// up to --drain-timeout, until each fenced old server has finished what it
-// had accepted: the same state twice in a row, so that a handshake that
-// completed into the old queue just as the fence went up is seen. It
-// reports whether it put up any.
-func (l *Launcher) raiseFences(ctx context.Context, g *generation, stop []oldStop) bool {
-	type fenced struct {
-		f    *fence
-		spec target.PortSpec
-		pids []int
-	}
-	var fs []fenced
-	for _, st := range stop {
-		f := st.sw.fence
-		if f == nil {
-			continue
-		}
-		held := g.heldFor(st.sw.Spec, st.sw.Addr)
-		if held == nil {
-			continue
-		}
-		if err := f.Raise(held.copyFD); err != nil {
-			l.Log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.sw.Spec.String(), "err", err)
-			continue
-		}
-		pids := pidfd.PidsOf(st.procs, st.holders)
-		slices.Sort(pids)
-		fs = append(fs, fenced{f, st.sw.Spec, procfs.FS("/proc").WithDescendants(slices.Compact(pids))})
-	}
-	if len(fs) == 0 {
-		return false
-	}
-	for _, x := range fs {
-		if set, err := x.f.holdMigrate(); set {
-			l.Log.Info("net.ipv4.tcp_migrate_req=1 in this network namespace until the old socket has closed: a listening socket that closes hands its queued connections to another socket of its SO_REUSEPORT group instead of resetting them")
-		} else if err != nil {
-			l.Log.Debug("cannot set net.ipv4.tcp_migrate_req; the drain alone keeps the old socket's queue", "err", err)
-		}
-	}
-	release := func() {
-		for _, x := range fs {
-			x.f.releaseMigrate()
-		}
-	}
-	began := time.Now()
-	wait := l.Cfg.drainTimeout()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for clean := 0; ; {
-		busy := ""
-		for _, x := range fs {
-			if ok, err := x.f.Finished(x.pids); !ok || err != nil {
-				busy = x.spec.String()
-				break
-			}
-		}
-		if busy == "" {
-			clean++
-		} else {
-			clean = 0
-		}
-		switch {
-		case clean == 2:
-			l.Log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", g.num, "waited", time.Since(began).Round(time.Microsecond))
-			return true
-		case time.Since(began) >= wait:
-			l.Log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
-			return true
-		case g.hasExited():
-			release() // the old server serves on
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			release()
-			return true
-		case <-tick.C:
-		}
-	}
 }
 
 // migrateReqPath is net.ipv4.tcp_migrate_req (Linux 5.14) of takeover's
@@ -430,7 +346,7 @@ var migrate struct {
 // on; (false, err) that it could not be (not root in this network
 // namespace, /proc/sys read-only, a kernel before 5.14): the drain alone
 // then keeps the old socket's queue from being reset.
-func (f *fence) holdMigrate() (bool, error) {
+func (f *Fence) HoldMigrate() (bool, error) {
 	migrate.Lock()
 	defer migrate.Unlock()
 	if f.migrating {
@@ -457,7 +373,7 @@ func (f *fence) holdMigrate() (bool, error) {
 // is still on. (Another process's swap that turned it on meanwhile, seeing
 // it on, left it to this one: the restore can cut short its second guard,
 // never its drain.)
-func (f *fence) releaseMigrate() {
+func (f *Fence) ReleaseMigrate() {
 	migrate.Lock()
 	defer migrate.Unlock()
 	if !f.migrating {
@@ -486,12 +402,12 @@ func writeSysctl(path, v string) error {
 }
 
 // fenceAttrs are the log attributes that say whether a swap was fenced.
-func (sw *Swap) fenceAttrs() []any {
+func (sw *Swap) FenceAttrs() []any {
 	switch {
-	case sw.fence != nil:
+	case sw.Fence != nil:
 		return []any{"fenced", true}
-	case sw.notFenced != "":
-		return []any{"fenced", false, "not_fenced", sw.notFenced}
+	case sw.NotFenced != "":
+		return []any{"fenced", false, "not_fenced", sw.NotFenced}
 	}
 	return nil
 }
