@@ -11,6 +11,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/ready"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 func TestAcceptingFixture(t *testing.T) {
@@ -55,27 +56,27 @@ func TestAcceptingLive(t *testing.T) {
 		return ls[0].Inode
 	}
 	t.Run("go", func(t *testing.T) {
-		h := startHelper(t, "serve", "127.0.0.1:0")
-		ino := inodeOfListener(t, h.cmd.Process.Pid, h.addr)
-		if _, err := get(h.addr, "/"); err != nil {
+		h := testutil.StartHelper(t, "serve", "127.0.0.1:0")
+		ino := inodeOfListener(t, h.Cmd.Process.Pid, h.Addr)
+		if _, err := testutil.Get(h.Addr, "/"); err != nil {
 			t.Fatal(err)
 		}
-		seen := lookUntilSeen(h.cmd.Process.Pid, ino)
+		seen := lookUntilSeen(h.Cmd.Process.Pid, ino)
 		if seen.Ways[ino] != ready.ByEpoll {
 			t.Errorf("a Go server: seen %v, want epoll", seen.Ways)
 		}
 	})
 	t.Run("python", func(t *testing.T) {
-		requireTool(t, "python3")
-		port := freePort(t)
+		testutil.RequireTool(t, "python3")
+		port := testutil.FreePort(t)
 		cmd := exec.Command("python3", "-u", "testdata/server.py", port)
-		h := startAndReadLine(t, cmd)
+		h := testutil.StartAndReadLine(t, cmd)
 		addr := "127.0.0.1:" + port
-		waitServing(t, addr)
+		testutil.WaitServing(t, addr)
 		ino := inodeOfListener(t, cmd.Process.Pid, addr)
 		seen := lookUntilSeen(cmd.Process.Pid, ino)
 		if w := seen.Ways[ino]; w != ready.ByPoll && w != ready.BySelect && w != ready.ByEpoll {
-			t.Errorf("python socketserver: seen %v (line %q), want poll, select or epoll", seen.Ways, h.line)
+			t.Errorf("python socketserver: seen %v (line %q), want poll, select or epoll", seen.Ways, h.Line)
 		}
 	})
 	t.Run("listening only", func(t *testing.T) {

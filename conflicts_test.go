@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,7 +74,7 @@ func TestConflicts(t *testing.T) {
 	if unix.Geteuid() != 0 {
 		t.Skip("checking the table against the kernel needs root (a network namespace)")
 	}
-	err := inPrivateNetns(func() error {
+	err := testutil.InPrivateNetns(func() error {
 		for i, held := range bindKinds {
 			for j, want := range bindKinds {
 				inUse, err := kernelConflicts(held, want)
@@ -149,47 +149,6 @@ func bindKindSocket(k bindKind, port uint16) (int, error) {
 	return s, nil
 }
 
-// inPrivateNetns runs f on a thread of its own moved into a new network
-// namespace with its loopback up. The thread ends with f, and the
-// namespace with it: nothing is left to remove.
-func inPrivateNetns(f func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
-			return
-		}
-		if err := loopbackUp(); err != nil {
-			done <- err
-			return
-		}
-		done <- f()
-	}()
-	return <-done
-}
-
-// loopbackUp brings lo up in the calling thread's network namespace.
-func loopbackUp() error {
-	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(s)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("lo's flags: %w", err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("bring lo up: %w", err)
-	}
-	return nil
-}
-
 // TestWhoDualStack: `takeover who ADDR:P` lists what a takeover of that
 // spec would replace, the listeners a bind there conflicts with: for
 // 127.0.0.1:P the 0.0.0.0:P listener (which takes that address too) and
@@ -200,7 +159,7 @@ func TestWhoDualStack(t *testing.T) {
 	if unix.Geteuid() != 0 {
 		t.Skip("needs root: it binds the wildcards in a network namespace")
 	}
-	err := inPrivateNetns(func() error {
+	err := testutil.InPrivateNetns(func() error {
 		var port uint16
 		for _, k := range []bindKind{bindKinds[0], bindKinds[4]} { // v4 any, v6 any v6only
 			s, err := bindKindSocket(k, port)

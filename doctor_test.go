@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -180,7 +181,7 @@ func TestDoctorUnprivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run the doctor as another user")
 	}
-	requireTool(t, "setpriv")
+	testutil.RequireTool(t, "setpriv")
 	// nobody must reach the binary: takeoverBin's directory is root's only.
 	pub, err := os.MkdirTemp("", "takeover-doctor")
 	if err != nil {
@@ -278,7 +279,7 @@ func copyFile(t testing.TB, from, to string) {
 // passes on.
 func TestDoctorUnderTakeover(t *testing.T) {
 	bin := takeoverBin(t)
-	cmd := exec.Command(bin, "-p", freePort(t), "--", bin, "doctor")
+	cmd := exec.Command(bin, "-p", testutil.FreePort(t), "--", bin, "doctor")
 	cmd.Env = doctorEnv(filepath.Join(t.TempDir(), "run"))
 	d := runDoctorCmd(t, cmd)
 	d.expect(t, 1, map[string][]string{

@@ -17,6 +17,7 @@ import (
 
 	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -321,13 +322,13 @@ func TestServeSocketsRefusesOtherUID(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a client as nobody")
 	}
-	requireTool(t, "setpriv")
+	testutil.RequireTool(t, "setpriv")
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := openTempDir(t)
-	client := copyTestBinary(t, dir)
+	dir := testutil.OpenTempDir(t)
+	client := testutil.CopyTestBinary(t, dir)
 	_, held, inode := heldListener(t)
 	path := serveTest(t, dir, map[uint64]int{inode: held})
 	if err := os.Chmod(path, 0o666); err != nil {
@@ -357,40 +358,6 @@ func TestServeSocketsRefusesOtherUID(t *testing.T) {
 			}
 		})
 	}
-}
-
-// openTempDir makes a directory that user nobody may enter; t.TempDir's
-// parent is private to root.
-func openTempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "takeover-fdpass-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
-// copyTestBinary copies this test binary into dir: go test builds it in a
-// directory only its owner may enter.
-func copyTestBinary(t *testing.T, dir string) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := filepath.Join(dir, "client.test")
-	if err := os.WriteFile(client, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return client
 }
 
 func FuzzFDPassRequest(f *testing.F) {

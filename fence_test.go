@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/swap"
+	"github.com/takeover/takeover/internal/testutil"
 
 	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/target"
@@ -291,7 +292,7 @@ func TestFenceSettles(t *testing.T) {
 // --kill-timeout; the old takeover exits 0, the new server serves, and the
 // kept connection was served by the old server until it was killed.
 func TestFencedKeepAlive(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	first, oldChild := startHanging(t, "hangtcp", addr)
 	kept, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -321,7 +322,7 @@ func TestFencedKeepAlive(t *testing.T) {
 	if code := first.wait(t); code != 0 {
 		t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	childOf(t, second, addr)
 	for _, want := range []string{
 		"has not finished its connections within --drain-timeout",
@@ -338,8 +339,8 @@ func TestFencedKeepAlive(t *testing.T) {
 // without SO_REUSEPORT, copied with pidfd_getfd) is fenced at its first
 // swap like any other: 0 failed under load, and it is stopped.
 func TestFencedFirstSwap(t *testing.T) {
-	requireTool(t, "redis-server")
-	port := freePort(t)
+	testutil.RequireTool(t, "redis-server")
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	argv := []string{"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}
 	plain := exec.Command(argv[0], argv[1:]...)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -190,22 +191,6 @@ func (r *tkRun) running() bool {
 	}
 }
 
-// waitServing polls addr until a request succeeds.
-func waitServing(t *testing.T, addr string) string {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		body, err := get(addr, "/")
-		if err == nil {
-			return body
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s does not serve: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // holdersTree returns the pids holding addr's listening socket.
 func holdersOf(t *testing.T, addr string) map[int]bool {
 	t.Helper()
@@ -275,7 +260,7 @@ func checkReplaced(t *testing.T, first, second *tkRun, addr string, oldChild int
 		t.Fatalf("the first takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
 	}
 	waitGone(t, oldChild)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	newChild := childOf(t, second, addr)
 	want := map[int]bool{second.cmd.Process.Pid: true, newChild: true}
 	if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
@@ -284,34 +269,19 @@ func checkReplaced(t *testing.T, first, second *tkRun, addr string, oldChild int
 	return newChild
 }
 
-// requireTool ends the test unless name (as scripts/deps.list names it) is
-// installed: a skip of one line saying what to install, or a failure where
-// TAKEOVER_TESTS_REQUIRE_ALL=1 says everything is (testdeps_test.go).
-func requireTool(t testing.TB, name string) {
-	t.Helper()
-	if name == "" {
-		return
-	}
-	deps, err := depsList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkTool(t, deps, os.Getenv(requireAllEnv) == "1", name)
-}
-
 // TestReplaceRealServers: for each kind of server, a second takeover
 // replaces the first; the first exits 0; one generation serves; nothing is
 // left behind.
 func TestReplaceRealServers(t *testing.T) {
 	for _, srv := range servers(t) {
 		t.Run(srv.name, func(t *testing.T) {
-			requireTool(t, srv.need)
-			port := freePort(t)
+			testutil.RequireTool(t, srv.need)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			args := append([]string{"--strategy", "rebind", "--port", port, "--"}, srv.argv(port)...)
 
 			first := startTakeover(t, srv.helper, args...)
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			oldChild := childOf(t, first, addr)
 
 			second := startTakeover(t, srv.helper, args...)
@@ -332,11 +302,11 @@ func TestReplaceRealServers(t *testing.T) {
 }
 
 func TestCrashBeforeBindLeavesOldServing(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	first := startTakeover(t, "serve", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	oldChild := childOf(t, first, addr)
 
 	crash := startTakeover(t, "crash", "--port", port, "--", self)
@@ -346,15 +316,15 @@ func TestCrashBeforeBindLeavesOldServing(t *testing.T) {
 	if !first.running() || processGone(oldChild) {
 		t.Fatal("the old generation was stopped by a command that never bound")
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	if got := childOf(t, first, addr); got != oldChild {
 		t.Errorf("the port is held by %d, want the old %d", got, oldChild)
 	}
 }
 
 func TestForeignHolderRefused(t *testing.T) {
-	requireTool(t, "python3")
-	port := freePort(t)
+	testutil.RequireTool(t, "python3")
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	py := exec.Command("python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", t.TempDir(), port)
 	py.Stdout = io.Discard
@@ -362,7 +332,7 @@ func TestForeignHolderRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { py.Process.Kill(); py.Wait() })
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 
 	self, _ := os.Executable()
 	r := startTakeover(t, "serve", "--port", port, "--", self, addr)
@@ -375,7 +345,7 @@ func TestForeignHolderRefused(t *testing.T) {
 	if processGone(py.Process.Pid) {
 		t.Fatal("python was stopped though it is not an earlier instance")
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 
 	forced := startTakeover(t, "serve", "--force", "--port", port, "--", self, addr)
 	exited := make(chan error, 1)
@@ -385,7 +355,7 @@ func TestForeignHolderRefused(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("--force did not stop python; stderr:\n%s", forced.stderr)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	childOf(t, forced, addr)
 }
 
@@ -398,7 +368,7 @@ func startHanging(t *testing.T, mode, addr string) (*tkRun, int) {
 	_, port, _ := net.SplitHostPort(addr)
 	self, _ := os.Executable()
 	first := startTakeover(t, mode, "--kill-timeout", "60s", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	child := childOf(t, first, addr)
 	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
 	return first, child
@@ -413,7 +383,7 @@ func TestKillTimeout(t *testing.T) {
 		{"handoff", "did not exit within --kill-timeout; killing it"},
 	} {
 		t.Run(tt.strategy, func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			first, oldChild := startHanging(t, "hang", addr)
 
@@ -423,7 +393,7 @@ func TestKillTimeout(t *testing.T) {
 			if code := first.wait(t); code != 0 {
 				t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
 			}
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			childOf(t, second, addr)
 			second.waitLog(t, tt.says) // the old server was SIGKILLed
 		})
@@ -435,7 +405,7 @@ func TestKillTimeout(t *testing.T) {
 // of the SIGKILL), the command's bind fails with EADDRINUSE, takeover says
 // why and exits with the command's status.
 func TestBindTimeout(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	first, _ := startHanging(t, "hangfork", addr)
 	self, _ := os.Executable()
@@ -464,12 +434,12 @@ func TestBindTimeout(t *testing.T) {
 func TestSameExecutableReplaced(t *testing.T) {
 	// A server started by hand, not under takeover, running the same
 	// executable as the new command: an earlier instance.
-	h := startHelper(t, "serve", "127.0.0.1:0")
-	_, port, _ := net.SplitHostPort(h.addr)
+	h := testutil.StartHelper(t, "serve", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(h.Addr)
 	self, _ := os.Executable()
-	r := startTakeover(t, "serve", "--port", port, "--", self, h.addr)
+	r := startTakeover(t, "serve", "--port", port, "--", self, h.Addr)
 	done := make(chan error, 1)
-	go func() { done <- h.cmd.Wait() }()
+	go func() { done <- h.Cmd.Wait() }()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -478,24 +448,24 @@ func TestSameExecutableReplaced(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the old server was not stopped; stderr:\n%s", r.stderr)
 	}
-	waitServing(t, h.addr)
-	childOf(t, r, h.addr)
+	testutil.WaitServing(t, h.Addr)
+	childOf(t, r, h.Addr)
 }
 
 func TestNonTargetBindsPass(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	self, _ := os.Executable()
 	r := startTakeover(t, "extra", "--port", port, "--", self, "127.0.0.1:"+port)
 	f := strings.Fields(r.line(t)) // listening ADDR udp ADDR other ADDR
 	if len(f) != 6 || f[1] != "127.0.0.1:"+port || !strings.HasSuffix(f[3], ":"+port) || strings.HasSuffix(f[5], ":0") {
 		t.Fatalf("the command printed %q", strings.Join(f, " "))
 	}
-	waitServing(t, f[1])
-	waitServing(t, f[5]) // the port takeover was not told of is the command's own
+	testutil.WaitServing(t, f[1])
+	testutil.WaitServing(t, f[5]) // the port takeover was not told of is the command's own
 }
 
 func TestSignalsForwarded(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	self, _ := os.Executable()
 	r := startTakeover(t, "signals", "--port", port, "--", self, "127.0.0.1:"+port)
 	r.line(t) // listening
@@ -570,7 +540,7 @@ func TestExitStatuses(t *testing.T) {
 // TestTwoAtOnce: two takeovers started together for one port serialize on
 // the port lock; the later replaces the earlier, and one server remains.
 func TestTwoAtOnce(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	a := startTakeover(t, "serve", "--port", port, "--", self, addr)
@@ -590,7 +560,7 @@ func TestTwoAtOnce(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("neither takeover gave way\na:\n%s\nb:\n%s", a.stderr, b.stderr)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	child := childOf(t, winner, addr)
 	want := fmt.Sprint(map[int]bool{winner.cmd.Process.Pid: true, child: true})
 	if got := fmt.Sprint(holdersOf(t, addr)); got != want {
@@ -617,11 +587,11 @@ func TestNoSeccompUnderSeccomp(t *testing.T) {
 func TestSocketPassingNeedsNoSeccomp(t *testing.T) {
 	bin := takeoverBin(t)
 	self, _ := os.Executable()
-	outer, inner := freePort(t), freePort(t)
+	outer, inner := testutil.FreePort(t), testutil.FreePort(t)
 	addr := "127.0.0.1:" + inner
 	r := startTakeover(t, "activated", "-p", outer, "--", bin, "--sockets", "systemd", "-p", addr, "--", self, addr)
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		_, err := get(addr, "/")
+		_, err := testutil.Get(addr, "/")
 		if err == nil {
 			break
 		}
@@ -635,7 +605,7 @@ func TestSocketPassingNeedsNoSeccomp(t *testing.T) {
 }
 
 func TestPreforkReplaced(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	first := startTakeover(t, "prefork", "--port", port, "--", self, addr)
@@ -652,7 +622,7 @@ func TestPreforkReplaced(t *testing.T) {
 	for pid := range old {
 		waitGone(t, pid)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 }
 
 // TestNoPrivilegedBindForUnprivilegedChild: takeover runs as root, the
@@ -662,8 +632,8 @@ func TestNoPrivilegedBindForUnprivilegedChild(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run the command as another user")
 	}
-	requireTool(t, "setpriv")
-	requireTool(t, "perl")
+	testutil.RequireTool(t, "setpriv")
+	testutil.RequireTool(t, "perl")
 	if supervise.UnprivilegedPortStart() <= 1 {
 		t.Skip("every port is unprivileged here")
 	}
@@ -694,7 +664,7 @@ func TestNoPrivilegedBindForUnprivilegedChild(t *testing.T) {
 // running (a server that daemonizes) gets a warning naming it; takeover
 // exits with the command's status and kills nothing.
 func TestDaemonizingCommandWarned(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	r := startTakeover(t, "", "--port", port, "--", "sh", "-c", "sleep 30 </dev/null >/dev/null 2>&1 &")
 	if code := r.wait(t); code != 0 {
 		t.Fatalf("takeover exited %d, want the command's 0; stderr:\n%s", code, r.stderr)
@@ -718,18 +688,18 @@ func TestDaemonizingCommandWarned(t *testing.T) {
 // takeover, fresh and when it replaces an earlier one: takeover lets go of
 // its copy of the closed probe, which would keep the port (issue 28, item 7).
 func TestProbeThenBind(t *testing.T) {
-	requireTool(t, "python3")
+	testutil.RequireTool(t, "python3")
 	wd, _ := os.Getwd()
 	for _, probe := range []string{"bind", "listen"} {
 		t.Run(probe, func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			args := []string{"--port", port, "--", "python3", filepath.Join(wd, "testdata/probe_server.py"), port, probe}
 			first := startTakeover(t, "", args...)
 			if line := first.line(t); line != "listening "+addr {
 				t.Fatalf("the command printed %q; stderr:\n%s", line, first.stderr)
 			}
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			oldChild := childOf(t, first, addr)
 
 			second := startTakeover(t, "", args...)
@@ -765,7 +735,7 @@ func openSocketsOf(t *testing.T, pid int, port string) int {
 func TestShimSilent(t *testing.T) {
 	for _, mode := range []string{"exec", "hang"} {
 		t.Run(mode, func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			token := fmt.Sprintf("3599.%d", time.Now().UnixNano()%1e9) // names the command in /proc
 			cmd := exec.Command(takeoverBin(t), "--kill-timeout", "1s", "--bind-timeout", "2s", "--ready-timeout", "3s", "--port", port, "--", "sleep", token)
 			cmd.Env = append(os.Environ(), supervise.ShimSilentEnv+"="+mode)

@@ -18,6 +18,7 @@ import (
 	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/systemd"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -141,7 +142,7 @@ func TestListenFDsNotOurs(t *testing.T) {
 	if got != nil {
 		t.Fatalf("inheritSockets took %v for LISTEN_PID=1", got)
 	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	cmd := exec.Command(takeoverBin(t), "--port", addr, "--", "/bin/sh", "-c", `echo "env LISTEN_FDS=$LISTEN_FDS LISTEN_PID=$LISTEN_PID FDSTORE=$FDSTORE"; exec "$0" "$1"`, os.Args[0], addr)
 	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "LISTEN_FDS=2", "LISTEN_PID=1", "LISTEN_FDNAMES=a:b", "FDSTORE=8")
@@ -149,16 +150,16 @@ func TestListenFDsNotOurs(t *testing.T) {
 	if line := r.line(t); line != "env LISTEN_FDS= LISTEN_PID= FDSTORE=" {
 		t.Errorf("the command saw %q, want systemd's variables unset", line)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 }
 
 // TestSocketActivate: systemd's own tool (no systemd as PID 1) passes a
 // socket; takeover gives it to an unmodified server at its bind, and one
 // that fits no target is closed with a warning that names it.
 func TestSocketActivate(t *testing.T) {
-	requireTool(t, "systemd-socket-activate")
-	requireTool(t, "python3")
-	port, spare := freePort(t), freePort(t)
+	testutil.RequireTool(t, "systemd-socket-activate")
+	testutil.RequireTool(t, "python3")
+	port, spare := testutil.FreePort(t), testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	cmd := exec.Command("systemd-socket-activate", "-l", addr, "-l", "127.0.0.1:"+spare, "--fdname=web:spare",
 		takeoverBin(t), "--port", addr, "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", t.TempDir(), port)
@@ -169,7 +170,7 @@ func TestSocketActivate(t *testing.T) {
 	var body string
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		body, err = get(addr, "/")
+		body, err = testutil.Get(addr, "/")
 		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
 			break
 		}
@@ -200,7 +201,7 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer notify.Close()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	spec, _ := target.ParsePortSpec(addr)
 
@@ -232,7 +233,7 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 
 	// The port is kept by the store alone: a connect waits in its queue.
 	answered := make(chan error, 1)
-	go func() { _, err := get(addr, "/"); answered <- err }()
+	go func() { _, err := testutil.Get(addr, "/"); answered <- err }()
 
 	next := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$@"`, "sh", takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
 	next.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "LISTEN_FDS=1", "LISTEN_FDNAMES="+spec.StoreName())
@@ -267,7 +268,7 @@ func readNotify(t *testing.T, c *net.UnixConn) (string, []int) {
 func TestOverstatedListenFDs(t *testing.T) {
 	for _, passOne := range []bool{false, true} {
 		t.Run(fmt.Sprintf("passed=%v", passOne), func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=4 exec "$@"`, "sh",
 				takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
@@ -292,12 +293,12 @@ func TestOverstatedListenFDs(t *testing.T) {
 			if passOne {
 				cmd.ExtraFiles[0].Close()
 			}
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			r.waitLog(t, "an fd LISTEN_FDS counts is left alone")
 			if passOne {
 				r.waitLog(t, "via=listen-fds")
 			}
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			if !r.running() || strings.Contains(r.stderr.String(), "fatal error") {
 				t.Fatalf("takeover died; stderr:\n%s", r.stderr)
 			}

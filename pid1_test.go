@@ -13,6 +13,7 @@ import (
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestPID1Replaced: takeover as PID 1 of a PID namespace of its own (what a
@@ -22,13 +23,13 @@ import (
 // to the takeover that serves, and exits 0 once it has exited; a request in
 // flight at the stop is answered.
 func TestPID1Replaced(t *testing.T) {
-	requireTool(t, "unshare")
-	requireTool(t, "nsenter")
+	testutil.RequireTool(t, "unshare")
+	testutil.RequireTool(t, "nsenter")
 	tk := takeoverBin(t)
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	init := startRun(t, exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
 		tk, "--port", addr, "--", tk, "demo-server", "--init-delay", "300ms", addr))
-	first := waitServing(t, addr)
+	first := testutil.WaitServing(t, addr)
 	hostPID1 := nsInit(t, init.cmd.Process.Pid)
 
 	load := startSdLoad(addr)

@@ -11,6 +11,7 @@ import (
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // BenchmarkLookup finds the holders of one listening port with 400 extra idle
@@ -29,11 +30,11 @@ func BenchmarkLookup(b *testing.B) {
 		}
 		b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	}
-	h := startHelper(b, "wrapper", "127.0.0.1:0")
-	ap := netip.MustParseAddrPort(h.addr)
+	h := testutil.StartHelper(b, "wrapper", "127.0.0.1:0")
+	ap := netip.MustParseAddrPort(h.Addr)
 	spec := target.PortSpec{Addr: ap.Addr(), Port: ap.Port()}
 	port := strconv.Itoa(int(ap.Port()))
-	launcher := h.cmd.Process.Pid
+	launcher := h.Cmd.Process.Pid
 
 	mustFind := func(b *testing.B, ls []owner.Listener, err error) {
 		if err != nil || len(ls) != 1 || len(ls[0].Holders) == 0 {
@@ -69,7 +70,7 @@ func BenchmarkLookup(b *testing.B) {
 	})
 	runTool := func(name string, args ...string) {
 		b.Run(name, func(b *testing.B) {
-			requireTool(b, name)
+			testutil.RequireTool(b, name)
 			for b.Loop() {
 				out, err := exec.Command(name, args...).Output()
 				if err != nil || len(out) == 0 {

@@ -15,12 +15,12 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 func TestParsePortSpec(t *testing.T) {
@@ -215,17 +215,17 @@ func holderPIDs(l owner.Listener) map[int]bool {
 func TestListenersLiveHelper(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
 		t.Run(addr, func(t *testing.T) {
-			if addr[0] == '[' && !hasIPv6() {
+			if addr[0] == '[' && !testutil.HasIPv6() {
 				t.Skip("no IPv6 loopback on this machine")
 			}
-			h := startHelper(t, "serve", addr)
-			ls := lookup(t, h.addr)
+			h := testutil.StartHelper(t, "serve", addr)
+			ls := lookup(t, h.Addr)
 			if len(ls) != 1 {
-				t.Fatalf("lookup(%s) found %d listeners, want 1", h.addr, len(ls))
+				t.Fatalf("lookup(%s) found %d listeners, want 1", h.Addr, len(ls))
 			}
-			pid := h.cmd.Process.Pid
+			pid := h.Cmd.Process.Pid
 			if !holderPIDs(ls[0])[pid] {
-				t.Errorf("holders of %s = %+v, want pid %d", h.addr, ls[0].Holders, pid)
+				t.Errorf("holders of %s = %+v, want pid %d", h.Addr, ls[0].Holders, pid)
 			}
 			ts := owner.StopTargets("/proc", ls[0], nil)
 			if len(ts) != 1 || ts[0].PID != pid || ts[0].Launcher {
@@ -236,8 +236,8 @@ func TestListenersLiveHelper(t *testing.T) {
 }
 
 func TestListenersSpecificVersusWildcard(t *testing.T) {
-	h := startHelper(t, "serve", "127.0.0.1:0")
-	_, port, _ := net.SplitHostPort(h.addr)
+	h := testutil.StartHelper(t, "serve", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(h.Addr)
 	if ls := lookup(t, "127.0.0.2:"+port); len(ls) != 0 {
 		t.Errorf("lookup(127.0.0.2:%s) = %+v, want nothing", port, ls)
 	}
@@ -251,11 +251,11 @@ func TestListenersSpecificVersusWildcard(t *testing.T) {
 	}
 	// A wildcard listener (Go makes "0.0.0.0:0" a dual-stack [::]) is named
 	// by a wildcard spec of either family, and not by a specific address.
-	w := startHelper(t, "serve", "0.0.0.0:0")
-	_, wport, _ := net.SplitHostPort(w.addr)
+	w := testutil.StartHelper(t, "serve", "0.0.0.0:0")
+	_, wport, _ := net.SplitHostPort(w.Addr)
 	for _, spec := range []string{"0.0.0.0:" + wport, "[::]:" + wport} {
-		if ls := lookup(t, spec); len(ls) != 1 || !holderPIDs(ls[0])[w.cmd.Process.Pid] {
-			t.Errorf("lookup(%s) = %+v, want pid %d", spec, ls, w.cmd.Process.Pid)
+		if ls := lookup(t, spec); len(ls) != 1 || !holderPIDs(ls[0])[w.Cmd.Process.Pid] {
+			t.Errorf("lookup(%s) = %+v, want pid %d", spec, ls, w.Cmd.Process.Pid)
 		}
 	}
 	if ls := lookup(t, "127.0.0.1:"+wport); len(ls) != 0 {
@@ -264,14 +264,14 @@ func TestListenersSpecificVersusWildcard(t *testing.T) {
 }
 
 func TestListenersPrefork(t *testing.T) {
-	h := startHelper(t, "prefork")
-	f := strings.Fields(h.line) // listening ADDR workers PID,PID
-	ls := lookup(t, h.addr)
+	h := testutil.StartHelper(t, "prefork")
+	f := strings.Fields(h.Line) // listening ADDR workers PID,PID
+	ls := lookup(t, h.Addr)
 	if len(ls) != 1 {
 		t.Fatalf("found %d listeners, want 1", len(ls))
 	}
 	got := holderPIDs(ls[0])
-	want := map[int]bool{h.cmd.Process.Pid: true}
+	want := map[int]bool{h.Cmd.Process.Pid: true}
 	for _, p := range strings.Split(f[3], ",") {
 		pid, _ := strconv.Atoi(p)
 		want[pid] = true
@@ -280,50 +280,50 @@ func TestListenersPrefork(t *testing.T) {
 		t.Errorf("holders (-want +got):\n%s", diff)
 	}
 	ts := owner.StopTargets("/proc", ls[0], nil)
-	if len(ts) != 1 || ts[0].PID != h.cmd.Process.Pid {
-		t.Errorf("stopTargets = %+v, want the master %d only", ts, h.cmd.Process.Pid)
+	if len(ts) != 1 || ts[0].PID != h.Cmd.Process.Pid {
+		t.Errorf("stopTargets = %+v, want the master %d only", ts, h.Cmd.Process.Pid)
 	}
 }
 
 func TestListenersManagedByLauncher(t *testing.T) {
-	h := startHelper(t, "wrapper", "127.0.0.1:0")
-	ls := lookup(t, h.addr)
+	h := testutil.StartHelper(t, "wrapper", "127.0.0.1:0")
+	ls := lookup(t, h.Addr)
 	if len(ls) != 1 || len(ls[0].Holders) != 1 {
 		t.Fatalf("lookup = %+v, want one holder", ls)
 	}
-	if ls[0].Holders[0].PPID != h.cmd.Process.Pid {
-		t.Fatalf("holder's parent = %d, want the wrapper %d", ls[0].Holders[0].PPID, h.cmd.Process.Pid)
+	if ls[0].Holders[0].PPID != h.Cmd.Process.Pid {
+		t.Fatalf("holder's parent = %d, want the wrapper %d", ls[0].Holders[0].PPID, h.Cmd.Process.Pid)
 	}
 	// The wrapper is a launcher because the run directory records it.
 	dir := testRunDir(t)
-	if ts := owner.StopTargets("/proc", ls[0], rundir.LiveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.cmd.Process.Pid {
-		t.Errorf("stopTargets with no record = %+v, want the server, not the wrapper %d", ts, h.cmd.Process.Pid)
+	if ts := owner.StopTargets("/proc", ls[0], rundir.LiveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.Cmd.Process.Pid {
+		t.Errorf("stopTargets with no record = %+v, want the server, not the wrapper %d", ts, h.Cmd.Process.Pid)
 	}
-	st, err := procfs.FS("/proc").Stat(h.cmd.Process.Pid)
+	st, err := procfs.FS("/proc").Stat(h.Cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rundir.WriteRecord(dir, target.PortSpec{Net: target.NetUnix, Path: "/run/app.sock"}.Key(), rundir.GenRecord{Launcher: h.cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
+	if err := rundir.WriteRecord(dir, target.PortSpec{Net: target.NetUnix, Path: "/run/app.sock"}.Key(), rundir.GenRecord{Launcher: h.Cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
 		t.Fatal(err)
 	}
 	ts := owner.StopTargets("/proc", ls[0], rundir.LiveLaunchers(dir))
-	if len(ts) != 1 || ts[0].PID != h.cmd.Process.Pid || !ts[0].Launcher {
-		t.Errorf("stopTargets = %+v, want the launcher %d", ts, h.cmd.Process.Pid)
+	if len(ts) != 1 || ts[0].PID != h.Cmd.Process.Pid || !ts[0].Launcher {
+		t.Errorf("stopTargets = %+v, want the launcher %d", ts, h.Cmd.Process.Pid)
 	}
 }
 
 func TestListenersPython(t *testing.T) {
-	requireTool(t, "python3")
+	testutil.RequireTool(t, "python3")
 	py, err := exec.LookPath("python3")
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	cmd := exec.Command(py, "-u", "-m", "http.server", "--bind", "127.0.0.1", port)
 	cmd.Dir = t.TempDir()
-	h := startAndReadLine(t, cmd) // "Serving HTTP on 127.0.0.1 port N ..."
-	if !strings.Contains(h.line, "port "+port) {
-		t.Fatalf("python printed %q", h.line)
+	h := testutil.StartAndReadLine(t, cmd) // "Serving HTTP on 127.0.0.1 port N ..."
+	if !strings.Contains(h.Line, "port "+port) {
+		t.Fatalf("python printed %q", h.Line)
 	}
 	ls := lookup(t, "127.0.0.1:"+port)
 	if len(ls) != 1 || !holderPIDs(ls[0])[cmd.Process.Pid] {
@@ -332,33 +332,33 @@ func TestListenersPython(t *testing.T) {
 }
 
 func TestWhoCommand(t *testing.T) {
-	h := startHelper(t, "serve", "127.0.0.1:0")
-	pid := strconv.Itoa(h.cmd.Process.Pid)
-	_, port, _ := net.SplitHostPort(h.addr)
+	h := testutil.StartHelper(t, "serve", "127.0.0.1:0")
+	pid := strconv.Itoa(h.Cmd.Process.Pid)
+	_, port, _ := net.SplitHostPort(h.Addr)
 
 	var out, errOut bytes.Buffer
 	if code := run([]string{"who", port}, &out, &errOut); code != 0 {
 		t.Fatalf("who %s = %d, stderr %q", port, code, errOut.String())
 	}
-	for _, want := range []string{h.addr, "pid " + pid, "takeover would signal pid " + pid} {
+	for _, want := range []string{h.Addr, "pid " + pid, "takeover would signal pid " + pid} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("who output lacks %q:\n%s", want, out.String())
 		}
 	}
 
 	out.Reset()
-	if code := run([]string{"who", "--json", h.addr}, &out, &errOut); code != 0 {
+	if code := run([]string{"who", "--json", h.Addr}, &out, &errOut); code != 0 {
 		t.Fatalf("who --json = %d", code)
 	}
 	var js []whoListener
 	if err := json.Unmarshal(out.Bytes(), &js); err != nil {
 		t.Fatalf("who --json printed %q: %v", out.String(), err)
 	}
-	if len(js) != 1 || len(js[0].Holders) != 1 || fmt.Sprint(js[0].Holders[0].PID) != pid || js[0].Stop[0].PID != h.cmd.Process.Pid {
+	if len(js) != 1 || len(js[0].Holders) != 1 || fmt.Sprint(js[0].Holders[0].PID) != pid || js[0].Stop[0].PID != h.Cmd.Process.Pid {
 		t.Errorf("who --json = %+v", js)
 	}
 
-	free := freePort(t)
+	free := testutil.FreePort(t)
 	tests := []struct {
 		args     []string
 		code     int
@@ -375,25 +375,6 @@ func TestWhoCommand(t *testing.T) {
 			t.Errorf("run(%q) = %d, stderr %q; want %d and %q", tt.args, code, errOut.String(), tt.code, tt.inStderr)
 		}
 	}
-}
-
-// freePort returns a port the kernel just gave out and released.
-func freePort(t testing.TB) string {
-	t.Helper()
-	port, err := load.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strconv.Itoa(port)
-}
-
-func hasIPv6() bool {
-	ln, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		return false
-	}
-	ln.Close()
-	return true
 }
 
 func FuzzParsePortSpec(f *testing.F) {
@@ -433,7 +414,7 @@ func TestWhoCannotSee(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run who as another user")
 	}
-	requireTool(t, "setpriv")
+	testutil.RequireTool(t, "setpriv")
 	// A copy of takeover that nobody may run.
 	dir, err := os.MkdirTemp("", "takeover-who")
 	if err != nil {
@@ -449,8 +430,8 @@ func TestWhoCannotSee(t *testing.T) {
 	if err := os.WriteFile(bin, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	h := startHelper(t, "serve", "127.0.0.1:0") // root's
-	out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "who", h.addr).CombinedOutput()
+	h := testutil.StartHelper(t, "serve", "127.0.0.1:0") // root's
+	out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin, "who", h.Addr).CombinedOutput()
 	if err != nil {
 		t.Fatalf("who as nobody: %v\n%s", err, out)
 	}
@@ -469,8 +450,8 @@ func TestStillHolding(t *testing.T) {
 	if len(ls) != 1 {
 		t.Fatalf("%d listeners on %s, want 1", len(ls), ln.Addr())
 	}
-	other := startHelper(t, "serve", "127.0.0.1:0") // holds a socket, not this one
-	self, otherPID := os.Getpid(), other.cmd.Process.Pid
+	other := testutil.StartHelper(t, "serve", "127.0.0.1:0") // holds a socket, not this one
+	self, otherPID := os.Getpid(), other.Cmd.Process.Pid
 	inodes := []uint64{ls[0].Inode}
 
 	got, err := owner.StillHolding("/proc", inodes, []int{otherPID, self})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/owner"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestServiceManagerNotByName: systemd is known by the root-owned file it
@@ -18,7 +19,7 @@ import (
 // (exe and ns/user links to real files, comm) say which process is one.
 func TestServiceManagerNotByName(t *testing.T) {
 	const systemd = "/usr/lib/systemd/systemd"
-	requireTool(t, systemd)
+	testutil.RequireTool(t, systemd)
 	own := filepath.Join(t.TempDir(), "systemd") // a copy of one's own, named systemd
 	if err := os.WriteFile(own, []byte("#!/bin/sh\n"), 0o777); err != nil {
 		t.Fatal(err)
@@ -65,8 +66,8 @@ func TestServiceManagerNotByName(t *testing.T) {
 // systemd alone" and would have left such a holder running beside a
 // handoff.
 func TestFakeSystemdIsNotTrusted(t *testing.T) {
-	requireTool(t, "python3")
-	port := freePort(t)
+	testutil.RequireTool(t, "python3")
+	port := testutil.FreePort(t)
 	server := `import ctypes, os, socket, sys
 name = sys.argv[2].encode()
 ctypes.CDLL(None).prctl(15, name, 0, 0, 0)

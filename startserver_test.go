@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/starter"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -156,7 +157,7 @@ type ssImpl struct {
 
 func ssImpls(t *testing.T) []ssImpl {
 	t.Helper()
-	requireTool(t, realStartServer) // Debian's, to compare with
+	testutil.RequireTool(t, realStartServer) // Debian's, to compare with
 	link := filepath.Join(t.TempDir(), "start_server")
 	if err := os.Symlink(takeoverBin(t), link); err != nil {
 		t.Fatal(err)
@@ -203,7 +204,7 @@ type ssRun struct {
 // to its environment and args before the "--".
 func startSS(t *testing.T, impl ssImpl, env []string, args ...string) *ssRun {
 	t.Helper()
-	return startSSOn(t, impl, "127.0.0.1:"+freePort(t), env, args...)
+	return startSSOn(t, impl, "127.0.0.1:"+testutil.FreePort(t), env, args...)
 }
 
 // startSSOn is startSS with --port=addr; with addr "", no --port.
@@ -373,7 +374,7 @@ func (r *ssRun) statusGens() []int {
 // servedBy asks the port which worker answers.
 func (r *ssRun) servedBy(t *testing.T) string {
 	t.Helper()
-	body := waitServing(t, r.addr)
+	body := testutil.WaitServing(t, r.addr)
 	pid, _, _ := strings.Cut(body, " ")
 	n, _ := strconv.Atoi(pid)
 	return r.worker(n)
@@ -1252,15 +1253,15 @@ func TestStartServerStalePIDFile(t *testing.T) {
 // under takeover nor the same program is refused, nothing is signalled, and
 // the message says what to do without naming a flag start_server lacks.
 func TestStartServerForeignHolder(t *testing.T) {
-	h := startHelper(t, "serve", "127.0.0.1:0")
-	out, err := exec.Command(takeoverBin(t), "start-server", "--port="+h.addr, "--", "true").CombinedOutput()
+	h := testutil.StartHelper(t, "serve", "127.0.0.1:0")
+	out, err := exec.Command(takeoverBin(t), "start-server", "--port="+h.Addr, "--", "true").CombinedOutput()
 	if err == nil {
 		t.Fatalf("start_server on a port a foreign server holds succeeded:\n%s", out)
 	}
 	if !strings.Contains(string(out), "stop it first (start_server has no --force)") || strings.Contains(string(out), "pass --force") {
 		t.Errorf("the refusal does not say what to do in start_server's terms:\n%s", out)
 	}
-	if _, err := get(h.addr, "/"); err != nil {
+	if _, err := testutil.Get(h.Addr, "/"); err != nil {
 		t.Errorf("the foreign server no longer serves: %v", err)
 	}
 }

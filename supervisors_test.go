@@ -18,6 +18,7 @@ import (
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // Real supervisors from Debian restart a service by stopping the pid they
@@ -121,7 +122,7 @@ func TestSupervisors(t *testing.T) {
 	for _, sk := range supervisorKinds() {
 		t.Run(sk.name, func(t *testing.T) {
 			for _, tool := range sk.tools {
-				requireTool(t, tool)
+				testutil.RequireTool(t, tool)
 			}
 			with := superviseRun(t, sk, true)
 			alone := superviseRun(t, sk, false)
@@ -151,7 +152,7 @@ const (
 
 func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervisedRun {
 	dir := t.TempDir()
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	tk := takeoverBin(t)
 	server := fmt.Sprintf("%s demo-server --init-delay 1s %s", tk, addr)
 	status := filepath.Join(dir, "status.json")
@@ -182,7 +183,7 @@ func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervised
 			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	served := waitServing(t, addr)
+	served := testutil.WaitServing(t, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	loaded := make(chan *load.Result, 1)
@@ -215,7 +216,7 @@ func waitNewServer(t *testing.T, addr, last string) string {
 	lastPID, _, _ := strings.Cut(last, " ")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		body, err := get(addr, "/")
+		body, err := testutil.Get(addr, "/")
 		if pid, _, _ := strings.Cut(body, " "); err == nil && pid != lastPID {
 			return body
 		}
@@ -304,7 +305,7 @@ func TestDetachOnStopFlag(t *testing.T) {
 // newer takeover bound it afresh.
 func TestDetachWaitsForOwnSwap(t *testing.T) {
 	tk := takeoverBin(t)
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	dir := t.TempDir()
 	runDir := filepath.Join(dir, "run")
 	t.Cleanup(func() { killServing(addr) })
@@ -347,7 +348,7 @@ func TestDetachWaitsForOwnSwap(t *testing.T) {
 		}
 	}
 	first := start()
-	served := waitServing(t, addr)
+	served := testutil.WaitServing(t, addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	loaded := make(chan *load.Result, 1)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/swap"
+	"github.com/takeover/takeover/internal/testutil"
 
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
@@ -175,7 +176,7 @@ func crashFenced(t *testing.T, addr string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, err := get(addr, "/crash"); err != nil {
+		if _, err := testutil.Get(addr, "/crash"); err != nil {
 			return // no answer: the new server died on it
 		}
 		if time.Now().After(deadline) {
@@ -192,10 +193,10 @@ func crashFenced(t *testing.T, addr string) {
 // how is B's server's second argument.
 func startFencedCrash(t *testing.T, how string) (a, b *tkRun, aChild int, addr string, kept net.Conn) {
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr = "127.0.0.1:" + port
 	a = startTakeover(t, "tcpserve", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	aChild = childOf(t, a, addr)
 	kept, body := keepAlive(t, addr)
 	if !strings.Contains(body, pidField(aChild)) {
@@ -230,7 +231,7 @@ func TestCrashDuringFencedDrain(t *testing.T) {
 		t.Errorf("takeover A exited %d, want 0 (replaced)", code)
 	}
 	bChild := childOf(t, b, addr)
-	if body := waitServing(t, addr); !strings.Contains(body, pidField(bChild)) {
+	if body := testutil.WaitServing(t, addr); !strings.Contains(body, pidField(bChild)) {
 		t.Errorf("answered %q, want B's restarted server %d", body, bChild)
 	}
 	if n := len(lookup(t, addr)); n != 1 {
@@ -243,7 +244,7 @@ func TestCrashDuringFencedDrain(t *testing.T) {
 		t.Errorf("takeover B exited %d when C replaced it, want 0; C's log:\n%s", code, c.stderr)
 	}
 	c.waitLog(t, `msg="took over"`)
-	if body := waitServing(t, addr); !strings.Contains(body, pidField(childOf(t, c, addr))) {
+	if body := testutil.WaitServing(t, addr); !strings.Contains(body, pidField(childOf(t, c, addr))) {
 		t.Errorf("after C's deploy answered %q, want C's server", body)
 	}
 }
@@ -259,7 +260,7 @@ func TestCrashDuringFencedDrainGivesUp(t *testing.T) {
 			t.Errorf("takeover B exited 0, want its server's failure")
 		}
 		for i := 0; i < 20; i++ {
-			if body, err := get(addr, "/"); err != nil || !strings.Contains(body, pidField(aChild)) {
+			if body, err := testutil.Get(addr, "/"); err != nil || !strings.Contains(body, pidField(aChild)) {
 				t.Errorf("after B gave up: %q, %v; want A's server %d", body, err, aChild)
 			}
 		}
@@ -287,7 +288,7 @@ func TestCrashDuringFencedDrainGivesUp(t *testing.T) {
 // generation served on beside it for ever, its socket in the group.
 func TestCrashDuringFencedReload(t *testing.T) {
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	a := startTakeover(t, "tcpserve", "--drain-timeout", "5m", "--port", port, "--", self, addr, "crash:2")
 	t.Cleanup(func() {
@@ -307,7 +308,7 @@ func TestCrashDuringFencedReload(t *testing.T) {
 	if n := len(lookup(t, addr)); n != 1 {
 		t.Errorf("%d sockets listen on %s, want the restarted generation's alone", n, addr)
 	}
-	if body := waitServing(t, addr); !strings.Contains(body, pidField(childOf(t, a, addr))) {
+	if body := testutil.WaitServing(t, addr); !strings.Contains(body, pidField(childOf(t, a, addr))) {
 		t.Errorf("answered %q, want the restarted generation", body)
 	}
 }
@@ -329,7 +330,7 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 	}
 	t.Cleanup(func() { rd.Close() })
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	// Unfenced, A's reload shares one socket: C then fences A's two
 	// generations as one old server.
@@ -386,7 +387,7 @@ func TestOldCrashDuringReload(t *testing.T) {
 	for _, when := range []string{"late", "bind"} {
 		t.Run(when, func(t *testing.T) {
 			self, _ := os.Executable()
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			trigger := filepath.Join(t.TempDir(), "go")
 			a := startTakeover(t, "noaccept", "-v", "--port", port, "--", self, addr, trigger, when)
@@ -488,13 +489,13 @@ func crash(t *testing.T, pid, launcher int) {
 // go of, never signalled; the real holder is kept.
 func TestCheckOldAfterOpen(t *testing.T) {
 	self, _ := os.Executable()
-	srv := startHelper(t, "serve", "127.0.0.1:0")
-	other := startHelper(t, "signals", "127.0.0.1:0") // a process of the same program holding another port
-	ls := lookup(t, srv.addr)
+	srv := testutil.StartHelper(t, "serve", "127.0.0.1:0")
+	other := testutil.StartHelper(t, "signals", "127.0.0.1:0") // a process of the same program holding another port
+	ls := lookup(t, srv.Addr)
 	if len(ls) != 1 {
-		t.Fatalf("%d listeners on %s", len(ls), srv.addr)
+		t.Fatalf("%d listeners on %s", len(ls), srv.Addr)
 	}
-	real, reused := srv.cmd.Process.Pid, other.cmd.Process.Pid
+	real, reused := srv.Cmd.Process.Pid, other.Cmd.Process.Pid
 	sw := &swap.Swap{Inodes: []uint64{ls[0].Inode}}
 	for _, pid := range []int{real, reused} {
 		sw.Old = append(sw.Old, owner.StopTarget{PID: pid, Holder: owner.Holder{PID: pid}})
@@ -502,7 +503,7 @@ func TestCheckOldAfterOpen(t *testing.T) {
 	sw.OldProcs, sw.Holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
 	defer sw.ReleaseOld()
 	l := &supervise.Launcher{}
-	if err := l.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
+	if err := l.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.Addr); err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(pidfd.PidsOf(sw.OldProcs), pidfd.PidsOf(sw.Holders)); got != fmt.Sprint([]int{real}, []int{real}) {
@@ -519,10 +520,10 @@ func TestCheckOldAfterOpen(t *testing.T) {
 // SIGKILL after --kill-timeout.
 func TestUSR1MidSwap(t *testing.T) {
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	a := startTakeover(t, "tcpserve", "-v", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	first := childOf(t, a, addr)
 	kept, _ := keepAlive(t, addr)
 	c := startTakeover(t, "tcpserve", "--drain-timeout", "5m", "--port", port, "--", self, addr)
@@ -567,7 +568,7 @@ func TestUSR1MidSwap(t *testing.T) {
 // running with no takeover.
 func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	a := startTakeover(t, "tcpserve", "--drain-timeout", "5m", "--max-restarts", "2", "--port", port, "--", self, addr, "crash:2:once")
 	t.Cleanup(func() {
@@ -592,7 +593,7 @@ func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
 		t.Fatal("takeover or its old generation ended")
 	}
 	for i := 0; i < 10; i++ {
-		if body, err := get(addr, "/"); err != nil || !strings.Contains(body, pidField(first)) {
+		if body, err := testutil.Get(addr, "/"); err != nil || !strings.Contains(body, pidField(first)) {
 			t.Errorf("answered %q, %v; want the old generation %d", body, err, first)
 		}
 	}
