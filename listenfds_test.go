@@ -22,28 +22,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestStoreName(t *testing.T) {
-	tests := []struct{ spec, want string }{
-		{"8100", "tcp-8100"},
-		{"127.0.0.1:8100", "tcp-127.0.0.1-8100"},
-		{"[::1]:8100", "tcp---1-8100"},
-		{"udp:8125", "udp-8125"},
-	}
-	for _, tt := range tests {
-		spec, err := target.ParsePortSpec(tt.spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := spec.StoreName(); got != tt.want || strings.Contains(got, ":") {
-			t.Errorf("storeName(%s) = %q, want %q (systemd refuses ':')", tt.spec, got, tt.want)
-		}
-	}
-	path, _ := target.ParsePathSpec("/run/app.sock")
-	if got := path.StoreName(); got != "unix-/run/app.sock" {
-		t.Errorf("storeName(--path /run/app.sock) = %q", got)
-	}
-}
-
 // TestClassifyPassed: each kind of fd systemd may pass is taken for the
 // right target or refused with a reason; never a socket of the wrong kind.
 func TestClassifyPassed(t *testing.T) {

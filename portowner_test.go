@@ -23,89 +23,6 @@ import (
 	"github.com/takeover/takeover/internal/testutil"
 )
 
-func TestParsePortSpec(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    target.PortSpec
-		wantErr string
-	}{
-		{in: "8100", want: target.PortSpec{Port: 8100}},
-		{in: ":8100", want: target.PortSpec{Port: 8100}},
-		{in: "127.0.0.1:8100", want: target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}},
-		{in: "[::1]:8100", want: target.PortSpec{Addr: netip.MustParseAddr("::1"), Port: 8100}},
-		{in: "[::]:8100", want: target.PortSpec{Addr: netip.MustParseAddr("::"), Port: 8100}},
-		{in: "[::ffff:127.0.0.1]:80", want: target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 80}},
-		{in: "", wantErr: "empty port spec"},
-		{in: "0", wantErr: "port 0 means any free port"},
-		{in: "65536", wantErr: "not a number from 1 to 65535"},
-		{in: "-1", wantErr: "not a number from 1 to 65535"},
-		{in: "+80", wantErr: "not a number from 1 to 65535"},
-		{in: "http", wantErr: "not a number"},
-		{in: "localhost:8100", wantErr: "is not an IP address"},
-		{in: "::1:8100", wantErr: "goes in brackets"},
-		{in: "[::1:8100", wantErr: "unbalanced brackets"},
-		{in: "[fe80::1%eth0]:80", wantErr: "zones are not accepted"},
-		{in: "udp:5353", want: target.PortSpec{Net: target.NetUDP, Port: 5353}},
-		{in: "udp:127.0.0.1:5353", want: target.PortSpec{Net: target.NetUDP, Addr: netip.MustParseAddr("127.0.0.1"), Port: 5353}},
-		{in: "udp:[::1]:5353", want: target.PortSpec{Net: target.NetUDP, Addr: netip.MustParseAddr("::1"), Port: 5353}},
-		{in: "tcp:8100", want: target.PortSpec{Port: 8100}},
-		{in: "udp:", wantErr: "empty port spec"},
-		{in: "udp:0", wantErr: "port 0 means any free port"},
-		{in: "unix:/run/app.sock", wantErr: "named with --path"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := target.ParsePortSpec(tt.in)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("parsePortSpec(%q) error = %v, want one containing %q", tt.in, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
-				t.Errorf("parsePortSpec(%q) (-want +got):\n%s", tt.in, diff)
-			}
-		})
-	}
-}
-
-func TestSpecMatchesAndConflicts(t *testing.T) {
-	ap := netip.MustParseAddrPort
-	tests := []struct {
-		spec      string
-		addr      string
-		match     bool
-		held      string
-		conflicts bool
-	}{
-		{"8100", "127.0.0.1:8100", true, "0.0.0.0:8100", true},
-		{"8100", "[::1]:8100", true, "[::]:8100", true},
-		{"8100", "127.0.0.1:8101", false, "127.0.0.1:8100", false},
-		{"127.0.0.1:8100", "127.0.0.1:8100", true, "127.0.0.2:8100", false},
-		{"127.0.0.1:8100", "0.0.0.0:8100", false, "127.0.0.1:8100", true},
-		{"[::]:8100", "[::]:8100", true, "0.0.0.0:8100", true},
-		{"0.0.0.0:8100", "[::]:8100", true, "[::1]:8100", true},
-		{"[::1]:8100", "[::1]:8100", true, "127.0.0.1:8100", false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.spec+"/"+tt.addr+"/"+tt.held, func(t *testing.T) {
-			spec, err := target.ParsePortSpec(tt.spec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := spec.Matches(ap(tt.addr)); got != tt.match {
-				t.Errorf("%v.matches(%s) = %v, want %v", spec, tt.addr, got, tt.match)
-			}
-			if got := target.Conflicts(target.InetBind{Addr: ap(tt.addr)}, target.InetBind{Addr: ap(tt.held)}); got != tt.conflicts {
-				t.Errorf("conflicts(%s, %s) = %v, want %v", tt.addr, tt.held, got, tt.conflicts)
-			}
-		})
-	}
-}
-
 // The fixture under internal/procfs/testdata/proc is a prefork server (master 100, worker
 // 101) run by a takeover launcher (90) on 127.0.0.1:8100, the launcher's own
 // socket on 0.0.0.0:8100, and an sshd (200) on another port.
@@ -375,37 +292,6 @@ func TestWhoCommand(t *testing.T) {
 			t.Errorf("run(%q) = %d, stderr %q; want %d and %q", tt.args, code, errOut.String(), tt.code, tt.inStderr)
 		}
 	}
-}
-
-func FuzzParsePortSpec(f *testing.F) {
-	for _, s := range []string{"8100", "127.0.0.1:8100", "[::1]:8100", "[::]:1", ":0", "[", "a:b:c", "udp:53", "udp:[::1]:53", "tcp:1"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		p, err := target.ParsePortSpec(s)
-		if err != nil {
-			return
-		}
-		if p.Port == 0 {
-			t.Fatalf("parsePortSpec(%q) accepted port 0", s)
-		}
-		// What it prints, it reads back the same.
-		q, err := target.ParsePortSpec(p.String())
-		if err != nil || q != p {
-			t.Fatalf("round trip of %q: %v -> %q -> %v, %v", s, p, p.String(), q, err)
-		}
-	})
-}
-
-func FuzzParseSockaddr(f *testing.F) {
-	f.Add([]byte{2, 0, 0x1f, 0xa4, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0})
-	f.Add(make([]byte, 28))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ap, _, ok := target.ParseSockaddr(b)
-		if ok && !ap.IsValid() {
-			t.Fatalf("parseSockaddr(%x) = invalid %v", b, ap)
-		}
-	})
 }
 
 // TestWhoCannotSee: a listener whose holder this user cannot read is
