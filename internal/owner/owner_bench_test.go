@@ -1,15 +1,12 @@
-package main
+package owner
 
 import (
-	"net"
 	"net/netip"
 	"os/exec"
 	"strconv"
 	"testing"
 
 	psnet "github.com/shirou/gopsutil/v3/net"
-	"github.com/takeover/takeover/internal/owner"
-	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/target"
 	"github.com/takeover/takeover/internal/testutil"
 )
@@ -18,7 +15,7 @@ import (
 // processes running, as takeover does it and as the tools a user would reach
 // for do it, in the same run:
 //
-//	go test -run '^$' -bench Lookup -benchtime 200x
+//	go test -run '^$' -bench Lookup -benchtime 200x ./internal/owner
 //
 // takeover-swap is the lookup at a swap, which starts from the previous
 // generation's launcher; takeover-who is the full walk `takeover who` does.
@@ -36,20 +33,20 @@ func BenchmarkLookup(b *testing.B) {
 	port := strconv.Itoa(int(ap.Port()))
 	launcher := h.Cmd.Process.Pid
 
-	mustFind := func(b *testing.B, ls []owner.Listener, err error) {
+	mustFind := func(b *testing.B, ls []Listener, err error) {
 		if err != nil || len(ls) != 1 || len(ls[0].Holders) == 0 {
 			b.Fatalf("lookup = %+v, %v", ls, err)
 		}
 	}
 	b.Run("takeover-swap", func(b *testing.B) {
 		for b.Loop() {
-			ls, err := owner.Listeners("/proc", spec, []int{launcher}, true)
+			ls, err := Listeners("/proc", spec, []int{launcher}, true)
 			mustFind(b, ls, err)
 		}
 	})
 	b.Run("takeover-who", func(b *testing.B) {
 		for b.Loop() {
-			ls, err := owner.Listeners("/proc", spec, nil, false)
+			ls, err := Listeners("/proc", spec, nil, false)
 			mustFind(b, ls, err)
 		}
 	})
@@ -81,17 +78,4 @@ func BenchmarkLookup(b *testing.B) {
 	}
 	runTool("ss", "-ltnpH", "sport = :"+port)
 	runTool("lsof", "-t", "-sTCP:LISTEN", "-i:"+port)
-}
-
-func BenchmarkSockDiag(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	for b.Loop() {
-		if _, err := socktab.DiagTCPListeners(); err != nil {
-			b.Fatal(err)
-		}
-	}
 }
