@@ -1,4 +1,4 @@
-package main
+package ready
 
 import (
 	"net"
@@ -9,35 +9,42 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/ready"
+	"github.com/takeover/takeover/internal/target"
 	"github.com/takeover/takeover/internal/testutil"
 )
+
+// waiting is procfs's fixture of processes waiting to accept in each way.
+const waiting procfs.FS = "../procfs/testdata/proc-accept"
+
+// The tests start helpers: the test binary again (testutil.RunHelper's serve).
+func TestMain(m *testing.M) { testutil.Main(m, nil) }
 
 func TestAcceptingFixture(t *testing.T) {
 	want := map[uint64]bool{7001: true, 7002: true, 7003: true, 7004: true, 7005: true, 7006: true}
 	tests := []struct {
 		name string
 		pid  int
-		want map[uint64]ready.AcceptWay
+		want map[uint64]AcceptWay
 	}{
-		{"epoll set lists the socket", 300, map[uint64]ready.AcceptWay{7001: ready.ByEpoll}},
-		{"a thread in accept4", 301, map[uint64]ready.AcceptWay{7002: ready.ByAccept}},
-		{"poll array holds the fd", 302, map[uint64]ready.AcceptWay{7003: ready.ByPoll}},
-		{"select set holds the fd", 303, map[uint64]ready.AcceptWay{7004: ready.BySelect}},
-		{"epoll without EPOLLIN, no wait", 304, map[uint64]ready.AcceptWay{}},
-		{"broken and truncated files", 305, map[uint64]ready.AcceptWay{}},
-		{"no such process", 399, map[uint64]ready.AcceptWay{}},
+		{"epoll set lists the socket", 300, map[uint64]AcceptWay{7001: ByEpoll}},
+		{"a thread in accept4", 301, map[uint64]AcceptWay{7002: ByAccept}},
+		{"poll array holds the fd", 302, map[uint64]AcceptWay{7003: ByPoll}},
+		{"select set holds the fd", 303, map[uint64]AcceptWay{7004: BySelect}},
+		{"epoll without EPOLLIN, no wait", 304, map[uint64]AcceptWay{}},
+		{"broken and truncated files", 305, map[uint64]AcceptWay{}},
+		{"no such process", 399, map[uint64]AcceptWay{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := ready.Accepting("internal/procfs/testdata/proc-accept", []int{tt.pid}, want)
+			got := Accepting(waiting, []int{tt.pid}, want)
 			if diff := cmp.Diff(tt.want, got.Ways); diff != "" {
 				t.Errorf("accepting(%d) (-want +got):\n%s", tt.pid, diff)
 			}
 		})
 	}
-	all := ready.Accepting("internal/procfs/testdata/proc-accept", []int{300, 301, 302, 303, 304, 305}, want)
+	all := Accepting(waiting, []int{300, 301, 302, 303, 304, 305}, want)
 	if len(all.Ways) != 4 {
 		t.Errorf("accepting(all) = %v, want 4 sockets", all.Ways)
 	}
@@ -49,9 +56,13 @@ func TestAcceptingFixture(t *testing.T) {
 func TestAcceptingLive(t *testing.T) {
 	inodeOfListener := func(t *testing.T, pid int, addr string) uint64 {
 		t.Helper()
-		ls := lookup(t, addr)
-		if len(ls) != 1 {
-			t.Fatalf("lookup(%s) = %v", addr, ls)
+		spec, err := target.ParsePortSpec(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls, err := owner.Listeners("/proc", spec, nil, false)
+		if err != nil || len(ls) != 1 {
+			t.Fatalf("lookup(%s) = %v, %v", addr, ls, err)
 		}
 		return ls[0].Inode
 	}
@@ -62,20 +73,20 @@ func TestAcceptingLive(t *testing.T) {
 			t.Fatal(err)
 		}
 		seen := lookUntilSeen(h.Cmd.Process.Pid, ino)
-		if seen.Ways[ino] != ready.ByEpoll {
+		if seen.Ways[ino] != ByEpoll {
 			t.Errorf("a Go server: seen %v, want epoll", seen.Ways)
 		}
 	})
 	t.Run("python", func(t *testing.T) {
 		testutil.RequireTool(t, "python3")
 		port := testutil.FreePort(t)
-		cmd := exec.Command("python3", "-u", "testdata/server.py", port)
+		cmd := exec.Command("python3", "-u", testutil.ModuleFile(t, "testdata/server.py"), port)
 		h := testutil.StartAndReadLine(t, cmd)
 		addr := "127.0.0.1:" + port
 		testutil.WaitServing(t, addr)
 		ino := inodeOfListener(t, cmd.Process.Pid, addr)
 		seen := lookUntilSeen(cmd.Process.Pid, ino)
-		if w := seen.Ways[ino]; w != ready.ByPoll && w != ready.BySelect && w != ready.ByEpoll {
+		if w := seen.Ways[ino]; w != ByPoll && w != BySelect && w != ByEpoll {
 			t.Errorf("python socketserver: seen %v (line %q), want poll, select or epoll", seen.Ways, h.Line)
 		}
 	})
@@ -97,7 +108,7 @@ func TestAcceptingLive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen := ready.Accepting("/proc", []int{cmd.Process.Pid}, map[uint64]bool{ino: true})
+		seen := Accepting("/proc", []int{cmd.Process.Pid}, map[uint64]bool{ino: true})
 		if len(seen.Ways) != 0 {
 			t.Errorf("a process that only holds a listener: seen %v, want nothing", seen.Ways)
 		}
@@ -107,10 +118,10 @@ func TestAcceptingLive(t *testing.T) {
 // lookUntilSeen looks at pid until it is seen accepting on ino, for at most
 // 200 looks: a server between two waits (handling a request, or between
 // two poll(2) timeouts) is not seen.
-func lookUntilSeen(pid int, ino uint64) ready.AcceptSeen {
-	var seen ready.AcceptSeen
+func lookUntilSeen(pid int, ino uint64) AcceptSeen {
+	var seen AcceptSeen
 	for range 200 {
-		if seen = ready.Accepting("/proc", []int{pid}, map[uint64]bool{ino: true}); len(seen.Ways) > 0 {
+		if seen = Accepting("/proc", []int{pid}, map[uint64]bool{ino: true}); len(seen.Ways) > 0 {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
