@@ -43,10 +43,6 @@ func runHelper(mode string, args []string) int {
 		addr = args[0]
 	}
 	switch mode {
-	case "acceptor": // accept on fd 3 from a level-triggered epoll loop, answer "ok", close (fence_bench_test.go)
-		return acceptLoop(3)
-	case "trapped-acceptor": // send a seccomp listener that traps accept(2) to fd 4, then exec an acceptor
-		return trappedAcceptor()
 	case "unlinker": // unlink a missing file addr (a count) times; print the ns each took
 		n, _ := strconv.Atoi(addr)
 		began := time.Now()
