@@ -45,7 +45,7 @@ func TestFencedKeepAlive(t *testing.T) {
 	if err := ask(); err != nil { // the fence leaves accepted connections to their server
 		t.Errorf("the kept connection, after the fence went up: %v", err)
 	}
-	waitGone(t, oldChild)
+	testutil.WaitGone(t, oldChild)
 	if code := first.wait(t); code != 0 {
 		t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
 	}

@@ -158,7 +158,7 @@ func crashUnderLoad(t *testing.T, helper string, code int, flags ...string) {
 	if got != code {
 		t.Errorf("takeover exited %d, want the command's %d; stderr:\n%s", got, code, crash.stderr)
 	}
-	if !first.running() || processGone(oldChild) {
+	if !first.running() || testutil.ProcessGone(oldChild) {
 		t.Fatal("the old server was stopped")
 	}
 	if r.FailedRequests() != 0 || r.OK == 0 {
@@ -457,7 +457,7 @@ func TestReloadRebind(t *testing.T) {
 	oldChild := childOf(t, r, addr)
 
 	r.cmd.Process.Signal(syscall.SIGHUP)
-	waitGone(t, oldChild)
+	testutil.WaitGone(t, oldChild)
 	testutil.WaitServing(t, addr)
 	if !r.running() {
 		t.Fatalf("takeover exited (%v) with its old generation; stderr:\n%s", r.err, r.stderr)
@@ -471,5 +471,5 @@ func TestReloadRebind(t *testing.T) {
 	if code := r.wait(t); code != 0 {
 		t.Errorf("takeover exited %d after TERM, want the child's 0; stderr:\n%s", code, r.stderr)
 	}
-	waitGone(t, newChild)
+	testutil.WaitGone(t, newChild)
 }

@@ -213,23 +213,6 @@ func childOf(t *testing.T, r *tkRun, addr string) int {
 	return 0
 }
 
-// processGone reports whether pid has exited (or is a zombie nobody reaped).
-func processGone(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	return err != nil || strings.Contains(string(b), ") Z ")
-}
-
-func waitGone(t *testing.T, pid int) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !processGone(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("pid %d is still running", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // server describes how users start one kind of server on a port.
 type server struct {
 	name   string
@@ -259,7 +242,7 @@ func checkReplaced(t *testing.T, first, second *tkRun, addr string, oldChild int
 	if code := first.wait(t); code != 0 {
 		t.Fatalf("the first takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
 	}
-	waitGone(t, oldChild)
+	testutil.WaitGone(t, oldChild)
 	testutil.WaitServing(t, addr)
 	newChild := childOf(t, second, addr)
 	want := map[int]bool{second.cmd.Process.Pid: true, newChild: true}
@@ -293,7 +276,7 @@ func TestReplaceRealServers(t *testing.T) {
 			if srv.name == "go" && code != 0 {
 				t.Errorf("takeover exited %d after TERM, want the child's 0", code)
 			}
-			waitGone(t, newChild)
+			testutil.WaitGone(t, newChild)
 			if ls := lookup(t, addr); len(ls) != 0 {
 				t.Errorf("after TERM the port is still held: %+v", ls)
 			}
@@ -313,7 +296,7 @@ func TestCrashBeforeBindLeavesOldServing(t *testing.T) {
 	if code := crash.wait(t); code != 3 {
 		t.Fatalf("takeover of a crashing command exited %d, want its 3", code)
 	}
-	if !first.running() || processGone(oldChild) {
+	if !first.running() || testutil.ProcessGone(oldChild) {
 		t.Fatal("the old generation was stopped by a command that never bound")
 	}
 	testutil.WaitServing(t, addr)
@@ -342,7 +325,7 @@ func TestForeignHolderRefused(t *testing.T) {
 	if s := r.stderr.String(); !strings.Contains(s, "not an earlier instance") || !strings.Contains(s, "--force") || !strings.Contains(s, fmt.Sprint(py.Process.Pid)) {
 		t.Errorf("the refusal does not name the process and --force:\n%s", s)
 	}
-	if processGone(py.Process.Pid) {
+	if testutil.ProcessGone(py.Process.Pid) {
 		t.Fatal("python was stopped though it is not an earlier instance")
 	}
 	testutil.WaitServing(t, addr)
@@ -389,7 +372,7 @@ func TestKillTimeout(t *testing.T) {
 
 			self, _ := os.Executable()
 			second := startTakeover(t, "serve", "--strategy", tt.strategy, "--kill-timeout", "300ms", "--port", port, "--", self, addr)
-			waitGone(t, oldChild)
+			testutil.WaitGone(t, oldChild)
 			if code := first.wait(t); code != 0 {
 				t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
 			}
@@ -620,7 +603,7 @@ func TestPreforkReplaced(t *testing.T) {
 	}
 	second.line(t)
 	for pid := range old {
-		waitGone(t, pid)
+		testutil.WaitGone(t, pid)
 	}
 	testutil.WaitServing(t, addr)
 }
@@ -675,7 +658,7 @@ func TestDaemonizingCommandWarned(t *testing.T) {
 	}
 	pid, _ := strconv.Atoi(m[1])
 	defer syscall.Kill(pid, syscall.SIGKILL)
-	if processGone(pid) {
+	if testutil.ProcessGone(pid) {
 		t.Errorf("pid %d, left by the command, was killed", pid)
 	}
 	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(b)) != "sleep" {
@@ -768,7 +751,7 @@ func procsWith(arg string) []int {
 	var found []int
 	for _, pid := range pids {
 		cmd, err := procfs.FS("/proc").Cmdline(pid)
-		if err == nil && strings.Contains(cmd, arg) && !processGone(pid) {
+		if err == nil && strings.Contains(cmd, arg) && !testutil.ProcessGone(pid) {
 			found = append(found, pid)
 		}
 	}
@@ -803,7 +786,7 @@ func TestReaperLeavesExecChildren(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waitGone(t, cmd.Process.Pid)
+		testutil.WaitGone(t, cmd.Process.Pid)
 		err := cmd.Wait()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 7 {

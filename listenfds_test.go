@@ -110,7 +110,7 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 	first.cmd.Process.Kill()
 	first.wait(t)
 	syscall.Kill(server, syscall.SIGKILL) // as KillMode=mixed does once the main process is gone
-	waitGone(t, server)
+	testutil.WaitGone(t, server)
 
 	// The port is kept by the store alone: a connect waits in its queue.
 	answered := make(chan error, 1)

@@ -44,7 +44,7 @@ func TestPID1Replaced(t *testing.T) {
 		t.Errorf("a deploy into the namespace: %d of %d failed (%d refused): %v", r.FailedRequests(), r.Requests, r.Refused, r.Failures)
 	}
 	t.Logf("a takeover started inside replaced PID 1: %d requests, %d failed", r.Requests, r.FailedRequests())
-	if !init.running() || processGone(hostPID1) {
+	if !init.running() || testutil.ProcessGone(hostPID1) {
 		t.Fatalf("PID 1 exited when replaced: the namespace ended with it\n%s", init.stderr)
 	}
 

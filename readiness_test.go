@@ -83,7 +83,7 @@ func TestReadyTimeoutRollsBack(t *testing.T) {
 	if s := bad.stderr.String(); !strings.Contains(s, "rolling back") || !strings.Contains(s, "no process of it was seen accepting") {
 		t.Errorf("the log does not say what was rolled back and why:\n%s", s)
 	}
-	if !old.running() || processGone(oldChild) {
+	if !old.running() || testutil.ProcessGone(oldChild) {
 		t.Fatal("the old server was stopped by a rolled-back swap")
 	}
 	if r.FailedRequests() != 0 {

@@ -74,7 +74,7 @@ func TestRespawnAfterKill9(t *testing.T) {
 			if code := r.wait(t); code != 0 && code != 128+int(syscall.SIGTERM) { // the JVM exits 143 on TERM
 				t.Errorf("takeover exited %d after TERM, want the command's 0 (or 143, a JVM's)", code)
 			}
-			waitGone(t, last)
+			testutil.WaitGone(t, last)
 			if ls := lookup(t, addr); len(ls) != 0 {
 				t.Errorf("after TERM the port is still held: %+v", ls)
 			}

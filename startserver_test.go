@@ -257,7 +257,7 @@ func (r *ssRun) cleanup(t *testing.T) {
 	}
 	self, _ := os.Executable()
 	for _, e := range r.events() {
-		if e.what != "start" || processGone(e.pid) {
+		if e.what != "start" || testutil.ProcessGone(e.pid) {
 			continue
 		}
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", e.pid))
@@ -785,7 +785,7 @@ func TestStartServerCrashAndLogFile(t *testing.T) {
 					pid = e.pid
 				}
 			}
-			if r.worker(pid) != "w1" || processGone(pid) {
+			if r.worker(pid) != "w1" || testutil.ProcessGone(pid) {
 				t.Fatalf("worker 1 is not pid %d", pid)
 			}
 			syscall.Kill(pid, syscall.SIGKILL) // checked above: our worker, still running
@@ -1009,7 +1009,7 @@ func TestStartServerDaemonize(t *testing.T) {
 		if err != nil {
 			t.Fatalf("--stop: %v\n%s", err, out)
 		}
-		r.until(t, "the daemon's exit", func() bool { return processGone(pid) })
+		r.until(t, "the daemon's exit", func() bool { return testutil.ProcessGone(pid) })
 		b, _ := os.ReadFile(logFile)
 		_, pidErr := os.Stat(r.pidFile)
 		_, statusErr := os.Stat(r.status)
@@ -1023,7 +1023,7 @@ func TestStartServerDaemonize(t *testing.T) {
 func (r *ssRun) stopDaemon(t *testing.T, pid int) {
 	isOurs := func() bool {
 		environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-		return !processGone(pid) && strings.Contains(string(environ), "\x00SSWORKER_LOG="+r.log+"\x00")
+		return !testutil.ProcessGone(pid) && strings.Contains(string(environ), "\x00SSWORKER_LOG="+r.log+"\x00")
 	}
 	if !isOurs() {
 		return
@@ -1244,7 +1244,7 @@ func TestStartServerStalePIDFile(t *testing.T) {
 			t.Errorf("%s against a stale pid file: %v, %q; want a refusal", flag, err, out)
 		}
 	}
-	if processGone(sleeper.Process.Pid) {
+	if testutil.ProcessGone(sleeper.Process.Pid) {
 		t.Fatal("the stale pid file's process was signalled")
 	}
 }

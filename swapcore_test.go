@@ -226,7 +226,7 @@ func TestCrashDuringFencedDrain(t *testing.T) {
 	a, b, aChild, addr, kept := startFencedCrash(t, "crash:1")
 	b.waitLog(t, "msg=restarted")
 	kept.Close() // A's server has finished: the inherited swap stops it
-	waitGone(t, aChild)
+	testutil.WaitGone(t, aChild)
 	if code := a.wait(t); code != 0 {
 		t.Errorf("takeover A exited %d, want 0 (replaced)", code)
 	}
@@ -269,7 +269,7 @@ func TestCrashDuringFencedDrainGivesUp(t *testing.T) {
 	if res.Refused > 0 || res.OK == 0 {
 		t.Errorf("%d of %d requests refused, want none", res.Refused, res.Requests)
 	}
-	if !a.running() || processGone(aChild) {
+	if !a.running() || testutil.ProcessGone(aChild) {
 		t.Fatal("A or its server ended")
 	}
 
@@ -304,7 +304,7 @@ func TestCrashDuringFencedReload(t *testing.T) {
 	crashFenced(t, addr)
 	a.waitLog(t, "msg=restarted")
 	kept.Close()
-	waitGone(t, first)
+	testutil.WaitGone(t, first)
 	if n := len(lookup(t, addr)); n != 1 {
 		t.Errorf("%d sockets listen on %s, want the restarted generation's alone", n, addr)
 	}
@@ -362,7 +362,7 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 	// server, which closes the kept connection: C's drain ends, and C
 	// stops A.
 	a.waitLog(t, `msg="took over" generation=2`)
-	waitGone(t, first)
+	testutil.WaitGone(t, first)
 	if code := a.wait(t); code != 0 {
 		t.Errorf("takeover A exited %d, want 0", code)
 	}
@@ -548,7 +548,7 @@ func TestUSR1MidSwap(t *testing.T) {
 			t.Fatal("A did not handle the USR1 in 60s")
 		}
 	}
-	if !a.running() || processGone(first) {
+	if !a.running() || testutil.ProcessGone(first) {
 		t.Fatal("A or its server ended on the USR1")
 	}
 	kept.Close()
@@ -589,7 +589,7 @@ func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
 	if res.Refused > 0 || res.OK == 0 {
 		t.Errorf("%d of %d requests refused, want none", res.Refused, res.Requests)
 	}
-	if !a.running() || processGone(first) {
+	if !a.running() || testutil.ProcessGone(first) {
 		t.Fatal("takeover or its old generation ended")
 	}
 	for i := 0; i < 10; i++ {
@@ -601,5 +601,5 @@ func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
 	if code := a.wait(t); code != 0 {
 		t.Errorf("takeover exited %d on TERM, want its server's 0", code)
 	}
-	waitGone(t, first)
+	testutil.WaitGone(t, first)
 }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -109,5 +110,23 @@ func WaitServing(t testing.TB, addr string) string {
 			t.Fatalf("%s does not serve: %v", addr, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ProcessGone reports whether pid has exited (or is a zombie nobody reaped).
+func ProcessGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err != nil || strings.Contains(string(b), ") Z ")
+}
+
+// WaitGone waits until pid has exited, for at most 30s.
+func WaitGone(t testing.TB, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ProcessGone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d is still running", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
