@@ -1,18 +1,14 @@
 package main
 
 import (
-	"errors"
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/rundir"
-	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/testutil"
 )
 
@@ -88,33 +84,5 @@ func signalHostPID(t *testing.T, pid int, sig string) {
 	}
 	if out, err := exec.Command("kill", "-"+sig, strconv.Itoa(pid)).CombinedOutput(); err != nil {
 		t.Fatalf("kill -%s %d: %v: %s", sig, pid, err, out)
-	}
-}
-
-// TestSignalLauncherChecksStart: a standing-by PID 1 signals the takeover
-// a record names only if the process it holds by a pidfd is that one (its
-// start time): a record whose start time is not the process's (its pid
-// reused) is refused, and the process is not signalled.
-func TestSignalLauncherChecksStart(t *testing.T) {
-	cmd := exec.Command("sleep", "60")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	st, err := procfs.FS("/proc").Stat(cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stale := rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start + 1}
-	if err := supervise.SignalLauncher(stale, syscall.SIGTERM); err == nil {
-		t.Fatal("signalLauncher signalled a process its record does not name")
-	}
-	if err := supervise.SignalLauncher(rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	err = cmd.Wait()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
-		t.Fatalf("sleep ended with %v, want killed by the one SIGTERM sent", err)
 	}
 }

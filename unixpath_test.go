@@ -6,33 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/takeover/takeover/internal/seccomp"
-	"github.com/takeover/takeover/internal/supervise"
 	"golang.org/x/sys/unix"
 )
-
-// The filter traps bind and listen, and unlinks only with unix targets.
-func TestTrappedCalls(t *testing.T) {
-	for _, unlinks := range []bool{false, true} {
-		calls := supervise.TrappedCalls(unlinks)
-		for _, nr := range []uint32{unix.SYS_BIND, unix.SYS_LISTEN} {
-			if !slices.Contains(calls, nr) {
-				t.Errorf("unlinks=%v: system call %d not trapped", unlinks, nr)
-			}
-		}
-		if got := slices.Contains(calls, unix.SYS_UNLINKAT); got != unlinks {
-			t.Errorf("unlinks=%v: unlinkat trapped = %v", unlinks, got)
-		}
-		if nr := seccomp.SysUnlink; nr >= 0 && slices.Contains(calls, uint32(nr)) != unlinks {
-			t.Errorf("unlinks=%v: unlink trapped = %v", unlinks, !unlinks)
-		}
-	}
-}
 
 // who names unix and UDP holders as it does TCP ones, and a unix path by
 // the file there: a stale socket file has no holder.
