@@ -17,21 +17,9 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/testutil"
 )
-
-// testRunDir opens a fresh run directory, closed at cleanup.
-func testRunDir(t testing.TB) *rundir.RunDirectory {
-	t.Helper()
-	d, err := rundir.OpenRunDir(filepath.Join(t.TempDir(), "run"), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	return d
-}
 
 // testUser creates a user of its own for the test (useradd) and returns its
 // uid; userdel removes it at cleanup.

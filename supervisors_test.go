@@ -394,7 +394,7 @@ func TestDetachWaitsForOwnSwap(t *testing.T) {
 // Here the lock file is held through a file of its own, as the newer
 // takeover holds it, with the record still naming the detached launcher.
 func TestDetachedRecordLeftToNewer(t *testing.T) {
-	dir := testRunDir(t)
+	dir := testutil.RunDir(t)
 	spec, err := target.ParsePortSpec("127.0.0.1:8100")
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -216,11 +215,7 @@ func TestListenersManagedByLauncher(t *testing.T) {
 		t.Fatalf("holder's parent = %d, want the wrapper %d", ls[0].Holders[0].PPID, h.Cmd.Process.Pid)
 	}
 	// The wrapper is a launcher because the run directory records it.
-	dir, err := rundir.OpenRunDir(filepath.Join(t.TempDir(), "run"), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dir.Close() })
+	dir := testutil.RunDir(t)
 	if ts := StopTargets("/proc", ls[0], rundir.LiveLaunchers(dir)); len(ts) != 1 || ts[0].PID == h.Cmd.Process.Pid {
 		t.Errorf("stopTargets with no record = %+v, want the server, not the wrapper %d", ts, h.Cmd.Process.Pid)
 	}
