@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +13,6 @@ import (
 
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/owner"
-	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"github.com/takeover/takeover/internal/testutil"
@@ -384,45 +381,6 @@ func TestDetachWaitsForOwnSwap(t *testing.T) {
 	}
 	t.Logf("%d requests, %d failed; served last by %s", r.Requests, r.FailedRequests(), served)
 	stop(third)
-}
-
-// TestDetachedRecordLeftToNewer: the detached launcher notes in its
-// record until when it serves, but never while another takeover holds the
-// port's lock: that one writes its own record before it signals the
-// detached launcher (how it tells "replaced" from "stopped"), and a read
-// and write of the old record around it would put the old launcher back.
-// Here the lock file is held through a file of its own, as the newer
-// takeover holds it, with the record still naming the detached launcher.
-func TestDetachedRecordLeftToNewer(t *testing.T) {
-	dir := testutil.RunDir(t)
-	spec, err := target.ParsePortSpec("127.0.0.1:8100")
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := procfs.FS("/proc").Stat(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &supervise.Launcher{Ctx: context.Background(), Cfg: supervise.Config{Ports: []target.PortSpec{spec}}, Dir: dir, Self: os.Getpid(), Born: st.Start, Log: slog.New(slog.DiscardHandler)}
-	key := spec.Key()
-	mine := rundir.GenRecord{Launcher: l.Self, LauncherStart: l.Born, Child: 1}
-	if err := rundir.WriteRecord(dir, key, mine); err != nil {
-		t.Fatal(err)
-	}
-	newer, err := rundir.LockTargets(context.Background(), dir, []string{key}, rundir.LockOwner{PID: 2, Start: 1}, func(string, rundir.LockOwner, time.Duration) {})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.SetDetached(time.Now().Add(time.Minute))
-	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil != nil {
-		t.Errorf("the detached launcher wrote its record while another takeover held the port's lock: %+v (found: %v)", r, ok)
-	}
-	rundir.ReleaseLocks(newer)
-	until := time.Now().Add(time.Minute)
-	l.SetDetached(until)
-	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil == nil || !r.DetachedUntil.Equal(until) {
-		t.Errorf("with the lock free, the record is %+v (found: %v), want detached until %v", r, ok, until)
-	}
 }
 
 // killServing SIGKILLs what a failed test left holding addr: detached

@@ -16,15 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/testutil"
 
-	"github.com/takeover/takeover/internal/owner"
-	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
-	"github.com/takeover/takeover/internal/supervise"
 	"golang.org/x/sys/unix"
 )
 
@@ -479,35 +475,6 @@ func crash(t *testing.T, pid, launcher int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("pid %d not reaped in 30s", pid)
 		}
-	}
-}
-
-// TestCheckOldAfterOpen (issue 28, low: pidfds opened after the identity
-// checks): takePort now opens the old processes' pidfds first and checks
-// them after. A pid the lookup saw holding the port that, by the time its
-// pidfd is open, names a process holding nothing (its pid reused) is let
-// go of, never signalled; the real holder is kept.
-func TestCheckOldAfterOpen(t *testing.T) {
-	self, _ := os.Executable()
-	srv := testutil.StartHelper(t, "serve", "127.0.0.1:0")
-	other := testutil.StartHelper(t, "signals", "127.0.0.1:0") // a process of the same program holding another port
-	ls := lookup(t, srv.Addr)
-	if len(ls) != 1 {
-		t.Fatalf("%d listeners on %s", len(ls), srv.Addr)
-	}
-	real, reused := srv.Cmd.Process.Pid, other.Cmd.Process.Pid
-	sw := &swap.Swap{Inodes: []uint64{ls[0].Inode}}
-	for _, pid := range []int{real, reused} {
-		sw.Old = append(sw.Old, owner.StopTarget{PID: pid, Holder: owner.Holder{PID: pid}})
-	}
-	sw.OldProcs, sw.Holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
-	defer sw.ReleaseOld()
-	l := &supervise.Launcher{}
-	if err := l.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.Addr); err != nil {
-		t.Fatal(err)
-	}
-	if got := fmt.Sprint(pidfd.PidsOf(sw.OldProcs), pidfd.PidsOf(sw.Holders)); got != fmt.Sprint([]int{real}, []int{real}) {
-		t.Errorf("kept targets and holders %s, want only the holder %d", got, real)
 	}
 }
 
