@@ -1,3 +1,6 @@
+// Package pidfd holds a process by its pidfd, so that signals reach it and
+// never a later process that reuses its pid, and copies a socket out of a
+// process with pidfd_getfd.
 package pidfd
 
 import (

@@ -1,3 +1,11 @@
+// Package supervise is the launcher of one command: its run loop and
+// lifecycle (start, serve, reload, restart, stop, replaced), its
+// generations and their readiness, the seccomp trap that answers the
+// command's bind(2) and listen(2) (the shim that installs the filter, the
+// answers), taking a target (takePort: a free port, a handoff or a rebind,
+// with internal/swap), completing a swap once the new generation is ready,
+// socket passing (--sockets systemd and server-starter), --status-file,
+// --detach-on-stop and the PID 1 stand-by.
 package supervise
 
 import (
