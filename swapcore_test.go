@@ -23,7 +23,6 @@ import (
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
-	"github.com/takeover/takeover/internal/supervise"
 	"golang.org/x/sys/unix"
 )
 
@@ -501,8 +500,8 @@ func TestCheckOldAfterOpen(t *testing.T) {
 	}
 	sw.OldProcs, sw.Holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
 	defer sw.ReleaseOld()
-	l := &supervise.Launcher{}
-	if err := l.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
+	tk := swap.NewTaker(swap.Options{})
+	if err := tk.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(pidfd.PidsOf(sw.OldProcs), pidfd.PidsOf(sw.Holders)); got != fmt.Sprint([]int{real}, []int{real}) {

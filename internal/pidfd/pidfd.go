@@ -103,3 +103,6 @@ func CopySocketFrom(pidfd, tgid, fd int) (int, uint64, error) {
 	}
 	return sock, st.Ino, nil
 }
+
+// PtraceAdvice says how to let takeover copy sockets exactly.
+const PtraceAdvice = "docker run --cap-add SYS_PTRACE (Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]) lets takeover copy sockets exactly"

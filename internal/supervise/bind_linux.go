@@ -97,16 +97,13 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	}
 	defer unix.Close(pidfd)
 	fd := int(n.Args[0])
-	key := sockKey{st.Tgid, fd}
+	key := swap.SockKey{Tgid: st.Tgid, FD: fd}
 	childIno, err := procfs.FS("/proc").SocketInode(st.Tgid, fd)
 	if err != nil || !seccomp.Valid(g.notifFD, n.ID) {
 		return seccomp.Continue
 	}
 	g.dropClosed()
-	g.mu.Lock()
-	prev := g.socks[key]
-	g.mu.Unlock()
-	if prev != nil && prev.inode == childIno {
+	if prev := g.holdings.Get(key); prev != nil && prev.Inode == childIno {
 		return seccomp.Resp{} // the same bind, notified again after a signal
 	}
 	// takeover binds on the command's behalf: never a port it could not
@@ -136,7 +133,7 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	exe, _ := procfs.FS("/proc").Exe(st.Tgid)
 	child := owner.NewChild{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.l.unit}
 	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
-	sw, held, err := g.l.takePort(ctx, g, swap.Claim{Child: child, Status: st, Sock: sock, Addr: addr, Spec: spec, Install: install})
+	sw, held, err := g.l.taker.Take(ctx, swap.Claim{Child: child, Status: st, Sock: sock, Addr: addr, Spec: spec, Install: install}, g.prevHoldings())
 	if err != nil {
 		unix.Close(sock)
 		g.l.Log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)
@@ -153,18 +150,10 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		}
 	}
 	sw.Began = began
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.done {
-		unix.Close(held)
+	if !g.holdings.Add(key, &swap.Held{CopyFD: held, Inode: target.InodeOf(held), Spec: spec, Addr: addr, Fence: sw.Fence, Sw: sw}, sw) {
+		unix.Close(held) // the generation is being stopped
 		sw.Abandon()
-		return seccomp.Resp{}
 	}
-	if old := g.socks[key]; old != nil && old.copyFD != held {
-		unix.Close(old.copyFD) // a copy dropClosed could not tell the fate of
-	}
-	g.socks[key] = &heldSock{copyFD: held, inode: target.InodeOf(held), spec: spec, addr: addr, fence: sw.Fence, sw: sw}
-	g.swaps = append(g.swaps, sw)
 	return seccomp.Resp{}
 }
 
@@ -180,31 +169,31 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 func (g *generation) dropClosed() {
 	proc := procfs.FS("/proc")
 	g.mu.Lock()
-	if g.pidfd < 0 || exited(g.pidfd) {
+	gone := g.pidfd < 0 || exited(g.pidfd)
+	g.mu.Unlock()
+	if gone {
 		// The command's first process is gone (a server that daemonized):
 		// where its sockets went can no longer be told.
-		g.mu.Unlock()
 		return
 	}
-	var gone []sockKey
+	var closed []swap.SockKey
 	want := make(map[uint64]bool)
-	for k, s := range g.socks {
-		if s.spec.Net == target.NetUnix {
-			continue
+	g.holdings.Each(func(k swap.SockKey, s *swap.Held) {
+		if s.Spec.Net == target.NetUnix {
+			return
 		}
-		if ino, err := proc.SocketInode(k.Tgid, k.FD); err == nil && ino == s.inode {
-			continue
+		if ino, err := proc.SocketInode(k.Tgid, k.FD); err == nil && ino == s.Inode {
+			return
 		}
-		gone = append(gone, k)
-		want[s.inode] = true
-	}
-	g.mu.Unlock()
-	if len(gone) == 0 {
+		closed = append(closed, k)
+		want[s.Inode] = true
+	})
+	if len(closed) == 0 {
 		return
 	}
 	// Where the command holds those sockets now: the generation's
 	// processes are its command and the command's descendants.
-	at := make(map[uint64]sockKey)
+	at := make(map[uint64]swap.SockKey)
 	for _, pid := range proc.WithDescendants([]int{g.pid}) {
 		fds, _, err := proc.SocketFDs(pid, want)
 		if err != nil {
@@ -215,36 +204,11 @@ func (g *generation) dropClosed() {
 		}
 		for fd, ino := range fds {
 			if _, ok := at[ino]; !ok {
-				at[ino] = sockKey{pid, fd}
+				at[ino] = swap.SockKey{Tgid: pid, FD: fd}
 			}
 		}
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.done {
-		return
-	}
-	for _, k := range gone {
-		s := g.socks[k]
-		if s == nil {
-			continue
-		}
-		delete(g.socks, k)
-		if to, ok := at[s.inode]; ok {
-			if other := g.socks[to]; other != nil && other.inode == s.inode {
-				unix.Close(s.copyFD) // a second copy of the same socket
-			} else {
-				g.socks[to] = s
-			}
-			continue
-		}
-		g.l.Log.Debug("the command closed a socket it had bound to a target; takeover lets go of its copy", "port", s.spec.String(), "pid", k.Tgid, "fd", k.FD)
-		unix.Close(s.copyFD)
-		if s.sw != nil {
-			g.swaps = slices.DeleteFunc(g.swaps, func(sw *swap.Swap) bool { return sw == s.sw })
-			s.sw.Abandon()
-		}
-	}
+	g.holdings.Refile(closed, at, g.l.Log)
 }
 
 // exited reports whether the process of pidfd has exited (a zombie too).
@@ -317,21 +281,21 @@ func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
 	if err != nil || !seccomp.Valid(g.notifFD, n.ID) {
 		return seccomp.Continue
 	}
-	held := g.heldByInode(ino)
+	held := g.holdings.HeldByInode(ino)
 	if held == nil {
 		return seccomp.Continue
 	}
-	if held.fence != nil && (held.fence.IsGone() || g.prev != nil && g.prev.isDead()) {
+	if held.Fence != nil && (held.Fence.IsGone() || g.prev != nil && g.prev.isDead()) {
 		if h, ok := g.handOverDead(n, st.Tgid, held); ok {
 			held = h
 		}
 	}
-	if err := unix.Listen(held.copyFD, int(int32(n.Args[1]))); err != nil {
+	if err := unix.Listen(held.CopyFD, int(int32(n.Args[1]))); err != nil {
 		return respErrno(err)
 	}
-	if held.fence != nil {
-		if err := held.fence.Joined(held.copyFD); err != nil {
-			g.l.Log.Warn("cannot steer new connections to the old server while the new one starts; a rollback would reset those that reach the new one", "port", held.spec.String(), "err", err)
+	if held.Fence != nil {
+		if err := held.Fence.Joined(held.CopyFD); err != nil {
+			g.l.Log.Warn("cannot steer new connections to the old server while the new one starts; a rollback would reset those that reach the new one", "port", held.Spec.String(), "err", err)
 		}
 	}
 	select {
@@ -360,44 +324,33 @@ func UnprivilegedPortStart() int {
 // of s: the old generation has died, and what waits in its accept queue is
 // then accepted by the command instead of reset. It returns the socket now
 // held in place of s, or false if s stays.
-func (g *generation) handOverDead(n *seccomp.Notif, tgid int, s *heldSock) (*heldSock, bool) {
+func (g *generation) handOverDead(n *seccomp.Notif, tgid int, s *swap.Held) (*swap.Held, bool) {
 	if g.prev == nil {
 		return nil, false
 	}
-	if on, err := unix.GetsockoptInt(s.copyFD, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on != 0 {
+	if on, err := unix.GetsockoptInt(s.CopyFD, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on != 0 {
 		return nil, false // it listens already: its socket serves
 	}
-	old := g.prev.dupHeld(s.spec, s.addr)
+	old := g.prev.holdings.DupHeld(s.Spec, s.Addr)
 	if old < 0 {
 		return nil, false
 	}
 	fd := int(n.Args[0])
-	why := swap.HandoffMismatch(old, s.copyFD, s.spec, s.addr)
+	why := swap.HandoffMismatch(old, s.CopyFD, s.Spec, s.Addr)
 	if why == "" {
-		if err := injectSocket(g.notifFD, n.ID, tgid, fd, s.copyFD, old); err != nil {
+		if err := injectSocket(g.notifFD, n.ID, tgid, fd, s.CopyFD, old); err != nil {
 			why = err.Error()
 		}
 	}
 	if why != "" {
-		g.l.Log.Warn("the old generation died before the new one listened, and its socket cannot be handed over: what waits in it is lost", "port", s.spec.String(), "why", why)
+		g.l.Log.Warn("the old generation died before the new one listened, and its socket cannot be handed over: what waits in it is lost", "port", s.Spec.String(), "why", why)
 		unix.Close(old)
 		return nil, false
 	}
-	h := &heldSock{copyFD: old, inode: target.InodeOf(old), spec: s.spec, addr: s.addr}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for k, v := range g.socks {
-		if v == s {
-			g.socks[k] = h
-		}
-	}
-	for _, sw := range g.swaps {
-		if sw.Fence == s.fence {
-			sw.Fence, sw.Via = nil, "own-copy"
-		}
-	}
-	unix.Close(s.copyFD) // the command's own socket, closed in it by the handover
-	g.l.Log.Info("the old generation died before the new one listened: the new one is given its socket and what waits in it", "port", s.spec.String(), "generation", g.num)
+	h := &swap.Held{CopyFD: old, Inode: target.InodeOf(old), Spec: s.Spec, Addr: s.Addr}
+	g.holdings.Replace(s, h)
+	unix.Close(s.CopyFD) // the command's own socket, closed in it by the handover
+	g.l.Log.Info("the old generation died before the new one listened: the new one is given its socket and what waits in it", "port", s.Spec.String(), "generation", g.num)
 	return h, true
 }
 

@@ -20,9 +20,6 @@ import (
 // errNotTarget means the command's socket is of a type no target has.
 var errNotTarget = errors.New("not a socket type takeover manages")
 
-// ptraceAdvice says how to let takeover copy sockets exactly.
-const ptraceAdvice = "docker run --cap-add SYS_PTRACE (Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]) lets takeover copy sockets exactly"
-
 // claimSocket returns takeover's socket for the command's fd if it is of
 // socket type typ: a copy of the command's own, or, where copying is not
 // allowed, a new one made like it (made is true: the caller must install
@@ -45,7 +42,7 @@ func (l *Launcher) claimSocket(pfd, tgid, fd, typ int) (sock int, made bool, err
 		return -1, false, err
 	}
 	l.madeOnce.Do(func() {
-		l.Log.Warn("cannot copy the command's sockets; takeover makes them and installs them in the command: options it set before bind(2) (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes) are not kept; "+ptraceAdvice,
+		l.Log.Warn("cannot copy the command's sockets; takeover makes them and installs them in the command: options it set before bind(2) (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes) are not kept; "+pidfd.PtraceAdvice,
 			"err", copyErr)
 	})
 	return sock, true, nil
