@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/intercept"
+
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/supervise"
 	"golang.org/x/sys/unix"
@@ -664,7 +666,7 @@ func TestNoPrivilegedBindForUnprivilegedChild(t *testing.T) {
 	}
 	requireTool(t, "setpriv")
 	requireTool(t, "perl")
-	if supervise.UnprivilegedPortStart() <= 1 {
+	if intercept.UnprivilegedPortStart() <= 1 {
 		t.Skip("every port is unprivileged here")
 	}
 	port := ""

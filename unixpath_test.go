@@ -11,8 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/takeover/takeover/internal/intercept"
+
 	"github.com/takeover/takeover/internal/seccomp"
-	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -78,7 +79,7 @@ func TestTargetNames(t *testing.T) {
 // The filter traps bind and listen, and unlinks only with unix targets.
 func TestTrappedCalls(t *testing.T) {
 	for _, unlinks := range []bool{false, true} {
-		calls := supervise.TrappedCalls(unlinks)
+		calls := intercept.TrappedCalls(unlinks)
 		for _, nr := range []uint32{unix.SYS_BIND, unix.SYS_LISTEN} {
 			if !slices.Contains(calls, nr) {
 				t.Errorf("unlinks=%v: system call %d not trapped", unlinks, nr)

@@ -37,8 +37,12 @@ var allowed = map[string][]string{
 	// Never the launcher (supervise), the trap (seccomp), readiness.
 	"swap": {"procfs", "socktab", "target", "owner", "pidfd", "rundir", "fdpass", "systemd"},
 
+	// The trap that answers a generation's binds: the swap core below it,
+	// never the launcher.
+	"intercept": {"procfs", "socktab", "seccomp", "target", "owner", "pidfd", "swap"},
+
 	// The launcher of one command: everything below it.
-	"supervise": {"procfs", "socktab", "seccomp", "starter", "pidfd", "fdpass", "target", "rundir", "ready", "owner", "systemd", "swap"},
+	"supervise": {"procfs", "socktab", "seccomp", "starter", "pidfd", "fdpass", "target", "rundir", "ready", "owner", "systemd", "swap", "intercept"},
 }
 
 // closure returns pkg's allowed packages and theirs, all the way down.

@@ -5,6 +5,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/swap"
 	"golang.org/x/sys/unix"
 )
@@ -156,4 +157,35 @@ func (g *generation) prevHoldings() *swap.Holdings {
 // that still runs (swap.Holdings.HandedOverFromRunning).
 func (g *generation) handedOverFromRunning() bool {
 	return g.holdings.HandedOverFromRunning(g.prevHoldings())
+}
+
+// exited reports whether the process of pidfd has exited (a zombie too).
+func exited(pidfd int) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
+// trap returns what the seccomp trap needs of g to answer its binds.
+func (g *generation) trap() intercept.Gen {
+	tg := intercept.Gen{
+		NotifFD: g.notifFD, Num: g.num, PID: g.pid, Targets: g.l.Cfg.Ports,
+		Held: g.holdings, Prev: g.prevHoldings(), Take: g.l.taker, Unit: g.l.unit,
+		MadeOnce: &g.l.madeOnce, Log: g.l.Log,
+		Alive: func() bool {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return g.pidfd >= 0 && !exited(g.pidfd)
+		},
+		Listened: func() {
+			select {
+			case g.nudge <- struct{}{}:
+			default:
+			}
+		},
+	}
+	if g.prev != nil {
+		tg.PrevDead = g.prev.isDead
+	}
+	return tg
 }

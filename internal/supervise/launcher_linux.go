@@ -26,6 +26,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/swap"
 
@@ -372,7 +373,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 	g := l.newGeneration(ctx, num, pid, pidfd, notifFD, prev)
 	g.attachNotify(notify)
 	go func() {
-		g.serve(ctx)
+		intercept.Serve(ctx, g.trap())
 		unix.Close(notifFD)
 	}()
 	l.Log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.Cfg.Command, " "))
