@@ -13,8 +13,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/takeover/takeover/internal/intercept"
+
 	"github.com/takeover/takeover/internal/rundir"
-	"github.com/takeover/takeover/internal/supervise"
 	"golang.org/x/sys/unix"
 )
 
@@ -126,7 +127,7 @@ func diagnose() doctorReport {
 	r.Caps = map[string]bool{
 		"CAP_SYS_PTRACE":       has(capSysPtrace),
 		"CAP_SYS_NICE":         has(capSysNice),
-		"CAP_NET_BIND_SERVICE": has(supervise.CapNetBindService),
+		"CAP_NET_BIND_SERVICE": has(intercept.CapNetBindService),
 	}
 	r.NoNewPrivs = status["NoNewPrivs"] == "1"
 	r.SeccompFilters, _ = strconv.Atoi(status["Seccomp_filters"])
@@ -142,7 +143,7 @@ func diagnose() doctorReport {
 	r.Checks = append(r.Checks, yamaCheck(scope, yama, has(capSysPtrace)))
 	r.Checks = append(r.Checks, retryThreadCheck(has(capSysNice)))
 	r.Checks = append(r.Checks, runDirCheck(rundir.RunDir(), os.Getenv("TAKEOVER_RUN_DIR") != "", r.UID))
-	r.Checks = append(r.Checks, portsCheck(supervise.UnprivilegedPortStart(), has(supervise.CapNetBindService)))
+	r.Checks = append(r.Checks, portsCheck(intercept.UnprivilegedPortStart(), has(intercept.CapNetBindService)))
 	r.Checks = append(r.Checks, ioUringCheck(r.Kernel, ioUringDisabled()))
 	r.OK = true
 	for _, c := range r.Checks {

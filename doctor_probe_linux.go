@@ -16,6 +16,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/takeover/takeover/internal/intercept"
+
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/seccomp"
@@ -58,7 +60,7 @@ func runDoctorProbe() int {
 }
 
 func probeBind() string {
-	fd, err := seccomp.Install(supervise.TrappedCalls(false))
+	fd, err := seccomp.Install(intercept.TrappedCalls(false))
 	if err != nil {
 		supervise.SendShimResult(-1, err.Error())
 		return "nofilter"

@@ -13,8 +13,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/takeover/takeover/internal/intercept"
+
 	"github.com/google/go-cmp/cmp"
-	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -211,8 +212,8 @@ func TestDoctorUnprivileged(t *testing.T) {
 	if rtprio.Cur >= 1 {
 		rt, rtSays = isOK, []string{"SCHED_FIFO", "RLIMIT_RTPRIO"}
 	}
-	ports := "this user may bind ports " + fmt.Sprint(supervise.UnprivilegedPortStart()) + " and up"
-	if supervise.UnprivilegedPortStart() <= 0 {
+	ports := "this user may bind ports " + fmt.Sprint(intercept.UnprivilegedPortStart()) + " and up"
+	if intercept.UnprivilegedPortStart() <= 0 {
 		ports = "every user may bind every port"
 	}
 

@@ -419,6 +419,11 @@ func TestFailedReloadsLeakNothing(t *testing.T) {
 		}
 		return len(ents)
 	}
+	// The first generation's swap completes after --kill-old-delay, and
+	// only then lets go of the port locks: count from there.
+	if err := awaitSwapLine(nil, r, 1, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	before := fds()
 	const failed = "exited during --kill-old-delay"
 	for i := 1; i <= 3; i++ {

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/intercept"
+
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/testutil"
@@ -616,7 +618,7 @@ func TestNoPrivilegedBindForUnprivilegedChild(t *testing.T) {
 	}
 	testutil.RequireTool(t, "setpriv")
 	testutil.RequireTool(t, "perl")
-	if supervise.UnprivilegedPortStart() <= 1 {
+	if intercept.UnprivilegedPortStart() <= 1 {
 		t.Skip("every port is unprivileged here")
 	}
 	port := ""

@@ -1,3 +1,6 @@
+// Package fdpass passes listening sockets between takeovers over a unix
+// socket with SCM_RIGHTS: a newer takeover asks an earlier one for the
+// socket with a given inode (no ptrace rights needed).
 package fdpass
 
 import (

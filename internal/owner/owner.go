@@ -1,3 +1,8 @@
+// Package owner says who holds a target (the listening sockets and the
+// processes that hold them, through /proc and sock_diag), which process to
+// signal to stop it (a takeover launcher above a server), and whether the
+// policy lets it be replaced (same user, not another systemd service, never
+// pid 1 nor takeover's own ancestors).
 package owner
 
 import (

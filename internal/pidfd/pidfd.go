@@ -1,3 +1,6 @@
+// Package pidfd holds a process by its pidfd, so that signals reach it and
+// never a later process that reuses its pid, and copies a socket out of a
+// process with pidfd_getfd.
 package pidfd
 
 import (
@@ -100,3 +103,6 @@ func CopySocketFrom(pidfd, tgid, fd int) (int, uint64, error) {
 	}
 	return sock, st.Ino, nil
 }
+
+// PtraceAdvice says how to let takeover copy sockets exactly.
+const PtraceAdvice = "docker run --cap-add SYS_PTRACE (Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]) lets takeover copy sockets exactly"

@@ -1,3 +1,6 @@
+// Package ready tells whether a process is waiting for connections on a
+// socket: a thread blocked in accept, epoll, poll or select on it, read
+// from /proc (the per-arch system call numbers beside).
 package ready
 
 import (

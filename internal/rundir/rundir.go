@@ -1,3 +1,7 @@
+// Package rundir is the run directory every takeover of a user agrees on:
+// checked (owner, mode 0700, no symlink) and opened once, then per-target
+// locks and generation records, files created with openat and O_NOFOLLOW,
+// and the unix sockets on which takeovers pass sockets to each other.
 package rundir
 
 import (

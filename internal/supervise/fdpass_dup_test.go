@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/fdpass"
+	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -27,15 +28,16 @@ func TestHeldSocketSurvivesClose(t *testing.T) {
 	}
 	inode := target.InodeOf(sock)
 	l := &Launcher{}
-	g := &generation{l: l, socks: map[sockKey]*heldSock{{Tgid: 1, FD: 3}: {copyFD: sock, inode: inode}}}
+	g := &generation{l: l, holdings: swap.NewHoldings(1, false, nil)}
+	g.holdings.Add(swap.SockKey{Tgid: 1, FD: 3}, &swap.Held{CopyFD: sock, Inode: inode}, nil)
 	l.gens = []*generation{g}
-	t.Cleanup(g.closeCopies) // closes sock, if the test did not get that far
+	t.Cleanup(g.holdings.CloseCopies) // closes sock, if the test did not get that far
 
 	fd, ok := l.heldSocket(inode)
 	if !ok {
 		t.Fatalf("heldSocket(%d) found nothing", inode)
 	}
-	g.closeCopies()               // the generation on its way out, concurrently
+	g.holdings.CloseCopies()      // the generation on its way out, concurrently
 	f, err := os.Open(os.DevNull) // takes the lowest free number: the copy's
 	if err != nil {
 		t.Fatal(err)

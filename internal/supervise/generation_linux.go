@@ -5,6 +5,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/swap"
 	"golang.org/x/sys/unix"
 )
@@ -27,47 +28,16 @@ type generation struct {
 	exited   chan struct{} // closed once the command has exited
 	nudge    chan struct{} // a listen(2): look at readiness now
 
+	holdings *swap.Holdings // the sockets it bound, and the swaps that took them
+
 	mu         sync.Mutex
-	socks      map[sockKey]*heldSock
-	swaps      []*swap.Swap
-	done       bool   // the generation is being stopped: its copies are closed
 	readyBy    string // how readiness was seen: epoll, accept, poll, select, listen
 	readyAt    time.Time
 	missing    string                  // at the timeout: what it had not done
 	rolledBack bool                    // stopped for not being ready in time
 	sent       map[syscall.Signal]bool // the signals takeover sent the command
 	notified   bool                    // the command sent READY=1 to its NOTIFY_SOCKET
-	inherited  bool                    // no command: the sockets systemd passed at start (listenfds_linux.go)
 	cleanups   []func()                // run once the command has exited
-}
-
-// releaseSwaps lets go of the old processes of swaps that will not be
-// completed: the generation exited before it could stop them, or was
-// rolled back.
-func (g *generation) releaseSwaps() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, sw := range g.swaps {
-		sw.Abandon()
-	}
-}
-
-// handedOverFromRunning reports whether g took a socket over from a server
-// that still runs: one a rebind has not stopped already (a handoff, or a
-// rename over a unix path). A generation with no socket to take over
-// (start_server with no --port) replaces the one before it, if it runs.
-func (g *generation) handedOverFromRunning() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if len(g.swaps) == 0 {
-		return g.prev != nil && !g.prev.inherited && !g.prev.hasExited()
-	}
-	for _, sw := range g.swaps {
-		if sw.Strategy != "rebind" && len(sw.OldProcs) > 0 { // a fresh bind's too: an old server beside it
-			return true
-		}
-	}
-	return false
 }
 
 // signal sends sig to the generation's command through its pidfd: once the
@@ -169,14 +139,53 @@ func (g *generation) missingNow() string {
 	return g.missing
 }
 
-func (g *generation) isDone() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.done
-}
-
 func (g *generation) isRolledBack() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.rolledBack
+}
+
+// prevHoldings returns the sockets of the generation g replaces, or nil.
+func (g *generation) prevHoldings() *swap.Holdings {
+	if g.prev == nil {
+		return nil
+	}
+	return g.prev.holdings
+}
+
+// handedOverFromRunning reports whether g took a socket over from a server
+// that still runs (swap.Holdings.HandedOverFromRunning).
+func (g *generation) handedOverFromRunning() bool {
+	return g.holdings.HandedOverFromRunning(g.prevHoldings())
+}
+
+// exited reports whether the process of pidfd has exited (a zombie too).
+func exited(pidfd int) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
+// trap returns what the seccomp trap needs of g to answer its binds.
+func (g *generation) trap() intercept.Gen {
+	tg := intercept.Gen{
+		NotifFD: g.notifFD, Num: g.num, PID: g.pid, Targets: g.l.Cfg.Ports,
+		Held: g.holdings, Prev: g.prevHoldings(), Take: g.l.taker, Unit: g.l.unit,
+		MadeOnce: &g.l.madeOnce, Log: g.l.Log,
+		Alive: func() bool {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return g.pidfd >= 0 && !exited(g.pidfd)
+		},
+		Listened: func() {
+			select {
+			case g.nudge <- struct{}{}:
+			default:
+			}
+		},
+	}
+	if g.prev != nil {
+		tg.PrevDead = g.prev.isDead
+	}
+	return tg
 }

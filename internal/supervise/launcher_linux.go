@@ -1,3 +1,11 @@
+// Package supervise is the launcher of one command: its run loop and
+// lifecycle (start, serve, reload, restart, stop, replaced), its
+// generations and their readiness, the seccomp trap that answers the
+// command's bind(2) and listen(2) (the shim that installs the filter, the
+// answers), taking a target (swap.Taker: a free port, a handoff or a rebind,
+// with internal/swap), completing a swap once the new generation is ready,
+// socket passing (--sockets systemd and server-starter), --status-file,
+// --detach-on-stop and the PID 1 stand-by.
 package supervise
 
 import (
@@ -18,6 +26,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/swap"
 
@@ -65,6 +74,7 @@ type Launcher struct {
 	// when takeover does not run under systemd).
 	inherited *generation
 	store     *systemd.FdStore
+	taker     *swap.Taker // gives the generations' binds their targets
 
 	detachedUntil time.Time // --detach-on-stop: the front has gone (detach_linux.go); l.mu
 }
@@ -143,9 +153,14 @@ func (l *Launcher) run(path string) int {
 	passed := systemd.InheritSockets(l.Log, l.Cfg.Ports, os.Getenv)
 	if len(passed) > 0 {
 		l.inherited = l.inheritedGeneration(passed)
-		defer l.inherited.closeCopies() // if no generation took them
+		defer l.inherited.holdings.CloseCopies() // if no generation took them
 	}
 	l.store = systemd.NewFDStore(l.Log, l.unit, passed)
+	l.taker = swap.NewTaker(swap.Options{
+		Strategy: l.Cfg.Strategy, Fence: l.Cfg.fence(), Force: l.Cfg.Force, Signal: l.Cfg.signal(),
+		BindTimeout: l.Cfg.EffectiveBindTimeout(), KillTimeout: l.Cfg.killTimeout(),
+		Dir: l.Dir, Self: l.Self, Born: l.Born, Store: l.store, Rebind: l.Cfg.Rebind,
+	})
 	l.events = make(chan event, 64)
 	l.byPID = make(map[int]*generation)
 	l.exits = make(chan ChildExit, 16)
@@ -358,7 +373,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 	g := l.newGeneration(ctx, num, pid, pidfd, notifFD, prev)
 	g.attachNotify(notify)
 	go func() {
-		g.serve(ctx)
+		intercept.Serve(ctx, g.trap())
 		unix.Close(notifFD)
 	}()
 	l.Log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.Cfg.Command, " "))
@@ -396,11 +411,11 @@ func (l *Launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD i
 		timedOut: make(chan struct{}),
 		exited:   make(chan struct{}),
 		nudge:    make(chan struct{}, 1),
-		socks:    make(map[sockKey]*heldSock),
 	}
+	g.holdings = swap.NewHoldings(pid, false, g.exited)
 	go g.watchReady(ctx, l.Cfg.readyTimeout())
 	l.mu.Lock()
-	l.gens = append(slices.DeleteFunc(l.gens, func(o *generation) bool { return o.isDone() }), g)
+	l.gens = append(slices.DeleteFunc(l.gens, func(o *generation) bool { return o.holdings.IsDone() }), g)
 	l.mu.Unlock()
 	return g
 }
@@ -544,4 +559,20 @@ func (l *Launcher) cleanRunDir() {
 		}
 	}
 	l.Dir.ClearDead() // and what takeovers that were killed left
+}
+
+// heldSocket returns takeover's copy of a socket one of its generations
+// holds, for a newer takeover.
+func (l *Launcher) heldSocket(inode uint64) (int, bool) {
+	l.mu.Lock()
+	gens := slices.Clone(l.gens)
+	l.mu.Unlock()
+	for _, g := range gens {
+		// A dup, not the copy itself: the generation may close its copies
+		// (closeCopies) while the fd is on its way.
+		if fd, ok := g.holdings.DupByInode(inode); ok {
+			return fd, true
+		}
+	}
+	return -1, false
 }

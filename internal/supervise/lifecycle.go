@@ -493,7 +493,7 @@ func (m *lifecycle) holdSocketsOf(g *generation) {
 	switch {
 	case m.dead == nil || m.dead == g:
 		m.dead = g
-	case g.holdsSockets():
+	case g.holdings.HoldsSockets():
 		m.sup.release(m.dead) // its sockets were handed to g, which holds them now
 		m.dead = g
 	default:

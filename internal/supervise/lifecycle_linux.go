@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/swap"
 	"golang.org/x/sys/unix"
 )
 
@@ -60,8 +61,8 @@ func (l *Launcher) stop(g *generation, sig syscall.Signal) {
 }
 
 func (l *Launcher) release(g *generation) {
-	g.closeCopies()
-	g.releaseSwaps()
+	g.holdings.CloseCopies()
+	g.holdings.Release()
 }
 
 func (l *Launcher) after(d time.Duration, ev event) {
@@ -77,7 +78,7 @@ func (l *Launcher) queued(g *generation) int {
 	}
 	n := 0
 	for _, s := range socks {
-		if g.heldByInode(s.Inode) != nil {
+		if g.holdings.HeldByInode(s.Inode) != nil {
 			n += int(s.Queued)
 		}
 	}
@@ -91,11 +92,9 @@ func (l *Launcher) keepInStore(g *generation) {
 	if l.store == nil {
 		return
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, s := range g.socks {
-		l.store.Keep(s.spec.StoreName(), s.copyFD, s.inode)
-	}
+	g.holdings.Each(func(_ swap.SockKey, s *swap.Held) {
+		l.store.Keep(s.Spec.StoreName(), s.CopyFD, s.Inode)
+	})
 }
 
 // prevExited is told that g has exited. A generation starting beside it in
@@ -111,10 +110,10 @@ func (l *Launcher) prevExited(g *generation) {
 		if h.prev != g || h.hasExited() {
 			continue
 		}
-		for _, s := range h.fencedSocks() {
-			if sock := h.dupHeld(s.spec, s.addr); sock >= 0 {
-				if err := s.fence.OldGone(sock); err != nil {
-					l.Log.Warn("cannot steer new connections to the new server after the old one exited; they wait in the old socket", "port", s.spec.String(), "err", err)
+		for _, s := range h.holdings.FencedSocks() {
+			if sock := h.holdings.DupHeld(s.Spec, s.Addr); sock >= 0 {
+				if err := s.Fence.OldGone(sock); err != nil {
+					l.Log.Warn("cannot steer new connections to the new server after the old one exited; they wait in the old socket", "port", s.Spec.String(), "err", err)
 				}
 				unix.Close(sock)
 			}

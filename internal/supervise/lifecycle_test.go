@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/takeover/takeover/internal/swap"
 )
 
 // fakeSupervisor records what the lifecycle asks of it.
@@ -28,7 +29,8 @@ func (f *fakeSupervisor) start(prev *generation) (*generation, error) {
 		return nil, fmt.Errorf("cannot start")
 	}
 	g := &generation{num: len(f.gens) + 1, pid: 100 + len(f.gens) + 1, prev: prev, pidfd: -1, started: time.Unix(1000, 0),
-		ready: make(chan struct{}), timedOut: make(chan struct{}), exited: make(chan struct{}), socks: map[sockKey]*heldSock{}}
+		ready: make(chan struct{}), timedOut: make(chan struct{}), exited: make(chan struct{})}
+	g.holdings = swap.NewHoldings(g.pid, false, g.exited)
 	f.gens = append(f.gens, g)
 	f.calls = append(f.calls, fmt.Sprintf("start %d", g.num))
 	return g, nil
@@ -361,7 +363,7 @@ func TestLifecycle(t *testing.T) {
 					ev.g = f.gens[s.gen-1]
 				}
 				if s.hold {
-					ev.g.socks[sockKey{ev.g.pid, 3}] = &heldSock{}
+					ev.g.holdings.Add(swap.SockKey{Tgid: ev.g.pid, FD: 3}, &swap.Held{CopyFD: -1}, nil)
 				}
 				if s.ev == evExited {
 					ev.status = waitStatus(s.exit)

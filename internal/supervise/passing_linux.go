@@ -64,10 +64,10 @@ func RunPassShim(args []string) {
 
 // passedSockets returns the listening sockets, one per --port in order, for
 // a generation that gets them passed, and the swap each was taken by.
-func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*heldSock, []*swap.Swap, error) {
-	var held []*heldSock
+func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*swap.Held, []*swap.Swap, error) {
+	var held []*swap.Held
 	var swaps []*swap.Swap
-	fail := func(err error) ([]*heldSock, []*swap.Swap, error) {
+	fail := func(err error) ([]*swap.Held, []*swap.Swap, error) {
 		abandonAll(held, swaps)
 		return nil, nil, err
 	}
@@ -76,7 +76,7 @@ func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generat
 		var sw *swap.Swap
 		var sock int
 		var err error
-		if prev != nil && (!prev.inherited || prev.heldForSpec(spec) != nil) {
+		if prev != nil && (!prev.holdings.Inherited || prev.holdings.HeldForSpec(spec) != nil) {
 			sw, sock, err = inheritSocket(prev, spec)
 			if err == nil {
 				sock = l.fencePassed(sw, sock)
@@ -88,7 +88,7 @@ func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generat
 			return fail(err)
 		}
 		sw.Began = began
-		held = append(held, &heldSock{copyFD: sock, inode: target.InodeOf(sock), spec: spec, addr: sw.Addr})
+		held = append(held, &swap.Held{CopyFD: sock, Inode: target.InodeOf(sock), Spec: spec, Addr: sw.Addr})
 		swaps = append(swaps, sw)
 	}
 	return held, swaps, nil
@@ -99,48 +99,23 @@ func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generat
 // failed start, retried) never completed its swap: the new generation
 // takes that swap over, so that it stops the old server prev was to stop.
 func inheritSocket(prev *generation, spec target.PortSpec) (*swap.Swap, int, error) {
-	prev.mu.Lock()
-	var old *heldSock
-	for _, s := range prev.socks {
-		if s.spec == spec {
-			old = s
-		}
-	}
-	fd := -1
-	var err error
-	if old != nil {
-		fd, err = unix.FcntlInt(uintptr(old.copyFD), unix.F_DUPFD_CLOEXEC, 0)
-	}
+	old, fd, err := prev.holdings.DupForSpec(spec)
 	var unfinished *swap.Swap
-	if old != nil && err == nil && prev.readyBy == "" && prev.hasExited() {
-		unfinished = prev.takeSwap(spec)
+	if by, _ := prev.readiedBy(); old != nil && err == nil && by == "" && prev.hasExited() {
+		unfinished = prev.holdings.TakeSwap(spec)
 	}
-	prev.mu.Unlock()
 	if old == nil || err != nil {
 		return nil, -1, fmt.Errorf("generation %d holds no socket for %s any more (%v)", prev.num, spec, err)
 	}
 	if unfinished != nil {
 		return unfinished, fd, nil
 	}
-	sw := &swap.Swap{Spec: spec, Addr: old.addr, Strategy: "handoff"}
-	prev.replacedIn(sw, old)
+	sw := &swap.Swap{Spec: spec, Addr: old.Addr, Strategy: "handoff"}
+	prev.holdings.ReplacedIn(sw, old)
 	if spec.Net == target.NetUnix && len(sw.OldProcs) > 0 {
 		sw.Path = swap.KeepHandedOver(spec.Path) // no filter here sees the old server's unlink
 	}
 	return sw, fd, nil
-}
-
-// takeSwap moves g's swap of spec, with the old processes it is to stop
-// and its unix path, to a copy the caller owns. g.mu is held.
-func (g *generation) takeSwap(spec target.PortSpec) *swap.Swap {
-	for _, sw := range g.swaps {
-		if sw.Spec == spec {
-			c := *sw
-			sw.OldProcs, sw.Holders, sw.Path = nil, nil, nil
-			return &c
-		}
-	}
-	return nil
 }
 
 // acquire takes spec's listening socket for the first generation, as a
@@ -157,7 +132,7 @@ func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
 	child := owner.NewChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.Cfg.StartServer != nil, Unit: l.unit}
-	sw, held, err := l.takePort(ctx, &generation{l: l}, swap.Claim{Child: child, Sock: sock, Addr: addr, Spec: spec, PathMode: l.Cfg.socketFileMode()})
+	sw, held, err := l.taker.Take(ctx, swap.Claim{Child: child, Sock: sock, Addr: addr, Spec: spec, PathMode: l.Cfg.socketFileMode()}, nil)
 	if err != nil {
 		unix.Close(sock)
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
@@ -175,7 +150,7 @@ func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 			return fail(fmt.Errorf("listen on %s: %w", spec, err))
 		}
 	}
-	if sw.Fence != nil { // a new socket beside the old server's (takePort's fenced)
+	if sw.Fence != nil { // a new socket beside the old server's (the Taker's fenced)
 		if err := sw.Fence.Joined(held); err != nil {
 			return fail(fmt.Errorf("steer %s to the old server while the new one starts: %w", spec, err))
 		}
@@ -276,12 +251,12 @@ func newTargetSocket(spec target.PortSpec, addr netip.AddrPort) (int, error) {
 // passingEnv returns the variables that tell the command where its
 // sockets are: at fds (3, 4, ... in --port order unless start_server's
 // --port=PORT=FD says otherwise), with names in SERVER_STARTER_PORT.
-func passingEnv(mode string, held []*heldSock, names []string, fds []int, num int) []string {
+func passingEnv(mode string, held []*swap.Held, names []string, fds []int, num int) []string {
 	switch mode {
 	case SocketsSystemd:
 		fdNames := make([]string, len(held))
 		for i, h := range held {
-			fdNames[i] = h.spec.FdName()
+			fdNames[i] = h.Spec.FdName()
 		}
 		return []string{"LISTEN_FDS=" + strconv.Itoa(len(held)), "LISTEN_FDNAMES=" + strings.Join(fdNames, ":")}
 	case SocketsServerStarter:
@@ -297,9 +272,9 @@ var passedVars = []string{"SERVER_STARTER_PORT=", "SERVER_STARTER_GENERATION="}
 
 // abandonAll closes the sockets taken for a generation that will not run,
 // and abandons the swaps that took them.
-func abandonAll(held []*heldSock, swaps []*swap.Swap) {
+func abandonAll(held []*swap.Held, swaps []*swap.Swap) {
 	for _, h := range held {
-		unix.Close(h.copyFD)
+		unix.Close(h.CopyFD)
 	}
 	for _, sw := range swaps {
 		sw.Abandon()
@@ -319,7 +294,7 @@ func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev 
 	for i, h := range held {
 		// Close-on-exec here: StartProcess dup2s it to its place in the
 		// command, which keeps only that one.
-		fd, err := unix.FcntlInt(uintptr(h.copyFD), unix.F_DUPFD_CLOEXEC, 0)
+		fd, err := unix.FcntlInt(uintptr(h.CopyFD), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			for _, f := range passed {
 				f.Close()
@@ -327,7 +302,7 @@ func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev 
 			abandonAll(held, swaps)
 			return nil, err
 		}
-		f := os.NewFile(uintptr(fd), h.spec.String())
+		f := os.NewFile(uintptr(fd), h.Spec.String())
 		passed = append(passed, f)
 		for len(files) <= fds[i] {
 			files = append(files, nil) // closed in the command
@@ -353,12 +328,9 @@ func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev 
 	pid := p.Pid
 	p.Release() // waitChild collects it, as in startGeneration
 	g := l.newGeneration(ctx, num, pid, pidfd, -1, prev)
-	g.mu.Lock()
 	for i, h := range held {
-		g.socks[sockKey{pid, fds[i]}] = h
+		g.holdings.Add(swap.SockKey{Tgid: pid, FD: fds[i]}, h, swaps[i])
 	}
-	g.swaps = swaps
-	g.mu.Unlock()
 	g.attachNotify(notify)
 	l.Log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.Cfg.Command, " "), "sockets", l.Cfg.sockets())
 	return g, nil
@@ -505,10 +477,11 @@ func (g *generation) sentBy(pid int) bool {
 // generation that has exited, holding them, as a crashed one would. The
 // first generation takes them from it.
 func (l *Launcher) inheritedGeneration(socks []systemd.InheritedSock) *generation {
-	g := &generation{l: l, pid: 0, pidfd: -1, inherited: true, exited: make(chan struct{}), socks: make(map[sockKey]*heldSock)}
+	g := &generation{l: l, pid: 0, pidfd: -1, exited: make(chan struct{})}
 	close(g.exited)
+	g.holdings = swap.NewHoldings(0, true, g.exited)
 	for _, s := range socks {
-		g.socks[sockKey{0, s.Fd}] = &heldSock{copyFD: s.Fd, inode: s.Inode, spec: s.Spec, addr: s.Addr, via: s.Via}
+		g.holdings.Add(swap.SockKey{Tgid: 0, FD: s.Fd}, &swap.Held{CopyFD: s.Fd, Inode: s.Inode, Spec: s.Spec, Addr: s.Addr, Via: s.Via}, nil)
 	}
 	return g
 }

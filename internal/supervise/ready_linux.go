@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/ready"
+	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 
 	"github.com/takeover/takeover/internal/procfs"
@@ -82,15 +83,11 @@ func (g *generation) readiness() readiness {
 		inode uint64
 	}
 	var held []heldTarget
-	g.mu.Lock()
-	if g.done {
-		g.mu.Unlock()
+	if !g.holdings.Each(func(_ swap.SockKey, s *swap.Held) {
+		held = append(held, heldTarget{s.Spec, s.CopyFD, s.Inode})
+	}) {
 		return readiness{Missing: "is being stopped"}
 	}
-	for _, s := range g.socks {
-		held = append(held, heldTarget{s.spec, s.copyFD, s.inode})
-	}
-	g.mu.Unlock()
 
 	want := make(map[uint64]bool)
 	for _, spec := range g.l.Cfg.Ports {
@@ -147,12 +144,5 @@ func (g *generation) readiness() readiness {
 // server serving: none of its swaps has stopped one (a rebind stops the old
 // server at the bind).
 func (g *generation) rollbackable() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, sw := range g.swaps {
-		if sw.Strategy == "rebind" {
-			return false
-		}
-	}
-	return true
+	return g.holdings.Rollbackable()
 }

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
@@ -39,7 +40,7 @@ func RunShim(args []string) {
 	if len(args) == 0 {
 		shimFail(ExitLauncher, "shim: no command")
 	}
-	fd, err := seccomp.Install(TrappedCalls(os.Getenv(ShimEnv) == shimUnlinks))
+	fd, err := seccomp.Install(intercept.TrappedCalls(os.Getenv(ShimEnv) == shimUnlinks))
 	if err != nil {
 		SendShimResult(-1, err.Error())
 		shimFail(ExitLauncher, err.Error())

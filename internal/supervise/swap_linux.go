@@ -40,9 +40,7 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		locks = append(locks, inherited.locks...)
 	}
 	defer func() { rundir.ReleaseLocks(locks) }()
-	g.mu.Lock()
-	swaps := append([]*swap.Swap(nil), g.swaps...)
-	g.mu.Unlock()
+	swaps := g.holdings.Swaps()
 
 	before := l.othersRecords()
 	for _, key := range l.keys() {
@@ -53,10 +51,10 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	l.writeStatus(g, swaps) // before the log line, which tells that it is written
 	l.logSwap(g, swaps)
 
-	stop, ok := g.claimSwaps(l.Log)
+	stop, ok := g.holdings.Claim(l.Log)
 	if !ok {
-		stop = g.claimExited()
-		g.releaseSwaps()
+		stop = g.holdings.ClaimExited()
+		g.holdings.Release()
 	}
 	if inherited != nil {
 		stop = append(stop, inherited.stop...)
@@ -86,11 +84,11 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	l.keepInStore(g)
 	l.notify(fmt.Sprintf("READY=1\nSTATUS=serving: generation %d, pid %d\nMAINPID=%d", g.num, g.pid, l.Self))
 	if g.prev != nil {
-		g.prev.closeCopies() // takeover's own copies must not hold a port it rebinds
+		g.prev.holdings.CloseCopies() // takeover's own copies must not hold a port it rebinds
 	}
 	if inherited != nil {
 		for _, p := range inherited.prevs {
-			p.closeCopies()
+			p.holdings.CloseCopies()
 		}
 	}
 	// A unix path is guarded from the old servers' unlinks before they
@@ -114,7 +112,7 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		}
 		cancel()
 		if f := st.Sw.Fence; f != nil {
-			if held := g.heldFor(st.Sw.Spec, st.Sw.Addr); held != nil && !f.Settle(ctx, held.copyFD) {
+			if held := g.holdings.HeldFor(st.Sw.Spec, st.Sw.Addr); held != nil && !f.Settle(ctx, held.CopyFD) {
 				l.Log.Debug("the old socket still listens after its server exited; new connections stay steered to the new one", "port", st.Sw.Spec.String())
 			}
 		}
@@ -186,54 +184,6 @@ func (l *Launcher) logSwap(g *generation, swaps []*swap.Swap) {
 	l.Log.Info("took over", attrs...)
 }
 
-// claimSwaps completes the generation's swaps unless it has exited (ok is
-// false): a unix path bound beside is renamed over (until now connects
-// reached the old server), and the old processes to stop are taken out of
-// the swaps, so that a release of the generation from now on leaves them
-// alone. A swap whose rename fails leaves the old server serving, unstopped.
-func (g *generation) claimSwaps(log *slog.Logger) (stop []swap.OldStop, ok bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.hasExited() {
-		return nil, false
-	}
-	for _, sw := range g.swaps {
-		sw.Nonblock.Drop() // from now on the new server's
-		sw.Nonblock = nil
-		if err := sw.Path.RenameOver(); err != nil {
-			log.Error("cannot rename the new unix socket over its path; the old server keeps it, and is not stopped", "path", sw.Spec.Path, "err", err)
-			sw.Abandon()
-			continue
-		}
-		if len(sw.OldProcs) == 0 {
-			sw.Path.Finish()
-			sw.Path = nil
-			continue
-		}
-		stop = append(stop, swap.OldStop{Sw: sw, Path: sw.Path, Procs: sw.OldProcs, Holders: sw.Holders})
-		sw.Path, sw.OldProcs, sw.Holders = nil, nil, nil
-	}
-	return stop, true
-}
-
-// claimExited takes out of the handoffs of g, which exited before its
-// swap completed, the old processes still to stop: the restarted
-// generation, on the same sockets, stops them. (A unix path's swap is
-// rolled back instead, by releaseSwaps.)
-func (g *generation) claimExited() []swap.OldStop {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	var stop []swap.OldStop
-	for _, sw := range g.swaps {
-		if sw.Spec.Net == target.NetUnix || sw.Strategy != "handoff" || len(sw.OldProcs) == 0 {
-			continue
-		}
-		stop = append(stop, swap.OldStop{Sw: sw, Procs: sw.OldProcs, Holders: sw.Holders})
-		sw.OldProcs, sw.Holders = nil, nil
-	}
-	return stop
-}
-
 // An unfinished swap is what a swap had left to do when its new generation
 // exited while the old servers finished: stop them. Meanwhile the fences are
 // down (the old servers take new connections again), the records name the
@@ -267,7 +217,7 @@ func (l *Launcher) interrupt(ctx context.Context, g *generation, u *unfinished, 
 		}
 		// Any socket of the group sets its program; none is left if the
 		// lifecycle let go of g's, and then the group has the old one alone.
-		if sock := g.dupHeld(st.Sw.Spec, st.Sw.Addr); sock >= 0 {
+		if sock := g.holdings.DupHeld(st.Sw.Spec, st.Sw.Addr); sock >= 0 {
 			if err := f.Lower(sock); err != nil {
 				l.Log.Warn("cannot steer new connections back to the old server; they wait for the restarted one", "port", st.Sw.Spec.String(), "err", err)
 			}
@@ -401,11 +351,11 @@ func (l *Launcher) raiseFences(ctx context.Context, g *generation, stop []swap.O
 		if f == nil {
 			continue
 		}
-		held := g.heldFor(st.Sw.Spec, st.Sw.Addr)
+		held := g.holdings.HeldFor(st.Sw.Spec, st.Sw.Addr)
 		if held == nil {
 			continue
 		}
-		if err := f.Raise(held.copyFD); err != nil {
+		if err := f.Raise(held.CopyFD); err != nil {
 			l.Log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.Sw.Spec.String(), "err", err)
 			continue
 		}

@@ -1,3 +1,10 @@
+// Package swap holds the mechanisms of one swap, the takeover of one target
+// from an old server: the record of how it went (Swap), the claim of the
+// new server's socket, the fenced handoff (a new socket beside the old one
+// in one SO_REUSEPORT group, steered by a BPF program), the handoff's
+// checks, a unix path's swap (bound beside, renamed over, unlinks undone),
+// the rebind request a Rebinder runs, and stopping the old processes. It
+// knows no launcher and no seccomp: internal/supervise decides, swap does.
 package swap
 
 import (

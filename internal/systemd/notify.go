@@ -1,3 +1,6 @@
+// Package systemd speaks systemd's protocols: sd_notify (READY=1, STATUS=,
+// MAINPID=), the file descriptor store (FDSTORE=1), and sockets passed
+// with LISTEN_FDS, matched to takeover's targets.
 package systemd
 
 import (

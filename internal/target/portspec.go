@@ -1,3 +1,8 @@
+// Package target names what takeover manages: a TCP or UDP port on one
+// address or on every address (a port spec, --port), or a unix stream
+// socket's path (--path); and how the kernel decides that two binds of a
+// port conflict (Conflicts), with the socket-address helpers every layer
+// above shares.
 package target
 
 import (

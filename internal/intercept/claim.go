@@ -1,4 +1,4 @@
-package supervise
+package intercept
 
 import (
 	"errors"
@@ -20,14 +20,11 @@ import (
 // errNotTarget means the command's socket is of a type no target has.
 var errNotTarget = errors.New("not a socket type takeover manages")
 
-// ptraceAdvice says how to let takeover copy sockets exactly.
-const ptraceAdvice = "docker run --cap-add SYS_PTRACE (Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]) lets takeover copy sockets exactly"
-
 // claimSocket returns takeover's socket for the command's fd if it is of
 // socket type typ: a copy of the command's own, or, where copying is not
 // allowed, a new one made like it (made is true: the caller must install
 // it in the command). pfd is process tgid's, which the copy goes through.
-func (l *Launcher) claimSocket(pfd, tgid, fd, typ int) (sock int, made bool, err error) {
+func (g *trap) claimSocket(pfd, tgid, fd, typ int) (sock int, made bool, err error) {
 	sock, _, err = pidfd.CopySocketFrom(pfd, tgid, fd)
 	if err == nil {
 		if t, _ := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE); t != typ {
@@ -44,8 +41,8 @@ func (l *Launcher) claimSocket(pfd, tgid, fd, typ int) (sock int, made bool, err
 	if err != nil {
 		return -1, false, err
 	}
-	l.madeOnce.Do(func() {
-		l.Log.Warn("cannot copy the command's sockets; takeover makes them and installs them in the command: options it set before bind(2) (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes) are not kept; "+ptraceAdvice,
+	g.MadeOnce.Do(func() {
+		g.Log.Warn("cannot copy the command's sockets; takeover makes them and installs them in the command: options it set before bind(2) (SO_REUSEPORT, IPV6_V6ONLY, buffer sizes) are not kept; "+pidfd.PtraceAdvice,
 			"err", copyErr)
 	})
 	return sock, true, nil

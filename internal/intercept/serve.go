@@ -1,4 +1,4 @@
-package supervise
+package intercept
 
 import (
 	"bytes"
@@ -23,12 +23,16 @@ import (
 
 const CapNetBindService = 10
 
-// serve answers the generation's notifications until every process under
-// the filter has exited.
-func (g *generation) serve(ctx context.Context) {
+// Serve answers the notifications of g's filter until every process under
+// it has exited.
+func Serve(ctx context.Context, g Gen) {
+	(&trap{g}).serve(ctx)
+}
+
+func (g *trap) serve(ctx context.Context) {
 	var n seccomp.Notif
 	for {
-		fds := []unix.PollFd{{Fd: int32(g.notifFD), Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: int32(g.NotifFD), Events: unix.POLLIN}}
 		if _, err := unix.Poll(fds, -1); err != nil {
 			if err == unix.EINTR {
 				continue
@@ -38,7 +42,7 @@ func (g *generation) serve(ctx context.Context) {
 		if fds[0].Revents&unix.POLLIN == 0 {
 			return // POLLHUP: no process uses the filter any more
 		}
-		if err := seccomp.Recv(g.notifFD, &n); err != nil {
+		if err := seccomp.Recv(g.NotifFD, &n); err != nil {
 			if err == unix.ENOENT || err == unix.EINTR {
 				continue // the notifying thread died meanwhile
 			}
@@ -46,7 +50,7 @@ func (g *generation) serve(ctx context.Context) {
 		}
 		resp := g.answer(ctx, &n)
 		resp.ID = n.ID
-		seccomp.Send(g.notifFD, &resp) // ENOENT: the thread died while we worked
+		seccomp.Send(g.NotifFD, &resp) // ENOENT: the thread died while we worked
 	}
 }
 
@@ -58,7 +62,7 @@ func respErrno(err error) seccomp.Resp {
 	return seccomp.Resp{Error: -int32(errno)}
 }
 
-func (g *generation) answer(ctx context.Context, n *seccomp.Notif) seccomp.Resp {
+func (g *trap) answer(ctx context.Context, n *seccomp.Notif) seccomp.Resp {
 	switch n.Nr {
 	case unix.SYS_BIND:
 		return g.onBind(ctx, n)
@@ -72,9 +76,9 @@ func (g *generation) answer(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 
 // onBind lets every bind through that is not to a target; a target it
 // takes over.
-func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp {
+func (g *trap) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp {
 	began := time.Now()
-	raw, err := seccomp.ReadSockaddr(g.notifFD, n)
+	raw, err := seccomp.ReadSockaddr(g.NotifFD, n)
 	if err != nil {
 		return seccomp.Continue
 	}
@@ -97,16 +101,13 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	}
 	defer unix.Close(pidfd)
 	fd := int(n.Args[0])
-	key := sockKey{st.Tgid, fd}
+	key := swap.SockKey{Tgid: st.Tgid, FD: fd}
 	childIno, err := procfs.FS("/proc").SocketInode(st.Tgid, fd)
-	if err != nil || !seccomp.Valid(g.notifFD, n.ID) {
+	if err != nil || !seccomp.Valid(g.NotifFD, n.ID) {
 		return seccomp.Continue
 	}
 	g.dropClosed()
-	g.mu.Lock()
-	prev := g.socks[key]
-	g.mu.Unlock()
-	if prev != nil && prev.inode == childIno {
+	if prev := g.Held.Get(key); prev != nil && prev.Inode == childIno {
 		return seccomp.Resp{} // the same bind, notified again after a signal
 	}
 	// takeover binds on the command's behalf: never a port it could not
@@ -118,11 +119,11 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 	var sock int
 	var made bool
 	for _, spec = range specs {
-		if sock, made, err = g.l.claimSocket(pidfd, st.Tgid, fd, spec.SockType()); !errors.Is(err, errNotTarget) {
+		if sock, made, err = g.claimSocket(pidfd, st.Tgid, fd, spec.SockType()); !errors.Is(err, errNotTarget) {
 			break
 		}
 	}
-	if err == nil && made && !seccomp.Valid(g.notifFD, n.ID) {
+	if err == nil && made && !seccomp.Valid(g.NotifFD, n.ID) {
 		unix.Close(sock) // made from /proc reads: of a process that may have gone since
 		return seccomp.Continue
 	}
@@ -130,41 +131,33 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 		return seccomp.Continue // UDP on a TCP target's port, say: no business of ours
 	}
 	if err != nil {
-		g.l.Log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
+		g.Log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
 		return seccomp.Continue
 	}
 	exe, _ := procfs.FS("/proc").Exe(st.Tgid)
-	child := owner.NewChild{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.l.unit}
-	install := func(old int) error { return injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, old) }
-	sw, held, err := g.l.takePort(ctx, g, swap.Claim{Child: child, Status: st, Sock: sock, Addr: addr, Spec: spec, Install: install})
+	child := owner.NewChild{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.Unit}
+	install := func(old int) error { return injectSocket(g.NotifFD, n.ID, st.Tgid, fd, sock, old) }
+	sw, held, err := g.Take.Take(ctx, swap.Claim{Child: child, Status: st, Sock: sock, Addr: addr, Spec: spec, Install: install}, g.Prev)
 	if err != nil {
 		unix.Close(sock)
-		g.l.Log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)
+		g.Log.Error("bind refused", "port", spec.String(), "pid", st.Tgid, "err", err)
 		return respErrno(err)
 	}
 	if made && held == sock {
 		// The command's own socket could not be copied: it gets the one
 		// takeover made and bound in its place.
-		if err := injectSocket(g.notifFD, n.ID, st.Tgid, fd, sock, sock); err != nil {
+		if err := injectSocket(g.NotifFD, n.ID, st.Tgid, fd, sock, sock); err != nil {
 			unix.Close(sock)
 			sw.Abandon()
-			g.l.Log.Error("cannot install the socket in the command", "pid", st.Tgid, "fd", fd, "err", err)
+			g.Log.Error("cannot install the socket in the command", "pid", st.Tgid, "fd", fd, "err", err)
 			return respErrno(unix.EADDRINUSE)
 		}
 	}
 	sw.Began = began
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.done {
-		unix.Close(held)
+	if !g.Held.Add(key, &swap.Held{CopyFD: held, Inode: target.InodeOf(held), Spec: spec, Addr: addr, Fence: sw.Fence, Sw: sw}, sw) {
+		unix.Close(held) // the generation is being stopped
 		sw.Abandon()
-		return seccomp.Resp{}
 	}
-	if old := g.socks[key]; old != nil && old.copyFD != held {
-		unix.Close(old.copyFD) // a copy dropClosed could not tell the fate of
-	}
-	g.socks[key] = &heldSock{copyFD: held, inode: target.InodeOf(held), spec: spec, addr: addr, fence: sw.Fence, sw: sw}
-	g.swaps = append(g.swaps, sw)
 	return seccomp.Resp{}
 }
 
@@ -177,94 +170,59 @@ func (g *generation) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp 
 // closed it) is filed under that fd. Where the command's fds cannot be
 // read, nothing is dropped. Unix targets are left as they are: their
 // swaps rename files.
-func (g *generation) dropClosed() {
+func (g *trap) dropClosed() {
 	proc := procfs.FS("/proc")
-	g.mu.Lock()
-	if g.pidfd < 0 || exited(g.pidfd) {
+	if !g.Alive() {
 		// The command's first process is gone (a server that daemonized):
 		// where its sockets went can no longer be told.
-		g.mu.Unlock()
 		return
 	}
-	var gone []sockKey
+	var closed []swap.SockKey
 	want := make(map[uint64]bool)
-	for k, s := range g.socks {
-		if s.spec.Net == target.NetUnix {
-			continue
+	g.Held.Each(func(k swap.SockKey, s *swap.Held) {
+		if s.Spec.Net == target.NetUnix {
+			return
 		}
-		if ino, err := proc.SocketInode(k.Tgid, k.FD); err == nil && ino == s.inode {
-			continue
+		if ino, err := proc.SocketInode(k.Tgid, k.FD); err == nil && ino == s.Inode {
+			return
 		}
-		gone = append(gone, k)
-		want[s.inode] = true
-	}
-	g.mu.Unlock()
-	if len(gone) == 0 {
+		closed = append(closed, k)
+		want[s.Inode] = true
+	})
+	if len(closed) == 0 {
 		return
 	}
 	// Where the command holds those sockets now: the generation's
 	// processes are its command and the command's descendants.
-	at := make(map[uint64]sockKey)
-	for _, pid := range proc.WithDescendants([]int{g.pid}) {
+	at := make(map[uint64]swap.SockKey)
+	for _, pid := range proc.WithDescendants([]int{g.PID}) {
 		fds, _, err := proc.SocketFDs(pid, want)
 		if err != nil {
-			if pid == g.pid || !errors.Is(err, os.ErrNotExist) {
+			if pid == g.PID || !errors.Is(err, os.ErrNotExist) {
 				return // cannot tell: keep every copy
 			}
 			continue // exited meanwhile
 		}
 		for fd, ino := range fds {
 			if _, ok := at[ino]; !ok {
-				at[ino] = sockKey{pid, fd}
+				at[ino] = swap.SockKey{Tgid: pid, FD: fd}
 			}
 		}
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.done {
-		return
-	}
-	for _, k := range gone {
-		s := g.socks[k]
-		if s == nil {
-			continue
-		}
-		delete(g.socks, k)
-		if to, ok := at[s.inode]; ok {
-			if other := g.socks[to]; other != nil && other.inode == s.inode {
-				unix.Close(s.copyFD) // a second copy of the same socket
-			} else {
-				g.socks[to] = s
-			}
-			continue
-		}
-		g.l.Log.Debug("the command closed a socket it had bound to a target; takeover lets go of its copy", "port", s.spec.String(), "pid", k.Tgid, "fd", k.FD)
-		unix.Close(s.copyFD)
-		if s.sw != nil {
-			g.swaps = slices.DeleteFunc(g.swaps, func(sw *swap.Swap) bool { return sw == s.sw })
-			s.sw.Abandon()
-		}
-	}
-}
-
-// exited reports whether the process of pidfd has exited (a zombie too).
-func exited(pidfd int) bool {
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, 0)
-	return err == nil && n > 0
+	g.Held.Refile(closed, at, g.Log)
 }
 
 // bindTargets returns the targets a bind to raw (a struct sockaddr) by
 // process tgid can be: for an IP address, the TCP and the UDP target of
 // its port, as the socket's type decides between them.
-func (g *generation) bindTargets(raw []byte, tgid int) ([]target.PortSpec, netip.AddrPort, bool) {
+func (g *trap) bindTargets(raw []byte, tgid int) ([]target.PortSpec, netip.AddrPort, bool) {
 	addr, family, ok := target.ParseSockaddr(raw)
 	if family == unix.AF_UNIX {
 		path, ok := unixBindPath(raw, tgid)
 		if !ok {
 			return nil, addr, false
 		}
-		for _, spec := range g.l.Cfg.Ports {
+		for _, spec := range g.Targets {
 			if spec.Net == target.NetUnix && target.SamePathName(spec.Path, path) {
 				return []target.PortSpec{spec}, addr, true
 			}
@@ -276,7 +234,7 @@ func (g *generation) bindTargets(raw []byte, tgid int) ([]target.PortSpec, netip
 	}
 	var specs []target.PortSpec
 	for _, netw := range []string{"", target.NetUDP} {
-		if spec, ok := g.l.Cfg.Ports.Match(netw, addr); ok {
+		if spec, ok := g.Targets.Match(netw, addr); ok {
 			specs = append(specs, spec)
 		}
 	}
@@ -308,35 +266,34 @@ func unixBindPath(raw []byte, tgid int) (string, bool) {
 // onListen performs the command's listen(2) on takeover's copy of a target
 // socket, whichever process of the generation calls it (uvicorn's workers
 // listen on the socket their supervisor bound), and has readiness looked at.
-func (g *generation) onListen(n *seccomp.Notif) seccomp.Resp {
+func (g *trap) onListen(n *seccomp.Notif) seccomp.Resp {
 	st, err := procfs.FS("/proc").Status(int(n.PID))
 	if err != nil {
 		return seccomp.Continue
 	}
 	ino, err := procfs.FS("/proc").SocketInode(st.Tgid, int(n.Args[0]))
-	if err != nil || !seccomp.Valid(g.notifFD, n.ID) {
+	if err != nil || !seccomp.Valid(g.NotifFD, n.ID) {
 		return seccomp.Continue
 	}
-	held := g.heldByInode(ino)
+	held := g.Held.HeldByInode(ino)
 	if held == nil {
 		return seccomp.Continue
 	}
-	if held.fence != nil && (held.fence.IsGone() || g.prev != nil && g.prev.isDead()) {
+	if held.Fence != nil && (held.Fence.IsGone() || g.PrevDead != nil && g.PrevDead()) {
 		if h, ok := g.handOverDead(n, st.Tgid, held); ok {
 			held = h
 		}
 	}
-	if err := unix.Listen(held.copyFD, int(int32(n.Args[1]))); err != nil {
+	if err := unix.Listen(held.CopyFD, int(int32(n.Args[1]))); err != nil {
 		return respErrno(err)
 	}
-	if held.fence != nil {
-		if err := held.fence.Joined(held.copyFD); err != nil {
-			g.l.Log.Warn("cannot steer new connections to the old server while the new one starts; a rollback would reset those that reach the new one", "port", held.spec.String(), "err", err)
+	if held.Fence != nil {
+		if err := held.Fence.Joined(held.CopyFD); err != nil {
+			g.Log.Warn("cannot steer new connections to the old server while the new one starts; a rollback would reset those that reach the new one", "port", held.Spec.String(), "err", err)
 		}
 	}
-	select {
-	case g.nudge <- struct{}{}:
-	default:
+	if g.Listened != nil {
+		g.Listened()
 	}
 	return seccomp.Resp{}
 }
@@ -360,44 +317,33 @@ func UnprivilegedPortStart() int {
 // of s: the old generation has died, and what waits in its accept queue is
 // then accepted by the command instead of reset. It returns the socket now
 // held in place of s, or false if s stays.
-func (g *generation) handOverDead(n *seccomp.Notif, tgid int, s *heldSock) (*heldSock, bool) {
-	if g.prev == nil {
+func (g *trap) handOverDead(n *seccomp.Notif, tgid int, s *swap.Held) (*swap.Held, bool) {
+	if g.Prev == nil {
 		return nil, false
 	}
-	if on, err := unix.GetsockoptInt(s.copyFD, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on != 0 {
+	if on, err := unix.GetsockoptInt(s.CopyFD, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on != 0 {
 		return nil, false // it listens already: its socket serves
 	}
-	old := g.prev.dupHeld(s.spec, s.addr)
+	old := g.Prev.DupHeld(s.Spec, s.Addr)
 	if old < 0 {
 		return nil, false
 	}
 	fd := int(n.Args[0])
-	why := swap.HandoffMismatch(old, s.copyFD, s.spec, s.addr)
+	why := swap.HandoffMismatch(old, s.CopyFD, s.Spec, s.Addr)
 	if why == "" {
-		if err := injectSocket(g.notifFD, n.ID, tgid, fd, s.copyFD, old); err != nil {
+		if err := injectSocket(g.NotifFD, n.ID, tgid, fd, s.CopyFD, old); err != nil {
 			why = err.Error()
 		}
 	}
 	if why != "" {
-		g.l.Log.Warn("the old generation died before the new one listened, and its socket cannot be handed over: what waits in it is lost", "port", s.spec.String(), "why", why)
+		g.Log.Warn("the old generation died before the new one listened, and its socket cannot be handed over: what waits in it is lost", "port", s.Spec.String(), "why", why)
 		unix.Close(old)
 		return nil, false
 	}
-	h := &heldSock{copyFD: old, inode: target.InodeOf(old), spec: s.spec, addr: s.addr}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for k, v := range g.socks {
-		if v == s {
-			g.socks[k] = h
-		}
-	}
-	for _, sw := range g.swaps {
-		if sw.Fence == s.fence {
-			sw.Fence, sw.Via = nil, "own-copy"
-		}
-	}
-	unix.Close(s.copyFD) // the command's own socket, closed in it by the handover
-	g.l.Log.Info("the old generation died before the new one listened: the new one is given its socket and what waits in it", "port", s.spec.String(), "generation", g.num)
+	h := &swap.Held{CopyFD: old, Inode: target.InodeOf(old), Spec: s.Spec, Addr: s.Addr}
+	g.Held.Replace(s, h)
+	unix.Close(s.CopyFD) // the command's own socket, closed in it by the handover
+	g.Log.Info("the old generation died before the new one listened: the new one is given its socket and what waits in it", "port", s.Spec.String(), "generation", g.Num)
 	return h, true
 }
 
@@ -440,7 +386,7 @@ func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
 
 // unlinkTarget reads the path an unlink(2) or unlinkat(2) names and returns
 // the unix target it is, if any.
-func (g *generation) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
+func (g *trap) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
 	dirfd, pathArg := int32(unix.AT_FDCWD), n.Args[0]
 	if n.Nr == unix.SYS_UNLINKAT {
 		if n.Args[2]&unix.AT_REMOVEDIR != 0 {
@@ -448,8 +394,8 @@ func (g *generation) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
 		}
 		dirfd, pathArg = int32(n.Args[0]), n.Args[1]
 	}
-	name, err := seccomp.ReadString(g.notifFD, n, pathArg)
-	if err != nil || name == "" || !slices.ContainsFunc(g.l.Cfg.Ports, func(p target.PortSpec) bool {
+	name, err := seccomp.ReadString(g.NotifFD, n, pathArg)
+	if err != nil || name == "" || !slices.ContainsFunc(g.Targets, func(p target.PortSpec) bool {
 		return p.Net == target.NetUnix && filepath.Base(p.Path) == filepath.Base(name)
 	}) {
 		return target.PortSpec{}, false // most unlinks: some other file's
@@ -470,7 +416,7 @@ func (g *generation) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
 	if unix.Lstat(name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return target.PortSpec{}, false
 	}
-	for _, spec := range g.l.Cfg.Ports {
+	for _, spec := range g.Targets {
 		var t unix.Stat_t
 		if spec.Net == target.NetUnix && unix.Lstat(spec.Path, &t) == nil && t.Ino == st.Ino && t.Dev == st.Dev {
 			return spec, true
@@ -486,14 +432,14 @@ func (g *generation) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
 // file (no listener: a server that was killed) goes through, as the
 // server's next bind needs it. The file of the last takeover's socket is
 // removed when that takeover exits (cleanRunDir), once no one listens.
-func (g *generation) onUnlink(n *seccomp.Notif) seccomp.Resp {
+func (g *trap) onUnlink(n *seccomp.Notif) seccomp.Resp {
 	spec, ok := g.unlinkTarget(n)
 	if !ok {
 		return seccomp.Continue
 	}
-	if socks, err := socktab.UnixListenersAt(spec.Path); err != nil || len(socks) == 0 || !seccomp.Valid(g.notifFD, n.ID) {
+	if socks, err := socktab.UnixListenersAt(spec.Path); err != nil || len(socks) == 0 || !seccomp.Valid(g.NotifFD, n.ID) {
 		return seccomp.Continue
 	}
-	g.l.Log.Debug("kept the unix socket the command unlinked: a socket listens there", "path", spec.Path, "pid", n.PID)
+	g.Log.Debug("kept the unix socket the command unlinked: a socket listens there", "path", spec.Path, "pid", n.PID)
 	return seccomp.Resp{}
 }

@@ -1,4 +1,4 @@
-package supervise
+package swap
 
 import (
 	"fmt"
@@ -7,7 +7,6 @@ import (
 
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
-	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 	"github.com/takeover/takeover/internal/testutil"
 )
@@ -30,14 +29,14 @@ func TestCheckOldAfterOpen(t *testing.T) {
 		t.Fatalf("%d listeners on %s (%v)", len(ls), srv.Addr, err)
 	}
 	real, reused := srv.Cmd.Process.Pid, other.Cmd.Process.Pid
-	sw := &swap.Swap{Inodes: []uint64{ls[0].Inode}}
+	sw := &Swap{Inodes: []uint64{ls[0].Inode}}
 	for _, pid := range []int{real, reused} {
 		sw.Old = append(sw.Old, owner.StopTarget{PID: pid, Holder: owner.Holder{PID: pid}})
 	}
 	sw.OldProcs, sw.Holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
 	defer sw.ReleaseOld()
-	l := &Launcher{}
-	if err := l.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.Addr); err != nil {
+	tk := NewTaker(Options{})
+	if err := tk.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.Addr); err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(pidfd.PidsOf(sw.OldProcs), pidfd.PidsOf(sw.Holders)); got != fmt.Sprint([]int{real}, []int{real}) {
