@@ -41,6 +41,10 @@ var allowed = map[string][]string{
 	// never the launcher.
 	"intercept": {"procfs", "socktab", "seccomp", "target", "owner", "pidfd", "swap"},
 
+	// takeover doctor's checks and the probe it examines: the trap, not
+	// the launcher.
+	"doctor": {"intercept", "seccomp", "procfs", "rundir", "target"},
+
 	// The launcher of one command: everything below it.
 	"supervise": {"procfs", "socktab", "seccomp", "starter", "pidfd", "fdpass", "target", "rundir", "ready", "owner", "systemd", "swap", "intercept"},
 }
