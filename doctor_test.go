@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/takeover/takeover/internal/doctor"
 	"github.com/takeover/takeover/internal/intercept"
 
 	"github.com/google/go-cmp/cmp"
@@ -295,12 +296,12 @@ func TestDoctorUnderTakeover(t *testing.T) {
 }
 
 // TestDoctorJSON runs the doctor in this process (its probe is this test
-// binary, in the probe mode doctor_linux.go's init gives every build).
+// binary, in the probe mode TestMain gives it, as main does takeover's).
 func TestDoctorJSON(t *testing.T) {
 	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"doctor", "--json"}, &stdout, &stderr)
-	var r doctorReport
+	var r doctor.DoctorReport
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, stdout.String())
 	}
@@ -311,11 +312,11 @@ func TestDoctorJSON(t *testing.T) {
 	for _, c := range r.Checks {
 		seen[c.Check] = true
 		switch c.Status {
-		case statusOK, statusWarn, statusMissing:
+		case doctor.StatusOK, doctor.StatusWarn, doctor.StatusMissing:
 		default:
 			t.Errorf("check %q has status %q", c.Check, c.Status)
 		}
-		if c.Status == statusMissing && len(c.Do) == 0 {
+		if c.Status == doctor.StatusMissing && len(c.Do) == 0 {
 			t.Errorf("check %q is missing and says nothing to do: %s", c.Check, c.Detail)
 		}
 	}
@@ -377,7 +378,7 @@ func TestDoctorKernelChecks(t *testing.T) {
 	} {
 		t.Run(tt.release, func(t *testing.T) {
 			var got []line
-			for _, c := range kernelChecks(tt.release) {
+			for _, c := range doctor.KernelChecks(tt.release) {
 				got = append(got, line{c.Status, c.Detail})
 				if strings.Contains(c.Detail, "predates") && len(c.Do) == 0 {
 					t.Errorf("%q says nothing about what it means", c.Detail)
@@ -408,7 +409,7 @@ func TestDoctorYama(t *testing.T) {
 		{"no attach", 3, true, true, "missing", "until a reboot"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := yamaCheck(tt.scope, tt.present, tt.capPtrace)
+			c := doctor.YamaCheck(tt.scope, tt.present, tt.capPtrace)
 			all := c.Detail + "\n" + strings.Join(c.Do, "\n")
 			if c.Status != tt.status || !strings.Contains(all, tt.says) {
 				t.Errorf("status %s, text:\n%s\nwant %s, saying %q", c.Status, all, tt.status, tt.says)
@@ -435,7 +436,7 @@ func TestDoctorRunDir(t *testing.T) {
 		{"under a file", filepath.Join(file, "run"), "missing", "not a directory"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := runDirCheck(tt.dir, false, os.Geteuid())
+			c := doctor.RunDirCheck(tt.dir, false, os.Geteuid())
 			if c.Status != tt.status || !strings.Contains(c.Detail, tt.says) {
 				t.Errorf("%s: %s\nwant %s, saying %q", c.Status, c.Detail, tt.status, tt.says)
 			}
@@ -451,11 +452,11 @@ func FuzzKernelVersion(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, release string) {
-		major, minor, ok := kernelVersion(release)
+		major, minor, ok := doctor.KernelVersion(release)
 		if ok && (major < 0 || minor < 0 || release[0] < '0' || release[0] > '9') {
 			t.Errorf("%q read as %d.%d", release, major, minor)
 		}
-		kernelChecks(release)
+		doctor.KernelChecks(release)
 	})
 }
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/ready"
+
 	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/systemd"
 	"github.com/takeover/takeover/internal/target"
@@ -56,7 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (supervise.Config, error) {
 	fs.DurationVar(&c.KillOldDelay, "kill-old-delay", 0, "wait this long after the new server is ready before stopping the old one")
 	fs.StringVar(&c.Fence, "fence", "on", "on or off: in a TCP handoff, the new server gets a socket of its own beside the old one's, and once it is ready the old one gets no new connection and is stopped when it has finished those it accepted (for servers that do not drain)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", supervise.DefaultDrainTimeout, "with --fence on: stop the fenced old server after this long even if it has not finished its connections (keep-alive clients)")
-	fs.StringVar(&c.Ready, "ready", supervise.ReadyAccept, "what makes the new server ready: accept (a process of it waits for connections on every --port, or it sends READY=1), listen (it listens), notify (it sends READY=1 to NOTIFY_SOCKET) or interval (it has run for --interval)")
+	fs.StringVar(&c.Ready, "ready", ready.Accept, "what makes the new server ready: accept (a process of it waits for connections on every --port, or it sends READY=1), listen (it listens), notify (it sends READY=1 to NOTIFY_SOCKET) or interval (it has run for --interval)")
 	fs.DurationVar(&c.Interval, "interval", time.Second, "with --ready interval: how long the new server must run to be ready (start_server's rule)")
 	fs.StringVar(&c.Sockets, "sockets", supervise.SocketsIntercept, "how the command gets its sockets: intercept (its bind(2) is taken over), systemd (passed as LISTEN_FDS) or server-starter (passed as SERVER_STARTER_PORT)")
 	fs.DurationVar(&c.ReadyTimeout, "ready-timeout", 0, "roll the new server back if it is not ready this long after it starts (default 60s, or --bind-timeout + 30s if longer)")
@@ -120,7 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (supervise.Config, error) {
 		return c, fmt.Errorf("--fence %q: want on or off", c.Fence)
 	}
 	switch c.Ready {
-	case supervise.ReadyAccept, supervise.ReadyListen, supervise.ReadyNotify, supervise.ReadyInterval:
+	case ready.Accept, ready.Listen, ready.Notify, ready.Interval:
 	default:
 		return c, fmt.Errorf("--ready %q: want accept, listen, notify or interval", c.Ready)
 	}

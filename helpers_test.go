@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/doctor"
 	"github.com/takeover/takeover/internal/starter"
 	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -27,6 +28,7 @@ import (
 // pattern): TestMain runs a helper instead of the tests when
 // TAKEOVER_TEST_HELPER names one.
 func TestMain(m *testing.M) {
+	doctor.MaybeRunProbe() // TestDoctorJSON's probe is this test binary, as main's is takeover
 	if mode := os.Getenv(testutil.HelperEnv); mode != "" {
 		os.Exit(runHelper(mode, os.Args[1:]))
 	}

@@ -722,7 +722,7 @@ func TestShimSilent(t *testing.T) {
 			port := testutil.FreePort(t)
 			token := fmt.Sprintf("3599.%d", time.Now().UnixNano()%1e9) // names the command in /proc
 			cmd := exec.Command(takeoverBin(t), "--kill-timeout", "1s", "--bind-timeout", "2s", "--ready-timeout", "3s", "--port", port, "--", "sleep", token)
-			cmd.Env = append(os.Environ(), supervise.ShimSilentEnv+"="+mode)
+			cmd.Env = append(os.Environ(), intercept.ShimSilentEnv+"="+mode)
 			r := startRun(t, cmd)
 			t.Cleanup(func() {
 				for _, pid := range procsWith(token) {

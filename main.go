@@ -41,6 +41,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 
+	"github.com/takeover/takeover/internal/doctor"
 	"github.com/takeover/takeover/internal/supervise"
 )
 
@@ -55,13 +56,8 @@ const (
 )
 
 func main() {
-	switch os.Getenv(supervise.ShimEnv) {
-	case "":
-	case supervise.PassShim:
-		supervise.RunPassShim(os.Args[1:])
-	default:
-		supervise.RunShim(os.Args[1:])
-	}
+	doctor.MaybeRunProbe()
+	supervise.MaybeRunShim()
 	if filepath.Base(os.Args[0]) == "start_server" { // a drop-in, through a symlink
 		os.Exit(runStartServer(os.Args[1:], os.Stdout, os.Stderr))
 	}

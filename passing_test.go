@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/takeover/takeover/internal/ready"
+
 	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/testutil"
 )
@@ -108,7 +110,7 @@ func lastNewPID(t *testing.T, r *tkRun) int {
 // ... and no other socket of takeover's.
 func TestSocketPassingFDs(t *testing.T) {
 	port := testutil.FreePort(t)
-	r := startTakeover(t, "", "--sockets", supervise.SocketsSystemd, "--ready", supervise.ReadyInterval, "--interval", "50ms",
+	r := startTakeover(t, "", "--sockets", supervise.SocketsSystemd, "--ready", ready.Interval, "--interval", "50ms",
 		"--port", "127.0.0.1:"+port, "--path", filepath.Join(t.TempDir(), "app.sock"), "--", "sleep", "30")
 	r.waitLog(t, "took over")
 	if fds := socketFDsOf(t, lastNewPID(t, r)); !slices.Equal(fds, []int{3, 4}) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/takeover/takeover/internal/doctor"
 	"github.com/takeover/takeover/internal/seccomp"
 	"golang.org/x/sys/unix"
 )
@@ -201,14 +202,14 @@ func TestSandboxStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	var filters int
-	fmt.Sscan(statusFields(string(self))["Seccomp_filters"], &filters)
+	fmt.Sscan(doctor.StatusFields(string(self))["Seccomp_filters"], &filters)
 	cmd := exec.Command("sh", "-c", `grep -E '^(Seccomp|Seccomp_filters|NoNewPrivs):' /proc/self/status; echo "args $0 $1 [$TAKEOVER_TEST_SANDBOX] $MARK"`, "zero", "one")
 	cmd.Env = append(os.Environ(), "MARK=here")
 	out, err := sandboxed(cmd).Output()
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	st := statusFields(string(out))
+	st := doctor.StatusFields(string(out))
 	if want := fmt.Sprint(filters + 1); st["Seccomp"] != "2" || st["Seccomp_filters"] != want || st["NoNewPrivs"] != "1" {
 		t.Errorf("inside the sandbox, /proc/self/status says Seccomp %q, Seccomp_filters %q, NoNewPrivs %q; want 2, %s, 1:\n%s",
 			st["Seccomp"], st["Seccomp_filters"], st["NoNewPrivs"], want, out)

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/takeover/takeover/internal/ready"
+
 	"github.com/takeover/takeover/internal/starter"
 	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
@@ -129,7 +131,7 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 		killTimeout = supervise.DefaultKillTimeout
 	}
 
-	cfg := supervise.Config{StartServer: opts, Sockets: supervise.SocketsServerStarter, Ready: supervise.ReadyInterval, Restart: "always",
+	cfg := supervise.Config{StartServer: opts, Sockets: supervise.SocketsServerStarter, Ready: ready.Interval, Restart: "always",
 		Command: o.Command, KillOldDelay: o.KillOldDelay, KillTimeout: killTimeout,
 		MaxRestarts: o.MaxRestarts}
 	// --interval 0: ready at once (takeover's zero Interval means 1s).

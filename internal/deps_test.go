@@ -41,6 +41,10 @@ var allowed = map[string][]string{
 	// never the launcher.
 	"intercept": {"procfs", "socktab", "seccomp", "target", "owner", "pidfd", "swap"},
 
+	// takeover doctor's checks and the probe it examines: the trap, not
+	// the launcher.
+	"doctor": {"intercept", "seccomp", "procfs", "rundir", "target"},
+
 	// Helpers for the tests of any package (and the root's): imported by
 	// tests alone, so no package's table may name it. It imports nothing
 	// whose own tests use it (rundir's would be an external rundir_test).

@@ -1,6 +1,8 @@
-// Package ready tells whether a process is waiting for connections on a
+// Package ready tells whether a new generation is ready (Look): every
+// target bound and listening, and, as --ready asks, READY=1 sent, an
+// interval run, or some process of it waiting for connections on each
 // socket: a thread blocked in accept, epoll, poll or select on it, read
-// from /proc (the per-arch system call numbers beside).
+// from /proc (Accepting; the per-arch system call numbers beside).
 package ready
 
 import (

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/ready"
+
 	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
@@ -82,13 +84,6 @@ func (c Config) EffectiveBindTimeout() time.Duration {
 	return c.BindTimeout
 }
 
-const (
-	ReadyAccept   = "accept"
-	ReadyListen   = "listen"
-	ReadyNotify   = "notify"
-	ReadyInterval = "interval"
-)
-
 func (c Config) sockets() string {
 	if c.Sockets == "" {
 		return SocketsIntercept
@@ -105,7 +100,7 @@ func (c Config) interval() time.Duration {
 
 func (c Config) ready() string {
 	if c.Ready == "" {
-		return ReadyAccept
+		return ready.Accept
 	}
 	return c.Ready
 }

@@ -342,7 +342,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 	// os package's copy of the pidfd.
 	pid := p.Pid
 	p.Release()
-	notifFD, err := RecvShimResult(parentEnd, time.Now().Add(l.Cfg.readyTimeout()))
+	notifFD, err := intercept.RecvShimResult(parentEnd, time.Now().Add(l.Cfg.readyTimeout()))
 	if err == nil {
 		if err = seccomp.CheckAddFD(notifFD); err != nil {
 			unix.Close(notifFD)
@@ -361,7 +361,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 		}
 		unix.Close(pidfd)
 		closeNotify(notify)
-		if errors.Is(err, errShimSilent) {
+		if errors.Is(err, intercept.ErrShimSilent) {
 			err = fmt.Errorf("%w within --ready-timeout %v (the shim, or the command it became, was killed)", err, l.Cfg.readyTimeout())
 		}
 		if ws.Signaled() && ws.Signal() == unix.SIGSYS {

@@ -3,16 +3,10 @@ package supervise
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/takeover/takeover/internal/ready"
 	"github.com/takeover/takeover/internal/swap"
-	"github.com/takeover/takeover/internal/target"
-
-	"github.com/takeover/takeover/internal/procfs"
-	"golang.org/x/sys/unix"
 )
 
 // Readiness: a generation is ready once every --port target is a socket
@@ -67,77 +61,21 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 	}
 }
 
-// A readiness is one look at a generation.
-type readiness struct {
-	Ready   bool
-	By      string // how each target was seen: "epoll", "accept", "listen", ...
-	Missing string // what the generation has yet to do
-	Blind   []int  // processes that could not be looked into
-}
-
 // readiness looks at the generation's sockets and processes.
-func (g *generation) readiness() readiness {
-	type heldTarget struct {
-		spec  target.PortSpec
-		fd    int
-		inode uint64
-	}
-	var held []heldTarget
+func (g *generation) readiness() ready.Result {
+	var socks []ready.Socket
 	if !g.holdings.Each(func(_ swap.SockKey, s *swap.Held) {
-		held = append(held, heldTarget{s.Spec, s.CopyFD, s.Inode})
+		socks = append(socks, ready.Socket{Target: s.Spec, FD: s.CopyFD, Inode: s.Inode})
 	}) {
-		return readiness{Missing: "is being stopped"}
-	}
-
-	want := make(map[uint64]bool)
-	for _, spec := range g.l.Cfg.Ports {
-		if !slices.ContainsFunc(held, func(t heldTarget) bool { return t.spec == spec }) {
-			return readiness{Missing: fmt.Sprintf("has not bound %s", spec)}
-		}
-	}
-	for _, t := range held {
-		if t.spec.Net == target.NetUDP {
-			want[t.inode] = true // a datagram socket is bound, and read
-			continue
-		}
-		if v, err := unix.GetsockoptInt(t.fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || v == 0 {
-			return readiness{Missing: fmt.Sprintf("has bound %s but does not listen on it", t.spec)}
-		}
-		want[t.inode] = true
+		return ready.Result{Missing: "is being stopped"}
 	}
 	g.mu.Lock()
 	notified := g.notified
 	g.mu.Unlock()
-	switch mode := g.l.Cfg.ready(); {
-	case notified && mode != ReadyListen && mode != ReadyInterval:
-		return readiness{Ready: true, By: "notify"}
-	case mode == ReadyListen:
-		return readiness{Ready: true, By: "listen"}
-	case mode == ReadyInterval && time.Since(g.started) >= g.l.Cfg.interval():
-		return readiness{Ready: true, By: "interval"}
-	case mode == ReadyInterval:
-		return readiness{Missing: fmt.Sprintf("has not run for --interval %v yet", g.l.Cfg.interval())}
-	case mode == ReadyNotify:
-		return readiness{Missing: "has not sent READY=1"}
-	}
-	seen := ready.Accepting("/proc", procfs.FS("/proc").WithDescendants([]int{g.pid}), want)
-	var by []string
-	for _, t := range held {
-		way, ok := seen.Ways[t.inode]
-		switch {
-		case ok:
-			by = append(by, string(way))
-		case len(seen.Blind) > 0:
-			by = append(by, "listen")
-		default:
-			if t.spec.Net == target.NetUDP {
-				return readiness{Missing: fmt.Sprintf("has bound %s but no process of it was seen reading from it", t.spec)}
-			}
-			return readiness{Missing: fmt.Sprintf("listens on %s but no process of it was seen accepting connections", t.spec)}
-		}
-	}
-	slices.Sort(by)
-	return readiness{Ready: true, By: strings.Join(slices.Compact(by), ","), Blind: seen.Blind}
+	return ready.Look("/proc", socks, ready.Want{
+		Targets: g.l.Cfg.Ports, Mode: g.l.Cfg.ready(), Notified: notified,
+		PID: g.pid, Up: time.Since(g.started), Interval: g.l.Cfg.interval(),
+	})
 }
 
 // rollbackable reports whether the generation has left every earlier

@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/seccomp"
@@ -23,34 +22,24 @@ const ShimEnv = "_TAKEOVER_SHIM"
 // the launcher has unix targets.
 const shimUnlinks = "unlinks"
 
-// shimFD is the shim's end of the socketpair to the launcher.
-const ShimFD = 3
-
-// shimSilentEnv is for tests only (TestShimSilent), and nothing else
-// reads it: set to "exec", the shim installs its filter but never answers
-// the launcher, and execs the command all the same, as if the launcher's
-// receive had failed after the exec; set to "hang", it never answers and
-// waits for ever.
-const ShimSilentEnv = "_TAKEOVER_TEST_SHIM_SILENT"
-
 // runShim never returns: it execs the command or exits.
 func RunShim(args []string) {
 	runtime.LockOSThread() // the filter binds to this thread, which must exec
-	unix.CloseOnExec(ShimFD)
+	unix.CloseOnExec(intercept.ShimFD)
 	if len(args) == 0 {
 		shimFail(ExitLauncher, "shim: no command")
 	}
 	fd, err := seccomp.Install(intercept.TrappedCalls(os.Getenv(ShimEnv) == shimUnlinks))
 	if err != nil {
-		SendShimResult(-1, err.Error())
+		intercept.SendShimResult(-1, err.Error())
 		shimFail(ExitLauncher, err.Error())
 	}
-	switch os.Getenv(ShimSilentEnv) {
+	switch os.Getenv(intercept.ShimSilentEnv) {
 	case "hang":
 		select {}
 	case "exec":
 	default:
-		if err := SendShimResult(fd, ""); err != nil {
+		if err := intercept.SendShimResult(fd, ""); err != nil {
 			shimFail(ExitLauncher, "shim: cannot reach the launcher: "+err.Error())
 		}
 	}
@@ -58,7 +47,7 @@ func RunShim(args []string) {
 
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, ShimEnv+"=") && !strings.HasPrefix(kv, ShimSilentEnv+"=") {
+		if !strings.HasPrefix(kv, ShimEnv+"=") && !strings.HasPrefix(kv, intercept.ShimSilentEnv+"=") {
 			env = append(env, kv)
 		}
 	}
@@ -75,56 +64,15 @@ func shimFail(code int, msg string) {
 	os.Exit(code)
 }
 
-// sendShimResult sends the notification fd, or the reason there is none.
-func SendShimResult(fd int, errText string) error {
-	if fd < 0 {
-		return unix.Sendmsg(ShimFD, []byte("error: "+errText), nil, nil, 0)
-	}
-	return unix.Sendmsg(ShimFD, []byte("ok"), unix.UnixRights(fd), nil, 0)
-}
-
-// errShimSilent means the shim did not answer in time.
-var errShimSilent = errors.New("the shim did not hand over the bind filter")
-
-// recvShimResult receives what sendShimResult sent, waiting until deadline
-// at most. io.EOF-like results (the shim died before it sent anything)
-// come back as an error too.
-func RecvShimResult(sock int, deadline time.Time) (int, error) {
-	buf := make([]byte, 1024)
-	oob := make([]byte, unix.CmsgSpace(4))
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return -1, errShimSilent
-		}
-		pfd := []unix.PollFd{{Fd: int32(sock), Events: unix.POLLIN}}
-		if n, err := unix.Poll(pfd, int(min(left.Milliseconds()+1, 1<<30))); err == unix.EINTR || err == nil && n == 0 {
-			continue
-		} else if err != nil {
-			return -1, fmt.Errorf("wait for the notification fd: %w", err)
-		}
-		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
-		if err == unix.EINTR || err == unix.EAGAIN {
-			continue
-		}
-		if err != nil {
-			return -1, fmt.Errorf("receive the notification fd: %w", err)
-		}
-		msg := string(buf[:n])
-		if n == 0 {
-			return -1, errors.New("the command exited before its bind filter was installed")
-		}
-		if msg != "ok" {
-			return -1, fmt.Errorf("%w%s", seccomp.ErrUnavailable, strings.TrimPrefix(msg, "error: "+seccomp.ErrUnavailable.Error()))
-		}
-		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-		if err != nil || len(msgs) != 1 {
-			return -1, errors.New("the shim sent no notification fd")
-		}
-		fds, err := unix.ParseUnixRights(&msgs[0])
-		if err != nil || len(fds) != 1 {
-			return -1, errors.New("the shim sent no notification fd")
-		}
-		return fds[0], nil
+// MaybeRunShim turns this process into the shim that starts a generation's
+// command (or the one that passes it sockets), if the launcher started it as
+// one; main calls it first of all.
+func MaybeRunShim() {
+	switch os.Getenv(ShimEnv) {
+	case "":
+	case PassShim:
+		RunPassShim(os.Args[1:])
+	default:
+		RunShim(os.Args[1:])
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package doctor
 
 import (
 	"bufio"
@@ -21,7 +21,6 @@ import (
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/seccomp"
-	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
@@ -48,7 +47,7 @@ var probeMem [32]byte
 func runDoctorProbe() int {
 	copy(probeMem[:], "takeover doctor probe "+strconv.Itoa(os.Getpid()))
 	fmt.Printf("mem %#x\n", uintptr(unsafe.Pointer(&probeMem[0])))
-	unix.CloseOnExec(supervise.ShimFD)
+	unix.CloseOnExec(intercept.ShimFD)
 	bound := make(chan string, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the filtered thread ends with this goroutine
@@ -62,10 +61,10 @@ func runDoctorProbe() int {
 func probeBind() string {
 	fd, err := seccomp.Install(intercept.TrappedCalls(false))
 	if err != nil {
-		supervise.SendShimResult(-1, err.Error())
+		intercept.SendShimResult(-1, err.Error())
 		return "nofilter"
 	}
-	err = supervise.SendShimResult(fd, "")
+	err = intercept.SendShimResult(fd, "")
 	unix.Close(fd)
 	if err != nil {
 		return "nofilter"
@@ -95,9 +94,9 @@ func untilDeadline(d time.Time) time.Duration {
 
 // probeChecks starts the probe and does to it what a launcher does to its
 // server. The probe is killed and reaped before it returns.
-func probeChecks(pc probeContext) []doctorCheck {
-	fail := func(what string, err error) []doctorCheck {
-		return []doctorCheck{{Status: statusMissing, Check: "child process", Detail: fmt.Sprintf("%s: %v", what, err),
+func probeChecks(pc probeContext) []DoctorCheck {
+	fail := func(what string, err error) []DoctorCheck {
+		return []DoctorCheck{{Status: StatusMissing, Check: "child process", Detail: fmt.Sprintf("%s: %v", what, err),
 			Do: []string{"takeover starts every server by re-executing itself (/proc/self/exe): what stops this child stops takeover too"}}}
 	}
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -155,10 +154,10 @@ func probeChecks(pc probeContext) []doctorCheck {
 		return fail("the child process (takeover itself, in its probe mode) did not start", fmt.Errorf("%v %s", err, strings.TrimSpace(stderr.String())))
 	}
 
-	var checks []doctorCheck
+	var checks []DoctorCheck
 	tv := unix.NsecToTimeval(untilDeadline(deadline).Nanoseconds())
 	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	notifFD, err := supervise.RecvShimResult(sock, deadline)
+	notifFD, err := intercept.RecvShimResult(sock, deadline)
 	if err != nil {
 		checks = append(checks, listenerFailed(err))
 	} else {
@@ -172,8 +171,8 @@ func probeChecks(pc probeContext) []doctorCheck {
 }
 
 // listenerFailed explains why the probe could not install the bind filter.
-func listenerFailed(err error) doctorCheck {
-	c := doctorCheck{Status: statusMissing, Check: "seccomp listener", Detail: err.Error()}
+func listenerFailed(err error) DoctorCheck {
+	c := DoctorCheck{Status: StatusMissing, Check: "seccomp listener", Detail: err.Error()}
 	switch msg := err.Error(); {
 	case strings.Contains(msg, "another seccomp listener"): // seccomp.Install's EBUSY
 		if pid := os.Getenv(rundir.LauncherEnv); pid != "" {
@@ -196,8 +195,8 @@ func listenerFailed(err error) doctorCheck {
 // server's: it reads the address from the probe's memory, installs a
 // socket of its own at the probe's fd and lets the bind go on, then reads
 // back which socket the probe bound.
-func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorCheck {
-	listener := doctorCheck{Status: statusMissing, Check: "seccomp listener",
+func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []DoctorCheck {
+	listener := DoctorCheck{Status: StatusMissing, Check: "seccomp listener",
 		Do: []string{"the kernel accepted the filter but the notification did not work as takeover uses it: run takeover doctor --json and report it, with uname -a"}}
 	fds := []unix.PollFd{{Fd: int32(notifFD), Events: unix.POLLIN}}
 	n, err := unix.Poll(fds, int(untilDeadline(deadline).Milliseconds()))
@@ -212,7 +211,7 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorC
 	}
 	if err != nil || notif.Nr != unix.SYS_BIND {
 		listener.Detail = fmt.Sprintf("installed in a child, but its bind(2) did not reach this process (nr %d): %v", notif.Nr, err)
-		return []doctorCheck{listener}
+		return []DoctorCheck{listener}
 	}
 	what := "its bind(2)"
 	if raw, err := seccomp.ReadSockaddr(notifFD, &notif); err == nil {
@@ -221,7 +220,7 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorC
 		}
 	}
 
-	addfd := doctorCheck{Status: statusMissing, Check: "SECCOMP_IOCTL_NOTIF_ADDFD"}
+	addfd := DoctorCheck{Status: StatusMissing, Check: "SECCOMP_IOCTL_NOTIF_ADDFD"}
 	var want uint64
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err == nil {
@@ -239,12 +238,12 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorC
 	switch {
 	case sendErr != nil || rerr != nil:
 		listener.Detail = fmt.Sprintf("installed in a child and %s reached this process, but answering it failed: %v %v", what, sendErr, rerr)
-		return []doctorCheck{listener}
+		return []DoctorCheck{listener}
 	case !strings.HasPrefix(second, "bound "):
 		listener.Detail = fmt.Sprintf("installed in a child and %s reached this process, but the bind then failed: %s", what, second)
-		return []doctorCheck{listener}
+		return []DoctorCheck{listener}
 	}
-	listener.Status, listener.Do = statusOK, nil
+	listener.Status, listener.Do = StatusOK, nil
 	listener.Detail = fmt.Sprintf("installed takeover's bind filter in a child; %s reached this process and was answered", what)
 	switch {
 	case err != nil:
@@ -254,15 +253,15 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []doctorC
 		addfd.Detail = fmt.Sprintf("installed a socket in the child, but the child bound another (%s, want inode %d)", second, want)
 		addfd.Do = []string{"takeover needs it to hand a listening socket to a new server: run takeover doctor --json and report it, with uname -a"}
 	default:
-		addfd.Status, addfd.Detail = statusOK, "installed a socket in the child at the fd it was binding, as a handoff does"
+		addfd.Status, addfd.Detail = StatusOK, "installed a socket in the child at the fd it was binding, as a handoff does"
 	}
-	return []doctorCheck{listener, addfd}
+	return []DoctorCheck{listener, addfd}
 }
 
 // memCheck reads probeMem from the probe's memory, as takeover reads the
 // address a server passes to bind(2).
-func memCheck(pid int, addr string, pc probeContext) doctorCheck {
-	c := doctorCheck{Status: statusMissing, Check: "/proc/PID/mem"}
+func memCheck(pid int, addr string, pc probeContext) DoctorCheck {
+	c := DoctorCheck{Status: StatusMissing, Check: "/proc/PID/mem"}
 	at, err := strconv.ParseUint(strings.TrimPrefix(addr, "0x"), 16, 64)
 	if err != nil {
 		c.Detail = fmt.Sprintf("the child printed no address (%q)", addr)
@@ -288,26 +287,26 @@ func memCheck(pid int, addr string, pc probeContext) doctorCheck {
 		c.Detail = fmt.Sprintf("read %q from the child's memory, want %q", got, want)
 		c.Do = []string{"a hardened /proc may serve another process's memory wrong: run takeover doctor --json and report it, with uname -a"}
 	default:
-		c.Status, c.Detail = statusOK, "read a child's memory, as takeover reads the address its server binds"
+		c.Status, c.Detail = StatusOK, "read a child's memory, as takeover reads the address its server binds"
 	}
 	return c
 }
 
 // pidfdChecks opens a pidfd of the probe and copies its stdin out of it,
 // as takeover copies its server's socket and an old server's.
-func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []doctorCheck {
-	open := doctorCheck{Status: statusMissing, Check: "pidfd_open"}
-	getfd := doctorCheck{Status: statusWarn, Check: "pidfd_getfd"}
+func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []DoctorCheck {
+	open := DoctorCheck{Status: StatusMissing, Check: "pidfd_open"}
+	getfd := DoctorCheck{Status: StatusWarn, Check: "pidfd_getfd"}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		open.Detail = fmt.Sprintf("cannot open a pidfd of a child: %v; takeover signals and waits for old servers through pidfds", err)
 		open.Do = []string{"Linux 5.3 or later has it; a container's seccomp profile may forbid it: allow pidfd_open"}
-		getfd.Status, getfd.Detail = statusMissing, "not tried: pidfd_open failed"
+		getfd.Status, getfd.Detail = StatusMissing, "not tried: pidfd_open failed"
 		getfd.Do = open.Do
-		return []doctorCheck{open, getfd}
+		return []DoctorCheck{open, getfd}
 	}
 	defer unix.Close(pidfd)
-	open.Status, open.Detail = statusOK, "opened a pidfd of a child, as takeover holds the processes it stops"
+	open.Status, open.Detail = StatusOK, "opened a pidfd of a child, as takeover holds the processes it stops"
 	fd, err := unix.PidfdGetfd(pidfd, 0, 0)
 	if err == nil {
 		var st unix.Stat_t
@@ -316,15 +315,15 @@ func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []doctorCheck {
 		if st.Ino != stdinIno {
 			getfd.Detail = fmt.Sprintf("copied an fd out of a child, but not the one it holds (inode %d, want %d)", st.Ino, stdinIno)
 			getfd.Do = []string{"run takeover doctor --json and report it, with uname -a"}
-			return []doctorCheck{open, getfd}
+			return []DoctorCheck{open, getfd}
 		}
-		getfd.Status, getfd.Detail = statusOK, "copied an fd out of a child, as takeover copies sockets for bind and handoff"
-		return []doctorCheck{open, getfd}
+		getfd.Status, getfd.Detail = StatusOK, "copied an fd out of a child, as takeover copies sockets for bind and handoff"
+		return []DoctorCheck{open, getfd}
 	}
 	fallback := "without it, takeover falls back to creating sockets itself and passing them between takeovers over unix sockets: handoff keeps working, but the socket options a server set on its own socket are not copied"
 	switch {
 	case errors.Is(err, unix.ENOSYS) && pc.seccompFilters == 0:
-		getfd.Status = statusMissing
+		getfd.Status = StatusMissing
 		getfd.Detail = "this kernel has no pidfd_getfd (ENOSYS)"
 		getfd.Do = []string{"upgrade to Linux 5.9 or later"}
 	case errors.Is(err, unix.EPERM) && pc.yama && pc.scope >= 2 && !(pc.scope == 2 && pc.capPtrace):
@@ -343,14 +342,14 @@ func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []doctorCheck {
 			fallback,
 		}
 	}
-	return []doctorCheck{open, getfd}
+	return []DoctorCheck{open, getfd}
 }
 
 // procCheck reads what takeover reads in /proc about other processes: the
 // flags of an fd, and the system call each thread waits in, by which it
 // sees whether a server accepts.
-func procCheck(pid, ownFD int) doctorCheck {
-	c := doctorCheck{Status: statusMissing, Check: "/proc"}
+func procCheck(pid, ownFD int) DoctorCheck {
+	c := DoctorCheck{Status: StatusMissing, Check: "/proc"}
 	if _, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(ownFD)); err != nil {
 		c.Detail = fmt.Sprintf("cannot read this process's fdinfo: %v", err)
 		c.Do = []string{"mount procfs at /proc (mount -t proc proc /proc)"}
@@ -372,11 +371,11 @@ func procCheck(pid, ownFD int) doctorCheck {
 		}
 	}
 	if err != nil {
-		c.Status = statusWarn
+		c.Status = StatusWarn
 		c.Detail = fmt.Sprintf("fdinfo is readable, but not a child's /proc/PID/task/TID/syscall: %v", err)
 		c.Do = []string{"it needs the same ptrace right as pidfd_getfd (see the Yama line); without it takeover cannot see whether a server accepts, and relies on its listen(2) alone"}
 		return c
 	}
-	c.Status, c.Detail = statusOK, "a child's fdinfo and task/TID/syscall are readable, as takeover reads them to see a server accept"
+	c.Status, c.Detail = StatusOK, "a child's fdinfo and task/TID/syscall are readable, as takeover reads them to see a server accept"
 	return c
 }

@@ -1,4 +1,4 @@
-package main
+package doctor
 
 import (
 	"fmt"
@@ -16,9 +16,9 @@ import (
 // kernel.io_uring_disabled ("" where the kernel lacks it: no io_uring
 // sysctl, or none at all). Binds made in the x32 and 32-bit ABIs, by
 // contrast, are trapped as native ones (internal/seccomp's Filter).
-func ioUringCheck(release, disabled string) doctorCheck {
-	c := doctorCheck{Status: statusOK, Check: "io_uring"}
-	major, minor, ok := kernelVersion(release)
+func IoUringCheck(release, disabled string) DoctorCheck {
+	c := DoctorCheck{Status: StatusOK, Check: "io_uring"}
+	major, minor, ok := KernelVersion(release)
 	switch disabled = strings.TrimSpace(disabled); {
 	case ok && (major < 6 || major == 6 && minor < 11):
 		c.Detail = fmt.Sprintf("Linux %d.%d predates IORING_OP_BIND (6.11): every bind is a system call takeover sees", major, minor)
