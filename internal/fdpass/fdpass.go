@@ -33,7 +33,7 @@ import (
 
 // fdpassIdle is how long a server waits for a peer's next request: a peer
 // that connects and sends nothing holds a goroutine this long, no more.
-const FdpassIdle = 2 * time.Second
+const fdpassIdle = 2 * time.Second
 
 // serveSockets listens on a unix SOCK_SEQPACKET socket at path (mode 0600; a
 // stale file at path is replaced) and answers each request with the
@@ -179,7 +179,7 @@ func (s *sockServer) serve(c *net.UnixConn) {
 	refusal := allowedPeer(c)
 	buf := make([]byte, 64)
 	for {
-		c.SetDeadline(time.Now().Add(FdpassIdle))
+		c.SetDeadline(time.Now().Add(fdpassIdle))
 		n, _, flags, _, err := c.ReadMsgUnix(buf, nil)
 		if err != nil || n == 0 { // n == 0: the peer closed
 			return
@@ -205,7 +205,7 @@ func (s *sockServer) answer(req []byte, truncated bool) (string, int) {
 	if truncated {
 		return "no: request too long", -1
 	}
-	inode, err := ParseInodeRequest(req)
+	inode, err := parseInodeRequest(req)
 	if err != nil {
 		return "no: " + err.Error(), -1
 	}
@@ -217,7 +217,7 @@ func (s *sockServer) answer(req []byte, truncated bool) (string, int) {
 }
 
 // parseInodeRequest parses "inode 12345".
-func ParseInodeRequest(req []byte) (uint64, error) {
+func parseInodeRequest(req []byte) (uint64, error) {
 	num, ok := strings.CutPrefix(string(req), "inode ")
 	if !ok {
 		return 0, fmt.Errorf("bad request %q, want \"inode NUMBER\"", req)
@@ -305,7 +305,7 @@ func fetch(path string, wantPID int, inode uint64, deadline time.Time) (int, err
 	if _, err := c.Write([]byte("inode " + strconv.FormatUint(inode, 10))); err != nil {
 		return -1, fmt.Errorf("send request: %w", bareOpError(err))
 	}
-	fd, err := ReceiveSocket(c)
+	fd, err := receiveSocket(c)
 	if err != nil {
 		return -1, err
 	}
@@ -318,7 +318,7 @@ func fetch(path string, wantPID int, inode uint64, deadline time.Time) (int, err
 
 // receiveSocket reads one reply and returns the fd an "ok" carries. Any
 // other fd that arrives is closed, so a confused server leaks none into us.
-func ReceiveSocket(c *net.UnixConn) (int, error) {
+func receiveSocket(c *net.UnixConn) (int, error) {
 	buf := make([]byte, 256)
 	oob := make([]byte, unix.CmsgSpace(4)) // room for one fd; the kernel drops the rest (MSG_CTRUNC)
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)

@@ -216,7 +216,7 @@ func TestServeSocketsConnection(t *testing.T) {
 			if _, err := c.Write([]byte(tt.req)); err != nil {
 				t.Fatal(err)
 			}
-			fd, err := ReceiveSocket(c)
+			fd, err := receiveSocket(c)
 			if tt.refusal != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.refusal) {
 					t.Errorf("reply error %v, want %q", err, tt.refusal)
@@ -251,7 +251,7 @@ func TestServeSocketsIdlePeer(t *testing.T) {
 	}
 	unix.Close(fd)
 
-	idle.SetReadDeadline(time.Now().Add(FdpassIdle + 10*time.Second))
+	idle.SetReadDeadline(time.Now().Add(fdpassIdle + 10*time.Second))
 	if n, err := idle.Read(make([]byte, 16)); err != io.EOF {
 		t.Errorf("idle peer read %d bytes, %v; want EOF", n, err)
 	}
@@ -289,7 +289,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if _, err := open.Write([]byte(fmt.Sprintf("inode %d", inode))); err != nil {
 		t.Fatal(err)
 	}
-	fd, err := ReceiveSocket(open)
+	fd, err := receiveSocket(open)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,11 +363,11 @@ func FuzzFDPassRequest(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, req []byte) {
-		inode, err := ParseInodeRequest(req)
+		inode, err := parseInodeRequest(req)
 		if err != nil {
 			return
 		}
-		if again, err := ParseInodeRequest([]byte("inode " + strconv.FormatUint(inode, 10))); err != nil || again != inode {
+		if again, err := parseInodeRequest([]byte("inode " + strconv.FormatUint(inode, 10))); err != nil || again != inode {
 			t.Errorf("%q parsed as %d, which does not round-trip: %d, %v", req, inode, again, err)
 		}
 		if !strings.HasPrefix(string(req), "inode ") {

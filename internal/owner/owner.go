@@ -220,7 +220,7 @@ func IsAncestor(proc procfs.FS, a, pid int) bool {
 	return false
 }
 
-var ErrNeverSignal = errors.New("never signalled")
+var errNeverSignal = errors.New("never signalled")
 
 // forbidden says why t must never be signalled, or nil: pid 1, and this
 // process's own ancestors (a takeover run from the service's own shell).
@@ -228,10 +228,10 @@ func (t StopTarget) Forbidden(proc procfs.FS) error {
 	if t.PID == 1 && !t.Launcher {
 		// A takeover that is PID 1 (a container's entrypoint) is replaced
 		// as any takeover is; it stays, as PID 1 must (pid1_linux.go).
-		return fmt.Errorf("pid 1 is the init process: %w", ErrNeverSignal)
+		return fmt.Errorf("pid 1 is the init process: %w", errNeverSignal)
 	}
 	if t.PID == os.Getpid() || IsAncestor(proc, t.PID, os.Getpid()) {
-		return fmt.Errorf("pid %d is an ancestor of this takeover: %w", t.PID, ErrNeverSignal)
+		return fmt.Errorf("pid %d is an ancestor of this takeover: %w", t.PID, errNeverSignal)
 	}
 	return nil
 }

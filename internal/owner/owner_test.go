@@ -118,7 +118,7 @@ func TestListenersOnlyFirst(t *testing.T) {
 func TestNeverSignalled(t *testing.T) {
 	for _, pid := range []int{1, os.Getpid(), os.Getppid()} {
 		err := StopTarget{PID: pid}.Forbidden("/proc")
-		if !errors.Is(err, ErrNeverSignal) {
+		if !errors.Is(err, errNeverSignal) {
 			t.Errorf("forbidden(pid %d) = %v, want errNeverSignal", pid, err)
 		}
 	}

@@ -26,27 +26,27 @@ func TestAcceptingFixture(t *testing.T) {
 	tests := []struct {
 		name string
 		pid  int
-		want map[uint64]AcceptWay
+		want map[uint64]acceptWay
 	}{
-		{"epoll set lists the socket", 300, map[uint64]AcceptWay{7001: ByEpoll}},
-		{"a thread in accept4", 301, map[uint64]AcceptWay{7002: ByAccept}},
-		{"poll array holds the fd", 302, map[uint64]AcceptWay{7003: ByPoll}},
-		{"select set holds the fd", 303, map[uint64]AcceptWay{7004: BySelect}},
-		{"epoll without EPOLLIN, no wait", 304, map[uint64]AcceptWay{}},
-		{"broken and truncated files", 305, map[uint64]AcceptWay{}},
-		{"no such process", 399, map[uint64]AcceptWay{}},
+		{"epoll set lists the socket", 300, map[uint64]acceptWay{7001: byEpoll}},
+		{"a thread in accept4", 301, map[uint64]acceptWay{7002: byAccept}},
+		{"poll array holds the fd", 302, map[uint64]acceptWay{7003: byPoll}},
+		{"select set holds the fd", 303, map[uint64]acceptWay{7004: bySelect}},
+		{"epoll without EPOLLIN, no wait", 304, map[uint64]acceptWay{}},
+		{"broken and truncated files", 305, map[uint64]acceptWay{}},
+		{"no such process", 399, map[uint64]acceptWay{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Accepting(waiting, []int{tt.pid}, want)
-			if diff := cmp.Diff(tt.want, got.Ways); diff != "" {
+			got := accepting(waiting, []int{tt.pid}, want)
+			if diff := cmp.Diff(tt.want, got.ways); diff != "" {
 				t.Errorf("accepting(%d) (-want +got):\n%s", tt.pid, diff)
 			}
 		})
 	}
-	all := Accepting(waiting, []int{300, 301, 302, 303, 304, 305}, want)
-	if len(all.Ways) != 4 {
-		t.Errorf("accepting(all) = %v, want 4 sockets", all.Ways)
+	all := accepting(waiting, []int{300, 301, 302, 303, 304, 305}, want)
+	if len(all.ways) != 4 {
+		t.Errorf("accepting(all) = %v, want 4 sockets", all.ways)
 	}
 }
 
@@ -73,8 +73,8 @@ func TestAcceptingLive(t *testing.T) {
 			t.Fatal(err)
 		}
 		seen := lookUntilSeen(h.Cmd.Process.Pid, ino)
-		if seen.Ways[ino] != ByEpoll {
-			t.Errorf("a Go server: seen %v, want epoll", seen.Ways)
+		if seen.ways[ino] != byEpoll {
+			t.Errorf("a Go server: seen %v, want epoll", seen.ways)
 		}
 	})
 	t.Run("python", func(t *testing.T) {
@@ -86,8 +86,8 @@ func TestAcceptingLive(t *testing.T) {
 		testutil.WaitServing(t, addr)
 		ino := inodeOfListener(t, cmd.Process.Pid, addr)
 		seen := lookUntilSeen(cmd.Process.Pid, ino)
-		if w := seen.Ways[ino]; w != ByPoll && w != BySelect && w != ByEpoll {
-			t.Errorf("python socketserver: seen %v (line %q), want poll, select or epoll", seen.Ways, h.Line)
+		if w := seen.ways[ino]; w != byPoll && w != bySelect && w != byEpoll {
+			t.Errorf("python socketserver: seen %v (line %q), want poll, select or epoll", seen.ways, h.Line)
 		}
 	})
 	t.Run("listening only", func(t *testing.T) {
@@ -108,9 +108,9 @@ func TestAcceptingLive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen := Accepting("/proc", []int{cmd.Process.Pid}, map[uint64]bool{ino: true})
-		if len(seen.Ways) != 0 {
-			t.Errorf("a process that only holds a listener: seen %v, want nothing", seen.Ways)
+		seen := accepting("/proc", []int{cmd.Process.Pid}, map[uint64]bool{ino: true})
+		if len(seen.ways) != 0 {
+			t.Errorf("a process that only holds a listener: seen %v, want nothing", seen.ways)
 		}
 	})
 }
@@ -118,10 +118,10 @@ func TestAcceptingLive(t *testing.T) {
 // lookUntilSeen looks at pid until it is seen accepting on ino, for at most
 // 200 looks: a server between two waits (handling a request, or between
 // two poll(2) timeouts) is not seen.
-func lookUntilSeen(pid int, ino uint64) AcceptSeen {
-	var seen AcceptSeen
+func lookUntilSeen(pid int, ino uint64) acceptSeen {
+	var seen acceptSeen
 	for range 200 {
-		if seen = Accepting("/proc", []int{pid}, map[uint64]bool{ino: true}); len(seen.Ways) > 0 {
+		if seen = accepting("/proc", []int{pid}, map[uint64]bool{ino: true}); len(seen.ways) > 0 {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -78,10 +78,10 @@ func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	case mode == Notify:
 		return Result{Missing: "has not sent READY=1"}
 	}
-	seen := Accepting(proc, proc.WithDescendants([]int{w.PID}), want)
+	seen := accepting(proc, proc.WithDescendants([]int{w.PID}), want)
 	var by []string
 	for _, s := range socks {
-		way, ok := seen.Ways[s.Inode]
+		way, ok := seen.ways[s.Inode]
 		switch {
 		case ok:
 			by = append(by, string(way))

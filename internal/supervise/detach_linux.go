@@ -171,7 +171,7 @@ func (l *Launcher) watchFront(front *os.File) {
 		time.Sleep(lockPoll) // this takeover's own first swap still holds the locks
 	}
 	until := time.Now().Add(l.Cfg.DetachOnStop)
-	l.SetDetached(until)
+	l.setDetached(until)
 	time.Sleep(l.Cfg.DetachOnStop)
 	for {
 		// This takeover's swap is done: whoever holds a lock now is a
@@ -232,7 +232,7 @@ func tryPortLock(dir *rundir.RunDirectory, key string) (f *os.File, free bool, o
 
 // setDetached records, for `takeover who` and --status-file, until when the
 // detached launcher serves.
-func (l *Launcher) SetDetached(until time.Time) {
+func (l *Launcher) setDetached(until time.Time) {
 	l.mu.Lock()
 	l.detachedUntil = until
 	l.status.DetachedUntil = &until

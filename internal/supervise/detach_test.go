@@ -40,13 +40,13 @@ func TestDetachedRecordLeftToNewer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.SetDetached(time.Now().Add(time.Minute))
+	l.setDetached(time.Now().Add(time.Minute))
 	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil != nil {
 		t.Errorf("the detached launcher wrote its record while another takeover held the port's lock: %+v (found: %v)", r, ok)
 	}
 	rundir.ReleaseLocks(newer)
 	until := time.Now().Add(time.Minute)
-	l.SetDetached(until)
+	l.setDetached(until)
 	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil == nil || !r.DetachedUntil.Equal(until) {
 		t.Errorf("with the lock free, the record is %+v (found: %v), want detached until %v", r, ok, until)
 	}

@@ -58,7 +58,7 @@ type Launcher struct {
 	locks   []*os.File // the port locks, until the first swap completes
 	events  chan event
 	byPID   map[int]*generation // the generations whose exit is awaited
-	exits   chan ChildExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
+	exits   chan childExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
 	lastNum int
 
 	mu         sync.Mutex
@@ -163,8 +163,8 @@ func (l *Launcher) run(path string) int {
 	})
 	l.events = make(chan event, 64)
 	l.byPID = make(map[int]*generation)
-	l.exits = make(chan ChildExit, 16)
-	ReapOrphans(l.exits)
+	l.exits = make(chan childExit, 16)
+	reapOrphans(l.exits)
 	if front := frontPipe(); front != nil {
 		go l.watchFront(front)
 	}
@@ -404,7 +404,7 @@ func (l *Launcher) commandEnv(num int, drop []string) []string {
 // pidfd from the clone, which the generation keeps), waits for its exit and
 // begins to watch it for readiness.
 func (l *Launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
-	go WaitChild(pid, pidfd, l.exits)
+	go waitChild(pid, pidfd, l.exits)
 	g := &generation{
 		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
 		ready:    make(chan struct{}),
@@ -420,7 +420,7 @@ func (l *Launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD i
 	return g
 }
 
-type ChildExit struct {
+type childExit struct {
 	Pid    int
 	Status syscall.WaitStatus
 }
@@ -428,7 +428,7 @@ type ChildExit struct {
 // waitChild waits for the child pid (pidfd its pidfd, which the caller
 // keeps open until it has read the exit from ch), reaps it and sends its
 // exit to ch.
-func WaitChild(pid, pidfd int, ch chan<- ChildExit) {
+func waitChild(pid, pidfd int, ch chan<- childExit) {
 	var info unix.Siginfo
 	for {
 		// WNOWAIT: the pid stays the child's until it is reaped below.
@@ -443,7 +443,7 @@ func WaitChild(pid, pidfd int, ch chan<- ChildExit) {
 			break
 		}
 	}
-	ch <- ChildExit{pid, ws}
+	ch <- childExit{pid, ws}
 }
 
 // reapOrphans reaps, for takeover's whole life, the processes re-parented
@@ -451,7 +451,7 @@ func WaitChild(pid, pidfd int, ch chan<- ChildExit) {
 // exits to ch. A child this process holds a pidfd of is another's to
 // reap: a generation (waitChild), the shim of one that failed to start,
 // or a command run by os/exec, whose Wait would otherwise fail with ECHILD.
-func ReapOrphans(ch chan<- ChildExit) {
+func reapOrphans(ch chan<- childExit) {
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, unix.SIGCHLD)
 	go func() {
@@ -468,7 +468,7 @@ func ReapOrphans(ch chan<- ChildExit) {
 			case !pidfdHeld(pid):
 				var ws syscall.WaitStatus
 				if got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); err == nil && got == pid {
-					ch <- ChildExit{pid, ws}
+					ch <- childExit{pid, ws}
 				}
 				continue
 			}
@@ -481,7 +481,7 @@ func ReapOrphans(ch chan<- ChildExit) {
 				}
 				var ws syscall.WaitStatus
 				if got, err := syscall.Wait4(child, &ws, syscall.WNOHANG, nil); err == nil && got == child {
-					ch <- ChildExit{child, ws}
+					ch <- childExit{child, ws}
 				}
 			}
 			select {

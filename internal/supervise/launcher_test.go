@@ -31,8 +31,8 @@ func TestReaperLeavesExecChildren(t *testing.T) {
 		return
 	}
 	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-	exits := make(chan ChildExit, 16)
-	ReapOrphans(exits)
+	exits := make(chan childExit, 16)
+	reapOrphans(exits)
 
 	// Each child has exited (a zombie, or reaped by someone) before Wait
 	// is called, as when Output reads to the end before it waits.
@@ -66,7 +66,7 @@ func TestReaperLeavesExecChildren(t *testing.T) {
 	}
 	gen := p.Pid
 	p.Release()
-	go WaitChild(gen, pidfd, exits)
+	go waitChild(gen, pidfd, exits)
 	for seen := map[int]bool{}; !seen[orphan] || !seen[gen]; {
 		select {
 		case e := <-exits:

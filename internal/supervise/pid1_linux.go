@@ -25,7 +25,7 @@ const standByInterval = 100 * time.Millisecond
 // standBy runs a replaced PID 1 until no takeover serves its targets any
 // more, and returns its exit status: 0 after a stop it passed on, 1 when
 // the serving takeover ended by itself (nothing serves: the container ends).
-func (l *Launcher) standBy(sigs <-chan os.Signal, exits <-chan ChildExit) int {
+func (l *Launcher) standBy(sigs <-chan os.Signal, exits <-chan childExit) int {
 	l.Log.Info("replaced as PID 1 of this PID namespace: staying, to reap orphans and pass signals on to the takeover that serves now")
 	tick := time.NewTicker(standByInterval)
 	defer tick.Stop()
@@ -45,7 +45,7 @@ func (l *Launcher) standBy(sigs <-chan os.Signal, exits <-chan ChildExit) int {
 		case sig := <-sigs:
 			s := sig.(syscall.Signal)
 			stopped = stopped || isStopSignal(s)
-			if err := SignalLauncher(serving, s); err != nil {
+			if err := signalLauncher(serving, s); err != nil {
 				l.Log.Warn("cannot pass a signal on to the takeover that serves", "pid", serving.Launcher, "signal", unix.SignalName(s), "err", err)
 			}
 		case <-exits: // an orphan re-parented to PID 1, reaped
@@ -69,7 +69,7 @@ func (l *Launcher) servingLauncher() rundir.GenRecord {
 // signalLauncher sends sig to the launcher r names through a pidfd opened
 // first, and only then checked to be that very process (its start time):
 // a pid reused after the record was read is never signalled.
-func SignalLauncher(r rundir.GenRecord, sig syscall.Signal) error {
+func signalLauncher(r rundir.GenRecord, sig syscall.Signal) error {
 	fd, err := unix.PidfdOpen(r.Launcher, 0)
 	if err != nil {
 		return err

@@ -25,10 +25,10 @@ func TestSignalLauncherChecksStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	stale := rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start + 1}
-	if err := SignalLauncher(stale, syscall.SIGTERM); err == nil {
+	if err := signalLauncher(stale, syscall.SIGTERM); err == nil {
 		t.Fatal("signalLauncher signalled a process its record does not name")
 	}
-	if err := SignalLauncher(rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
+	if err := signalLauncher(rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	err = cmd.Wait()

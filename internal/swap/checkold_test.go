@@ -34,9 +34,9 @@ func TestCheckOldAfterOpen(t *testing.T) {
 		sw.Old = append(sw.Old, owner.StopTarget{PID: pid, Holder: owner.Holder{PID: pid}})
 	}
 	sw.OldProcs, sw.Holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
-	defer sw.ReleaseOld()
+	defer sw.releaseOld()
 	tk := NewTaker(Options{})
-	if err := tk.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.Addr); err != nil {
+	if err := tk.checkOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.Addr); err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(pidfd.PidsOf(sw.OldProcs), pidfd.PidsOf(sw.Holders)); got != fmt.Sprint([]int{real}, []int{real}) {

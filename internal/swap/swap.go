@@ -67,13 +67,13 @@ func (st OldStop) Abandon() {
 func (sw *Swap) Abandon() {
 	sw.Nonblock.restore() // the old server's socket, as it had it
 	sw.Nonblock = nil
-	sw.ReleaseOld()
+	sw.releaseOld()
 	sw.Path.rollBack()
 	sw.Path = nil
 }
 
 // releaseOld closes the swap's pidfds of the old processes.
-func (sw *Swap) ReleaseOld() {
+func (sw *Swap) releaseOld() {
 	pidfd.CloseAll(sw.OldProcs)
 	pidfd.CloseAll(sw.Holders)
 	sw.OldProcs, sw.Holders = nil, nil

@@ -120,8 +120,8 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Swap, int, 
 	// exited and its pid been reused since; checked after its pidfd is
 	// open, the process the checks read is the one the pidfd signals.
 	sw.OldProcs, sw.Holders = pidfd.OpenAll(targetPIDs), pidfd.OpenAll(holderPIDs)
-	if err := t.CheckOld(sw, c.Child, what); err != nil {
-		sw.ReleaseOld()
+	if err := t.checkOld(sw, c.Child, what); err != nil {
+		sw.releaseOld()
 		return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
 	}
 	sw.OldCmd = owner.CommandLine(sw.Old[0].Holder.PID)
@@ -156,7 +156,7 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Swap, int, 
 // another process's now), and so is a target that is not a holder still
 // nor (a takeover launcher) an ancestor of one; and each is alive at the
 // end, so that what /proc said of its pid was said of it.
-func (t *Taker) CheckOld(sw *Swap, child owner.NewChild, what string) error {
+func (t *Taker) checkOld(sw *Swap, child owner.NewChild, what string) error {
 	held, err := owner.StillHolding("/proc", sw.Inodes, pidfd.PidsOf(sw.Holders))
 	if err != nil {
 		return fmt.Errorf("look up the holders of %s again: %w", what, err)

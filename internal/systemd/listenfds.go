@@ -120,7 +120,7 @@ func InheritSockets(log *slog.Logger, targets target.SpecList, env func(string) 
 			log.Warn("an fd LISTEN_FDS counts is left alone", "fd", fd, "name", name, "err", err)
 			continue
 		}
-		s, err := ClassifyPassed(fd, name, targets, got)
+		s, err := classifyPassed(fd, name, targets, got)
 		if err != nil {
 			log.Warn("a socket systemd passed is refused", "fd", fd, "name", name, "err", err)
 			unix.Close(fd) // a socket passed to takeover, verified
@@ -135,7 +135,7 @@ func InheritSockets(log *slog.Logger, targets target.SpecList, env func(string) 
 // classifyPassed says which target the passed fd is for, or why it is
 // refused: not open, not a socket, of no target's kind or address, or the
 // same socket as one already taken.
-func ClassifyPassed(fd int, name string, targets target.SpecList, taken []InheritedSock) (InheritedSock, error) {
+func classifyPassed(fd int, name string, targets target.SpecList, taken []InheritedSock) (InheritedSock, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return InheritedSock{}, fmt.Errorf("LISTEN_FDS counts fd %d, which is not open: %w", fd, err)

@@ -76,7 +76,7 @@ func TestClassifyPassed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ClassifyPassed(tt.fd, tt.fdName, tt.targets, tt.taken)
+			got, err := classifyPassed(tt.fd, tt.fdName, tt.targets, tt.taken)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("classifyPassed = %+v, %v; want an error with %q", got, err, tt.wantErr)
