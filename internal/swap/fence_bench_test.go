@@ -33,20 +33,6 @@ import (
 // would cost for the server's whole life.
 //
 //	go test -run '^$' -bench Accept -benchtime 20000x ./internal/swap
-//
-// The benchmark's servers are the test binary again, in a helper mode.
-func TestMain(m *testing.M) {
-	testutil.Main(m, func(mode string, _ []string) (int, bool) {
-		switch mode {
-		case "acceptor": // accept on fd 3 from a level-triggered epoll loop, answer "ok", close
-			return acceptLoop(3), true
-		case "trapped-acceptor": // send a seccomp listener that traps accept(2) to fd 4, then exec an acceptor
-			return trappedAcceptor(), true
-		}
-		return 0, false
-	})
-}
-
 func BenchmarkAccept(b *testing.B) {
 	for _, mode := range []string{"plain", "fenced", "accept-trapped"} {
 		b.Run(mode, func(b *testing.B) { benchAccept(b, mode) })
