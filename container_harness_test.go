@@ -474,7 +474,7 @@ type dockerd struct {
 // iptables, no bridge, no IP forwarding or masquerading, no userland proxy,
 // as PLATFORMS.md says) and returns once `docker info` answers and the base
 // image (Image) is made. It skips the test when we are not root, and when
-// dockerd is not installed as requireTool does. Close, also registered with
+// dockerd is not installed as testutil.RequireTool does. Close, also registered with
 // tb.Cleanup (so it runs on failure too), removes all it made; start one
 // per test function and share it across its subtests. Containers have no
 // network but the host's or none (--bridge=none): always pass --network
@@ -756,7 +756,7 @@ type podmanEnv struct {
 // configs in the temp dir), its own storage.conf and storage (--root,
 // --runroot), and HOME. It checks that `podman info` answers with runc. It
 // skips the test when we are not root, and when podman, runc or netavark is
-// not installed as requireTool does.
+// not installed as testutil.RequireTool does.
 // Close, also registered with tb.Cleanup, removes all it made. Pods need an
 // infra image from a registry: create them with --infra=false.
 func startPodman(tb testing.TB) *podmanEnv {

@@ -241,7 +241,7 @@ func catalinaBase(t *testing.T, src, home, dir, port string) {
 }
 
 // skipUnlessInstalled skips the test when the server is not installed (see
-// requireTool): the one reason a real-server test may not run.
+// testutil.RequireTool): the one reason a real-server test may not run.
 func (s realServer) skipUnlessInstalled(t *testing.T) {
 	t.Helper()
 	for _, bin := range s.need {

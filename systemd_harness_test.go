@@ -74,7 +74,7 @@ var sdBoots atomic.Int64 // makes machine names unique within this process
 // bootSystemd boots a container with systemd as PID 1 and returns it once
 // `systemctl is-system-running --wait` says running or degraded. It skips the
 // test only when we are not root or systemd-nspawn is not installed (see
-// requireTool). Close,
+// testutil.RequireTool). Close,
 // registered with tb.Cleanup, removes all it made; boot once per test function
 // and share the box across its subtests (a boot takes about a second).
 func bootSystemd(tb testing.TB, opt sdOptions) *sdBox {

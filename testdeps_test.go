@@ -1,6 +1,6 @@
 package main
 
-// What the tests need beyond Go (scripts/deps.list): requireTool and its
+// What the tests need beyond Go (scripts/deps.list): RequireTool and its
 // list are testutil's (internal/testutil/tools.go).
 
 import (

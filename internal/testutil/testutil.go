@@ -1,6 +1,6 @@
 // Package testutil holds what the tests of several packages need: a free
 // port, the module's root (for fixtures and scripts/deps.list), the tools a
-// test requires (requireTool), helper processes (the test binary started
+// test requires (RequireTool), helper processes (the test binary started
 // again in a helper mode, as os/exec's tests do), HTTP gets, and private
 // network namespaces. Only tests import it; it imports no package of
 // takeover's core, so that any package's own tests may use it.
