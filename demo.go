@@ -20,12 +20,12 @@ import (
 // takeover on a free loopback port, replaces it --swaps times under built-in
 // load, once by handoff and once by rebind, and prints what the clients saw.
 func runDemo(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("takeover demo", "usage: takeover demo [--swaps N] [--workers N] [--init-delay D]\n\nReplaces the built-in server under load, by handoff and by rebind, and\nprints what the clients saw.\n", stderr)
+	fs := newFlagSet("takeover demo", "usage: takeover demo [--swaps N] [--workers N] [--init-delay D]\n\nReplaces the built-in server under load, by handoff and by rebind, and\nprints what the clients saw.\n")
 	swaps := fs.Int("swaps", 20, "replacements per strategy (1 to 1000)")
 	workers := fs.Int("workers", 2, "concurrent clients (1 to 64)")
 	initDelay := fs.Duration("init-delay", 200*time.Millisecond, "how long the server takes to start (0 to 1m)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if ok, code := parseArgs(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	switch {
 	case *swaps < 1 || *swaps > 1000:

@@ -164,7 +164,7 @@ func (c config) signal() unix.Signal {
 	return c.Signal
 }
 
-// errUsage means the flag package has already told the user what is wrong.
+// errUsage means parseArgs has already told the user what is wrong.
 var errUsage = errors.New("usage")
 
 const launcherUsage = `usage: takeover [flags] -- COMMAND [ARG...]
@@ -188,10 +188,10 @@ Flags:
 `
 
 // parseFlags reads the launcher's command line. (config{}, nil) with a nil
-// Command means --help was asked for.
-func parseFlags(args []string, stderr io.Writer) (config, error) {
+// Command means --help was asked for, and printed to stdout.
+func parseFlags(args []string, stdout, stderr io.Writer) (config, error) {
 	var c config
-	fs := newFlagSet("takeover", launcherUsage, stderr)
+	fs := newFlagSet("takeover", launcherUsage)
 	fs.Var(&c.Ports, "port", "`PORTSPEC` to take over (repeatable, required)")
 	fs.Var(&c.Ports, "p", "short for --port `PORTSPEC`")
 	fs.Var(pathFlag{&c.Ports}, "path", "`PATH` of a unix socket to take over (repeatable)")
@@ -218,8 +218,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	logFormat := fs.String("log-format", "text", "text or json")
 	quiet := fs.Bool("q", false, "log errors only")
 	verbose := fs.Bool("v", false, "log debug detail")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+	if ok, code := parseArgs(fs, args, stdout, stderr); !ok {
+		if code == 0 {
 			return config{}, nil
 		}
 		return config{}, errUsage

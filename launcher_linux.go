@@ -68,7 +68,7 @@ var forwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGUSR
 
 // runLauncher implements `takeover [flags] -- COMMAND [ARG...]`.
 func runLauncher(args []string, stdout, stderr io.Writer) int {
-	cfg, err := parseFlags(args, stderr)
+	cfg, err := parseFlags(args, stdout, stderr)
 	if err != nil {
 		if !errors.Is(err, errUsage) {
 			fmt.Fprintf(stderr, "takeover: %v\n", err)
