@@ -6,8 +6,12 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/takeover/takeover/internal/load"
 )
 
 // Every subcommand's --help (and -h) exits 0 with the usage on stdout, spells
@@ -155,5 +159,37 @@ func TestDemoProgress(t *testing.T) {
 	}
 	if isTerminal(&pipe) {
 		t.Error("a bytes.Buffer is not a terminal")
+	}
+}
+
+// The demo's table says what its failed requests are: refused and reset,
+// the cost of a rebind, in columns that add up, and a note under the table.
+func TestDemoTable(t *testing.T) {
+	lat := []time.Duration{3 * time.Millisecond}
+	handoff := &load.Result{Requests: 1000, OK: 1000, Latencies: lat}
+	rebind := &load.Result{Requests: 990, OK: 956, Refused: 30, Resets: 3, Timeouts: 1, Latencies: lat}
+	var out bytes.Buffer
+	writeDemoTable(&out, []demoRow{{"handoff", 20, handoff}, {"rebind", 20, rebind}})
+	got := strings.Fields(strings.Split(out.String(), "\n")[1])
+	if want := []string{"strategy", "swaps", "requests", "failed", "refused", "reset", "other", "longest", "refused", "p99", "latency"}; !slices.Equal(got, want) {
+		t.Errorf("header %q, want %q", got, want)
+	}
+	for _, want := range [][]string{
+		{"handoff", "20", "1000", "0", "0", "0", "0", "0s", "3ms"},
+		{"rebind", "20", "990", "34", "30", "3", "1", "0s", "3ms"},
+	} {
+		if !slices.ContainsFunc(strings.Split(out.String(), "\n"), func(l string) bool { return slices.Equal(strings.Fields(l), want) }) {
+			t.Errorf("no row %q in:\n%s", want, out.String())
+		}
+	}
+	for _, want := range []string{"failed: requests that got no answer, the cost of a rebind", "refused: no socket listened", "reset: the old", "A handoff passes the listening socket on"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the table does not say %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	writeDemoTable(&out, []demoRow{{"handoff", 20, handoff}})
+	if strings.Contains(out.String(), "failed:") {
+		t.Errorf("a note with nothing failed:\n%s", out.String())
 	}
 }
