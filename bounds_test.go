@@ -27,14 +27,14 @@ func TestDurationFlagBounds(t *testing.T) {
 		{[]string{"--interval", "100000h"}, "--interval 100000h0m0s: want at most 8760h0m0s"},
 		{[]string{"--restart-window", "100000h"}, "--restart-window 100000h0m0s: want at most 8760h0m0s"},
 	} {
-		c, err := parseFlags(append(tt.args, "-p", "1", "--", "true"), io.Discard)
+		c, err := parseFlags(append(tt.args, "-p", "1", "--", "true"), io.Discard, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: %v (lock timeout %v); want an error with %q", tt.args, err, c.EffectiveLockTimeout(), tt.want)
 		}
 	}
 	year := "8760h"
 	c, err := parseFlags([]string{"--kill-timeout", year, "--bind-timeout", "8759h", "--kill-old-delay", year, "--ready-timeout", year,
-		"--strategy", "handoff", "-p", "1", "--", "true"}, io.Discard)
+		"--strategy", "handoff", "-p", "1", "--", "true"}, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

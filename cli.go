@@ -4,26 +4,93 @@ package main
 // two dashes, a version from the build, progress redrawn only on a terminal.
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
-// newFlagSet is a subcommand's flag set: errors and --help go to stderr,
-// --help being usage and then the flags as printFlags spells them.
-func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
+// newFlagSet is a subcommand's flag set. The flag package prints nothing:
+// parseArgs says what is wrong in one line, and prints the usage (then the
+// flags as printFlags spells them) only for --help.
+func newFlagSet(name, usage string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		printFlags(fs, stderr)
+		fmt.Fprint(fs.Output(), usage)
+		printFlags(fs, fs.Output())
 	}
 	return fs
+}
+
+// parseArgs parses args with fs. --help (or -h) prints the usage to stdout:
+// (false, 0). A bad flag prints what is wrong, with the flag spelled as the
+// help spells it, and a line pointing to --help, to stderr: (false,
+// exitUsage). (true, 0) means go on.
+func parseArgs(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (ok bool, code int) {
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return true, 0
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(stdout)
+		fs.Usage()
+		fs.SetOutput(io.Discard)
+		return false, 0
+	}
+	badUsage(stderr, fs.Name(), flagError(err))
+	return false, exitUsage
+}
+
+// badUsage tells the user what is wrong with the command line of cmd
+// ("takeover who"), and where the usage is, instead of burying the error
+// under the whole usage.
+func badUsage(stderr io.Writer, cmd, what string) {
+	fmt.Fprintf(stderr, "%s: %s\nRun '%s --help' for usage.\n", cmd, what, cmd)
+}
+
+// flagError is the flag package's error with the flag spelled as --help
+// and README spell it: "flag provided but not defined: --nope", "invalid
+// value "99999" for flag --port: ...". A one-letter flag keeps one dash.
+func flagError(err error) string {
+	msg := err.Error()
+	for _, prefix := range []string{"flag provided but not defined: -", "flag needs an argument: -"} {
+		if name, ok := strings.CutPrefix(msg, prefix); ok {
+			return prefix[:len(prefix)-1] + dashed(name)
+		}
+	}
+	// invalid value "V" for flag -NAME: ERR; invalid boolean value "V" for -NAME: ERR
+	for _, prefix := range []string{"invalid value ", "invalid boolean value "} {
+		rest, ok := strings.CutPrefix(msg, prefix)
+		if !ok {
+			continue
+		}
+		value, err := strconv.QuotedPrefix(rest) // the value may hold " for -"
+		if err != nil {
+			return msg
+		}
+		for _, of := range []string{" for flag -", " for -"} {
+			if r, ok := strings.CutPrefix(rest[len(value):], of); ok {
+				name, why, _ := strings.Cut(r, ": ")
+				return prefix + value + of[:len(of)-1] + dashed(name) + ": " + why
+			}
+		}
+	}
+	return msg
+}
+
+// dashed is a flag's name as the help spells it: --port, -p.
+func dashed(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
 }
 
 // printFlags is flag.PrintDefaults with the spelling README and every example
@@ -31,12 +98,8 @@ func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
 // -q, -v). Go's flag package takes both spellings, so nothing else changes.
 func printFlags(fs *flag.FlagSet, w io.Writer) {
 	fs.VisitAll(func(f *flag.Flag) {
-		dash := "--"
-		if len(f.Name) == 1 {
-			dash = "-"
-		}
 		var b strings.Builder
-		fmt.Fprintf(&b, "  %s%s", dash, f.Name)
+		fmt.Fprintf(&b, "  %s", dashed(f.Name))
 		name, usage := flag.UnquoteUsage(f)
 		if name != "" {
 			b.WriteString(" " + name)

@@ -27,14 +27,14 @@ import (
 const demoServerUsage = "usage: takeover demo-server [--init-delay D] [--rssminer] ADDR|PATH\n"
 
 func runDemoServer(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("takeover demo-server", demoServerUsage, stderr)
+	fs := newFlagSet("takeover demo-server", demoServerUsage)
 	initDelay := fs.Duration("init-delay", 0, "how long to initialize before binding")
 	rssminer := fs.Bool("rssminer", false, "after initializing, kill the port's holder (lsof | xargs kill) and retry the bind every 150ms, 30 times")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if ok, code := parseArgs(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	if fs.NArg() != 1 {
-		fmt.Fprint(stderr, demoServerUsage)
+		badUsage(stderr, fs.Name(), "want one ADDR or PATH")
 		return exitUsage
 	}
 	if *initDelay < 0 || *initDelay > time.Hour {

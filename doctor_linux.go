@@ -2,8 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 
@@ -20,17 +18,13 @@ import (
 // runDoctor implements `takeover doctor [--json]`: 0 when everything
 // takeover needs works, 1 when something is missing, 2 on bad usage.
 func runDoctor(args []string, stdout, stderr io.Writer) int {
-	flags := newFlagSet("takeover doctor", "usage: takeover doctor [--json]\n\nChecks what takeover needs on this machine, as this user, and says what to change.\nExits 0 when everything needed works, 1 when something is missing.\n", stderr)
+	flags := newFlagSet("takeover doctor", "usage: takeover doctor [--json]\n\nChecks what takeover needs on this machine, as this user, and says what to change.\nExits 0 when everything needed works, 1 when something is missing.\n")
 	asJSON := flags.Bool("json", false, "print JSON")
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return exitUsage
+	if ok, code := parseArgs(flags, args, stdout, stderr); !ok {
+		return code
 	}
 	if flags.NArg() > 0 {
-		fmt.Fprintf(stderr, "takeover doctor: unexpected argument %q\n", flags.Arg(0))
-		flags.Usage()
+		badUsage(stderr, flags.Name(), fmt.Sprintf("unexpected argument %q", flags.Arg(0)))
 		return exitUsage
 	}
 	r := doctor.Diagnose(retryThreadCheck)

@@ -343,8 +343,13 @@ func TestDoctorUsage(t *testing.T) {
 		if code := run(tt.args, &stdout, &stderr); code != tt.code {
 			t.Errorf("%v: exit status %d, want %d", tt.args, code, tt.code)
 		}
-		if !strings.Contains(stderr.String(), "usage: takeover doctor") || stdout.Len() > 0 {
-			t.Errorf("%v: stdout %q, stderr %q; want the usage on stderr", tt.args, stdout.String(), stderr.String())
+		// --help: the usage on stdout; a mistake: what it is and where the usage is, on stderr.
+		out, other, want := &stdout, &stderr, "usage: takeover doctor"
+		if tt.code != 0 {
+			out, other, want = &stderr, &stdout, "Run 'takeover doctor --help' for usage."
+		}
+		if !strings.Contains(out.String(), want) || other.Len() > 0 {
+			t.Errorf("%v: stdout %q, stderr %q; want %q", tt.args, stdout.String(), stderr.String(), want)
 		}
 	}
 }

@@ -19,7 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// errUsage means the flag package has already told the user what is wrong.
+// errUsage means parseArgs has already told the user what is wrong.
 var errUsage = errors.New("usage")
 
 const launcherUsage = `usage: takeover [flags] -- COMMAND [ARG...]
@@ -43,10 +43,10 @@ Flags:
 `
 
 // parseFlags reads the launcher's command line. (config{}, nil) with a nil
-// Command means --help was asked for.
-func parseFlags(args []string, stderr io.Writer) (supervise.Config, error) {
+// Command means --help was asked for, and printed to stdout.
+func parseFlags(args []string, stdout, stderr io.Writer) (supervise.Config, error) {
 	var c supervise.Config
-	fs := newFlagSet("takeover", launcherUsage, stderr)
+	fs := newFlagSet("takeover", launcherUsage)
 	fs.Var(&c.Ports, "port", "`PORTSPEC` to take over (repeatable, required)")
 	fs.Var(&c.Ports, "p", "short for --port `PORTSPEC`")
 	fs.Var(target.PathFlag{List: &c.Ports}, "path", "`PATH` of a unix socket to take over (repeatable)")
@@ -73,8 +73,8 @@ func parseFlags(args []string, stderr io.Writer) (supervise.Config, error) {
 	logFormat := fs.String("log-format", "text", "text or json")
 	quiet := fs.Bool("q", false, "log errors only")
 	verbose := fs.Bool("v", false, "log debug detail")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+	if ok, code := parseArgs(fs, args, stdout, stderr); !ok {
+		if code == 0 {
 			return supervise.Config{}, nil
 		}
 		return supervise.Config{}, errUsage
@@ -206,7 +206,7 @@ func parseSignal(s string) (unix.Signal, error) {
 
 // runLauncher implements `takeover [flags] -- COMMAND [ARG...]`.
 func runLauncher(args []string, stdout, stderr io.Writer) int {
-	cfg, err := parseFlags(args, stderr)
+	cfg, err := parseFlags(args, stdout, stderr)
 	if err != nil {
 		if !errors.Is(err, errUsage) {
 			fmt.Fprintf(stderr, "takeover: %v\n", err)

@@ -236,12 +236,18 @@ func servers(t *testing.T) []server {
 }
 
 // checkReplaced checks that second replaced first on addr: first exited 0,
-// its child oldChild is gone, and only second and its new child, which it
+// saying in one line that second replaced it and how its child oldChild
+// ended, the child is gone, and only second and its new child, which it
 // returns, hold addr.
 func checkReplaced(t *testing.T, first, second *tkRun, addr string, oldChild int) int {
 	t.Helper()
 	if code := first.wait(t); code != 0 {
 		t.Fatalf("the first takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
+	}
+	said := regexp.MustCompile(fmt.Sprintf(`(?m)^time=\S+ level=\S+ msg="replaced by a newer takeover; the server (drained|did not drain)[^"]*" takeover_pid=%d generation=\d+ pid=%d$`,
+		second.cmd.Process.Pid, oldChild))
+	if !said.MatchString(first.stderr.String()) {
+		t.Errorf("the first takeover did not say that takeover %d replaced it, and how its server %d ended; stderr:\n%s", second.cmd.Process.Pid, oldChild, first.stderr)
 	}
 	testutil.WaitGone(t, oldChild)
 	testutil.WaitServing(t, addr)

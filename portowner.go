@@ -52,10 +52,10 @@ type whoStop struct {
 // runWho implements `takeover who [--json] PORTSPEC...`. It returns the exit
 // status: 0 when something listens, 1 when nothing does, 2 on bad usage.
 func runWho(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("takeover who", "usage: takeover who [--json] PORTSPEC|PATH...\n\nPORTSPEC is 8100, 127.0.0.1:8100, [::1]:8100 or [::]:8100 (TCP), or udp:5353;\nPATH is a unix socket's path, with a / in it.\n", stderr)
+	fs := newFlagSet("takeover who", "usage: takeover who [--json] PORTSPEC|PATH...\n\nPORTSPEC is 8100, 127.0.0.1:8100, [::1]:8100 or [::]:8100 (TCP), or udp:5353;\nPATH is a unix socket's path, with a / in it.\n")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if ok, code := parseArgs(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "takeover who: name at least one port, like: takeover who 8100")

@@ -19,15 +19,15 @@ import (
 // scripts/bench.sh and scripts/stress.sh. It sends HTTP/1.0 requests, one
 // connection each, for --duration, and prints what it saw as JSON.
 func runProbe(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("takeover probe", "usage: takeover probe --addr HOST:PORT [--duration D] [--workers N] [--pause D] [--timeout D] [--timeline FILE]\n\nHTTP/1.0 load, a connection per request, printed as JSON.\n", stderr)
+	fs := newFlagSet("takeover probe", "usage: takeover probe --addr HOST:PORT [--duration D] [--workers N] [--pause D] [--timeout D] [--timeline FILE]\n\nHTTP/1.0 load, a connection per request, printed as JSON.\n")
 	addr := fs.String("addr", "", "HOST:PORT to load (loopback only)")
 	duration := fs.Duration("duration", 10*time.Second, "how long to run (up to 1h)")
 	workers := fs.Int("workers", 2, "concurrent clients (1 to 256)")
 	timeline := fs.String("timeline", "", "write one line per request: seconds, latency ms, outcome")
 	pause := fs.Duration("pause", 0, "wait this long between one client's requests (up to 1s): a lighter load")
 	timeout := fs.Duration("timeout", 5*time.Second, "count a request that takes longer as timed out (up to 1m; ab's is 30s)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if ok, code := parseArgs(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	host, _, err := net.SplitHostPort(*addr)
 	ip := net.ParseIP(host)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -95,12 +96,17 @@ func starterTargets(ctx context.Context, ports, paths []string) (specs []target.
 // runStartServer implements start_server's command line: `start_server
 // ARGS` (the binary run under that name) or `takeover start-server ARGS`.
 func runStartServer(args []string, stdout, stderr io.Writer) int {
-	o, err := starter.Parse(args, stderr)
+	o, err := starter.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, starter.Usage)
 		return 0
 	}
 	if err != nil {
+		cmd := "takeover start-server"
+		if filepath.Base(os.Args[0]) == "start_server" {
+			cmd = "start_server"
+		}
+		badUsage(stderr, cmd, flagError(err))
 		return exitFailure // as start_server's Getopt::Long
 	}
 	fail := func(code int, format string, a ...any) int {

@@ -106,3 +106,11 @@ func CopySocketFrom(pidfd, tgid, fd int) (int, uint64, error) {
 
 // PtraceAdvice says how to let takeover copy sockets exactly.
 const PtraceAdvice = "docker run --cap-add SYS_PTRACE (Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]) lets takeover copy sockets exactly"
+
+// Exited reports whether the process of pidfd fd has exited (a zombie too):
+// a pidfd reads ready from its process's exit on.
+func Exited(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}

@@ -1,7 +1,6 @@
 package starter
 
 import (
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -28,7 +27,7 @@ func TestOptionBounds(t *testing.T) {
 		for _, name := range []string{"KILL_OLD_DELAY", "ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "ENVDIR"} {
 			t.Setenv(name, tt.env[name]) // Check sets them: restored after the test
 		}
-		o, err := Parse(append(tt.args, "--port=8000", "--", "true"), io.Discard)
+		o, err := Parse(append(tt.args, "--port=8000", "--", "true"))
 		if err != nil {
 			t.Fatalf("Parse(%q): %v", tt.args, err)
 		}
@@ -40,7 +39,7 @@ func TestOptionBounds(t *testing.T) {
 	for _, name := range []string{"KILL_OLD_DELAY", "ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "ENVDIR"} {
 		t.Setenv(name, "")
 	}
-	o, err := Parse([]string{"--kill-timeout=31536000", "--interval=31536000", "--port=8000", "--", "true"}, io.Discard)
+	o, err := Parse([]string{"--kill-timeout=31536000", "--interval=31536000", "--port=8000", "--", "true"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,12 +99,13 @@ type stringList []string
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 
-// Parse reads start_server's command line, printing what is wrong with it
-// and the usage to stderr. It returns flag.ErrHelp for --help (and -h).
-func Parse(args []string, stderr io.Writer) (*Options, error) {
+// Parse reads start_server's command line. It prints nothing: it returns
+// flag.ErrHelp for --help (and -h), and the flag package's error for a bad
+// option, for the caller to say.
+func Parse(args []string) (*Options, error) {
 	fs := flag.NewFlagSet("start_server", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, Usage) }
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	var o Options
 	var ports, paths stringList
 	fs.Var(&ports, "port", "")

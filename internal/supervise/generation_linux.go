@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/intercept"
+	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/swap"
 	"golang.org/x/sys/unix"
 )
@@ -106,9 +107,7 @@ func (g *generation) isDead() bool {
 	if g.pidfd < 0 {
 		return false // none to look at: a generation that passes sockets
 	}
-	fds := []unix.PollFd{{Fd: int32(g.pidfd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, 0)
-	return err == nil && n > 0
+	return pidfd.Exited(g.pidfd)
 }
 
 // upFor is how long the command has run.
@@ -159,13 +158,6 @@ func (g *generation) handedOverFromRunning() bool {
 	return g.holdings.HandedOverFromRunning(g.prevHoldings())
 }
 
-// exited reports whether the process of pidfd has exited (a zombie too).
-func exited(pidfd int) bool {
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, 0)
-	return err == nil && n > 0
-}
-
 // trap returns what the seccomp trap needs of g to answer its binds.
 func (g *generation) trap() intercept.Gen {
 	tg := intercept.Gen{
@@ -175,7 +167,7 @@ func (g *generation) trap() intercept.Gen {
 		Alive: func() bool {
 			g.mu.Lock()
 			defer g.mu.Unlock()
-			return g.pidfd >= 0 && !exited(g.pidfd)
+			return g.pidfd >= 0 && !pidfd.Exited(g.pidfd)
 		},
 		Listened: func() {
 			select {

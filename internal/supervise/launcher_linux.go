@@ -224,11 +224,15 @@ func (l *Launcher) run(path string) int {
 // signal meanwhile (a USR1 for the server while the newer takeover waits
 // for it to drain) is passed on as at any other time.
 func (l *Launcher) signalEvent(sig syscall.Signal) event {
+	by := 0
+	if sig != unix.SIGHUP && sig != unix.SIGWINCH {
+		by = l.newerTakeover(sig)
+	}
 	switch {
 	case sig == unix.SIGHUP:
 		return event{kind: evHUP, sig: sig}
-	case sig != unix.SIGWINCH && l.newerTakeover(sig):
-		return event{kind: evReplaced, sig: sig}
+	case by != 0:
+		return event{kind: evReplaced, sig: sig, by: by}
 	case isStopSignal(sig):
 		return event{kind: evStop, sig: l.starter.stopSignal(sig)}
 	}
@@ -293,16 +297,16 @@ func (l *Launcher) notify(state string) {
 	}
 }
 
-// newerTakeover reports whether another live takeover has recorded itself
-// for one of our ports, and sig is the signal it stops what it replaces
-// with.
-func (l *Launcher) newerTakeover(sig syscall.Signal) bool {
+// newerTakeover returns the pid of another live takeover that has recorded
+// itself for one of our ports, when sig is the signal it stops what it
+// replaces with; 0 when there is none.
+func (l *Launcher) newerTakeover(sig syscall.Signal) int {
 	for _, key := range l.keys() {
 		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher != l.Self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
-			return true
+			return r.Launcher
 		}
 	}
-	return false
+	return 0
 }
 
 // startGeneration starts the command through the shim and serves its

@@ -63,6 +63,7 @@ type event struct {
 	sig    syscall.Signal
 	status syscall.WaitStatus // evExited
 	seq    int                // evBackoffDone, evRetryDue: which wait
+	by     int                // evReplaced: the newer takeover's pid
 }
 
 // A supervisor carries out the lifecycle's decisions.
@@ -142,6 +143,7 @@ type lifecycle struct {
 	seq        int       // the current back-off's or retry wait's number
 	crash      crashInfo // the last generation that died and is to be started again
 	retries    int       // attempts at the start or reload under way that died before they were ready
+	replacedBy int       // the pid of the newer takeover that replaced this one
 }
 
 // crashInfo is what the restart log line says of the generation that died.
@@ -250,7 +252,7 @@ func (m *lifecycle) onStop(ev event) (int, bool) {
 		// Nothing runs: end now. The held sockets close with takeover.
 		m.sup.release(m.dead)
 		if ev.kind == evReplaced {
-			m.log.Info("replaced by a newer takeover while nothing ran", "state", m.state)
+			m.log.Info("replaced by a newer takeover while nothing ran", "takeover_pid", ev.by, "state", m.state)
 			return 0, true
 		}
 		m.log.Info("stopped while nothing ran", "state", m.state, "status", m.crash.status)
@@ -259,7 +261,7 @@ func (m *lifecycle) onStop(ev event) (int, bool) {
 	if ev.kind == evReplaced {
 		// The newer takeover holds the sockets now: takeover's copies must
 		// not keep the port once the command lets go of it.
-		m.state = replaced
+		m.state, m.replacedBy = replaced, ev.by
 		if m.dead != nil {
 			m.sup.release(m.dead)
 		}
@@ -342,6 +344,23 @@ func (m *lifecycle) onTimedOut(g *generation) {
 	m.sup.stop(g, 0)
 }
 
+// logReplaced says, as a replaced takeover exits 0, which takeover replaced
+// it and whether its server g drained: exited by itself with status 0, or
+// not, and how it ended.
+func (m *lifecycle) logReplaced(g *generation, ws syscall.WaitStatus) {
+	attrs := []any{"takeover_pid", m.replacedBy, "generation", g.num, "pid", g.pid}
+	switch {
+	case ws.Exited() && ws.ExitStatus() == 0:
+		m.log.Info("replaced by a newer takeover; the server drained and exited 0", attrs...)
+	case ws.Exited():
+		m.log.Warn(fmt.Sprintf("replaced by a newer takeover; the server did not drain cleanly: it exited with status %d", ws.ExitStatus()), attrs...)
+	case ws.Signal() == syscall.SIGKILL:
+		m.log.Warn("replaced by a newer takeover; the server did not drain: it was killed by SIGKILL, as when --kill-timeout or --drain-timeout runs out", attrs...)
+	default:
+		m.log.Warn(fmt.Sprintf("replaced by a newer takeover; the server did not drain: it was killed by signal %d (%v)", ws.Signal(), ws.Signal()), attrs...)
+	}
+}
+
 func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 	code := exitStatus(ws)
 	switch {
@@ -381,7 +400,7 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		m.cur, m.status = nil, code
 		if m.state == replaced {
 			m.status = 0
-			m.log.Debug("replaced by a newer takeover; exiting", "child_status", code)
+			m.logReplaced(g, ws)
 		} else {
 			m.log.Info("command exited", "pid", g.pid, "status", code)
 		}

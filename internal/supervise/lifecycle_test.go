@@ -381,3 +381,36 @@ func TestLifecycle(t *testing.T) {
 		})
 	}
 }
+
+// A replaced takeover exits 0 with one line that names the takeover that
+// replaced it and says whether its server drained, and if not how it ended.
+func TestReplacedSaysByWhom(t *testing.T) {
+	for _, tt := range []struct {
+		exit  int // -SIG: killed by SIG
+		level string
+		want  string
+	}{
+		{0, "INFO", `msg="replaced by a newer takeover; the server drained and exited 0" takeover_pid=4711 generation=1 pid=101`},
+		{3, "WARN", `msg="replaced by a newer takeover; the server did not drain cleanly: it exited with status 3" takeover_pid=4711 generation=1 pid=101`},
+		{-9, "WARN", `msg="replaced by a newer takeover; the server did not drain: it was killed by SIGKILL, as when --kill-timeout or --drain-timeout runs out" takeover_pid=4711`},
+		{-15, "WARN", `msg="replaced by a newer takeover; the server did not drain: it was killed by signal 15 (terminated)" takeover_pid=4711`},
+	} {
+		var out strings.Builder
+		f := &fakeSupervisor{}
+		m := newLifecycle(f, slog.New(slog.NewTextHandler(&out, nil)), restartPolicy{Mode: "on-failure", Max: 2, Window: time.Minute, Delay: RestartFirst}, 0)
+		if err := m.begin(); err != nil {
+			t.Fatal(err)
+		}
+		g := f.gens[0]
+		m.handle(event{kind: evReady, g: g})
+		m.handle(event{kind: evSwapped, g: g})
+		m.handle(event{kind: evReplaced, sig: syscall.SIGTERM, by: 4711})
+		close(g.exited)
+		code, done := m.handle(event{kind: evExited, g: g, status: waitStatus(tt.exit)})
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		last := lines[len(lines)-1]
+		if !done || code != 0 || !strings.Contains(last, "level="+tt.level+" "+tt.want) {
+			t.Errorf("server exit %d: done %v, code %d, last line:\n%s\nwant exit 0 and level=%s %s", tt.exit, done, code, last, tt.level, tt.want)
+		}
+	}
+}

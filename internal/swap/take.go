@@ -213,12 +213,7 @@ func (t *Taker) replacedBeside(sw *Swap, all []owner.Listener, launcher int, c C
 			inodes = append(inodes, o.Inode)
 		}
 	}
-	exited := func() bool { // a pidfd reads ready once its process has exited
-		fds := []unix.PollFd{{Fd: int32(p.Pidfd), Events: unix.POLLIN}}
-		n, _ := unix.Poll(fds, 0)
-		return n > 0
-	}
-	if target == nil || exited() {
+	if target == nil || pidfd.Exited(p.Pidfd) {
 		p.Close() // nothing of it here, or it exited meanwhile (its pid may be another's)
 		return
 	}
