@@ -301,7 +301,7 @@ func TestDoctorJSON(t *testing.T) {
 	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"doctor", "--json"}, &stdout, &stderr)
-	var r doctor.DoctorReport
+	var r doctor.Report
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, stdout.String())
 	}

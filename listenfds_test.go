@@ -84,7 +84,7 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 	defer notify.Close()
 	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
-	spec, _ := target.ParsePortSpec(addr)
+	spec, _ := target.Parse(addr)
 
 	cmd := exec.Command(takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
 	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "NOTIFY_SOCKET="+notifyPath)

@@ -61,7 +61,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "takeover who: name at least one port, like: takeover who 8100")
 		return exitUsage
 	}
-	var specs target.SpecList
+	var specs target.List
 	for _, a := range fs.Args() {
 		set := specs.Set
 		if strings.Contains(a, "/") {
@@ -74,7 +74,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	}
 	// Without a run directory this user may trust, no process is known as
 	// a takeover launcher.
-	dir, err := rundir.OpenRunDir(rundir.RunDir(), false)
+	dir, err := rundir.Open(rundir.Default(), false)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(stderr, "takeover who: %v; its records are ignored\n", err)
 	}
@@ -109,7 +109,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 // whoListeners returns the listeners spec names and, for one address, those
 // on its port that a bind to it conflicts with (0.0.0.0 takes 127.0.0.1
 // too, an IPv6-only [::] does not): what a takeover of spec would replace.
-func whoListeners(spec target.PortSpec) ([]owner.Listener, error) {
+func whoListeners(spec target.Spec) ([]owner.Listener, error) {
 	if spec.Net == target.NetUnix || !spec.Addr.IsValid() {
 		return owner.Listeners("/proc", spec, nil, false)
 	}
@@ -120,7 +120,7 @@ func whoListeners(spec target.PortSpec) ([]owner.Listener, error) {
 	}), err
 }
 
-func describe(proc procfs.FS, dir *rundir.RunDirectory, spec target.PortSpec, l owner.Listener, launchers []int) whoListener {
+func describe(proc procfs.FS, dir *rundir.Dir, spec target.Spec, l owner.Listener, launchers []int) whoListener {
 	w := whoListener{Address: spec.BoundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
 	w.V6Only = l.V6Only && l.Addr.Addr().Is6() && l.Addr.Addr().IsUnspecified()
 	for _, h := range l.Holders {
@@ -155,7 +155,7 @@ func describeHolder(h owner.Holder) whoHolder {
 	return w
 }
 
-func printWho(w io.Writer, specs target.SpecList, out []whoListener) {
+func printWho(w io.Writer, specs target.List, out []whoListener) {
 	if len(out) == 0 {
 		fmt.Fprintf(w, "nothing listens on %s\n", specs.String())
 		return

@@ -20,7 +20,7 @@ import (
 // lookup is the port lookup as `takeover who` runs it, against the live /proc.
 func lookup(t *testing.T, spec string) []owner.Listener {
 	t.Helper()
-	ps, err := target.ParsePortSpec(spec)
+	ps, err := target.Parse(spec)
 	if err != nil {
 		t.Fatal(err)
 	}

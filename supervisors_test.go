@@ -257,7 +257,7 @@ func stopSupervisor(t *testing.T, sup *exec.Cmd, exit []string, status, addr str
 
 // holdersOfAny returns the pids holding addr's listeners, if any.
 func holdersOfAny(addr string) map[int]bool {
-	spec, err := target.ParsePortSpec(addr)
+	spec, err := target.Parse(addr)
 	if err != nil {
 		return nil
 	}

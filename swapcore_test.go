@@ -320,7 +320,7 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 	dir := t.TempDir()
 	os.Chmod(dir, 0o700) // takeover refuses a run directory others may enter
 	t.Setenv("TAKEOVER_RUN_DIR", dir)
-	rd, err := rundir.OpenRunDir(dir, false)
+	rd, err := rundir.Open(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}

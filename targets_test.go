@@ -107,7 +107,7 @@ func targetSwaps(h *realHarness, check func(what string), loads ...targetLoad) [
 // r's takeover and its server alone: no other generation's.
 func checkPathServed(t *testing.T, path string, r *tkRun) {
 	t.Helper()
-	spec, err := target.ParsePathSpec(path)
+	spec, err := target.ParsePath(path)
 	if err != nil {
 		t.Fatal(err)
 	}

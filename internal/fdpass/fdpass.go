@@ -35,7 +35,7 @@ import (
 // that connects and sends nothing holds a goroutine this long, no more.
 const fdpassIdle = 2 * time.Second
 
-// serveSockets listens on a unix SOCK_SEQPACKET socket at path (mode 0600; a
+// Serve listens on a unix SOCK_SEQPACKET socket at path (mode 0600; a
 // stale file at path is replaced) and answers each request with the
 // socket lookup returns for the requested inode, passed with SCM_RIGHTS.
 // Only a peer of this process's effective uid, or root, is answered
@@ -46,7 +46,7 @@ const fdpassIdle = 2 * time.Second
 // is the server's: it is closed once passed. (A dup of the socket, taken
 // where nothing can close it first: the fd the holder keeps may be closed
 // at any time.)
-func ServeSockets(path string, lookup func(inode uint64) (fd int, ok bool)) (stop func(), err error) {
+func Serve(path string, lookup func(inode uint64) (fd int, ok bool)) (stop func(), err error) {
 	ln, err := listenSeqpacket(path)
 	if err != nil {
 		return nil, fmt.Errorf("serve sockets at %s: %w", path, err)
@@ -273,12 +273,12 @@ func sendReply(c *net.UnixConn, msg string, fd int) error {
 	return err
 }
 
-// fetchSocket asks the launcher serving at path for its socket with the
+// Fetch asks the launcher serving at path for its socket with the
 // given inode and returns a new fd for it (close-on-exec). The server must
 // be process wantPID (checked with SO_PEERCRED), so a stale path reused by
 // another process is never trusted. It never waits more than timeout in
 // total (connect, send, receive).
-func FetchSocket(path string, wantPID int, inode uint64, timeout time.Duration) (int, error) {
+func Fetch(path string, wantPID int, inode uint64, timeout time.Duration) (int, error) {
 	fd, err := fetch(path, wantPID, inode, time.Now().Add(timeout))
 	if err != nil {
 		return -1, fmt.Errorf("fetch socket inode %d from takeover pid %d at %s: %w", inode, wantPID, path, err)
@@ -336,7 +336,7 @@ func receiveSocket(c *net.UnixConn) (int, error) {
 	return fds[0], nil
 }
 
-// receivedFDs returns the fds in the control messages oob (already
+// ReceivedFDs returns the fds in the control messages oob (already
 // close-on-exec: net receives with MSG_CMSG_CLOEXEC).
 func ReceivedFDs(oob []byte) []int {
 	msgs, err := unix.ParseSocketControlMessage(oob)

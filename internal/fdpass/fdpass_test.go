@@ -41,7 +41,7 @@ func fdpassClient(spec string) int {
 		fmt.Println("error:", err)
 		return 2
 	}
-	fd, err := FetchSocket(f[2], pid, inode, 30*time.Second)
+	fd, err := Fetch(f[2], pid, inode, 30*time.Second)
 	if err != nil {
 		fmt.Println("error:", err)
 		return 1
@@ -80,7 +80,7 @@ func serveTest(t *testing.T, dir string, held map[uint64]int) string {
 		dir = t.TempDir()
 	}
 	path := filepath.Join(dir, "launcher.sock")
-	stop, err := ServeSockets(path, func(inode uint64) (int, bool) {
+	stop, err := Serve(path, func(inode uint64) (int, bool) {
 		fd, ok := held[inode]
 		if !ok {
 			return -1, false
@@ -99,7 +99,7 @@ func TestFetchSocket(t *testing.T) {
 	ln, held, inode := heldListener(t)
 	path := serveTest(t, "", map[uint64]int{inode: held})
 
-	fd, err := FetchSocket(path, os.Getpid(), inode, 10*time.Second)
+	fd, err := Fetch(path, os.Getpid(), inode, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestFetchSocketErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			began := time.Now()
-			fd, err := FetchSocket(tt.path, tt.pid, tt.inode, tt.timeout)
+			fd, err := Fetch(tt.path, tt.pid, tt.inode, tt.timeout)
 			took := time.Since(began)
 			if err == nil {
 				unix.Close(fd)
@@ -245,7 +245,7 @@ func TestServeSocketsIdlePeer(t *testing.T) {
 	}
 	defer idle.Close()
 
-	fd, err := FetchSocket(path, os.Getpid(), inode, 10*time.Second)
+	fd, err := Fetch(path, os.Getpid(), inode, 10*time.Second)
 	if err != nil {
 		t.Fatalf("fetch beside an idle peer: %v", err)
 	}
@@ -263,7 +263,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if err := os.WriteFile(path, []byte("stale"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stop, err := ServeSockets(path, func(uint64) (int, bool) {
+	stop, err := Serve(path, func(uint64) (int, bool) {
 		dup, err := unix.FcntlInt(uintptr(held), unix.F_DUPFD_CLOEXEC, 0) // the server closes it
 		return dup, err == nil
 	})
@@ -307,7 +307,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if target.InodeOf(held) != inode {
 		t.Error("stop closed the caller's socket")
 	}
-	if fd, err := FetchSocket(path, os.Getpid(), inode, 10*time.Second); err == nil {
+	if fd, err := Fetch(path, os.Getpid(), inode, 10*time.Second); err == nil {
 		unix.Close(fd)
 		t.Error("fetch after stop succeeded")
 	}

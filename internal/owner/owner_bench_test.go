@@ -29,7 +29,7 @@ func BenchmarkLookup(b *testing.B) {
 	}
 	h := testutil.StartHelper(b, "wrapper", "127.0.0.1:0")
 	ap := netip.MustParseAddrPort(h.Addr)
-	spec := target.PortSpec{Addr: ap.Addr(), Port: ap.Port()}
+	spec := target.Spec{Addr: ap.Addr(), Port: ap.Port()}
 	port := strconv.Itoa(int(ap.Port()))
 	launcher := h.Cmd.Process.Pid
 

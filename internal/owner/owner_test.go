@@ -31,7 +31,7 @@ func TestMain(m *testing.M) { testutil.Main(m, nil) }
 // lookup is the port lookup as `takeover who` runs it, against the live /proc.
 func lookup(t *testing.T, spec string) []Listener {
 	t.Helper()
-	ps, err := target.ParsePortSpec(spec)
+	ps, err := target.Parse(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func holderPIDs(l Listener) map[int]bool {
 }
 
 func TestListenersFixture(t *testing.T) {
-	ls, err := Listeners(fixtures, target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}, nil, false)
+	ls, err := Listeners(fixtures, target.Spec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestListenersFixture(t *testing.T) {
 	}
 
 	// A bare port names every address of both families.
-	all, err := Listeners(fixtures, target.PortSpec{Port: 8100}, nil, false)
+	all, err := Listeners(fixtures, target.Spec{Port: 8100}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestListenersFixture(t *testing.T) {
 }
 
 func TestListenersOnlyFirst(t *testing.T) {
-	spec := target.PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}
+	spec := target.Spec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}
 	// Starting from the launcher finds master and worker without the full walk.
 	ls, err := Listeners(fixtures, spec, []int{90}, true)
 	if err != nil {
@@ -223,7 +223,7 @@ func TestListenersManagedByLauncher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rundir.WriteRecord(dir, target.PortSpec{Net: target.NetUnix, Path: "/run/app.sock"}.Key(), rundir.GenRecord{Launcher: h.Cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
+	if err := rundir.WriteRecord(dir, target.Spec{Net: target.NetUnix, Path: "/run/app.sock"}.Key(), rundir.Record{Launcher: h.Cmd.Process.Pid, LauncherStart: st.Start}); err != nil {
 		t.Fatal(err)
 	}
 	ts := StopTargets("/proc", ls[0], rundir.LiveLaunchers(dir))

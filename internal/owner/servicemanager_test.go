@@ -48,7 +48,7 @@ func TestServiceManagerNotByName(t *testing.T) {
 			if tt.ns != "" {
 				os.Symlink(tt.ns, filepath.Join(dir, "ns/user"))
 			}
-			if got := ServiceManager(filepath.Join(proc, tt.name), tt.pid); got != tt.isManager {
+			if got := IsServiceManager(filepath.Join(proc, tt.name), tt.pid); got != tt.isManager {
 				t.Errorf("serviceManager = %v, want %v", got, tt.isManager)
 			}
 		})

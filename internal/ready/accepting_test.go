@@ -56,7 +56,7 @@ func TestAcceptingFixture(t *testing.T) {
 func TestAcceptingLive(t *testing.T) {
 	inodeOfListener := func(t *testing.T, pid int, addr string) uint64 {
 		t.Helper()
-		spec, err := target.ParsePortSpec(addr)
+		spec, err := target.Parse(addr)
 		if err != nil {
 			t.Fatal(err)
 		}

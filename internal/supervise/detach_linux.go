@@ -34,7 +34,7 @@ const FrontEnv = "TAKEOVER_FRONT_FD"
 // maxDetach bounds --detach-on-stop.
 const MaxDetach = time.Hour
 
-// runFront starts the launcher with the same arguments behind a front and
+// RunFront starts the launcher with the same arguments behind a front and
 // returns the exit status the front should exit with: the launcher's own,
 // or 0 when a stop signal detached it.
 func RunFront(args []string, stderr io.Writer) int {
@@ -211,11 +211,11 @@ func (l *Launcher) lockHeld() (held, bySelf bool) {
 // that no takeover holds it: f is then the lock file, locked until the
 // caller closes it (nil if there is no lock file at all). Otherwise owner
 // is whom the lock file names.
-func tryPortLock(dir *rundir.RunDirectory, key string) (f *os.File, free bool, owner rundir.LockOwner) {
+func tryPortLock(dir *rundir.Dir, key string) (f *os.File, free bool, owner rundir.Owner) {
 	name := rundir.LockName(key)
 	f, err := dir.Open(name, os.O_RDWR, 0)
 	if err != nil {
-		return nil, true, rundir.LockOwner{}
+		return nil, true, rundir.Owner{}
 	}
 	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 	owner = rundir.ReadLockOwner(f)

@@ -22,7 +22,7 @@ import (
 // takeover holds it, with the record still naming the detached launcher.
 func TestDetachedRecordLeftToNewer(t *testing.T) {
 	dir := testutil.RunDir(t)
-	spec, err := target.ParsePortSpec("127.0.0.1:8100")
+	spec, err := target.Parse("127.0.0.1:8100")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,13 +30,13 @@ func TestDetachedRecordLeftToNewer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &Launcher{Ctx: context.Background(), Cfg: Config{Ports: []target.PortSpec{spec}}, Dir: dir, Self: os.Getpid(), Born: st.Start, Log: slog.New(slog.DiscardHandler)}
+	l := &Launcher{Ctx: context.Background(), Cfg: Config{Ports: []target.Spec{spec}}, Dir: dir, Self: os.Getpid(), Born: st.Start, Log: slog.New(slog.DiscardHandler)}
 	key := spec.Key()
-	mine := rundir.GenRecord{Launcher: l.Self, LauncherStart: l.Born, Child: 1}
+	mine := rundir.Record{Launcher: l.Self, LauncherStart: l.Born, Child: 1}
 	if err := rundir.WriteRecord(dir, key, mine); err != nil {
 		t.Fatal(err)
 	}
-	newer, err := rundir.LockTargets(context.Background(), dir, []string{key}, rundir.LockOwner{PID: 2, Start: 1}, func(string, rundir.LockOwner, time.Duration) {})
+	newer, err := rundir.Lock(context.Background(), dir, []string{key}, rundir.Owner{PID: 2, Start: 1}, func(string, rundir.Owner, time.Duration) {})
 	if err != nil {
 		t.Fatal(err)
 	}

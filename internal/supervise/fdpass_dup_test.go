@@ -68,7 +68,7 @@ func TestServeSocketsClosesPassed(t *testing.T) {
 	inode := target.InodeOf(served)
 	lookups := 0
 	path := filepath.Join(t.TempDir(), "launcher.sock")
-	stop, err := fdpass.ServeSockets(path, func(ino uint64) (int, bool) {
+	stop, err := fdpass.Serve(path, func(ino uint64) (int, bool) {
 		lookups++
 		if ino != inode || lookups > 1 {
 			return -1, false
@@ -80,7 +80,7 @@ func TestServeSocketsClosesPassed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
-	fd, err := fdpass.FetchSocket(path, os.Getpid(), inode, 10*time.Second)
+	fd, err := fdpass.Fetch(path, os.Getpid(), inode, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,13 +39,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A launcher supervises the generations of one command: it starts each
+// A Launcher supervises the generations of one command: it starts each
 // through the shim, answers its binds, forwards signals, reaps, and exits
 // with the command's status.
 type Launcher struct {
 	Cfg  Config
 	Log  *slog.Logger
-	Dir  *rundir.RunDirectory
+	Dir  *rundir.Dir
 	Self int
 	Born uint64 // this process's start time, for its generation records
 	unit string // the systemd unit takeover runs in, or ""
@@ -73,7 +73,7 @@ type Launcher struct {
 	// generation takes them, and the unit's file descriptor store (nil
 	// when takeover does not run under systemd).
 	inherited *generation
-	store     *systemd.FdStore
+	store     *systemd.Store
 	taker     *swap.Taker // gives the generations' binds their targets
 
 	detachedUntil time.Time // --detach-on-stop: the front has gone (detach_linux.go); l.mu
@@ -83,7 +83,7 @@ type Launcher struct {
 // forwarded but reloads.
 var forwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGHUP}
 
-// launch runs cfg's command under a launcher until takeover exits, and
+// Launch runs cfg's command under a launcher until takeover exits, and
 // returns takeover's exit status.
 func Launch(cfg Config, stderr io.Writer) int {
 	path, code, err := resolveCommand(cfg.commandName())
@@ -91,7 +91,7 @@ func Launch(cfg Config, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return code
 	}
-	dir, err := rundir.OpenRunDir(rundir.RunDir(), true)
+	dir, err := rundir.Open(rundir.Default(), true)
 	if err != nil {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return ExitLauncher
@@ -137,7 +137,7 @@ func (l *Launcher) run(path string) int {
 		l.Log.Error("cannot take the port lock", "err", err)
 		return ExitLauncher
 	}
-	stopServing, err := fdpass.ServeSockets(rundir.LauncherSockPath(l.Dir, l.Self), l.heldSocket)
+	stopServing, err := fdpass.Serve(rundir.LauncherSockPath(l.Dir, l.Self), l.heldSocket)
 	if err != nil {
 		l.Log.Warn("cannot serve this takeover's sockets to the next one; it will copy them with pidfd_getfd where allowed", "err", err)
 		stopServing = func() {}
@@ -150,12 +150,12 @@ func (l *Launcher) run(path string) int {
 		l.cleanRunDir()
 	}()
 	l.Ctx, l.path, l.locks = ctx, path, locks
-	passed := systemd.InheritSockets(l.Log, l.Cfg.Ports, os.Getenv)
+	passed := systemd.Inherit(l.Log, l.Cfg.Ports, os.Getenv)
 	if len(passed) > 0 {
 		l.inherited = l.inheritedGeneration(passed)
 		defer l.inherited.holdings.CloseCopies() // if no generation took them
 	}
-	l.store = systemd.NewFDStore(l.Log, l.unit, passed)
+	l.store = systemd.NewStore(l.Log, l.unit, passed)
 	l.taker = swap.NewTaker(swap.Options{
 		Strategy: l.Cfg.Strategy, Fence: l.Cfg.fence(), Force: l.Cfg.Force, Signal: l.Cfg.signal(),
 		BindTimeout: l.Cfg.EffectiveBindTimeout(), KillTimeout: l.Cfg.killTimeout(),
@@ -261,10 +261,10 @@ func (l *Launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 	limit := l.Cfg.EffectiveLockTimeout()
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	var last rundir.LockOwner
+	var last rundir.Owner
 	done := make(chan result, 1)
 	go func() {
-		files, err := rundir.LockTargets(ctx, l.Dir, l.keys(), rundir.LockOwner{PID: l.Self, Start: l.Born}, func(key string, holder rundir.LockOwner, waited time.Duration) {
+		files, err := rundir.Lock(ctx, l.Dir, l.keys(), rundir.Owner{PID: l.Self, Start: l.Born}, func(key string, holder rundir.Owner, waited time.Duration) {
 			last = holder
 			l.Log.Info("waiting for another takeover of this port to finish its swap",
 				"lock", key, "takeover_pid", holder.PID, "its_command", owner.CommandLine(holder.PID), "waited", waited, "lock_timeout", limit)
@@ -292,7 +292,7 @@ func (l *Launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 
 // notify tells systemd, when takeover runs under it, what it is doing.
 func (l *Launcher) notify(state string) {
-	if _, err := systemd.SdNotify(state); err != nil {
+	if _, err := systemd.Notify(state); err != nil {
 		l.Log.Warn("cannot notify systemd", "state", state, "err", err)
 	}
 }
@@ -323,7 +323,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 	defer unix.Close(parentEnd)
 	notify, notifyEnv := l.notifySocket(num)
 	shimMode := "1"
-	if slices.ContainsFunc(l.Cfg.Ports, func(p target.PortSpec) bool { return p.Net == target.NetUnix }) {
+	if slices.ContainsFunc(l.Cfg.Ports, func(p target.Spec) bool { return p.Net == target.NetUnix }) {
 		shimMode = shimUnlinks
 	}
 	env := append(l.commandEnv(num, nil), ShimEnv+"="+shimMode)
@@ -554,7 +554,7 @@ func (l *Launcher) leftRunning() []int {
 // no other takeover uses them.
 func (l *Launcher) cleanRunDir() {
 	for _, spec := range l.Cfg.Ports {
-		if rundir.RemoveRunFiles(l.Dir, spec.Key(), l.Self) && spec.Net == target.NetUnix {
+		if rundir.RemoveFiles(l.Dir, spec.Key(), l.Self) && spec.Net == target.NetUnix {
 			// The last takeover of a path removes what the server's own
 			// unlink on its way out missed: a server that got its socket
 			// by a rename knows it by the name beside the path, and a

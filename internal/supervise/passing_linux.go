@@ -43,7 +43,7 @@ const (
 // its own pid, which becomes the command's by exec, and execs.
 const PassShim = "pass"
 
-// runPassShim never returns: it execs the command or exits.
+// RunPassShim never returns: it execs the command or exits.
 func RunPassShim(args []string) {
 	env := make([]string, 0, len(os.Environ())+1)
 	for _, kv := range os.Environ() {
@@ -64,16 +64,16 @@ func RunPassShim(args []string) {
 
 // passedSockets returns the listening sockets, one per --port in order, for
 // a generation that gets them passed, and the swap each was taken by.
-func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*swap.Held, []*swap.Swap, error) {
+func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*swap.Held, []*swap.Record, error) {
 	var held []*swap.Held
-	var swaps []*swap.Swap
-	fail := func(err error) ([]*swap.Held, []*swap.Swap, error) {
+	var swaps []*swap.Record
+	fail := func(err error) ([]*swap.Held, []*swap.Record, error) {
 		abandonAll(held, swaps)
 		return nil, nil, err
 	}
 	for _, spec := range l.Cfg.Ports {
 		began := time.Now()
-		var sw *swap.Swap
+		var sw *swap.Record
 		var sock int
 		var err error
 		if prev != nil && (!prev.holdings.Inherited || prev.holdings.HeldForSpec(spec) != nil) {
@@ -98,9 +98,9 @@ func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generat
 // socket prev holds for spec. A prev that died before it was ready (a
 // failed start, retried) never completed its swap: the new generation
 // takes that swap over, so that it stops the old server prev was to stop.
-func inheritSocket(prev *generation, spec target.PortSpec) (*swap.Swap, int, error) {
+func inheritSocket(prev *generation, spec target.Spec) (*swap.Record, int, error) {
 	old, fd, err := prev.holdings.DupForSpec(spec)
-	var unfinished *swap.Swap
+	var unfinished *swap.Record
 	if by, _ := prev.readiedBy(); old != nil && err == nil && by == "" && prev.hasExited() {
 		unfinished = prev.holdings.TakeSwap(spec)
 	}
@@ -110,7 +110,7 @@ func inheritSocket(prev *generation, spec target.PortSpec) (*swap.Swap, int, err
 	if unfinished != nil {
 		return unfinished, fd, nil
 	}
-	sw := &swap.Swap{Spec: spec, Addr: old.Addr, Strategy: "handoff"}
+	sw := &swap.Record{Spec: spec, Addr: old.Addr, Strategy: "handoff"}
 	prev.holdings.ReplacedIn(sw, old)
 	if spec.Net == target.NetUnix && len(sw.OldProcs) > 0 {
 		sw.Path = swap.KeepHandedOver(spec.Path) // no filter here sees the old server's unlink
@@ -120,7 +120,7 @@ func inheritSocket(prev *generation, spec target.PortSpec) (*swap.Swap, int, err
 
 // acquire takes spec's listening socket for the first generation, as a
 // bind of the command would be taken over.
-func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string) (*swap.Swap, int, error) {
+func (l *Launcher) acquire(ctx context.Context, spec target.Spec, exe string) (*swap.Record, int, error) {
 	if spec.Net == target.NetUnix {
 		// As systemd does before it binds a socket unit's path: a file
 		// left by a server that is gone would fail the bind.
@@ -131,13 +131,13 @@ func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 	if err != nil {
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
-	child := owner.NewChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.Cfg.StartServer != nil, Unit: l.unit}
+	child := owner.Child{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.Cfg.StartServer != nil, Unit: l.unit}
 	sw, held, err := l.taker.Take(ctx, swap.Claim{Child: child, Sock: sock, Addr: addr, Spec: spec, PathMode: l.Cfg.socketFileMode()}, nil)
 	if err != nil {
 		unix.Close(sock)
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
 	}
-	fail := func(err error) (*swap.Swap, int, error) {
+	fail := func(err error) (*swap.Record, int, error) {
 		unix.Close(held)
 		sw.Abandon()
 		return nil, -1, err
@@ -165,7 +165,7 @@ func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 // in old's place (old closed: the old generation holds its own). Otherwise,
 // or when it cannot, it returns old, handed over unfenced as before, with
 // why not in sw.
-func (l *Launcher) fencePassed(sw *swap.Swap, old int) int {
+func (l *Launcher) fencePassed(sw *swap.Record, old int) int {
 	if !l.Cfg.fence() || sw.Spec.Net != "" || len(sw.OldProcs) == 0 || sw.Fence != nil {
 		return old
 	}
@@ -198,7 +198,7 @@ func (l *Launcher) fencePassed(sw *swap.Swap, old int) int {
 // bindAddrFor is the address takeover binds for an IP spec: the one a
 // server already uses where one does (a handoff needs the same family),
 // else the spec's, and for every address the IPv6 wildcard, dual-stack.
-func bindAddrFor(spec target.PortSpec) netip.AddrPort {
+func bindAddrFor(spec target.Spec) netip.AddrPort {
 	if spec.Net == target.NetUnix {
 		return netip.AddrPort{}
 	}
@@ -226,7 +226,7 @@ func hasIPv6Stack() bool {
 // newTargetSocket makes a blocking socket for the target, as start_server
 // and systemd pass them: for TCP and UDP at addr, with SO_REUSEADDR, and
 // dual-stack for the IPv6 wildcard.
-func newTargetSocket(spec target.PortSpec, addr netip.AddrPort) (int, error) {
+func newTargetSocket(spec target.Spec, addr netip.AddrPort) (int, error) {
 	if spec.Net == target.NetUnix {
 		return unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	}
@@ -272,7 +272,7 @@ var passedVars = []string{"SERVER_STARTER_PORT=", "SERVER_STARTER_GENERATION="}
 
 // abandonAll closes the sockets taken for a generation that will not run,
 // and abandons the swaps that took them.
-func abandonAll(held []*swap.Held, swaps []*swap.Swap) {
+func abandonAll(held []*swap.Held, swaps []*swap.Record) {
 	for _, h := range held {
 		unix.Close(h.CopyFD)
 	}
@@ -476,12 +476,12 @@ func (g *generation) sentBy(pid int) bool {
 // inheritedGeneration stands for what held the sockets systemd passed: a
 // generation that has exited, holding them, as a crashed one would. The
 // first generation takes them from it.
-func (l *Launcher) inheritedGeneration(socks []systemd.InheritedSock) *generation {
+func (l *Launcher) inheritedGeneration(socks []systemd.Passed) *generation {
 	g := &generation{l: l, pid: 0, pidfd: -1, exited: make(chan struct{})}
 	close(g.exited)
 	g.holdings = swap.NewHoldings(0, true, g.exited)
 	for _, s := range socks {
-		g.holdings.Add(swap.SockKey{Tgid: 0, FD: s.Fd}, &swap.Held{CopyFD: s.Fd, Inode: s.Inode, Spec: s.Spec, Addr: s.Addr, Via: s.Via}, nil)
+		g.holdings.Add(swap.SockKey{Tgid: 0, FD: s.FD}, &swap.Held{CopyFD: s.FD, Inode: s.Inode, Spec: s.Spec, Addr: s.Addr, Via: s.Via}, nil)
 	}
 	return g
 }

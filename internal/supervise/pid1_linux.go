@@ -57,19 +57,19 @@ func (l *Launcher) standBy(sigs <-chan os.Signal, exits <-chan childExit) int {
 // servingLauncher returns the record of the live takeover, other than this
 // one, that the run directory names for one of our targets (Launcher 0:
 // none).
-func (l *Launcher) servingLauncher() rundir.GenRecord {
+func (l *Launcher) servingLauncher() rundir.Record {
 	for _, key := range l.keys() {
 		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher != l.Self {
 			return r
 		}
 	}
-	return rundir.GenRecord{}
+	return rundir.Record{}
 }
 
 // signalLauncher sends sig to the launcher r names through a pidfd opened
 // first, and only then checked to be that very process (its start time):
 // a pid reused after the record was read is never signalled.
-func signalLauncher(r rundir.GenRecord, sig syscall.Signal) error {
+func signalLauncher(r rundir.Record, sig syscall.Signal) error {
 	fd, err := unix.PidfdOpen(r.Launcher, 0)
 	if err != nil {
 		return err

@@ -24,11 +24,11 @@ func TestSignalLauncherChecksStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stale := rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start + 1}
+	stale := rundir.Record{Launcher: cmd.Process.Pid, LauncherStart: st.Start + 1}
 	if err := signalLauncher(stale, syscall.SIGTERM); err == nil {
 		t.Fatal("signalLauncher signalled a process its record does not name")
 	}
-	if err := signalLauncher(rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
+	if err := signalLauncher(rundir.Record{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	err = cmd.Wait()

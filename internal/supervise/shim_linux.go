@@ -22,7 +22,7 @@ const ShimEnv = "_TAKEOVER_SHIM"
 // the launcher has unix targets.
 const shimUnlinks = "unlinks"
 
-// runShim never returns: it execs the command or exits.
+// RunShim never returns: it execs the command or exits.
 func RunShim(args []string) {
 	runtime.LockOSThread() // the filter binds to this thread, which must exec
 	unix.CloseOnExec(intercept.ShimFD)

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startServerOpts is what start_server's options ask of a launcher beyond
+// StartServerOpts is what start_server's options ask of a launcher beyond
 // config's own fields.
 type StartServerOpts struct {
 	Dir          string        // --dir: the command's working directory

@@ -10,7 +10,7 @@ import (
 
 // --status-file: what the launcher is doing, for people and scripts.
 
-// status is what --status-file holds.
+// Status is what --status-file holds.
 type Status struct {
 	TakeoverPID int          `json:"takeover_pid"`
 	State       string       `json:"state"` // serving, or backing-off after a crash
@@ -60,7 +60,7 @@ type swapStatus struct {
 func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // writeStatus records a swap in --status-file.
-func (l *Launcher) writeStatus(g *generation, swaps []*swap.Swap) {
+func (l *Launcher) writeStatus(g *generation, swaps []*swap.Record) {
 	if l.Cfg.StatusFile == "" {
 		return
 	}

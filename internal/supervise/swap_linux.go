@@ -44,7 +44,7 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 
 	before := l.othersRecords()
 	for _, key := range l.keys() {
-		if err := l.updateRecord(ctx, key, rundir.GenRecord{Launcher: l.Self, LauncherStart: l.Born, Child: g.pid, StopSignal: int(l.Cfg.signal())}, len(locks) > 0); err != nil {
+		if err := l.updateRecord(ctx, key, rundir.Record{Launcher: l.Self, LauncherStart: l.Born, Child: g.pid, StopSignal: int(l.Cfg.signal())}, len(locks) > 0); err != nil {
 			l.Log.Warn("cannot record the generation", "lock", key, "err", err)
 		}
 	}
@@ -58,7 +58,7 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	}
 	if inherited != nil {
 		stop = append(stop, inherited.stop...)
-		l.Log.Info("completing the swap an earlier generation began: its old servers are stopped once they have finished", "generation", g.num, "old_pids", fmt.Sprint(pidfd.PidsOf(inherited.procs()...)))
+		l.Log.Info("completing the swap an earlier generation began: its old servers are stopped once they have finished", "generation", g.num, "old_pids", fmt.Sprint(pidfd.PIDsOf(inherited.procs()...)))
 	}
 	if !ok && len(stop) == 0 {
 		l.Log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
@@ -107,13 +107,13 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		for _, p := range st.Procs {
 			if !p.Wait(wctx) {
 				l.Log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
-				swap.KillStillHolding(st.Holders, st.Sw.Inodes)
+				swap.KillStillHolding(st.Holders, st.Record.Inodes)
 			}
 		}
 		cancel()
-		if f := st.Sw.Fence; f != nil {
-			if held := g.holdings.HeldFor(st.Sw.Spec, st.Sw.Addr); held != nil && !f.Settle(ctx, held.CopyFD) {
-				l.Log.Debug("the old socket still listens after its server exited; new connections stay steered to the new one", "port", st.Sw.Spec.String())
+		if f := st.Record.Fence; f != nil {
+			if held := g.holdings.HeldFor(st.Record.Spec, st.Record.Addr); held != nil && !f.Settle(ctx, held.CopyFD) {
+				l.Log.Debug("the old socket still listens after its server exited; new connections stay steered to the new one", "port", st.Record.Spec.String())
 			}
 		}
 	}
@@ -131,7 +131,7 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	for i, st := range stop {
 		if n := <-restored[i]; n > 0 {
 			hint := ""
-			if st.Sw.Via != "own-copy" && !st.Sw.Old[0].Launcher {
+			if st.Record.Via != "own-copy" && !st.Record.Old[0].Launcher {
 				hint = "; start the old server under takeover, which keeps the path"
 			}
 			l.Log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed"+hint+")", "path", st.Path.Path, "times", n)
@@ -154,7 +154,7 @@ func (l *Launcher) completeSwap(g *generation, unlock bool) {
 }
 
 // logSwap writes the one line that says how a generation took its ports.
-func (l *Launcher) logSwap(g *generation, swaps []*swap.Swap) {
+func (l *Launcher) logSwap(g *generation, swaps []*swap.Record) {
 	by, readyAt := g.readiedBy()
 	attrs := []any{"generation", g.num, "new_pid", g.pid, "ready_by", by}
 	for _, sw := range swaps {
@@ -192,14 +192,14 @@ func (l *Launcher) logSwap(g *generation, swaps []*swap.Swap) {
 // launcher to be ready (a restart, on the same sockets) completes it; if
 // none is, the old servers serve on (dropUnfinished).
 type unfinished struct {
-	stop  []swap.OldStop
+	stop  []swap.Stop
 	prevs []*generation // this launcher's generations among the old servers (a reload's): their copies go once they are stopped
 	locks []*os.File
 }
 
 // procs returns the processes the unfinished swap is to stop.
-func (u *unfinished) procs() [][]*pidfd.OldProcess {
-	var ps [][]*pidfd.OldProcess
+func (u *unfinished) procs() [][]*pidfd.Process {
+	var ps [][]*pidfd.Process
 	for _, st := range u.stop {
 		ps = append(ps, st.Procs)
 	}
@@ -209,17 +209,17 @@ func (u *unfinished) procs() [][]*pidfd.OldProcess {
 // interrupt keeps u, the rest of g's swap, for the next generation: it
 // steers new connections back to the old sockets, puts back the records of
 // the takeovers being replaced (before), and holds the port locks.
-func (l *Launcher) interrupt(ctx context.Context, g *generation, u *unfinished, before map[string]rundir.GenRecord) {
+func (l *Launcher) interrupt(ctx context.Context, g *generation, u *unfinished, before map[string]rundir.Record) {
 	for _, st := range u.stop {
-		f := st.Sw.Fence
+		f := st.Record.Fence
 		if f == nil {
 			continue
 		}
 		// Any socket of the group sets its program; none is left if the
 		// lifecycle let go of g's, and then the group has the old one alone.
-		if sock := g.holdings.DupHeld(st.Sw.Spec, st.Sw.Addr); sock >= 0 {
+		if sock := g.holdings.DupHeld(st.Record.Spec, st.Record.Addr); sock >= 0 {
 			if err := f.Lower(sock); err != nil {
-				l.Log.Warn("cannot steer new connections back to the old server; they wait for the restarted one", "port", st.Sw.Spec.String(), "err", err)
+				l.Log.Warn("cannot steer new connections back to the old server; they wait for the restarted one", "port", st.Record.Spec.String(), "err", err)
 			}
 			unix.Close(sock)
 		}
@@ -229,7 +229,7 @@ func (l *Launcher) interrupt(ctx context.Context, g *generation, u *unfinished, 
 		// at work, which is then the one to stop the old servers.
 		now, cancel := context.WithCancel(ctx)
 		cancel()
-		u.locks, _ = rundir.LockTargets(now, l.Dir, l.keys(), rundir.LockOwner{PID: l.Self, Start: l.Born}, func(string, rundir.LockOwner, time.Duration) {})
+		u.locks, _ = rundir.Lock(now, l.Dir, l.keys(), rundir.Owner{PID: l.Self, Start: l.Born}, func(string, rundir.Owner, time.Duration) {})
 	}
 	for key, r := range before {
 		if err := l.updateRecord(ctx, key, r, len(u.locks) > 0); err != nil {
@@ -286,7 +286,7 @@ func (l *Launcher) dropUnfinished() {
 	if u == nil {
 		return
 	}
-	l.Log.Warn("the swap an exited generation began was not completed: the old servers serve on", "old_pids", fmt.Sprint(pidfd.PidsOf(u.procs()...)))
+	l.Log.Warn("the swap an exited generation began was not completed: the old servers serve on", "old_pids", fmt.Sprint(pidfd.PIDsOf(u.procs()...)))
 	for _, st := range u.stop {
 		st.Abandon()
 	}
@@ -295,8 +295,8 @@ func (l *Launcher) dropUnfinished() {
 
 // othersRecords returns the records of the launcher's targets that name
 // another live takeover: those a first swap replaces.
-func (l *Launcher) othersRecords() map[string]rundir.GenRecord {
-	rs := make(map[string]rundir.GenRecord)
+func (l *Launcher) othersRecords() map[string]rundir.Record {
+	rs := make(map[string]rundir.Record)
 	for _, key := range l.keys() {
 		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher != l.Self {
 			rs[key] = r
@@ -312,12 +312,12 @@ func (l *Launcher) othersRecords() map[string]rundir.GenRecord {
 // record (written in the swap that replaces this launcher) is the one to
 // keep; and it writes only where the record names this launcher or none
 // alive.
-func (l *Launcher) updateRecord(ctx context.Context, key string, r rundir.GenRecord, held bool) error {
+func (l *Launcher) updateRecord(ctx context.Context, key string, r rundir.Record, held bool) error {
 	if !held {
 		now, cancel := context.WithCancel(ctx)
 		cancel()
-		var busy rundir.LockOwner
-		locks, err := rundir.LockTargets(now, l.Dir, []string{key}, rundir.LockOwner{PID: l.Self, Start: l.Born}, func(_ string, owner rundir.LockOwner, _ time.Duration) { busy = owner })
+		var busy rundir.Owner
+		locks, err := rundir.Lock(now, l.Dir, []string{key}, rundir.Owner{PID: l.Self, Start: l.Born}, func(_ string, owner rundir.Owner, _ time.Duration) { busy = owner })
 		switch {
 		case busy.PID == l.Self: // held by this launcher's first swap
 		case busy.PID != 0:
@@ -339,29 +339,29 @@ func (l *Launcher) updateRecord(ctx context.Context, key string, r rundir.GenRec
 // had accepted: the same state twice in a row, so that a handshake that
 // completed into the old queue just as the fence went up is seen. It
 // reports whether it put up any.
-func (l *Launcher) raiseFences(ctx context.Context, g *generation, stop []swap.OldStop) bool {
+func (l *Launcher) raiseFences(ctx context.Context, g *generation, stop []swap.Stop) bool {
 	type fenced struct {
 		f    *swap.Fence
-		spec target.PortSpec
+		spec target.Spec
 		pids []int
 	}
 	var fs []fenced
 	for _, st := range stop {
-		f := st.Sw.Fence
+		f := st.Record.Fence
 		if f == nil {
 			continue
 		}
-		held := g.holdings.HeldFor(st.Sw.Spec, st.Sw.Addr)
+		held := g.holdings.HeldFor(st.Record.Spec, st.Record.Addr)
 		if held == nil {
 			continue
 		}
 		if err := f.Raise(held.CopyFD); err != nil {
-			l.Log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.Sw.Spec.String(), "err", err)
+			l.Log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.Record.Spec.String(), "err", err)
 			continue
 		}
-		pids := pidfd.PidsOf(st.Procs, st.Holders)
+		pids := pidfd.PIDsOf(st.Procs, st.Holders)
 		slices.Sort(pids)
-		fs = append(fs, fenced{f, st.Sw.Spec, procfs.FS("/proc").WithDescendants(slices.Compact(pids))})
+		fs = append(fs, fenced{f, st.Record.Spec, procfs.FS("/proc").WithDescendants(slices.Compact(pids))})
 	}
 	if len(fs) == 0 {
 		return false

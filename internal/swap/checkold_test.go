@@ -20,7 +20,7 @@ func TestCheckOldAfterOpen(t *testing.T) {
 	self, _ := os.Executable()
 	srv := testutil.StartHelper(t, "serve", "127.0.0.1:0")
 	other := testutil.StartHelper(t, "serve", "127.0.0.1:0") // a process of the same program holding another port
-	spec, err := target.ParsePortSpec(srv.Addr)
+	spec, err := target.Parse(srv.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,17 +29,17 @@ func TestCheckOldAfterOpen(t *testing.T) {
 		t.Fatalf("%d listeners on %s (%v)", len(ls), srv.Addr, err)
 	}
 	real, reused := srv.Cmd.Process.Pid, other.Cmd.Process.Pid
-	sw := &Swap{Inodes: []uint64{ls[0].Inode}}
+	sw := &Record{Inodes: []uint64{ls[0].Inode}}
 	for _, pid := range []int{real, reused} {
 		sw.Old = append(sw.Old, owner.StopTarget{PID: pid, Holder: owner.Holder{PID: pid}})
 	}
 	sw.OldProcs, sw.Holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
 	defer sw.releaseOld()
 	tk := NewTaker(Options{})
-	if err := tk.checkOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.Addr); err != nil {
+	if err := tk.checkOld(sw, owner.Child{UID: os.Getuid(), Exe: self}, srv.Addr); err != nil {
 		t.Fatal(err)
 	}
-	if got := fmt.Sprint(pidfd.PidsOf(sw.OldProcs), pidfd.PidsOf(sw.Holders)); got != fmt.Sprint([]int{real}, []int{real}) {
+	if got := fmt.Sprint(pidfd.PIDsOf(sw.OldProcs), pidfd.PIDsOf(sw.Holders)); got != fmt.Sprint([]int{real}, []int{real}) {
 		t.Errorf("kept targets and holders %s, want only the holder %d", got, real)
 	}
 }

@@ -46,7 +46,7 @@ func benchAccept(b *testing.B, mode string) {
 	if mode == "fenced" {
 		old = startAcceptor(b, "acceptor", ln, -1)
 		own := tcpSocket(b)
-		f, why := FenceBeside(Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
+		f, why := FenceBeside(Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
 		if f == nil {
 			b.Fatalf("fenceBeside: %s", why)
 		}

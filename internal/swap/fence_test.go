@@ -91,7 +91,7 @@ func TestFenceSteers(t *testing.T) {
 	old, addr := fenceListener(t)
 	unix.SetNonblock(old, true)
 	own := tcpSocket(t)
-	c := Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	c := Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}
 	f, why := FenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
@@ -163,7 +163,7 @@ func TestFenceRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	c := Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}
 	f, why := FenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)
@@ -224,7 +224,7 @@ func TestFenceRefused(t *testing.T) {
 func checkRefused(t *testing.T, old int, addr netip.AddrPort, want string, reuseport int) {
 	t.Helper()
 	own := tcpSocket(t)
-	c := Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	c := Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}
 	f, why := FenceBeside(c, old)
 	if f != nil || !strings.Contains(why, want) {
 		t.Fatalf("fenceBeside = %v, %q; want nil and %q", f, why, want)
@@ -250,7 +250,7 @@ func TestFenceSettles(t *testing.T) {
 	sa, _ := unix.Getsockname(old)
 	addr := target.AddrPortOf(sa)
 	own := tcpSocket(t)
-	f, why := FenceBeside(Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, old)
+	f, why := FenceBeside(Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}, old)
 	if f == nil {
 		unix.Close(old)
 		t.Fatalf("fenceBeside: %s", why)
@@ -294,7 +294,7 @@ func TestFenceWaitsForHandshakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	own := tcpSocket(t)
-	c := Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
+	c := Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}
 	f, why := FenceBeside(c, old)
 	if f == nil {
 		t.Fatalf("fenceBeside: %s", why)

@@ -46,19 +46,19 @@ func TestClassifyPassed(t *testing.T) {
 	closed, _ := unix.Dup(int(file.Fd()))
 	unix.Close(closed)
 
-	tcp, _ := target.ParsePortSpec(fmt.Sprintf("127.0.0.1:%d", port))
-	other, _ := target.ParsePortSpec(strconv.Itoa(port + 1))
-	udpSpec, _ := target.ParsePortSpec(fmt.Sprintf("udp:%d", port))
-	path, _ := target.ParsePathSpec(sockPath)
-	targets := target.SpecList{tcp, udpSpec, path}
+	tcp, _ := target.Parse(fmt.Sprintf("127.0.0.1:%d", port))
+	other, _ := target.Parse(strconv.Itoa(port + 1))
+	udpSpec, _ := target.Parse(fmt.Sprintf("udp:%d", port))
+	path, _ := target.ParsePath(sockPath)
+	targets := target.List{tcp, udpSpec, path}
 
 	tests := []struct {
 		name     string
 		fd       int
 		fdName   string
-		targets  target.SpecList
-		taken    []InheritedSock
-		wantSpec target.PortSpec
+		targets  target.List
+		taken    []Passed
+		wantSpec target.Spec
 		wantVia  string
 		wantErr  string
 	}{
@@ -66,13 +66,13 @@ func TestClassifyPassed(t *testing.T) {
 		{name: "tcp from the store", fd: tcpFD, fdName: tcp.StoreName(), targets: targets, wantSpec: tcp, wantVia: "fd-store"},
 		{name: "udp", fd: udpFD, targets: targets, wantSpec: udpSpec, wantVia: "listen-fds"},
 		{name: "unix path", fd: unixFD, targets: targets, wantSpec: path, wantVia: "listen-fds"},
-		{name: "udp for a tcp target", fd: udpFD, targets: target.SpecList{tcp}, wantErr: "fits no --port or --path"},
-		{name: "another port", fd: tcpFD, targets: target.SpecList{other}, wantErr: "fits no --port or --path"},
+		{name: "udp for a tcp target", fd: udpFD, targets: target.List{tcp}, wantErr: "fits no --port or --path"},
+		{name: "another port", fd: tcpFD, targets: target.List{other}, wantErr: "fits no --port or --path"},
 		{name: "stream socket that does not listen", fd: unbound, targets: targets, wantErr: "does not listen"},
 		{name: "not a socket", fd: int(file.Fd()), targets: targets, wantErr: "not a socket"},
 		{name: "not open", fd: closed, targets: targets, wantErr: "not open"},
-		{name: "the same socket twice", fd: tcpFD, targets: targets, taken: []InheritedSock{{Fd: 99, Inode: target.InodeOf(tcpFD)}}, wantErr: "socket of fd 99 again"},
-		{name: "a second socket for a target", fd: tcpFD, targets: targets, taken: []InheritedSock{{Fd: 99, Spec: tcp, Addr: netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", port))}}, wantErr: "second socket"},
+		{name: "the same socket twice", fd: tcpFD, targets: targets, taken: []Passed{{FD: 99, Inode: target.InodeOf(tcpFD)}}, wantErr: "socket of fd 99 again"},
+		{name: "a second socket for a target", fd: tcpFD, targets: targets, taken: []Passed{{FD: 99, Spec: tcp, Addr: netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", port))}}, wantErr: "second socket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,7 +108,7 @@ func fileFD(t *testing.T, l interface{ File() (*os.File, error) }) int {
 // process's are ignored (the root's TestListenFDsNotOurs: and never passed
 // on to the command).
 func TestInheritSocketsNotOurs(t *testing.T) {
-	got := InheritSockets(slog.New(slog.DiscardHandler), nil, func(k string) string {
+	got := Inherit(slog.New(slog.DiscardHandler), nil, func(k string) string {
 		return map[string]string{"LISTEN_FDS": "1", "LISTEN_PID": "1"}[k]
 	})
 	if got != nil {

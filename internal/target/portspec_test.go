@@ -12,15 +12,15 @@ import (
 func TestParsePortSpec(t *testing.T) {
 	tests := []struct {
 		in      string
-		want    PortSpec
+		want    Spec
 		wantErr string
 	}{
-		{in: "8100", want: PortSpec{Port: 8100}},
-		{in: ":8100", want: PortSpec{Port: 8100}},
-		{in: "127.0.0.1:8100", want: PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}},
-		{in: "[::1]:8100", want: PortSpec{Addr: netip.MustParseAddr("::1"), Port: 8100}},
-		{in: "[::]:8100", want: PortSpec{Addr: netip.MustParseAddr("::"), Port: 8100}},
-		{in: "[::ffff:127.0.0.1]:80", want: PortSpec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 80}},
+		{in: "8100", want: Spec{Port: 8100}},
+		{in: ":8100", want: Spec{Port: 8100}},
+		{in: "127.0.0.1:8100", want: Spec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8100}},
+		{in: "[::1]:8100", want: Spec{Addr: netip.MustParseAddr("::1"), Port: 8100}},
+		{in: "[::]:8100", want: Spec{Addr: netip.MustParseAddr("::"), Port: 8100}},
+		{in: "[::ffff:127.0.0.1]:80", want: Spec{Addr: netip.MustParseAddr("127.0.0.1"), Port: 80}},
 		{in: "", wantErr: "empty port spec"},
 		{in: "0", wantErr: "port 0 means any free port"},
 		{in: "65536", wantErr: "not a number from 1 to 65535"},
@@ -31,17 +31,17 @@ func TestParsePortSpec(t *testing.T) {
 		{in: "::1:8100", wantErr: "goes in brackets"},
 		{in: "[::1:8100", wantErr: "unbalanced brackets"},
 		{in: "[fe80::1%eth0]:80", wantErr: "zones are not accepted"},
-		{in: "udp:5353", want: PortSpec{Net: NetUDP, Port: 5353}},
-		{in: "udp:127.0.0.1:5353", want: PortSpec{Net: NetUDP, Addr: netip.MustParseAddr("127.0.0.1"), Port: 5353}},
-		{in: "udp:[::1]:5353", want: PortSpec{Net: NetUDP, Addr: netip.MustParseAddr("::1"), Port: 5353}},
-		{in: "tcp:8100", want: PortSpec{Port: 8100}},
+		{in: "udp:5353", want: Spec{Net: NetUDP, Port: 5353}},
+		{in: "udp:127.0.0.1:5353", want: Spec{Net: NetUDP, Addr: netip.MustParseAddr("127.0.0.1"), Port: 5353}},
+		{in: "udp:[::1]:5353", want: Spec{Net: NetUDP, Addr: netip.MustParseAddr("::1"), Port: 5353}},
+		{in: "tcp:8100", want: Spec{Port: 8100}},
 		{in: "udp:", wantErr: "empty port spec"},
 		{in: "udp:0", wantErr: "port 0 means any free port"},
 		{in: "unix:/run/app.sock", wantErr: "named with --path"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParsePortSpec(tt.in)
+			got, err := Parse(tt.in)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("parsePortSpec(%q) error = %v, want one containing %q", tt.in, err, tt.wantErr)
@@ -78,7 +78,7 @@ func TestSpecMatchesAndConflicts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.spec+"/"+tt.addr+"/"+tt.held, func(t *testing.T) {
-			spec, err := ParsePortSpec(tt.spec)
+			spec, err := Parse(tt.spec)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,7 +97,7 @@ func FuzzParsePortSpec(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		p, err := ParsePortSpec(s)
+		p, err := Parse(s)
 		if err != nil {
 			return
 		}
@@ -105,7 +105,7 @@ func FuzzParsePortSpec(f *testing.F) {
 			t.Fatalf("parsePortSpec(%q) accepted port 0", s)
 		}
 		// What it prints, it reads back the same.
-		q, err := ParsePortSpec(p.String())
+		q, err := Parse(p.String())
 		if err != nil || q != p {
 			t.Fatalf("round trip of %q: %v -> %q -> %v, %v", s, p, p.String(), q, err)
 		}
@@ -123,18 +123,18 @@ func TestParsePathSpec(t *testing.T) {
 		{in: "/" + strings.Repeat("a", 107), wantErr: "longer than a unix socket's path may be"},
 	}
 	for _, tt := range tests {
-		got, err := ParsePathSpec(tt.in)
+		got, err := ParsePath(tt.in)
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("parsePathSpec(%q) error = %v, want one containing %q", tt.in, err, tt.wantErr)
 			}
 			continue
 		}
-		if err != nil || got != (PortSpec{Net: NetUnix, Path: tt.want}) {
+		if err != nil || got != (Spec{Net: NetUnix, Path: tt.want}) {
 			t.Errorf("parsePathSpec(%q) = %+v, %v; want the path %s", tt.in, got, err, tt.want)
 		}
 	}
-	rel, err := ParsePathSpec("app.sock")
+	rel, err := ParsePath("app.sock")
 	if err != nil || !strings.HasSuffix(rel.Path, "/app.sock") || !strings.HasPrefix(rel.Path, "/") {
 		t.Errorf("parsePathSpec(app.sock) = %+v, %v; want it made absolute", rel, err)
 	}
@@ -143,12 +143,12 @@ func TestParsePathSpec(t *testing.T) {
 // Each target has its own lock and record, its own names where sockets are
 // passed, and says what it is.
 func TestTargetNames(t *testing.T) {
-	tcp, _ := ParsePortSpec("127.0.0.1:8100")
-	udp, _ := ParsePortSpec("udp:8100")
-	sock, _ := ParsePathSpec("/run/app.sock")
-	other, _ := ParsePathSpec("/run/other.sock")
+	tcp, _ := Parse("127.0.0.1:8100")
+	udp, _ := Parse("udp:8100")
+	sock, _ := ParsePath("/run/app.sock")
+	other, _ := ParsePath("/run/other.sock")
 	tests := []struct {
-		spec                                      PortSpec
+		spec                                      Spec
 		key, fdName, starter, describe, stringRep string
 	}{
 		{tcp, "port-8100", "tcp-8100", "127.0.0.1:8100", "port 127.0.0.1:8100", "127.0.0.1:8100"},
@@ -178,7 +178,7 @@ func TestStoreName(t *testing.T) {
 		{"udp:8125", "udp-8125"},
 	}
 	for _, tt := range tests {
-		spec, err := ParsePortSpec(tt.spec)
+		spec, err := Parse(tt.spec)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +186,7 @@ func TestStoreName(t *testing.T) {
 			t.Errorf("storeName(%s) = %q, want %q (systemd refuses ':')", tt.spec, got, tt.want)
 		}
 	}
-	path, _ := ParsePathSpec("/run/app.sock")
+	path, _ := ParsePath("/run/app.sock")
 	if got := path.StoreName(); got != "unix-/run/app.sock" {
 		t.Errorf("storeName(--path /run/app.sock) = %q", got)
 	}

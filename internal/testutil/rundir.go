@@ -10,9 +10,9 @@ import (
 // RunDir opens a fresh run directory, closed at cleanup. (So that testutil
 // may import rundir, rundir's own tests, if it gets any that need testutil,
 // are to be an external package rundir_test.)
-func RunDir(t testing.TB) *rundir.RunDirectory {
+func RunDir(t testing.TB) *rundir.Dir {
 	t.Helper()
-	d, err := rundir.OpenRunDir(filepath.Join(t.TempDir(), "run"), true)
+	d, err := rundir.Open(filepath.Join(t.TempDir(), "run"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
