@@ -30,9 +30,9 @@ func TestDetachedRecordLeftToNewer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &Launcher{Ctx: context.Background(), Cfg: Config{Ports: []target.Spec{spec}}, Dir: dir, Self: os.Getpid(), Born: st.Start, Log: slog.New(slog.DiscardHandler)}
+	l := &launcher{ctx: context.Background(), cfg: Config{Ports: []target.Spec{spec}}, dir: dir, self: os.Getpid(), born: st.Start, log: slog.New(slog.DiscardHandler)}
 	key := spec.Key()
-	mine := rundir.Record{Launcher: l.Self, LauncherStart: l.Born, Child: 1}
+	mine := rundir.Record{Launcher: l.self, LauncherStart: l.born, Child: 1}
 	if err := rundir.WriteRecord(dir, key, mine); err != nil {
 		t.Fatal(err)
 	}

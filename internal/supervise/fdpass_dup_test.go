@@ -27,7 +27,7 @@ func TestHeldSocketSurvivesClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	inode := target.InodeOf(sock)
-	l := &Launcher{}
+	l := &launcher{}
 	g := &generation{l: l, holdings: swap.NewHoldings(1, false, nil)}
 	g.holdings.Add(swap.SockKey{Tgid: 1, FD: 3}, &swap.Held{CopyFD: sock, Inode: inode}, nil)
 	l.gens = []*generation{g}

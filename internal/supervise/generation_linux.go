@@ -17,7 +17,7 @@ import (
 // A generation is one run of the command under takeover, with the sockets
 // it bound to --port targets and what it replaced to get them.
 type generation struct {
-	l        *Launcher
+	l        *launcher
 	num      int
 	pid      int
 	notifFD  int
@@ -161,9 +161,9 @@ func (g *generation) handedOverFromRunning() bool {
 // trap returns what the seccomp trap needs of g to answer its binds.
 func (g *generation) trap() intercept.Gen {
 	tg := intercept.Gen{
-		NotifFD: g.notifFD, Num: g.num, PID: g.pid, Targets: g.l.Cfg.Ports,
+		NotifFD: g.notifFD, Num: g.num, PID: g.pid, Targets: g.l.cfg.Ports,
 		Held: g.holdings, Prev: g.prevHoldings(), Take: g.l.taker, Unit: g.l.unit,
-		MadeOnce: &g.l.madeOnce, Log: g.l.Log,
+		MadeOnce: &g.l.madeOnce, Log: g.l.log,
 		Alive: func() bool {
 			g.mu.Lock()
 			defer g.mu.Unlock()

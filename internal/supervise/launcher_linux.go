@@ -39,21 +39,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A Launcher supervises the generations of one command: it starts each
+// A launcher supervises the generations of one command: it starts each
 // through the shim, answers its binds, forwards signals, reaps, and exits
 // with the command's status.
-type Launcher struct {
-	Cfg  Config
-	Log  *slog.Logger
-	Dir  *rundir.Dir
-	Self int
-	Born uint64 // this process's start time, for its generation records
+type launcher struct {
+	cfg  Config
+	log  *slog.Logger
+	dir  *rundir.Dir
+	self int
+	born uint64 // this process's start time, for its generation records
 	unit string // the systemd unit takeover runs in, or ""
 
 	madeOnce sync.Once // the warning that sockets are made, not copied
 
 	// Set by run for the lifecycle's supervisor methods.
-	Ctx     context.Context
+	ctx     context.Context
 	path    string
 	locks   []*os.File // the port locks, until the first swap completes
 	events  chan event
@@ -98,10 +98,10 @@ func Launch(cfg Config, stderr io.Writer) int {
 	}
 	dir.ClearDead()
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
-	l := &Launcher{Cfg: cfg, Log: newLogger(stderr), Dir: dir, Self: os.Getpid(), Born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
+	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: dir, self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
 	if cfg.PIDFile != "" {
-		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.Self)+"\n")); err != nil {
+		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
 			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
 			return ExitLauncher
 		}
@@ -111,15 +111,15 @@ func Launch(cfg Config, stderr io.Writer) int {
 }
 
 // keys names the locks and records of the launcher's targets.
-func (l *Launcher) keys() []string {
-	keys := make([]string, len(l.Cfg.Ports))
-	for i, p := range l.Cfg.Ports {
+func (l *launcher) keys() []string {
+	keys := make([]string, len(l.cfg.Ports))
+	for i, p := range l.cfg.Ports {
 		keys[i] = p.Key()
 	}
 	return keys
 }
 
-func (l *Launcher) run(path string) int {
+func (l *launcher) run(path string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 16)
@@ -134,12 +134,12 @@ func (l *Launcher) run(path string) int {
 		if errors.As(err, &code) {
 			return int(code)
 		}
-		l.Log.Error("cannot take the port lock", "err", err)
+		l.log.Error("cannot take the port lock", "err", err)
 		return ExitLauncher
 	}
-	stopServing, err := fdpass.Serve(rundir.LauncherSockPath(l.Dir, l.Self), l.heldSocket)
+	stopServing, err := fdpass.Serve(rundir.LauncherSockPath(l.dir, l.self), l.heldSocket)
 	if err != nil {
-		l.Log.Warn("cannot serve this takeover's sockets to the next one; it will copy them with pidfd_getfd where allowed", "err", err)
+		l.log.Warn("cannot serve this takeover's sockets to the next one; it will copy them with pidfd_getfd where allowed", "err", err)
 		stopServing = func() {}
 	}
 	defer func() {
@@ -149,17 +149,17 @@ func (l *Launcher) run(path string) int {
 		rundir.ReleaseLocks(l.locks) // a first swap that never completed still holds them
 		l.cleanRunDir()
 	}()
-	l.Ctx, l.path, l.locks = ctx, path, locks
-	passed := systemd.Inherit(l.Log, l.Cfg.Ports, os.Getenv)
+	l.ctx, l.path, l.locks = ctx, path, locks
+	passed := systemd.Inherit(l.log, l.cfg.Ports, os.Getenv)
 	if len(passed) > 0 {
 		l.inherited = l.inheritedGeneration(passed)
 		defer l.inherited.holdings.CloseCopies() // if no generation took them
 	}
-	l.store = systemd.NewStore(l.Log, l.unit, passed)
+	l.store = systemd.NewStore(l.log, l.unit, passed)
 	l.taker = swap.NewTaker(swap.Options{
-		Strategy: l.Cfg.Strategy, Fence: l.Cfg.fence(), Force: l.Cfg.Force, Signal: l.Cfg.signal(),
-		BindTimeout: l.Cfg.EffectiveBindTimeout(), KillTimeout: l.Cfg.killTimeout(),
-		Dir: l.Dir, Self: l.Self, Born: l.Born, Store: l.store, Rebind: l.Cfg.Rebind,
+		Strategy: l.cfg.Strategy, Fence: l.cfg.fence(), Force: l.cfg.Force, Signal: l.cfg.signal(),
+		BindTimeout: l.cfg.EffectiveBindTimeout(), KillTimeout: l.cfg.killTimeout(),
+		Dir: l.dir, Self: l.self, Born: l.born, Store: l.store, Rebind: l.cfg.Rebind,
 	})
 	l.events = make(chan event, 64)
 	l.byPID = make(map[int]*generation)
@@ -168,13 +168,13 @@ func (l *Launcher) run(path string) int {
 	if front := frontPipe(); front != nil {
 		go l.watchFront(front)
 	}
-	m := newLifecycle(l, l.Log, l.Cfg.restartPolicy(), l.Cfg.KillOldDelay)
+	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
 	if err := m.begin(); err != nil {
 		if errors.Is(err, seccomp.ErrUnavailable) {
-			l.Log.Error("cannot start the command", "err", err,
+			l.log.Error("cannot start the command", "err", err,
 				"hint", "a server that takes its listening sockets from its parent needs no seccomp: run it with --sockets systemd (LISTEN_FDS) or --sockets server-starter (SERVER_STARTER_PORT)")
 		} else {
-			l.Log.Error("cannot start the command", "err", err)
+			l.log.Error("cannot start the command", "err", err)
 		}
 		return ExitLauncher
 	}
@@ -197,7 +197,7 @@ func (l *Launcher) run(path string) int {
 			ev = event{kind: evExited, g: g, status: e.Status}
 		case ev = <-l.events:
 		}
-		l.Log.Debug("event", "event", ev.kind, "state", m.state)
+		l.log.Debug("event", "event", ev.kind, "state", m.state)
 		code, done := m.handle(ev)
 		if !done {
 			continue
@@ -206,11 +206,11 @@ func (l *Launcher) run(path string) int {
 			if left := l.leftRunning(); len(left) > 0 {
 				// Not killed: they may be someone's on purpose. But their
 				// bind(2) and listen(2) fail once takeover is gone.
-				l.Log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
+				l.log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
 					"pids", fmt.Sprint(left))
 			}
 		}
-		if m.state == replaced && l.Self == 1 {
+		if m.state == replaced && l.self == 1 {
 			return l.standBy(sigs, exits)
 		}
 		return code
@@ -223,7 +223,7 @@ func (l *Launcher) run(path string) int {
 // recorded none) is its stop signal: takeover has been replaced. Another
 // signal meanwhile (a USR1 for the server while the newer takeover waits
 // for it to drain) is passed on as at any other time.
-func (l *Launcher) signalEvent(sig syscall.Signal) event {
+func (l *launcher) signalEvent(sig syscall.Signal) event {
 	by := 0
 	if sig != unix.SIGHUP && sig != unix.SIGWINCH {
 		by = l.newerTakeover(sig)
@@ -253,20 +253,20 @@ func (c exitCode) Error() string { return "exit status " + strconv.Itoa(int(c)) 
 // lock takes the per-port locks, waiting at most --lock-timeout for
 // another takeover of the same ports; a stop signal while waiting ends
 // takeover.
-func (l *Launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File, error) {
+func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File, error) {
 	type result struct {
 		files []*os.File
 		err   error
 	}
-	limit := l.Cfg.EffectiveLockTimeout()
+	limit := l.cfg.EffectiveLockTimeout()
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	var last rundir.Owner
 	done := make(chan result, 1)
 	go func() {
-		files, err := rundir.Lock(ctx, l.Dir, l.keys(), rundir.Owner{PID: l.Self, Start: l.Born}, func(key string, holder rundir.Owner, waited time.Duration) {
+		files, err := rundir.Lock(ctx, l.dir, l.keys(), rundir.Owner{PID: l.self, Start: l.born}, func(key string, holder rundir.Owner, waited time.Duration) {
 			last = holder
-			l.Log.Info("waiting for another takeover of this port to finish its swap",
+			l.log.Info("waiting for another takeover of this port to finish its swap",
 				"lock", key, "takeover_pid", holder.PID, "its_command", owner.CommandLine(holder.PID), "waited", waited, "lock_timeout", limit)
 		})
 		done <- result{files, err}
@@ -291,18 +291,18 @@ func (l *Launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 }
 
 // notify tells systemd, when takeover runs under it, what it is doing.
-func (l *Launcher) notify(state string) {
+func (l *launcher) notify(state string) {
 	if _, err := systemd.Notify(state); err != nil {
-		l.Log.Warn("cannot notify systemd", "state", state, "err", err)
+		l.log.Warn("cannot notify systemd", "state", state, "err", err)
 	}
 }
 
 // newerTakeover returns the pid of another live takeover that has recorded
 // itself for one of our ports, when sig is the signal it stops what it
 // replaces with; 0 when there is none.
-func (l *Launcher) newerTakeover(sig syscall.Signal) int {
+func (l *launcher) newerTakeover(sig syscall.Signal) int {
 	for _, key := range l.keys() {
-		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher != l.Self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
+		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher != l.self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
 			return r.Launcher
 		}
 	}
@@ -311,8 +311,8 @@ func (l *Launcher) newerTakeover(sig syscall.Signal) int {
 
 // startGeneration starts the command through the shim and serves its
 // notifications. prev is the generation it is to replace in a reload.
-func (l *Launcher) startGeneration(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
-	if l.Cfg.sockets() != SocketsIntercept {
+func (l *launcher) startGeneration(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
+	if l.cfg.sockets() != SocketsIntercept {
 		return l.startPassing(ctx, path, num, prev)
 	}
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -323,12 +323,12 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 	defer unix.Close(parentEnd)
 	notify, notifyEnv := l.notifySocket(num)
 	shimMode := "1"
-	if slices.ContainsFunc(l.Cfg.Ports, func(p target.Spec) bool { return p.Net == target.NetUnix }) {
+	if slices.ContainsFunc(l.cfg.Ports, func(p target.Spec) bool { return p.Net == target.NetUnix }) {
 		shimMode = shimUnlinks
 	}
-	env := append(l.commandEnv(num, nil), ShimEnv+"="+shimMode)
+	env := append(l.commandEnv(num, nil), shimEnv+"="+shimMode)
 	env = append(env, notifyEnv...)
-	argv := append([]string{"takeover-shim", path}, l.Cfg.Command...)
+	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
 	// The pidfd comes with the clone: the child is never known by its pid
 	// alone, which the reaper could free for reuse.
 	pidfd := -1
@@ -346,7 +346,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 	// os package's copy of the pidfd.
 	pid := p.Pid
 	p.Release()
-	notifFD, err := intercept.RecvShimResult(parentEnd, time.Now().Add(l.Cfg.readyTimeout()))
+	notifFD, err := intercept.RecvShimResult(parentEnd, time.Now().Add(l.cfg.readyTimeout()))
 	if err == nil {
 		if err = seccomp.CheckAddFD(notifFD); err != nil {
 			unix.Close(notifFD)
@@ -366,7 +366,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 		unix.Close(pidfd)
 		closeNotify(notify)
 		if errors.Is(err, intercept.ErrShimSilent) {
-			err = fmt.Errorf("%w within --ready-timeout %v (the shim, or the command it became, was killed)", err, l.Cfg.readyTimeout())
+			err = fmt.Errorf("%w within --ready-timeout %v (the shim, or the command it became, was killed)", err, l.cfg.readyTimeout())
 		}
 		if ws.Signaled() && ws.Signal() == unix.SIGSYS {
 			err = fmt.Errorf("%w: the shim was killed by SIGSYS: a seccomp filter around takeover forbids a system call it needs (under systemd, SystemCallFilter= must allow seccomp: add `SystemCallFilter=seccomp pidfd_getfd`)", err)
@@ -380,7 +380,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 		intercept.Serve(ctx, g.trap())
 		unix.Close(notifFD)
 	}()
-	l.Log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.Cfg.Command, " "))
+	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "))
 	return g, nil
 }
 
@@ -392,22 +392,22 @@ var systemdVars = []string{"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "FDS
 // takeover's to use (NOTIFY_SOCKET: systemd would ignore messages from a pid
 // that is not the main one; systemdVars) and less drop, plus TAKEOVER_PID
 // and TAKEOVER_GENERATION.
-func (l *Launcher) commandEnv(num int, drop []string) []string {
-	env := []string{rundir.LauncherEnv + "=" + strconv.Itoa(l.Self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
-	drop = append(drop, rundir.LauncherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", ShimEnv+"=")
+func (l *launcher) commandEnv(num int, drop []string) []string {
+	env := []string{rundir.LauncherEnv + "=" + strconv.Itoa(l.self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
+	drop = append(drop, rundir.LauncherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", shimEnv+"=")
 	drop = append(drop, systemdVars...)
 	for _, kv := range os.Environ() {
 		if !slices.ContainsFunc(drop, func(p string) bool { return strings.HasPrefix(kv, p) }) {
 			env = append(env, kv)
 		}
 	}
-	return l.Cfg.withEnvDir(env)
+	return l.cfg.withEnvDir(env)
 }
 
 // newGeneration records a started command as a generation (pidfd its
 // pidfd from the clone, which the generation keeps), waits for its exit and
 // begins to watch it for readiness.
-func (l *Launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
+func (l *launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
 	go waitChild(pid, pidfd, l.exits)
 	g := &generation{
 		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
@@ -417,7 +417,7 @@ func (l *Launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD i
 		nudge:    make(chan struct{}, 1),
 	}
 	g.holdings = swap.NewHoldings(pid, false, g.exited)
-	go g.watchReady(ctx, l.Cfg.readyTimeout())
+	go g.watchReady(ctx, l.cfg.readyTimeout())
 	l.mu.Lock()
 	l.gens = append(slices.DeleteFunc(l.gens, func(o *generation) bool { return o.holdings.IsDone() }), g)
 	l.mu.Unlock()
@@ -539,10 +539,10 @@ func childrenOf(pid int) []int {
 // leftRunning returns the processes the command left behind, once those
 // that are on their way out (a resource tracker, workers told to stop)
 // have had a second to go.
-func (l *Launcher) leftRunning() []int {
+func (l *launcher) leftRunning() []int {
 	deadline := time.Now().Add(time.Second)
 	for {
-		left := procfs.FS("/proc").WithDescendants([]int{l.Self})[1:]
+		left := procfs.FS("/proc").WithDescendants([]int{l.self})[1:]
 		if len(left) == 0 || time.Now().After(deadline) {
 			return left
 		}
@@ -552,22 +552,22 @@ func (l *Launcher) leftRunning() []int {
 
 // cleanRunDir removes this takeover's files from the run directory, when
 // no other takeover uses them.
-func (l *Launcher) cleanRunDir() {
-	for _, spec := range l.Cfg.Ports {
-		if rundir.RemoveFiles(l.Dir, spec.Key(), l.Self) && spec.Net == target.NetUnix {
+func (l *launcher) cleanRunDir() {
+	for _, spec := range l.cfg.Ports {
+		if rundir.RemoveFiles(l.dir, spec.Key(), l.self) && spec.Net == target.NetUnix {
 			// The last takeover of a path removes what the server's own
 			// unlink on its way out missed: a server that got its socket
 			// by a rename knows it by the name beside the path, and a
 			// passed socket's file is takeover's.
-			swap.RemoveStaleSocket(spec.Path, l.Self)
+			swap.RemoveStaleSocket(spec.Path, l.self)
 		}
 	}
-	l.Dir.ClearDead() // and what takeovers that were killed left
+	l.dir.ClearDead() // and what takeovers that were killed left
 }
 
 // heldSocket returns takeover's copy of a socket one of its generations
 // holds, for a newer takeover.
-func (l *Launcher) heldSocket(inode uint64) (int, bool) {
+func (l *launcher) heldSocket(inode uint64) (int, bool) {
 	l.mu.Lock()
 	gens := slices.Clone(l.gens)
 	l.mu.Unlock()

@@ -41,13 +41,13 @@ const (
 
 // passShim is the shim's mode for socket passing: it sets LISTEN_PID to
 // its own pid, which becomes the command's by exec, and execs.
-const PassShim = "pass"
+const passShim = "pass"
 
-// RunPassShim never returns: it execs the command or exits.
-func RunPassShim(args []string) {
+// runPassShim never returns: it execs the command or exits.
+func runPassShim(args []string) {
 	env := make([]string, 0, len(os.Environ())+1)
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, ShimEnv+"=") {
+		if !strings.HasPrefix(kv, shimEnv+"=") {
 			env = append(env, kv)
 		}
 	}
@@ -64,14 +64,14 @@ func RunPassShim(args []string) {
 
 // passedSockets returns the listening sockets, one per --port in order, for
 // a generation that gets them passed, and the swap each was taken by.
-func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*swap.Held, []*swap.Record, error) {
+func (l *launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*swap.Held, []*swap.Record, error) {
 	var held []*swap.Held
 	var swaps []*swap.Record
 	fail := func(err error) ([]*swap.Held, []*swap.Record, error) {
 		abandonAll(held, swaps)
 		return nil, nil, err
 	}
-	for _, spec := range l.Cfg.Ports {
+	for _, spec := range l.cfg.Ports {
 		began := time.Now()
 		var sw *swap.Record
 		var sock int
@@ -120,19 +120,19 @@ func inheritSocket(prev *generation, spec target.Spec) (*swap.Record, int, error
 
 // acquire takes spec's listening socket for the first generation, as a
 // bind of the command would be taken over.
-func (l *Launcher) acquire(ctx context.Context, spec target.Spec, exe string) (*swap.Record, int, error) {
+func (l *launcher) acquire(ctx context.Context, spec target.Spec, exe string) (*swap.Record, int, error) {
 	if spec.Net == target.NetUnix {
 		// As systemd does before it binds a socket unit's path: a file
 		// left by a server that is gone would fail the bind.
-		swap.RemoveStaleSocket(spec.Path, l.Self)
+		swap.RemoveStaleSocket(spec.Path, l.self)
 	}
 	addr := bindAddrFor(spec)
 	sock, err := newTargetSocket(spec, addr)
 	if err != nil {
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
-	child := owner.Child{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.Cfg.StartServer != nil, Unit: l.unit}
-	sw, held, err := l.taker.Take(ctx, swap.Claim{Child: child, Sock: sock, Addr: addr, Spec: spec, PathMode: l.Cfg.socketFileMode()}, nil)
+	child := owner.Child{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.cfg.StartServer != nil, Unit: l.unit}
+	sw, held, err := l.taker.Take(ctx, swap.Claim{Child: child, Sock: sock, Addr: addr, Spec: spec, PathMode: l.cfg.socketFileMode()}, nil)
 	if err != nil {
 		unix.Close(sock)
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
@@ -146,7 +146,7 @@ func (l *Launcher) acquire(ctx context.Context, spec target.Spec, exe string) (*
 		return sw, held, nil
 	}
 	if v, _ := unix.GetsockoptInt(held, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v == 0 {
-		if err := unix.Listen(held, l.Cfg.backlog()); err != nil {
+		if err := unix.Listen(held, l.cfg.backlog()); err != nil {
 			return fail(fmt.Errorf("listen on %s: %w", spec, err))
 		}
 	}
@@ -165,8 +165,8 @@ func (l *Launcher) acquire(ctx context.Context, spec target.Spec, exe string) (*
 // in old's place (old closed: the old generation holds its own). Otherwise,
 // or when it cannot, it returns old, handed over unfenced as before, with
 // why not in sw.
-func (l *Launcher) fencePassed(sw *swap.Record, old int) int {
-	if !l.Cfg.fence() || sw.Spec.Net != "" || len(sw.OldProcs) == 0 || sw.Fence != nil {
+func (l *launcher) fencePassed(sw *swap.Record, old int) int {
+	if !l.cfg.fence() || sw.Spec.Net != "" || len(sw.OldProcs) == 0 || sw.Fence != nil {
 		return old
 	}
 	sock, err := newTargetSocket(sw.Spec, sw.Addr)
@@ -180,7 +180,7 @@ func (l *Launcher) fencePassed(sw *swap.Record, old int) int {
 		sw.NotFenced = why
 		return old
 	}
-	if err := unix.Listen(sock, l.Cfg.backlog()); err != nil {
+	if err := unix.Listen(sock, l.cfg.backlog()); err != nil {
 		unix.Close(sock)
 		sw.NotFenced = fmt.Sprintf("cannot listen beside the old socket: %v", err)
 		return old
@@ -282,14 +282,14 @@ func abandonAll(held []*swap.Held, swaps []*swap.Record) {
 }
 
 // startPassing starts a generation that gets its sockets passed.
-func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
+func (l *launcher) startPassing(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
 	held, swaps, err := l.passedSockets(ctx, path, prev)
 	if err != nil {
 		return nil, err
 	}
 	l.starter.bound()
 	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
-	names, fds := l.Cfg.passedAs()
+	names, fds := l.cfg.passedAs()
 	var passed []*os.File
 	for i, h := range held {
 		// Close-on-exec here: StartProcess dup2s it to its place in the
@@ -311,12 +311,12 @@ func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev 
 	}
 	notify, notifyEnv := l.notifySocket(num)
 	env := l.commandEnv(num, passedVars)
-	env = append(env, ShimEnv+"="+PassShim)
-	env = append(env, passingEnv(l.Cfg.sockets(), held, names, fds, num)...)
+	env = append(env, shimEnv+"="+passShim)
+	env = append(env, passingEnv(l.cfg.sockets(), held, names, fds, num)...)
 	env = append(env, notifyEnv...)
-	argv := append([]string{"takeover-shim", path}, l.Cfg.Command...)
+	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
 	pidfd := -1 // from the clone, as in startGeneration
-	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Dir: l.Cfg.dir(), Env: env, Files: files, Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
+	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Dir: l.cfg.dir(), Env: env, Files: files, Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
 	for _, f := range passed {
 		f.Close()
 	}
@@ -332,7 +332,7 @@ func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev 
 		g.holdings.Add(swap.SockKey{Tgid: pid, FD: fds[i]}, h, swaps[i])
 	}
 	g.attachNotify(notify)
-	l.Log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.Cfg.Command, " "), "sockets", l.Cfg.sockets())
+	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "), "sockets", l.cfg.sockets())
 	return g, nil
 }
 
@@ -342,10 +342,10 @@ func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev 
 // as another user (setpriv, gosu, runuser) reaches, where it could not
 // enter the run directory (0700). Anyone may send to it: readNotify takes
 // READY=1 only from the generation's own processes (SCM_CREDENTIALS).
-func (l *Launcher) notifySocket(num int) (*net.UnixConn, []string) {
-	c, name, err := bindNotify(l.Self, num)
+func (l *launcher) notifySocket(num int) (*net.UnixConn, []string) {
+	c, name, err := bindNotify(l.self, num)
 	if err != nil {
-		l.Log.Warn("no NOTIFY_SOCKET for the command: its READY=1 cannot be heard", "err", err)
+		l.log.Warn("no NOTIFY_SOCKET for the command: its READY=1 cannot be heard", "err", err)
 		return nil, nil
 	}
 	return c, []string{"NOTIFY_SOCKET=" + name}
@@ -426,7 +426,7 @@ func (g *generation) readNotify(c *net.UnixConn) {
 				if cred != nil {
 					from = fmt.Sprintf("pid %d (uid %d)", cred.Pid, cred.Uid)
 				}
-				g.l.Log.Warn("ignored a READY=1 sent to the command's NOTIFY_SOCKET by a process not of the command; further ones are ignored silently",
+				g.l.log.Warn("ignored a READY=1 sent to the command's NOTIFY_SOCKET by a process not of the command; further ones are ignored silently",
 					"from", from, "generation", g.num, "command_pid", g.pid)
 			}
 			continue
@@ -476,7 +476,7 @@ func (g *generation) sentBy(pid int) bool {
 // inheritedGeneration stands for what held the sockets systemd passed: a
 // generation that has exited, holding them, as a crashed one would. The
 // first generation takes them from it.
-func (l *Launcher) inheritedGeneration(socks []systemd.Passed) *generation {
+func (l *launcher) inheritedGeneration(socks []systemd.Passed) *generation {
 	g := &generation{l: l, pid: 0, pidfd: -1, exited: make(chan struct{})}
 	close(g.exited)
 	g.holdings = swap.NewHoldings(0, true, g.exited)

@@ -52,7 +52,7 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 		if r := g.readiness(); r.Ready {
 			g.setReadyBy(r.By)
 			if len(r.Blind) > 0 {
-				g.l.Log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",
+				g.l.log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",
 					"generation", g.num, "pids", fmt.Sprint(r.Blind))
 			}
 			close(g.ready)
@@ -73,8 +73,8 @@ func (g *generation) readiness() ready.Result {
 	notified := g.notified
 	g.mu.Unlock()
 	return ready.Look("/proc", socks, ready.Want{
-		Targets: g.l.Cfg.Ports, Mode: g.l.Cfg.ready(), Notified: notified,
-		PID: g.pid, Up: time.Since(g.started), Interval: g.l.Cfg.interval(),
+		Targets: g.l.cfg.Ports, Mode: g.l.cfg.ready(), Notified: notified,
+		PID: g.pid, Up: time.Since(g.started), Interval: g.l.cfg.interval(),
 	})
 }
 

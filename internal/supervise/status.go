@@ -60,16 +60,16 @@ type swapStatus struct {
 func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // writeStatus records a swap in --status-file.
-func (l *Launcher) writeStatus(g *generation, swaps []*swap.Record) {
-	if l.Cfg.StatusFile == "" {
+func (l *launcher) writeStatus(g *generation, swaps []*swap.Record) {
+	if l.cfg.StatusFile == "" {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := &l.status
-	st.TakeoverPID, st.State, st.Generation, st.ChildPID = l.Self, "serving", g.num, g.pid
+	st.TakeoverPID, st.State, st.Generation, st.ChildPID = l.self, "serving", g.num, g.pid
 	st.Ports, st.LastSwap = nil, []swapStatus{}
-	for _, p := range l.Cfg.Ports {
+	for _, p := range l.cfg.Ports {
 		st.Ports = append(st.Ports, p.String())
 	}
 	by, readyAt := g.readiedBy()
@@ -88,8 +88,8 @@ func (l *Launcher) writeStatus(g *generation, swaps []*swap.Record) {
 
 // restarting records a crash in --status-file: takeover backs off, the
 // sockets held, before it starts the command again.
-func (l *Launcher) restarting(c crashInfo) {
-	if l.Cfg.StatusFile == "" {
+func (l *launcher) restarting(c crashInfo) {
+	if l.cfg.StatusFile == "" {
 		return
 	}
 	l.mu.Lock()
@@ -109,8 +109,8 @@ type failedReload struct {
 
 // reloadFailed records in --status-file a reload whose new generation
 // never served (num 0: none could be started).
-func (l *Launcher) reloadFailed(num int, why string) {
-	if l.Cfg.StatusFile == "" {
+func (l *launcher) reloadFailed(num int, why string) {
+	if l.cfg.StatusFile == "" {
 		return
 	}
 	l.mu.Lock()
@@ -121,10 +121,10 @@ func (l *Launcher) reloadFailed(num int, why string) {
 }
 
 // flushStatus writes l.status; l.mu is held.
-func (l *Launcher) flushStatus() {
+func (l *launcher) flushStatus() {
 	l.status.Updated = time.Now().UTC()
 	b, _ := json.MarshalIndent(l.status, "", "  ")
-	if err := rundir.WriteFileAtomic(l.Cfg.StatusFile, append(b, '\n')); err != nil {
-		l.Log.Warn("cannot write --status-file", "err", err)
+	if err := rundir.WriteFileAtomic(l.cfg.StatusFile, append(b, '\n')); err != nil {
+		l.log.Warn("cannot write --status-file", "err", err)
 	}
 }

@@ -114,7 +114,7 @@ func FenceBeside(c Claim, old int) (*Fence, string) {
 	return &Fence{oldInode: o.Ino, addr: c.Addr}, ""
 }
 
-// FreshInGroup sets SO_REUSEPORT on a TCP socket bound fresh where a later
+// freshInGroup sets SO_REUSEPORT on a TCP socket bound fresh where a later
 // swap may fence it, so that its first listen makes an SO_REUSEPORT group
 // of one. A socket that joins a group only when it is fenced switches, for
 // its SYN cookies, from its own record of its last SYN queue overflow to
@@ -123,7 +123,7 @@ func FenceBeside(c Claim, old int) (*Fence, string) {
 // while the accept queue was full, and retried) is reset, as if the cookie
 // were forged (24 to 32 resets in one burst at the first swap of a python
 // server with a backlog of 5 under 50 clients).
-func FreshInGroup(c Claim, fence bool) {
+func freshInGroup(c Claim, fence bool) {
 	if fence && c.Spec.Net == "" {
 		unix.SetsockoptInt(c.Sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 	}

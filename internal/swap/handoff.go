@@ -55,9 +55,9 @@ func HandoffMismatch(old, own int, spec target.Spec, addr netip.AddrPort) string
 // swap be abandoned and the old server serve on alone.
 type nonblockUndo struct{ fd int }
 
-// WatchBlocking returns, for a socket in blocking mode, what takes back an
+// watchBlocking returns, for a socket in blocking mode, what takes back an
 // O_NONBLOCK set on it from now on; nil for one in non-blocking mode.
-func WatchBlocking(sock int) *nonblockUndo {
+func watchBlocking(sock int) *nonblockUndo {
 	flags, err := unix.FcntlInt(uintptr(sock), unix.F_GETFL, 0)
 	if err != nil || flags&unix.O_NONBLOCK != 0 {
 		return nil

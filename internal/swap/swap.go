@@ -164,8 +164,8 @@ type Claim struct {
 	PathMode uint32
 }
 
-// KeepOnly keeps the processes keep accepts, and closes the others' pidfds.
-func KeepOnly(ps []*pidfd.Process, keep func(*pidfd.Process) bool) []*pidfd.Process {
+// keepOnly keeps the processes keep accepts, and closes the others' pidfds.
+func keepOnly(ps []*pidfd.Process, keep func(*pidfd.Process) bool) []*pidfd.Process {
 	var kept []*pidfd.Process
 	for _, p := range ps {
 		if keep(p) {
@@ -177,9 +177,9 @@ func KeepOnly(ps []*pidfd.Process, keep func(*pidfd.Process) bool) []*pidfd.Proc
 	return kept
 }
 
-// V6Only reports whether sock is an IPv6 socket with IPV6_V6ONLY set. A
+// v6Only reports whether sock is an IPv6 socket with IPV6_V6ONLY set. A
 // command sets it before its bind, so takeover's copy of its socket tells.
-func V6Only(sock int) bool {
+func v6Only(sock int) bool {
 	v, err := unix.GetsockoptInt(sock, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
 	return err == nil && v != 0
 }

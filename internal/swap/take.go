@@ -73,7 +73,7 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Record, int
 	// Only the sockets that keep this bind from succeeding are owners: an
 	// IPv6-only [::] beside an IPv4 bind is not (nginx's second listener,
 	// handed over at its own bind; or another service, left alone).
-	want := target.InetBind{Addr: c.Addr, V6Only: V6Only(c.Sock)}
+	want := target.InetBind{Addr: c.Addr, V6Only: v6Only(c.Sock)}
 	var owners []owner.Listener
 	for _, o := range all {
 		if c.Spec.Net != target.NetUnix && !target.Conflicts(want, target.InetBind{Addr: o.Addr, V6Only: o.V6Only}) {
@@ -91,7 +91,7 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Record, int
 	sw.Lookup = time.Since(began)
 	if len(owners) == 0 {
 		sw.Strategy = "fresh"
-		FreshInGroup(c, t.Fence)
+		freshInGroup(c, t.Fence)
 		if err := c.Bind(c.Sock); err != nil {
 			return nil, -1, err
 		}
@@ -170,8 +170,8 @@ func (t *Taker) checkOld(sw *Record, child owner.Child, what string) error {
 			st.Launcher && slices.Contains(held, st.Holder.PID) && owner.IsAncestor("/proc", st.PID, st.Holder.PID)
 	}
 	alive := func(p *pidfd.Process) bool { return p.Signal(0) == nil }
-	sw.OldProcs = KeepOnly(sw.OldProcs, func(p *pidfd.Process) bool { return verified[p.PID] && alive(p) })
-	sw.Holders = KeepOnly(sw.Holders, func(p *pidfd.Process) bool { return slices.Contains(held, p.PID) && alive(p) })
+	sw.OldProcs = keepOnly(sw.OldProcs, func(p *pidfd.Process) bool { return verified[p.PID] && alive(p) })
+	sw.Holders = keepOnly(sw.Holders, func(p *pidfd.Process) bool { return slices.Contains(held, p.PID) && alive(p) })
 	return nil
 }
 
@@ -326,7 +326,7 @@ func (t *Taker) settled(sw *Record, held int, err error) (*Record, int, error) {
 // returns old, now the socket takeover keeps a copy of.
 func (t *Taker) handoff(c Claim, sw *Record, old int) (int, error) {
 	if c.Install != nil {
-		undo := WatchBlocking(old)
+		undo := watchBlocking(old)
 		if err := c.Install(old); err != nil {
 			undo.Drop()
 			unix.Close(old)
@@ -436,7 +436,7 @@ func (t *Taker) ownedBySelf(o owner.Listener) bool {
 // path when the old listener cannot be handed over.
 func (t *Taker) bindBeside(c Claim, sw *Record) error {
 	sw.Strategy = "rename"
-	ps := &PathSwap{Path: c.Spec.Path, Pending: SideName(c.Spec.Path, "new")}
+	ps := &PathSwap{Path: c.Spec.Path, Pending: sideName(c.Spec.Path, "new")}
 	if len(ps.Pending) >= len(unix.RawSockaddrUnix{}.Path) {
 		return fmt.Errorf("cannot replace %s by a rename: the name beside it, %s, is longer than a unix socket's path may be; shorten the path, or let the old socket be handed over", c.Spec.Path, ps.Pending)
 	}

@@ -172,9 +172,9 @@ type fileOwner procfs.FileOwner
 // sideNames counts the side names this takeover has made.
 var sideNames atomic.Int64
 
-// SideName is a name beside path for takeover's own use: hidden, and
+// sideName is a name beside path for takeover's own use: hidden, and
 // unique to this takeover, this swap and what.
-func SideName(path, what string) string {
+func sideName(path, what string) string {
 	return filepath.Join(filepath.Dir(path), fmt.Sprintf(".%s.takeover-%s-%d-%d", filepath.Base(path), what, os.Getpid(), sideNames.Add(1)))
 }
 
@@ -194,11 +194,11 @@ func (ps *PathSwap) RenameOver() error {
 	if ps == nil || ps.Pending == "" {
 		return nil
 	}
-	ps.oldKeep = SideName(ps.Path, "old")
+	ps.oldKeep = sideName(ps.Path, "old")
 	if err := unix.Link(ps.Path, ps.oldKeep); err != nil {
 		ps.oldKeep = ""
 	}
-	ps.keep = SideName(ps.Path, "keep")
+	ps.keep = sideName(ps.Path, "keep")
 	if err := unix.Link(ps.Pending, ps.keep); err != nil {
 		return fmt.Errorf("link %s: %w", ps.Pending, err)
 	}
@@ -212,7 +212,7 @@ func (ps *PathSwap) RenameOver() error {
 // KeepHandedOver notes, for a handoff, the file at the path: the shared
 // listener's, which the old server may unlink on its way out.
 func KeepHandedOver(path string) *PathSwap {
-	ps := &PathSwap{Path: path, keep: SideName(path, "keep")}
+	ps := &PathSwap{Path: path, keep: sideName(path, "keep")}
 	if unix.Link(path, ps.keep) != nil {
 		return nil
 	}
