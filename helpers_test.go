@@ -424,7 +424,7 @@ func (p *daemonProc) start(cmd *exec.Cmd) error {
 	started := make(chan error)
 	go func() {
 		// Pdeathsig fires when the thread that forked ends, and this package
-		// ends threads (goroutines exiting locked, doctor_probe_linux.go):
+		// ends threads (goroutines exiting locked, internal/doctor/probe.go):
 		// fork from a thread of our own, kept until the process is reaped.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()

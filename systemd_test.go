@@ -231,7 +231,7 @@ func TestSystemdNspawnFilter(t *testing.T) {
 	sdInstall(t, b)
 	sdLifecycle(t, b, "filtered")
 	// The filter was there: takeover could not copy the command's sockets
-	// and made them (claim_linux.go), as in a container.
+	// and made them (internal/intercept/claim.go), as in a container.
 	if j := b.Journal("takeover@filtered.service"); !strings.Contains(j, "pidfd_getfd") || !strings.Contains(j, "operation not permitted") {
 		t.Errorf("nspawn's filter did not deny pidfd_getfd:\n%s", j)
 	}

@@ -46,7 +46,7 @@ const (
 )
 
 // Capability bits (include/uapi/linux/capability.h); capNetBindService is
-// in bind_linux.go.
+// intercept.CapNetBindService.
 const (
 	capSysPtrace = 19
 	capSysNice   = 23

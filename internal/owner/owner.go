@@ -227,7 +227,7 @@ var errNeverSignal = errors.New("never signalled")
 func (t StopTarget) Forbidden(proc procfs.FS) error {
 	if t.PID == 1 && !t.Launcher {
 		// A takeover that is PID 1 (a container's entrypoint) is replaced
-		// as any takeover is; it stays, as PID 1 must (pid1_linux.go).
+		// as any takeover is; it stays, as PID 1 must (supervise's pid1_linux.go).
 		return fmt.Errorf("pid 1 is the init process: %w", errNeverSignal)
 	}
 	if t.PID == os.Getpid() || IsAncestor(proc, t.PID, os.Getpid()) {

@@ -159,7 +159,7 @@ func (l *launcher) acquire(ctx context.Context, spec target.Spec, exe string) (*
 }
 
 // fencePassed fences a reload's or a restart's swap of a passed TCP
-// socket, as a bind would be (fence_linux.go): where the old generation
+// socket, as a bind would be (swap.FenceBeside): where the old generation
 // still runs, it makes a new socket like old, binds it beside old in one
 // SO_REUSEPORT group steered to old, listens, and returns it to be passed
 // in old's place (old closed: the old generation holds its own). Otherwise,

@@ -12,7 +12,7 @@ import (
 // Readiness: a generation is ready once every --port target is a socket
 // takeover holds, listening, and (with --ready accept, the default) some
 // process of the generation is seen waiting for connections on it
-// (accepting_linux.go). Only then is the old server stopped. A generation
+// (ready.Look). Only then is the old server stopped. A generation
 // that is not ready within --ready-timeout is rolled back or, where there is
 // nothing left to roll back to, completed with a warning: no swap waits
 // without end.

@@ -35,7 +35,7 @@ type Record struct {
 	Inodes      []uint64         // the old listening sockets
 	Lookup      time.Duration
 	RebindTimes           // how a rebind went (rebind only)
-	Fence       *Fence    // a fenced handoff (fence_linux.go)
+	Fence       *Fence    // a fenced handoff (fence.go)
 	NotFenced   string    // why a handoff was not fenced
 	Began       time.Time // the command's bind(2)
 

@@ -291,7 +291,7 @@ func (t *Taker) handoffOrFallBack(c Claim, sw *Record, old int, why string) (hel
 }
 
 // fenced binds the command's own socket beside old in a fenced handoff
-// (fence_linux.go), where one fits: a TCP target (the command's socket, or
+// (fence.go), where one fits: a TCP target (the command's socket, or
 // one takeover makes to pass on), an old server that runs, fencing not
 // turned off. It then closes old and returns the new socket; otherwise it
 // records why not in sw.

@@ -15,7 +15,7 @@ import (
 // systemd's file descriptor store keeps what a service puts in it
 // (FDSTORE=1 with the fds over NOTIFY_SOCKET) while the service restarts:
 // across `systemctl restart`, and a Restart= after takeover itself dies,
-// the next takeover gets the sockets back as LISTEN_FDS (listenfds_linux.go),
+// the next takeover gets the sockets back as LISTEN_FDS (listenfds.go),
 // so connections wait in the accept queue instead of being refused.
 // `systemctl stop`, and a unit that ends failed, empty it.
 

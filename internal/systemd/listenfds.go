@@ -14,7 +14,7 @@ import (
 
 // Sockets systemd passes to takeover at its start (LISTEN_FDS, from fd 3):
 // those of its file descriptor store, kept from an earlier takeover of the
-// unit (fdstore_linux.go), and those of socket units (ListenStream=,
+// unit (fdstore.go), and those of socket units (ListenStream=,
 // ListenDatagram=). Each that fits a --port or --path is held as a crashed
 // generation's sockets are: the command's bind gets it, and nothing is
 // refused while the command starts.
