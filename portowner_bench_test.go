@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -18,7 +19,8 @@ import (
 //	go test -run '^$' -bench Lookup -benchtime 200x
 //
 // takeover-swap is the lookup at a swap, which starts from the previous
-// generation's launcher; takeover-who is the full walk `takeover who` does.
+// generation's launcher; takeover-who is the full walk `takeover who` does,
+// takeover-who-command the walk and what `takeover who` says of each holder.
 func BenchmarkLookup(b *testing.B) {
 	for range 400 {
 		cmd := exec.Command("sleep", "600")
@@ -48,6 +50,15 @@ func BenchmarkLookup(b *testing.B) {
 		for b.Loop() {
 			ls, err := listeners("/proc", spec, nil, false)
 			mustFind(b, ls, err)
+		}
+	})
+	// The whole of `takeover who PORT` but the process's start: the lookup,
+	// then each holder's user, command line and age, printed.
+	b.Run("takeover-who-command", func(b *testing.B) {
+		for b.Loop() {
+			if code := run([]string{"who", port}, io.Discard, io.Discard); code != 0 {
+				b.Fatalf("takeover who %s: exit %d", port, code)
+			}
 		}
 	})
 	b.Run("gopsutil-connections", func(b *testing.B) {
