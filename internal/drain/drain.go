@@ -1,0 +1,82 @@
+// Package drain decides, from what the kernel shows of a server's
+// connections (socktab.Conn: their queues and tcp_info), whether the
+// server has answered every request it read: whether it can be stopped
+// now without losing one. It is pure: the caller dumps the connections
+// (socktab.DiagTCPConns) and picks those of the server.
+//
+// HTTP/1.1 keep-alive connections are never closed by their clients, so a
+// server that is waited for until its connections end waits for ever; a
+// connection between two requests is idle, and a server whose connections
+// are all idle has nothing under way. A connection is busy when:
+//
+//   - bytes wait in its receive queue: a request (or part of one) not yet
+//     read;
+//   - bytes wait in its send queue: a response not yet all sent and
+//     acknowledged;
+//   - data came in after the last data went out: a request read and not
+//     yet answered (a slow server computing, or half a request read and
+//     the rest awaited);
+//   - it has not been quiet for settle: data went either way within it
+//     (a response written in parts, a stream that pushes).
+//
+// The kernel keeps the times of the last data in and out in jiffies (4 ms
+// at HZ=250): a request answered within one tick reads as in and out at
+// the same instant, and so does a request that came in the tick the
+// previous response went out. An ACK that came in after the last data in
+// tells them apart when it comes a tick later (the client acknowledged
+// data sent after its request), but on loopback it comes within the tick;
+// so a connection is idle only once it has been quiet for settle, and a
+// request that came in the tick its predecessor's response
+// went out and is still not answered after settle is taken for answered.
+// Nor can the kernel tell a pipelined request the server read along with
+// the one it answered, or a stream between two of its messages: those
+// are the limits of looking from outside.
+package drain
+
+import (
+	"time"
+
+	"github.com/takeover/takeover/internal/socktab"
+)
+
+// Settle is how long a connection must have been quiet, both ways, to be
+// taken for idle: long enough that a response written in parts or a
+// pipelined request is seen, short beside a deploy.
+const Settle = 100 * time.Millisecond
+
+// Idle reports whether the server that holds c has answered every request
+// it read on c and is not sending on it; why says what is under way when
+// it is not.
+func Idle(c socktab.Conn, settle time.Duration) (ok bool, why string) {
+	switch {
+	case !c.Info:
+		return false, "the kernel gives no tcp_info"
+	case c.RQueue > 0:
+		return false, "bytes received and not read: a request not yet read"
+	case c.WQueue > 0:
+		return false, "bytes sent and not acknowledged: a response still going out"
+	case c.BytesReceived == 0 && c.BytesAcked == 0:
+		// Connected, and no data either way yet: nothing to answer.
+		// (The kernel counts the times from the handshake.)
+		return c.LastDataRecv >= settle, "connected within the settle time, nothing sent yet"
+	case c.LastDataRecv < c.LastDataSent:
+		return false, "data came in after the last data went out: a request read and not answered"
+	case min(c.LastDataRecv, c.LastDataSent) < settle:
+		return false, "data went in or out within the settle time"
+	}
+	// Quiet for settle, and the last data went out after the last data
+	// came in, or in the same tick.
+	return true, ""
+}
+
+// Finished reports whether a server whose connections are conns has
+// answered every request it read: every connection is idle. Otherwise busy
+// is the first connection that is not, and why says what it is doing.
+func Finished(conns []socktab.Conn, settle time.Duration) (ok bool, busy socktab.Conn, why string) {
+	for _, c := range conns {
+		if ok, why := Idle(c, settle); !ok {
+			return false, c, why
+		}
+	}
+	return true, socktab.Conn{}, ""
+}
