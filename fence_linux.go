@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/takeover/takeover/internal/drain"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
@@ -50,7 +51,8 @@ type fence struct {
 	// went up (by cookie), until each has left the handshake: the old
 	// socket's are among them, and sock_diag does not say which.
 	handshakes map[uint64]bool
-	migrating  bool // holds net.ipv4.tcp_migrate_req on (holdMigrate)
+	migrating  bool   // holds net.ipv4.tcp_migrate_req on (holdMigrate)
+	busy       string // the last connection finished found busy, and why
 }
 
 const (
@@ -307,16 +309,39 @@ func (f *fence) finished(pids []int) (bool, error) {
 			return false, nil
 		}
 	}
-	conns, err := socktab.DiagTCPConnected(f.addr.Port())
+	conns, err := socktab.DiagTCPConns(f.addr.Port())
 	if err != nil || len(conns) == 0 {
 		return err == nil, err
 	}
+	// Its keep-alive connections need not end: it has finished once it
+	// has answered every request it read on them (issue 30).
+	ours, err := heldConns("/proc", conns, pids)
+	ok, c, why := drain.Finished(ours, drain.Settle)
+	f.busy = fmt.Sprintf("%v: %s (in %v, out %v ago)", c.Remote, why, c.LastDataRecv, c.LastDataSent)
+	return ok, err
+}
+
+// heldConns returns those of conns that one of pids holds.
+func heldConns(proc procfs.FS, conns []socktab.Conn, pids []int) ([]socktab.Conn, error) {
 	inodes := make([]uint64, len(conns))
 	for i, c := range conns {
 		inodes[i] = c.Inode
 	}
-	held, err := stillHolding("/proc", inodes, pids)
-	return len(held) == 0, err
+	w, err := proc.FDWalker(inodes)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	for _, pid := range pids {
+		w.Walk(pid)
+	}
+	var held []socktab.Conn
+	for i, c := range conns {
+		if len(w.Found(i)) > 0 {
+			held = append(held, c)
+		}
+	}
+	return held, nil
 }
 
 // raiseFences puts up the fences of a ready generation's swaps and waits,
@@ -368,10 +393,10 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for clean := 0; ; {
-		busy := ""
+		busy, conn := "", ""
 		for _, x := range fs {
 			if ok, err := x.f.finished(x.pids); !ok || err != nil {
-				busy = x.spec.String()
+				busy, conn = x.spec.String(), x.f.busy
 				break
 			}
 		}
@@ -385,7 +410,7 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []oldSto
 			l.log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", g.num, "waited", time.Since(began).Round(time.Microsecond))
 			return true
 		case time.Since(began) >= wait:
-			l.log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
+			l.log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait, "conn", conn)
 			return true
 		case g.hasExited():
 			release() // the old server serves on

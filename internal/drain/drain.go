@@ -13,9 +13,9 @@
 //     read;
 //   - bytes wait in its send queue: a response not yet all sent and
 //     acknowledged;
-//   - data came in after the last data went out: a request read and not
-//     yet answered (a slow server computing, or half a request read and
-//     the rest awaited);
+//   - data came in after the last data went out, or data came in and none
+//     ever went out: a request read and not yet answered (a slow server
+//     computing, or half a request read and the rest awaited);
 //   - it has not been quiet for settle: data went either way within it
 //     (a response written in parts, a stream that pushes).
 //
@@ -59,13 +59,16 @@ func Idle(c socktab.Conn, settle time.Duration) (ok bool, why string) {
 		// Connected, and no data either way yet: nothing to answer.
 		// (The kernel counts the times from the handshake.)
 		return c.LastDataRecv >= settle, "connected within the settle time, nothing sent yet"
+	case c.BytesAcked == 0 && c.BytesReceived > 0:
+		return false, "data came in and none ever went out: a request read and not answered"
 	case c.LastDataRecv < c.LastDataSent:
 		return false, "data came in after the last data went out: a request read and not answered"
 	case min(c.LastDataRecv, c.LastDataSent) < settle:
 		return false, "data went in or out within the settle time"
 	}
 	// Quiet for settle, and the last data went out after the last data
-	// came in, or in the same tick.
+	// came in, or in the same tick: answered, or (a limit) a request
+	// that came in the tick its predecessor's response went out.
 	return true, ""
 }
 

@@ -28,18 +28,19 @@ func TestIdle(t *testing.T) {
 	}{
 		{"answered, quiet since", quiet(), true},
 		{"answered in the tick the request came, quiet since", with(func(c *socktab.Conn) { c.LastDataRecv = c.LastDataSent }), true},
-		{"answered, the client's ACK a tick later", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastAckRecv = c.LastDataSent, 496 * ms }), true},
+		{"answered, the client's ACK a tick later", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastAckRecv = c.LastDataSent, 496*ms }), true},
 		{"a request waits unread", with(func(c *socktab.Conn) { c.RQueue, c.LastDataRecv = 78, 2*time.Second }), false},
 		{"half a request unread", with(func(c *socktab.Conn) { c.RQueue = 10 }), false},
 		{"a response still going out", with(func(c *socktab.Conn) { c.WQueue = 65536 }), false},
 		{"a response sent, not yet acknowledged", with(func(c *socktab.Conn) { c.WQueue = 120 }), false},
 		{"a request read, not answered (a slow server computing)", with(func(c *socktab.Conn) { c.LastDataRecv = 300 * ms }), false},
-		{"half a request read, the rest awaited", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent = 2*time.Second, 9 * time.Second }), false},
+		{"half a request read, the rest awaited", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent = 2*time.Second, 9*time.Second }), false},
+		{"the first request read, not answered, sent in the handshake's tick", with(func(c *socktab.Conn) { c.LastDataRecv, c.BytesAcked = c.LastDataSent, 0 }), false},
 		{"answered just now", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent, c.LastAckRecv = 8*ms, 4*ms, 4*ms }), false},
 		{"answered in the request's tick, just now (or a request that came as the last response left)", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent, c.LastAckRecv = 4*ms, 4*ms, 4*ms }), false},
 		{"pipelined: the first answered just now, the second read with it", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent = 12*ms, 0 }), false},
-		{"a stream pushing", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent = 30*time.Second, 20 * ms }), false},
-		{"a stream between two messages (taken for idle: a limit)", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent = 30*time.Second, 2 * time.Second }), true},
+		{"a stream pushing", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent = 30*time.Second, 20*ms }), false},
+		{"a stream between two messages (taken for idle: a limit)", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent = 30*time.Second, 2*time.Second }), true},
 		{"connected, nothing sent yet, for a while", socktab.Conn{State: 1, Info: true, LastDataRecv: 2 * time.Second, LastDataSent: 2 * time.Second}, true},
 		{"connected just now, nothing sent yet", socktab.Conn{State: 1, Info: true, LastDataRecv: 4 * ms, LastDataSent: 4 * ms}, false},
 		{"the client closed after its answer (CLOSE_WAIT)", with(func(c *socktab.Conn) { c.State = 8 }), true},
@@ -132,6 +133,13 @@ func TestIdleLoopback(t *testing.T) {
 	}
 	const req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 	const resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+	c0, s0 := dial()
+	io.WriteString(c0, req[:10]) // at once, in the handshake's tick
+	if _, err := io.ReadFull(s0, make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	state("half a first request read, sent as it connected", c0, false)
 
 	c, s := dial()
 	state("connected, nothing sent", c, true)

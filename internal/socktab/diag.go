@@ -194,21 +194,3 @@ func parseUnixDiagMsg(m []byte) (Socket, bool) {
 // tcpConnectedMask: the states of a connection a server has accepted and
 // not yet closed (ESTABLISHED, and CLOSE_WAIT once the client has closed).
 const tcpConnectedMask = 1<<1 | 1<<8
-
-// DiagTCPConnected returns the TCP connections whose local port is port and
-// that are still open at this end: on a server, those it has accepted and
-// not closed (and clients of other servers that happen to use port as
-// their own, which their inodes tell apart).
-func DiagTCPConnected(port uint16) ([]Socket, error) {
-	socks, err := diagInet(unix.IPPROTO_TCP, tcpConnectedMask)
-	if err != nil {
-		return nil, err
-	}
-	out := socks[:0]
-	for _, s := range socks {
-		if s.Addr.Port() == port && s.Inode != 0 {
-			out = append(out, s)
-		}
-	}
-	return out, nil
-}

@@ -29,7 +29,7 @@ const tcpSynRecvMask = 1 << 3
 
 // DiagTCPRequests returns the TCP request sockets whose local port is
 // port, for IPv4 and IPv6. It walks the kernel's established hash, as
-// DiagTCPConnected does.
+// DiagTCPConns does.
 func DiagTCPRequests(port uint16) ([]Request, error) {
 	var reqs []Request
 	keep := func(m []byte) (Socket, bool) {
