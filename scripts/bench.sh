@@ -285,6 +285,13 @@ if want backlog; then
   cat "$out/backlog.md"
   echo "wrote $out/backlog.md"
 fi
+if want keepalive; then
+  echo
+  echo "== keep-alive clients (wrk -c32, hey -c 32) through 6 reloads 3 s apart, per server"
+  scripts/keepalive.sh "$tk" > "$out/keepalive.md"
+  cat "$out/keepalive.md"
+  echo "wrote $out/keepalive.md"
+fi
 want ab || exit 0
 
 # The seed test of Node's cluster reload: ab against a takeover-managed
@@ -300,14 +307,6 @@ ab -n "$ab_requests" -c 100 "http://$addr/" 2>&1 | grep -E "Complete requests|Fa
 touch "$out/ab.stop"; wait "$swapper" 2>/dev/null || true # ends after its swap under way
 echo "swaps during ab: $(cat "$out/ab.swaps" 2>/dev/null || echo 0)"
 for p in $(cat "$started"); do ours "$p" && kill -TERM "$p" && wait_exit "$p" || true; done
-if want keepalive; then
-  echo
-  echo "== keep-alive clients (wrk -c32, hey -c 32) through 6 reloads 3 s apart, per server"
-  scripts/keepalive.sh "$tk" > "$out/keepalive.md"
-  cat "$out/keepalive.md"
-  echo "wrote $out/keepalive.md"
-fi
-
 left=0
 for p in $(cat "$started"); do ours "$p" && left=$((left + 1)); done
 echo "takeovers left: $left"
