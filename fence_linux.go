@@ -327,21 +327,14 @@ func heldConns(proc procfs.FS, conns []socktab.Conn, pids []int) ([]socktab.Conn
 	for i, c := range conns {
 		inodes[i] = c.Inode
 	}
-	w, err := proc.FDWalker(inodes)
-	if err != nil {
-		return nil, err
-	}
-	defer w.Close()
-	for _, pid := range pids {
-		w.Walk(pid)
-	}
+	found, err := proc.Holders(inodes, pids)
 	var held []socktab.Conn
-	for i, c := range conns {
-		if len(w.Found(i)) > 0 {
-			held = append(held, c)
+	for i, hs := range found {
+		if len(hs) > 0 {
+			held = append(held, conns[i])
 		}
 	}
-	return held, nil
+	return held, err
 }
 
 // raiseFences puts up the fences of a ready generation's swaps and waits,

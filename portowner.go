@@ -121,17 +121,13 @@ func findHolders(proc procfs.FS, ls []listener, first []int, onlyFirst bool) err
 
 // stillHolding returns those of pids that hold one of the sockets.
 func stillHolding(proc procfs.FS, inodes []uint64, pids []int) ([]int, error) {
-	w, err := proc.FDWalker(inodes)
+	found, err := proc.Holders(inodes, pids)
 	if err != nil {
 		return nil, err
 	}
-	defer w.Close()
-	for _, pid := range pids {
-		w.Walk(pid)
-	}
 	var held []int
-	for i := range inodes {
-		for _, f := range w.Found(i) {
+	for _, hs := range found {
+		for _, f := range hs {
 			held = append(held, f.PID)
 		}
 	}

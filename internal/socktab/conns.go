@@ -99,16 +99,11 @@ func parseConnMsg(m []byte) (Conn, bool) {
 		WQueue: ne.Uint32(m[60:]),
 		Inode:  uint64(ne.Uint32(m[68:])),
 	}
-	for a := m[diagMsgLen:]; len(a) >= 4; {
-		n := int(ne.Uint16(a[0:]))
-		if n < 4 || n > len(a) {
-			break
+	eachAttr(m[diagMsgLen:], func(typ uint16, v []byte) {
+		if typ == inetDiagInfo {
+			c.setInfo(v)
 		}
-		if ne.Uint16(a[2:]) == inetDiagInfo {
-			c.setInfo(a[4:n])
-		}
-		a = a[min((n+3)&^3, len(a)):]
-	}
+	})
 	return c, true
 }
 
