@@ -80,7 +80,8 @@ run() {
     errs=$(awk '/Socket errors/ {gsub(",","");s=0; for(i=3;i<=NF;i+=2) s+=$(i+1); print s}' "$out")
     local non2xx; non2xx=$(awk '/Non-2xx/ {print $NF}' "$out")
     errs=$(( ${errs:-0} + ${non2xx:-0} ))
-    echo "| $1 | wrk | $reqs | $errs ($(awk '/Socket errors/ {sub(/.*errors: /,""); print}' "$out")) | $done of $reloads | $(grep -c 'within --drain-timeout' "$log" || true) |"
+    local kinds; kinds=$(awk '/Socket errors/ {sub(/.*errors: /,""); print}' "$out")
+    echo "| $1 | wrk | $reqs | $errs${kinds:+ ($kinds)} | $done of $reloads | $(grep -c 'within --drain-timeout' "$log" || true) |"
   else
     reqs=$(awk '/Total:/ {getline; print}' "$out" >/dev/null; grep -E '^\s+\[200\]' "$out" | awk '{print $2}')
     errs=$(awk '/Error distribution:/ {on=1; next} on && /\[/ {s+=$1} END {print s+0}' "$out")

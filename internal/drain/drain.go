@@ -22,12 +22,15 @@
 // The kernel keeps the times of the last data in and out in jiffies (4 ms
 // at HZ=250): a request answered within one tick reads as in and out at
 // the same instant, and so does a request that came in the tick the
-// previous response went out. An ACK that came in after the last data in
-// tells them apart when it comes a tick later (the client acknowledged
-// data sent after its request), but on loopback it comes within the tick;
-// so a connection is idle only once it has been quiet for settle, and a
-// request that came in the tick its predecessor's response
-// went out and is still not answered after settle is taken for answered.
+// previous response went out (a client sends its next request as soon as
+// it has read a response, on loopback within microseconds) and that a slow
+// server is still working on. An ACK that came in a tick or more after the
+// last data in tells them apart: it acknowledges data sent after the
+// request (a client delays the ACK of a response it does not answer, by
+// 40 ms on Linux), where the next request carries the previous response's
+// ACK in itself. Without one (a client that acknowledges at once, within
+// the tick), the connection counts as busy, and waits for --drain-timeout
+// as every open connection did before.
 // Nor can the kernel tell a pipelined request the server read along with
 // the one it answered, or a stream between two of its messages: those
 // are the limits of looking from outside.
@@ -65,10 +68,11 @@ func Idle(c socktab.Conn, settle time.Duration) (ok bool, why string) {
 		return false, "data came in after the last data went out: a request read and not answered"
 	case min(c.LastDataRecv, c.LastDataSent) < settle:
 		return false, "data went in or out within the settle time"
+	case c.LastDataRecv == c.LastDataSent && c.LastAckRecv >= c.LastDataRecv:
+		return false, "data came in and went out in the same tick, and no ACK since: a request answered at once, or one that came as the last response went out"
 	}
 	// Quiet for settle, and the last data went out after the last data
-	// came in, or in the same tick: answered, or (a limit) a request
-	// that came in the tick its predecessor's response went out.
+	// came in, or in the same tick and an ACK came after.
 	return true, ""
 }
 

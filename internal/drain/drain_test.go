@@ -27,7 +27,11 @@ func TestIdle(t *testing.T) {
 		idle bool
 	}{
 		{"answered, quiet since", quiet(), true},
-		{"answered in the tick the request came, quiet since", with(func(c *socktab.Conn) { c.LastDataRecv = c.LastDataSent }), true},
+		{"answered in the tick the request came, the client's ACK in the same tick", with(func(c *socktab.Conn) { c.LastDataRecv = c.LastDataSent }), false},
+		{"a request that came the tick the last response went out, its ACK in it, not answered (a slow server: measured)", socktab.Conn{State: 1, Info: true,
+			LastDataSent: 232 * ms, LastDataRecv: 232 * ms, LastAckRecv: 232 * ms, BytesReceived: 2500, BytesAcked: 2950}, false},
+		{"answered at once, the client's delayed ACK later (measured)", socktab.Conn{State: 1, Info: true,
+			LastDataSent: 188 * ms, LastDataRecv: 188 * ms, LastAckRecv: 140 * ms, BytesReceived: 480, BytesAcked: 590}, true},
 		{"answered, the client's ACK a tick later", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastAckRecv = c.LastDataSent, 496*ms }), true},
 		{"a request waits unread", with(func(c *socktab.Conn) { c.RQueue, c.LastDataRecv = 78, 2*time.Second }), false},
 		{"half a request unread", with(func(c *socktab.Conn) { c.RQueue = 10 }), false},
@@ -162,6 +166,29 @@ func TestIdleLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	state("answered", c, true)
+
+	// Two more requests, each sent as soon as the response before it was
+	// read: the second comes in the tick the first's response went out,
+	// carrying its ACK. Read, not answered, it is busy; answered (at once),
+	// it is idle once the client's delayed ACK of the answer comes.
+	io.WriteString(c, req)
+	if _, err := io.ReadFull(r, make([]byte, len(req))); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(s, resp)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, req)
+	if _, err := io.ReadFull(r, make([]byte, len(req))); err != nil {
+		t.Fatal(err)
+	}
+	state("a request sent as the response before it was read, read and not answered", c, false)
+	io.WriteString(s, resp)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	state("answered at once", c, true)
 
 	// The next request on the same connection: half of it, read.
 	io.WriteString(c, req[:10])
