@@ -2,7 +2,10 @@
 # Keep-alive clients through reloads (issue 30): wrk -t2 -c32 -d24s (HTTP/1.1
 # keep-alive) against a server under takeover, and kill -HUP of takeover
 # every 3 seconds (6 reloads); then the same with hey -c 32 (Go's net/http
-# client, which retries a GET on a keep-alive connection the server closed).
+# client, which retries a GET on a keep-alive connection the server closed),
+# and with hey -c 32 -q 5 (each client sends 5 requests a second: keep-alive
+# connections with think time, idle between requests, as a browser's or a
+# proxy's are).
 # Per server: wrk's requests and errors, reloads done of 6 (generations that
 # took over before the load ended), and hey's errors.
 #
@@ -65,8 +68,10 @@ run() {
   local out=$work/$1.$2.out
   if [ "$2" = wrk ]; then
     wrk -t2 -c32 -d${duration}s "http://127.0.0.1:$port/" > "$out" 2>&1 &
-  else
+  elif [ "$2" = hey ]; then
     hey -c 32 -z ${duration}s "http://127.0.0.1:$port/" > "$out" 2>&1 &
+  else # hey-q5: clients with think time, 5 requests a second each
+    hey -c 32 -q 5 -z ${duration}s "http://127.0.0.1:$port/" > "$out" 2>&1 &
   fi
   local load=$!
   for _ in $(seq $reloads); do sleep $every; kill -HUP "$tkpid"; done
@@ -83,9 +88,9 @@ run() {
     local kinds; kinds=$(awk '/Socket errors/ {sub(/.*errors: /,""); print}' "$out")
     echo "| $1 | wrk | $reqs | $errs${kinds:+ ($kinds)} | $done of $reloads | $(grep -c 'within --drain-timeout' "$log" || true) |"
   else
-    reqs=$(awk '/Total:/ {getline; print}' "$out" >/dev/null; grep -E '^\s+\[200\]' "$out" | awk '{print $2}')
+    reqs=$(grep -E '^\s+\[200\]' "$out" | awk '{print $2}')
     errs=$(awk '/Error distribution:/ {on=1; next} on && /\[/ {s+=$1} END {print s+0}' "$out")
-    echo "| $1 | hey | ${reqs:-0} | $errs | $done of $reloads | $(grep -c 'within --drain-timeout' "$log" || true) |"
+    echo "| $1 | $2 | ${reqs:-0} | $errs | $done of $reloads | $(grep -c 'within --drain-timeout' "$log" || true) |"
   fi
   cp "$log" "/tmp/keepalive-last.$1.$2.log" 2>/dev/null || true
 }
@@ -93,5 +98,5 @@ run() {
 echo "| server | client | requests | errors | reloads done | drains cut at --drain-timeout |"
 echo "|---|---|---:|---:|---:|---:|"
 for s in "${servers[@]}"; do
-  for c in wrk hey; do run "$s" "$c"; done
+  for c in wrk hey hey-q5; do run "$s" "$c"; done
 done

@@ -43,9 +43,12 @@ import (
 )
 
 // Settle is how long a connection must have been quiet, both ways, to be
-// taken for idle: long enough that a response written in parts or a
-// pipelined request is seen, short beside a deploy.
-const Settle = 100 * time.Millisecond
+// taken for idle: five ticks, so that a response written in parts with a
+// shorter pause, or a pipelined request answered soon after the one before
+// it, is seen. It is short because every connection must be idle at one
+// instant: with n connections each idle a fraction p of the time, all are
+// at once p^n of the time, and each ms of settle lowers p.
+const Settle = 20 * time.Millisecond
 
 // Idle reports whether the server that holds c has answered every request
 // it read on c and is not sending on it; why says what is under way when
