@@ -290,9 +290,10 @@ func (f *fence) settle(ctx context.Context, sock int) bool {
 
 // finished reports whether the fenced old server has nothing left to
 // finish: no handshake that may be its socket's is under way, no
-// connection waits in its socket's queue, and none of pids (its processes)
-// holds a connection it accepted. (In that order: a handshake that
-// completes meanwhile is in the queue when that is looked at.)
+// connection waits in its socket's queue, and every connection one of pids
+// (its processes) holds is idle: its requests answered (drain.Finished).
+// (In that order: a handshake that completes meanwhile is in the queue
+// when that is looked at.)
 func (f *fence) finished(pids []int) (bool, error) {
 	if f.isGone() {
 		return true, nil // what waits in its queue is handed over or lost: none of it will be accepted there
