@@ -31,6 +31,7 @@
 // ACK in itself. Without one (a client that acknowledges at once, within
 // the tick), the connection counts as busy, and waits for --drain-timeout
 // as every open connection did before.
+//
 // Nor can the kernel tell a pipelined request the server read along with
 // the one it answered, or a stream between two of its messages: those
 // are the limits of looking from outside.
