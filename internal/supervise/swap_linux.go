@@ -383,10 +383,10 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []swap.S
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for clean := 0; ; {
-		busy := ""
+		busy, conn := "", ""
 		for _, x := range fs {
 			if ok, err := x.f.Finished(x.pids); !ok || err != nil {
-				busy = x.spec.String()
+				busy, conn = x.spec.String(), x.f.Busy
 				break
 			}
 		}
@@ -400,7 +400,7 @@ func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []swap.S
 			l.log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", g.num, "waited", time.Since(began).Round(time.Microsecond))
 			return true
 		case time.Since(began) >= wait:
-			l.log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
+			l.log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait, "conn", conn)
 			return true
 		case g.hasExited():
 			release() // the old server serves on
