@@ -64,7 +64,7 @@ type launcher struct {
 	mu         sync.Mutex
 	gens       []*generation // those that may hold sockets, for newer takeovers
 	status     Status        // what --status-file holds
-	unfinished *unfinished   // a swap whose new generation exited before it completed (swap_linux.go)
+	unfinished *unfinished   // a swap whose new generation exited before it completed (complete_linux.go)
 	fencing    sync.Mutex    // held by a swap until it completes or is left unfinished
 
 	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise

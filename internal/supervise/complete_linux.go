@@ -14,8 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A swap: the takeover of one target from the generation before, and its
-// completion once the new generation is ready (the old server stopped).
+// Completing a generation's swaps once it is ready: the records, systemd,
+// the log line, then the old servers fenced, drained and stopped
+// (swap.Stops); and a swap its generation left unfinished.
 
 // swap completes a generation's swap once it is ready (and has outlived
 // --kill-old-delay): it records the generation, tells systemd, logs the
