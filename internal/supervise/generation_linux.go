@@ -3,6 +3,7 @@ package supervise
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"syscall"
 	"time"
@@ -20,7 +21,8 @@ import (
 // A generation is one run of the command under takeover, with the sockets
 // it bound to --port targets and what it replaced to get them.
 type generation struct {
-	l        *launcher
+	log      *slog.Logger
+	want     ready.Want // what ready means for it: the targets, --ready, --interval
 	num      int
 	pid      int
 	notifFD  int
@@ -161,12 +163,13 @@ func (g *generation) handedOverFromRunning() bool {
 	return g.holdings.HandedOverFromRunning(g.prevHoldings())
 }
 
-// trap returns what the seccomp trap needs of g to answer its binds.
-func (g *generation) trap() intercept.Gen {
+// trap returns what the seccomp trap needs of g to answer its binds: g's
+// own, and the launcher's Taker, unit and warning once.
+func (l *launcher) trap(g *generation) intercept.Gen {
 	tg := intercept.Gen{
-		NotifFD: g.notifFD, Num: g.num, PID: g.pid, Targets: g.l.cfg.Ports,
-		Held: g.holdings, Prev: g.prevHoldings(), Take: g.l.taker, Unit: g.l.unit,
-		MadeOnce: &g.l.madeOnce, Log: g.l.log,
+		NotifFD: g.notifFD, Num: g.num, PID: g.pid, Targets: l.cfg.Ports,
+		Held: g.holdings, Prev: g.prevHoldings(), Take: l.taker, Unit: l.unit,
+		MadeOnce: &l.madeOnce, Log: l.log,
 		Alive: func() bool {
 			g.mu.Lock()
 			defer g.mu.Unlock()
@@ -228,7 +231,7 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 		if r := g.readiness(); r.Ready {
 			g.setReadyBy(r.By)
 			if len(r.Blind) > 0 {
-				g.l.log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",
+				g.log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",
 					"generation", g.num, "pids", fmt.Sprint(r.Blind))
 			}
 			close(g.ready)
@@ -248,10 +251,9 @@ func (g *generation) readiness() ready.Result {
 	g.mu.Lock()
 	notified := g.notified
 	g.mu.Unlock()
-	return ready.Look("/proc", socks, ready.Want{
-		Targets: g.l.cfg.Ports, Mode: g.l.cfg.ready(), Notified: notified,
-		PID: g.pid, Up: time.Since(g.started), Interval: g.l.cfg.interval(),
-	})
+	w := g.want
+	w.Notified, w.PID, w.Up = notified, g.pid, time.Since(g.started)
+	return ready.Look("/proc", socks, w)
 }
 
 // rollbackable reports whether the generation has left every earlier

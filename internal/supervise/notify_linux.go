@@ -106,7 +106,7 @@ func (g *generation) readNotify(c *net.UnixConn) {
 				if cred != nil {
 					from = fmt.Sprintf("pid %d (uid %d)", cred.Pid, cred.Uid)
 				}
-				g.l.log.Warn("ignored a READY=1 sent to the command's NOTIFY_SOCKET by a process not of the command; further ones are ignored silently",
+				g.log.Warn("ignored a READY=1 sent to the command's NOTIFY_SOCKET by a process not of the command; further ones are ignored silently",
 					"from", from, "generation", g.num, "command_pid", g.pid)
 			}
 			continue

@@ -336,7 +336,7 @@ func (l *launcher) startPassing(ctx context.Context, path string, num int, prev 
 // generation that has exited, holding them, as a crashed one would. The
 // first generation takes them from it.
 func (l *launcher) inheritedGeneration(socks []systemd.Passed) *generation {
-	g := &generation{l: l, pid: 0, pidfd: -1, exited: make(chan struct{})}
+	g := &generation{log: l.log, want: l.readyWant(), pid: 0, pidfd: -1, exited: make(chan struct{})}
 	close(g.exited)
 	g.holdings = swap.NewHoldings(0, true, g.exited)
 	for _, s := range socks {
