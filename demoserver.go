@@ -1,14 +1,16 @@
 package main
 
 import (
-	"context"
+	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,21 +65,30 @@ func runDemoServer(args []string, stdout, stderr io.Writer) int {
 // helloHandler answers "pid=0012345 gen=G": which process answered (of
 // fixed width, so that ab, which counts an answer of another length as
 // failed, counts only real failures), after ?sleep=D if asked.
-func helloHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+func helloHandler() demoHandler {
+	return func(r *demoRequest) string {
+		if d, err := time.ParseDuration(r.Query.Get("sleep")); err == nil {
 			time.Sleep(d)
 		}
-		fmt.Fprintf(w, "%s gen=%s\n", pidField(os.Getpid()), os.Getenv("TAKEOVER_TEST_GEN"))
-	})
+		return fmt.Sprintf("%s gen=%s\n", pidField(os.Getpid()), os.Getenv("TAKEOVER_TEST_GEN"))
+	}
 }
 
 // pidField is how helloHandler names a process.
 func pidField(pid int) string { return fmt.Sprintf("pid=%07d", pid) }
 
+// A demoHandler answers a request with the body of a 200.
+type demoHandler func(*demoRequest) string
+
+// A demoRequest is what a demoHandler sees of a request.
+type demoRequest struct {
+	Method, Path string
+	Query        url.Values
+}
+
 // serveDraining serves on ln until SIGTERM or SIGINT, then stops accepting,
 // serves every request it accepted, and returns 0.
-func serveDraining(ln net.Listener, h http.Handler) int {
+func serveDraining(ln net.Listener, h demoHandler) int {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
 	d := newDrainingServer(h)
@@ -92,60 +103,345 @@ func serveDraining(ln net.Listener, h http.Handler) int {
 	return 0
 }
 
-// A drainingServer serves HTTP on listeners until drained.
-//
-// http.Server.Shutdown alone drops a request that arrives on a connection
-// accepted just before it (conn.serve returns once the server is shutting
-// down), so the drain first closes the listeners, then waits for the
-// connections they accepted to send their request, then shuts down.
+// A drainingServer serves HTTP/1.1 (and 1.0) on listeners until drained:
+// keep-alive, pipelined requests answered in order, a body read and
+// dropped. It is the demo's server, on package net alone: net/http would
+// link crypto/tls, x509 and http2 into every start of takeover, `who`'s
+// too. The drain stops accepting, closes the connections that wait
+// between requests, gives one accepted but still silent 5s to send its
+// request, and answers every request begun with Connection: close.
 type drainingServer struct {
-	srv       *http.Server
+	h         demoHandler
 	listeners []net.Listener
-	served    chan error // each Serve's end
+	served    chan error // each accept loop's end
+	conns     sync.WaitGroup
+	drainOnce sync.Once
 
-	mu    sync.Mutex
-	fresh map[net.Conn]bool // accepted, no request read yet
+	mu       sync.Mutex
+	draining bool
+	state    map[net.Conn]connState
 }
 
-func newDrainingServer(h http.Handler) *drainingServer {
-	d := &drainingServer{served: make(chan error, 16), fresh: map[net.Conn]bool{}}
-	d.srv = &http.Server{Handler: h, ConnState: func(c net.Conn, st http.ConnState) {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if st == http.StateNew {
-			d.fresh[c] = true
-		} else {
-			delete(d.fresh, c)
-		}
-	}}
-	return d
+// A connState is where a connection is: accepted and silent (connNew),
+// between two requests (connIdle), or reading or answering one.
+type connState int
+
+const (
+	connActive connState = iota
+	connNew
+	connIdle
+)
+
+// Limits: how long a silent new connection may wait once the drain began,
+// how long the drain waits for requests to finish, how large a request's
+// head may be.
+const (
+	drainNewGrace = 5 * time.Second
+	drainWait     = 30 * time.Second
+	maxHeadBytes  = 1 << 20
+)
+
+func newDrainingServer(h demoHandler) *drainingServer {
+	return &drainingServer{h: h, served: make(chan error, 16), state: map[net.Conn]connState{}}
 }
 
 // serve serves on ln until the drain (at most 16 listeners).
 func (d *drainingServer) serve(ln net.Listener) {
 	d.listeners = append(d.listeners, ln)
-	go func() { d.served <- d.srv.Serve(ln) }()
+	go func() { d.served <- d.accept(ln) }()
 }
 
-// drain stops accepting, serves every request accepted, and shuts down.
-func (d *drainingServer) drain() {
+// accept accepts until ln is closed, and retries a passing failure (out
+// of fds) as net/http does.
+func (d *drainingServer) accept(ln net.Listener) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() && !errors.Is(err, net.ErrClosed) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		d.conns.Add(1)
+		go d.serveConn(c)
+	}
+}
+
+// drain stops accepting, serves every request accepted, and returns once
+// every connection is closed (or after drainWait, with a request still
+// running).
+func (d *drainingServer) drain() { d.drainOnce.Do(d.drainNow) }
+
+func (d *drainingServer) drainNow() {
 	for _, ln := range d.listeners {
 		ln.Close()
 	}
 	for range d.listeners {
-		<-d.served // every accepted connection is tracked now
+		<-d.served // every accepted connection is counted now
 	}
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	d.mu.Lock()
+	d.draining = true
+	for c, st := range d.state {
+		d.wake(c, st)
+	}
+	d.mu.Unlock()
+	done := make(chan struct{})
+	go func() { d.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(drainNewGrace + drainWait):
+	}
+}
+
+// wake ends a draining server's wait for c's next request: at once between
+// requests, after drainNewGrace on a connection yet to send its first.
+// d.mu is held.
+func (d *drainingServer) wake(c net.Conn, st connState) {
+	switch st {
+	case connIdle:
+		c.SetReadDeadline(time.Now())
+	case connNew:
+		c.SetReadDeadline(time.Now().Add(drainNewGrace))
+	}
+}
+
+// setState records c's state; it reports false once c, between requests,
+// should close as the server drains.
+func (d *drainingServer) setState(c net.Conn, st connState) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.state[c] = st
+	if d.draining {
+		if st == connIdle {
+			return false
+		}
+		d.wake(c, st)
+	}
+	return true
+}
+
+// serveConn answers c's requests in turn until either side closes.
+func (d *drainingServer) serveConn(c net.Conn) {
+	defer d.conns.Done()
+	defer c.Close()
+	defer func() {
 		d.mu.Lock()
-		n := len(d.fresh)
+		delete(d.state, c)
 		d.mu.Unlock()
-		if n == 0 {
-			break
+	}()
+	br := bufio.NewReader(c)
+	bw := bufio.NewWriter(c)
+	for st := connNew; ; st = connIdle {
+		if !d.setState(c, st) {
+			return
+		}
+		if _, err := br.Peek(1); err != nil {
+			return // closed, or woken by the drain
+		}
+		d.mu.Lock()
+		d.state[c] = connActive
+		c.SetReadDeadline(time.Time{}) // a request begun is served
+		d.mu.Unlock()
+		req, status := readDemoRequest(br)
+		if status != 0 {
+			text := fmt.Sprintf("%d %s", status, statusText[status])
+			fmt.Fprintf(bw, "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%s", text, text)
+			if bw.Flush() == nil {
+				lingerClose(c)
+			}
+			return
+		}
+		body := d.h(req.demoRequest)
+		d.mu.Lock()
+		keep := req.keepAlive && !d.draining
+		d.mu.Unlock()
+		writeDemoResponse(bw, req, body, keep)
+		if bw.Flush() != nil {
+			return
+		}
+		if !keep {
+			if req.keepAlive { // the drain's close: the client may have sent more
+				lingerClose(c)
+			}
+			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	d.srv.Shutdown(ctx)
+}
+
+// lingerClose half-closes c and reads what the client still sends, for at
+// most 500ms, before c is closed: a close with unread data would reset
+// the connection, and the client could lose the answer written last (as
+// net/http's closeWriteAndWait).
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		io.Copy(io.Discard, c)
+	}
+}
+
+// statusText names the statuses the server answers with.
+var statusText = map[int]string{
+	400: "Bad Request",
+	431: "Request Header Fields Too Large",
+	501: "Not Implemented",
+	505: "HTTP Version Not Supported",
+}
+
+// A parsedRequest is a request read off a connection.
+type parsedRequest struct {
+	*demoRequest
+	proto     string // "HTTP/1.0" or "HTTP/1.1"
+	keepAlive bool   // the client asked to keep the connection (1.0) or did not refuse (1.1)
+}
+
+// readDemoRequest reads a request's head and its body (which it drops),
+// or returns the status that refuses it: 400 (malformed), 431 (a head
+// over maxHeadBytes), 501 (a transfer coding other than chunked), 505
+// (not HTTP/1).
+func readDemoRequest(br *bufio.Reader) (*parsedRequest, int) {
+	budget := maxHeadBytes
+	line := func() (string, int) {
+		var b []byte
+		for {
+			frag, err := br.ReadSlice('\n')
+			if budget -= len(frag); budget < 0 {
+				return "", 431
+			}
+			b = append(b, frag...)
+			if err == nil {
+				return strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"), 0
+			}
+			if err != bufio.ErrBufferFull {
+				return "", 400
+			}
+		}
+	}
+	first, status := line()
+	if status != 0 {
+		return nil, status
+	}
+	method, rest, ok1 := strings.Cut(first, " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || method == "" || strings.ContainsAny(method, "\t ") {
+		return nil, 400
+	}
+	var minor int
+	switch proto {
+	case "HTTP/1.0":
+	case "HTTP/1.1":
+		minor = 1
+	default:
+		if strings.HasPrefix(proto, "HTTP/") {
+			return nil, 505
+		}
+		return nil, 400
+	}
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return nil, 400
+	}
+	req := &parsedRequest{demoRequest: &demoRequest{Method: method, Path: u.Path, Query: u.Query()}, proto: proto}
+	connection, length, chunked, hasLength := "", int64(0), false, false
+	for {
+		l, status := line()
+		if status != 0 {
+			return nil, status
+		}
+		if l == "" {
+			break
+		}
+		name, value, ok := strings.Cut(l, ":")
+		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return nil, 400
+		}
+		value = strings.TrimSpace(value)
+		switch strings.ToLower(name) {
+		case "connection":
+			connection += "," + strings.ToLower(value)
+		case "content-length":
+			n, err := strconv.ParseInt(value, 10, 64)
+			if err != nil || n < 0 || (hasLength && n != length) {
+				return nil, 400
+			}
+			length, hasLength = n, true
+		case "transfer-encoding":
+			if !strings.EqualFold(value, "chunked") {
+				return nil, 501
+			}
+			chunked = true
+		}
+	}
+	if chunked && hasLength {
+		return nil, 400
+	}
+	tokens := strings.Split(connection, ",")
+	has := func(tok string) bool {
+		return slices.ContainsFunc(tokens, func(t string) bool { return strings.TrimSpace(t) == tok })
+	}
+	req.keepAlive = !has("close") && (minor == 1 || has("keep-alive"))
+	var bodyErr error
+	if chunked {
+		bodyErr = discardChunked(br)
+	} else {
+		_, bodyErr = io.CopyN(io.Discard, br, length)
+	}
+	if bodyErr != nil {
+		return nil, 400
+	}
+	return req, 0
+}
+
+// discardChunked reads a chunked body, and its trailer, and drops them.
+func discardChunked(br *bufio.Reader) error {
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil || len(l) > 4096 {
+			return errors.New("bad chunk")
+		}
+		size, _, _ := strings.Cut(strings.TrimSpace(l), ";")
+		n, err := strconv.ParseInt(size, 16, 64)
+		if err != nil || n < 0 {
+			return errors.New("bad chunk size")
+		}
+		if n == 0 {
+			for { // the trailer, up to its blank line
+				l, err := br.ReadString('\n')
+				if err != nil || len(l) > 4096 {
+					return errors.New("bad trailer")
+				}
+				if strings.TrimSpace(l) == "" {
+					return nil
+				}
+			}
+		}
+		if _, err := io.CopyN(io.Discard, br, n); err != nil {
+			return err
+		}
+		if l, err := br.ReadString('\n'); err != nil || strings.TrimSpace(l) != "" {
+			return errors.New("bad chunk end")
+		}
+	}
+}
+
+// writeDemoResponse writes a 200 with body (none to a HEAD), in the
+// request's protocol, with the headers net/http would send.
+func writeDemoResponse(bw *bufio.Writer, req *parsedRequest, body string, keep bool) {
+	fmt.Fprintf(bw, "%s 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain; charset=utf-8\r\nDate: %s\r\n",
+		req.proto, len(body), time.Now().UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT"))
+	switch {
+	case !keep && req.proto == "HTTP/1.1":
+		bw.WriteString("Connection: close\r\n")
+	case keep && req.proto == "HTTP/1.0":
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
+	bw.WriteString("\r\n")
+	if req.Method != "HEAD" {
+		bw.WriteString(body)
+	}
 }
 
 // serverStarterListener returns the listener SERVER_STARTER_PORT passes for

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -70,7 +71,7 @@ func runHelper(mode string, args []string) int {
 				}
 			}
 		}()
-		http.Serve(ln, helloHandler())
+		http.Serve(ln, helloHTTP())
 		return 0
 	case "signals": // serve, and print each signal but TERM, which stops it
 		sigs := make(chan os.Signal, 8)
@@ -100,7 +101,7 @@ func runHelper(mode string, args []string) int {
 			return 1
 		}
 		defer other.Close()
-		go http.Serve(other, helloHandler())
+		go http.Serve(other, helloHTTP())
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "helper:", err)
@@ -181,7 +182,7 @@ func runHelper(mode string, args []string) int {
 		fmt.Printf("listening %s\n", ln.Addr())
 		term := make(chan os.Signal, 1)
 		signal.Notify(term, syscall.SIGTERM)
-		go http.Serve(ln, helloHandler())
+		go http.Serve(ln, helloHTTP())
 		<-term
 		mark("stop signal")
 		return 0
@@ -402,6 +403,15 @@ func forkHolder(ln net.Listener) {
 	if cmd.Start() == nil {
 		fmt.Printf("forked %d\n", cmd.Process.Pid)
 	}
+}
+
+// helloHTTP is helloHandler as an http.Handler, for the helpers that
+// serve with net/http's own server.
+func helloHTTP() http.Handler {
+	hello := helloHandler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, hello(&demoRequest{Method: r.Method, Path: r.URL.Path, Query: r.URL.Query()}))
+	})
 }
 
 // serveUntilTerm serves the helpers' handler and drains on SIGTERM.

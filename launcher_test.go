@@ -43,7 +43,9 @@ func takeoverBin(t testing.TB) string {
 		}
 		os.Chmod(dir, 0o755) // other users run it too (TestEnvironments)
 		binPath = filepath.Join(dir, "takeover")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		build := exec.Command("go", "build", "-o", binPath, ".")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // as README builds it: static, no runtime/cgo
+		out, err := build.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

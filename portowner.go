@@ -7,9 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/user"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -148,9 +146,7 @@ func describe(proc procfs.FS, dir *rundir.Dir, spec target.Spec, l owner.Listene
 func describeHolder(proc procfs.FS, h owner.Holder) whoHolder {
 	w := whoHolder{PID: h.PID, PPID: h.PPID, FD: h.FD}
 	if st, err := proc.Status(h.PID); err == nil {
-		if u, err := user.LookupId(strconv.Itoa(st.UID)); err == nil {
-			w.User = u.Username
-		}
+		w.User, _ = procfs.UserName(procfs.Passwd, st.UID)
 	}
 	w.Command, _ = proc.Cmdline(h.PID)
 	if st, err := proc.Stat(h.PID); err == nil {

@@ -78,9 +78,9 @@ func runStarterWorker() int {
 			return 1
 		}
 	}
-	srv := newDrainingServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%d %s", os.Getpid(), gen)
-	}))
+	srv := newDrainingServer(func(*demoRequest) string {
+		return fmt.Sprintf("%d %s", os.Getpid(), gen)
+	})
 	var echoes []*datagramEcho
 	for _, p := range ports {
 		f := os.NewFile(uintptr(p.FD), p.Addr)

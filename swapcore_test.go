@@ -63,12 +63,12 @@ func runCoreHelper(mode string, args []string) int {
 			}
 		}()
 		hello := helloHandler()
-		return serveDraining(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/crash" && gen == crashGen {
+		return serveDraining(ln, func(r *demoRequest) string {
+			if r.Path == "/crash" && gen == crashGen {
 				os.Exit(7)
 			}
-			hello.ServeHTTP(w, r)
-		}))
+			return hello(r)
+		})
 	case "noaccept":
 		if gen != "1" {
 			return lateServer(addr, args[1], args[2])

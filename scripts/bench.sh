@@ -66,7 +66,7 @@ fi
 
 out=bench-out
 mkdir -p "$out"
-go build -o "$out/takeover" .
+CGO_ENABLED=0 go build -o "$out/takeover" .
 tk=$PWD/$out/takeover
 . scripts/lib.sh
 

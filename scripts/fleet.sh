@@ -76,7 +76,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "building takeover" >&2
-go build -o "$tmp/takeover" .
+CGO_ENABLED=0 go build -o "$tmp/takeover" .
 bin=$tmp/takeover
 
 # Keys: the control machine's, and one host key for every sshd.

@@ -22,7 +22,7 @@ if [ "$iterations" -lt 1 ] || [ "$iterations" -gt 1000 ]; then echo "--iteration
 
 out=bench-out
 mkdir -p "$out"
-go build -o "$out/takeover" .
+CGO_ENABLED=0 go build -o "$out/takeover" .
 tk=$PWD/$out/takeover
 . scripts/lib.sh
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -12,12 +12,12 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/takeover/takeover/internal/intercept"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"golang.org/x/sys/unix"
 )
@@ -88,8 +88,8 @@ func Diagnose(extra ...func(capNice bool) Check) Report {
 		GID:     os.Getegid(),
 	}
 	r.User = "uid " + strconv.Itoa(r.UID)
-	if u, err := user.LookupId(strconv.Itoa(r.UID)); err == nil {
-		r.User = u.Username
+	if name, ok := procfs.UserName(procfs.Passwd, r.UID); ok {
+		r.User = name
 	}
 	b, _ := os.ReadFile("/proc/self/status")
 	status := StatusFields(string(b))

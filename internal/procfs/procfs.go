@@ -6,7 +6,8 @@
 // FS, the /proc to read: "/proc" in production, a fixture tree under
 // testdata in tests. It returns what the files say; what to make of it
 // (whom to stop, whether a server accepts) is the caller's. The kernel's
-// socket tables (/proc/net) are internal/socktab's.
+// socket tables (/proc/net) are internal/socktab's. UserName reads
+// /etc/passwd, for the owner of a process.
 package procfs
 
 import (
