@@ -51,6 +51,10 @@ type Fence struct {
 	// socket's are among them, and sock_diag does not say which.
 	handshakes map[uint64]bool
 	migrating  bool // holds net.ipv4.tcp_migrate_req on (holdMigrate)
+
+	// check is a health check's source, steered to the new socket while
+	// it runs (checksteer.go).
+	check netip.AddrPort
 }
 
 const (
@@ -161,7 +165,7 @@ func (f *Fence) Joined(sock int) error {
 		f.up = true
 		return steer(sock, newInGroup)
 	}
-	return steer(sock, oldInGroup)
+	return f.steerOld(sock)
 }
 
 // Raise sends every new connection to the new socket, sock, and notes the
