@@ -39,6 +39,8 @@ type generation struct {
 	sent       map[syscall.Signal]bool // the signals takeover sent the command
 	notified   bool                    // the command sent READY=1 to its NOTIFY_SOCKET
 	cleanups   []func()                // run once the command has exited
+
+	checkWarned bool // the health check's port is unfenced, and the log says so (health_linux.go)
 }
 
 // signal sends sig to the generation's command through its pidfd: once the

@@ -374,7 +374,7 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 			return 0, false
 		}
 		if g.isRolledBack() {
-			m.sup.reloadFailed(g.num, "rolled back: not ready within --ready-timeout")
+			m.sup.reloadFailed(g.num, "rolled back: not ready within --ready-timeout: it "+g.missingNow())
 		} else {
 			when := "before it was ready"
 			if m.nextReady {

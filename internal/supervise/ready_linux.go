@@ -26,6 +26,7 @@ const (
 // when --ready-timeout passes first. It looks every few milliseconds, and
 // at once after a listen(2).
 func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
+	end := time.Now().Add(timeout)
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	interval := readyPollFirst
@@ -50,6 +51,9 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 			tick.Reset(interval)
 		}
 		if r := g.readiness(); r.Ready {
+			if !g.passCheck(ctx, end) { // --ready http://... or --ready-exec (health_linux.go)
+				return
+			}
 			g.setReadyBy(r.By)
 			if len(r.Blind) > 0 {
 				g.l.log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",
