@@ -25,8 +25,8 @@ import (
 
 // runHealthServe serves HTTP on addr over plain TCP (Go's MPTCP is never
 // fenced) until SIGTERM: /healthz answers with the status in
-// TAKEOVER_TEST_HEALTH (200 if unset) and names the process; every other
-// path as helloHandler does.
+// TAKEOVER_TEST_HEALTH (200 if unset; "hang": never, until the client
+// leaves) and names the process; every other path as helloHandler does.
 func runHealthServe(addr string) int {
 	status, _ := strconv.Atoi(os.Getenv("TAKEOVER_TEST_HEALTH"))
 	if status == 0 {
@@ -41,6 +41,10 @@ func runHealthServe(addr string) int {
 	}
 	hello := helloHandler()
 	return serveDraining(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" && os.Getenv("TAKEOVER_TEST_HEALTH") == "hang" {
+			<-r.Context().Done()
+			return
+		}
 		if r.URL.Path == "/healthz" {
 			w.WriteHeader(status)
 			fmt.Fprintln(w, pidField(os.Getpid()))
@@ -238,6 +242,24 @@ func TestReadyExec(t *testing.T) {
 			t.Errorf("the log lacks the check's exit and output:\n%s", log)
 		}
 	})
+}
+
+// TestHealthCheckHangs: a health URL that never answers does not hold the
+// swap: each request gives up after its own timeout, and the generation
+// is rolled back at --ready-timeout, the log saying the check timed out.
+func TestHealthCheckHangs(t *testing.T) {
+	self, _ := os.Executable()
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	t.Setenv("TAKEOVER_TEST_HEALTH", "hang")
+	r := startTakeover(t, "healthserve", "--port", port, "--ready", "http://127.0.0.1:"+port+"/healthz",
+		"--kill-timeout", "1s", "--bind-timeout", "2s", "--ready-timeout", "5s", "--", self, addr)
+	if code := r.wait(t); code != supervise.ExitNotReady {
+		t.Errorf("takeover exited %d, want %d (rolled back)", code, supervise.ExitNotReady)
+	}
+	if log := r.stderr.String(); !strings.Contains(log, "no answer within 2s") || !strings.Contains(log, "has not passed its health check") {
+		t.Errorf("the log does not say the check timed out:\n%s", log)
+	}
 }
 
 // TestReadyBadInput: a health check that would leave the host, or not

@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
@@ -48,6 +50,7 @@ const (
 	httpCheckTimeout = 2 * time.Second  // one request, at most; less if --ready-timeout ends first
 	execCheckTimeout = 10 * time.Second // one run of --ready-exec, at most; less if --ready-timeout ends first
 	answerMax        = 120              // bytes of an answer kept for the log
+	noAnswer         = "no answer within"
 )
 
 // gated reports whether a check follows --ready.
@@ -67,28 +70,30 @@ func (g *generation) passCheck(ctx context.Context, end time.Time) bool {
 		left := time.Until(end)
 		if left <= 0 {
 			g.mu.Lock()
-			g.missing = "has not passed its health check: " + last
+			g.missing = "has not passed its health check: " + cmp.Or(last, "no check finished")
 			g.mu.Unlock()
 			close(g.timedOut)
 			return false
 		}
-		ok, what, answer := true, "", ""
+		ok, what, answer, cut := true, "", "", false
 		if cfg.Health != nil {
-			what = cfg.Health.URL
+			what, cut = cfg.Health.URL, left < httpCheckTimeout
 			ok, answer = g.checkHTTP(ctx, *cfg.Health, min(left, httpCheckTimeout))
 		}
 		if ok && cfg.ReadyExec != "" {
-			what = "--ready-exec"
+			what, cut = "--ready-exec", left < execCheckTimeout
 			ok, answer = g.checkExec(ctx, cfg.ReadyExec, min(left, execCheckTimeout))
 		}
 		if ok {
 			g.l.log.Info("the new generation passed its health check", "generation", g.num, "pid", g.pid, "check", what, "answer", answer)
 			return true
 		}
-		if answer != last {
+		// An attempt cut short by --ready-timeout that got no answer says
+		// less than the answer before it.
+		if now := what + ": " + answer; now != last && !(cut && strings.HasPrefix(answer, noAnswer) && last != "") {
 			g.l.log.Info("the new generation's health check did not pass; trying again until --ready-timeout", "generation", g.num, "pid", g.pid, "check", what, "answer", answer)
+			last = now
 		}
-		last = fmt.Sprintf("%s answered %s", what, answer)
 		select {
 		case <-ctx.Done():
 			return false
@@ -152,7 +157,13 @@ func (g *generation) checkHTTP(ctx context.Context, h ready.Health, timeout time
 	}
 	req.Header.Set("User-Agent", "takeover-health-check")
 	resp, err := client.Do(req)
-	if err != nil {
+	var uerr *url.Error
+	switch {
+	case err != nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)):
+		return false, fmt.Sprintf("%s %v", noAnswer, timeout)
+	case errors.As(err, &uerr):
+		return false, uerr.Err.Error() // without the URL, which the log says
+	case err != nil:
 		return false, err.Error()
 	}
 	defer resp.Body.Close()
@@ -219,7 +230,7 @@ func (g *generation) checkExec(ctx context.Context, cmdline string, timeout time
 	answer := "exit status 0"
 	switch {
 	case ctx.Err() != nil && err != nil:
-		answer = fmt.Sprintf("no exit within %v (killed)", timeout)
+		answer = fmt.Sprintf("%s %v (killed)", noAnswer, timeout)
 	case err != nil:
 		answer = err.Error()
 	}
