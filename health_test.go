@@ -278,3 +278,23 @@ func TestReadyBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestHealthGateUnfenced: with --fence off the two servers share one
+// socket and the check reaches whichever accepts it; the swap still
+// completes once a check passes, and the log says the check could not be
+// steered.
+func TestHealthGateUnfenced(t *testing.T) {
+	self, _ := os.Executable()
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	a := startTakeover(t, "healthserve", "--port", port, "--", self, addr)
+	testutil.WaitServing(t, addr)
+	b := startTakeover(t, "healthserve", "--port", port, "--fence", "off", "--ready", "http://127.0.0.1:"+port+"/healthz", "--", self, addr)
+	b.waitLog(t, `msg="took over"`)
+	if code := a.wait(t); code != 0 {
+		t.Errorf("takeover A exited %d, want 0 (replaced)", code)
+	}
+	if log := b.stderr.String(); !strings.Contains(log, "the handoff of the health check's port is not fenced") || !strings.Contains(log, "passed its health check") {
+		t.Errorf("B's log does not say the check was unfenced and passed:\n%s", log)
+	}
+}
