@@ -32,9 +32,7 @@ func runHealthServe(addr string) int {
 	if status == 0 {
 		status = http.StatusOK
 	}
-	var lc net.ListenConfig
-	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	ln, err := listenPlainTCP(addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		return 1
@@ -52,6 +50,14 @@ func runHealthServe(addr string) int {
 		}
 		hello.ServeHTTP(w, r)
 	}))
+}
+
+// listenPlainTCP listens on addr over plain TCP: Go listens with MPTCP
+// where the kernel has it, and an MPTCP socket is never fenced.
+func listenPlainTCP(addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	return lc.Listen(context.Background(), "tcp", addr)
 }
 
 // probeLoop sends requests to addr, each on a new connection, until stop
@@ -180,23 +186,8 @@ func waitFailedReload(t *testing.T, path string) supervise.Status {
 // meanwhile; the check was answered by the new server (the log's answer
 // names its pid) while the old one still served.
 func TestHealthGatePasses(t *testing.T) {
-	self, _ := os.Executable()
-	port := testutil.FreePort(t)
-	addr := "127.0.0.1:" + port
-	a := startTakeover(t, "healthserve", "--port", port, "--", self, addr)
-	testutil.WaitServing(t, addr)
-	old := childOf(t, a, addr)
-	stop := probeLoop(addr, "pid=")
-	b := startTakeover(t, "healthserve", "--port", port, "--ready", "http://127.0.0.1:"+port+"/healthz", "--", self, addr)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("A's stderr:\n%s\nB's stderr:\n%s", a.stderr, b.stderr)
-		}
-	})
-	b.waitLog(t, `msg="took over"`)
-	if code := a.wait(t); code != 0 {
-		t.Errorf("takeover A exited %d, want 0 (replaced)", code)
-	}
+	var stop func() (int, int, string)
+	b, old, addr := swapChecked(t, func(addr string) { stop = probeLoop(addr, "pid=") })
 	failed, _, first := stop()
 	if failed != 0 {
 		t.Errorf("%d requests failed during the swap (first: %q)", failed, first)
@@ -211,6 +202,35 @@ func TestHealthGatePasses(t *testing.T) {
 	if strings.Index(log, "passed its health check") > strings.Index(log, `msg="took over"`) {
 		t.Errorf("the swap completed before the check passed")
 	}
+}
+
+// swapChecked starts takeover A with a healthy server on a free port, has
+// during (if set) run once it serves, then takeover B with a healthy
+// server, --ready checking it, and flags, and waits until B has taken over
+// and A exited 0. It returns B, A's server and the address.
+func swapChecked(t *testing.T, during func(addr string), flags ...string) (b *tkRun, old int, addr string) {
+	t.Helper()
+	self, _ := os.Executable()
+	port := testutil.FreePort(t)
+	addr = "127.0.0.1:" + port
+	a := startTakeover(t, "healthserve", "--port", port, "--", self, addr)
+	testutil.WaitServing(t, addr)
+	old = childOf(t, a, addr)
+	if during != nil {
+		during(addr)
+	}
+	args := append([]string{"--port", port, "--ready", "http://127.0.0.1:" + port + "/healthz"}, flags...)
+	b = startTakeover(t, "healthserve", append(args, "--", self, addr)...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("A's stderr:\n%s\nB's stderr:\n%s", a.stderr, b.stderr)
+		}
+	})
+	b.waitLog(t, `msg="took over"`)
+	if code := a.wait(t); code != 0 {
+		t.Errorf("takeover A exited %d, want 0 (replaced)", code)
+	}
+	return b, old, addr
 }
 
 // TestReadyExec: --ready-exec runs by sh -c with the new server's pid and
@@ -284,16 +304,7 @@ func TestReadyBadInput(t *testing.T) {
 // completes once a check passes, and the log says the check could not be
 // steered.
 func TestHealthGateUnfenced(t *testing.T) {
-	self, _ := os.Executable()
-	port := testutil.FreePort(t)
-	addr := "127.0.0.1:" + port
-	a := startTakeover(t, "healthserve", "--port", port, "--", self, addr)
-	testutil.WaitServing(t, addr)
-	b := startTakeover(t, "healthserve", "--port", port, "--fence", "off", "--ready", "http://127.0.0.1:"+port+"/healthz", "--", self, addr)
-	b.waitLog(t, `msg="took over"`)
-	if code := a.wait(t); code != 0 {
-		t.Errorf("takeover A exited %d, want 0 (replaced)", code)
-	}
+	b, _, _ := swapChecked(t, nil, "--fence", "off")
 	if log := b.stderr.String(); !strings.Contains(log, "the handoff of the health check's port is not fenced") || !strings.Contains(log, "passed its health check") {
 		t.Errorf("B's log does not say the check was unfenced and passed:\n%s", log)
 	}
