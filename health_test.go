@@ -152,6 +152,7 @@ func TestHealthGateRollsBack(t *testing.T) {
 		t.Errorf("during the bad release: %d probes failed, %d answered by another process than the old server %d (first: %q); load: %d of %d failed",
 			failed, others, old, first, res.FailedRequests(), res.Requests)
 	}
+	t.Logf("load during the bad release: %d requests, %d failed; probes: %d failed, %d answered by another process", res.Requests, res.FailedRequests(), failed, others)
 	if res.Requests == 0 {
 		t.Error("the load sent no request")
 	}

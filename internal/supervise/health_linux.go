@@ -51,6 +51,7 @@ const (
 	execCheckTimeout = 10 * time.Second // one run of --ready-exec, at most; less if --ready-timeout ends first
 	answerMax        = 120              // bytes of an answer kept for the log
 	noAnswer         = "no answer within"
+	failedCheck      = "has not passed its health check: "
 )
 
 // gated reports whether a check follows --ready.
@@ -70,7 +71,7 @@ func (g *generation) passCheck(ctx context.Context, end time.Time) bool {
 		left := time.Until(end)
 		if left <= 0 {
 			g.mu.Lock()
-			g.missing = "has not passed its health check: " + cmp.Or(last, "no check finished")
+			g.missing = failedCheck + cmp.Or(last, "no check finished")
 			g.mu.Unlock()
 			close(g.timedOut)
 			return false
@@ -102,6 +103,15 @@ func (g *generation) passCheck(ctx context.Context, end time.Time) bool {
 		case <-time.After(min(checkEvery, max(time.Until(end), 0))):
 		}
 	}
+}
+
+// rollbackHint is what the log suggests when g is rolled back for not
+// being ready in time.
+func (g *generation) rollbackHint() string {
+	if strings.HasPrefix(g.missingNow(), "has not passed its health check") {
+		return "the new release fails its health check: fix it, or its check; raise --ready-timeout if it needs longer to become healthy"
+	}
+	return "raise --ready-timeout if it needs longer to start; pass --ready listen if it accepts in a way takeover cannot see"
 }
 
 // checkHTTP GETs the health URL from a socket the fence steers to the new

@@ -338,7 +338,7 @@ func (m *lifecycle) onTimedOut(g *generation) {
 	}
 	m.log.Error("rolling back: the new generation was not ready within --ready-timeout; stopping it, and the running server keeps serving",
 		"generation", g.num, "pid", g.pid, "it", g.missingNow(),
-		"hint", "raise --ready-timeout if it needs longer to start; pass --ready listen if it accepts in a way takeover cannot see")
+		"hint", g.rollbackHint())
 	g.markRolledBack()
 	m.sup.release(g)
 	m.sup.stop(g, 0)
