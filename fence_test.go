@@ -13,11 +13,13 @@ import (
 	"github.com/takeover/takeover/internal/testutil"
 )
 
-// TestFencedKeepAlive: a fenced old server that keeps a connection open
-// (a keep-alive client) and ignores the stop signal: the new takeover
-// stops it after --drain-timeout, says so, and SIGKILLs it after
-// --kill-timeout; the old takeover exits 0, the new server serves, and the
-// kept connection was served by the old server until it was killed.
+// TestFencedKeepAlive: fenced old servers that keep connections open and
+// ignore the stop signal (issue 30). A keep-alive connection whose request
+// was answered does not hold the swap: the drain ends with it open, long
+// before --drain-timeout, the old server is stopped (SIGKILLed after
+// --kill-timeout) and the old takeover exits 0. At the next swap, a
+// connection whose server read half a request and awaits the rest holds
+// the drain until --drain-timeout, and the log names it.
 func TestFencedKeepAlive(t *testing.T) {
 	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
@@ -27,39 +29,55 @@ func TestFencedKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer kept.Close()
-	ask := func() error {
-		kept.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := kept.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+	ask := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
 			return err
 		}
-		_, err := http.ReadResponse(bufio.NewReader(kept), nil)
+		_, err := http.ReadResponse(bufio.NewReader(c), nil)
 		return err
 	}
-	if err := ask(); err != nil {
+	if err := ask(kept); err != nil {
 		t.Fatal(err)
 	}
 
 	self, _ := os.Executable()
-	second := startTakeover(t, "hangtcp", "--drain-timeout", "1s", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
+	second := startTakeover(t, "hangtcp", "--drain-timeout", "40s", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
 	second.waitLog(t, "fenced=true")
-	if err := ask(); err != nil { // the fence leaves accepted connections to their server
+	if err := ask(kept); err != nil { // the fence leaves accepted connections to their server
 		t.Errorf("the kept connection, after the fence went up: %v", err)
 	}
+	second.waitLog(t, "has finished what it accepted")
 	testutil.WaitGone(t, oldChild)
 	if code := first.wait(t); code != 0 {
 		t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
 	}
 	testutil.WaitServing(t, addr)
-	childOf(t, second, addr)
-	for _, want := range []string{
-		"has not finished its connections within --drain-timeout",
-		"did not exit within --kill-timeout; killing it",
-	} {
-		second.waitLog(t, want)
+	newChild := childOf(t, second, addr)
+	second.waitLog(t, "did not exit within --kill-timeout; killing it")
+	if strings.Contains(second.stderr.String(), "within --drain-timeout") {
+		t.Errorf("an answered keep-alive connection held the drain until --drain-timeout:\n%s", second.stderr)
 	}
-	if ask() == nil {
+	if ask(kept) == nil {
 		t.Errorf("the kept connection still answers after its server was killed")
 	}
+
+	half, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer half.Close()
+	if _, err := half.Write([]byte("GET / HTTP/1.1\r\nHo")); err != nil {
+		t.Fatal(err)
+	}
+	third := startTakeover(t, "hangtcp", "--drain-timeout", "1s", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
+	third.waitLog(t, "has not finished its connections within --drain-timeout")
+	third.waitLog(t, half.LocalAddr().String())
+	testutil.WaitGone(t, newChild)
+	if code := second.wait(t); code != 0 {
+		t.Errorf("the second takeover exited %d, want 0; stderr:\n%s", code, second.stderr)
+	}
+	testutil.WaitServing(t, addr)
 }
 
 // TestFencedFirstSwap: a redis not started under takeover (its socket

@@ -7,11 +7,12 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/user"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/shirou/gopsutil/v3/process"
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
@@ -124,7 +125,7 @@ func describe(proc procfs.FS, dir *rundir.Dir, spec target.Spec, l owner.Listene
 	w := whoListener{Address: spec.BoundAt(l.Addr), Inode: l.Inode, Hidden: l.Hidden, Holders: []whoHolder{}, Stop: []whoStop{}}
 	w.V6Only = l.V6Only && l.Addr.Addr().Is6() && l.Addr.Addr().IsUnspecified()
 	for _, h := range l.Holders {
-		w.Holders = append(w.Holders, describeHolder(h))
+		w.Holders = append(w.Holders, describeHolder(proc, h))
 	}
 	for _, t := range owner.StopTargets(proc, l, launchers) {
 		s := whoStop{PID: t.PID, Launcher: t.Launcher, ForPID: t.Holder.PID}
@@ -139,18 +140,23 @@ func describe(proc procfs.FS, dir *rundir.Dir, spec target.Spec, l owner.Listene
 	return w
 }
 
-func describeHolder(h owner.Holder) whoHolder {
+// describeHolder says who h is: its user, command line and age, read from
+// proc. (Not through gopsutil: its cpu package reads /proc/stat twice at
+// every start of the program, and its process package forks a child to
+// check pidfds and reads seven files to find out whether this is a
+// container: a takeover who ran 1.4 times as long as ss -ltnp.)
+func describeHolder(proc procfs.FS, h owner.Holder) whoHolder {
 	w := whoHolder{PID: h.PID, PPID: h.PPID, FD: h.FD}
-	p, err := process.NewProcess(int32(h.PID))
-	if err != nil {
-		return w
+	if st, err := proc.Status(h.PID); err == nil {
+		if u, err := user.LookupId(strconv.Itoa(st.UID)); err == nil {
+			w.User = u.Username
+		}
 	}
-	w.User, _ = p.Username()
-	if argv, err := p.CmdlineSlice(); err == nil {
-		w.Command = strings.Join(argv, " ")
-	}
-	if ms, err := p.CreateTime(); err == nil {
-		w.Uptime = time.Since(time.UnixMilli(ms)).Round(time.Second).Seconds()
+	w.Command, _ = proc.Cmdline(h.PID)
+	if st, err := proc.Stat(h.PID); err == nil {
+		if up, err := proc.Uptime(); err == nil {
+			w.Uptime = st.Age(up).Round(time.Second).Seconds()
+		}
 	}
 	return w
 }

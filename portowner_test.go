@@ -12,7 +12,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/takeover/takeover/internal/owner"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/target"
 	"github.com/takeover/takeover/internal/testutil"
 )
@@ -87,6 +89,53 @@ func TestWhoCommand(t *testing.T) {
 
 // TestWhoCannotSee: a listener whose holder this user cannot read is
 // reported as held by a process this user cannot see, not as free.
+// who says of a holder what its /proc says: user, command line and age,
+// from the /proc it is given (a fixture here), read by internal/procfs.
+func TestWhoDescribesHolder(t *testing.T) {
+	proc := t.TempDir()
+	stat := "4711 (java) S 1 4711 4711 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 50000 0 0"
+	for name, text := range map[string]string{
+		"uptime":         "1000.00 1900.00\n",
+		"4711/stat":      stat,
+		"4711/status":    "Name:\tjava\nTgid:\t4711\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nCapEff:\t0000000000000000\n",
+		"4711/cmdline":   "java\x00-jar\x00app.jar\x00",
+		"4712/cmdline":   "gone\x00", // no stat nor status: what can be read is said
+		"4712/status":    "garbled",
+		"4712/not-a-pid": "",
+	} {
+		path := filepath.Join(proc, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := []whoHolder{describeHolder(procfs.FS(proc), owner.Holder{PID: 4711, PPID: 1, FD: 3}), describeHolder(procfs.FS(proc), owner.Holder{PID: 4712, PPID: 1, FD: 5})}
+	want := []whoHolder{
+		{PID: 4711, PPID: 1, FD: 3, User: "root", Uptime: 500, Command: "java -jar app.jar"},
+		{PID: 4712, PPID: 1, FD: 5, Command: "gone"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("describeHolder (-want +got):\n%s", diff)
+	}
+}
+
+// The program links no gopsutil: its cpu package's init read /proc/stat
+// twice at every start of takeover (a launcher, a shim, a who), and its
+// process package forked a child and read seven files for one holder.
+func TestNoGopsutilInTheProgram(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if strings.Contains(dep, "gopsutil") {
+			t.Errorf("takeover imports %s; read /proc through internal/procfs instead", dep)
+		}
+	}
+}
+
 func TestWhoCannotSee(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run who as another user")

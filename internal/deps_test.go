@@ -29,13 +29,14 @@ var allowed = map[string][]string{
 	"target":  nil,
 
 	"rundir":  {"procfs"},
+	"drain":   {"socktab"},
 	"ready":   {"procfs", "target"},
 	"owner":   {"procfs", "socktab", "target"},
 	"systemd": {"procfs", "rundir", "target"},
 
 	// The swap core: one target taken over and the old server stopped.
 	// Never the launcher (supervise), the trap (seccomp), readiness.
-	"swap": {"procfs", "socktab", "target", "owner", "pidfd", "rundir", "fdpass", "systemd"},
+	"swap": {"procfs", "socktab", "target", "owner", "pidfd", "rundir", "fdpass", "systemd", "drain"},
 
 	// The trap that answers a generation's binds: the swap core below it,
 	// never the launcher.

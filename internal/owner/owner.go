@@ -120,17 +120,13 @@ func findHolders(proc procfs.FS, ls []Listener, first []int, onlyFirst bool) err
 
 // StillHolding returns those of pids that hold one of the sockets.
 func StillHolding(proc procfs.FS, inodes []uint64, pids []int) ([]int, error) {
-	w, err := proc.FDWalker(inodes)
+	found, err := proc.Holders(inodes, pids)
 	if err != nil {
 		return nil, err
 	}
-	defer w.Close()
-	for _, pid := range pids {
-		w.Walk(pid)
-	}
 	var held []int
-	for i := range inodes {
-		for _, f := range w.Found(i) {
+	for _, hs := range found {
+		for _, f := range hs {
 			held = append(held, f.PID)
 		}
 	}

@@ -19,6 +19,9 @@ type Health struct {
 	Spec target.Spec    // the TCP --port target it reaches
 }
 
+// Gated reports whether a health check follows the mode.
+func (w Want) Gated() bool { return w.Health != nil || w.Exec != "" }
+
 // IsHealthURL reports whether --ready's value is meant as a URL rather
 // than a mode.
 func IsHealthURL(s string) bool { return strings.Contains(s, "://") }

@@ -28,7 +28,7 @@ func TestHeldSocketSurvivesClose(t *testing.T) {
 	}
 	inode := target.InodeOf(sock)
 	l := &launcher{}
-	g := &generation{l: l, holdings: swap.NewHoldings(1, false, nil)}
+	g := &generation{holdings: swap.NewHoldings(1, false, nil)}
 	g.holdings.Add(swap.SockKey{Tgid: 1, FD: 3}, &swap.Held{CopyFD: sock, Inode: inode}, nil)
 	l.gens = []*generation{g}
 	t.Cleanup(g.holdings.CloseCopies) // closes sock, if the test did not get that far

@@ -54,16 +54,13 @@ const (
 	failedCheck      = "has not passed its health check: "
 )
 
-// gated reports whether a check follows --ready.
-func (c Config) gated() bool { return c.Health != nil || c.ReadyExec != "" }
-
 // passCheck runs the checks until they pass, and reports true; or until
 // end, when it records the last answer as what the generation has not
 // done and closes g.timedOut, or until the generation exits or ctx ends,
 // and reports false.
 func (g *generation) passCheck(ctx context.Context, end time.Time) bool {
-	cfg := g.l.cfg
-	if !cfg.gated() {
+	cfg := g.want
+	if !cfg.Gated() {
 		return true
 	}
 	var last string
@@ -81,18 +78,18 @@ func (g *generation) passCheck(ctx context.Context, end time.Time) bool {
 			what, cut = cfg.Health.URL, left < httpCheckTimeout
 			ok, answer = g.checkHTTP(ctx, *cfg.Health, min(left, httpCheckTimeout))
 		}
-		if ok && cfg.ReadyExec != "" {
+		if ok && cfg.Exec != "" {
 			what, cut = "--ready-exec", left < execCheckTimeout
-			ok, answer = g.checkExec(ctx, cfg.ReadyExec, min(left, execCheckTimeout))
+			ok, answer = g.checkExec(ctx, cfg.Exec, min(left, execCheckTimeout))
 		}
 		if ok {
-			g.l.log.Info("the new generation passed its health check", "generation", g.num, "pid", g.pid, "check", what, "answer", answer)
+			g.log.Info("the new generation passed its health check", "generation", g.num, "pid", g.pid, "check", what, "answer", answer)
 			return true
 		}
 		// An attempt cut short by --ready-timeout that got no answer says
 		// less than the answer before it.
 		if now := what + ": " + answer; now != last && !(cut && strings.HasPrefix(answer, noAnswer) && last != "") {
-			g.l.log.Info("the new generation's health check did not pass; trying again until --ready-timeout", "generation", g.num, "pid", g.pid, "check", what, "answer", answer)
+			g.log.Info("the new generation's health check did not pass; trying again until --ready-timeout", "generation", g.num, "pid", g.pid, "check", what, "answer", answer)
 			last = now
 		}
 		select {
@@ -214,7 +211,7 @@ func (g *generation) heldFor(h ready.Health) *swap.Held {
 		g.checkWarned = true
 		g.mu.Unlock()
 		if !warned {
-			g.l.log.Warn("the handoff of the health check's port is not fenced: the old and the new server share one socket, and the check reaches whichever accepts it",
+			g.log.Warn("the handoff of the health check's port is not fenced: the old and the new server share one socket, and the check reaches whichever accepts it",
 				"generation", g.num, "port", h.Spec.String(), "not_fenced", best.Sw.NotFenced)
 		}
 	}
@@ -255,12 +252,12 @@ func (g *generation) checkExec(ctx context.Context, cmdline string, timeout time
 // --path's path); TAKEOVER_PORTS, every --port and --path, space-separated.
 func (g *generation) checkEnv() []string {
 	var all []string
-	for _, s := range g.l.cfg.Ports {
+	for _, s := range g.want.Targets {
 		all = append(all, s.String())
 	}
 	first := ""
-	if len(g.l.cfg.Ports) > 0 {
-		s := g.l.cfg.Ports[0]
+	if len(g.want.Targets) > 0 {
+		s := g.want.Targets[0]
 		first = strconv.Itoa(int(s.Port))
 		if s.Net == target.NetUnix {
 			first = s.Path

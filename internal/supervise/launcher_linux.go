@@ -28,6 +28,7 @@ import (
 
 	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/owner"
+	"github.com/takeover/takeover/internal/ready"
 	"github.com/takeover/takeover/internal/swap"
 
 	"github.com/takeover/takeover/internal/fdpass"
@@ -64,7 +65,7 @@ type launcher struct {
 	mu         sync.Mutex
 	gens       []*generation // those that may hold sockets, for newer takeovers
 	status     Status        // what --status-file holds
-	unfinished *unfinished   // a swap whose new generation exited before it completed (swap_linux.go)
+	unfinished *unfinished   // a swap whose new generation exited before it completed (complete_linux.go)
 	fencing    sync.Mutex    // held by a swap until it completes or is left unfinished
 
 	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise
@@ -377,7 +378,7 @@ func (l *launcher) startGeneration(ctx context.Context, path string, num int, pr
 	g := l.newGeneration(ctx, num, pid, pidfd, notifFD, prev)
 	g.attachNotify(notify)
 	go func() {
-		intercept.Serve(ctx, g.trap())
+		intercept.Serve(ctx, l.trap(g))
 		unix.Close(notifFD)
 	}()
 	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "))
@@ -410,7 +411,7 @@ func (l *launcher) commandEnv(num int, drop []string) []string {
 func (l *launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
 	go waitChild(pid, pidfd, l.exits)
 	g := &generation{
-		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
+		log: l.log, want: l.readyWant(), num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
 		ready:    make(chan struct{}),
 		timedOut: make(chan struct{}),
 		exited:   make(chan struct{}),
@@ -579,4 +580,9 @@ func (l *launcher) heldSocket(inode uint64) (int, bool) {
 		}
 	}
 	return -1, false
+}
+
+// readyWant says what ready means for the launcher's generations.
+func (l *launcher) readyWant() ready.Want {
+	return ready.Want{Targets: l.cfg.Ports, Mode: l.cfg.ready(), Interval: l.cfg.interval(), Health: l.cfg.Health, Exec: l.cfg.ReadyExec}
 }

@@ -10,7 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/takeover/takeover/internal/owner"
+	"github.com/takeover/takeover/internal/drain"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
 )
@@ -50,7 +51,8 @@ type Fence struct {
 	// went up (by cookie), until each has left the handshake: the old
 	// socket's are among them, and sock_diag does not say which.
 	handshakes map[uint64]bool
-	migrating  bool // holds net.ipv4.tcp_migrate_req on (holdMigrate)
+	migrating  bool   // holds net.ipv4.tcp_migrate_req on (holdMigrate)
+	Busy       string // the last connection Finished found busy, and why
 
 	// check is a health check's source, steered to the new socket while
 	// it runs (checksteer.go).
@@ -292,9 +294,10 @@ func (f *Fence) Settle(ctx context.Context, sock int) bool {
 
 // Finished reports whether the fenced old server has nothing left to
 // finish: no handshake that may be its socket's is under way, no
-// connection waits in its socket's queue, and none of pids (its processes)
-// holds a connection it accepted. (In that order: a handshake that
-// completes meanwhile is in the queue when that is looked at.)
+// connection waits in its socket's queue, and every connection one of pids
+// (its processes) holds is idle: its requests answered (drain.Finished).
+// (In that order: a handshake that completes meanwhile is in the queue
+// when that is looked at.)
 func (f *Fence) Finished(pids []int) (bool, error) {
 	if f.IsGone() {
 		return true, nil // what waits in its queue is handed over or lost: none of it will be accepted there
@@ -311,16 +314,32 @@ func (f *Fence) Finished(pids []int) (bool, error) {
 			return false, nil
 		}
 	}
-	conns, err := socktab.DiagTCPConnected(f.addr.Port())
+	conns, err := socktab.DiagTCPConns(f.addr.Port())
 	if err != nil || len(conns) == 0 {
 		return err == nil, err
 	}
+	// Its keep-alive connections need not end: it has finished once it
+	// has answered every request it read on them (issue 30).
+	ours, err := heldConns("/proc", conns, pids)
+	ok, c, why := drain.Finished(ours, drain.Settle)
+	f.Busy = fmt.Sprintf("%v: %s (in %v, out %v ago)", c.Remote, why, c.LastDataRecv, c.LastDataSent)
+	return ok, err
+}
+
+// heldConns returns those of conns that one of pids holds.
+func heldConns(proc procfs.FS, conns []socktab.Conn, pids []int) ([]socktab.Conn, error) {
 	inodes := make([]uint64, len(conns))
 	for i, c := range conns {
 		inodes[i] = c.Inode
 	}
-	held, err := owner.StillHolding("/proc", inodes, pids)
-	return len(held) == 0, err
+	found, err := proc.Holders(inodes, pids)
+	var held []socktab.Conn
+	for i, hs := range found {
+		if len(hs) > 0 {
+			held = append(held, conns[i])
+		}
+	}
+	return held, err
 }
 
 // migrateReqPath is net.ipv4.tcp_migrate_req (Linux 5.14) of takeover's

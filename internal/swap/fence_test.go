@@ -105,7 +105,9 @@ func TestFenceSteers(t *testing.T) {
 	unix.SetNonblock(own, true)
 	pids := []int{os.Getpid()}
 
-	connectN(t, addr, 20)
+	for _, c := range connectN(t, addr, 20) {
+		c.Write([]byte("GET / HTTP/1.1\r\n\r\n")) // a request the old server has not answered
+	}
 	waitQueued(t, old, 20)
 	if done, err := f.Finished(pids); done || err != nil {
 		t.Errorf("finished with 20 connections queued = %v, %v; want false", done, err)
@@ -114,8 +116,11 @@ func TestFenceSteers(t *testing.T) {
 	if len(onOld) != 20 || len(onNew) != 0 {
 		t.Errorf("before the fence: %d connections reached the old socket and %d the new; want 20 and 0", len(onOld), len(onNew))
 	}
+	for deadline := time.Now().Add(10 * time.Second); unread(t, addr.Port()) < 20 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if done, _ := f.Finished(pids); done {
-		t.Errorf("finished while the old server holds 20 accepted connections")
+		t.Errorf("finished while the old server holds 20 accepted connections with requests unread")
 	}
 
 	if err := f.Raise(own); err != nil {
@@ -132,6 +137,21 @@ func TestFenceSteers(t *testing.T) {
 	if done, err := f.Finished(pids); !done || err != nil {
 		t.Errorf("finished once the old server closed what it accepted = %v, %v; want true", done, err)
 	}
+}
+
+// unread counts the connections at port with bytes waiting to be read.
+func unread(t *testing.T, port uint16) int {
+	conns, err := socktab.DiagTCPConns(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range conns {
+		if c.RQueue > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // waitQueued waits until fd's accept queue holds n connections.

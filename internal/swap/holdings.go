@@ -212,7 +212,7 @@ func (h *Holdings) HandedOverFromRunning(prev *Holdings) bool {
 // reached the old server), and the old processes to stop are taken out of
 // the swaps, so that a release of the generation from now on leaves them
 // alone. A swap whose rename fails leaves the old server serving, unstopped.
-func (h *Holdings) Claim(log *slog.Logger) (stop []Stop, ok bool) {
+func (h *Holdings) Claim(log *slog.Logger) (stop Stops, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.hasExited() {
@@ -241,10 +241,10 @@ func (h *Holdings) Claim(log *slog.Logger) (stop []Stop, ok bool) {
 // its swap completed the old processes still to stop: the restarted
 // generation, on the same sockets, stops them. (A unix path's swap is
 // rolled back instead, by Release.)
-func (h *Holdings) ClaimExited() []Stop {
+func (h *Holdings) ClaimExited() Stops {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var stop []Stop
+	var stop Stops
 	for _, sw := range h.swaps {
 		if sw.Spec.Net == target.NetUnix || sw.Strategy != "handoff" || len(sw.OldProcs) == 0 {
 			continue

@@ -10,7 +10,6 @@ package swap
 import (
 	"context"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/takeover/takeover/internal/owner"
@@ -44,23 +43,6 @@ type Record struct {
 	Nonblock *nonblockUndo
 }
 
-// A Stop is what a completed swap has left to do: stop the old
-// processes, and guard the unix path meanwhile.
-type Stop struct {
-	Record         *Record
-	Path           *PathSwap
-	Procs, Holders []*pidfd.Process
-}
-
-// Abandon lets go of a claimed swap that will not be completed after all
-// (the new generation exited while the old server finished): as a swap's
-// abandon does, for what claimSwaps took out of it.
-func (st Stop) Abandon() {
-	pidfd.CloseAll(st.Procs)
-	pidfd.CloseAll(st.Holders)
-	st.Path.rollBack()
-}
-
 // Abandon lets go of a swap that will not be completed: of its old
 // processes' pidfds, and of the names beside a unix path (a path renamed
 // over goes back to the old socket).
@@ -77,45 +59,6 @@ func (sw *Record) releaseOld() {
 	pidfd.CloseAll(sw.OldProcs)
 	pidfd.CloseAll(sw.Holders)
 	sw.OldProcs, sw.Holders = nil, nil
-}
-
-// SignalOnce sends sig to the old processes of the swaps, each once: a
-// server that held several of the sockets (nginx's `listen 80; listen
-// [::]:80;`, or two --port targets) is in the stop list of each swap, and to
-// some servers a second stop signal means "stop now, drain no more" (an
-// interactive ^C twice; uvicorn on INT). A rebind signalled its own at the
-// bind already.
-func SignalOnce(stop []Stop, sig unix.Signal) {
-	sent := make(map[int]bool)
-	for _, st := range stop {
-		if st.Record.Strategy == "rebind" {
-			for _, p := range st.Procs {
-				sent[p.PID] = true
-			}
-		}
-	}
-	for _, st := range stop {
-		for _, p := range st.Procs {
-			if !sent[p.PID] {
-				sent[p.PID] = true
-				p.Signal(sig)
-			}
-		}
-	}
-}
-
-// KillStillHolding SIGKILLs the old processes that still hold one of the
-// old sockets: after --kill-timeout, what keeps a port or serves on as an
-// old generation. An old takeover launcher let go of its copies when it was
-// replaced and waits for its server: killing it would orphan the server,
-// which would then serve on with nobody to stop it.
-func KillStillHolding(holders []*pidfd.Process, inodes []uint64) {
-	held, err := owner.StillHolding("/proc", inodes, pidfd.PIDsOf(holders))
-	for _, p := range holders {
-		if err != nil || slices.Contains(held, p.PID) {
-			p.Signal(unix.SIGKILL)
-		}
-	}
 }
 
 // A Rebind is the fallback way to take a port over: stop the old holders,

@@ -5,19 +5,18 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/takeover/takeover/internal/pidfd"
-	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
 
-// A swap: the takeover of one target from the generation before, and its
-// completion once the new generation is ready (the old server stopped).
+// Completing a generation's swaps once it is ready: the records, systemd,
+// the log line, then the old servers fenced, drained and stopped
+// (swap.Stops); and a swap its generation left unfinished.
 
 // swap completes a generation's swap once it is ready (and has outlived
 // --kill-old-delay): it records the generation, tells systemd, logs the
@@ -64,7 +63,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
 		return
 	}
-	if !ok || l.raiseFences(ctx, g, stop) && g.hasExited() {
+	if !ok || stop.RaiseFences(ctx, g.holdings, l.cfg.drainTimeout(), g.num, l.log) && g.hasExited() {
 		// While the old server finished: it serves on, new connections
 		// reach it again, and the next generation (a restart) completes
 		// the swap once it is ready.
@@ -91,32 +90,10 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 			p.holdings.CloseCopies()
 		}
 	}
-	// A unix path is guarded from the old servers' unlinks before they
-	// are signalled.
-	gctx, stopGuards := context.WithCancel(ctx)
-	defer stopGuards()
-	restored := make([]<-chan int, len(stop))
-	for i, st := range stop {
-		restored[i] = st.Path.Guard(gctx)
-	}
-	swap.SignalOnce(stop, l.cfg.signal())
 	// Hold the locks until the old generation is gone, so that the next
 	// takeover finds one generation, not two.
-	for _, st := range stop {
-		wctx, cancel := context.WithTimeout(ctx, l.cfg.killTimeout())
-		for _, p := range st.Procs {
-			if !p.Wait(wctx) {
-				l.log.Warn("the old server did not exit within --kill-timeout; killing it", "pid", p.PID)
-				swap.KillStillHolding(st.Holders, st.Record.Inodes)
-			}
-		}
-		cancel()
-		if f := st.Record.Fence; f != nil {
-			if held := g.holdings.HeldFor(st.Record.Spec, st.Record.Addr); held != nil && !f.Settle(ctx, held.CopyFD) {
-				l.log.Debug("the old socket still listens after its server exited; new connections stay steered to the new one", "port", st.Record.Spec.String())
-			}
-		}
-	}
+	finish := stop.Stop(ctx, l.cfg.signal(), l.cfg.killTimeout(), g.holdings, l.log)
+	defer finish()
 	if len(swaps) == 0 && g.prev != nil && !g.prev.hasExited() {
 		// No socket to take over (start_server with no --port and no
 		// --path): what g replaces is the generation before it, stopped
@@ -126,19 +103,6 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		case <-g.prev.exited:
 		case <-ctx.Done():
 		}
-	}
-	stopGuards()
-	for i, st := range stop {
-		if n := <-restored[i]; n > 0 {
-			hint := ""
-			if st.Record.Via != "own-copy" && !st.Record.Old[0].Launcher {
-				hint = "; start the old server under takeover, which keeps the path"
-			}
-			l.log.Warn("the old server removed its unix socket's path on its way out; takeover put it back (a connect in between may have failed"+hint+")", "path", st.Path.Path, "times", n)
-		}
-		st.Path.Finish()
-		pidfd.CloseAll(st.Procs)
-		pidfd.CloseAll(st.Holders)
 	}
 }
 
@@ -192,7 +156,7 @@ func (l *launcher) logSwap(g *generation, swaps []*swap.Record) {
 // launcher to be ready (a restart, on the same sockets) completes it; if
 // none is, the old servers serve on (dropUnfinished).
 type unfinished struct {
-	stop  []swap.Stop
+	stop  swap.Stops
 	prevs []*generation // this launcher's generations among the old servers (a reload's): their copies go once they are stopped
 	locks []*os.File
 }
@@ -271,9 +235,7 @@ func (l *launcher) fallBack() *generation {
 	}
 	l.unfinished = nil
 	l.mu.Unlock()
-	for _, st := range u.stop {
-		st.Abandon()
-	}
+	u.stop.Abandon()
 	rundir.ReleaseLocks(u.locks)
 	return old
 }
@@ -287,9 +249,7 @@ func (l *launcher) dropUnfinished() {
 		return
 	}
 	l.log.Warn("the swap an exited generation began was not completed: the old servers serve on", "old_pids", fmt.Sprint(pidfd.PIDsOf(u.procs()...)))
-	for _, st := range u.stop {
-		st.Abandon()
-	}
+	u.stop.Abandon()
 	rundir.ReleaseLocks(u.locks)
 }
 
@@ -332,85 +292,4 @@ func (l *launcher) updateRecord(ctx context.Context, key string, r rundir.Record
 		}
 	}
 	return rundir.WriteRecord(l.dir, key, r)
-}
-
-// raiseFences puts up the fences of a ready generation's swaps and waits,
-// up to --drain-timeout, until each fenced old server has finished what it
-// had accepted: the same state twice in a row, so that a handshake that
-// completed into the old queue just as the fence went up is seen. It
-// reports whether it put up any.
-func (l *launcher) raiseFences(ctx context.Context, g *generation, stop []swap.Stop) bool {
-	type fenced struct {
-		f    *swap.Fence
-		spec target.Spec
-		pids []int
-	}
-	var fs []fenced
-	for _, st := range stop {
-		f := st.Record.Fence
-		if f == nil {
-			continue
-		}
-		held := g.holdings.HeldFor(st.Record.Spec, st.Record.Addr)
-		if held == nil {
-			continue
-		}
-		if err := f.Raise(held.CopyFD); err != nil {
-			l.log.Warn("cannot steer new connections to the new server; the old one keeps accepting until it is stopped", "port", st.Record.Spec.String(), "err", err)
-			continue
-		}
-		pids := pidfd.PIDsOf(st.Procs, st.Holders)
-		slices.Sort(pids)
-		fs = append(fs, fenced{f, st.Record.Spec, procfs.FS("/proc").WithDescendants(slices.Compact(pids))})
-	}
-	if len(fs) == 0 {
-		return false
-	}
-	for _, x := range fs {
-		if set, err := x.f.HoldMigrate(); set {
-			l.log.Info("net.ipv4.tcp_migrate_req=1 in this network namespace until the old socket has closed: a listening socket that closes hands its queued connections to another socket of its SO_REUSEPORT group instead of resetting them")
-		} else if err != nil {
-			l.log.Debug("cannot set net.ipv4.tcp_migrate_req; the drain alone keeps the old socket's queue", "err", err)
-		}
-	}
-	release := func() {
-		for _, x := range fs {
-			x.f.ReleaseMigrate()
-		}
-	}
-	began := time.Now()
-	wait := l.cfg.drainTimeout()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for clean := 0; ; {
-		busy := ""
-		for _, x := range fs {
-			if ok, err := x.f.Finished(x.pids); !ok || err != nil {
-				busy = x.spec.String()
-				break
-			}
-		}
-		if busy == "" {
-			clean++
-		} else {
-			clean = 0
-		}
-		switch {
-		case clean == 2:
-			l.log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", g.num, "waited", time.Since(began).Round(time.Microsecond))
-			return true
-		case time.Since(began) >= wait:
-			l.log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait)
-			return true
-		case g.hasExited():
-			release() // the old server serves on
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			release()
-			return true
-		case <-tick.C:
-		}
-	}
 }
