@@ -152,6 +152,7 @@ func (g *generation) checkHTTP(ctx context.Context, h ready.Health, timeout time
 	client := &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{
+			// No proxy, whatever HTTP_PROXY says: nothing leaves the host.
 			Proxy: nil, DialContext: d.DialContext, DisableKeepAlives: true,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
