@@ -58,7 +58,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (supervise.Config, erro
 	fs.DurationVar(&c.KillOldDelay, "kill-old-delay", 0, "wait this long after the new server is ready before stopping the old one")
 	fs.StringVar(&c.Fence, "fence", "on", "on or off: in a TCP handoff, the new server gets a socket of its own beside the old one's, and once it is ready the old one gets no new connection and is stopped when it has finished those it accepted (for servers that do not drain)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", supervise.DefaultDrainTimeout, "with --fence on: stop the fenced old server after this long even if it has not finished its connections (keep-alive clients)")
-	fs.StringVar(&c.Ready, "ready", ready.Accept, "what makes the new server ready: accept (a process of it waits for connections on every --port, or it sends READY=1), listen (it listens), notify (it sends READY=1 to NOTIFY_SOCKET) or interval (it has run for --interval)")
+	fs.StringVar(&c.Ready, "ready", ready.Accept, "what makes the new server ready: accept (a process of it waits for connections on every --port, or it sends READY=1), listen (it listens), notify (it sends READY=1 to NOTIFY_SOCKET), interval (it has run for --interval) or http://HOST:PORT/PATH (as accept, and then that URL of the new server answers 2xx)")
+	fs.StringVar(&c.ReadyExec, "ready-exec", "", "ready once this `CMD` (run by sh -c, with TAKEOVER_NEW_PID and TAKEOVER_PORT in its environment) exits 0, after --ready; retried until --ready-timeout")
 	fs.DurationVar(&c.Interval, "interval", time.Second, "with --ready interval: how long the new server must run to be ready (start_server's rule)")
 	fs.StringVar(&c.Sockets, "sockets", supervise.SocketsIntercept, "how the command gets its sockets: intercept (its bind(2) is taken over), systemd (passed as LISTEN_FDS) or server-starter (passed as SERVER_STARTER_PORT)")
 	fs.DurationVar(&c.ReadyTimeout, "ready-timeout", 0, "roll the new server back if it is not ready this long after it starts (default 60s, or --bind-timeout + 30s if longer)")
@@ -121,15 +122,25 @@ func parseFlags(args []string, stdout, stderr io.Writer) (supervise.Config, erro
 	default:
 		return c, fmt.Errorf("--fence %q: want on or off", c.Fence)
 	}
+	if ready.IsHealthURL(c.Ready) { // --ready http://HOST:PORT/PATH (internal/ready/health.go)
+		h, err := ready.ParseHealth(c.Ready, c.Ports)
+		if err != nil {
+			return c, err
+		}
+		c.Health, c.Ready = &h, ready.Accept
+	}
 	switch c.Ready {
 	case ready.Accept, ready.Listen, ready.Notify, ready.Interval:
 	default:
-		return c, fmt.Errorf("--ready %q: want accept, listen, notify or interval", c.Ready)
+		return c, fmt.Errorf("--ready %q: want accept, listen, notify, interval or http://HOST:PORT/PATH", c.Ready)
 	}
 	switch c.Sockets {
 	case supervise.SocketsIntercept, supervise.SocketsSystemd, supervise.SocketsServerStarter:
 	default:
 		return c, fmt.Errorf("--sockets %q: want intercept, systemd or server-starter", c.Sockets)
+	}
+	if set := strings.TrimSpace(c.ReadyExec); set == "" && c.ReadyExec != "" {
+		return c, errors.New("--ready-exec: an empty command")
 	}
 	if c.Interval <= 0 {
 		return c, fmt.Errorf("--interval %v: must be more than 0", c.Interval)

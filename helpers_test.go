@@ -261,6 +261,8 @@ func runHelper(mode string, args []string) int {
 	case "exit": // exit with the status in args[0]
 		code, _ := strconv.Atoi(addr)
 		return code
+	case "healthserve": // serve over plain TCP; /healthz answers TAKEOVER_TEST_HEALTH's status (health_test.go)
+		return runHealthServe(addr)
 	case "tcpserve", "noaccept": // swapcore_test.go's servers
 		return runCoreHelper(mode, args)
 	case "crash": // fail before binding anything

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -47,9 +46,7 @@ func runCoreHelper(mode string, args []string) int {
 			fmt.Fprintln(os.Stderr, "helper: cannot come back")
 			return 3
 		}
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(false)
-		ln, err := lc.Listen(context.Background(), "tcp", addr)
+		ln, err := listenPlainTCP(addr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "helper:", err)
 			return 1

@@ -35,6 +35,8 @@ type Want struct {
 	PID      int           // the command: it and its descendants are looked at
 	Up       time.Duration // how long the command has run
 	Interval time.Duration // --interval, for Interval
+	Health   *Health       // --ready http://...: then that URL must answer 2xx (health.go)
+	Exec     string        // --ready-exec: then this must exit 0
 }
 
 // A Result is one look at a generation.

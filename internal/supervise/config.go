@@ -31,6 +31,8 @@ type Config struct {
 	DrainTimeout  time.Duration // how long a fenced old server may take to finish its connections; 5s
 	Ready         string        // accept, listen, notify or interval: what makes a generation ready; accept
 	Interval      time.Duration // --ready interval: ready once the command has run this long; 1s
+	Health        *ready.Health // --ready http://...: then that URL must answer 2xx (health_linux.go)
+	ReadyExec     string        // --ready-exec: then this must exit 0 (health_linux.go)
 	Sockets       string        // intercept, systemd or server-starter; intercept
 	ReadyTimeout  time.Duration // from a generation's start to ready, else rolled back; 60s, or --bind-timeout + 30s if longer
 	LockTimeout   time.Duration // how long to wait for another takeover of the port; see lockTimeout

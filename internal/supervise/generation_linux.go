@@ -44,6 +44,8 @@ type generation struct {
 	sent       map[syscall.Signal]bool // the signals takeover sent the command
 	notified   bool                    // the command sent READY=1 to its NOTIFY_SOCKET
 	cleanups   []func()                // run once the command has exited
+
+	checkWarned bool // the health check's port is unfenced, and the log says so (health_linux.go)
 }
 
 // signal sends sig to the generation's command through its pidfd: once the
@@ -205,6 +207,7 @@ const (
 // when --ready-timeout passes first. It looks every few milliseconds, and
 // at once after a listen(2).
 func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
+	end := time.Now().Add(timeout)
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	interval := readyPollFirst
@@ -229,6 +232,9 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 			tick.Reset(interval)
 		}
 		if r := g.readiness(); r.Ready {
+			if !g.passCheck(ctx, end) { // --ready http://... or --ready-exec (health_linux.go)
+				return
+			}
 			g.setReadyBy(r.By)
 			if len(r.Blind) > 0 {
 				g.log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",

@@ -584,5 +584,5 @@ func (l *launcher) heldSocket(inode uint64) (int, bool) {
 
 // readyWant says what ready means for the launcher's generations.
 func (l *launcher) readyWant() ready.Want {
-	return ready.Want{Targets: l.cfg.Ports, Mode: l.cfg.ready(), Interval: l.cfg.interval()}
+	return ready.Want{Targets: l.cfg.Ports, Mode: l.cfg.ready(), Interval: l.cfg.interval(), Health: l.cfg.Health, Exec: l.cfg.ReadyExec}
 }

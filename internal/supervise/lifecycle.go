@@ -338,7 +338,7 @@ func (m *lifecycle) onTimedOut(g *generation) {
 	}
 	m.log.Error("rolling back: the new generation was not ready within --ready-timeout; stopping it, and the running server keeps serving",
 		"generation", g.num, "pid", g.pid, "it", g.missingNow(),
-		"hint", "raise --ready-timeout if it needs longer to start; pass --ready listen if it accepts in a way takeover cannot see")
+		"hint", g.rollbackHint())
 	g.markRolledBack()
 	m.sup.release(g)
 	m.sup.stop(g, 0)
@@ -374,7 +374,7 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 			return 0, false
 		}
 		if g.isRolledBack() {
-			m.sup.reloadFailed(g.num, "rolled back: not ready within --ready-timeout")
+			m.sup.reloadFailed(g.num, "rolled back: not ready within --ready-timeout: it "+g.missingNow())
 		} else {
 			when := "before it was ready"
 			if m.nextReady {

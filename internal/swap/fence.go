@@ -53,6 +53,10 @@ type Fence struct {
 	handshakes map[uint64]bool
 	migrating  bool   // holds net.ipv4.tcp_migrate_req on (holdMigrate)
 	Busy       string // the last connection Finished found busy, and why
+
+	// check is a health check's source, steered to the new socket while
+	// it runs (checksteer.go).
+	check netip.AddrPort
 }
 
 const (
@@ -163,7 +167,7 @@ func (f *Fence) Joined(sock int) error {
 		f.up = true
 		return steer(sock, newInGroup)
 	}
-	return steer(sock, oldInGroup)
+	return f.steerOld(sock)
 }
 
 // Raise sends every new connection to the new socket, sock, and notes the
