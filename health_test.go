@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -37,8 +38,8 @@ func runHealthServe(addr string) int {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		return 1
 	}
-	hello := helloHandler()
-	return serveDraining(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hello := helloHTTP()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" && os.Getenv("TAKEOVER_TEST_HEALTH") == "hang" {
 			<-r.Context().Done()
 			return
@@ -49,7 +50,17 @@ func runHealthServe(addr string) int {
 			return
 		}
 		hello.ServeHTTP(w, r)
-	}))
+	})}
+	// Until SIGTERM, then drain as the demo server does (net/http's own
+	// Shutdown: stop accepting, finish what was accepted).
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	go srv.Serve(ln)
+	<-term
+	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+	return 0
 }
 
 // listenPlainTCP listens on addr over plain TCP: Go listens with MPTCP
