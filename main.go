@@ -69,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "who":
 			return runWho(args[1:], stdout, stderr)
+		case "status":
+			return runStatus(args[1:], stdout, stderr)
 		case "doctor":
 			return runDoctor(args[1:], stdout, stderr)
 		case "demo":

@@ -27,6 +27,7 @@ var allowed = map[string][]string{
 	"pidfd":   nil,
 	"fdpass":  nil,
 	"target":  nil,
+	"metrics": nil, // what a launcher counts, in Prometheus' format
 
 	"rundir":  {"procfs"},
 	"ready":   {"procfs", "target"},
@@ -46,7 +47,7 @@ var allowed = map[string][]string{
 	"doctor": {"intercept", "seccomp", "procfs", "rundir", "target"},
 
 	// The launcher of one command: everything below it.
-	"supervise": {"procfs", "socktab", "seccomp", "starter", "pidfd", "fdpass", "target", "rundir", "ready", "owner", "systemd", "swap", "intercept"},
+	"supervise": {"procfs", "socktab", "seccomp", "starter", "pidfd", "fdpass", "target", "rundir", "ready", "owner", "systemd", "swap", "intercept", "metrics"},
 }
 
 // closure returns pkg's allowed packages and theirs, all the way down.

@@ -236,9 +236,7 @@ func (l *Launcher) SetDetached(until time.Time) {
 	l.mu.Lock()
 	l.detachedUntil = until
 	l.status.DetachedUntil = &until
-	if l.Cfg.StatusFile != "" {
-		l.flushStatus()
-	}
+	l.flushStatus()
 	l.mu.Unlock()
 	for _, key := range l.keys() {
 		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher == l.Self {

@@ -27,6 +27,7 @@ import (
 	"unsafe"
 
 	"github.com/takeover/takeover/internal/intercept"
+	"github.com/takeover/takeover/internal/metrics"
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/swap"
 
@@ -63,7 +64,8 @@ type Launcher struct {
 
 	mu         sync.Mutex
 	gens       []*generation // those that may hold sockets, for newer takeovers
-	status     Status        // what --status-file holds
+	status     Status        // the status record (status.go)
+	metrics    *metrics.Set  // what --metrics serves
 	unfinished *unfinished   // a swap whose new generation exited before it completed (swap_linux.go)
 	fencing    sync.Mutex    // held by a swap until it completes or is left unfinished
 
@@ -100,6 +102,14 @@ func Launch(cfg Config, stderr io.Writer) int {
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
 	l := &Launcher{Cfg: cfg, Log: newLogger(stderr), Dir: dir, Self: os.Getpid(), Born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
+	l.initStatus()
+	defer l.Dir.RemoveStatus(l.Self)
+	if stop, err := l.serveMetrics(); err != nil {
+		fmt.Fprintf(stderr, "takeover: %v\n", err)
+		return ExitLauncher
+	} else {
+		defer stop()
+	}
 	if cfg.PIDFile != "" {
 		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.Self)+"\n")); err != nil {
 			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
@@ -562,6 +572,7 @@ func (l *Launcher) cleanRunDir() {
 			swap.RemoveStaleSocket(spec.Path, l.Self)
 		}
 	}
+	l.Dir.RemoveStatus(l.Self)
 	l.Dir.ClearDead() // and what takeovers that were killed left
 }
 

@@ -64,6 +64,8 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		l.Log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
 		return
 	}
+	drained := l.draining(stop) // from the fence (or the signal) to their exit
+	defer drained(false)
 	if !ok || l.raiseFences(ctx, g, stop) && g.hasExited() {
 		// While the old server finished: it serves on, new connections
 		// reach it again, and the next generation (a restart) completes
@@ -117,6 +119,7 @@ func (l *Launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 			}
 		}
 	}
+	drained(true)
 	if len(swaps) == 0 && g.prev != nil && !g.prev.hasExited() {
 		// No socket to take over (start_server with no --port and no
 		// --path): what g replaces is the generation before it, stopped
