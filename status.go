@@ -172,7 +172,11 @@ func printStatus(w io.Writer, specs target.SpecList, out []takeoverStatus, now t
 				ago(t.ServingSince), t.ServingSince.Local().Format("2006-01-02 15:04:05"), t.ReadyBy, strings.Join(t.Command, " "))
 		}
 		for _, d := range t.Draining {
-			fmt.Fprintf(w, "  draining: pid %d  %s  for %s (since %s)\n", d.PID, d.Target, ago(d.Since), d.Since.Local().Format("15:04:05"))
+			under := ""
+			if d.TakeoverPID != 0 && d.TakeoverPID != t.TakeoverPID {
+				under = fmt.Sprintf(" (under takeover pid %d)", d.TakeoverPID)
+			}
+			fmt.Fprintf(w, "  draining: pid %d%s  %s  for %s (since %s)\n", d.PID, under, d.Target, ago(d.Since), d.Since.Local().Format("15:04:05"))
 		}
 		for _, s := range t.LastSwap {
 			line := fmt.Sprintf("  last swap: %s %s", s.Address, s.Strategy)
@@ -185,7 +189,10 @@ func printStatus(w io.Writer, specs target.SpecList, out []takeoverStatus, now t
 			if s.OldPID != 0 {
 				line += fmt.Sprintf(", old pid %d", s.OldPID)
 			}
-			line += fmt.Sprintf(", refused %s, ready wait %s, total %s", ms(s.RefusedWindowMS), ms(s.ReadyWaitMS), ms(s.TotalMS))
+			if s.Strategy != "fresh" {
+				line += ", refused " + ms(s.RefusedWindowMS)
+			}
+			line += fmt.Sprintf(", ready wait %s, total %s", ms(s.ReadyWaitMS), ms(s.TotalMS))
 			fmt.Fprintln(w, line)
 		}
 		var swaps uint64

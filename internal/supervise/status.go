@@ -52,9 +52,10 @@ type Status struct {
 
 // A Draining is an old server finishing its connections.
 type Draining struct {
-	PID    int       `json:"pid"`
-	Target string    `json:"target"`
-	Since  time.Time `json:"since"`
+	PID         int       `json:"pid"`
+	TakeoverPID int       `json:"takeover_pid,omitempty"` // the takeover it ran under, when that is another
+	Target      string    `json:"target"`
+	Since       time.Time `json:"since"`
 }
 
 // restartInfo is the status record's account of the last crash.
@@ -173,10 +174,14 @@ func (l *Launcher) draining(stop []swap.OldStop) func(exited bool) {
 	var pids []int
 	l.mu.Lock()
 	for _, st := range stop {
-		for _, p := range st.Procs {
-			if !slices.Contains(pids, p.PID) {
-				pids = append(pids, p.PID)
-				l.status.Draining = append(l.status.Draining, Draining{PID: p.PID, Target: st.Sw.Spec.String(), Since: began.UTC()})
+		for _, o := range st.Sw.Old {
+			if !slices.Contains(pids, o.Holder.PID) {
+				pids = append(pids, o.Holder.PID)
+				d := Draining{PID: o.Holder.PID, Target: st.Sw.Spec.String(), Since: began.UTC()}
+				if o.Launcher {
+					d.TakeoverPID = o.PID
+				}
+				l.status.Draining = append(l.status.Draining, d)
 			}
 		}
 	}

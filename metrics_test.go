@@ -1,0 +1,308 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/takeover/takeover/internal/supervise"
+)
+
+// scrape GETs /metrics from a takeover's --metrics (a TCP address or a
+// unix socket's path) and parses it with Prometheus' own text parser.
+func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	url := "http://" + addr + "/metrics"
+	if strings.HasPrefix(addr, "/") {
+		client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", addr)
+		}}
+		url = "http://metrics/metrics"
+	}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return parseMetrics(t, b)
+}
+
+func parseMetrics(t *testing.T, b []byte) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("parse the metrics: %v\n%s", err, b)
+	}
+	return mfs
+}
+
+// metricValue returns the value of name's sample whose labels include
+// labels ("k=v" each): a counter's or gauge's value, a histogram's count.
+func metricValue(mfs map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	mf := mfs[name]
+	if mf == nil {
+		return -1
+	}
+	var sum float64
+	found := false
+next:
+	for _, m := range mf.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for _, kv := range labels {
+			k, v, _ := strings.Cut(kv, "=")
+			if have[k] != v {
+				continue next
+			}
+		}
+		found = true
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	if !found {
+		return -1
+	}
+	return sum
+}
+
+// waitMetric polls get until name{labels} is want, for at most 30 s.
+func waitMetric(t *testing.T, get func() map[string]*dto.MetricFamily, want float64, name string, labels ...string) {
+	t.Helper()
+	var got float64
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if got = metricValue(get(), name, labels...); got == want {
+			return
+		}
+	}
+	t.Errorf("%s%v = %v, want %v", name, labels, got, want)
+}
+
+// TestMetrics: a takeover with --metrics (a unix socket) and
+// --metrics-file counts a fresh start, a handoff (HUP) and a rolled-back
+// reload; a second takeover (--metrics on TCP, --strategy rebind) replaces
+// it and starts its counters from the first one's, then counts its rebind
+// and a crash and restart. Each is scraped and parsed with prometheus/common's
+// text parser.
+func TestMetrics(t *testing.T) {
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
+	dir := t.TempDir()
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	self, _ := os.Executable()
+	// The command reads its helper mode from a file at each start, so that
+	// a reload can start a server that never accepts.
+	mode, app := filepath.Join(dir, "mode"), filepath.Join(dir, "app")
+	os.WriteFile(mode, []byte("serve"), 0o644)
+	os.WriteFile(app, []byte(fmt.Sprintf("#!/bin/sh\nTAKEOVER_TEST_HELPER=$(cat %s) exec %s %s\n", mode, self, addr)), 0o755)
+	sock, file := filepath.Join(dir, "metrics.sock"), filepath.Join(dir, "takeover.prom")
+	timeouts := []string{"--ready-timeout", "5s", "--bind-timeout", "2s", "--kill-timeout", "1s"}
+
+	first := startTakeover(t, "", append(timeouts, "--metrics", sock, "--metrics-file", file, "--port", port, "--", app)...)
+	first.waitLog(t, `msg="took over"`)
+	viaSock := func() map[string]*dto.MetricFamily { return scrape(t, sock) }
+	viaFile := func() map[string]*dto.MetricFamily {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parseMetrics(t, b)
+	}
+	waitMetric(t, viaSock, 1, "takeover_swaps_total", "target="+port, "strategy=fresh", "result=ok")
+	waitMetric(t, viaSock, 1, "takeover_generation")
+	waitMetric(t, viaSock, 1, "takeover_sockets_held")
+
+	first.cmd.Process.Signal(syscall.SIGHUP) // a handoff
+	first.waitLogCount(t, `msg="took over"`, 2)
+	waitMetric(t, viaSock, 1, "takeover_swaps_total", "target="+port, "strategy=handoff", "result=ok")
+	waitMetric(t, viaSock, 2, "takeover_generation")
+	waitMetric(t, viaSock, 2, "takeover_swap_duration_seconds", "target="+port)
+	waitMetric(t, viaFile, 1, "takeover_swaps_total", "target="+port, "strategy=handoff", "result=ok")
+
+	os.WriteFile(mode, []byte("listenonly"), 0o644) // a reload that is rolled back
+	first.cmd.Process.Signal(syscall.SIGHUP)
+	first.waitLog(t, "rolling back")
+	waitMetric(t, viaSock, 1, "takeover_rollbacks_total")
+	waitMetric(t, viaSock, 1, "takeover_failed_reloads_total")
+	waitMetric(t, viaSock, 1, "takeover_swaps_total", "target="+port, "result=rolled_back")
+	waitMetric(t, viaFile, 1, "takeover_failed_reloads_total")
+	waitMetric(t, viaSock, 2, "takeover_generation") // the running one serves on
+
+	// A deploy: the next takeover, which rebinds, starts from the first's counts.
+	os.WriteFile(mode, []byte("serve"), 0o644)
+	mport := freePort(t)
+	maddr := "127.0.0.1:" + mport
+	second := startTakeover(t, "", append(timeouts, "--strategy", "rebind", "--metrics", maddr, "--metrics-file", file, "--port", port, "--", app)...)
+	second.waitLog(t, `msg="took over"`)
+	if code := first.wait(t); code != 0 {
+		t.Fatalf("the replaced takeover exited %d; stderr:\n%s", code, first.stderr)
+	}
+	viaTCP := func() map[string]*dto.MetricFamily { return scrape(t, maddr) }
+	waitMetric(t, viaTCP, 1, "takeover_swaps_total", "target="+port, "strategy=rebind", "result=ok")
+	waitMetric(t, viaTCP, 1, "takeover_swaps_total", "target="+port, "strategy=handoff", "result=ok")
+	waitMetric(t, viaTCP, 1, "takeover_swaps_total", "target="+port, "strategy=fresh", "result=ok")
+	waitMetric(t, viaTCP, 1, "takeover_rollbacks_total")
+	waitMetric(t, viaTCP, 1, "takeover_failed_reloads_total")
+	waitMetric(t, viaTCP, 1, "takeover_refused_window_seconds", "target="+port) // its own rebind: histograms start anew
+
+	// A crash and a restart on the held socket.
+	waitServing(t, addr)
+	syscall.Kill(childOf(t, second, addr), syscall.SIGKILL)
+	second.waitLog(t, "msg=restarted")
+	waitMetric(t, viaTCP, 1, "takeover_restarts_total")
+	waitMetric(t, viaTCP, 0, "takeover_restart_give_ups_total")
+	waitMetric(t, viaTCP, 2, "takeover_generation")
+	waitMetric(t, viaTCP, 0, "takeover_old_generations_draining")
+	waitMetric(t, viaFile, 1, "takeover_restarts_total")
+	mfs := viaTCP()
+	if got := metricValue(mfs, "takeover_swaps_total"); got != 5 {
+		t.Errorf("takeover_swaps_total = %v in all, want 5 (fresh, handoff, rolled back, rebind, restart)", got)
+	}
+	for name, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if strings.Contains(l.GetName(), "pid") {
+					t.Errorf("%s has a label %s", name, l.GetName())
+				}
+			}
+		}
+	}
+	second.cmd.Process.Signal(syscall.SIGTERM)
+	second.wait(t)
+}
+
+// TestMetricsBadAddress: an address that names none, or is not one, is
+// refused before anything starts (exit 125).
+func TestMetricsBadAddress(t *testing.T) {
+	self, _ := os.Executable()
+	for _, tt := range []struct{ addr, says string }{
+		{":9101", "names no address"},
+		{"127.0.0.1:99999", "is not a port"},
+		{"example.org:9101", "is not an IP address"},
+		{"metrics.sock/x", "must be absolute"},
+	} {
+		cmd := exec.Command(takeoverBin(t), "--metrics", tt.addr, "--port", freePort(t), "--", self)
+		out, err := cmd.CombinedOutput()
+		if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != supervise.ExitLauncher || !strings.Contains(string(out), tt.says) {
+			t.Errorf("--metrics %s: %v, %q; want exit %d saying %q", tt.addr, err, out, supervise.ExitLauncher, tt.says)
+		}
+	}
+}
+
+// TestStatus: `takeover status` against four takeovers at once, one of
+// them replaced and its fenced old server draining (a keep-alive
+// connection holds it): each is listed with what it serves, the drain with
+// its pid, and a target nobody serves exits 1.
+func TestStatus(t *testing.T) {
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
+	self, _ := os.Executable()
+	var ports []string
+	var runs []*tkRun
+	for range 2 {
+		port := freePort(t)
+		r := startTakeover(t, "serve", "--port", port, "--", self, "127.0.0.1:"+port)
+		waitServing(t, "127.0.0.1:"+port)
+		ports, runs = append(ports, port), append(runs, r)
+	}
+	port := freePort(t)
+	addr := "127.0.0.1:" + port
+	old, oldChild := startHanging(t, "hangtcp", addr)
+	kept, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	kept.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	if _, err := http.ReadResponse(bufio.NewReader(kept), nil); err != nil {
+		t.Fatal(err)
+	}
+	next := startTakeover(t, "hangtcp", "--drain-timeout", "10m", "--kill-timeout", "1s", "--port", port, "--", self, addr)
+	next.waitLog(t, "fenced=true")
+
+	status := func(args ...string) (string, int) {
+		t.Helper()
+		cmd := exec.Command(takeoverBin(t), append([]string{"status"}, args...)...)
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	out, code := status()
+	if code != 0 {
+		t.Fatalf("takeover status exited %d:\n%s", code, out)
+	}
+	for _, r := range append(runs, old, next) {
+		if !strings.Contains(out, fmt.Sprintf("takeover pid %d ", r.cmd.Process.Pid)) {
+			t.Errorf("takeover status does not list takeover %d:\n%s", r.cmd.Process.Pid, out)
+		}
+	}
+	if !strings.Contains(out, fmt.Sprintf("draining: pid %d ", oldChild)) || !strings.Contains(out, fmt.Sprintf("replaced by takeover pid %d", next.cmd.Process.Pid)) {
+		t.Errorf("takeover status does not show the old server %d draining, replaced by %d:\n%s", oldChild, next.cmd.Process.Pid, out)
+	}
+	t.Logf("takeover status:\n%s", out)
+
+	js, code := status("--json", port)
+	var got []takeoverStatus
+	if err := json.Unmarshal([]byte(js), &got); code != 0 || err != nil || len(got) != 2 {
+		t.Fatalf("takeover status --json %s: exit %d, %v, %d takeovers, want the old and the new one:\n%s", port, code, err, len(got), js)
+	}
+	o, n := got[0], got[1]
+	if o.TakeoverPID != old.cmd.Process.Pid || o.ReplacedBy != n.TakeoverPID || len(o.Serving) != 0 {
+		t.Errorf("the old takeover: %+v, want it replaced by %d, serving nothing", o, n.TakeoverPID)
+	}
+	if n.TakeoverPID != next.cmd.Process.Pid || len(n.Serving) != 1 || len(n.Draining) != 1 || n.Draining[0].PID != oldChild || n.State != "serving" ||
+		len(n.LastSwap) != 1 || n.LastSwap[0].Strategy != "handoff" || !n.LastSwap[0].Fenced {
+		t.Errorf("the new takeover: %+v, want it serving %s by a fenced handoff, old pid %d draining", n, port, oldChild)
+	}
+
+	if out, code := status(ports[0], ports[1]); code != 0 {
+		t.Errorf("takeover status %s %s exited %d:\n%s", ports[0], ports[1], code, out)
+	}
+	free := freePort(t)
+	if out, code := status(free); code != 1 || !strings.Contains(out, "no takeover serves "+free) {
+		t.Errorf("takeover status %s (nobody serves it) exited %d, want 1:\n%s", free, code, out)
+	}
+	if out, code := status(ports[0], free); code != 1 {
+		t.Errorf("takeover status %s %s exited %d, want 1:\n%s", ports[0], free, code, out)
+	}
+	if out, code := status("nope:x"); code != 2 {
+		t.Errorf("takeover status nope:x exited %d, want 2:\n%s", code, out)
+	}
+
+	kept.Close() // the drain ends; the old server, which ignores TERM, is killed after --kill-timeout
+	waitGone(t, oldChild)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		js, _ := status("--json", port)
+		got = nil
+		json.Unmarshal([]byte(js), &got)
+		if len(got) == 1 && len(got[0].Draining) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the drain, takeover status --json %s:\n%s", port, js)
+		}
+	}
+}
