@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -303,6 +304,67 @@ func TestStatus(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("after the drain, takeover status --json %s:\n%s", port, js)
+		}
+	}
+}
+
+// TestPrometheusContrib: contrib/prometheus's alert rules pass `promtool
+// check rules` and their unit tests (alerts_test.yml), a real takeover's
+// --metrics-file passes `promtool check metrics` (the naming guide's
+// lint), and every metric the rules and the Grafana dashboard query is one
+// takeover exports.
+func TestPrometheusContrib(t *testing.T) {
+	requireTool(t, "promtool")
+	for _, args := range [][]string{
+		{"check", "rules", "contrib/prometheus/alerts.yml"},
+		{"test", "rules", "contrib/prometheus/alerts_test.yml"},
+	} {
+		if out, err := exec.Command("promtool", args...).CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
+	port := freePort(t)
+	file := filepath.Join(t.TempDir(), "takeover.prom")
+	self, _ := os.Executable()
+	r := startTakeover(t, "serve", "--metrics-file", file, "--port", port, "--", self, "127.0.0.1:"+port)
+	r.waitLog(t, `msg="took over"`)
+	text, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := exec.Command("promtool", "check", "metrics")
+	check.Stdin = bytes.NewReader(text)
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s\n%s", err, out, text)
+	}
+	exported := parseMetrics(t, text)
+	for _, name := range []string{"takeover_swaps_total", "takeover_swap_duration_seconds", "takeover_ready_wait_seconds",
+		"takeover_restarts_total", "takeover_restart_give_ups_total", "takeover_rollbacks_total", "takeover_failed_reloads_total",
+		"takeover_generation", "takeover_old_generations_draining", "takeover_sockets_held"} {
+		if exported[name] == nil {
+			t.Errorf("%s is not exported after a first swap:\n%s", name, text)
+		}
+	}
+	// The drain and the refused window appear with the first old server.
+	known := func(name string) bool {
+		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_count"), "_sum")
+		return exported[base] != nil || base == "takeover_drain_seconds" || base == "takeover_refused_window_seconds"
+	}
+	used := regexp.MustCompile(`takeover_[a-z_]+`)
+	for _, f := range []string{"contrib/prometheus/alerts.yml", "contrib/prometheus/dashboard.json"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(f, ".json") && !json.Valid(b) {
+			t.Errorf("%s is not valid JSON", f)
+		}
+		for _, name := range used.FindAllString(string(b), -1) {
+			if !known(name) {
+				t.Errorf("%s queries %s, which takeover does not export", f, name)
+			}
 		}
 	}
 }
