@@ -42,7 +42,8 @@ const (
 	RolledBack = "rolled_back" // the new generation was not ready in time and was stopped
 )
 
-// A Set holds one launcher's metrics in a registry of its own.
+// A Set holds one launcher's metrics in a registry of its own. A nil Set
+// counts nothing (a launcher made by hand, in a test).
 type Set struct {
 	reg                                         *prometheus.Registry
 	swaps                                       *prometheus.CounterVec
@@ -95,6 +96,9 @@ func New(prior Counts) *Set {
 
 // Swap counts a swap of target and, for a completed one, how long it took.
 func (s *Set) Swap(target, strategy, result string, took, readyWait, refused time.Duration) {
+	if s == nil {
+		return
+	}
 	s.swaps.WithLabelValues(target, strategy, result).Inc()
 	if result != OK {
 		return
@@ -111,25 +115,41 @@ func (s *Set) Drained(target string, d time.Duration) {
 	s.drain.WithLabelValues(target).Observe(d.Seconds())
 }
 
-func (s *Set) Restart()      { s.restarts.Inc() }
-func (s *Set) GiveUp()       { s.giveUps.Inc() }
-func (s *Set) Rollback()     { s.rollbacks.Inc() }
-func (s *Set) FailedReload() { s.failedReloads.Inc() }
+func (s *Set) Restart()      { s.inc(func(s *Set) prometheus.Counter { return s.restarts }) }
+func (s *Set) GiveUp()       { s.inc(func(s *Set) prometheus.Counter { return s.giveUps }) }
+func (s *Set) Rollback()     { s.inc(func(s *Set) prometheus.Counter { return s.rollbacks }) }
+func (s *Set) FailedReload() { s.inc(func(s *Set) prometheus.Counter { return s.failedReloads }) }
+
+func (s *Set) inc(counter func(*Set) prometheus.Counter) {
+	if s != nil {
+		counter(s).Inc()
+	}
+}
 
 // Serving sets the gauges: the generation serving, the old ones draining,
 // the sockets held.
 func (s *Set) Serving(generation, draining, sockets int) {
+	if s == nil {
+		return
+	}
 	s.generation.Set(float64(generation))
 	s.draining.Set(float64(draining))
 	s.socketsHeld.Set(float64(sockets))
 }
 
 // Draining sets the gauge of old generations draining.
-func (s *Set) Draining(n int) { s.draining.Set(float64(n)) }
+func (s *Set) Draining(n int) {
+	if s != nil {
+		s.draining.Set(float64(n))
+	}
+}
 
 // Counts returns the counters, for the status record.
 func (s *Set) Counts() Counts {
 	c := Counts{}
+	if s == nil {
+		return c
+	}
 	mfs, _ := s.reg.Gather()
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
