@@ -16,14 +16,15 @@
 //
 // The root package is the command line: main.go dispatches the
 // subcommands, cli.go has --help, version and the terminal, flags.go the
-// launcher's flags, portowner.go `takeover who`, retrybind.go the rebind
+// launcher's flags, portowner.go `takeover who`, status.go `takeover
+// status`, retrybind.go the rebind
 // strategy (plugged into the core as its Rebinder), doctor_*.go `takeover
 // doctor`, demo.go, demoserver.go and probe.go the demo, startserver*.go the
 // start_server drop-in. The rest lives in internal/, each package's doc
 // saying what it holds, and internal/deps_test.go what it may import:
 // supervise (the launcher) above swap (one swap's mechanisms), above owner,
 // ready, systemd and rundir, above the leaves (target, pidfd, fdpass,
-// procfs, socktab, seccomp, starter, load).
+// procfs, socktab, seccomp, starter, load, metrics).
 //
 // One swap reads downward: supervise starts a generation and answers its
 // bind(2) in the seccomp trap; takePort asks owner (socktab, procfs) who

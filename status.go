@@ -126,6 +126,9 @@ func readStatuses(dir *rundir.RunDirectory, specs target.SpecList) []takeoverSta
 				t.ReplacedBy = r.Launcher
 			}
 		}
+		if t.ReplacedBy != 0 && len(t.Serving) == 0 {
+			t.State = "replaced" // its server drains, or it waits for it to exit
+		}
 		out = append(out, t)
 	}
 	slices.SortFunc(out, func(a, b takeoverStatus) int { return a.TakeoverPID - b.TakeoverPID })
