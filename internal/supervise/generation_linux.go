@@ -117,9 +117,6 @@ func (g *generation) markRolledBack() {
 	g.mu.Lock()
 	g.rolledBack = true
 	g.mu.Unlock()
-	if g.l != nil {
-		g.l.rolledBack(g)
-	}
 }
 
 func (g *generation) setReadyBy(by string) {

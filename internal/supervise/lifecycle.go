@@ -95,6 +95,8 @@ type supervisor interface {
 	reloadFailed(num int, why string)
 	// gaveUp records a give-up after --max-restarts.
 	gaveUp()
+	// rolledBack records g, stopped for not being ready in time.
+	rolledBack(g *generation)
 	// fallBack returns the old generation of a reload whose swap the new
 	// one left unfinished (it died while the old one drained), still
 	// serving, and gives up that swap; nil if there is none.
@@ -342,6 +344,7 @@ func (m *lifecycle) onTimedOut(g *generation) {
 		"generation", g.num, "pid", g.pid, "it", g.missingNow(),
 		"hint", "raise --ready-timeout if it needs longer to start; pass --ready listen if it accepts in a way takeover cannot see")
 	g.markRolledBack()
+	m.sup.rolledBack(g)
 	m.sup.release(g)
 	m.sup.stop(g, 0)
 }
