@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestX32BindTrapped: a bind(2) made in the x32 ABI (x86_64's number with
@@ -22,7 +24,7 @@ func TestX32BindTrapped(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build testdata/x32bind: %v\n%s", err, out)
 	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	r := startTakeover(t, "", "--port", "127.0.0.1:"+port, "--", bin, port)
 	if l := r.line(t); l != "listening" {
 		t.Fatalf("the x32 bind was not taken over: the command printed %q\n%s", l, r.stderr)

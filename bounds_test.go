@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestDurationFlagBounds: every duration flag of the launcher is bounded
@@ -47,7 +49,7 @@ func TestDurationFlagBounds(t *testing.T) {
 // negative duration: SIGKILL at once).
 func TestStartServerBounds(t *testing.T) {
 	bin := takeoverBin(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	for _, tt := range []struct {
 		args []string
 		want string

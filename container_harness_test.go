@@ -48,6 +48,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -473,7 +474,7 @@ type dockerd struct {
 // iptables, no bridge, no IP forwarding or masquerading, no userland proxy,
 // as PLATFORMS.md says) and returns once `docker info` answers and the base
 // image (Image) is made. It skips the test when we are not root, and when
-// dockerd is not installed as requireTool does. Close, also registered with
+// dockerd is not installed as testutil.RequireTool does. Close, also registered with
 // tb.Cleanup (so it runs on failure too), removes all it made; start one
 // per test function and share it across its subtests. Containers have no
 // network but the host's or none (--bridge=none): always pass --network
@@ -484,7 +485,7 @@ func startDocker(tb testing.TB) *dockerd {
 		tb.Skip("startDocker: needs root (dockerd, mounts, cgroups)")
 	}
 	for _, p := range []string{dockerdPath, dockerPath} {
-		requireTool(tb, p)
+		testutil.RequireTool(tb, p)
 	}
 	d := &dockerd{tb: tb, name: fmt.Sprintf("takeover-docker-%d-%d", os.Getpid(), ctrStarts.Add(1))}
 	tb.Cleanup(d.Close) // registered first, so it runs whatever fails below
@@ -755,7 +756,7 @@ type podmanEnv struct {
 // configs in the temp dir), its own storage.conf and storage (--root,
 // --runroot), and HOME. It checks that `podman info` answers with runc. It
 // skips the test when we are not root, and when podman, runc or netavark is
-// not installed as requireTool does.
+// not installed as testutil.RequireTool does.
 // Close, also registered with tb.Cleanup, removes all it made. Pods need an
 // infra image from a registry: create them with --infra=false.
 func startPodman(tb testing.TB) *podmanEnv {
@@ -766,7 +767,7 @@ func startPodman(tb testing.TB) *podmanEnv {
 	// podman needs netavark, its network backend, even with netns = "host":
 	// without it, it fails with "could not find netavark".
 	for _, tool := range []string{"podman", "runc", netavarkPath} {
-		requireTool(tb, tool)
+		testutil.RequireTool(tb, tool)
 	}
 	bin, err := exec.LookPath("podman")
 	if err != nil {
@@ -1113,7 +1114,7 @@ func ctrGet(addr, path string) (string, error) {
 	var body string
 	var err error
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if body, err = get(addr, path); err == nil {
+		if body, err = testutil.Get(addr, path); err == nil {
 			break
 		}
 	}
@@ -1176,7 +1177,7 @@ func ctrHarnessChecks(t *testing.T, d *dockerd, p *podmanEnv) {
 		t.Run("hostnet", func(t *testing.T) {
 			ds := ctrTimed(t, 3, func() (string, error) { return d.Docker(append(run(), d.Image(), "true")...) })
 			t.Logf("docker run --rm IMAGE true: %v", ds)
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			if out, err := d.Docker("run", "-d", "--name", "harness-http", "--network", "host", "-v", "/usr:/usr:ro",
 				"-v", share+":/share:ro", "-w", "/share", d.Image(),
 				"/usr/bin/python3", "-m", "http.server", "-b", "127.0.0.1", port); err != nil {
@@ -1207,7 +1208,7 @@ func ctrHarnessChecks(t *testing.T, d *dockerd, p *podmanEnv) {
 		t.Run("hostnet", func(t *testing.T) {
 			ds := ctrTimed(t, 3, func() (string, error) { return p.Podman("run", "--rm", "--rootfs", p.RootFS(), "true") })
 			t.Logf("podman run --rm --rootfs %s true: %v", p.RootFS(), ds)
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			if out, err := p.Podman("run", "-d", "--name", "harness-http", "-v", share+":/share:ro", "-w", "/share",
 				"--rootfs", p.RootFS(), "/usr/bin/python3", "-m", "http.server", "-b", "127.0.0.1", port); err != nil {
 				t.Fatalf("%v: %s", err, out)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // ctrPort is the port of contrib/docker/Dockerfile's ENTRYPOINT, which
@@ -316,7 +317,7 @@ func ctrWaitGen(t *testing.T, addr string, gen int, logs func() string) {
 	var body string
 	var err error
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if body, err = get(addr, "/"); err == nil && strings.HasSuffix(body, want) {
+		if body, err = testutil.Get(addr, "/"); err == nil && strings.HasSuffix(body, want) {
 			return
 		}
 	}
@@ -327,7 +328,7 @@ func ctrWaitGen(t *testing.T, addr string, gen int, logs func() string) {
 func ctrWaitRestarted(t *testing.T, addr string, old int, logs func() string) {
 	t.Helper()
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if body, err := get(addr, "/"); err == nil && !strings.Contains(body, pidField(old)) {
+		if body, err := testutil.Get(addr, "/"); err == nil && !strings.Contains(body, pidField(old)) {
 			return
 		}
 	}

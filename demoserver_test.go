@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestDemoServerRssminerNoShell: demo-server --rssminer never hands its
@@ -39,13 +41,13 @@ func TestDemoServerRssminerNoShell(t *testing.T) {
 // shell: the holder of the port is killed (lsof's pid, SIGTERM) and the
 // demo server binds the port once it is free.
 func TestDemoServerRssminerKillsHolder(t *testing.T) {
-	requireTool(t, "lsof")
-	holder := startHelper(t, "serve", "127.0.0.1:0")
+	testutil.RequireTool(t, "lsof")
+	holder := testutil.StartHelper(t, "serve", "127.0.0.1:0")
 	exited := make(chan error, 1)
-	go func() { exited <- holder.cmd.Wait() }()
-	r := startRun(t, exec.Command(takeoverBin(t), "demo-server", "--rssminer", holder.addr))
-	if l := r.line(t); l != "listening "+holder.addr {
-		t.Errorf("demo-server printed %q, want listening %s", l, holder.addr)
+	go func() { exited <- holder.Cmd.Wait() }()
+	r := startRun(t, exec.Command(takeoverBin(t), "demo-server", "--rssminer", holder.Addr))
+	if l := r.line(t); l != "listening "+holder.Addr {
+		t.Errorf("demo-server printed %q, want listening %s", l, holder.Addr)
 	}
 	select {
 	case err := <-exited:

@@ -43,14 +43,14 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 
 // retryThreadCheck prepares a thread exactly as a rebind does, and says how
 // it was scheduled.
-func retryThreadCheck(capNice bool) doctor.DoctorCheck {
+func retryThreadCheck(capNice bool) doctor.Check {
 	t := lockRetryThread()
 	class := t.Class
 	t.release()
 	var rl unix.Rlimit
 	unix.Getrlimit(unix.RLIMIT_RTPRIO, &rl)
 	why := fmt.Sprintf("CAP_SYS_NICE %s, RLIMIT_RTPRIO %d (hard limit %d)", map[bool]string{true: "yes", false: "no"}[capNice], rl.Cur, rl.Max)
-	c := doctor.DoctorCheck{Check: "real-time rebind"}
+	c := doctor.Check{Check: "real-time rebind"}
 	if class == "fifo" {
 		c.Status, c.Detail = doctor.StatusOK, "the thread that retries a rebind may run as SCHED_FIFO ("+why+")"
 		return c

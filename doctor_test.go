@@ -17,6 +17,7 @@ import (
 	"github.com/takeover/takeover/internal/intercept"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -182,7 +183,7 @@ func TestDoctorUnprivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run the doctor as another user")
 	}
-	requireTool(t, "setpriv")
+	testutil.RequireTool(t, "setpriv")
 	// nobody must reach the binary: takeoverBin's directory is root's only.
 	pub, err := os.MkdirTemp("", "takeover-doctor")
 	if err != nil {
@@ -280,7 +281,7 @@ func copyFile(t testing.TB, from, to string) {
 // passes on.
 func TestDoctorUnderTakeover(t *testing.T) {
 	bin := takeoverBin(t)
-	cmd := exec.Command(bin, "-p", freePort(t), "--", bin, "doctor")
+	cmd := exec.Command(bin, "-p", testutil.FreePort(t), "--", bin, "doctor")
 	cmd.Env = doctorEnv(filepath.Join(t.TempDir(), "run"))
 	d := runDoctorCmd(t, cmd)
 	d.expect(t, 1, map[string][]string{
@@ -300,7 +301,7 @@ func TestDoctorJSON(t *testing.T) {
 	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"doctor", "--json"}, &stdout, &stderr)
-	var r doctor.DoctorReport
+	var r doctor.Report
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, stdout.String())
 	}

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestForceLeavesIPv6OnlyService: `takeover --force --port P` for a server
@@ -16,14 +18,14 @@ import (
 // stopped, and both serve. (Taken for dual-stack, it was stopped: a
 // rebind.) In a network namespace of the test's own.
 func TestForceLeavesIPv6OnlyService(t *testing.T) {
-	requireTool(t, "ip")
+	testutil.RequireTool(t, "ip")
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it makes a network namespace")
 	}
 	takeoverBin(t)
 	ns := newNetns(t)
 	procs := trackProcesses(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	runDir := filepath.Join(t.TempDir(), "run")
 	if err := os.Mkdir(runDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -31,12 +33,12 @@ func TestForceLeavesIPv6OnlyService(t *testing.T) {
 	self, _ := os.Executable()
 	svc := exec.Command("ip", "netns", "exec", ns.name, self, "tcp6:[::]:"+port) // Go's tcp6 wildcard is IPv6-only
 	svc.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve")
-	h := startAndReadLine(t, svc) // ip execs the helper: its pid is the service's
-	_, _, start, err := statOf(h.cmd.Process.Pid)
+	h := testutil.StartAndReadLine(t, svc) // ip execs the helper: its pid is the service's
+	_, _, start, err := statOf(h.Cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	service := procKey{h.cmd.Process.Pid, start}
+	service := procKey{h.Cmd.Process.Pid, start}
 
 	cmd := exec.Command("ip", "netns", "exec", ns.name, takeoverBin(t), "--force", "--port", port, "--", self, "tcp4:0.0.0.0:"+port)
 	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "TAKEOVER_RUN_DIR="+runDir)
@@ -57,7 +59,7 @@ func TestForceLeavesIPv6OnlyService(t *testing.T) {
 	}
 	r.cmd.Process.Signal(syscall.SIGTERM)
 	r.wait(t)
-	h.cmd.Process.Signal(syscall.SIGTERM)
-	h.cmd.Wait()
+	h.Cmd.Process.Signal(syscall.SIGTERM)
+	h.Cmd.Wait()
 	procs.checkNoneLeft(t, 20*time.Second)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,7 +33,7 @@ const dualSwaps = 4
 // request fails.
 func TestDualStackNginx(t *testing.T) {
 	for _, bin := range []string{"nginx", "ip"} {
-		requireTool(t, bin)
+		testutil.RequireTool(t, bin)
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it makes a network namespace")
@@ -40,7 +41,7 @@ func TestDualStackNginx(t *testing.T) {
 	takeoverBin(t)
 	ns := newNetns(t) // removed after every process below is gone
 	procs := trackProcesses(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	dir := t.TempDir()
 	runDir := filepath.Join(dir, "run") // this test's takeovers' own: port P of the host is another's
 	if err := os.Mkdir(runDir, 0o700); err != nil {
@@ -178,18 +179,18 @@ func TestDualStackNginx(t *testing.T) {
 // earlier takeover of the port: that is stopped once the new server is
 // ready, and exits 0, rather than serve on beside it for ever.
 func TestReplacedBeside(t *testing.T) {
-	if !hasIPv6() {
+	if !testutil.HasIPv6() {
 		t.Skip("no IPv6 on this machine")
 	}
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	old := startTakeover(t, "serve", "--port", port, "--", self, "127.0.0.1:"+port)
-	waitServing(t, "127.0.0.1:"+port)
+	testutil.WaitServing(t, "127.0.0.1:"+port)
 	next := startTakeover(t, "serve", "--port", port, "--", self, "[::1]:"+port)
 	if code := old.wait(t); code != 0 {
 		t.Fatalf("the old takeover exited %d, want 0\n%s", code, logsOf(old, next))
 	}
-	waitServing(t, "[::1]:"+port)
+	testutil.WaitServing(t, "[::1]:"+port)
 	next.waitLog(t, "strategy=fresh")
 	if s := next.stderr.String(); !strings.Contains(s, "old_pid=") {
 		t.Errorf("the swap line does not name the old server:\n%s", s)
@@ -214,7 +215,7 @@ type netns struct{ name, path string }
 func newNetns(t testing.TB) *netns {
 	t.Helper()
 	requireRoot(t)
-	requireTool(t, "ip")
+	testutil.RequireTool(t, "ip")
 	ns := &netns{name: "tkds-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 10)}
 	ns.path = filepath.Join("/run/netns", ns.name)
 	if out, err := exec.Command("ip", "netns", "add", ns.name).CombinedOutput(); err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // An environment is a place takeover runs: as root, in a container whose
@@ -72,7 +73,7 @@ func (e environment) runDirFor(t *testing.T) string {
 // completes; no request fails after the first swap; nothing is left
 // behind. The server listens on a TCP port, then on a unix socket.
 func TestEnvironments(t *testing.T) {
-	requireTool(t, "setpriv")
+	testutil.RequireTool(t, "setpriv")
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run as nobody")
 	}
@@ -81,7 +82,7 @@ func TestEnvironments(t *testing.T) {
 		for _, kind := range []string{"tcp", "unix"} {
 			t.Run(e.name+"/"+kind, func(t *testing.T) {
 				dir := e.runDirFor(t)
-				addr, target, first := "127.0.0.1:"+freePort(t), []string{"--port"}, "strategy=handoff"
+				addr, target, first := "127.0.0.1:"+testutil.FreePort(t), []string{"--port"}, "strategy=handoff"
 				if kind == "unix" {
 					sockDir := filepath.Join(filepath.Dir(dir), "sock")
 					os.Mkdir(sockDir, 0o755)
@@ -101,7 +102,7 @@ func TestEnvironments(t *testing.T) {
 				}
 
 				plainRun := startRun(t, e.command(t, dir, server...))
-				waitServing(t, addr)
+				testutil.WaitServing(t, addr)
 				cur := start()
 				if code := plainRun.wait(t); code != 0 {
 					t.Fatalf("the plain server exited %d", code)
@@ -179,7 +180,7 @@ func TestContainerInEffect(t *testing.T) {
 	if os.Getenv(inContainerEnv) == "" {
 		t.Skip("only inside TestLifecycleInContainer")
 	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	self, _ := os.Executable()
 	r := startTakeover(t, "serve", "--port", port, "--", self, "127.0.0.1:"+port)
 	r.waitLog(t, "took over")

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // Fencing under a small accept queue: python's ThreadingHTTPServer listens
@@ -77,7 +78,7 @@ func inNetns(ns string, argv ...string) *exec.Cmd {
 // with its default listen backlog of 5, on port.
 func pythonBacklogServer(t testing.TB, port string) []string {
 	t.Helper()
-	requireTool(t, "python3")
+	testutil.RequireTool(t, "python3")
 	py, err := filepath.Abs("testdata/server.py")
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +232,7 @@ func TestFencedSmallBacklog(t *testing.T) {
 // had accepted.)
 func TestFencedPassedSockets(t *testing.T) {
 	ns := newNetns(t).name
-	requireTool(t, "python3")
+	testutil.RequireTool(t, "python3")
 	py, err := filepath.Abs("testdata/passed_server.py")
 	if err != nil {
 		t.Fatal(err)
@@ -271,7 +272,7 @@ func BenchmarkFencedSmallBacklog(b *testing.B) {
 	// a fenced one about 1s): the same number of swaps in the same time, so
 	// that requests/s compares the two, not how many swaps each fits in.
 	const swaps, workers, every = 10, 50, 8 * time.Second
-	requireTool(b, "python3")
+	testutil.RequireTool(b, "python3")
 	passed, err := filepath.Abs("testdata/passed_server.py")
 	if err != nil {
 		b.Fatal(err)

@@ -2,296 +2,26 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/takeover/takeover/internal/swap"
-
-	"github.com/takeover/takeover/internal/socktab"
-	"github.com/takeover/takeover/internal/target"
-	"golang.org/x/sys/unix"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
-// fenceListener is an old server's listening socket, as a raw fd: bound
-// and listening on 127.0.0.1, without SO_REUSEPORT, as most servers bind.
-func fenceListener(t testing.TB) (int, netip.AddrPort) {
-	t.Helper()
-	fd := tcpSocket(t)
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 128); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := unix.Getsockname(fd)
-	return fd, target.AddrPortOf(sa)
-}
-
-func tcpSocket(t testing.TB) int {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	return fd
-}
-
-// connectN makes n connections to addr and waits until each is
-// established (in some accept queue); the caller closes them.
-func connectN(t *testing.T, addr netip.AddrPort, n int) []net.Conn {
-	t.Helper()
-	var cs []net.Conn
-	for range n {
-		c, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs = append(cs, c)
-	}
-	t.Cleanup(func() {
-		for _, c := range cs {
-			c.Close()
-		}
-	})
-	return cs
-}
-
-// acceptAll accepts what waits in fd's queue, and keeps the accepted fds
-// open (the caller closes them).
-func acceptAll(t *testing.T, fd int) []int {
-	t.Helper()
-	var got []int
-	for {
-		c, _, err := unix.Accept4(fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-		if err == unix.EAGAIN {
-			return got
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, c)
-	}
-}
-
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		unix.Close(fd)
-	}
-}
-
-// TestFenceSteers: a socket bound beside a listening one joins its group;
-// while it starts, every new connection goes to the old socket; once the
-// fence is up, every one goes to the new socket, and the old server is
-// finished once it has closed what it accepted.
-func TestFenceSteers(t *testing.T) {
-	old, addr := fenceListener(t)
-	unix.SetNonblock(old, true)
-	own := tcpSocket(t)
-	c := swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := swap.FenceBeside(c, old)
-	if f == nil {
-		t.Fatalf("fenceBeside: %s", why)
-	}
-	if err := unix.Listen(own, 128); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Joined(own); err != nil {
-		t.Fatalf("joined: %v", err)
-	}
-	unix.SetNonblock(own, true)
-	pids := []int{os.Getpid()}
-
-	connectN(t, addr, 20)
-	waitQueued(t, old, 20)
-	if done, err := f.Finished(pids); done || err != nil {
-		t.Errorf("finished with 20 connections queued = %v, %v; want false", done, err)
-	}
-	onOld, onNew := acceptAll(t, old), acceptAll(t, own)
-	if len(onOld) != 20 || len(onNew) != 0 {
-		t.Errorf("before the fence: %d connections reached the old socket and %d the new; want 20 and 0", len(onOld), len(onNew))
-	}
-	if done, _ := f.Finished(pids); done {
-		t.Errorf("finished while the old server holds 20 accepted connections")
-	}
-
-	if err := f.Raise(own); err != nil {
-		t.Fatalf("raise: %v", err)
-	}
-	connectN(t, addr, 20)
-	waitQueued(t, own, 20)
-	lateOld, lateNew := acceptAll(t, old), acceptAll(t, own)
-	if len(lateOld) != 0 || len(lateNew) != 20 {
-		t.Errorf("fenced: %d connections reached the old socket and %d the new; want 0 and 20", len(lateOld), len(lateNew))
-	}
-	closeFDs(lateNew) // (they share the port: the test is one process)
-	closeFDs(onOld)
-	if done, err := f.Finished(pids); !done || err != nil {
-		t.Errorf("finished once the old server closed what it accepted = %v, %v; want true", done, err)
-	}
-}
-
-// waitQueued waits until fd's accept queue holds n connections.
-func waitQueued(t *testing.T, fd, n int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if int(info.Unacked) >= n { // a listener's tcpi_unacked is its accept queue
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the accept queue holds %d connections after 5s, want %d", info.Unacked, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// TestFenceRollback: a new server that never becomes ready (its socket is
-// closed before the fence goes up) loses nothing: every connection went to
-// the old socket, which takes every later one too.
-func TestFenceRollback(t *testing.T) {
-	old, addr := fenceListener(t)
-	unix.SetNonblock(old, true)
-	own, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := swap.FenceBeside(c, old)
-	if f == nil {
-		t.Fatalf("fenceBeside: %s", why)
-	}
-	unix.Listen(own, 128)
-	f.Joined(own)
-	connectN(t, addr, 10)
-	unix.Close(own) // rolled back
-	connectN(t, addr, 10)
-	waitQueued(t, old, 20)
-	got := acceptAll(t, old)
-	defer closeFDs(got)
-	if len(got) != 20 {
-		t.Errorf("the old socket accepted %d connections, want 20", len(got))
-	}
-}
-
-// TestFenceRefused: no fence where the group would not be the old socket
-// and the new one: a port where the server has an SO_REUSEPORT group of
-// its own, or an old socket of another user; the sockets are left as they
-// were, the new one unbound.
-func TestFenceRefused(t *testing.T) {
-	t.Run("server's own group", func(t *testing.T) {
-		a := tcpSocket(t)
-		unix.SetsockoptInt(a, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		unix.Bind(a, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
-		unix.Listen(a, 16)
-		sa, _ := unix.Getsockname(a)
-		addr := target.AddrPortOf(sa)
-		b := tcpSocket(t)
-		unix.SetsockoptInt(b, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		if err := unix.Bind(b, target.SockaddrOf(addr)); err != nil {
-			t.Fatal(err)
-		}
-		unix.Listen(b, 16)
-		checkRefused(t, a, addr, "2 sockets listen on "+addr.String(), 1)
-	})
-	t.Run("another user's socket", func(t *testing.T) {
-		if os.Geteuid() != 0 {
-			t.Skip("needs root to make a socket of another user")
-		}
-		runtime.LockOSThread()
-		unix.Setfsuid(65534) // a socket's inode belongs to its maker's fsuid
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		unix.Setfsuid(0)
-		runtime.UnlockOSThread()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { unix.Close(fd) })
-		unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
-		unix.Listen(fd, 16)
-		sa, _ := unix.Getsockname(fd)
-		checkRefused(t, fd, target.AddrPortOf(sa), "the old socket belongs to uid 65534 and the new one to uid 0", 0)
-	})
-}
-
-func checkRefused(t *testing.T, old int, addr netip.AddrPort, want string, reuseport int) {
-	t.Helper()
-	own := tcpSocket(t)
-	c := swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := swap.FenceBeside(c, old)
-	if f != nil || !strings.Contains(why, want) {
-		t.Fatalf("fenceBeside = %v, %q; want nil and %q", f, why, want)
-	}
-	if v, _ := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_REUSEPORT); v != reuseport {
-		t.Errorf("the old socket's SO_REUSEPORT is %d after the refusal, want %d", v, reuseport)
-	}
-	if sa, _ := unix.Getsockname(own); target.AddrPortOf(sa).Port() != 0 {
-		t.Errorf("the new socket was left bound to %v", target.AddrPortOf(sa))
-	}
-}
-
-// TestFenceSettles: once the old socket has left the group, the group is
-// pinned to the new one, so that a socket joining later (another process
-// of the user, with SO_REUSEPORT) takes nothing from it.
-func TestFenceSettles(t *testing.T) {
-	old, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Bind(old, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
-	unix.Listen(old, 16)
-	sa, _ := unix.Getsockname(old)
-	addr := target.AddrPortOf(sa)
-	own := tcpSocket(t)
-	f, why := swap.FenceBeside(swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, old)
-	if f == nil {
-		unix.Close(old)
-		t.Fatalf("fenceBeside: %s", why)
-	}
-	unix.Listen(own, 128)
-	f.Joined(own)
-	f.Raise(own)
-	unix.Close(old) // the old server exited
-	if !f.Settle(context.Background(), own) {
-		t.Fatal("settle: the old socket did not leave the group")
-	}
-	stray := tcpSocket(t)
-	unix.SetsockoptInt(stray, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	if err := unix.Bind(stray, target.SockaddrOf(addr)); err != nil {
-		t.Fatal(err)
-	}
-	unix.Listen(stray, 128)
-	unix.SetNonblock(own, true)
-	unix.SetNonblock(stray, true)
-	connectN(t, addr, 20)
-	waitQueued(t, own, 20)
-	onOwn, onStray := acceptAll(t, own), acceptAll(t, stray)
-	defer closeFDs(onOwn)
-	defer closeFDs(onStray)
-	if len(onOwn) != 20 || len(onStray) != 0 {
-		t.Errorf("after settle: %d connections reached the new socket and %d a later one; want 20 and 0", len(onOwn), len(onStray))
-	}
-}
-
-// TestFencedKeepAlive: a fenced old server that keeps a connection open
-// (a keep-alive client) and ignores the stop signal: the new takeover
-// stops it after --drain-timeout, says so, and SIGKILLs it after
-// --kill-timeout; the old takeover exits 0, the new server serves, and the
-// kept connection was served by the old server until it was killed.
+// TestFencedKeepAlive: fenced old servers that keep connections open and
+// ignore the stop signal (issue 30). A keep-alive connection whose request
+// was answered does not hold the swap: the drain ends with it open, long
+// before --drain-timeout, the old server is stopped (SIGKILLed after
+// --kill-timeout) and the old takeover exits 0. At the next swap, a
+// connection whose server read half a request and awaits the rest holds
+// the drain until --drain-timeout, and the log names it.
 func TestFencedKeepAlive(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	first, oldChild := startHanging(t, "hangtcp", addr)
 	kept, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -299,47 +29,63 @@ func TestFencedKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer kept.Close()
-	ask := func() error {
-		kept.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := kept.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+	ask := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
 			return err
 		}
-		_, err := http.ReadResponse(bufio.NewReader(kept), nil)
+		_, err := http.ReadResponse(bufio.NewReader(c), nil)
 		return err
 	}
-	if err := ask(); err != nil {
+	if err := ask(kept); err != nil {
 		t.Fatal(err)
 	}
 
 	self, _ := os.Executable()
-	second := startTakeover(t, "hangtcp", "--drain-timeout", "1s", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
+	second := startTakeover(t, "hangtcp", "--drain-timeout", "40s", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
 	second.waitLog(t, "fenced=true")
-	if err := ask(); err != nil { // the fence leaves accepted connections to their server
+	if err := ask(kept); err != nil { // the fence leaves accepted connections to their server
 		t.Errorf("the kept connection, after the fence went up: %v", err)
 	}
-	waitGone(t, oldChild)
+	second.waitLog(t, "has finished what it accepted")
+	testutil.WaitGone(t, oldChild)
 	if code := first.wait(t); code != 0 {
 		t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
 	}
-	waitServing(t, addr)
-	childOf(t, second, addr)
-	for _, want := range []string{
-		"has not finished its connections within --drain-timeout",
-		"did not exit within --kill-timeout; killing it",
-	} {
-		second.waitLog(t, want)
+	testutil.WaitServing(t, addr)
+	newChild := childOf(t, second, addr)
+	second.waitLog(t, "did not exit within --kill-timeout; killing it")
+	if strings.Contains(second.stderr.String(), "within --drain-timeout") {
+		t.Errorf("an answered keep-alive connection held the drain until --drain-timeout:\n%s", second.stderr)
 	}
-	if ask() == nil {
+	if ask(kept) == nil {
 		t.Errorf("the kept connection still answers after its server was killed")
 	}
+
+	half, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer half.Close()
+	if _, err := half.Write([]byte("GET / HTTP/1.1\r\nHo")); err != nil {
+		t.Fatal(err)
+	}
+	third := startTakeover(t, "hangtcp", "--drain-timeout", "1s", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
+	third.waitLog(t, "has not finished its connections within --drain-timeout")
+	third.waitLog(t, half.LocalAddr().String())
+	testutil.WaitGone(t, newChild)
+	if code := second.wait(t); code != 0 {
+		t.Errorf("the second takeover exited %d, want 0; stderr:\n%s", code, second.stderr)
+	}
+	testutil.WaitServing(t, addr)
 }
 
 // TestFencedFirstSwap: a redis not started under takeover (its socket
 // without SO_REUSEPORT, copied with pidfd_getfd) is fenced at its first
 // swap like any other: 0 failed under load, and it is stopped.
 func TestFencedFirstSwap(t *testing.T) {
-	requireTool(t, "redis-server")
-	port := freePort(t)
+	testutil.RequireTool(t, "redis-server")
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	argv := []string{"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}
 	plain := exec.Command(argv[0], argv[1:]...)
@@ -394,73 +140,5 @@ func TestFencedFirstSwap(t *testing.T) {
 	t.Logf("%d requests, %d failed (%d refused, %d reset); %s", res.Requests, res.FailedRequests(), res.Refused, res.Resets, line)
 	if res.FailedRequests() > 0 || res.OK == 0 {
 		t.Errorf("%d of %d requests failed, want 0", res.FailedRequests(), res.Requests)
-	}
-}
-
-// TestFenceWaitsForHandshakes: a connection still in its handshake on the
-// old socket when the fence goes up (a request socket: here the server's
-// TCP_DEFER_ACCEPT holds it there until the client sends, as a full
-// accept queue does by dropping the client's ACK) is the old server's to
-// finish: the drain waits for it to reach the old socket's queue and be
-// accepted. Were the old socket closed before, the client, which counts
-// itself connected, would be reset.
-func TestFenceWaitsForHandshakes(t *testing.T) {
-	old, addr := fenceListener(t)
-	unix.SetNonblock(old, true)
-	if err := unix.SetsockoptInt(old, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 30); err != nil {
-		t.Fatal(err)
-	}
-	own := tcpSocket(t)
-	c := swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := swap.FenceBeside(c, old)
-	if f == nil {
-		t.Fatalf("fenceBeside: %s", why)
-	}
-	unix.Listen(own, 128)
-	f.Joined(own)
-	unix.SetNonblock(own, true)
-	pids := []int{os.Getpid()}
-
-	client := connectN(t, addr, 1)[0] // connected, as the client sees it
-	waitHandshakes(t, addr, 1)
-	if err := f.Raise(own); err != nil {
-		t.Fatalf("raise: %v", err)
-	}
-	for i := range 2 { // raiseFences asks twice
-		if done, err := f.Finished(pids); done || err != nil {
-			t.Fatalf("finished (look %d) with a handshake under way on the old socket = %v, %v; want false", i+1, done, err)
-		}
-	}
-	if _, err := client.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	waitQueued(t, old, 1)
-	if done, _ := f.Finished(pids); done {
-		t.Errorf("finished with the connection in the old socket's queue")
-	}
-	got := acceptAll(t, old)
-	if len(got) != 1 || len(acceptAll(t, own)) != 0 {
-		t.Fatalf("the old socket accepted %d connections, want 1 (and the new one none)", len(got))
-	}
-	closeFDs(got)
-	if done, err := f.Finished(pids); !done || err != nil {
-		t.Errorf("finished once the old server closed what it accepted = %v, %v; want true", done, err)
-	}
-}
-
-// waitHandshakes waits until n connections to addr are in their handshake.
-func waitHandshakes(t *testing.T, addr netip.AddrPort, n int) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		reqs, err := socktab.DiagTCPRequests(addr.Port())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(reqs) >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections to %s in their handshake after 5s, want %d", len(reqs), addr, n)
-		}
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestFleet runs the fleet simulation (scripts/fleet.sh: 2 hosts in network
@@ -23,7 +25,7 @@ func TestFleet(t *testing.T) {
 		t.Skip("the fleet simulation needs root (network namespaces)")
 	}
 	for _, tool := range []string{"ansible-playbook", "haproxy", "/usr/sbin/sshd", "ssh", "ip"} {
-		requireTool(t, tool)
+		testutil.RequireTool(t, tool)
 	}
 	out := t.TempDir() + "/fleet.json"
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)

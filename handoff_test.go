@@ -17,6 +17,7 @@ import (
 	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,14 +51,14 @@ func startUnder(t *testing.T, srv server, port string, flags ...string) *tkRun {
 func TestHandoff50UnderLoad(t *testing.T) {
 	kinds := drainers(t)
 	for _, k := range kinds {
-		requireTool(t, k.need)
+		testutil.RequireTool(t, k.need)
 	}
 	// Every ordered pair of the four kinds appears in this cycle.
 	cycle := []string{"go", "python", "node", "java", "go", "node", "python", "java", "node", "go", "java", "python"}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	prev := startUnder(t, kinds["go"], port, "--strategy", "handoff")
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	loadDone := make(chan *load.Result)
@@ -109,15 +110,15 @@ func TestHandoff50UnderLoad(t *testing.T) {
 // TestSlowRequestSurvivesSwap: a request in flight on the old server when
 // the swap happens completes with 200.
 func TestSlowRequestSurvivesSwap(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	srv := drainers(t)["go"]
 	first := startUnder(t, srv, port)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	oldChild := childOf(t, first, addr)
 	slow := make(chan error, 1)
 	go func() {
-		body, err := get(addr, "/?sleep=3s")
+		body, err := testutil.Get(addr, "/?sleep=3s")
 		if err == nil && !strings.Contains(body, pidField(oldChild)) {
 			err = fmt.Errorf("answered by the wrong server: %q", body)
 		}
@@ -138,11 +139,11 @@ func TestSlowRequestSurvivesSwap(t *testing.T) {
 // no request failed.
 func crashUnderLoad(t *testing.T, helper string, code int, flags ...string) {
 	t.Helper()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	first := startUnder(t, drainers(t)["go"], port)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	oldChild := childOf(t, first, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -157,7 +158,7 @@ func crashUnderLoad(t *testing.T, helper string, code int, flags ...string) {
 	if got != code {
 		t.Errorf("takeover exited %d, want the command's %d; stderr:\n%s", got, code, crash.stderr)
 	}
-	if !first.running() || processGone(oldChild) {
+	if !first.running() || testutil.ProcessGone(oldChild) {
 		t.Fatal("the old server was stopped")
 	}
 	if r.FailedRequests() != 0 || r.OK == 0 {
@@ -181,13 +182,13 @@ func TestCrashDuringKillOldDelay(t *testing.T) {
 // rebind, handoff refuses. (An IPv6-only [::] would not conflict:
 // TestReplacedBeside.)
 func TestFamilyMismatch(t *testing.T) {
-	if !hasIPv6() {
+	if !testutil.HasIPv6() {
 		t.Skip("no IPv6 on this machine")
 	}
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	old := startTakeover(t, "serve", "--port", port, "--", self, "tcp4:0.0.0.0:"+port)
-	waitServing(t, "127.0.0.1:"+port)
+	testutil.WaitServing(t, "127.0.0.1:"+port)
 
 	refused := startTakeover(t, "serve", "--strategy", "handoff", "--port", port, "--", self, "[::]:"+port)
 	if code := refused.wait(t); code == 0 {
@@ -204,7 +205,7 @@ func TestFamilyMismatch(t *testing.T) {
 	if code := old.wait(t); code != 0 {
 		t.Fatalf("old takeover exited %d", code)
 	}
-	waitServing(t, "[::1]:"+port)
+	testutil.WaitServing(t, "[::1]:"+port)
 	auto.waitLog(t, "strategy=rebind")
 	if s := auto.stderr.String(); !strings.Contains(s, "IPv4") {
 		t.Errorf("auto did not fall back to rebind and say why:\n%s", s)
@@ -231,7 +232,7 @@ func TestReloadOnHUP(t *testing.T) {
 
 	notify := listenNotify(t, filepath.Join(dir, "notify"))
 	t.Setenv("NOTIFY_SOCKET", filepath.Join(dir, "notify"))
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	statusFile, pidFile := filepath.Join(dir, "status.json"), filepath.Join(dir, "pid")
 	r := startTakeover(t, "serve", "--port", port, "--status-file", statusFile, "--pid-file", pidFile, "--", app, addr)
@@ -241,7 +242,7 @@ func TestReloadOnHUP(t *testing.T) {
 		}
 	})
 	notify.expect(t, "READY=1")
-	if body := waitServing(t, addr); !strings.Contains(body, "gen=v1") {
+	if body := testutil.WaitServing(t, addr); !strings.Contains(body, "gen=v1") {
 		t.Fatalf("first generation answered %q", body)
 	}
 	if b, _ := os.ReadFile(pidFile); strings.TrimSpace(string(b)) != strconv.Itoa(r.cmd.Process.Pid) {
@@ -256,7 +257,7 @@ func TestReloadOnHUP(t *testing.T) {
 	// shared socket; then only the new binary does.
 	body := ""
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if body = waitServing(t, addr); strings.Contains(body, "gen=v2") {
+		if body = testutil.WaitServing(t, addr); strings.Contains(body, "gen=v2") {
 			break
 		}
 	}
@@ -300,7 +301,7 @@ func TestReloadOnHUP(t *testing.T) {
 	r.cmd.Process.Signal(syscall.SIGHUP)
 	notify.expect(t, "RELOADING=1")
 	notify.expect(t, "READY=1")
-	if body := waitServing(t, addr); !strings.Contains(body, pidField(st.ChildPID)) {
+	if body := testutil.WaitServing(t, addr); !strings.Contains(body, pidField(st.ChildPID)) {
 		t.Errorf("after a failed reload the server answered %q, want the old child %d", body, st.ChildPID)
 	}
 	if !strings.Contains(r.stderr.String(), "reload failed") {
@@ -369,7 +370,7 @@ func TestStopDuringReload(t *testing.T) {
 	}
 	notify := listenNotify(t, filepath.Join(dir, "notify"))
 	t.Setenv("NOTIFY_SOCKET", filepath.Join(dir, "notify"))
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	r := startTakeover(t, "serve", "--port", port, "--", app, "127.0.0.1:"+port)
 	notify.expect(t, "READY=1")
 	r.cmd.Process.Signal(syscall.SIGHUP)
@@ -403,10 +404,10 @@ func TestFailedReloadsLeakNothing(t *testing.T) {
 	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	r := startTakeover(t, "serve", "--kill-old-delay", "2s", "--port", port, "--", app, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	oldChild := childOf(t, r, addr)
 	// Should takeover exit without it (the bug this test is for), the old
 	// generation must not outlive the test.
@@ -446,7 +447,7 @@ func TestFailedReloadsLeakNothing(t *testing.T) {
 	if got := childOf(t, r, addr); got != oldChild {
 		t.Errorf("the port is held by %d, want the old generation's %d", got, oldChild)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 }
 
 // TestReloadRebind: in a reload by rebind the running generation is stopped
@@ -454,15 +455,15 @@ func TestFailedReloadsLeakNothing(t *testing.T) {
 // for the new one, which serves; nothing is left behind.
 func TestReloadRebind(t *testing.T) {
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	r := startTakeover(t, "slowlisten", "--strategy", "rebind", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	oldChild := childOf(t, r, addr)
 
 	r.cmd.Process.Signal(syscall.SIGHUP)
-	waitGone(t, oldChild)
-	waitServing(t, addr)
+	testutil.WaitGone(t, oldChild)
+	testutil.WaitServing(t, addr)
 	if !r.running() {
 		t.Fatalf("takeover exited (%v) with its old generation; stderr:\n%s", r.err, r.stderr)
 	}
@@ -475,5 +476,5 @@ func TestReloadRebind(t *testing.T) {
 	if code := r.wait(t); code != 0 {
 		t.Errorf("takeover exited %d after TERM, want the child's 0; stderr:\n%s", code, r.stderr)
 	}
-	waitGone(t, newChild)
+	testutil.WaitGone(t, newChild)
 }

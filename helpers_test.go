@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -21,8 +19,8 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/doctor"
-	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/starter"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,7 +29,7 @@ import (
 // TAKEOVER_TEST_HELPER names one.
 func TestMain(m *testing.M) {
 	doctor.MaybeRunProbe() // TestDoctorJSON's probe is this test binary, as main's is takeover
-	if mode := os.Getenv("TAKEOVER_TEST_HELPER"); mode != "" {
+	if mode := os.Getenv(testutil.HelperEnv); mode != "" {
 		os.Exit(runHelper(mode, os.Args[1:]))
 	}
 	code := m.Run()
@@ -47,10 +45,6 @@ func runHelper(mode string, args []string) int {
 		addr = args[0]
 	}
 	switch mode {
-	case "acceptor": // accept on fd 3 from a level-triggered epoll loop, answer "ok", close (fence_bench_test.go)
-		return acceptLoop(3)
-	case "trapped-acceptor": // send a seccomp listener that traps accept(2) to fd 4, then exec an acceptor
-		return trappedAcceptor()
 	case "unlinker": // unlink a missing file addr (a count) times; print the ns each took
 		n, _ := strconv.Atoi(addr)
 		began := time.Now()
@@ -58,58 +52,6 @@ func runHelper(mode string, args []string) int {
 			unix.Unlink("/nonexistent-takeover-bench/file")
 		}
 		fmt.Printf("%d\n", time.Since(began).Nanoseconds()/int64(max(n, 1)))
-		return 0
-	case "serve": // serve HTTP until SIGTERM, then drain and exit 0; addr may start tcp4:, tcp6: or unix:
-		network := "tcp"
-		if n, a, ok := strings.Cut(addr, ":"); ok && (n == "tcp4" || n == "tcp6" || n == "unix") {
-			network, addr = n, a
-		}
-		ln, err := net.Listen(network, addr)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "helper:", err)
-			return 1
-		}
-		fmt.Printf("listening %s\n", ln.Addr())
-		return serveUntilTerm(ln)
-	case "prefork": // listen, then start workers that inherit the socket
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return 1
-		}
-		f, _ := ln.(*net.TCPListener).File()
-		var pids []string
-		for range 2 {
-			cmd := exec.Command(os.Args[0])
-			cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=worker")
-			cmd.ExtraFiles = []*os.File{f}
-			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			if err := cmd.Start(); err != nil {
-				return 1
-			}
-			defer cmd.Process.Kill()
-			pids = append(pids, fmt.Sprint(cmd.Process.Pid))
-		}
-		// File() left the shared socket blocking: make it non-blocking
-		// again, or closing the listener would not wake the accept.
-		f.Close()
-		rc, _ := ln.(*net.TCPListener).SyscallConn()
-		rc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
-		fmt.Printf("listening %s workers %s\n", ln.Addr(), strings.Join(pids, ","))
-		return serveUntilTerm(ln)
-	case "worker":
-		ln, err := net.FileListener(os.NewFile(3, "listener"))
-		if err != nil {
-			return 1
-		}
-		return serveUntilTerm(ln)
-	case "wrapper": // a stand-in for a takeover launcher: runs a server under it
-		cmd := exec.Command(os.Args[0], args...)
-		cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve")
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Run(); err != nil {
-			return 1
-		}
 		return 0
 	case "hang", "hangfork", "hangtcp": // listen and ignore SIGTERM; hangfork passes the socket on to a new process when it comes; hangtcp listens with plain TCP, not Go's MPTCP
 		sigs := make(chan os.Signal, 1)
@@ -324,6 +266,9 @@ func runHelper(mode string, args []string) int {
 		fmt.Fprintln(os.Stderr, "helper: crashing before bind")
 		return 3
 	}
+	if code, ok := testutil.RunHelper(mode, args, serveUntilTerm); ok { // serve, prefork, worker, wrapper
+		return code
+	}
 	fmt.Fprintln(os.Stderr, "unknown helper", mode)
 	return 2
 }
@@ -462,85 +407,6 @@ func forkHolder(ln net.Listener) {
 // serveUntilTerm serves the helpers' handler and drains on SIGTERM.
 func serveUntilTerm(ln net.Listener) int { return serveDraining(ln, helloHandler()) }
 
-// A helperProc is a helper started by a test, with its first line of output.
-type helperProc struct {
-	cmd   *exec.Cmd
-	line  string // the first line the helper printed, "listening ADDR ..."
-	addr  string
-	lines *bufio.Scanner
-}
-
-// startHelper starts the test binary as helper mode and waits for its first
-// line. The process is killed at cleanup.
-func startHelper(t testing.TB, mode string, args ...string) *helperProc {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER="+mode)
-	cmd.Stderr = os.Stderr
-	return startAndReadLine(t, cmd)
-}
-
-// startAndReadLine starts cmd and waits for its first line of stdout.
-func startAndReadLine(t testing.TB, cmd *exec.Cmd) *helperProc {
-	t.Helper()
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	h := &helperProc{cmd: cmd, lines: bufio.NewScanner(out)}
-	line := make(chan string, 1)
-	go func() {
-		if h.lines.Scan() {
-			line <- h.lines.Text()
-		}
-		close(line)
-		go io.Copy(io.Discard, out) // keep the pipe drained
-	}()
-	select {
-	case l, ok := <-line:
-		if !ok {
-			t.Fatalf("%v exited before printing a line", cmd.Args)
-		}
-		h.line = l
-	case <-time.After(60 * time.Second):
-		t.Fatalf("%v printed nothing in 60s", cmd.Args)
-	}
-	if f := strings.Fields(h.line); len(f) >= 2 && f[0] == "listening" {
-		h.addr = f[1]
-	}
-	return h
-}
-
-// get fetches http://addr/path and returns the body.
-func get(addr, path string) (string, error) {
-	tr := &http.Transport{DisableKeepAlives: true}
-	host := addr
-	if load.Network(addr) == "unix" {
-		host = "localhost"
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", addr)
-		}
-	}
-	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-	resp, err := c.Get("http://" + host + path)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		return string(b), fmt.Errorf("status %s", resp.Status)
-	}
-	return string(b), err
-}
-
 // A daemonProc is a long-lived process a test harness starts (unshare for
 // systemd-nspawn, dockerd): the leader of its own process group, to be
 // killed as one, and sent SIGTERM (an orderly exit) if the test process dies
@@ -558,7 +424,7 @@ func (p *daemonProc) start(cmd *exec.Cmd) error {
 	started := make(chan error)
 	go func() {
 		// Pdeathsig fires when the thread that forked ends, and this package
-		// ends threads (goroutines exiting locked, doctor_probe_linux.go):
+		// ends threads (goroutines exiting locked, internal/doctor/probe.go):
 		// fork from a thread of our own, kept until the process is reaped.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()

@@ -22,7 +22,7 @@ import (
 
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/supervise"
-	"golang.org/x/sys/unix"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 var (
@@ -192,22 +192,6 @@ func (r *tkRun) running() bool {
 	}
 }
 
-// waitServing polls addr until a request succeeds.
-func waitServing(t *testing.T, addr string) string {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		body, err := get(addr, "/")
-		if err == nil {
-			return body
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s does not serve: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // holdersTree returns the pids holding addr's listening socket.
 func holdersOf(t *testing.T, addr string) map[int]bool {
 	t.Helper()
@@ -228,23 +212,6 @@ func childOf(t *testing.T, r *tkRun, addr string) int {
 	}
 	t.Fatalf("no child of takeover %d holds %s", r.cmd.Process.Pid, addr)
 	return 0
-}
-
-// processGone reports whether pid has exited (or is a zombie nobody reaped).
-func processGone(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	return err != nil || strings.Contains(string(b), ") Z ")
-}
-
-func waitGone(t *testing.T, pid int) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !processGone(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("pid %d is still running", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // server describes how users start one kind of server on a port.
@@ -282,8 +249,8 @@ func checkReplaced(t *testing.T, first, second *tkRun, addr string, oldChild int
 	if !said.MatchString(first.stderr.String()) {
 		t.Errorf("the first takeover did not say that takeover %d replaced it, and how its server %d ended; stderr:\n%s", second.cmd.Process.Pid, oldChild, first.stderr)
 	}
-	waitGone(t, oldChild)
-	waitServing(t, addr)
+	testutil.WaitGone(t, oldChild)
+	testutil.WaitServing(t, addr)
 	newChild := childOf(t, second, addr)
 	want := map[int]bool{second.cmd.Process.Pid: true, newChild: true}
 	if got := holdersOf(t, addr); fmt.Sprint(got) != fmt.Sprint(want) {
@@ -292,34 +259,19 @@ func checkReplaced(t *testing.T, first, second *tkRun, addr string, oldChild int
 	return newChild
 }
 
-// requireTool ends the test unless name (as scripts/deps.list names it) is
-// installed: a skip of one line saying what to install, or a failure where
-// TAKEOVER_TESTS_REQUIRE_ALL=1 says everything is (testdeps_test.go).
-func requireTool(t testing.TB, name string) {
-	t.Helper()
-	if name == "" {
-		return
-	}
-	deps, err := depsList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkTool(t, deps, os.Getenv(requireAllEnv) == "1", name)
-}
-
 // TestReplaceRealServers: for each kind of server, a second takeover
 // replaces the first; the first exits 0; one generation serves; nothing is
 // left behind.
 func TestReplaceRealServers(t *testing.T) {
 	for _, srv := range servers(t) {
 		t.Run(srv.name, func(t *testing.T) {
-			requireTool(t, srv.need)
-			port := freePort(t)
+			testutil.RequireTool(t, srv.need)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			args := append([]string{"--strategy", "rebind", "--port", port, "--"}, srv.argv(port)...)
 
 			first := startTakeover(t, srv.helper, args...)
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			oldChild := childOf(t, first, addr)
 
 			second := startTakeover(t, srv.helper, args...)
@@ -331,7 +283,7 @@ func TestReplaceRealServers(t *testing.T) {
 			if srv.name == "go" && code != 0 {
 				t.Errorf("takeover exited %d after TERM, want the child's 0", code)
 			}
-			waitGone(t, newChild)
+			testutil.WaitGone(t, newChild)
 			if ls := lookup(t, addr); len(ls) != 0 {
 				t.Errorf("after TERM the port is still held: %+v", ls)
 			}
@@ -340,29 +292,29 @@ func TestReplaceRealServers(t *testing.T) {
 }
 
 func TestCrashBeforeBindLeavesOldServing(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	first := startTakeover(t, "serve", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	oldChild := childOf(t, first, addr)
 
 	crash := startTakeover(t, "crash", "--port", port, "--", self)
 	if code := crash.wait(t); code != 3 {
 		t.Fatalf("takeover of a crashing command exited %d, want its 3", code)
 	}
-	if !first.running() || processGone(oldChild) {
+	if !first.running() || testutil.ProcessGone(oldChild) {
 		t.Fatal("the old generation was stopped by a command that never bound")
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	if got := childOf(t, first, addr); got != oldChild {
 		t.Errorf("the port is held by %d, want the old %d", got, oldChild)
 	}
 }
 
 func TestForeignHolderRefused(t *testing.T) {
-	requireTool(t, "python3")
-	port := freePort(t)
+	testutil.RequireTool(t, "python3")
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	py := exec.Command("python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", t.TempDir(), port)
 	py.Stdout = io.Discard
@@ -370,7 +322,7 @@ func TestForeignHolderRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { py.Process.Kill(); py.Wait() })
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 
 	self, _ := os.Executable()
 	r := startTakeover(t, "serve", "--port", port, "--", self, addr)
@@ -380,10 +332,10 @@ func TestForeignHolderRefused(t *testing.T) {
 	if s := r.stderr.String(); !strings.Contains(s, "not an earlier instance") || !strings.Contains(s, "--force") || !strings.Contains(s, fmt.Sprint(py.Process.Pid)) {
 		t.Errorf("the refusal does not name the process and --force:\n%s", s)
 	}
-	if processGone(py.Process.Pid) {
+	if testutil.ProcessGone(py.Process.Pid) {
 		t.Fatal("python was stopped though it is not an earlier instance")
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 
 	forced := startTakeover(t, "serve", "--force", "--port", port, "--", self, addr)
 	exited := make(chan error, 1)
@@ -393,7 +345,7 @@ func TestForeignHolderRefused(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("--force did not stop python; stderr:\n%s", forced.stderr)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	childOf(t, forced, addr)
 }
 
@@ -406,7 +358,7 @@ func startHanging(t *testing.T, mode, addr string) (*tkRun, int) {
 	_, port, _ := net.SplitHostPort(addr)
 	self, _ := os.Executable()
 	first := startTakeover(t, mode, "--kill-timeout", "60s", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	child := childOf(t, first, addr)
 	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
 	return first, child
@@ -421,17 +373,17 @@ func TestKillTimeout(t *testing.T) {
 		{"handoff", "did not exit within --kill-timeout; killing it"},
 	} {
 		t.Run(tt.strategy, func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			first, oldChild := startHanging(t, "hang", addr)
 
 			self, _ := os.Executable()
 			second := startTakeover(t, "serve", "--strategy", tt.strategy, "--kill-timeout", "300ms", "--port", port, "--", self, addr)
-			waitGone(t, oldChild)
+			testutil.WaitGone(t, oldChild)
 			if code := first.wait(t); code != 0 {
 				t.Errorf("the replaced takeover exited %d, want 0; stderr:\n%s", code, first.stderr)
 			}
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			childOf(t, second, addr)
 			second.waitLog(t, tt.says) // the old server was SIGKILLed
 		})
@@ -443,7 +395,7 @@ func TestKillTimeout(t *testing.T) {
 // of the SIGKILL), the command's bind fails with EADDRINUSE, takeover says
 // why and exits with the command's status.
 func TestBindTimeout(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	first, _ := startHanging(t, "hangfork", addr)
 	self, _ := os.Executable()
@@ -472,12 +424,12 @@ func TestBindTimeout(t *testing.T) {
 func TestSameExecutableReplaced(t *testing.T) {
 	// A server started by hand, not under takeover, running the same
 	// executable as the new command: an earlier instance.
-	h := startHelper(t, "serve", "127.0.0.1:0")
-	_, port, _ := net.SplitHostPort(h.addr)
+	h := testutil.StartHelper(t, "serve", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(h.Addr)
 	self, _ := os.Executable()
-	r := startTakeover(t, "serve", "--port", port, "--", self, h.addr)
+	r := startTakeover(t, "serve", "--port", port, "--", self, h.Addr)
 	done := make(chan error, 1)
-	go func() { done <- h.cmd.Wait() }()
+	go func() { done <- h.Cmd.Wait() }()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -486,24 +438,24 @@ func TestSameExecutableReplaced(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the old server was not stopped; stderr:\n%s", r.stderr)
 	}
-	waitServing(t, h.addr)
-	childOf(t, r, h.addr)
+	testutil.WaitServing(t, h.Addr)
+	childOf(t, r, h.Addr)
 }
 
 func TestNonTargetBindsPass(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	self, _ := os.Executable()
 	r := startTakeover(t, "extra", "--port", port, "--", self, "127.0.0.1:"+port)
 	f := strings.Fields(r.line(t)) // listening ADDR udp ADDR other ADDR
 	if len(f) != 6 || f[1] != "127.0.0.1:"+port || !strings.HasSuffix(f[3], ":"+port) || strings.HasSuffix(f[5], ":0") {
 		t.Fatalf("the command printed %q", strings.Join(f, " "))
 	}
-	waitServing(t, f[1])
-	waitServing(t, f[5]) // the port takeover was not told of is the command's own
+	testutil.WaitServing(t, f[1])
+	testutil.WaitServing(t, f[5]) // the port takeover was not told of is the command's own
 }
 
 func TestSignalsForwarded(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	self, _ := os.Executable()
 	r := startTakeover(t, "signals", "--port", port, "--", self, "127.0.0.1:"+port)
 	r.line(t) // listening
@@ -578,7 +530,7 @@ func TestExitStatuses(t *testing.T) {
 // TestTwoAtOnce: two takeovers started together for one port serialize on
 // the port lock; the later replaces the earlier, and one server remains.
 func TestTwoAtOnce(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	a := startTakeover(t, "serve", "--port", port, "--", self, addr)
@@ -598,7 +550,7 @@ func TestTwoAtOnce(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("neither takeover gave way\na:\n%s\nb:\n%s", a.stderr, b.stderr)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	child := childOf(t, winner, addr)
 	want := fmt.Sprint(map[int]bool{winner.cmd.Process.Pid: true, child: true})
 	if got := fmt.Sprint(holdersOf(t, addr)); got != want {
@@ -625,11 +577,11 @@ func TestNoSeccompUnderSeccomp(t *testing.T) {
 func TestSocketPassingNeedsNoSeccomp(t *testing.T) {
 	bin := takeoverBin(t)
 	self, _ := os.Executable()
-	outer, inner := freePort(t), freePort(t)
+	outer, inner := testutil.FreePort(t), testutil.FreePort(t)
 	addr := "127.0.0.1:" + inner
 	r := startTakeover(t, "activated", "-p", outer, "--", bin, "--sockets", "systemd", "-p", addr, "--", self, addr)
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		_, err := get(addr, "/")
+		_, err := testutil.Get(addr, "/")
 		if err == nil {
 			break
 		}
@@ -643,7 +595,7 @@ func TestSocketPassingNeedsNoSeccomp(t *testing.T) {
 }
 
 func TestPreforkReplaced(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	first := startTakeover(t, "prefork", "--port", port, "--", self, addr)
@@ -658,9 +610,9 @@ func TestPreforkReplaced(t *testing.T) {
 	}
 	second.line(t)
 	for pid := range old {
-		waitGone(t, pid)
+		testutil.WaitGone(t, pid)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 }
 
 // TestNoPrivilegedBindForUnprivilegedChild: takeover runs as root, the
@@ -670,8 +622,8 @@ func TestNoPrivilegedBindForUnprivilegedChild(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run the command as another user")
 	}
-	requireTool(t, "setpriv")
-	requireTool(t, "perl")
+	testutil.RequireTool(t, "setpriv")
+	testutil.RequireTool(t, "perl")
 	if intercept.UnprivilegedPortStart() <= 1 {
 		t.Skip("every port is unprivileged here")
 	}
@@ -702,7 +654,7 @@ func TestNoPrivilegedBindForUnprivilegedChild(t *testing.T) {
 // running (a server that daemonizes) gets a warning naming it; takeover
 // exits with the command's status and kills nothing.
 func TestDaemonizingCommandWarned(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	r := startTakeover(t, "", "--port", port, "--", "sh", "-c", "sleep 30 </dev/null >/dev/null 2>&1 &")
 	if code := r.wait(t); code != 0 {
 		t.Fatalf("takeover exited %d, want the command's 0; stderr:\n%s", code, r.stderr)
@@ -713,7 +665,7 @@ func TestDaemonizingCommandWarned(t *testing.T) {
 	}
 	pid, _ := strconv.Atoi(m[1])
 	defer syscall.Kill(pid, syscall.SIGKILL)
-	if processGone(pid) {
+	if testutil.ProcessGone(pid) {
 		t.Errorf("pid %d, left by the command, was killed", pid)
 	}
 	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(b)) != "sleep" {
@@ -726,18 +678,18 @@ func TestDaemonizingCommandWarned(t *testing.T) {
 // takeover, fresh and when it replaces an earlier one: takeover lets go of
 // its copy of the closed probe, which would keep the port (issue 28, item 7).
 func TestProbeThenBind(t *testing.T) {
-	requireTool(t, "python3")
+	testutil.RequireTool(t, "python3")
 	wd, _ := os.Getwd()
 	for _, probe := range []string{"bind", "listen"} {
 		t.Run(probe, func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			args := []string{"--port", port, "--", "python3", filepath.Join(wd, "testdata/probe_server.py"), port, probe}
 			first := startTakeover(t, "", args...)
 			if line := first.line(t); line != "listening "+addr {
 				t.Fatalf("the command printed %q; stderr:\n%s", line, first.stderr)
 			}
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			oldChild := childOf(t, first, addr)
 
 			second := startTakeover(t, "", args...)
@@ -773,7 +725,7 @@ func openSocketsOf(t *testing.T, pid int, port string) int {
 func TestShimSilent(t *testing.T) {
 	for _, mode := range []string{"exec", "hang"} {
 		t.Run(mode, func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			token := fmt.Sprintf("3599.%d", time.Now().UnixNano()%1e9) // names the command in /proc
 			cmd := exec.Command(takeoverBin(t), "--kill-timeout", "1s", "--bind-timeout", "2s", "--ready-timeout", "3s", "--port", port, "--", "sleep", token)
 			cmd.Env = append(os.Environ(), intercept.ShimSilentEnv+"="+mode)
@@ -806,76 +758,9 @@ func procsWith(arg string) []int {
 	var found []int
 	for _, pid := range pids {
 		cmd, err := procfs.FS("/proc").Cmdline(pid)
-		if err == nil && strings.Contains(cmd, arg) && !processGone(pid) {
+		if err == nil && strings.Contains(cmd, arg) && !testutil.ProcessGone(pid) {
 			found = append(found, pid)
 		}
 	}
 	return found
-}
-
-// TestReaperLeavesExecChildren: takeover's reaper of orphans leaves alone
-// the children that os/exec waits for (takeover's `systemctl show`, say),
-// whose Wait got ECHILD from the reaper's wait4(-1) before; it still reaps
-// an orphan re-parented to takeover, and a generation's exit comes through
-// its pidfd. Run in a process of its own: the reaper runs until the
-// process exits (issue 28, Low: the reaper steals os/exec's children).
-func TestReaperLeavesExecChildren(t *testing.T) {
-	if os.Getenv("TAKEOVER_TEST_REAPER") != "1" {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestReaperLeavesExecChildren$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "TAKEOVER_TEST_REAPER=1")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%v:\n%s", err, out)
-		}
-		return
-	}
-	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-	exits := make(chan supervise.ChildExit, 16)
-	supervise.ReapOrphans(exits)
-
-	// Each child has exited (a zombie, or reaped by someone) before Wait
-	// is called, as when Output reads to the end before it waits.
-	failed := 0
-	for range 20 {
-		cmd := exec.Command("/bin/sh", "-c", "exit 7")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		waitGone(t, cmd.Process.Pid)
-		err := cmd.Wait()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != 7 {
-			failed++
-			t.Logf("os/exec's Wait: %v, want exit status 7", err)
-		}
-	}
-	if failed > 0 {
-		t.Errorf("%d of 20 os/exec children lost their exit status to the reaper", failed)
-	}
-
-	out, err := exec.Command("/bin/sh", "-c", "sleep 0.2 >/dev/null & echo $!").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	orphan, _ := strconv.Atoi(strings.TrimSpace(string(out)))
-	pidfd := -1
-	p, err := os.StartProcess("/bin/sh", []string{"sh", "-c", "exit 3"}, &os.ProcAttr{Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gen := p.Pid
-	p.Release()
-	go supervise.WaitChild(gen, pidfd, exits)
-	for seen := map[int]bool{}; !seen[orphan] || !seen[gen]; {
-		select {
-		case e := <-exits:
-			seen[e.Pid] = true
-			if e.Pid == gen && e.Status.ExitStatus() != 3 {
-				t.Errorf("the generation's status is %v, want exit status 3", e.Status)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("after 30s, reaped %v; want the orphan %d and the generation %d", seen, orphan, gen)
-		}
-	}
-	unix.Close(pidfd)
 }

@@ -3,13 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,130 +15,15 @@ import (
 	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/systemd"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
-func TestStoreName(t *testing.T) {
-	tests := []struct{ spec, want string }{
-		{"8100", "tcp-8100"},
-		{"127.0.0.1:8100", "tcp-127.0.0.1-8100"},
-		{"[::1]:8100", "tcp---1-8100"},
-		{"udp:8125", "udp-8125"},
-	}
-	for _, tt := range tests {
-		spec, err := target.ParsePortSpec(tt.spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := spec.StoreName(); got != tt.want || strings.Contains(got, ":") {
-			t.Errorf("storeName(%s) = %q, want %q (systemd refuses ':')", tt.spec, got, tt.want)
-		}
-	}
-	path, _ := target.ParsePathSpec("/run/app.sock")
-	if got := path.StoreName(); got != "unix-/run/app.sock" {
-		t.Errorf("storeName(--path /run/app.sock) = %q", got)
-	}
-}
-
-// TestClassifyPassed: each kind of fd systemd may pass is taken for the
-// right target or refused with a reason; never a socket of the wrong kind.
-func TestClassifyPassed(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	port := ln.Addr().(*net.TCPAddr).Port
-	tcpFD := fileFD(t, ln.(*net.TCPListener))
-	udp, err := net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	udpFD := fileFD(t, udp.(*net.UDPConn))
-	unbound, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	defer unix.Close(unbound)
-	unix.Bind(unbound, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
-	sockPath := filepath.Join(t.TempDir(), "app.sock")
-	uln, err := net.Listen("unix", sockPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uln.Close()
-	unixFD := fileFD(t, uln.(*net.UnixListener))
-	file, _ := os.Open("/dev/null")
-	defer file.Close()
-	closed, _ := unix.Dup(int(file.Fd()))
-	unix.Close(closed)
-
-	tcp, _ := target.ParsePortSpec(fmt.Sprintf("127.0.0.1:%d", port))
-	other, _ := target.ParsePortSpec(strconv.Itoa(port + 1))
-	udpSpec, _ := target.ParsePortSpec(fmt.Sprintf("udp:%d", port))
-	path, _ := target.ParsePathSpec(sockPath)
-	targets := target.SpecList{tcp, udpSpec, path}
-
-	tests := []struct {
-		name     string
-		fd       int
-		fdName   string
-		targets  target.SpecList
-		taken    []systemd.InheritedSock
-		wantSpec target.PortSpec
-		wantVia  string
-		wantErr  string
-	}{
-		{name: "tcp from a socket unit", fd: tcpFD, fdName: "app.socket", targets: targets, wantSpec: tcp, wantVia: "listen-fds"},
-		{name: "tcp from the store", fd: tcpFD, fdName: tcp.StoreName(), targets: targets, wantSpec: tcp, wantVia: "fd-store"},
-		{name: "udp", fd: udpFD, targets: targets, wantSpec: udpSpec, wantVia: "listen-fds"},
-		{name: "unix path", fd: unixFD, targets: targets, wantSpec: path, wantVia: "listen-fds"},
-		{name: "udp for a tcp target", fd: udpFD, targets: target.SpecList{tcp}, wantErr: "fits no --port or --path"},
-		{name: "another port", fd: tcpFD, targets: target.SpecList{other}, wantErr: "fits no --port or --path"},
-		{name: "stream socket that does not listen", fd: unbound, targets: targets, wantErr: "does not listen"},
-		{name: "not a socket", fd: int(file.Fd()), targets: targets, wantErr: "not a socket"},
-		{name: "not open", fd: closed, targets: targets, wantErr: "not open"},
-		{name: "the same socket twice", fd: tcpFD, targets: targets, taken: []systemd.InheritedSock{{Fd: 99, Inode: target.InodeOf(tcpFD)}}, wantErr: "socket of fd 99 again"},
-		{name: "a second socket for a target", fd: tcpFD, targets: targets, taken: []systemd.InheritedSock{{Fd: 99, Spec: tcp, Addr: netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", port))}}, wantErr: "second socket"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := systemd.ClassifyPassed(tt.fd, tt.fdName, tt.targets, tt.taken)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("classifyPassed = %+v, %v; want an error with %q", got, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.Spec != tt.wantSpec || got.Via != tt.wantVia || got.Inode != target.InodeOf(tt.fd) {
-				t.Errorf("classifyPassed = %+v, want spec %v via %s", got, tt.wantSpec, tt.wantVia)
-			}
-		})
-	}
-}
-
-// fileFD returns a close-on-exec fd of its own for a listener.
-func fileFD(t *testing.T, l interface{ File() (*os.File, error) }) int {
-	t.Helper()
-	f, err := l.File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return int(f.Fd())
-}
-
 // TestListenFDsNotOurs: variables whose LISTEN_PID is another process's are
-// ignored, and are never passed on to the command.
+// never passed on to the command (internal/systemd's
+// TestInheritSocketsNotOurs: they are ignored).
 func TestListenFDsNotOurs(t *testing.T) {
-	got := systemd.InheritSockets(slog.New(slog.DiscardHandler), nil, func(k string) string {
-		return map[string]string{"LISTEN_FDS": "1", "LISTEN_PID": "1"}[k]
-	})
-	if got != nil {
-		t.Fatalf("inheritSockets took %v for LISTEN_PID=1", got)
-	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	cmd := exec.Command(takeoverBin(t), "--port", addr, "--", "/bin/sh", "-c", `echo "env LISTEN_FDS=$LISTEN_FDS LISTEN_PID=$LISTEN_PID FDSTORE=$FDSTORE"; exec "$0" "$1"`, os.Args[0], addr)
 	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "LISTEN_FDS=2", "LISTEN_PID=1", "LISTEN_FDNAMES=a:b", "FDSTORE=8")
@@ -149,16 +31,16 @@ func TestListenFDsNotOurs(t *testing.T) {
 	if line := r.line(t); line != "env LISTEN_FDS= LISTEN_PID= FDSTORE=" {
 		t.Errorf("the command saw %q, want systemd's variables unset", line)
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 }
 
 // TestSocketActivate: systemd's own tool (no systemd as PID 1) passes a
 // socket; takeover gives it to an unmodified server at its bind, and one
 // that fits no target is closed with a warning that names it.
 func TestSocketActivate(t *testing.T) {
-	requireTool(t, "systemd-socket-activate")
-	requireTool(t, "python3")
-	port, spare := freePort(t), freePort(t)
+	testutil.RequireTool(t, "systemd-socket-activate")
+	testutil.RequireTool(t, "python3")
+	port, spare := testutil.FreePort(t), testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	cmd := exec.Command("systemd-socket-activate", "-l", addr, "-l", "127.0.0.1:"+spare, "--fdname=web:spare",
 		takeoverBin(t), "--port", addr, "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", t.TempDir(), port)
@@ -169,7 +51,7 @@ func TestSocketActivate(t *testing.T) {
 	var body string
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		body, err = get(addr, "/")
+		body, err = testutil.Get(addr, "/")
 		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
 			break
 		}
@@ -200,9 +82,9 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer notify.Close()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
-	spec, _ := target.ParsePortSpec(addr)
+	spec, _ := target.Parse(addr)
 
 	cmd := exec.Command(takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
 	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "NOTIFY_SOCKET="+notifyPath)
@@ -228,11 +110,11 @@ func TestFDStoreAcrossCrash(t *testing.T) {
 	first.cmd.Process.Kill()
 	first.wait(t)
 	syscall.Kill(server, syscall.SIGKILL) // as KillMode=mixed does once the main process is gone
-	waitGone(t, server)
+	testutil.WaitGone(t, server)
 
 	// The port is kept by the store alone: a connect waits in its queue.
 	answered := make(chan error, 1)
-	go func() { _, err := get(addr, "/"); answered <- err }()
+	go func() { _, err := testutil.Get(addr, "/"); answered <- err }()
 
 	next := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$@"`, "sh", takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
 	next.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER=serve", "LISTEN_FDS=1", "LISTEN_FDNAMES="+spec.StoreName())
@@ -267,7 +149,7 @@ func readNotify(t *testing.T, c *net.UnixConn) (string, []int) {
 func TestOverstatedListenFDs(t *testing.T) {
 	for _, passOne := range []bool{false, true} {
 		t.Run(fmt.Sprintf("passed=%v", passOne), func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=4 exec "$@"`, "sh",
 				takeoverBin(t), "--port", addr, "--", os.Args[0], addr)
@@ -292,12 +174,12 @@ func TestOverstatedListenFDs(t *testing.T) {
 			if passOne {
 				cmd.ExtraFiles[0].Close()
 			}
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			r.waitLog(t, "an fd LISTEN_FDS counts is left alone")
 			if passOne {
 				r.waitLog(t, "via=listen-fds")
 			}
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			if !r.running() || strings.Contains(r.stderr.String(), "fatal error") {
 				t.Fatalf("takeover died; stderr:\n%s", r.stderr)
 			}

@@ -15,24 +15,25 @@
 // accepted, if it was fenced.
 //
 // The root package is the command line: main.go dispatches the
-// subcommands, cli.go has --help, version and the terminal, flags.go the
-// launcher's flags, portowner.go `takeover who`, status.go `takeover
-// status`, retrybind.go the rebind
-// strategy (plugged into the core as its Rebinder), doctor_*.go `takeover
-// doctor`, demo.go, demoserver.go and probe.go the demo, startserver*.go the
-// start_server drop-in. The rest lives in internal/, each package's doc
-// saying what it holds, and internal/deps_test.go what it may import:
-// supervise (the launcher) above swap (one swap's mechanisms), above owner,
-// ready, systemd and rundir, above the leaves (target, pidfd, fdpass,
-// procfs, socktab, seccomp, starter, load, metrics).
+// subcommands (after turning the process into the shim or doctor's probe
+// when it was started as one), cli.go has --help, version and the terminal,
+// flags.go the launcher's flags, portowner.go `takeover who`, status.go
+// `takeover status`, retrybind.go the rebind strategy (plugged into the core as its swap.Rebinder),
+// doctor_linux.go, demo.go, demoserver.go, probe.go and startserver*.go the
+// other subcommands. The rest lives in internal/, each package's doc saying
+// what it holds and internal/deps_test.go what it may import: doctor and
+// supervise (the launcher) above intercept (the seccomp trap), above swap
+// (taking a target and stopping what held it), above owner, ready, systemd
+// and rundir, above the leaves (target, pidfd, fdpass, procfs, socktab,
+// seccomp, starter, load, metrics).
 //
-// One swap reads downward: supervise starts a generation and answers its
-// bind(2) in the seccomp trap; takePort asks owner (socktab, procfs) who
-// holds the target, and takes it with swap: a fenced handoff, or a rebind
-// that retrybind.go runs; ready sees the new server accept; supervise
-// completes the swap, records it (rundir, systemd) and stops the old server
-// (swap, pidfd). README's "How the code is laid out" says the same at more
-// length.
+// One swap reads downward: supervise starts a generation; its bind(2)
+// reaches intercept, which asks swap.Taker for the target: owner says who
+// holds it, and the Taker hands the old socket over beside a fence, or runs
+// the rebind retrybind.go plugs in. Back in supervise, ready.Look sees the
+// new server accept, and the launcher records the swap (rundir, systemd)
+// and stops the old server (swap, pidfd). README's "How the code is laid
+// out" says the same at more length.
 package main
 
 import (

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // scrape GETs /metrics from a takeover's --metrics (a TCP address or a
@@ -113,7 +114,7 @@ func waitMetric(t *testing.T, get func() map[string]*dto.MetricFamily, want floa
 func TestMetrics(t *testing.T) {
 	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	// The command reads its helper mode from a file at each start, so that
@@ -156,7 +157,7 @@ func TestMetrics(t *testing.T) {
 
 	// A deploy: the next takeover, which rebinds, starts from the first's counts.
 	os.WriteFile(mode, []byte("serve"), 0o644)
-	mport := freePort(t)
+	mport := testutil.FreePort(t)
 	maddr := "127.0.0.1:" + mport
 	second := startTakeover(t, "", append(timeouts, "--strategy", "rebind", "--metrics", maddr, "--metrics-file", file, "--port", port, "--", app)...)
 	second.waitLog(t, `msg="took over"`)
@@ -172,7 +173,7 @@ func TestMetrics(t *testing.T) {
 	waitMetric(t, viaTCP, 1, "takeover_refused_window_seconds", "target="+port) // its own rebind: histograms start anew
 
 	// A crash and a restart on the held socket.
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	syscall.Kill(childOf(t, second, addr), syscall.SIGKILL)
 	second.waitLog(t, "msg=restarted")
 	waitMetric(t, viaTCP, 1, "takeover_restarts_total")
@@ -207,7 +208,7 @@ func TestMetricsBadAddress(t *testing.T) {
 		{"example.org:9101", "is not an IP address"},
 		{"metrics.sock/x", "must be absolute"},
 	} {
-		cmd := exec.Command(takeoverBin(t), "--metrics", tt.addr, "--port", freePort(t), "--", self)
+		cmd := exec.Command(takeoverBin(t), "--metrics", tt.addr, "--port", testutil.FreePort(t), "--", self)
 		out, err := cmd.CombinedOutput()
 		if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != supervise.ExitLauncher || !strings.Contains(string(out), tt.says) {
 			t.Errorf("--metrics %s: %v, %q; want exit %d saying %q", tt.addr, err, out, supervise.ExitLauncher, tt.says)
@@ -225,12 +226,12 @@ func TestStatus(t *testing.T) {
 	var ports []string
 	var runs []*tkRun
 	for range 2 {
-		port := freePort(t)
+		port := testutil.FreePort(t)
 		r := startTakeover(t, "serve", "--port", port, "--", self, "127.0.0.1:"+port)
-		waitServing(t, "127.0.0.1:"+port)
+		testutil.WaitServing(t, "127.0.0.1:"+port)
 		ports, runs = append(ports, port), append(runs, r)
 	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	old, oldChild := startHanging(t, "hangtcp", addr)
 	kept, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -282,7 +283,7 @@ func TestStatus(t *testing.T) {
 	if out, code := status(ports[0], ports[1]); code != 0 {
 		t.Errorf("takeover status %s %s exited %d:\n%s", ports[0], ports[1], code, out)
 	}
-	free := freePort(t)
+	free := testutil.FreePort(t)
 	if out, code := status(free); code != 1 || !strings.Contains(out, "no takeover serves "+free) {
 		t.Errorf("takeover status %s (nobody serves it) exited %d, want 1:\n%s", free, code, out)
 	}
@@ -294,7 +295,7 @@ func TestStatus(t *testing.T) {
 	}
 
 	kept.Close() // the drain ends; the old server, which ignores TERM, is killed after --kill-timeout
-	waitGone(t, oldChild)
+	testutil.WaitGone(t, oldChild)
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		js, _ := status("--json", port)
 		got = nil
@@ -314,7 +315,7 @@ func TestStatus(t *testing.T) {
 // lint), and every metric the rules and the Grafana dashboard query is one
 // takeover exports.
 func TestPrometheusContrib(t *testing.T) {
-	requireTool(t, "promtool")
+	testutil.RequireTool(t, "promtool")
 	for _, args := range [][]string{
 		{"check", "rules", "contrib/prometheus/alerts.yml"},
 		{"test", "rules", "contrib/prometheus/alerts_test.yml"},
@@ -325,7 +326,7 @@ func TestPrometheusContrib(t *testing.T) {
 	}
 
 	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	file := filepath.Join(t.TempDir(), "takeover.prom")
 	self, _ := os.Executable()
 	r := startTakeover(t, "serve", "--metrics-file", file, "--port", port, "--", self, "127.0.0.1:"+port)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestRollbackLeavesOldSocketBlocking: an old server that accepts in a
@@ -21,7 +22,7 @@ import (
 // accept(2) fails with EAGAIN and a failed deploy takes it down. After the
 // rollback the old server answers three connections in a row.
 func TestRollbackLeavesOldSocketBlocking(t *testing.T) {
-	requireTool(t, "python3")
+	testutil.RequireTool(t, "python3")
 	wd, _ := os.Getwd()
 	script := filepath.Join(wd, "testdata/blocking_server.py")
 	for _, tt := range []struct {
@@ -33,7 +34,7 @@ func TestRollbackLeavesOldSocketBlocking(t *testing.T) {
 			_, p, _ := net.SplitHostPort(a)
 			return []string{"--port", "127.0.0.1:" + p, "--fence", "off"}
 		},
-			func(t *testing.T) (string, string) { return "tcp", "127.0.0.1:" + freePort(t) }},
+			func(t *testing.T) (string, string) { return "tcp", "127.0.0.1:" + testutil.FreePort(t) }},
 		{"unix --path", func(a string) []string { return []string{"--path", a} },
 			func(t *testing.T) (string, string) { return "unix", filepath.Join(t.TempDir(), "app.sock") }},
 	} {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // asNobody runs the rest of a command line as user nobody, without
@@ -28,9 +29,9 @@ func TestReadyNotifyAsAnotherUser(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run the command as another user")
 	}
-	requireTool(t, "setpriv")
-	client := copyTestBinary(t, openTempDir(t)) // nobody may run it
-	addr := "127.0.0.1:" + freePort(t)
+	testutil.RequireTool(t, "setpriv")
+	client := testutil.CopyTestBinary(t, testutil.OpenTempDir(t)) // nobody may run it
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	old := startTakeover(t, "serve", append(append([]string{"--port", addr, "--"}, asNobody...), client, addr)...)
 	old.waitLog(t, "took over")
 	next := startTakeover(t, "notifier", append(append([]string{"--ready", "notify", "--ready-timeout", "30s", "--port", addr, "--"}, asNobody...), client, addr)...)
@@ -54,7 +55,7 @@ func TestReadyNotifyAsAnotherUser(t *testing.T) {
 // process that could reach the socket's file made the new server ready.)
 func TestReadyNotifyOnlyFromTheGeneration(t *testing.T) {
 	self, _ := os.Executable()
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	old := startTakeover(t, "serve", "--port", addr, "--", self, addr)
 	old.waitLog(t, "took over")
 	next := startTakeover(t, "usr1notifier", "--ready", "notify", "--ready-timeout", "5m", "--port", addr, "--", self, addr)

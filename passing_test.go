@@ -13,6 +13,7 @@ import (
 	"github.com/takeover/takeover/internal/ready"
 
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestSocketPassing: with --sockets systemd and server-starter, takeover
@@ -27,7 +28,7 @@ func TestSocketPassing(t *testing.T) {
 		{supervise.SocketsServerStarter, "starter"},
 	} {
 		t.Run(tt.mode, func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			start := func() *tkRun {
 				return startTakeover(t, tt.helper, "--sockets", tt.mode, "--port", addr, "--", self, addr)
@@ -49,7 +50,7 @@ func TestSocketPassing(t *testing.T) {
 			// the one serving, which the last swap line names.
 			syscall.Kill(lastNewPID(t, cur), syscall.SIGKILL)
 			cur.waitLog(t, "msg=restarted")
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			cur.cmd.Process.Signal(syscall.SIGTERM)
 			if code := cur.wait(t); code != 0 {
 				t.Errorf("takeover exited %d after TERM:\n%s", code, cur.stderr)
@@ -73,7 +74,7 @@ func TestReadyByNotify(t *testing.T) {
 		t.Run(tt.mode, func(t *testing.T) {
 			marks := filepath.Join(t.TempDir(), "marks")
 			t.Setenv("TAKEOVER_TEST_MARK", marks)
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			old := startTakeover(t, "marked", "--port", addr, "--", self, addr)
 			old.waitLog(t, "took over")
@@ -108,7 +109,7 @@ func lastNewPID(t *testing.T, r *tkRun) int {
 // TestSocketPassingFDs: the command gets its passed sockets at fds 3, 4,
 // ... and no other socket of takeover's.
 func TestSocketPassingFDs(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	r := startTakeover(t, "", "--sockets", supervise.SocketsSystemd, "--ready", ready.Interval, "--interval", "50ms",
 		"--port", "127.0.0.1:"+port, "--path", filepath.Join(t.TempDir(), "app.sock"), "--", "sleep", "30")
 	r.waitLog(t, "took over")

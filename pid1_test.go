@@ -1,18 +1,15 @@
 package main
 
 import (
-	"errors"
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/rundir"
-	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestPID1Replaced: takeover as PID 1 of a PID namespace of its own (what a
@@ -22,13 +19,13 @@ import (
 // to the takeover that serves, and exits 0 once it has exited; a request in
 // flight at the stop is answered.
 func TestPID1Replaced(t *testing.T) {
-	requireTool(t, "unshare")
-	requireTool(t, "nsenter")
+	testutil.RequireTool(t, "unshare")
+	testutil.RequireTool(t, "nsenter")
 	tk := takeoverBin(t)
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	init := startRun(t, exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
 		tk, "--port", addr, "--", tk, "demo-server", "--init-delay", "300ms", addr))
-	first := waitServing(t, addr)
+	first := testutil.WaitServing(t, addr)
 	hostPID1 := nsInit(t, init.cmd.Process.Pid)
 
 	load := startSdLoad(addr)
@@ -43,7 +40,7 @@ func TestPID1Replaced(t *testing.T) {
 		t.Errorf("a deploy into the namespace: %d of %d failed (%d refused): %v", r.FailedRequests(), r.Requests, r.Refused, r.Failures)
 	}
 	t.Logf("a takeover started inside replaced PID 1: %d requests, %d failed", r.Requests, r.FailedRequests())
-	if !init.running() || processGone(hostPID1) {
+	if !init.running() || testutil.ProcessGone(hostPID1) {
 		t.Fatalf("PID 1 exited when replaced: the namespace ended with it\n%s", init.stderr)
 	}
 
@@ -87,33 +84,5 @@ func signalHostPID(t *testing.T, pid int, sig string) {
 	}
 	if out, err := exec.Command("kill", "-"+sig, strconv.Itoa(pid)).CombinedOutput(); err != nil {
 		t.Fatalf("kill -%s %d: %v: %s", sig, pid, err, out)
-	}
-}
-
-// TestSignalLauncherChecksStart: a standing-by PID 1 signals the takeover
-// a record names only if the process it holds by a pidfd is that one (its
-// start time): a record whose start time is not the process's (its pid
-// reused) is refused, and the process is not signalled.
-func TestSignalLauncherChecksStart(t *testing.T) {
-	cmd := exec.Command("sleep", "60")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	st, err := procfs.FS("/proc").Stat(cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stale := rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start + 1}
-	if err := supervise.SignalLauncher(stale, syscall.SIGTERM); err == nil {
-		t.Fatal("signalLauncher signalled a process its record does not name")
-	}
-	if err := supervise.SignalLauncher(rundir.GenRecord{Launcher: cmd.Process.Pid, LauncherStart: st.Start}, syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	err = cmd.Wait()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
-		t.Fatalf("sleep ended with %v, want killed by the one SIGTERM sent", err)
 	}
 }

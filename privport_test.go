@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestPrivilegedPortNeedsRealCapability: takeover, as root, binds a port
@@ -24,8 +26,8 @@ func TestPrivilegedPortNeedsRealCapability(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: takeover binds port 81 as root")
 	}
-	requireTool(t, "setpriv")
-	requireTool(t, "unshare")
+	testutil.RequireTool(t, "setpriv")
+	testutil.RequireTool(t, "unshare")
 	bin := takeoverBin(t)
 	nobody := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}
 	if out, err := exec.Command(nobody[0], append(nobody[1:], "unshare", "-U", "-r", "true")...).CombinedOutput(); err != nil {

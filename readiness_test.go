@@ -13,8 +13,8 @@ import (
 
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/seccomp"
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // TestOldStoppedOnlyOnceNewAccepts: a server that listens long before it
@@ -32,10 +32,10 @@ func TestOldStoppedOnlyOnceNewAccepts(t *testing.T) {
 		t.Run(tt.ready, func(t *testing.T) {
 			marks := filepath.Join(t.TempDir(), "marks")
 			t.Setenv("TAKEOVER_TEST_MARK", marks)
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			self, _ := os.Executable()
 			old := startTakeover(t, "marked", "--port", port, "--", self, "127.0.0.1:"+port)
-			waitServing(t, "127.0.0.1:"+port)
+			testutil.WaitServing(t, "127.0.0.1:"+port)
 			next := startTakeover(t, "lateaccept", "--ready", tt.ready, "--port", port, "--", self, "127.0.0.1:"+port)
 			if code := old.wait(t); code != 0 {
 				t.Fatalf("old takeover exited %d:\n%s", code, old.stderr)
@@ -63,11 +63,11 @@ func TestOldStoppedOnlyOnceNewAccepts(t *testing.T) {
 // serving; takeover exits 124 and says why; the next takeover of the port
 // goes through.
 func TestReadyTimeoutRollsBack(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	old := startTakeover(t, "serve", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	oldChild := childOf(t, old, addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	loaded := make(chan *load.Result, 1)
@@ -83,7 +83,7 @@ func TestReadyTimeoutRollsBack(t *testing.T) {
 	if s := bad.stderr.String(); !strings.Contains(s, "rolling back") || !strings.Contains(s, "no process of it was seen accepting") {
 		t.Errorf("the log does not say what was rolled back and why:\n%s", s)
 	}
-	if !old.running() || processGone(oldChild) {
+	if !old.running() || testutil.ProcessGone(oldChild) {
 		t.Fatal("the old server was stopped by a rolled-back swap")
 	}
 	if r.FailedRequests() != 0 {
@@ -100,11 +100,11 @@ func TestReadyTimeoutRollsBack(t *testing.T) {
 // bind, so there is nothing to roll back to: the swap completes with a
 // warning and the new server stays.
 func TestReadyTimeoutAfterRebind(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	old := startTakeover(t, "serve", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	next := startTakeover(t, "listenonly", "--strategy", "rebind", "--ready-timeout", "2s", "--bind-timeout", "1s", "--kill-timeout", "500ms", "--port", port, "--", self, addr)
 	if code := old.wait(t); code != 0 {
 		t.Fatalf("the old takeover exited %d", code)
@@ -121,7 +121,7 @@ func TestReadyTimeoutAfterRebind(t *testing.T) {
 // TestLockWaitIsBounded: a takeover waiting for another takeover of the
 // port says whom it waits for and gives up after --lock-timeout, exit 125.
 func TestLockWaitIsBounded(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	slow := startTakeover(t, "listenonly", "--ready-timeout", "30s", "--port", port, "--", self, addr)
@@ -149,7 +149,7 @@ func TestRunDirCleaned(t *testing.T) {
 	dir := t.TempDir()
 	os.Chmod(dir, 0o700) // takeover refuses a run directory others may enter
 	t.Setenv("TAKEOVER_RUN_DIR", dir)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	first := startTakeover(t, "serve", "--port", port, "--", self, addr)
@@ -206,12 +206,12 @@ func TestBlockingModeLeftToServers(t *testing.T) {
 		{"perl", "perl", func(p string) []string { return []string{"perl", "testdata/server.pl", p} }, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			requireTool(t, tt.tool)
-			port := freePort(t)
+			testutil.RequireTool(t, tt.tool)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			args := append([]string{"--port", port, "--"}, tt.argv(port)...)
 			cur := startTakeover(t, "", args...)
-			waitServing(t, addr)
+			testutil.WaitServing(t, addr)
 			ctx, cancel := context.WithCancel(context.Background())
 			loaded := make(chan *load.Result, 1)
 			go func() { loaded <- load.Run(ctx, load.Config{Addr: addr, Workers: 2}) }()
@@ -224,7 +224,7 @@ func TestBlockingModeLeftToServers(t *testing.T) {
 				next.waitLog(t, "strategy=handoff")
 				cur = next
 				// Served by the new generation alone, after the old is gone.
-				if _, err := get(addr, "/"); err != nil {
+				if _, err := testutil.Get(addr, "/"); err != nil {
 					cancel()
 					t.Fatalf("after handoff %d the server does not answer: %v\n%s", i, err, cur.stderr)
 				}
@@ -266,21 +266,4 @@ func fdFlags(t *testing.T, pid int, addr string) int {
 	}
 	t.Fatalf("pid %d does not hold %s", pid, addr)
 	return 0
-}
-
-// TestCheckAddFD: an fd that does not know SECCOMP_IOCTL_NOTIF_ADDFD, as a
-// seccomp listener of a kernel before 5.9 does not, is reported with the
-// kernel version that has it. (Every end-to-end test passes through the
-// check with a listener of this kernel, which has it.)
-func TestCheckAddFD(t *testing.T) {
-	var p [2]int
-	if err := syscall.Pipe(p[:]); err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(p[0])
-	defer syscall.Close(p[1])
-	err := seccomp.CheckAddFD(p[0])
-	if err == nil || !strings.Contains(err.Error(), "Linux 5.9") {
-		t.Errorf("seccomp.CheckAddFD(a pipe) = %v, want the missing ioctl named with its kernel version", err)
-	}
 }

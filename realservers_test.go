@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -103,14 +104,14 @@ func realServers() []realServer {
 		{
 			name: "uvicorn", need: []string{"python3", "python3:uvicorn"}, signal: "TERM", proto: "http", drops: uvicornDrops,
 			argv: func(t *testing.T, port, dir string) []string {
-				return []string{pythonWith("uvicorn"), "-m", "uvicorn", "--no-access-log", "--app-dir", real,
+				return []string{testutil.PythonWith("uvicorn"), "-m", "uvicorn", "--no-access-log", "--app-dir", real,
 					"--host", "127.0.0.1", "--port", port, "asgi_app:app"}
 			},
 		},
 		{
 			name: "uvicorn-workers", need: []string{"python3", "python3:uvicorn"}, signal: "TERM", proto: "http", drops: uvicornDrops,
 			argv: func(t *testing.T, port, dir string) []string {
-				return []string{pythonWith("uvicorn"), "-m", "uvicorn", "--no-access-log", "--workers", "2", "--app-dir", real,
+				return []string{testutil.PythonWith("uvicorn"), "-m", "uvicorn", "--no-access-log", "--workers", "2", "--app-dir", real,
 					"--host", "127.0.0.1", "--port", port, "asgi_app:app"}
 			},
 		},
@@ -239,23 +240,12 @@ func catalinaBase(t *testing.T, src, home, dir, port string) {
 	}
 }
 
-// pythonWith returns a python3 that can import module: the one on PATH, or
-// Debian's, whose packages (python3-uvicorn) a pyenv python does not see.
-func pythonWith(module string) string {
-	for _, py := range []string{"python3", "/usr/bin/python3"} {
-		if exec.Command(py, "-c", "import "+module).Run() == nil {
-			return py
-		}
-	}
-	return ""
-}
-
 // skipUnlessInstalled skips the test when the server is not installed (see
-// requireTool): the one reason a real-server test may not run.
+// testutil.RequireTool): the one reason a real-server test may not run.
 func (s realServer) skipUnlessInstalled(t *testing.T) {
 	t.Helper()
 	for _, bin := range s.need {
-		requireTool(t, bin)
+		testutil.RequireTool(t, bin)
 	}
 }
 
@@ -277,7 +267,7 @@ func testRealServer(t *testing.T, srv realServer) {
 	began := time.Now()
 	dir := t.TempDir()
 	procs := trackProcesses(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	h := &realHarness{t: t, srv: srv, addr: "127.0.0.1:" + port, bound: srv.startBound, extra: srv.flags}
 	if h.bound == 0 {
 		h.bound = 20 * time.Second
@@ -839,12 +829,12 @@ func runLineLoad(ctx context.Context, addr string, lr lineReq, workers int, max 
 // load: every takeover takes over in turn, every one but the last is
 // replaced and exits 0, no request fails, nothing is left.
 func TestJavaTwoLoopsUnderLoad(t *testing.T) {
-	requireTool(t, "java")
+	testutil.RequireTool(t, "java")
 	takeoverBin(t)
 	wd, _ := os.Getwd()
 	began := time.Now()
 	procs := trackProcesses(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	args := []string{"--port", addr, "--kill-timeout", realKillTimeout.String(), "--",
 		"java", "-Djava.net.preferIPv4Stack=true", "-Dstartdelay=1500", filepath.Join(wd, "testdata", "DrainServer.java"), port}
@@ -855,7 +845,7 @@ func TestJavaTwoLoopsUnderLoad(t *testing.T) {
 	if err := awaitSwapLine(nil, first, 1, bound); err != nil {
 		t.Fatalf("%v\n%s", err, logsOf(first))
 	}
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	load := startRealLoad(t, "http", addr)
 
 	var mu sync.Mutex

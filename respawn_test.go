@@ -14,6 +14,7 @@ import (
 
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // loadWhile runs two clients against addr until f returns, and returns what
@@ -44,8 +45,8 @@ func loadWhile(t *testing.T, addr string, f func()) *load.Result {
 func TestRespawnAfterKill9(t *testing.T) {
 	for _, srv := range drainers(t) {
 		t.Run(srv.name, func(t *testing.T) {
-			requireTool(t, srv.need)
-			port := freePort(t)
+			testutil.RequireTool(t, srv.need)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			r := startUnder(t, srv, port)
 			r.waitLog(t, "took over") // it has served: a death now is a crash
@@ -73,7 +74,7 @@ func TestRespawnAfterKill9(t *testing.T) {
 			if code := r.wait(t); code != 0 && code != 128+int(syscall.SIGTERM) { // the JVM exits 143 on TERM
 				t.Errorf("takeover exited %d after TERM, want the command's 0 (or 143, a JVM's)", code)
 			}
-			waitGone(t, last)
+			testutil.WaitGone(t, last)
 			if ls := lookup(t, addr); len(ls) != 0 {
 				t.Errorf("after TERM the port is still held: %+v", ls)
 			}
@@ -97,8 +98,8 @@ func (r *tkRun) waitLogCount(t *testing.T, s string, n int) {
 // from an async callback on one URL dies; takeover restarts it, and the
 // other clients see no refused connection.
 func TestRespawnUncaughtException(t *testing.T) {
-	requireTool(t, "node")
-	port := freePort(t)
+	testutil.RequireTool(t, "node")
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	wd, _ := os.Getwd()
 	statusFile := filepath.Join(t.TempDir(), "status.json")
@@ -106,7 +107,7 @@ func TestRespawnUncaughtException(t *testing.T) {
 	r.waitLog(t, "took over")
 	res := loadWhile(t, addr, func() {
 		for i := 1; i <= 3; i++ {
-			if _, err := get(addr, "/crash"); err == nil {
+			if _, err := testutil.Get(addr, "/crash"); err == nil {
 				t.Fatal("/crash answered")
 			}
 			r.waitLogCount(t, "msg=restarted", i)
@@ -134,7 +135,7 @@ func TestRespawnUncaughtException(t *testing.T) {
 // --max-restarts; then takeover closes the sockets (connections are refused,
 // not left hanging) and exits with the command's status.
 func TestCrashLoopGivesUp(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	self, _ := os.Executable()
 	r := startTakeover(t, "listencrash", "--max-restarts", "3", "--port", port, "--", self, addr)
@@ -163,7 +164,7 @@ func TestCrashLoopGivesUp(t *testing.T) {
 func TestBackoffInterrupted(t *testing.T) {
 	self, _ := os.Executable()
 	start := func(t *testing.T) (*tkRun, string) {
-		port := freePort(t)
+		port := testutil.FreePort(t)
 		addr := "127.0.0.1:" + port
 		r := startTakeover(t, "serve", "--restart-delay", "10s", "--port", port, "--", self, addr)
 		r.waitLog(t, "took over")
@@ -185,7 +186,7 @@ func TestBackoffInterrupted(t *testing.T) {
 		r, port := start(t)
 		r.cmd.Process.Signal(syscall.SIGHUP)
 		r.waitLog(t, "msg=restarted")
-		waitServing(t, "127.0.0.1:"+port)
+		testutil.WaitServing(t, "127.0.0.1:"+port)
 	})
 	t.Run("newer takeover", func(t *testing.T) {
 		r, port := start(t)
@@ -195,7 +196,7 @@ func TestBackoffInterrupted(t *testing.T) {
 			t.Errorf("the backing-off takeover exited %d, want 0 (replaced):\n%s", code, r.stderr)
 		}
 		newer.waitLog(t, "via=unix-socket")
-		waitServing(t, addr)
+		testutil.WaitServing(t, addr)
 	})
 }
 
@@ -210,7 +211,7 @@ func TestSocketsHeldThroughFailedRestarts(t *testing.T) {
 	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	r := startTakeover(t, "serve", "--restart-delay", "300ms", "--max-restarts", "2", "--port", port, "--", app, addr)
 	r.waitLog(t, "took over")

@@ -17,20 +17,9 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
-
-// testRunDir opens a fresh run directory, closed at cleanup.
-func testRunDir(t testing.TB) *rundir.RunDirectory {
-	t.Helper()
-	d, err := rundir.OpenRunDir(filepath.Join(t.TempDir(), "run"), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	return d
-}
 
 // testUser creates a user of its own for the test (useradd) and returns its
 // uid; userdel removes it at cleanup.
@@ -39,8 +28,8 @@ func testUser(t *testing.T) int {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create a user")
 	}
-	requireTool(t, "useradd")
-	requireTool(t, "userdel")
+	testutil.RequireTool(t, "useradd")
+	testutil.RequireTool(t, "userdel")
 	name := fmt.Sprintf("tkvtest%d", rand.IntN(1e8))
 	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name).CombinedOutput(); err != nil {
 		t.Fatalf("useradd %s: %v\n%s", name, err, out)
@@ -103,7 +92,7 @@ func dirState(t *testing.T, dir string) string {
 // it followed the symlink and overwrote the file with its pid and start
 // time.)
 func TestRunDirOfAnotherUser(t *testing.T) {
-	requireTool(t, "setpriv")
+	testutil.RequireTool(t, "setpriv")
 	victim := testUser(t)
 	bin := takeoverBin(t) // in a directory every user may enter
 	tmp, err := os.MkdirTemp("", "takeover-tmpdir")
@@ -124,7 +113,7 @@ func TestRunDirOfAnotherUser(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	run := filepath.Join(tmp, fmt.Sprintf("takeover-%d", victim))
 	plant := asUser(ctx, 65534, "sh", "-c", `mkdir -m 0777 "$1" && ln -s "$2" "$1/port-$3.lock"`, "sh", run, secret, port)
 	if out, err := plant.CombinedOutput(); err != nil {
@@ -192,7 +181,7 @@ func TestRunDirRefused(t *testing.T) {
 			marker := filepath.Join(top, "ran")
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, bin, "--port", freePort(t), "--", "touch", marker)
+			cmd := exec.CommandContext(ctx, bin, "--port", testutil.FreePort(t), "--", "touch", marker)
 			cmd.Env = envWithout([]string{"TAKEOVER_RUN_DIR"}, "TAKEOVER_RUN_DIR="+dir)
 			out, err := cmd.CombinedOutput()
 			var ee *exec.ExitError
@@ -224,7 +213,7 @@ func TestRunDirLeftovers(t *testing.T) {
 	os.Chmod(dir, 0o700)
 	t.Setenv("TAKEOVER_RUN_DIR", dir)
 	self, _ := os.Executable()
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	live := startTakeover(t, "serve", "--port", addr, "--", self, addr)
 	live.waitLog(t, "took over")
 	liveFiles := dirNames(t, dir)
@@ -268,7 +257,7 @@ func TestRunDirLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	other := "127.0.0.1:" + freePort(t)
+	other := "127.0.0.1:" + testutil.FreePort(t)
 	next := startTakeover(t, "serve", "--port", other, "--", self, other)
 	next.waitLog(t, "took over")
 	names := dirNames(t, dir)
@@ -294,13 +283,13 @@ func TestRunDirLeftovers(t *testing.T) {
 // the directory is fsynced after it, so that a crash leaves the old
 // contents or the new, never an empty file. strace shows the calls.
 func TestRecordsSynced(t *testing.T) {
-	requireTool(t, "strace")
+	testutil.RequireTool(t, "strace")
 	dir := t.TempDir()
 	os.Chmod(dir, 0o700)
 	status := filepath.Join(t.TempDir(), "status.json")
 	trace := filepath.Join(t.TempDir(), "trace")
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	cmd := exec.Command("strace", "-f", "-qq", "-o", trace, "-e", "trace=openat,fsync,fdatasync,renameat,renameat2",
 		takeoverBin(t), "--status-file", status, "--port", addr, "--", self, addr)

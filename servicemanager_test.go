@@ -5,59 +5,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/takeover/takeover/internal/owner"
+	"github.com/takeover/takeover/internal/testutil"
 )
-
-// TestServiceManagerNotByName: systemd is known by the root-owned file it
-// runs and its user namespace, never by its name: fixtures of /proc/PID
-// (exe and ns/user links to real files, comm) say which process is one.
-func TestServiceManagerNotByName(t *testing.T) {
-	const systemd = "/usr/lib/systemd/systemd"
-	requireTool(t, systemd)
-	own := filepath.Join(t.TempDir(), "systemd") // a copy of one's own, named systemd
-	if err := os.WriteFile(own, []byte("#!/bin/sh\n"), 0o777); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(own, 0o777)
-	proc := t.TempDir()
-	for _, tt := range []struct {
-		name      string
-		pid       int
-		exe, ns   string // "" for none (unreadable)
-		comm      string
-		isManager bool
-	}{
-		{"systemd's binary", 100, systemd, "/proc/self/ns/user", "systemd", true},
-		{"another binary named systemd", 102, "/bin/sh", "/proc/self/ns/user", "systemd", false},
-		{"a file named systemd that others may write", 103, own, "/proc/self/ns/user", "systemd", false},
-		{"systemd's binary in another user namespace", 104, systemd, "/proc/self/ns/net", "systemd", false},
-		{"pid 1 named systemd, its exe unreadable", 1, "", "", "systemd", true},
-		{"pid 1 of another name, its exe unreadable", 1, "", "", "init", false},
-		{"another pid named systemd, its exe unreadable", 105, "", "", "systemd", false},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			dir := filepath.Join(proc, tt.name, strconv.Itoa(tt.pid))
-			if err := os.MkdirAll(filepath.Join(dir, "ns"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			os.WriteFile(filepath.Join(dir, "comm"), []byte(tt.comm+"\n"), 0o644)
-			if tt.exe != "" {
-				os.Symlink(tt.exe, filepath.Join(dir, "exe"))
-			}
-			if tt.ns != "" {
-				os.Symlink(tt.ns, filepath.Join(dir, "ns/user"))
-			}
-			if got := owner.ServiceManager(filepath.Join(proc, tt.name), tt.pid); got != tt.isManager {
-				t.Errorf("serviceManager = %v, want %v", got, tt.isManager)
-			}
-		})
-	}
-}
 
 // TestFakeSystemdIsNotTrusted: a server that calls itself "systemd"
 // (prctl PR_SET_NAME) is no service manager: takeover replaces it as any
@@ -65,8 +18,8 @@ func TestServiceManagerNotByName(t *testing.T) {
 // systemd alone" and would have left such a holder running beside a
 // handoff.
 func TestFakeSystemdIsNotTrusted(t *testing.T) {
-	requireTool(t, "python3")
-	port := freePort(t)
+	testutil.RequireTool(t, "python3")
+	port := testutil.FreePort(t)
 	server := `import ctypes, os, socket, sys
 name = sys.argv[2].encode()
 ctypes.CDLL(None).prctl(15, name, 0, 0, 0)

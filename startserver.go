@@ -37,17 +37,17 @@ import (
 
 // starterSpec is the port takeover binds for a, TCP or UDP, at the address
 // start_server binds.
-func starterSpec(ctx context.Context, a starter.Port) (target.PortSpec, error) {
+func starterSpec(ctx context.Context, a starter.Port) (target.Spec, error) {
 	port, err := target.ParsePort(a.Port)
 	if err != nil {
-		return target.PortSpec{}, err
+		return target.Spec{}, err
 	}
-	p := target.PortSpec{Port: port}
+	p := target.Spec{Port: port}
 	if a.UDP {
 		p.Net = target.NetUDP
 	}
 	if p.Addr, err = a.Resolve(ctx); err != nil {
-		return target.PortSpec{}, err
+		return target.Spec{}, err
 	}
 	return p, nil
 }
@@ -56,9 +56,9 @@ func starterSpec(ctx context.Context, a starter.Port) (target.PortSpec, error) {
 // targets takeover binds (the ports, then the paths, as start_server binds
 // them), their names in SERVER_STARTER_PORT (a path as it was given) and
 // the fds the command gets them at.
-func starterTargets(ctx context.Context, ports, paths []string) (specs []target.PortSpec, names []string, fds []int, err error) {
+func starterTargets(ctx context.Context, ports, paths []string) (specs []target.Spec, names []string, fds []int, err error) {
 	var args []starter.Port
-	add := func(spec target.PortSpec, a starter.Port, opt string) error {
+	add := func(spec target.Spec, a starter.Port, opt string) error {
 		if slices.Contains(specs, spec) {
 			return fmt.Errorf("%s: named twice", opt)
 		}
@@ -79,7 +79,7 @@ func starterTargets(ctx context.Context, ports, paths []string) (specs []target.
 		}
 	}
 	for _, p := range paths {
-		spec, err := target.ParsePathSpec(p)
+		spec, err := target.ParsePath(p)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -181,7 +181,7 @@ func runStartServer(args []string, stdout, stderr io.Writer) int {
 		// wait for it in vain.
 		return errors.Join(err, signalReady(ready))
 	}
-	var unixTargets []target.PortSpec
+	var unixTargets []target.Spec
 	for i, spec := range cfg.Ports {
 		if spec.Net != target.NetUnix {
 			continue

@@ -65,7 +65,7 @@ func redirectOutput(w *os.File) error {
 // server listens on is left for takeover to take over (a handoff, or a new
 // socket renamed over it) rather than cut off from its clients; a file
 // that is not a socket is refused, where start_server would remove it.
-func clearPath(spec target.PortSpec, name string, stderr io.Writer) error {
+func clearPath(spec target.Spec, name string, stderr io.Writer) error {
 	var st unix.Stat_t
 	if err := unix.Lstat(spec.Path, &st); errors.Is(err, unix.ENOENT) {
 		return nil
@@ -84,7 +84,7 @@ func clearPath(spec target.PortSpec, name string, stderr io.Writer) error {
 // removePaths is start_server's path_remove_guard: when it exits, each
 // --path's socket file is removed, unless another process listens on it
 // by then (a newer takeover that took the socket over).
-func removePaths(specs []target.PortSpec) {
+func removePaths(specs []target.Spec) {
 	for _, spec := range specs {
 		swap.RemoveStaleSocket(spec.Path, os.Getpid())
 	}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/starter"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -156,7 +157,7 @@ type ssImpl struct {
 
 func ssImpls(t *testing.T) []ssImpl {
 	t.Helper()
-	requireTool(t, realStartServer) // Debian's, to compare with
+	testutil.RequireTool(t, realStartServer) // Debian's, to compare with
 	link := filepath.Join(t.TempDir(), "start_server")
 	if err := os.Symlink(takeoverBin(t), link); err != nil {
 		t.Fatal(err)
@@ -203,7 +204,7 @@ type ssRun struct {
 // to its environment and args before the "--".
 func startSS(t *testing.T, impl ssImpl, env []string, args ...string) *ssRun {
 	t.Helper()
-	return startSSOn(t, impl, "127.0.0.1:"+freePort(t), env, args...)
+	return startSSOn(t, impl, "127.0.0.1:"+testutil.FreePort(t), env, args...)
 }
 
 // startSSOn is startSS with --port=addr; with addr "", no --port.
@@ -256,7 +257,7 @@ func (r *ssRun) cleanup(t *testing.T) {
 	}
 	self, _ := os.Executable()
 	for _, e := range r.events() {
-		if e.what != "start" || processGone(e.pid) {
+		if e.what != "start" || testutil.ProcessGone(e.pid) {
 			continue
 		}
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", e.pid))
@@ -373,7 +374,7 @@ func (r *ssRun) statusGens() []int {
 // servedBy asks the port which worker answers.
 func (r *ssRun) servedBy(t *testing.T) string {
 	t.Helper()
-	body := waitServing(t, r.addr)
+	body := testutil.WaitServing(t, r.addr)
 	pid, _, _ := strings.Cut(body, " ")
 	n, _ := strconv.Atoi(pid)
 	return r.worker(n)
@@ -784,7 +785,7 @@ func TestStartServerCrashAndLogFile(t *testing.T) {
 					pid = e.pid
 				}
 			}
-			if r.worker(pid) != "w1" || processGone(pid) {
+			if r.worker(pid) != "w1" || testutil.ProcessGone(pid) {
 				t.Fatalf("worker 1 is not pid %d", pid)
 			}
 			syscall.Kill(pid, syscall.SIGKILL) // checked above: our worker, still running
@@ -1008,7 +1009,7 @@ func TestStartServerDaemonize(t *testing.T) {
 		if err != nil {
 			t.Fatalf("--stop: %v\n%s", err, out)
 		}
-		r.until(t, "the daemon's exit", func() bool { return processGone(pid) })
+		r.until(t, "the daemon's exit", func() bool { return testutil.ProcessGone(pid) })
 		b, _ := os.ReadFile(logFile)
 		_, pidErr := os.Stat(r.pidFile)
 		_, statusErr := os.Stat(r.status)
@@ -1022,7 +1023,7 @@ func TestStartServerDaemonize(t *testing.T) {
 func (r *ssRun) stopDaemon(t *testing.T, pid int) {
 	isOurs := func() bool {
 		environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-		return !processGone(pid) && strings.Contains(string(environ), "\x00SSWORKER_LOG="+r.log+"\x00")
+		return !testutil.ProcessGone(pid) && strings.Contains(string(environ), "\x00SSWORKER_LOG="+r.log+"\x00")
 	}
 	if !isOurs() {
 		return
@@ -1243,7 +1244,7 @@ func TestStartServerStalePIDFile(t *testing.T) {
 			t.Errorf("%s against a stale pid file: %v, %q; want a refusal", flag, err, out)
 		}
 	}
-	if processGone(sleeper.Process.Pid) {
+	if testutil.ProcessGone(sleeper.Process.Pid) {
 		t.Fatal("the stale pid file's process was signalled")
 	}
 }
@@ -1252,15 +1253,15 @@ func TestStartServerStalePIDFile(t *testing.T) {
 // under takeover nor the same program is refused, nothing is signalled, and
 // the message says what to do without naming a flag start_server lacks.
 func TestStartServerForeignHolder(t *testing.T) {
-	h := startHelper(t, "serve", "127.0.0.1:0")
-	out, err := exec.Command(takeoverBin(t), "start-server", "--port="+h.addr, "--", "true").CombinedOutput()
+	h := testutil.StartHelper(t, "serve", "127.0.0.1:0")
+	out, err := exec.Command(takeoverBin(t), "start-server", "--port="+h.Addr, "--", "true").CombinedOutput()
 	if err == nil {
 		t.Fatalf("start_server on a port a foreign server holds succeeded:\n%s", out)
 	}
 	if !strings.Contains(string(out), "stop it first (start_server has no --force)") || strings.Contains(string(out), "pass --force") {
 		t.Errorf("the refusal does not say what to do in start_server's terms:\n%s", out)
 	}
-	if _, err := get(h.addr, "/"); err != nil {
+	if _, err := testutil.Get(h.Addr, "/"); err != nil {
 		t.Errorf("the foreign server no longer serves: %v", err)
 	}
 }

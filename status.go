@@ -44,14 +44,14 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	if ok, code := parseArgs(fs, args, stdout, stderr); !ok {
 		return code
 	}
-	var specs target.SpecList
+	var specs target.List
 	for _, a := range fs.Args() {
 		if err := parseTarget(&specs, a); err != nil {
 			badUsage(stderr, "takeover status", err.Error())
 			return exitUsage
 		}
 	}
-	dir, err := rundir.OpenRunDir(rundir.RunDir(), false)
+	dir, err := rundir.Open(rundir.Default(), false)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(stderr, "takeover status: %v\n", err)
 		return exitFailure
@@ -88,7 +88,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 }
 
 // parseTarget adds a PORTSPEC or a PATH (it has a /) to specs.
-func parseTarget(specs *target.SpecList, a string) error {
+func parseTarget(specs *target.List, a string) error {
 	if strings.Contains(a, "/") {
 		return target.PathFlag{List: specs}.Set(a)
 	}
@@ -98,7 +98,7 @@ func parseTarget(specs *target.SpecList, a string) error {
 // readStatuses returns the status records of the run directory whose
 // launcher still runs, those with one of specs' targets if any are named,
 // in pid order.
-func readStatuses(dir *rundir.RunDirectory, specs target.SpecList) []takeoverStatus {
+func readStatuses(dir *rundir.Dir, specs target.List) []takeoverStatus {
 	var out []takeoverStatus
 	for pid, b := range dir.Statuses() {
 		var t takeoverStatus
@@ -109,13 +109,13 @@ func readStatuses(dir *rundir.RunDirectory, specs target.SpecList) []takeoverSta
 			continue // gone, its pid perhaps reused
 		}
 		if len(specs) > 0 && !slices.ContainsFunc(t.Ports, func(p string) bool {
-			return slices.ContainsFunc(specs, func(s target.PortSpec) bool { return sameTarget(s, p) })
+			return slices.ContainsFunc(specs, func(s target.Spec) bool { return sameTarget(s, p) })
 		}) {
 			continue
 		}
 		t.Serving = []string{}
 		for _, p := range t.Ports {
-			var one target.SpecList
+			var one target.List
 			if parseTarget(&one, p) != nil {
 				continue
 			}
@@ -138,8 +138,8 @@ func readStatuses(dir *rundir.RunDirectory, specs target.SpecList) []takeoverSta
 // sameTarget reports whether spec names the target p (as a status record
 // spells it): the same key, or the same port where either names every
 // address.
-func sameTarget(spec target.PortSpec, p string) bool {
-	var one target.SpecList
+func sameTarget(spec target.Spec, p string) bool {
+	var one target.List
 	if parseTarget(&one, p) != nil {
 		return false
 	}
@@ -151,7 +151,7 @@ func sameTarget(spec target.PortSpec, p string) bool {
 }
 
 // printStatus prints out for people.
-func printStatus(w io.Writer, specs target.SpecList, out []takeoverStatus, now time.Time) {
+func printStatus(w io.Writer, specs target.List, out []takeoverStatus, now time.Time) {
 	if len(out) == 0 {
 		if len(specs) > 0 {
 			fmt.Fprintf(w, "no takeover serves %s\n", specs.String())

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,10 +13,9 @@ import (
 
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/owner"
-	"github.com/takeover/takeover/internal/procfs"
-	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // Real supervisors from Debian restart a service by stopping the pid they
@@ -121,7 +119,7 @@ func TestSupervisors(t *testing.T) {
 	for _, sk := range supervisorKinds() {
 		t.Run(sk.name, func(t *testing.T) {
 			for _, tool := range sk.tools {
-				requireTool(t, tool)
+				testutil.RequireTool(t, tool)
 			}
 			with := superviseRun(t, sk, true)
 			alone := superviseRun(t, sk, false)
@@ -151,7 +149,7 @@ const (
 
 func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervisedRun {
 	dir := t.TempDir()
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	tk := takeoverBin(t)
 	server := fmt.Sprintf("%s demo-server --init-delay 1s %s", tk, addr)
 	status := filepath.Join(dir, "status.json")
@@ -182,7 +180,7 @@ func superviseRun(t *testing.T, sk supervisorKind, withTakeover bool) supervised
 			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	served := waitServing(t, addr)
+	served := testutil.WaitServing(t, addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	loaded := make(chan *load.Result, 1)
@@ -215,7 +213,7 @@ func waitNewServer(t *testing.T, addr, last string) string {
 	lastPID, _, _ := strings.Cut(last, " ")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		body, err := get(addr, "/")
+		body, err := testutil.Get(addr, "/")
 		if pid, _, _ := strings.Cut(body, " "); err == nil && pid != lastPID {
 			return body
 		}
@@ -259,7 +257,7 @@ func stopSupervisor(t *testing.T, sup *exec.Cmd, exit []string, status, addr str
 
 // holdersOfAny returns the pids holding addr's listeners, if any.
 func holdersOfAny(addr string) map[int]bool {
-	spec, err := target.ParsePortSpec(addr)
+	spec, err := target.Parse(addr)
 	if err != nil {
 		return nil
 	}
@@ -304,7 +302,7 @@ func TestDetachOnStopFlag(t *testing.T) {
 // newer takeover bound it afresh.
 func TestDetachWaitsForOwnSwap(t *testing.T) {
 	tk := takeoverBin(t)
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	dir := t.TempDir()
 	runDir := filepath.Join(dir, "run")
 	t.Cleanup(func() { killServing(addr) })
@@ -347,7 +345,7 @@ func TestDetachWaitsForOwnSwap(t *testing.T) {
 		}
 	}
 	first := start()
-	served := waitServing(t, addr)
+	served := testutil.WaitServing(t, addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	loaded := make(chan *load.Result, 1)
@@ -383,45 +381,6 @@ func TestDetachWaitsForOwnSwap(t *testing.T) {
 	}
 	t.Logf("%d requests, %d failed; served last by %s", r.Requests, r.FailedRequests(), served)
 	stop(third)
-}
-
-// TestDetachedRecordLeftToNewer: the detached launcher notes in its
-// record until when it serves, but never while another takeover holds the
-// port's lock: that one writes its own record before it signals the
-// detached launcher (how it tells "replaced" from "stopped"), and a read
-// and write of the old record around it would put the old launcher back.
-// Here the lock file is held through a file of its own, as the newer
-// takeover holds it, with the record still naming the detached launcher.
-func TestDetachedRecordLeftToNewer(t *testing.T) {
-	dir := testRunDir(t)
-	spec, err := target.ParsePortSpec("127.0.0.1:8100")
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := procfs.FS("/proc").Stat(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &supervise.Launcher{Ctx: context.Background(), Cfg: supervise.Config{Ports: []target.PortSpec{spec}}, Dir: dir, Self: os.Getpid(), Born: st.Start, Log: slog.New(slog.DiscardHandler)}
-	key := spec.Key()
-	mine := rundir.GenRecord{Launcher: l.Self, LauncherStart: l.Born, Child: 1}
-	if err := rundir.WriteRecord(dir, key, mine); err != nil {
-		t.Fatal(err)
-	}
-	newer, err := rundir.LockTargets(context.Background(), dir, []string{key}, rundir.LockOwner{PID: 2, Start: 1}, func(string, rundir.LockOwner, time.Duration) {})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.SetDetached(time.Now().Add(time.Minute))
-	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil != nil {
-		t.Errorf("the detached launcher wrote its record while another takeover held the port's lock: %+v (found: %v)", r, ok)
-	}
-	rundir.ReleaseLocks(newer)
-	until := time.Now().Add(time.Minute)
-	l.SetDetached(until)
-	if r, ok := rundir.ReadRecord(dir, key); !ok || r.DetachedUntil == nil || !r.DetachedUntil.Equal(until) {
-		t.Errorf("with the lock free, the record is %+v (found: %v), want detached until %v", r, ok, until)
-	}
 }
 
 // killServing SIGKILLs what a failed test left holding addr: detached

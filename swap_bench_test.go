@@ -10,6 +10,7 @@ import (
 
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // BenchmarkSwap replaces a server 25 times under a concurrent request loop
@@ -42,7 +43,7 @@ func BenchmarkSwap(b *testing.B) {
 var windowRe = regexp.MustCompile(`refused_window=([0-9.]+[µmn]?s)`)
 
 func benchSwaps(b *testing.B, strategy string, swaps int, warm time.Duration) {
-	port := freePort(b)
+	port := testutil.FreePort(b)
 	addr := "127.0.0.1:" + port
 	start := func() *demoRun { return startBench(b, strategy, addr) }
 	cur := start()

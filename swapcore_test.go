@@ -16,10 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/takeover/takeover/internal/swap"
+	"github.com/takeover/takeover/internal/testutil"
 
-	"github.com/takeover/takeover/internal/owner"
-	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
@@ -174,7 +172,7 @@ func crashFenced(t *testing.T, addr string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, err := get(addr, "/crash"); err != nil {
+		if _, err := testutil.Get(addr, "/crash"); err != nil {
 			return // no answer: the new server died on it
 		}
 		if time.Now().After(deadline) {
@@ -191,10 +189,10 @@ func crashFenced(t *testing.T, addr string) {
 // how is B's server's second argument.
 func startFencedCrash(t *testing.T, how string) (a, b *tkRun, aChild int, addr string, kept net.Conn) {
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr = "127.0.0.1:" + port
 	a = startTakeover(t, "tcpserve", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	aChild = childOf(t, a, addr)
 	kept, body := keepAlive(t, addr)
 	if !strings.Contains(body, pidField(aChild)) {
@@ -224,12 +222,12 @@ func TestCrashDuringFencedDrain(t *testing.T) {
 	a, b, aChild, addr, kept := startFencedCrash(t, "crash:1")
 	b.waitLog(t, "msg=restarted")
 	kept.Close() // A's server has finished: the inherited swap stops it
-	waitGone(t, aChild)
+	testutil.WaitGone(t, aChild)
 	if code := a.wait(t); code != 0 {
 		t.Errorf("takeover A exited %d, want 0 (replaced)", code)
 	}
 	bChild := childOf(t, b, addr)
-	if body := waitServing(t, addr); !strings.Contains(body, pidField(bChild)) {
+	if body := testutil.WaitServing(t, addr); !strings.Contains(body, pidField(bChild)) {
 		t.Errorf("answered %q, want B's restarted server %d", body, bChild)
 	}
 	if n := len(lookup(t, addr)); n != 1 {
@@ -242,7 +240,7 @@ func TestCrashDuringFencedDrain(t *testing.T) {
 		t.Errorf("takeover B exited %d when C replaced it, want 0; C's log:\n%s", code, c.stderr)
 	}
 	c.waitLog(t, `msg="took over"`)
-	if body := waitServing(t, addr); !strings.Contains(body, pidField(childOf(t, c, addr))) {
+	if body := testutil.WaitServing(t, addr); !strings.Contains(body, pidField(childOf(t, c, addr))) {
 		t.Errorf("after C's deploy answered %q, want C's server", body)
 	}
 }
@@ -258,7 +256,7 @@ func TestCrashDuringFencedDrainGivesUp(t *testing.T) {
 			t.Errorf("takeover B exited 0, want its server's failure")
 		}
 		for i := 0; i < 20; i++ {
-			if body, err := get(addr, "/"); err != nil || !strings.Contains(body, pidField(aChild)) {
+			if body, err := testutil.Get(addr, "/"); err != nil || !strings.Contains(body, pidField(aChild)) {
 				t.Errorf("after B gave up: %q, %v; want A's server %d", body, err, aChild)
 			}
 		}
@@ -267,7 +265,7 @@ func TestCrashDuringFencedDrainGivesUp(t *testing.T) {
 	if res.Refused > 0 || res.OK == 0 {
 		t.Errorf("%d of %d requests refused, want none", res.Refused, res.Requests)
 	}
-	if !a.running() || processGone(aChild) {
+	if !a.running() || testutil.ProcessGone(aChild) {
 		t.Fatal("A or its server ended")
 	}
 
@@ -286,7 +284,7 @@ func TestCrashDuringFencedDrainGivesUp(t *testing.T) {
 // generation served on beside it for ever, its socket in the group.
 func TestCrashDuringFencedReload(t *testing.T) {
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	a := startTakeover(t, "tcpserve", "--drain-timeout", "5m", "--port", port, "--", self, addr, "crash:2")
 	t.Cleanup(func() {
@@ -302,11 +300,11 @@ func TestCrashDuringFencedReload(t *testing.T) {
 	crashFenced(t, addr)
 	a.waitLog(t, "msg=restarted")
 	kept.Close()
-	waitGone(t, first)
+	testutil.WaitGone(t, first)
 	if n := len(lookup(t, addr)); n != 1 {
 		t.Errorf("%d sockets listen on %s, want the restarted generation's alone", n, addr)
 	}
-	if body := waitServing(t, addr); !strings.Contains(body, pidField(childOf(t, a, addr))) {
+	if body := testutil.WaitServing(t, addr); !strings.Contains(body, pidField(childOf(t, a, addr))) {
 		t.Errorf("answered %q, want the restarted generation", body)
 	}
 }
@@ -322,13 +320,13 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 	dir := t.TempDir()
 	os.Chmod(dir, 0o700) // takeover refuses a run directory others may enter
 	t.Setenv("TAKEOVER_RUN_DIR", dir)
-	rd, err := rundir.OpenRunDir(dir, false)
+	rd, err := rundir.Open(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rd.Close() })
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	// Unfenced, A's reload shares one socket: C then fences A's two
 	// generations as one old server.
@@ -360,7 +358,7 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 	// server, which closes the kept connection: C's drain ends, and C
 	// stops A.
 	a.waitLog(t, `msg="took over" generation=2`)
-	waitGone(t, first)
+	testutil.WaitGone(t, first)
 	if code := a.wait(t); code != 0 {
 		t.Errorf("takeover A exited %d, want 0", code)
 	}
@@ -385,7 +383,7 @@ func TestOldCrashDuringReload(t *testing.T) {
 	for _, when := range []string{"late", "bind"} {
 		t.Run(when, func(t *testing.T) {
 			self, _ := os.Executable()
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			addr := "127.0.0.1:" + port
 			trigger := filepath.Join(t.TempDir(), "go")
 			a := startTakeover(t, "noaccept", "-v", "--port", port, "--", self, addr, trigger, when)
@@ -480,35 +478,6 @@ func crash(t *testing.T, pid, launcher int) {
 	}
 }
 
-// TestCheckOldAfterOpen (issue 28, low: pidfds opened after the identity
-// checks): takePort now opens the old processes' pidfds first and checks
-// them after. A pid the lookup saw holding the port that, by the time its
-// pidfd is open, names a process holding nothing (its pid reused) is let
-// go of, never signalled; the real holder is kept.
-func TestCheckOldAfterOpen(t *testing.T) {
-	self, _ := os.Executable()
-	srv := startHelper(t, "serve", "127.0.0.1:0")
-	other := startHelper(t, "signals", "127.0.0.1:0") // a process of the same program holding another port
-	ls := lookup(t, srv.addr)
-	if len(ls) != 1 {
-		t.Fatalf("%d listeners on %s", len(ls), srv.addr)
-	}
-	real, reused := srv.cmd.Process.Pid, other.cmd.Process.Pid
-	sw := &swap.Swap{Inodes: []uint64{ls[0].Inode}}
-	for _, pid := range []int{real, reused} {
-		sw.Old = append(sw.Old, owner.StopTarget{PID: pid, Holder: owner.Holder{PID: pid}})
-	}
-	sw.OldProcs, sw.Holders = pidfd.OpenAll([]int{real, reused}), pidfd.OpenAll([]int{real, reused})
-	defer sw.ReleaseOld()
-	tk := swap.NewTaker(swap.Options{})
-	if err := tk.CheckOld(sw, owner.NewChild{UID: os.Getuid(), Exe: self}, srv.addr); err != nil {
-		t.Fatal(err)
-	}
-	if got := fmt.Sprint(pidfd.PidsOf(sw.OldProcs), pidfd.PidsOf(sw.Holders)); got != fmt.Sprint([]int{real}, []int{real}) {
-		t.Errorf("kept targets and holders %s, want only the holder %d", got, real)
-	}
-}
-
 // TestUSR1MidSwap (issue 28, low: a USR1 mid-swap is read as "replaced"):
 // while a newer takeover C waits for A's fenced server to drain (C's record
 // names C already), a USR1 to A is for A's server, as at any other time:
@@ -518,10 +487,10 @@ func TestCheckOldAfterOpen(t *testing.T) {
 // SIGKILL after --kill-timeout.
 func TestUSR1MidSwap(t *testing.T) {
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	a := startTakeover(t, "tcpserve", "-v", "--port", port, "--", self, addr)
-	waitServing(t, addr)
+	testutil.WaitServing(t, addr)
 	first := childOf(t, a, addr)
 	kept, _ := keepAlive(t, addr)
 	c := startTakeover(t, "tcpserve", "--drain-timeout", "5m", "--port", port, "--", self, addr)
@@ -546,7 +515,7 @@ func TestUSR1MidSwap(t *testing.T) {
 			t.Fatal("A did not handle the USR1 in 60s")
 		}
 	}
-	if !a.running() || processGone(first) {
+	if !a.running() || testutil.ProcessGone(first) {
 		t.Fatal("A or its server ended on the USR1")
 	}
 	kept.Close()
@@ -566,7 +535,7 @@ func TestUSR1MidSwap(t *testing.T) {
 // running with no takeover.
 func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
 	self, _ := os.Executable()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	a := startTakeover(t, "tcpserve", "--drain-timeout", "5m", "--max-restarts", "2", "--port", port, "--", self, addr, "crash:2:once")
 	t.Cleanup(func() {
@@ -587,11 +556,11 @@ func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
 	if res.Refused > 0 || res.OK == 0 {
 		t.Errorf("%d of %d requests refused, want none", res.Refused, res.Requests)
 	}
-	if !a.running() || processGone(first) {
+	if !a.running() || testutil.ProcessGone(first) {
 		t.Fatal("takeover or its old generation ended")
 	}
 	for i := 0; i < 10; i++ {
-		if body, err := get(addr, "/"); err != nil || !strings.Contains(body, pidField(first)) {
+		if body, err := testutil.Get(addr, "/"); err != nil || !strings.Contains(body, pidField(first)) {
 			t.Errorf("answered %q, %v; want the old generation %d", body, err, first)
 		}
 	}
@@ -599,5 +568,5 @@ func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
 	if code := a.wait(t); code != 0 {
 		t.Errorf("takeover exited %d on TERM, want its server's 0", code)
 	}
-	waitGone(t, first)
+	testutil.WaitGone(t, first)
 }

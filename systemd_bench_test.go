@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/load"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // BenchmarkSystemdRestart: under the same load (2 HTTP clients from the
@@ -28,7 +29,7 @@ func BenchmarkSystemdRestart(b *testing.B) {
 	var rows []row
 	for range b.N {
 		rows = rows[:0]
-		plainAddr := "127.0.0.1:" + freePort(b)
+		plainAddr := "127.0.0.1:" + testutil.FreePort(b)
 		box.WriteUnit("plain.service", sdUnitDefaults+"Type=simple\nExecStart=/usr/local/bin/takeover demo-server --init-delay "+sdStartDelay+" "+plainAddr+"\n")
 		rows = append(rows, row{"(a) the server as a plain Type=simple service, 3 restarts", sdBenchRun(b, box, "plain.service", plainAddr, "restart")})
 
@@ -81,7 +82,7 @@ func sdBenchRun(b *testing.B, box *sdBox, unit, addr, verb string) *load.Result 
 func sdWaitAnswer(b testing.TB, addr string) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, err := get(addr, "/"); err == nil {
+		if _, err := testutil.Get(addr, "/"); err == nil {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -73,7 +74,7 @@ var sdBoots atomic.Int64 // makes machine names unique within this process
 // bootSystemd boots a container with systemd as PID 1 and returns it once
 // `systemctl is-system-running --wait` says running or degraded. It skips the
 // test only when we are not root or systemd-nspawn is not installed (see
-// requireTool). Close,
+// testutil.RequireTool). Close,
 // registered with tb.Cleanup, removes all it made; boot once per test function
 // and share the box across its subtests (a boot takes about a second).
 func bootSystemd(tb testing.TB, opt sdOptions) *sdBox {
@@ -82,7 +83,7 @@ func bootSystemd(tb testing.TB, opt sdOptions) *sdBox {
 		tb.Skip("bootSystemd: needs root (systemd-nspawn, mounts, cgroups)")
 	}
 	for _, tool := range []string{"systemd-nspawn", "unshare", "nsenter"} {
-		requireTool(tb, tool)
+		testutil.RequireTool(tb, tool)
 	}
 
 	b := &sdBox{tb: tb, name: fmt.Sprintf("takeover-test-%d-%d", os.Getpid(), sdBoots.Add(1))}
@@ -575,7 +576,7 @@ func TestSystemdHarness(t *testing.T) {
 				if err := os.WriteFile(filepath.Join(b.Share(), "hello.txt"), []byte("hello from share\n"), 0o644); err != nil {
 					t.Fatal(err)
 				}
-				port := freePort(t)
+				port := testutil.FreePort(t)
 				b.WriteUnit("harness-http.service", sdUnitDefaults+
 					"Type=exec\nWorkingDirectory=/share\n"+
 					"ExecStart=/usr/bin/python3 -m http.server -b 127.0.0.1 "+port+"\n")
@@ -587,7 +588,7 @@ func TestSystemdHarness(t *testing.T) {
 				var body string
 				var err error
 				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-					if body, err = get("127.0.0.1:"+port, "/hello.txt"); err == nil {
+					if body, err = testutil.Get("127.0.0.1:"+port, "/hello.txt"); err == nil {
 						break
 					}
 				}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/takeover/takeover/internal/load"
 	"github.com/takeover/takeover/internal/socktab"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // The units of contrib/systemd, run as written under a real systemd 252
@@ -75,7 +76,7 @@ type sdService struct {
 // sdStartDelay to start, on a free port; flags are more TAKEOVER_FLAGS.
 func sdDemo(t testing.TB, b *sdBox, name, flags string) *sdService {
 	t.Helper()
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	sdPut(t, b, "/etc/takeover/"+name+".conf", fmt.Sprintf(
 		"PORT=%s\nCOMMAND=/usr/local/bin/takeover demo-server --init-delay %s %s\nTAKEOVER_FLAGS=%s\n", addr, sdStartDelay, addr, flags))
 	s := &sdService{b: b, unit: "takeover@" + name + ".service", addr: addr}
@@ -230,7 +231,7 @@ func TestSystemdNspawnFilter(t *testing.T) {
 	sdInstall(t, b)
 	sdLifecycle(t, b, "filtered")
 	// The filter was there: takeover could not copy the command's sockets
-	// and made them (claim_linux.go), as in a container.
+	// and made them (internal/intercept/claim.go), as in a container.
 	if j := b.Journal("takeover@filtered.service"); !strings.Contains(j, "pidfd_getfd") || !strings.Contains(j, "operation not permitted") {
 		t.Errorf("nspawn's filter did not deny pidfd_getfd:\n%s", j)
 	}
@@ -242,7 +243,7 @@ func sdLifecycle(t *testing.T, b *sdBox, name string) {
 	s := sdDemo(t, b, name, "")
 	s.ctl(t, "start")
 	// Type=notify: start returns once the first generation is ready.
-	if _, err := get(s.addr, "/"); err != nil {
+	if _, err := testutil.Get(s.addr, "/"); err != nil {
 		t.Fatalf("right after systemctl start: %v", err)
 	}
 	if st := s.show(t, "StatusText"); !strings.HasPrefix(st, "serving: generation 1,") {
@@ -319,7 +320,7 @@ func sdLifecycle(t *testing.T, b *sdBox, name string) {
 // from takeover (as gunicorn does), reloaded and restarted under load.
 func sdPassing(t *testing.T, b *sdBox) {
 	name := "passing"
-	addr := "127.0.0.1:" + freePort(t)
+	addr := "127.0.0.1:" + testutil.FreePort(t)
 	sdPut(t, b, "/etc/takeover/"+name+".conf", fmt.Sprintf(
 		"PORT=%s\nCOMMAND=/share/test-helper %s\nTAKEOVER_FLAGS=--sockets systemd\nTAKEOVER_TEST_HELPER=activated\n", addr, addr))
 	s := &sdService{b: b, unit: "takeover@" + name + ".service", addr: addr}
@@ -357,7 +358,7 @@ func sdStop(t *testing.T, b *sdBox) {
 	if st := s.show(t, "ActiveState"); st != "inactive" {
 		t.Errorf("after stop ActiveState = %q, want inactive (Result=%s)", st, s.show(t, "Result"))
 	}
-	if _, err := get(s.addr, "/"); err == nil {
+	if _, err := testutil.Get(s.addr, "/"); err == nil {
 		t.Errorf("%s still answers after systemctl stop", s.addr)
 	}
 	if out, err := s.b.Run("test", "-e", fmt.Sprintf("/proc/%d", main)); err == nil {
@@ -413,7 +414,7 @@ func slowRequest(t *testing.T, addr, sleep string) <-chan error {
 // sdSocketUnit: contrib's app.socket in front of an unmodified python
 // http.server under takeover; the service restarted under load.
 func sdSocketUnit(t *testing.T, b *sdBox) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	if b.WriteUnit("app.socket.d/port.conf", "[Socket]\nListenStream=\nListenStream=0.0.0.0:"+port+"\n") != nil ||
 		b.WriteUnit("app.service.d/port.conf", "[Service]\nExecStart=\nExecStart=/usr/local/bin/takeover --port "+port+
 			" -- /usr/bin/python3 -m http.server --bind 0.0.0.0 --directory /srv/app "+port+"\n") != nil {
@@ -483,7 +484,7 @@ func sdTwoServices(t *testing.T, b *sdBox) {
 	if st := first.show(t, "ActiveState"); st != "active" {
 		t.Errorf("the first service is %s, want active", st)
 	}
-	if _, err := get(first.addr, "/"); err != nil {
+	if _, err := testutil.Get(first.addr, "/"); err != nil {
 		t.Errorf("the first service stopped serving: %v", err)
 	}
 }
@@ -505,7 +506,7 @@ func sdTimeouts(t *testing.T, b *sdBox) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := "hang-" + tc.name
-			addr := "127.0.0.1:" + freePort(t)
+			addr := "127.0.0.1:" + testutil.FreePort(t)
 			sdPut(t, b, "/etc/takeover/"+name+".conf", fmt.Sprintf(
 				"PORT=%s\nCOMMAND=/share/test-helper %s\nTAKEOVER_FLAGS=--kill-timeout 3s\nTAKEOVER_TEST_HELPER=hang\n", addr, addr))
 			s := &sdService{b: b, unit: "takeover@" + name + ".service", addr: addr}

@@ -20,6 +20,7 @@ import (
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // Targets besides TCP ports: unix stream sockets (--path) and UDP ports
@@ -106,7 +107,7 @@ func targetSwaps(h *realHarness, check func(what string), loads ...targetLoad) [
 // r's takeover and its server alone: no other generation's.
 func checkPathServed(t *testing.T, path string, r *tkRun) {
 	t.Helper()
-	spec, err := target.ParsePathSpec(path)
+	spec, err := target.ParsePath(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +189,7 @@ func TestNginxToUnixServerAcrossSwaps(t *testing.T) {
 			procs := trackProcesses(t)
 			dir := t.TempDir()
 			path := filepath.Join(dir, "app.sock") // where nginx-unix.conf proxies to
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			conf := filepath.Join(dir, "nginx.conf")
 			fillTemplate(t, filepath.Join(wd, "testdata", "real", "nginx-unix.conf"), conf, port, dir)
 			global := "daemon off;"
@@ -265,7 +266,7 @@ func TestUDPEchoSwappedUnderLoad(t *testing.T) {
 	srv.skipUnlessInstalled(t)
 	takeoverBin(t)
 	procs := trackProcesses(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	addr := "127.0.0.1:" + port
 	h := &realHarness{t: t, srv: srv, addr: addr, argv: []string{"python3", filepath.Join(wd, "testdata", "udp_echo.py"), port}}
 	r := targetSwaps(h, nil, targetLoad{"udp", addr})[0]
@@ -472,15 +473,15 @@ func TestUnixSocketFileOwnerAndMode(t *testing.T) {
 		checkSocketFile(t, path, 0o750, uint32(os.Getuid()), uint32(os.Getgid()))
 	})
 	t.Run("nobody", func(t *testing.T) {
-		requireTool(t, "setpriv")
+		testutil.RequireTool(t, "setpriv")
 		if os.Geteuid() != 0 {
 			t.Skip("needs root to run the command as nobody")
 		}
-		dir := openTempDir(t)
+		dir := testutil.OpenTempDir(t)
 		if err := os.Chown(dir, 65534, 65534); err != nil { // nobody may bind there
 			t.Fatal(err)
 		}
-		bin := copyTestBinary(t, dir)
+		bin := testutil.CopyTestBinary(t, dir)
 		path := filepath.Join(dir, "app.sock")
 		r := startTakeover(t, "serve", "--path", path, "--",
 			"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c", `umask 077 && exec "$0" "$@"`, bin, "unix:"+path)
@@ -489,12 +490,12 @@ func TestUnixSocketFileOwnerAndMode(t *testing.T) {
 		waitAnswer(t, path)
 	})
 	t.Run("nobody without the right to the directory", func(t *testing.T) {
-		requireTool(t, "setpriv")
+		testutil.RequireTool(t, "setpriv")
 		if os.Geteuid() != 0 {
 			t.Skip("needs root to run the command as nobody")
 		}
-		dir := openTempDir(t) // root's, 0755: nobody may not create a file there
-		bin := copyTestBinary(t, dir)
+		dir := testutil.OpenTempDir(t) // root's, 0755: nobody may not create a file there
+		bin := testutil.CopyTestBinary(t, dir)
 		path := filepath.Join(dir, "app.sock")
 		r := startTakeover(t, "serve", "--path", path, "--",
 			"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", bin, "unix:"+path)
@@ -536,8 +537,8 @@ func TestForeignUnixServerReplaced(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "app.sock")
 	argv := srv.argv(t, path, dir)
-	plain := startAndReadLine(t, exec.Command(argv[0], argv[1:]...))
-	_, _, start, err := statOf(plain.cmd.Process.Pid)
+	plain := testutil.StartAndReadLine(t, exec.Command(argv[0], argv[1:]...))
+	_, _, start, err := statOf(plain.Cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -547,7 +548,7 @@ func TestForeignUnixServerReplaced(t *testing.T) {
 	ev := swapEvent{what: "the takeover of the plain server", began: time.Now()}
 	h.cur = h.start()
 	h.awaitSwapLine(h.cur, 1)
-	h.awaitGone("the plain server", []procKey{{plain.cmd.Process.Pid, start}}, h.cur)
+	h.awaitGone("the plain server", []procKey{{plain.Cmd.Process.Pid, start}}, h.cur)
 	h.cur.waitLog(t, "removed its unix socket's path on its way out; takeover put it back")
 	ev.end = time.Now()
 	h.events = append(h.events, ev)
@@ -590,7 +591,7 @@ func TestSocketPassingPathAndUDP(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			procs := trackProcesses(t)
 			path := filepath.Join(t.TempDir(), "app.sock")
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			udp := "127.0.0.1:" + port
 			stale, err := net.Listen("unix", path)
 			if err != nil {
@@ -631,7 +632,7 @@ func TestSocketPassingPathAndUDP(t *testing.T) {
 // generation of a reload fails after its bind (the old one keeps serving).
 // Connects never find the path missing; the last stop removes it.
 func TestUnixPathOutlivesFailures(t *testing.T) {
-	requireTool(t, "python3")
+	testutil.RequireTool(t, "python3")
 	wd, _ := os.Getwd()
 	dir := t.TempDir()
 	path, failFile := filepath.Join(dir, "app.sock"), filepath.Join(dir, "fail")

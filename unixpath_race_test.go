@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/takeover/takeover/internal/seccomp"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -132,15 +133,15 @@ func TestSocketModeNeverByName(t *testing.T) {
 		t.Skip("needs root: root's bind in another user's directory is the point")
 	}
 	for _, tool := range []string{"setpriv", "taskset", "chrt"} {
-		requireTool(t, tool)
+		testutil.RequireTool(t, tool)
 	}
 	bin := takeoverBin(t)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	helper := copyTestBinary(t, openTempDir(t)) // nobody runs it
-	dir := openTempDir(t)
+	helper := testutil.CopyTestBinary(t, testutil.OpenTempDir(t)) // nobody runs it
+	dir := testutil.OpenTempDir(t)
 	if err := os.Chown(dir, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}

@@ -6,93 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/takeover/takeover/internal/intercept"
-
-	"github.com/takeover/takeover/internal/seccomp"
-	"github.com/takeover/takeover/internal/target"
 	"golang.org/x/sys/unix"
 )
-
-func TestParsePathSpec(t *testing.T) {
-	t.Chdir(t.TempDir())
-	tests := []struct {
-		in, want, wantErr string
-	}{
-		{in: "/run/app.sock", want: "/run/app.sock"},
-		{in: "/run//x/../app.sock", want: "/run/app.sock"},
-		{in: "", wantErr: "empty --path"},
-		{in: "/" + strings.Repeat("a", 107), wantErr: "longer than a unix socket's path may be"},
-	}
-	for _, tt := range tests {
-		got, err := target.ParsePathSpec(tt.in)
-		if tt.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("parsePathSpec(%q) error = %v, want one containing %q", tt.in, err, tt.wantErr)
-			}
-			continue
-		}
-		if err != nil || got != (target.PortSpec{Net: target.NetUnix, Path: tt.want}) {
-			t.Errorf("parsePathSpec(%q) = %+v, %v; want the path %s", tt.in, got, err, tt.want)
-		}
-	}
-	rel, err := target.ParsePathSpec("app.sock")
-	if err != nil || !strings.HasSuffix(rel.Path, "/app.sock") || !strings.HasPrefix(rel.Path, "/") {
-		t.Errorf("parsePathSpec(app.sock) = %+v, %v; want it made absolute", rel, err)
-	}
-}
-
-// Each target has its own lock and record, its own names where sockets are
-// passed, and says what it is.
-func TestTargetNames(t *testing.T) {
-	tcp, _ := target.ParsePortSpec("127.0.0.1:8100")
-	udp, _ := target.ParsePortSpec("udp:8100")
-	sock, _ := target.ParsePathSpec("/run/app.sock")
-	other, _ := target.ParsePathSpec("/run/other.sock")
-	tests := []struct {
-		spec                                      target.PortSpec
-		key, fdName, starter, describe, stringRep string
-	}{
-		{tcp, "port-8100", "tcp-8100", "127.0.0.1:8100", "port 127.0.0.1:8100", "127.0.0.1:8100"},
-		{udp, "udp-8100", "udp-8100", "8100", "UDP port 8100", "udp:8100"},
-		{sock, sock.Key(), "unix-app.sock", "/run/app.sock", "unix socket /run/app.sock", "unix:/run/app.sock"},
-	}
-	for _, tt := range tests {
-		got := [5]string{tt.spec.Key(), tt.spec.FdName(), tt.spec.StarterName(), tt.spec.Describe(), tt.spec.String()}
-		want := [5]string{tt.key, tt.fdName, tt.starter, tt.describe, tt.stringRep}
-		if got != want {
-			t.Errorf("%+v: key, fdName, starterName, describe, String = %q, want %q", tt.spec, got, want)
-		}
-	}
-	if !strings.HasPrefix(sock.Key(), "unix-") || sock.Key() == other.Key() {
-		t.Errorf("unix keys %q and %q: want distinct unix- keys", sock.Key(), other.Key())
-	}
-	if tcp.SockType() != unix.SOCK_STREAM || sock.SockType() != unix.SOCK_STREAM || udp.SockType() != unix.SOCK_DGRAM {
-		t.Error("sockType: want stream for TCP and unix, datagram for UDP")
-	}
-}
-
-// The filter traps bind and listen, and unlinks only with unix targets.
-func TestTrappedCalls(t *testing.T) {
-	for _, unlinks := range []bool{false, true} {
-		calls := intercept.TrappedCalls(unlinks)
-		for _, nr := range []uint32{unix.SYS_BIND, unix.SYS_LISTEN} {
-			if !slices.Contains(calls, nr) {
-				t.Errorf("unlinks=%v: system call %d not trapped", unlinks, nr)
-			}
-		}
-		if got := slices.Contains(calls, unix.SYS_UNLINKAT); got != unlinks {
-			t.Errorf("unlinks=%v: unlinkat trapped = %v", unlinks, got)
-		}
-		if nr := seccomp.SysUnlink; nr >= 0 && slices.Contains(calls, uint32(nr)) != unlinks {
-			t.Errorf("unlinks=%v: unlink trapped = %v", unlinks, !unlinks)
-		}
-	}
-}
 
 // who names unix and UDP holders as it does TCP ones, and a unix path by
 // the file there: a stale socket file has no holder.

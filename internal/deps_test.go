@@ -30,13 +30,14 @@ var allowed = map[string][]string{
 	"metrics": nil, // what a launcher counts, in Prometheus' format
 
 	"rundir":  {"procfs"},
+	"drain":   {"socktab"},
 	"ready":   {"procfs", "target"},
 	"owner":   {"procfs", "socktab", "target"},
 	"systemd": {"procfs", "rundir", "target"},
 
 	// The swap core: one target taken over and the old server stopped.
 	// Never the launcher (supervise), the trap (seccomp), readiness.
-	"swap": {"procfs", "socktab", "target", "owner", "pidfd", "rundir", "fdpass", "systemd"},
+	"swap": {"procfs", "socktab", "target", "owner", "pidfd", "rundir", "fdpass", "systemd", "drain"},
 
 	// The trap that answers a generation's binds: the swap core below it,
 	// never the launcher.
@@ -45,6 +46,11 @@ var allowed = map[string][]string{
 	// takeover doctor's checks and the probe it examines: the trap, not
 	// the launcher.
 	"doctor": {"intercept", "seccomp", "procfs", "rundir", "target"},
+
+	// Helpers for the tests of any package (and the root's): imported by
+	// tests alone, so no package's table may name it. It imports nothing
+	// whose own tests use it (rundir's would be an external rundir_test).
+	"testutil": {"load", "rundir"},
 
 	// The launcher of one command: everything below it.
 	"supervise": {"procfs", "socktab", "seccomp", "starter", "pidfd", "fdpass", "target", "rundir", "ready", "owner", "systemd", "swap", "intercept", "metrics"},

@@ -6,7 +6,7 @@
 # is replaced --swaps times each way under the same load (takeover probe).
 #
 #   scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N]
-#                    [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab|backlog]
+#                    [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab|backlog|keepalive]
 #
 # Writes bench-out/results.md (a Markdown table) and bench-out/timeline.png
 # (failures and latency across the swaps, drawn by gnuplot). Then the crash
@@ -23,11 +23,14 @@
 # clients, replaced 10 times, fenced and with --fence off side by side, its
 # socket intercepted and passed (--sockets systemd), each in a network
 # namespace of its own (BenchmarkFencedSmallBacklog): bench-out/backlog.md.
+# --only keepalive: wrk -c32 and hey -c 32 (keep-alive) through 6 HUP
+# reloads 3 s apart, per real server (scripts/keepalive.sh):
+# bench-out/keepalive.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 swaps=10 init_delay=1s workers=2 ab_requests=100000 crashes=3 crash_every=3 only=
-usage="usage: scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N] [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab|backlog]"
+usage="usage: scripts/bench.sh [--swaps N] [--init-delay D] [--workers N] [--ab-requests N] [--crashes N] [--crash-every SECONDS] [--only swaps|crash|systemd|ab|backlog|keepalive]"
 while [ $# -gt 0 ]; do
   case $1 in
     --swaps) swaps=$2; shift 2 ;;
@@ -40,7 +43,7 @@ while [ $# -gt 0 ]; do
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done
-case $only in ''|swaps|crash|systemd|ab|backlog) ;; *) echo "--only $only: want swaps, crash, systemd, ab or backlog" >&2; exit 2 ;; esac
+case $only in ''|swaps|crash|systemd|ab|backlog|keepalive) ;; *) echo "--only $only: want swaps, crash, systemd, ab, backlog or keepalive" >&2; exit 2 ;; esac
 case $crashes in ''|*[!0-9]*) echo "--crashes $crashes: want a number from 1 to 100" >&2; exit 2 ;; esac
 if [ "$crashes" -lt 1 ] || [ "$crashes" -gt 100 ]; then echo "--crashes $crashes: want a number from 1 to 100" >&2; exit 2; fi
 case $crash_every in ''|*[!0-9]*) echo "--crash-every $crash_every: want whole seconds from 1 to 60" >&2; exit 2 ;; esac
@@ -281,6 +284,13 @@ if want backlog; then
   go test -count=1 -run '^$' -bench BenchmarkFencedSmallBacklog -benchtime 1x . | grep '^|' > "$out/backlog.md"
   cat "$out/backlog.md"
   echo "wrote $out/backlog.md"
+fi
+if want keepalive; then
+  echo
+  echo "== keep-alive clients (wrk -c32, hey -c 32) through 6 reloads 3 s apart, per server"
+  scripts/keepalive.sh "$tk" > "$out/keepalive.md"
+  cat "$out/keepalive.md"
+  echo "wrote $out/keepalive.md"
 fi
 want ab || exit 0
 

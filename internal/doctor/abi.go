@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// ioUringCheck says whether a server here could bind a port through
+// IoUringCheck says whether a server here could bind a port through
 // io_uring (IORING_OP_BIND, Linux 6.11): such a bind is no system call, so
 // no seccomp filter sees it and takeover cannot take it over. (The kernel
 // checks it as it checks any bind: the port is the server's own, or the
@@ -16,8 +16,8 @@ import (
 // kernel.io_uring_disabled ("" where the kernel lacks it: no io_uring
 // sysctl, or none at all). Binds made in the x32 and 32-bit ABIs, by
 // contrast, are trapped as native ones (internal/seccomp's Filter).
-func IoUringCheck(release, disabled string) DoctorCheck {
-	c := DoctorCheck{Status: StatusOK, Check: "io_uring"}
+func IoUringCheck(release, disabled string) Check {
+	c := Check{Status: StatusOK, Check: "io_uring"}
 	major, minor, ok := KernelVersion(release)
 	switch disabled = strings.TrimSpace(disabled); {
 	case ok && (major < 6 || major == 6 && minor < 11):

@@ -30,7 +30,7 @@ const (
 	doctorProbeArg0 = "takeover-doctor-probe"
 )
 
-// maybeRunProbe turns this process into the probe `takeover doctor`
+// MaybeRunProbe turns this process into the probe `takeover doctor`
 // examines, if it was started as one; main calls it first of all.
 func MaybeRunProbe() {
 	if os.Getenv(doctorProbeEnv) != "" && len(os.Args) > 0 && os.Args[0] == doctorProbeArg0 {
@@ -46,22 +46,22 @@ const (
 )
 
 // Capability bits (include/uapi/linux/capability.h); capNetBindService is
-// in bind_linux.go.
+// intercept.CapNetBindService.
 const (
 	capSysPtrace = 19
 	capSysNice   = 23
 )
 
-// A doctorCheck is one line of the report: what was checked, what was
+// A Check is one line of the report: what was checked, what was
 // found, and what to do about it (or what it means).
-type DoctorCheck struct {
+type Check struct {
 	Status string   `json:"status"`
 	Check  string   `json:"check"`
 	Detail string   `json:"detail"`
 	Do     []string `json:"do,omitempty"`
 }
 
-type DoctorReport struct {
+type Report struct {
 	Kernel         string          `json:"kernel"`
 	Machine        string          `json:"machine"`
 	User           string          `json:"user"`
@@ -71,17 +71,17 @@ type DoctorReport struct {
 	Caps           map[string]bool `json:"capabilities"` // those takeover cares about
 	NoNewPrivs     bool            `json:"no_new_privs"`
 	SeccompFilters int             `json:"seccomp_filters"` // filters above this process
-	Checks         []DoctorCheck   `json:"checks"`
+	Checks         []Check         `json:"checks"`
 	OK             bool            `json:"ok"` // nothing is missing
 }
 
-// diagnose runs every check; extra are the checks of what the caller
+// Diagnose runs every check; extra are the checks of what the caller
 // plugs into the core (the rebind's retry thread), each told whether this
 // process has CAP_SYS_NICE.
-func Diagnose(extra ...func(capNice bool) DoctorCheck) DoctorReport {
+func Diagnose(extra ...func(capNice bool) Check) Report {
 	var u unix.Utsname
 	unix.Uname(&u)
-	r := DoctorReport{
+	r := Report{
 		Kernel:  unix.ByteSliceToString(u.Release[:]),
 		Machine: unix.ByteSliceToString(u.Machine[:]),
 		UID:     os.Geteuid(),
@@ -116,7 +116,7 @@ func Diagnose(extra ...func(capNice bool) DoctorCheck) DoctorReport {
 	for _, check := range extra {
 		r.Checks = append(r.Checks, check(has(capSysNice)))
 	}
-	r.Checks = append(r.Checks, RunDirCheck(rundir.RunDir(), os.Getenv("TAKEOVER_RUN_DIR") != "", r.UID))
+	r.Checks = append(r.Checks, RunDirCheck(rundir.Default(), os.Getenv("TAKEOVER_RUN_DIR") != "", r.UID))
 	r.Checks = append(r.Checks, portsCheck(intercept.UnprivilegedPortStart(), has(intercept.CapNetBindService)))
 	r.Checks = append(r.Checks, IoUringCheck(r.Kernel, ioUringDisabled()))
 	r.OK = true
@@ -126,7 +126,7 @@ func Diagnose(extra ...func(capNice bool) DoctorCheck) DoctorReport {
 	return r
 }
 
-func (r DoctorReport) Print(w io.Writer) {
+func (r Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "takeover doctor: Linux %s on %s, as %s (uid %d, gid %d)\n", r.Kernel, r.Machine, r.User, r.UID, r.GID)
 	yes := map[bool]string{true: "yes", false: "no"}
 	fmt.Fprintf(w, "capabilities: CAP_SYS_PTRACE %s, CAP_SYS_NICE %s, CAP_NET_BIND_SERVICE %s (CapEff %s); ",
@@ -162,7 +162,7 @@ func (r DoctorReport) Print(w io.Writer) {
 	}
 }
 
-// statusFields reads the "Key:\tvalue" lines of /proc/PID/status.
+// StatusFields reads the "Key:\tvalue" lines of /proc/PID/status.
 func StatusFields(s string) map[string]string {
 	m := make(map[string]string)
 	for _, line := range strings.Split(s, "\n") {
@@ -173,7 +173,7 @@ func StatusFields(s string) map[string]string {
 	return m
 }
 
-// kernelVersion reads major and minor from a release such as
+// KernelVersion reads major and minor from a release such as
 // "6.18.44-fc-v657".
 func KernelVersion(release string) (major, minor int, ok bool) {
 	maj, rest, ok1 := strings.Cut(release, ".")
@@ -211,27 +211,27 @@ var kernelFeatures = []struct {
 		"a signal that reaches the server during its bind(2) makes the kernel send that bind again; takeover answers it again, which is harmless"},
 }
 
-func KernelChecks(release string) []DoctorCheck {
+func KernelChecks(release string) []Check {
 	major, minor, ok := KernelVersion(release)
 	if !ok {
-		return []DoctorCheck{{Status: StatusWarn, Check: "kernel",
+		return []Check{{Status: StatusWarn, Check: "kernel",
 			Detail: fmt.Sprintf("cannot read a version from the release %q; the checks below try each feature", release)}}
 	}
 	var have []string
-	var lack []DoctorCheck
+	var lack []Check
 	for _, f := range kernelFeatures {
 		if major > f.major || major == f.major && minor >= f.minor {
 			have = append(have, fmt.Sprintf("%s (%d.%d)", f.what, f.major, f.minor))
 			continue
 		}
-		lack = append(lack, DoctorCheck{Status: f.status, Check: "kernel",
+		lack = append(lack, Check{Status: f.status, Check: "kernel",
 			Detail: fmt.Sprintf("Linux %d.%d predates %s (%d.%d)", major, minor, f.what, f.major, f.minor),
 			Do:     []string{f.without}})
 	}
 	if len(have) == 0 {
 		return lack
 	}
-	return append([]DoctorCheck{{Status: StatusOK, Check: "kernel",
+	return append([]Check{{Status: StatusOK, Check: "kernel",
 		Detail: fmt.Sprintf("Linux %d.%d has %s", major, minor, strings.Join(have, ", "))}}, lack...)
 }
 
@@ -245,8 +245,8 @@ func yamaScope() (scope int, present bool) {
 	return scope, err == nil
 }
 
-func YamaCheck(scope int, present, capPtrace bool) DoctorCheck {
-	c := DoctorCheck{Check: "Yama ptrace_scope"}
+func YamaCheck(scope int, present, capPtrace bool) Check {
+	c := Check{Check: "Yama ptrace_scope"}
 	switch {
 	case !present:
 		c.Status, c.Detail = StatusOK, "Yama is not active here: copying a socket from another process of this user needs no extra right"
@@ -273,11 +273,11 @@ func YamaCheck(scope int, present, capPtrace bool) DoctorCheck {
 	return c
 }
 
-// runDirCheck checks the directory of takeover's port locks and generation
+// RunDirCheck checks the directory of takeover's port locks and generation
 // records: it must exist or be creatable, be writable, and be this user's
 // alone (takeover refuses it otherwise, openRunDir).
-func RunDirCheck(dir string, fromEnv bool, uid int) DoctorCheck {
-	c := DoctorCheck{Check: "run directory"}
+func RunDirCheck(dir string, fromEnv bool, uid int) Check {
+	c := Check{Check: "run directory"}
 	name := dir
 	if fromEnv {
 		name += " (TAKEOVER_RUN_DIR)"
@@ -307,7 +307,7 @@ func RunDirCheck(dir string, fromEnv bool, uid int) DoctorCheck {
 		c.Status, c.Detail, c.Do = StatusMissing, fmt.Sprintf("%s: %v", name, err), []string{fix}
 		return c
 	}
-	if err := rundir.CheckRunDir(dir, fi); err != nil {
+	if err := rundir.Check(dir, fi); err != nil {
 		c.Status, c.Detail, c.Do = StatusMissing, fmt.Sprintf("takeover refuses it: %v", err), []string{fix}
 		return c
 	}
@@ -329,8 +329,8 @@ func RunDirCheck(dir string, fromEnv bool, uid int) DoctorCheck {
 	return c
 }
 
-func portsCheck(start int, capBind bool) DoctorCheck {
-	c := DoctorCheck{Status: StatusOK, Check: "ports"}
+func portsCheck(start int, capBind bool) Check {
+	c := Check{Status: StatusOK, Check: "ports"}
 	switch {
 	case start <= 0:
 		c.Detail = "every user may bind every port (net.ipv4.ip_unprivileged_port_start=0)"

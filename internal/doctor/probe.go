@@ -94,9 +94,9 @@ func untilDeadline(d time.Time) time.Duration {
 
 // probeChecks starts the probe and does to it what a launcher does to its
 // server. The probe is killed and reaped before it returns.
-func probeChecks(pc probeContext) []DoctorCheck {
-	fail := func(what string, err error) []DoctorCheck {
-		return []DoctorCheck{{Status: StatusMissing, Check: "child process", Detail: fmt.Sprintf("%s: %v", what, err),
+func probeChecks(pc probeContext) []Check {
+	fail := func(what string, err error) []Check {
+		return []Check{{Status: StatusMissing, Check: "child process", Detail: fmt.Sprintf("%s: %v", what, err),
 			Do: []string{"takeover starts every server by re-executing itself (/proc/self/exe): what stops this child stops takeover too"}}}
 	}
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -154,7 +154,7 @@ func probeChecks(pc probeContext) []DoctorCheck {
 		return fail("the child process (takeover itself, in its probe mode) did not start", fmt.Errorf("%v %s", err, strings.TrimSpace(stderr.String())))
 	}
 
-	var checks []DoctorCheck
+	var checks []Check
 	tv := unix.NsecToTimeval(untilDeadline(deadline).Nanoseconds())
 	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	notifFD, err := intercept.RecvShimResult(sock, deadline)
@@ -171,8 +171,8 @@ func probeChecks(pc probeContext) []DoctorCheck {
 }
 
 // listenerFailed explains why the probe could not install the bind filter.
-func listenerFailed(err error) DoctorCheck {
-	c := DoctorCheck{Status: StatusMissing, Check: "seccomp listener", Detail: err.Error()}
+func listenerFailed(err error) Check {
+	c := Check{Status: StatusMissing, Check: "seccomp listener", Detail: err.Error()}
 	switch msg := err.Error(); {
 	case strings.Contains(msg, "another seccomp listener"): // seccomp.Install's EBUSY
 		if pid := os.Getenv(rundir.LauncherEnv); pid != "" {
@@ -195,8 +195,8 @@ func listenerFailed(err error) DoctorCheck {
 // server's: it reads the address from the probe's memory, installs a
 // socket of its own at the probe's fd and lets the bind go on, then reads
 // back which socket the probe bound.
-func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []DoctorCheck {
-	listener := DoctorCheck{Status: StatusMissing, Check: "seccomp listener",
+func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []Check {
+	listener := Check{Status: StatusMissing, Check: "seccomp listener",
 		Do: []string{"the kernel accepted the filter but the notification did not work as takeover uses it: run takeover doctor --json and report it, with uname -a"}}
 	fds := []unix.PollFd{{Fd: int32(notifFD), Events: unix.POLLIN}}
 	n, err := unix.Poll(fds, int(untilDeadline(deadline).Milliseconds()))
@@ -211,7 +211,7 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []DoctorC
 	}
 	if err != nil || notif.Nr != unix.SYS_BIND {
 		listener.Detail = fmt.Sprintf("installed in a child, but its bind(2) did not reach this process (nr %d): %v", notif.Nr, err)
-		return []DoctorCheck{listener}
+		return []Check{listener}
 	}
 	what := "its bind(2)"
 	if raw, err := seccomp.ReadSockaddr(notifFD, &notif); err == nil {
@@ -220,7 +220,7 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []DoctorC
 		}
 	}
 
-	addfd := DoctorCheck{Status: StatusMissing, Check: "SECCOMP_IOCTL_NOTIF_ADDFD"}
+	addfd := Check{Status: StatusMissing, Check: "SECCOMP_IOCTL_NOTIF_ADDFD"}
 	var want uint64
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err == nil {
@@ -238,10 +238,10 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []DoctorC
 	switch {
 	case sendErr != nil || rerr != nil:
 		listener.Detail = fmt.Sprintf("installed in a child and %s reached this process, but answering it failed: %v %v", what, sendErr, rerr)
-		return []DoctorCheck{listener}
+		return []Check{listener}
 	case !strings.HasPrefix(second, "bound "):
 		listener.Detail = fmt.Sprintf("installed in a child and %s reached this process, but the bind then failed: %s", what, second)
-		return []DoctorCheck{listener}
+		return []Check{listener}
 	}
 	listener.Status, listener.Do = StatusOK, nil
 	listener.Detail = fmt.Sprintf("installed takeover's bind filter in a child; %s reached this process and was answered", what)
@@ -255,13 +255,13 @@ func answerProbe(notifFD int, lines *bufio.Reader, deadline time.Time) []DoctorC
 	default:
 		addfd.Status, addfd.Detail = StatusOK, "installed a socket in the child at the fd it was binding, as a handoff does"
 	}
-	return []DoctorCheck{listener, addfd}
+	return []Check{listener, addfd}
 }
 
 // memCheck reads probeMem from the probe's memory, as takeover reads the
 // address a server passes to bind(2).
-func memCheck(pid int, addr string, pc probeContext) DoctorCheck {
-	c := DoctorCheck{Status: StatusMissing, Check: "/proc/PID/mem"}
+func memCheck(pid int, addr string, pc probeContext) Check {
+	c := Check{Status: StatusMissing, Check: "/proc/PID/mem"}
 	at, err := strconv.ParseUint(strings.TrimPrefix(addr, "0x"), 16, 64)
 	if err != nil {
 		c.Detail = fmt.Sprintf("the child printed no address (%q)", addr)
@@ -294,16 +294,16 @@ func memCheck(pid int, addr string, pc probeContext) DoctorCheck {
 
 // pidfdChecks opens a pidfd of the probe and copies its stdin out of it,
 // as takeover copies its server's socket and an old server's.
-func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []DoctorCheck {
-	open := DoctorCheck{Status: StatusMissing, Check: "pidfd_open"}
-	getfd := DoctorCheck{Status: StatusWarn, Check: "pidfd_getfd"}
+func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []Check {
+	open := Check{Status: StatusMissing, Check: "pidfd_open"}
+	getfd := Check{Status: StatusWarn, Check: "pidfd_getfd"}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		open.Detail = fmt.Sprintf("cannot open a pidfd of a child: %v; takeover signals and waits for old servers through pidfds", err)
 		open.Do = []string{"Linux 5.3 or later has it; a container's seccomp profile may forbid it: allow pidfd_open"}
 		getfd.Status, getfd.Detail = StatusMissing, "not tried: pidfd_open failed"
 		getfd.Do = open.Do
-		return []DoctorCheck{open, getfd}
+		return []Check{open, getfd}
 	}
 	defer unix.Close(pidfd)
 	open.Status, open.Detail = StatusOK, "opened a pidfd of a child, as takeover holds the processes it stops"
@@ -315,10 +315,10 @@ func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []DoctorCheck {
 		if st.Ino != stdinIno {
 			getfd.Detail = fmt.Sprintf("copied an fd out of a child, but not the one it holds (inode %d, want %d)", st.Ino, stdinIno)
 			getfd.Do = []string{"run takeover doctor --json and report it, with uname -a"}
-			return []DoctorCheck{open, getfd}
+			return []Check{open, getfd}
 		}
 		getfd.Status, getfd.Detail = StatusOK, "copied an fd out of a child, as takeover copies sockets for bind and handoff"
-		return []DoctorCheck{open, getfd}
+		return []Check{open, getfd}
 	}
 	fallback := "without it, takeover falls back to creating sockets itself and passing them between takeovers over unix sockets: handoff keeps working, but the socket options a server set on its own socket are not copied"
 	switch {
@@ -342,14 +342,14 @@ func pidfdChecks(pid int, stdinIno uint64, pc probeContext) []DoctorCheck {
 			fallback,
 		}
 	}
-	return []DoctorCheck{open, getfd}
+	return []Check{open, getfd}
 }
 
 // procCheck reads what takeover reads in /proc about other processes: the
 // flags of an fd, and the system call each thread waits in, by which it
 // sees whether a server accepts.
-func procCheck(pid, ownFD int) DoctorCheck {
-	c := DoctorCheck{Status: StatusMissing, Check: "/proc"}
+func procCheck(pid, ownFD int) Check {
+	c := Check{Status: StatusMissing, Check: "/proc"}
 	if _, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(ownFD)); err != nil {
 		c.Detail = fmt.Sprintf("cannot read this process's fdinfo: %v", err)
 		c.Do = []string{"mount procfs at /proc (mount -t proc proc /proc)"}

@@ -33,9 +33,9 @@ import (
 
 // fdpassIdle is how long a server waits for a peer's next request: a peer
 // that connects and sends nothing holds a goroutine this long, no more.
-const FdpassIdle = 2 * time.Second
+const fdpassIdle = 2 * time.Second
 
-// serveSockets listens on a unix SOCK_SEQPACKET socket at path (mode 0600; a
+// Serve listens on a unix SOCK_SEQPACKET socket at path (mode 0600; a
 // stale file at path is replaced) and answers each request with the
 // socket lookup returns for the requested inode, passed with SCM_RIGHTS.
 // Only a peer of this process's effective uid, or root, is answered
@@ -46,7 +46,7 @@ const FdpassIdle = 2 * time.Second
 // is the server's: it is closed once passed. (A dup of the socket, taken
 // where nothing can close it first: the fd the holder keeps may be closed
 // at any time.)
-func ServeSockets(path string, lookup func(inode uint64) (fd int, ok bool)) (stop func(), err error) {
+func Serve(path string, lookup func(inode uint64) (fd int, ok bool)) (stop func(), err error) {
 	ln, err := listenSeqpacket(path)
 	if err != nil {
 		return nil, fmt.Errorf("serve sockets at %s: %w", path, err)
@@ -179,7 +179,7 @@ func (s *sockServer) serve(c *net.UnixConn) {
 	refusal := allowedPeer(c)
 	buf := make([]byte, 64)
 	for {
-		c.SetDeadline(time.Now().Add(FdpassIdle))
+		c.SetDeadline(time.Now().Add(fdpassIdle))
 		n, _, flags, _, err := c.ReadMsgUnix(buf, nil)
 		if err != nil || n == 0 { // n == 0: the peer closed
 			return
@@ -205,7 +205,7 @@ func (s *sockServer) answer(req []byte, truncated bool) (string, int) {
 	if truncated {
 		return "no: request too long", -1
 	}
-	inode, err := ParseInodeRequest(req)
+	inode, err := parseInodeRequest(req)
 	if err != nil {
 		return "no: " + err.Error(), -1
 	}
@@ -217,7 +217,7 @@ func (s *sockServer) answer(req []byte, truncated bool) (string, int) {
 }
 
 // parseInodeRequest parses "inode 12345".
-func ParseInodeRequest(req []byte) (uint64, error) {
+func parseInodeRequest(req []byte) (uint64, error) {
 	num, ok := strings.CutPrefix(string(req), "inode ")
 	if !ok {
 		return 0, fmt.Errorf("bad request %q, want \"inode NUMBER\"", req)
@@ -273,12 +273,12 @@ func sendReply(c *net.UnixConn, msg string, fd int) error {
 	return err
 }
 
-// fetchSocket asks the launcher serving at path for its socket with the
+// Fetch asks the launcher serving at path for its socket with the
 // given inode and returns a new fd for it (close-on-exec). The server must
 // be process wantPID (checked with SO_PEERCRED), so a stale path reused by
 // another process is never trusted. It never waits more than timeout in
 // total (connect, send, receive).
-func FetchSocket(path string, wantPID int, inode uint64, timeout time.Duration) (int, error) {
+func Fetch(path string, wantPID int, inode uint64, timeout time.Duration) (int, error) {
 	fd, err := fetch(path, wantPID, inode, time.Now().Add(timeout))
 	if err != nil {
 		return -1, fmt.Errorf("fetch socket inode %d from takeover pid %d at %s: %w", inode, wantPID, path, err)
@@ -305,7 +305,7 @@ func fetch(path string, wantPID int, inode uint64, deadline time.Time) (int, err
 	if _, err := c.Write([]byte("inode " + strconv.FormatUint(inode, 10))); err != nil {
 		return -1, fmt.Errorf("send request: %w", bareOpError(err))
 	}
-	fd, err := ReceiveSocket(c)
+	fd, err := receiveSocket(c)
 	if err != nil {
 		return -1, err
 	}
@@ -318,7 +318,7 @@ func fetch(path string, wantPID int, inode uint64, deadline time.Time) (int, err
 
 // receiveSocket reads one reply and returns the fd an "ok" carries. Any
 // other fd that arrives is closed, so a confused server leaks none into us.
-func ReceiveSocket(c *net.UnixConn) (int, error) {
+func receiveSocket(c *net.UnixConn) (int, error) {
 	buf := make([]byte, 256)
 	oob := make([]byte, unix.CmsgSpace(4)) // room for one fd; the kernel drops the rest (MSG_CTRUNC)
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
@@ -336,7 +336,7 @@ func ReceiveSocket(c *net.UnixConn) (int, error) {
 	return fds[0], nil
 }
 
-// receivedFDs returns the fds in the control messages oob (already
+// ReceivedFDs returns the fds in the control messages oob (already
 // close-on-exec: net receives with MSG_CMSG_CLOEXEC).
 func ReceivedFDs(oob []byte) []int {
 	msgs, err := unix.ParseSocketControlMessage(oob)

@@ -115,7 +115,7 @@ func (g *trap) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp {
 	if specs[0].Net != target.NetUnix && int(addr.Port()) < privilegedBelow("/proc", st.Tgid) && !mayBindPrivileged("/proc", st.Tgid, st.CapEff) {
 		return respErrno(unix.EACCES)
 	}
-	var spec target.PortSpec
+	var spec target.Spec
 	var sock int
 	var made bool
 	for _, spec = range specs {
@@ -135,7 +135,7 @@ func (g *trap) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp {
 		return seccomp.Continue
 	}
 	exe, _ := procfs.FS("/proc").Exe(st.Tgid)
-	child := owner.NewChild{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.Unit}
+	child := owner.Child{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.Unit}
 	install := func(old int) error { return injectSocket(g.NotifFD, n.ID, st.Tgid, fd, sock, old) }
 	sw, held, err := g.Take.Take(ctx, swap.Claim{Child: child, Status: st, Sock: sock, Addr: addr, Spec: spec, Install: install}, g.Prev)
 	if err != nil {
@@ -215,7 +215,7 @@ func (g *trap) dropClosed() {
 // bindTargets returns the targets a bind to raw (a struct sockaddr) by
 // process tgid can be: for an IP address, the TCP and the UDP target of
 // its port, as the socket's type decides between them.
-func (g *trap) bindTargets(raw []byte, tgid int) ([]target.PortSpec, netip.AddrPort, bool) {
+func (g *trap) bindTargets(raw []byte, tgid int) ([]target.Spec, netip.AddrPort, bool) {
 	addr, family, ok := target.ParseSockaddr(raw)
 	if family == unix.AF_UNIX {
 		path, ok := unixBindPath(raw, tgid)
@@ -224,7 +224,7 @@ func (g *trap) bindTargets(raw []byte, tgid int) ([]target.PortSpec, netip.AddrP
 		}
 		for _, spec := range g.Targets {
 			if spec.Net == target.NetUnix && target.SamePathName(spec.Path, path) {
-				return []target.PortSpec{spec}, addr, true
+				return []target.Spec{spec}, addr, true
 			}
 		}
 		return nil, addr, false
@@ -232,7 +232,7 @@ func (g *trap) bindTargets(raw []byte, tgid int) ([]target.PortSpec, netip.AddrP
 	if !ok {
 		return nil, addr, false
 	}
-	var specs []target.PortSpec
+	var specs []target.Spec
 	for _, netw := range []string{"", target.NetUDP} {
 		if spec, ok := g.Targets.Match(netw, addr); ok {
 			specs = append(specs, spec)
@@ -298,7 +298,7 @@ func (g *trap) onListen(n *seccomp.Notif) seccomp.Resp {
 	return seccomp.Resp{}
 }
 
-// unprivilegedPortStart is net.ipv4.ip_unprivileged_port_start (1024 when
+// UnprivilegedPortStart is net.ipv4.ip_unprivileged_port_start (1024 when
 // it cannot be read).
 func UnprivilegedPortStart() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
@@ -386,19 +386,19 @@ func injectSocket(notifFD int, id uint64, tgid, fd, own, old int) error {
 
 // unlinkTarget reads the path an unlink(2) or unlinkat(2) names and returns
 // the unix target it is, if any.
-func (g *trap) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
+func (g *trap) unlinkTarget(n *seccomp.Notif) (target.Spec, bool) {
 	dirfd, pathArg := int32(unix.AT_FDCWD), n.Args[0]
 	if n.Nr == unix.SYS_UNLINKAT {
 		if n.Args[2]&unix.AT_REMOVEDIR != 0 {
-			return target.PortSpec{}, false
+			return target.Spec{}, false
 		}
 		dirfd, pathArg = int32(n.Args[0]), n.Args[1]
 	}
 	name, err := seccomp.ReadString(g.NotifFD, n, pathArg)
-	if err != nil || name == "" || !slices.ContainsFunc(g.Targets, func(p target.PortSpec) bool {
+	if err != nil || name == "" || !slices.ContainsFunc(g.Targets, func(p target.Spec) bool {
 		return p.Net == target.NetUnix && filepath.Base(p.Path) == filepath.Base(name)
 	}) {
-		return target.PortSpec{}, false // most unlinks: some other file's
+		return target.Spec{}, false // most unlinks: some other file's
 	}
 	if !filepath.IsAbs(name) {
 		var dir string
@@ -408,13 +408,13 @@ func (g *trap) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
 			dir, err = procfs.FS("/proc").FDLink(int(n.PID), int(dirfd))
 		}
 		if err != nil {
-			return target.PortSpec{}, false
+			return target.Spec{}, false
 		}
 		name = filepath.Join(dir, name)
 	}
 	var st unix.Stat_t
 	if unix.Lstat(name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return target.PortSpec{}, false
+		return target.Spec{}, false
 	}
 	for _, spec := range g.Targets {
 		var t unix.Stat_t
@@ -422,7 +422,7 @@ func (g *trap) unlinkTarget(n *seccomp.Notif) (target.PortSpec, bool) {
 			return spec, true
 		}
 	}
-	return target.PortSpec{}, false
+	return target.Spec{}, false
 }
 
 // onUnlink skips a command's unlink of a --path while a socket listens

@@ -20,7 +20,7 @@ const ShimFD = 3
 // waits for ever.
 const ShimSilentEnv = "_TAKEOVER_TEST_SHIM_SILENT"
 
-// sendShimResult sends the notification fd, or the reason there is none.
+// SendShimResult sends the notification fd, or the reason there is none.
 func SendShimResult(fd int, errText string) error {
 	if fd < 0 {
 		return unix.Sendmsg(ShimFD, []byte("error: "+errText), nil, nil, 0)
@@ -31,7 +31,7 @@ func SendShimResult(fd int, errText string) error {
 // errShimSilent means the shim did not answer in time.
 var ErrShimSilent = errors.New("the shim did not hand over the bind filter")
 
-// recvShimResult receives what sendShimResult sent, waiting until deadline
+// RecvShimResult receives what sendShimResult sent, waiting until deadline
 // at most. io.EOF-like results (the shim died before it sent anything)
 // come back as an error too.
 func RecvShimResult(sock int, deadline time.Time) (int, error) {

@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// trappedCalls are the system calls the command's filter sends to
+// TrappedCalls are the system calls the command's filter sends to
 // takeover: bind(2) and listen(2), and with unix targets unlink(2) and
 // unlinkat(2) too.
 func TrappedCalls(unlinks bool) []uint32 {
@@ -33,18 +33,18 @@ func TrappedCalls(unlinks bool) []uint32 {
 
 // A Gen is what the trap needs of one generation of the command.
 type Gen struct {
-	NotifFD  int             // the seccomp listener of the generation's filter
-	Num      int             // the generation's number, for the log
-	PID      int             // its command
-	Alive    func() bool     // whether its command's first process still runs (a daemonizing server's does not)
-	Targets  target.SpecList // the launcher's --port and --path targets
-	Held     *swap.Holdings  // the sockets the generation holds
-	Prev     *swap.Holdings  // those of the generation it replaces, or nil
-	PrevDead func() bool     // whether that generation's command has exited, reaped or not; nil with no Prev
-	Take     *swap.Taker     // gives a bind its target
-	Unit     string          // the systemd unit takeover runs in, or ""
-	MadeOnce *sync.Once      // the warning that sockets are made, not copied: once per launcher
-	Listened func()          // told of a listen(2) on a held socket: readiness may look again
+	NotifFD  int            // the seccomp listener of the generation's filter
+	Num      int            // the generation's number, for the log
+	PID      int            // its command
+	Alive    func() bool    // whether its command's first process still runs (a daemonizing server's does not)
+	Targets  target.List    // the launcher's --port and --path targets
+	Held     *swap.Holdings // the sockets the generation holds
+	Prev     *swap.Holdings // those of the generation it replaces, or nil
+	PrevDead func() bool    // whether that generation's command has exited, reaped or not; nil with no Prev
+	Take     *swap.Taker    // gives a bind its target
+	Unit     string         // the systemd unit takeover runs in, or ""
+	MadeOnce *sync.Once     // the warning that sockets are made, not copied: once per launcher
+	Listened func()         // told of a listen(2) on a held socket: readiness may look again
 	Log      *slog.Logger
 }
 

@@ -16,7 +16,7 @@ import (
 	"github.com/takeover/takeover/internal/target"
 )
 
-// A holder is a process that holds a listening socket, and the fd it holds
+// A Holder is a process that holds a listening socket, and the fd it holds
 // it at. A prefork server has several: the master and each worker.
 type Holder struct {
 	PID  int
@@ -24,7 +24,7 @@ type Holder struct {
 	PPID int
 }
 
-// A listener is a listening socket and every process found holding it.
+// A Listener is a listening socket and every process found holding it.
 type Listener struct {
 	socktab.Socket
 	Holders []Holder
@@ -33,9 +33,9 @@ type Listener struct {
 	Hidden bool
 }
 
-// targetSockets returns the sockets spec names: TCP listeners, bound UDP
+// TargetSockets returns the sockets spec names: TCP listeners, bound UDP
 // sockets, or the unix listener whose file is at spec.Path now.
-func TargetSockets(proc procfs.FS, spec target.PortSpec) ([]socktab.Socket, error) {
+func TargetSockets(proc procfs.FS, spec target.Spec) ([]socktab.Socket, error) {
 	var socks []socktab.Socket
 	var err error
 	switch spec.Net {
@@ -61,7 +61,7 @@ func TargetSockets(proc procfs.FS, spec target.PortSpec) ([]socktab.Socket, erro
 // before the rest; with onlyFirst, the rest are not looked at when first
 // already holds every socket. The kernel keeps no count of the processes that
 // hold a socket, so only a walk of every process proves a list complete.
-func Listeners(proc procfs.FS, spec target.PortSpec, first []int, onlyFirst bool) ([]Listener, error) {
+func Listeners(proc procfs.FS, spec target.Spec, first []int, onlyFirst bool) ([]Listener, error) {
 	socks, err := TargetSockets(proc, spec)
 	if err != nil {
 		return nil, fmt.Errorf("list the sockets of %s: %w", spec, err)
@@ -118,19 +118,15 @@ func findHolders(proc procfs.FS, ls []Listener, first []int, onlyFirst bool) err
 	return nil
 }
 
-// stillHolding returns those of pids that hold one of the sockets.
+// StillHolding returns those of pids that hold one of the sockets.
 func StillHolding(proc procfs.FS, inodes []uint64, pids []int) ([]int, error) {
-	w, err := proc.FDWalker(inodes)
+	found, err := proc.Holders(inodes, pids)
 	if err != nil {
 		return nil, err
 	}
-	defer w.Close()
-	for _, pid := range pids {
-		w.Walk(pid)
-	}
 	var held []int
-	for i := range inodes {
-		for _, f := range w.Found(i) {
+	for _, hs := range found {
+		for _, f := range hs {
 			held = append(held, f.PID)
 		}
 	}
@@ -138,7 +134,7 @@ func StillHolding(proc procfs.FS, inodes []uint64, pids []int) ([]int, error) {
 	return slices.Compact(held), nil
 }
 
-// A stopTarget is the process to signal so that the holders of a listener
+// A StopTarget is the process to signal so that the holders of a listener
 // let go of it: the topmost holder (a prefork master, not its workers) or,
 // when a takeover manages it, that takeover launcher, which forwards the stop
 // to its child and exits.
@@ -152,7 +148,7 @@ type StopTarget struct {
 // or two may stand between them.
 const maxDepth = 8
 
-// stopTargets returns the processes to signal for l, one per tree of
+// StopTargets returns the processes to signal for l, one per tree of
 // holders. launchers are the live takeover launchers the run directory
 // records: a holder under one of them (or the launcher itself, which keeps
 // its own copy of its generation's sockets) is stopped through it.
@@ -205,7 +201,7 @@ func launcherAbove(proc procfs.FS, pid int, launchers []int) int {
 	return 0
 }
 
-// isAncestor reports whether a is a proper ancestor of pid, within maxDepth.
+// IsAncestor reports whether a is a proper ancestor of pid, within maxDepth.
 func IsAncestor(proc procfs.FS, a, pid int) bool {
 	for range maxDepth {
 		ppid, err := proc.PPID(pid)
@@ -220,18 +216,18 @@ func IsAncestor(proc procfs.FS, a, pid int) bool {
 	return false
 }
 
-var ErrNeverSignal = errors.New("never signalled")
+var errNeverSignal = errors.New("never signalled")
 
-// forbidden says why t must never be signalled, or nil: pid 1, and this
+// Forbidden says why t must never be signalled, or nil: pid 1, and this
 // process's own ancestors (a takeover run from the service's own shell).
 func (t StopTarget) Forbidden(proc procfs.FS) error {
 	if t.PID == 1 && !t.Launcher {
 		// A takeover that is PID 1 (a container's entrypoint) is replaced
-		// as any takeover is; it stays, as PID 1 must (pid1_linux.go).
-		return fmt.Errorf("pid 1 is the init process: %w", ErrNeverSignal)
+		// as any takeover is; it stays, as PID 1 must (supervise's pid1_linux.go).
+		return fmt.Errorf("pid 1 is the init process: %w", errNeverSignal)
 	}
 	if t.PID == os.Getpid() || IsAncestor(proc, t.PID, os.Getpid()) {
-		return fmt.Errorf("pid %d is an ancestor of this takeover: %w", t.PID, ErrNeverSignal)
+		return fmt.Errorf("pid %d is an ancestor of this takeover: %w", t.PID, errNeverSignal)
 	}
 	return nil
 }

@@ -11,9 +11,9 @@ import (
 // errNotReplaceable is wrapped by every refusal to replace a port's holder.
 var errNotReplaceable = errors.New("not replaceable")
 
-// newChild describes the process asking for a port: what a holder must have
+// Child describes the process asking for a port: what a holder must have
 // in common with it to be replaced.
-type NewChild struct {
+type Child struct {
 	PID     int
 	UID     int
 	Exe     string
@@ -22,18 +22,18 @@ type NewChild struct {
 }
 
 // forceHint says how to replace a holder anyway.
-func (c NewChild) forceHint() string {
+func (c Child) forceHint() string {
 	if c.NoForce {
 		return "stop it first (start_server has no --force)"
 	}
 	return "pass --force to replace it anyway"
 }
 
-// mayReplace says why target must not be stopped to give what to child, or
+// MayReplace says why target must not be stopped to give what to child, or
 // nil. A process may be replaced when it is of the child's user and either a
 // takeover manages it or it runs the child's executable. force lifts that
 // rule, never the rule against pid 1 and takeover's own ancestors.
-func MayReplace(proc procfs.FS, t StopTarget, child NewChild, what string, force bool) error {
+func MayReplace(proc procfs.FS, t StopTarget, child Child, what string, force bool) error {
 	if err := t.Forbidden(proc); err != nil {
 		return fmt.Errorf("%s is held by pid %d (%s); %w", what, t.Holder.PID, ProcName(proc, t.Holder.PID), err)
 	}
@@ -61,7 +61,7 @@ func MayReplace(proc procfs.FS, t StopTarget, child NewChild, what string, force
 // otherService refuses to replace a takeover that a systemd service runs
 // from outside that service: systemd would take the service's end for a
 // stop or a crash, and restart it to take the port back.
-func otherService(proc procfs.FS, t StopTarget, child NewChild, what string) error {
+func otherService(proc procfs.FS, t StopTarget, child Child, what string) error {
 	unit := proc.SystemdUnit(t.PID)
 	if !strings.HasSuffix(unit, ".service") || unit == child.Unit {
 		return nil
@@ -74,7 +74,7 @@ func otherService(proc procfs.FS, t StopTarget, child NewChild, what string) err
 		what, t.PID, unit, here, errNotReplaceable, unit)
 }
 
-// procName is a process's name for a message: "?" when unreadable.
+// ProcName is a process's name for a message: "?" when unreadable.
 func ProcName(proc procfs.FS, pid int) string {
 	name, err := proc.Comm(pid)
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// serviceManager reports whether process pid (under the /proc at proc) is
+// IsServiceManager reports whether process pid (under the /proc at proc) is
 // systemd, by what another process cannot fake: the file it runs
 // (/proc/PID/exe, which a rename does not change) is named systemd, owned
 // by root and writable by root alone, and it runs in takeover's own user
@@ -19,7 +19,7 @@ import (
 // is anyone's to set: it is believed only of pid 1 of takeover's pid
 // namespace, which no other user can be, when its exe cannot be read (a
 // takeover that is not root).
-func ServiceManager(proc string, pid int) bool {
+func IsServiceManager(proc string, pid int) bool {
 	dir := filepath.Join(proc, strconv.Itoa(pid))
 	exe, err := os.Readlink(filepath.Join(dir, "exe"))
 	if err != nil {

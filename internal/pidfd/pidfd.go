@@ -11,30 +11,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// An oldProcess is a process of an earlier generation, held by a pidfd so
+// A Process is a process of an earlier generation, held by a pidfd so
 // that signals reach it and not a later process that reuses its pid.
-type OldProcess struct {
-	PID   int
-	Pidfd int
+type Process struct {
+	PID int
+	FD  int
 }
 
-func OpenOld(pid int) (*OldProcess, error) {
+func Open(pid int) (*Process, error) {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, err
 	}
-	return &OldProcess{PID: pid, Pidfd: fd}, nil
+	return &Process{PID: pid, FD: fd}, nil
 }
 
-func (p *OldProcess) Signal(sig unix.Signal) error {
-	return unix.PidfdSendSignal(p.Pidfd, sig, nil, 0)
+func (p *Process) Signal(sig unix.Signal) error {
+	return unix.PidfdSendSignal(p.FD, sig, nil, 0)
 }
 
-// wait waits for the process to exit, until ctx ends; it reports whether
+// Wait waits for the process to exit, until ctx ends; it reports whether
 // the process exited.
-func (p *OldProcess) Wait(ctx context.Context) bool {
+func (p *Process) Wait(ctx context.Context) bool {
 	for {
-		fds := []unix.PollFd{{Fd: int32(p.Pidfd), Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: int32(p.FD), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds, 10)
 		if err == nil && n > 0 {
 			return true
@@ -48,21 +48,21 @@ func (p *OldProcess) Wait(ctx context.Context) bool {
 	}
 }
 
-func (p *OldProcess) Close() { unix.Close(p.Pidfd) }
+func (p *Process) Close() { unix.Close(p.FD) }
 
-// openAll opens every pid it can; those already gone are left out.
-func OpenAll(pids []int) []*OldProcess {
-	var ps []*OldProcess
+// OpenAll opens every pid it can; those already gone are left out.
+func OpenAll(pids []int) []*Process {
+	var ps []*Process
 	for _, pid := range pids {
-		if p, err := OpenOld(pid); err == nil {
+		if p, err := Open(pid); err == nil {
 			ps = append(ps, p)
 		}
 	}
 	return ps
 }
 
-// pidsOf returns the pids of the processes in each list, in order.
-func PidsOf(lists ...[]*OldProcess) []int {
+// PIDsOf returns the pids of the processes in each list, in order.
+func PIDsOf(lists ...[]*Process) []int {
 	var pids []int
 	for _, ps := range lists {
 		for _, p := range ps {
@@ -72,13 +72,13 @@ func PidsOf(lists ...[]*OldProcess) []int {
 	return pids
 }
 
-func CloseAll(ps []*OldProcess) {
+func CloseAll(ps []*Process) {
 	for _, p := range ps {
 		p.Close()
 	}
 }
 
-// copySocket takes a copy of fd in process tgid, and its inode.
+// CopySocket takes a copy of fd in process tgid, and its inode.
 func CopySocket(tgid, fd int) (int, uint64, error) {
 	pidfd, err := unix.PidfdOpen(tgid, 0)
 	if err != nil {
@@ -88,7 +88,7 @@ func CopySocket(tgid, fd int) (int, uint64, error) {
 	return CopySocketFrom(pidfd, tgid, fd)
 }
 
-// copySocketFrom takes a copy of fd in process tgid through pidfd, its
+// CopySocketFrom takes a copy of fd in process tgid through pidfd, its
 // pidfd, and its inode.
 func CopySocketFrom(pidfd, tgid, fd int) (int, uint64, error) {
 	sock, err := unix.PidfdGetfd(pidfd, fd, 0)

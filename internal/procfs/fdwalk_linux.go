@@ -79,6 +79,20 @@ func (w *FDWalker) WalkParallel(pids []int) {
 	wg.Wait()
 }
 
+// Holders walks the fds of pids and returns, for each of the sockets
+// inodes names, the holders found among them.
+func (fs FS) Holders(inodes []uint64, pids []int) ([][]Holder, error) {
+	w, err := fs.FDWalker(inodes)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	for _, pid := range pids {
+		w.Walk(pid)
+	}
+	return w.found, nil
+}
+
 // FoundAll reports whether every socket has been found held.
 func (w *FDWalker) FoundAll() bool {
 	for _, f := range w.found {

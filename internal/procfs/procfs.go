@@ -1,5 +1,5 @@
-// Package procfs reads what takeover needs of /proc: a process's stat,
-// status, command line, executable, working directory and cgroup, its fds
+// Package procfs reads what takeover needs of /proc: the system's uptime, a
+// process's stat, status, command line, executable, working directory and cgroup, its fds
 // (the links, their fdinfo, and a walk of every process's fds for a set of
 // sockets), its threads' system calls, and the poll array or fd_set a
 // thread waits on, through /proc/PID/mem. Every reader is a method of an

@@ -2,7 +2,7 @@
 // target bound and listening, and, as --ready asks, READY=1 sent, an
 // interval run, or some process of it waiting for connections on each
 // socket: a thread blocked in accept, epoll, poll or select on it, read
-// from /proc (Accepting; the per-arch system call numbers beside).
+// from /proc (accepting; the per-arch system call numbers beside).
 package ready
 
 import (
@@ -30,19 +30,19 @@ import (
 //     file gives the array's address, read through /proc/PID/mem.
 
 // acceptWay says how a process was seen waiting for connections.
-type AcceptWay string
+type acceptWay string
 
 const (
-	ByEpoll  AcceptWay = "epoll"
-	ByAccept AcceptWay = "accept"
-	ByPoll   AcceptWay = "poll"
-	BySelect AcceptWay = "select"
-	byRecv   AcceptWay = "recv" // a thread blocked reading a UDP socket
+	byEpoll  acceptWay = "epoll"
+	byAccept acceptWay = "accept"
+	byPoll   acceptWay = "poll"
+	bySelect acceptWay = "select"
+	byRecv   acceptWay = "recv" // a thread blocked reading a UDP socket
 )
 
 // acceptSeen is what one look at a generation's processes found.
-type AcceptSeen struct {
-	Ways map[uint64]AcceptWay // by socket inode
+type acceptSeen struct {
+	ways map[uint64]acceptWay // by socket inode
 	// Blind lists processes holding a wanted socket that could not be
 	// looked into (not dumpable, another user's): they may accept unseen.
 	Blind []int
@@ -50,10 +50,10 @@ type AcceptSeen struct {
 
 // accepting looks at pids for processes waiting for connections on the
 // sockets in want (inodes).
-func Accepting(proc procfs.FS, pids []int, want map[uint64]bool) AcceptSeen {
-	seen := AcceptSeen{Ways: make(map[uint64]AcceptWay)}
+func accepting(proc procfs.FS, pids []int, want map[uint64]bool) acceptSeen {
+	seen := acceptSeen{ways: make(map[uint64]acceptWay)}
 	for _, pid := range pids {
-		if err := lookAtProcess(proc, pid, want, seen.Ways); errors.Is(err, fs.ErrPermission) {
+		if err := lookAtProcess(proc, pid, want, seen.ways); errors.Is(err, fs.ErrPermission) {
 			seen.Blind = append(seen.Blind, pid)
 		}
 	}
@@ -61,7 +61,7 @@ func Accepting(proc procfs.FS, pids []int, want map[uint64]bool) AcceptSeen {
 }
 
 // lookAtProcess records in ways each wanted socket pid waits on.
-func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint64]AcceptWay) error {
+func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint64]acceptWay) error {
 	fds, epolls, err := proc.SocketFDs(pid, want)
 	if err != nil || len(fds) == 0 {
 		return err
@@ -73,7 +73,7 @@ func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint6
 		}
 		for _, t := range targets {
 			if want[t.Inode] && t.Events&unix.EPOLLIN != 0 {
-				ways[t.Inode] = ByEpoll
+				ways[t.Inode] = byEpoll
 			}
 		}
 	}
@@ -101,11 +101,11 @@ func lookAtProcess(proc procfs.FS, pid int, want map[uint64]bool, ways map[uint6
 }
 
 // waitedFDs returns the fds a thread blocked in sc waits on for reading.
-func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]AcceptWay {
-	fds := make(map[int]AcceptWay)
+func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]acceptWay {
+	fds := make(map[int]acceptWay)
 	switch sc.Nr {
 	case sysAccept, sysAccept4:
-		fds[int(int32(sc.Args[0]))] = ByAccept
+		fds[int(int32(sc.Args[0]))] = byAccept
 	case unix.SYS_RECVFROM, unix.SYS_RECVMSG, unix.SYS_RECVMMSG, unix.SYS_READ:
 		fds[int(int32(sc.Args[0]))] = byRecv // a listener cannot be read: UDP only
 	case sysPoll, sysPpoll:
@@ -116,7 +116,7 @@ func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]AcceptWay {
 		}
 		for _, p := range ps {
 			if p.Events&unix.POLLIN != 0 {
-				fds[int(p.FD)] = ByPoll
+				fds[int(p.FD)] = byPoll
 			}
 		}
 	case sysSelect, sysPselect6:
@@ -129,7 +129,7 @@ func waitedFDs(proc procfs.FS, pid int, sc procfs.Syscall) map[int]AcceptWay {
 			return nil
 		}
 		for _, fd := range set {
-			fds[fd] = BySelect
+			fds[fd] = bySelect
 		}
 	}
 	return fds

@@ -22,19 +22,19 @@ const (
 // A Socket is one a generation holds for a target: takeover's copy of it,
 // and its inode.
 type Socket struct {
-	Target target.PortSpec
+	Target target.Spec
 	FD     int
 	Inode  uint64
 }
 
 // Want is what ready means for one generation.
 type Want struct {
-	Targets  target.SpecList // every one must be bound
-	Mode     string          // Accept, Listen, Notify or Interval
-	Notified bool            // the command sent READY=1
-	PID      int             // the command: it and its descendants are looked at
-	Up       time.Duration   // how long the command has run
-	Interval time.Duration   // --interval, for Interval
+	Targets  target.List   // every one must be bound
+	Mode     string        // Accept, Listen, Notify or Interval
+	Notified bool          // the command sent READY=1
+	PID      int           // the command: it and its descendants are looked at
+	Up       time.Duration // how long the command has run
+	Interval time.Duration // --interval, for Interval
 }
 
 // A Result is one look at a generation.
@@ -78,10 +78,10 @@ func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	case mode == Notify:
 		return Result{Missing: "has not sent READY=1"}
 	}
-	seen := Accepting(proc, proc.WithDescendants([]int{w.PID}), want)
+	seen := accepting(proc, proc.WithDescendants([]int{w.PID}), want)
 	var by []string
 	for _, s := range socks {
-		way, ok := seen.Ways[s.Inode]
+		way, ok := seen.ways[s.Inode]
 		switch {
 		case ok:
 			by = append(by, string(way))

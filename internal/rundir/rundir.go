@@ -24,9 +24,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// runDir holds takeover's per-port locks and generation records. Every
+// Default holds takeover's per-port locks and generation records. Every
 // takeover of one user on one machine must agree on it.
-func RunDir() string {
+func Default() string {
 	if d := os.Getenv("TAKEOVER_RUN_DIR"); d != "" {
 		return d
 	}
@@ -39,13 +39,13 @@ func RunDir() string {
 	return filepath.Join(os.TempDir(), "takeover-"+strconv.Itoa(os.Geteuid()))
 }
 
-// A runDirectory is the run directory, checked to be this user's alone and
+// A Dir is the run directory, checked to be this user's alone and
 // held open: every file in it is reached through the open directory
 // (openat with O_NOFOLLOW), never by a path another user could have
 // swapped for a symlink. Its records say whom takeover may signal and its
 // lock files are written: another user's directory (a /tmp/takeover-UID
 // made first by someone else) could aim both at anything of ours.
-type RunDirectory struct {
+type Dir struct {
 	path string
 	f    *os.File // O_DIRECTORY|O_NOFOLLOW
 }
@@ -53,11 +53,11 @@ type RunDirectory struct {
 // errUnsafeRunDir is wrapped by openRunDir's refusals.
 var errUnsafeRunDir = errors.New("another user could plant or redirect takeover's locks and records there")
 
-// openRunDir checks and opens the run directory at path, creating it (mode
+// Open checks and opens the run directory at path, creating it (mode
 // 0700) when it is missing and create is set. It refuses a directory that
 // is a symlink, is not owned by the effective uid, or that group or others
 // may enter: takeover trusts what it finds there.
-func OpenRunDir(path string, create bool) (*RunDirectory, error) {
+func Open(path string, create bool) (*Dir, error) {
 	if create {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, fmt.Errorf("create the run directory %s: %w", path, err)
@@ -70,21 +70,21 @@ func OpenRunDir(path string, create bool) (*RunDirectory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("run directory: %w", err)
 	}
-	if err := CheckRunDir(path, fi); err != nil {
+	if err := Check(path, fi); err != nil {
 		return nil, err
 	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open the run directory %s: %w", path, err)
 	}
-	d := &RunDirectory{path: path, f: os.NewFile(uintptr(fd), path)}
+	d := &Dir{path: path, f: os.NewFile(uintptr(fd), path)}
 	// What was checked is what is open: not swapped since the Lstat.
 	opened, err := d.f.Stat()
 	if err == nil && !os.SameFile(fi, opened) {
 		err = fmt.Errorf("run directory %s changed while takeover opened it: %w", path, errUnsafeRunDir)
 	}
 	if err == nil {
-		err = CheckRunDir(path, opened)
+		err = Check(path, opened)
 	}
 	if err != nil {
 		d.f.Close()
@@ -93,8 +93,8 @@ func OpenRunDir(path string, create bool) (*RunDirectory, error) {
 	return d, nil
 }
 
-// checkRunDir refuses a run directory another user could write to.
-func CheckRunDir(path string, fi fs.FileInfo) error {
+// Check refuses a run directory another user could write to.
+func Check(path string, fi fs.FileInfo) error {
 	fix := fmt.Sprintf("set TAKEOVER_RUN_DIR, the same for every takeover of this user, to a directory of uid %d with mode 0700 (or have its owner remove this one)", os.Geteuid())
 	switch owner := int(fi.Sys().(*syscall.Stat_t).Uid); {
 	case fi.Mode()&fs.ModeSymlink != 0:
@@ -110,15 +110,15 @@ func CheckRunDir(path string, fi fs.FileInfo) error {
 }
 
 // Close closes the directory.
-func (d *RunDirectory) Close() error { return d.f.Close() }
+func (d *Dir) Close() error { return d.f.Close() }
 
-func (d *RunDirectory) fd() int { return int(d.f.Fd()) }
+func (d *Dir) fd() int { return int(d.f.Fd()) }
 
 // name is a file's path in the directory, for messages.
-func (d *RunDirectory) name(file string) string { return filepath.Join(d.path, file) }
+func (d *Dir) name(file string) string { return filepath.Join(d.path, file) }
 
-// open opens file in the directory, never through a symlink.
-func (d *RunDirectory) Open(file string, flag int, perm uint32) (*os.File, error) {
+// Open opens file in the directory, never through a symlink.
+func (d *Dir) Open(file string, flag int, perm uint32) (*os.File, error) {
 	for {
 		fd, err := unix.Openat(d.fd(), file, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
 		if err == unix.EINTR {
@@ -132,7 +132,7 @@ func (d *RunDirectory) Open(file string, flag int, perm uint32) (*os.File, error
 }
 
 // remove removes file from the directory (not a directory itself).
-func (d *RunDirectory) remove(file string) error {
+func (d *Dir) remove(file string) error {
 	if err := unix.Unlinkat(d.fd(), file, 0); err != nil {
 		return &fs.PathError{Op: "remove", Path: d.name(file), Err: err}
 	}
@@ -140,7 +140,7 @@ func (d *RunDirectory) remove(file string) error {
 }
 
 // names lists the directory's files.
-func (d *RunDirectory) names() ([]string, error) {
+func (d *Dir) names() ([]string, error) {
 	f, err := d.Open(".", unix.O_RDONLY|unix.O_DIRECTORY, 0) // an offset of its own
 	if err != nil {
 		return nil, err
@@ -153,13 +153,13 @@ func (d *RunDirectory) names() ([]string, error) {
 // (/proc/self/fd/N/file), for bind(2) and connect(2), which take a path:
 // it reaches the directory that was checked, whatever happens to its name,
 // and stays short of sun_path's 108 bytes however long that name is.
-func (d *RunDirectory) sockPath(file string) string {
+func (d *Dir) sockPath(file string) string {
 	return "/proc/self/fd/" + strconv.Itoa(d.fd()) + "/" + file
 }
 
-// A lockOwner is the takeover holding a port's lock, as it wrote itself
+// An Owner is the takeover holding a port's lock, as it wrote itself
 // into the lock file.
-type LockOwner struct {
+type Owner struct {
 	PID   int
 	Start uint64 // clock ticks after boot, to tell a reused pid
 }
@@ -167,12 +167,12 @@ type LockOwner struct {
 // lockWaitReport is how often a takeover waiting for a port's lock says so.
 const lockWaitReport = 5 * time.Second
 
-// lockTargets takes the locks of the targets' keys (portSpec.key), in key
+// Lock takes the locks of the targets' keys (portSpec.key), in key
 // order so that two takeovers naming the same targets cannot deadlock,
 // waiting while another takeover holds one, until ctx ends. waiting is
 // called when it starts to wait and every lockWaitReport after, with the
 // lock's owner. Closing the returned files (or exiting) releases the locks.
-func LockTargets(ctx context.Context, dir *RunDirectory, keys []string, me LockOwner, waiting func(key string, owner LockOwner, waited time.Duration)) ([]*os.File, error) {
+func Lock(ctx context.Context, dir *Dir, keys []string, me Owner, waiting func(key string, owner Owner, waited time.Duration)) ([]*os.File, error) {
 	keys = slices.Clone(keys)
 	slices.Sort(keys)
 	keys = slices.Compact(keys)
@@ -188,7 +188,7 @@ func LockTargets(ctx context.Context, dir *RunDirectory, keys []string, me LockO
 	return held, nil
 }
 
-func lockTarget(ctx context.Context, dir *RunDirectory, key string, me LockOwner, waiting func(key string, owner LockOwner, waited time.Duration)) (*os.File, error) {
+func lockTarget(ctx context.Context, dir *Dir, key string, me Owner, waiting func(key string, owner Owner, waited time.Duration)) (*os.File, error) {
 	name := LockName(key)
 	began := time.Now()
 	var told time.Time
@@ -224,21 +224,21 @@ func lockTarget(ctx context.Context, dir *RunDirectory, key string, me LockOwner
 	}
 }
 
-// lockName names a target's lock file in the run directory.
+// LockName names a target's lock file in the run directory.
 func LockName(key string) string { return key + ".lock" }
 
-// samePath reports whether file in the directory still names f's file.
-func (d *RunDirectory) SamePath(f *os.File, file string) bool {
+// SamePath reports whether file in the directory still names f's file.
+func (d *Dir) SamePath(f *os.File, file string) bool {
 	var a, b unix.Stat_t
 	err1 := unix.Fstat(int(f.Fd()), &a)
 	err2 := unix.Fstatat(d.fd(), file, &b, unix.AT_SYMLINK_NOFOLLOW)
 	return err1 == nil && err2 == nil && a.Dev == b.Dev && a.Ino == b.Ino
 }
 
-func ReadLockOwner(f *os.File) LockOwner {
+func ReadLockOwner(f *os.File) Owner {
 	b := make([]byte, 64)
 	n, _ := f.ReadAt(b, 0)
-	var o LockOwner
+	var o Owner
 	fmt.Sscanf(string(b[:n]), "%d %d", &o.PID, &o.Start)
 	return o
 }
@@ -249,11 +249,11 @@ func ReleaseLocks(files []*os.File) {
 	}
 }
 
-// removeRunFiles removes a target's lock and record when no takeover needs
+// RemoveFiles removes a target's lock and record when no takeover needs
 // them any more: the lock is free and the record names self or a launcher
 // that is gone. It takes the lock first, so that it never removes a file
 // another takeover is about to use. It reports whether it removed them.
-func RemoveRunFiles(dir *RunDirectory, key string, self int) bool {
+func RemoveFiles(dir *Dir, key string, self int) bool {
 	name := LockName(key)
 	f, err := dir.Open(name, os.O_RDWR, 0)
 	if err != nil {
@@ -271,7 +271,7 @@ func RemoveRunFiles(dir *RunDirectory, key string, self int) bool {
 	return true
 }
 
-// clearDead removes what takeovers that died left in the run directory
+// ClearDead removes what takeovers that died left in the run directory
 // (killed, they could not clean up): the lock and record of a target whose
 // lock is free and whose record names no live launcher (removeRunFiles,
 // under the lock), a launcher's socket that no one listens on, and the
@@ -279,13 +279,13 @@ func RemoveRunFiles(dir *RunDirectory, key string, self int) bool {
 // is gone. A file a live takeover uses is never removed: its lock is held
 // or its record's launcher (pid and start time) lives, and its socket
 // listens (listenSeqpacket renames it into place only once it does).
-func (d *RunDirectory) ClearDead() {
+func (d *Dir) ClearDead() {
 	names, _ := d.names()
 	for _, name := range names {
 		var pid, num int
 		switch {
 		case strings.HasSuffix(name, ".lock") && !strings.HasPrefix(name, "."):
-			RemoveRunFiles(d, strings.TrimSuffix(name, ".lock"), 0)
+			RemoveFiles(d, strings.TrimSuffix(name, ".lock"), 0)
 		case scanName(name, "launcher-%d.sock", &pid):
 			if !pidAlive(pid) || d.nobodyListens(name) {
 				d.remove(name)
@@ -327,7 +327,7 @@ func pidAlive(pid int) bool {
 
 // nobodyListens reports whether the stream or seqpacket socket file is
 // one no process listens on any more: a connection to it is refused.
-func (d *RunDirectory) nobodyListens(name string) bool {
+func (d *Dir) nobodyListens(name string) bool {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return false
@@ -336,9 +336,9 @@ func (d *RunDirectory) nobodyListens(name string) bool {
 	return unix.Connect(fd, &unix.SockaddrUnix{Name: d.sockPath(name)}) == unix.ECONNREFUSED
 }
 
-// liveLaunchers returns the takeover launchers that the run directory
+// LiveLaunchers returns the takeover launchers that the run directory
 // records for some target and that still run.
-func LiveLaunchers(dir *RunDirectory) []int {
+func LiveLaunchers(dir *Dir) []int {
 	if dir == nil {
 		return nil
 	}
@@ -360,11 +360,11 @@ func LiveLaunchers(dir *RunDirectory) []int {
 	return pids
 }
 
-// A genRecord names the takeover launcher that serves a target now. A newer
+// A Record names the takeover launcher that serves a target now. A newer
 // takeover writes its own before it signals the old one: that is how the old
 // launcher tells "replaced" (exit 0) from "stopped" (exit with the child's
 // status), and where the next lookup starts.
-type GenRecord struct {
+type Record struct {
 	Launcher      int    `json:"launcher_pid"`
 	LauncherStart uint64 `json:"launcher_start"`
 	Child         int    `json:"child_pid,omitempty"`
@@ -383,33 +383,33 @@ func recordName(key string) string { return key + ".json" }
 // maxRecord bounds what readRecord reads.
 const maxRecord = 64 << 10
 
-// readRecord returns the record of a target's key when its launcher still
+// ReadRecord returns the record of a target's key when its launcher still
 // runs.
-func ReadRecord(dir *RunDirectory, key string) (GenRecord, bool) {
+func ReadRecord(dir *Dir, key string) (Record, bool) {
 	if dir == nil {
-		return GenRecord{}, false
+		return Record{}, false
 	}
 	f, err := dir.Open(recordName(key), os.O_RDONLY, 0)
 	if err != nil {
-		return GenRecord{}, false
+		return Record{}, false
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxRecord))
 	f.Close()
 	if err != nil {
-		return GenRecord{}, false
+		return Record{}, false
 	}
-	var r GenRecord
+	var r Record
 	if json.Unmarshal(b, &r) != nil || r.Launcher <= 0 {
-		return GenRecord{}, false
+		return Record{}, false
 	}
 	st, err := procfs.FS("/proc").Stat(r.Launcher)
 	if err != nil || st.Start != r.LauncherStart {
-		return GenRecord{}, false // gone, and perhaps its pid reused
+		return Record{}, false // gone, and perhaps its pid reused
 	}
 	return r, true
 }
 
-func WriteRecord(dir *RunDirectory, key string, r GenRecord) error {
+func WriteRecord(dir *Dir, key string, r Record) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -417,7 +417,7 @@ func WriteRecord(dir *RunDirectory, key string, r GenRecord) error {
 	return writeFileAt(dir.f, dir.path, recordName(key), b)
 }
 
-// writeFileAtomic writes path through a temporary file and a rename, so a
+// WriteFileAtomic writes path through a temporary file and a rename, so a
 // reader sees the old contents or the new, never a part.
 func WriteFileAtomic(path string, b []byte) error {
 	dir, err := os.Open(filepath.Dir(path))
@@ -476,9 +476,9 @@ func writeFileAt(dir *os.File, dirName, file string, b []byte) error {
 // the run directory's generation records and the process tree.
 const LauncherEnv = "TAKEOVER_PID"
 
-// launcherSockPath is where launcher pid serves its sockets to newer
+// LauncherSockPath is where launcher pid serves its sockets to newer
 // takeovers.
-func LauncherSockPath(dir *RunDirectory, pid int) string {
+func LauncherSockPath(dir *Dir, pid int) string {
 	return dir.sockPath("launcher-" + strconv.Itoa(pid) + ".sock")
 }
 
@@ -487,17 +487,17 @@ const statusPattern = "status-%d.json"
 
 // WriteStatus writes launcher pid's status record (what `takeover status`
 // reads), atomically.
-func (d *RunDirectory) WriteStatus(pid int, b []byte) error {
+func (d *Dir) WriteStatus(pid int, b []byte) error {
 	return writeFileAt(d.f, d.path, fmt.Sprintf(statusPattern, pid), b)
 }
 
 // RemoveStatus removes launcher pid's status record.
-func (d *RunDirectory) RemoveStatus(pid int) { d.remove(fmt.Sprintf(statusPattern, pid)) }
+func (d *Dir) RemoveStatus(pid int) { d.remove(fmt.Sprintf(statusPattern, pid)) }
 
 // Statuses returns the status records in the directory by launcher pid,
 // those of pids that still run (whether the same process: the caller
 // checks its start time, which the record holds).
-func (d *RunDirectory) Statuses() map[int][]byte {
+func (d *Dir) Statuses() map[int][]byte {
 	out := make(map[int][]byte)
 	if d == nil {
 		return out
@@ -516,7 +516,7 @@ func (d *RunDirectory) Statuses() map[int][]byte {
 }
 
 // ReadStatus returns launcher pid's status record.
-func (d *RunDirectory) ReadStatus(pid int) ([]byte, bool) {
+func (d *Dir) ReadStatus(pid int) ([]byte, bool) {
 	f, err := d.Open(fmt.Sprintf(statusPattern, pid), os.O_RDONLY, 0)
 	if err != nil {
 		return nil, false

@@ -125,17 +125,26 @@ func parseDiagMsg(m []byte) (Socket, bool) {
 		UID:    ne.Uint32(m[64:]),
 		Inode:  uint64(ne.Uint32(m[68:])),
 	}
-	for a := m[diagMsgLen:]; len(a) >= 4; {
-		n := int(ne.Uint16(a[0:]))
-		if n < 4 || n > len(a) {
-			break
+	eachAttr(m[diagMsgLen:], func(typ uint16, v []byte) {
+		if typ == inetDiagSKV6Only && len(v) >= 1 && m[0] == unix.AF_INET6 {
+			s.V6Only = v[0] != 0
 		}
-		if ne.Uint16(a[2:]) == inetDiagSKV6Only && n >= 5 && m[0] == unix.AF_INET6 {
-			s.V6Only = a[4] != 0
-		}
-		a = a[min((n+3)&^3, len(a)):]
-	}
+	})
 	return s, true
+}
+
+// eachAttr calls f with the type and value of each netlink attribute
+// (struct nlattr: length, type, value padded to 4 bytes) in b.
+func eachAttr(b []byte, f func(typ uint16, v []byte)) {
+	ne := binary.NativeEndian
+	for len(b) >= 4 {
+		n := int(ne.Uint16(b[0:]))
+		if n < 4 || n > len(b) {
+			return
+		}
+		f(ne.Uint16(b[2:]), b[4:n])
+		b = b[min((n+3)&^3, len(b)):]
+	}
 }
 
 // Unix sockets through sock_diag (include/uapi/linux/unix_diag.h).
@@ -171,12 +180,8 @@ func parseUnixDiagMsg(m []byte) (Socket, bool) {
 	}
 	ne := binary.NativeEndian
 	s := Socket{Inode: uint64(ne.Uint32(m[4:]))}
-	for a := m[unixDiagMsgLen:]; len(a) >= 4; {
-		n := int(ne.Uint16(a[0:]))
-		if n < 4 || n > len(a) {
-			break
-		}
-		switch v := a[4:n]; ne.Uint16(a[2:]) {
+	eachAttr(m[unixDiagMsgLen:], func(typ uint16, v []byte) {
+		switch typ {
 		case unixDiagVFS:
 			if len(v) >= 8 {
 				s.VFSIno, s.VFSDev = uint64(ne.Uint32(v[0:])), ne.Uint32(v[4:])
@@ -186,29 +191,10 @@ func parseUnixDiagMsg(m []byte) (Socket, bool) {
 				s.Queued = ne.Uint32(v[0:])
 			}
 		}
-		a = a[(n+3)&^3:]
-	}
+	})
 	return s, s.VFSIno != 0
 }
 
 // tcpConnectedMask: the states of a connection a server has accepted and
 // not yet closed (ESTABLISHED, and CLOSE_WAIT once the client has closed).
 const tcpConnectedMask = 1<<1 | 1<<8
-
-// DiagTCPConnected returns the TCP connections whose local port is port and
-// that are still open at this end: on a server, those it has accepted and
-// not closed (and clients of other servers that happen to use port as
-// their own, which their inodes tell apart).
-func DiagTCPConnected(port uint16) ([]Socket, error) {
-	socks, err := diagInet(unix.IPPROTO_TCP, tcpConnectedMask)
-	if err != nil {
-		return nil, err
-	}
-	out := socks[:0]
-	for _, s := range socks {
-		if s.Addr.Port() == port && s.Inode != 0 {
-			out = append(out, s)
-		}
-	}
-	return out, nil
-}

@@ -29,7 +29,7 @@ const tcpSynRecvMask = 1 << 3
 
 // DiagTCPRequests returns the TCP request sockets whose local port is
 // port, for IPv4 and IPv6. It walks the kernel's established hash, as
-// DiagTCPConnected does.
+// DiagTCPConns does.
 func DiagTCPRequests(port uint16) ([]Request, error) {
 	var reqs []Request
 	keep := func(m []byte) (Socket, bool) {
@@ -54,19 +54,14 @@ func parseRequestMsg(m []byte) (Request, bool) {
 	if len(m) < diagMsgLen || m[1] != 3 { // TCP_SYN_RECV
 		return Request{}, false
 	}
-	var local, remote netip.Addr
-	switch m[0] {
-	case unix.AF_INET:
-		local, remote = netip.AddrFrom4([4]byte(m[8:12])), netip.AddrFrom4([4]byte(m[24:28]))
-	case unix.AF_INET6:
-		local, remote = netip.AddrFrom16([16]byte(m[8:24])).Unmap(), netip.AddrFrom16([16]byte(m[24:40])).Unmap()
-	default:
+	local, remote, ok := diagAddrs(m)
+	if !ok {
 		return Request{}, false
 	}
 	ne := binary.NativeEndian
 	return Request{
-		Local:  netip.AddrPortFrom(local, binary.BigEndian.Uint16(m[4:])),
-		Remote: netip.AddrPortFrom(remote, binary.BigEndian.Uint16(m[6:])),
+		Local:  local,
+		Remote: remote,
 		Cookie: uint64(ne.Uint32(m[44:])) | uint64(ne.Uint32(m[48:]))<<32,
 	}, true
 }

@@ -17,10 +17,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A config is what one takeover is asked to do. Zero values mean the
+// A Config is what one takeover is asked to do. Zero values mean the
 // documented defaults.
 type Config struct {
-	Ports         target.SpecList
+	Ports         target.List
 	Signal        unix.Signal   // to stop the old server; SIGTERM
 	KillTimeout   time.Duration // from the stop signal to SIGKILL; 10s
 	BindTimeout   time.Duration // from the command's bind to giving up; 15s, or --kill-timeout + 5s if longer

@@ -34,7 +34,7 @@ const FrontEnv = "TAKEOVER_FRONT_FD"
 // maxDetach bounds --detach-on-stop.
 const MaxDetach = time.Hour
 
-// runFront starts the launcher with the same arguments behind a front and
+// RunFront starts the launcher with the same arguments behind a front and
 // returns the exit status the front should exit with: the launcher's own,
 // or 0 when a stop signal detached it.
 func RunFront(args []string, stderr io.Writer) int {
@@ -157,12 +157,12 @@ func relayOutput(fd int) {
 // them, unseen, and a window counted from the front's exit could close on
 // it. The launcher would then stop its server and exit mid-swap, and the
 // port close under the newer takeover (TestDetachWaitsForOwnSwap).
-func (l *Launcher) watchFront(front *os.File) {
+func (l *launcher) watchFront(front *os.File) {
 	var b [1]byte
 	front.Read(b[:]) // EOF: the front exited, or was killed
 	front.Close()
-	l.Log.Info("the supervisor stopped takeover; serving on, detached, until a newer takeover replaces this one",
-		"pid", l.Self, "for_at_most", l.Cfg.DetachOnStop)
+	l.log.Info("the supervisor stopped takeover; serving on, detached, until a newer takeover replaces this one",
+		"pid", l.self, "for_at_most", l.cfg.DetachOnStop)
 	for {
 		held, bySelf := l.lockHeld()
 		if !held || !bySelf {
@@ -170,9 +170,9 @@ func (l *Launcher) watchFront(front *os.File) {
 		}
 		time.Sleep(lockPoll) // this takeover's own first swap still holds the locks
 	}
-	until := time.Now().Add(l.Cfg.DetachOnStop)
-	l.SetDetached(until)
-	time.Sleep(l.Cfg.DetachOnStop)
+	until := time.Now().Add(l.cfg.DetachOnStop)
+	l.setDetached(until)
+	time.Sleep(l.cfg.DetachOnStop)
 	for {
 		// This takeover's swap is done: whoever holds a lock now is a
 		// newer takeover starting, whose swap will replace this one (even
@@ -183,8 +183,8 @@ func (l *Launcher) watchFront(front *os.File) {
 		}
 		time.Sleep(lockPoll)
 	}
-	l.Log.Info("no newer takeover came within --detach-on-stop: stopping the server", "detach_on_stop", l.Cfg.DetachOnStop)
-	l.events <- event{kind: evStop, sig: l.Cfg.signal()}
+	l.log.Info("no newer takeover came within --detach-on-stop: stopping the server", "detach_on_stop", l.cfg.DetachOnStop)
+	l.events <- event{kind: evStop, sig: l.cfg.signal()}
 }
 
 // lockPoll is how often the detached launcher looks at the port locks.
@@ -192,9 +192,9 @@ const lockPoll = 100 * time.Millisecond
 
 // lockHeld reports whether a takeover holds one of our targets' port locks,
 // and whether the lock file names this one as the holder.
-func (l *Launcher) lockHeld() (held, bySelf bool) {
+func (l *launcher) lockHeld() (held, bySelf bool) {
 	for _, key := range l.keys() {
-		f, ok, owner := tryPortLock(l.Dir, key)
+		f, ok, owner := tryPortLock(l.dir, key)
 		if f != nil {
 			f.Close() // free: let go of it at once
 		}
@@ -202,7 +202,7 @@ func (l *Launcher) lockHeld() (held, bySelf bool) {
 			continue
 		}
 		held = true
-		bySelf = bySelf || owner.PID == l.Self
+		bySelf = bySelf || owner.PID == l.self
 	}
 	return held, bySelf
 }
@@ -211,11 +211,11 @@ func (l *Launcher) lockHeld() (held, bySelf bool) {
 // that no takeover holds it: f is then the lock file, locked until the
 // caller closes it (nil if there is no lock file at all). Otherwise owner
 // is whom the lock file names.
-func tryPortLock(dir *rundir.RunDirectory, key string) (f *os.File, free bool, owner rundir.LockOwner) {
+func tryPortLock(dir *rundir.Dir, key string) (f *os.File, free bool, owner rundir.Owner) {
 	name := rundir.LockName(key)
 	f, err := dir.Open(name, os.O_RDWR, 0)
 	if err != nil {
-		return nil, true, rundir.LockOwner{}
+		return nil, true, rundir.Owner{}
 	}
 	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 	owner = rundir.ReadLockOwner(f)
@@ -232,16 +232,16 @@ func tryPortLock(dir *rundir.RunDirectory, key string) (f *os.File, free bool, o
 
 // setDetached records, for `takeover who` and --status-file, until when the
 // detached launcher serves.
-func (l *Launcher) SetDetached(until time.Time) {
+func (l *launcher) setDetached(until time.Time) {
 	l.mu.Lock()
 	l.detachedUntil = until
 	l.status.DetachedUntil = &until
 	l.flushStatus()
 	l.mu.Unlock()
 	for _, key := range l.keys() {
-		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher == l.Self {
+		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher == l.self {
 			r.DetachedUntil = &until
-			l.updateRecord(l.Ctx, key, r, false) // not over a newer takeover's
+			l.updateRecord(l.ctx, key, r, false) // not over a newer takeover's
 		}
 	}
 }

@@ -27,8 +27,8 @@ func TestHeldSocketSurvivesClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	inode := target.InodeOf(sock)
-	l := &Launcher{}
-	g := &generation{l: l, holdings: swap.NewHoldings(1, false, nil)}
+	l := &launcher{}
+	g := &generation{holdings: swap.NewHoldings(1, false, nil)}
 	g.holdings.Add(swap.SockKey{Tgid: 1, FD: 3}, &swap.Held{CopyFD: sock, Inode: inode}, nil)
 	l.gens = []*generation{g}
 	t.Cleanup(g.holdings.CloseCopies) // closes sock, if the test did not get that far
@@ -68,7 +68,7 @@ func TestServeSocketsClosesPassed(t *testing.T) {
 	inode := target.InodeOf(served)
 	lookups := 0
 	path := filepath.Join(t.TempDir(), "launcher.sock")
-	stop, err := fdpass.ServeSockets(path, func(ino uint64) (int, bool) {
+	stop, err := fdpass.Serve(path, func(ino uint64) (int, bool) {
 		lookups++
 		if ino != inode || lookups > 1 {
 			return -1, false
@@ -80,7 +80,7 @@ func TestServeSocketsClosesPassed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
-	fd, err := fdpass.FetchSocket(path, os.Getpid(), inode, 10*time.Second)
+	fd, err := fdpass.Fetch(path, os.Getpid(), inode, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,12 +1,16 @@
 package supervise
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/pidfd"
+	"github.com/takeover/takeover/internal/ready"
 	"github.com/takeover/takeover/internal/swap"
 	"golang.org/x/sys/unix"
 )
@@ -17,7 +21,8 @@ import (
 // A generation is one run of the command under takeover, with the sockets
 // it bound to --port targets and what it replaced to get them.
 type generation struct {
-	l        *Launcher
+	log      *slog.Logger
+	want     ready.Want // what ready means for it: the targets, --ready, --interval
 	num      int
 	pid      int
 	notifFD  int
@@ -158,12 +163,13 @@ func (g *generation) handedOverFromRunning() bool {
 	return g.holdings.HandedOverFromRunning(g.prevHoldings())
 }
 
-// trap returns what the seccomp trap needs of g to answer its binds.
-func (g *generation) trap() intercept.Gen {
+// trap returns what the seccomp trap needs of g to answer its binds: g's
+// own, and the launcher's Taker, unit and warning once.
+func (l *launcher) trap(g *generation) intercept.Gen {
 	tg := intercept.Gen{
-		NotifFD: g.notifFD, Num: g.num, PID: g.pid, Targets: g.l.Cfg.Ports,
-		Held: g.holdings, Prev: g.prevHoldings(), Take: g.l.taker, Unit: g.l.unit,
-		MadeOnce: &g.l.madeOnce, Log: g.l.Log,
+		NotifFD: g.notifFD, Num: g.num, PID: g.pid, Targets: l.cfg.Ports,
+		Held: g.holdings, Prev: g.prevHoldings(), Take: l.taker, Unit: l.unit,
+		MadeOnce: &l.madeOnce, Log: l.log,
 		Alive: func() bool {
 			g.mu.Lock()
 			defer g.mu.Unlock()
@@ -180,4 +186,79 @@ func (g *generation) trap() intercept.Gen {
 		tg.PrevDead = g.prev.isDead
 	}
 	return tg
+}
+
+// Readiness: a generation is ready once every --port target is a socket
+// takeover holds, listening, and (with --ready accept, the default) some
+// process of the generation is seen waiting for connections on it
+// (ready.Look). Only then is the old server stopped. A generation
+// that is not ready within --ready-timeout is rolled back or, where there is
+// nothing left to roll back to, completed with a warning: no swap waits
+// without end.
+
+const (
+	readyPollFirst = 2 * time.Millisecond
+	readyPollMax   = 20 * time.Millisecond
+)
+
+// watchReady closes g.ready when the generation is ready, or g.timedOut
+// when --ready-timeout passes first. It looks every few milliseconds, and
+// at once after a listen(2).
+func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	interval := readyPollFirst
+	tick := time.NewTimer(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.exited:
+			return
+		case <-deadline.C:
+			r := g.readiness()
+			g.mu.Lock()
+			g.missing = r.Missing
+			g.mu.Unlock()
+			close(g.timedOut)
+			return
+		case <-g.nudge:
+		case <-tick.C:
+			interval = min(interval*3/2, readyPollMax)
+			tick.Reset(interval)
+		}
+		if r := g.readiness(); r.Ready {
+			g.setReadyBy(r.By)
+			if len(r.Blind) > 0 {
+				g.log.Warn("cannot see whether these processes accept connections (not dumpable, or another user's); took the listening socket for ready",
+					"generation", g.num, "pids", fmt.Sprint(r.Blind))
+			}
+			close(g.ready)
+			return
+		}
+	}
+}
+
+// readiness looks at the generation's sockets and processes.
+func (g *generation) readiness() ready.Result {
+	var socks []ready.Socket
+	if !g.holdings.Each(func(_ swap.SockKey, s *swap.Held) {
+		socks = append(socks, ready.Socket{Target: s.Spec, FD: s.CopyFD, Inode: s.Inode})
+	}) {
+		return ready.Result{Missing: "is being stopped"}
+	}
+	g.mu.Lock()
+	notified := g.notified
+	g.mu.Unlock()
+	w := g.want
+	w.Notified, w.PID, w.Up = notified, g.pid, time.Since(g.started)
+	return ready.Look("/proc", socks, w)
+}
+
+// rollbackable reports whether the generation has left every earlier
+// server serving: none of its swaps has stopped one (a rebind stops the old
+// server at the bind).
+func (g *generation) rollbackable() bool {
+	return g.holdings.Rollbackable()
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/metrics"
 	"github.com/takeover/takeover/internal/owner"
+	"github.com/takeover/takeover/internal/ready"
 	"github.com/takeover/takeover/internal/swap"
 
 	"github.com/takeover/takeover/internal/fdpass"
@@ -43,30 +44,30 @@ import (
 // A launcher supervises the generations of one command: it starts each
 // through the shim, answers its binds, forwards signals, reaps, and exits
 // with the command's status.
-type Launcher struct {
-	Cfg  Config
-	Log  *slog.Logger
-	Dir  *rundir.RunDirectory
-	Self int
-	Born uint64 // this process's start time, for its generation records
+type launcher struct {
+	cfg  Config
+	log  *slog.Logger
+	dir  *rundir.Dir
+	self int
+	born uint64 // this process's start time, for its generation records
 	unit string // the systemd unit takeover runs in, or ""
 
 	madeOnce sync.Once // the warning that sockets are made, not copied
 
 	// Set by run for the lifecycle's supervisor methods.
-	Ctx     context.Context
+	ctx     context.Context
 	path    string
 	locks   []*os.File // the port locks, until the first swap completes
 	events  chan event
 	byPID   map[int]*generation // the generations whose exit is awaited
-	exits   chan ChildExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
+	exits   chan childExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
 	lastNum int
 
 	mu         sync.Mutex
 	gens       []*generation // those that may hold sockets, for newer takeovers
 	status     Status        // the status record (status.go)
 	metrics    *metrics.Set  // what --metrics serves
-	unfinished *unfinished   // a swap whose new generation exited before it completed (swap_linux.go)
+	unfinished *unfinished   // a swap whose new generation exited before it completed (complete_linux.go)
 	fencing    sync.Mutex    // held by a swap until it completes or is left unfinished
 
 	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise
@@ -75,7 +76,7 @@ type Launcher struct {
 	// generation takes them, and the unit's file descriptor store (nil
 	// when takeover does not run under systemd).
 	inherited *generation
-	store     *systemd.FdStore
+	store     *systemd.Store
 	taker     *swap.Taker // gives the generations' binds their targets
 
 	detachedUntil time.Time // --detach-on-stop: the front has gone (detach_linux.go); l.mu
@@ -85,7 +86,7 @@ type Launcher struct {
 // forwarded but reloads.
 var forwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGHUP}
 
-// launch runs cfg's command under a launcher until takeover exits, and
+// Launch runs cfg's command under a launcher until takeover exits, and
 // returns takeover's exit status.
 func Launch(cfg Config, stderr io.Writer) int {
 	path, code, err := resolveCommand(cfg.commandName())
@@ -93,25 +94,25 @@ func Launch(cfg Config, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return code
 	}
-	dir, err := rundir.OpenRunDir(rundir.RunDir(), true)
+	dir, err := rundir.Open(rundir.Default(), true)
 	if err != nil {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return ExitLauncher
 	}
 	dir.ClearDead()
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
-	l := &Launcher{Cfg: cfg, Log: newLogger(stderr), Dir: dir, Self: os.Getpid(), Born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
+	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: dir, self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
 	l.initStatus()
-	defer l.Dir.RemoveStatus(l.Self)
-	if stop, err := l.serveMetrics(); err != nil {
+	defer l.dir.RemoveStatus(l.self)
+	stopMetrics, err := l.serveMetrics()
+	if err != nil {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return ExitLauncher
-	} else {
-		defer stop()
 	}
+	defer stopMetrics()
 	if cfg.PIDFile != "" {
-		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.Self)+"\n")); err != nil {
+		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
 			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
 			return ExitLauncher
 		}
@@ -121,15 +122,15 @@ func Launch(cfg Config, stderr io.Writer) int {
 }
 
 // keys names the locks and records of the launcher's targets.
-func (l *Launcher) keys() []string {
-	keys := make([]string, len(l.Cfg.Ports))
-	for i, p := range l.Cfg.Ports {
+func (l *launcher) keys() []string {
+	keys := make([]string, len(l.cfg.Ports))
+	for i, p := range l.cfg.Ports {
 		keys[i] = p.Key()
 	}
 	return keys
 }
 
-func (l *Launcher) run(path string) int {
+func (l *launcher) run(path string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 16)
@@ -144,12 +145,12 @@ func (l *Launcher) run(path string) int {
 		if errors.As(err, &code) {
 			return int(code)
 		}
-		l.Log.Error("cannot take the port lock", "err", err)
+		l.log.Error("cannot take the port lock", "err", err)
 		return ExitLauncher
 	}
-	stopServing, err := fdpass.ServeSockets(rundir.LauncherSockPath(l.Dir, l.Self), l.heldSocket)
+	stopServing, err := fdpass.Serve(rundir.LauncherSockPath(l.dir, l.self), l.heldSocket)
 	if err != nil {
-		l.Log.Warn("cannot serve this takeover's sockets to the next one; it will copy them with pidfd_getfd where allowed", "err", err)
+		l.log.Warn("cannot serve this takeover's sockets to the next one; it will copy them with pidfd_getfd where allowed", "err", err)
 		stopServing = func() {}
 	}
 	defer func() {
@@ -159,32 +160,32 @@ func (l *Launcher) run(path string) int {
 		rundir.ReleaseLocks(l.locks) // a first swap that never completed still holds them
 		l.cleanRunDir()
 	}()
-	l.Ctx, l.path, l.locks = ctx, path, locks
-	passed := systemd.InheritSockets(l.Log, l.Cfg.Ports, os.Getenv)
+	l.ctx, l.path, l.locks = ctx, path, locks
+	passed := systemd.Inherit(l.log, l.cfg.Ports, os.Getenv)
 	if len(passed) > 0 {
 		l.inherited = l.inheritedGeneration(passed)
 		defer l.inherited.holdings.CloseCopies() // if no generation took them
 	}
-	l.store = systemd.NewFDStore(l.Log, l.unit, passed)
+	l.store = systemd.NewStore(l.log, l.unit, passed)
 	l.taker = swap.NewTaker(swap.Options{
-		Strategy: l.Cfg.Strategy, Fence: l.Cfg.fence(), Force: l.Cfg.Force, Signal: l.Cfg.signal(),
-		BindTimeout: l.Cfg.EffectiveBindTimeout(), KillTimeout: l.Cfg.killTimeout(),
-		Dir: l.Dir, Self: l.Self, Born: l.Born, Store: l.store, Rebind: l.Cfg.Rebind,
+		Strategy: l.cfg.Strategy, Fence: l.cfg.fence(), Force: l.cfg.Force, Signal: l.cfg.signal(),
+		BindTimeout: l.cfg.EffectiveBindTimeout(), KillTimeout: l.cfg.killTimeout(),
+		Dir: l.dir, Self: l.self, Born: l.born, Store: l.store, Rebind: l.cfg.Rebind,
 	})
 	l.events = make(chan event, 64)
 	l.byPID = make(map[int]*generation)
-	l.exits = make(chan ChildExit, 16)
-	ReapOrphans(l.exits)
+	l.exits = make(chan childExit, 16)
+	reapOrphans(l.exits)
 	if front := frontPipe(); front != nil {
 		go l.watchFront(front)
 	}
-	m := newLifecycle(l, l.Log, l.Cfg.restartPolicy(), l.Cfg.KillOldDelay)
+	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
 	if err := m.begin(); err != nil {
 		if errors.Is(err, seccomp.ErrUnavailable) {
-			l.Log.Error("cannot start the command", "err", err,
+			l.log.Error("cannot start the command", "err", err,
 				"hint", "a server that takes its listening sockets from its parent needs no seccomp: run it with --sockets systemd (LISTEN_FDS) or --sockets server-starter (SERVER_STARTER_PORT)")
 		} else {
-			l.Log.Error("cannot start the command", "err", err)
+			l.log.Error("cannot start the command", "err", err)
 		}
 		return ExitLauncher
 	}
@@ -207,7 +208,7 @@ func (l *Launcher) run(path string) int {
 			ev = event{kind: evExited, g: g, status: e.Status}
 		case ev = <-l.events:
 		}
-		l.Log.Debug("event", "event", ev.kind, "state", m.state)
+		l.log.Debug("event", "event", ev.kind, "state", m.state)
 		code, done := m.handle(ev)
 		if !done {
 			continue
@@ -216,11 +217,11 @@ func (l *Launcher) run(path string) int {
 			if left := l.leftRunning(); len(left) > 0 {
 				// Not killed: they may be someone's on purpose. But their
 				// bind(2) and listen(2) fail once takeover is gone.
-				l.Log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
+				l.log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
 					"pids", fmt.Sprint(left))
 			}
 		}
-		if m.state == replaced && l.Self == 1 {
+		if m.state == replaced && l.self == 1 {
 			return l.standBy(sigs, exits)
 		}
 		return code
@@ -233,7 +234,7 @@ func (l *Launcher) run(path string) int {
 // recorded none) is its stop signal: takeover has been replaced. Another
 // signal meanwhile (a USR1 for the server while the newer takeover waits
 // for it to drain) is passed on as at any other time.
-func (l *Launcher) signalEvent(sig syscall.Signal) event {
+func (l *launcher) signalEvent(sig syscall.Signal) event {
 	by := 0
 	if sig != unix.SIGHUP && sig != unix.SIGWINCH {
 		by = l.newerTakeover(sig)
@@ -263,20 +264,20 @@ func (c exitCode) Error() string { return "exit status " + strconv.Itoa(int(c)) 
 // lock takes the per-port locks, waiting at most --lock-timeout for
 // another takeover of the same ports; a stop signal while waiting ends
 // takeover.
-func (l *Launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File, error) {
+func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File, error) {
 	type result struct {
 		files []*os.File
 		err   error
 	}
-	limit := l.Cfg.EffectiveLockTimeout()
+	limit := l.cfg.EffectiveLockTimeout()
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	var last rundir.LockOwner
+	var last rundir.Owner
 	done := make(chan result, 1)
 	go func() {
-		files, err := rundir.LockTargets(ctx, l.Dir, l.keys(), rundir.LockOwner{PID: l.Self, Start: l.Born}, func(key string, holder rundir.LockOwner, waited time.Duration) {
+		files, err := rundir.Lock(ctx, l.dir, l.keys(), rundir.Owner{PID: l.self, Start: l.born}, func(key string, holder rundir.Owner, waited time.Duration) {
 			last = holder
-			l.Log.Info("waiting for another takeover of this port to finish its swap",
+			l.log.Info("waiting for another takeover of this port to finish its swap",
 				"lock", key, "takeover_pid", holder.PID, "its_command", owner.CommandLine(holder.PID), "waited", waited, "lock_timeout", limit)
 		})
 		done <- result{files, err}
@@ -301,18 +302,18 @@ func (l *Launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 }
 
 // notify tells systemd, when takeover runs under it, what it is doing.
-func (l *Launcher) notify(state string) {
-	if _, err := systemd.SdNotify(state); err != nil {
-		l.Log.Warn("cannot notify systemd", "state", state, "err", err)
+func (l *launcher) notify(state string) {
+	if _, err := systemd.Notify(state); err != nil {
+		l.log.Warn("cannot notify systemd", "state", state, "err", err)
 	}
 }
 
 // newerTakeover returns the pid of another live takeover that has recorded
 // itself for one of our ports, when sig is the signal it stops what it
 // replaces with; 0 when there is none.
-func (l *Launcher) newerTakeover(sig syscall.Signal) int {
+func (l *launcher) newerTakeover(sig syscall.Signal) int {
 	for _, key := range l.keys() {
-		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher != l.Self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
+		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher != l.self && (r.StopSignal == 0 || r.StopSignal == int(sig)) {
 			return r.Launcher
 		}
 	}
@@ -321,8 +322,8 @@ func (l *Launcher) newerTakeover(sig syscall.Signal) int {
 
 // startGeneration starts the command through the shim and serves its
 // notifications. prev is the generation it is to replace in a reload.
-func (l *Launcher) startGeneration(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
-	if l.Cfg.sockets() != SocketsIntercept {
+func (l *launcher) startGeneration(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
+	if l.cfg.sockets() != SocketsIntercept {
 		return l.startPassing(ctx, path, num, prev)
 	}
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
@@ -333,12 +334,12 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 	defer unix.Close(parentEnd)
 	notify, notifyEnv := l.notifySocket(num)
 	shimMode := "1"
-	if slices.ContainsFunc(l.Cfg.Ports, func(p target.PortSpec) bool { return p.Net == target.NetUnix }) {
+	if slices.ContainsFunc(l.cfg.Ports, func(p target.Spec) bool { return p.Net == target.NetUnix }) {
 		shimMode = shimUnlinks
 	}
-	env := append(l.commandEnv(num, nil), ShimEnv+"="+shimMode)
+	env := append(l.commandEnv(num, nil), shimEnv+"="+shimMode)
 	env = append(env, notifyEnv...)
-	argv := append([]string{"takeover-shim", path}, l.Cfg.Command...)
+	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
 	// The pidfd comes with the clone: the child is never known by its pid
 	// alone, which the reaper could free for reuse.
 	pidfd := -1
@@ -356,7 +357,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 	// os package's copy of the pidfd.
 	pid := p.Pid
 	p.Release()
-	notifFD, err := intercept.RecvShimResult(parentEnd, time.Now().Add(l.Cfg.readyTimeout()))
+	notifFD, err := intercept.RecvShimResult(parentEnd, time.Now().Add(l.cfg.readyTimeout()))
 	if err == nil {
 		if err = seccomp.CheckAddFD(notifFD); err != nil {
 			unix.Close(notifFD)
@@ -376,7 +377,7 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 		unix.Close(pidfd)
 		closeNotify(notify)
 		if errors.Is(err, intercept.ErrShimSilent) {
-			err = fmt.Errorf("%w within --ready-timeout %v (the shim, or the command it became, was killed)", err, l.Cfg.readyTimeout())
+			err = fmt.Errorf("%w within --ready-timeout %v (the shim, or the command it became, was killed)", err, l.cfg.readyTimeout())
 		}
 		if ws.Signaled() && ws.Signal() == unix.SIGSYS {
 			err = fmt.Errorf("%w: the shim was killed by SIGSYS: a seccomp filter around takeover forbids a system call it needs (under systemd, SystemCallFilter= must allow seccomp: add `SystemCallFilter=seccomp pidfd_getfd`)", err)
@@ -387,10 +388,10 @@ func (l *Launcher) startGeneration(ctx context.Context, path string, num int, pr
 	g := l.newGeneration(ctx, num, pid, pidfd, notifFD, prev)
 	g.attachNotify(notify)
 	go func() {
-		intercept.Serve(ctx, g.trap())
+		intercept.Serve(ctx, l.trap(g))
 		unix.Close(notifFD)
 	}()
-	l.Log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.Cfg.Command, " "))
+	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "))
 	return g, nil
 }
 
@@ -402,39 +403,39 @@ var systemdVars = []string{"LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "FDS
 // takeover's to use (NOTIFY_SOCKET: systemd would ignore messages from a pid
 // that is not the main one; systemdVars) and less drop, plus TAKEOVER_PID
 // and TAKEOVER_GENERATION.
-func (l *Launcher) commandEnv(num int, drop []string) []string {
-	env := []string{rundir.LauncherEnv + "=" + strconv.Itoa(l.Self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
-	drop = append(drop, rundir.LauncherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", ShimEnv+"=")
+func (l *launcher) commandEnv(num int, drop []string) []string {
+	env := []string{rundir.LauncherEnv + "=" + strconv.Itoa(l.self), "TAKEOVER_GENERATION=" + strconv.Itoa(num)}
+	drop = append(drop, rundir.LauncherEnv+"=", "TAKEOVER_GENERATION=", "NOTIFY_SOCKET=", shimEnv+"=")
 	drop = append(drop, systemdVars...)
 	for _, kv := range os.Environ() {
 		if !slices.ContainsFunc(drop, func(p string) bool { return strings.HasPrefix(kv, p) }) {
 			env = append(env, kv)
 		}
 	}
-	return l.Cfg.withEnvDir(env)
+	return l.cfg.withEnvDir(env)
 }
 
 // newGeneration records a started command as a generation (pidfd its
 // pidfd from the clone, which the generation keeps), waits for its exit and
 // begins to watch it for readiness.
-func (l *Launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
-	go WaitChild(pid, pidfd, l.exits)
+func (l *launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD int, prev *generation) *generation {
+	go waitChild(pid, pidfd, l.exits)
 	g := &generation{
-		l: l, num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
+		log: l.log, want: l.readyWant(), num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
 		ready:    make(chan struct{}),
 		timedOut: make(chan struct{}),
 		exited:   make(chan struct{}),
 		nudge:    make(chan struct{}, 1),
 	}
 	g.holdings = swap.NewHoldings(pid, false, g.exited)
-	go g.watchReady(ctx, l.Cfg.readyTimeout())
+	go g.watchReady(ctx, l.cfg.readyTimeout())
 	l.mu.Lock()
 	l.gens = append(slices.DeleteFunc(l.gens, func(o *generation) bool { return o.holdings.IsDone() }), g)
 	l.mu.Unlock()
 	return g
 }
 
-type ChildExit struct {
+type childExit struct {
 	Pid    int
 	Status syscall.WaitStatus
 }
@@ -442,7 +443,7 @@ type ChildExit struct {
 // waitChild waits for the child pid (pidfd its pidfd, which the caller
 // keeps open until it has read the exit from ch), reaps it and sends its
 // exit to ch.
-func WaitChild(pid, pidfd int, ch chan<- ChildExit) {
+func waitChild(pid, pidfd int, ch chan<- childExit) {
 	var info unix.Siginfo
 	for {
 		// WNOWAIT: the pid stays the child's until it is reaped below.
@@ -457,7 +458,7 @@ func WaitChild(pid, pidfd int, ch chan<- ChildExit) {
 			break
 		}
 	}
-	ch <- ChildExit{pid, ws}
+	ch <- childExit{pid, ws}
 }
 
 // reapOrphans reaps, for takeover's whole life, the processes re-parented
@@ -465,7 +466,7 @@ func WaitChild(pid, pidfd int, ch chan<- ChildExit) {
 // exits to ch. A child this process holds a pidfd of is another's to
 // reap: a generation (waitChild), the shim of one that failed to start,
 // or a command run by os/exec, whose Wait would otherwise fail with ECHILD.
-func ReapOrphans(ch chan<- ChildExit) {
+func reapOrphans(ch chan<- childExit) {
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, unix.SIGCHLD)
 	go func() {
@@ -482,7 +483,7 @@ func ReapOrphans(ch chan<- ChildExit) {
 			case !pidfdHeld(pid):
 				var ws syscall.WaitStatus
 				if got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); err == nil && got == pid {
-					ch <- ChildExit{pid, ws}
+					ch <- childExit{pid, ws}
 				}
 				continue
 			}
@@ -495,7 +496,7 @@ func ReapOrphans(ch chan<- ChildExit) {
 				}
 				var ws syscall.WaitStatus
 				if got, err := syscall.Wait4(child, &ws, syscall.WNOHANG, nil); err == nil && got == child {
-					ch <- ChildExit{child, ws}
+					ch <- childExit{child, ws}
 				}
 			}
 			select {
@@ -549,10 +550,10 @@ func childrenOf(pid int) []int {
 // leftRunning returns the processes the command left behind, once those
 // that are on their way out (a resource tracker, workers told to stop)
 // have had a second to go.
-func (l *Launcher) leftRunning() []int {
+func (l *launcher) leftRunning() []int {
 	deadline := time.Now().Add(time.Second)
 	for {
-		left := procfs.FS("/proc").WithDescendants([]int{l.Self})[1:]
+		left := procfs.FS("/proc").WithDescendants([]int{l.self})[1:]
 		if len(left) == 0 || time.Now().After(deadline) {
 			return left
 		}
@@ -562,23 +563,23 @@ func (l *Launcher) leftRunning() []int {
 
 // cleanRunDir removes this takeover's files from the run directory, when
 // no other takeover uses them.
-func (l *Launcher) cleanRunDir() {
-	for _, spec := range l.Cfg.Ports {
-		if rundir.RemoveRunFiles(l.Dir, spec.Key(), l.Self) && spec.Net == target.NetUnix {
+func (l *launcher) cleanRunDir() {
+	for _, spec := range l.cfg.Ports {
+		if rundir.RemoveFiles(l.dir, spec.Key(), l.self) && spec.Net == target.NetUnix {
 			// The last takeover of a path removes what the server's own
 			// unlink on its way out missed: a server that got its socket
 			// by a rename knows it by the name beside the path, and a
 			// passed socket's file is takeover's.
-			swap.RemoveStaleSocket(spec.Path, l.Self)
+			swap.RemoveStaleSocket(spec.Path, l.self)
 		}
 	}
-	l.Dir.RemoveStatus(l.Self)
-	l.Dir.ClearDead() // and what takeovers that were killed left
+	l.dir.RemoveStatus(l.self)
+	l.dir.ClearDead() // and what takeovers that were killed left
 }
 
 // heldSocket returns takeover's copy of a socket one of its generations
 // holds, for a newer takeover.
-func (l *Launcher) heldSocket(inode uint64) (int, bool) {
+func (l *launcher) heldSocket(inode uint64) (int, bool) {
 	l.mu.Lock()
 	gens := slices.Clone(l.gens)
 	l.mu.Unlock()
@@ -590,4 +591,9 @@ func (l *Launcher) heldSocket(inode uint64) (int, bool) {
 		}
 	}
 	return -1, false
+}
+
+// readyWant says what ready means for the launcher's generations.
+func (l *launcher) readyWant() ready.Want {
+	return ready.Want{Targets: l.cfg.Ports, Mode: l.cfg.ready(), Interval: l.cfg.interval()}
 }

@@ -14,20 +14,20 @@ import (
 // The launcher is the lifecycle's supervisor: it carries out what the
 // lifecycle decides, and completes each swap.
 
-func (l *Launcher) start(prev *generation) (*generation, error) {
+func (l *launcher) start(prev *generation) (*generation, error) {
 	path := l.path
 	if prev == nil && l.inherited != nil {
 		// The first generation: the sockets systemd passed are its own.
 		prev, l.inherited = l.inherited, nil
 	} else if prev != nil {
-		p, code, err := resolveCommand(l.Cfg.commandName()) // a new binary on disk is picked up
+		p, code, err := resolveCommand(l.cfg.commandName()) // a new binary on disk is picked up
 		if err != nil {
 			return nil, fmt.Errorf("%w (exit status %d)", err, code)
 		}
 		path = p
 	}
 	l.lastNum++
-	g, err := l.startGeneration(l.Ctx, path, l.lastNum, prev)
+	g, err := l.startGeneration(l.ctx, path, l.lastNum, prev)
 	if err != nil {
 		return nil, err
 	}
@@ -45,33 +45,33 @@ func (l *Launcher) start(prev *generation) (*generation, error) {
 	return g, nil
 }
 
-func (l *Launcher) signal(g *generation, sig syscall.Signal) { g.signal(sig) }
+func (l *launcher) signal(g *generation, sig syscall.Signal) { g.signal(sig) }
 
-func (l *Launcher) stop(g *generation, sig syscall.Signal) {
+func (l *launcher) stop(g *generation, sig syscall.Signal) {
 	if sig == 0 {
-		sig = l.Cfg.signal()
+		sig = l.cfg.signal()
 	}
 	g.signal(sig)
-	time.AfterFunc(l.Cfg.killTimeout(), func() {
+	time.AfterFunc(l.cfg.killTimeout(), func() {
 		if !g.hasExited() {
-			l.Log.Warn("the command did not exit within --kill-timeout of the stop signal; killing it", "pid", g.pid, "signal", unix.SignalName(sig), "kill_timeout", l.Cfg.killTimeout())
+			l.log.Warn("the command did not exit within --kill-timeout of the stop signal; killing it", "pid", g.pid, "signal", unix.SignalName(sig), "kill_timeout", l.cfg.killTimeout())
 			g.signal(unix.SIGKILL)
 		}
 	})
 }
 
-func (l *Launcher) release(g *generation) {
+func (l *launcher) release(g *generation) {
 	g.holdings.CloseCopies()
 	g.holdings.Release()
 }
 
-func (l *Launcher) after(d time.Duration, ev event) {
+func (l *launcher) after(d time.Duration, ev event) {
 	time.AfterFunc(d, func() { l.events <- ev })
 }
 
 // queued returns the length of the accept queues of g's sockets, as
 // sock_diag reports it.
-func (l *Launcher) queued(g *generation) int {
+func (l *launcher) queued(g *generation) int {
 	socks, err := socktab.DiagTCPListeners()
 	if err != nil {
 		return -1
@@ -88,7 +88,7 @@ func (l *Launcher) queued(g *generation) int {
 // keepInStore puts g's sockets in systemd's file descriptor store, under
 // systemd, so that a restart of the service or a crash of takeover finds
 // them there; one already stored is not sent again.
-func (l *Launcher) keepInStore(g *generation) {
+func (l *launcher) keepInStore(g *generation) {
 	if l.store == nil {
 		return
 	}
@@ -102,7 +102,7 @@ func (l *Launcher) keepInStore(g *generation) {
 // connections go to its socket at once where it listens, and a socket not
 // listening yet is given g's at its listen(2) (onListen), with what waits
 // in it. (The lifecycle keeps g's copies meanwhile.)
-func (l *Launcher) prevExited(g *generation) {
+func (l *launcher) prevExited(g *generation) {
 	l.mu.Lock()
 	gens := slices.Clone(l.gens)
 	l.mu.Unlock()
@@ -113,7 +113,7 @@ func (l *Launcher) prevExited(g *generation) {
 		for _, s := range h.holdings.FencedSocks() {
 			if sock := h.holdings.DupHeld(s.Spec, s.Addr); sock >= 0 {
 				if err := s.Fence.OldGone(sock); err != nil {
-					l.Log.Warn("cannot steer new connections to the new server after the old one exited; they wait in the old socket", "port", s.Spec.String(), "err", err)
+					l.log.Warn("cannot steer new connections to the new server after the old one exited; they wait in the old socket", "port", s.Spec.String(), "err", err)
 				}
 				unix.Close(sock)
 			}

@@ -3,18 +3,14 @@ package supervise
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/takeover/takeover/internal/owner"
-	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/starter"
 	"github.com/takeover/takeover/internal/swap"
 	"github.com/takeover/takeover/internal/systemd"
@@ -41,13 +37,13 @@ const (
 
 // passShim is the shim's mode for socket passing: it sets LISTEN_PID to
 // its own pid, which becomes the command's by exec, and execs.
-const PassShim = "pass"
+const passShim = "pass"
 
 // runPassShim never returns: it execs the command or exits.
-func RunPassShim(args []string) {
+func runPassShim(args []string) {
 	env := make([]string, 0, len(os.Environ())+1)
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, ShimEnv+"=") {
+		if !strings.HasPrefix(kv, shimEnv+"=") {
 			env = append(env, kv)
 		}
 	}
@@ -64,16 +60,16 @@ func RunPassShim(args []string) {
 
 // passedSockets returns the listening sockets, one per --port in order, for
 // a generation that gets them passed, and the swap each was taken by.
-func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*swap.Held, []*swap.Swap, error) {
+func (l *launcher) passedSockets(ctx context.Context, path string, prev *generation) ([]*swap.Held, []*swap.Record, error) {
 	var held []*swap.Held
-	var swaps []*swap.Swap
-	fail := func(err error) ([]*swap.Held, []*swap.Swap, error) {
+	var swaps []*swap.Record
+	fail := func(err error) ([]*swap.Held, []*swap.Record, error) {
 		abandonAll(held, swaps)
 		return nil, nil, err
 	}
-	for _, spec := range l.Cfg.Ports {
+	for _, spec := range l.cfg.Ports {
 		began := time.Now()
-		var sw *swap.Swap
+		var sw *swap.Record
 		var sock int
 		var err error
 		if prev != nil && (!prev.holdings.Inherited || prev.holdings.HeldForSpec(spec) != nil) {
@@ -98,9 +94,9 @@ func (l *Launcher) passedSockets(ctx context.Context, path string, prev *generat
 // socket prev holds for spec. A prev that died before it was ready (a
 // failed start, retried) never completed its swap: the new generation
 // takes that swap over, so that it stops the old server prev was to stop.
-func inheritSocket(prev *generation, spec target.PortSpec) (*swap.Swap, int, error) {
+func inheritSocket(prev *generation, spec target.Spec) (*swap.Record, int, error) {
 	old, fd, err := prev.holdings.DupForSpec(spec)
-	var unfinished *swap.Swap
+	var unfinished *swap.Record
 	if by, _ := prev.readiedBy(); old != nil && err == nil && by == "" && prev.hasExited() {
 		unfinished = prev.holdings.TakeSwap(spec)
 	}
@@ -110,7 +106,7 @@ func inheritSocket(prev *generation, spec target.PortSpec) (*swap.Swap, int, err
 	if unfinished != nil {
 		return unfinished, fd, nil
 	}
-	sw := &swap.Swap{Spec: spec, Addr: old.Addr, Strategy: "handoff"}
+	sw := &swap.Record{Spec: spec, Addr: old.Addr, Strategy: "handoff"}
 	prev.holdings.ReplacedIn(sw, old)
 	if spec.Net == target.NetUnix && len(sw.OldProcs) > 0 {
 		sw.Path = swap.KeepHandedOver(spec.Path) // no filter here sees the old server's unlink
@@ -120,24 +116,24 @@ func inheritSocket(prev *generation, spec target.PortSpec) (*swap.Swap, int, err
 
 // acquire takes spec's listening socket for the first generation, as a
 // bind of the command would be taken over.
-func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string) (*swap.Swap, int, error) {
+func (l *launcher) acquire(ctx context.Context, spec target.Spec, exe string) (*swap.Record, int, error) {
 	if spec.Net == target.NetUnix {
 		// As systemd does before it binds a socket unit's path: a file
 		// left by a server that is gone would fail the bind.
-		swap.RemoveStaleSocket(spec.Path, l.Self)
+		swap.RemoveStaleSocket(spec.Path, l.self)
 	}
 	addr := bindAddrFor(spec)
 	sock, err := newTargetSocket(spec, addr)
 	if err != nil {
 		return nil, -1, fmt.Errorf("make a socket for %s: %w", spec, err)
 	}
-	child := owner.NewChild{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.Cfg.StartServer != nil, Unit: l.unit}
-	sw, held, err := l.taker.Take(ctx, swap.Claim{Child: child, Sock: sock, Addr: addr, Spec: spec, PathMode: l.Cfg.socketFileMode()}, nil)
+	child := owner.Child{PID: os.Getpid(), UID: os.Geteuid(), Exe: exe, NoForce: l.cfg.StartServer != nil, Unit: l.unit}
+	sw, held, err := l.taker.Take(ctx, swap.Claim{Child: child, Sock: sock, Addr: addr, Spec: spec, PathMode: l.cfg.socketFileMode()}, nil)
 	if err != nil {
 		unix.Close(sock)
 		return nil, -1, fmt.Errorf("take %s: %w", spec, err)
 	}
-	fail := func(err error) (*swap.Swap, int, error) {
+	fail := func(err error) (*swap.Record, int, error) {
 		unix.Close(held)
 		sw.Abandon()
 		return nil, -1, err
@@ -146,7 +142,7 @@ func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 		return sw, held, nil
 	}
 	if v, _ := unix.GetsockoptInt(held, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); v == 0 {
-		if err := unix.Listen(held, l.Cfg.backlog()); err != nil {
+		if err := unix.Listen(held, l.cfg.backlog()); err != nil {
 			return fail(fmt.Errorf("listen on %s: %w", spec, err))
 		}
 	}
@@ -159,14 +155,14 @@ func (l *Launcher) acquire(ctx context.Context, spec target.PortSpec, exe string
 }
 
 // fencePassed fences a reload's or a restart's swap of a passed TCP
-// socket, as a bind would be (fence_linux.go): where the old generation
+// socket, as a bind would be (swap.FenceBeside): where the old generation
 // still runs, it makes a new socket like old, binds it beside old in one
 // SO_REUSEPORT group steered to old, listens, and returns it to be passed
 // in old's place (old closed: the old generation holds its own). Otherwise,
 // or when it cannot, it returns old, handed over unfenced as before, with
 // why not in sw.
-func (l *Launcher) fencePassed(sw *swap.Swap, old int) int {
-	if !l.Cfg.fence() || sw.Spec.Net != "" || len(sw.OldProcs) == 0 || sw.Fence != nil {
+func (l *launcher) fencePassed(sw *swap.Record, old int) int {
+	if !l.cfg.fence() || sw.Spec.Net != "" || len(sw.OldProcs) == 0 || sw.Fence != nil {
 		return old
 	}
 	sock, err := newTargetSocket(sw.Spec, sw.Addr)
@@ -180,7 +176,7 @@ func (l *Launcher) fencePassed(sw *swap.Swap, old int) int {
 		sw.NotFenced = why
 		return old
 	}
-	if err := unix.Listen(sock, l.Cfg.backlog()); err != nil {
+	if err := unix.Listen(sock, l.cfg.backlog()); err != nil {
 		unix.Close(sock)
 		sw.NotFenced = fmt.Sprintf("cannot listen beside the old socket: %v", err)
 		return old
@@ -198,7 +194,7 @@ func (l *Launcher) fencePassed(sw *swap.Swap, old int) int {
 // bindAddrFor is the address takeover binds for an IP spec: the one a
 // server already uses where one does (a handoff needs the same family),
 // else the spec's, and for every address the IPv6 wildcard, dual-stack.
-func bindAddrFor(spec target.PortSpec) netip.AddrPort {
+func bindAddrFor(spec target.Spec) netip.AddrPort {
 	if spec.Net == target.NetUnix {
 		return netip.AddrPort{}
 	}
@@ -226,7 +222,7 @@ func hasIPv6Stack() bool {
 // newTargetSocket makes a blocking socket for the target, as start_server
 // and systemd pass them: for TCP and UDP at addr, with SO_REUSEADDR, and
 // dual-stack for the IPv6 wildcard.
-func newTargetSocket(spec target.PortSpec, addr netip.AddrPort) (int, error) {
+func newTargetSocket(spec target.Spec, addr netip.AddrPort) (int, error) {
 	if spec.Net == target.NetUnix {
 		return unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	}
@@ -272,7 +268,7 @@ var passedVars = []string{"SERVER_STARTER_PORT=", "SERVER_STARTER_GENERATION="}
 
 // abandonAll closes the sockets taken for a generation that will not run,
 // and abandons the swaps that took them.
-func abandonAll(held []*swap.Held, swaps []*swap.Swap) {
+func abandonAll(held []*swap.Held, swaps []*swap.Record) {
 	for _, h := range held {
 		unix.Close(h.CopyFD)
 	}
@@ -282,14 +278,14 @@ func abandonAll(held []*swap.Held, swaps []*swap.Swap) {
 }
 
 // startPassing starts a generation that gets its sockets passed.
-func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
+func (l *launcher) startPassing(ctx context.Context, path string, num int, prev *generation) (*generation, error) {
 	held, swaps, err := l.passedSockets(ctx, path, prev)
 	if err != nil {
 		return nil, err
 	}
 	l.starter.bound()
 	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
-	names, fds := l.Cfg.passedAs()
+	names, fds := l.cfg.passedAs()
 	var passed []*os.File
 	for i, h := range held {
 		// Close-on-exec here: StartProcess dup2s it to its place in the
@@ -311,12 +307,12 @@ func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev 
 	}
 	notify, notifyEnv := l.notifySocket(num)
 	env := l.commandEnv(num, passedVars)
-	env = append(env, ShimEnv+"="+PassShim)
-	env = append(env, passingEnv(l.Cfg.sockets(), held, names, fds, num)...)
+	env = append(env, shimEnv+"="+passShim)
+	env = append(env, passingEnv(l.cfg.sockets(), held, names, fds, num)...)
 	env = append(env, notifyEnv...)
-	argv := append([]string{"takeover-shim", path}, l.Cfg.Command...)
+	argv := append([]string{"takeover-shim", path}, l.cfg.Command...)
 	pidfd := -1 // from the clone, as in startGeneration
-	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Dir: l.Cfg.dir(), Env: env, Files: files, Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
+	p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Dir: l.cfg.dir(), Env: env, Files: files, Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
 	for _, f := range passed {
 		f.Close()
 	}
@@ -332,156 +328,19 @@ func (l *Launcher) startPassing(ctx context.Context, path string, num int, prev 
 		g.holdings.Add(swap.SockKey{Tgid: pid, FD: fds[i]}, h, swaps[i])
 	}
 	g.attachNotify(notify)
-	l.Log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.Cfg.Command, " "), "sockets", l.Cfg.sockets())
+	l.log.Debug("started", "generation", num, "pid", pid, "command", strings.Join(l.cfg.Command, " "), "sockets", l.cfg.sockets())
 	return g, nil
-}
-
-// notifySocket makes the NOTIFY_SOCKET generation num's command may send
-// READY=1 to, and the variable that names it (none, with a warning, if it
-// cannot be made). It is an abstract unix socket, which a command that runs
-// as another user (setpriv, gosu, runuser) reaches, where it could not
-// enter the run directory (0700). Anyone may send to it: readNotify takes
-// READY=1 only from the generation's own processes (SCM_CREDENTIALS).
-func (l *Launcher) notifySocket(num int) (*net.UnixConn, []string) {
-	c, name, err := bindNotify(l.Self, num)
-	if err != nil {
-		l.Log.Warn("no NOTIFY_SOCKET for the command: its READY=1 cannot be heard", "err", err)
-		return nil, nil
-	}
-	return c, []string{"NOTIFY_SOCKET=" + name}
-}
-
-// bindNotify binds a datagram socket to a fresh abstract name with
-// SO_PASSCRED set before the bind, so that every message it receives
-// carries its sender's credentials.
-func bindNotify(self, num int) (*net.UnixConn, string, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, "", fmt.Errorf("socket: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "notify")
-	defer f.Close() // net.FileConn keeps a dup
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
-		return nil, "", fmt.Errorf("SO_PASSCRED: %w", err)
-	}
-	var name string
-	for try := 0; ; try++ {
-		// Random, so that no one can take the name first.
-		name = fmt.Sprintf("@takeover/%d/notify-%d-%08x", self, num, rand.Uint32())
-		err = unix.Bind(fd, &unix.SockaddrUnix{Name: name})
-		if err == nil {
-			break
-		}
-		if err != unix.EADDRINUSE || try == 10 {
-			return nil, "", fmt.Errorf("bind %s: %w", name, err)
-		}
-	}
-	c, err := net.FileConn(f)
-	if err != nil {
-		return nil, "", err
-	}
-	return c.(*net.UnixConn), name, nil
-}
-
-// attachNotify has the generation hear its command's READY=1 on c, which it
-// closes once the command has exited.
-func (g *generation) attachNotify(c *net.UnixConn) {
-	if c == nil {
-		return
-	}
-	g.onExit(func() { closeNotify(c) })
-	go g.readNotify(c)
-}
-
-// closeNotify closes a NOTIFY_SOCKET (nil: nothing). Its name is abstract:
-// there is no file to remove.
-func closeNotify(c *net.UnixConn) {
-	if c != nil {
-		c.Close()
-	}
-}
-
-// readNotify takes the command's READY=1 for readiness, when a process of
-// the generation sent it. Any fds a message carries are closed.
-func (g *generation) readNotify(c *net.UnixConn) {
-	buf := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(64*4))
-	warned := false
-	for {
-		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-		if err != nil {
-			return
-		}
-		cred := notifySender(oob[:oobn])
-		g.mu.Lock()
-		heard := g.notified
-		g.mu.Unlock()
-		if heard || !slices.Contains(strings.Split(string(buf[:n]), "\n"), "READY=1") {
-			continue
-		}
-		if cred == nil || !g.sentBy(int(cred.Pid)) {
-			if !warned {
-				warned = true
-				from := "a sender without credentials"
-				if cred != nil {
-					from = fmt.Sprintf("pid %d (uid %d)", cred.Pid, cred.Uid)
-				}
-				g.l.Log.Warn("ignored a READY=1 sent to the command's NOTIFY_SOCKET by a process not of the command; further ones are ignored silently",
-					"from", from, "generation", g.num, "command_pid", g.pid)
-			}
-			continue
-		}
-		g.mu.Lock()
-		g.notified = true
-		g.mu.Unlock()
-		select {
-		case g.nudge <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// notifySender returns the credentials a notification carries (nil if
-// none), and closes any fds it carries.
-func notifySender(oob []byte) *unix.Ucred {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var cred *unix.Ucred
-	for _, m := range msgs {
-		if fds, err := unix.ParseUnixRights(&m); err == nil {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
-			continue
-		}
-		if c, err := unix.ParseUnixCredentials(&m); err == nil {
-			cred = c
-		}
-	}
-	return cred
-}
-
-// sentBy reports whether pid is the generation's command or one of its
-// descendants. A sender that has exited by the time its message is read
-// (and been reaped) cannot be told from another: its READY=1 is ignored.
-func (g *generation) sentBy(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	return slices.Contains(procfs.FS("/proc").WithDescendants([]int{g.pid}), pid)
 }
 
 // inheritedGeneration stands for what held the sockets systemd passed: a
 // generation that has exited, holding them, as a crashed one would. The
 // first generation takes them from it.
-func (l *Launcher) inheritedGeneration(socks []systemd.InheritedSock) *generation {
-	g := &generation{l: l, pid: 0, pidfd: -1, exited: make(chan struct{})}
+func (l *launcher) inheritedGeneration(socks []systemd.Passed) *generation {
+	g := &generation{log: l.log, want: l.readyWant(), pid: 0, pidfd: -1, exited: make(chan struct{})}
 	close(g.exited)
 	g.holdings = swap.NewHoldings(0, true, g.exited)
 	for _, s := range socks {
-		g.holdings.Add(swap.SockKey{Tgid: 0, FD: s.Fd}, &swap.Held{CopyFD: s.Fd, Inode: s.Inode, Spec: s.Spec, Addr: s.Addr, Via: s.Via}, nil)
+		g.holdings.Add(swap.SockKey{Tgid: 0, FD: s.FD}, &swap.Held{CopyFD: s.FD, Inode: s.Inode, Spec: s.Spec, Addr: s.Addr, Via: s.Via}, nil)
 	}
 	return g
 }

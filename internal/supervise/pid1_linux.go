@@ -25,8 +25,8 @@ const standByInterval = 100 * time.Millisecond
 // standBy runs a replaced PID 1 until no takeover serves its targets any
 // more, and returns its exit status: 0 after a stop it passed on, 1 when
 // the serving takeover ended by itself (nothing serves: the container ends).
-func (l *Launcher) standBy(sigs <-chan os.Signal, exits <-chan ChildExit) int {
-	l.Log.Info("replaced as PID 1 of this PID namespace: staying, to reap orphans and pass signals on to the takeover that serves now")
+func (l *launcher) standBy(sigs <-chan os.Signal, exits <-chan childExit) int {
+	l.log.Info("replaced as PID 1 of this PID namespace: staying, to reap orphans and pass signals on to the takeover that serves now")
 	tick := time.NewTicker(standByInterval)
 	defer tick.Stop()
 	stopped := false
@@ -37,7 +37,7 @@ func (l *Launcher) standBy(sigs <-chan os.Signal, exits <-chan ChildExit) int {
 			if stopped {
 				return 0
 			}
-			l.Log.Warn("the takeover that served has exited and none serves now; ending", "pid", last)
+			l.log.Warn("the takeover that served has exited and none serves now; ending", "pid", last)
 			return 1
 		}
 		last = serving.Launcher
@@ -45,8 +45,8 @@ func (l *Launcher) standBy(sigs <-chan os.Signal, exits <-chan ChildExit) int {
 		case sig := <-sigs:
 			s := sig.(syscall.Signal)
 			stopped = stopped || isStopSignal(s)
-			if err := SignalLauncher(serving, s); err != nil {
-				l.Log.Warn("cannot pass a signal on to the takeover that serves", "pid", serving.Launcher, "signal", unix.SignalName(s), "err", err)
+			if err := signalLauncher(serving, s); err != nil {
+				l.log.Warn("cannot pass a signal on to the takeover that serves", "pid", serving.Launcher, "signal", unix.SignalName(s), "err", err)
 			}
 		case <-exits: // an orphan re-parented to PID 1, reaped
 		case <-tick.C:
@@ -57,19 +57,19 @@ func (l *Launcher) standBy(sigs <-chan os.Signal, exits <-chan ChildExit) int {
 // servingLauncher returns the record of the live takeover, other than this
 // one, that the run directory names for one of our targets (Launcher 0:
 // none).
-func (l *Launcher) servingLauncher() rundir.GenRecord {
+func (l *launcher) servingLauncher() rundir.Record {
 	for _, key := range l.keys() {
-		if r, ok := rundir.ReadRecord(l.Dir, key); ok && r.Launcher != l.Self {
+		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher != l.self {
 			return r
 		}
 	}
-	return rundir.GenRecord{}
+	return rundir.Record{}
 }
 
 // signalLauncher sends sig to the launcher r names through a pidfd opened
 // first, and only then checked to be that very process (its start time):
 // a pid reused after the record was read is never signalled.
-func SignalLauncher(r rundir.GenRecord, sig syscall.Signal) error {
+func signalLauncher(r rundir.Record, sig syscall.Signal) error {
 	fd, err := unix.PidfdOpen(r.Launcher, 0)
 	if err != nil {
 		return err

@@ -16,20 +16,20 @@ import (
 // shimEnv marks the re-executed takeover that becomes the command: it
 // installs the bind filter on itself, hands the notification fd to the
 // launcher over fd 3 (a socketpair), and execs the command in its place.
-const ShimEnv = "_TAKEOVER_SHIM"
+const shimEnv = "_TAKEOVER_SHIM"
 
 // shimUnlinks is shimEnv's value when the filter is to trap unlinks too:
 // the launcher has unix targets.
 const shimUnlinks = "unlinks"
 
 // runShim never returns: it execs the command or exits.
-func RunShim(args []string) {
+func runShim(args []string) {
 	runtime.LockOSThread() // the filter binds to this thread, which must exec
 	unix.CloseOnExec(intercept.ShimFD)
 	if len(args) == 0 {
 		shimFail(ExitLauncher, "shim: no command")
 	}
-	fd, err := seccomp.Install(intercept.TrappedCalls(os.Getenv(ShimEnv) == shimUnlinks))
+	fd, err := seccomp.Install(intercept.TrappedCalls(os.Getenv(shimEnv) == shimUnlinks))
 	if err != nil {
 		intercept.SendShimResult(-1, err.Error())
 		shimFail(ExitLauncher, err.Error())
@@ -47,7 +47,7 @@ func RunShim(args []string) {
 
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, ShimEnv+"=") && !strings.HasPrefix(kv, intercept.ShimSilentEnv+"=") {
+		if !strings.HasPrefix(kv, shimEnv+"=") && !strings.HasPrefix(kv, intercept.ShimSilentEnv+"=") {
 			env = append(env, kv)
 		}
 	}
@@ -68,11 +68,11 @@ func shimFail(code int, msg string) {
 // command (or the one that passes it sockets), if the launcher started it as
 // one; main calls it first of all.
 func MaybeRunShim() {
-	switch os.Getenv(ShimEnv) {
+	switch os.Getenv(shimEnv) {
 	case "":
-	case PassShim:
-		RunPassShim(os.Args[1:])
+	case passShim:
+		runPassShim(os.Args[1:])
 	default:
-		RunShim(os.Args[1:])
+		runShim(os.Args[1:])
 	}
 }

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startServerOpts is what start_server's options ask of a launcher beyond
+// StartServerOpts is what start_server's options ask of a launcher beyond
 // config's own fields.
 type StartServerOpts struct {
 	Dir          string        // --dir: the command's working directory
@@ -113,11 +113,11 @@ type starterState struct {
 	setUp sync.Once
 }
 
-func newStarterState(l *Launcher) *starterState {
-	if l.Cfg.StartServer == nil {
+func newStarterState(l *launcher) *starterState {
+	if l.cfg.StartServer == nil {
 		return nil
 	}
-	s := &starterState{opts: l.Cfg.StartServer, log: l.Log, self: l.Self, live: make(map[int]int)}
+	s := &starterState{opts: l.cfg.StartServer, log: l.log, self: l.self, live: make(map[int]int)}
 	if s.opts.AutoRestart > 0 {
 		go s.autoRestart(s.opts.AutoRestart)
 	}

@@ -88,17 +88,17 @@ func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // initStatus starts the status record and the metrics, whose counters
 // start from those of the takeovers this one is to replace (what their
 // status records say as it starts), so that a deploy does not reset them.
-func (l *Launcher) initStatus() {
+func (l *launcher) initStatus() {
 	prior := metrics.Counts{}
 	var seen []int
 	for _, key := range l.keys() {
-		r, ok := rundir.ReadRecord(l.Dir, key)
-		if !ok || r.Launcher == l.Self || slices.Contains(seen, r.Launcher) {
+		r, ok := rundir.ReadRecord(l.dir, key)
+		if !ok || r.Launcher == l.self || slices.Contains(seen, r.Launcher) {
 			continue
 		}
 		seen = append(seen, r.Launcher)
 		var old Status
-		if b, ok := l.Dir.ReadStatus(r.Launcher); ok && json.Unmarshal(b, &old) == nil && old.TakeoverStart == r.LauncherStart {
+		if b, ok := l.dir.ReadStatus(r.Launcher); ok && json.Unmarshal(b, &old) == nil && old.TakeoverStart == r.LauncherStart {
 			prior = metrics.Add(prior, old.Counters)
 		}
 	}
@@ -106,15 +106,15 @@ func (l *Launcher) initStatus() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := &l.status
-	st.TakeoverPID, st.TakeoverStart, st.State, st.Command, st.LastSwap = l.Self, l.Born, "starting", l.Cfg.Command, []swapStatus{}
-	for _, p := range l.Cfg.Ports {
+	st.TakeoverPID, st.TakeoverStart, st.State, st.Command, st.LastSwap = l.self, l.born, "starting", l.cfg.Command, []swapStatus{}
+	for _, p := range l.cfg.Ports {
 		st.Ports = append(st.Ports, p.String())
 	}
 	l.flushStatus()
 }
 
 // writeStatus records a completed swap, and counts it.
-func (l *Launcher) writeStatus(g *generation, swaps []*swap.Swap) {
+func (l *launcher) writeStatus(g *generation, swaps []*swap.Record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := &l.status
@@ -144,7 +144,7 @@ func (l *Launcher) writeStatus(g *generation, swaps []*swap.Swap) {
 
 // rolledBack counts a generation stopped for not being ready in time, and
 // the swaps it had begun.
-func (l *Launcher) rolledBack(g *generation) {
+func (l *launcher) rolledBack(g *generation) {
 	l.metrics.Rollback()
 	var counted []string
 	for _, sw := range g.holdings.Swaps() {
@@ -159,7 +159,7 @@ func (l *Launcher) rolledBack(g *generation) {
 }
 
 // gaveUp counts a give-up after --max-restarts.
-func (l *Launcher) gaveUp() {
+func (l *launcher) gaveUp() {
 	l.metrics.GiveUp()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -169,15 +169,15 @@ func (l *Launcher) gaveUp() {
 // draining records the old servers of stop as draining from now until the
 // returned function is called (exited: they have exited, and their drain
 // is observed).
-func (l *Launcher) draining(stop []swap.OldStop) func(exited bool) {
+func (l *launcher) draining(stop swap.Stops) func(exited bool) {
 	began := time.Now()
 	var pids []int
 	l.mu.Lock()
 	for _, st := range stop {
-		for _, o := range st.Sw.Old {
+		for _, o := range st.Record.Old {
 			if !slices.Contains(pids, o.Holder.PID) {
 				pids = append(pids, o.Holder.PID)
-				d := Draining{PID: o.Holder.PID, Target: st.Sw.Spec.String(), Since: began.UTC()}
+				d := Draining{PID: o.Holder.PID, Target: st.Record.Spec.String(), Since: began.UTC()}
 				if o.Launcher {
 					d.TakeoverPID = o.PID
 				}
@@ -218,7 +218,7 @@ func (l *Launcher) draining(stop []swap.OldStop) func(exited bool) {
 
 // restarting records a crash: takeover backs off, the sockets held, before
 // it starts the command again.
-func (l *Launcher) restarting(c crashInfo) {
+func (l *launcher) restarting(c crashInfo) {
 	l.metrics.Restart()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -237,7 +237,7 @@ type failedReload struct {
 
 // reloadFailed records in --status-file a reload whose new generation
 // never served (num 0: none could be started).
-func (l *Launcher) reloadFailed(num int, why string) {
+func (l *launcher) reloadFailed(num int, why string) {
 	l.metrics.FailedReload()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -248,17 +248,17 @@ func (l *Launcher) reloadFailed(num int, why string) {
 
 // flushStatus writes l.status into the run directory and --status-file,
 // and the metrics into --metrics-file; l.mu is held.
-func (l *Launcher) flushStatus() {
+func (l *launcher) flushStatus() {
 	l.status.Updated = time.Now().UTC()
 	l.status.Counters = l.metrics.Counts()
 	b, _ := json.MarshalIndent(l.status, "", "  ")
 	b = append(b, '\n')
-	if err := l.Dir.WriteStatus(l.Self, b); err != nil {
-		l.Log.Warn("cannot write the status record in the run directory", "err", err)
+	if err := l.dir.WriteStatus(l.self, b); err != nil {
+		l.log.Warn("cannot write the status record in the run directory", "err", err)
 	}
-	if l.Cfg.StatusFile != "" {
-		if err := rundir.WriteFileAtomic(l.Cfg.StatusFile, b); err != nil {
-			l.Log.Warn("cannot write --status-file", "err", err)
+	if l.cfg.StatusFile != "" {
+		if err := rundir.WriteFileAtomic(l.cfg.StatusFile, b); err != nil {
+			l.log.Warn("cannot write --status-file", "err", err)
 		}
 	}
 	l.writeMetricsFile()
@@ -266,16 +266,16 @@ func (l *Launcher) flushStatus() {
 
 // writeMetricsFile writes the metrics into --metrics-file, atomically, for
 // node_exporter's textfile collector.
-func (l *Launcher) writeMetricsFile() {
-	if l.Cfg.MetricsFile == "" {
+func (l *launcher) writeMetricsFile() {
+	if l.cfg.MetricsFile == "" {
 		return
 	}
 	b, err := l.metrics.Text()
 	if err == nil {
-		err = rundir.WriteFileAtomic(l.Cfg.MetricsFile, b)
+		err = rundir.WriteFileAtomic(l.cfg.MetricsFile, b)
 	}
 	if err != nil {
-		l.Log.Warn("cannot write --metrics-file", "err", err)
+		l.log.Warn("cannot write --metrics-file", "err", err)
 	}
 }
 
@@ -285,15 +285,15 @@ const metricsFileEvery = 15 * time.Second
 
 // serveMetrics serves --metrics and writes --metrics-file every
 // metricsFileEvery, until stop.
-func (l *Launcher) serveMetrics() (stop func(), err error) {
+func (l *launcher) serveMetrics() (stop func(), err error) {
 	var stops []func()
 	stop = func() {
 		for _, f := range stops {
 			f()
 		}
 	}
-	if l.Cfg.Metrics != "" {
-		network, addr, err := metrics.ParseAddr(l.Cfg.Metrics)
+	if l.cfg.Metrics != "" {
+		network, addr, err := metrics.ParseAddr(l.cfg.Metrics)
 		if err == nil {
 			var ln net.Listener
 			if ln, err = metrics.Listen(network, addr); err == nil {
@@ -304,7 +304,7 @@ func (l *Launcher) serveMetrics() (stop func(), err error) {
 			return stop, fmt.Errorf("cannot serve --metrics: %w", err)
 		}
 	}
-	if l.Cfg.MetricsFile != "" {
+	if l.cfg.MetricsFile != "" {
 		done := make(chan struct{})
 		go func() {
 			tick := time.NewTicker(metricsFileEvery)

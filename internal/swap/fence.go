@@ -10,7 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/takeover/takeover/internal/owner"
+	"github.com/takeover/takeover/internal/drain"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
 )
@@ -37,7 +38,7 @@ import (
 // leaves is replaced by the last one), so with the old socket alone in it
 // before the new one joins, the old one is 0 and the new one 1.
 
-// A fence is a fenced handoff of one TCP target: the old server's socket
+// A Fence is a fenced handoff of one TCP target: the old server's socket
 // and the group it shares with the new one.
 type Fence struct {
 	oldInode uint64
@@ -50,7 +51,8 @@ type Fence struct {
 	// went up (by cookie), until each has left the handshake: the old
 	// socket's are among them, and sock_diag does not say which.
 	handshakes map[uint64]bool
-	migrating  bool // holds net.ipv4.tcp_migrate_req on (holdMigrate)
+	migrating  bool   // holds net.ipv4.tcp_migrate_req on (holdMigrate)
+	Busy       string // the last connection Finished found busy, and why
 }
 
 const (
@@ -58,7 +60,7 @@ const (
 	newInGroup = 1
 )
 
-// fenceBeside binds the command's socket c.sock beside old, the old
+// FenceBeside binds the command's socket c.sock beside old, the old
 // server's listening socket at c.addr, in one SO_REUSEPORT group, and
 // steers new connections to old. It returns why when it cannot, having left
 // both sockets as they were (c.sock unbound).
@@ -123,7 +125,7 @@ func FenceBeside(c Claim, old int) (*Fence, string) {
 // while the accept queue was full, and retried) is reset, as if the cookie
 // were forged (24 to 32 resets in one burst at the first swap of a python
 // server with a backlog of 5 under 50 clients).
-func FreshInGroup(c Claim, fence bool) {
+func freshInGroup(c Claim, fence bool) {
 	if fence && c.Spec.Net == "" {
 		unix.SetsockoptInt(c.Sock, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 	}
@@ -149,7 +151,7 @@ func steer(sock int, index uint32) error {
 		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
 }
 
-// joined is called once the new socket listens, which is when it joins the
+// Joined is called once the new socket listens, which is when it joins the
 // group: until the fence is up, connections go to the old socket.
 func (f *Fence) Joined(sock int) error {
 	f.mu.Lock()
@@ -164,7 +166,7 @@ func (f *Fence) Joined(sock int) error {
 	return steer(sock, oldInGroup)
 }
 
-// raise sends every new connection to the new socket, sock, and notes the
+// Raise sends every new connection to the new socket, sock, and notes the
 // handshakes under way at the address: from then on, a handshake that
 // begins is the new socket's, so the old socket's are among those.
 func (f *Fence) Raise(sock int) error {
@@ -219,7 +221,7 @@ func (f *Fence) handshaking() (bool, error) {
 	return len(still) > 0, nil
 }
 
-// oldGone records that the old server exited (a reload's old generation
+// OldGone records that the old server exited (a reload's old generation
 // died before the new one was ready, or was stopped), and sends new
 // connections to the new socket, sock, if it listens and the fence is not
 // up already.
@@ -237,14 +239,14 @@ func (f *Fence) OldGone(sock int) error {
 	return steer(sock, newInGroup)
 }
 
-// isGone reports whether the old server exited.
+// IsGone reports whether the old server exited.
 func (f *Fence) IsGone() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.gone
 }
 
-// lower sends new connections back to the old socket (sock is any socket
+// Lower sends new connections back to the old socket (sock is any socket
 // of the group): the new server exited before its swap completed.
 func (f *Fence) Lower(sock int) error {
 	f.mu.Lock()
@@ -253,7 +255,7 @@ func (f *Fence) Lower(sock int) error {
 	return steer(sock, oldInGroup)
 }
 
-// settle pins the group to the new socket, sock, once the old socket has
+// Settle pins the group to the new socket, sock, once the old socket has
 // left it (its last holder closed it): the new socket is then the group's
 // first, and a socket that joined after it (another process of the user,
 // binding with SO_REUSEPORT) would otherwise take every connection the
@@ -286,11 +288,12 @@ func (f *Fence) Settle(ctx context.Context, sock int) bool {
 	}
 }
 
-// finished reports whether the fenced old server has nothing left to
+// Finished reports whether the fenced old server has nothing left to
 // finish: no handshake that may be its socket's is under way, no
-// connection waits in its socket's queue, and none of pids (its processes)
-// holds a connection it accepted. (In that order: a handshake that
-// completes meanwhile is in the queue when that is looked at.)
+// connection waits in its socket's queue, and every connection one of pids
+// (its processes) holds is idle: its requests answered (drain.Finished).
+// (In that order: a handshake that completes meanwhile is in the queue
+// when that is looked at.)
 func (f *Fence) Finished(pids []int) (bool, error) {
 	if f.IsGone() {
 		return true, nil // what waits in its queue is handed over or lost: none of it will be accepted there
@@ -307,16 +310,32 @@ func (f *Fence) Finished(pids []int) (bool, error) {
 			return false, nil
 		}
 	}
-	conns, err := socktab.DiagTCPConnected(f.addr.Port())
+	conns, err := socktab.DiagTCPConns(f.addr.Port())
 	if err != nil || len(conns) == 0 {
 		return err == nil, err
 	}
+	// Its keep-alive connections need not end: it has finished once it
+	// has answered every request it read on them (issue 30).
+	ours, err := heldConns("/proc", conns, pids)
+	ok, c, why := drain.Finished(ours, drain.Settle)
+	f.Busy = fmt.Sprintf("%v: %s (in %v, out %v ago)", c.Remote, why, c.LastDataRecv, c.LastDataSent)
+	return ok, err
+}
+
+// heldConns returns those of conns that one of pids holds.
+func heldConns(proc procfs.FS, conns []socktab.Conn, pids []int) ([]socktab.Conn, error) {
 	inodes := make([]uint64, len(conns))
 	for i, c := range conns {
 		inodes[i] = c.Inode
 	}
-	held, err := owner.StillHolding("/proc", inodes, pids)
-	return len(held) == 0, err
+	found, err := proc.Holders(inodes, pids)
+	var held []socktab.Conn
+	for i, hs := range found {
+		if len(hs) > 0 {
+			held = append(held, conns[i])
+		}
+	}
+	return held, err
 }
 
 // migrateReqPath is net.ipv4.tcp_migrate_req (Linux 5.14) of takeover's
@@ -332,7 +351,7 @@ var migrate struct {
 	set   bool // this process turned it on
 }
 
-// holdMigrate turns net.ipv4.tcp_migrate_req on for the fence's swap, if
+// HoldMigrate turns net.ipv4.tcp_migrate_req on for the fence's swap, if
 // it is off: then a listening socket that closes while another of its
 // SO_REUSEPORT group listens hands that one its accept queue and its
 // handshakes under way, where the kernel would otherwise reset them. With
@@ -368,7 +387,7 @@ func (f *Fence) HoldMigrate() (bool, error) {
 	return true, nil
 }
 
-// releaseMigrate lets go of the fence's hold: the last one puts
+// ReleaseMigrate lets go of the fence's hold: the last one puts
 // net.ipv4.tcp_migrate_req back to 0 if this process turned it on and it
 // is still on. (Another process's swap that turned it on meanwhile, seeing
 // it on, left it to this one: the restore can cut short its second guard,
@@ -401,8 +420,8 @@ func writeSysctl(path, v string) error {
 	return err
 }
 
-// fenceAttrs are the log attributes that say whether a swap was fenced.
-func (sw *Swap) FenceAttrs() []any {
+// FenceAttrs are the log attributes that say whether a swap was fenced.
+func (sw *Record) FenceAttrs() []any {
 	switch {
 	case sw.Fence != nil:
 		return []any{"fenced", true}

@@ -14,12 +14,12 @@ import (
 // A UDP socket is handed over the same way: the datagrams waiting in it are
 // read by whichever server reads next.
 
-// handoffMismatch says why old cannot stand in for own, bound to the
+// HandoffMismatch says why old cannot stand in for own, bound to the
 // target spec (at addr for TCP and UDP), or "". The socket must be of the
 // target's type and of the same family, bound to exactly that address,
 // with the same IPV6_V6ONLY: an IPv4 socket is never handed to a server
 // that asked for IPv6. A unix socket was found by the file at the path.
-func HandoffMismatch(old, own int, spec target.PortSpec, addr netip.AddrPort) string {
+func HandoffMismatch(old, own int, spec target.Spec, addr netip.AddrPort) string {
 	typ, err := unix.GetsockoptInt(old, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil || typ != spec.SockType() {
 		return "the old socket is not of the new one's type"
@@ -57,7 +57,7 @@ type nonblockUndo struct{ fd int }
 
 // watchBlocking returns, for a socket in blocking mode, what takes back an
 // O_NONBLOCK set on it from now on; nil for one in non-blocking mode.
-func WatchBlocking(sock int) *nonblockUndo {
+func watchBlocking(sock int) *nonblockUndo {
 	flags, err := unix.FcntlInt(uintptr(sock), unix.F_GETFL, 0)
 	if err != nil || flags&unix.O_NONBLOCK != 0 {
 		return nil
@@ -69,7 +69,7 @@ func WatchBlocking(sock int) *nonblockUndo {
 	return &nonblockUndo{fd}
 }
 
-// ifSet returns u if O_NONBLOCK has been set on the socket since
+// IfSet returns u if O_NONBLOCK has been set on the socket since
 // watchBlocking, and lets go of it (nil) if not.
 func (u *nonblockUndo) IfSet() *nonblockUndo {
 	if u == nil {
@@ -93,7 +93,7 @@ func (u *nonblockUndo) restore() {
 	u.Drop()
 }
 
-// drop lets go of the socket, leaving its flags as they are.
+// Drop lets go of the socket, leaving its flags as they are.
 func (u *nonblockUndo) Drop() {
 	if u != nil && u.fd >= 0 {
 		unix.Close(u.fd)

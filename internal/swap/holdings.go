@@ -22,11 +22,11 @@ type SockKey struct {
 type Held struct {
 	CopyFD int // takeover's own copy, kept for handoff to a later generation
 	Inode  uint64
-	Spec   target.PortSpec
+	Spec   target.Spec
 	Addr   netip.AddrPort // TCP and UDP
 	Via    string         // a socket systemd passed: how (systemd.InheritedSock's Via)
 	Fence  *Fence         // a new socket beside the old server's (fence.go)
-	Sw     *Swap          // the swap that took it (intercepted binds), dropped with it
+	Sw     *Record        // the swap that took it (intercepted binds), dropped with it
 }
 
 // Holdings are the sockets one generation of the command holds and the
@@ -40,7 +40,7 @@ type Holdings struct {
 
 	mu    sync.Mutex
 	socks map[SockKey]*Held
-	swaps []*Swap
+	swaps []*Record
 	done  bool // the generation is being stopped: its copies are closed
 }
 
@@ -63,7 +63,7 @@ func (h *Holdings) hasExited() bool {
 // true; once the generation is being stopped it files nothing and reports
 // false, and s and sw are the caller's to let go of. A copy filed at k
 // before, of another socket, is closed.
-func (h *Holdings) Add(k SockKey, s *Held, sw *Swap) bool {
+func (h *Holdings) Add(k SockKey, s *Held, sw *Record) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.done {
@@ -99,10 +99,10 @@ func (h *Holdings) Each(f func(k SockKey, s *Held)) bool {
 }
 
 // Swaps returns the swaps that took the sockets.
-func (h *Holdings) Swaps() []*Swap {
+func (h *Holdings) Swaps() []*Record {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return append([]*Swap(nil), h.swaps...)
+	return append([]*Record(nil), h.swaps...)
 }
 
 // IsDone reports whether the copies are closed (CloseCopies).
@@ -153,7 +153,7 @@ func (h *Holdings) Refile(gone []SockKey, at map[uint64]SockKey, log *slog.Logge
 		log.Debug("the command closed a socket it had bound to a target; takeover lets go of its copy", "port", s.Spec.String(), "pid", k.Tgid, "fd", k.FD)
 		unix.Close(s.CopyFD)
 		if s.Sw != nil {
-			h.swaps = slices.DeleteFunc(h.swaps, func(sw *Swap) bool { return sw == s.Sw })
+			h.swaps = slices.DeleteFunc(h.swaps, func(sw *Record) bool { return sw == s.Sw })
 			s.Sw.Abandon()
 		}
 	}
@@ -212,7 +212,7 @@ func (h *Holdings) HandedOverFromRunning(prev *Holdings) bool {
 // reached the old server), and the old processes to stop are taken out of
 // the swaps, so that a release of the generation from now on leaves them
 // alone. A swap whose rename fails leaves the old server serving, unstopped.
-func (h *Holdings) Claim(log *slog.Logger) (stop []OldStop, ok bool) {
+func (h *Holdings) Claim(log *slog.Logger) (stop Stops, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.hasExited() {
@@ -231,7 +231,7 @@ func (h *Holdings) Claim(log *slog.Logger) (stop []OldStop, ok bool) {
 			sw.Path = nil
 			continue
 		}
-		stop = append(stop, OldStop{Sw: sw, Path: sw.Path, Procs: sw.OldProcs, Holders: sw.Holders})
+		stop = append(stop, Stop{Record: sw, Path: sw.Path, Procs: sw.OldProcs, Holders: sw.Holders})
 		sw.Path, sw.OldProcs, sw.Holders = nil, nil, nil
 	}
 	return stop, true
@@ -241,15 +241,15 @@ func (h *Holdings) Claim(log *slog.Logger) (stop []OldStop, ok bool) {
 // its swap completed the old processes still to stop: the restarted
 // generation, on the same sockets, stops them. (A unix path's swap is
 // rolled back instead, by Release.)
-func (h *Holdings) ClaimExited() []OldStop {
+func (h *Holdings) ClaimExited() Stops {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var stop []OldStop
+	var stop Stops
 	for _, sw := range h.swaps {
 		if sw.Spec.Net == target.NetUnix || sw.Strategy != "handoff" || len(sw.OldProcs) == 0 {
 			continue
 		}
-		stop = append(stop, OldStop{Sw: sw, Procs: sw.OldProcs, Holders: sw.Holders})
+		stop = append(stop, Stop{Record: sw, Procs: sw.OldProcs, Holders: sw.Holders})
 		sw.OldProcs, sw.Holders = nil, nil
 	}
 	return stop
@@ -257,7 +257,7 @@ func (h *Holdings) ClaimExited() []OldStop {
 
 // TakeSwap moves the swap of spec, with the old processes it is to stop
 // and its unix path, to a copy the caller owns; nil if there is none.
-func (h *Holdings) TakeSwap(spec target.PortSpec) *Swap {
+func (h *Holdings) TakeSwap(spec target.Spec) *Record {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, sw := range h.swaps {
@@ -273,7 +273,7 @@ func (h *Holdings) TakeSwap(spec target.PortSpec) *Swap {
 // ReplacedIn names, in sw, the generation as the old server whose socket
 // old a newer generation of the same launcher takes: a reload, a restart.
 // Sockets systemd passed had no server: only where they came from is said.
-func (h *Holdings) ReplacedIn(sw *Swap, old *Held) {
+func (h *Holdings) ReplacedIn(sw *Record, old *Held) {
 	sw.Inodes = []uint64{old.Inode}
 	if h.Inherited {
 		sw.Via = old.Via
@@ -291,18 +291,18 @@ func (h *Holdings) ReplacedIn(sw *Swap, old *Held) {
 
 // HeldFor returns the socket for the target (at addr, for TCP and UDP), if
 // the generation still holds one.
-func (h *Holdings) HeldFor(spec target.PortSpec, addr netip.AddrPort) *Held {
+func (h *Holdings) HeldFor(spec target.Spec, addr netip.AddrPort) *Held {
 	return h.heldWhere(func(s *Held) bool { return s.fits(spec, addr) })
 }
 
-func (s *Held) fits(spec target.PortSpec, addr netip.AddrPort) bool {
+func (s *Held) fits(spec target.Spec, addr netip.AddrPort) bool {
 	return s.Spec.Net == spec.Net && (spec.Net == target.NetUnix && s.Spec == spec || spec.Net != target.NetUnix && s.Addr == addr)
 }
 
 // DupHeld returns a copy of the socket for the target, or -1 if the
 // generation holds none: a socket to set options on that CloseCopies
 // cannot close (and its number be reused) meanwhile.
-func (h *Holdings) DupHeld(spec target.PortSpec, addr netip.AddrPort) int {
+func (h *Holdings) DupHeld(spec target.Spec, addr netip.AddrPort) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, s := range h.socks {
@@ -317,7 +317,7 @@ func (h *Holdings) DupHeld(spec target.PortSpec, addr netip.AddrPort) int {
 
 // DupForSpec returns the socket held for spec, at whatever address, and a
 // copy of it (close-on-exec, the caller's to close); nil if there is none.
-func (h *Holdings) DupForSpec(spec target.PortSpec) (*Held, int, error) {
+func (h *Holdings) DupForSpec(spec target.Spec) (*Held, int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var old *Held
@@ -348,7 +348,7 @@ func (h *Holdings) FencedSocks() []*Held {
 }
 
 // HeldForSpec returns the socket for the target, at whatever address.
-func (h *Holdings) HeldForSpec(spec target.PortSpec) *Held {
+func (h *Holdings) HeldForSpec(spec target.Spec) *Held {
 	return h.heldWhere(func(s *Held) bool { return s.Spec == spec })
 }
 

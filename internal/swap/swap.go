@@ -10,7 +10,6 @@ package swap
 import (
 	"context"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/takeover/takeover/internal/owner"
@@ -20,9 +19,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A swap is one --port target taken over by a generation.
-type Swap struct {
-	Spec        target.PortSpec
+// A Record is one --port target taken over by a generation.
+type Record struct {
+	Spec        target.Spec
 	Addr        netip.AddrPort
 	Strategy    string    // "fresh" (the port was free), "rebind", "handoff" or "rename" (unix)
 	Via         string    // how a handoff got the old socket: unix-socket, pidfd_getfd, own-copy
@@ -30,12 +29,12 @@ type Swap struct {
 	Why         string    // why auto chose it
 	Old         []owner.StopTarget
 	OldCmd      string
-	OldProcs    []*pidfd.OldProcess // the stop targets
-	Holders     []*pidfd.OldProcess // every old holder, for SIGKILL
-	Inodes      []uint64            // the old listening sockets
+	OldProcs    []*pidfd.Process // the stop targets
+	Holders     []*pidfd.Process // every old holder, for SIGKILL
+	Inodes      []uint64         // the old listening sockets
 	Lookup      time.Duration
 	RebindTimes           // how a rebind went (rebind only)
-	Fence       *Fence    // a fenced handoff (fence_linux.go)
+	Fence       *Fence    // a fenced handoff (fence.go)
 	NotFenced   string    // why a handoff was not fenced
 	Began       time.Time // the command's bind(2)
 
@@ -44,99 +43,43 @@ type Swap struct {
 	Nonblock *nonblockUndo
 }
 
-// An oldStop is what a completed swap has left to do: stop the old
-// processes, and guard the unix path meanwhile.
-type OldStop struct {
-	Sw             *Swap
-	Path           *PathSwap
-	Procs, Holders []*pidfd.OldProcess
-}
-
-// abandon lets go of a claimed swap that will not be completed after all
-// (the new generation exited while the old server finished): as a swap's
-// abandon does, for what claimSwaps took out of it.
-func (st OldStop) Abandon() {
-	pidfd.CloseAll(st.Procs)
-	pidfd.CloseAll(st.Holders)
-	st.Path.rollBack()
-}
-
-// abandon lets go of a swap that will not be completed: of its old
+// Abandon lets go of a swap that will not be completed: of its old
 // processes' pidfds, and of the names beside a unix path (a path renamed
 // over goes back to the old socket).
-func (sw *Swap) Abandon() {
+func (sw *Record) Abandon() {
 	sw.Nonblock.restore() // the old server's socket, as it had it
 	sw.Nonblock = nil
-	sw.ReleaseOld()
+	sw.releaseOld()
 	sw.Path.rollBack()
 	sw.Path = nil
 }
 
 // releaseOld closes the swap's pidfds of the old processes.
-func (sw *Swap) ReleaseOld() {
+func (sw *Record) releaseOld() {
 	pidfd.CloseAll(sw.OldProcs)
 	pidfd.CloseAll(sw.Holders)
 	sw.OldProcs, sw.Holders = nil, nil
 }
 
-// signalOnce sends sig to the old processes of the swaps, each once: a
-// server that held several of the sockets (nginx's `listen 80; listen
-// [::]:80;`, or two --port targets) is in the stop list of each swap, and to
-// some servers a second stop signal means "stop now, drain no more" (an
-// interactive ^C twice; uvicorn on INT). A rebind signalled its own at the
-// bind already.
-func SignalOnce(stop []OldStop, sig unix.Signal) {
-	sent := make(map[int]bool)
-	for _, st := range stop {
-		if st.Sw.Strategy == "rebind" {
-			for _, p := range st.Procs {
-				sent[p.PID] = true
-			}
-		}
-	}
-	for _, st := range stop {
-		for _, p := range st.Procs {
-			if !sent[p.PID] {
-				sent[p.PID] = true
-				p.Signal(sig)
-			}
-		}
-	}
-}
-
-// killStillHolding SIGKILLs the old processes that still hold one of the
-// old sockets: after --kill-timeout, what keeps a port or serves on as an
-// old generation. An old takeover launcher let go of its copies when it was
-// replaced and waits for its server: killing it would orphan the server,
-// which would then serve on with nobody to stop it.
-func KillStillHolding(holders []*pidfd.OldProcess, inodes []uint64) {
-	held, err := owner.StillHolding("/proc", inodes, pidfd.PidsOf(holders))
-	for _, p := range holders {
-		if err != nil || slices.Contains(held, p.PID) {
-			p.Signal(unix.SIGKILL)
-		}
-	}
-}
-
-// A rebind is the fallback way to take a port over: stop the old holders,
+// A Rebind is the fallback way to take a port over: stop the old holders,
 // then bind the new server's socket as soon as the port frees. Clients see
 // refused connections between the old listener's close and the new listen,
 // and lose what waited in the old accept queue.
 type Rebind struct {
 	Sock        int // takeover's copy of the new server's socket
 	Addr        netip.AddrPort
-	Old         []*pidfd.OldProcess // the stop targets, signalled once
-	Holders     []*pidfd.OldProcess // every process holding the port: SIGKILLed after KillTimeout if it still does
-	Inodes      []uint64            // the old listening sockets
+	Old         []*pidfd.Process // the stop targets, signalled once
+	Holders     []*pidfd.Process // every process holding the port: SIGKILLed after KillTimeout if it still does
+	Inodes      []uint64         // the old listening sockets
 	Signal      unix.Signal
 	KillTimeout time.Duration
 }
 
-// A rebinder runs a rebind: retryBind (retrybind.go), plugged in by the
+// A Rebinder runs a rebind: retryBind (retrybind.go), plugged in by the
 // command line.
 type Rebinder func(ctx context.Context, r Rebind) (RebindTimes, error)
 
-// rebindTimes says how a rebind went, for the swap's log line.
+// RebindTimes says how a rebind went, for the swap's log line.
 type RebindTimes struct {
 	Free time.Duration // from the stop signal until the bind succeeded
 	// Window is from the last attempt that found the port held (or from
@@ -148,25 +91,25 @@ type RebindTimes struct {
 	Sched  string // how the retrying thread was scheduled
 }
 
-// A claim is a bind of the command to a --port target, as takePort sees it:
+// A Claim is a bind of the command to a --port target, as takePort sees it:
 // an intercepted bind(2), or a socket takeover acquires to pass on.
 type Claim struct {
-	Child  owner.NewChild
+	Child  owner.Child
 	Status procfs.Status // the binding thread's (none when takeover binds for itself)
 	Sock   int           // takeover's copy of the command's socket (or a new one like it)
 	Addr   netip.AddrPort
-	Spec   target.PortSpec
-	// install puts a handed-over socket where the command will use it, in
+	Spec   target.Spec
+	// Install puts a handed-over socket where the command will use it, in
 	// place of sock; nil when takeover passes the sockets on itself.
 	Install func(old int) error
-	// pathMode is the mode of a unix socket file takeover binds for itself
+	// PathMode is the mode of a unix socket file takeover binds for itself
 	// to pass on (start_server's 0777); 0 leaves it to takeover's umask.
 	PathMode uint32
 }
 
 // keepOnly keeps the processes keep accepts, and closes the others' pidfds.
-func KeepOnly(ps []*pidfd.OldProcess, keep func(*pidfd.OldProcess) bool) []*pidfd.OldProcess {
-	var kept []*pidfd.OldProcess
+func keepOnly(ps []*pidfd.Process, keep func(*pidfd.Process) bool) []*pidfd.Process {
+	var kept []*pidfd.Process
 	for _, p := range ps {
 		if keep(p) {
 			kept = append(kept, p)
@@ -179,7 +122,7 @@ func KeepOnly(ps []*pidfd.OldProcess, keep func(*pidfd.OldProcess) bool) []*pidf
 
 // v6Only reports whether sock is an IPv6 socket with IPV6_V6ONLY set. A
 // command sets it before its bind, so takeover's copy of its socket tells.
-func V6Only(sock int) bool {
+func v6Only(sock int) bool {
 	v, err := unix.GetsockoptInt(sock, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
 	return err == nil && v != 0
 }

@@ -24,11 +24,11 @@ type Options struct {
 	Signal      unix.Signal
 	BindTimeout time.Duration // from the command's bind to giving up a rebind
 	KillTimeout time.Duration // from the stop signal to SIGKILL
-	Dir         *rundir.RunDirectory
-	Self        int              // the launcher's pid
-	Born        uint64           // its start time, for the generation records
-	Store       *systemd.FdStore // the unit's file descriptor store; nil outside systemd
-	Rebind      Rebinder         // the rebind strategy: retrybind.go's, plugged in by the command line
+	Dir         *rundir.Dir
+	Self        int            // the launcher's pid
+	Born        uint64         // its start time, for the generation records
+	Store       *systemd.Store // the unit's file descriptor store; nil outside systemd
+	Rebind      Rebinder       // the rebind strategy: retrybind.go's, plugged in by the command line
 }
 
 // A Taker gives a generation's binds their targets: at once if the port is
@@ -47,9 +47,9 @@ func NewTaker(o Options) *Taker { return &Taker{o} }
 // allows. It returns the swap and the socket takeover keeps a copy of (the
 // command's own, or after a handoff the old one); c.sock is consumed only
 // when it succeeds.
-func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Swap, int, error) {
+func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Record, int, error) {
 	began := time.Now()
-	sw := &Swap{Spec: c.Spec, Addr: c.Addr}
+	sw := &Record{Spec: c.Spec, Addr: c.Addr}
 	if prev != nil {
 		if old := prev.HeldFor(c.Spec, c.Addr); old != nil {
 			sw.Lookup = time.Since(began)
@@ -73,7 +73,7 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Swap, int, 
 	// Only the sockets that keep this bind from succeeding are owners: an
 	// IPv6-only [::] beside an IPv4 bind is not (nginx's second listener,
 	// handed over at its own bind; or another service, left alone).
-	want := target.InetBind{Addr: c.Addr, V6Only: V6Only(c.Sock)}
+	want := target.InetBind{Addr: c.Addr, V6Only: v6Only(c.Sock)}
 	var owners []owner.Listener
 	for _, o := range all {
 		if c.Spec.Net != target.NetUnix && !target.Conflicts(want, target.InetBind{Addr: o.Addr, V6Only: o.V6Only}) {
@@ -91,7 +91,7 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Swap, int, 
 	sw.Lookup = time.Since(began)
 	if len(owners) == 0 {
 		sw.Strategy = "fresh"
-		FreshInGroup(c, t.Fence)
+		freshInGroup(c, t.Fence)
 		if err := c.Bind(c.Sock); err != nil {
 			return nil, -1, err
 		}
@@ -120,8 +120,8 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Swap, int, 
 	// exited and its pid been reused since; checked after its pidfd is
 	// open, the process the checks read is the one the pidfd signals.
 	sw.OldProcs, sw.Holders = pidfd.OpenAll(targetPIDs), pidfd.OpenAll(holderPIDs)
-	if err := t.CheckOld(sw, c.Child, what); err != nil {
-		sw.ReleaseOld()
+	if err := t.checkOld(sw, c.Child, what); err != nil {
+		sw.releaseOld()
 		return nil, -1, fmt.Errorf("%w (%w)", err, unix.EADDRINUSE)
 	}
 	sw.OldCmd = owner.CommandLine(sw.Old[0].Holder.PID)
@@ -138,7 +138,7 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Swap, int, 
 	if c.Spec.Net == target.NetUnix {
 		return t.settled(sw, c.Sock, t.rebind(ctx, c, sw))
 	}
-	if err := rundir.WriteRecord(t.Dir, key, rundir.GenRecord{Launcher: t.Self, LauncherStart: t.Born, StopSignal: int(t.Signal)}); err != nil {
+	if err := rundir.WriteRecord(t.Dir, key, rundir.Record{Launcher: t.Self, LauncherStart: t.Born, StopSignal: int(t.Signal)}); err != nil {
 		return t.settled(sw, -1, fmt.Errorf("record the generation of %s: %w", what, err))
 	}
 	if err := t.rebind(ctx, c, sw); err != nil {
@@ -156,8 +156,8 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Swap, int, 
 // another process's now), and so is a target that is not a holder still
 // nor (a takeover launcher) an ancestor of one; and each is alive at the
 // end, so that what /proc said of its pid was said of it.
-func (t *Taker) CheckOld(sw *Swap, child owner.NewChild, what string) error {
-	held, err := owner.StillHolding("/proc", sw.Inodes, pidfd.PidsOf(sw.Holders))
+func (t *Taker) checkOld(sw *Record, child owner.Child, what string) error {
+	held, err := owner.StillHolding("/proc", sw.Inodes, pidfd.PIDsOf(sw.Holders))
 	if err != nil {
 		return fmt.Errorf("look up the holders of %s again: %w", what, err)
 	}
@@ -169,9 +169,9 @@ func (t *Taker) CheckOld(sw *Swap, child owner.NewChild, what string) error {
 		verified[st.PID] = slices.Contains(held, st.PID) ||
 			st.Launcher && slices.Contains(held, st.Holder.PID) && owner.IsAncestor("/proc", st.PID, st.Holder.PID)
 	}
-	alive := func(p *pidfd.OldProcess) bool { return p.Signal(0) == nil }
-	sw.OldProcs = KeepOnly(sw.OldProcs, func(p *pidfd.OldProcess) bool { return verified[p.PID] && alive(p) })
-	sw.Holders = KeepOnly(sw.Holders, func(p *pidfd.OldProcess) bool { return slices.Contains(held, p.PID) && alive(p) })
+	alive := func(p *pidfd.Process) bool { return p.Signal(0) == nil }
+	sw.OldProcs = keepOnly(sw.OldProcs, func(p *pidfd.Process) bool { return verified[p.PID] && alive(p) })
+	sw.Holders = keepOnly(sw.Holders, func(p *pidfd.Process) bool { return slices.Contains(held, p.PID) && alive(p) })
 	return nil
 }
 
@@ -182,13 +182,13 @@ func (t *Taker) CheckOld(sw *Swap, child owner.NewChild, what string) error {
 // IPv6-only [::]:P and nothing else. The new generation replaces it all
 // the same, with no socket of it to take. Nothing else on the port is
 // named: not another service's IPv6-only socket.
-func (t *Taker) replacedBeside(sw *Swap, all []owner.Listener, launcher int, c Claim) {
+func (t *Taker) replacedBeside(sw *Record, all []owner.Listener, launcher int, c Claim) {
 	launchers := rundir.LiveLaunchers(t.Dir)
 	if !slices.Contains(launchers, launcher) {
 		return
 	}
 	// The pidfd first, then the checks: they read the process it signals.
-	p, err := pidfd.OpenOld(launcher)
+	p, err := pidfd.Open(launcher)
 	if err != nil {
 		return
 	}
@@ -213,19 +213,19 @@ func (t *Taker) replacedBeside(sw *Swap, all []owner.Listener, launcher int, c C
 			inodes = append(inodes, o.Inode)
 		}
 	}
-	if target == nil || pidfd.Exited(p.Pidfd) {
+	if target == nil || pidfd.Exited(p.FD) {
 		p.Close() // nothing of it here, or it exited meanwhile (its pid may be another's)
 		return
 	}
 	sw.Old, sw.Inodes = []owner.StopTarget{*target}, inodes
 	sw.Why = "the earlier takeover's sockets do not conflict with this bind: it is stopped once the new server is ready"
 	sw.OldCmd = owner.CommandLine(target.Holder.PID)
-	sw.OldProcs, sw.Holders = []*pidfd.OldProcess{p}, pidfd.OpenAll(holderPIDs)
+	sw.OldProcs, sw.Holders = []*pidfd.Process{p}, pidfd.OpenAll(holderPIDs)
 }
 
 // replaceGeneration takes a port over from the launcher's own previous
 // generation, in a reload: from takeover's own copy of its socket.
-func (t *Taker) replaceGeneration(ctx context.Context, prev *Holdings, c Claim, sw *Swap, old *Held) (*Swap, int, error) {
+func (t *Taker) replaceGeneration(ctx context.Context, prev *Holdings, c Claim, sw *Record, old *Held) (*Record, int, error) {
 	prev.ReplacedIn(sw, old)
 	if prev.Inherited {
 		held, err := t.handInherited(c, sw, old)
@@ -253,7 +253,7 @@ func (t *Taker) replaceGeneration(ctx context.Context, prev *Holdings, c Claim, 
 
 // handInherited gives the command a socket systemd passed. There is no
 // rebind to fall back on: systemd keeps its copy, so the port never frees.
-func (t *Taker) handInherited(c Claim, sw *Swap, old *Held) (int, error) {
+func (t *Taker) handInherited(c Claim, sw *Record, old *Held) (int, error) {
 	dup, err := unix.FcntlInt(uintptr(old.CopyFD), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("copy the socket systemd passed for %s: %w", c.Spec, err)
@@ -269,7 +269,7 @@ func (t *Taker) handInherited(c Claim, sw *Swap, old *Held) (int, error) {
 // and why says so) to the command if it can stand in for the command's own
 // socket. When it cannot, --strategy handoff refuses the bind, and auto
 // records why in sw and leaves the rebind to the caller: done is false.
-func (t *Taker) handoffOrFallBack(c Claim, sw *Swap, old int, why string) (held int, done bool, err error) {
+func (t *Taker) handoffOrFallBack(c Claim, sw *Record, old int, why string) (held int, done bool, err error) {
 	if why == "" {
 		why = HandoffMismatch(old, c.Sock, c.Spec, c.Addr)
 	}
@@ -291,11 +291,11 @@ func (t *Taker) handoffOrFallBack(c Claim, sw *Swap, old int, why string) (held 
 }
 
 // fenced binds the command's own socket beside old in a fenced handoff
-// (fence_linux.go), where one fits: a TCP target (the command's socket, or
+// (fence.go), where one fits: a TCP target (the command's socket, or
 // one takeover makes to pass on), an old server that runs, fencing not
 // turned off. It then closes old and returns the new socket; otherwise it
 // records why not in sw.
-func (t *Taker) fenced(c Claim, sw *Swap, old int) (int, bool) {
+func (t *Taker) fenced(c Claim, sw *Record, old int) (int, bool) {
 	switch {
 	case !t.Fence || c.Spec.Net != "":
 		return -1, false
@@ -314,7 +314,7 @@ func (t *Taker) fenced(c Claim, sw *Swap, old int) (int, bool) {
 
 // settled ends Take: on failure it lets go of the old processes the swap
 // had opened, so that no pidfd outlives a refused bind.
-func (t *Taker) settled(sw *Swap, held int, err error) (*Swap, int, error) {
+func (t *Taker) settled(sw *Record, held int, err error) (*Record, int, error) {
 	if err != nil {
 		sw.Abandon()
 		return nil, -1, err
@@ -324,9 +324,9 @@ func (t *Taker) settled(sw *Swap, held int, err error) (*Swap, int, error) {
 
 // handoff installs old in the command at its fd and answers its bind; it
 // returns old, now the socket takeover keeps a copy of.
-func (t *Taker) handoff(c Claim, sw *Swap, old int) (int, error) {
+func (t *Taker) handoff(c Claim, sw *Record, old int) (int, error) {
 	if c.Install != nil {
-		undo := WatchBlocking(old)
+		undo := watchBlocking(old)
 		if err := c.Install(old); err != nil {
 			undo.Drop()
 			unix.Close(old)
@@ -346,7 +346,7 @@ func (t *Taker) handoff(c Claim, sw *Swap, old int) (int, error) {
 // frees.
 // A unix socket's path is replaced instead: the old server keeps serving
 // until the new one is ready, as in a handoff.
-func (t *Taker) rebind(ctx context.Context, c Claim, sw *Swap) error {
+func (t *Taker) rebind(ctx context.Context, c Claim, sw *Record) error {
 	if c.Spec.Net == target.NetUnix {
 		return t.bindBeside(c, sw)
 	}
@@ -367,14 +367,14 @@ func (t *Taker) rebind(ctx context.Context, c Claim, sw *Swap) error {
 // (SCM_RIGHTS needs no ptrace rights), or else with pidfd_getfd from the
 // stop target or another holder. It returns -1 and why when there is none,
 // and records in sw how it got the socket.
-func (t *Taker) copyOldSocket(owners []owner.Listener, sw *Swap) (int, string) {
+func (t *Taker) copyOldSocket(owners []owner.Listener, sw *Record) (int, string) {
 	if len(owners) != 1 {
 		return -1, fmt.Sprintf("the port is held by %d sockets, not one", len(owners))
 	}
 	o, target := owners[0], sw.Old[0]
 	var errs []string
 	if target.Launcher {
-		sock, err := fdpass.FetchSocket(rundir.LauncherSockPath(t.Dir, target.PID), target.PID, o.Inode, fdpass.FetchTimeout)
+		sock, err := fdpass.Fetch(rundir.LauncherSockPath(t.Dir, target.PID), target.PID, o.Inode, fdpass.FetchTimeout)
 		if err == nil {
 			sw.Via = "unix-socket"
 			return sock, ""
@@ -413,7 +413,7 @@ func (t *Taker) copyOldSocket(owners []owner.Listener, sw *Swap) (int, string) {
 // stored ones but never accepts on them: not a server to replace or stop.
 // Not by its name, which any process may take (serviceManager).
 func isServiceManager(h owner.Holder) bool {
-	return owner.ServiceManager("/proc", h.PID)
+	return owner.IsServiceManager("/proc", h.PID)
 }
 
 // ownedBySelf reports whether a listener is this takeover's own: held only
@@ -434,9 +434,9 @@ func (t *Taker) ownedBySelf(o owner.Listener) bool {
 // bindBeside binds the claim's socket at a temporary name beside the path,
 // for a rename over it once the command is ready: the replacement of the
 // path when the old listener cannot be handed over.
-func (t *Taker) bindBeside(c Claim, sw *Swap) error {
+func (t *Taker) bindBeside(c Claim, sw *Record) error {
 	sw.Strategy = "rename"
-	ps := &PathSwap{Path: c.Spec.Path, Pending: SideName(c.Spec.Path, "new")}
+	ps := &PathSwap{Path: c.Spec.Path, Pending: sideName(c.Spec.Path, "new")}
 	if len(ps.Pending) >= len(unix.RawSockaddrUnix{}.Path) {
 		return fmt.Errorf("cannot replace %s by a rename: the name beside it, %s, is longer than a unix socket's path may be; shorten the path, or let the old socket be handed over", c.Spec.Path, ps.Pending)
 	}

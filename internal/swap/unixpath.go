@@ -29,7 +29,7 @@ import (
 // is watched instead, and the path linked back (guard). The last takeover
 // removes the file once no one listens (removeStaleSocket).
 
-// bind binds sock to the claim's target: an IP address, or a unix path,
+// Bind binds sock to the claim's target: an IP address, or a unix path,
 // whose file then gets the owner and the mode it would have had, had the
 // command bound it itself.
 func (c Claim) Bind(sock int) error {
@@ -39,7 +39,7 @@ func (c Claim) Bind(sock int) error {
 	return c.BindPath(sock, c.Spec.Path)
 }
 
-// bindPath binds sock to path as the claim's thread would (bindPathAs).
+// BindPath binds sock to path as the claim's thread would (bindPathAs).
 // A socket takeover binds for itself, to pass on, gets takeover's umask, or
 // c.pathMode where that is set.
 func (c Claim) BindPath(sock int, path string) error {
@@ -174,11 +174,11 @@ var sideNames atomic.Int64
 
 // sideName is a name beside path for takeover's own use: hidden, and
 // unique to this takeover, this swap and what.
-func SideName(path, what string) string {
+func sideName(path, what string) string {
 	return filepath.Join(filepath.Dir(path), fmt.Sprintf(".%s.takeover-%s-%d-%d", filepath.Base(path), what, os.Getpid(), sideNames.Add(1)))
 }
 
-// A pathSwap is the unix side of a swap: the file the old server answers
+// A PathSwap is the unix side of a swap: the file the old server answers
 // at, kept under a side name until the old server is gone.
 type PathSwap struct {
 	Path    string
@@ -187,18 +187,18 @@ type PathSwap struct {
 	oldKeep string // a link to the old socket's file, for a rollback (rename)
 }
 
-// renameOver completes a rename once the new server is ready: the old file
+// RenameOver completes a rename once the new server is ready: the old file
 // is linked aside (for a rollback) and the new one renamed over the path,
 // in one step for every connect.
 func (ps *PathSwap) RenameOver() error {
 	if ps == nil || ps.Pending == "" {
 		return nil
 	}
-	ps.oldKeep = SideName(ps.Path, "old")
+	ps.oldKeep = sideName(ps.Path, "old")
 	if err := unix.Link(ps.Path, ps.oldKeep); err != nil {
 		ps.oldKeep = ""
 	}
-	ps.keep = SideName(ps.Path, "keep")
+	ps.keep = sideName(ps.Path, "keep")
 	if err := unix.Link(ps.Pending, ps.keep); err != nil {
 		return fmt.Errorf("link %s: %w", ps.Pending, err)
 	}
@@ -209,17 +209,17 @@ func (ps *PathSwap) RenameOver() error {
 	return nil
 }
 
-// keepHandedOver notes, for a handoff, the file at the path: the shared
+// KeepHandedOver notes, for a handoff, the file at the path: the shared
 // listener's, which the old server may unlink on its way out.
 func KeepHandedOver(path string) *PathSwap {
-	ps := &PathSwap{Path: path, keep: SideName(path, "keep")}
+	ps := &PathSwap{Path: path, keep: sideName(path, "keep")}
 	if unix.Link(path, ps.keep) != nil {
 		return nil
 	}
 	return ps
 }
 
-// guard links the path back to the kept file whenever it names nothing
+// Guard links the path back to the kept file whenever it names nothing
 // while the old server stops (a server not under takeover unlinking it), until
 // ctx ends; it says how often it had to. It wakes at each change in the
 // path's directory (inotify), or every 2 ms where it cannot watch it.
@@ -290,7 +290,7 @@ func (ps *PathSwap) restore() bool {
 	return unix.Link(ps.keep, ps.Path) == nil
 }
 
-// finish removes the side names once the swap has ended.
+// Finish removes the side names once the swap has ended.
 func (ps *PathSwap) Finish() {
 	if ps == nil {
 		return
@@ -314,7 +314,7 @@ func (ps *PathSwap) rollBack() {
 	ps.Finish()
 }
 
-// removeStaleSocket removes the socket file at path if no process but self
+// RemoveStaleSocket removes the socket file at path if no process but self
 // listens on it: a file left behind, on which a bind would fail. Anything
 // but a socket is left alone.
 //
@@ -326,7 +326,7 @@ func RemoveStaleSocket(path string, self int) bool {
 	if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return false
 	}
-	ls, err := owner.Listeners("/proc", target.PortSpec{Net: target.NetUnix, Path: path}, nil, false)
+	ls, err := owner.Listeners("/proc", target.Spec{Net: target.NetUnix, Path: path}, nil, false)
 	if err != nil {
 		return false
 	}

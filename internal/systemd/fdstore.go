@@ -15,13 +15,13 @@ import (
 // systemd's file descriptor store keeps what a service puts in it
 // (FDSTORE=1 with the fds over NOTIFY_SOCKET) while the service restarts:
 // across `systemctl restart`, and a Restart= after takeover itself dies,
-// the next takeover gets the sockets back as LISTEN_FDS (listenfds_linux.go),
+// the next takeover gets the sockets back as LISTEN_FDS (listenfds.go),
 // so connections wait in the accept queue instead of being refused.
 // `systemctl stop`, and a unit that ends failed, empty it.
 
-// An fdStore is takeover's side of a unit's file descriptor store: one
+// A Store is takeover's side of a unit's file descriptor store: one
 // socket per target, under the target's store name.
-type FdStore struct {
+type Store struct {
 	log  *slog.Logger
 	unit string // the unit takeover runs in, "" if unknown
 
@@ -32,25 +32,25 @@ type FdStore struct {
 	checked bool
 }
 
-// newFDStore returns the store of the unit takeover runs in, or nil when it
+// NewStore returns the store of the unit takeover runs in, or nil when it
 // does not run under systemd. kept names the sockets systemd passed at
 // start (from the store, or from socket units): they are with systemd
 // already and are never stored again.
-func NewFDStore(log *slog.Logger, unit string, kept []InheritedSock) *FdStore {
+func NewStore(log *slog.Logger, unit string, kept []Passed) *Store {
 	if !UnderSystemd() {
 		return nil
 	}
-	s := &FdStore{log: log, unit: unit, stored: map[string]uint64{}, limit: -1}
+	s := &Store{log: log, unit: unit, stored: map[string]uint64{}, limit: -1}
 	for _, k := range kept {
 		s.stored[k.Spec.StoreName()] = k.Inode
 	}
 	return s
 }
 
-// keep puts the socket fd (inode) in the store under name, unless it is
+// Keep puts the socket fd (inode) in the store under name, unless it is
 // there already; another socket stored under the name is removed first,
 // so that the store never keeps a port takeover has let go of.
-func (s *FdStore) Keep(name string, fd int, inode uint64) {
+func (s *Store) Keep(name string, fd int, inode uint64) {
 	if s == nil {
 		return
 	}
@@ -76,9 +76,9 @@ func (s *FdStore) Keep(name string, fd int, inode uint64) {
 	s.log.Debug("socket put in systemd's file descriptor store", "name", name, "inode", inode)
 }
 
-// remove takes the socket stored under name out of the store: takeover no
+// Remove takes the socket stored under name out of the store: takeover no
 // longer serves it, and systemd's copy must not keep the port from freeing.
-func (s *FdStore) Remove(name string) {
+func (s *Store) Remove(name string) {
 	if s == nil {
 		return
 	}
@@ -89,8 +89,8 @@ func (s *FdStore) Remove(name string) {
 	}
 }
 
-func (s *FdStore) removeLocked(name string) {
-	if _, err := SdNotify("FDSTOREREMOVE=1\nFDNAME=" + name); err != nil {
+func (s *Store) removeLocked(name string) {
+	if _, err := Notify("FDSTOREREMOVE=1\nFDNAME=" + name); err != nil {
 		s.log.Warn("cannot remove a socket from systemd's file descriptor store", "name", name, "err", err)
 	}
 	delete(s.stored, name)
@@ -99,7 +99,7 @@ func (s *FdStore) removeLocked(name string) {
 // checkLimitLocked learns FileDescriptorStoreMax= once: from $FDSTORE
 // (systemd 254 and later set it), else from `systemctl show`. A store
 // systemd does not keep (0) is said once, with what to add to the unit.
-func (s *FdStore) checkLimitLocked() {
+func (s *Store) checkLimitLocked() {
 	if s.checked {
 		return
 	}
@@ -110,14 +110,14 @@ func (s *FdStore) checkLimitLocked() {
 	}
 }
 
-func (s *FdStore) warnLocked(msg string) {
+func (s *Store) warnLocked(msg string) {
 	if !s.warned {
 		s.warned = true
 		s.log.Warn(msg)
 	}
 }
 
-func (s *FdStore) unitName() string {
+func (s *Store) unitName() string {
 	if s.unit == "" {
 		return "the unit"
 	}

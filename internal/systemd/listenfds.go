@@ -14,17 +14,17 @@ import (
 
 // Sockets systemd passes to takeover at its start (LISTEN_FDS, from fd 3):
 // those of its file descriptor store, kept from an earlier takeover of the
-// unit (fdstore_linux.go), and those of socket units (ListenStream=,
+// unit (fdstore.go), and those of socket units (ListenStream=,
 // ListenDatagram=). Each that fits a --port or --path is held as a crashed
 // generation's sockets are: the command's bind gets it, and nothing is
 // refused while the command starts.
 
-// An inheritedSock is a socket systemd passed that fits a target.
-type InheritedSock struct {
-	Fd    int // close-on-exec, takeover's
+// A Passed is a socket systemd passed that fits a target.
+type Passed struct {
+	FD    int // close-on-exec, takeover's
 	Inode uint64
 	name  string // its LISTEN_FDNAMES name
-	Spec  target.PortSpec
+	Spec  target.Spec
 	Addr  netip.AddrPort // TCP and UDP
 	Via   string         // "fd-store" (a name takeover stores under) or "listen-fds" (a socket unit, systemd-socket-activate)
 }
@@ -87,7 +87,7 @@ func passedSocket(fd int) (bool, error) {
 	return true, nil
 }
 
-// inheritSockets takes the sockets passed to this process as LISTEN_FDS
+// Inherit takes the sockets passed to this process as LISTEN_FDS
 // that fit targets. The rest are closed, each with a warning that names
 // it; but only sockets verified as passed (passedSocket) are ever taken or
 // closed: an fd LISTEN_FDS counts that was not a socket at takeover's start
@@ -95,7 +95,7 @@ func passedSocket(fd int) (bool, error) {
 // LISTEN_FDS). LISTEN_PID must be this process: otherwise the variables
 // are for someone else and are left alone. The caller unsets LISTEN_* for
 // the command either way.
-func InheritSockets(log *slog.Logger, targets target.SpecList, env func(string) string) []InheritedSock {
+func Inherit(log *slog.Logger, targets target.List, env func(string) string) []Passed {
 	count, pid := env("LISTEN_FDS"), env("LISTEN_PID")
 	if count == "" {
 		return nil
@@ -110,7 +110,7 @@ func InheritSockets(log *slog.Logger, targets target.SpecList, env func(string) 
 		return nil
 	}
 	names := strings.Split(env("LISTEN_FDNAMES"), ":")
-	var got []InheritedSock
+	var got []Passed
 	for i := range n {
 		fd, name := listenFDsStart+i, ""
 		if i < len(names) {
@@ -120,7 +120,7 @@ func InheritSockets(log *slog.Logger, targets target.SpecList, env func(string) 
 			log.Warn("an fd LISTEN_FDS counts is left alone", "fd", fd, "name", name, "err", err)
 			continue
 		}
-		s, err := ClassifyPassed(fd, name, targets, got)
+		s, err := classifyPassed(fd, name, targets, got)
 		if err != nil {
 			log.Warn("a socket systemd passed is refused", "fd", fd, "name", name, "err", err)
 			unix.Close(fd) // a socket passed to takeover, verified
@@ -135,23 +135,23 @@ func InheritSockets(log *slog.Logger, targets target.SpecList, env func(string) 
 // classifyPassed says which target the passed fd is for, or why it is
 // refused: not open, not a socket, of no target's kind or address, or the
 // same socket as one already taken.
-func ClassifyPassed(fd int, name string, targets target.SpecList, taken []InheritedSock) (InheritedSock, error) {
+func classifyPassed(fd int, name string, targets target.List, taken []Passed) (Passed, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return InheritedSock{}, fmt.Errorf("LISTEN_FDS counts fd %d, which is not open: %w", fd, err)
+		return Passed{}, fmt.Errorf("LISTEN_FDS counts fd %d, which is not open: %w", fd, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return InheritedSock{}, fmt.Errorf("fd %d is not a socket", fd)
+		return Passed{}, fmt.Errorf("fd %d is not a socket", fd)
 	}
 	unix.CloseOnExec(fd) // the command gets what it binds, never a stray copy
 	for _, t := range taken {
 		if t.Inode == st.Ino {
-			return InheritedSock{}, fmt.Errorf("fd %d is the socket of fd %d again", fd, t.Fd)
+			return Passed{}, fmt.Errorf("fd %d is the socket of fd %d again", fd, t.FD)
 		}
 	}
 	kind, addr, path, err := PassedKind(fd)
 	if err != nil {
-		return InheritedSock{}, fmt.Errorf("fd %d: %w", fd, err)
+		return Passed{}, fmt.Errorf("fd %d: %w", fd, err)
 	}
 	for _, spec := range targets {
 		if passedFits(spec, kind, addr, path) {
@@ -160,16 +160,16 @@ func ClassifyPassed(fd int, name string, targets target.SpecList, taken []Inheri
 				via = "fd-store"
 			}
 			if hasSocketFor(taken, spec, addr) {
-				return InheritedSock{}, fmt.Errorf("fd %d (%s) is a second socket for %s", fd, kind, spec)
+				return Passed{}, fmt.Errorf("fd %d (%s) is a second socket for %s", fd, kind, spec)
 			}
-			return InheritedSock{Fd: fd, Inode: st.Ino, name: name, Spec: spec, Addr: addr, Via: via}, nil
+			return Passed{FD: fd, Inode: st.Ino, name: name, Spec: spec, Addr: addr, Via: via}, nil
 		}
 	}
-	return InheritedSock{}, fmt.Errorf("fd %d (%s) fits no --port or --path of this takeover (%s)", fd, kind, targets.String())
+	return Passed{}, fmt.Errorf("fd %d (%s) fits no --port or --path of this takeover (%s)", fd, kind, targets.String())
 }
 
 // hasSocketFor reports whether a socket for spec at addr was taken already.
-func hasSocketFor(taken []InheritedSock, spec target.PortSpec, addr netip.AddrPort) bool {
+func hasSocketFor(taken []Passed, spec target.Spec, addr netip.AddrPort) bool {
 	for _, t := range taken {
 		if t.Spec == spec && t.Addr == addr {
 			return true
@@ -178,7 +178,7 @@ func hasSocketFor(taken []InheritedSock, spec target.PortSpec, addr netip.AddrPo
 	return false
 }
 
-// passedKind describes a passed socket: "TCP 127.0.0.1:8100" (listening),
+// PassedKind describes a passed socket: "TCP 127.0.0.1:8100" (listening),
 // "UDP [::]:8125", "unix /run/app.sock"; a stream socket that does not
 // listen, and other kinds, are errors.
 func PassedKind(fd int) (kind string, addr netip.AddrPort, path string, err error) {
@@ -213,7 +213,7 @@ func PassedKind(fd int) (kind string, addr netip.AddrPort, path string, err erro
 
 // passedFits reports whether a passed socket of kind at addr or path is
 // one the target names.
-func passedFits(spec target.PortSpec, kind string, addr netip.AddrPort, path string) bool {
+func passedFits(spec target.Spec, kind string, addr netip.AddrPort, path string) bool {
 	switch {
 	case spec.Net == target.NetUnix:
 		return path != "" && target.SamePathName(spec.Path, path)

@@ -12,10 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sdNotify sends state to the systemd notification socket named by
+// Notify sends state to the systemd notification socket named by
 // NOTIFY_SOCKET. (false, nil) means not supported: NOTIFY_SOCKET is unset.
 // (false, err) means the message could not be sent. (true, nil) means sent.
-func SdNotify(state string) (bool, error) { return sdNotifyFDs(state, nil) }
+func Notify(state string) (bool, error) { return sdNotifyFDs(state, nil) }
 
 // sdNotifyFDs sends state with fds attached (SCM_RIGHTS), as FDSTORE=1
 // wants them; the fds stay the caller's. Its results are sdNotify's.
@@ -40,14 +40,14 @@ func sdNotifyFDs(state string, fds []int) (bool, error) {
 	return true, nil
 }
 
-// underSystemd reports whether NOTIFY_SOCKET is systemd's, not that of a
+// UnderSystemd reports whether NOTIFY_SOCKET is systemd's, not that of a
 // takeover this one runs under (which gives its commands TAKEOVER_PID and
 // a NOTIFY_SOCKET of its own, and keeps no file descriptors).
 func UnderSystemd() bool {
 	return os.Getenv("NOTIFY_SOCKET") != "" && os.Getenv(rundir.LauncherEnv) == ""
 }
 
-// monotonicUsec is CLOCK_MONOTONIC in microseconds, as RELOADING=1 wants it.
+// MonotonicUsec is CLOCK_MONOTONIC in microseconds, as RELOADING=1 wants it.
 func MonotonicUsec() string {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)

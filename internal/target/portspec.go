@@ -16,10 +16,10 @@ import (
 	"syscall"
 )
 
-// A portSpec names a target: the listening sockets takeover manages. A
+// A Spec names a target: the listening sockets takeover manages. A
 // TCP or UDP port on one address, or on every address of both families
 // when Addr is not valid; or a unix stream socket's path.
-type PortSpec struct {
+type Spec struct {
 	Net  string     // "" for TCP, netUDP, or netUnix
 	Addr netip.Addr // the zero Addr means every address
 	Port uint16
@@ -31,11 +31,11 @@ const (
 	NetUnix = "unix"
 )
 
-// parsePortSpec reads "8100", ":8100", "127.0.0.1:8100", "[::1]:8100" or
+// Parse reads "8100", ":8100", "127.0.0.1:8100", "[::1]:8100" or
 // "[::]:8100", each for TCP, or with "udp:" before it for UDP ("tcp:" is
 // allowed too). Host names are refused: a name can resolve to several
 // addresses, and the spec must say exactly which sockets may be replaced.
-func ParsePortSpec(s string) (PortSpec, error) {
+func Parse(s string) (Spec, error) {
 	network := ""
 	if rest, ok := strings.CutPrefix(s, "udp:"); ok {
 		network, s = NetUDP, rest
@@ -43,56 +43,56 @@ func ParsePortSpec(s string) (PortSpec, error) {
 		s = rest
 	}
 	if strings.HasPrefix(s, "unix:") || strings.HasPrefix(s, "/") {
-		return PortSpec{}, fmt.Errorf("port spec %q: a unix socket is named with --path, like --path /run/app.sock", s)
+		return Spec{}, fmt.Errorf("port spec %q: a unix socket is named with --path, like --path /run/app.sock", s)
 	}
 	spec, err := parseAddrPort(s)
 	spec.Net = network
 	return spec, err
 }
 
-// parsePathSpec reads a --path: a unix socket's path, made absolute
+// ParsePath reads a --path: a unix socket's path, made absolute
 // against the working directory.
-func ParsePathSpec(s string) (PortSpec, error) {
+func ParsePath(s string) (Spec, error) {
 	if s == "" {
-		return PortSpec{}, fmt.Errorf("empty --path: want the path of a unix socket, like /run/app.sock")
+		return Spec{}, fmt.Errorf("empty --path: want the path of a unix socket, like /run/app.sock")
 	}
 	abs, err := filepath.Abs(s)
 	if err != nil {
-		return PortSpec{}, fmt.Errorf("--path %q: %w", s, err)
+		return Spec{}, fmt.Errorf("--path %q: %w", s, err)
 	}
 	if len(abs) >= 108 { // sizeof(sun_path), with its NUL
-		return PortSpec{}, fmt.Errorf("--path %q: %d bytes, longer than a unix socket's path may be (107)", s, len(abs))
+		return Spec{}, fmt.Errorf("--path %q: %d bytes, longer than a unix socket's path may be (107)", s, len(abs))
 	}
-	return PortSpec{Net: NetUnix, Path: abs}, nil
+	return Spec{Net: NetUnix, Path: abs}, nil
 }
 
-func parseAddrPort(s string) (PortSpec, error) {
+func parseAddrPort(s string) (Spec, error) {
 	if s == "" {
-		return PortSpec{}, fmt.Errorf("empty port spec: want PORT or ADDR:PORT, like 8100 or 127.0.0.1:8100")
+		return Spec{}, fmt.Errorf("empty port spec: want PORT or ADDR:PORT, like 8100 or 127.0.0.1:8100")
 	}
 	host, portText := "", s
 	if i := strings.LastIndexByte(s, ':'); i >= 0 {
 		host, portText = s[:i], s[i+1:]
 		if strings.HasPrefix(host, "[") != strings.HasSuffix(host, "]") {
-			return PortSpec{}, fmt.Errorf("port spec %q: unbalanced brackets", s)
+			return Spec{}, fmt.Errorf("port spec %q: unbalanced brackets", s)
 		}
 		if strings.HasPrefix(host, "[") {
 			host = host[1 : len(host)-1]
 		} else if strings.Contains(host, ":") {
-			return PortSpec{}, fmt.Errorf("port spec %q: an IPv6 address goes in brackets, like [::1]:8100", s)
+			return Spec{}, fmt.Errorf("port spec %q: an IPv6 address goes in brackets, like [::1]:8100", s)
 		}
 	}
 	port, err := ParsePort(portText)
 	if err != nil {
-		return PortSpec{}, fmt.Errorf("port spec %q: %w", s, err)
+		return Spec{}, fmt.Errorf("port spec %q: %w", s, err)
 	}
-	spec := PortSpec{Port: port}
+	spec := Spec{Port: port}
 	if host == "" {
 		return spec, nil
 	}
 	addr, err := netip.ParseAddr(host)
 	if err != nil || addr.Zone() != "" {
-		return PortSpec{}, fmt.Errorf("port spec %q: %q is not an IP address (host names and zones are not accepted)", s, host)
+		return Spec{}, fmt.Errorf("port spec %q: %q is not an IP address (host names and zones are not accepted)", s, host)
 	}
 	spec.Addr = addr.Unmap()
 	return spec, nil
@@ -109,7 +109,7 @@ func ParsePort(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
-func (p PortSpec) String() string {
+func (p Spec) String() string {
 	switch {
 	case p.Net == NetUnix:
 		return "unix:" + p.Path
@@ -119,16 +119,16 @@ func (p PortSpec) String() string {
 	return p.ipString()
 }
 
-func (p PortSpec) ipString() string {
+func (p Spec) ipString() string {
 	if !p.Addr.IsValid() {
 		return strconv.Itoa(int(p.Port))
 	}
 	return netip.AddrPortFrom(p.Addr, p.Port).String()
 }
 
-// describe names the target in a sentence: "port 8100", "UDP port 5353",
+// Describe names the target in a sentence: "port 8100", "UDP port 5353",
 // "unix socket /run/app.sock".
-func (p PortSpec) Describe() string {
+func (p Spec) Describe() string {
 	switch p.Net {
 	case NetUnix:
 		return "unix socket " + p.Path
@@ -138,9 +138,9 @@ func (p PortSpec) Describe() string {
 	return "port " + p.ipString()
 }
 
-// boundAt names a socket of the target bound to ap (unused for a path):
+// BoundAt names a socket of the target bound to ap (unused for a path):
 // "127.0.0.1:8100", "udp:[::]:5353", "unix:/run/app.sock".
-func (p PortSpec) BoundAt(ap netip.AddrPort) string {
+func (p Spec) BoundAt(ap netip.AddrPort) string {
 	switch p.Net {
 	case NetUnix:
 		return p.String()
@@ -150,9 +150,9 @@ func (p PortSpec) BoundAt(ap netip.AddrPort) string {
 	return ap.String()
 }
 
-// fdName is the target's name in LISTEN_FDNAMES: "tcp-8100", "udp-5353",
+// FdName is the target's name in LISTEN_FDNAMES: "tcp-8100", "udp-5353",
 // "unix-app.sock".
-func (p PortSpec) FdName() string {
+func (p Spec) FdName() string {
 	switch p.Net {
 	case NetUnix:
 		return "unix-" + filepath.Base(p.Path)
@@ -162,10 +162,10 @@ func (p PortSpec) FdName() string {
 	return "tcp-" + strconv.Itoa(int(p.Port))
 }
 
-// storeName is the target's name in systemd's file descriptor store
+// StoreName is the target's name in systemd's file descriptor store
 // (FDNAME=): "tcp-8100", "tcp-127.0.0.1-8100", "udp-8125",
 // "unix-/run/app.sock". systemd refuses ':' in a name.
-func (p PortSpec) StoreName() string {
+func (p Spec) StoreName() string {
 	if p.Net == NetUnix {
 		return "unix-" + p.Path
 	}
@@ -176,19 +176,19 @@ func (p PortSpec) StoreName() string {
 	return proto + strings.NewReplacer("[", "", "]", "", ":", "-").Replace(p.ipString())
 }
 
-// starterName is the target's name in SERVER_STARTER_PORT, as start_server
+// StarterName is the target's name in SERVER_STARTER_PORT, as start_server
 // writes it: "8100", "127.0.0.1:8100", "[::1]:8100", a UDP port the same
 // (start_server drops its "u"), a path as it is.
-func (p PortSpec) StarterName() string {
+func (p Spec) StarterName() string {
 	if p.Net == NetUnix {
 		return p.Path
 	}
 	return p.ipString()
 }
 
-// key names the target's lock and record in the run directory: all
+// Key names the target's lock and record in the run directory: all
 // addresses of one port share them, as they can conflict.
-func (p PortSpec) Key() string {
+func (p Spec) Key() string {
 	switch p.Net {
 	case NetUnix:
 		sum := sha256.Sum256([]byte(p.Path))
@@ -199,27 +199,27 @@ func (p PortSpec) Key() string {
 	return "port-" + strconv.Itoa(int(p.Port))
 }
 
-// wholePort is the spec for every address of the target's port (a unix
+// WholePort is the spec for every address of the target's port (a unix
 // target is its own): every socket there can conflict with a bind to it.
-func (p PortSpec) WholePort() PortSpec {
+func (p Spec) WholePort() Spec {
 	if p.Net == NetUnix {
 		return p
 	}
-	return PortSpec{Net: p.Net, Port: p.Port}
+	return Spec{Net: p.Net, Port: p.Port}
 }
 
-// sockType is the socket type the target's sockets have.
-func (p PortSpec) SockType() int {
+// SockType is the socket type the target's sockets have.
+func (p Spec) SockType() int {
 	if p.Net == NetUDP {
 		return syscall.SOCK_DGRAM
 	}
 	return syscall.SOCK_STREAM
 }
 
-// matches reports whether a socket bound to ap is one the spec names. A
+// Matches reports whether a socket bound to ap is one the spec names. A
 // wildcard spec names the wildcard of either family: Go, for one, binds
 // "0.0.0.0:8100" as a dual-stack [::]:8100.
-func (p PortSpec) Matches(ap netip.AddrPort) bool {
+func (p Spec) Matches(ap netip.AddrPort) bool {
 	if p.Net == NetUnix || ap.Port() != p.Port {
 		return false
 	}
@@ -230,7 +230,7 @@ func (p PortSpec) Matches(ap netip.AddrPort) bool {
 	return p.Addr.IsUnspecified() && a.IsUnspecified()
 }
 
-// An inetBind is where an IP socket is bound, all a bind conflict depends
+// An InetBind is where an IP socket is bound, all a bind conflict depends
 // on: its address and port, and its IPV6_V6ONLY (which matters for the
 // IPv6 wildcard alone).
 type InetBind struct {
@@ -238,7 +238,7 @@ type InetBind struct {
 	V6Only bool
 }
 
-// conflicts reports whether a listener bound at held keeps a bind at want
+// Conflicts reports whether a listener bound at held keeps a bind at want
 // from succeeding, as the kernel decides it (inet_rcv_saddr_equal): the
 // same port, and an address of the same family on each side where one of
 // the two is that family's wildcard or both are the same. An IPv4 address,
@@ -273,10 +273,10 @@ func overlap(a, b netip.Addr) bool {
 	return a.IsValid() && b.IsValid() && (a == b || a.IsUnspecified() || b.IsUnspecified())
 }
 
-// specList is a repeatable --port flag.
-type SpecList []PortSpec
+// List is a repeatable --port flag.
+type List []Spec
 
-func (l *SpecList) String() string {
+func (l *List) String() string {
 	parts := make([]string, len(*l))
 	for i, p := range *l {
 		parts[i] = p.String()
@@ -284,8 +284,8 @@ func (l *SpecList) String() string {
 	return strings.Join(parts, ",")
 }
 
-func (l *SpecList) Set(s string) error {
-	p, err := ParsePortSpec(s)
+func (l *List) Set(s string) error {
+	p, err := Parse(s)
 	if err != nil {
 		return err
 	}
@@ -293,10 +293,10 @@ func (l *SpecList) Set(s string) error {
 	return nil
 }
 
-// pathFlag is the repeatable --path flag: it adds unix targets to the
+// PathFlag is the repeatable --path flag: it adds unix targets to the
 // same list as --port, so that their order is the order given.
 // PathFlag is a flag.Value that adds each --path given to a list.
-type PathFlag struct{ List *SpecList }
+type PathFlag struct{ List *List }
 
 func (f PathFlag) String() string {
 	if f.List == nil {
@@ -306,7 +306,7 @@ func (f PathFlag) String() string {
 }
 
 func (f PathFlag) Set(s string) error {
-	p, err := ParsePathSpec(s)
+	p, err := ParsePath(s)
 	if err != nil {
 		return err
 	}
@@ -314,12 +314,12 @@ func (f PathFlag) Set(s string) error {
 	return nil
 }
 
-// match returns the first spec of network netw ("" or netUDP) that names ap.
-func (l SpecList) Match(netw string, ap netip.AddrPort) (PortSpec, bool) {
+// Match returns the first spec of network netw ("" or netUDP) that names ap.
+func (l List) Match(netw string, ap netip.AddrPort) (Spec, bool) {
 	for _, p := range l {
 		if p.Net == netw && p.Matches(ap) {
 			return p, true
 		}
 	}
-	return PortSpec{}, false
+	return Spec{}, false
 }

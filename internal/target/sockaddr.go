@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// samePathName reports whether two absolute paths name the same entry:
+// SamePathName reports whether two absolute paths name the same entry:
 // the same name in the same directory, symbolic links followed.
 func SamePathName(a, b string) bool {
 	if a == b {
@@ -51,7 +51,7 @@ func InodeOf(fd int) uint64 {
 	return st.Ino
 }
 
-// parseSockaddr reads a struct sockaddr_in or sockaddr_in6. ok is false for
+// ParseSockaddr reads a struct sockaddr_in or sockaddr_in6. ok is false for
 // every other family, and for a length bind(2) itself would refuse.
 func ParseSockaddr(b []byte) (ap netip.AddrPort, family int, ok bool) {
 	if len(b) < 2 {
@@ -67,7 +67,7 @@ func ParseSockaddr(b []byte) (ap netip.AddrPort, family int, ok bool) {
 	return netip.AddrPort{}, family, false
 }
 
-// sockaddrOf converts an address for bind(2), keeping its family.
+// SockaddrOf converts an address for bind(2), keeping its family.
 func SockaddrOf(ap netip.AddrPort) unix.Sockaddr {
 	if ap.Addr().Is4() {
 		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}

@@ -1,4 +1,4 @@
-package main
+package swap
 
 import (
 	"net"
@@ -13,10 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/takeover/takeover/internal/swap"
-
 	"github.com/takeover/takeover/internal/seccomp"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,7 +32,7 @@ import (
 // supervisor (answered "continue" at once), what trapping accept to fence
 // would cost for the server's whole life.
 //
-//	go test -run '^$' -bench Accept -benchtime 20000x .
+//	go test -run '^$' -bench Accept -benchtime 20000x ./internal/swap
 func BenchmarkAccept(b *testing.B) {
 	for _, mode := range []string{"plain", "fenced", "accept-trapped"} {
 		b.Run(mode, func(b *testing.B) { benchAccept(b, mode) })
@@ -47,7 +46,7 @@ func benchAccept(b *testing.B, mode string) {
 	if mode == "fenced" {
 		old = startAcceptor(b, "acceptor", ln, -1)
 		own := tcpSocket(b)
-		f, why := swap.FenceBeside(swap.Claim{Sock: own, Addr: addr, Spec: target.PortSpec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
+		f, why := FenceBeside(Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
 		if f == nil {
 			b.Fatalf("fenceBeside: %s", why)
 		}
@@ -155,7 +154,7 @@ func startAcceptor(b *testing.B, mode string, ln, extra int) *exec.Cmd {
 	b.Helper()
 	self, _ := os.Executable()
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), "TAKEOVER_TEST_HELPER="+mode)
+	cmd.Env = append(os.Environ(), testutil.HelperEnv+"="+mode)
 	cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(dupFD(b, ln)), "listener")}
 	if extra >= 0 {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(dupFD(b, extra)), "notif"))
@@ -293,9 +292,9 @@ func trappedAcceptor() int {
 	unix.Close(fd)
 	unix.Close(4)
 	self, _ := os.Executable()
-	env := []string{"TAKEOVER_TEST_HELPER=acceptor"}
+	env := []string{testutil.HelperEnv + "=acceptor"}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "TAKEOVER_TEST_HELPER=") {
+		if !strings.HasPrefix(kv, testutil.HelperEnv+"=") {
 			env = append(env, kv)
 		}
 	}

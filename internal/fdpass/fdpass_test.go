@@ -1,4 +1,4 @@
-package main
+package fdpass
 
 import (
 	"context"
@@ -15,15 +15,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
 // The test binary is also a fetchSocket client, for the test that needs one
 // running as another user: TAKEOVER_FDPASS_CLIENT="PID INODE PATH" makes it
-// fetch, print "ok INODE" or "error: ...", and exit. (A mode of its own,
-// not one of runHelper's, so that helpers_test.go stays untouched.)
+// fetch, print "ok INODE" or "error: ...", and exit.
 func init() {
 	if spec := os.Getenv("TAKEOVER_FDPASS_CLIENT"); spec != "" {
 		os.Exit(fdpassClient(spec))
@@ -42,7 +41,7 @@ func fdpassClient(spec string) int {
 		fmt.Println("error:", err)
 		return 2
 	}
-	fd, err := fdpass.FetchSocket(f[2], pid, inode, 30*time.Second)
+	fd, err := Fetch(f[2], pid, inode, 30*time.Second)
 	if err != nil {
 		fmt.Println("error:", err)
 		return 1
@@ -81,7 +80,7 @@ func serveTest(t *testing.T, dir string, held map[uint64]int) string {
 		dir = t.TempDir()
 	}
 	path := filepath.Join(dir, "launcher.sock")
-	stop, err := fdpass.ServeSockets(path, func(inode uint64) (int, bool) {
+	stop, err := Serve(path, func(inode uint64) (int, bool) {
 		fd, ok := held[inode]
 		if !ok {
 			return -1, false
@@ -100,7 +99,7 @@ func TestFetchSocket(t *testing.T) {
 	ln, held, inode := heldListener(t)
 	path := serveTest(t, "", map[uint64]int{inode: held})
 
-	fd, err := fdpass.FetchSocket(path, os.Getpid(), inode, 10*time.Second)
+	fd, err := Fetch(path, os.Getpid(), inode, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +165,7 @@ func TestFetchSocketErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			began := time.Now()
-			fd, err := fdpass.FetchSocket(tt.path, tt.pid, tt.inode, tt.timeout)
+			fd, err := Fetch(tt.path, tt.pid, tt.inode, tt.timeout)
 			took := time.Since(began)
 			if err == nil {
 				unix.Close(fd)
@@ -217,7 +216,7 @@ func TestServeSocketsConnection(t *testing.T) {
 			if _, err := c.Write([]byte(tt.req)); err != nil {
 				t.Fatal(err)
 			}
-			fd, err := fdpass.ReceiveSocket(c)
+			fd, err := receiveSocket(c)
 			if tt.refusal != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.refusal) {
 					t.Errorf("reply error %v, want %q", err, tt.refusal)
@@ -246,13 +245,13 @@ func TestServeSocketsIdlePeer(t *testing.T) {
 	}
 	defer idle.Close()
 
-	fd, err := fdpass.FetchSocket(path, os.Getpid(), inode, 10*time.Second)
+	fd, err := Fetch(path, os.Getpid(), inode, 10*time.Second)
 	if err != nil {
 		t.Fatalf("fetch beside an idle peer: %v", err)
 	}
 	unix.Close(fd)
 
-	idle.SetReadDeadline(time.Now().Add(fdpass.FdpassIdle + 10*time.Second))
+	idle.SetReadDeadline(time.Now().Add(fdpassIdle + 10*time.Second))
 	if n, err := idle.Read(make([]byte, 16)); err != io.EOF {
 		t.Errorf("idle peer read %d bytes, %v; want EOF", n, err)
 	}
@@ -264,7 +263,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if err := os.WriteFile(path, []byte("stale"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stop, err := fdpass.ServeSockets(path, func(uint64) (int, bool) {
+	stop, err := Serve(path, func(uint64) (int, bool) {
 		dup, err := unix.FcntlInt(uintptr(held), unix.F_DUPFD_CLOEXEC, 0) // the server closes it
 		return dup, err == nil
 	})
@@ -290,7 +289,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if _, err := open.Write([]byte(fmt.Sprintf("inode %d", inode))); err != nil {
 		t.Fatal(err)
 	}
-	fd, err := fdpass.ReceiveSocket(open)
+	fd, err := receiveSocket(open)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +307,7 @@ func TestServeSocketsStop(t *testing.T) {
 	if target.InodeOf(held) != inode {
 		t.Error("stop closed the caller's socket")
 	}
-	if fd, err := fdpass.FetchSocket(path, os.Getpid(), inode, 10*time.Second); err == nil {
+	if fd, err := Fetch(path, os.Getpid(), inode, 10*time.Second); err == nil {
 		unix.Close(fd)
 		t.Error("fetch after stop succeeded")
 	}
@@ -321,13 +320,13 @@ func TestServeSocketsRefusesOtherUID(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a client as nobody")
 	}
-	requireTool(t, "setpriv")
+	testutil.RequireTool(t, "setpriv")
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := openTempDir(t)
-	client := copyTestBinary(t, dir)
+	dir := testutil.OpenTempDir(t)
+	client := testutil.CopyTestBinary(t, dir)
 	_, held, inode := heldListener(t)
 	path := serveTest(t, dir, map[uint64]int{inode: held})
 	if err := os.Chmod(path, 0o666); err != nil {
@@ -359,50 +358,16 @@ func TestServeSocketsRefusesOtherUID(t *testing.T) {
 	}
 }
 
-// openTempDir makes a directory that user nobody may enter; t.TempDir's
-// parent is private to root.
-func openTempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "takeover-fdpass-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
-// copyTestBinary copies this test binary into dir: go test builds it in a
-// directory only its owner may enter.
-func copyTestBinary(t *testing.T, dir string) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := filepath.Join(dir, "client.test")
-	if err := os.WriteFile(client, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return client
-}
-
 func FuzzFDPassRequest(f *testing.F) {
 	for _, s := range []string{"inode 12345", "inode ", "inode -1", "inode 18446744073709551616", "inode 0x10", "hello", ""} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, req []byte) {
-		inode, err := fdpass.ParseInodeRequest(req)
+		inode, err := parseInodeRequest(req)
 		if err != nil {
 			return
 		}
-		if again, err := fdpass.ParseInodeRequest([]byte("inode " + strconv.FormatUint(inode, 10))); err != nil || again != inode {
+		if again, err := parseInodeRequest([]byte("inode " + strconv.FormatUint(inode, 10))); err != nil || again != inode {
 			t.Errorf("%q parsed as %d, which does not round-trip: %d, %v", req, inode, again, err)
 		}
 		if !strings.HasPrefix(string(req), "inode ") {

@@ -1,23 +1,21 @@
-package main
+package owner
 
 import (
-	"net"
 	"net/netip"
 	"os/exec"
 	"strconv"
 	"testing"
 
 	psnet "github.com/shirou/gopsutil/v3/net"
-	"github.com/takeover/takeover/internal/owner"
-	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/target"
+	"github.com/takeover/takeover/internal/testutil"
 )
 
 // BenchmarkLookup finds the holders of one listening port with 400 extra idle
 // processes running, as takeover does it and as the tools a user would reach
 // for do it, in the same run:
 //
-//	go test -run '^$' -bench Lookup -benchtime 200x
+//	go test -run '^$' -bench Lookup -benchtime 200x ./internal/owner
 //
 // takeover-swap is the lookup at a swap, which starts from the previous
 // generation's launcher; takeover-who is the full walk `takeover who` does.
@@ -29,26 +27,26 @@ func BenchmarkLookup(b *testing.B) {
 		}
 		b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	}
-	h := startHelper(b, "wrapper", "127.0.0.1:0")
-	ap := netip.MustParseAddrPort(h.addr)
-	spec := target.PortSpec{Addr: ap.Addr(), Port: ap.Port()}
+	h := testutil.StartHelper(b, "wrapper", "127.0.0.1:0")
+	ap := netip.MustParseAddrPort(h.Addr)
+	spec := target.Spec{Addr: ap.Addr(), Port: ap.Port()}
 	port := strconv.Itoa(int(ap.Port()))
-	launcher := h.cmd.Process.Pid
+	launcher := h.Cmd.Process.Pid
 
-	mustFind := func(b *testing.B, ls []owner.Listener, err error) {
+	mustFind := func(b *testing.B, ls []Listener, err error) {
 		if err != nil || len(ls) != 1 || len(ls[0].Holders) == 0 {
 			b.Fatalf("lookup = %+v, %v", ls, err)
 		}
 	}
 	b.Run("takeover-swap", func(b *testing.B) {
 		for b.Loop() {
-			ls, err := owner.Listeners("/proc", spec, []int{launcher}, true)
+			ls, err := Listeners("/proc", spec, []int{launcher}, true)
 			mustFind(b, ls, err)
 		}
 	})
 	b.Run("takeover-who", func(b *testing.B) {
 		for b.Loop() {
-			ls, err := owner.Listeners("/proc", spec, nil, false)
+			ls, err := Listeners("/proc", spec, nil, false)
 			mustFind(b, ls, err)
 		}
 	})
@@ -69,7 +67,7 @@ func BenchmarkLookup(b *testing.B) {
 	})
 	runTool := func(name string, args ...string) {
 		b.Run(name, func(b *testing.B) {
-			requireTool(b, name)
+			testutil.RequireTool(b, name)
 			for b.Loop() {
 				out, err := exec.Command(name, args...).Output()
 				if err != nil || len(out) == 0 {
@@ -80,17 +78,4 @@ func BenchmarkLookup(b *testing.B) {
 	}
 	runTool("ss", "-ltnpH", "sport = :"+port)
 	runTool("lsof", "-t", "-sTCP:LISTEN", "-i:"+port)
-}
-
-func BenchmarkSockDiag(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	for b.Loop() {
-		if _, err := socktab.DiagTCPListeners(); err != nil {
-			b.Fatal(err)
-		}
-	}
 }
