@@ -69,3 +69,22 @@ func TestParseAddr(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkScrape: what one scrape costs the launcher (the registry
+// gathered and written in the text format), with two targets' swaps.
+func BenchmarkScrape(b *testing.B) {
+	s := New(Counts{})
+	for _, target := range []string{"8100", "udp:8125"} {
+		for range 10 {
+			s.Swap(target, "handoff", OK, time.Millisecond, time.Second, 0)
+			s.Drained(target, time.Second)
+		}
+	}
+	s.Serving(3, 0, 2)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Text(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
