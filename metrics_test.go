@@ -107,9 +107,9 @@ func waitMetric(t *testing.T, get func() map[string]*dto.MetricFamily, want floa
 
 // TestMetrics: a takeover with --metrics (a unix socket) and
 // --metrics-file counts a fresh start, a handoff (HUP) and a rolled-back
-// reload; a second takeover (--metrics on TCP, --strategy rebind) replaces
-// it and starts its counters from the first one's, then counts its rebind
-// and a crash and restart. Each is scraped and parsed with prometheus/common's
+// reload; a second takeover (the same --metrics, --strategy rebind)
+// replaces it and starts its counters from the first one's, then counts its
+// rebind and a crash and restart. Each is scraped and parsed with prometheus/common's
 // text parser.
 func TestMetrics(t *testing.T) {
 	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
@@ -155,33 +155,32 @@ func TestMetrics(t *testing.T) {
 	waitMetric(t, viaFile, 1, "takeover_failed_reloads_total")
 	waitMetric(t, viaSock, 2, "takeover_generation") // the running one serves on
 
-	// A deploy: the next takeover, which rebinds, starts from the first's counts.
+	// A deploy: the next takeover, which rebinds, starts from the first's
+	// counts, and takes the metrics' socket over (the first one, exiting,
+	// leaves it be).
 	os.WriteFile(mode, []byte("serve"), 0o644)
-	mport := testutil.FreePort(t)
-	maddr := "127.0.0.1:" + mport
-	second := startTakeover(t, "", append(timeouts, "--strategy", "rebind", "--metrics", maddr, "--metrics-file", file, "--port", port, "--", app)...)
+	second := startTakeover(t, "", append(timeouts, "--strategy", "rebind", "--metrics", sock, "--metrics-file", file, "--port", port, "--", app)...)
 	second.waitLog(t, `msg="took over"`)
 	if code := first.wait(t); code != 0 {
 		t.Fatalf("the replaced takeover exited %d; stderr:\n%s", code, first.stderr)
 	}
-	viaTCP := func() map[string]*dto.MetricFamily { return scrape(t, maddr) }
-	waitMetric(t, viaTCP, 1, "takeover_swaps_total", "target="+port, "strategy=rebind", "result=ok")
-	waitMetric(t, viaTCP, 1, "takeover_swaps_total", "target="+port, "strategy=handoff", "result=ok")
-	waitMetric(t, viaTCP, 1, "takeover_swaps_total", "target="+port, "strategy=fresh", "result=ok")
-	waitMetric(t, viaTCP, 1, "takeover_rollbacks_total")
-	waitMetric(t, viaTCP, 1, "takeover_failed_reloads_total")
-	waitMetric(t, viaTCP, 1, "takeover_refused_window_seconds", "target="+port) // its own rebind: histograms start anew
+	waitMetric(t, viaSock, 1, "takeover_swaps_total", "target="+port, "strategy=rebind", "result=ok")
+	waitMetric(t, viaSock, 1, "takeover_swaps_total", "target="+port, "strategy=handoff", "result=ok")
+	waitMetric(t, viaSock, 1, "takeover_swaps_total", "target="+port, "strategy=fresh", "result=ok")
+	waitMetric(t, viaSock, 1, "takeover_rollbacks_total")
+	waitMetric(t, viaSock, 1, "takeover_failed_reloads_total")
+	waitMetric(t, viaSock, 1, "takeover_refused_window_seconds", "target="+port) // its own rebind: histograms start anew
 
 	// A crash and a restart on the held socket.
 	testutil.WaitServing(t, addr)
 	syscall.Kill(childOf(t, second, addr), syscall.SIGKILL)
 	second.waitLog(t, "msg=restarted")
-	waitMetric(t, viaTCP, 1, "takeover_restarts_total")
-	waitMetric(t, viaTCP, 0, "takeover_restart_give_ups_total")
-	waitMetric(t, viaTCP, 2, "takeover_generation")
-	waitMetric(t, viaTCP, 0, "takeover_old_generations_draining")
+	waitMetric(t, viaSock, 1, "takeover_restarts_total")
+	waitMetric(t, viaSock, 0, "takeover_restart_give_ups_total")
+	waitMetric(t, viaSock, 2, "takeover_generation")
+	waitMetric(t, viaSock, 0, "takeover_old_generations_draining")
 	waitMetric(t, viaFile, 1, "takeover_restarts_total")
-	mfs := viaTCP()
+	mfs := viaSock()
 	if got := metricValue(mfs, "takeover_swaps_total"); got != 5 {
 		t.Errorf("takeover_swaps_total = %v in all, want 5 (fresh, handoff, rolled back, rebind, restart)", got)
 	}
@@ -329,11 +328,15 @@ func TestPrometheusContrib(t *testing.T) {
 	port := testutil.FreePort(t)
 	file := filepath.Join(t.TempDir(), "takeover.prom")
 	self, _ := os.Executable()
-	r := startTakeover(t, "serve", "--metrics-file", file, "--port", port, "--", self, "127.0.0.1:"+port)
+	maddr := "127.0.0.1:" + testutil.FreePort(t)
+	r := startTakeover(t, "serve", "--metrics", maddr, "--metrics-file", file, "--port", port, "--", self, "127.0.0.1:"+port)
 	r.waitLog(t, `msg="took over"`)
 	text, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := metricValue(scrape(t, maddr), "takeover_swaps_total"); got != 1 {
+		t.Errorf("takeover_swaps_total over TCP = %v, want 1", got)
 	}
 	check := exec.Command("promtool", "check", "metrics")
 	check.Stdin = bytes.NewReader(text)

@@ -74,8 +74,17 @@ func Listen(network, address string) (net.Listener, error) {
 	return lc.Listen(context.Background(), "tcp", address)
 }
 
-// Serve serves GET /metrics on ln until stop is called.
+// Serve serves GET /metrics on ln until stop is called. A unix socket's
+// file is removed then only if it is still this one's: in a deploy the
+// newer takeover's has taken the path.
 func (s *Set) Serve(ln net.Listener) (stop func()) {
+	var path string
+	var mine os.FileInfo
+	if u, ok := ln.(*net.UnixListener); ok {
+		u.SetUnlinkOnClose(false)
+		path = u.Addr().String()
+		mine, _ = os.Stat(path)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", s.Handler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -87,5 +96,8 @@ func (s *Set) Serve(ln net.Listener) (stop func()) {
 	return func() {
 		srv.Close()
 		<-done
+		if fi, err := os.Stat(path); mine != nil && err == nil && os.SameFile(fi, mine) {
+			os.Remove(path)
+		}
 	}
 }
