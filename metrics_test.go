@@ -29,12 +29,15 @@ import (
 // unix socket's path) and parses it with Prometheus' own text parser.
 func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 	t.Helper()
-	client := &http.Client{Timeout: 10 * time.Second}
+	// A connection a scrape, as Prometheus' own scrapes of a takeover
+	// every 15 s or so would be.
+	tr := &http.Transport{DisableKeepAlives: true}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	url := "http://" + addr + "/metrics"
 	if strings.HasPrefix(addr, "/") {
-		client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", addr)
-		}}
+		}
 		url = "http://metrics/metrics"
 	}
 	resp, err := client.Get(url)
@@ -370,5 +373,37 @@ func TestPrometheusContrib(t *testing.T) {
 				t.Errorf("%s queries %s, which takeover does not export", f, name)
 			}
 		}
+	}
+}
+
+// TestMetricsReplacedStops: the replaced takeover, which waits for its old
+// server (it ignores TERM) while the newer one serves, stops serving its
+// metrics on the port both took with SO_REUSEPORT: every scrape then
+// answers with the newer takeover's counts, never the older, lower ones
+// (a counter going down, a reset to Prometheus).
+func TestMetricsReplacedStops(t *testing.T) {
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	maddr := "127.0.0.1:" + testutil.FreePort(t)
+	self, _ := os.Executable()
+	first := startTakeover(t, "hang", "-v", "--metrics", maddr, "--port", port, "--", self, addr)
+	testutil.WaitServing(t, addr)
+	oldChild := childOf(t, first, addr)
+	t.Cleanup(func() { syscall.Kill(oldChild, syscall.SIGKILL) })
+	second := startTakeover(t, "serve", "--kill-timeout", "60s", "--metrics", maddr, "--port", port, "--", self, addr)
+	second.waitLog(t, `msg="took over"`)
+	first.waitLog(t, "event=replaced") // its stop signal came: from here on, only the newer one answers
+	if !first.running() {
+		t.Fatalf("the first takeover exited before its server did:\n%s", first.stderr)
+	}
+	for i := range 40 {
+		if got := metricValue(scrape(t, maddr), "takeover_swaps_total", "strategy=handoff"); got != 1 {
+			t.Fatalf("scrape %d, while the replaced takeover waits: takeover_swaps_total{strategy=handoff} = %v, want the newer takeover's 1", i, got)
+		}
+	}
+	syscall.Kill(oldChild, syscall.SIGKILL)
+	if code := first.wait(t); code != 0 {
+		t.Errorf("the replaced takeover exited %d", code)
 	}
 }

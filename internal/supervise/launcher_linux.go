@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -63,12 +64,14 @@ type launcher struct {
 	exits   chan childExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
 	lastNum int
 
-	mu         sync.Mutex
-	gens       []*generation // those that may hold sockets, for newer takeovers
-	status     Status        // the status record (status.go)
-	metrics    *metrics.Set  // what --metrics serves
-	unfinished *unfinished   // a swap whose new generation exited before it completed (complete_linux.go)
-	fencing    sync.Mutex    // held by a swap until it completes or is left unfinished
+	mu             sync.Mutex
+	gens           []*generation // those that may hold sockets, for newer takeovers
+	status         Status        // the status record (status.go)
+	metrics        *metrics.Set  // what --metrics serves
+	stopMetrics    func()        // stops serving and writing them (serveMetrics)
+	metricsStopped atomic.Bool
+	unfinished     *unfinished // a swap whose new generation exited before it completed (complete_linux.go)
+	fencing        sync.Mutex  // held by a swap until it completes or is left unfinished
 
 	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise
 
@@ -105,12 +108,11 @@ func Launch(cfg Config, stderr io.Writer) int {
 	l.starter = newStarterState(l)
 	l.initStatus()
 	defer l.dir.RemoveStatus(l.self)
-	stopMetrics, err := l.serveMetrics()
-	if err != nil {
+	if err := l.serveMetrics(); err != nil {
 		fmt.Fprintf(stderr, "takeover: %v\n", err)
 		return ExitLauncher
 	}
-	defer stopMetrics()
+	defer l.stopMetrics()
 	if cfg.PIDFile != "" {
 		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
 			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
@@ -196,6 +198,9 @@ func (l *launcher) run(path string) int {
 		select {
 		case sig := <-sigs:
 			ev = l.signalEvent(sig.(syscall.Signal))
+			if ev.kind == evReplaced {
+				l.stopMetrics() // the newer takeover's count on from these
+			}
 		case e := <-exits:
 			g := l.byPID[e.Pid]
 			if g == nil {

@@ -267,7 +267,7 @@ func (l *launcher) flushStatus() {
 // writeMetricsFile writes the metrics into --metrics-file, atomically, for
 // node_exporter's textfile collector.
 func (l *launcher) writeMetricsFile() {
-	if l.cfg.MetricsFile == "" {
+	if l.cfg.MetricsFile == "" || l.metricsStopped.Load() {
 		return
 	}
 	b, err := l.metrics.Text()
@@ -284,14 +284,19 @@ func (l *launcher) writeMetricsFile() {
 const metricsFileEvery = 15 * time.Second
 
 // serveMetrics serves --metrics and writes --metrics-file every
-// metricsFileEvery, until stop.
-func (l *launcher) serveMetrics() (stop func(), err error) {
+// metricsFileEvery, until l.stopMetrics: as takeover exits, or once a newer
+// takeover has replaced it, whose counters go on from these. Until it
+// exits, a replaced takeover would otherwise serve its own, lower, counts
+// beside the newer one's (the same port, SO_REUSEPORT) or write them over
+// the newer one's file: a counter that goes down, a reset to Prometheus.
+func (l *launcher) serveMetrics() error {
 	var stops []func()
-	stop = func() {
+	l.stopMetrics = sync.OnceFunc(func() {
+		l.metricsStopped.Store(true)
 		for _, f := range stops {
 			f()
 		}
-	}
+	})
 	if l.cfg.Metrics != "" {
 		network, addr, err := metrics.ParseAddr(l.cfg.Metrics)
 		if err == nil {
@@ -301,7 +306,7 @@ func (l *launcher) serveMetrics() (stop func(), err error) {
 			}
 		}
 		if err != nil {
-			return stop, fmt.Errorf("cannot serve --metrics: %w", err)
+			return fmt.Errorf("cannot serve --metrics: %w", err)
 		}
 	}
 	if l.cfg.MetricsFile != "" {
@@ -320,5 +325,5 @@ func (l *launcher) serveMetrics() (stop func(), err error) {
 		}()
 		stops = append(stops, func() { close(done) })
 	}
-	return stop, nil
+	return nil
 }
