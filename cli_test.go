@@ -20,7 +20,7 @@ import (
 // subcommand run dispatches.
 func TestHelpSpellsLongFlags(t *testing.T) {
 	goStyle := regexp.MustCompile(`(?m)^  -[a-z][a-z-]+`)
-	for _, args := range [][]string{{"--help"}, {"-h"}, {"who", "--help"}, {"doctor", "--help"}, {"demo", "--help"}, {"demo", "-h"}, {"probe", "--help"}, {"demo-server", "--help"}} {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"who", "--help"}, {"status", "--help"}, {"doctor", "--help"}, {"demo", "--help"}, {"demo", "-h"}, {"probe", "--help"}, {"demo-server", "--help"}} {
 		var stdout, stderr bytes.Buffer
 		if code := run(args, &stdout, &stderr); code != 0 || stderr.Len() > 0 {
 			t.Errorf("%v: exit %d, stderr %q; want 0 and the usage on stdout", args, code, stderr.String())
@@ -49,7 +49,7 @@ func TestHelpSpellsLongFlags(t *testing.T) {
 			t.Errorf("--help lacks %q:\n%s", want, help)
 		}
 	}
-	for _, sub := range []string{"who", "doctor", "demo", "probe", "demo-server", "start-server", "version"} {
+	for _, sub := range []string{"who", "status", "doctor", "demo", "probe", "demo-server", "start-server", "version"} {
 		if !strings.Contains(help, "takeover "+sub+" ") && !strings.Contains(help, "takeover "+sub+"\n") {
 			t.Errorf("--help does not list %q:\n%s", sub, help)
 		}
@@ -74,6 +74,8 @@ func TestBadFlagOneLine(t *testing.T) {
 		{[]string{"-p"}, supervise.ExitLauncher, "takeover: flag needs an argument: -p", "takeover"},
 		{[]string{"who", "--nope", "80"}, exitUsage, "takeover who: flag provided but not defined: --nope", "takeover who"},
 		{[]string{"who", "--json=maybe", "80"}, exitUsage, `takeover who: invalid boolean value "maybe" for --json: `, "takeover who"},
+		{[]string{"status", "--nope", "80"}, exitUsage, "takeover status: flag provided but not defined: --nope", "takeover status"},
+		{[]string{"status", "80000"}, exitUsage, `takeover status: port spec "80000": `, "takeover status"},
 		{[]string{"demo", "--swaps", "x"}, exitUsage, `takeover demo: invalid value "x" for flag --swaps: `, "takeover demo"},
 		{[]string{"demo", "--swaps"}, exitUsage, "takeover demo: flag needs an argument: --swaps", "takeover demo"},
 		{[]string{"probe", "--duration", "x"}, exitUsage, `takeover probe: invalid value "x" for flag --duration: `, "takeover probe"},

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/takeover/takeover/internal/metrics"
 	"github.com/takeover/takeover/internal/ready"
 
 	"github.com/takeover/takeover/internal/supervise"
@@ -24,6 +25,7 @@ var errUsage = errors.New("usage")
 
 const launcherUsage = `usage: takeover [flags] -- COMMAND [ARG...]
        takeover who [--json] PORTSPEC...     who holds a port, and whom takeover would stop
+       takeover status [--json] [PORTSPEC...]  what each takeover of this user serves, and how its swaps went
        takeover doctor [--json]              what takeover needs here, and what is missing
        takeover demo [--swaps N] [...]       swaps of a built-in server under load
        takeover probe [...]                  load against a port, counting refusals
@@ -71,6 +73,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (supervise.Config, erro
 	fs.DurationVar(&c.DetachOnStop, "detach-on-stop", 0, "on a stop signal, exit 0 at once and serve on, detached, until a newer takeover replaces this one or this long has passed (for runit, daemontools, s6, supervisord; not systemd); 0: a stop is a stop")
 	fs.StringVar(&c.PIDFile, "pid-file", "", "write takeover's pid to this file")
 	fs.StringVar(&c.StatusFile, "status-file", "", "write the generation, child pid, ports and last swap here (JSON, atomically)")
+	fs.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics on `ADDR`/metrics: a port (on 127.0.0.1), 127.0.0.1:9101, a unix socket's path, or another address named in full (0.0.0.0:9101)")
+	fs.StringVar(&c.MetricsFile, "metrics-file", "", "write Prometheus metrics to this `PATH` (atomically, at every change and every 15s), for node_exporter's textfile collector")
 	logFormat := fs.String("log-format", "text", "text or json")
 	quiet := fs.Bool("q", false, "log errors only")
 	verbose := fs.Bool("v", false, "log debug detail")
@@ -116,6 +120,11 @@ func parseFlags(args []string, stdout, stderr io.Writer) (supervise.Config, erro
 		return c, fmt.Errorf("--drain-timeout %v: want more than 0 and at most %v", c.DrainTimeout, supervise.MaxDrain)
 	case c.DetachOnStop < 0 || c.DetachOnStop > supervise.MaxDetach:
 		return c, fmt.Errorf("--detach-on-stop %v: want a duration from 0 (off) to %v", c.DetachOnStop, supervise.MaxDetach)
+	}
+	if c.Metrics != "" {
+		if _, _, err := metrics.ParseAddr(c.Metrics); err != nil {
+			return c, err
+		}
 	}
 	switch c.Fence {
 	case "on", "off":

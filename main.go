@@ -17,15 +17,15 @@
 // The root package is the command line: main.go dispatches the
 // subcommands (after turning the process into the shim or doctor's probe
 // when it was started as one), cli.go has --help, version and the terminal,
-// flags.go the launcher's flags, portowner.go `takeover who`, retrybind.go
-// the rebind strategy (plugged into the core as its swap.Rebinder),
+// flags.go the launcher's flags, portowner.go `takeover who`, status.go
+// `takeover status`, retrybind.go the rebind strategy (plugged into the core as its swap.Rebinder),
 // doctor_linux.go, demo.go, demoserver.go, probe.go and startserver*.go the
 // other subcommands. The rest lives in internal/, each package's doc saying
 // what it holds and internal/deps_test.go what it may import: doctor and
 // supervise (the launcher) above intercept (the seccomp trap), above swap
 // (taking a target and stopping what held it), above owner, ready, systemd
 // and rundir, above the leaves (target, pidfd, fdpass, procfs, socktab,
-// seccomp, starter, load).
+// seccomp, starter, load, metrics).
 //
 // One swap reads downward: supervise starts a generation; its bind(2)
 // reaches intercept, which asks swap.Taker for the target: owner says who
@@ -71,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "who":
 			return runWho(args[1:], stdout, stderr)
+		case "status":
+			return runStatus(args[1:], stdout, stderr)
 		case "doctor":
 			return runDoctor(args[1:], stdout, stderr)
 		case "demo":

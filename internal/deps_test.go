@@ -27,6 +27,7 @@ var allowed = map[string][]string{
 	"pidfd":   nil,
 	"fdpass":  nil,
 	"target":  nil,
+	"metrics": nil, // what a launcher counts, in Prometheus' format
 
 	"rundir":  {"procfs"},
 	"drain":   {"socktab"},
@@ -52,7 +53,7 @@ var allowed = map[string][]string{
 	"testutil": {"load", "rundir"},
 
 	// The launcher of one command: everything below it.
-	"supervise": {"procfs", "socktab", "seccomp", "starter", "pidfd", "fdpass", "target", "rundir", "ready", "owner", "systemd", "swap", "intercept"},
+	"supervise": {"procfs", "socktab", "seccomp", "starter", "pidfd", "fdpass", "target", "rundir", "ready", "owner", "systemd", "swap", "intercept", "metrics"},
 }
 
 // closure returns pkg's allowed packages and theirs, all the way down.

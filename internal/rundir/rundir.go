@@ -290,7 +290,7 @@ func (d *Dir) ClearDead() {
 			if !pidAlive(pid) || d.nobodyListens(name) {
 				d.remove(name)
 			}
-		case scanName(name, ".launcher-%d.sock.new", &pid), scanName(name, "notify-%d-%d.sock", &pid, &num):
+		case scanName(name, ".launcher-%d.sock.new", &pid), scanName(name, "notify-%d-%d.sock", &pid, &num), scanName(name, statusPattern, &pid):
 			if !pidAlive(pid) {
 				d.remove(name)
 			}
@@ -480,4 +480,48 @@ const LauncherEnv = "TAKEOVER_PID"
 // takeovers.
 func LauncherSockPath(dir *Dir, pid int) string {
 	return dir.sockPath("launcher-" + strconv.Itoa(pid) + ".sock")
+}
+
+// statusPattern names a launcher's status record in the run directory.
+const statusPattern = "status-%d.json"
+
+// WriteStatus writes launcher pid's status record (what `takeover status`
+// reads), atomically.
+func (d *Dir) WriteStatus(pid int, b []byte) error {
+	return writeFileAt(d.f, d.path, fmt.Sprintf(statusPattern, pid), b)
+}
+
+// RemoveStatus removes launcher pid's status record.
+func (d *Dir) RemoveStatus(pid int) { d.remove(fmt.Sprintf(statusPattern, pid)) }
+
+// Statuses returns the status records in the directory by launcher pid,
+// those of pids that still run (whether the same process: the caller
+// checks its start time, which the record holds).
+func (d *Dir) Statuses() map[int][]byte {
+	out := make(map[int][]byte)
+	if d == nil {
+		return out
+	}
+	names, _ := d.names()
+	for _, name := range names {
+		var pid int
+		if !scanName(name, statusPattern, &pid) || !pidAlive(pid) {
+			continue
+		}
+		if b, ok := d.ReadStatus(pid); ok {
+			out[pid] = b
+		}
+	}
+	return out
+}
+
+// ReadStatus returns launcher pid's status record.
+func (d *Dir) ReadStatus(pid int) ([]byte, bool) {
+	f, err := d.Open(fmt.Sprintf(statusPattern, pid), os.O_RDONLY, 0)
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxRecord))
+	return b, err == nil
 }

@@ -63,6 +63,8 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		l.log.Warn("the new generation exited before its swap completed; the old one was not stopped", "generation", g.num)
 		return
 	}
+	drained := l.draining(stop) // from the fence (or the signal) to their exit
+	defer drained(false)
 	if !ok || stop.RaiseFences(ctx, g.holdings, l.cfg.drainTimeout(), g.num, l.log) && g.hasExited() {
 		// While the old server finished: it serves on, new connections
 		// reach it again, and the next generation (a restart) completes
@@ -94,6 +96,7 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	// takeover finds one generation, not two.
 	finish := stop.Stop(ctx, l.cfg.signal(), l.cfg.killTimeout(), g.holdings, l.log)
 	defer finish()
+	drained(true)
 	if len(swaps) == 0 && g.prev != nil && !g.prev.hasExited() {
 		// No socket to take over (start_server with no --port and no
 		// --path): what g replaces is the generation before it, stopped

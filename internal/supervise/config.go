@@ -43,6 +43,8 @@ type Config struct {
 	RestartDelay  time.Duration // the first back-off before a restart; 100ms
 	PIDFile       string
 	StatusFile    string
+	Metrics       string           // --metrics: where to serve /metrics (metrics.ParseAddr), or ""
+	MetricsFile   string           // --metrics-file: where to write them for node_exporter, or ""
 	StartServer   *StartServerOpts // run as start_server: its conventions (startserver.go)
 	Command       []string
 	Rebind        swap.Rebinder // the rebind strategy: retryBind (retrybind.go)

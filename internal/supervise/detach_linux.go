@@ -236,9 +236,7 @@ func (l *launcher) setDetached(until time.Time) {
 	l.mu.Lock()
 	l.detachedUntil = until
 	l.status.DetachedUntil = &until
-	if l.cfg.StatusFile != "" {
-		l.flushStatus()
-	}
+	l.flushStatus()
 	l.mu.Unlock()
 	for _, key := range l.keys() {
 		if r, ok := rundir.ReadRecord(l.dir, key); ok && r.Launcher == l.self {

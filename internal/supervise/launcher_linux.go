@@ -22,11 +22,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/takeover/takeover/internal/intercept"
+	"github.com/takeover/takeover/internal/metrics"
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/ready"
 	"github.com/takeover/takeover/internal/swap"
@@ -62,11 +64,14 @@ type launcher struct {
 	exits   chan childExit      // the generations' exits (waitChild), and orphans' (reapOrphans)
 	lastNum int
 
-	mu         sync.Mutex
-	gens       []*generation // those that may hold sockets, for newer takeovers
-	status     Status        // what --status-file holds
-	unfinished *unfinished   // a swap whose new generation exited before it completed (complete_linux.go)
-	fencing    sync.Mutex    // held by a swap until it completes or is left unfinished
+	mu             sync.Mutex
+	gens           []*generation // those that may hold sockets, for newer takeovers
+	status         Status        // the status record (status.go)
+	metrics        *metrics.Set  // what --metrics serves
+	stopMetrics    func()        // stops serving and writing them (serveMetrics)
+	metricsStopped atomic.Bool
+	unfinished     *unfinished // a swap whose new generation exited before it completed (complete_linux.go)
+	fencing        sync.Mutex  // held by a swap until it completes or is left unfinished
 
 	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise
 
@@ -101,6 +106,13 @@ func Launch(cfg Config, stderr io.Writer) int {
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
 	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: dir, self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)
+	l.initStatus()
+	defer l.dir.RemoveStatus(l.self)
+	if err := l.serveMetrics(); err != nil {
+		fmt.Fprintf(stderr, "takeover: %v\n", err)
+		return ExitLauncher
+	}
+	defer l.stopMetrics()
 	if cfg.PIDFile != "" {
 		if err := rundir.WriteFileAtomic(cfg.PIDFile, []byte(strconv.Itoa(l.self)+"\n")); err != nil {
 			fmt.Fprintf(stderr, "takeover: --pid-file: %v\n", err)
@@ -186,6 +198,9 @@ func (l *launcher) run(path string) int {
 		select {
 		case sig := <-sigs:
 			ev = l.signalEvent(sig.(syscall.Signal))
+			if ev.kind == evReplaced {
+				l.stopMetrics() // the newer takeover's count on from these
+			}
 		case e := <-exits:
 			g := l.byPID[e.Pid]
 			if g == nil {
@@ -563,6 +578,7 @@ func (l *launcher) cleanRunDir() {
 			swap.RemoveStaleSocket(spec.Path, l.self)
 		}
 	}
+	l.dir.RemoveStatus(l.self)
 	l.dir.ClearDead() // and what takeovers that were killed left
 }
 

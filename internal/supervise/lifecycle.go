@@ -93,6 +93,10 @@ type supervisor interface {
 	// reloadFailed records a reload whose new generation (num; 0 if none
 	// could be started) never served.
 	reloadFailed(num int, why string)
+	// gaveUp records a give-up after --max-restarts.
+	gaveUp()
+	// rolledBack records g, stopped for not being ready in time.
+	rolledBack(g *generation)
 	// fallBack returns the old generation of a reload whose swap the new
 	// one left unfinished (it died while the old one drained), still
 	// serving, and gives up that swap; nil if there is none.
@@ -340,6 +344,7 @@ func (m *lifecycle) onTimedOut(g *generation) {
 		"generation", g.num, "pid", g.pid, "it", g.missingNow(),
 		"hint", g.rollbackHint())
 	g.markRolledBack()
+	m.sup.rolledBack(g)
 	m.sup.release(g)
 	m.sup.stop(g, 0)
 }
@@ -483,6 +488,7 @@ func (m *lifecycle) crashed(g *generation, code int) (int, bool) {
 	if len(m.restarts) >= m.policy.Max {
 		m.log.Error("the command keeps dying: giving up, and closing the sockets so that clients are refused rather than left waiting",
 			"pid", g.pid, "status", code, "restarts", len(m.restarts), "within", m.policy.Window)
+		m.sup.gaveUp()
 		m.sup.release(m.dead)
 		if m.servesOn(g) {
 			m.dead = nil

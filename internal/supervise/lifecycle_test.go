@@ -59,6 +59,8 @@ func (f *fakeSupervisor) notify(state string) {
 }
 func (f *fakeSupervisor) queued(g *generation) int { return 3 }
 func (f *fakeSupervisor) restarting(c crashInfo)   {}
+func (f *fakeSupervisor) gaveUp()                  {}
+func (f *fakeSupervisor) rolledBack(g *generation) {}
 func (f *fakeSupervisor) reloadFailed(num int, why string) {
 	f.calls = append(f.calls, fmt.Sprintf("reload %d failed", num))
 }
