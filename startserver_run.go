@@ -75,7 +75,7 @@ func clearPath(spec target.Spec, name string, stderr io.Writer) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return fmt.Errorf("--path %s: %s is there and is not a socket; takeover's start_server does not remove it: remove it yourself, or name another path", name, spec.Path)
 	}
-	if swap.RemoveStaleSocket(spec.Path, os.Getpid()) { // a live server's is left: takePort decides
+	if swap.RemoveStaleSocket(spec.Path, os.Getpid()) { // a live server's is left: the Taker decides
 		fmt.Fprintf(stderr, "removing existing socket file:%s\n", name)
 	}
 	return nil

@@ -29,7 +29,7 @@ type Stops []Stop
 
 // Abandon lets go of a claimed swap that will not be completed after all
 // (the new generation exited while the old server finished): as a swap's
-// abandon does, for what claimSwaps took out of it.
+// abandon does, for what Holdings.Claim took out of it.
 func (st Stop) Abandon() {
 	pidfd.CloseAll(st.Procs)
 	pidfd.CloseAll(st.Holders)

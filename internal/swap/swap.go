@@ -91,7 +91,7 @@ type RebindTimes struct {
 	Sched  string // how the retrying thread was scheduled
 }
 
-// A Claim is a bind of the command to a --port target, as takePort sees it:
+// A Claim is a bind of the command to a --port target, as Taker.Take sees it:
 // an intercepted bind(2), or a socket takeover acquires to pass on.
 type Claim struct {
 	Child  owner.Child
