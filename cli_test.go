@@ -20,7 +20,7 @@ import (
 // subcommand run dispatches.
 func TestHelpSpellsLongFlags(t *testing.T) {
 	goStyle := regexp.MustCompile(`(?m)^  -[a-z][a-z-]+`)
-	for _, args := range [][]string{{"--help"}, {"-h"}, {"who", "--help"}, {"status", "--help"}, {"doctor", "--help"}, {"demo", "--help"}, {"demo", "-h"}, {"probe", "--help"}, {"demo-server", "--help"}} {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"who", "--help"}, {"status", "--help"}, {"reload", "--help"}, {"deploy", "--help"}, {"deploy", "-h"}, {"doctor", "--help"}, {"demo", "--help"}, {"demo", "-h"}, {"probe", "--help"}, {"demo-server", "--help"}} {
 		var stdout, stderr bytes.Buffer
 		if code := run(args, &stdout, &stderr); code != 0 || stderr.Len() > 0 {
 			t.Errorf("%v: exit %d, stderr %q; want 0 and the usage on stdout", args, code, stderr.String())
@@ -49,7 +49,7 @@ func TestHelpSpellsLongFlags(t *testing.T) {
 			t.Errorf("--help lacks %q:\n%s", want, help)
 		}
 	}
-	for _, sub := range []string{"who", "status", "doctor", "demo", "probe", "demo-server", "start-server", "version"} {
+	for _, sub := range []string{"who", "status", "reload", "deploy", "doctor", "demo", "probe", "demo-server", "start-server", "version"} {
 		if !strings.Contains(help, "takeover "+sub+" ") && !strings.Contains(help, "takeover "+sub+"\n") {
 			t.Errorf("--help does not list %q:\n%s", sub, help)
 		}
@@ -76,6 +76,15 @@ func TestBadFlagOneLine(t *testing.T) {
 		{[]string{"who", "--json=maybe", "80"}, exitUsage, `takeover who: invalid boolean value "maybe" for --json: `, "takeover who"},
 		{[]string{"status", "--nope", "80"}, exitUsage, "takeover status: flag provided but not defined: --nope", "takeover status"},
 		{[]string{"status", "80000"}, exitUsage, `takeover status: port spec "80000": `, "takeover status"},
+		{[]string{"reload", "--nope", "80"}, exitUsage, "takeover reload: flag provided but not defined: --nope", "takeover reload"},
+		{[]string{"reload"}, exitUsage, "takeover reload: name one PORTSPEC or PATH", "takeover reload"},
+		{[]string{"reload", "80", "81"}, exitUsage, "takeover reload: name one PORTSPEC or PATH", "takeover reload"},
+		{[]string{"reload", "80000"}, exitUsage, `takeover reload: port spec "80000": `, "takeover reload"},
+		{[]string{"reload", "--timeout", "0", "80"}, exitUsage, "takeover reload: --timeout must be positive", "takeover reload"},
+		{[]string{"deploy", "--timeout", "x", "-p", "80", "--", "true"}, exitUsage, `takeover deploy: invalid value "x" for flag --timeout: `, "takeover deploy"},
+		{[]string{"deploy", "--nope", "-p", "80", "--", "true"}, exitUsage, "takeover deploy: flag provided but not defined: --nope", "takeover deploy"},
+		{[]string{"deploy", "--port", "99999", "--", "true"}, exitUsage, `takeover deploy: invalid value "99999" for flag --port: `, "takeover deploy"},
+		{[]string{"deploy", "-p", "80"}, exitUsage, "takeover deploy: ", "takeover deploy"},
 		{[]string{"demo", "--swaps", "x"}, exitUsage, `takeover demo: invalid value "x" for flag --swaps: `, "takeover demo"},
 		{[]string{"demo", "--swaps"}, exitUsage, "takeover demo: flag needs an argument: --swaps", "takeover demo"},
 		{[]string{"probe", "--duration", "x"}, exitUsage, `takeover probe: invalid value "x" for flag --duration: `, "takeover probe"},

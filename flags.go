@@ -26,6 +26,8 @@ var errUsage = errors.New("usage")
 const launcherUsage = `usage: takeover [flags] -- COMMAND [ARG...]
        takeover who [--json] PORTSPEC...     who holds a port, and whom takeover would stop
        takeover status [--json] [PORTSPEC...]  what each takeover of this user serves, and how its swaps went
+       takeover reload [--json] PORTSPEC|PATH  HUP the takeover serving it, and wait for the outcome
+       takeover deploy [--timeout D] [--log F] [flags] -- COMMAND  start a takeover detached, and wait until it serves
        takeover doctor [--json]              what takeover needs here, and what is missing
        takeover demo [--swaps N] [...]       swaps of a built-in server under load
        takeover probe [...]                  load against a port, counting refusals

@@ -18,7 +18,8 @@
 // subcommands (after turning the process into the shim or doctor's probe
 // when it was started as one), cli.go has --help, version and the terminal,
 // flags.go the launcher's flags, portowner.go `takeover who`, status.go
-// `takeover status`, retrybind.go the rebind strategy (plugged into the core as its swap.Rebinder),
+// `takeover status`, deploy.go `takeover reload` and `takeover deploy`,
+// retrybind.go the rebind strategy (plugged into the core as its swap.Rebinder),
 // doctor_linux.go, demo.go, demoserver.go, probe.go and startserver*.go the
 // other subcommands. The rest lives in internal/, each package's doc saying
 // what it holds and internal/deps_test.go what it may import: doctor and
@@ -73,6 +74,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runWho(args[1:], stdout, stderr)
 		case "status":
 			return runStatus(args[1:], stdout, stderr)
+		case "reload":
+			return runReload(args[1:], stdout, stderr)
+		case "deploy":
+			return runDeploy(args[1:], stdout, stderr)
 		case "doctor":
 			return runDoctor(args[1:], stdout, stderr)
 		case "demo":
