@@ -27,8 +27,10 @@ import (
 // gone.
 
 const reloadUsage = `usage: takeover reload [--timeout D] [--json] PORTSPEC|PATH
+       takeover reload [--timeout D] [--json] --pid PID
 
-Sends HUP to the takeover that serves PORTSPEC or PATH, and waits until its
+Sends HUP to the takeover that serves PORTSPEC or PATH (or to takeover pid
+PID: systemd's ExecReload=takeover reload --pid $MAINPID), and waits until its
 new generation has taken over (exit 0) or the reload has failed: the new
 generation could not start, exited, or was rolled back because it was not
 ready (its health check's last answer) (exit 1, saying why), or --timeout
@@ -106,17 +108,24 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("takeover reload", reloadUsage)
 	timeout := fs.Duration("timeout", defaultWait, "give up waiting after this long")
 	asJSON := fs.Bool("json", false, "print the outcome as JSON")
+	pid := fs.Int("pid", 0, "the takeover to reload, by its `PID`, instead of a target")
 	if ok, code := parseArgs(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	var specs target.List
-	if fs.NArg() != 1 {
-		badUsage(stderr, "takeover reload", "name one PORTSPEC or PATH")
+	if (fs.NArg() == 1) == (*pid != 0) {
+		badUsage(stderr, "takeover reload", "name one PORTSPEC or PATH, or --pid")
 		return exitUsage
 	}
-	if err := parseTarget(&specs, fs.Arg(0)); err != nil {
-		badUsage(stderr, "takeover reload", err.Error())
+	if *pid < 0 {
+		badUsage(stderr, "takeover reload", "--pid must be a process id")
 		return exitUsage
+	}
+	if *pid == 0 {
+		if err := parseTarget(&specs, fs.Arg(0)); err != nil {
+			badUsage(stderr, "takeover reload", err.Error())
+			return exitUsage
+		}
 	}
 	if *timeout <= 0 {
 		badUsage(stderr, "takeover reload", "--timeout must be positive")
@@ -131,12 +140,16 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 	if dir != nil {
 		defer dir.Close()
 		for _, t := range readStatuses(dir, specs) {
-			if len(t.Serving) > 0 {
+			if *pid == 0 && len(t.Serving) > 0 || *pid != 0 && t.TakeoverPID == *pid {
 				serving = &t
 			}
 		}
 	}
-	if serving == nil {
+	switch {
+	case serving == nil && *pid != 0:
+		fmt.Fprintf(stderr, "takeover reload: no takeover of this user runs as pid %d\n", *pid)
+		return exitFailure
+	case serving == nil:
 		fmt.Fprintf(stderr, "takeover reload: no takeover serves %s\n", specs.String())
 		return exitFailure
 	}

@@ -45,7 +45,7 @@ func runTakeoverCmd(t *testing.T, env []string, args ...string) (string, int) {
 
 // TestReload: `takeover reload PORT` of a good release exits 0 once the
 // new generation serves, naming it; of a release whose health check
-// answers 500 exits non-zero once it is rolled back, saying the check's
+// answers 500 (reloaded by --pid) exits non-zero once it is rolled back, saying the check's
 // answer, and the old generation serves on; of a port nobody serves exits
 // 1.
 func TestReload(t *testing.T) {
@@ -77,7 +77,7 @@ func TestReload(t *testing.T) {
 	}
 
 	healthApp(t, app, 500)
-	out, code = runTakeoverCmd(t, nil, "reload", port)
+	out, code = runTakeoverCmd(t, nil, "reload", "--pid", strconv.Itoa(r.cmd.Process.Pid))
 	if code == 0 || !strings.Contains(out, "rolled back") || !strings.Contains(out, "500 Internal Server Error") {
 		t.Errorf("takeover reload %s of a release that answers 500: exit %d, want non-zero, the rollback and the 500:\n%s", port, code, out)
 	}
@@ -92,6 +92,9 @@ func TestReload(t *testing.T) {
 	free := testutil.FreePort(t)
 	if out, code := runTakeoverCmd(t, nil, "reload", free); code != exitFailure || !strings.Contains(out, "no takeover serves "+free) {
 		t.Errorf("takeover reload %s (nobody serves it): exit %d, want 1:\n%s", free, code, out)
+	}
+	if out, code := runTakeoverCmd(t, nil, "reload", "--pid", strconv.Itoa(os.Getpid())); code != exitFailure || !strings.Contains(out, "no takeover") {
+		t.Errorf("takeover reload --pid of the test (no takeover): exit %d, want 1:\n%s", code, out)
 	}
 }
 
