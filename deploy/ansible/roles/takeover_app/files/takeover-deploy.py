@@ -15,6 +15,12 @@ died) or did not finish in time. Prints one JSON line: {"changed": ..., ...}.
       reload takeover@app), and wait for its new generation
   takeover-deploy.py --status-file F --show
       print the status of the takeover that serves, {} if none does
+
+With --takeover BIN (takeover's binary, also in the --start command), the
+waiting is takeover's own: `takeover deploy` starts the new takeover and
+`takeover reload --pid` sends the HUP, each waiting for the outcome and
+saying why it failed; without it, this script sends the HUP or starts the
+takeover and polls the status file.
 """
 import argparse, json, os, shlex, signal, subprocess, sys, time
 
@@ -55,6 +61,19 @@ def wait(a, before, pid, reload, alive):
         time.sleep(0.02)
     sys.exit(f"no new generation served within {a.timeout:g}s")
 
+def takeover(a, prefix, verb, args):
+    """Runs `takeover VERB --json ...` (prefix: env and the binary) and
+    returns its outcome; exits with its message if it failed."""
+    cmd = prefix + [verb, "--json", "--timeout", f"{a.timeout:g}s"] + args
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    try:
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        out = {"why": (p.stderr or p.stdout).strip()}
+    if p.returncode != 0 or not out.get("ok"):
+        sys.exit(f"takeover {verb} failed (exit {p.returncode}): {out.get('why', '')}")
+    return {"takeover_pid": out["takeover_pid"], "generation": out["generation"], "child_pid": out["child_pid"]}
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--status-file", required=True)
@@ -63,6 +82,7 @@ def main():
     p.add_argument("--new", action="store_true")
     p.add_argument("--changed", action="store_true")
     p.add_argument("--reload-cmd")
+    p.add_argument("--takeover", help="takeover's binary: let takeover deploy and takeover reload wait")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--reload", action="store_true")
     g.add_argument("--show", action="store_true")
@@ -80,17 +100,28 @@ def main():
         return
     if a.start and st and a.changed and not a.new:
         a.reload = True
+    # prefix runs takeover as --start does (env VAR=... BIN), for its run directory.
+    prefix = a.start[:a.start.index(a.takeover) + 1] if a.takeover in a.start else [a.takeover]
     if a.reload:
         if not st:
             sys.exit(f"no takeover serves ({a.status_file})")
         if a.reload_cmd:
-            subprocess.run(shlex.split(a.reload_cmd), check=True)
+            r = subprocess.run(shlex.split(a.reload_cmd))
+            if r.returncode != 0:  # ExecReload=takeover reload says why in the journal
+                sys.exit(f"{a.reload_cmd} failed (exit {r.returncode}): the new generation did not serve; see the journal")
+        elif a.takeover:
+            print(json.dumps({"changed": True, **takeover(a, prefix, "reload", ["--pid", str(st["takeover_pid"])])}))
+            return
         else:
             os.kill(st["takeover_pid"], signal.SIGHUP)
         done = wait(a, st, st["takeover_pid"], True, lambda: alive_takeover(st["takeover_pid"]))
     else:
         if st and not a.new:
             print(json.dumps({"changed": False, **st}))
+            return
+        if a.takeover in a.start:
+            i = a.start.index(a.takeover) + 1
+            print(json.dumps({"changed": True, **takeover(a, prefix, "deploy", ["--log", a.log or os.devnull] + a.start[i:])}))
             return
         log = open(a.log or os.devnull, "ab")
         proc = subprocess.Popen(a.start, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
