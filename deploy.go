@@ -323,7 +323,10 @@ wait:
 				o.Why += ": " + m
 			}
 			if *logFile != "" {
-				o.Why += "; its log: " + *logFile
+				o.Why += "; its log, " + *logFile
+				if e := lastError(*logFile); e != "" {
+					o.Why += ": " + e
+				}
 			}
 			break wait
 		case <-deadline:
@@ -359,4 +362,25 @@ func recordsName(dir *rundir.Dir, specs target.List, pid int) bool {
 		}
 	}
 	return true
+}
+
+// lastError returns the last error takeover logged in the log file at path
+// (its last 64 KiB), "" if none.
+func lastError(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > 64<<10 {
+		f.Seek(-64<<10, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, 64<<10))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], "level=ERROR") || strings.Contains(lines[i], `"level":"ERROR"`) {
+			return lines[i]
+		}
+	}
+	return ""
 }

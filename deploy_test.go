@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/pidfd"
+	"github.com/takeover/takeover/internal/supervise"
 	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -119,7 +120,8 @@ var deployedPID = regexp.MustCompile(`takeover pid (\d+)`)
 // TestDeploy: `takeover deploy` of a good release replacing a running
 // takeover exits 0 once the new one serves, and the old takeover is gone;
 // the new one runs on after deploy has returned. A command that is not
-// found exits 127, saying so, and what served serves on.
+// found exits 127, saying so, and one that fails its --ready-exec 124
+// (rolled back); what served serves on.
 func TestDeploy(t *testing.T) {
 	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
 	self, _ := os.Executable()
@@ -170,5 +172,25 @@ func TestDeploy(t *testing.T) {
 	}
 	if _, err := testutil.Get(addr, "/"); err != nil {
 		t.Errorf("after the failed deploy: %v", err)
+	}
+
+	// A release that never passes its check is rolled back: 124, said.
+	out, code = runTakeoverCmd(t, []string{"TAKEOVER_TEST_HELPER=serve"}, "deploy", "--timeout", "60s", "--log", logFile, "--port", port,
+		"--ready-exec", "echo unhealthy; exit 1", "--bind-timeout", "3s", "--ready-timeout", "5s", "--kill-timeout", "2s", "--", self, addr)
+	if m := deployedPID.FindStringSubmatch(out); m != nil {
+		pid, _ := strconv.Atoi(m[1])
+		if pid != newPID {
+			t.Cleanup(func() { stopDeployed(t, pid) })
+		}
+	}
+	t.Logf("rolled back: %s", out)
+	if code != supervise.ExitNotReady || !strings.Contains(out, "rolled back") || !strings.Contains(out, "unhealthy") {
+		t.Errorf("takeover deploy of a release that fails its check: exit %d, want %d and a line saying it was rolled back, and the check's answer:\n%s", code, supervise.ExitNotReady, out)
+	}
+	if testutil.ProcessGone(newPID) {
+		t.Errorf("the takeover that served (%d) is gone after the rolled-back deploy", newPID)
+	}
+	if _, err := testutil.Get(addr, "/"); err != nil {
+		t.Errorf("after the rolled-back deploy: %v", err)
 	}
 }
