@@ -497,7 +497,7 @@ func TestExitStatuses(t *testing.T) {
 		{"bad strategy", "", []string{"-p", "1", "--strategy", "magic", "--", "true"}, 125, "want auto, handoff or rebind"},
 		{"bad log format", "", []string{"-p", "1", "--log-format", "xml", "--", "true"}, 125, "want text or json"},
 		{"unknown flag", "", []string{"--nope", "--", "true"}, 125, "flag provided but not defined"},
-		{"bad ready", "", []string{"-p", "1", "--ready", "soon", "--", "true"}, 125, "want accept, listen, notify or interval"},
+		{"bad ready", "", []string{"-p", "1", "--ready", "soon", "--", "true"}, 125, "want accept, listen, notify, interval or http://HOST:PORT/PATH"},
 		{"ready-timeout within bind-timeout", "", []string{"-p", "1", "--ready-timeout", "10s", "--", "true"}, 125, "--ready-timeout 10s is not longer than --bind-timeout 15s"},
 		{"zero ready-timeout", "", []string{"-p", "1", "--ready-timeout", "0s", "--", "true"}, 125, "must be more than 0"},
 		{"bad lock-timeout", "", []string{"-p", "1", "--lock-timeout", "-1s", "--", "true"}, 125, "--lock-timeout -1s: must be more than 0"},

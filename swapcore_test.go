@@ -330,7 +330,16 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 	a := startTakeover(t, "tcpserve", "--fence", "off", "--kill-old-delay", "10s", "--port", port, "--", self, addr)
 	a.waitLog(t, `msg="took over"`)
 	first := childOf(t, a, addr)
-	keepAlive(t, addr) // held by A's first generation: C's drain waits for it
+	// A request A's first generation is still answering: C's drain waits
+	// for it (an idle keep-alive connection would not hold the drain).
+	slow, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { slow.Close() })
+	if _, err := slow.Write([]byte("GET /?sleep=15s HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
 	a.cmd.Process.Signal(syscall.SIGHUP)
 	for deadline := time.Now().Add(60 * time.Second); len(holdersOf(t, addr)) < 3; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -352,8 +361,8 @@ func TestReloadKeepsNewerRecord(t *testing.T) {
 		t.Fatalf("C's swap did not record C: %+v", r)
 	}
 	// A's reload swap, once its --kill-old-delay is over, stops A's first
-	// server, which closes the kept connection: C's drain ends, and C
-	// stops A.
+	// server, which answers the slow request and exits: C's drain ends,
+	// and C stops A.
 	a.waitLog(t, `msg="took over" generation=2`)
 	testutil.WaitGone(t, first)
 	if code := a.wait(t); code != 0 {

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/takeover/takeover/internal/intercept"
 	"github.com/takeover/takeover/internal/seccomp"
@@ -36,7 +37,9 @@ func runShim(args []string) {
 	}
 	switch os.Getenv(intercept.ShimSilentEnv) {
 	case "hang":
-		select {}
+		for { // a sleep, not select{}: with no timer the runtime would call it a deadlock and exit
+			time.Sleep(time.Hour)
+		}
 	case "exec":
 	default:
 		if err := intercept.SendShimResult(fd, ""); err != nil {
