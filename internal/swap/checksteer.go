@@ -44,39 +44,41 @@ func (f *Fence) EndCheck(sock int) error {
 	if f.up {
 		return nil
 	}
-	return steer(sock, oldInGroup)
+	return f.steerOld(sock)
 }
 
 // steerOld sends new connections to the old socket, but a check's under
 // way to the new one; f.mu is held.
 func (f *Fence) steerOld(sock int) error {
-	if !f.check.IsValid() {
-		return steer(sock, oldInGroup)
+	var prog []unix.SockFilter
+	if f.check.IsValid() {
+		prog = checkRule(f.check, newInGroup)
 	}
-	prog := checkProgram(f.check, oldInGroup, newInGroup)
-	return unix.SetsockoptSockFprog(sock, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF,
-		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+	return attach(sock, append(prog, unix.SockFilter{Code: ret, K: oldInGroup}))
 }
 
 // skfNetOff is SKF_NET_OFF: a classic BPF load at k+skfNetOff reads k bytes
 // into the packet's network (IP) header.
 const skfNetOff = ^uint32(0x100000 - 1) // -0x100000
 
-// checkProgram returns the classic program that returns to for a TCP
-// packet from the address and port from, and other for every other one.
-func checkProgram(from netip.AddrPort, other, to uint32) []unix.SockFilter {
-	const (
-		ldB  = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
-		ldH  = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
-		ldW  = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-		ldHX = unix.BPF_LD | unix.BPF_H | unix.BPF_IND
-		ldxM = unix.BPF_LDX | unix.BPF_B | unix.BPF_MSH // X = 4*(P[k]&0xf), the IPv4 header's length
-		and  = unix.BPF_ALU | unix.BPF_AND | unix.BPF_K
-		jeq  = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-		ret  = unix.BPF_RET | unix.BPF_K
-	)
+// Classic BPF opcodes of the programs.
+const (
+	ldB  = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
+	ldH  = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
+	ldW  = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
+	ldHX = unix.BPF_LD | unix.BPF_H | unix.BPF_IND
+	ldxM = unix.BPF_LDX | unix.BPF_B | unix.BPF_MSH // X = 4*(P[k]&0xf), the IPv4 header's length
+	andK = unix.BPF_ALU | unix.BPF_AND | unix.BPF_K
+	jeq  = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+	ret  = unix.BPF_RET | unix.BPF_K
+)
+
+// checkRule returns the classic instructions that return to for a TCP
+// packet from the address and port from, and go on past their end for
+// every other one.
+func checkRule(from netip.AddrPort, to uint32) []unix.SockFilter {
 	var p []unix.SockFilter
-	var misses []int // jeqs whose false branch is "other"
+	var misses []int // jeqs whose false branch is past the end
 	load := func(code uint16, k uint32) { p = append(p, unix.SockFilter{Code: code, K: k}) }
 	match := func(v uint32) {
 		misses = append(misses, len(p))
@@ -84,7 +86,7 @@ func checkProgram(from netip.AddrPort, other, to uint32) []unix.SockFilter {
 	}
 	addr := from.Addr().Unmap()
 	load(ldB, skfNetOff) // version and IHL
-	load(and, 0xf0)
+	load(andK, 0xf0)
 	if addr.Is4() {
 		a := addr.As4()
 		match(0x40)
@@ -104,9 +106,9 @@ func checkProgram(from netip.AddrPort, other, to uint32) []unix.SockFilter {
 		load(ldH, skfNetOff+40) // the TCP header's source port
 	}
 	match(uint32(from.Port()))
-	p = append(p, unix.SockFilter{Code: ret, K: to}, unix.SockFilter{Code: ret, K: other})
+	p = append(p, unix.SockFilter{Code: ret, K: to})
 	for _, i := range misses {
-		p[i].Jf = uint8(len(p) - 1 - (i + 1))
+		p[i].Jf = uint8(len(p) - (i + 1))
 	}
 	return p
 }

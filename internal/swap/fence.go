@@ -150,7 +150,12 @@ func countAt(ls []socktab.Socket, addr netip.AddrPort) int {
 // steer attaches to sock's SO_REUSEPORT group the program that sends every
 // new connection to the group's socket at index.
 func steer(sock int, index uint32) error {
-	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: index}}
+	return attach(sock, []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: index}})
+}
+
+// attach attaches the classic program prog to sock's SO_REUSEPORT group,
+// in place of the one it had.
+func attach(sock int, prog []unix.SockFilter) error {
 	return unix.SetsockoptSockFprog(sock, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF,
 		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
 }
