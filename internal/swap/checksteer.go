@@ -19,8 +19,9 @@ import (
 // whose source is takeover's checking socket (its address and port,
 // bound before it connects, so no other socket on the host has them, and a
 // packet from another host cannot carry a local source address) to the new
-// socket, and every other one to the old socket as before. A packet the
-// program cannot read makes it return 0, the old socket.
+// socket, and every other one to the old socket as before (or where a
+// canary's hash sends it: canary.go). A packet the program cannot read
+// makes it return 0, the old socket.
 
 // SteerCheck has the group send the connection from (takeover's checking
 // socket, bound) to the new socket, and every other one where it went: sock
@@ -47,14 +48,20 @@ func (f *Fence) EndCheck(sock int) error {
 	return f.steerOld(sock)
 }
 
-// steerOld sends new connections to the old socket, but a check's under
-// way to the new one; f.mu is held.
+// steerOld sends new connections to the old socket, or a canary's share of
+// them to the new one (canary.go), and a check's under way to the new one;
+// f.mu is held.
 func (f *Fence) steerOld(sock int) error {
 	var prog []unix.SockFilter
 	if f.check.IsValid() {
 		prog = checkRule(f.check, newInGroup)
 	}
-	return attach(sock, append(prog, unix.SockFilter{Code: ret, K: oldInGroup}))
+	if f.canary > 0 {
+		prog = append(prog, canaryRule(f.canary)...)
+	} else {
+		prog = append(prog, unix.SockFilter{Code: ret, K: oldInGroup})
+	}
+	return attach(sock, prog)
 }
 
 // skfNetOff is SKF_NET_OFF: a classic BPF load at k+skfNetOff reads k bytes

@@ -27,12 +27,12 @@ import (
 // already listens lets another join it), and a one-instruction classic BPF
 // program on the group (SO_ATTACH_REUSEPORT_CBPF) picks the socket each new
 // connection goes to: the old one while the new server starts, so that a
-// rollback loses nothing, and the new one once it is ready. The old server
-// then accepts what its queue still holds, finishes what it accepted, and
-// only then is told to stop. The kernel runs the program once per
-// handshake: an accept costs nothing more, where trapping accept(2) with
-// seccomp would cost a notification per accept for the server's whole life
-// (BenchmarkAccept).
+// rollback loses nothing, and the new one once it is ready (or, for a
+// canary, a share of them: canary.go). The old server then accepts what
+// its queue still holds, finishes what it accepted, and only then is told
+// to stop. The kernel runs the program once per handshake: an accept costs
+// nothing more, where trapping accept(2) with seccomp would cost a
+// notification per accept for the server's whole life (BenchmarkAccept).
 //
 // The group numbers its sockets in the order they joined (a socket that
 // leaves is replaced by the last one), so with the old socket alone in it
@@ -57,6 +57,9 @@ type Fence struct {
 	// check is a health check's source, steered to the new socket while
 	// it runs (checksteer.go).
 	check netip.AddrPort
+	// canary is the percent of new connections steered to the new socket
+	// while the fence is down (canary.go); 0: none.
+	canary int
 }
 
 const (
@@ -256,11 +259,13 @@ func (f *Fence) IsGone() bool {
 }
 
 // Lower sends new connections back to the old socket (sock is any socket
-// of the group): the new server exited before its swap completed.
+// of the group), a canary's share too: the new server exited before its
+// swap completed.
 func (f *Fence) Lower(sock int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.up = false
+	f.canary = 0
 	return steer(sock, oldInGroup)
 }
 
