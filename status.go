@@ -105,7 +105,7 @@ func readStatuses(dir *rundir.Dir, specs target.List) []takeoverStatus {
 		if json.Unmarshal(b, &t.Status) != nil || t.TakeoverPID != pid {
 			continue
 		}
-		if st, err := procfs.FS("/proc").Stat(pid); err != nil || st.Start != t.TakeoverStart {
+		if !procfs.FS("/proc").StartedAt(pid, t.TakeoverStart) {
 			continue // gone, its pid perhaps reused
 		}
 		if len(specs) > 0 && !slices.ContainsFunc(t.Ports, func(p string) bool {

@@ -77,3 +77,25 @@ func TestStatFixtures(t *testing.T) {
 		})
 	}
 }
+
+func TestStartedAt(t *testing.T) {
+	tests := []struct {
+		name  string
+		proc  FS
+		pid   int
+		start uint64
+		want  bool
+	}{
+		{"the process of the record", fixtures, 100, 200, true},
+		{"its pid, another process", fixtures, 100, 201, false},
+		{"no such process", fixtures, 999, 200, false},
+		{"a stat that cannot be read", broken, 400, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.proc.StartedAt(tt.pid, tt.start); got != tt.want {
+				t.Errorf("StartedAt(%d, %d) = %v, want %v", tt.pid, tt.start, got, tt.want)
+			}
+		})
+	}
+}
