@@ -65,9 +65,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		if out == nil {
 			out = []takeoverStatus{}
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(out)
+		printJSON(stdout, out)
 	} else {
 		printStatus(stdout, specs, out, time.Now())
 	}
@@ -85,6 +83,13 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// printJSON prints v indented, as who, status and doctor print with --json.
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
 }
 
 // parseTarget adds a PORTSPEC or a PATH (it has a /) to specs.
