@@ -74,27 +74,14 @@ func TestStatFixtures(t *testing.T) {
 			if ppid != tt.want.PPID || !errors.Is(err, tt.wantErr) {
 				t.Errorf("PPID(%d) = %d, %v; want %d, %v", tt.pid, ppid, err, tt.want.PPID, tt.wantErr)
 			}
-		})
-	}
-}
-
-func TestStartedAt(t *testing.T) {
-	tests := []struct {
-		name  string
-		proc  FS
-		pid   int
-		start uint64
-		want  bool
-	}{
-		{"the process of the record", fixtures, 100, 200, true},
-		{"its pid, another process", fixtures, 100, 201, false},
-		{"no such process", fixtures, 999, 200, false},
-		{"a stat that cannot be read", broken, 400, 0, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.proc.StartedAt(tt.pid, tt.start); got != tt.want {
-				t.Errorf("StartedAt(%d, %d) = %v, want %v", tt.pid, tt.start, got, tt.want)
+			// Its start time names the process: another (a later one
+			// with the pid) started at another time, and none where no
+			// stat reads.
+			if got, want := tt.proc.StartedAt(tt.pid, tt.want.Start), tt.wantErr == nil; got != want {
+				t.Errorf("StartedAt(%d, %d) = %v, want %v", tt.pid, tt.want.Start, got, want)
+			}
+			if tt.proc.StartedAt(tt.pid, tt.want.Start+1) {
+				t.Errorf("StartedAt(%d, %d) = true for a start it did not have", tt.pid, tt.want.Start+1)
 			}
 		})
 	}
