@@ -157,13 +157,7 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 	// The pidfd, opened and then checked to be the launcher the record
 	// names (its start time), is what the HUP goes through: never a later
 	// process that reused the pid.
-	p, err := pidfd.Open(before.TakeoverPID)
-	if err == nil {
-		if st, serr := procfs.FS("/proc").Stat(p.PID); serr != nil || st.Start != before.TakeoverStart {
-			p.Close()
-			err = errors.New("it has exited")
-		}
-	}
+	p, err := pidfd.OpenStarted(procfs.FS("/proc"), before.TakeoverPID, before.TakeoverStart)
 	if err != nil {
 		fmt.Fprintf(stderr, "takeover reload: takeover pid %d: %v\n", before.TakeoverPID, err)
 		return exitFailure

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 
@@ -29,9 +28,7 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 	}
 	r := doctor.Diagnose(retryThreadCheck)
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(r)
+		printJSON(stdout, r)
 	} else {
 		r.Print(stdout)
 	}

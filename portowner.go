@@ -1,14 +1,12 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/takeover/takeover/internal/owner"
@@ -62,11 +60,7 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 	}
 	var specs target.List
 	for _, a := range fs.Args() {
-		set := specs.Set
-		if strings.Contains(a, "/") {
-			set = target.PathFlag{List: &specs}.Set
-		}
-		if err := set(a); err != nil {
+		if err := parseTarget(&specs, a); err != nil {
 			fmt.Fprintf(stderr, "takeover who: %v\n", err)
 			return exitUsage
 		}
@@ -90,12 +84,10 @@ func runWho(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
 		if out == nil {
 			out = []whoListener{}
 		}
-		enc.Encode(out)
+		printJSON(stdout, out)
 	} else {
 		printWho(stdout, specs, out)
 	}

@@ -65,9 +65,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		if out == nil {
 			out = []takeoverStatus{}
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(out)
+		printJSON(stdout, out)
 	} else {
 		printStatus(stdout, specs, out, time.Now())
 	}
@@ -85,6 +83,13 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// printJSON prints v indented, as who, status and doctor print with --json.
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
 }
 
 // parseTarget adds a PORTSPEC or a PATH (it has a /) to specs.
@@ -105,7 +110,7 @@ func readStatuses(dir *rundir.Dir, specs target.List) []takeoverStatus {
 		if json.Unmarshal(b, &t.Status) != nil || t.TakeoverPID != pid {
 			continue
 		}
-		if st, err := procfs.FS("/proc").Stat(pid); err != nil || st.Start != t.TakeoverStart {
+		if !procfs.FS("/proc").StartedAt(pid, t.TakeoverStart) {
 			continue // gone, its pid perhaps reused
 		}
 		if len(specs) > 0 && !slices.ContainsFunc(t.Ports, func(p string) bool {

@@ -5,6 +5,7 @@ package pidfd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,6 +25,32 @@ func Open(pid int) (*Process, error) {
 		return nil, err
 	}
 	return &Process{PID: pid, FD: fd}, nil
+}
+
+// Starts tells whether pid is still the process that started at start;
+// procfs.FS does, from /proc/PID/stat.
+type Starts interface {
+	StartedAt(pid int, start uint64) bool
+}
+
+// ErrGone says that a pid is no longer the process a record names.
+var ErrGone = errors.New("it has exited")
+
+// OpenStarted opens a pidfd for pid, the process that started at start (as
+// a record names it), and only then checks with proc that pid is still that
+// process: checked after the pidfd is open, the process checked is the one
+// the pidfd signals, never a later one that reused the pid. It returns
+// ErrGone when pid is another process's or nobody's now.
+func OpenStarted(proc Starts, pid int, start uint64) (*Process, error) {
+	p, err := Open(pid)
+	if err != nil {
+		return nil, err
+	}
+	if !proc.StartedAt(pid, start) {
+		p.Close()
+		return nil, ErrGone
+	}
+	return p, nil
 }
 
 func (p *Process) Signal(sig unix.Signal) error {

@@ -24,6 +24,14 @@ func (fs FS) Stat(pid int) (Stat, error) {
 	return parseStat(b)
 }
 
+// StartedAt reports whether pid is still the process that started at start
+// (clock ticks after boot, as a record names it): false once that process
+// is gone, its pid perhaps another's now, or /proc/PID/stat cannot be read.
+func (fs FS) StartedAt(pid int, start uint64) bool {
+	st, err := fs.Stat(pid)
+	return err == nil && st.Start == start
+}
+
 // PPID reads the parent pid from /proc/PID/stat.
 func (fs FS) PPID(pid int) (int, error) {
 	st, err := fs.Stat(pid)

@@ -74,6 +74,15 @@ func TestStatFixtures(t *testing.T) {
 			if ppid != tt.want.PPID || !errors.Is(err, tt.wantErr) {
 				t.Errorf("PPID(%d) = %d, %v; want %d, %v", tt.pid, ppid, err, tt.want.PPID, tt.wantErr)
 			}
+			// Its start time names the process: another (a later one
+			// with the pid) started at another time, and none where no
+			// stat reads.
+			if got, want := tt.proc.StartedAt(tt.pid, tt.want.Start), tt.wantErr == nil; got != want {
+				t.Errorf("StartedAt(%d, %d) = %v, want %v", tt.pid, tt.want.Start, got, want)
+			}
+			if tt.proc.StartedAt(tt.pid, tt.want.Start+1) {
+				t.Errorf("StartedAt(%d, %d) = true for a start it did not have", tt.pid, tt.want.Start+1)
+			}
 		})
 	}
 }

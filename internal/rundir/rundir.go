@@ -402,8 +402,7 @@ func ReadRecord(dir *Dir, key string) (Record, bool) {
 	if json.Unmarshal(b, &r) != nil || r.Launcher <= 0 {
 		return Record{}, false
 	}
-	st, err := procfs.FS("/proc").Stat(r.Launcher)
-	if err != nil || st.Start != r.LauncherStart {
+	if !procfs.FS("/proc").StartedAt(r.Launcher, r.LauncherStart) {
 		return Record{}, false // gone, and perhaps its pid reused
 	}
 	return r, true

@@ -128,14 +128,9 @@ func (c *Conn) setInfo(b []byte) {
 // write. It fails with ENOENT if c has gone meanwhile (the cookie names
 // the one socket c was).
 func DestroyTCP(c Conn) error {
-	b := make([]byte, nlmsgHdrLen+diagReqLen)
+	b := diagMessage(sockDestroy, unix.NLM_F_REQUEST|unix.NLM_F_ACK, diagReqLen, c.Family, unix.IPPROTO_TCP, 1<<c.State)
 	ne := binary.NativeEndian
-	ne.PutUint32(b[0:], uint32(len(b)))
-	ne.PutUint16(b[4:], sockDestroy)
-	ne.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
 	r := b[nlmsgHdrLen:]
-	r[0], r[1] = c.Family, unix.IPPROTO_TCP
-	ne.PutUint32(r[4:], 1<<c.State)
 	binary.BigEndian.PutUint16(r[8:], c.Local.Port())
 	binary.BigEndian.PutUint16(r[10:], c.Remote.Port())
 	putAddr := func(dst []byte, a netip.Addr) {

@@ -58,13 +58,20 @@ const (
 // diagRequest builds an nlmsghdr and an inet_diag_req_v2 asking for the
 // family's sockets of protocol proto in the states of the mask.
 func diagRequest(family, proto uint8, states uint32) []byte {
-	b := make([]byte, nlmsgHdrLen+diagReqLen)
+	return diagMessage(unix.SOCK_DIAG_BY_FAMILY, diagFlagsDump, diagReqLen, family, proto, states)
+}
+
+// diagMessage builds a sock_diag message: an nlmsghdr of type typ with
+// flags, then a request of reqLen bytes that begins, as inet_diag_req_v2
+// and unix_diag_req both do, with the family, the protocol and the mask
+// of states; the caller fills in the rest of the request.
+func diagMessage(typ, flags uint16, reqLen int, family, proto uint8, states uint32) []byte {
+	b := make([]byte, nlmsgHdrLen+reqLen)
 	ne := binary.NativeEndian
 	ne.PutUint32(b[0:], uint32(len(b)))
-	ne.PutUint16(b[4:], unix.SOCK_DIAG_BY_FAMILY)
-	ne.PutUint16(b[6:], diagFlagsDump)
-	b[16] = family
-	b[17] = proto
+	ne.PutUint16(b[4:], typ)
+	ne.PutUint16(b[6:], flags)
+	b[16], b[17] = family, proto
 	ne.PutUint32(b[20:], states)
 	return b
 }
@@ -161,14 +168,8 @@ const (
 // socket, with the inode and device of the file it is bound to: a path
 // names a socket by that file, whatever name the socket was bound at.
 func diagUnixListeners() ([]Socket, error) {
-	b := make([]byte, nlmsgHdrLen+unixDiagReqLen)
-	ne := binary.NativeEndian
-	ne.PutUint32(b[0:], uint32(len(b)))
-	ne.PutUint16(b[4:], unix.SOCK_DIAG_BY_FAMILY)
-	ne.PutUint16(b[6:], diagFlagsDump)
-	b[16] = unix.AF_UNIX
-	ne.PutUint32(b[20:], tcpStateMask)
-	ne.PutUint32(b[28:], udiagShowVFS|udiagShowRQLen)
+	b := diagMessage(unix.SOCK_DIAG_BY_FAMILY, diagFlagsDump, unixDiagReqLen, unix.AF_UNIX, 0, tcpStateMask)
+	binary.NativeEndian.PutUint32(b[28:], udiagShowVFS|udiagShowRQLen)
 	return diagDump(b, parseUnixDiagMsg, nil)
 }
 

@@ -1,11 +1,13 @@
 package supervise
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
 	"time"
 
+	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"golang.org/x/sys/unix"
@@ -70,13 +72,13 @@ func (l *launcher) servingLauncher() rundir.Record {
 // first, and only then checked to be that very process (its start time):
 // a pid reused after the record was read is never signalled.
 func signalLauncher(r rundir.Record, sig syscall.Signal) error {
-	fd, err := unix.PidfdOpen(r.Launcher, 0)
+	p, err := pidfd.OpenStarted(procfs.FS("/proc"), r.Launcher, r.LauncherStart)
+	if errors.Is(err, pidfd.ErrGone) {
+		return fmt.Errorf("pid %d is no longer the takeover its record names", r.Launcher)
+	}
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
-	if st, err := procfs.FS("/proc").Stat(r.Launcher); err != nil || st.Start != r.LauncherStart {
-		return fmt.Errorf("pid %d is no longer the takeover its record names", r.Launcher)
-	}
-	return unix.PidfdSendSignal(fd, sig, nil, 0)
+	defer p.Close()
+	return p.Signal(sig)
 }

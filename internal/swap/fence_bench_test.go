@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/seccomp"
-	"github.com/takeover/takeover/internal/target"
 	"github.com/takeover/takeover/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -46,14 +45,7 @@ func benchAccept(b *testing.B, mode string) {
 	if mode == "fenced" {
 		old = startAcceptor(b, "acceptor", ln, -1)
 		own := tcpSocket(b)
-		f, why := FenceBeside(Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}, ln)
-		if f == nil {
-			b.Fatalf("fenceBeside: %s", why)
-		}
-		if err := unix.Listen(own, 4096); err != nil {
-			b.Fatal(err)
-		}
-		f.Joined(own)
+		f := joinFence(b, own, ln, addr, 4096)
 		if err := f.Raise(own); err != nil {
 			b.Fatal(err)
 		}

@@ -30,6 +30,24 @@ func fenceListener(t testing.TB) (int, netip.AddrPort) {
 	return fd, target.AddrPortOf(sa)
 }
 
+// joinFence fences own, a new server's socket, beside old, the listening
+// socket at addr, as a bind of the new server does: own is bound into old's
+// group, listens (backlog) and joins the fence.
+func joinFence(t testing.TB, own, old int, addr netip.AddrPort, backlog int) *Fence {
+	t.Helper()
+	f, why := FenceBeside(Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}, old)
+	if f == nil {
+		t.Fatalf("fenceBeside: %s", why)
+	}
+	if err := unix.Listen(own, backlog); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Joined(own); err != nil {
+		t.Fatalf("joined: %v", err)
+	}
+	return f
+}
+
 func tcpSocket(t testing.TB) int {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -77,6 +95,14 @@ func acceptAll(t *testing.T, fd int) []int {
 	}
 }
 
+// closeUnlessClosed closes fd unless the test closed it already (and set it
+// to -1): a test that closes a socket itself still cleans it up on failure.
+func closeUnlessClosed(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+}
+
 func closeFDs(fds []int) {
 	for _, fd := range fds {
 		unix.Close(fd)
@@ -91,17 +117,7 @@ func TestFenceSteers(t *testing.T) {
 	old, addr := fenceListener(t)
 	unix.SetNonblock(old, true)
 	own := tcpSocket(t)
-	c := Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := FenceBeside(c, old)
-	if f == nil {
-		t.Fatalf("fenceBeside: %s", why)
-	}
-	if err := unix.Listen(own, 128); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Joined(own); err != nil {
-		t.Fatalf("joined: %v", err)
-	}
+	f := joinFence(t, own, old, addr, 128)
 	unix.SetNonblock(own, true)
 	pids := []int{os.Getpid()}
 
@@ -183,15 +199,11 @@ func TestFenceRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := FenceBeside(c, old)
-	if f == nil {
-		t.Fatalf("fenceBeside: %s", why)
-	}
-	unix.Listen(own, 128)
-	f.Joined(own)
+	t.Cleanup(func() { closeUnlessClosed(own) })
+	joinFence(t, own, old, addr, 128)
 	connectN(t, addr, 10)
 	unix.Close(own) // rolled back
+	own = -1
 	connectN(t, addr, 10)
 	waitQueued(t, old, 20)
 	got := acceptAll(t, old)
@@ -265,20 +277,16 @@ func TestFenceSettles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { closeUnlessClosed(old) })
 	unix.Bind(old, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
 	unix.Listen(old, 16)
 	sa, _ := unix.Getsockname(old)
 	addr := target.AddrPortOf(sa)
 	own := tcpSocket(t)
-	f, why := FenceBeside(Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}, old)
-	if f == nil {
-		unix.Close(old)
-		t.Fatalf("fenceBeside: %s", why)
-	}
-	unix.Listen(own, 128)
-	f.Joined(own)
+	f := joinFence(t, own, old, addr, 128)
 	f.Raise(own)
 	unix.Close(old) // the old server exited
+	old = -1
 	if !f.Settle(context.Background(), own) {
 		t.Fatal("settle: the old socket did not leave the group")
 	}
@@ -314,13 +322,7 @@ func TestFenceWaitsForHandshakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	own := tcpSocket(t)
-	c := Claim{Sock: own, Addr: addr, Spec: target.Spec{Addr: addr.Addr(), Port: addr.Port()}}
-	f, why := FenceBeside(c, old)
-	if f == nil {
-		t.Fatalf("fenceBeside: %s", why)
-	}
-	unix.Listen(own, 128)
-	f.Joined(own)
+	f := joinFence(t, own, old, addr, 128)
 	unix.SetNonblock(own, true)
 	pids := []int{os.Getpid()}
 

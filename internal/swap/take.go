@@ -10,6 +10,7 @@ import (
 	"github.com/takeover/takeover/internal/fdpass"
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/systemd"
 	"github.com/takeover/takeover/internal/target"
@@ -96,7 +97,7 @@ func (t *Taker) Take(ctx context.Context, c Claim, prev *Holdings) (*Record, int
 			return nil, -1, err
 		}
 		if hasRec && rec.Launcher != t.Self {
-			t.replacedBeside(sw, all, rec.Launcher, c)
+			t.replacedBeside(sw, all, rec, c)
 		}
 		return sw, c.Sock, nil
 	}
@@ -176,19 +177,20 @@ func (t *Taker) checkOld(sw *Record, child owner.Child, what string) error {
 }
 
 // replacedBeside names in sw, as the old server to stop once the new one is
-// ready, the earlier takeover of the target (launcher, from its record)
+// ready, the earlier takeover of the target (rec, its record)
 // where it holds sockets of the port that the command's bind does not
 // conflict with: it served 0.0.0.0:P, and the new server binds an
 // IPv6-only [::]:P and nothing else. The new generation replaces it all
 // the same, with no socket of it to take. Nothing else on the port is
 // named: not another service's IPv6-only socket.
-func (t *Taker) replacedBeside(sw *Record, all []owner.Listener, launcher int, c Claim) {
+func (t *Taker) replacedBeside(sw *Record, all []owner.Listener, rec rundir.Record, c Claim) {
+	launcher := rec.Launcher
 	launchers := rundir.LiveLaunchers(t.Dir)
 	if !slices.Contains(launchers, launcher) {
 		return
 	}
 	// The pidfd first, then the checks: they read the process it signals.
-	p, err := pidfd.Open(launcher)
+	p, err := pidfd.OpenStarted(procfs.FS("/proc"), launcher, rec.LauncherStart)
 	if err != nil {
 		return
 	}
