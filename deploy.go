@@ -44,8 +44,10 @@ Starts 'takeover [LAUNCHER FLAGS] -- COMMAND...' detached (a new session,
 stdin from /dev/null, its output and the command's appended to --log, or
 discarded), and waits until it serves every --port and --path (exit 0): it
 has taken them over from what served them, or started them fresh. If it
-exits first, deploy says why and exits with its status (124: rolled back,
-not ready; 125: takeover failed; 126: not executable; 127: not found). If
+exits first, deploy says why and exits with its status (123: rolled back
+during --probation; 124: rolled back, not ready; 125: takeover failed; 126:
+not executable; 127: not found). With --probation, it waits until the
+probation has passed. If
 --timeout passes first, it is stopped (TERM) and deploy exits 1. The new
 takeover keeps running after deploy returns.
 `
@@ -199,10 +201,11 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 
 // deployExits says what the launcher's own exit statuses mean.
 var deployExits = map[int]string{
-	supervise.ExitNotReady: "the new generation was not ready within --ready-timeout and was rolled back; what served serves on",
-	supervise.ExitLauncher: "takeover failed (its flags, or it could not start the command)",
-	126:                    "the command is not executable",
-	127:                    "the command was not found",
+	supervise.ExitNotReady:   "the new generation was not ready within --ready-timeout and was rolled back; what served serves on",
+	supervise.ExitRolledBack: "the new generation failed its --probation and was rolled back; what served serves on",
+	supervise.ExitLauncher:   "takeover failed (its flags, or it could not start the command)",
+	126:                      "the command is not executable",
+	127:                      "the command was not found",
 }
 
 // splitDeployArgs takes deploy's own flags (--timeout, --log, --json,

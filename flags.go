@@ -64,6 +64,11 @@ func parseFlags(args []string, stdout, stderr io.Writer) (supervise.Config, erro
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", supervise.DefaultDrainTimeout, "with --fence on: stop the fenced old server after this long even if it has not finished its connections (keep-alive clients)")
 	fs.StringVar(&c.Ready, "ready", ready.Accept, "what makes the new server ready: accept (a process of it waits for connections on every --port, or it sends READY=1), listen (it listens), notify (it sends READY=1 to NOTIFY_SOCKET), interval (it has run for --interval) or http://HOST:PORT/PATH (as accept, and then that URL of the new server answers 2xx)")
 	fs.StringVar(&c.ReadyExec, "ready-exec", "", "ready once this `CMD` (run by sh -c, with TAKEOVER_NEW_PID and TAKEOVER_PORT in its environment) exits 0, after --ready; retried until --ready-timeout")
+	fs.DurationVar(&c.Probation, "probation", 0, "after a fenced swap, keep the old server idle and unsignalled this long, and roll back to it if the new one exits or fails --health; 0: off")
+	health := fs.String("health", "", "during --probation: the new server's `URL` (http://HOST:PORT/PATH, as --ready's) must answer 2xx; --health-failures failures in a row roll it back")
+	fs.DurationVar(&c.HealthInterval, "health-interval", supervise.DefaultHealthInterval, "during --probation: check --health this often")
+	fs.IntVar(&c.HealthFailures, "health-failures", supervise.DefaultHealthFailures, "during --probation: roll back after this many failed --health checks in a row (1 to 100)")
+	fs.IntVar(&c.Canary, "canary", 0, "during --probation: send this `PERCENT` (1 to 99) of new connections to the new server and the rest to the old one; 0: all to the new one")
 	fs.DurationVar(&c.Interval, "interval", time.Second, "with --ready interval: how long the new server must run to be ready (start_server's rule)")
 	fs.StringVar(&c.Sockets, "sockets", supervise.SocketsIntercept, "how the command gets its sockets: intercept (its bind(2) is taken over), systemd (passed as LISTEN_FDS) or server-starter (passed as SERVER_STARTER_PORT)")
 	fs.DurationVar(&c.ReadyTimeout, "ready-timeout", 0, "roll the new server back if it is not ready this long after it starts (default 60s, or --bind-timeout + 30s if longer)")
@@ -102,7 +107,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (supervise.Config, erro
 		name string
 		d    time.Duration
 	}{{"kill-timeout", c.KillTimeout}, {"bind-timeout", c.BindTimeout}, {"kill-old-delay", c.KillOldDelay}, {"ready-timeout", c.ReadyTimeout},
-		{"lock-timeout", c.LockTimeout}, {"interval", c.Interval}, {"restart-window", c.RestartWindow}} {
+		{"lock-timeout", c.LockTimeout}, {"interval", c.Interval}, {"restart-window", c.RestartWindow},
+		{"probation", c.Probation}, {"health-interval", c.HealthInterval}} {
 		if d.d > supervise.MaxFlagDuration {
 			return c, fmt.Errorf("--%s %v: want at most %v (a year)", d.name, d.d, supervise.MaxFlagDuration)
 		}
@@ -139,6 +145,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (supervise.Config, erro
 			return c, err
 		}
 		c.Health, c.Ready = &h, ready.Accept
+	}
+	if err := probationFlags(&c, *health); err != nil {
+		return c, err
 	}
 	switch c.Ready {
 	case ready.Accept, ready.Listen, ready.Notify, ready.Interval:
@@ -247,4 +256,29 @@ func runLauncher(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Rebind = retryBind
 	return supervise.Launch(cfg, stderr)
+}
+
+// probationFlags checks --probation, --health, --health-interval,
+// --health-failures and --canary, and parses --health into c.Probe.
+func probationFlags(c *supervise.Config, health string) error {
+	switch {
+	case c.Probation < 0:
+		return fmt.Errorf("--probation %v: must not be negative (0: off)", c.Probation)
+	case c.HealthInterval <= 0:
+		return fmt.Errorf("--health-interval %v: must be more than 0", c.HealthInterval)
+	case c.HealthFailures < 1 || c.HealthFailures > 100:
+		return fmt.Errorf("--health-failures %d: want 1 to 100", c.HealthFailures)
+	case c.Canary < 0 || c.Canary > 99:
+		return fmt.Errorf("--canary %d: want a percentage from 1 to 99 (0: off)", c.Canary)
+	case c.Probation == 0 && (health != "" || c.Canary > 0):
+		return errors.New("--health and --canary act during --probation: give --probation a duration, like --probation 30s")
+	}
+	if health != "" {
+		h, err := ready.ParseHealthFlag("--health", health, c.Ports)
+		if err != nil {
+			return err
+		}
+		c.Probe = &h
+	}
+	return nil
 }

@@ -38,6 +38,9 @@ func runHealthServe(addr string) int {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		return 1
 	}
+	if d, err := time.ParseDuration(os.Getenv("TAKEOVER_TEST_CRASH_AFTER")); err == nil {
+		time.AfterFunc(d, func() { os.Exit(3) }) // a release that crashes under traffic (probation_test.go)
+	}
 	hello := helloHTTP()
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" && os.Getenv("TAKEOVER_TEST_HEALTH") == "hang" {
@@ -111,11 +114,12 @@ func probeLoop(addr, want string) (stop func() (failed, others int, first string
 }
 
 // healthApp writes an app script that runs the health server with health
-// as its /healthz status, replacing the one there (a deploy).
-func healthApp(t *testing.T, app string, health int) {
+// as its /healthz status, replacing the one there (a deploy); env are more
+// of its environment's variables (NAME=VALUE).
+func healthApp(t *testing.T, app string, health int, env ...string) {
 	t.Helper()
 	self, _ := os.Executable()
-	script := fmt.Sprintf("#!/bin/sh\nTAKEOVER_TEST_HEALTH=%d exec %s \"$@\"\n", health, self)
+	script := fmt.Sprintf("#!/bin/sh\nTAKEOVER_TEST_HEALTH=%d %s exec %s \"$@\"\n", health, strings.Join(env, " "), self)
 	if err := os.WriteFile(app+".new", []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}

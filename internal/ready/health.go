@@ -33,8 +33,14 @@ func IsHealthURL(s string) bool { return strings.Contains(s, "://") }
 // that does not reach the target's socket could not be steered to the new
 // server.
 func ParseHealth(raw string, targets target.List) (Health, error) {
+	return ParseHealthFlag("--ready", raw, targets)
+}
+
+// ParseHealthFlag is ParseHealth for the flag named flag (--ready, or
+// --health: probation's check, which follows the same rules).
+func ParseHealthFlag(flag, raw string, targets target.List) (Health, error) {
 	bad := func(format string, a ...any) (Health, error) {
-		return Health{}, fmt.Errorf("--ready %s: "+format, append([]any{raw}, a...)...)
+		return Health{}, fmt.Errorf("%s %s: "+format, append([]any{flag, raw}, a...)...)
 	}
 	u, err := url.Parse(raw)
 	switch {

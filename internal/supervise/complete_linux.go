@@ -65,10 +65,10 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 	}
 	drained := l.draining(stop) // from the fence (or the signal) to their exit
 	defer drained(false)
-	if !ok || stop.RaiseFences(ctx, g.holdings, l.cfg.drainTimeout(), g.num, l.log) && g.hasExited() {
-		// While the old server finished: it serves on, new connections
-		// reach it again, and the next generation (a restart) completes
-		// the swap once it is ready.
+	// While the old server finished: it serves on, new connections reach
+	// it again, and the next generation (a restart) completes the swap
+	// once it is ready.
+	interrupted := func() {
 		l.log.Warn("the new generation exited before its swap completed; the old server serves on until a restarted generation is ready", "generation", g.num)
 		var prevs []*generation
 		if g.prev != nil && !g.prev.hasExited() {
@@ -79,7 +79,29 @@ func (l *launcher) swap(ctx context.Context, g *generation, locks []*os.File) {
 		}
 		l.interrupt(ctx, g, &unfinished{stop: stop, prevs: prevs, locks: locks}, before)
 		locks = nil
+	}
+	raise := func() bool {
+		return stop.RaiseFences(ctx, g.holdings, l.cfg.drainTimeout(), g.num, l.log) && g.hasExited()
+	}
+	onProbation := ok && inherited == nil && l.probationFits(g, stop)
+	if !onProbation && l.cfg.Probation > 0 {
+		l.probationOver(g, "", nil) // writeStatus said "probation"
+	}
+	canary := onProbation && l.canary(g, stop)
+	began := time.Now()
+	if !ok || !canary && raise() {
+		interrupted()
 		return
+	}
+	if onProbation {
+		if why := l.onProbation(ctx, g, stop, began); why != "" {
+			l.rollBack(ctx, g, stop, before, len(locks) > 0, why, time.Since(began))
+			return
+		}
+		if canary && raise() { // the rest of the traffic, and the old server's drain
+			interrupted()
+			return
+		}
 	}
 	doneFencing()
 	l.keepInStore(g)

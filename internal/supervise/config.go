@@ -20,34 +20,44 @@ import (
 // A Config is what one takeover is asked to do. Zero values mean the
 // documented defaults.
 type Config struct {
-	Ports         target.List
-	Signal        unix.Signal   // to stop the old server; SIGTERM
-	KillTimeout   time.Duration // from the stop signal to SIGKILL; 10s
-	BindTimeout   time.Duration // from the command's bind to giving up; 15s, or --kill-timeout + 5s if longer
-	Force         bool          // replace a holder that is not an earlier instance
-	Strategy      string        // auto, handoff or rebind; auto
-	KillOldDelay  time.Duration // between the new server's readiness and the old one's stop
-	Fence         string        // on or off: a TCP handoff gives the new server a socket beside the old one's; on
-	DrainTimeout  time.Duration // how long a fenced old server may take to finish its connections; 5s
-	Ready         string        // accept, listen, notify or interval: what makes a generation ready; accept
-	Interval      time.Duration // --ready interval: ready once the command has run this long; 1s
-	Health        *ready.Health // --ready http://...: then that URL must answer 2xx (health_linux.go)
-	ReadyExec     string        // --ready-exec: then this must exit 0 (health_linux.go)
-	Sockets       string        // intercept, systemd or server-starter; intercept
-	ReadyTimeout  time.Duration // from a generation's start to ready, else rolled back; 60s, or --bind-timeout + 30s if longer
-	LockTimeout   time.Duration // how long to wait for another takeover of the port; see lockTimeout
-	DetachOnStop  time.Duration // 0: a stop is a stop; else serve on, detached, this long (detach_linux.go)
-	Restart       string        // on-failure, always or never; on-failure
-	MaxRestarts   int           // restarts within RestartWindow before giving up; 5
-	RestartWindow time.Duration // 60s
-	RestartDelay  time.Duration // the first back-off before a restart; 100ms
-	PIDFile       string
-	StatusFile    string
-	Metrics       string           // --metrics: where to serve /metrics (metrics.ParseAddr), or ""
-	MetricsFile   string           // --metrics-file: where to write them for node_exporter, or ""
-	StartServer   *StartServerOpts // run as start_server: its conventions (startserver.go)
-	Command       []string
-	Rebind        swap.Rebinder // the rebind strategy: retryBind (retrybind.go)
+	Ports        target.List
+	Signal       unix.Signal   // to stop the old server; SIGTERM
+	KillTimeout  time.Duration // from the stop signal to SIGKILL; 10s
+	BindTimeout  time.Duration // from the command's bind to giving up; 15s, or --kill-timeout + 5s if longer
+	Force        bool          // replace a holder that is not an earlier instance
+	Strategy     string        // auto, handoff or rebind; auto
+	KillOldDelay time.Duration // between the new server's readiness and the old one's stop
+	Fence        string        // on or off: a TCP handoff gives the new server a socket beside the old one's; on
+	DrainTimeout time.Duration // how long a fenced old server may take to finish its connections; 5s
+	Ready        string        // accept, listen, notify or interval: what makes a generation ready; accept
+	Interval     time.Duration // --ready interval: ready once the command has run this long; 1s
+	Health       *ready.Health // --ready http://...: then that URL must answer 2xx (health_linux.go)
+	ReadyExec    string        // --ready-exec: then this must exit 0 (health_linux.go)
+	// Probation (probation_linux.go): after a fenced swap, the old server
+	// is kept, idle, this long (0: not at all), and the swap is rolled back
+	// if the new one exits or fails HealthFailures checks of Probe in a row
+	// (every HealthInterval); Canary is the share of new connections, in
+	// percent, the new server gets meanwhile (0: all of them).
+	Probation      time.Duration
+	Probe          *ready.Health // --health http://...
+	HealthInterval time.Duration // 1s
+	HealthFailures int           // 3
+	Canary         int
+	Sockets        string        // intercept, systemd or server-starter; intercept
+	ReadyTimeout   time.Duration // from a generation's start to ready, else rolled back; 60s, or --bind-timeout + 30s if longer
+	LockTimeout    time.Duration // how long to wait for another takeover of the port; see lockTimeout
+	DetachOnStop   time.Duration // 0: a stop is a stop; else serve on, detached, this long (detach_linux.go)
+	Restart        string        // on-failure, always or never; on-failure
+	MaxRestarts    int           // restarts within RestartWindow before giving up; 5
+	RestartWindow  time.Duration // 60s
+	RestartDelay   time.Duration // the first back-off before a restart; 100ms
+	PIDFile        string
+	StatusFile     string
+	Metrics        string           // --metrics: where to serve /metrics (metrics.ParseAddr), or ""
+	MetricsFile    string           // --metrics-file: where to write them for node_exporter, or ""
+	StartServer    *StartServerOpts // run as start_server: its conventions (startserver.go)
+	Command        []string
+	Rebind         swap.Rebinder // the rebind strategy: retryBind (retrybind.go)
 }
 
 // maxFlagDuration bounds every duration flag: far from where a
@@ -124,10 +134,15 @@ func (c Config) readyTimeout() time.Duration {
 // --kill-timeout), and 10 s more.
 func (c Config) EffectiveLockTimeout() time.Duration {
 	if c.LockTimeout == 0 {
-		return c.readyTimeout() + c.KillOldDelay + c.drainTimeout() + c.killTimeout() + 10*time.Second
+		return c.readyTimeout() + c.KillOldDelay + c.drainTimeout() + c.Probation + c.killTimeout() + 10*time.Second
 	}
 	return c.LockTimeout
 }
+
+const (
+	DefaultHealthInterval = time.Second
+	DefaultHealthFailures = 3
+)
 
 const (
 	DefaultMaxRestarts   = 5
@@ -203,6 +218,7 @@ func exitStatus(ws syscall.WaitStatus) int {
 // Exit statuses of the launcher, as env, nohup, timeout and docker run use
 // them.
 const (
+	ExitRolledBack    = 123 // the new server failed its --probation and was rolled back: the old one serves on
 	ExitNotReady      = 124 // the new server was not ready in time and was rolled back, as timeout(1) exits
 	ExitLauncher      = 125 // takeover itself failed
 	exitNotExecutable = 126

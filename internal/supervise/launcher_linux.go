@@ -70,8 +70,9 @@ type launcher struct {
 	metrics        *metrics.Set  // what --metrics serves
 	stopMetrics    func()        // stops serving and writing them (serveMetrics)
 	metricsStopped atomic.Bool
-	unfinished     *unfinished // a swap whose new generation exited before it completed (complete_linux.go)
-	fencing        sync.Mutex  // held by a swap until it completes or is left unfinished
+	unfinished     *unfinished  // a swap whose new generation exited before it completed (complete_linux.go)
+	fencing        sync.Mutex   // held by a swap until it completes or is left unfinished
+	probation      probationCut // ends a probation early (probation_linux.go)
 
 	starter *starterState // run as start_server: its status file, auto-restart and exit (startserver.go); nil otherwise
 

@@ -30,10 +30,14 @@ const (
 	// that died before it was ready is started again.
 	retryingStart  // the first generation died before it was ready: its sockets are held, nothing runs, the next attempt waits
 	retryingReload // a reload's generation died before it was ready: the running one serves, the next attempt waits
+	// --probation (probation_linux.go): a new generation serves, and the
+	// old server waits beside it, idle, to be rolled back to.
+	onProbation
+	rollingBack // the new generation failed its probation: the old server (another takeover's) serves again; waiting for the new one to exit
 )
 
 func (s lifeState) String() string {
-	return [...]string{"starting", "serving", "reloading", "backing-off", "restarting", "stopping", "replaced", "retrying-start", "retrying-reload"}[s]
+	return [...]string{"starting", "serving", "reloading", "backing-off", "restarting", "stopping", "replaced", "retrying-start", "retrying-reload", "probation", "rolling-back"}[s]
 }
 
 type lifeEvent int
@@ -50,10 +54,12 @@ const (
 	evSwapped                      // a swap completed: its old generation is gone
 	evBackoffDone                  // the back-off before a restart is over
 	evRetryDue                     // the wait before the next attempt at a failed start is over
+	evProbation                    // g's swap put it on --probation
+	evRolledBack                   // g failed its probation: the old server serves again (why)
 )
 
 func (e lifeEvent) String() string {
-	return [...]string{"stop", "replaced", "hup", "signal", "ready", "timed-out", "exited", "delay-done", "swapped", "backoff-done", "retry-due"}[e]
+	return [...]string{"stop", "replaced", "hup", "signal", "ready", "timed-out", "exited", "delay-done", "swapped", "backoff-done", "retry-due", "probation", "rolled-back"}[e]
 }
 
 // An event is something that happened to the launcher.
@@ -64,6 +70,7 @@ type event struct {
 	status syscall.WaitStatus // evExited
 	seq    int                // evBackoffDone, evRetryDue: which wait
 	by     int                // evReplaced: the newer takeover's pid
+	why    string             // evRolledBack
 }
 
 // A supervisor carries out the lifecycle's decisions.
@@ -97,6 +104,12 @@ type supervisor interface {
 	gaveUp()
 	// rolledBack records g, stopped for not being ready in time.
 	rolledBack(g *generation)
+	// cutProbation ends the probation under way, if any, as passed.
+	cutProbation(why string)
+	// probationOver records the end of g's probation: passed (why ""), or
+	// rolled back, serving the generation that serves on (nil: another
+	// takeover's).
+	probationOver(g *generation, why string, serving *generation)
 	// fallBack returns the old generation of a reload whose swap the new
 	// one left unfinished (it died while the old one drained), still
 	// serving, and gives up that swap; nil if there is none.
@@ -148,6 +161,10 @@ type lifecycle struct {
 	crash      crashInfo // the last generation that died and is to be started again
 	retries    int       // attempts at the start or reload under way that died before they were ready
 	replacedBy int       // the pid of the newer takeover that replaced this one
+	// probationExit is how the generation on probation exited, while its
+	// swap decides between rolling back and keeping it (evRolledBack or
+	// evSwapped).
+	probationExit *syscall.WaitStatus
 }
 
 // crashInfo is what the restart log line says of the generation that died.
@@ -198,8 +215,22 @@ func (m *lifecycle) handle(ev event) (code int, done bool) {
 		} else if ev.g == m.cur && m.state == starting {
 			m.completeSwap(m.cur)
 		}
+	case evProbation:
+		if ev.g == m.cur && m.state == serving {
+			m.state = onProbation
+		}
+	case evRolledBack:
+		return m.onRolledBack(ev.g, ev.why)
 	case evSwapped:
 		m.swapping = false
+		if m.state == onProbation {
+			m.sup.probationOver(ev.g, "", nil)
+			m.state = serving
+			if ws := m.probationExit; ws != nil {
+				m.probationExit = nil // kept, and then it died: as a crash after any swap
+				return m.onExited(ev.g, *ws)
+			}
+		}
 		if m.state == serving && m.pendingHUP {
 			m.pendingHUP = false
 			m.startReload()
@@ -228,6 +259,12 @@ func (m *lifecycle) onHUP() (int, bool) {
 		m.startReload()
 	case starting, reloading, restarting:
 		m.pendingHUP = true
+	case onProbation:
+		// The newest release wins: the one on probation is the old one to
+		// it, and the old server before it is stopped as after a probation
+		// passed (once: the swap stops it, the next one stops this one).
+		m.pendingHUP = true
+		m.sup.cutProbation("a HUP: a newer release is deployed")
 	case backingOff:
 		m.log.Info("HUP during the back-off: restarting now")
 		return m.startRestart()
@@ -252,6 +289,12 @@ func (m *lifecycle) startReload() {
 }
 
 func (m *lifecycle) onStop(ev event) (int, bool) {
+	if m.state == onProbation {
+		// Stopped: the swap completes as a passed probation does, and its
+		// old servers are stopped with it; nothing outlives takeover.
+		m.sup.cutProbation("takeover is stopped")
+		m.state = serving
+	}
 	if m.state == backingOff || m.state == retryingStart {
 		// Nothing runs: end now. The held sockets close with takeover.
 		m.sup.release(m.dead)
@@ -400,6 +443,15 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		return 0, false // an old generation, or an orphan
 	}
 	switch m.state {
+	case onProbation:
+		// Its swap sees it too, and rolls back: the old server serves on.
+		m.probationExit = &ws
+		m.log.Warn("the new generation exited during its probation", "generation", g.num, "pid", g.pid, "status", code)
+		return 0, false
+	case rollingBack:
+		m.sup.release(g)
+		m.cur = nil
+		return ExitRolledBack, true
 	case stopping, replaced:
 		m.sup.release(g)
 		m.cur, m.status = nil, code
@@ -446,6 +498,39 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		return code, true
 	}
 	return m.crashed(g, code)
+}
+
+// onRolledBack makes what served before g serve again: g failed its
+// probation (why), and its swap has steered new connections back to the
+// old servers. g is stopped. A reload's old generation is the serving one
+// again; where the old server is another takeover's, this takeover exits
+// with ExitRolledBack once g has.
+func (m *lifecycle) onRolledBack(g *generation, why string) (int, bool) {
+	if g != m.cur || m.state != onProbation {
+		return 0, false
+	}
+	ws := m.probationExit
+	m.probationExit = nil
+	if p := g.prev; p != nil && !p.hasExited() {
+		m.sup.probationOver(g, why, p)
+		m.sup.reloadFailed(g.num, why)
+		m.sup.release(g)
+		if ws == nil {
+			m.sup.stop(g, 0)
+		}
+		m.cur, m.state = p, serving
+		m.sup.notify("READY=1")
+		return 0, false
+	}
+	m.sup.probationOver(g, why, nil)
+	if ws != nil {
+		m.sup.release(g)
+		m.cur = nil
+		return ExitRolledBack, true
+	}
+	m.state = rollingBack
+	m.sup.stop(g, 0)
+	return 0, false
 }
 
 // servesOn makes the old generation of an unfinished reload the serving

@@ -65,6 +65,20 @@ func (f *fakeSupervisor) reloadFailed(num int, why string) {
 	f.calls = append(f.calls, fmt.Sprintf("reload %d failed", num))
 }
 
+func (f *fakeSupervisor) cutProbation(why string) {
+	f.calls = append(f.calls, "cut probation: "+why)
+}
+func (f *fakeSupervisor) probationOver(g *generation, why string, serving *generation) {
+	switch {
+	case why == "":
+		f.calls = append(f.calls, fmt.Sprintf("probation %d passed", g.num))
+	case serving != nil:
+		f.calls = append(f.calls, fmt.Sprintf("probation %d failed: %s; %d serves", g.num, why, serving.num))
+	default:
+		f.calls = append(f.calls, fmt.Sprintf("probation %d failed: %s", g.num, why))
+	}
+}
+
 func (f *fakeSupervisor) fallBack() *generation {
 	if f.fallBackTo == 0 {
 		return nil
@@ -335,6 +349,48 @@ func TestLifecycle(t *testing.T) {
 			{ev: -1},
 			{ev: evRetryDue, calls: []string{"notify RELOADING=1", "start: fails", "reload 0 failed", "notify READY=1"}, state: serving},
 		}},
+		{"probation: a release that crashes is rolled back, and the takeover it replaced serves on", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evProbation, gen: 1, state: onProbation},
+			{ev: evExited, gen: 1, exit: 1, state: onProbation}, // not restarted: its swap decides
+			{ev: evRolledBack, gen: 1, calls: []string{"probation 1 failed: crashed", "release 1"}, state: onProbation, done: true, code: ExitRolledBack},
+		}},
+		{"probation: a release that fails its health check is stopped, then takeover exits", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evProbation, gen: 1, state: onProbation},
+			{ev: evRolledBack, gen: 1, calls: []string{"probation 1 failed: crashed", "stop 1 0"}, state: rollingBack},
+			{ev: evSwapped, gen: 1, state: rollingBack},
+			{ev: evExited, gen: 1, exit: -15, calls: []string{"release 1"}, state: rollingBack, done: true, code: ExitRolledBack},
+		}},
+		{"probation: a reload rolled back leaves the old generation serving", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evReady, gen: 2, calls: []string{"after 0s delay-done"}, state: reloading},
+			{ev: evDelayDone, gen: 2, calls: []string{"swap 2 unlock=false"}, state: serving},
+			{ev: evProbation, gen: 2, state: onProbation},
+			{ev: evRolledBack, gen: 2, calls: []string{"probation 2 failed: crashed; 1 serves", "reload 2 failed", "release 2", "stop 2 0", "notify READY=1"}, state: serving},
+			{ev: evSwapped, gen: 2, state: serving},
+			{ev: evExited, gen: 2, exit: -15, state: serving}, // the rolled-back one: nothing to do
+			{ev: evExited, gen: 1, exit: 1, calls: []string{"notify STATUS=restarting after pid 101 exited with status 1 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+		}},
+		{"probation: a HUP ends it as passed, then reloads", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evProbation, gen: 1, state: onProbation},
+			{ev: evHUP, calls: []string{"cut probation: a HUP: a newer release is deployed"}, state: onProbation},
+			{ev: evSwapped, gen: 1, calls: []string{"probation 1 passed", "notify RELOADING=1", "start 2"}, state: reloading},
+		}},
+		{"probation: a release that dies as it passes is restarted as after any swap", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evProbation, gen: 1, state: onProbation},
+			{ev: evExited, gen: 1, exit: 2, state: onProbation},
+			{ev: evSwapped, gen: 1, calls: []string{"probation 1 passed", "notify STATUS=restarting after pid 101 exited with status 2 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
+		}},
+		{"probation: a stop ends it, and stops the command", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evProbation, gen: 1, state: onProbation},
+			{ev: evStop, sig: syscall.SIGTERM, calls: []string{"cut probation: takeover is stopped", "stop 1 15"}, state: stopping},
+		}},
 		{"a restart that cannot start gives up", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evExited, gen: 1, exit: 2, calls: []string{"notify STATUS=restarting after pid 101 exited with status 2 (attempt 1, back-off 100ms)", "after 100ms backoff-done"}, state: backingOff},
@@ -366,6 +422,9 @@ func TestLifecycle(t *testing.T) {
 				}
 				if s.hold {
 					ev.g.holdings.Add(swap.SockKey{Tgid: ev.g.pid, FD: 3}, &swap.Held{CopyFD: -1}, nil)
+				}
+				if s.ev == evRolledBack {
+					ev.why = "crashed"
 				}
 				if s.ev == evExited {
 					ev.status = waitStatus(s.exit)

@@ -43,6 +43,12 @@ type Status struct {
 	// fails at once when this grows.
 	FailedReloads    int           `json:"failed_reloads"`
 	LastFailedReload *failedReload `json:"last_failed_reload,omitempty"`
+	// Probation: the serving generation is on --probation, its old server
+	// idle beside it to roll back to.
+	Probation *ProbationStatus `json:"probation,omitempty"`
+	// LastRollback: the last release rolled back after it took over (it
+	// failed its probation).
+	LastRollback *RollbackStatus `json:"last_rollback,omitempty"`
 	// DetachedUntil: stopped by its supervisor with --detach-on-stop, the
 	// launcher serves until then, unless a newer takeover replaces it.
 	DetachedUntil *time.Time `json:"detached_until,omitempty"`
@@ -56,6 +62,22 @@ type Draining struct {
 	TakeoverPID int       `json:"takeover_pid,omitempty"` // the takeover it ran under, when that is another
 	Target      string    `json:"target"`
 	Since       time.Time `json:"since"`
+}
+
+// A ProbationStatus is a probation under way.
+type ProbationStatus struct {
+	Since   time.Time `json:"since"`
+	Until   time.Time `json:"until"`
+	OldPIDs []int     `json:"old_pids"`
+	Canary  int       `json:"canary_percent,omitempty"`
+}
+
+// A RollbackStatus is a release rolled back after it took over.
+type RollbackStatus struct {
+	Generation int       `json:"generation"`
+	PID        int       `json:"pid"`
+	At         time.Time `json:"at"`
+	Why        string    `json:"why"` // "rolled back after 2.1s: the new generation (pid 123) exited"
 }
 
 // restartInfo is the status record's account of the last crash.
@@ -119,6 +141,9 @@ func (l *launcher) writeStatus(g *generation, swaps []*swap.Record) {
 	defer l.mu.Unlock()
 	st := &l.status
 	st.State, st.Generation, st.ChildPID, st.ServingSince = "serving", g.num, g.pid, g.started.UTC()
+	if l.cfg.Probation > 0 {
+		st.State = "probation" // until the swap says whether it is on probation, so that a deploy waits
+	}
 	st.LastSwap = []swapStatus{}
 	by, readyAt := g.readiedBy()
 	st.ReadyBy = by
@@ -155,6 +180,35 @@ func (l *launcher) rolledBack(g *generation) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.flushStatus()
+}
+
+// setProbation records g's probation, p, begun.
+func (l *launcher) setProbation(g *generation, p *ProbationStatus) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.status.State, l.status.Probation = "probation", p
+	l.flushStatus()
+}
+
+// probationOver records the end of g's probation: passed (why ""), or
+// rolled back, with serving the generation that serves on (nil: another
+// takeover's).
+func (l *launcher) probationOver(g *generation, why string, serving *generation) {
+	if why != "" {
+		l.rolledBack(g)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := &l.status
+	st.Probation, st.State = nil, "serving"
+	if why != "" {
+		st.LastRollback = &RollbackStatus{Generation: g.num, PID: g.pid, At: time.Now().UTC(), Why: why}
+		st.State = "rolled-back"
+		if serving != nil {
+			st.State, st.Generation, st.ChildPID, st.ServingSince = "serving", serving.num, serving.pid, serving.started.UTC()
+		}
+	}
 	l.flushStatus()
 }
 
