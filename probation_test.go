@@ -257,6 +257,10 @@ func TestProbationCanary(t *testing.T) {
 		}
 	})
 	b.waitLog(t, "on probation")
+	// The old processes to stop: takeover A, which stops its server.
+	if out, code := runTakeoverCmd(t, nil, "status", port); code != 0 || !strings.Contains(out, "probation: old pids ["+strconv.Itoa(a.cmd.Process.Pid)+"] idle beside it, canary 10 %") {
+		t.Errorf("takeover status %s during the probation: exit %d, want 0 and the probation:\n%s", port, code, out)
+	}
 	by := map[int]int{}
 	const n = 1000
 	for range n {

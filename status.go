@@ -186,6 +186,17 @@ func printStatus(w io.Writer, specs target.List, out []takeoverStatus, now time.
 			}
 			fmt.Fprintf(w, "  draining: pid %d%s  %s  for %s (since %s)\n", d.PID, under, d.Target, ago(d.Since), d.Since.Local().Format("15:04:05"))
 		}
+		if p := t.Probation; p != nil {
+			canary := ""
+			if p.Canary > 0 {
+				canary = fmt.Sprintf(", canary %d %%", p.Canary)
+			}
+			fmt.Fprintf(w, "  probation: old pids %v idle beside it%s, %s left (until %s)\n", p.OldPIDs, canary,
+				p.Until.Sub(now).Round(time.Second), p.Until.Local().Format("15:04:05"))
+		}
+		if r := t.LastRollback; r != nil {
+			fmt.Fprintf(w, "  last rollback %s ago: generation %d (pid %d) %s\n", ago(r.At), r.Generation, r.PID, r.Why)
+		}
 		for _, s := range t.LastSwap {
 			line := fmt.Sprintf("  last swap: %s %s", s.Address, s.Strategy)
 			if s.Via != "" {
