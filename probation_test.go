@@ -282,3 +282,48 @@ func TestProbationCanary(t *testing.T) {
 		t.Errorf("takeover A exited during the canary; its server is to stay until the probation ends")
 	}
 }
+
+// TestDeployProbation: `takeover deploy --probation` of a release that
+// crashes during its probation exits 123, saying it was rolled back and
+// why; what served serves on. Of a good release it exits 0 only once the
+// probation has passed.
+func TestDeployProbation(t *testing.T) {
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
+	dir := t.TempDir()
+	app := filepath.Join(dir, "app")
+	healthApp(t, app, 200)
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	startTakeover(t, "healthserve", "--port", port, "--kill-timeout", "2s", "--", app, addr)
+	testutil.WaitServing(t, addr)
+	old := serving(t, addr)
+
+	healthApp(t, app, 200, "TAKEOVER_TEST_CRASH_AFTER=1s")
+	logFile := filepath.Join(dir, "deploy.log")
+	helper := []string{"TAKEOVER_TEST_HELPER=healthserve"}
+	out, code := runTakeoverCmd(t, helper, "deploy", "--timeout", "60s", "--log", logFile,
+		"--port", port, "--probation", "10s", "--kill-timeout", "2s", "--", app, addr)
+	if m := deployedPID.FindStringSubmatch(out); m != nil {
+		pid, _ := strconv.Atoi(m[1])
+		t.Cleanup(func() { stopDeployed(t, pid) })
+	}
+	if code != supervise.ExitRolledBack || !strings.Contains(out, "failed its --probation") || !strings.Contains(out, "rolled back after") {
+		t.Errorf("deploy of a release that crashes on probation: exit %d, want %d, the probation and why:\n%s", code, supervise.ExitRolledBack, out)
+	}
+	if now := serving(t, addr); now != old {
+		t.Errorf("pid %d serves after the rollback, want %d", now, old)
+	}
+
+	healthApp(t, app, 200)
+	out, code = runTakeoverCmd(t, helper, "deploy", "--timeout", "60s", "--log", logFile,
+		"--port", port, "--probation", "2s", "--kill-timeout", "2s", "--", app, addr)
+	if m := deployedPID.FindStringSubmatch(out); m != nil {
+		pid, _ := strconv.Atoi(m[1])
+		t.Cleanup(func() { stopDeployed(t, pid) })
+	}
+	b, _ := os.ReadFile(logFile)
+	if code != 0 || !strings.Contains(string(b), "passed its probation") {
+		t.Errorf("deploy of a good release: exit %d, want 0 once its probation passed (log has it: %v):\n%s", code, strings.Contains(string(b), "passed its probation"), out)
+	}
+	testutil.WaitGone(t, old)
+}
