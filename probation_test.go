@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -326,4 +327,74 @@ func TestDeployProbation(t *testing.T) {
 		t.Errorf("deploy of a good release: exit %d, want 0 once its probation passed (log has it: %v):\n%s", code, strings.Contains(string(b), "passed its probation"), out)
 	}
 	testutil.WaitGone(t, old)
+}
+
+// TestProbationOldExits: the old server going away during the probation
+// (its takeover stopped) ends the probation: the new generation is kept,
+// and the log says so.
+func TestProbationOldExits(t *testing.T) {
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
+	app := filepath.Join(t.TempDir(), "app")
+	healthApp(t, app, 200)
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	a := startTakeover(t, "healthserve", "--port", port, "--kill-timeout", "2s", "--", app, addr)
+	testutil.WaitServing(t, addr)
+	b := startTakeover(t, "healthserve", "--port", port, "--probation", "60s", "--kill-timeout", "2s", "--", app, addr)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("B's log:\n%s", b.stderr)
+		}
+	})
+	b.waitLog(t, "on probation")
+	nw := serving(t, addr)
+	a.cmd.Process.Signal(syscall.SIGTERM) // the test's own child, not reaped yet
+	a.wait(t)
+	b.waitLog(t, "the old server exited during probation")
+	if !b.running() || strings.Contains(b.stderr.String(), "rolled back") {
+		t.Fatalf("B rolled back or exited when the old server went away")
+	}
+	if now := serving(t, addr); now != nw {
+		t.Errorf("pid %d serves, want the new generation %d", now, nw)
+	}
+}
+
+// TestProbationHUP: a HUP during a probation ends it as passed (the
+// generation before is stopped, once), and the next release goes on
+// probation with the one that was on probation as its old server.
+func TestProbationHUP(t *testing.T) {
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
+	app := filepath.Join(t.TempDir(), "app")
+	healthApp(t, app, 200)
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	r := startTakeover(t, "healthserve", "--port", port, "--probation", "60s", "--kill-timeout", "2s", "--", app, addr)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("takeover's log:\n%s", r.stderr)
+		}
+	})
+	testutil.WaitServing(t, addr)
+	first := serving(t, addr)
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	r.waitLog(t, "on probation")
+	second := serving(t, addr)
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	r.waitLog(t, "probation cut short")
+	testutil.WaitGone(t, first)
+	for deadline := time.Now().Add(30 * time.Second); strings.Count(r.stderr.String(), "on probation") < 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second reload did not go on probation")
+		}
+	}
+	third := serving(t, addr)
+	if third == second || third == first || third == 0 {
+		t.Errorf("after the second HUP pid %d serves; want a third generation (first %d, second %d)", third, first, second)
+	}
+	if err := syscall.Kill(second, 0); err != nil {
+		t.Errorf("the second generation (pid %d), the old server of the third's probation, is gone: %v", second, err)
+	}
+	if n := strings.Count(r.stderr.String(), "rolled back"); n != 0 {
+		t.Errorf("%d rollbacks in the log, want none", n)
+	}
 }
