@@ -8,14 +8,10 @@
 package metrics
 
 import (
-	"bytes"
-	"net/http"
+	"cmp"
 	"slices"
+	"sync"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/prometheus/common/expfmt"
 )
 
 // Counts are a Set's counters, as a status record holds them: what a newer
@@ -42,55 +38,67 @@ const (
 	RolledBack = "rolled_back" // the new generation was not ready in time and was stopped
 )
 
-// A Set holds one launcher's metrics in a registry of its own. A nil Set
-// counts nothing (a launcher made by hand, in a test).
+// A Set holds one launcher's metrics. A nil Set counts nothing (a
+// launcher made by hand, in a test). Its methods are safe for concurrent
+// use.
+//
+// The text format is written here (exposition.go) rather than by
+// prometheus/client_golang: that library's package initialisation (its
+// default registry's collectors, protobuf descriptors, net/http) cost
+// every process of this binary some 8 ms of CPU at start here (`perf
+// stat`: 19 against 11 ms for `takeover version`), and every takeover
+// process pays it: each generation's shim, `takeover who` and `status`.
+// The tests parse what is written with prometheus/common's text parser
+// and promtool, and check it against client_golang's own output for the
+// same counts (TestSameAsClientGolang).
 type Set struct {
-	reg                                         *prometheus.Registry
-	swaps                                       *prometheus.CounterVec
-	swapTime, readyWait, drain, refused         *prometheus.HistogramVec
-	restarts, giveUps, rollbacks, failedReloads prometheus.Counter
-	generation, draining, socketsHeld           prometheus.Gauge
+	mu                                          sync.Mutex
+	swaps                                       map[swapKey]uint64
+	swapTime, readyWait, drain, refused         map[string]*histogram // by target
+	restarts, giveUps, rollbacks, failedReloads uint64
+	generation, draining, socketsHeld           float64
 }
+
+type swapKey struct{ target, strategy, result string }
 
 // swapBuckets span a sub-millisecond rebind window to a JVM's minute of
 // start-up.
 var swapBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
+// A histogram counts observations in swapBuckets (each its own bucket;
+// the text format's are cumulative).
+type histogram struct {
+	counts []uint64 // len(swapBuckets)+1: the last is above every bound
+	sum    float64
+	n      uint64
+}
+
+func (h *histogram) observe(v float64) {
+	i, _ := slices.BinarySearch(swapBuckets, v) // the first bound >= v: buckets are "le"
+	h.counts[i]++
+	h.sum += v
+	h.n++
+}
+
+// observe adds v to the histogram of target in hs.
+func observe(hs map[string]*histogram, target string, v float64) {
+	h := hs[target]
+	if h == nil {
+		h = &histogram{counts: make([]uint64, len(swapBuckets)+1)}
+		hs[target] = h
+	}
+	h.observe(v)
+}
+
 // New returns a Set whose counters start from prior (the takeover it
 // replaces: see Counts).
 func New(prior Counts) *Set {
-	s := &Set{reg: prometheus.NewRegistry()}
-	hist := func(name, help string) *prometheus.HistogramVec {
-		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: swapBuckets}, []string{"target"})
-	}
-	counter := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
-	}
-	gauge := func(name, help string) prometheus.Gauge {
-		return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
-	}
-	s.swaps = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "takeover_swaps_total",
-		Help: "Swaps of a target by strategy (fresh, handoff, rebind, rename) and result (ok, rolled_back)."}, []string{"target", "strategy", "result"})
-	s.swapTime = hist("takeover_swap_duration_seconds", "From the new server's bind(2) of the target to its readiness.")
-	s.readyWait = hist("takeover_ready_wait_seconds", "From the start of the new generation to its readiness.")
-	s.drain = hist("takeover_drain_seconds", "From the swap's completion to the old server's exit.")
-	s.refused = hist("takeover_refused_window_seconds", "How long a swap refused connections: a rebind's window (0 for a handoff; a fresh bind is not counted).")
-	s.restarts = counter("takeover_restarts_total", "Restarts of the command after it died having served.")
-	s.giveUps = counter("takeover_restart_give_ups_total", "Times takeover gave up restarting after --max-restarts within --restart-window.")
-	s.rollbacks = counter("takeover_rollbacks_total", "New generations stopped for not being ready within --ready-timeout.")
-	s.failedReloads = counter("takeover_failed_reloads_total", "Reloads whose new generation never served.")
-	s.generation = gauge("takeover_generation", "The number of the generation serving, counted from 1 in each takeover.")
-	s.draining = gauge("takeover_old_generations_draining", "Old servers finishing their connections before they exit.")
-	s.socketsHeld = gauge("takeover_sockets_held", "Listening sockets the serving generation took over or bound.")
-	s.reg.MustRegister(s.swaps, s.swapTime, s.readyWait, s.drain, s.refused, s.restarts, s.giveUps, s.rollbacks, s.failedReloads,
-		s.generation, s.draining, s.socketsHeld)
+	s := &Set{swaps: map[swapKey]uint64{}, swapTime: map[string]*histogram{}, readyWait: map[string]*histogram{},
+		drain: map[string]*histogram{}, refused: map[string]*histogram{},
+		restarts: prior.Restarts, giveUps: prior.GiveUps, rollbacks: prior.Rollbacks, failedReloads: prior.FailedReloads}
 	for _, c := range prior.Swaps {
-		s.swaps.WithLabelValues(c.Target, c.Strategy, c.Result).Add(float64(c.N))
+		s.swaps[swapKey{c.Target, c.Strategy, c.Result}] += c.N
 	}
-	s.restarts.Add(float64(prior.Restarts))
-	s.giveUps.Add(float64(prior.GiveUps))
-	s.rollbacks.Add(float64(prior.Rollbacks))
-	s.failedReloads.Add(float64(prior.FailedReloads))
 	return s
 }
 
@@ -99,30 +107,39 @@ func (s *Set) Swap(target, strategy, result string, took, readyWait, refused tim
 	if s == nil {
 		return
 	}
-	s.swaps.WithLabelValues(target, strategy, result).Inc()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.swaps[swapKey{target, strategy, result}]++
 	if result != OK {
 		return
 	}
-	s.swapTime.WithLabelValues(target).Observe(took.Seconds())
-	s.readyWait.WithLabelValues(target).Observe(readyWait.Seconds())
+	observe(s.swapTime, target, took.Seconds())
+	observe(s.readyWait, target, readyWait.Seconds())
 	if strategy != "fresh" {
-		s.refused.WithLabelValues(target).Observe(refused.Seconds())
+		observe(s.refused, target, refused.Seconds())
 	}
 }
 
 // Drained observes how long an old server of target took to exit.
 func (s *Set) Drained(target string, d time.Duration) {
-	s.drain.WithLabelValues(target).Observe(d.Seconds())
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	observe(s.drain, target, d.Seconds())
 }
 
-func (s *Set) Restart()      { s.inc(func(s *Set) prometheus.Counter { return s.restarts }) }
-func (s *Set) GiveUp()       { s.inc(func(s *Set) prometheus.Counter { return s.giveUps }) }
-func (s *Set) Rollback()     { s.inc(func(s *Set) prometheus.Counter { return s.rollbacks }) }
-func (s *Set) FailedReload() { s.inc(func(s *Set) prometheus.Counter { return s.failedReloads }) }
+func (s *Set) Restart()      { s.inc(func(s *Set) *uint64 { return &s.restarts }) }
+func (s *Set) GiveUp()       { s.inc(func(s *Set) *uint64 { return &s.giveUps }) }
+func (s *Set) Rollback()     { s.inc(func(s *Set) *uint64 { return &s.rollbacks }) }
+func (s *Set) FailedReload() { s.inc(func(s *Set) *uint64 { return &s.failedReloads }) }
 
-func (s *Set) inc(counter func(*Set) prometheus.Counter) {
+func (s *Set) inc(counter func(*Set) *uint64) {
 	if s != nil {
-		counter(s).Inc()
+		s.mu.Lock()
+		*counter(s)++
+		s.mu.Unlock()
 	}
 }
 
@@ -132,15 +149,17 @@ func (s *Set) Serving(generation, draining, sockets int) {
 	if s == nil {
 		return
 	}
-	s.generation.Set(float64(generation))
-	s.draining.Set(float64(draining))
-	s.socketsHeld.Set(float64(sockets))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.generation, s.draining, s.socketsHeld = float64(generation), float64(draining), float64(sockets)
 }
 
 // Draining sets the gauge of old generations draining.
 func (s *Set) Draining(n int) {
 	if s != nil {
-		s.draining.Set(float64(n))
+		s.mu.Lock()
+		s.draining = float64(n)
+		s.mu.Unlock()
 	}
 }
 
@@ -150,58 +169,16 @@ func (s *Set) Counts() Counts {
 	if s == nil {
 		return c
 	}
-	mfs, _ := s.reg.Gather()
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			v := uint64(m.GetCounter().GetValue())
-			switch mf.GetName() {
-			case "takeover_swaps_total":
-				sc := SwapCount{N: v}
-				for _, l := range m.GetLabel() {
-					switch l.GetName() {
-					case "target":
-						sc.Target = l.GetValue()
-					case "strategy":
-						sc.Strategy = l.GetValue()
-					case "result":
-						sc.Result = l.GetValue()
-					}
-				}
-				c.Swaps = append(c.Swaps, sc)
-			case "takeover_restarts_total":
-				c.Restarts = v
-			case "takeover_restart_give_ups_total":
-				c.GiveUps = v
-			case "takeover_rollbacks_total":
-				c.Rollbacks = v
-			case "takeover_failed_reloads_total":
-				c.FailedReloads = v
-			}
-		}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, n := range s.swaps {
+		c.Swaps = append(c.Swaps, SwapCount{Target: k.target, Strategy: k.strategy, Result: k.result, N: n})
 	}
+	slices.SortFunc(c.Swaps, func(a, b SwapCount) int {
+		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Strategy, b.Strategy), cmp.Compare(a.Result, b.Result))
+	})
+	c.Restarts, c.GiveUps, c.Rollbacks, c.FailedReloads = s.restarts, s.giveUps, s.rollbacks, s.failedReloads
 	return c
-}
-
-// Handler serves the metrics (GET /metrics).
-func (s *Set) Handler() http.Handler {
-	return promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})
-}
-
-// Text returns the metrics in the text format, for --metrics-file (what
-// node_exporter's textfile collector reads).
-func (s *Set) Text() ([]byte, error) {
-	mfs, err := s.reg.Gather()
-	if err != nil {
-		return nil, err
-	}
-	var b bytes.Buffer
-	enc := expfmt.NewEncoder(&b, expfmt.NewFormat(expfmt.TypeTextPlain))
-	for _, mf := range mfs {
-		if err := enc.Encode(mf); err != nil {
-			return nil, err
-		}
-	}
-	return b.Bytes(), nil
 }
 
 // Add returns the sum of a and b, swaps of the same labels added up: the

@@ -1,15 +1,18 @@
 package metrics
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -74,9 +77,11 @@ func Listen(network, address string) (net.Listener, error) {
 	return lc.Listen(context.Background(), "tcp", address)
 }
 
-// Serve serves GET /metrics on ln until stop is called. A unix socket's
-// file is removed then only if it is still this one's: in a deploy the
-// newer takeover's has taken the path.
+// Serve serves GET /metrics on ln until stop is called: one request per
+// connection, answered and closed (Prometheus and curl take that as any
+// HTTP/1.1 server's answer). A unix socket's file is removed then only if
+// it is still this one's: in a deploy the newer takeover's has taken the
+// path.
 func (s *Set) Serve(ln net.Listener) (stop func()) {
 	var path string
 	var mine os.FileInfo
@@ -85,19 +90,85 @@ func (s *Set) Serve(ln net.Listener) (stop func()) {
 		path = u.Addr().String()
 		mine, _ = os.Stat(path)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", s.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	var answering sync.WaitGroup
 	done := make(chan struct{})
 	go func() {
-		srv.Serve(ln) // until Close
-		close(done)
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if err != nil {
+				time.Sleep(10 * time.Millisecond) // EMFILE and the like: try again
+				continue
+			}
+			answering.Add(1)
+			go func() {
+				defer answering.Done()
+				s.answer(c)
+			}()
+		}
 	}()
 	return func() {
-		srv.Close()
+		ln.Close()
 		<-done
+		answering.Wait()
 		if fi, err := os.Stat(path); mine != nil && err == nil && os.SameFile(fi, mine) {
 			os.Remove(path)
 		}
 	}
 }
+
+// answerTimeout bounds one scrape: reading the request and writing the
+// answer.
+var answerTimeout = 10 * time.Second
+
+// answer reads one HTTP/1.x request from c, answers it and closes c: GET
+// or HEAD of /metrics gets the metrics; another path 404, another method
+// 405, something that is not HTTP/1 400.
+func (s *Set) answer(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(answerTimeout))
+	r := bufio.NewReader(io.LimitReader(c, 64<<10))
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return
+	}
+	for { // the header fields, up to the empty line
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if l == "\r\n" || l == "\n" {
+			break
+		}
+	}
+	method, rest, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
+	target, proto, _ := strings.Cut(rest, " ")
+	path, _, _ := strings.Cut(target, "?")
+	code, body, ctype := 200, []byte(nil), ContentType
+	switch {
+	case !strings.HasPrefix(proto, "HTTP/1."):
+		code = 400
+	case path != "/metrics":
+		code = 404
+	case method != "GET" && method != "HEAD":
+		code = 405
+	default:
+		body, _ = s.Text()
+	}
+	if code != 200 {
+		body, ctype = []byte(statusText[code]+"\n"), "text/plain; charset=utf-8"
+	}
+	head := fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n", code, statusText[code], ctype, len(body))
+	if code == 405 {
+		head += "Allow: GET, HEAD\r\n"
+	}
+	if method == "HEAD" {
+		body = nil
+	}
+	c.Write(append([]byte(head+"\r\n"), body...))
+}
+
+var statusText = map[int]string{200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}

@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -8,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -149,38 +149,82 @@ func (g *generation) checkHTTP(ctx context.Context, h ready.Health, timeout time
 			fence.EndCheck(sock)
 		}
 	}()
-	client := &http.Client{
-		Timeout: timeout,
-		Transport: &http.Transport{
-			// No proxy, whatever HTTP_PROXY says: nothing leaves the host.
-			Proxy: nil, DialContext: d.DialContext, DisableKeepAlives: true,
-		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
+	conn, err := d.DialContext(ctx, "tcp", h.Addr.String())
 	if err != nil {
-		return false, err.Error()
+		return false, httpError(err, timeout)
 	}
-	req.Header.Set("User-Agent", "takeover-health-check")
-	resp, err := client.Do(req)
-	var uerr *url.Error
-	switch {
-	case err != nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)):
-		return false, fmt.Sprintf("%s %v", noAnswer, timeout)
-	case errors.As(err, &uerr):
-		return false, uerr.Err.Error() // without the URL, which the log says
-	case err != nil:
-		return false, err.Error()
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+	code, answer, err := getHTTP(conn, h.URL)
+	if err != nil {
+		return false, httpError(err, timeout)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, answerMax))
-	answer := resp.Status
-	if b := firstLine(body); b != "" {
+	return code >= 200 && code < 300, answer
+}
+
+// httpError says what went wrong with a check's request: no answer
+// within timeout, or the error (without the URL, which the log says).
+func httpError(err error, timeout time.Duration) string {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Sprintf("%s %v", noAnswer, timeout)
+	}
+	return err.Error()
+}
+
+// getHTTP sends GET of rawURL over conn as an HTTP/1.1 client that closes
+// the connection after one answer, and returns the answer's status code,
+// and its status and first line of body ("200 OK: \"ok\""). It follows no
+// redirect and takes no proxy: the check stays on this host. (net/http's
+// client would do the same, at the cost of its package's start-up in every
+// takeover process; see internal/metrics.)
+func getHTTP(conn net.Conn, rawURL string) (int, string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return 0, "", err
+	}
+	req := "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host + "\r\nUser-Agent: takeover-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+	if _, err := io.WriteString(conn, req); err != nil {
+		return 0, "", err
+	}
+	r := bufio.NewReader(io.LimitReader(conn, 64<<10))
+	status, err := r.ReadString('\n')
+	if err != nil {
+		return 0, "", fmt.Errorf("no HTTP answer: %w", err)
+	}
+	proto, status, _ := strings.Cut(strings.TrimRight(status, "\r\n"), " ")
+	codeText, _, _ := strings.Cut(status, " ")
+	code, err := strconv.Atoi(codeText)
+	if !strings.HasPrefix(proto, "HTTP/") || err != nil || code < 100 || code > 999 {
+		return 0, "", fmt.Errorf("not an HTTP answer: %q", firstLine([]byte(proto+" "+status)))
+	}
+	chunked := false
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return 0, "", fmt.Errorf("the answer's header: %w", err)
+		}
+		l = strings.TrimRight(l, "\r\n")
+		if l == "" {
+			break
+		}
+		name, value, _ := strings.Cut(l, ":")
+		if strings.EqualFold(strings.TrimSpace(name), "Transfer-Encoding") && strings.Contains(strings.ToLower(value), "chunked") {
+			chunked = true
+		}
+	}
+	if chunked {
+		r.ReadString('\n') // the first chunk's size
+	}
+	body := make([]byte, answerMax)
+	n, _ := io.ReadFull(r, body)
+	answer := status
+	if b := firstLine(body[:n]); b != "" {
 		answer += ": " + strconv.Quote(b)
 	}
-	return resp.StatusCode >= 200 && resp.StatusCode < 300, answer
+	return code, answer, nil
 }
 
 // heldFor returns the generation's socket the check's address reaches: of
