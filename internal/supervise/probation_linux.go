@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/pidfd"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/swap"
@@ -225,6 +226,49 @@ func (l *launcher) rollBack(ctx context.Context, g *generation, stop swap.Stops,
 			f.ReleaseMigrate()
 		}
 	}()
+}
+
+// stopLeftBehind stops what a rolled-back release left running as its
+// server exited (nginx's workers, once their master has crashed): orphaned
+// to takeover, they hold the release's listening sockets, and would outlive
+// takeover unsupervised and keep the port from the next deploy. Called as
+// takeover exits with ExitRolledBack, when its descendants are the
+// release's alone (the old server is another takeover's): the stop signal,
+// then SIGKILL after --kill-timeout.
+func (l *launcher) stopLeftBehind() {
+	left := l.leftRunning()
+	if len(left) == 0 {
+		return
+	}
+	var ps []*pidfd.Process
+	for _, p := range pidfd.OpenAll(left) {
+		// Checked after the pidfd is open: still a descendant, so the
+		// pidfd is that process, not a later one that reused its pid.
+		if slices.Contains(procfs.FS("/proc").WithDescendants([]int{l.self}), p.PID) {
+			ps = append(ps, p)
+		} else {
+			p.Close()
+		}
+	}
+	defer pidfd.CloseAll(ps)
+	sig := l.cfg.signal()
+	l.log.Warn("the rolled-back release left processes running; stopping them", "pids", fmt.Sprint(pidfd.PIDsOf(ps)), "signal", unix.SignalName(sig))
+	for _, p := range ps {
+		p.Signal(sig)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.killTimeout())
+	defer cancel()
+	for _, p := range ps {
+		if !p.Wait(ctx) {
+			l.log.Warn("killing what the rolled-back release left: it did not exit within --kill-timeout of the stop signal", "pid", p.PID)
+			p.Signal(unix.SIGKILL)
+		}
+	}
+	killed, cancelKilled := context.WithTimeout(context.Background(), time.Second)
+	defer cancelKilled()
+	for _, p := range ps {
+		p.Wait(killed)
+	}
 }
 
 // socketsListen reports whether one of the listening sockets inodes still

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/takeover/takeover/internal/supervise"
+	"github.com/takeover/takeover/internal/testutil"
+)
+
+// TestProbationStopsWhatACrashLeft: a release on probation whose main
+// process crashes and leaves a worker serving its socket (nginx's workers
+// when their master dies; here a shell whose child serves) is rolled back,
+// and its worker is stopped before its takeover exits: left running, it
+// would hold the port, and the next deploy's bind would be refused.
+func TestProbationStopsWhatACrashLeft(t *testing.T) {
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
+	procs := trackProcesses(t)
+	self, _ := os.Executable()
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	a := startTakeover(t, "healthserve", "--port", port, "--kill-timeout", "2s", "--", self, addr)
+	testutil.WaitServing(t, addr)
+	old := serving(t, addr)
+
+	b := startTakeover(t, "healthserve", "--port", port, "--probation", "10s", "--kill-timeout", "2s", "--",
+		"/bin/sh", "-c", `"$0" "$1" & wait`, self, addr)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("A's log:\n%s\nB's log:\n%s", a.stderr, b.stderr)
+		}
+	})
+	b.waitLog(t, "on probation")
+	worker := serving(t, addr)
+	var shell, left procKey
+	for _, p := range treeOf(b.cmd.Process.Pid) {
+		switch _, ppid, _, _ := statOf(p.PID); {
+		case ppid == b.cmd.Process.Pid:
+			shell = p
+		case p.PID == worker:
+			left = p
+		}
+	}
+	if shell.PID == 0 || left.PID == 0 {
+		t.Fatalf("the release's shell and its serving child (pid %d) are not among B's processes: %s", worker, procList(treeOf(b.cmd.Process.Pid)))
+	}
+	shell.kill() // its child, orphaned to B, serves on
+
+	if code := b.wait(t); code != supervise.ExitRolledBack {
+		t.Errorf("B exited %d, want %d (rolled back)", code, supervise.ExitRolledBack)
+	}
+	if gone := awaitGone([]procKey{left}, 5*time.Second); len(gone) > 0 {
+		t.Errorf("the rolled-back release's worker %d still runs after its takeover exited", left.PID)
+	}
+	if now := serving(t, addr); now != old {
+		t.Errorf("pid %d serves after the rollback, want the old %d", now, old)
+	}
+	if !a.running() {
+		t.Fatalf("takeover A exited; it serves on after a rollback")
+	}
+	// The next deploy replaces A as any deploy does.
+	c := startTakeover(t, "healthserve", "--port", port, "--kill-timeout", "2s", "--", self, addr)
+	c.waitLog(t, "took over")
+	if code := a.wait(t); code != 0 {
+		t.Errorf("takeover A exited %d when C replaced it, want 0", code)
+	}
+	stopAndCheck(t, c, unixSignal(t, "TERM"), procs)
+}
