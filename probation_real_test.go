@@ -128,15 +128,16 @@ type probFigure struct {
 var rolledBackAfter = regexp.MustCompile(`rolled back after ([0-9.]+m?s)`)
 
 // TestProbationRealServers: for each real server, under load from the host,
-// (1) a release that crashes (SIGKILL of its processes, as the OOM killer
-// does) 2 s after it took the traffic, during a 10 s probation, is rolled
-// back: nothing refused, no request lost but those sent before the crash
-// (at most one per client), the old takeover's server, the same process as
-// before, serves on, and the new takeover exits 123; (2) for the HTTP
-// servers, a release whose health URL answers 500 is never given traffic
-// with --ready (exit 124), and is rolled back from its probation with
-// --health (exit 123), no request failed either way; (3) a good release
-// passes a 3 s probation, and the old server is stopped only after it.
+// (1) a release whose server process crashes (SIGKILL, as the OOM killer
+// does; nginx's workers live on) 2 s after it took the traffic, during a
+// 10 s probation, is rolled back: nothing refused, no request lost but those
+// sent before the crash (at most one per client), the old takeover's
+// server, the same process as before, serves on, the new takeover exits
+// 123, and nothing of the release is left; (2) for the HTTP servers, a
+// release whose health URL answers 500 is never given traffic with --ready
+// (exit 124), and is rolled back from its probation with --health (exit
+// 123), no request failed either way; (3) a good release passes a 3 s
+// probation, and the old server is stopped only after it.
 func TestProbationRealServers(t *testing.T) {
 	takeoverBin(t)
 	var figs []probFigure
@@ -210,18 +211,22 @@ func testProbationReal(t *testing.T, srv probServer) []probFigure {
 			t.Errorf("on probation, pid %d answers, want the new release's %d: it took the traffic", got, crashed.PID)
 		}
 		time.Sleep(probCrashAfter)
-		killed := treeOf(b.cmd.Process.Pid)
-		for _, p := range killed { // its server first: no respawned worker is missed
-			p.kill()
-		}
+		// The server process crashes (nginx's master: its workers live
+		// on, orphaned).
+		release := treeOf(b.cmd.Process.Pid)
+		crashed.kill()
 		// Dead, it holds nothing more: every request it lost was sent
 		// before now.
-		for deadline := time.Now().Add(10 * time.Second); len(awaitGone(killed, 0)) > 0 && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(10 * time.Second); crashed.alive() && time.Now().Before(deadline); {
 			time.Sleep(100 * time.Microsecond)
 		}
 		crashAt := time.Now()
 		code := b.wait(t)
 		h.checkRolledBack(b, code, supervise.ExitRolledBack, old, "exited")
+		// Nothing of the release outlives its takeover.
+		if left := awaitGone(release, 5*time.Second); len(left) > 0 {
+			t.Errorf("the rolled-back release left running after its takeover exited: %s", procList(left))
+		}
 		return rollbackOutcome(b, code), crashAt
 	})
 
