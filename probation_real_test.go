@@ -113,6 +113,8 @@ const (
 	probCrashProbation = 10 * time.Second
 	probCrashAfter     = 2 * time.Second
 	probGoodProbation  = 3 * time.Second
+	probCanary         = 10 // percent
+	probCanaryRequests = 1000
 	// probLoadWorkers is how many requests the harness's load has in
 	// flight at most: all a crash may lose.
 	probLoadWorkers = 2
@@ -133,11 +135,13 @@ var rolledBackAfter = regexp.MustCompile(`rolled back after ([0-9.]+m?s)`)
 // 10 s probation, is rolled back: nothing refused, no request lost but those
 // sent before the crash (at most one per client), the old takeover's
 // server, the same process as before, serves on, the new takeover exits
-// 123, and nothing of the release is left; (2) for the HTTP servers, a
-// release whose health URL answers 500 is never given traffic with --ready
-// (exit 124), and is rolled back from its probation with --health (exit
-// 123), no request failed either way; (3) a good release passes a 3 s
-// probation, and the old server is stopped only after it.
+// 123, and nothing of the release is left; (2) with --canary 10, 6 to 14 %
+// of 1000 new connections reach the release, the rest the old server, and
+// its crash is rolled back as in (1); (3) for the HTTP servers, a release
+// whose health URL answers 500 is never given traffic with --ready (exit
+// 124), and is rolled back from its probation with --health (exit 123), no
+// request failed either way; (4) a good release passes a 3 s probation, and
+// the old server is stopped only after it.
 func TestProbationRealServers(t *testing.T) {
 	takeoverBin(t)
 	var figs []probFigure
@@ -201,38 +205,66 @@ func testProbationReal(t *testing.T, srv probServer) []probFigure {
 		}
 	}
 
-	// 1. A release that crashes 2 s into its probation.
-	each(fmt.Sprintf("crash at %v of %v", probCrashAfter, probCrashProbation), func() (string, time.Time) {
-		h.extra = []string{"--probation", probCrashProbation.String()}
-		b := h.start()
-		b.waitLog(t, "on probation")
+	// crash SIGKILLs the server process of b, a release on probation
+	// (nginx's master: its workers live on, orphaned), and returns when it
+	// was dead: it holds nothing more, and every request it lost was sent
+	// before. b is rolled back and exits 123, and nothing of the release
+	// outlives it.
+	crash := func(b *tkRun) time.Time {
 		crashed := h.serverOf(b)
-		if got := h.servingPID(); got != crashed.PID {
-			t.Errorf("on probation, pid %d answers, want the new release's %d: it took the traffic", got, crashed.PID)
-		}
-		time.Sleep(probCrashAfter)
-		// The server process crashes (nginx's master: its workers live
-		// on, orphaned).
 		release := treeOf(b.cmd.Process.Pid)
 		crashed.kill()
-		// Dead, it holds nothing more: every request it lost was sent
-		// before now.
 		for deadline := time.Now().Add(10 * time.Second); crashed.alive() && time.Now().Before(deadline); {
 			time.Sleep(100 * time.Microsecond)
 		}
 		crashAt := time.Now()
 		code := b.wait(t)
 		h.checkRolledBack(b, code, supervise.ExitRolledBack, old, "exited")
-		// Nothing of the release outlives its takeover.
 		if left := awaitGone(release, 5*time.Second); len(left) > 0 {
 			t.Errorf("the rolled-back release left running after its takeover exited: %s", procList(left))
 		}
-		return rollbackOutcome(b, code), crashAt
+		return crashAt
+	}
+
+	// 1. A release that crashes 2 s into its probation.
+	each(fmt.Sprintf("crash at %v of %v", probCrashAfter, probCrashProbation), func() (string, time.Time) {
+		h.extra = []string{"--probation", probCrashProbation.String()}
+		b := h.start()
+		b.waitLog(t, "on probation")
+		if got, want := h.servingPID(), h.serverOf(b).PID; got != want {
+			t.Errorf("on probation, pid %d answers, want the new release's %d: it took the traffic", got, want)
+		}
+		time.Sleep(probCrashAfter)
+		crashAt := crash(b)
+		return rollbackOutcome(b, exitCodeOf(b)), crashAt
+	})
+
+	// 2. A 10 % canary: about a tenth of new connections reach the
+	// release, the rest the old server; then it crashes, and is rolled
+	// back.
+	each(fmt.Sprintf("canary %d %%, then crash", probCanary), func() (string, time.Time) {
+		h.extra = []string{"--probation", "60s", "--canary", strconv.Itoa(probCanary)}
+		b := h.start()
+		b.waitLog(t, "on probation")
+		canary := h.serverOf(b).PID
+		by := map[int]int{}
+		for range probCanaryRequests {
+			by[h.servingPID()]++
+		}
+		share := float64(by[canary]) / probCanaryRequests
+		t.Logf("--canary %d: %d of %d new connections reached the release (%.1f %%), %d the old server, %d others",
+			probCanary, by[canary], probCanaryRequests, 100*share, by[old.PID], probCanaryRequests-by[canary]-by[old.PID])
+		// 10 % ± 4.2 binomial standard deviations (TestProbationCanary's).
+		if share < 0.06 || share > 0.14 || by[canary]+by[old.PID] != probCanaryRequests {
+			t.Errorf("--canary %d: the release got %.1f %% of new connections, want %d %%; by pid: %v", probCanary, 100*share, probCanary, by)
+		}
+		crashAt := crash(b)
+		return fmt.Sprintf("%.1f %% to the canary; %s", 100*share, rollbackOutcome(b, exitCodeOf(b))), crashAt
 	})
 
 	health := "http://" + h.addr + "/healthz"
 	if srv.unwell != nil {
-		// 2. A release whose health URL answers 500: with --ready, it is
+		// 3. A release whose health URL answers 500: with --ready, it is
 		// never given traffic; with --health, it is rolled back from its
 		// probation.
 		each("--ready answers 500", func() (string, time.Time) {
@@ -266,7 +298,7 @@ func testProbationReal(t *testing.T, srv probServer) []probFigure {
 		})
 	}
 
-	// 3. A good release passes its probation; the old server is stopped
+	// 4. A good release passes its probation; the old server is stopped
 	// after it, not before.
 	each(fmt.Sprintf("good, %v probation", probGoodProbation), func() (string, time.Time) {
 		h.extra = []string{"--probation", probGoodProbation.String()}
