@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -67,4 +69,57 @@ func TestProbationStopsWhatACrashLeft(t *testing.T) {
 		t.Errorf("takeover A exited %d when C replaced it, want 0", code)
 	}
 	stopAndCheck(t, c, unixSignal(t, "TERM"), procs)
+}
+
+// TestProbationReloadStopsWhatACrashLeft: the same for a HUP reload, after
+// which takeover serves on with the old generation: the crashed release's
+// worker, orphaned to takeover, is stopped, and the old generation (same
+// pid) serves on.
+func TestProbationReloadStopsWhatACrashLeft(t *testing.T) {
+	t.Setenv("TAKEOVER_RUN_DIR", filepath.Join(t.TempDir(), "run"))
+	procs := trackProcesses(t)
+	self, _ := os.Executable()
+	dir := t.TempDir()
+	app := filepath.Join(dir, "app")
+	healthApp(t, app, 200)
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	r := startTakeover(t, "healthserve", "--port", port, "--probation", "10s", "--kill-timeout", "2s", "--", app, addr)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("takeover's log:\n%s", r.stderr)
+		}
+	})
+	testutil.WaitServing(t, addr)
+	old := serving(t, addr)
+
+	// The release: a shell whose child serves.
+	script := fmt.Sprintf("#!/bin/sh\n%q \"$@\" &\nwait\n", self)
+	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	r.waitLog(t, "on probation")
+	worker := serving(t, addr)
+	var shell, left procKey
+	for _, p := range treeOf(r.cmd.Process.Pid) {
+		switch _, ppid, _, _ := statOf(p.PID); {
+		case ppid == r.cmd.Process.Pid && p.PID != old:
+			shell = p
+		case p.PID == worker:
+			left = p
+		}
+	}
+	if shell.PID == 0 || left.PID == 0 || worker == old {
+		t.Fatalf("the release's shell and its serving child (pid %d) are not among takeover's processes: %s", worker, procList(treeOf(r.cmd.Process.Pid)))
+	}
+	shell.kill()
+	r.waitLog(t, "rolled back after")
+	if gone := awaitGone([]procKey{left}, 10*time.Second); len(gone) > 0 {
+		t.Errorf("the rolled-back release's worker %d still runs", left.PID)
+	}
+	if now := serving(t, addr); now != old {
+		t.Errorf("pid %d serves after the rollback, want the old generation %d", now, old)
+	}
+	stopAndCheck(t, r, syscall.SIGTERM, procs)
 }

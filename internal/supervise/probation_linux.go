@@ -214,6 +214,7 @@ func (l *launcher) rollBack(ctx context.Context, g *generation, stop swap.Stops,
 	l.events <- event{kind: evRolledBack, g: g, why: msg}
 	// Once the new socket has left its group (its server gone, takeover's
 	// copies closed), nothing is left for tcp_migrate_req to move.
+	reload := g.prev != nil && !g.prev.hasExited() // takeover serves on with it
 	go func() {
 		select {
 		case <-g.exited:
@@ -222,10 +223,35 @@ func (l *launcher) rollBack(ctx context.Context, g *generation, stop swap.Stops,
 		for end := time.Now().Add(2 * time.Second); time.Now().Before(end) && socketsListen(inodes); {
 			time.Sleep(10 * time.Millisecond)
 		}
+		if reload && socketsListen(inodes) {
+			// (Where takeover exits, stopLeftBehind does it.)
+			l.stopHolders(inodes)
+		}
 		for _, f := range fences {
 			f.ReleaseMigrate()
 		}
 	}()
+}
+
+// stopHolders stops the processes under takeover that still hold the
+// listening sockets inodes of a rolled-back release, its server gone: what
+// it left running (stopLeftBehind), here beside the old generation, which
+// holds sockets of its own.
+func (l *launcher) stopHolders(inodes []uint64) {
+	under := procfs.FS("/proc").WithDescendants([]int{l.self})[1:]
+	found, err := procfs.FS("/proc").Holders(inodes, under)
+	if err != nil {
+		return
+	}
+	var pids []int
+	for _, hs := range found {
+		for _, h := range hs {
+			if !slices.Contains(pids, h.PID) {
+				pids = append(pids, h.PID)
+			}
+		}
+	}
+	l.stopLeft(pids)
 }
 
 // stopLeftBehind stops what a rolled-back release left running as its
@@ -236,7 +262,13 @@ func (l *launcher) rollBack(ctx context.Context, g *generation, stop swap.Stops,
 // release's alone (the old server is another takeover's): the stop signal,
 // then SIGKILL after --kill-timeout.
 func (l *launcher) stopLeftBehind() {
-	left := l.leftRunning()
+	l.stopLeft(l.leftRunning())
+}
+
+// stopLeft stops the processes left, which a rolled-back release left
+// running under takeover: the stop signal, then SIGKILL after
+// --kill-timeout.
+func (l *launcher) stopLeft(left []int) {
 	if len(left) == 0 {
 		return
 	}
