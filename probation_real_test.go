@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -167,6 +168,7 @@ func testProbationReal(t *testing.T, srv probServer) []probFigure {
 	h := &realHarness{t: t, srv: srv.realServer, addr: "127.0.0.1:" + port, bound: 30 * time.Second}
 	good := srv.argv(t, port, dir)
 	h.argv = good
+	h.extra = []string{"--probation", probCrashProbation.String()} // for its HUP reload
 	h.cur = h.start()
 	h.awaitSwapLine(h.cur, 1)
 	h.awaitAnswer("the first start")
@@ -237,6 +239,45 @@ func testProbationReal(t *testing.T, srv probServer) []probFigure {
 		time.Sleep(probCrashAfter)
 		crashAt := crash(b)
 		return rollbackOutcome(b, exitCodeOf(b)), crashAt
+	})
+
+	// 1b. The same for a HUP reload of the first takeover, which serves
+	// on with its old generation.
+	each(fmt.Sprintf("HUP, crash at %v of %v", probCrashAfter, probCrashProbation), func() (string, time.Time) {
+		a := h.cur
+		n := strings.Count(a.stderr.String(), "rolled back after")
+		a.cmd.Process.Signal(syscall.SIGHUP)
+		a.waitLogCount(t, "on probation", strings.Count(a.stderr.String(), "on probation")+1)
+		var rel procKey
+		for _, p := range treeOf(a.cmd.Process.Pid) {
+			if _, ppid, _, _ := statOf(p.PID); ppid == a.cmd.Process.Pid && p != old {
+				rel = p
+			}
+		}
+		if rel.PID == 0 {
+			t.Fatalf("no new generation beside the old server %d: %s", old.PID, procList(treeOf(a.cmd.Process.Pid)))
+		}
+		if got := h.servingPID(); got != rel.PID {
+			t.Errorf("on probation, pid %d answers, want the new generation's %d", got, rel.PID)
+		}
+		time.Sleep(probCrashAfter)
+		release := append(treeOf(rel.PID), rel)
+		rel.kill()
+		for deadline := time.Now().Add(10 * time.Second); rel.alive() && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Microsecond)
+		}
+		crashAt := time.Now()
+		a.waitLogCount(t, "rolled back after", n+1)
+		if left := awaitGone(release, realKillTimeout+10*time.Second); len(left) > 0 {
+			t.Errorf("the rolled-back generation left running: %s", procList(left))
+		}
+		if !a.running() || !old.alive() {
+			t.Fatalf("after the rollback of its reload, takeover runs: %v, its old server %d: %v\n%s", a.running(), old.PID, old.alive(), logsOf(a))
+		}
+		if got := h.servingPID(); got != old.PID {
+			t.Errorf("after the rollback pid %d answers, want the old generation's %d", got, old.PID)
+		}
+		return strings.Replace(rollbackOutcome(a, 0), "exit 0", "takeover serves on", 1), crashAt
 	})
 
 	// 2. A 10 % canary: about a tenth of new connections reach the
