@@ -35,19 +35,7 @@ func TestProbationStopsWhatACrashLeft(t *testing.T) {
 		}
 	})
 	b.waitLog(t, "on probation")
-	worker := serving(t, addr)
-	var shell, left procKey
-	for _, p := range treeOf(b.cmd.Process.Pid) {
-		switch _, ppid, _, _ := statOf(p.PID); {
-		case ppid == b.cmd.Process.Pid:
-			shell = p
-		case p.PID == worker:
-			left = p
-		}
-	}
-	if shell.PID == 0 || left.PID == 0 {
-		t.Fatalf("the release's shell and its serving child (pid %d) are not among B's processes: %s", worker, procList(treeOf(b.cmd.Process.Pid)))
-	}
+	shell, left := shellAndServer(t, b, serving(t, addr), 0)
 	shell.kill() // its child, orphaned to B, serves on
 
 	if code := b.wait(t); code != supervise.ExitRolledBack {
@@ -100,19 +88,7 @@ func TestProbationReloadStopsWhatACrashLeft(t *testing.T) {
 	}
 	r.cmd.Process.Signal(syscall.SIGHUP)
 	r.waitLog(t, "on probation")
-	worker := serving(t, addr)
-	var shell, left procKey
-	for _, p := range treeOf(r.cmd.Process.Pid) {
-		switch _, ppid, _, _ := statOf(p.PID); {
-		case ppid == r.cmd.Process.Pid && p.PID != old:
-			shell = p
-		case p.PID == worker:
-			left = p
-		}
-	}
-	if shell.PID == 0 || left.PID == 0 || worker == old {
-		t.Fatalf("the release's shell and its serving child (pid %d) are not among takeover's processes: %s", worker, procList(treeOf(r.cmd.Process.Pid)))
-	}
+	shell, left := shellAndServer(t, r, serving(t, addr), old)
 	shell.kill()
 	r.waitLog(t, "rolled back after")
 	if gone := awaitGone([]procKey{left}, 10*time.Second); len(gone) > 0 {
@@ -122,4 +98,22 @@ func TestProbationReloadStopsWhatACrashLeft(t *testing.T) {
 		t.Errorf("pid %d serves after the rollback, want the old generation %d", now, old)
 	}
 	stopAndCheck(t, r, syscall.SIGTERM, procs)
+}
+
+// shellAndServer finds the release under r: its shell, r's child other than
+// old, and the shell's child that serves, worker.
+func shellAndServer(t *testing.T, r *tkRun, worker, old int) (shell, server procKey) {
+	t.Helper()
+	for _, p := range treeOf(r.cmd.Process.Pid) {
+		switch _, ppid, _, _ := statOf(p.PID); {
+		case ppid == r.cmd.Process.Pid && p.PID != old:
+			shell = p
+		case p.PID == worker:
+			server = p
+		}
+	}
+	if shell.PID == 0 || server.PID == 0 || worker == old {
+		t.Fatalf("the release's shell and its serving child (pid %d) are not among takeover's processes: %s", worker, procList(treeOf(r.cmd.Process.Pid)))
+	}
+	return shell, server
 }

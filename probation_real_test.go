@@ -209,17 +209,12 @@ func testProbationReal(t *testing.T, srv probServer) []probFigure {
 
 	// crash SIGKILLs the server process of b, a release on probation
 	// (nginx's master: its workers live on, orphaned), and returns when it
-	// was dead: it holds nothing more, and every request it lost was sent
-	// before. b is rolled back and exits 123, and nothing of the release
-	// outlives it.
+	// was dead (crashProcess). b is rolled back and exits 123, and nothing
+	// of the release outlives it.
 	crash := func(b *tkRun) time.Time {
 		crashed := h.serverOf(b)
 		release := treeOf(b.cmd.Process.Pid)
-		crashed.kill()
-		for deadline := time.Now().Add(10 * time.Second); crashed.alive() && time.Now().Before(deadline); {
-			time.Sleep(100 * time.Microsecond)
-		}
-		crashAt := time.Now()
+		crashAt := crashProcess(crashed)
 		code := b.wait(t)
 		h.checkRolledBack(b, code, supervise.ExitRolledBack, old, "exited")
 		if left := awaitGone(release, 5*time.Second); len(left) > 0 {
@@ -262,11 +257,7 @@ func testProbationReal(t *testing.T, srv probServer) []probFigure {
 		}
 		time.Sleep(probCrashAfter)
 		release := append(treeOf(rel.PID), rel)
-		rel.kill()
-		for deadline := time.Now().Add(10 * time.Second); rel.alive() && time.Now().Before(deadline); {
-			time.Sleep(100 * time.Microsecond)
-		}
-		crashAt := time.Now()
+		crashAt := crashProcess(rel)
 		a.waitLogCount(t, "rolled back after", n+1)
 		if left := awaitGone(release, realKillTimeout+10*time.Second); len(left) > 0 {
 			t.Errorf("the rolled-back generation left running: %s", procList(left))
@@ -375,6 +366,16 @@ func testProbationReal(t *testing.T, srv probServer) []probFigure {
 	h.stop()
 	procs.checkNoneLeft(t, 20*time.Second)
 	return figs
+}
+
+// crashProcess SIGKILLs p and returns when it was dead: it holds nothing
+// more, and every request it lost was sent before.
+func crashProcess(p procKey) time.Time {
+	p.kill()
+	for deadline := time.Now().Add(10 * time.Second); p.alive() && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Microsecond)
+	}
+	return time.Now()
 }
 
 // rollbackOutcome says how the takeover b ended.
