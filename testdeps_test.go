@@ -52,6 +52,9 @@ func TestDepsList(t *testing.T) {
 	for _, s := range slices.Concat(realServers(), unixServers()) {
 		needs = append(needs, s.need...)
 	}
+	for _, s := range probationServers() {
+		needs = append(needs, s.need...)
+	}
 	for _, s := range slices.Concat(servers(t), slices.Collect(maps.Values(drainers(t)))) {
 		needs = append(needs, s.need)
 	}

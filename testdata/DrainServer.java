@@ -1,6 +1,7 @@
 // A Java HTTP/1.0 server that drains on SIGTERM: java [-Dstartdelay=MS]
-// DrainServer.java PORT. With startdelay it initializes that long before it
-// binds, as the Rssminer server of the 2012 recipe did.
+// [-Dhealthz=STATUS] DrainServer.java PORT. With startdelay it initializes
+// that long before it binds, as the Rssminer server of the 2012 recipe did;
+// with healthz, GET /healthz answers STATUS (a release that is unwell).
 // JDK's HttpServer.stop() drops connections it accepted but had not yet
 // read a request from; this one serves every connection it accepted.
 import java.io.*;
@@ -10,6 +11,7 @@ import java.util.concurrent.*;
 public class DrainServer {
     public static void main(String[] args) throws Exception {
         Thread.sleep(Long.getLong("startdelay", 0L)); // loading caches, warming up
+        int healthz = Integer.getInteger("healthz", 200);
         ServerSocket ss = new ServerSocket();
         ss.bind(new InetSocketAddress("127.0.0.1", Integer.parseInt(args[0])), 128);
         ExecutorService pool = Executors.newFixedThreadPool(8);
@@ -29,9 +31,11 @@ public class DrainServer {
             try { s = ss.accept(); } catch (IOException e) { return; }
             pool.execute(() -> {
                 try (s; BufferedReader in = new BufferedReader(new InputStreamReader(s.getInputStream()))) {
-                    for (String line = in.readLine(); line != null && !line.isEmpty(); line = in.readLine()) { }
+                    String first = in.readLine();
+                    for (String line = first; line != null && !line.isEmpty(); line = in.readLine()) { }
+                    int status = first != null && first.startsWith("GET /healthz ") ? healthz : 200;
                     OutputStream out = s.getOutputStream();
-                    out.write(("HTTP/1.0 200 OK\r\nContent-Length: " + body.length + "\r\n\r\n").getBytes());
+                    out.write(("HTTP/1.0 " + status + " " + (status == 200 ? "OK" : "Unwell") + "\r\nContent-Length: " + body.length + "\r\n\r\n").getBytes());
                     out.write(body);
                 } catch (IOException e) { }
             });

@@ -219,13 +219,16 @@ func (l *launcher) run(path string) int {
 		if !done {
 			continue
 		}
-		if ev.kind == evExited && m.state != replaced {
+		if ev.kind == evExited && m.state != replaced && code != ExitRolledBack {
 			if left := l.leftRunning(); len(left) > 0 {
 				// Not killed: they may be someone's on purpose. But their
 				// bind(2) and listen(2) fail once takeover is gone.
 				l.log.Warn("the command exited and left processes running; takeover supervises a server that stays in the foreground, not one that daemonizes",
 					"pids", fmt.Sprint(left))
 			}
+		}
+		if code == ExitRolledBack {
+			l.stopLeftBehind() // probation_linux.go
 		}
 		if m.state == replaced && l.self == 1 {
 			return l.standBy(sigs, exits)

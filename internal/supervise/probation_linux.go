@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/pidfd"
+	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
 	"github.com/takeover/takeover/internal/swap"
@@ -213,6 +214,7 @@ func (l *launcher) rollBack(ctx context.Context, g *generation, stop swap.Stops,
 	l.events <- event{kind: evRolledBack, g: g, why: msg}
 	// Once the new socket has left its group (its server gone, takeover's
 	// copies closed), nothing is left for tcp_migrate_req to move.
+	reload := g.prev != nil && !g.prev.hasExited() // takeover serves on with it
 	go func() {
 		select {
 		case <-g.exited:
@@ -221,10 +223,84 @@ func (l *launcher) rollBack(ctx context.Context, g *generation, stop swap.Stops,
 		for end := time.Now().Add(2 * time.Second); time.Now().Before(end) && socketsListen(inodes); {
 			time.Sleep(10 * time.Millisecond)
 		}
+		if reload && socketsListen(inodes) {
+			// (Where takeover exits, stopLeftBehind does it.)
+			l.stopHolders(inodes)
+		}
 		for _, f := range fences {
 			f.ReleaseMigrate()
 		}
 	}()
+}
+
+// stopHolders stops the processes under takeover that still hold the
+// listening sockets inodes of a rolled-back release, its server gone: what
+// it left running (stopLeftBehind), here beside the old generation, which
+// holds sockets of its own.
+func (l *launcher) stopHolders(inodes []uint64) {
+	under := procfs.FS("/proc").WithDescendants([]int{l.self})[1:]
+	found, err := procfs.FS("/proc").Holders(inodes, under)
+	if err != nil {
+		return
+	}
+	var pids []int
+	for _, hs := range found {
+		for _, h := range hs {
+			if !slices.Contains(pids, h.PID) {
+				pids = append(pids, h.PID)
+			}
+		}
+	}
+	l.stopLeft(pids)
+}
+
+// stopLeftBehind stops what a rolled-back release left running as its
+// server exited (nginx's workers, once their master has crashed): orphaned
+// to takeover, they hold the release's listening sockets, and would outlive
+// takeover unsupervised and keep the port from the next deploy. Called as
+// takeover exits with ExitRolledBack, when its descendants are the
+// release's alone (the old server is another takeover's): the stop signal,
+// then SIGKILL after --kill-timeout.
+func (l *launcher) stopLeftBehind() {
+	l.stopLeft(l.leftRunning())
+}
+
+// stopLeft stops the processes left, which a rolled-back release left
+// running under takeover: the stop signal, then SIGKILL after
+// --kill-timeout.
+func (l *launcher) stopLeft(left []int) {
+	if len(left) == 0 {
+		return
+	}
+	var ps []*pidfd.Process
+	for _, p := range pidfd.OpenAll(left) {
+		// Checked after the pidfd is open: still a descendant, so the
+		// pidfd is that process, not a later one that reused its pid.
+		if slices.Contains(procfs.FS("/proc").WithDescendants([]int{l.self}), p.PID) {
+			ps = append(ps, p)
+		} else {
+			p.Close()
+		}
+	}
+	defer pidfd.CloseAll(ps)
+	sig := l.cfg.signal()
+	l.log.Warn("the rolled-back release left processes running; stopping them", "pids", fmt.Sprint(pidfd.PIDsOf(ps)), "signal", unix.SignalName(sig))
+	for _, p := range ps {
+		p.Signal(sig)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.killTimeout())
+	defer cancel()
+	for _, p := range ps {
+		if !p.Wait(ctx) {
+			l.log.Warn("killing what the rolled-back release left: it did not exit within --kill-timeout of the stop signal", "pid", p.PID)
+			p.Signal(unix.SIGKILL)
+		}
+	}
+	killed, cancelKilled := context.WithTimeout(context.Background(), time.Second)
+	defer cancelKilled()
+	for _, p := range ps {
+		p.Wait(killed)
+	}
 }
 
 // socketsListen reports whether one of the listening sockets inodes still
