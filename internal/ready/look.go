@@ -50,7 +50,7 @@ type Result struct {
 // Look tells whether a generation holding socks is ready as w says: every
 // target bound, each TCP socket listening, and then as the mode asks (for
 // Accept, some process of the command seen waiting for connections on each,
-// read from proc).
+// read from proc, or holding a connection it accepted from it: accepted.go).
 func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	for _, spec := range w.Targets {
 		if !slices.ContainsFunc(socks, func(s Socket) bool { return s.Target == spec }) {
@@ -80,7 +80,13 @@ func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	case mode == Notify:
 		return Result{Missing: "has not sent READY=1"}
 	}
-	seen := accepting(proc, proc.WithDescendants([]int{w.PID}), want)
+	pids := proc.WithDescendants([]int{w.PID})
+	seen := accepting(proc, pids, want)
+	if unseen := unseenTCP(socks, seen); len(unseen) > 0 && len(seen.Blind) == 0 {
+		for ino := range accepted(proc, pids, socks, unseen) {
+			seen.ways[ino] = byAccepted
+		}
+	}
 	var by []string
 	for _, s := range socks {
 		way, ok := seen.ways[s.Inode]
@@ -98,4 +104,16 @@ func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	}
 	slices.Sort(by)
 	return Result{Ready: true, By: strings.Join(slices.Compact(by), ","), Blind: seen.Blind}
+}
+
+// unseenTCP returns the inodes of the TCP sockets no process was seen
+// waiting on.
+func unseenTCP(socks []Socket, seen acceptSeen) map[uint64]bool {
+	unseen := make(map[uint64]bool)
+	for _, s := range socks {
+		if _, ok := seen.ways[s.Inode]; !ok && s.Target.Net != target.NetUDP && s.Target.Net != target.NetUnix {
+			unseen[s.Inode] = true
+		}
+	}
+	return unseen
 }
