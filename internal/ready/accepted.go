@@ -14,9 +14,10 @@ import (
 // from that socket is proof as good. It matters where the socket is shared
 // with the old server (a passed socket, a handoff, --fence off) and busy:
 // a server whose accept loop always finds a connection pending is rarely
-// caught blocked (python's ThreadingHTTPServer under 50 clients was caught
-// in poll(2) once in about 150 looks, 3 to 7 s), and one that polls with
-// non-blocking accepts never is. Fenced, the new generation's own socket
+// caught blocked (python's ThreadingHTTPServer under 50 clients, its main
+// thread mostly running or waiting for the GIL, was caught in poll(2) once
+// in 150 to 200 looks, 3 to 4 s), and one that polls with non-blocking
+// accepts never is. Fenced, the new generation's own socket
 // gets no connection before it is ready, so this never fires early.
 //
 // sock_diag does not say which listener a connection came from, only its
@@ -59,10 +60,33 @@ func (l listenerAddr) mayHaveCome(c socktab.Conn) bool {
 }
 
 // accepted returns, of the TCP sockets in socks (inodes in unseen), those
-// from which some process of pids holds a connection: one sock_diag dump
-// per port and one walk of pids' fds, done only when a socket was not seen
-// waited on.
+// from which some process of pids holds a connection. A server's end of a
+// connection has an inode from its accept to its close, and sock_diag
+// lists it with its addresses all that time (after the server's shutdown
+// too: FIN_WAIT1 and 2, where python's socketserver spends most of a
+// connection's life). The dump takes milliseconds (the kernel walks its
+// whole established hash; 15 to 30 ms on a loaded host with many
+// TIME_WAIT sockets), longer than python holds a connection, so the fds
+// are read before and after it: a connection the dump saw was held at one
+// of the two reads unless it was accepted after the first and closed
+// before the second; the next looks catch another. An inode names one
+// socket while it is open, so a match is the same connection. The dump (one per
+// family and port) is skipped while the generation holds no socket but its
+// listeners: an idle or fenced one costs a read of its fds.
 func accepted(proc procfs.FS, pids []int, socks []Socket, unseen map[uint64]bool) map[uint64]bool {
+	held := make(map[uint64]bool)
+	readHeld := func() {
+		for _, pid := range pids {
+			proc.Sockets(pid, held) // a process gone meanwhile holds nothing
+		}
+		for _, s := range socks {
+			delete(held, s.Inode)
+		}
+	}
+	readHeld()
+	if len(held) == 0 {
+		return nil
+	}
 	addrs := make(map[uint64]listenerAddr)
 	for _, s := range socks {
 		if s.Target.Net == target.NetUDP || s.Target.Net == target.NetUnix {
@@ -73,14 +97,19 @@ func accepted(proc procfs.FS, pids []int, socks []Socket, unseen map[uint64]bool
 		}
 	}
 	from := make(map[uint64]uint64) // a connection's inode: its socket's
-	dumped := make(map[uint16]bool)
+	type dump struct {
+		family uint8
+		port   uint16
+	}
+	dumped := make(map[dump]bool)
 	for ino := range unseen {
 		a, ok := addrs[ino]
-		if !ok || dumped[a.addr.Port()] {
+		d := dump{a.family, a.addr.Port()}
+		if !ok || dumped[d] {
 			continue
 		}
-		dumped[a.addr.Port()] = true
-		conns, err := socktab.DiagTCPConns(a.addr.Port())
+		dumped[d] = true
+		conns, err := socktab.DiagTCPHeld(d.family, d.port)
 		if err != nil {
 			continue
 		}
@@ -93,18 +122,11 @@ func accepted(proc procfs.FS, pids []int, socks []Socket, unseen map[uint64]bool
 	if len(from) == 0 {
 		return nil
 	}
-	inodes := make([]uint64, 0, len(from))
-	for ino := range from {
-		inodes = append(inodes, ino)
-	}
-	holders, err := proc.Holders(inodes, pids)
-	if err != nil {
-		return nil
-	}
+	readHeld()
 	got := make(map[uint64]bool)
-	for i, hs := range holders {
-		if len(hs) > 0 {
-			got[from[inodes[i]]] = true
+	for conn, l := range from {
+		if held[conn] {
+			got[l] = true
 		}
 	}
 	return got

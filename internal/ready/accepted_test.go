@@ -65,7 +65,7 @@ func newLookerAt(t *testing.T) *lookerAt {
 func (l *lookerAt) look(pid, n int) Result {
 	var r Result
 	for range n {
-		r = Look("/proc", []Socket{l.sock}, Want{Targets: target.List{l.sock.Target}, Mode: Accept, PID: pid})
+		r = Look("/proc", []Socket{l.sock}, Want{Targets: target.List{l.sock.Target}, Mode: Accept, PID: pid, Accepted: true})
 		if r.Ready {
 			break
 		}

@@ -37,6 +37,11 @@ type Want struct {
 	Interval time.Duration // --interval, for Interval
 	Health   *Health       // --ready http://...: then that URL must answer 2xx (health.go)
 	Exec     string        // --ready-exec: then this must exit 0
+	// Accepted: for Accept, a socket no process was seen waiting on counts
+	// as accepted on if a process holds a connection that came from it
+	// (accepted.go). That costs a sock_diag dump whenever the generation
+	// holds sockets besides its listeners, so callers ask every few looks.
+	Accepted bool
 }
 
 // A Result is one look at a generation.
@@ -50,7 +55,8 @@ type Result struct {
 // Look tells whether a generation holding socks is ready as w says: every
 // target bound, each TCP socket listening, and then as the mode asks (for
 // Accept, some process of the command seen waiting for connections on each,
-// read from proc, or holding a connection it accepted from it: accepted.go).
+// read from proc, or, if w.Accepted, holding a connection it accepted from
+// it: accepted.go).
 func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	for _, spec := range w.Targets {
 		if !slices.ContainsFunc(socks, func(s Socket) bool { return s.Target == spec }) {
@@ -82,7 +88,7 @@ func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	}
 	pids := proc.WithDescendants([]int{w.PID})
 	seen := accepting(proc, pids, want)
-	if unseen := unseenTCP(socks, seen); len(unseen) > 0 && len(seen.Blind) == 0 {
+	if unseen := unseenTCP(socks, seen); w.Accepted && len(unseen) > 0 && len(seen.Blind) == 0 {
 		for ino := range accepted(proc, pids, socks, unseen) {
 			seen.ways[ino] = byAccepted
 		}
