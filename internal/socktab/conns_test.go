@@ -14,22 +14,7 @@ import (
 // reads a reset; the server still reads those bytes, then ECONNABORTED,
 // and cannot write; the connection is gone from the table. (Needs CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY.)
 func TestDestroyTCP(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	port := uint16(ln.Addr().(*net.TCPAddr).Port)
-	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	c, s, port := connected(t)
 	c.Write([]byte("GET"))
 	find := func() (Conn, bool) {
 		conns, err := DiagTCPConns(port)
@@ -84,22 +69,7 @@ func TestDestroyTCP(t *testing.T) {
 // to its close, also once the server has shut down its side (FIN_WAIT2,
 // which DiagTCPConns leaves out); once closed it has no inode and is gone.
 func TestDiagTCPHeld(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	port := uint16(ln.Addr().(*net.TCPAddr).Port)
-	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	c, s, port := connected(t)
 	client := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	held := func(port uint16) ([]Conn, error) { return DiagTCPHeld(syscall.AF_INET, port) }
 	find := func(diag func(uint16) ([]Conn, error)) (Conn, bool) {
@@ -136,4 +106,26 @@ func TestDiagTCPHeld(t *testing.T) {
 	if x, ok := find(held); ok {
 		t.Errorf("DiagTCPHeld lists the closed end: %+v", x)
 	}
+}
+
+// connected returns the two ends of a connection on loopback, client and
+// server, and the server's port; they are closed at cleanup.
+func connected(t *testing.T) (client, server net.Conn, port uint16) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return c, s, uint16(ln.Addr().(*net.TCPAddr).Port)
 }
