@@ -88,9 +88,11 @@ func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	}
 	pids := proc.WithDescendants([]int{w.PID})
 	seen := accepting(proc, pids, want)
-	if unseen := unseenTCP(socks, seen); w.Accepted && len(unseen) > 0 && len(seen.Blind) == 0 {
-		for ino := range accepted(proc, pids, socks, unseen) {
-			seen.ways[ino] = byAccepted
+	if w.Accepted && len(seen.Blind) == 0 {
+		if unseen := unseenTCP(socks, seen); len(unseen) > 0 {
+			for ino := range accepted(proc, pids, socks, unseen) {
+				seen.ways[ino] = byAccepted
+			}
 		}
 	}
 	var by []string
