@@ -31,7 +31,7 @@ var allowed = map[string][]string{
 
 	"rundir":  {"procfs"},
 	"drain":   {"socktab"},
-	"ready":   {"procfs", "target"},
+	"ready":   {"procfs", "socktab", "target"},
 	"owner":   {"procfs", "socktab", "target"},
 	"systemd": {"procfs", "rundir", "target"},
 

@@ -46,13 +46,38 @@ func (fs FS) SocketProtocol(pid, fd int) (string, error) {
 // SocketFDs maps the fds of a process that are wanted sockets to their
 // inodes, and lists its epoll fds.
 func (fs FS) SocketFDs(pid int, want map[uint64]bool) (map[int]uint64, []int, error) {
-	dir := string(fs) + "/" + strconv.Itoa(pid)
-	ents, err := os.ReadDir(dir + "/fd")
+	fds := make(map[int]uint64)
+	var epolls []int
+	err := fs.eachFDLink(pid, func(fd int, link string) {
+		if link == "anon_inode:[eventpoll]" {
+			epolls = append(epolls, fd)
+		} else if ino, ok := socketInode([]byte(link)); ok && want[ino] {
+			fds[fd] = ino
+		}
+	})
 	if err != nil {
 		return nil, nil, err
 	}
-	fds := make(map[int]uint64)
-	var epolls []int
+	return fds, epolls, nil
+}
+
+// Sockets adds to held the inode of every socket process pid holds.
+func (fs FS) Sockets(pid int, held map[uint64]bool) error {
+	return fs.eachFDLink(pid, func(_ int, link string) {
+		if ino, ok := socketInode([]byte(link)); ok {
+			held[ino] = true
+		}
+	})
+}
+
+// eachFDLink calls f with each fd of pid and what it links to; an fd
+// closed meanwhile is left out.
+func (fs FS) eachFDLink(pid int, f func(fd int, link string)) error {
+	dir := string(fs) + "/" + strconv.Itoa(pid)
+	ents, err := os.ReadDir(dir + "/fd")
+	if err != nil {
+		return err
+	}
 	for _, e := range ents {
 		fd, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -62,13 +87,9 @@ func (fs FS) SocketFDs(pid int, want map[uint64]bool) (map[int]uint64, []int, er
 		if err != nil {
 			continue
 		}
-		if link == "anon_inode:[eventpoll]" {
-			epolls = append(epolls, fd)
-		} else if ino, ok := socketInode([]byte(link)); ok && want[ino] {
-			fds[fd] = ino
-		}
+		f(fd, link)
 	}
-	return fds, epolls, nil
+	return nil
 }
 
 // socketInode parses a /proc/PID/fd link of the form "socket:[12345]".

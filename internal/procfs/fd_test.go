@@ -60,6 +60,22 @@ func TestSocketFDs(t *testing.T) {
 	}
 }
 
+func TestSockets(t *testing.T) {
+	held := make(map[uint64]bool)
+	if err := waiting.Sockets(300, held); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[uint64]bool{7001: true}, held); diff != "" {
+		t.Errorf("Sockets(300) (-want +got):\n%s", diff)
+	}
+	if err := broken.Sockets(400, held); err != nil || len(held) != 1 {
+		t.Errorf("Sockets of broken links added to %v (%v), want none", held, err)
+	}
+	if err := waiting.Sockets(399, held); err == nil {
+		t.Error("Sockets of no such process: no error")
+	}
+}
+
 func TestFDWalker(t *testing.T) {
 	inodes := []uint64{5555, 5556, 6000, 4242}
 	w, err := fixtures.FDWalker(inodes)

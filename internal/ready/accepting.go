@@ -2,7 +2,8 @@
 // target bound and listening, and, as --ready asks, READY=1 sent, an
 // interval run, or some process of it waiting for connections on each
 // socket: a thread blocked in accept, epoll, poll or select on it, read
-// from /proc (accepting; the per-arch system call numbers beside).
+// from /proc (accepting; the per-arch system call numbers beside), or
+// holding a connection it accepted from it (accepted).
 package ready
 
 import (
@@ -38,6 +39,9 @@ const (
 	byPoll   acceptWay = "poll"
 	bySelect acceptWay = "select"
 	byRecv   acceptWay = "recv" // a thread blocked reading a UDP socket
+	// byAccepted: a process holds a connection accepted from the socket
+	// (accepted.go), where none was caught waiting on it.
+	byAccepted acceptWay = "accepted"
 )
 
 // acceptSeen is what one look at a generation's processes found.

@@ -37,6 +37,11 @@ type Want struct {
 	Interval time.Duration // --interval, for Interval
 	Health   *Health       // --ready http://...: then that URL must answer 2xx (health.go)
 	Exec     string        // --ready-exec: then this must exit 0
+	// Accepted: for Accept, a socket no process was seen waiting on counts
+	// as accepted on if a process holds a connection that came from it
+	// (accepted.go). That costs a sock_diag dump whenever the generation
+	// holds sockets besides its listeners, so callers ask every few looks.
+	Accepted bool
 }
 
 // A Result is one look at a generation.
@@ -50,7 +55,8 @@ type Result struct {
 // Look tells whether a generation holding socks is ready as w says: every
 // target bound, each TCP socket listening, and then as the mode asks (for
 // Accept, some process of the command seen waiting for connections on each,
-// read from proc).
+// read from proc, or, if w.Accepted, holding a connection it accepted from
+// it: accepted.go).
 func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	for _, spec := range w.Targets {
 		if !slices.ContainsFunc(socks, func(s Socket) bool { return s.Target == spec }) {
@@ -80,7 +86,15 @@ func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	case mode == Notify:
 		return Result{Missing: "has not sent READY=1"}
 	}
-	seen := accepting(proc, proc.WithDescendants([]int{w.PID}), want)
+	pids := proc.WithDescendants([]int{w.PID})
+	seen := accepting(proc, pids, want)
+	if w.Accepted && len(seen.Blind) == 0 {
+		if unseen := unseenTCP(socks, seen); len(unseen) > 0 {
+			for ino := range accepted(proc, pids, socks, unseen) {
+				seen.ways[ino] = byAccepted
+			}
+		}
+	}
 	var by []string
 	for _, s := range socks {
 		way, ok := seen.ways[s.Inode]
@@ -98,4 +112,16 @@ func Look(proc procfs.FS, socks []Socket, w Want) Result {
 	}
 	slices.Sort(by)
 	return Result{Ready: true, By: strings.Join(slices.Compact(by), ","), Blind: seen.Blind}
+}
+
+// unseenTCP returns the inodes of the TCP sockets no process was seen
+// waiting on.
+func unseenTCP(socks []Socket, seen acceptSeen) map[uint64]bool {
+	unseen := make(map[uint64]bool)
+	for _, s := range socks {
+		if _, ok := seen.ways[s.Inode]; !ok && s.Target.Net != target.NetUDP && s.Target.Net != target.NetUnix {
+			unseen[s.Inode] = true
+		}
+	}
+	return unseen
 }

@@ -47,6 +47,29 @@ const (
 // it accepted and has not closed, and clients of other servers that happen
 // to use port as their own (their inodes tell them apart).
 func DiagTCPConns(port uint16) ([]Conn, error) {
+	return diagConns([]uint8{unix.AF_INET, unix.AF_INET6}, port, tcpConnectedMask, true)
+}
+
+// tcpHeldMask: the states of a connection its process may still hold,
+// from ESTABLISHED to its close: FIN_WAIT1 and FIN_WAIT2 once the process
+// shut down its end (python's socketserver does, just before it closes),
+// CLOSE_WAIT, LAST_ACK and CLOSING once the peer has closed too.
+const tcpHeldMask = 1<<1 | 1<<4 | 1<<5 | 1<<8 | 1<<9 | 1<<11
+
+// DiagTCPHeld returns the TCP connections of family (AF_INET or AF_INET6)
+// whose local port is port and that a process still holds (they have an
+// inode), whether or not either end has shut down its side; without
+// tcp_info. A connection its process has closed has no inode and is left
+// out. (The kernel walks its whole established hash for each family, TIME_WAIT
+// sockets and other namespaces' included: one family is half the cost.)
+func DiagTCPHeld(family uint8, port uint16) ([]Conn, error) {
+	return diagConns([]uint8{family}, port, tcpHeldMask, false)
+}
+
+// diagConns dumps the TCP connections of families in the states of mask
+// whose local port is port and that have an inode, with their tcp_info if
+// info.
+func diagConns(families []uint8, port uint16, mask uint32, info bool) ([]Conn, error) {
 	var conns []Conn
 	keep := func(m []byte) (Socket, bool) {
 		if c, ok := parseConnMsg(m); ok && c.Local.Port() == port && c.Inode != 0 {
@@ -54,9 +77,11 @@ func DiagTCPConns(port uint16) ([]Conn, error) {
 		}
 		return Socket{}, false
 	}
-	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		req := diagRequest(family, unix.IPPROTO_TCP, tcpConnectedMask)
-		req[nlmsgHdrLen+2] = 1 << (inetDiagInfo - 1) // idiag_ext
+	for _, family := range families {
+		req := diagRequest(family, unix.IPPROTO_TCP, mask)
+		if info {
+			req[nlmsgHdrLen+2] = 1 << (inetDiagInfo - 1) // idiag_ext
+		}
 		if _, err := diagDump(req, keep, nil); err != nil {
 			return nil, err
 		}

@@ -201,6 +201,14 @@ func (l *launcher) trap(g *generation) intercept.Gen {
 const (
 	readyPollFirst = 2 * time.Millisecond
 	readyPollMax   = 20 * time.Millisecond
+	// Every readyAcceptedEvery looks, a look also takes a connection the
+	// generation accepted for its accepting (ready.Want.Accepted: its
+	// sock_diag dump costs up to tens of milliseconds on a loaded host).
+	// Under load, a server on a socket it shares with the old one is
+	// rarely caught waiting on it (python's ThreadingHTTPServer: 3 to 4 s
+	// of looks every 20 ms); every few looks, a connection it holds is
+	// found within a few tenths of a second of its first accept.
+	readyAcceptedEvery = 3
 )
 
 // watchReady closes g.ready when the generation is ready, or g.timedOut
@@ -212,6 +220,7 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 	defer deadline.Stop()
 	interval := readyPollFirst
 	tick := time.NewTimer(interval)
+	looks := 0
 	defer tick.Stop()
 	for {
 		select {
@@ -220,7 +229,7 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 		case <-g.exited:
 			return
 		case <-deadline.C:
-			r := g.readiness()
+			r := g.readiness(true)
 			g.mu.Lock()
 			g.missing = r.Missing
 			g.mu.Unlock()
@@ -231,7 +240,8 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 			interval = min(interval*3/2, readyPollMax)
 			tick.Reset(interval)
 		}
-		if r := g.readiness(); r.Ready {
+		looks++
+		if r := g.readiness(looks%readyAcceptedEvery == 0); r.Ready {
 			if !g.passCheck(ctx, end) { // --ready http://... or --ready-exec (health_linux.go)
 				return
 			}
@@ -246,8 +256,9 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 	}
 }
 
-// readiness looks at the generation's sockets and processes.
-func (g *generation) readiness() ready.Result {
+// readiness looks at the generation's sockets and processes, and if
+// accepted at the connections it holds (ready.Want.Accepted).
+func (g *generation) readiness(accepted bool) ready.Result {
 	var socks []ready.Socket
 	if !g.holdings.Each(func(_ swap.SockKey, s *swap.Held) {
 		socks = append(socks, ready.Socket{Target: s.Spec, FD: s.CopyFD, Inode: s.Inode})
@@ -258,7 +269,7 @@ func (g *generation) readiness() ready.Result {
 	notified := g.notified
 	g.mu.Unlock()
 	w := g.want
-	w.Notified, w.PID, w.Up = notified, g.pid, time.Since(g.started)
+	w.Notified, w.PID, w.Up, w.Accepted = notified, g.pid, time.Since(g.started), accepted
 	return ready.Look("/proc", socks, w)
 }
 
