@@ -36,6 +36,7 @@ type loadRun struct {
 	SwapTime                                           time.Duration // mean: a new takeover started, to the old one's exit
 	Lines                                              []string      // each swap's "took over" line
 	Logs                                               string        // every takeover's stderr
+	OtherErrors                                        []string      // what the clients saw of the failures counted in Other
 }
 
 func (r loadRun) throughput() float64 { return float64(r.Requests) / r.Elapsed.Seconds() }
@@ -53,7 +54,7 @@ func (r loadRun) checkFencedNoneLost(t *testing.T) {
 	t.Logf("%d requests, %d failed (%d refused, %d reset, %d timed out) over %d swaps in %v; %.0f requests/s; swap %v",
 		r.Requests, r.Failed, r.Refused, r.Resets, r.Timeouts, len(r.Lines), r.Elapsed.Round(time.Millisecond), r.throughput(), r.SwapTime.Round(time.Millisecond))
 	if r.lost() > 0 || r.Requests == 0 {
-		t.Errorf("%d of %d requests refused, reset or answered wrongly, want 0", r.lost(), r.Requests)
+		t.Errorf("%d of %d requests refused, reset or answered wrongly, want 0 (the others: %q)", r.lost(), r.Requests, r.OtherErrors)
 	}
 	for i, l := range r.Lines {
 		if !strings.Contains(l, "fenced=true") {
@@ -170,11 +171,15 @@ func swapUnderLoad(t testing.TB, ns string, flags, server []string, swaps, worke
 	case <-time.After(30 * time.Second):
 		t.Fatal("takeover probe did not end 30s after SIGINT")
 	}
-	var res struct{ Requests, Failed, Refused, Resets, Timeouts, Other int }
+	var res struct {
+		Requests, Failed, Refused, Resets, Timeouts, Other int
+		OtherErrors                                        []string `json:"other_errors"`
+	}
 	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
 		t.Fatalf("takeover probe's output %q: %v", out.String(), err)
 	}
 	run.Requests, run.Failed, run.Refused, run.Resets, run.Timeouts, run.Other = res.Requests, res.Failed, res.Refused, res.Resets, res.Timeouts, res.Other
+	run.OtherErrors = res.OtherErrors
 	run.Logs = allLogs()
 	return run
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -68,7 +69,20 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 		"p50_ms":             supervise.Ms(load.Percentile(r.Latencies, 50)),
 		"p99_ms":             supervise.Ms(load.Percentile(r.Latencies, 99)),
 		"max_ms":             supervise.Ms(load.Percentile(r.Latencies, 100)),
+		"other_errors":       otherErrors(r, 5),
 	}
 	json.NewEncoder(stdout).Encode(out)
 	return 0
+}
+
+// otherErrors returns what the clients saw of up to n failures that were
+// not refused, reset nor timed out: the first of each kind of error.
+func otherErrors(r *load.Result, n int) []string {
+	var errs []string
+	for _, f := range r.Failures {
+		if f.Kind != "refused" && f.Kind != "reset" && f.Kind != "timeout" && !slices.Contains(errs, f.Err) && len(errs) < n {
+			errs = append(errs, f.Err)
+		}
+	}
+	return errs
 }

@@ -51,6 +51,10 @@ import (
 // at once p^n of the time, and each ms of settle lowers p.
 const Settle = 20 * time.Millisecond
 
+// FirstRequestWait is how long a connection that has carried nothing yet
+// must have been open to be taken for idle (Idle).
+const FirstRequestWait = time.Second
+
 // Idle reports whether the server that holds c has answered every request
 // it read on c and is not sending on it; why says what is under way when
 // it is not.
@@ -63,9 +67,14 @@ func Idle(c socktab.Conn, settle time.Duration) (ok bool, why string) {
 	case c.WQueue > 0:
 		return false, "bytes sent and not acknowledged: a response still going out"
 	case c.BytesReceived == 0 && c.BytesAcked == 0:
-		// Connected, and no data either way yet: nothing to answer.
+		// Connected, and no data either way yet: nothing to answer yet,
+		// but a client that opens a connection means to send on it, and
+		// one starved of CPU between its connect and its write (50 load
+		// workers on two cores) sends tens of ms later: its request would
+		// meet a server that has exited. Only a connection unused for
+		// FirstRequestWait is taken for idle (a browser's preconnect).
 		// (The kernel counts the times from the handshake.)
-		return c.LastDataRecv >= settle, "connected within the settle time, nothing sent yet"
+		return c.LastDataRecv >= max(settle, FirstRequestWait), "connected, and its first request not sent yet"
 	case c.BytesAcked == 0 && c.BytesReceived > 0:
 		return false, "data came in and none ever went out: a request read and not answered"
 	case c.LastDataRecv < c.LastDataSent:

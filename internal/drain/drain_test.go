@@ -47,6 +47,7 @@ func TestIdle(t *testing.T) {
 		{"a stream between two messages (taken for idle: a limit)", with(func(c *socktab.Conn) { c.LastDataRecv, c.LastDataSent = 30*time.Second, 2*time.Second }), true},
 		{"connected, nothing sent yet, for a while", socktab.Conn{State: 1, Info: true, LastDataRecv: 2 * time.Second, LastDataSent: 2 * time.Second}, true},
 		{"connected just now, nothing sent yet", socktab.Conn{State: 1, Info: true, LastDataRecv: 4 * ms, LastDataSent: 4 * ms}, false},
+		{"connected 100 ms ago, nothing sent yet (a client slow to send its first request)", socktab.Conn{State: 1, Info: true, LastDataRecv: 100 * ms, LastDataSent: 100 * ms}, false},
 		{"the client closed after its answer (CLOSE_WAIT)", with(func(c *socktab.Conn) { c.State = 8 }), true},
 		{"no tcp_info", socktab.Conn{State: 1}, false},
 	} {
