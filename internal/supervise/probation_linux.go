@@ -273,10 +273,12 @@ func (l *launcher) stopLeft(left []int) {
 		return
 	}
 	var ps []*pidfd.Process
-	for _, p := range pidfd.OpenAll(left) {
-		// Checked after the pidfd is open: still a descendant, so the
-		// pidfd is that process, not a later one that reused its pid.
-		if slices.Contains(procfs.FS("/proc").WithDescendants([]int{l.self}), p.PID) {
+	opened := pidfd.OpenAll(left)
+	// Checked after the pidfds are open: still descendants, so each pidfd
+	// is that process, not a later one that reused its pid.
+	under := procfs.FS("/proc").WithDescendants([]int{l.self})
+	for _, p := range opened {
+		if slices.Contains(under, p.PID) {
 			ps = append(ps, p)
 		} else {
 			p.Close()
