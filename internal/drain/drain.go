@@ -100,3 +100,95 @@ func Finished(conns []socktab.Conn, settle time.Duration) (ok bool, busy socktab
 	}
 	return true, socktab.Conn{}, ""
 }
+
+// A server that does not close its keep-alive connections, under clients
+// that send request after request on them (a proxy's pool, a load test),
+// is never idle on all of them at one instant: waiting for that holds a
+// deploy until --drain-timeout and then loses the same requests, those in
+// flight when it is stopped. A connection whose client has sent new
+// requests on it since the fence went up, and is still sending, is such a
+// loop: the server is stopped once every connection still busy is one,
+// after LoopPatience (in which an instant with all of them idle may yet
+// come: clients that pause between requests, as browsers do). Then the
+// server closes them as it stops (one request in flight on each, unless it
+// answers it with Connection: close), a few seconds sooner than at
+// --drain-timeout.
+//
+// Only HTTP/1.x counts: a request line is seen waiting unread on the
+// connection (the caller peeks at its receive queue). A stream (a
+// WebSocket, HTTP/2 and gRPC, a server pushing events) never shows one
+// after its first request, and holds the drain until --drain-timeout, as
+// the one thing that is for. Nor does a request the server is still
+// working on after LoopActive: no new data came in on it since.
+
+const (
+	LoopPatience = time.Second
+	// LoopActive is how recently a loop must have received data: its
+	// client is still sending request after request.
+	LoopActive = 100 * time.Millisecond
+)
+
+// Loops notes, per connection (by cookie), the distinct HTTP/1.x requests
+// seen waiting unread on it since the fence went up.
+type Loops map[uint64]loopSeen
+
+type loopSeen struct {
+	n    int    // distinct requests seen
+	recv uint64 // BytesReceived when the last was seen
+}
+
+// Peek reports whether c is worth a look at its receive queue: bytes wait
+// in it, and not the request seen there last.
+func (l Loops) Peek(c socktab.Conn) bool {
+	s, ok := l[c.Cookie]
+	return c.RQueue > 0 && (!ok || s.recv != c.BytesReceived)
+}
+
+// Saw notes that head, the first bytes waiting unread on c, were looked at.
+func (l Loops) Saw(c socktab.Conn, head []byte) {
+	if !RequestLine(head) {
+		return
+	}
+	s := l[c.Cookie]
+	if s.recv != c.BytesReceived || s.n == 0 {
+		s.n++
+		s.recv = c.BytesReceived
+	}
+	l[c.Cookie] = s
+}
+
+// Looping reports whether c is a keep-alive loop: two requests seen on it
+// (the first answered before the second came), and data came in within
+// LoopActive.
+func (l Loops) Looping(c socktab.Conn) bool {
+	return l[c.Cookie].n >= 2 && c.LastDataRecv < LoopActive
+}
+
+// AllLooping reports whether every connection of conns that is not idle is
+// a loop, and how many are; false if none is busy.
+func (l Loops) AllLooping(conns []socktab.Conn, settle time.Duration) (n int, ok bool) {
+	for _, c := range conns {
+		if idle, _ := Idle(c, settle); idle {
+			continue
+		}
+		if !l.Looping(c) {
+			return 0, false
+		}
+		n++
+	}
+	return n, n > 0
+}
+
+// RequestLine reports whether b begins an HTTP/1.x request: a method in
+// capitals (GET, POST, OPTIONS, ...) and a space.
+func RequestLine(b []byte) bool {
+	for i, c := range b {
+		switch {
+		case c == ' ':
+			return i >= 3
+		case c < 'A' || c > 'Z' || i == 7:
+			return false
+		}
+	}
+	return false
+}

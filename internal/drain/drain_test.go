@@ -207,3 +207,81 @@ func TestIdleLoopback(t *testing.T) {
 	go io.WriteString(s2, "HTTP/1.1 200 OK\r\n\r\n"+strings.Repeat("x", 16<<20))
 	state("a response still going out", c2, false)
 }
+
+func TestRequestLine(t *testing.T) {
+	for _, tc := range []struct {
+		head string
+		want bool
+	}{
+		{"GET / HT", true},
+		{"OPTIONS ", true},
+		{"POST /x", true},
+		{"PRI * HT", true}, // HTTP/2's preface is one too, once, when the connection opens
+		{"GET", false},     // too short to tell
+		{"get / HT", false},
+		{"CONNECTX", false},
+		{"\x81\x85abcd", false},     // a WebSocket frame, masked
+		{"\x00\x00\x12\x04", false}, // an HTTP/2 frame
+		{"*2\r\n$4\r\n", false},     // redis
+		{"GE / HTT", false},
+		{"", false},
+	} {
+		if got := RequestLine([]byte(tc.head)); got != tc.want {
+			t.Errorf("RequestLine(%q) = %v, want %v", tc.head, got, tc.want)
+		}
+	}
+}
+
+// TestLoops: a connection is a loop once two distinct requests were seen
+// waiting on it and its client still sends; AllLooping holds when every
+// connection not idle is one.
+func TestLoops(t *testing.T) {
+	waiting := func(cookie, recv uint64) socktab.Conn {
+		return socktab.Conn{Cookie: cookie, State: 1, Info: true, RQueue: 40, BytesReceived: recv, BytesAcked: recv * 2,
+			LastDataRecv: 0, LastDataSent: 4 * ms, LastAckRecv: 4 * ms}
+	}
+	req := []byte("GET / HT")
+	l := Loops{}
+	a := waiting(1, 400)
+	if !l.Peek(a) {
+		t.Fatal("a request waits: not worth a peek")
+	}
+	l.Saw(a, req)
+	if l.Peek(a) {
+		t.Error("the same request, seen already: worth a peek")
+	}
+	l.Saw(a, req) // the same request again: still one
+	if l.Looping(a) {
+		t.Error("one request seen: a loop")
+	}
+	a2 := waiting(1, 440)
+	l.Saw(a2, req)
+	if !l.Looping(a2) {
+		t.Errorf("two requests seen, the client sending: not a loop (%+v)", l)
+	}
+	slow := a2
+	slow.RQueue, slow.LastDataRecv = 0, 2*time.Second
+	if l.Looping(slow) {
+		t.Error("a request read 2 s ago and not answered (a slow one): a loop")
+	}
+
+	// A binary stream (a WebSocket) never shows a request line.
+	b := waiting(2, 100)
+	l.Saw(b, []byte("\x81\x85abcd"))
+	b = waiting(2, 150)
+	l.Saw(b, []byte("\x81\x85abcd"))
+	if l.Looping(b) {
+		t.Error("a WebSocket's frames: a loop")
+	}
+
+	idle := quiet()
+	if n, ok := l.AllLooping([]socktab.Conn{a2, idle}, Settle); !ok || n != 1 {
+		t.Errorf("a loop and an idle connection: AllLooping = %d, %v; want 1, true", n, ok)
+	}
+	if _, ok := l.AllLooping([]socktab.Conn{a2, b}, Settle); ok {
+		t.Error("a loop and a stream: AllLooping holds")
+	}
+	if _, ok := l.AllLooping([]socktab.Conn{idle}, Settle); ok {
+		t.Error("nothing busy: AllLooping holds (the drain's own rule says finished then)")
+	}
+}

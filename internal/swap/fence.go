@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/takeover/takeover/internal/drain"
+	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
 	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
@@ -53,6 +54,13 @@ type Fence struct {
 	handshakes map[uint64]bool
 	migrating  bool   // holds net.ipv4.tcp_migrate_req on (holdMigrate)
 	Busy       string // the last connection Finished found busy, and why
+	// raised is when the fence went up; loops are the old server's
+	// keep-alive connections seen carrying request after request since
+	// (drain.Loops), and Looping how many there were when Finished let
+	// the old server go with them busy.
+	raised  time.Time
+	loops   drain.Loops
+	Looping int
 
 	// check is a health check's source, steered to the new socket while
 	// it runs (checksteer.go).
@@ -188,6 +196,7 @@ func (f *Fence) Raise(sock int) error {
 	if err := steer(sock, newInGroup); err != nil {
 		return err
 	}
+	f.raised, f.loops = time.Now(), drain.Loops{}
 	f.handshakes = map[uint64]bool{}
 	reqs, err := f.requests()
 	for _, r := range reqs {
@@ -329,27 +338,68 @@ func (f *Fence) Finished(pids []int) (bool, error) {
 		return err == nil, err
 	}
 	// Its keep-alive connections need not end: it has finished once it
-	// has answered every request it read on them (issue 30).
-	ours, err := heldConns("/proc", conns, pids)
+	// has answered every request it read on them (issue 30), or once
+	// those still busy are loops that will never be idle (drain.Loops).
+	ours, holders, err := heldConns("/proc", conns, pids)
 	ok, c, why := drain.Finished(ours, drain.Settle)
+	if ok {
+		return true, err
+	}
 	f.Busy = fmt.Sprintf("%v: %s (in %v, out %v ago)", c.Remote, why, c.LastDataRecv, c.LastDataSent)
-	return ok, err
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.loops == nil {
+		return false, err // not raised
+	}
+	for i, c := range ours {
+		if f.loops.Peek(c) && len(holders[i]) > 0 {
+			f.loops.Saw(c, peek(holders[i][0], c.Inode))
+		}
+	}
+	if n, all := f.loops.AllLooping(ours, drain.Settle); all && time.Since(f.raised) >= drain.LoopPatience {
+		f.Looping = n
+		return true, err
+	}
+	return false, err
 }
 
-// heldConns returns those of conns that one of pids holds.
-func heldConns(proc procfs.FS, conns []socktab.Conn, pids []int) ([]socktab.Conn, error) {
+// heldConns returns those of conns that one of pids holds, and a holder of
+// each.
+func heldConns(proc procfs.FS, conns []socktab.Conn, pids []int) ([]socktab.Conn, [][]procfs.Holder, error) {
 	inodes := make([]uint64, len(conns))
 	for i, c := range conns {
 		inodes[i] = c.Inode
 	}
 	found, err := proc.Holders(inodes, pids)
 	var held []socktab.Conn
+	var holders [][]procfs.Holder
 	for i, hs := range found {
 		if len(hs) > 0 {
 			held = append(held, conns[i])
+			holders = append(holders, hs)
 		}
 	}
-	return held, err
+	return held, holders, err
+}
+
+// peek returns the first bytes waiting unread on the connection h holds,
+// without taking them (a copy of its socket, MSG_PEEK); nil if it cannot
+// be copied or is no longer the socket inode.
+func peek(h procfs.Holder, inode uint64) []byte {
+	sock, ino, err := pidfd.CopySocket(h.PID, h.FD)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(sock)
+	if ino != inode {
+		return nil // the fd was closed and reused meanwhile
+	}
+	buf := make([]byte, 8) // "OPTIONS "
+	n, _, err := unix.Recvfrom(sock, buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	if err != nil {
+		return nil
+	}
+	return buf[:n]
 }
 
 // migrateReqPath is net.ipv4.tcp_migrate_req (Linux 5.14) of takeover's

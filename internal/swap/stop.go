@@ -106,6 +106,15 @@ func (s Stops) RaiseFences(ctx context.Context, held *Holdings, drainTimeout tim
 		}
 		switch {
 		case clean == 2:
+			loops := 0
+			for _, x := range fs {
+				loops += x.f.Looping
+			}
+			if loops > 0 {
+				log.Info("fenced: the old server accepts nothing new; its clients send request after request on its keep-alive connections, which will never all be idle: stopping it with them open (each loses the request in flight unless the server closes it gracefully)",
+					"generation", gen, "waited", time.Since(began).Round(time.Microsecond), "keepalive_loops", loops)
+				return true
+			}
 			log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", gen, "waited", time.Since(began).Round(time.Microsecond))
 			return true
 		case time.Since(began) >= wait:
