@@ -524,3 +524,6 @@ func (d *Dir) ReadStatus(pid int) ([]byte, bool) {
 	b, err := io.ReadAll(io.LimitReader(f, maxRecord))
 	return b, err == nil
 }
+
+// Remove removes file from the directory.
+func (d *Dir) Remove(file string) error { return d.remove(file) }

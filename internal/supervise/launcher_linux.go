@@ -104,6 +104,7 @@ func Launch(cfg Config, stderr io.Writer) int {
 		return ExitLauncher
 	}
 	dir.ClearDead()
+	swap.MigrateMarkerIn(dir) // and net.ipv4.tcp_migrate_req, if one left it on
 	st, _ := procfs.FS("/proc").Stat(os.Getpid())
 	l := &launcher{cfg: cfg, log: newLogger(stderr), dir: dir, self: os.Getpid(), born: st.Start, unit: procfs.FS("/proc").SystemdUnit(os.Getpid())}
 	l.starter = newStarterState(l)

@@ -13,6 +13,7 @@ import (
 	"github.com/takeover/takeover/internal/drain"
 	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/rundir"
 	"github.com/takeover/takeover/internal/socktab"
 	"golang.org/x/sys/unix"
 )
@@ -409,10 +410,111 @@ const migrateReqPath = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 // net.ipv4.tcp_migrate_req is held on while this process has a fenced
 // swap under way, and put back to 0 by the last one if it was 0 before.
+//
+// A takeover killed mid-swap cannot put it back, so root's takeovers share
+// a marker in the run directory per network namespace, named for its
+// cookie (SO_NETNS_COOKIE: unlike the inode of /proc/self/ns/net, never
+// reused while the machine runs). It holds the pid and start time of the
+// takeover that turned the sysctl on (empty: it was on already). Each
+// takeover holding the sysctl keeps a shared OFD lock on its byte 1, which
+// dies with it (SIGKILL too), and locks byte 0 to look and change. One
+// that can lock byte 1 exclusively is alone: a marker with contents was
+// then left by a takeover that died (or let go while another held on), and
+// it adopts it (HoldMigrate) or puts the sysctl back to 0 and removes it
+// (ReleaseMigrate; MigrateMarkerIn as a launcher starts). Races left:
+// takeovers with different run directories (TAKEOVER_RUN_DIR), or of a
+// version before markers, do not see each other: as before, the one that
+// turned it on puts it back, perhaps under the other's swap (its second
+// guard cut short, never its drain); and a value an operator writes during
+// a swap is undone at its end.
 var migrate struct {
 	sync.Mutex
-	users int
-	set   bool // this process turned it on
+	users  int
+	set    bool        // this process turned it on (no marker)
+	dir    *rundir.Dir // the run directory (MigrateMarkerIn), root's only
+	name   string      // the marker's name in dir
+	marker *os.File    // held open, byte 1 locked shared, while users > 0
+}
+
+// MigrateMarkerIn makes dir, a launcher's run directory, the place of its
+// network namespace's tcp_migrate_req marker, and puts back what a
+// takeover killed mid-swap there left on. It costs a socket and an
+// openat that finds nothing, and nothing where takeover is not root.
+func MigrateMarkerIn(dir *rundir.Dir) {
+	migrate.Lock()
+	defer migrate.Unlock()
+	if os.Geteuid() != 0 {
+		return // only root may write the sysctl
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	unix.Close(fd)
+	if err != nil {
+		return
+	}
+	migrate.dir, migrate.name = dir, fmt.Sprintf("tcp_migrate_req-%d", cookie)
+	if m, alone := lockMarker(false); alone {
+		putBack(m)
+	} else if m != nil {
+		m.Close()
+	}
+}
+
+// lockMarker opens the marker (creating it if create) and locks its byte
+// 0; alone reports whether no other takeover holds the sysctl (byte 1 then
+// locked exclusively). nil without a marker.
+func lockMarker(create bool) (m *os.File, alone bool) {
+	flag := os.O_RDWR
+	if create {
+		flag |= os.O_CREATE
+	}
+	for migrate.dir != nil {
+		m, err := migrate.dir.Open(migrate.name, flag, 0o600)
+		if err != nil {
+			return nil, false
+		}
+		if err := lockByte(m, 0, unix.F_WRLCK, true); err != nil {
+			m.Close()
+			return nil, false
+		}
+		if migrate.dir.SamePath(m, migrate.name) {
+			return m, lockByte(m, 1, unix.F_WRLCK, false) == nil
+		}
+		m.Close() // removed by the last takeover to let go meanwhile
+	}
+	return nil, false
+}
+
+// lockByte sets an OFD lock of typ on byte b of f, waiting if wait.
+func lockByte(f *os.File, b int64, typ int16, wait bool) error {
+	cmd := unix.F_OFD_SETLK
+	if wait {
+		cmd = unix.F_OFD_SETLKW
+	}
+	lk := unix.Flock_t{Type: typ, Start: b, Len: 1}
+	for {
+		if err := unix.FcntlFlock(f.Fd(), cmd, &lk); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// putBack, alone with the marker m, puts the sysctl back to 0 if a
+// takeover turned it on, and removes the marker.
+func putBack(m *os.File) {
+	if markerSays(m) && sysctlIs("1") {
+		writeSysctl(migrateReqPath, "0")
+	}
+	migrate.dir.Remove(migrate.name)
+	m.Close()
+}
+
+func sysctlIs(v string) bool {
+	b, err := os.ReadFile(migrateReqPath)
+	return err == nil && strings.TrimSpace(string(b)) == v
 }
 
 // HoldMigrate turns net.ipv4.tcp_migrate_req on for the fence's swap, if
@@ -426,7 +528,7 @@ var migrate struct {
 // the host is left as it was found; the drain has by then emptied what
 // it would have moved, and it is a second guard. (false, nil) means it was
 // on already (or this process holds it); (true, nil) that it was turned
-// on; (false, err) that it could not be (not root in this network
+// on, or taken over from a takeover killed mid-swap; (false, err) that it could not be (not root in this network
 // namespace, /proc/sys read-only, a kernel before 5.14): the drain alone
 // then keeps the old socket's queue from being reset.
 func (f *Fence) HoldMigrate() (bool, error) {
@@ -440,22 +542,36 @@ func (f *Fence) HoldMigrate() (bool, error) {
 	if migrate.users > 1 {
 		return false, nil
 	}
+	m, alone := lockMarker(true)
 	v, err := os.ReadFile(migrateReqPath)
-	if err != nil || strings.TrimSpace(string(v)) != "0" {
-		return false, err
+	was := strings.TrimSpace(string(v))
+	set := false
+	if adopt := alone && was == "1" && markerSays(m); err == nil && (was == "0" || adopt) {
+		// The marker first: killed before the sysctl, a takeover leaves a
+		// marker and a 0, which the next one just removes.
+		if err = writeMarker(m); err == nil && was == "0" {
+			err = writeSysctl(migrateReqPath, "1")
+		}
+		set = err == nil
+		migrate.set = set && m == nil
 	}
-	if err := writeSysctl(migrateReqPath, "1"); err != nil {
-		return false, err
+	switch {
+	case m == nil:
+	case err != nil && alone:
+		putBack(m)
+	case err != nil:
+		m.Close()
+	default: // byte 1 shared (from exclusive, at once), then byte 0 free
+		lockByte(m, 1, unix.F_RDLCK, false)
+		lockByte(m, 0, unix.F_UNLCK, false)
+		migrate.marker = m
 	}
-	migrate.set = true
-	return true, nil
+	return set, err
 }
 
-// ReleaseMigrate lets go of the fence's hold: the last one puts
-// net.ipv4.tcp_migrate_req back to 0 if this process turned it on and it
-// is still on. (Another process's swap that turned it on meanwhile, seeing
-// it on, left it to this one: the restore can cut short its second guard,
-// never its drain.)
+// ReleaseMigrate lets go of the fence's hold: the last one (of root's
+// takeovers in the namespace, with a marker) puts net.ipv4.tcp_migrate_req
+// back to 0 if a takeover turned it on and it is still on.
 func (f *Fence) ReleaseMigrate() {
 	migrate.Lock()
 	defer migrate.Unlock()
@@ -463,13 +579,43 @@ func (f *Fence) ReleaseMigrate() {
 		return
 	}
 	f.migrating = false
-	if migrate.users--; migrate.users > 0 || !migrate.set {
+	if migrate.users--; migrate.users > 0 {
 		return
 	}
-	migrate.set = false
-	if v, err := os.ReadFile(migrateReqPath); err == nil && strings.TrimSpace(string(v)) == "1" {
+	if m := migrate.marker; m != nil {
+		migrate.marker = nil
+		if lockByte(m, 0, unix.F_WRLCK, true) == nil && lockByte(m, 1, unix.F_WRLCK, false) == nil {
+			putBack(m)
+		} else {
+			m.Close() // another takeover holds it: the last one puts it back
+		}
+		return
+	}
+	if migrate.set && sysctlIs("1") {
 		writeSysctl(migrateReqPath, "0")
 	}
+	migrate.set = false
+}
+
+// markerSays reports whether the marker m names a takeover that turned
+// the sysctl on; writeMarker writes this one into it.
+func markerSays(m *os.File) bool {
+	n, _ := m.ReadAt(make([]byte, 1), 0)
+	return n > 0
+}
+
+func writeMarker(m *os.File) error {
+	if m == nil {
+		return nil
+	}
+	st, err := procfs.FS("/proc").Stat(os.Getpid())
+	if err == nil {
+		err = m.Truncate(0)
+	}
+	if err == nil {
+		_, err = m.WriteAt([]byte(fmt.Sprintf("%d %d\n", os.Getpid(), st.Start)), 0)
+	}
+	return err
 }
 
 func writeSysctl(path, v string) error {

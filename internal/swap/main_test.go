@@ -1,6 +1,7 @@
 package swap
 
 import (
+	"os"
 	"testing"
 
 	"github.com/takeover/takeover/internal/testutil"
@@ -15,6 +16,8 @@ func TestMain(m *testing.M) {
 			return acceptLoop(3), true
 		case "trapped-acceptor": // send a seccomp listener that traps accept(2) to fd 4, then exec an acceptor
 			return trappedAcceptor(), true
+		case "migrate": // hold and release tcp_migrate_req as stdin says (TestMigrateReqKilled)
+			return migrateHelper(os.Args[1]), true
 		}
 		return 0, false
 	})
