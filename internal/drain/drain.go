@@ -137,11 +137,15 @@ type loopSeen struct {
 	recv uint64 // BytesReceived when the last was seen
 }
 
-// Peek reports whether c is worth a look at its receive queue: bytes wait
-// in it, and not the request seen there last.
+// Peek reports whether c is worth a look at its receive queue: it is not
+// known for a loop yet, and data came in since the request seen there
+// last. (Not only when sock_diag saw bytes waiting: a server that reads
+// as soon as data comes, and works on it after, leaves a request waiting
+// only for moments, and by the time of the look that was may be read and
+// another come.)
 func (l Loops) Peek(c socktab.Conn) bool {
 	s, ok := l[c.Cookie]
-	return c.RQueue > 0 && (!ok || s.recv != c.BytesReceived)
+	return s.n < 2 && (!ok || s.recv != c.BytesReceived)
 }
 
 // Saw notes that head, the first bytes waiting unread on c, were looked at.
@@ -165,18 +169,23 @@ func (l Loops) Looping(c socktab.Conn) bool {
 }
 
 // AllLooping reports whether every connection of conns that is not idle is
-// a loop, and how many are; false if none is busy.
-func (l Loops) AllLooping(conns []socktab.Conn, settle time.Duration) (n int, ok bool) {
+// a loop, and how many are (false if none is busy); otherwise held is the
+// first busy one that is not a loop, and why says what it is doing.
+func (l Loops) AllLooping(conns []socktab.Conn, settle time.Duration) (n int, held socktab.Conn, why string, ok bool) {
 	for _, c := range conns {
-		if idle, _ := Idle(c, settle); idle {
-			continue
+		idle, busy := Idle(c, settle)
+		switch {
+		case idle:
+		case l.Looping(c):
+			n++
+		case why == "":
+			held, why = c, busy
+			if l[c.Cookie].n > 0 {
+				why += "; a keep-alive connection that has not sent request after request within " + LoopActive.String()
+			}
 		}
-		if !l.Looping(c) {
-			return 0, false
-		}
-		n++
 	}
-	return n, n > 0
+	return n, held, why, why == "" && n > 0
 }
 
 // RequestLine reports whether b begins an HTTP/1.x request: a method in

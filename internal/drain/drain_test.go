@@ -244,7 +244,7 @@ func TestLoops(t *testing.T) {
 	l := Loops{}
 	a := waiting(1, 400)
 	if !l.Peek(a) {
-		t.Fatal("a request waits: not worth a peek")
+		t.Fatal("a connection never looked at: not worth a peek")
 	}
 	l.Saw(a, req)
 	if l.Peek(a) {
@@ -255,9 +255,15 @@ func TestLoops(t *testing.T) {
 		t.Error("one request seen: a loop")
 	}
 	a2 := waiting(1, 440)
+	if !l.Peek(a2) {
+		t.Error("data came in since the request seen: not worth a peek")
+	}
 	l.Saw(a2, req)
 	if !l.Looping(a2) {
 		t.Errorf("two requests seen, the client sending: not a loop (%+v)", l)
+	}
+	if l.Peek(waiting(1, 480)) {
+		t.Error("a loop already: worth a peek")
 	}
 	slow := a2
 	slow.RQueue, slow.LastDataRecv = 0, 2*time.Second
@@ -275,13 +281,13 @@ func TestLoops(t *testing.T) {
 	}
 
 	idle := quiet()
-	if n, ok := l.AllLooping([]socktab.Conn{a2, idle}, Settle); !ok || n != 1 {
+	if n, _, _, ok := l.AllLooping([]socktab.Conn{a2, idle}, Settle); !ok || n != 1 {
 		t.Errorf("a loop and an idle connection: AllLooping = %d, %v; want 1, true", n, ok)
 	}
-	if _, ok := l.AllLooping([]socktab.Conn{a2, b}, Settle); ok {
-		t.Error("a loop and a stream: AllLooping holds")
+	if n, held, why, ok := l.AllLooping([]socktab.Conn{a2, b}, Settle); ok || n != 1 || held != b || why == "" {
+		t.Errorf("a loop and a stream: AllLooping = %d, %+v, %q, %v; want 1, the stream, why, false", n, held, why, ok)
 	}
-	if _, ok := l.AllLooping([]socktab.Conn{idle}, Settle); ok {
+	if _, _, _, ok := l.AllLooping([]socktab.Conn{idle}, Settle); ok {
 		t.Error("nothing busy: AllLooping holds (the drain's own rule says finished then)")
 	}
 }

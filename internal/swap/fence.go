@@ -346,21 +346,26 @@ func (f *Fence) Finished(pids []int) (bool, error) {
 	if ok {
 		return true, err
 	}
-	f.Busy = fmt.Sprintf("%v: %s (in %v, out %v ago)", c.Remote, why, c.LastDataRecv, c.LastDataSent)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.loops == nil {
-		return false, err // not raised
-	}
-	for i, c := range ours {
-		if f.loops.Peek(c) && len(holders[i]) > 0 {
-			f.loops.Saw(c, peek(holders[i][0], c.Inode))
+	loops := 0
+	if f.loops != nil { // raised
+		for i, c := range ours {
+			if f.loops.Peek(c) && len(holders[i]) > 0 {
+				f.loops.Saw(c, peek(holders[i][0], c.Inode))
+			}
 		}
+		n, held, heldWhy, all := f.loops.AllLooping(ours, drain.Settle)
+		if all && time.Since(f.raised) >= drain.LoopPatience {
+			f.Looping = n
+			return true, err
+		}
+		if heldWhy != "" {
+			c, why = held, heldWhy
+		}
+		loops = n
 	}
-	if n, all := f.loops.AllLooping(ours, drain.Settle); all && time.Since(f.raised) >= drain.LoopPatience {
-		f.Looping = n
-		return true, err
-	}
+	f.Busy = fmt.Sprintf("%v: %s (in %v, out %v ago; %d keep-alive loops beside it)", c.Remote, why, c.LastDataRecv, c.LastDataSent, loops)
 	return false, err
 }
 
