@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,14 +64,7 @@ func TestFencedKeepAlive(t *testing.T) {
 		t.Errorf("the kept connection still answers after its server was killed")
 	}
 
-	half, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer half.Close()
-	if _, err := half.Write([]byte("GET / HTTP/1.1\r\nHo")); err != nil {
-		t.Fatal(err)
-	}
+	half := halfRequest(t, addr)
 	third := startTakeover(t, "hangtcp", "--drain-timeout", "1s", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
 	third.waitLog(t, "has not finished its connections within --drain-timeout")
 	third.waitLog(t, half.LocalAddr().String())
@@ -141,4 +136,60 @@ func TestFencedFirstSwap(t *testing.T) {
 	if res.FailedRequests() > 0 || res.OK == 0 {
 		t.Errorf("%d of %d requests failed, want 0", res.FailedRequests(), res.Requests)
 	}
+}
+
+// TestHUPDuringDrain: a HUP while the fenced old generation drains (a
+// connection whose server read half a request holds the drain until
+// --drain-timeout) starts the next generation at once, where it used to
+// wait for the drain to end; its bind waits for the swap before it, so
+// that one old generation drains at a time, and then it takes over (issue
+// 30). --ready-timeout (3s) is shorter than that wait: it does not count it.
+func TestHUPDuringDrain(t *testing.T) {
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	self, _ := os.Executable()
+	tk := startTakeover(t, "hangtcp", "-v", "--drain-timeout", "4s", "--ready-timeout", "3s", "--bind-timeout", "1s", "--kill-timeout", "300ms", "--port", port, "--", self, addr)
+	testutil.WaitServing(t, addr)
+	first := childOf(t, tk, addr)
+	t.Cleanup(func() { syscall.Kill(first, syscall.SIGKILL) })
+
+	halfRequest(t, addr)
+	tk.cmd.Process.Signal(syscall.SIGHUP)
+	tk.waitLog(t, "generation=2")
+	tk.waitLog(t, "fenced=true") // generation 2 took over; generation 1 drains
+	tk.cmd.Process.Signal(syscall.SIGHUP)
+	tk.waitLog(t, "the new generation's bind waits for the swap before it to complete")
+	tk.waitLog(t, "has not finished its connections within --drain-timeout")
+	tk.waitLogCount(t, `msg="took over"`, 3)
+	log := tk.stderr.String()
+	waits := strings.Index(log, "bind waits for the swap before it")
+	cut := strings.Index(log, "within --drain-timeout")
+	if waits > cut {
+		t.Errorf("the second HUP's generation started only after the drain ended:\n%s", log)
+	}
+	if !strings.Contains(log[cut:], "the swap before it completed") {
+		t.Errorf("no line says the waiting bind went on after the swap before it:\n%s", log)
+	}
+	if !regexp.MustCompile(`msg="took over" generation=3`).MatchString(log) {
+		t.Errorf("generation 3 did not take over:\n%s", log)
+	}
+	testutil.WaitGone(t, first)
+	testutil.WaitServing(t, addr)
+}
+
+// halfRequest opens a connection to addr and sends half a request on it:
+// the server that accepts it reads that and waits for the rest, which holds
+// a fenced drain of it until --drain-timeout. It is closed when the test
+// ends.
+func halfRequest(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHo")); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

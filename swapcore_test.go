@@ -137,9 +137,13 @@ func mustAtoi(s string) int {
 	return n
 }
 
-// keepAlive opens a keep-alive connection to addr and has one request
-// answered on it: the server that accepted it holds it, idle, until it is
-// closed. It returns the connection and the answer.
+// keepAlive opens a keep-alive connection to addr, has one request
+// answered on it, and then sends half of the next: the server that
+// accepted it holds it, waiting for the rest, until it is closed, and a
+// fenced drain of that server lasts --drain-timeout. (An idle connection
+// does not hold a drain: whether one answered at once looked idle hung on
+// when the client's ACK came, a tick later or not, and on a loaded machine
+// it did.) It returns the connection and the answer.
 func keepAlive(t *testing.T, addr string) (net.Conn, string) {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
@@ -159,6 +163,9 @@ func keepAlive(t *testing.T, addr string) (net.Conn, string) {
 	n, _ := resp.Body.Read(b)
 	resp.Body.Close()
 	c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHo")); err != nil {
+		t.Fatal(err)
+	}
 	return c, string(b[:n])
 }
 
@@ -551,7 +558,7 @@ func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
 	})
 	a.waitLog(t, `msg="took over"`)
 	first := childOf(t, a, addr)
-	keepAlive(t, addr)
+	kept, _ := keepAlive(t, addr)
 	a.cmd.Process.Signal(syscall.SIGHUP)
 	a.waitLog(t, `msg="took over" generation=2`)
 	res := loadWhile(t, addr, func() {
@@ -570,6 +577,7 @@ func TestCrashDuringFencedReloadGivesUp(t *testing.T) {
 			t.Errorf("answered %q, %v; want the old generation %d", body, err, first)
 		}
 	}
+	kept.Close() // or the server, draining on TERM, waits for the rest of its request
 	a.cmd.Process.Signal(syscall.SIGTERM)
 	if code := a.wait(t); code != 0 {
 		t.Errorf("takeover exited %d on TERM, want its server's 0", code)

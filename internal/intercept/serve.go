@@ -134,6 +134,10 @@ func (g *trap) onBind(ctx context.Context, n *seccomp.Notif) seccomp.Resp {
 		g.Log.Warn("cannot copy nor make the command's socket; letting its bind through, and it will not be seen ready", "pid", st.Tgid, "fd", fd, "err", err)
 		return seccomp.Continue
 	}
+	if g.AwaitPrev != nil && !g.AwaitPrev(ctx, func() bool { return seccomp.Valid(g.NotifFD, n.ID) }) {
+		unix.Close(sock)
+		return seccomp.Continue // the command died waiting, or takeover is ending
+	}
 	exe, _ := procfs.FS("/proc").Exe(st.Tgid)
 	child := owner.Child{PID: st.Tgid, UID: st.UID, Exe: exe, Unit: g.Unit}
 	install := func(old int) error { return injectSocket(g.NotifFD, n.ID, st.Tgid, fd, sock, old) }

@@ -8,6 +8,7 @@
 package intercept
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 
@@ -41,11 +42,15 @@ type Gen struct {
 	Held     *swap.Holdings // the sockets the generation holds
 	Prev     *swap.Holdings // those of the generation it replaces, or nil
 	PrevDead func() bool    // whether that generation's command has exited, reaped or not; nil with no Prev
-	Take     *swap.Taker    // gives a bind its target
-	Unit     string         // the systemd unit takeover runs in, or ""
-	MadeOnce *sync.Once     // the warning that sockets are made, not copied: once per launcher
-	Listened func()         // told of a listen(2) on a held socket: readiness may look again
-	Log      *slog.Logger
+	// AwaitPrev, if not nil, waits before a target's bind is taken until
+	// the swap that made Prev serve has completed; false: give up the bind
+	// (ctx ended, or valid, the notification's, no longer holds).
+	AwaitPrev func(ctx context.Context, valid func() bool) bool
+	Take      *swap.Taker // gives a bind its target
+	Unit      string      // the systemd unit takeover runs in, or ""
+	MadeOnce  *sync.Once  // the warning that sockets are made, not copied: once per launcher
+	Listened  func()      // told of a listen(2) on a held socket: readiness may look again
+	Log       *slog.Logger
 }
 
 // A trap answers one generation's notifications.

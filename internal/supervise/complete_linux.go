@@ -136,8 +136,13 @@ func (l *launcher) completeSwap(g *generation, unlock bool) {
 	if unlock {
 		locks, l.locks = l.locks, nil
 	}
+	done := make(chan struct{})
+	g.mu.Lock()
+	g.swapDone = done
+	g.mu.Unlock()
 	go func() {
 		l.swap(l.ctx, g, locks)
+		close(done)
 		l.events <- event{kind: evSwapped, g: g}
 	}()
 }

@@ -31,6 +31,7 @@ type generation struct {
 	prev     *generation   // the generation a reload replaces, or whose sockets a restart takes
 	ready    chan struct{} // closed once the command accepts on every --port
 	timedOut chan struct{} // closed if it is not ready within --ready-timeout
+	waiting  chan bool     // its bind began (true) and ended (false) waiting for the swap before it: --ready-timeout does not count that
 	exited   chan struct{} // closed once the command has exited
 	nudge    chan struct{} // a listen(2): look at readiness now
 
@@ -46,6 +47,10 @@ type generation struct {
 	cleanups   []func()                // run once the command has exited
 
 	checkWarned bool // the health check's port is unfenced, and the log says so (health_linux.go)
+
+	// swapDone is closed once the swap that makes it serve has completed
+	// (its old servers drained and stopped); nil until that swap begins.
+	swapDone chan struct{}
 }
 
 // signal sends sig to the generation's command through its pidfd: once the
@@ -186,6 +191,7 @@ func (l *launcher) trap(g *generation) intercept.Gen {
 	}
 	if g.prev != nil {
 		tg.PrevDead = g.prev.isDead
+		tg.AwaitPrev = func(ctx context.Context, valid func() bool) bool { return g.awaitPrevSwap(ctx, valid) }
 	}
 	return tg
 }
@@ -212,11 +218,13 @@ const (
 )
 
 // watchReady closes g.ready when the generation is ready, or g.timedOut
-// when --ready-timeout passes first. It looks every few milliseconds, and
+// when --ready-timeout passes first (not counting the time its bind waited
+// for the swap before it: awaitPrevSwap). It looks every few milliseconds, and
 // at once after a listen(2).
 func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 	end := time.Now().Add(timeout)
 	deadline := time.NewTimer(timeout)
+	var paused time.Time
 	defer deadline.Stop()
 	interval := readyPollFirst
 	tick := time.NewTimer(interval)
@@ -235,6 +243,15 @@ func (g *generation) watchReady(ctx context.Context, timeout time.Duration) {
 			g.mu.Unlock()
 			close(g.timedOut)
 			return
+		case w := <-g.waiting:
+			if w {
+				deadline.Stop()
+				paused = time.Now()
+			} else {
+				end = end.Add(time.Since(paused))
+				deadline.Reset(time.Until(end))
+			}
+			continue
 		case <-g.nudge:
 		case <-tick.C:
 			interval = min(interval*3/2, readyPollMax)
@@ -278,4 +295,43 @@ func (g *generation) readiness(accepted bool) ready.Result {
 // server at the bind).
 func (g *generation) rollbackable() bool {
 	return g.holdings.Rollbackable()
+}
+
+// awaitPrevSwap waits, if the swap that made g.prev serve is under way (its
+// old server draining), until it has completed: a reload started during a
+// drain (a HUP does not wait for it) binds only once the old server is
+// gone, so that one old generation drains at a time. It returns false if
+// ctx ends or valid (the bind's notification) no longer holds first.
+func (g *generation) awaitPrevSwap(ctx context.Context, valid func() bool) bool {
+	g.prev.mu.Lock()
+	done := g.prev.swapDone
+	g.prev.mu.Unlock()
+	if done == nil {
+		return true
+	}
+	select {
+	case <-done:
+		return true
+	default:
+	}
+	began := time.Now()
+	g.waiting <- true // (2 sent at most, into room for 2)
+	g.log.Info("the new generation's bind waits for the swap before it to complete: its old server is draining",
+		"generation", g.num, "serving", g.prev.num)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			g.log.Info("the swap before it completed: the new generation's bind goes on", "generation", g.num, "waited", time.Since(began).Round(time.Millisecond))
+			g.waiting <- false
+			return true
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+			if !valid() {
+				return false // its command died: its exit ends watchReady too
+			}
+		}
+	}
 }

@@ -433,9 +433,9 @@ func (l *launcher) newGeneration(ctx context.Context, num, pid, pidfd, notifFD i
 	g := &generation{
 		log: l.log, want: l.readyWant(), num: num, pid: pid, notifFD: notifFD, prev: prev, pidfd: pidfd, started: time.Now(),
 		ready:    make(chan struct{}),
-		timedOut: make(chan struct{}),
-		exited:   make(chan struct{}),
-		nudge:    make(chan struct{}, 1),
+		timedOut: make(chan struct{}), waiting: make(chan bool, 2),
+		exited: make(chan struct{}),
+		nudge:  make(chan struct{}, 1),
 	}
 	g.holdings = swap.NewHoldings(pid, false, g.exited)
 	go g.watchReady(ctx, l.cfg.readyTimeout())

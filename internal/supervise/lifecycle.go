@@ -252,10 +252,10 @@ func (m *lifecycle) handle(ev event) (code int, done bool) {
 func (m *lifecycle) onHUP() (int, bool) {
 	switch m.state {
 	case serving:
-		if m.swapping {
-			m.pendingHUP = true // one swap at a time
-			break
-		}
+		// A swap under way (its old server draining) does not hold the
+		// next generation back: it starts now, and its binds wait for that
+		// swap to complete (awaitPrevSwap), so that one swap at a time
+		// takes the sockets and one old generation drains at a time.
 		m.startReload()
 	case starting, reloading, restarting:
 		m.pendingHUP = true

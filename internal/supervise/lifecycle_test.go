@@ -141,10 +141,12 @@ func TestLifecycle(t *testing.T) {
 			{ev: evSwapped, gen: 2, state: serving},
 			{ev: evExited, gen: 1, exit: 0, state: serving},
 		}},
-		{"HUP during a swap waits for it", policy, []step{
+		// The next generation starts at once; its binds wait for the swap
+		// (awaitPrevSwap, TestHUPDuringDrain).
+		{"HUP during a swap starts the next generation", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
-			{ev: evHUP, state: serving},
-			{ev: evSwapped, gen: 1, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evSwapped, gen: 1, state: reloading},
 			{ev: evHUP, state: reloading},
 			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "reload 2 failed", "notify READY=1", "notify RELOADING=1", "start 3"}, state: reloading},
 		}},
