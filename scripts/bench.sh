@@ -22,7 +22,8 @@
 # --only backlog: python's ThreadingHTTPServer (listen backlog 5) under 50
 # clients, replaced 10 times, fenced and with --fence off side by side, its
 # socket intercepted and passed (--sockets systemd), each in a network
-# namespace of its own (BenchmarkFencedSmallBacklog): bench-out/backlog.md.
+# namespace of its own (BenchmarkFencedSmallBacklog), and the same with ab
+# (scripts/abbacklog.sh): bench-out/backlog.md.
 # --only keepalive: wrk -c32 and hey -c 32 (keep-alive) through 6 HUP
 # reloads 3 s apart, per real server (scripts/keepalive.sh):
 # bench-out/keepalive.md.
@@ -282,6 +283,8 @@ if want backlog; then
   echo
   echo "== python ThreadingHTTPServer (backlog 5), 50 clients, 10 swaps: fenced and unfenced, intercepted and passed"
   go test -count=1 -run '^$' -bench BenchmarkFencedSmallBacklog -benchtime 1x . | grep '^|' > "$out/backlog.md"
+  echo >> "$out/backlog.md"
+  scripts/abbacklog.sh "$tk" >> "$out/backlog.md"
   cat "$out/backlog.md"
   echo "wrote $out/backlog.md"
 fi
