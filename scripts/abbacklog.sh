@@ -12,6 +12,7 @@
 # requests/s, fenced/unfenced, the time the 10 swaps took. Run it under
 # flock /tmp/takeover-heavy.lock: it loads both cores for about a minute.
 set -euo pipefail
+trap 'echo "abbacklog.sh: failed at line $LINENO" >&2' ERR
 cd "$(dirname "$0")/.."
 tk=${1:-}
 if [ -z "$tk" ]; then go build -o /tmp/takeover-abbacklog . && tk=/tmp/takeover-abbacklog; fi
@@ -52,7 +53,8 @@ run() {
   local reqs rps conn recv exc fenced
   reqs=$(awk '/^Complete requests/ {print $3}' "$f")
   rps=$(awk '/^Requests per second/ {print $4}' "$f")
-  read -r conn recv exc < <(sed -n 's/.*(Connect: \([0-9]*\), Receive: \([0-9]*\), Length: [0-9]*, Exceptions: \([0-9]*\)).*/\1 \2 \3/p' "$f")
+  # (ab prints the breakdown only when something failed.)
+  read -r conn recv exc < <(sed -n 's/.*(Connect: \([0-9]*\), Receive: \([0-9]*\), Length: [0-9]*, Exceptions: \([0-9]*\)).*/\1 \2 \3/p' "$f") || true
   fenced=$(cat "$work/$name".[0-9]* | grep -c 'fenced=true' || true)
   echo "$name $reqs ${conn:-0} ${recv:-0} ${exc:-0} $rps $took $fenced" >> "$work/rows"
 }

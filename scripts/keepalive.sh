@@ -7,7 +7,9 @@
 # connections with think time, idle between requests, as a browser's or a
 # proxy's are).
 # Per server: wrk's requests and errors, reloads done of 6 (generations that
-# took over before the load ended), and hey's errors.
+# took over before the load ended), and hey's errors; and, for the servers
+# that have a reload of their own (nginx, gunicorn, puma), wrk through 6 of
+# those, without takeover, the same way.
 #
 #   scripts/keepalive.sh [TAKEOVER-BINARY] [SERVER...]
 #
@@ -95,8 +97,39 @@ run() {
   cp "$log" "/tmp/keepalive-last.$1.$2.log" 2>/dev/null || true
 }
 
+# own SERVER: the server alone, under wrk, reloaded its own way every 3 s
+# (nginx: HUP to its master; gunicorn: HUP; puma: USR1, a phased restart),
+# for the same table. Servers with no reload of their own are skipped.
+own() {
+  local sig
+  case $1 in nginx) sig=HUP ;; gunicorn) sig=HUP ;; puma) sig=USR1 ;; *) return 0 ;; esac
+  local port cmd
+  port=$(free_port)
+  cmd=$(argv "$1" "$port") || true
+  [ -n "$cmd" ] || return 0
+  # shellcheck disable=SC2086
+  set -- "$1" $cmd
+  if [ "$1" = nginx ]; then set -- "$@" -g 'daemon off;'; fi
+  "${@:2}" >/dev/null 2>"$work/$1.own.log" & tkpid=$!
+  wait_serving "127.0.0.1:$port"
+  local out=$work/$1.own.out
+  wrk -t2 -c32 -d${duration}s "http://127.0.0.1:$port/" > "$out" 2>&1 &
+  local load=$!
+  for _ in $(seq $reloads); do sleep $every; kill -"$sig" "$tkpid"; done
+  wait "$load"
+  kill -TERM "$tkpid"; wait "$tkpid" || true; tkpid=
+  local reqs errs non2xx kinds
+  reqs=$(awk '/requests in/ {print $1}' "$out")
+  errs=$(awk '/Socket errors/ {gsub(",","");s=0; for(i=3;i<=NF;i+=2) s+=$(i+1); print s}' "$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$out")
+  errs=$(( ${errs:-0} + ${non2xx:-0} ))
+  kinds=$(awk '/Socket errors/ {sub(/.*errors: /,""); print}' "$out")
+  echo "| $1 | wrk, its own reload (kill -$sig), no takeover | $reqs | $errs${kinds:+ ($kinds)} | $reloads sent | |"
+}
+
 echo "| server | client | requests | errors | reloads done | drains cut at --drain-timeout |"
 echo "|---|---|---:|---:|---:|---:|"
 for s in "${servers[@]}"; do
   for c in wrk hey hey-q5; do run "$s" "$c"; done
+  own "$s"
 done
