@@ -184,6 +184,7 @@ func (l *launcher) run(path string) int {
 		go l.watchFront(front)
 	}
 	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
+	m.passesSockets = l.cfg.sockets() != SocketsIntercept
 	if err := m.begin(); err != nil {
 		if errors.Is(err, seccomp.ErrUnavailable) {
 			l.log.Error("cannot start the command", "err", err,

@@ -165,6 +165,9 @@ type lifecycle struct {
 	// swap decides between rolling back and keeping it (evRolledBack or
 	// evSwapped).
 	probationExit *syscall.WaitStatus
+	// passesSockets: each generation gets its sockets passed as it starts
+	// (--sockets), not taken at its binds.
+	passesSockets bool
 }
 
 // crashInfo is what the restart log line says of the generation that died.
@@ -255,7 +258,13 @@ func (m *lifecycle) onHUP() (int, bool) {
 		// A swap under way (its old server draining) does not hold the
 		// next generation back: it starts now, and its binds wait for that
 		// swap to complete (awaitPrevSwap), so that one swap at a time
-		// takes the sockets and one old generation drains at a time.
+		// takes the sockets and one old generation drains at a time. A
+		// generation that gets its sockets passed gets them as it starts:
+		// it waits for the swap.
+		if m.swapping && m.passesSockets {
+			m.pendingHUP = true
+			break
+		}
 		m.startReload()
 	case starting, reloading, restarting:
 		m.pendingHUP = true

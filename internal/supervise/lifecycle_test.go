@@ -89,6 +89,9 @@ func (f *fakeSupervisor) fallBack() *generation {
 
 // step is one event given to the lifecycle: on generation gen (1-based),
 // what the supervisor must have been asked, and where it must be then.
+// ev -1 makes the next start fail, -2 gives the supervisor an unfinished
+// reload to fall back to, and -3 makes the launcher one that passes
+// sockets (--sockets).
 type step struct {
 	ev    lifeEvent
 	gen   int
@@ -149,6 +152,12 @@ func TestLifecycle(t *testing.T) {
 			{ev: evSwapped, gen: 1, state: reloading},
 			{ev: evHUP, state: reloading},
 			{ev: evExited, gen: 2, exit: 1, calls: []string{"release 2", "reload 2 failed", "notify READY=1", "notify RELOADING=1", "start 3"}, state: reloading},
+		}},
+		{"HUP during a swap waits for it where sockets are passed as a generation starts", policy, []step{
+			{ev: -3},
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evHUP, state: serving},
+			{ev: evSwapped, gen: 1, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
 		}},
 		{"a reload that cannot start leaves the old serving", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
@@ -416,6 +425,10 @@ func TestLifecycle(t *testing.T) {
 				}
 				if s.ev == -2 {
 					f.fallBackTo = 1
+					continue
+				}
+				if s.ev == -3 {
+					m.passesSockets = true
 					continue
 				}
 				ev := event{kind: s.ev, sig: s.sig, seq: m.seq}
