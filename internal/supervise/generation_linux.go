@@ -306,8 +306,8 @@ func (g *generation) awaitPrevSwap(ctx context.Context, valid func() bool) bool 
 	g.prev.mu.Lock()
 	done := g.prev.swapDone
 	g.prev.mu.Unlock()
-	if done == nil {
-		return true
+	if done == nil || g.prev.isDead() {
+		return true // no swap, or a restart's: the sockets are held for it
 	}
 	select {
 	case <-done:
