@@ -29,19 +29,21 @@ cleanup() {
 trap cleanup EXIT
 ip netns add "$ns"
 ip -n "$ns" link set lo up
-in_ns() { ip netns exec "$ns" "$@"; }
+# (Not a shell function: one started with & runs in a subshell, whose pid
+# $! then is, and a TERM to it would leave takeover running.)
+in_ns=(ip netns exec "$ns")
 
 # run NAME [FLAGS...]: one row.
 run() {
   local name=$1; shift
   local prev cur
-  in_ns "$tk" --strategy handoff "$@" --port 127.0.0.1:8100 -- python3 testdata/server.py 8100 >/dev/null 2>"$work/$name.0" & prev=$!; pids+=("$prev")
-  for _ in $(seq 100); do in_ns bash -c 'exec 3<>/dev/tcp/127.0.0.1/8100' 2>/dev/null && break; sleep 0.1; done
-  in_ns ab -r -c 50 -t 22 -n 100000000 http://127.0.0.1:8100/ > "$work/$name.ab" 2>&1 & local abp=$!
+  "${in_ns[@]}" "$tk" --strategy handoff "$@" --port 127.0.0.1:8100 -- python3 testdata/server.py 8100 >/dev/null 2>"$work/$name.0" & prev=$!; pids+=("$prev")
+  for _ in $(seq 100); do "${in_ns[@]}" bash -c 'exec 3<>/dev/tcp/127.0.0.1/8100' 2>/dev/null && break; sleep 0.1; done
+  "${in_ns[@]}" ab -r -c 50 -t 22 -n 100000000 http://127.0.0.1:8100/ > "$work/$name.ab" 2>&1 & local abp=$!
   sleep 1
   local began; began=$(date +%s.%N)
   for i in $(seq 10); do
-    in_ns "$tk" --strategy handoff "$@" --port 127.0.0.1:8100 -- python3 testdata/server.py 8100 >/dev/null 2>"$work/$name.$i" & cur=$!; pids+=("$cur")
+    "${in_ns[@]}" "$tk" --strategy handoff "$@" --port 127.0.0.1:8100 -- python3 testdata/server.py 8100 >/dev/null 2>"$work/$name.$i" & cur=$!; pids+=("$cur")
     timeout 60 tail --pid="$prev" -f /dev/null || { echo "swap $i: the old takeover did not exit" >&2; return 1; }
     prev=$cur
     sleep 1
