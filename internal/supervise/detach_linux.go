@@ -23,12 +23,12 @@ import (
 // signal but a stop, and on a stop exits 0 at once. The launcher, which
 // holds everything (the generation, its sockets, the seccomp listener,
 // the run-directory record, the unix socket newer takeovers ask), sees the
-// front go (its pipe's end closes) and serves on, detached, until a newer
+// front go (its end of their socket pair closes) and serves on, detached, until a newer
 // takeover replaces it as usual, or for at most the given duration; then
 // it stops the server as a stop signal would have.
 
-// frontEnv names, in the launcher's environment, the fd of the pipe whose
-// other end the front holds.
+// frontEnv names, in the launcher's environment, the fd of the socket
+// pair whose other end the front holds.
 const FrontEnv = "TAKEOVER_FRONT_FD"
 
 // maxDetach bounds --detach-on-stop.
@@ -37,16 +37,31 @@ const MaxDetach = time.Hour
 // RunFront starts the launcher with the same arguments behind a front and
 // returns the exit status the front should exit with: the launcher's own,
 // or 0 when a stop signal detached it.
+//
+// The front and the launcher share a socket pair: the launcher sees the
+// front go when its end closes, and sends a byte once its signal handlers
+// are installed. Until then the front holds the signals it is to pass on,
+// in order: a HUP, USR1 or USR2 kills a Go program that has not asked for
+// it, and the launcher asks only after the Go runtime's start, its run
+// directory and its status files. A supervisor's reload just after a
+// restart (sv restart, then sv hup) would otherwise end the new takeover
+// before it has begun (TestFrontHoldsSignals).
 func RunFront(args []string, stderr io.Writer) int {
-	r, w, err := os.Pipe()
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		// Non-blocking, so that a Close while the byte is awaited is
+		// not held up by the Read.
+		err = unix.SetNonblock(pair[0], true)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "takeover: --detach-on-stop: %v\n", err)
 		return ExitLauncher
 	}
+	front, theirs := os.NewFile(uintptr(pair[0]), "launcher"), os.NewFile(uintptr(pair[1]), "front")
 	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Args[0] = os.Args[0]
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, stderr
-	cmd.ExtraFiles = []*os.File{r}
+	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.Env = append(os.Environ(), FrontEnv+"=3")
 	// A session of its own: a signal to the supervisor's process group
 	// (a terminal's ^C, supervisord's stopasgroup) does not reach it.
@@ -57,21 +72,38 @@ func RunFront(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "takeover: --detach-on-stop: start the launcher: %v\n", err)
 		return ExitLauncher
 	}
-	r.Close()
+	theirs.Close()
+	listening := make(chan struct{}) // closed once the launcher takes signals, or has exited
+	go func() {
+		var b [1]byte
+		front.Read(b[:])
+		close(listening)
+	}()
+	var held []os.Signal
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	for {
 		select {
+		case <-listening:
+			listening = nil
+			for _, sig := range held {
+				cmd.Process.Signal(sig)
+			}
+			held = nil
 		case sig := <-sigs:
 			if isStopSignal(sig) {
 				// The launcher serves on, detached; the supervisor may start
 				// the next takeover at once.
-				w.Close()
+				front.Close()
 				return 0
+			}
+			if listening != nil {
+				held = append(held, sig)
+				continue
 			}
 			cmd.Process.Signal(sig) // pidfd-backed: never another process
 		case err := <-exited:
-			w.Close()
+			front.Close()
 			var ee *exec.ExitError
 			if errors.As(err, &ee) {
 				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -87,8 +119,10 @@ func RunFront(args []string, stderr io.Writer) int {
 	}
 }
 
-// frontPipe returns the launcher's end of its front's pipe, or nil when
-// it runs without a front. The variable is takeover's own: never passed on.
+// frontPipe returns the launcher's end of its front's socket pair, or nil
+// when it runs without a front, and tells the front that the launcher now
+// takes the signals it passes on: call it once they are asked for
+// (signal.Notify). The variable is takeover's own: never passed on.
 func frontPipe() *os.File {
 	v := os.Getenv(FrontEnv)
 	if v == "" {
@@ -100,6 +134,7 @@ func frontPipe() *os.File {
 		return nil
 	}
 	unix.CloseOnExec(fd)
+	unix.Sendto(fd, []byte{1}, unix.MSG_NOSIGNAL, nil) // a front gone has closed its end: nothing to tell
 	relayOutput(1)
 	relayOutput(2)
 	return os.NewFile(uintptr(fd), "front")

@@ -139,6 +139,7 @@ func (l *launcher) run(path string) int {
 	defer cancel()
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, forwarded...)
+	front := frontPipe() // the front holds what it passes on until now
 	// Orphaned grandchildren (a daemonizing server's workers) are re-parented
 	// to takeover, which reaps them, as PID 1 of a container would.
 	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -180,7 +181,7 @@ func (l *launcher) run(path string) int {
 	l.byPID = make(map[int]*generation)
 	l.exits = make(chan childExit, 16)
 	reapOrphans(l.exits)
-	if front := frontPipe(); front != nil {
+	if front != nil {
 		go l.watchFront(front)
 	}
 	m := newLifecycle(l, l.log, l.cfg.restartPolicy(), l.cfg.KillOldDelay)
@@ -303,7 +304,7 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 			return r.files, r.err
 		case sig := <-sigs:
 			if sig == unix.SIGWINCH || sig == unix.SIGHUP {
-				continue
+				continue // a reload: the first generation, started once the lock is taken, is the one it asks for
 			}
 			cancel()
 			<-done

@@ -150,6 +150,7 @@ type lifecycle struct {
 	cur        *generation // the one serving, or the one starting
 	next       *generation // a reload's, while it starts
 	dead       *generation // a crashed one, whose sockets are held
+	old        *generation // a reload's old generation, until the swap that stops it completes
 	locked     bool        // the port locks are held until the first swap completes
 	swapping   bool        // a swap is completing
 	pendingHUP bool        // a HUP waits for the swap under way
@@ -213,7 +214,7 @@ func (m *lifecycle) handle(ev event) (code int, done bool) {
 		m.onTimedOut(ev.g)
 	case evDelayDone:
 		if ev.g == m.next && m.state == reloading {
-			m.cur, m.next = m.next, nil
+			m.old, m.cur, m.next = m.cur, m.next, nil
 			m.completeSwap(m.cur)
 		} else if ev.g == m.cur && m.state == starting {
 			m.completeSwap(m.cur)
@@ -225,7 +226,7 @@ func (m *lifecycle) handle(ev event) (code int, done bool) {
 	case evRolledBack:
 		return m.onRolledBack(ev.g, ev.why)
 	case evSwapped:
-		m.swapping = false
+		m.swapping, m.old = false, nil
 		if m.state == onProbation {
 			m.sup.probationOver(ev.g, "", nil)
 			m.state = serving
@@ -341,6 +342,12 @@ func (m *lifecycle) onStop(ev event) (int, bool) {
 		// nothing may outlive takeover.
 		m.sup.stop(m.next, ev.sig)
 	}
+	if m.old != nil {
+		// And during a reload's swap, the old generation the swap has yet
+		// to stop: takeover exits once it has gone, not with it still
+		// serving on the sockets.
+		m.sup.stop(m.old, ev.sig)
+	}
 	return 0, false
 }
 
@@ -425,7 +432,7 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		m.sup.release(g)
 		m.next = nil
 		if m.state == stopping || m.state == replaced {
-			return m.status, m.cur == nil
+			return m.status, m.cur == nil && m.old == nil
 		}
 		if !g.isRolledBack() && m.retryFailed(g, code, retryingReload) {
 			return 0, false
@@ -448,6 +455,9 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 			m.startReload()
 		}
 		return 0, false
+	case g == m.old:
+		m.old = nil
+		return m.status, (m.state == stopping || m.state == replaced) && m.cur == nil && m.next == nil
 	case g != m.cur:
 		return 0, false // an old generation, or an orphan
 	}
@@ -470,7 +480,7 @@ func (m *lifecycle) onExited(g *generation, ws syscall.WaitStatus) (int, bool) {
 		} else {
 			m.log.Info("command exited", "pid", g.pid, "status", code)
 		}
-		return m.status, m.next == nil
+		return m.status, m.next == nil && m.old == nil
 	case reloading:
 		// The serving generation died during a reload (a rebind stops it at
 		// the new one's bind). The new one takes its place, and its sockets,
@@ -527,7 +537,7 @@ func (m *lifecycle) onRolledBack(g *generation, why string) (int, bool) {
 		if ws == nil {
 			m.sup.stop(g, 0)
 		}
-		m.cur, m.state = p, serving
+		m.cur, m.state, m.old = p, serving, nil
 		m.sup.notify("READY=1")
 		return 0, false
 	}
@@ -553,7 +563,7 @@ func (m *lifecycle) servesOn(g *generation) bool {
 	m.log.Warn("the reload's new generation died before its swap completed and does not come back: the old generation serves on", "generation", old.num, "pid", old.pid, "dead_pid", g.pid)
 	m.sup.reloadFailed(g.num, "died while the old generation drained")
 	m.sup.notify("READY=1")
-	m.cur, m.state = old, serving
+	m.cur, m.state, m.old = old, serving, nil
 	return true
 }
 
