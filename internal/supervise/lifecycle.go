@@ -153,6 +153,7 @@ type lifecycle struct {
 	old        *generation // a reload's old generation, until the swap that stops it completes
 	locked     bool        // the port locks are held until the first swap completes
 	swapping   bool        // a swap is completing
+	swapOf     *generation // whose
 	pendingHUP bool        // a HUP waits for the swap under way
 	nextReady  bool        // the reload's generation is ready: it waits out --kill-old-delay
 	status     int         // the exit status once the command is gone
@@ -226,7 +227,13 @@ func (m *lifecycle) handle(ev event) (code int, done bool) {
 	case evRolledBack:
 		return m.onRolledBack(ev.g, ev.why)
 	case evSwapped:
-		m.swapping, m.old = false, nil
+		if ev.g != m.swapOf {
+			// An earlier generation's swap, ended after the next one's
+			// began (a HUP does not wait for a swap): the state is that
+			// one's.
+			break
+		}
+		m.swapping, m.old, m.swapOf = false, nil, nil
 		if m.state == onProbation {
 			m.sup.probationOver(ev.g, "", nil)
 			m.state = serving
@@ -383,7 +390,7 @@ func (m *lifecycle) oldStopDelay(g *generation) time.Duration {
 }
 
 func (m *lifecycle) completeSwap(g *generation) {
-	m.swapping, m.state, m.retries = true, serving, 0
+	m.swapping, m.swapOf, m.state, m.retries = true, g, serving, 0
 	m.sup.completeSwap(g, m.locked)
 	m.locked = false
 }

@@ -224,6 +224,19 @@ func TestLifecycle(t *testing.T) {
 			{ev: evExited, gen: 2, exit: -15, calls: []string{"release 2"}, state: stopping},
 			{ev: evExited, gen: 1, exit: 0, state: stopping, done: true, code: 143},
 		}},
+		// The swap before a HUP's reload ends late, after the reload's own
+		// swap began: its evSwapped is that earlier swap's and leaves the
+		// later one's state alone.
+		{"an earlier swap's end does not end the later one", policy, []step{
+			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
+			{ev: evHUP, calls: []string{"notify RELOADING=1", "start 2"}, state: reloading},
+			{ev: evReady, gen: 2, calls: []string{"after 0s delay-done"}, state: reloading},
+			{ev: evDelayDone, gen: 2, calls: []string{"swap 2 unlock=false"}, state: serving},
+			{ev: evSwapped, gen: 1, state: serving},
+			{ev: evStop, sig: syscall.SIGTERM, calls: []string{"stop 2 15", "stop 1 15"}, state: stopping},
+			{ev: evExited, gen: 2, exit: -15, calls: []string{"release 2"}, state: stopping},
+			{ev: evExited, gen: 1, exit: 0, state: stopping, done: true, code: 143},
+		}},
 		{"replaced by a newer takeover: copies released, command stopped, exit 0", policy, []step{
 			{ev: evReady, gen: 1, calls: []string{"swap 1 unlock=true"}, state: serving},
 			{ev: evReplaced, sig: syscall.SIGQUIT, calls: []string{"release 1", "stop 1 3"}, state: replaced},
