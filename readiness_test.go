@@ -143,6 +143,27 @@ func TestLockWaitIsBounded(t *testing.T) {
 	}
 }
 
+// TestLockWaitIgnoresUSR1: a USR1 or USR2 (for the command) to a takeover
+// still waiting for the port lock is ignored, with a warning; it used to
+// end takeover with 128+N, the deploy lost (issue 28, item 12's review).
+func TestLockWaitIgnoresUSR1(t *testing.T) {
+	port := testutil.FreePort(t)
+	addr := "127.0.0.1:" + port
+	self, _ := os.Executable()
+	startTakeover(t, "listenonly", "--ready-timeout", "30s", "--port", port, "--", self, addr)
+	for len(lookup(t, addr)) == 0 { // it has bound and listens, so it holds the lock
+		time.Sleep(10 * time.Millisecond)
+	}
+	waiter := startTakeover(t, "serve", "--lock-timeout", "2s", "--port", port, "--", self, addr)
+	waiter.waitLog(t, "waiting for another takeover")
+	waiter.cmd.Process.Signal(syscall.SIGUSR1)
+	waiter.waitLog(t, "ignored")
+	waiter.cmd.Process.Signal(syscall.SIGUSR2)
+	if code := waiter.wait(t); code != supervise.ExitLauncher {
+		t.Errorf("the waiting takeover exited %d, want %d (its --lock-timeout):\n%s", code, supervise.ExitLauncher, waiter.stderr)
+	}
+}
+
 // TestRunDirCleaned: the last takeover of a port removes its lock, record,
 // socket and status record from the run directory.
 func TestRunDirCleaned(t *testing.T) {

@@ -303,8 +303,14 @@ func (l *launcher) lock(ctx context.Context, sigs <-chan os.Signal) ([]*os.File,
 			}
 			return r.files, r.err
 		case sig := <-sigs:
-			if sig == unix.SIGWINCH || sig == unix.SIGHUP {
+			switch {
+			case sig == unix.SIGWINCH || sig == unix.SIGHUP:
 				continue // a reload: the first generation, started once the lock is taken, is the one it asks for
+			case !isStopSignal(sig):
+				// USR1, USR2: for the command, and none runs yet (the one
+				// serving is the other takeover's).
+				l.log.Warn("no command of this takeover runs yet to pass the signal on to; ignored", "signal", sig)
+				continue
 			}
 			cancel()
 			<-done
