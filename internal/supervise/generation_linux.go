@@ -315,7 +315,7 @@ func (g *generation) awaitPrevSwap(ctx context.Context, valid func() bool) bool 
 	default:
 	}
 	began := time.Now()
-	g.waiting <- true // (2 sent at most, into room for 2)
+	g.pauseReady(true)
 	g.log.Info("the new generation's bind waits for the swap before it to complete: its old server is draining",
 		"generation", g.num, "serving", g.prev.num)
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -324,7 +324,7 @@ func (g *generation) awaitPrevSwap(ctx context.Context, valid func() bool) bool 
 		select {
 		case <-done:
 			g.log.Info("the swap before it completed: the new generation's bind goes on", "generation", g.num, "waited", time.Since(began).Round(time.Millisecond))
-			g.waiting <- false
+			g.pauseReady(false)
 			return true
 		case <-ctx.Done():
 			return false
@@ -333,5 +333,14 @@ func (g *generation) awaitPrevSwap(ctx context.Context, valid func() bool) bool 
 				return false // its command died: its exit ends watchReady too
 			}
 		}
+	}
+}
+
+// pauseReady tells watchReady that the generation's bind began (true) or
+// ended (false) waiting for the swap before it. (Sent at most once each,
+// into room for both.)
+func (g *generation) pauseReady(paused bool) {
+	if g.waiting != nil {
+		g.waiting <- paused
 	}
 }
