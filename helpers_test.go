@@ -33,7 +33,15 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(testutil.HelperEnv); mode != "" {
 		os.Exit(runHelper(mode, os.Args[1:]))
 	}
+	// Tests stop takeovers mid-swap, each with a run directory of its own,
+	// where no marker tells the next one to put net.ipv4.tcp_migrate_req
+	// back: the host's is put back as it was found.
+	const migrateReq = "/proc/sys/net/ipv4/tcp_migrate_req"
+	found, _ := os.ReadFile(migrateReq)
 	code := m.Run()
+	if now, _ := os.ReadFile(migrateReq); len(found) > 0 && string(now) != string(found) {
+		os.WriteFile(migrateReq, found, 0)
+	}
 	if binPath != "" { // takeoverBin's build, in a temp dir of its own
 		os.RemoveAll(filepath.Dir(binPath))
 	}
