@@ -493,15 +493,24 @@ func lockMarker(create bool) (m *os.File, alone bool) {
 	return nil, false
 }
 
-// lockByte sets an OFD lock of typ on byte b of f, waiting if wait.
+// markerLockWait bounds a wait for the marker's byte 0, which another
+// takeover holds only while it looks and changes: one stopped (SIGSTOP) or
+// stuck there must not stop this one's swap. Past it, the marker is left
+// alone and this process guards the sysctl as one without a marker does.
+const markerLockWait = 2 * time.Second
+
+// lockByte sets an OFD lock of typ on byte b of f, waiting up to
+// markerLockWait if wait.
 func lockByte(f *os.File, b int64, typ int16, wait bool) error {
-	cmd := unix.F_OFD_SETLK
-	if wait {
-		cmd = unix.F_OFD_SETLKW
-	}
 	lk := unix.Flock_t{Type: typ, Start: b, Len: 1}
+	deadline := time.Now().Add(markerLockWait)
 	for {
-		if err := unix.FcntlFlock(f.Fd(), cmd, &lk); err != unix.EINTR {
+		err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
+		switch {
+		case err == unix.EINTR:
+		case wait && (err == unix.EAGAIN || err == unix.EACCES) && time.Now().Before(deadline):
+			time.Sleep(5 * time.Millisecond)
+		default:
 			return err
 		}
 	}
