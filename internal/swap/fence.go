@@ -62,6 +62,9 @@ type Fence struct {
 	raised  time.Time
 	loops   drain.Loops
 	Looping int
+	// taken are the old server's connections taken to be relayed to the
+	// new server, when it has loops (relay.go).
+	taken taken
 
 	// check is a health check's source, steered to the new socket while
 	// it runs (checksteer.go).

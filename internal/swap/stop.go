@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/takeover/takeover/internal/drain"
 	"github.com/takeover/takeover/internal/owner"
 	"github.com/takeover/takeover/internal/pidfd"
 	"github.com/takeover/takeover/internal/procfs"
@@ -111,8 +112,24 @@ func (s Stops) RaiseFences(ctx context.Context, held *Holdings, drainTimeout tim
 				loops += x.f.Looping
 			}
 			if loops > 0 {
-				log.Info("fenced: the old server accepts nothing new; its clients send request after request on its keep-alive connections, which will never all be idle: stopping it with them open (each loses the request in flight unless the server closes it gracefully)",
-					"generation", gen, "waited", time.Since(began).Round(time.Microsecond), "keepalive_loops", loops)
+				// Their connections will never all be idle: take them
+				// (relay.go), and stop the server once it has answered
+				// what it had read on them.
+				took := 0
+				for _, x := range fs {
+					n, err := x.f.TakeConns(x.pids, drainTimeout, log)
+					if err != nil {
+						log.Debug("cannot take the old server's connections", "port", x.spec.String(), "err", err)
+					}
+					took += n
+				}
+				released := true
+				end := time.Now().Add(drain.LoopPatience)
+				for _, x := range fs {
+					released = x.f.AwaitReleased(ctx, time.Until(end)) && released
+				}
+				log.Info("fenced: the old server accepts nothing new; its clients send request after request on its keep-alive connections: takeover took them, and sends what each client sends next to the new server once the old server has answered what it read",
+					"generation", gen, "waited", time.Since(began).Round(time.Microsecond), "keepalive_loops", loops, "taken", took, "released", released)
 				return true
 			}
 			log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", gen, "waited", time.Since(began).Round(time.Microsecond))

@@ -1,0 +1,322 @@
+package swap
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/takeover/takeover/internal/drain"
+	"github.com/takeover/takeover/internal/pidfd"
+	"github.com/takeover/takeover/internal/procfs"
+	"github.com/takeover/takeover/internal/socktab"
+	"golang.org/x/sys/unix"
+)
+
+// Taking a fenced old server's keep-alive connections (issue 30). A server
+// that does not close its keep-alive connections itself when it stops
+// (Go's net/http without Shutdown, uvicorn, node) closes them with a
+// request in flight on each, under clients that send request after request
+// (a proxy's pool, a load test): the client's next request meets a closed
+// connection. Before it is stopped, takeover takes a copy of each of its
+// connections (pidfd_getfd) and shuts the copy for reading: the server
+// reads the requests already sent, answers them, then reads an end of
+// file, as from a client that has gone, and closes its descriptor. The
+// connection stays open (takeover's copy holds it), no FIN goes out, and
+// the next request its client sends waits in it, unread. Once the server
+// has let go, takeover sends that request to the new server on a
+// connection of its own, with "Connection: close" added to its header, and
+// the answer back: the client reads a whole response that tells it to
+// reconnect, and does, to the new server. A server that half-closes a
+// connection when it reads the end of file (node's http, shutdown(2))
+// sends its client a FIN all the same: that client sees the connection
+// closed, as without this.
+//
+// A shut-down socket reads as at its end whenever nothing waits in it, so
+// the copy is polled (its receive queue and state), not waited on.
+
+// relayIdle is how long a taken connection whose client sends nothing is
+// held before it is closed: as a server closes an idle keep-alive
+// connection, and its client reconnects for its next request.
+const relayIdle = drain.LoopPatience
+
+// relayPoll is how often a taken connection's receive queue is looked at.
+const relayPoll = time.Millisecond
+
+// A takenConn is takeover's copy of one of the old server's connections,
+// shut for reading.
+type takenConn struct {
+	sock  int
+	inode uint64
+}
+
+// What a fence took (TakeConns): how many of the connections taken the old
+// server still holds, how many had a request relayed, and the relays.
+type taken struct {
+	held    int
+	relayed int
+	relays  sync.WaitGroup
+}
+
+// Relayed returns how many taken connections had a request relayed to the
+// new server.
+func (f *Fence) Relayed() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.taken.relayed
+}
+
+// TakeConns takes every connection the old server (pids) holds on the
+// fence's port, shuts each for reading, and starts relaying each, once no
+// process of pids holds it any more, to the new server (relay), for up to
+// limit. It returns how many it took. Wait waits for the server to let go.
+func (f *Fence) TakeConns(pids []int, limit time.Duration, log *slog.Logger) (int, error) {
+	conns, err := socktab.DiagTCPConns(f.addr.Port())
+	if err != nil {
+		return 0, err
+	}
+	ours, holders, err := heldConns("/proc", conns, pids)
+	if err != nil {
+		return 0, err
+	}
+	var taken []takenConn
+	for i, c := range ours {
+		h := holders[i][0]
+		sock, ino, err := pidfd.CopySocket(h.PID, h.FD)
+		if err != nil {
+			continue
+		}
+		if ino != c.Inode || unix.Shutdown(sock, unix.SHUT_RD) != nil {
+			unix.Close(sock) // the fd was closed and reused meanwhile
+			continue
+		}
+		taken = append(taken, takenConn{sock, ino})
+	}
+	if len(taken) == 0 {
+		return 0, nil
+	}
+	f.setHeld(len(taken))
+	dial := f.addr
+	if dial.Addr().IsUnspecified() {
+		lo := netip.IPv6Loopback()
+		if dial.Addr().Unmap().Is4() {
+			lo = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		}
+		dial = netip.AddrPortFrom(lo, dial.Port())
+	}
+	deadline := time.Now().Add(limit)
+	f.taken.relays.Add(1)
+	go func() {
+		defer f.taken.relays.Done()
+		n := len(taken)
+		relayed := f.relayReleased(taken, pids, dial, deadline)
+		log.Info("relayed the next request of the old server's keep-alive connections to the new server, each with Connection: close", "port", f.addr.String(), "taken", n, "relayed", relayed)
+	}()
+	return len(taken), nil
+}
+
+// AwaitReleased waits, up to wait, until the old server holds none of the
+// connections TakeConns took: it has answered what it had read on them.
+// It reports whether it did.
+func (f *Fence) AwaitReleased(ctx context.Context, wait time.Duration) bool {
+	end := time.Now().Add(wait)
+	for {
+		f.mu.Lock()
+		n := f.taken.held
+		f.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		if time.Now().After(end) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// WaitRelays waits until every relay of the fence has ended (each is
+// bounded by TakeConns's limit).
+func (f *Fence) WaitRelays() { f.taken.relays.Wait() }
+
+// relayReleased relays each of taken once no process of pids holds it,
+// until deadline; what is still held then is closed.
+func (f *Fence) relayReleased(taken []takenConn, pids []int, dial netip.AddrPort, deadline time.Time) (relayed int) {
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		relayed = f.Relayed()
+	}()
+	for len(taken) > 0 {
+		inodes := make([]uint64, len(taken))
+		for i, t := range taken {
+			inodes[i] = t.inode
+		}
+		found, err := procfs.FS("/proc").Holders(inodes, pids)
+		if err != nil || time.Now().After(deadline) {
+			break
+		}
+		taken = slices.DeleteFunc(taken, func(t takenConn) bool {
+			i := slices.Index(inodes, t.inode)
+			if len(found[i]) > 0 {
+				return false
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if relay(t.sock, dial, deadline) {
+					f.mu.Lock()
+					f.taken.relayed++
+					f.mu.Unlock()
+				}
+			}()
+			return true
+		})
+		f.setHeld(len(taken))
+		time.Sleep(2 * time.Millisecond)
+	}
+	for _, t := range taken {
+		unix.Close(t.sock)
+	}
+	f.setHeld(0)
+	return 0 // set as wg ends
+}
+
+func (f *Fence) setHeld(n int) {
+	f.mu.Lock()
+	f.taken.held = n
+	f.mu.Unlock()
+}
+
+// relay waits up to relayIdle for its client's next request on sock (a
+// taken connection, closed when it returns), sends it to the new server
+// at dial (with "Connection: close" added, if it is HTTP/1.x) and the
+// answer back, until the new server closes or deadline. It reports
+// whether a request was relayed.
+func relay(sock int, dial netip.AddrPort, deadline time.Time) bool {
+	defer unix.Close(sock)
+	idle := time.Now().Add(relayIdle)
+	if deadline.Before(idle) {
+		idle = deadline
+	}
+	head, open := readTaken(sock, idle)
+	if len(head) == 0 {
+		return false // gone, or idle: closed, as a server closes an idle one
+	}
+	if drain.RequestLine(head) {
+		for open && !bytes.ContainsRune(head, '\n') && len(head) < 8192 && time.Now().Before(deadline) {
+			var more []byte
+			more, open = readTaken(sock, deadline)
+			head = append(head, more...)
+		}
+		head = closeAfter(head)
+	}
+	d := net.Dialer{Deadline: deadline}
+	up, err := d.Dial("tcp", dial.String())
+	if err != nil {
+		return false
+	}
+	defer up.Close()
+	up.SetDeadline(deadline)
+	if _, err := up.Write(head); err != nil {
+		return false
+	}
+	done := make(chan struct{})
+	go func() { // the client's further data (a request's body)
+		defer close(done)
+		for open {
+			var b []byte
+			b, open = readTaken(sock, deadline)
+			if len(b) > 0 {
+				if _, err := up.Write(b); err != nil {
+					return
+				}
+			}
+		}
+		up.(*net.TCPConn).CloseWrite()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := up.Read(buf)
+		if n > 0 && writeTaken(sock, buf[:n], deadline) != nil {
+			break
+		}
+		if err != nil {
+			break
+		}
+	}
+	unix.Shutdown(sock, unix.SHUT_WR) // after a whole response: the client reconnects
+	up.SetDeadline(time.Now())        // ends the other direction's write
+	<-done
+	return true
+}
+
+// readTaken returns what waits in the taken connection sock, waiting for
+// something until deadline; open is false once its client has closed it
+// (or it failed) and nothing is left.
+func readTaken(sock int, deadline time.Time) (b []byte, open bool) {
+	for {
+		n, err := unix.IoctlGetInt(sock, unix.SIOCINQ)
+		if err != nil {
+			return nil, false
+		}
+		if n > 0 {
+			b = make([]byte, min(n, 64<<10))
+			k, _, err := unix.Recvfrom(sock, b, unix.MSG_DONTWAIT)
+			if err != nil || k == 0 {
+				return nil, false
+			}
+			return b[:k], true
+		}
+		info, err := unix.GetsockoptTCPInfo(sock, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil || info.State != tcpEstablished {
+			return nil, false // its client closed it (CLOSE_WAIT), or reset it
+		}
+		if time.Now().After(deadline) {
+			return nil, true
+		}
+		time.Sleep(relayPoll)
+	}
+}
+
+const tcpEstablished = 1
+
+// writeTaken writes b to the taken connection sock, whose file flags its
+// old server set (blocking or not), until deadline.
+func writeTaken(sock int, b []byte, deadline time.Time) error {
+	for len(b) > 0 {
+		n, err := unix.SendmsgN(sock, b, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			wait := time.Until(deadline)
+			if wait <= 0 {
+				return unix.ETIMEDOUT
+			}
+			unix.Poll([]unix.PollFd{{Fd: int32(sock), Events: unix.POLLOUT}}, int(min(wait, 100*time.Millisecond)/time.Millisecond)+1)
+		case err != nil:
+			return err
+		default:
+			b = b[n:]
+		}
+	}
+	return nil
+}
+
+// closeAfter adds "Connection: close" to the header of the HTTP/1.x
+// request that head begins, after its request line: the new server
+// answers it and closes, and its client opens a new connection for the
+// next. (A second Connection header field adds its token to the first's:
+// RFC 9110, 5.3.)
+func closeAfter(head []byte) []byte {
+	i := bytes.IndexByte(head, '\n')
+	if i < 0 {
+		return head
+	}
+	out := make([]byte, 0, len(head)+19)
+	out = append(out, head[:i+1]...)
+	out = append(out, "Connection: close\r\n"...)
+	return append(out, head[i+1:]...)
+}
