@@ -50,8 +50,9 @@ const relayPoll = time.Millisecond
 // A takenConn is takeover's copy of one of the old server's connections,
 // shut for reading.
 type takenConn struct {
-	sock  int
-	inode uint64
+	sock     int
+	inode    uint64
+	repaired bool // in repair mode (takeBetween), not shut
 }
 
 // What a fence took (TakeConns): how many of the connections taken the old
@@ -75,16 +76,18 @@ func (f *Fence) Relayed() int {
 // process of pids holds it any more, to the new server (relay), for up to
 // limit. It returns how many it took. Wait waits for the server to let go.
 func (f *Fence) TakeConns(pids []int, limit time.Duration, log *slog.Logger) (int, error) {
-	conns, err := socktab.DiagTCPConns(f.addr.Port())
+	taken, err := takeBetween(f.addr.Port(), pids)
 	if err != nil {
 		return 0, err
 	}
-	ours, holders, err := heldConns("/proc", conns, pids)
+	ours, holders, err := f.heldConns(pids)
 	if err != nil {
 		return 0, err
 	}
-	var taken []takenConn
 	for i, c := range ours {
+		if slices.ContainsFunc(taken, func(t takenConn) bool { return t.inode == c.Inode }) {
+			continue
+		}
 		h := holders[i][0]
 		sock, ino, err := pidfd.CopySocket(h.PID, h.FD)
 		if err != nil {
@@ -94,7 +97,7 @@ func (f *Fence) TakeConns(pids []int, limit time.Duration, log *slog.Logger) (in
 			unix.Close(sock) // the fd was closed and reused meanwhile
 			continue
 		}
-		taken = append(taken, takenConn{sock, ino})
+		taken = append(taken, takenConn{sock: sock, inode: ino})
 	}
 	if len(taken) == 0 {
 		return 0, nil
@@ -142,6 +145,86 @@ func (f *Fence) AwaitReleased(ctx context.Context, wait time.Duration) bool {
 // bounded by TakeConns's limit).
 func (f *Fence) WaitRelays() { f.taken.relays.Wait() }
 
+// repairOff takes t's socket out of repair mode, if it is in it: a socket
+// closed in it vanishes without a FIN or a reset, and its client waits.
+func (t takenConn) repairOff() {
+	if t.repaired {
+		unix.SetsockoptInt(t.sock, unix.IPPROTO_TCP, unix.TCP_REPAIR, tcpRepairOffNoWP)
+	}
+}
+
+func (t takenConn) close() {
+	t.repairOff()
+	unix.Close(t.sock)
+}
+
+// heldConns returns the connections on the fence's port that one of pids
+// holds, and their holders.
+func (f *Fence) heldConns(pids []int) ([]socktab.Conn, [][]procfs.Holder, error) {
+	conns, err := socktab.DiagTCPConns(f.addr.Port())
+	if err != nil {
+		return nil, nil, err
+	}
+	return heldConns("/proc", conns, pids)
+}
+
+// betweenFor is how long takeBetween looks for connections between two
+// requests.
+const betweenFor = 200 * time.Millisecond
+
+// takeBetween takes, for up to betweenFor, each connection of pids on port
+// that is seen between two requests (its client's next request waits in it
+// unread: the server has answered the one before) and puts takeover's copy
+// of it in repair mode (TCP_REPAIR, CAP_NET_ADMIN): the server's next read
+// or write on it fails (EPERM), and it closes its descriptor as after any
+// error on a connection, without the half-close (shutdown(2)) with which
+// some servers answer an end of file (node's http). The request stays
+// queued for the new server. Where repair mode is refused, none is taken.
+func takeBetween(port uint16, pids []int) ([]takenConn, error) {
+	f := &Fence{addr: netip.AddrPortFrom(netip.IPv4Unspecified(), port)}
+	var taken []takenConn
+	has := func(ino uint64) bool {
+		return slices.ContainsFunc(taken, func(t takenConn) bool { return t.inode == ino })
+	}
+	for end := time.Now().Add(betweenFor); time.Now().Before(end); time.Sleep(relayPoll) {
+		ours, holders, err := f.heldConns(pids)
+		if err != nil {
+			return taken, err
+		}
+		left := 0
+		for i, c := range ours {
+			if has(c.Inode) {
+				continue
+			}
+			left++
+			if c.RQueue == 0 {
+				continue
+			}
+			h := holders[i][0]
+			sock, ino, err := pidfd.CopySocket(h.PID, h.FD)
+			if err != nil {
+				continue
+			}
+			head := make([]byte, 8)
+			n, _, _ := unix.Recvfrom(sock, head, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if ino != c.Inode || !drain.RequestLine(head[:max(n, 0)]) {
+				unix.Close(sock)
+				continue
+			}
+			if err := unix.SetsockoptInt(sock, unix.IPPROTO_TCP, unix.TCP_REPAIR, 1); err != nil {
+				unix.Close(sock)
+				return taken, nil // not CAP_NET_ADMIN: shut them all
+			}
+			taken = append(taken, takenConn{sock: sock, inode: ino, repaired: true})
+			left--
+		}
+		if left == 0 {
+			break
+		}
+	}
+	return taken, nil
+}
+
 // relayReleased relays each of taken once no process of pids holds it,
 // until deadline; what is still held then is closed.
 func (f *Fence) relayReleased(taken []takenConn, pids []int, dial netip.AddrPort, deadline time.Time) (relayed int) {
@@ -167,6 +250,7 @@ func (f *Fence) relayReleased(taken []takenConn, pids []int, dial netip.AddrPort
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				t.repairOff()
 				if relay(t.sock, dial, deadline) {
 					f.mu.Lock()
 					f.taken.relayed++
@@ -179,7 +263,7 @@ func (f *Fence) relayReleased(taken []takenConn, pids []int, dial netip.AddrPort
 		time.Sleep(2 * time.Millisecond)
 	}
 	for _, t := range taken {
-		unix.Close(t.sock)
+		t.close()
 	}
 	f.setHeld(0)
 	return 0 // set as wg ends
@@ -282,7 +366,10 @@ func readTaken(sock int, deadline time.Time) (b []byte, open bool) {
 	}
 }
 
-const tcpEstablished = 1
+const (
+	tcpEstablished   = 1
+	tcpRepairOffNoWP = -1 // TCP_REPAIR_OFF_NO_WP: no window probe
+)
 
 // writeTaken writes b to the taken connection sock, whose file flags its
 // old server set (blocking or not), until deadline.
