@@ -16,6 +16,8 @@ func TestMain(m *testing.M) {
 			return acceptLoop(3), true
 		case "trapped-acceptor": // send a seccomp listener that traps accept(2) to fd 4, then exec an acceptor
 			return trappedAcceptor(), true
+		case "keepalive": // serve keep-alive HTTP, as Go's net/http or half-closing at an end of file (TestTakeConns)
+			return keepAliveServer(os.Args[1]), true
 		case "migrate": // hold and release tcp_migrate_req as stdin says (TestMigrateReqKilled)
 			return migrateHelper(os.Args[1]), true
 		}

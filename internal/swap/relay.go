@@ -58,17 +58,18 @@ type takenConn struct {
 // What a fence took (TakeConns): how many of the connections taken the old
 // server still holds, how many had a request relayed, and the relays.
 type taken struct {
-	held    int
-	relayed int
+	held     int
+	repaired int // taken in repair mode (takeBetween)
+	relayed  int
 	relays  sync.WaitGroup
 }
 
 // Relayed returns how many taken connections had a request relayed to the
-// new server.
-func (f *Fence) Relayed() int {
+// new server, and how many were taken in repair mode.
+func (f *Fence) Relayed() (relayed, repaired int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.taken.relayed
+	return f.taken.relayed, f.taken.repaired
 }
 
 // TakeConns takes every connection the old server (pids) holds on the
@@ -102,7 +103,14 @@ func (f *Fence) TakeConns(pids []int, limit time.Duration, log *slog.Logger) (in
 	if len(taken) == 0 {
 		return 0, nil
 	}
-	f.setHeld(len(taken))
+	f.mu.Lock()
+	f.taken.held = len(taken)
+	for _, t := range taken {
+		if t.repaired {
+			f.taken.repaired++
+		}
+	}
+	f.mu.Unlock()
 	dial := f.addr
 	if dial.Addr().IsUnspecified() {
 		lo := netip.IPv6Loopback()
@@ -117,7 +125,8 @@ func (f *Fence) TakeConns(pids []int, limit time.Duration, log *slog.Logger) (in
 		defer f.taken.relays.Done()
 		n := len(taken)
 		relayed := f.relayReleased(taken, pids, dial, deadline)
-		log.Info("relayed the next request of the old server's keep-alive connections to the new server, each with Connection: close", "port", f.addr.String(), "taken", n, "relayed", relayed)
+		_, repaired := f.Relayed()
+		log.Info("relayed the next request of the old server's keep-alive connections to the new server, each with Connection: close", "port", f.addr.String(), "taken", n, "in_repair_mode", repaired, "relayed", relayed)
 	}()
 	return len(taken), nil
 }
@@ -169,8 +178,9 @@ func (f *Fence) heldConns(pids []int) ([]socktab.Conn, [][]procfs.Holder, error)
 }
 
 // betweenFor is how long takeBetween looks for connections between two
-// requests.
-const betweenFor = 200 * time.Millisecond
+// requests (a variable for the tests, which set it to 0 to take each
+// connection shut for reading).
+var betweenFor = 200 * time.Millisecond
 
 // takeBetween takes, for up to betweenFor, each connection of pids on port
 // that is seen between two requests (its client's next request waits in it
@@ -231,7 +241,7 @@ func (f *Fence) relayReleased(taken []takenConn, pids []int, dial netip.AddrPort
 	var wg sync.WaitGroup
 	defer func() {
 		wg.Wait()
-		relayed = f.Relayed()
+		relayed, _ = f.Relayed()
 	}()
 	for len(taken) > 0 {
 		inodes := make([]uint64, len(taken))
