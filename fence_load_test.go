@@ -162,9 +162,13 @@ func swapUnderLoad(t testing.TB, ns string, flags, server []string, swaps, worke
 		run.Lines = append(run.Lines, regexpSwapLines.FindString(next.stderr.String()))
 		cur = next
 	}
-	time.Sleep(time.Until(began.Add(time.Duration(swaps) * every))) // the last swap's slot, as the others'
+	hold := time.Duration(swaps) * every // the last swap's slot, as the others'
+	if swaps == 0 {
+		hold = every // no swap: the load alone, for as long
+	}
+	time.Sleep(time.Until(began.Add(hold)))
 	run.Elapsed = time.Since(began)
-	run.SwapTime /= time.Duration(swaps)
+	run.SwapTime /= time.Duration(max(swaps, 1))
 	probe.Process.Signal(syscall.SIGINT)
 	select {
 	case <-probeDone:
@@ -267,9 +271,11 @@ func sysctlIn(t testing.TB, ns, name string) string {
 
 // BenchmarkFencedSmallBacklog: TestFencedSmallBacklog's load and swaps,
 // fenced and with --fence off, side by side at the same number of swaps,
-// and the same for passed sockets: requests, failed, throughput over the
-// swaps and the mean swap time (a new takeover started, to the old one's
-// exit). scripts/bench.sh --only backlog prints its table.
+// and the same for passed sockets: requests, failed, lost (refused, reset
+// or answered wrongly: what a swap can lose), timeouts, throughput over
+// the swaps and the mean swap time (a new takeover started, to the old
+// one's exit); and the same load as long with no swap, whose timeouts are
+// the queue's own. scripts/bench.sh --only backlog prints its table.
 //
 //	go test -run '^$' -bench FencedSmallBacklog -benchtime 1x .
 func BenchmarkFencedSmallBacklog(b *testing.B) {
@@ -291,11 +297,15 @@ func BenchmarkFencedSmallBacklog(b *testing.B) {
 		name    string
 		flags   []string
 		passing bool
+		noSwap  bool
 	}{
 		{name: "intercepted/fenced"},
 		{name: "intercepted/unfenced", flags: []string{"--fence", "off"}},
 		{name: "passed/fenced", flags: []string{"--sockets", "systemd"}, passing: true},
 		{name: "passed/unfenced", flags: []string{"--sockets", "systemd", "--fence", "off"}, passing: true},
+		// The same load for as long with no swap: the 30 s timeouts are
+		// the five-place queue's (five SYNs dropped in a row), swaps or not.
+		{name: "no-swap", noSwap: true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			ns := newNetns(b).name
@@ -307,25 +317,33 @@ func BenchmarkFencedSmallBacklog(b *testing.B) {
 			}
 			flags := append(append([]string{}, tc.flags...), "--strategy", "handoff", "--port", addr)
 			var run loadRun
+			n, hold := swaps, every
+			if tc.noSwap {
+				n, hold = 0, swaps*every
+			}
 			for range b.N {
-				run = swapUnderLoad(b, ns, flags, server, swaps, workers, every, nil)
+				run = swapUnderLoad(b, ns, flags, server, n, workers, hold, nil)
 			}
 			b.ReportMetric(float64(run.Requests), "requests")
 			b.ReportMetric(float64(run.Failed), "failed")
+			b.ReportMetric(float64(run.lost()), "lost")
 			b.ReportMetric(run.throughput(), "requests/s")
 			b.ReportMetric(float64(run.SwapTime.Milliseconds()), "swap-ms")
 			b.ReportMetric(0, "ns/op")
 			rows = append(rows, row{tc.name, run})
 		})
 	}
-	fmt.Printf("| python ThreadingHTTPServer, backlog 5, %d clients, %d swaps, one every %v | requests | failed | resets | timeouts (30s) | requests/s | of unfenced | mean swap |\n", workers, swaps, every)
-	fmt.Printf("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Printf("| python ThreadingHTTPServer, backlog 5, %d clients, %d swaps, one every %v | requests | failed | lost (refused, reset, wrong) | timeouts (30s) | requests/s | of unfenced | mean swap |\n", workers, swaps, every)
+	fmt.Printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for i, r := range rows {
-		ratio := "1"
-		if i%2 == 0 && i+1 < len(rows) {
+		ratio, swap := "1", r.run.SwapTime.Round(time.Millisecond).String()
+		switch {
+		case r.name == "no-swap":
+			ratio, swap = "", ""
+		case i%2 == 0 && i+1 < len(rows):
 			ratio = fmt.Sprintf("%.2f", r.run.throughput()/rows[i+1].run.throughput())
 		}
-		fmt.Printf("| %s | %d | %d | %d | %d | %.0f | %s | %v |\n", r.name, r.run.Requests, r.run.Failed, r.run.Resets, r.run.Timeouts, r.run.throughput(), ratio, r.run.SwapTime.Round(time.Millisecond))
+		fmt.Printf("| %s | %d | %d | %d | %d | %.0f | %s | %s |\n", r.name, r.run.Requests, r.run.Failed, r.run.lost(), r.run.Timeouts, r.run.throughput(), ratio, swap)
 	}
 }
 
