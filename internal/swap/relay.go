@@ -287,9 +287,11 @@ func (f *Fence) setHeld(n int) {
 
 // relay waits up to relayIdle for its client's next request on sock (a
 // taken connection, closed when it returns), sends it to the new server
-// at dial (with "Connection: close" added, if it is HTTP/1.x) and the
-// answer back, until the new server closes or deadline. It reports
-// whether a request was relayed.
+// at dial with "Connection: close" added, and the answer back, until the
+// new server closes or deadline. It reports whether a request was
+// relayed. What is not an HTTP/1.x request (a WebSocket's frame, another
+// protocol) is not relayed: the connection is closed, as the old server's
+// exit would have closed it.
 func relay(sock int, dial netip.AddrPort, deadline time.Time) bool {
 	defer unix.Close(sock)
 	idle := time.Now().Add(relayIdle)
@@ -300,14 +302,15 @@ func relay(sock int, dial netip.AddrPort, deadline time.Time) bool {
 	if len(head) == 0 {
 		return false // gone, or idle: closed, as a server closes an idle one
 	}
-	if drain.RequestLine(head) {
-		for open && !bytes.ContainsRune(head, '\n') && len(head) < 8192 && time.Now().Before(deadline) {
-			var more []byte
-			more, open = readTaken(sock, deadline)
-			head = append(head, more...)
-		}
-		head = closeAfter(head)
+	if !drain.RequestLine(head) {
+		return false // not HTTP/1.x (a stream's frame): closed, as by the old server's exit
 	}
+	for open && !bytes.ContainsRune(head, '\n') && len(head) < 8192 && time.Now().Before(deadline) {
+		var more []byte
+		more, open = readTaken(sock, deadline)
+		head = append(head, more...)
+	}
+	head = closeAfter(head)
 	d := net.Dialer{Deadline: deadline}
 	up, err := d.Dial("tcp", dial.String())
 	if err != nil {

@@ -88,6 +88,23 @@ func (s Stops) RaiseFences(ctx context.Context, held *Holdings, drainTimeout tim
 			x.f.ReleaseMigrate()
 		}
 	}
+	// take takes the old servers' connections (relay.go) and waits, up to
+	// drain.LoopPatience, until they have answered what they read on them.
+	take := func() (took int, released bool) {
+		for _, x := range fs {
+			n, err := x.f.TakeConns(x.pids, drainTimeout, log)
+			if err != nil {
+				log.Debug("cannot take the old server's connections", "port", x.spec.String(), "err", err)
+			}
+			took += n
+		}
+		released = true
+		end := time.Now().Add(drain.LoopPatience)
+		for _, x := range fs {
+			released = x.f.AwaitReleased(ctx, time.Until(end)) && released
+		}
+		return took, released
+	}
 	began := time.Now()
 	wait := drainTimeout
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -115,19 +132,7 @@ func (s Stops) RaiseFences(ctx context.Context, held *Holdings, drainTimeout tim
 				// Their connections will never all be idle: take them
 				// (relay.go), and stop the server once it has answered
 				// what it had read on them.
-				took := 0
-				for _, x := range fs {
-					n, err := x.f.TakeConns(x.pids, drainTimeout, log)
-					if err != nil {
-						log.Debug("cannot take the old server's connections", "port", x.spec.String(), "err", err)
-					}
-					took += n
-				}
-				released := true
-				end := time.Now().Add(drain.LoopPatience)
-				for _, x := range fs {
-					released = x.f.AwaitReleased(ctx, time.Until(end)) && released
-				}
+				took, released := take()
 				log.Info("fenced: the old server accepts nothing new; its clients send request after request on its keep-alive connections: takeover took them, and sends what each client sends next to the new server once the old server has answered what it read",
 					"generation", gen, "waited", time.Since(began).Round(time.Microsecond), "keepalive_loops", loops, "taken", took, "released", released)
 				return true
@@ -135,7 +140,10 @@ func (s Stops) RaiseFences(ctx context.Context, held *Holdings, drainTimeout tim
 			log.Info("fenced: the old server accepts nothing new and has finished what it accepted", "generation", gen, "waited", time.Since(began).Round(time.Microsecond))
 			return true
 		case time.Since(began) >= wait:
-			log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait, "conn", conn)
+			// Its HTTP/1.x keep-alive connections need not be lost with it
+			// (a stream's are, as they would be).
+			took, released := take()
+			log.Warn("the fenced old server has not finished its connections within --drain-timeout; stopping it all the same", "port", busy, "drain_timeout", wait, "conn", conn, "taken", took, "released", released)
 			return true
 		case held.hasExited():
 			release() // the old server serves on
