@@ -225,7 +225,15 @@ func takeBetween(port uint16, pids []int) ([]takenConn, error) {
 				unix.Close(sock)
 				return taken, nil // not CAP_NET_ADMIN: shut them all
 			}
-			taken = append(taken, takenConn{sock: sock, inode: ino, repaired: true})
+			t := takenConn{sock: sock, inode: ino, repaired: true}
+			if inq, err := unix.IoctlGetInt(sock, unix.SIOCINQ); err != nil || inq == 0 {
+				// The server read the request between the look and the
+				// repair mode: it is working on it, and must be able to
+				// answer. Out of repair mode at once; shut it later.
+				t.close()
+				continue
+			}
+			taken = append(taken, t)
 			left--
 		}
 		if left == 0 {
