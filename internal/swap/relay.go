@@ -61,7 +61,7 @@ type taken struct {
 	held     int
 	repaired int // taken in repair mode (takeBetween)
 	relayed  int
-	relays  sync.WaitGroup
+	relays   sync.WaitGroup
 }
 
 // Relayed returns how many taken connections had a request relayed to the
