@@ -75,20 +75,16 @@ func (f *Fence) Relayed() (relayed, repaired int) {
 // TakeConns takes every connection the old server (pids) holds on the
 // fence's port, shuts each for reading, and starts relaying each, once no
 // process of pids holds it any more, to the new server (relay), for up to
-// limit. It returns how many it took. Wait waits for the server to let go.
+// limit. It returns how many it took, and the first error met (what it
+// took before it is relayed all the same). AwaitReleased waits for the
+// server to let go.
 func (f *Fence) TakeConns(pids []int, limit time.Duration, log *slog.Logger) (int, error) {
-	taken, err := takeBetween(f.addr.Port(), pids)
-	if err != nil {
-		return 0, err
+	taken, err := f.takeBetween(pids)
+	ours, holders, herr := f.heldConns(pids)
+	if err == nil {
+		err = herr
 	}
-	ours, holders, err := f.heldConns(pids)
-	if err != nil {
-		return 0, err
-	}
-	for i, c := range ours {
-		if slices.ContainsFunc(taken, func(t takenConn) bool { return t.inode == c.Inode }) {
-			continue
-		}
+	for i, c := range ours { // those takeBetween did not take
 		h := holders[i][0]
 		sock, ino, err := pidfd.CopySocket(h.PID, h.FD)
 		if err != nil {
@@ -98,10 +94,11 @@ func (f *Fence) TakeConns(pids []int, limit time.Duration, log *slog.Logger) (in
 			unix.Close(sock) // the fd was closed and reused meanwhile
 			continue
 		}
+		markTaken(ino, true)
 		taken = append(taken, takenConn{sock: sock, inode: ino})
 	}
 	if len(taken) == 0 {
-		return 0, nil
+		return 0, err
 	}
 	f.mu.Lock()
 	f.taken.held = len(taken)
@@ -128,7 +125,7 @@ func (f *Fence) TakeConns(pids []int, limit time.Duration, log *slog.Logger) (in
 		_, repaired := f.Relayed()
 		log.Info("relayed the next request of the old server's keep-alive connections to the new server, each with Connection: close", "port", f.addr.String(), "taken", n, "in_repair_mode", repaired, "relayed", relayed)
 	}()
-	return len(taken), nil
+	return len(taken), err
 }
 
 // AwaitReleased waits, up to wait, until the old server holds none of the
@@ -165,16 +162,50 @@ func (t takenConn) repairOff() {
 func (t takenConn) close() {
 	t.repairOff()
 	unix.Close(t.sock)
+	markTaken(t.inode, false)
 }
 
-// heldConns returns the connections on the fence's port that one of pids
-// holds, and their holders.
+// heldConns returns the connections to the fence's address that one of
+// pids holds, and their holders. (A server with two of them on one port,
+// nginx's `listen 80; listen [::]:80;`, has a fence for each: each takes
+// its own; a wildcard address's takes those to any address not taken.)
 func (f *Fence) heldConns(pids []int) ([]socktab.Conn, [][]procfs.Holder, error) {
 	conns, err := socktab.DiagTCPConns(f.addr.Port())
 	if err != nil {
 		return nil, nil, err
 	}
+	want := f.addr.Addr().Unmap()
+	conns = slices.DeleteFunc(conns, func(c socktab.Conn) bool {
+		return !want.IsUnspecified() && c.Local.Addr().Unmap() != want || beingTaken(c.Inode)
+	})
 	return heldConns("/proc", conns, pids)
+}
+
+// The connections this process has taken and not yet let go of, by inode:
+// one taken by a fence is another's to leave alone.
+var takenNow struct {
+	sync.Mutex
+	inodes map[uint64]bool
+}
+
+func beingTaken(inode uint64) bool {
+	takenNow.Lock()
+	defer takenNow.Unlock()
+	return takenNow.inodes[inode]
+}
+
+// markTaken notes that inode is taken (on) or let go of.
+func markTaken(inode uint64, on bool) {
+	takenNow.Lock()
+	defer takenNow.Unlock()
+	if takenNow.inodes == nil {
+		takenNow.inodes = map[uint64]bool{}
+	}
+	if on {
+		takenNow.inodes[inode] = true
+	} else {
+		delete(takenNow.inodes, inode)
+	}
 }
 
 // betweenFor is how long takeBetween looks for connections between two
@@ -190,22 +221,15 @@ var betweenFor = 200 * time.Millisecond
 // error on a connection, without the half-close (shutdown(2)) with which
 // some servers answer an end of file (node's http). The request stays
 // queued for the new server. Where repair mode is refused, none is taken.
-func takeBetween(port uint16, pids []int) ([]takenConn, error) {
-	f := &Fence{addr: netip.AddrPortFrom(netip.IPv4Unspecified(), port)}
+func (f *Fence) takeBetween(pids []int) ([]takenConn, error) {
 	var taken []takenConn
-	has := func(ino uint64) bool {
-		return slices.ContainsFunc(taken, func(t takenConn) bool { return t.inode == ino })
-	}
 	for end := time.Now().Add(betweenFor); time.Now().Before(end); time.Sleep(relayPoll) {
 		ours, holders, err := f.heldConns(pids)
 		if err != nil {
 			return taken, err
 		}
-		left := 0
+		left := 0 // not taken yet (heldConns leaves out those taken)
 		for i, c := range ours {
-			if has(c.Inode) {
-				continue
-			}
 			left++
 			if c.RQueue == 0 {
 				continue
@@ -233,6 +257,7 @@ func takeBetween(port uint16, pids []int) ([]takenConn, error) {
 				t.close()
 				continue
 			}
+			markTaken(ino, true)
 			taken = append(taken, t)
 			left--
 		}
@@ -268,6 +293,7 @@ func (f *Fence) relayReleased(taken []takenConn, pids []int, dial netip.AddrPort
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer markTaken(t.inode, false)
 				t.repairOff()
 				if relay(t.sock, dial, deadline) {
 					f.mu.Lock()

@@ -249,3 +249,53 @@ func TestCloseAfter(t *testing.T) {
 		}
 	}
 }
+
+// TestTakenOnce: a fence takes only the connections to its own address
+// (nginx's `listen 80; listen [::]:80;` has a fence for each, on one port),
+// a wildcard's those to any, and none that another fence of this process
+// has taken and not let go of.
+func TestTakenOnce(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	port := ln.Addr().(*net.TCPAddr).AddrPort().Port()
+	count := func(addr string) int {
+		f := &Fence{addr: netip.AddrPortFrom(netip.MustParseAddr(addr), port)}
+		ours, _, err := f.heldConns([]int{os.Getpid()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ours)
+	}
+	if n := count("127.0.0.1"); n != 1 {
+		t.Fatalf("the fence at 127.0.0.1 finds %d connections, want 1", n)
+	}
+	if n := count("0.0.0.0"); n != 1 {
+		t.Errorf("a wildcard fence finds %d connections, want 1", n)
+	}
+	if n := count("127.0.0.2"); n != 0 {
+		t.Errorf("a fence at 127.0.0.2 finds %d connections to 127.0.0.1, want 0", n)
+	}
+	f := &Fence{addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)}
+	ours, _, _ := f.heldConns([]int{os.Getpid()})
+	markTaken(ours[0].Inode, true)
+	if n := count("0.0.0.0"); n != 0 {
+		t.Errorf("a connection another fence took is found again (%d)", n)
+	}
+	markTaken(ours[0].Inode, false)
+	if n := count("127.0.0.1"); n != 1 {
+		t.Errorf("a connection let go of is not found again (%d)", n)
+	}
+}
