@@ -63,7 +63,7 @@ type Fence struct {
 	loops   drain.Loops
 	Looping int
 	// taken are the old server's connections taken to be relayed to the
-	// new server, when it has loops (relay.go).
+	// new server before it is stopped (relay.go).
 	taken taken
 
 	// check is a health check's source, steered to the new socket while
@@ -403,7 +403,13 @@ func peek(h procfs.Holder, inode uint64) []byte {
 	if ino != inode {
 		return nil // the fd was closed and reused meanwhile
 	}
-	buf := make([]byte, 8) // "OPTIONS "
+	return peekHead(sock)
+}
+
+// peekHead returns the first bytes waiting unread on the connection sock,
+// enough for drain.RequestLine ("OPTIONS "), without taking them.
+func peekHead(sock int) []byte {
+	buf := make([]byte, 8)
 	n, _, err := unix.Recvfrom(sock, buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 	if err != nil {
 		return nil

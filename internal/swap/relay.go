@@ -239,9 +239,7 @@ func (f *Fence) takeBetween(pids []int) ([]takenConn, error) {
 			if err != nil {
 				continue
 			}
-			head := make([]byte, 8)
-			n, _, _ := unix.Recvfrom(sock, head, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			if ino != c.Inode || !drain.RequestLine(head[:max(n, 0)]) {
+			if ino != c.Inode || !drain.RequestLine(peekHead(sock)) {
 				unix.Close(sock)
 				continue
 			}
@@ -272,10 +270,6 @@ func (f *Fence) takeBetween(pids []int) ([]takenConn, error) {
 // until deadline; what is still held then is closed.
 func (f *Fence) relayReleased(taken []takenConn, pids []int, dial netip.AddrPort, deadline time.Time) (relayed int) {
 	var wg sync.WaitGroup
-	defer func() {
-		wg.Wait()
-		relayed, _ = f.Relayed()
-	}()
 	for len(taken) > 0 {
 		inodes := make([]uint64, len(taken))
 		for i, t := range taken {
@@ -310,7 +304,9 @@ func (f *Fence) relayReleased(taken []takenConn, pids []int, dial netip.AddrPort
 		t.close()
 	}
 	f.setHeld(0)
-	return 0 // set as wg ends
+	wg.Wait()
+	relayed, _ = f.Relayed()
+	return relayed
 }
 
 func (f *Fence) setHeld(n int) {
@@ -358,7 +354,7 @@ func relay(sock int, dial netip.AddrPort, deadline time.Time) bool {
 	done := make(chan struct{})
 	go func() { // the client's further data (a request's body)
 		defer close(done)
-		for open {
+		for open && time.Now().Before(deadline) {
 			var b []byte
 			b, open = readTaken(sock, deadline)
 			if len(b) > 0 {
